@@ -1,0 +1,3 @@
+//! # flotilla-benches
+//!
+//! Shared helpers for the benchmarks of each layer and end to end.

@@ -1,0 +1,9 @@
+//! # flotilla
+//!
+//! A thread-per-core, shared-nothing multi-raft engine in the seastar style,
+//! built on glommio (io_uring). See `../shared/DESIGN.md` for the architecture.
+//!
+//! - [`raft`]: the Raft protocol for one group replica as a pure,
+//!   deterministic state machine (tick / step / propose / `Ready` / advance).
+
+pub mod raft;

@@ -1,0 +1,1 @@
+//! The Raft protocol core: pure, deterministic, sans-I/O.

@@ -1,0 +1,3 @@
+//! # flotilla-tests
+//!
+//! Multi-node, multi-process and fault tests for flotilla.
