@@ -1,0 +1,771 @@
+//! Typed KV commands, queries and results, and their byte encodings.
+//!
+//! Everything is little-endian; `bytes` is `len u32 | data`, `opt` is
+//! `0u8` (none) or `1u8 | bytes`, `list` is `count u32 | item *`.
+//!
+//! ```text
+//! command  0x01 Put          | key bytes | value bytes | condition u8 (0 always, 1 if absent, 2 if present) | return_previous u8 |
+//!          0x02 Delete       | keys list<bytes> |
+//!          0x03 Append       | key bytes | value bytes |
+//!          0x04 CompareAndSet| key bytes | expected opt | new_value opt |
+//!          0x05 Increment    | key bytes | delta i64 |
+//!          0x06 MultiPut     | pairs list<key bytes, value bytes> |
+//!          0x20..=0x24       a query (below), executed in log order
+//! query    0x20 Get          | key bytes |
+//!          0x21 MultiGet     | keys list<bytes> |
+//!          0x22 Exists       | keys list<bytes> |
+//!          0x23 Scan         | start bytes | end opt | limit u32 | keys_only u8 |
+//!          0x24 Count        |
+//! result   0x00 Ok
+//!          0x01 Value        | value opt |
+//!          0x02 Values       | values list<opt> |
+//!          0x03 Count        | n u64 |
+//!          0x04 Int          | n i64 |
+//!          0x05 Put          | written u8 | previous opt |
+//!          0x06 Cas          | swapped u8 | previous opt |
+//!          0x07 Entries      | pairs list<key bytes, value bytes> | next opt |
+//!          0x08 Len          | n u64 |
+//!          0x7f Error        | code u8 |
+//! ```
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::codec::{put_bytes, put_count, Reader};
+use crate::error::DecodeError;
+
+/// Largest key the store accepts.
+pub const KEY_BYTES_MAX: usize = 64 << 10;
+/// Largest value the store accepts (also after an append).
+pub const VALUE_BYTES_MAX: usize = 64 << 20;
+/// Most keys in one multi-key command or query.
+pub const KEYS_PER_COMMAND_MAX: u32 = 65_536;
+/// Largest scan limit; larger requests are clamped.
+pub const SCAN_LIMIT_MAX: u32 = 100_000;
+/// A scan stops once its result holds this many key and value bytes (and
+/// returns a continuation key).
+pub const SCAN_BYTES_MAX: usize = 4 << 20;
+
+const DECODE_BYTES_MAX: u32 = VALUE_BYTES_MAX as u32;
+
+/// The condition of a [`KvCommand::Put`] (Redis `SET ... NX` / `XX`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutCondition {
+    /// Always write.
+    Always,
+    /// Write only if the key is absent (`NX`).
+    IfAbsent,
+    /// Write only if the key is present (`XX`).
+    IfPresent,
+}
+
+/// A command to the KV store: proposed through raft and applied in log
+/// order on every replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvCommand {
+    /// Set `key` to `value` if `condition` holds. Result
+    /// [`KvResult::Put`] (`previous` only if `return_previous`, like
+    /// `SET ... GET`).
+    Put {
+        /// The key.
+        key: Bytes,
+        /// The value.
+        value: Bytes,
+        /// When to write.
+        condition: PutCondition,
+        /// Return the previous value.
+        return_previous: bool,
+    },
+    /// Delete keys. Result [`KvResult::Count`] of keys that existed.
+    Delete {
+        /// The keys.
+        keys: Vec<Bytes>,
+    },
+    /// Append `value` to the value of `key` (absent = empty). Result
+    /// [`KvResult::Len`], the new length.
+    Append {
+        /// The key.
+        key: Bytes,
+        /// The bytes to append.
+        value: Bytes,
+    },
+    /// Set `key` to `new_value` (`None` deletes it) only if its current
+    /// value is `expected` (`None`: only if absent). Result
+    /// [`KvResult::Cas`] with the value found before.
+    CompareAndSet {
+        /// The key.
+        key: Bytes,
+        /// The value the key must hold.
+        expected: Option<Bytes>,
+        /// The value to set; `None` deletes.
+        new_value: Option<Bytes>,
+    },
+    /// Add `delta` to the decimal integer at `key` (absent = 0). Result
+    /// [`KvResult::Int`], or [`KvError::NotInteger`] / [`KvError::Overflow`].
+    Increment {
+        /// The key.
+        key: Bytes,
+        /// The amount to add (may be negative).
+        delta: i64,
+    },
+    /// Set every pair, atomically. Result [`KvResult::Ok`].
+    MultiPut {
+        /// The pairs, applied in order.
+        pairs: Vec<(Bytes, Bytes)>,
+    },
+    /// A read, executed in log order (a read through the log).
+    Read(KvQuery),
+}
+
+/// A read-only query to the KV store (also usable as a command through
+/// [`KvCommand::Read`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvQuery {
+    /// The value of a key. Result [`KvResult::Value`].
+    Get {
+        /// The key.
+        key: Bytes,
+    },
+    /// The values of keys. Result [`KvResult::Values`].
+    MultiGet {
+        /// The keys.
+        keys: Vec<Bytes>,
+    },
+    /// How many of `keys` exist (a key named twice counts twice, as in
+    /// Redis `EXISTS`). Result [`KvResult::Count`].
+    Exists {
+        /// The keys.
+        keys: Vec<Bytes>,
+    },
+    /// Pairs with `start <= key < end` in key order, at most `limit` (and at
+    /// most [`SCAN_BYTES_MAX`] bytes). Result [`KvResult::Entries`] whose
+    /// `next` is where to continue, if anything is left.
+    Scan {
+        /// First key (inclusive).
+        start: Bytes,
+        /// End key (exclusive); `None` for the end of the keyspace.
+        end: Option<Bytes>,
+        /// Most pairs to return (clamped to [`SCAN_LIMIT_MAX`]).
+        limit: u32,
+        /// Return empty values.
+        keys_only: bool,
+    },
+    /// Number of keys. Result [`KvResult::Count`].
+    Count,
+}
+
+/// A deterministic error result of a KV command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KvError {
+    /// The value is not a decimal 64-bit integer.
+    #[error("value is not an integer or out of range")]
+    NotInteger,
+    /// The increment overflows a 64-bit integer.
+    #[error("increment or decrement would overflow")]
+    Overflow,
+    /// A key over [`KEY_BYTES_MAX`].
+    #[error("key too large")]
+    KeyTooLarge,
+    /// A value over [`VALUE_BYTES_MAX`].
+    #[error("value too large")]
+    ValueTooLarge,
+    /// The command could not be decoded.
+    #[error("malformed command")]
+    Malformed,
+}
+
+impl KvError {
+    fn code(self) -> u8 {
+        match self {
+            KvError::NotInteger => 1,
+            KvError::Overflow => 2,
+            KvError::KeyTooLarge => 3,
+            KvError::ValueTooLarge => 4,
+            KvError::Malformed => 5,
+        }
+    }
+
+    fn from_code(code: u8) -> Result<Self, DecodeError> {
+        Ok(match code {
+            1 => KvError::NotInteger,
+            2 => KvError::Overflow,
+            3 => KvError::KeyTooLarge,
+            4 => KvError::ValueTooLarge,
+            5 => KvError::Malformed,
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    what: "kv error",
+                    tag,
+                })
+            }
+        })
+    }
+}
+
+/// The result of a KV command or query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvResult {
+    /// Done, nothing to return.
+    Ok,
+    /// One value (`None`: absent).
+    Value(Option<Bytes>),
+    /// Values in request order.
+    Values(Vec<Option<Bytes>>),
+    /// A count.
+    Count(u64),
+    /// An integer (after an increment).
+    Int(i64),
+    /// A length (after an append).
+    Len(u64),
+    /// Outcome of a put.
+    Put {
+        /// The value was written.
+        written: bool,
+        /// The previous value, if asked for.
+        previous: Option<Bytes>,
+    },
+    /// Outcome of a compare-and-set.
+    Cas {
+        /// The new value was set.
+        swapped: bool,
+        /// The value found before.
+        previous: Option<Bytes>,
+    },
+    /// Pairs of a scan.
+    Entries {
+        /// The pairs, in key order.
+        entries: Vec<(Bytes, Bytes)>,
+        /// The key to continue from, if more remain.
+        next: Option<Bytes>,
+    },
+    /// A deterministic error.
+    Error(KvError),
+}
+
+const MAX_KEYS: u32 = KEYS_PER_COMMAND_MAX;
+
+fn put_opt(out: &mut BytesMut, v: &Option<Bytes>) {
+    match v {
+        None => out.put_u8(0),
+        Some(b) => {
+            out.put_u8(1);
+            put_bytes(out, b);
+        }
+    }
+}
+
+fn get_opt(r: &mut Reader, what: &'static str) -> Result<Option<Bytes>, DecodeError> {
+    match r.u8()? {
+        0 => Ok(None),
+        1 => Ok(Some(r.bytes(what, DECODE_BYTES_MAX)?)),
+        _ => Err(DecodeError::Invalid {
+            what: "option flag",
+        }),
+    }
+}
+
+fn get_bool(r: &mut Reader) -> Result<bool, DecodeError> {
+    match r.u8()? {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(DecodeError::Invalid { what: "bool" }),
+    }
+}
+
+fn put_keys(out: &mut BytesMut, keys: &[Bytes]) {
+    put_count(out, keys.len());
+    for k in keys {
+        put_bytes(out, k);
+    }
+}
+
+fn get_keys(r: &mut Reader) -> Result<Vec<Bytes>, DecodeError> {
+    let n = r.count("keys", MAX_KEYS, 4)?;
+    (0..n).map(|_| r.bytes("key", DECODE_BYTES_MAX)).collect()
+}
+
+impl KvCommand {
+    /// `Put` with [`PutCondition::Always`], not returning the previous value.
+    pub fn put(key: impl Into<Bytes>, value: impl Into<Bytes>) -> Self {
+        KvCommand::Put {
+            key: key.into(),
+            value: value.into(),
+            condition: PutCondition::Always,
+            return_previous: false,
+        }
+    }
+
+    /// A `Get` read through the log.
+    pub fn get(key: impl Into<Bytes>) -> Self {
+        KvCommand::Read(KvQuery::Get { key: key.into() })
+    }
+
+    /// `Delete` of one key.
+    pub fn delete(key: impl Into<Bytes>) -> Self {
+        KvCommand::Delete {
+            keys: vec![key.into()],
+        }
+    }
+
+    /// Encodes the command (see the module documentation).
+    ///
+    /// # Examples
+    /// ```
+    /// use flotilla_rsm::KvCommand;
+    /// let c = KvCommand::Increment { key: "n".into(), delta: -2 };
+    /// assert_eq!(KvCommand::decode(c.encode()).unwrap(), c);
+    /// ```
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        self.encode_into(&mut out);
+        out.freeze()
+    }
+
+    /// Appends the encoding to `out`.
+    pub fn encode_into(&self, out: &mut BytesMut) {
+        match self {
+            KvCommand::Put {
+                key,
+                value,
+                condition,
+                return_previous,
+            } => {
+                out.reserve(11 + key.len() + value.len());
+                out.put_u8(0x01);
+                put_bytes(out, key);
+                put_bytes(out, value);
+                out.put_u8(match condition {
+                    PutCondition::Always => 0,
+                    PutCondition::IfAbsent => 1,
+                    PutCondition::IfPresent => 2,
+                });
+                out.put_u8(u8::from(*return_previous));
+            }
+            KvCommand::Delete { keys } => {
+                out.put_u8(0x02);
+                put_keys(out, keys);
+            }
+            KvCommand::Append { key, value } => {
+                out.put_u8(0x03);
+                put_bytes(out, key);
+                put_bytes(out, value);
+            }
+            KvCommand::CompareAndSet {
+                key,
+                expected,
+                new_value,
+            } => {
+                out.put_u8(0x04);
+                put_bytes(out, key);
+                put_opt(out, expected);
+                put_opt(out, new_value);
+            }
+            KvCommand::Increment { key, delta } => {
+                out.put_u8(0x05);
+                put_bytes(out, key);
+                out.put_i64_le(*delta);
+            }
+            KvCommand::MultiPut { pairs } => {
+                out.put_u8(0x06);
+                put_count(out, pairs.len());
+                for (k, v) in pairs {
+                    put_bytes(out, k);
+                    put_bytes(out, v);
+                }
+            }
+            KvCommand::Read(q) => q.encode_into(out),
+        }
+    }
+
+    /// Decodes a command; keys and values are zero-copy slices of `buf`.
+    ///
+    /// # Errors
+    /// [`DecodeError`] on malformed input (never panics).
+    pub fn decode(buf: Bytes) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(buf);
+        let tag = r.u8()?;
+        let cmd = match tag {
+            0x01 => {
+                let key = r.bytes("key", DECODE_BYTES_MAX)?;
+                let value = r.bytes("value", DECODE_BYTES_MAX)?;
+                let condition = match r.u8()? {
+                    0 => PutCondition::Always,
+                    1 => PutCondition::IfAbsent,
+                    2 => PutCondition::IfPresent,
+                    tag => {
+                        return Err(DecodeError::UnknownTag {
+                            what: "put condition",
+                            tag,
+                        })
+                    }
+                };
+                KvCommand::Put {
+                    key,
+                    value,
+                    condition,
+                    return_previous: get_bool(&mut r)?,
+                }
+            }
+            0x02 => KvCommand::Delete {
+                keys: get_keys(&mut r)?,
+            },
+            0x03 => KvCommand::Append {
+                key: r.bytes("key", DECODE_BYTES_MAX)?,
+                value: r.bytes("value", DECODE_BYTES_MAX)?,
+            },
+            0x04 => KvCommand::CompareAndSet {
+                key: r.bytes("key", DECODE_BYTES_MAX)?,
+                expected: get_opt(&mut r, "expected value")?,
+                new_value: get_opt(&mut r, "new value")?,
+            },
+            0x05 => KvCommand::Increment {
+                key: r.bytes("key", DECODE_BYTES_MAX)?,
+                delta: r.i64()?,
+            },
+            0x06 => {
+                let n = r.count("pairs", MAX_KEYS, 8)?;
+                let mut pairs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    pairs.push((
+                        r.bytes("key", DECODE_BYTES_MAX)?,
+                        r.bytes("value", DECODE_BYTES_MAX)?,
+                    ));
+                }
+                KvCommand::MultiPut { pairs }
+            }
+            0x20..=0x24 => return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?)),
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    what: "kv command",
+                    tag,
+                })
+            }
+        };
+        r.finish()?;
+        Ok(cmd)
+    }
+}
+
+impl KvQuery {
+    /// A scan of every key starting with `prefix`.
+    ///
+    /// # Examples
+    /// ```
+    /// use flotilla_rsm::KvQuery;
+    /// match KvQuery::prefix("user/", 10) {
+    ///     KvQuery::Scan { end, .. } => assert_eq!(end.unwrap(), "user0"),
+    ///     _ => unreachable!(),
+    /// }
+    /// ```
+    pub fn prefix(prefix: impl Into<Bytes>, limit: u32) -> Self {
+        let start: Bytes = prefix.into();
+        KvQuery::Scan {
+            end: prefix_end(&start),
+            start,
+            limit,
+            keys_only: false,
+        }
+    }
+
+    /// Encodes the query (see the module documentation).
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        self.encode_into(&mut out);
+        out.freeze()
+    }
+
+    /// Appends the encoding to `out`.
+    pub fn encode_into(&self, out: &mut BytesMut) {
+        match self {
+            KvQuery::Get { key } => {
+                out.put_u8(0x20);
+                put_bytes(out, key);
+            }
+            KvQuery::MultiGet { keys } => {
+                out.put_u8(0x21);
+                put_keys(out, keys);
+            }
+            KvQuery::Exists { keys } => {
+                out.put_u8(0x22);
+                put_keys(out, keys);
+            }
+            KvQuery::Scan {
+                start,
+                end,
+                limit,
+                keys_only,
+            } => {
+                out.put_u8(0x23);
+                put_bytes(out, start);
+                put_opt(out, end);
+                out.put_u32_le(*limit);
+                out.put_u8(u8::from(*keys_only));
+            }
+            KvQuery::Count => out.put_u8(0x24),
+        }
+    }
+
+    /// Decodes a query.
+    ///
+    /// # Errors
+    /// [`DecodeError`] on malformed input, including a command tag.
+    pub fn decode(buf: Bytes) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(buf);
+        let tag = r.u8()?;
+        Self::decode_tagged(tag, r)
+    }
+
+    fn decode_tagged(tag: u8, mut r: Reader) -> Result<Self, DecodeError> {
+        let q = match tag {
+            0x20 => KvQuery::Get {
+                key: r.bytes("key", DECODE_BYTES_MAX)?,
+            },
+            0x21 => KvQuery::MultiGet {
+                keys: get_keys(&mut r)?,
+            },
+            0x22 => KvQuery::Exists {
+                keys: get_keys(&mut r)?,
+            },
+            0x23 => KvQuery::Scan {
+                start: r.bytes("start key", DECODE_BYTES_MAX)?,
+                end: get_opt(&mut r, "end key")?,
+                limit: r.u32()?,
+                keys_only: get_bool(&mut r)?,
+            },
+            0x24 => KvQuery::Count,
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    what: "kv query",
+                    tag,
+                })
+            }
+        };
+        r.finish()?;
+        Ok(q)
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix`, or
+/// `None` if there is none (empty prefix or all `0xff`).
+pub fn prefix_end(prefix: &[u8]) -> Option<Bytes> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(Bytes::from(end));
+        }
+    }
+    None
+}
+
+impl KvResult {
+    /// Encodes the result (see the module documentation).
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        match self {
+            KvResult::Ok => out.put_u8(0x00),
+            KvResult::Value(v) => {
+                out.reserve(6 + v.as_ref().map_or(0, Bytes::len));
+                out.put_u8(0x01);
+                put_opt(&mut out, v);
+            }
+            KvResult::Values(vs) => {
+                out.put_u8(0x02);
+                put_count(&mut out, vs.len());
+                for v in vs {
+                    put_opt(&mut out, v);
+                }
+            }
+            KvResult::Count(n) => {
+                out.put_u8(0x03);
+                out.put_u64_le(*n);
+            }
+            KvResult::Int(n) => {
+                out.put_u8(0x04);
+                out.put_i64_le(*n);
+            }
+            KvResult::Put { written, previous } => {
+                out.put_u8(0x05);
+                out.put_u8(u8::from(*written));
+                put_opt(&mut out, previous);
+            }
+            KvResult::Cas { swapped, previous } => {
+                out.put_u8(0x06);
+                out.put_u8(u8::from(*swapped));
+                put_opt(&mut out, previous);
+            }
+            KvResult::Entries { entries, next } => {
+                out.put_u8(0x07);
+                put_count(&mut out, entries.len());
+                for (k, v) in entries {
+                    put_bytes(&mut out, k);
+                    put_bytes(&mut out, v);
+                }
+                put_opt(&mut out, next);
+            }
+            KvResult::Len(n) => {
+                out.put_u8(0x08);
+                out.put_u64_le(*n);
+            }
+            KvResult::Error(e) => {
+                out.put_u8(0x7f);
+                out.put_u8(e.code());
+            }
+        }
+        out.freeze()
+    }
+
+    /// Decodes a result; accepts `&[u8]` or `Bytes` (zero-copy for the
+    /// latter).
+    ///
+    /// # Errors
+    /// [`DecodeError`] on malformed input.
+    pub fn decode(buf: impl Into<ResultBytes>) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(buf.into().0);
+        let res = match r.u8()? {
+            0x00 => KvResult::Ok,
+            0x01 => KvResult::Value(get_opt(&mut r, "value")?),
+            0x02 => {
+                let n = r.count("values", MAX_KEYS, 1)?;
+                KvResult::Values(
+                    (0..n)
+                        .map(|_| get_opt(&mut r, "value"))
+                        .collect::<Result<_, _>>()?,
+                )
+            }
+            0x03 => KvResult::Count(r.u64()?),
+            0x04 => KvResult::Int(r.i64()?),
+            0x05 => KvResult::Put {
+                written: get_bool(&mut r)?,
+                previous: get_opt(&mut r, "previous value")?,
+            },
+            0x06 => KvResult::Cas {
+                swapped: get_bool(&mut r)?,
+                previous: get_opt(&mut r, "previous value")?,
+            },
+            0x07 => {
+                let n = r.count("entries", SCAN_LIMIT_MAX, 8)?;
+                let mut entries = Vec::with_capacity(n);
+                for _ in 0..n {
+                    entries.push((
+                        r.bytes("key", DECODE_BYTES_MAX)?,
+                        r.bytes("value", DECODE_BYTES_MAX)?,
+                    ));
+                }
+                KvResult::Entries {
+                    entries,
+                    next: get_opt(&mut r, "next key")?,
+                }
+            }
+            0x08 => KvResult::Len(r.u64()?),
+            0x7f => KvResult::Error(KvError::from_code(r.u8()?)?),
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    what: "kv result",
+                    tag,
+                })
+            }
+        };
+        r.finish()?;
+        Ok(res)
+    }
+}
+
+/// Bytes to decode a [`KvResult`] from (from `Bytes`, `&Bytes` or `&[u8]`).
+#[derive(Debug)]
+pub struct ResultBytes(Bytes);
+
+impl From<Bytes> for ResultBytes {
+    fn from(b: Bytes) -> Self {
+        ResultBytes(b)
+    }
+}
+
+impl From<&Bytes> for ResultBytes {
+    fn from(b: &Bytes) -> Self {
+        ResultBytes(b.clone())
+    }
+}
+
+impl From<&[u8]> for ResultBytes {
+    fn from(b: &[u8]) -> Self {
+        ResultBytes(Bytes::copy_from_slice(b))
+    }
+}
+
+/// Parses a value as Redis does for `INCR`: an optional `-`, then decimal
+/// digits without leading zeros, within `i64`.
+pub(crate) fn parse_i64(v: &[u8]) -> Option<i64> {
+    let (neg, digits) = match v.split_first()? {
+        (b'-', rest) => (true, rest),
+        _ => (false, v),
+    };
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    if digits[0] == b'0' && (digits.len() > 1 || neg) {
+        return None;
+    }
+    // Accumulate negatively so i64::MIN parses.
+    let mut n: i64 = 0;
+    for d in digits {
+        n = n.checked_mul(10)?.checked_sub(i64::from(d - b'0'))?;
+    }
+    if neg {
+        Some(n)
+    } else {
+        n.checked_neg()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_i64_like_redis() {
+        assert_eq!(parse_i64(b"0"), Some(0));
+        assert_eq!(parse_i64(b"-12"), Some(-12));
+        assert_eq!(parse_i64(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(parse_i64(b"-9223372036854775808"), Some(i64::MIN));
+        for bad in [
+            &b""[..],
+            b"-",
+            b"-0",
+            b"01",
+            b"+1",
+            b" 1",
+            b"1.0",
+            b"9223372036854775808",
+            b"abc",
+        ] {
+            assert_eq!(parse_i64(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn prefix_end_edges() {
+        assert_eq!(prefix_end(b"ab").unwrap(), "ac");
+        assert_eq!(prefix_end(b"a\xff").unwrap(), "b");
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+
+    #[test]
+    fn golden_put() {
+        let c = KvCommand::Put {
+            key: "k".into(),
+            value: "vv".into(),
+            condition: PutCondition::IfAbsent,
+            return_previous: true,
+        };
+        assert_eq!(
+            &c.encode()[..],
+            &[0x01, 1, 0, 0, 0, b'k', 2, 0, 0, 0, b'v', b'v', 1, 1]
+        );
+        assert_eq!(
+            &KvResult::Error(KvError::NotInteger).encode()[..],
+            &[0x7f, 1]
+        );
+    }
+}

@@ -1,0 +1,548 @@
+//! The bundled key-value store: an in-memory ordered map of byte strings
+//! with Redis-like commands, as a [`StateMachine`].
+
+mod command;
+mod map;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+pub use command::{
+    prefix_end, KvCommand, KvError, KvQuery, KvResult, PutCondition, ResultBytes,
+    KEYS_PER_COMMAND_MAX, KEY_BYTES_MAX, SCAN_BYTES_MAX, SCAN_LIMIT_MAX, VALUE_BYTES_MAX,
+};
+use map::CowMap;
+
+use crate::error::{DecodeError, QueryError, SnapshotError};
+use crate::state_machine::{LocalBoxFuture, SmEntry, SmSnapshot, StateMachine};
+
+/// The kind name the KV store records in its snapshots.
+pub const KV_KIND: &str = "flotilla.kv/1";
+
+/// Snapshot data is written in pieces of about this size.
+const WRITE_PIECE_BYTES: usize = 64 << 10;
+
+/// The in-memory ordered KV store.
+///
+/// Keys and values are copied out of the command buffer when stored, so a
+/// stored 16-byte value never pins a large network or WAL buffer.
+///
+/// # Examples
+/// ```
+/// use flotilla_rsm::{KvCommand, KvQuery, KvResult, KvStore};
+/// let mut kv = KvStore::new();
+/// assert_eq!(kv.execute(&KvCommand::Increment { key: "n".into(), delta: 5 }), KvResult::Int(5));
+/// assert_eq!(kv.read(&KvQuery::Get { key: "n".into() }), KvResult::Value(Some("5".into())));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct KvStore {
+    map: CowMap,
+}
+
+impl KvStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True if there are no keys.
+    pub fn is_empty(&self) -> bool {
+        self.map.len() == 0
+    }
+
+    /// Total bytes of keys and values.
+    pub fn data_bytes(&self) -> u64 {
+        self.map.bytes()
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &[u8]) -> Option<&Bytes> {
+        self.map.get(key)
+    }
+
+    /// Every pair in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Bytes)> + '_ {
+        self.map.iter().map(|(k, v)| (k, v))
+    }
+
+    fn store(&mut self, key: &Bytes, value: &[u8]) -> Option<Bytes> {
+        self.map
+            .insert(Bytes::copy_from_slice(key), Bytes::copy_from_slice(value))
+    }
+
+    /// Executes a command (writes and reads) against the store.
+    pub fn execute(&mut self, cmd: &KvCommand) -> KvResult {
+        match cmd {
+            KvCommand::Put {
+                key,
+                value,
+                condition,
+                return_previous,
+            } => {
+                if let Some(e) = check_key(key).or_else(|| check_value(value.len())) {
+                    return KvResult::Error(e);
+                }
+                let present = self.map.contains_key(key);
+                let write = match condition {
+                    PutCondition::Always => true,
+                    PutCondition::IfAbsent => !present,
+                    PutCondition::IfPresent => present,
+                };
+                let previous = if write {
+                    self.store(key, value)
+                } else {
+                    self.map.get(key).cloned()
+                };
+                KvResult::Put {
+                    written: write,
+                    previous: previous.filter(|_| *return_previous),
+                }
+            }
+            KvCommand::Delete { keys } => {
+                let n = keys.iter().filter(|k| self.map.remove(k).is_some()).count();
+                KvResult::Count(n as u64)
+            }
+            KvCommand::Append { key, value } => {
+                if let Some(e) = check_key(key) {
+                    return KvResult::Error(e);
+                }
+                let old = self.map.get(key).map_or(0, Bytes::len);
+                if let Some(e) = check_value(old + value.len()) {
+                    return KvResult::Error(e);
+                }
+                let mut v = BytesMut::with_capacity(old + value.len());
+                if let Some(o) = self.map.get(key) {
+                    v.put_slice(o);
+                }
+                v.put_slice(value);
+                let len = v.len() as u64;
+                self.map.insert(Bytes::copy_from_slice(key), v.freeze());
+                KvResult::Len(len)
+            }
+            KvCommand::CompareAndSet {
+                key,
+                expected,
+                new_value,
+            } => {
+                if let Some(e) =
+                    check_key(key).or_else(|| new_value.as_ref().and_then(|v| check_value(v.len())))
+                {
+                    return KvResult::Error(e);
+                }
+                let previous = self.map.get(key).cloned();
+                let swapped = previous.as_deref() == expected.as_deref();
+                if swapped {
+                    match new_value {
+                        Some(v) => {
+                            self.store(key, v);
+                        }
+                        None => {
+                            self.map.remove(key);
+                        }
+                    }
+                }
+                KvResult::Cas { swapped, previous }
+            }
+            KvCommand::Increment { key, delta } => {
+                if let Some(e) = check_key(key) {
+                    return KvResult::Error(e);
+                }
+                let current = match self.map.get(key) {
+                    None => 0,
+                    Some(v) => match command::parse_i64(v) {
+                        Some(n) => n,
+                        None => return KvResult::Error(KvError::NotInteger),
+                    },
+                };
+                let Some(n) = current.checked_add(*delta) else {
+                    return KvResult::Error(KvError::Overflow);
+                };
+                self.map
+                    .insert(Bytes::copy_from_slice(key), Bytes::from(n.to_string()));
+                KvResult::Int(n)
+            }
+            KvCommand::MultiPut { pairs } => {
+                // Validate everything first: all or nothing.
+                for (k, v) in pairs {
+                    if let Some(e) = check_key(k).or_else(|| check_value(v.len())) {
+                        return KvResult::Error(e);
+                    }
+                }
+                for (k, v) in pairs {
+                    self.store(k, v);
+                }
+                KvResult::Ok
+            }
+            KvCommand::Read(q) => self.read(q),
+        }
+    }
+
+    /// Answers a query.
+    pub fn read(&self, q: &KvQuery) -> KvResult {
+        match q {
+            KvQuery::Get { key } => KvResult::Value(self.map.get(key).cloned()),
+            KvQuery::MultiGet { keys } => {
+                KvResult::Values(keys.iter().map(|k| self.map.get(k).cloned()).collect())
+            }
+            KvQuery::Exists { keys } => {
+                KvResult::Count(keys.iter().filter(|k| self.map.contains_key(k)).count() as u64)
+            }
+            KvQuery::Scan {
+                start,
+                end,
+                limit,
+                keys_only,
+            } => {
+                let limit = (*limit).min(SCAN_LIMIT_MAX) as usize;
+                let mut entries = Vec::new();
+                let mut bytes = 0usize;
+                let mut next = None;
+                for (k, v) in self.map.range(start, end.as_deref()) {
+                    if entries.len() >= limit || (bytes >= SCAN_BYTES_MAX && !entries.is_empty()) {
+                        next = Some(k.clone());
+                        break;
+                    }
+                    let v = if *keys_only { Bytes::new() } else { v.clone() };
+                    bytes += k.len() + v.len();
+                    entries.push((k.clone(), v));
+                }
+                KvResult::Entries { entries, next }
+            }
+            KvQuery::Count => KvResult::Count(self.map.len() as u64),
+        }
+    }
+}
+
+fn check_key(key: &[u8]) -> Option<KvError> {
+    (key.len() > KEY_BYTES_MAX).then_some(KvError::KeyTooLarge)
+}
+
+fn check_value(len: usize) -> Option<KvError> {
+    (len > VALUE_BYTES_MAX).then_some(KvError::ValueTooLarge)
+}
+
+impl StateMachine for KvStore {
+    fn kind(&self) -> &str {
+        KV_KIND
+    }
+
+    fn apply(&mut self, entries: &mut [SmEntry]) {
+        for e in entries {
+            let result = match KvCommand::decode(e.cmd.clone()) {
+                Ok(cmd) => self.execute(&cmd),
+                Err(err) => {
+                    tracing::debug!(index = e.index, error = %err, "malformed kv command");
+                    KvResult::Error(KvError::Malformed)
+                }
+            };
+            e.result = result.encode();
+        }
+    }
+
+    fn query(&self, query: &[u8]) -> Result<Bytes, QueryError> {
+        let q = KvQuery::decode(Bytes::copy_from_slice(query)).map_err(|e| match e {
+            DecodeError::UnknownTag { .. }
+                if query.first().is_some_and(|t| (0x01..=0x06).contains(t)) =>
+            {
+                QueryError::Unsupported
+            }
+            e => QueryError::Malformed(e),
+        })?;
+        Ok(self.read(&q).encode())
+    }
+
+    fn capture(&self) -> Box<dyn SmSnapshot> {
+        Box::new(KvSnapshot {
+            map: self.map.clone(),
+        })
+    }
+
+    fn fresh(&self) -> Box<dyn StateMachine> {
+        Box::new(KvStore::new())
+    }
+
+    fn recover<'a>(
+        &'a mut self,
+        src: &'a mut (dyn AsyncRead + Unpin),
+    ) -> LocalBoxFuture<'a, Result<(), SnapshotError>> {
+        Box::pin(async move {
+            self.map = read_kv_data(src).await?;
+            Ok(())
+        })
+    }
+}
+
+/// A captured view of a [`KvStore`] (shares its leaves copy-on-write).
+struct KvSnapshot {
+    map: CowMap,
+}
+
+impl SmSnapshot for KvSnapshot {
+    /// Writes the pairs in key order.
+    ///
+    /// ```text
+    /// | count u64 | (key_len u32 | key | value_len u32 | value) * count |
+    /// ```
+    fn write_to<'a>(
+        &'a self,
+        sink: &'a mut (dyn AsyncWrite + Unpin),
+    ) -> LocalBoxFuture<'a, Result<(), SnapshotError>> {
+        Box::pin(async move {
+            let mut buf = Vec::with_capacity(WRITE_PIECE_BYTES + 64);
+            buf.extend_from_slice(&(self.map.len() as u64).to_le_bytes());
+            for (k, v) in self.map.iter() {
+                buf.extend_from_slice(&(k.len() as u32).to_le_bytes());
+                buf.extend_from_slice(k);
+                buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                if v.len() >= WRITE_PIECE_BYTES {
+                    sink.write_all(&buf).await?;
+                    buf.clear();
+                    sink.write_all(v).await?;
+                } else {
+                    buf.extend_from_slice(v);
+                }
+                if buf.len() >= WRITE_PIECE_BYTES {
+                    sink.write_all(&buf).await?;
+                    buf.clear();
+                }
+            }
+            sink.write_all(&buf).await?;
+            Ok(())
+        })
+    }
+}
+
+async fn read_len(
+    src: &mut (dyn AsyncRead + Unpin),
+    what: &'static str,
+    max: usize,
+) -> Result<usize, SnapshotError> {
+    let mut b = [0u8; 4];
+    src.read_exact(&mut b).await?;
+    let len = u32::from_le_bytes(b) as usize;
+    if len > max {
+        return Err(SnapshotError::Corrupt {
+            section: "kv data",
+            error: DecodeError::TooLarge {
+                what,
+                len: len as u64,
+                max: max as u64,
+            },
+        });
+    }
+    Ok(len)
+}
+
+async fn read_kv_data(src: &mut (dyn AsyncRead + Unpin)) -> Result<CowMap, SnapshotError> {
+    let mut b = [0u8; 8];
+    src.read_exact(&mut b).await?;
+    let count = u64::from_le_bytes(b);
+    let mut pairs: Vec<(Bytes, Bytes)> = Vec::with_capacity(count.min(1 << 16) as usize);
+    for _ in 0..count {
+        let klen = read_len(src, "key", KEY_BYTES_MAX).await?;
+        let mut key = vec![0u8; klen];
+        src.read_exact(&mut key).await?;
+        let vlen = read_len(src, "value", VALUE_BYTES_MAX).await?;
+        let mut value = vec![0u8; vlen];
+        src.read_exact(&mut value).await?;
+        if let Some((prev, _)) = pairs.last() {
+            if prev[..] >= key[..] {
+                return Err(SnapshotError::Corrupt {
+                    section: "kv data",
+                    error: DecodeError::Invalid { what: "key order" },
+                });
+            }
+        }
+        pairs.push((Bytes::from(key), Bytes::from(value)));
+    }
+    Ok(CowMap::from_sorted(pairs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn commands() {
+        let mut kv = KvStore::new();
+        let put_nx = |v: &str| KvCommand::Put {
+            key: k("a"),
+            value: k(v),
+            condition: PutCondition::IfAbsent,
+            return_previous: true,
+        };
+        assert_eq!(
+            kv.execute(&put_nx("1")),
+            KvResult::Put {
+                written: true,
+                previous: None
+            }
+        );
+        assert_eq!(
+            kv.execute(&put_nx("2")),
+            KvResult::Put {
+                written: false,
+                previous: Some(k("1"))
+            }
+        );
+        let put_xx = KvCommand::Put {
+            key: k("b"),
+            value: k("x"),
+            condition: PutCondition::IfPresent,
+            return_previous: false,
+        };
+        assert_eq!(
+            kv.execute(&put_xx),
+            KvResult::Put {
+                written: false,
+                previous: None
+            }
+        );
+        assert_eq!(
+            kv.execute(&KvCommand::Append {
+                key: k("a"),
+                value: k("23")
+            }),
+            KvResult::Len(3)
+        );
+        assert_eq!(
+            kv.execute(&KvCommand::Increment {
+                key: k("a"),
+                delta: -124
+            }),
+            KvResult::Int(-1)
+        );
+        assert_eq!(
+            kv.execute(&KvCommand::Append {
+                key: k("s"),
+                value: k("x")
+            }),
+            KvResult::Len(1)
+        );
+        assert_eq!(
+            kv.execute(&KvCommand::Increment {
+                key: k("s"),
+                delta: 1
+            }),
+            KvResult::Error(KvError::NotInteger)
+        );
+        kv.execute(&KvCommand::put("m", i64::MAX.to_string()));
+        assert_eq!(
+            kv.execute(&KvCommand::Increment {
+                key: k("m"),
+                delta: 1
+            }),
+            KvResult::Error(KvError::Overflow)
+        );
+        let cas = |exp: Option<&str>, new: Option<&str>| KvCommand::CompareAndSet {
+            key: k("c"),
+            expected: exp.map(k),
+            new_value: new.map(k),
+        };
+        assert_eq!(
+            kv.execute(&cas(Some("z"), Some("1"))),
+            KvResult::Cas {
+                swapped: false,
+                previous: None
+            }
+        );
+        assert_eq!(
+            kv.execute(&cas(None, Some("1"))),
+            KvResult::Cas {
+                swapped: true,
+                previous: None
+            }
+        );
+        assert_eq!(
+            kv.execute(&cas(Some("1"), None)),
+            KvResult::Cas {
+                swapped: true,
+                previous: Some(k("1"))
+            }
+        );
+        assert_eq!(kv.get(b"c"), None);
+        assert_eq!(
+            kv.execute(&KvCommand::MultiPut {
+                pairs: vec![(k("p/1"), k("1")), (k("p/2"), k("2"))]
+            }),
+            KvResult::Ok
+        );
+        assert_eq!(
+            kv.read(&KvQuery::MultiGet {
+                keys: vec![k("p/1"), k("nope"), k("p/2")]
+            }),
+            KvResult::Values(vec![Some(k("1")), None, Some(k("2"))])
+        );
+        assert_eq!(
+            kv.read(&KvQuery::Exists {
+                keys: vec![k("p/1"), k("p/1"), k("q")]
+            }),
+            KvResult::Count(2)
+        );
+        assert_eq!(
+            kv.read(&KvQuery::prefix("p/", 1)),
+            KvResult::Entries {
+                entries: vec![(k("p/1"), k("1"))],
+                next: Some(k("p/2"))
+            }
+        );
+        assert_eq!(
+            kv.execute(&KvCommand::Delete {
+                keys: vec![k("p/1"), k("p/1"), k("zz")]
+            }),
+            KvResult::Count(1)
+        );
+        assert_eq!(kv.read(&KvQuery::Count), KvResult::Count(4));
+        let big = Bytes::from(vec![0u8; KEY_BYTES_MAX + 1]);
+        assert_eq!(
+            kv.execute(&KvCommand::put(big, "v")),
+            KvResult::Error(KvError::KeyTooLarge)
+        );
+        // MultiPut is all or nothing.
+        let bad = KvCommand::MultiPut {
+            pairs: vec![
+                (k("ok"), k("1")),
+                (Bytes::from(vec![1u8; KEY_BYTES_MAX + 1]), k("1")),
+            ],
+        };
+        assert_eq!(kv.execute(&bad), KvResult::Error(KvError::KeyTooLarge));
+        assert_eq!(kv.get(b"ok"), None);
+    }
+
+    #[test]
+    fn query_path_rejects_writes_and_garbage() {
+        let kv = KvStore::new();
+        assert_eq!(
+            kv.query(&KvCommand::put("a", "b").encode()),
+            Err(QueryError::Unsupported)
+        );
+        assert!(matches!(kv.query(&[0x99]), Err(QueryError::Malformed(_))));
+        let r = kv.query(&KvQuery::Count.encode()).unwrap();
+        assert_eq!(KvResult::decode(&r).unwrap(), KvResult::Count(0));
+    }
+
+    #[test]
+    fn malformed_command_is_a_result() {
+        let mut kv = KvStore::new();
+        let mut entries = vec![SmEntry {
+            index: 1,
+            cmd: Bytes::from_static(&[0x01, 9]),
+            result: Bytes::new(),
+        }];
+        kv.apply(&mut entries);
+        assert_eq!(
+            KvResult::decode(&entries[0].result).unwrap(),
+            KvResult::Error(KvError::Malformed)
+        );
+        assert!(kv.is_empty());
+    }
+}

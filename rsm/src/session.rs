@@ -1,0 +1,395 @@
+//! The session table: exactly-once application of client commands across
+//! retries (Raft thesis §6.3; dragonboat's sessions).
+//!
+//! Every registered client has a session holding the results of its recent
+//! commands, keyed by series id. A retried command (same client, same series)
+//! gets the cached result instead of being applied again. The client tells,
+//! with every command, up to which series it has received responses
+//! (`responded_to`); those results are dropped. Everything here is driven
+//! only by the committed log, so every replica holds the same table.
+//!
+//! Bounds: at most `sessions_max` sessions (registering one more evicts the
+//! least recently used session, by the log index that last touched it — a
+//! deterministic choice) and at most `responses_per_session_max` cached
+//! results per session (a command over that bound is rejected with
+//! [`ApplyError::SessionBusy`], never applied).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::codec::{put_bytes, put_count, Reader};
+use crate::error::{ApplyError, DecodeError};
+
+/// Bounds of the session table. They shape replicated state, so every
+/// replica of a group must use the same values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Maximum number of registered sessions (least recently used evicted).
+    pub sessions_max: u32,
+    /// Maximum cached, unacknowledged results per session.
+    pub responses_per_session_max: u32,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            sessions_max: 4096,
+            responses_per_session_max: 1024,
+        }
+    }
+}
+
+/// Largest cached result the session-table decoder accepts.
+const RESULT_BYTES_MAX: u32 = 64 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Session {
+    /// Log index of the entry that last used this session (LRU key).
+    last_used_index: u64,
+    /// Every series up to this one has been answered to the client.
+    responded_to: u64,
+    /// Cached results by series id; `None` while the command is in the
+    /// state machine's current batch (never seen outside `Rsm::apply`).
+    /// Invariant: every key > `responded_to`.
+    responses: BTreeMap<u64, Option<Bytes>>,
+}
+
+/// What to do with a session command.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Check {
+    /// Apply it; a placeholder for its result is in place.
+    Apply,
+    /// Already applied: this is its result.
+    Cached(Bytes),
+    /// The same command is in the current, not yet applied, batch: apply
+    /// the batch first, then check again.
+    InBatch,
+    /// Reject it, state unchanged.
+    Reject(ApplyError),
+}
+
+/// The replicated table of client sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionTable {
+    config: SessionConfig,
+    sessions: BTreeMap<u64, Session>,
+    /// (last_used_index, client_id) of every session: the LRU order.
+    lru: BTreeSet<(u64, u64)>,
+}
+
+impl SessionTable {
+    /// An empty table.
+    ///
+    /// # Panics
+    /// If a bound in `config` is 0.
+    pub fn new(config: SessionConfig) -> Self {
+        assert!(config.sessions_max > 0 && config.responses_per_session_max > 0);
+        Self {
+            config,
+            sessions: BTreeMap::new(),
+            lru: BTreeSet::new(),
+        }
+    }
+
+    /// Number of registered sessions.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// True if no session is registered.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// True if `client_id` has a session.
+    pub fn contains(&self, client_id: u64) -> bool {
+        self.sessions.contains_key(&client_id)
+    }
+
+    /// The bounds in force.
+    pub fn config(&self) -> SessionConfig {
+        self.config
+    }
+
+    fn touch(&mut self, client_id: u64, index: u64) {
+        let s = self
+            .sessions
+            .get_mut(&client_id)
+            .expect("touch a live session");
+        let removed = self.lru.remove(&(s.last_used_index, client_id));
+        debug_assert!(removed, "lru out of sync for {client_id}");
+        s.last_used_index = index;
+        self.lru.insert((index, client_id));
+    }
+
+    pub(crate) fn register(&mut self, client_id: u64, index: u64) -> Result<(), ApplyError> {
+        if self.sessions.contains_key(&client_id) {
+            return Err(ApplyError::SessionAlreadyRegistered { client_id });
+        }
+        if self.sessions.len() >= self.config.sessions_max as usize {
+            let (_, victim) = self.lru.pop_first().expect("a full table is not empty");
+            self.sessions.remove(&victim);
+            tracing::debug!(client_id = victim, "evicted least recently used session");
+        }
+        self.sessions.insert(
+            client_id,
+            Session {
+                last_used_index: index,
+                responded_to: 0,
+                responses: BTreeMap::new(),
+            },
+        );
+        self.lru.insert((index, client_id));
+        debug_assert_eq!(self.lru.len(), self.sessions.len());
+        Ok(())
+    }
+
+    pub(crate) fn unregister(&mut self, client_id: u64) -> Result<(), ApplyError> {
+        let s = self
+            .sessions
+            .remove(&client_id)
+            .ok_or(ApplyError::SessionNotFound { client_id })?;
+        debug_assert!(
+            s.responses.values().all(Option::is_some),
+            "unregister with a batch in flight"
+        );
+        self.lru.remove(&(s.last_used_index, client_id));
+        Ok(())
+    }
+
+    /// Decides what to do with command `series_id` of `client_id` at log
+    /// `index`, first dropping the results the client has acknowledged.
+    pub(crate) fn check(
+        &mut self,
+        client_id: u64,
+        series_id: u64,
+        responded_to: u64,
+        index: u64,
+    ) -> Check {
+        if !self.sessions.contains_key(&client_id) {
+            return Check::Reject(ApplyError::SessionNotFound { client_id });
+        }
+        self.touch(client_id, index);
+        let max = self.config.responses_per_session_max;
+        let s = self.sessions.get_mut(&client_id).expect("checked above");
+        if responded_to > s.responded_to {
+            s.responded_to = responded_to;
+            match responded_to.checked_add(1) {
+                Some(first_kept) => s.responses = s.responses.split_off(&first_kept),
+                None => s.responses.clear(),
+            }
+        }
+        if series_id <= s.responded_to {
+            return Check::Reject(ApplyError::ResponseDiscarded {
+                client_id,
+                series_id,
+            });
+        }
+        match s.responses.get(&series_id) {
+            Some(Some(result)) => Check::Cached(result.clone()),
+            Some(None) => Check::InBatch,
+            None if s.responses.len() >= max as usize => Check::Reject(ApplyError::SessionBusy {
+                client_id,
+                responses_max: max,
+            }),
+            None => {
+                s.responses.insert(series_id, None);
+                Check::Apply
+            }
+        }
+    }
+
+    /// Stores the result of a command that [`SessionTable::check`] let
+    /// through. A session evicted or a series acknowledged meanwhile keeps
+    /// nothing.
+    pub(crate) fn record(&mut self, client_id: u64, series_id: u64, result: Bytes) {
+        if let Some(s) = self.sessions.get_mut(&client_id) {
+            if let Some(slot) = s.responses.get_mut(&series_id) {
+                debug_assert!(slot.is_none(), "result recorded twice");
+                *slot = Some(result);
+            }
+        }
+    }
+
+    /// True if no result placeholder is pending (between batches).
+    pub(crate) fn is_settled(&self) -> bool {
+        self.sessions
+            .values()
+            .all(|s| s.responses.values().all(Option::is_some))
+    }
+
+    /// Encodes the table (deterministic: sessions by client id, results by
+    /// series id).
+    ///
+    /// ```text
+    /// | sessions u32 | session * |
+    /// session:  | client_id u64 | last_used_index u64 | responded_to u64 |
+    ///           | responses u32 | (series_id u64 | len u32 | result bytes) * |
+    /// ```
+    ///
+    /// # Panics
+    /// If called while a batch is being applied (a placeholder is pending).
+    pub fn encode(&self) -> Bytes {
+        assert!(self.is_settled(), "session table encoded mid-batch");
+        let mut out = BytesMut::new();
+        put_count(&mut out, self.sessions.len());
+        for (client_id, s) in &self.sessions {
+            out.put_u64_le(*client_id);
+            out.put_u64_le(s.last_used_index);
+            out.put_u64_le(s.responded_to);
+            put_count(&mut out, s.responses.len());
+            for (series, result) in &s.responses {
+                out.put_u64_le(*series);
+                put_bytes(&mut out, result.as_ref().expect("settled"));
+            }
+        }
+        out.freeze()
+    }
+
+    /// Decodes a table written by [`SessionTable::encode`], checking every
+    /// invariant (ordering, bounds, no duplicate LRU positions).
+    ///
+    /// # Errors
+    /// [`DecodeError`] on any malformed or inconsistent input.
+    pub fn decode(config: SessionConfig, buf: Bytes) -> Result<Self, DecodeError> {
+        let mut t = SessionTable::new(config);
+        let mut r = Reader::new(buf);
+        let n = r.count("session count", config.sessions_max, 28)?;
+        let mut prev_client = 0u64;
+        for _ in 0..n {
+            let client_id = r.u64()?;
+            if client_id <= prev_client {
+                return Err(DecodeError::Invalid {
+                    what: "session order",
+                });
+            }
+            prev_client = client_id;
+            let last_used_index = r.u64()?;
+            let responded_to = r.u64()?;
+            let m = r.count("session responses", config.responses_per_session_max, 12)?;
+            let mut responses = BTreeMap::new();
+            let mut prev_series = responded_to;
+            for _ in 0..m {
+                let series = r.u64()?;
+                if series <= prev_series {
+                    return Err(DecodeError::Invalid {
+                        what: "response order",
+                    });
+                }
+                prev_series = series;
+                responses.insert(series, Some(r.bytes("cached result", RESULT_BYTES_MAX)?));
+            }
+            if !t.lru.insert((last_used_index, client_id)) {
+                return Err(DecodeError::Invalid {
+                    what: "session lru",
+                });
+            }
+            t.sessions.insert(
+                client_id,
+                Session {
+                    last_used_index,
+                    responded_to,
+                    responses,
+                },
+            );
+        }
+        r.finish()?;
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(sessions_max: u32, responses: u32) -> SessionConfig {
+        SessionConfig {
+            sessions_max,
+            responses_per_session_max: responses,
+        }
+    }
+
+    #[test]
+    fn dedup_and_acknowledge() {
+        let mut t = SessionTable::new(cfg(4, 4));
+        t.register(7, 1).unwrap();
+        assert_eq!(t.check(7, 1, 0, 2), Check::Apply);
+        assert_eq!(t.check(7, 1, 0, 3), Check::InBatch);
+        t.record(7, 1, Bytes::from_static(b"r1"));
+        assert_eq!(
+            t.check(7, 1, 0, 4),
+            Check::Cached(Bytes::from_static(b"r1"))
+        );
+        assert_eq!(t.check(7, 2, 1, 5), Check::Apply);
+        t.record(7, 2, Bytes::from_static(b"r2"));
+        assert_eq!(
+            t.check(7, 1, 1, 6),
+            Check::Reject(ApplyError::ResponseDiscarded {
+                client_id: 7,
+                series_id: 1
+            })
+        );
+        assert_eq!(
+            t.check(7, 2, 1, 7),
+            Check::Cached(Bytes::from_static(b"r2"))
+        );
+        assert_eq!(
+            t.check(8, 1, 0, 8),
+            Check::Reject(ApplyError::SessionNotFound { client_id: 8 })
+        );
+    }
+
+    #[test]
+    fn busy_session_rejects() {
+        let mut t = SessionTable::new(cfg(4, 2));
+        t.register(1, 1).unwrap();
+        for s in 1..=2 {
+            assert_eq!(t.check(1, s, 0, 1 + s), Check::Apply);
+            t.record(1, s, Bytes::new());
+        }
+        assert!(matches!(
+            t.check(1, 3, 0, 9),
+            Check::Reject(ApplyError::SessionBusy { .. })
+        ));
+        // Acknowledging frees room.
+        assert_eq!(t.check(1, 3, 2, 10), Check::Apply);
+    }
+
+    #[test]
+    fn lru_eviction_is_by_last_use() {
+        let mut t = SessionTable::new(cfg(2, 4));
+        t.register(1, 1).unwrap();
+        t.register(2, 2).unwrap();
+        assert_eq!(t.check(1, 1, 0, 3), Check::Apply); // 1 is now the most recent
+        t.record(1, 1, Bytes::new());
+        t.register(3, 4).unwrap();
+        assert!(t.contains(1) && t.contains(3) && !t.contains(2));
+        assert_eq!(
+            t.register(3, 5),
+            Err(ApplyError::SessionAlreadyRegistered { client_id: 3 })
+        );
+        t.unregister(3).unwrap();
+        assert_eq!(
+            t.unregister(3),
+            Err(ApplyError::SessionNotFound { client_id: 3 })
+        );
+    }
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let mut t = SessionTable::new(cfg(8, 8));
+        t.register(5, 1).unwrap();
+        t.register(3, 2).unwrap();
+        assert_eq!(t.check(5, 1, 0, 3), Check::Apply);
+        t.record(5, 1, Bytes::from_static(b"hello"));
+        let enc = t.encode();
+        let back = SessionTable::decode(t.config(), enc.clone()).unwrap();
+        assert_eq!(back, t);
+        assert_eq!(back.encode(), enc);
+        // Every truncation is an error, never a panic.
+        for cut in 0..enc.len() {
+            assert!(SessionTable::decode(t.config(), enc.slice(..cut)).is_err());
+        }
+    }
+}
