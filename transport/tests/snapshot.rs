@@ -277,7 +277,7 @@ fn snapshot_of_hundreds_of_mb_survives_a_broken_connection_and_a_retry() {
             let source_crc = source.crc.clone().finalize();
             assert_eq!(sent.bytes, len);
             assert_eq!(sent.crc, source_crc);
-            let o = handler.outcomes.borrow();
+            let o = handler.outcomes.borrow().clone();
             assert_eq!(o.len(), 2, "receiver told before the sender's ack");
             let received = o[1].2.clone().expect("second stream received");
             assert_eq!(
@@ -361,7 +361,7 @@ fn rejections_and_failures_reach_both_sides() {
             matches!(e, SnapshotError::Remote(ref r) if r.contains("disk full")),
             "{e}"
         );
-        let o = bad_sink.outcomes.borrow();
+        let o = bad_sink.outcomes.borrow().clone();
         assert!(
             matches!(&o[0].2, Err(r) if r.contains("disk full")),
             "{:?}",
@@ -444,7 +444,7 @@ fn a_stalled_sender_times_out_at_the_receiver() {
             |n| *n == 1,
         )
         .await;
-        let o = handler.outcomes.borrow();
+        let o = handler.outcomes.borrow().clone();
         assert!(
             matches!(&o[0].2, Err(e) if e.contains("stalled")),
             "{:?}",
