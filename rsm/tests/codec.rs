@@ -1,0 +1,187 @@
+//! Codecs: round trips, and decoding arbitrary bytes never panics.
+
+use bytes::Bytes;
+use flotilla_rsm::{
+    ApplyError, Envelope, KvCommand, KvError, KvQuery, KvResult, KvStore, PutCondition, Rsm,
+    SessionConfig, SessionTable,
+};
+use proptest::prelude::*;
+
+fn bytes() -> impl Strategy<Value = Bytes> {
+    proptest::collection::vec(any::<u8>(), 0..20).prop_map(Bytes::from)
+}
+
+fn query() -> impl Strategy<Value = KvQuery> {
+    prop_oneof![
+        bytes().prop_map(|key| KvQuery::Get { key }),
+        proptest::collection::vec(bytes(), 0..4).prop_map(|keys| KvQuery::MultiGet { keys }),
+        proptest::collection::vec(bytes(), 0..4).prop_map(|keys| KvQuery::Exists { keys }),
+        (
+            bytes(),
+            proptest::option::of(bytes()),
+            any::<u32>(),
+            any::<bool>()
+        )
+            .prop_map(|(start, end, limit, keys_only)| KvQuery::Scan {
+                start,
+                end,
+                limit,
+                keys_only
+            }),
+        Just(KvQuery::Count),
+    ]
+}
+
+fn command() -> impl Strategy<Value = KvCommand> {
+    prop_oneof![
+        (bytes(), bytes(), 0usize..3, any::<bool>()).prop_map(
+            |(key, value, c, return_previous)| KvCommand::Put {
+                key,
+                value,
+                condition: [
+                    PutCondition::Always,
+                    PutCondition::IfAbsent,
+                    PutCondition::IfPresent
+                ][c],
+                return_previous
+            }
+        ),
+        proptest::collection::vec(bytes(), 0..4).prop_map(|keys| KvCommand::Delete { keys }),
+        (bytes(), bytes()).prop_map(|(key, value)| KvCommand::Append { key, value }),
+        (
+            bytes(),
+            proptest::option::of(bytes()),
+            proptest::option::of(bytes())
+        )
+            .prop_map(|(key, expected, new_value)| KvCommand::CompareAndSet {
+                key,
+                expected,
+                new_value
+            }),
+        (bytes(), any::<i64>()).prop_map(|(key, delta)| KvCommand::Increment { key, delta }),
+        proptest::collection::vec((bytes(), bytes()), 0..4)
+            .prop_map(|pairs| KvCommand::MultiPut { pairs }),
+        query().prop_map(KvCommand::Read),
+    ]
+}
+
+fn result() -> impl Strategy<Value = KvResult> {
+    prop_oneof![
+        Just(KvResult::Ok),
+        proptest::option::of(bytes()).prop_map(KvResult::Value),
+        proptest::collection::vec(proptest::option::of(bytes()), 0..4).prop_map(KvResult::Values),
+        any::<u64>().prop_map(KvResult::Count),
+        any::<i64>().prop_map(KvResult::Int),
+        any::<u64>().prop_map(KvResult::Len),
+        (any::<bool>(), proptest::option::of(bytes()))
+            .prop_map(|(written, previous)| KvResult::Put { written, previous }),
+        (any::<bool>(), proptest::option::of(bytes()))
+            .prop_map(|(swapped, previous)| KvResult::Cas { swapped, previous }),
+        (
+            proptest::collection::vec((bytes(), bytes()), 0..4),
+            proptest::option::of(bytes())
+        )
+            .prop_map(|(entries, next)| KvResult::Entries { entries, next }),
+        prop_oneof![
+            Just(KvError::NotInteger),
+            Just(KvError::Overflow),
+            Just(KvError::KeyTooLarge),
+            Just(KvError::ValueTooLarge),
+            Just(KvError::Malformed)
+        ]
+        .prop_map(KvResult::Error),
+    ]
+}
+
+fn envelope() -> impl Strategy<Value = Envelope> {
+    prop_oneof![
+        bytes().prop_map(|payload| Envelope::NoOp { payload }),
+        (1u64.., 1u64.., any::<u64>(), bytes()).prop_map(
+            |(client_id, series_id, responded_to, payload)| {
+                Envelope::Session {
+                    client_id,
+                    series_id,
+                    responded_to,
+                    payload,
+                }
+            }
+        ),
+        (1u64..).prop_map(|client_id| Envelope::Register { client_id }),
+        (1u64..).prop_map(|client_id| Envelope::Unregister { client_id }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn command_round_trip(c in command()) {
+        let enc = c.encode();
+        prop_assert_eq!(KvCommand::decode(enc.clone()).unwrap(), c.clone());
+        // Every strict prefix is rejected.
+        for cut in 0..enc.len() {
+            prop_assert!(KvCommand::decode(enc.slice(..cut)).is_err());
+        }
+        if let KvCommand::Read(q) = &c {
+            prop_assert_eq!(&KvQuery::decode(enc.clone()).unwrap(), q);
+        }
+    }
+
+    #[test]
+    fn result_round_trip(r in result()) {
+        let enc = r.encode();
+        prop_assert_eq!(KvResult::decode(&enc).unwrap(), r.clone());
+        for cut in 0..enc.len() {
+            prop_assert!(KvResult::decode(enc.slice(..cut)).is_err());
+        }
+    }
+
+    #[test]
+    fn envelope_round_trip(e in envelope()) {
+        prop_assert_eq!(Envelope::decode(e.encode()).unwrap(), e.clone());
+        prop_assert_eq!(e.encode().len(), e.encoded_len());
+    }
+
+    #[test]
+    fn decoding_garbage_never_panics(b in proptest::collection::vec(any::<u8>(), 0..64)) {
+        let b = Bytes::from(b);
+        let _ = KvCommand::decode(b.clone());
+        let _ = KvQuery::decode(b.clone());
+        let _ = KvResult::decode(&b);
+        let _ = Envelope::decode(b.clone());
+        let _ = SessionTable::decode(SessionConfig::default(), b.clone());
+        let kv = KvStore::new();
+        let _ = flotilla_rsm::StateMachine::query(&kv, &b);
+    }
+
+    /// Any committed bytes give a result for that entry, identical on two
+    /// replicas, and never a panic.
+    #[test]
+    fn applying_garbage_is_deterministic(entries in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 1..40)) {
+        let mut a = Rsm::new(Box::new(KvStore::new()), SessionConfig::default());
+        let mut b = Rsm::new(Box::new(KvStore::new()), SessionConfig::default());
+        let entries: Vec<(u64, Bytes)> = entries.into_iter().enumerate().map(|(i, e)| (i as u64 + 1, Bytes::from(e))).collect();
+        let (mut oa, mut ob) = (Vec::new(), Vec::new());
+        a.apply(entries.iter().cloned(), &mut oa);
+        for e in &entries {
+            b.apply([e.clone()], &mut ob);
+        }
+        prop_assert_eq!(oa, ob);
+    }
+}
+
+#[test]
+fn garbage_command_in_noop_envelope_is_a_kv_error_result() {
+    let mut rsm = Rsm::new(Box::new(KvStore::new()), SessionConfig::default());
+    let mut out = Vec::new();
+    rsm.apply(
+        [
+            (1, flotilla_rsm::encode_noop(&[0x01, 0xff])),
+            (2, Bytes::from_static(&[0x00])),
+        ],
+        &mut out,
+    );
+    assert_eq!(
+        KvResult::decode(out[0].result.as_ref().unwrap()).unwrap(),
+        KvResult::Error(KvError::Malformed)
+    );
+    assert!(matches!(out[1].result, Err(ApplyError::BadEnvelope(_))));
+}
