@@ -1,0 +1,613 @@
+//! The in-memory index: per group, its hard state, snapshot marker and, for
+//! every live entry, its term, kind, where it lives on disk and (while cached)
+//! its payload. The same `apply` serves live writes and recovery replay, so
+//! recovery gives exactly the answer the live WAL gave.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+
+use crate::error::InvalidOp;
+use crate::types::{GroupId, HardState, SnapshotMarker};
+
+/// Where an entry's payload lives on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Loc {
+    pub segment: u64,
+    pub offset: u64,
+    pub bytes: u32,
+    pub crc: u32,
+}
+
+/// One live entry.
+#[derive(Debug, Clone)]
+pub(crate) struct Slot {
+    pub term: u64,
+    pub kind: u8,
+    /// Operation that wrote it (0 = recovered from disk).
+    pub op_id: u64,
+    /// `None` until its frame is encoded.
+    pub loc: Option<Loc>,
+    /// Cached payload; always `Some` until the entry is durable.
+    pub payload: Option<Bytes>,
+}
+
+/// Everything known about one group.
+///
+/// Invariant: `slots[i]` holds index `marker.index + 1 + i`.
+#[derive(Debug, Default)]
+pub(crate) struct GroupState {
+    pub hard_state: Option<HardState>,
+    pub marker: SnapshotMarker,
+    pub slots: VecDeque<Slot>,
+    /// Segment holding the latest hard-state record (once encoded).
+    pub hs_seg: Option<u64>,
+    pub hs_op: u64,
+    /// Segment holding the latest snapshot record (once encoded).
+    pub marker_seg: Option<u64>,
+    pub marker_op: u64,
+    /// Operation that last changed this group.
+    pub last_op: u64,
+    /// Payload bytes cached for this group.
+    pub cached_bytes: u64,
+    /// Every slot below this index has no cached payload.
+    pub cache_lo: u64,
+}
+
+impl GroupState {
+    pub(crate) fn first_index(&self) -> u64 {
+        self.marker.index + 1
+    }
+    pub(crate) fn last_index(&self) -> u64 {
+        self.marker.index + self.slots.len() as u64
+    }
+    pub(crate) fn slot(&self, index: u64) -> Option<&Slot> {
+        let at = index.checked_sub(self.first_index())?;
+        self.slots.get(usize::try_from(at).ok()?)
+    }
+    fn slot_mut(&mut self, index: u64) -> Option<&mut Slot> {
+        let at = index.checked_sub(self.first_index())?;
+        self.slots.get_mut(usize::try_from(at).ok()?)
+    }
+    pub(crate) fn term(&self, index: u64) -> Option<u64> {
+        if index == self.marker.index {
+            return Some(self.marker.term);
+        }
+        self.slot(index).map(|s| s.term)
+    }
+    /// Oldest segment holding a live record of this group.
+    pub(crate) fn min_segment(&self) -> Option<u64> {
+        let entry = self.slots.front().and_then(|s| s.loc).map(|l| l.segment);
+        [entry, self.hs_seg, self.marker_seg]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
+/// A change to one group, as accepted from a batch or replayed from disk.
+pub(crate) enum Change {
+    Append {
+        first_index: u64,
+        slots: Vec<Slot>,
+    },
+    HardState {
+        state: HardState,
+        seg: Option<u64>,
+    },
+    Snapshot {
+        marker: SnapshotMarker,
+        seg: Option<u64>,
+    },
+    Remove,
+}
+
+/// How to revert one applied change.
+pub(crate) enum Undo {
+    Created(GroupId),
+    Append {
+        group: GroupId,
+        appended: usize,
+        truncated: VecDeque<Slot>,
+        last_op: u64,
+        cached_bytes: u64,
+    },
+    HardState {
+        group: GroupId,
+        prev: Option<HardState>,
+        hs_op: u64,
+        hs_seg: Option<u64>,
+        last_op: u64,
+    },
+    Snapshot {
+        group: GroupId,
+        prev: SnapshotMarker,
+        marker_op: u64,
+        marker_seg: Option<u64>,
+        last_op: u64,
+        cached_bytes: u64,
+        cache_lo: u64,
+        dropped_front: VecDeque<Slot>,
+        dropped_all: Option<VecDeque<Slot>>,
+    },
+    Remove {
+        group: GroupId,
+        state: Box<GroupState>,
+    },
+}
+
+/// Per-group state of every group of the WAL.
+#[derive(Debug, Default)]
+pub(crate) struct Index {
+    pub groups: HashMap<GroupId, GroupState>,
+    pub cached_bytes_total: u64,
+}
+
+fn slot_bytes(s: &Slot) -> u64 {
+    s.payload.as_ref().map_or(0, |p| p.len() as u64)
+}
+
+impl Index {
+    /// Applies one change; on `Err` nothing changed. Pushes how to revert it
+    /// onto `undo` when given.
+    pub(crate) fn apply(
+        &mut self,
+        group: GroupId,
+        op_id: u64,
+        change: Change,
+        undo: Option<&mut Vec<Undo>>,
+    ) -> Result<(), InvalidOp> {
+        // Validate first, against the current state.
+        if let Some(g) = self.groups.get(&group) {
+            match &change {
+                Change::Append { first_index, slots } => {
+                    check_append(g, *first_index, slots.len())?
+                }
+                Change::Snapshot { marker, .. } if marker.index < g.marker.index => {
+                    return Err(InvalidOp::BelowSnapshot {
+                        snapshot: g.marker.index,
+                        index: marker.index,
+                    })
+                }
+                _ => {}
+            }
+        } else {
+            match &change {
+                Change::Remove => return Ok(()),
+                Change::Append { first_index, slots } => {
+                    check_append(&GroupState::default(), *first_index, slots.len())?
+                }
+                _ => {}
+            }
+        }
+        let mut local = Vec::new();
+        let undo = undo.unwrap_or(&mut local);
+        if let std::collections::hash_map::Entry::Vacant(v) = self.groups.entry(group) {
+            v.insert(GroupState::default());
+            undo.push(Undo::Created(group));
+        }
+        let total = &mut self.cached_bytes_total;
+        match change {
+            Change::Remove => {
+                let state = self.groups.remove(&group).expect("checked above");
+                *total -= state.cached_bytes;
+                undo.push(Undo::Remove {
+                    group,
+                    state: Box::new(state),
+                });
+            }
+            Change::Append { first_index, slots } => {
+                let g = self.groups.get_mut(&group).expect("inserted above");
+                let keep = (first_index - g.first_index()) as usize;
+                let truncated = g.slots.split_off(keep);
+                let cut: u64 = truncated.iter().map(slot_bytes).sum();
+                let added: u64 = slots.iter().map(slot_bytes).sum();
+                undo.push(Undo::Append {
+                    group,
+                    appended: slots.len(),
+                    truncated,
+                    last_op: g.last_op,
+                    cached_bytes: g.cached_bytes,
+                });
+                g.cached_bytes = g.cached_bytes - cut + added;
+                *total = *total - cut + added;
+                g.slots.extend(slots);
+                g.last_op = op_id;
+            }
+            Change::HardState { state, seg } => {
+                let g = self.groups.get_mut(&group).expect("inserted above");
+                undo.push(Undo::HardState {
+                    group,
+                    prev: g.hard_state,
+                    hs_op: g.hs_op,
+                    hs_seg: g.hs_seg,
+                    last_op: g.last_op,
+                });
+                g.hard_state = Some(state);
+                g.hs_op = op_id;
+                if seg.is_some() {
+                    g.hs_seg = seg;
+                }
+                g.last_op = op_id;
+            }
+            Change::Snapshot { marker, seg } => {
+                let g = self.groups.get_mut(&group).expect("inserted above");
+                let prev = g.marker;
+                let (marker_op, marker_seg, last_op, cached_bytes, cache_lo) = (
+                    g.marker_op,
+                    g.marker_seg,
+                    g.last_op,
+                    g.cached_bytes,
+                    g.cache_lo,
+                );
+                let mut dropped_front = VecDeque::new();
+                let mut dropped_all = None;
+                if marker == prev {
+                    // Idempotent: keeps every entry.
+                } else if g.term(marker.index) == Some(marker.term)
+                    && marker.index <= g.last_index()
+                {
+                    let k = (marker.index - g.marker.index) as usize;
+                    dropped_front = g.slots.drain(..k).collect();
+                } else {
+                    dropped_all = Some(std::mem::take(&mut g.slots));
+                }
+                let cut: u64 = dropped_front.iter().map(slot_bytes).sum::<u64>()
+                    + dropped_all.iter().flatten().map(slot_bytes).sum::<u64>();
+                g.cached_bytes -= cut;
+                *total -= cut;
+                g.marker = marker;
+                g.cache_lo = g.cache_lo.max(g.first_index());
+                g.marker_op = op_id;
+                if seg.is_some() {
+                    g.marker_seg = seg;
+                }
+                g.last_op = op_id;
+                undo.push(Undo::Snapshot {
+                    group,
+                    prev,
+                    marker_op,
+                    marker_seg,
+                    last_op,
+                    cached_bytes,
+                    cache_lo,
+                    dropped_front,
+                    dropped_all,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Reverts changes, newest first.
+    pub(crate) fn revert(&mut self, undo: Vec<Undo>) {
+        for u in undo.into_iter().rev() {
+            match u {
+                Undo::Created(group) => {
+                    if let Some(g) = self.groups.remove(&group) {
+                        self.cached_bytes_total -= g.cached_bytes;
+                    }
+                }
+                Undo::Remove { group, state } => {
+                    self.cached_bytes_total += state.cached_bytes;
+                    self.groups.insert(group, *state);
+                }
+                Undo::Append {
+                    group,
+                    appended,
+                    truncated,
+                    last_op,
+                    cached_bytes,
+                } => {
+                    let g = self.groups.get_mut(&group).expect("undo of a live group");
+                    let keep = g.slots.len() - appended;
+                    g.slots.truncate(keep);
+                    g.slots.extend(truncated);
+                    self.cached_bytes_total =
+                        self.cached_bytes_total - g.cached_bytes + cached_bytes;
+                    g.cached_bytes = cached_bytes;
+                    g.last_op = last_op;
+                }
+                Undo::HardState {
+                    group,
+                    prev,
+                    hs_op,
+                    hs_seg,
+                    last_op,
+                } => {
+                    let g = self.groups.get_mut(&group).expect("undo of a live group");
+                    g.hard_state = prev;
+                    g.hs_op = hs_op;
+                    g.hs_seg = hs_seg;
+                    g.last_op = last_op;
+                }
+                Undo::Snapshot {
+                    group,
+                    prev,
+                    marker_op,
+                    marker_seg,
+                    last_op,
+                    cached_bytes,
+                    cache_lo,
+                    dropped_front,
+                    dropped_all,
+                } => {
+                    let g = self.groups.get_mut(&group).expect("undo of a live group");
+                    g.cache_lo = cache_lo;
+                    if let Some(all) = dropped_all {
+                        g.slots = all;
+                    }
+                    for s in dropped_front.into_iter().rev() {
+                        g.slots.push_front(s);
+                    }
+                    g.marker = prev;
+                    g.marker_op = marker_op;
+                    g.marker_seg = marker_seg;
+                    g.last_op = last_op;
+                    self.cached_bytes_total =
+                        self.cached_bytes_total - g.cached_bytes + cached_bytes;
+                    g.cached_bytes = cached_bytes;
+                }
+            }
+        }
+    }
+
+    /// Records where the entries written by `op_id` landed, unless a later
+    /// operation already replaced them.
+    pub(crate) fn set_locations(
+        &mut self,
+        group: GroupId,
+        op_id: u64,
+        first_index: u64,
+        locs: &[Loc],
+    ) {
+        let Some(g) = self.groups.get_mut(&group) else {
+            return;
+        };
+        for (k, loc) in locs.iter().enumerate() {
+            if let Some(s) = g.slot_mut(first_index + k as u64) {
+                if s.op_id == op_id {
+                    debug_assert!(s.loc.is_none());
+                    s.loc = Some(*loc);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn set_hard_state_segment(&mut self, group: GroupId, op_id: u64, seg: u64) {
+        if let Some(g) = self.groups.get_mut(&group) {
+            if g.hs_op == op_id {
+                g.hs_seg = Some(seg);
+            }
+        }
+    }
+
+    pub(crate) fn set_marker_segment(&mut self, group: GroupId, op_id: u64, seg: u64) {
+        if let Some(g) = self.groups.get_mut(&group) {
+            if g.marker_op == op_id {
+                g.marker_seg = Some(seg);
+            }
+        }
+    }
+
+    /// Drops cached payloads of `group`, oldest first, until the group holds at
+    /// most `keep_bytes`. Only durable entries (`op_id <= durable_op`, with a
+    /// location) are dropped. Returns the bytes freed.
+    pub(crate) fn evict(&mut self, group: GroupId, durable_op: u64, keep_bytes: u64) -> u64 {
+        let Some(g) = self.groups.get_mut(&group) else {
+            return 0;
+        };
+        let mut freed = 0;
+        let mut index = g.cache_lo.max(g.first_index());
+        while g.cached_bytes > keep_bytes {
+            let first = g.first_index();
+            let Some(s) = g.slots.get_mut((index - first) as usize) else {
+                break;
+            };
+            if let Some(p) = &s.payload {
+                if s.op_id > durable_op || s.loc.is_none() {
+                    break;
+                }
+                let n = p.len() as u64;
+                s.payload = None;
+                g.cached_bytes -= n;
+                freed += n;
+            }
+            index += 1;
+        }
+        g.cache_lo = index;
+        self.cached_bytes_total -= freed;
+        freed
+    }
+}
+
+fn check_append(g: &GroupState, first_index: u64, count: usize) -> Result<(), InvalidOp> {
+    if count == 0 {
+        return Err(InvalidOp::EmptyAppend);
+    }
+    if first_index == 0 {
+        return Err(InvalidOp::ZeroIndex);
+    }
+    if first_index <= g.marker.index {
+        return Err(InvalidOp::BelowSnapshot {
+            snapshot: g.marker.index,
+            index: first_index,
+        });
+    }
+    if first_index > g.last_index() + 1 {
+        return Err(InvalidOp::Gap {
+            last: g.last_index(),
+            first: first_index,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slots(terms: &[u64]) -> Vec<Slot> {
+        terms
+            .iter()
+            .map(|&term| Slot {
+                term,
+                kind: 0,
+                op_id: 1,
+                loc: None,
+                payload: Some(Bytes::from_static(b"abcd")),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn failed_batch_reverts_to_the_exact_previous_state() {
+        let mut ix = Index::default();
+        ix.apply(
+            1,
+            1,
+            Change::Append {
+                first_index: 1,
+                slots: slots(&[1, 1, 2]),
+            },
+            None,
+        )
+        .unwrap();
+        ix.apply(
+            1,
+            1,
+            Change::HardState {
+                state: HardState {
+                    term: 2,
+                    vote: 3,
+                    commit: 1,
+                },
+                seg: None,
+            },
+            None,
+        )
+        .unwrap();
+        let before = format!("{:?}", ix.groups.get(&1));
+        let total = ix.cached_bytes_total;
+        let mut undo = Vec::new();
+        ix.apply(
+            1,
+            2,
+            Change::Append {
+                first_index: 2,
+                slots: slots(&[3, 3]),
+            },
+            Some(&mut undo),
+        )
+        .unwrap();
+        ix.apply(
+            1,
+            2,
+            Change::Snapshot {
+                marker: SnapshotMarker { index: 2, term: 3 },
+                seg: None,
+            },
+            Some(&mut undo),
+        )
+        .unwrap();
+        ix.apply(
+            1,
+            2,
+            Change::HardState {
+                state: HardState {
+                    term: 9,
+                    vote: 0,
+                    commit: 2,
+                },
+                seg: None,
+            },
+            Some(&mut undo),
+        )
+        .unwrap();
+        ix.apply(
+            2,
+            2,
+            Change::Append {
+                first_index: 1,
+                slots: slots(&[1]),
+            },
+            Some(&mut undo),
+        )
+        .unwrap();
+        ix.apply(1, 2, Change::Remove, Some(&mut undo)).unwrap();
+        assert_eq!(
+            ix.apply(
+                1,
+                2,
+                Change::Append {
+                    first_index: 5,
+                    slots: slots(&[1])
+                },
+                Some(&mut undo)
+            ),
+            Err(InvalidOp::Gap { last: 0, first: 5 })
+        );
+        ix.revert(undo);
+        assert_eq!(format!("{:?}", ix.groups.get(&1)), before);
+        assert!(!ix.groups.contains_key(&2));
+        assert_eq!(ix.cached_bytes_total, total);
+    }
+
+    #[test]
+    fn snapshot_keeps_matching_suffix_or_drops_all() {
+        let mut ix = Index::default();
+        ix.apply(
+            1,
+            1,
+            Change::Append {
+                first_index: 1,
+                slots: slots(&[1, 1, 2, 2]),
+            },
+            None,
+        )
+        .unwrap();
+        ix.apply(
+            1,
+            2,
+            Change::Snapshot {
+                marker: SnapshotMarker { index: 2, term: 1 },
+                seg: None,
+            },
+            None,
+        )
+        .unwrap();
+        let g = &ix.groups[&1];
+        assert_eq!(
+            (g.first_index(), g.last_index(), g.term(2), g.term(3)),
+            (3, 4, Some(1), Some(2))
+        );
+        ix.apply(
+            1,
+            3,
+            Change::Snapshot {
+                marker: SnapshotMarker { index: 3, term: 7 },
+                seg: None,
+            },
+            None,
+        )
+        .unwrap();
+        let g = &ix.groups[&1];
+        assert_eq!(
+            (g.first_index(), g.last_index(), g.term(3)),
+            (4, 3, Some(7))
+        );
+        assert_eq!(ix.cached_bytes_total, 0);
+        assert!(matches!(
+            ix.apply(
+                1,
+                4,
+                Change::Snapshot {
+                    marker: SnapshotMarker { index: 1, term: 1 },
+                    seg: None
+                },
+                None
+            ),
+            Err(InvalidOp::BelowSnapshot { .. })
+        ));
+    }
+}

@@ -1,0 +1,460 @@
+//! Recovery: open the manifest first (glommio 0.9.0 bug 1), list the
+//! directory, scan every segment in order, check every CRC, replay every
+//! frame into the index, drop a torn tail, and refuse damage anywhere else.
+//!
+//! ```text
+//! segment k:  | hdr | f | f | f | X?? | ... free ... |
+//!                                  ^ first frame that does not check (or end)
+//!   forward scan: any valid frame of this segment (batch_seq > last) after X
+//!                 => damage before the tail => Corrupt { file, X, BadFrame }
+//!   otherwise X is the end of segment k. Across segments the batch sequence
+//!   must continue (last of k + 1 == first of the next segment with frames),
+//!   else frames were lost at the end of k => Corrupt { k, X, MissingFrames }.
+//! The last segment with frames is the tail: writing resumes at its X.
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use glommio::io::{DmaFile, OpenOptions, ReadResult};
+
+use crate::error::{Corruption, WalError};
+use crate::format::{
+    self, align_up, decode_frame_body, decode_frame_header, DecodedRecord, SegmentHeaderFault,
+    BLOCK_BYTES, FRAME_HEADER_BYTES,
+};
+use crate::fsutil;
+use crate::index::{Change, Index, Loc, Slot};
+use crate::wal::{parse_segment_name, SegFile, WalOptions, MANIFEST_NAME};
+
+pub(crate) struct Recovered {
+    pub index: Index,
+    pub segments: BTreeMap<u64, SegFile>,
+    pub current: u64,
+    pub write_offset: u64,
+    pub spare: Option<SegFile>,
+    pub next_batch_seq: u64,
+    pub bytes_scanned: u64,
+    pub truncated_bytes: u64,
+}
+
+fn corrupt(path: &Path, offset: u64, kind: Corruption) -> WalError {
+    WalError::Corrupt {
+        path: path.to_path_buf(),
+        offset,
+        kind,
+    }
+}
+
+/// Reads a segment through a window of aligned reads.
+struct Window<'a> {
+    file: &'a DmaFile,
+    path: &'a Path,
+    end: u64,
+    window_bytes: u64,
+    start: u64,
+    buf: Option<ReadResult>,
+}
+
+impl<'a> Window<'a> {
+    /// Bytes `[pos, pos + len)`, or fewer if the segment ends first.
+    async fn get(&mut self, pos: u64, len: u64) -> Result<&[u8], WalError> {
+        let have = self.buf.as_ref().map_or(0, |b| b.len() as u64);
+        let covered = self.buf.is_some() && pos >= self.start && pos + len <= self.start + have;
+        if !covered {
+            let aligned = pos - pos % BLOCK_BYTES;
+            let want = self.window_bytes.max(align_up(len + (pos - aligned)));
+            let size = want.min(align_up(self.end).saturating_sub(aligned));
+            self.buf = None;
+            if size > 0 {
+                let r = self
+                    .file
+                    .read_at_aligned(aligned, size as usize)
+                    .await
+                    .map_err(|e| WalError::io(self.path, e))?;
+                self.buf = Some(r);
+            }
+            self.start = aligned;
+        }
+        let Some(buf) = self.buf.as_ref() else {
+            return Ok(&[]);
+        };
+        let from = (pos - self.start) as usize;
+        let limit = (self.end.saturating_sub(self.start) as usize).min(buf.len());
+        if from >= limit {
+            return Ok(&[]);
+        }
+        let to = (from + len as usize).min(limit);
+        Ok(&buf[from..to])
+    }
+}
+
+async fn open_segment(path: &Path) -> Result<DmaFile, WalError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .dma_open(path)
+        .await
+        .map_err(|e| WalError::io(path, e))
+}
+
+/// Opens the manifest first, creating it (write-only) in a fresh directory.
+async fn check_manifest(dir: &Path, has_segments: bool) -> Result<(), WalError> {
+    let path = dir.join(MANIFEST_NAME);
+    let len = fsutil::file_len(&path)
+        .await
+        .map_err(|e| WalError::io(&path, e))?;
+    match len {
+        Some(n) if n > 0 => {
+            // An existing, non-empty file opened for reading (bug 1 workaround).
+            let f = DmaFile::open(&path)
+                .await
+                .map_err(|e| WalError::io(&path, e))?;
+            let r = f.read_at_aligned(0, BLOCK_BYTES as usize).await;
+            let _ = f.close().await;
+            let r = r.map_err(|e| WalError::io(&path, e))?;
+            match format::decode_manifest(&r) {
+                Ok(()) => Ok(()),
+                Err(Some(found)) => Err(corrupt(&path, 0, Corruption::WrongVersion { found })),
+                Err(None) => Err(corrupt(&path, 0, Corruption::BadManifest)),
+            }
+        }
+        _ if has_segments => Err(corrupt(&path, 0, Corruption::BadManifest)),
+        _ => {
+            // Fresh directory: a write-only DmaFile::create (bug 1 workaround).
+            let f = DmaFile::create(&path)
+                .await
+                .map_err(|e| WalError::io(&path, e))?;
+            let mut b = f.alloc_dma_buffer(BLOCK_BYTES as usize);
+            format::encode_manifest(b.as_bytes_mut());
+            let w = f.write_at(b, 0).await.map_err(|e| WalError::io(&path, e))?;
+            if w != BLOCK_BYTES as usize {
+                return Err(WalError::io(
+                    &path,
+                    std::io::Error::from(std::io::ErrorKind::WriteZero),
+                ));
+            }
+            f.fdatasync().await.map_err(|e| WalError::io(&path, e))?;
+            f.close().await.map_err(|e| WalError::io(&path, e))?;
+            fsutil::sync_dir(dir)
+                .await
+                .map_err(|e| WalError::io(dir, e))?;
+            Ok(())
+        }
+    }
+}
+
+/// Creates segment `seq` (fallocated) under a temporary name, syncs, renames.
+pub(crate) async fn create_segment(dir: &Path, seq: u64, bytes: u64) -> Result<SegFile, WalError> {
+    let name = format!("{seq:020}.wal");
+    let tmp = dir.join(format!("{name}.tmp"));
+    let path = dir.join(&name);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .dma_open(&tmp)
+        .await
+        .map_err(|e| WalError::io(&tmp, e))?;
+    let mut b = file.alloc_dma_buffer(BLOCK_BYTES as usize);
+    format::encode_segment_header(b.as_bytes_mut(), seq, bytes);
+    file.write_at(b, 0)
+        .await
+        .map_err(|e| WalError::io(&tmp, e))?;
+    file.pre_allocate(bytes, false)
+        .await
+        .map_err(|e| WalError::io(&tmp, e))?;
+    file.fdatasync().await.map_err(|e| WalError::io(&tmp, e))?;
+    fsutil::rename(&tmp, &path)
+        .await
+        .map_err(|e| WalError::io(&tmp, e))?;
+    fsutil::sync_dir(dir)
+        .await
+        .map_err(|e| WalError::io(dir, e))?;
+    Ok(SegFile {
+        seq,
+        path,
+        file: Rc::new(file),
+        bytes,
+    })
+}
+
+fn replay(index: &mut Index, seq: u64, frame_pos: u64, recs: Vec<DecodedRecord>) -> Result<(), ()> {
+    for r in recs {
+        let (group, change) = match r {
+            DecodedRecord::Entries {
+                group,
+                first_index,
+                metas,
+            } => (
+                group,
+                Change::Append {
+                    first_index,
+                    slots: metas
+                        .iter()
+                        .map(|m| Slot {
+                            term: m.term,
+                            kind: m.kind,
+                            op_id: 0,
+                            loc: Some(Loc {
+                                segment: seq,
+                                offset: frame_pos + m.payload_offset,
+                                bytes: m.payload_bytes,
+                                crc: m.payload_crc,
+                            }),
+                            payload: None,
+                        })
+                        .collect(),
+                },
+            ),
+            DecodedRecord::HardState { group, state } => (
+                group,
+                Change::HardState {
+                    state,
+                    seg: Some(seq),
+                },
+            ),
+            DecodedRecord::Snapshot { group, marker } => (
+                group,
+                Change::Snapshot {
+                    marker,
+                    seg: Some(seq),
+                },
+            ),
+            DecodedRecord::Remove { group } => (group, Change::Remove),
+        };
+        index.apply(group, 0, change, None).map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn recover(dir: &Path, opts: &WalOptions) -> Result<Recovered, WalError> {
+    fsutil::create_dir_all(dir)
+        .await
+        .map_err(|e| WalError::io(dir, e))?;
+    let names = fsutil::list_dir(dir)
+        .await
+        .map_err(|e| WalError::io(dir, e))?;
+    let mut seqs: Vec<u64> = Vec::new();
+    let mut tmps: Vec<PathBuf> = Vec::new();
+    for name in &names {
+        if name == MANIFEST_NAME {
+            continue;
+        }
+        match parse_segment_name(name) {
+            Some((seq, false)) => seqs.push(seq),
+            Some((_, true)) => tmps.push(dir.join(name)),
+            None => {
+                return Err(WalError::ForeignFile {
+                    path: dir.join(name),
+                })
+            }
+        }
+    }
+    check_manifest(dir, !seqs.is_empty()).await?;
+    for t in &tmps {
+        tracing::info!(path = %t.display(), "removing unfinished segment");
+        fsutil::remove(t).await.map_err(|e| WalError::io(t, e))?;
+    }
+    seqs.sort_unstable();
+    for w in seqs.windows(2) {
+        if w[1] != w[0] + 1 {
+            let missing = w[0] + 1;
+            return Err(corrupt(
+                &dir.join(format!("{missing:020}.wal")),
+                0,
+                Corruption::MissingSegment { seq: missing },
+            ));
+        }
+    }
+    let mut index = Index::default();
+    if seqs.is_empty() {
+        let seg = create_segment(dir, 1, opts.segment_bytes).await?;
+        let mut segments = BTreeMap::new();
+        segments.insert(1, seg);
+        return Ok(Recovered {
+            index,
+            segments,
+            current: 1,
+            write_offset: BLOCK_BYTES,
+            spare: None,
+            next_batch_seq: 1,
+            bytes_scanned: 0,
+            truncated_bytes: 0,
+        });
+    }
+
+    let mut all: Vec<(SegFile, u64, bool)> = Vec::new(); // (segment, end of frames, has frames)
+    let mut last_seq: Option<u64> = None;
+    let mut prev_end: Option<(PathBuf, u64)> = None;
+    let mut bytes_scanned = 0u64;
+    let mut truncated_bytes = 0u64;
+    for &seq in &seqs {
+        let path = dir.join(format!("{seq:020}.wal"));
+        let file = open_segment(&path).await?;
+        let len = file.file_size().await.map_err(|e| WalError::io(&path, e))?;
+        if len < BLOCK_BYTES {
+            let _ = file.close().await;
+            return Err(corrupt(&path, 0, Corruption::BadSegmentHeader));
+        }
+        let hdr = file
+            .read_at_aligned(0, BLOCK_BYTES as usize)
+            .await
+            .map_err(|e| WalError::io(&path, e))?;
+        let header = match format::decode_segment_header(&hdr) {
+            Ok(h) => h,
+            Err(SegmentHeaderFault::Bad) => {
+                return Err(corrupt(&path, 0, Corruption::BadSegmentHeader))
+            }
+            Err(SegmentHeaderFault::Version(found)) => {
+                return Err(corrupt(&path, 0, Corruption::WrongVersion { found }))
+            }
+        };
+        drop(hdr);
+        if header.segment_seq != seq {
+            return Err(corrupt(
+                &path,
+                16,
+                Corruption::SegmentSeqMismatch {
+                    expected: seq,
+                    found: header.segment_seq,
+                },
+            ));
+        }
+        let end = header.segment_bytes.min(len);
+        bytes_scanned += end;
+        let mut w = Window {
+            file: &file,
+            path: &path,
+            end,
+            window_bytes: opts.recovery_read_bytes.max(opts.frame_limit_bytes()),
+            start: 0,
+            buf: None,
+        };
+        let mut pos = BLOCK_BYTES;
+        let mut first_in_seg = true;
+        let mut stop: Option<u64> = None;
+        let mut torn_bytes = 0u64;
+        loop {
+            if pos + FRAME_HEADER_BYTES as u64 > end {
+                break;
+            }
+            let hb = w.get(pos, FRAME_HEADER_BYTES as u64).await?;
+            let Some(h) = decode_frame_header(hb, seq) else {
+                stop = Some(pos);
+                break;
+            };
+            let in_order = match last_seq {
+                None => true,
+                Some(l) if first_in_seg => h.batch_seq > l,
+                Some(l) => h.batch_seq == l + 1,
+            };
+            if !in_order {
+                stop = Some(pos);
+                break;
+            }
+            let fb = w.get(pos, h.frame_bytes()).await?;
+            let recs = if fb.len() as u64 == h.frame_bytes() {
+                decode_frame_body(fb, &h)
+            } else {
+                None
+            };
+            let Some(recs) = recs else {
+                stop = Some(pos);
+                torn_bytes = h.frame_bytes();
+                break;
+            };
+            if first_in_seg {
+                if let (Some(l), Some((ppath, poff))) = (last_seq, &prev_end) {
+                    if h.batch_seq != l + 1 {
+                        return Err(corrupt(
+                            ppath,
+                            *poff,
+                            Corruption::MissingFrames {
+                                expected: l + 1,
+                                found: h.batch_seq,
+                            },
+                        ));
+                    }
+                }
+            }
+            replay(&mut index, seq, pos, recs)
+                .map_err(|()| corrupt(&path, pos, Corruption::InvalidReplay))?;
+            last_seq = Some(h.batch_seq);
+            first_in_seg = false;
+            pos += align_up(h.frame_bytes());
+        }
+        if let Some(x) = stop {
+            // Is there a valid frame after the damage? Then it is not a tail.
+            let mut b = x + BLOCK_BYTES;
+            while b + FRAME_HEADER_BYTES as u64 <= end {
+                let hb = w.get(b, FRAME_HEADER_BYTES as u64).await?;
+                if let Some(h) = decode_frame_header(hb, seq) {
+                    if last_seq.is_none_or(|l| h.batch_seq > l) && b + h.frame_bytes() <= end {
+                        let fb = w.get(b, h.frame_bytes()).await?;
+                        if decode_frame_body(fb, &h).is_some() {
+                            return Err(corrupt(&path, x, Corruption::BadFrame));
+                        }
+                    }
+                }
+                b += BLOCK_BYTES;
+            }
+        }
+        let has_frames = !first_in_seg;
+        if has_frames {
+            prev_end = Some((path.clone(), pos));
+            truncated_bytes = torn_bytes;
+        }
+        all.push((
+            SegFile {
+                seq,
+                path,
+                file: Rc::new(file),
+                bytes: header.segment_bytes,
+            },
+            pos,
+            has_frames,
+        ));
+    }
+
+    // The tail is the last segment with frames; later (empty) segments are
+    // spares: the first one is kept, the others removed.
+    let tail_at = all.iter().rposition(|(_, _, has)| *has).unwrap_or(0);
+    let current = all[tail_at].0.seq;
+    let write_offset = all[tail_at].1;
+    let mut segments = BTreeMap::new();
+    let mut spare = None;
+    for (i, (seg, _, _)) in all.into_iter().enumerate() {
+        if i <= tail_at {
+            segments.insert(seg.seq, seg);
+        } else if i == tail_at + 1 {
+            spare = Some(seg);
+        } else {
+            tracing::info!(path = %seg.path.display(), "removing surplus empty segment");
+            fsutil::remove(&seg.path)
+                .await
+                .map_err(|e| WalError::io(&seg.path, e))?;
+            let _ = seg.file.close_rc().await;
+        }
+    }
+    if truncated_bytes > 0 {
+        tracing::info!(
+            segment = current,
+            offset = write_offset,
+            bytes = truncated_bytes,
+            "recovery dropped a torn tail frame"
+        );
+    }
+    Ok(Recovered {
+        index,
+        segments,
+        current,
+        write_offset,
+        spare,
+        next_batch_seq: last_seq.map_or(1, |l| l + 1),
+        bytes_scanned,
+        truncated_bytes,
+    })
+}

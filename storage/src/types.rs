@@ -1,0 +1,146 @@
+//! The values the WAL keeps: entries, hard state, snapshot markers, and the
+//! batch that carries writes for many groups at once.
+
+use bytes::Bytes;
+
+/// Identifies one group (one replicated log) within a WAL. Opaque to storage.
+pub type GroupId = u64;
+
+/// One log entry of one group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// 1-based position in the group's log.
+    pub index: u64,
+    /// The term the entry was created in.
+    pub term: u64,
+    /// Opaque kind byte (normal, configuration change...), kept as is.
+    pub kind: u8,
+    /// Opaque payload; written and read back without interpretation.
+    pub payload: Bytes,
+}
+
+/// The state a group must persist besides its entries: current term, vote
+/// (0 = none) and commit index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HardState {
+    /// Current term.
+    pub term: u64,
+    /// Voted-for replica in `term`; 0 means none.
+    pub vote: u64,
+    /// Highest index known committed.
+    pub commit: u64,
+}
+
+/// Compaction / snapshot marker: the group no longer needs entries at or below
+/// `index`; `term` is the term of the entry at `index`.
+///
+/// Invariant (per group): the marker never moves backwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SnapshotMarker {
+    /// Last index covered by the snapshot (0 = none).
+    pub index: u64,
+    /// Term of the entry at `index`.
+    pub term: u64,
+}
+
+/// One operation inside a [`Batch`].
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    Append {
+        group: GroupId,
+        entries: Vec<Entry>,
+    },
+    HardState {
+        group: GroupId,
+        state: HardState,
+    },
+    Snapshot {
+        group: GroupId,
+        marker: SnapshotMarker,
+    },
+    Remove {
+        group: GroupId,
+    },
+}
+
+impl Op {
+    pub(crate) fn group(&self) -> GroupId {
+        match self {
+            Op::Append { group, .. }
+            | Op::HardState { group, .. }
+            | Op::Snapshot { group, .. }
+            | Op::Remove { group } => *group,
+        }
+    }
+}
+
+/// Writes for many groups that become durable together: one frame on disk,
+/// one fdatasync (shared with whatever other batches are coalesced with it).
+///
+/// Operations apply in the order they were added. The whole batch is
+/// validated before anything is applied: if one operation is invalid the
+/// write fails and nothing of the batch is applied.
+///
+/// # Examples
+/// ```
+/// use bytes::Bytes;
+/// use flotilla_storage::{Batch, Entry, HardState, SnapshotMarker};
+///
+/// let mut batch = Batch::new();
+/// batch.append(7, vec![Entry { index: 1, term: 1, kind: 0, payload: Bytes::from_static(b"x") }]);
+/// batch.set_hard_state(7, HardState { term: 1, vote: 2, commit: 0 });
+/// batch.set_snapshot(9, SnapshotMarker { index: 100, term: 3 });
+/// batch.remove_group(11);
+/// assert_eq!(batch.len(), 4);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub(crate) ops: Vec<Op>,
+}
+
+impl Batch {
+    /// An empty batch. Writing it waits for every earlier write to be durable
+    /// (a barrier) without a new fdatasync.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends `entries` (consecutive indices) to `group`. An append starting
+    /// at index `i` first removes the group's entries at `i` and above
+    /// (conflict truncation).
+    pub fn append(&mut self, group: GroupId, entries: Vec<Entry>) -> &mut Self {
+        self.ops.push(Op::Append { group, entries });
+        self
+    }
+
+    /// Records the group's hard state (replaces the previous one).
+    pub fn set_hard_state(&mut self, group: GroupId, state: HardState) -> &mut Self {
+        self.ops.push(Op::HardState { group, state });
+        self
+    }
+
+    /// Records a snapshot / compaction marker. If the log holds an entry at
+    /// `marker.index` with `marker.term`, entries above it are kept and those
+    /// at or below it dropped; otherwise the whole log is dropped and the last
+    /// index becomes `marker.index` (a snapshot install).
+    pub fn set_snapshot(&mut self, group: GroupId, marker: SnapshotMarker) -> &mut Self {
+        self.ops.push(Op::Snapshot { group, marker });
+        self
+    }
+
+    /// Removes every trace of `group` (entries, hard state, marker).
+    pub fn remove_group(&mut self, group: GroupId) -> &mut Self {
+        self.ops.push(Op::Remove { group });
+        self
+    }
+
+    /// Number of operations.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// True if the batch holds no operation.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}

@@ -1,0 +1,1431 @@
+//! The per-shard WAL: group commit, segments, reads, compaction and
+//! segment reclamation.
+//!
+//! ```text
+//!  write(batch) ──validate+apply to index──► queue ──┐   (callers await durability)
+//!  write(batch) ──validate+apply to index──► queue ──┤
+//!                                                    ▼
+//!                       committer task (one per WAL, runs while there is work)
+//!                       take queued batches ─► encode ONE frame ─► ONE write_at
+//!                       ─► ONE fdatasync ─► durable_op = last op ─► wake waiters
+//!                       between flushes: prepare the spare segment, reclaim
+//!                       (recycle or delete) segments no group needs any more
+//! ```
+//!
+//! The in-memory index is updated when a batch is accepted, so queries see
+//! every accepted write (durable or still in flight) and the next batch is
+//! validated against it. Payloads stay cached until they are durable. If a
+//! flush fails the WAL is poisoned (fail-stop) and refuses every later write.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use glommio::io::{DmaFile, OpenOptions};
+
+use crate::error::{Corruption, InvalidOp, WalError};
+use crate::format::{self, align_up, BLOCK_BYTES, FRAME_HEADER_BYTES};
+use crate::fsutil;
+use crate::index::{Change, Index, Loc, Slot};
+use crate::notify::Notify;
+use crate::recovery;
+use crate::types::{Batch, Entry, GroupId, HardState, Op, SnapshotMarker};
+
+pub(crate) const MANIFEST_NAME: &str = "MANIFEST";
+const SPARE_CHUNK_BYTES: u64 = 256 * 1024;
+
+/// Tuning of a [`Wal`]. Every bound has a unit in its name.
+#[derive(Debug, Clone)]
+pub struct WalOptions {
+    /// Size of every segment file (multiple of 4096, at least 64 KiB).
+    pub segment_bytes: u64,
+    /// Largest frame (one DMA write) a flush produces; a single batch larger
+    /// than this (or than a segment) is refused with `BatchTooLarge`.
+    pub frame_bytes_max: u64,
+    /// Accepted-but-not-yet-written bytes above which `write` waits.
+    pub pending_bytes_max: u64,
+    /// Memory budget of the entry cache across all groups (payload bytes).
+    /// Entries that are not yet durable are always cached and may exceed it
+    /// by up to `pending_bytes_max` plus one frame.
+    pub cache_bytes_max: u64,
+    /// Payload bytes of recent entries kept cached per group.
+    pub cache_group_bytes_max: u64,
+    /// Reuse reclaimed segments as the next segment instead of deleting them:
+    /// writes then overwrite already-allocated blocks (cheaper fdatasync).
+    pub recycle_segments: bool,
+    /// Write zeros over a new segment once before use instead of only
+    /// fallocating it, for the same reason.
+    pub prefill_segments: bool,
+    /// Read window used by recovery (at least one frame is read whole).
+    pub recovery_read_bytes: u64,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 64 << 20,
+            frame_bytes_max: 4 << 20,
+            pending_bytes_max: 32 << 20,
+            cache_bytes_max: 64 << 20,
+            cache_group_bytes_max: 256 << 10,
+            recycle_segments: true,
+            prefill_segments: true,
+            recovery_read_bytes: 4 << 20,
+        }
+    }
+}
+
+impl WalOptions {
+    fn validate(&self) -> Result<(), WalError> {
+        if self.segment_bytes < 64 * 1024 || self.segment_bytes % BLOCK_BYTES != 0 {
+            return Err(WalError::InvalidOptions(
+                "segment_bytes must be a multiple of 4096 and >= 64 KiB",
+            ));
+        }
+        if self.frame_bytes_max < 2 * BLOCK_BYTES || self.frame_bytes_max % BLOCK_BYTES != 0 {
+            return Err(WalError::InvalidOptions(
+                "frame_bytes_max must be a multiple of 4096 and >= 8 KiB",
+            ));
+        }
+        if self.recovery_read_bytes < BLOCK_BYTES {
+            return Err(WalError::InvalidOptions(
+                "recovery_read_bytes must be >= 4096",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Largest frame, header included.
+    pub(crate) fn frame_limit_bytes(&self) -> u64 {
+        self.frame_bytes_max.min(self.segment_bytes - BLOCK_BYTES)
+    }
+}
+
+/// Counters of one WAL since it was opened.
+#[derive(Debug, Clone, Default)]
+pub struct WalStats {
+    /// Non-empty batches accepted by `write`.
+    pub batches: u64,
+    /// Frames written (each one DMA write + one fdatasync).
+    pub flushes: u64,
+    /// fdatasync calls, including segment preparation.
+    pub fdatasyncs: u64,
+    /// Bytes written by flushes, padding included.
+    pub bytes_written: u64,
+    /// Bytes of records written (no padding).
+    pub record_bytes: u64,
+    /// Entries written.
+    pub entries_written: u64,
+    /// Bytes written preparing segments (headers, zero fill).
+    pub prepare_bytes_written: u64,
+    /// Live segments (the spare excluded).
+    pub segments: u64,
+    /// Segments created.
+    pub segments_created: u64,
+    /// Segments reused as the next segment.
+    pub segments_recycled: u64,
+    /// Segments deleted.
+    pub segments_deleted: u64,
+    /// Live groups re-written forward by `rewrite_groups`.
+    pub groups_rewritten: u64,
+    /// Payload bytes currently cached.
+    pub cache_bytes: u64,
+    /// Disk reads by `entries`.
+    pub disk_reads: u64,
+    /// Bytes read by `entries` from disk.
+    pub disk_read_bytes: u64,
+    /// Time `open` spent recovering.
+    pub recovery_duration: Duration,
+    /// Segment bytes `open` scanned.
+    pub recovery_bytes: u64,
+    /// Bytes dropped from a torn tail at recovery.
+    pub recovery_truncated_bytes: u64,
+}
+
+/// What recovery found for one group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveredGroup {
+    /// The group.
+    pub group: GroupId,
+    /// Latest hard state, if one was ever written.
+    pub hard_state: Option<HardState>,
+    /// Snapshot / compaction marker (`{0, 0}` if none).
+    pub snapshot: SnapshotMarker,
+    /// First index with an entry (`snapshot.index + 1`).
+    pub first_index: u64,
+    /// Last index (`snapshot.index` if there is no entry).
+    pub last_index: u64,
+}
+
+/// The result of `open`: every group found, sorted by group.
+#[derive(Debug, Clone, Default)]
+pub struct Recovery {
+    /// Every group with state in the WAL, sorted by id.
+    pub groups: Vec<RecoveredGroup>,
+    /// Segment bytes scanned.
+    pub bytes_scanned: u64,
+    /// Time spent.
+    pub duration: Duration,
+    /// Bytes of a torn tail that were dropped (0 after a clean shutdown).
+    pub truncated_bytes: u64,
+}
+
+/// A group holding an old segment alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinningGroup {
+    /// The group.
+    pub group: GroupId,
+    /// Oldest segment holding one of its live records.
+    pub segment: u64,
+    /// Live entries (last - first + 1).
+    pub live_entries: u64,
+}
+
+/// One open segment file.
+#[derive(Clone)]
+pub(crate) struct SegFile {
+    pub seq: u64,
+    pub path: PathBuf,
+    pub file: Rc<DmaFile>,
+    pub bytes: u64,
+}
+
+struct Pending {
+    ops: Vec<(u64, Op)>,
+    bytes: u64,
+    last_op: u64,
+}
+
+/// A spare segment being prepared, one chunk per committer turn.
+struct SparePrep {
+    seg: SegFile,
+    tmp_path: PathBuf,
+    filled: u64,
+}
+
+pub(crate) struct State {
+    pub index: Index,
+    queue: VecDeque<Pending>,
+    queue_bytes: u64,
+    next_op: u64,
+    durable_op: u64,
+    pub next_batch_seq: u64,
+    pub segments: BTreeMap<u64, SegFile>,
+    pub current: u64,
+    pub write_offset: u64,
+    pub spare: Option<SegFile>,
+    spare_prep: Option<SparePrep>,
+    committer_running: bool,
+    poisoned: Option<String>,
+    closed: bool,
+    gc_dirty: bool,
+    gc_candidate: Option<(u64, u64)>,
+    cache_rr: VecDeque<GroupId>,
+    pub stats: WalStats,
+}
+
+struct Inner {
+    dir: PathBuf,
+    opts: WalOptions,
+    st: RefCell<State>,
+    notify: Notify,
+}
+
+/// The write-ahead log of one shard. See the crate documentation.
+///
+/// `Wal` is `!Send`: it lives on the executor that opened it. Cheap queries are
+/// synchronous; `write`, `entries`, `compact` and friends are async.
+pub struct Wal {
+    inner: Rc<Inner>,
+}
+
+fn segment_name(seq: u64) -> String {
+    format!("{seq:020}.wal")
+}
+
+pub(crate) fn parse_segment_name(name: &str) -> Option<(u64, bool)> {
+    let (stem, tmp) = match name.strip_suffix(".wal.tmp") {
+        Some(s) => (s, true),
+        None => (name.strip_suffix(".wal")?, false),
+    };
+    if stem.len() != 20 || !stem.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    Some((stem.parse().ok()?, tmp))
+}
+
+async fn open_rw(path: &Path, create: bool) -> Result<DmaFile, WalError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(create)
+        .dma_open(path)
+        .await
+        .map_err(|e| WalError::io(path, e))
+}
+
+/// Writes `buf` at `pos`; a short write is an error (it only happens when the
+/// device is full or failing).
+async fn write_all(
+    file: &DmaFile,
+    path: &Path,
+    buf: glommio::io::DmaBuffer,
+    pos: u64,
+) -> Result<(), WalError> {
+    let len = buf.len();
+    let n = file
+        .write_at(buf, pos)
+        .await
+        .map_err(|e| WalError::io(path, e))?;
+    if n != len {
+        return Err(WalError::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                format!("short write: {n} of {len} bytes at {pos}"),
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn zeroed_buffer(file: &DmaFile, len: usize) -> glommio::io::DmaBuffer {
+    let mut b = file.alloc_dma_buffer(len);
+    b.as_bytes_mut().fill(0);
+    b
+}
+
+impl Wal {
+    /// Opens (or creates) the WAL in `dir` and recovers it.
+    ///
+    /// The first DMA file opened is the manifest: an existing non-empty file
+    /// opened for reading, or a new one created write-only. Either way the
+    /// executor's device probe does not hit glommio 0.9.0 bug 1, so reads of
+    /// fresh (empty) segments work afterwards.
+    ///
+    /// # Errors
+    /// `Corrupt` naming the file and offset for damage before the tail, a
+    /// bad or foreign file, or a wrong format version; `Io` on I/O failure.
+    /// A torn tail is not an error: it is dropped and reported in
+    /// [`Recovery::truncated_bytes`].
+    ///
+    /// # Panics
+    /// When called outside a glommio executor.
+    pub async fn open(
+        dir: impl AsRef<Path>,
+        options: WalOptions,
+    ) -> Result<(Wal, Recovery), WalError> {
+        options.validate()?;
+        let started = Instant::now();
+        let dir = dir.as_ref().to_path_buf();
+        let rec = recovery::recover(&dir, &options).await?;
+        let recovery::Recovered {
+            index,
+            segments,
+            current,
+            write_offset,
+            spare,
+            next_batch_seq,
+            bytes_scanned,
+            truncated_bytes,
+        } = rec;
+        let duration = started.elapsed();
+        let mut groups: Vec<RecoveredGroup> = index
+            .groups
+            .iter()
+            .map(|(&group, g)| RecoveredGroup {
+                group,
+                hard_state: g.hard_state,
+                snapshot: g.marker,
+                first_index: g.first_index(),
+                last_index: g.last_index(),
+            })
+            .collect();
+        groups.sort_by_key(|g| g.group);
+        let stats = WalStats {
+            segments: segments.len() as u64,
+            recovery_duration: duration,
+            recovery_bytes: bytes_scanned,
+            recovery_truncated_bytes: truncated_bytes,
+            ..WalStats::default()
+        };
+        let st = State {
+            index,
+            queue: VecDeque::new(),
+            queue_bytes: 0,
+            next_op: 0,
+            durable_op: 0,
+            next_batch_seq,
+            segments,
+            current,
+            write_offset,
+            spare,
+            spare_prep: None,
+            committer_running: false,
+            poisoned: None,
+            closed: false,
+            gc_dirty: true,
+            gc_candidate: None,
+            cache_rr: VecDeque::new(),
+            stats,
+        };
+        tracing::info!(
+            dir = %dir.display(),
+            groups = groups.len(),
+            segments = st.segments.len(),
+            bytes_scanned,
+            truncated_bytes,
+            duration_us = duration.as_micros() as u64,
+            "wal recovered"
+        );
+        let wal = Wal {
+            inner: Rc::new(Inner {
+                dir,
+                opts: options,
+                st: RefCell::new(st),
+                notify: Notify::default(),
+            }),
+        };
+        // Prepare the spare segment and reclaim what recovery left behind.
+        Inner::kick(&wal.inner);
+        let recovery = Recovery {
+            groups,
+            bytes_scanned,
+            duration,
+            truncated_bytes,
+        };
+        Ok((wal, recovery))
+    }
+
+    /// Makes `batch` durable. Concurrent callers are coalesced: every batch
+    /// queued while a flush is in flight goes into the next frame, written
+    /// with one DMA write and exactly one fdatasync. Resolves when the batch
+    /// is durable. The in-memory index reflects the batch as soon as this
+    /// call is first polled and accepts it.
+    ///
+    /// An empty batch is a barrier: it resolves once every earlier write is
+    /// durable, without an fdatasync of its own.
+    ///
+    /// # Errors
+    /// `InvalidOp` (nothing of the batch applied), `BatchTooLarge`,
+    /// `Poisoned` after an earlier I/O failure, `Io` if this flush failed.
+    pub async fn write(&self, batch: Batch) -> Result<(), WalError> {
+        self.submit(batch, None).await.map(|_| ())
+    }
+
+    /// Accepts a batch; with `guard`, only if every listed group is unchanged
+    /// since the given op (returns `Ok(false)` otherwise).
+    async fn submit(
+        &self,
+        batch: Batch,
+        guard: Option<&[(GroupId, u64)]>,
+    ) -> Result<bool, WalError> {
+        let inner = &self.inner;
+        let bytes: u64 = batch.ops.iter().map(format::record_bytes).sum();
+        let limit = inner.opts.frame_limit_bytes();
+        if FRAME_HEADER_BYTES as u64 + bytes > limit {
+            return Err(WalError::BatchTooLarge {
+                bytes: FRAME_HEADER_BYTES as u64 + bytes,
+                limit,
+            });
+        }
+        if !batch.is_empty() {
+            let max = inner.opts.pending_bytes_max;
+            inner
+                .notify
+                .wait_until(|| {
+                    let st = inner.st.borrow();
+                    st.poisoned.is_some()
+                        || st.closed
+                        || st.queue_bytes == 0
+                        || st.queue_bytes + bytes <= max
+                })
+                .await;
+        }
+        let target = {
+            let mut st = inner.st.borrow_mut();
+            if st.closed {
+                return Err(WalError::Poisoned {
+                    reason: "the WAL is closed".into(),
+                });
+            }
+            if let Some(reason) = &st.poisoned {
+                return Err(WalError::Poisoned {
+                    reason: reason.clone(),
+                });
+            }
+            if let Some(guard) = guard {
+                let changed = guard
+                    .iter()
+                    .any(|(g, op)| st.index.groups.get(g).map(|s| s.last_op) != Some(*op));
+                if changed {
+                    return Ok(false);
+                }
+            }
+            if batch.is_empty() {
+                st.next_op
+            } else {
+                accept(&mut st, &inner.opts, batch, bytes)?;
+                st.next_op
+            }
+        };
+        Inner::kick(inner);
+        inner
+            .notify
+            .wait_until(|| {
+                let st = inner.st.borrow();
+                st.durable_op >= target || st.poisoned.is_some()
+            })
+            .await;
+        let st = inner.st.borrow();
+        if st.durable_op >= target {
+            Ok(true)
+        } else {
+            Err(WalError::Poisoned {
+                reason: st.poisoned.clone().unwrap_or_default(),
+            })
+        }
+    }
+
+    /// Reads entries `range` of `group`: from the cache where possible, from
+    /// disk otherwise (payload CRCs verified). Stops once the payloads exceed
+    /// `max_bytes`, but always returns at least one entry if the range is
+    /// not empty.
+    ///
+    /// # Errors
+    /// `GroupNotFound`, `Compacted` (range starts below the first index),
+    /// `Unavailable` (range ends after the last index), `Corrupt` for a
+    /// payload that fails its CRC, `Io`.
+    pub async fn entries(
+        &self,
+        group: GroupId,
+        range: Range<u64>,
+        max_bytes: u64,
+    ) -> Result<Vec<Entry>, WalError> {
+        for _ in 0..8 {
+            if let Some(v) = self.try_entries(group, range.clone(), max_bytes).await? {
+                return Ok(v);
+            }
+        }
+        // The group keeps changing under us: report what the caller can act on.
+        let st = self.inner.st.borrow();
+        let g = st
+            .index
+            .groups
+            .get(&group)
+            .ok_or(WalError::GroupNotFound { group })?;
+        Err(WalError::Compacted {
+            group,
+            index: range.start,
+            first: g.first_index(),
+        })
+    }
+
+    async fn try_entries(
+        &self,
+        group: GroupId,
+        range: Range<u64>,
+        max_bytes: u64,
+    ) -> Result<Option<Vec<Entry>>, WalError> {
+        enum Src {
+            Mem(Bytes),
+            Disk(Loc),
+        }
+        struct Want {
+            index: u64,
+            term: u64,
+            kind: u8,
+            op_id: u64,
+            src: Src,
+        }
+        let wants: Vec<Want> = {
+            let st = self.inner.st.borrow();
+            let g = st
+                .index
+                .groups
+                .get(&group)
+                .ok_or(WalError::GroupNotFound { group })?;
+            if range.start < g.first_index() {
+                return Err(WalError::Compacted {
+                    group,
+                    index: range.start,
+                    first: g.first_index(),
+                });
+            }
+            if range.end > g.last_index() + 1 {
+                return Err(WalError::Unavailable {
+                    group,
+                    index: range.end - 1,
+                    last: g.last_index(),
+                });
+            }
+            let mut out = Vec::new();
+            let mut total = 0u64;
+            for index in range.clone() {
+                let s = g.slot(index).expect("range checked above");
+                let (src, n) = match (&s.payload, s.loc) {
+                    (Some(p), _) => (Src::Mem(p.clone()), p.len() as u64),
+                    (None, Some(loc)) => (Src::Disk(loc), loc.bytes as u64),
+                    (None, None) => unreachable!("an entry without a location is always cached"),
+                };
+                if !out.is_empty() && total + n > max_bytes {
+                    break;
+                }
+                total += n;
+                out.push(Want {
+                    index,
+                    term: s.term,
+                    kind: s.kind,
+                    op_id: s.op_id,
+                    src,
+                });
+                if total >= max_bytes {
+                    break;
+                }
+            }
+            out
+        };
+        // Read runs of adjacent payloads in one read each.
+        let mut payloads: Vec<Option<Bytes>> = wants
+            .iter()
+            .map(|w| match &w.src {
+                Src::Mem(b) => Some(b.clone()),
+                Src::Disk(_) => None,
+            })
+            .collect();
+        let mut i = 0;
+        while i < wants.len() {
+            let Src::Disk(first) = wants[i].src else {
+                i += 1;
+                continue;
+            };
+            let mut j = i + 1;
+            let mut end = first.offset + first.bytes as u64;
+            while j < wants.len() {
+                match wants[j].src {
+                    Src::Disk(l)
+                        if l.segment == first.segment
+                            && l.offset >= end
+                            && l.offset - end <= BLOCK_BYTES =>
+                    {
+                        end = l.offset + l.bytes as u64;
+                        j += 1;
+                    }
+                    _ => break,
+                }
+            }
+            let seg = self.inner.st.borrow().segments.get(&first.segment).cloned();
+            let Some(seg) = seg else {
+                return Ok(None); // reclaimed meanwhile: re-plan
+            };
+            let len = (end - first.offset) as usize;
+            let data = if len == 0 {
+                Bytes::new()
+            } else {
+                let r = seg
+                    .file
+                    .read_at(first.offset, len)
+                    .await
+                    .map_err(|e| WalError::io(&seg.path, e))?;
+                if r.len() != len {
+                    return Err(WalError::Corrupt {
+                        path: seg.path.clone(),
+                        offset: first.offset + r.len() as u64,
+                        kind: Corruption::BadPayloadCrc,
+                    });
+                }
+                let mut b = BytesMut::with_capacity(len);
+                b.extend_from_slice(&r);
+                b.freeze()
+            };
+            {
+                let mut st = self.inner.st.borrow_mut();
+                st.stats.disk_reads += 1;
+                st.stats.disk_read_bytes += len as u64;
+            }
+            for k in i..j {
+                let Src::Disk(l) = wants[k].src else {
+                    unreachable!()
+                };
+                let at = (l.offset - first.offset) as usize;
+                let p = data.slice(at..at + l.bytes as usize);
+                if crc32fast::hash(&p) != l.crc {
+                    return Err(WalError::Corrupt {
+                        path: seg.path.clone(),
+                        offset: l.offset,
+                        kind: Corruption::BadPayloadCrc,
+                    });
+                }
+                payloads[k] = Some(p);
+            }
+            i = j;
+        }
+        // Re-check that nothing read from disk was replaced or compacted
+        // (and its segment reused) while we were reading.
+        let st = self.inner.st.borrow();
+        let g = st
+            .index
+            .groups
+            .get(&group)
+            .ok_or(WalError::GroupNotFound { group })?;
+        for w in &wants {
+            if let Src::Disk(l) = w.src {
+                match g.slot(w.index) {
+                    Some(s) if s.op_id == w.op_id && s.loc == Some(l) => {}
+                    _ => return Ok(None),
+                }
+            }
+        }
+        Ok(Some(
+            wants
+                .into_iter()
+                .zip(payloads)
+                .map(|(w, p)| Entry {
+                    index: w.index,
+                    term: w.term,
+                    kind: w.kind,
+                    payload: p.expect("every payload resolved"),
+                })
+                .collect(),
+        ))
+    }
+
+    /// Compacts `group` up to `index` (inclusive): writes a snapshot marker
+    /// `{index, term(index)}` and waits until it is durable. A no-op if the
+    /// group is already compacted that far.
+    ///
+    /// # Errors
+    /// `GroupNotFound`; `InvalidOp::UnknownTerm` if `index` is beyond the last
+    /// index; write errors.
+    pub async fn compact(&self, group: GroupId, index: u64) -> Result<(), WalError> {
+        let marker = {
+            let st = self.inner.st.borrow();
+            let g = st
+                .index
+                .groups
+                .get(&group)
+                .ok_or(WalError::GroupNotFound { group })?;
+            if index <= g.marker.index {
+                return Ok(());
+            }
+            let term = g.term(index).ok_or(WalError::InvalidOp {
+                group,
+                reason: InvalidOp::UnknownTerm { index },
+            })?;
+            SnapshotMarker { index, term }
+        };
+        let mut b = Batch::new();
+        b.set_snapshot(group, marker);
+        self.write(b).await
+    }
+
+    /// Removes every trace of `group` and waits until that is durable.
+    ///
+    /// # Errors
+    /// Write errors.
+    pub async fn remove_group(&self, group: GroupId) -> Result<(), WalError> {
+        let mut b = Batch::new();
+        b.remove_group(group);
+        self.write(b).await
+    }
+
+    /// First index holding an entry (`snapshot.index + 1`), if the group exists.
+    pub fn first_index(&self, group: GroupId) -> Option<u64> {
+        self.inner
+            .st
+            .borrow()
+            .index
+            .groups
+            .get(&group)
+            .map(|g| g.first_index())
+    }
+
+    /// Last index (`snapshot.index` if there is no entry), if the group exists.
+    pub fn last_index(&self, group: GroupId) -> Option<u64> {
+        self.inner
+            .st
+            .borrow()
+            .index
+            .groups
+            .get(&group)
+            .map(|g| g.last_index())
+    }
+
+    /// Term of the entry at `index`, or of the snapshot marker if `index` is
+    /// its index; `None` if compacted, beyond the log or the group is unknown.
+    pub fn term(&self, group: GroupId, index: u64) -> Option<u64> {
+        self.inner
+            .st
+            .borrow()
+            .index
+            .groups
+            .get(&group)
+            .and_then(|g| g.term(index))
+    }
+
+    /// Latest hard state of `group`.
+    pub fn hard_state(&self, group: GroupId) -> Option<HardState> {
+        self.inner
+            .st
+            .borrow()
+            .index
+            .groups
+            .get(&group)
+            .and_then(|g| g.hard_state)
+    }
+
+    /// Snapshot marker of `group` (`{0, 0}` if none), if the group exists.
+    pub fn snapshot(&self, group: GroupId) -> Option<SnapshotMarker> {
+        self.inner
+            .st
+            .borrow()
+            .index
+            .groups
+            .get(&group)
+            .map(|g| g.marker)
+    }
+
+    /// Every group with state, sorted.
+    pub fn groups(&self) -> Vec<GroupId> {
+        let mut v: Vec<GroupId> = self
+            .inner
+            .st
+            .borrow()
+            .index
+            .groups
+            .keys()
+            .copied()
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> WalStats {
+        let st = self.inner.st.borrow();
+        let mut s = st.stats.clone();
+        s.segments = st.segments.len() as u64;
+        s.cache_bytes = st.index.cached_bytes_total;
+        s
+    }
+
+    /// Sequence numbers of the live segments, oldest first.
+    pub fn segment_seqs(&self) -> Vec<u64> {
+        self.inner.st.borrow().segments.keys().copied().collect()
+    }
+
+    /// Up to `n` groups holding the oldest segments alive (by oldest segment,
+    /// then group), excluding groups whose records are all in the current
+    /// segment. Snapshot-and-compact them, or `rewrite_groups` the small ones,
+    /// so their segments can be reclaimed.
+    pub fn groups_pinning_oldest(&self, n: usize) -> Vec<PinningGroup> {
+        let st = self.inner.st.borrow();
+        let mut v: Vec<PinningGroup> = st
+            .index
+            .groups
+            .iter()
+            .filter_map(|(&group, g)| {
+                let segment = g.min_segment()?;
+                (segment < st.current).then_some(PinningGroup {
+                    group,
+                    segment,
+                    live_entries: g.slots.len() as u64,
+                })
+            })
+            .collect();
+        v.sort_unstable_by_key(|p| (p.segment, p.group));
+        v.truncate(n);
+        v
+    }
+
+    /// Re-writes the live state of each listed group (snapshot marker, every
+    /// live entry, hard state) into the current segment, so that old
+    /// segments it alone kept alive can be reclaimed. Groups whose live
+    /// payloads exceed `group_bytes_max`, that are already only in the current
+    /// segment, or that change while being read, are skipped. Returns the
+    /// number of groups re-written.
+    ///
+    /// # Errors
+    /// Read or write errors.
+    pub async fn rewrite_groups(
+        &self,
+        groups: &[GroupId],
+        group_bytes_max: u64,
+    ) -> Result<usize, WalError> {
+        let mut done = 0;
+        for &group in groups {
+            let plan = {
+                let st = self.inner.st.borrow();
+                let Some(g) = st.index.groups.get(&group) else {
+                    continue;
+                };
+                match g.min_segment() {
+                    Some(s) if s < st.current => {}
+                    _ => continue,
+                }
+                let bytes: u64 = g
+                    .slots
+                    .iter()
+                    .map(|s| {
+                        s.payload
+                            .as_ref()
+                            .map_or(s.loc.map_or(0, |l| l.bytes as u64), |p| p.len() as u64)
+                    })
+                    .sum();
+                if bytes > group_bytes_max {
+                    continue;
+                }
+                (
+                    g.last_op,
+                    g.marker,
+                    g.marker_seg.is_some(),
+                    g.hard_state,
+                    g.first_index(),
+                    g.last_index(),
+                )
+            };
+            let (last_op, marker, had_marker, hs, first, last) = plan;
+            let entries = if last >= first {
+                self.entries(group, first..last + 1, u64::MAX).await?
+            } else {
+                Vec::new()
+            };
+            let mut b = Batch::new();
+            if had_marker || marker.index > 0 {
+                b.set_snapshot(group, marker);
+            }
+            if !entries.is_empty() {
+                b.append(group, entries);
+            }
+            if let Some(hs) = hs {
+                b.set_hard_state(group, hs);
+            }
+            if b.is_empty() {
+                continue;
+            }
+            if self.submit(b, Some(&[(group, last_op)])).await? {
+                done += 1;
+                self.inner.st.borrow_mut().stats.groups_rewritten += 1;
+            }
+        }
+        Ok(done)
+    }
+
+    /// Waits for every accepted write and pending maintenance, then closes
+    /// every file. Later writes fail.
+    ///
+    /// # Errors
+    /// `Io` if closing a file fails; the first write error if one happened.
+    pub async fn close(&self) -> Result<(), WalError> {
+        let inner = &self.inner;
+        {
+            let mut st = inner.st.borrow_mut();
+            // Finish the spare (if started) but start no new maintenance.
+            st.gc_dirty = false;
+        }
+        inner
+            .notify
+            .wait_until(|| {
+                let st = inner.st.borrow();
+                !st.committer_running && (st.queue.is_empty() || st.poisoned.is_some())
+            })
+            .await;
+        let (segs, spare, prep, poisoned) = {
+            let mut st = inner.st.borrow_mut();
+            st.closed = true;
+            let segs: Vec<SegFile> = std::mem::take(&mut st.segments).into_values().collect();
+            (
+                segs,
+                st.spare.take(),
+                st.spare_prep.take(),
+                st.poisoned.clone(),
+            )
+        };
+        inner.notify.notify_all();
+        for seg in segs.into_iter().chain(spare).chain(prep.map(|p| p.seg)) {
+            let path = seg.path.clone();
+            seg.file
+                .close_rc()
+                .await
+                .map_err(|e| WalError::io(&path, e))?;
+        }
+        match poisoned {
+            Some(reason) => Err(WalError::Poisoned { reason }),
+            None => Ok(()),
+        }
+    }
+
+    /// The directory of this WAL.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+}
+
+/// Validates and applies a batch to the index and queues it.
+fn accept(st: &mut State, opts: &WalOptions, batch: Batch, bytes: u64) -> Result<(), WalError> {
+    let mut undo = Vec::new();
+    let first_op = st.next_op + 1;
+    let mut ops = Vec::with_capacity(batch.ops.len());
+    let mut cached_groups = Vec::new();
+    for (k, op) in batch.ops.into_iter().enumerate() {
+        let op_id = first_op + k as u64;
+        let group = op.group();
+        let change = match &op {
+            Op::Append { entries, .. } => {
+                let first_index = entries.first().map_or(0, |e| e.index);
+                if entries
+                    .iter()
+                    .enumerate()
+                    .any(|(i, e)| e.index != first_index + i as u64)
+                {
+                    st.index.revert(undo);
+                    return Err(WalError::InvalidOp {
+                        group,
+                        reason: InvalidOp::NonConsecutive,
+                    });
+                }
+                cached_groups.push(group);
+                Change::Append {
+                    first_index,
+                    slots: entries
+                        .iter()
+                        .map(|e| Slot {
+                            term: e.term,
+                            kind: e.kind,
+                            op_id,
+                            loc: None,
+                            payload: Some(e.payload.clone()),
+                        })
+                        .collect(),
+                }
+            }
+            Op::HardState { state, .. } => Change::HardState {
+                state: *state,
+                seg: None,
+            },
+            Op::Snapshot { marker, .. } => Change::Snapshot {
+                marker: *marker,
+                seg: None,
+            },
+            Op::Remove { .. } => Change::Remove,
+        };
+        if let Err(reason) = st.index.apply(group, op_id, change, Some(&mut undo)) {
+            st.index.revert(undo);
+            return Err(WalError::InvalidOp { group, reason });
+        }
+        if matches!(op, Op::Snapshot { .. } | Op::Remove { .. }) {
+            st.gc_dirty = true;
+        }
+        ops.push((op_id, op));
+    }
+    st.next_op = first_op + ops.len() as u64 - 1;
+    for g in cached_groups {
+        st.cache_rr.push_back(g);
+    }
+    if st.cache_rr.len() > 2 * st.index.groups.len() + 64 {
+        let index = &st.index;
+        let mut seen = std::collections::HashSet::new();
+        st.cache_rr
+            .retain(|g| index.groups.get(g).is_some_and(|s| s.cached_bytes > 0) && seen.insert(*g));
+    }
+    st.stats.batches += 1;
+    st.queue_bytes += bytes;
+    st.queue.push_back(Pending {
+        ops,
+        bytes,
+        last_op: st.next_op,
+    });
+    debug_assert!(st.queue_bytes <= opts.pending_bytes_max.max(bytes) + opts.pending_bytes_max);
+    Ok(())
+}
+
+impl Inner {
+    /// Starts the committer task unless it runs already.
+    fn kick(this: &Rc<Inner>) {
+        {
+            let mut st = this.st.borrow_mut();
+            if st.committer_running || st.closed || st.poisoned.is_some() {
+                return;
+            }
+            st.committer_running = true;
+        }
+        let inner = this.clone();
+        glommio::spawn_local(async move { inner.run_committer().await }).detach();
+    }
+
+    async fn run_committer(self: Rc<Self>) {
+        loop {
+            let has_work = !self.st.borrow().queue.is_empty();
+            let step = if has_work {
+                self.flush_once().await.map(|_| true)
+            } else {
+                self.maintain_step().await
+            };
+            match step {
+                Ok(true) => {}
+                Ok(false) => {
+                    let mut st = self.st.borrow_mut();
+                    if st.queue.is_empty() {
+                        st.committer_running = false;
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "wal write failed; poisoning the WAL");
+                    let mut st = self.st.borrow_mut();
+                    st.poisoned = Some(e.to_string());
+                    st.committer_running = false;
+                    break;
+                }
+            }
+        }
+        self.notify.notify_all();
+    }
+
+    /// Writes one frame of queued batches: one DMA write, one fdatasync.
+    async fn flush_once(&self) -> Result<(), WalError> {
+        let first_bytes = {
+            let st = self.st.borrow();
+            FRAME_HEADER_BYTES as u64 + st.queue.front().expect("called with work").bytes
+        };
+        let needs_roll = {
+            let st = self.st.borrow();
+            let seg_bytes = st.segments[&st.current].bytes;
+            st.write_offset + align_up(first_bytes) > seg_bytes
+        };
+        if needs_roll {
+            self.roll().await?;
+        }
+        let (seg, offset, buf, last_op, touched, frame_bytes) = {
+            let mut st = self.st.borrow_mut();
+            let st = &mut *st;
+            let seg = st.segments[&st.current].clone();
+            let offset = st.write_offset;
+            let room = (seg.bytes - offset).min(self.opts.frame_limit_bytes());
+            let mut body = 0u64;
+            let mut taken = Vec::new();
+            while let Some(p) = st.queue.front() {
+                if !taken.is_empty() && align_up(FRAME_HEADER_BYTES as u64 + body + p.bytes) > room
+                {
+                    break;
+                }
+                body += p.bytes;
+                st.queue_bytes -= p.bytes;
+                taken.push(st.queue.pop_front().expect("front exists"));
+            }
+            let frame_bytes = FRAME_HEADER_BYTES as u64 + body;
+            let len = align_up(frame_bytes);
+            assert!(
+                offset + len <= seg.bytes,
+                "frame overruns segment {} at {offset}",
+                seg.seq
+            );
+            let batch_seq = st.next_batch_seq;
+            let mut buf = seg.file.alloc_dma_buffer(len as usize);
+            let b = buf.as_bytes_mut();
+            format::encode_frame_header(b, body as u32, seg.seq, batch_seq);
+            let mut at = FRAME_HEADER_BYTES;
+            let mut offs = Vec::new();
+            let mut locs = Vec::new();
+            let mut touched = Vec::new();
+            let mut entries = 0u64;
+            for p in &taken {
+                for (op_id, op) in &p.ops {
+                    offs.clear();
+                    let n = format::encode_record(&mut b[at..], seg.seq, batch_seq, op, &mut offs);
+                    match op {
+                        Op::Append { group, entries: es } => {
+                            locs.clear();
+                            locs.extend(offs.iter().map(|&(rel, bytes, crc)| Loc {
+                                segment: seg.seq,
+                                offset: offset + at as u64 + rel,
+                                bytes,
+                                crc,
+                            }));
+                            st.index.set_locations(*group, *op_id, es[0].index, &locs);
+                            entries += es.len() as u64;
+                            touched.push(*group);
+                        }
+                        Op::HardState { group, .. } => {
+                            st.index.set_hard_state_segment(*group, *op_id, seg.seq)
+                        }
+                        Op::Snapshot { group, .. } => {
+                            st.index.set_marker_segment(*group, *op_id, seg.seq)
+                        }
+                        Op::Remove { .. } => {}
+                    }
+                    at += n;
+                }
+            }
+            debug_assert_eq!(at as u64, frame_bytes);
+            b[at..].fill(0);
+            st.next_batch_seq += 1;
+            st.write_offset = offset + len;
+            st.stats.entries_written += entries;
+            let last_op = taken.last().expect("at least one batch").last_op;
+            (seg, offset, buf, last_op, touched, frame_bytes)
+        };
+        let len = buf.len() as u64;
+        write_all(&seg.file, &seg.path, buf, offset).await?;
+        seg.file
+            .fdatasync()
+            .await
+            .map_err(|e| WalError::io(&seg.path, e))?;
+        {
+            let mut st = self.st.borrow_mut();
+            debug_assert!(last_op > st.durable_op);
+            st.durable_op = last_op;
+            st.stats.flushes += 1;
+            st.stats.fdatasyncs += 1;
+            st.stats.bytes_written += len;
+            st.stats.record_bytes += frame_bytes;
+            self.evict(&mut st, &touched);
+        }
+        self.notify.notify_all();
+        Ok(())
+    }
+
+    fn evict(&self, st: &mut State, touched: &[GroupId]) {
+        let durable = st.durable_op;
+        for &g in touched {
+            st.index.evict(g, durable, self.opts.cache_group_bytes_max);
+        }
+        let mut budget = st.cache_rr.len();
+        while st.index.cached_bytes_total > self.opts.cache_bytes_max && budget > 0 {
+            budget -= 1;
+            let Some(g) = st.cache_rr.pop_front() else {
+                break;
+            };
+            st.index.evict(g, durable, 0);
+            if st.index.groups.get(&g).is_some_and(|s| s.cached_bytes > 0) {
+                st.cache_rr.push_back(g);
+            }
+        }
+    }
+
+    /// Makes the spare segment current (preparing it first if needed).
+    async fn roll(&self) -> Result<(), WalError> {
+        while self.st.borrow().spare.is_none() {
+            self.prepare_spare_step(true).await?;
+        }
+        let mut st = self.st.borrow_mut();
+        let spare = st.spare.take().expect("prepared above");
+        debug_assert_eq!(spare.seq, st.current + 1);
+        tracing::debug!(from = st.current, to = spare.seq, "wal segment roll");
+        st.current = spare.seq;
+        st.write_offset = BLOCK_BYTES;
+        st.segments.insert(spare.seq, spare);
+        st.gc_dirty = true;
+        Ok(())
+    }
+
+    /// One bounded piece of background work. `Ok(false)`: nothing to do.
+    async fn maintain_step(&self) -> Result<bool, WalError> {
+        if self.st.borrow().closed {
+            return Ok(false);
+        }
+        // 1. Reclaim a segment no group needs, once that fact is durable.
+        let ready = {
+            let mut st = self.st.borrow_mut();
+            if st.gc_candidate.is_none() && st.gc_dirty {
+                st.gc_dirty = false;
+                st.gc_candidate = gc_candidate(&st);
+            }
+            match st.gc_candidate {
+                Some((seq, op)) if st.durable_op >= op => {
+                    st.gc_candidate = None;
+                    st.gc_dirty = true; // the next one may be free too
+                    Some(seq)
+                }
+                _ => None,
+            }
+        };
+        if let Some(seq) = ready {
+            self.reclaim(seq).await?;
+            return Ok(true);
+        }
+        // 2. Prepare the next segment ahead of time.
+        if self.st.borrow().spare.is_none() {
+            self.prepare_spare_step(false).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Deletes segment `seq`, or recycles it as the spare.
+    async fn reclaim(&self, seq: u64) -> Result<(), WalError> {
+        let (seg, recycle_as) = {
+            let mut st = self.st.borrow_mut();
+            let Some(seg) = st.segments.remove(&seq) else {
+                return Ok(());
+            };
+            let recycle = self.opts.recycle_segments
+                && st.spare.is_none()
+                && st.spare_prep.is_none()
+                && seg.bytes == self.opts.segment_bytes;
+            (seg, recycle.then_some(st.current + 1))
+        };
+        debug_assert!(seq < self.st.borrow().current);
+        match recycle_as {
+            Some(new_seq) => {
+                let tmp = fsutil::join(&self.dir, &format!("{}.tmp", segment_name(new_seq)));
+                let path = fsutil::join(&self.dir, &segment_name(new_seq));
+                fsutil::rename(&seg.path, &tmp)
+                    .await
+                    .map_err(|e| WalError::io(&seg.path, e))?;
+                let mut b = zeroed_buffer(&seg.file, BLOCK_BYTES as usize);
+                format::encode_segment_header(b.as_bytes_mut(), new_seq, seg.bytes);
+                write_all(&seg.file, &tmp, b, 0).await?;
+                seg.file
+                    .fdatasync()
+                    .await
+                    .map_err(|e| WalError::io(&tmp, e))?;
+                fsutil::rename(&tmp, &path)
+                    .await
+                    .map_err(|e| WalError::io(&tmp, e))?;
+                fsutil::sync_dir(&self.dir)
+                    .await
+                    .map_err(|e| WalError::io(&self.dir, e))?;
+                let mut st = self.st.borrow_mut();
+                st.stats.fdatasyncs += 2;
+                st.stats.prepare_bytes_written += BLOCK_BYTES;
+                st.stats.segments_recycled += 1;
+                tracing::debug!(old = seq, new = new_seq, "wal segment recycled");
+                if st.current + 1 == new_seq {
+                    st.spare = Some(SegFile {
+                        seq: new_seq,
+                        path,
+                        file: seg.file,
+                        bytes: seg.bytes,
+                    });
+                } else {
+                    // Cannot happen: only the committer rolls, and it is here.
+                    unreachable!("segment rolled during recycling");
+                }
+            }
+            None => {
+                fsutil::remove(&seg.path)
+                    .await
+                    .map_err(|e| WalError::io(&seg.path, e))?;
+                fsutil::sync_dir(&self.dir)
+                    .await
+                    .map_err(|e| WalError::io(&self.dir, e))?;
+                self.st.borrow_mut().stats.fdatasyncs += 1;
+                self.st.borrow_mut().stats.segments_deleted += 1;
+                tracing::debug!(seq, "wal segment deleted");
+                let _ = seg.file.close_rc().await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Prepares the spare segment (`current + 1`) one chunk at a time; with
+    /// `finish`, to the end. Created under a temporary name, zero-filled or
+    /// fallocated, synced, renamed, directory synced.
+    async fn prepare_spare_step(&self, finish: bool) -> Result<(), WalError> {
+        let existing = self.st.borrow_mut().spare_prep.take();
+        let mut prep = match existing {
+            Some(p) => p,
+            None => {
+                let seq = self.st.borrow().current + 1;
+                let tmp = fsutil::join(&self.dir, &format!("{}.tmp", segment_name(seq)));
+                let path = fsutil::join(&self.dir, &segment_name(seq));
+                let bytes = self.opts.segment_bytes;
+                let file = open_rw(&tmp, true).await?;
+                let mut b = zeroed_buffer(&file, BLOCK_BYTES as usize);
+                format::encode_segment_header(b.as_bytes_mut(), seq, bytes);
+                write_all(&file, &tmp, b, 0).await?;
+                if !self.opts.prefill_segments {
+                    file.pre_allocate(bytes, false)
+                        .await
+                        .map_err(|e| WalError::io(&tmp, e))?;
+                }
+                self.st.borrow_mut().stats.prepare_bytes_written += BLOCK_BYTES;
+                SparePrep {
+                    seg: SegFile {
+                        seq,
+                        path,
+                        file: Rc::new(file),
+                        bytes,
+                    },
+                    tmp_path: tmp,
+                    filled: if self.opts.prefill_segments {
+                        BLOCK_BYTES
+                    } else {
+                        bytes
+                    },
+                }
+            }
+        };
+        loop {
+            if prep.filled < prep.seg.bytes {
+                let n = SPARE_CHUNK_BYTES.min(prep.seg.bytes - prep.filled);
+                let b = zeroed_buffer(&prep.seg.file, n as usize);
+                write_all(&prep.seg.file, &prep.tmp_path, b, prep.filled).await?;
+                prep.filled += n;
+                self.st.borrow_mut().stats.prepare_bytes_written += n;
+                if !finish && prep.filled < prep.seg.bytes {
+                    self.st.borrow_mut().spare_prep = Some(prep);
+                    return Ok(());
+                }
+                continue;
+            }
+            break;
+        }
+        let seg = prep.seg;
+        seg.file
+            .fdatasync()
+            .await
+            .map_err(|e| WalError::io(&prep.tmp_path, e))?;
+        fsutil::rename(&prep.tmp_path, &seg.path)
+            .await
+            .map_err(|e| WalError::io(&prep.tmp_path, e))?;
+        fsutil::sync_dir(&self.dir)
+            .await
+            .map_err(|e| WalError::io(&self.dir, e))?;
+        let mut st = self.st.borrow_mut();
+        st.stats.fdatasyncs += 2;
+        st.stats.segments_created += 1;
+        debug_assert_eq!(seg.seq, st.current + 1);
+        tracing::debug!(seq = seg.seq, "wal spare segment ready");
+        st.spare = Some(seg);
+        Ok(())
+    }
+}
+
+/// The oldest sealed segment no group needs any more, with the op id after
+/// which that is durable.
+fn gc_candidate(st: &State) -> Option<(u64, u64)> {
+    let (&oldest, _) = st.segments.iter().next()?;
+    if oldest >= st.current {
+        return None;
+    }
+    let pinned = st
+        .index
+        .groups
+        .values()
+        .filter_map(|g| g.min_segment())
+        .any(|s| s <= oldest);
+    (!pinned).then_some((oldest, st.next_op))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_round_trip() {
+        assert_eq!(parse_segment_name(&segment_name(42)), Some((42, false)));
+        assert_eq!(
+            parse_segment_name("00000000000000000042.wal.tmp"),
+            Some((42, true))
+        );
+        assert_eq!(parse_segment_name("42.wal"), None);
+        assert_eq!(parse_segment_name("0000000000000000004x.wal"), None);
+    }
+}
