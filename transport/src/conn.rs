@@ -19,6 +19,8 @@ use crate::wire::{
 
 /// Smallest read worth issuing; below this the buffer is refreshed first.
 const READ_BYTES_MIN: usize = 4096;
+/// Retired read regions kept for reuse per connection.
+const SPARE_REGIONS_MAX: usize = 4;
 
 /// Why a framed read ended.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,8 @@ pub(crate) struct FrameReader {
     filled: usize,
     read_bytes: usize,
     frame_bytes_max: u32,
+    /// Retired regions, reused once the consumer has dropped their frames.
+    spares: Vec<BytesMut>,
 }
 
 impl FrameReader {
@@ -51,6 +55,7 @@ impl FrameReader {
             filled: 0,
             read_bytes: read_bytes.max(READ_BYTES_MIN),
             frame_bytes_max,
+            spares: Vec::new(),
         }
     }
 
@@ -98,6 +103,14 @@ impl FrameReader {
         }
     }
 
+    /// Makes `buf[filled..]` large enough to read the rest of a frame of
+    /// `need_total` bytes (and at least a useful read).
+    ///
+    /// Frames handed out keep their region alive until the consumer drops
+    /// them, so a new region is often needed. Regions are recycled: a
+    /// retired region is kept (up to `SPARE_REGIONS_MAX`) and reused once
+    /// all its frames are gone, so steady state allocates nothing and takes
+    /// no page faults.
     fn make_room(&mut self, need_total: usize) {
         debug_assert!(need_total > self.filled);
         if self.buf.len() >= need_total
@@ -105,9 +118,23 @@ impl FrameReader {
         {
             return;
         }
-        self.buf.truncate(self.filled);
         let want = need_total.max(self.filled + self.read_bytes);
-        self.buf.reserve(want - self.filled);
+        self.buf.truncate(self.filled);
+        if !self.buf.try_reclaim(want - self.filled) {
+            let recycled = self
+                .spares
+                .iter_mut()
+                .position(|s| s.try_reclaim(want))
+                .map(|i| self.spares.swap_remove(i));
+            let mut next = recycled.unwrap_or_else(|| BytesMut::with_capacity(want));
+            debug_assert!(next.is_empty());
+            next.extend_from_slice(&self.buf[..self.filled]);
+            let mut old = std::mem::replace(&mut self.buf, next);
+            old.clear();
+            if self.spares.len() < SPARE_REGIONS_MAX {
+                self.spares.push(old);
+            }
+        }
         let cap = self.buf.capacity();
         self.buf.resize(cap, 0);
         debug_assert!(self.buf.len() >= need_total);

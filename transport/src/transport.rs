@@ -479,7 +479,9 @@ impl Peer {
     }
 
     /// Moves queued messages into one frame in `buf` (cleared first): at most
-    /// `frame_messages_max` messages and `frame_bytes_max` payload bytes.
+    /// `frame_messages_max` messages and `batch_bytes_max` payload bytes (a
+    /// single message bigger than that goes alone; `send` bounded it by
+    /// `frame_bytes_max`).
     /// Returns the number of messages packed.
     fn drain_into_frame(&self, buf: &mut BytesMut, config: &TransportConfig) -> u64 {
         buf.clear();
@@ -492,6 +494,7 @@ impl Peer {
             let need = MESSAGE_PREFIX_BYTES + m.len();
             if count > 0
                 && (payload_bytes + need > config.frame_bytes_max as usize
+                    || payload_bytes + need > config.batch_bytes_max as usize
                     || count >= config.frame_messages_max)
             {
                 break;
