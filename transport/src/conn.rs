@@ -243,6 +243,83 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::{encode_frame, FrameKind};
+    use proptest::prelude::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// Hands out `data` at most `piece` bytes per read, like a socket.
+    struct Pieces {
+        data: Vec<u8>,
+        at: usize,
+        piece: usize,
+    }
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.piece).min(self.data.len() - self.at);
+            let at = self.at;
+            buf[..n].copy_from_slice(&self.data[at..at + n]);
+            self.at += n;
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    /// Reads every frame; keeps every `keep_every`-th payload alive (so
+    /// regions are retired while shared, then recycled).
+    fn read_all(data: Vec<u8>, piece: usize, keep_every: usize) -> (Vec<Bytes>, Option<String>) {
+        let mut reader = FrameReader::new(4096, 1 << 16);
+        let mut src = Pieces {
+            data,
+            at: 0,
+            piece: piece.max(1),
+        };
+        let mut out = vec![];
+        let mut kept = vec![];
+        loop {
+            match futures_lite::future::block_on(reader.next(&mut src)) {
+                Ok(Some((h, p))) => {
+                    assert_eq!(h.payload_len as usize, p.len());
+                    if out.len() % keep_every.max(1) == 0 {
+                        kept.push(p.clone());
+                    }
+                    out.push(p);
+                    if out.len() % 3 == 0 {
+                        kept.clear();
+                    }
+                }
+                Ok(None) => return (out, None),
+                Err(e) => return (out, Some(e.to_string())),
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn frame_reader_never_panics_on_arbitrary_bytes(data in prop::collection::vec(any::<u8>(), 0..2048), piece in 1usize..300) {
+            let _ = read_all(data, piece, 2);
+        }
+
+        #[test]
+        fn frame_reader_round_trips_any_split(
+            payloads in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..9000), 0..12),
+            piece in 1usize..20_000,
+            keep_every in 1usize..4,
+        ) {
+            let mut stream = BytesMut::new();
+            for p in &payloads {
+                encode_frame(&mut stream, FrameKind::Batch, p);
+            }
+            let (got, err) = read_all(stream.to_vec(), piece, keep_every);
+            prop_assert_eq!(err, None);
+            let got: Vec<Vec<u8>> = got.iter().map(|b| b.to_vec()).collect();
+            prop_assert_eq!(got, payloads);
+        }
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_and_caps() {
