@@ -14,7 +14,7 @@
 //! results per session (a command over that bound is rejected with
 //! [`ApplyError::SessionBusy`], never applied).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -52,7 +52,58 @@ struct Session {
     /// Cached results by series id; `None` while the command is in the
     /// state machine's current batch (never seen outside `Rsm::apply`).
     /// Invariant: every key > `responded_to`.
-    responses: BTreeMap<u64, Option<Bytes>>,
+    responses: Responses,
+}
+
+/// Cached results of one session, sorted by series id. Series ids almost
+/// always arrive in increasing order and are acknowledged from the front,
+/// so a sorted deque beats a tree here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Responses(VecDeque<(u64, Option<Bytes>)>);
+
+impl Responses {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn find(&self, series: u64) -> Result<usize, usize> {
+        // Fast path: a new series past the last one.
+        match self.0.back() {
+            Some(&(last, _)) if series > last => Err(self.0.len()),
+            None => Err(0),
+            _ => self.0.binary_search_by_key(&series, |(s, _)| *s),
+        }
+    }
+
+    fn get(&self, series: u64) -> Option<&Option<Bytes>> {
+        self.find(series).ok().map(|i| &self.0[i].1)
+    }
+
+    fn get_mut(&mut self, series: u64) -> Option<&mut Option<Bytes>> {
+        self.find(series).ok().map(|i| &mut self.0[i].1)
+    }
+
+    fn insert(&mut self, series: u64, result: Option<Bytes>) {
+        match self.find(series) {
+            Ok(i) => self.0[i].1 = result,
+            Err(i) => self.0.insert(i, (series, result)),
+        }
+    }
+
+    /// Drops every result with series id `<= responded_to`.
+    fn acknowledge(&mut self, responded_to: u64) {
+        while self.0.front().is_some_and(|(s, _)| *s <= responded_to) {
+            self.0.pop_front();
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(u64, Option<Bytes>)> {
+        self.0.iter()
+    }
+
+    fn all_settled(&self) -> bool {
+        self.0.iter().all(|(_, r)| r.is_some())
+    }
 }
 
 /// What to do with a session command.
@@ -74,8 +125,6 @@ pub(crate) enum Check {
 pub struct SessionTable {
     config: SessionConfig,
     sessions: BTreeMap<u64, Session>,
-    /// (last_used_index, client_id) of every session: the LRU order.
-    lru: BTreeSet<(u64, u64)>,
 }
 
 impl SessionTable {
@@ -88,7 +137,6 @@ impl SessionTable {
         Self {
             config,
             sessions: BTreeMap::new(),
-            lru: BTreeSet::new(),
         }
     }
 
@@ -112,23 +160,20 @@ impl SessionTable {
         self.config
     }
 
-    fn touch(&mut self, client_id: u64, index: u64) {
-        let s = self
-            .sessions
-            .get_mut(&client_id)
-            .expect("touch a live session");
-        let removed = self.lru.remove(&(s.last_used_index, client_id));
-        debug_assert!(removed, "lru out of sync for {client_id}");
-        s.last_used_index = index;
-        self.lru.insert((index, client_id));
-    }
-
     pub(crate) fn register(&mut self, client_id: u64, index: u64) -> Result<(), ApplyError> {
         if self.sessions.contains_key(&client_id) {
             return Err(ApplyError::SessionAlreadyRegistered { client_id });
         }
         if self.sessions.len() >= self.config.sessions_max as usize {
-            let (_, victim) = self.lru.pop_first().expect("a full table is not empty");
+            // Least recently used: the smallest last-used index (unique, as
+            // every log entry touches at most one session). O(sessions),
+            // only when registering into a full table.
+            let victim = self
+                .sessions
+                .iter()
+                .min_by_key(|(_, s)| s.last_used_index)
+                .map(|(c, _)| *c)
+                .expect("a full table is not empty");
             self.sessions.remove(&victim);
             tracing::debug!(client_id = victim, "evicted least recently used session");
         }
@@ -137,11 +182,9 @@ impl SessionTable {
             Session {
                 last_used_index: index,
                 responded_to: 0,
-                responses: BTreeMap::new(),
+                responses: Responses::default(),
             },
         );
-        self.lru.insert((index, client_id));
-        debug_assert_eq!(self.lru.len(), self.sessions.len());
         Ok(())
     }
 
@@ -151,10 +194,9 @@ impl SessionTable {
             .remove(&client_id)
             .ok_or(ApplyError::SessionNotFound { client_id })?;
         debug_assert!(
-            s.responses.values().all(Option::is_some),
+            s.responses.all_settled(),
             "unregister with a batch in flight"
         );
-        self.lru.remove(&(s.last_used_index, client_id));
         Ok(())
     }
 
@@ -167,18 +209,14 @@ impl SessionTable {
         responded_to: u64,
         index: u64,
     ) -> Check {
-        if !self.sessions.contains_key(&client_id) {
-            return Check::Reject(ApplyError::SessionNotFound { client_id });
-        }
-        self.touch(client_id, index);
         let max = self.config.responses_per_session_max;
-        let s = self.sessions.get_mut(&client_id).expect("checked above");
+        let Some(s) = self.sessions.get_mut(&client_id) else {
+            return Check::Reject(ApplyError::SessionNotFound { client_id });
+        };
+        s.last_used_index = index;
         if responded_to > s.responded_to {
             s.responded_to = responded_to;
-            match responded_to.checked_add(1) {
-                Some(first_kept) => s.responses = s.responses.split_off(&first_kept),
-                None => s.responses.clear(),
-            }
+            s.responses.acknowledge(responded_to);
         }
         if series_id <= s.responded_to {
             return Check::Reject(ApplyError::ResponseDiscarded {
@@ -186,7 +224,7 @@ impl SessionTable {
                 series_id,
             });
         }
-        match s.responses.get(&series_id) {
+        match s.responses.get(series_id) {
             Some(Some(result)) => Check::Cached(result.clone()),
             Some(None) => Check::InBatch,
             None if s.responses.len() >= max as usize => Check::Reject(ApplyError::SessionBusy {
@@ -205,7 +243,7 @@ impl SessionTable {
     /// nothing.
     pub(crate) fn record(&mut self, client_id: u64, series_id: u64, result: Bytes) {
         if let Some(s) = self.sessions.get_mut(&client_id) {
-            if let Some(slot) = s.responses.get_mut(&series_id) {
+            if let Some(slot) = s.responses.get_mut(series_id) {
                 debug_assert!(slot.is_none(), "result recorded twice");
                 *slot = Some(result);
             }
@@ -214,9 +252,7 @@ impl SessionTable {
 
     /// True if no result placeholder is pending (between batches).
     pub(crate) fn is_settled(&self) -> bool {
-        self.sessions
-            .values()
-            .all(|s| s.responses.values().all(Option::is_some))
+        self.sessions.values().all(|s| s.responses.all_settled())
     }
 
     /// Encodes the table (deterministic: sessions by client id, results by
@@ -239,7 +275,7 @@ impl SessionTable {
             out.put_u64_le(s.last_used_index);
             out.put_u64_le(s.responded_to);
             put_count(&mut out, s.responses.len());
-            for (series, result) in &s.responses {
+            for (series, result) in s.responses.iter() {
                 out.put_u64_le(*series);
                 put_bytes(&mut out, result.as_ref().expect("settled"));
             }
@@ -257,6 +293,7 @@ impl SessionTable {
         let mut r = Reader::new(buf);
         let n = r.count("session count", config.sessions_max, 28)?;
         let mut prev_client = 0u64;
+        let mut last_used = BTreeSet::new();
         for _ in 0..n {
             let client_id = r.u64()?;
             if client_id <= prev_client {
@@ -268,7 +305,7 @@ impl SessionTable {
             let last_used_index = r.u64()?;
             let responded_to = r.u64()?;
             let m = r.count("session responses", config.responses_per_session_max, 12)?;
-            let mut responses = BTreeMap::new();
+            let mut responses = Responses::default();
             let mut prev_series = responded_to;
             for _ in 0..m {
                 let series = r.u64()?;
@@ -278,9 +315,11 @@ impl SessionTable {
                     });
                 }
                 prev_series = series;
-                responses.insert(series, Some(r.bytes("cached result", RESULT_BYTES_MAX)?));
+                responses
+                    .0
+                    .push_back((series, Some(r.bytes("cached result", RESULT_BYTES_MAX)?)));
             }
-            if !t.lru.insert((last_used_index, client_id)) {
+            if !last_used.insert(last_used_index) {
                 return Err(DecodeError::Invalid {
                     what: "session lru",
                 });

@@ -18,7 +18,9 @@ pub type LocalBoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 pub struct SmEntry {
     /// The raft log index of the entry.
     pub index: u64,
-    /// The command (zero-copy slice of the committed entry).
+    /// The command (zero-copy slice of the committed entry). The state
+    /// machine may take it (`std::mem::take`): the manager does not read it
+    /// after `apply`.
     pub cmd: Bytes,
     /// Filled by the state machine: the command's result. Errors that are a
     /// deterministic function of the command and the state (e.g. "value is

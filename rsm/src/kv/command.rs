@@ -561,6 +561,20 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Bytes> {
 impl KvResult {
     /// Encodes the result (see the module documentation).
     pub fn encode(&self) -> Bytes {
+        // The most common results need no allocation.
+        match self {
+            KvResult::Ok => return Bytes::from_static(&[0x00]),
+            KvResult::Put {
+                written: true,
+                previous: None,
+            } => return Bytes::from_static(&[0x05, 1, 0]),
+            KvResult::Put {
+                written: false,
+                previous: None,
+            } => return Bytes::from_static(&[0x05, 0, 0]),
+            KvResult::Value(None) => return Bytes::from_static(&[0x01, 0]),
+            _ => {}
+        }
         let mut out = BytesMut::new();
         match self {
             KvResult::Ok => out.put_u8(0x00),

@@ -1,8 +1,8 @@
-//! An ordered map of `Bytes` to `Bytes` whose clone is cheap: a copy-on-write
+//! An ordered map of byte-string keys to `Bytes` whose clone is cheap: a copy-on-write
 //! B-tree of leaves.
 //!
 //! ```text
-//!  leaves: BTreeMap<lower bound key, Rc<Leaf>>
+//!  leaves: BTreeMap<lower bound Key, Rc<Leaf>>   (Key: inline up to 24 bytes)
 //!     "a" ─► Rc[ (a,1) (ab,2) ... ≤ 64 sorted pairs ]
 //!     "m" ─► Rc[ (m,5) (mo,6) ... ]       ◄── shared with a snapshot view
 //!     "t" ─► Rc[ ... ]
@@ -21,17 +21,19 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
+use super::key::Key;
+
 /// Most pairs a leaf holds before it splits.
 const LEAF_MAX: usize = 64;
 /// A leaf below this merges with its successor when they fit in one.
 const LEAF_MIN: usize = LEAF_MAX / 4;
 
-type Leaf = Vec<(Bytes, Bytes)>;
+type Leaf = Vec<(Key, Bytes)>;
 
 /// See the module documentation.
 #[derive(Clone, Default, Debug)]
 pub(crate) struct CowMap {
-    leaves: BTreeMap<Bytes, Rc<Leaf>>,
+    leaves: BTreeMap<Key, Rc<Leaf>>,
     len: usize,
     /// Sum of key and value lengths.
     bytes: u64,
@@ -46,20 +48,21 @@ impl CowMap {
         self.bytes
     }
 
-    /// The index key of the leaf that holds or would hold `key`.
-    fn leaf_key(&self, key: &[u8]) -> Option<&Bytes> {
+    /// The leaf that holds or would hold `key`, with its index key.
+    fn leaf_of(&self, key: &Key) -> Option<(&Key, &Rc<Leaf>)> {
         self.leaves
-            .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
+            .range::<Key, _>((Bound::Unbounded, Bound::Included(key)))
             .next_back()
-            .map(|(k, _)| k)
+    }
+
+    fn search(leaf: &Leaf, key: &Key) -> Result<usize, usize> {
+        leaf.binary_search_by(|(k, _)| k.cmp(key))
     }
 
     pub(crate) fn get(&self, key: &[u8]) -> Option<&Bytes> {
-        let lk = self.leaf_key(key)?;
-        let leaf = &self.leaves[lk];
-        leaf.binary_search_by(|(k, _)| k[..].cmp(key))
-            .ok()
-            .map(|i| &leaf[i].1)
+        let key = Key::new(key);
+        let (_, leaf) = self.leaf_of(&key)?;
+        Self::search(leaf, &key).ok().map(|i| &leaf[i].1)
     }
 
     pub(crate) fn contains_key(&self, key: &[u8]) -> bool {
@@ -67,59 +70,103 @@ impl CowMap {
     }
 
     /// Inserts, returning the previous value.
-    pub(crate) fn insert(&mut self, key: Bytes, value: Bytes) -> Option<Bytes> {
-        let lk = match self.leaf_key(&key) {
-            Some(lk) => lk.clone(),
-            None => match self.leaves.pop_first() {
-                // Below every index key: the first leaf takes it, re-keyed.
-                Some((_, leaf)) => {
-                    self.leaves.insert(key.clone(), leaf);
-                    key.clone()
+    #[cfg(test)]
+    pub(crate) fn insert(&mut self, key: &[u8], value: Bytes) -> Option<Bytes> {
+        self.upsert(key, |cur| (Some(value), cur.cloned()))
+    }
+
+    /// Looks `key` up once and lets `f` decide from its current value
+    /// whether to write a new one (`Some`) or leave it (`None`); returns
+    /// `f`'s second output.
+    pub(crate) fn upsert<R>(
+        &mut self,
+        key: &[u8],
+        f: impl FnOnce(Option<&Bytes>) -> (Option<Bytes>, R),
+    ) -> R {
+        let key = Key::new(key);
+        let split = {
+            let Some((lk, rc)) = self
+                .leaves
+                .range_mut::<Key, _>((Bound::Unbounded, Bound::Included(&key)))
+                .next_back()
+            else {
+                // Below every index key (or empty): the rare slow path.
+                let (new, r) = f(None);
+                if let Some(v) = new {
+                    self.insert_below_all(key, v);
                 }
-                None => {
-                    self.bytes += (key.len() + value.len()) as u64;
+                return r;
+            };
+            match Self::search(rc, &key) {
+                Ok(i) => {
+                    let (new, r) = f(Some(&rc[i].1));
+                    if let Some(v) = new {
+                        let leaf = Rc::make_mut(rc);
+                        self.bytes = self.bytes + v.len() as u64 - leaf[i].1.len() as u64;
+                        leaf[i].1 = v;
+                    }
+                    return r;
+                }
+                Err(i) => {
+                    let (new, r) = f(None);
+                    let Some(v) = new else { return r };
+                    let leaf = Rc::make_mut(rc);
+                    self.bytes += (key.as_slice().len() + v.len()) as u64;
                     self.len += 1;
-                    self.leaves.insert(key.clone(), Rc::new(vec![(key, value)]));
-                    return None;
+                    leaf.insert(i, (key, v));
+                    if leaf.len() <= LEAF_MAX {
+                        return r;
+                    }
+                    (lk.clone(), r)
                 }
-            },
+            }
         };
+        let (lk, r) = split;
         let leaf = Rc::make_mut(self.leaves.get_mut(&lk).expect("leaf exists"));
-        match leaf.binary_search_by(|(k, _)| k[..].cmp(&key[..])) {
-            Ok(i) => {
-                self.bytes = self.bytes + value.len() as u64 - leaf[i].1.len() as u64;
-                Some(std::mem::replace(&mut leaf[i].1, value))
-            }
-            Err(i) => {
-                self.bytes += (key.len() + value.len()) as u64;
-                self.len += 1;
-                leaf.insert(i, (key, value));
-                if leaf.len() > LEAF_MAX {
-                    let right = leaf.split_off(leaf.len() / 2);
-                    self.leaves.insert(right[0].0.clone(), Rc::new(right));
-                }
-                None
-            }
+        let right = leaf.split_off(leaf.len() / 2);
+        self.leaves.insert(right[0].0.clone(), Rc::new(right));
+        r
+    }
+
+    /// Inserts a key smaller than every index key: the first leaf takes it
+    /// and is re-keyed.
+    fn insert_below_all(&mut self, key: Key, value: Bytes) {
+        self.bytes += (key.as_slice().len() + value.len()) as u64;
+        self.len += 1;
+        let mut leaf = match self.leaves.pop_first() {
+            Some((_, leaf)) => leaf,
+            None => Rc::new(Vec::new()),
+        };
+        let l = Rc::make_mut(&mut leaf);
+        debug_assert!(l.first().is_none_or(|(k, _)| key < *k));
+        l.insert(0, (key.clone(), value));
+        if l.len() > LEAF_MAX {
+            let right = l.split_off(l.len() / 2);
+            self.leaves.insert(right[0].0.clone(), Rc::new(right));
         }
+        self.leaves.insert(key, leaf);
     }
 
     /// Removes, returning the value.
     pub(crate) fn remove(&mut self, key: &[u8]) -> Option<Bytes> {
-        let lk = self.leaf_key(key)?.clone();
-        let i = self.leaves[&lk]
-            .binary_search_by(|(k, _)| k[..].cmp(key))
-            .ok()?;
-        let leaf = Rc::make_mut(self.leaves.get_mut(&lk).expect("leaf exists"));
+        let key = Key::new(key);
+        let (lk, rc) = self
+            .leaves
+            .range_mut::<Key, _>((Bound::Unbounded, Bound::Included(&key)))
+            .next_back()?;
+        let i = Self::search(rc, &key).ok()?;
+        let lk = lk.clone();
+        let leaf = Rc::make_mut(rc);
         let (k, v) = leaf.remove(i);
         self.len -= 1;
-        self.bytes -= (k.len() + v.len()) as u64;
+        self.bytes -= (k.as_slice().len() + v.len()) as u64;
         let remaining = leaf.len();
         if remaining == 0 {
             self.leaves.remove(&lk);
         } else if remaining < LEAF_MIN {
             let next = self
                 .leaves
-                .range::<Bytes, _>((Bound::Excluded(&lk), Bound::Unbounded))
+                .range::<Key, _>((Bound::Excluded(&lk), Bound::Unbounded))
                 .next()
                 .map(|(k, l)| (k.clone(), l.len()));
             if let Some((nk, nlen)) = next {
@@ -136,31 +183,40 @@ impl CowMap {
     /// Pairs with `start <= key < end` in key order.
     pub(crate) fn range<'a>(
         &'a self,
-        start: &'a [u8],
-        end: Option<&'a [u8]>,
-    ) -> impl Iterator<Item = &'a (Bytes, Bytes)> + 'a {
-        let from: Bound<&[u8]> = match self.leaf_key(start) {
-            Some(lk) => Bound::Included(&lk[..]),
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> impl Iterator<Item = (&'a [u8], &'a Bytes)> + 'a {
+        let start = Key::new(start);
+        let end = end.map(Key::new);
+        let from = match self.leaf_of(&start) {
+            Some((lk, _)) => Bound::Included(lk.clone()),
             None => Bound::Unbounded,
         };
         self.leaves
-            .range::<[u8], _>((from, Bound::Unbounded))
+            .range::<Key, _>((from, Bound::Unbounded))
             .flat_map(|(_, leaf)| leaf.iter())
-            .skip_while(move |(k, _)| &k[..] < start)
-            .take_while(move |(k, _)| end.is_none_or(|e| &k[..] < e))
+            .skip_while(move |(k, _)| *k < start)
+            .take_while(move |(k, _)| end.as_ref().is_none_or(|e| k < e))
+            .map(|(k, v)| (k.as_slice(), v))
     }
 
     /// Every pair in key order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &(Bytes, Bytes)> + '_ {
-        self.leaves.values().flat_map(|leaf| leaf.iter())
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &Bytes)> + '_ {
+        self.leaves
+            .values()
+            .flat_map(|leaf| leaf.iter())
+            .map(|(k, v)| (k.as_slice(), v))
     }
 
     /// Builds a map from pairs in strictly increasing key order.
-    pub(crate) fn from_sorted(pairs: Vec<(Bytes, Bytes)>) -> Self {
+    pub(crate) fn from_sorted(pairs: Vec<(Key, Bytes)>) -> Self {
         let mut m = CowMap::default();
         debug_assert!(pairs.windows(2).all(|w| w[0].0 < w[1].0));
         m.len = pairs.len();
-        m.bytes = pairs.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+        m.bytes = pairs
+            .iter()
+            .map(|(k, v)| (k.as_slice().len() + v.len()) as u64)
+            .sum();
         let per_leaf = LEAF_MAX * 3 / 4;
         let mut it = pairs.into_iter().peekable();
         while it.peek().is_some() {
@@ -173,7 +229,7 @@ impl CowMap {
     /// Checks the invariants (O(n); tests).
     #[cfg(test)]
     pub(crate) fn check_invariants(&self) {
-        let mut prev: Option<&Bytes> = None;
+        let mut prev: Option<&Key> = None;
         let mut len = 0;
         let mut bytes = 0u64;
         for (lk, leaf) in &self.leaves {
@@ -186,7 +242,7 @@ impl CowMap {
                 }
                 prev = Some(k);
                 len += 1;
-                bytes += (k.len() + v.len()) as u64;
+                bytes += (k.as_slice().len() + v.len()) as u64;
             }
         }
         assert_eq!(len, self.len);
@@ -206,14 +262,22 @@ mod tests {
 
     proptest! {
         #[test]
-        fn behaves_like_btreemap(ops in proptest::collection::vec((0u8..3, 0u16..400, any::<u8>()), 0..1500)) {
+        fn behaves_like_btreemap(ops in proptest::collection::vec((0u8..5, 0u16..400, any::<u8>()), 0..1500)) {
             let mut m = CowMap::default();
             let mut model: Model<Bytes, Bytes> = Model::new();
             let mut snapshots = Vec::new();
             for (i, (op, k, v)) in ops.iter().enumerate() {
                 let key = b(format!("{k:05}").as_bytes());
                 match op {
-                    0 | 1 => prop_assert_eq!(m.insert(key.clone(), b(&[*v])), model.insert(key, b(&[*v]))),
+                    0 | 2 => prop_assert_eq!(m.insert(&key, b(&[*v])), model.insert(key, b(&[*v]))),
+                    1 => {
+                        // Write only if absent or different, through upsert.
+                        let prev = m.upsert(&key, |cur| {
+                            let write = cur.is_none_or(|c| c[0] != *v);
+                            (write.then(|| b(&[*v])), cur.cloned())
+                        });
+                        prop_assert_eq!(prev, model.insert(key, b(&[*v])));
+                    }
                     _ => prop_assert_eq!(m.remove(&key), model.remove(&key)),
                 }
                 if i % 200 == 0 {
@@ -221,14 +285,14 @@ mod tests {
                 }
             }
             m.check_invariants();
-            prop_assert!(m.iter().eq(model.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>().iter()));
-            let got: Vec<_> = m.range(b"00100", Some(b"00200")).cloned().collect();
+            prop_assert!(m.iter().eq(model.iter().map(|(k, v)| (&k[..], v))));
+            let got: Vec<_> = m.range(b"00100", Some(b"00200")).map(|(k, v)| (b(k), v.clone())).collect();
             let want: Vec<_> = model.range(b("00100".as_bytes())..b("00200".as_bytes())).map(|(k, v)| (k.clone(), v.clone())).collect();
             prop_assert_eq!(got, want);
             // Clones taken earlier are unaffected by later writes.
             for (snap, snap_model) in &snapshots {
                 snap.check_invariants();
-                prop_assert!(snap.iter().map(|(k, v)| (k.clone(), v.clone())).eq(snap_model.iter().map(|(k, v)| (k.clone(), v.clone()))));
+                prop_assert!(snap.iter().eq(snap_model.iter().map(|(k, v)| (&k[..], v))));
             }
         }
     }
@@ -237,9 +301,9 @@ mod tests {
     fn key_below_every_leaf_and_range_edges() {
         let mut m = CowMap::default();
         for i in (100..300u32).rev() {
-            m.insert(b(&i.to_be_bytes()), b(b"v"));
+            m.insert(&i.to_be_bytes(), b(b"v"));
         }
-        m.insert(b(&5u32.to_be_bytes()), b(b"low"));
+        m.insert(&5u32.to_be_bytes(), b(b"low"));
         m.check_invariants();
         assert_eq!(m.get(&5u32.to_be_bytes()).unwrap(), &b(b"low"));
         assert_eq!(m.range(&0u32.to_be_bytes(), None).count(), 201);
@@ -249,7 +313,7 @@ mod tests {
             10
         );
         assert_eq!(m.range(&400u32.to_be_bytes(), None).count(), 0);
-        let sorted: Vec<_> = m.iter().cloned().collect();
+        let sorted: Vec<_> = m.iter().map(|(k, v)| (Key::new(k), v.clone())).collect();
         let rebuilt = CowMap::from_sorted(sorted);
         rebuilt.check_invariants();
         assert!(rebuilt.iter().eq(m.iter()));

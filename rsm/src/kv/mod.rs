@@ -2,6 +2,7 @@
 //! with Redis-like commands, as a [`StateMachine`].
 
 mod command;
+mod key;
 mod map;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -11,6 +12,7 @@ pub use command::{
     prefix_end, KvCommand, KvError, KvQuery, KvResult, PutCondition, ResultBytes,
     KEYS_PER_COMMAND_MAX, KEY_BYTES_MAX, SCAN_BYTES_MAX, SCAN_LIMIT_MAX, VALUE_BYTES_MAX,
 };
+use key::Key;
 use map::CowMap;
 
 use crate::error::{DecodeError, QueryError, SnapshotError};
@@ -19,8 +21,11 @@ use crate::state_machine::{LocalBoxFuture, SmEntry, SmSnapshot, StateMachine};
 /// The kind name the KV store records in its snapshots.
 pub const KV_KIND: &str = "flotilla.kv/1";
 
-/// Snapshot data is written in pieces of about this size.
+/// Snapshot data is written in pieces of about this size; the writer yields
+/// to the executor after each.
 const WRITE_PIECE_BYTES: usize = 64 << 10;
+/// Recovery yields to the executor after this many pairs.
+const YIELD_EVERY_ENTRIES: u64 = 4096;
 
 /// The in-memory ordered KV store.
 ///
@@ -66,13 +71,8 @@ impl KvStore {
     }
 
     /// Every pair in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Bytes)> + '_ {
-        self.map.iter().map(|(k, v)| (k, v))
-    }
-
-    fn store(&mut self, key: &Bytes, value: &[u8]) -> Option<Bytes> {
-        self.map
-            .insert(Bytes::copy_from_slice(key), Bytes::copy_from_slice(value))
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Bytes)> + '_ {
+        self.map.iter()
     }
 
     /// Executes a command (writes and reads) against the store.
@@ -87,21 +87,18 @@ impl KvStore {
                 if let Some(e) = check_key(key).or_else(|| check_value(value.len())) {
                     return KvResult::Error(e);
                 }
-                let present = self.map.contains_key(key);
-                let write = match condition {
-                    PutCondition::Always => true,
-                    PutCondition::IfAbsent => !present,
-                    PutCondition::IfPresent => present,
-                };
-                let previous = if write {
-                    self.store(key, value)
-                } else {
-                    self.map.get(key).cloned()
-                };
-                KvResult::Put {
-                    written: write,
-                    previous: previous.filter(|_| *return_previous),
-                }
+                self.map.upsert(key, |cur| {
+                    let written = match condition {
+                        PutCondition::Always => true,
+                        PutCondition::IfAbsent => cur.is_none(),
+                        PutCondition::IfPresent => cur.is_some(),
+                    };
+                    let previous = if *return_previous { cur.cloned() } else { None };
+                    (
+                        written.then(|| Bytes::copy_from_slice(value)),
+                        KvResult::Put { written, previous },
+                    )
+                })
             }
             KvCommand::Delete { keys } => {
                 let n = keys.iter().filter(|k| self.map.remove(k).is_some()).count();
@@ -111,18 +108,17 @@ impl KvStore {
                 if let Some(e) = check_key(key) {
                     return KvResult::Error(e);
                 }
-                let old = self.map.get(key).map_or(0, Bytes::len);
-                if let Some(e) = check_value(old + value.len()) {
-                    return KvResult::Error(e);
-                }
-                let mut v = BytesMut::with_capacity(old + value.len());
-                if let Some(o) = self.map.get(key) {
-                    v.put_slice(o);
-                }
-                v.put_slice(value);
-                let len = v.len() as u64;
-                self.map.insert(Bytes::copy_from_slice(key), v.freeze());
-                KvResult::Len(len)
+                self.map.upsert(key, |cur| {
+                    let old = cur.map_or(&[][..], |c| &c[..]);
+                    if let Some(e) = check_value(old.len() + value.len()) {
+                        return (None, KvResult::Error(e));
+                    }
+                    let mut v = BytesMut::with_capacity(old.len() + value.len());
+                    v.put_slice(old);
+                    v.put_slice(value);
+                    let len = v.len() as u64;
+                    (Some(v.freeze()), KvResult::Len(len))
+                })
             }
             KvCommand::CompareAndSet {
                 key,
@@ -134,37 +130,44 @@ impl KvStore {
                 {
                     return KvResult::Error(e);
                 }
-                let previous = self.map.get(key).cloned();
-                let swapped = previous.as_deref() == expected.as_deref();
-                if swapped {
-                    match new_value {
-                        Some(v) => {
-                            self.store(key, v);
-                        }
-                        None => {
+                match new_value {
+                    Some(new_value) => self.map.upsert(key, |cur| {
+                        let swapped = cur.map(|c| &c[..]) == expected.as_deref();
+                        (
+                            swapped.then(|| Bytes::copy_from_slice(new_value)),
+                            KvResult::Cas {
+                                swapped,
+                                previous: cur.cloned(),
+                            },
+                        )
+                    }),
+                    None => {
+                        let previous = self.map.get(key).cloned();
+                        let swapped = previous.as_deref() == expected.as_deref();
+                        if swapped && previous.is_some() {
                             self.map.remove(key);
                         }
+                        KvResult::Cas { swapped, previous }
                     }
                 }
-                KvResult::Cas { swapped, previous }
             }
             KvCommand::Increment { key, delta } => {
                 if let Some(e) = check_key(key) {
                     return KvResult::Error(e);
                 }
-                let current = match self.map.get(key) {
-                    None => 0,
-                    Some(v) => match command::parse_i64(v) {
-                        Some(n) => n,
-                        None => return KvResult::Error(KvError::NotInteger),
-                    },
-                };
-                let Some(n) = current.checked_add(*delta) else {
-                    return KvResult::Error(KvError::Overflow);
-                };
-                self.map
-                    .insert(Bytes::copy_from_slice(key), Bytes::from(n.to_string()));
-                KvResult::Int(n)
+                self.map.upsert(key, |cur| {
+                    let current = match cur {
+                        None => 0,
+                        Some(v) => match command::parse_i64(v) {
+                            Some(n) => n,
+                            None => return (None, KvResult::Error(KvError::NotInteger)),
+                        },
+                    };
+                    match current.checked_add(*delta) {
+                        Some(n) => (Some(format_i64(n)), KvResult::Int(n)),
+                        None => (None, KvResult::Error(KvError::Overflow)),
+                    }
+                })
             }
             KvCommand::MultiPut { pairs } => {
                 // Validate everything first: all or nothing.
@@ -174,7 +177,8 @@ impl KvStore {
                     }
                 }
                 for (k, v) in pairs {
-                    self.store(k, v);
+                    self.map
+                        .upsert(k, |_| (Some(Bytes::copy_from_slice(v)), ()));
                 }
                 KvResult::Ok
             }
@@ -204,18 +208,39 @@ impl KvStore {
                 let mut next = None;
                 for (k, v) in self.map.range(start, end.as_deref()) {
                     if entries.len() >= limit || (bytes >= SCAN_BYTES_MAX && !entries.is_empty()) {
-                        next = Some(k.clone());
+                        next = Some(Bytes::copy_from_slice(k));
                         break;
                     }
                     let v = if *keys_only { Bytes::new() } else { v.clone() };
                     bytes += k.len() + v.len();
-                    entries.push((k.clone(), v));
+                    entries.push((Bytes::copy_from_slice(k), v));
                 }
                 KvResult::Entries { entries, next }
             }
             KvQuery::Count => KvResult::Count(self.map.len() as u64),
         }
     }
+}
+
+/// Decimal text of `n`, without going through `fmt`.
+fn format_i64(n: i64) -> Bytes {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    let mut m = n.unsigned_abs();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (m % 10) as u8;
+        m /= 10;
+        if m == 0 {
+            break;
+        }
+    }
+    let mut out = BytesMut::with_capacity(21);
+    if n < 0 {
+        out.put_u8(b'-');
+    }
+    out.put_slice(&buf[at..]);
+    out.freeze()
 }
 
 fn check_key(key: &[u8]) -> Option<KvError> {
@@ -233,7 +258,7 @@ impl StateMachine for KvStore {
 
     fn apply(&mut self, entries: &mut [SmEntry]) {
         for e in entries {
-            let result = match KvCommand::decode(e.cmd.clone()) {
+            let result = match KvCommand::decode(std::mem::take(&mut e.cmd)) {
                 Ok(cmd) => self.execute(&cmd),
                 Err(err) => {
                     tracing::debug!(index = e.index, error = %err, "malformed kv command");
@@ -309,6 +334,9 @@ impl SmSnapshot for KvSnapshot {
                 if buf.len() >= WRITE_PIECE_BYTES {
                     sink.write_all(&buf).await?;
                     buf.clear();
+                    // Let the executor run other work (and preempt) even if
+                    // the sink never blocks.
+                    futures_lite::future::yield_now().await;
                 }
             }
             sink.write_all(&buf).await?;
@@ -342,23 +370,27 @@ async fn read_kv_data(src: &mut (dyn AsyncRead + Unpin)) -> Result<CowMap, Snaps
     let mut b = [0u8; 8];
     src.read_exact(&mut b).await?;
     let count = u64::from_le_bytes(b);
-    let mut pairs: Vec<(Bytes, Bytes)> = Vec::with_capacity(count.min(1 << 16) as usize);
-    for _ in 0..count {
+    let mut pairs: Vec<(Key, Bytes)> = Vec::with_capacity(count.min(1 << 16) as usize);
+    let mut key = Vec::new();
+    for i in 0..count {
+        if i % YIELD_EVERY_ENTRIES == YIELD_EVERY_ENTRIES - 1 {
+            futures_lite::future::yield_now().await;
+        }
         let klen = read_len(src, "key", KEY_BYTES_MAX).await?;
-        let mut key = vec![0u8; klen];
+        key.resize(klen, 0);
         src.read_exact(&mut key).await?;
         let vlen = read_len(src, "value", VALUE_BYTES_MAX).await?;
         let mut value = vec![0u8; vlen];
         src.read_exact(&mut value).await?;
         if let Some((prev, _)) = pairs.last() {
-            if prev[..] >= key[..] {
+            if prev.as_slice() >= &key[..] {
                 return Err(SnapshotError::Corrupt {
                     section: "kv data",
                     error: DecodeError::Invalid { what: "key order" },
                 });
             }
         }
-        pairs.push((Bytes::from(key), Bytes::from(value)));
+        pairs.push((Key::new(&key), Bytes::from(value)));
     }
     Ok(CowMap::from_sorted(pairs))
 }
@@ -436,6 +468,9 @@ mod tests {
             KvResult::Error(KvError::NotInteger)
         );
         kv.execute(&KvCommand::put("m", i64::MAX.to_string()));
+        for n in [0, 7, -7, 10, -100, i64::MAX, i64::MIN] {
+            assert_eq!(&format_i64(n)[..], n.to_string().as_bytes());
+        }
         assert_eq!(
             kv.execute(&KvCommand::Increment {
                 key: k("m"),
