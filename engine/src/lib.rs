@@ -7,3 +7,11 @@
 //!   deterministic state machine (tick / step / propose / `Ready` / advance).
 
 pub mod raft;
+
+mod config;
+mod host;
+pub mod shard;
+
+pub use config::{available_cpus, ConfigError, NodeHostConfig, Placement};
+pub use host::{HostError, NodeHost};
+pub use shard::{shard_of, ShardId, ShardStats};

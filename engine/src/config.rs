@@ -1,0 +1,198 @@
+//! Node-level configuration: how many shards, where they run, how often they
+//! tick, and the limits that bound every queue.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where a node's shard executors run.
+///
+/// Production pins one shard per core. Tests that start several nodes in one
+/// process on a 2-core machine run more executors than cores: they use
+/// [`Placement::Pinned`] with an offset (shard `i` of the process goes to core
+/// `(first_cpu + i) % ncpu`) or [`Placement::Unbound`] (see `GLOMMIO.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Shard `i` runs on CPU `(first_cpu + i) % available_cpus`.
+    Pinned {
+        /// The CPU of shard 0.
+        first_cpu: usize,
+    },
+    /// Shards float over all CPUs (the kernel schedules them).
+    Unbound,
+}
+
+impl Placement {
+    /// The glommio placement of shard `shard` given `cpus` available CPUs.
+    pub(crate) fn for_shard(self, shard: usize, cpus: usize) -> glommio::Placement {
+        match self {
+            Placement::Pinned { first_cpu } => {
+                glommio::Placement::Fixed((first_cpu + shard) % cpus.max(1))
+            }
+            Placement::Unbound => glommio::Placement::Unbound,
+        }
+    }
+}
+
+/// Configuration of one node (one flotilla process, or one `NodeHost` in a
+/// test process).
+///
+/// Use [`NodeHostConfig::new`] for defaults and then adjust fields; call
+/// [`NodeHostConfig::validate`] (done by `NodeHost::start`) to check it.
+#[derive(Debug, Clone)]
+pub struct NodeHostConfig {
+    /// This node's id: non-zero, unique in the cluster.
+    pub node_id: u64,
+    /// Cluster id: nodes of another cluster are refused at the handshake.
+    pub cluster_id: u64,
+    /// Where the shards keep their WALs and snapshots (one sub-directory per
+    /// shard).
+    pub data_dir: PathBuf,
+    /// Number of shards (executors). Default: the number of available CPUs.
+    pub shard_count: usize,
+    /// Where shard executors run.
+    pub placement: Placement,
+    /// Length of one raft tick.
+    pub tick_interval: Duration,
+    /// glommio preempt timer: bounds how late timers, mailboxes and sockets
+    /// are seen while a shard is busy (GLOMMIO.md recommends 1-2 ms).
+    pub preempt_timer: Duration,
+    /// Pinned DMA memory per shard executor.
+    pub io_memory_bytes: usize,
+    /// Capacity of each shard's API mailbox (requests beyond it wait).
+    pub mailbox_capacity: usize,
+    /// Report tasks that block an executor (glommio stall detection). Meant
+    /// for tests and debugging.
+    pub detect_stalls: bool,
+}
+
+impl NodeHostConfig {
+    /// Defaults for node `node_id` keeping its data in `data_dir`.
+    pub fn new(node_id: u64, data_dir: impl Into<PathBuf>) -> Self {
+        NodeHostConfig {
+            node_id,
+            cluster_id: 1,
+            data_dir: data_dir.into(),
+            shard_count: available_cpus(),
+            placement: Placement::Pinned { first_cpu: 0 },
+            tick_interval: Duration::from_millis(10),
+            preempt_timer: Duration::from_millis(2),
+            io_memory_bytes: 2 << 20,
+            mailbox_capacity: 4096,
+            detect_stalls: false,
+        }
+    }
+
+    /// Checks the configuration.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first bad field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id == 0 {
+            return Err(ConfigError::Invalid {
+                field: "node_id",
+                reason: "must be non-zero".into(),
+            });
+        }
+        if self.shard_count == 0 || self.shard_count > 256 {
+            return Err(ConfigError::Invalid {
+                field: "shard_count",
+                reason: format!("{} is not in 1..=256", self.shard_count),
+            });
+        }
+        if self.tick_interval < Duration::from_millis(1) {
+            return Err(ConfigError::Invalid {
+                field: "tick_interval",
+                reason: format!("{:?} is below 1ms", self.tick_interval),
+            });
+        }
+        if self.preempt_timer.is_zero() || self.preempt_timer > Duration::from_millis(100) {
+            return Err(ConfigError::Invalid {
+                field: "preempt_timer",
+                reason: format!("{:?} is not in (0, 100ms]", self.preempt_timer),
+            });
+        }
+        if self.io_memory_bytes < (512 << 10) {
+            return Err(ConfigError::Invalid {
+                field: "io_memory_bytes",
+                reason: format!("{} is below 512 KiB", self.io_memory_bytes),
+            });
+        }
+        if self.mailbox_capacity == 0 {
+            return Err(ConfigError::Invalid {
+                field: "mailbox_capacity",
+                reason: "must be positive".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The number of CPUs this process may run on (at least 1).
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A field has a value outside its domain.
+    #[error("invalid configuration: {field}: {reason}")]
+    Invalid {
+        /// The field's name.
+        field: &'static str,
+        /// Why it is rejected.
+        reason: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_bad_fields_are_named() {
+        let cfg = NodeHostConfig::new(1, "/tmp/x");
+        assert_eq!(cfg.validate(), Ok(()));
+        let mut bad = cfg.clone();
+        bad.node_id = 0;
+        assert!(matches!(
+            bad.validate(),
+            Err(ConfigError::Invalid {
+                field: "node_id",
+                ..
+            })
+        ));
+        let mut bad = cfg.clone();
+        bad.shard_count = 0;
+        assert!(matches!(
+            bad.validate(),
+            Err(ConfigError::Invalid {
+                field: "shard_count",
+                ..
+            })
+        ));
+        let mut bad = cfg;
+        bad.preempt_timer = Duration::ZERO;
+        assert!(matches!(
+            bad.validate(),
+            Err(ConfigError::Invalid {
+                field: "preempt_timer",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn pinned_placement_wraps_around_cpus() {
+        let p = Placement::Pinned { first_cpu: 3 };
+        assert_eq!(p.for_shard(0, 2), glommio::Placement::Fixed(1));
+        assert_eq!(p.for_shard(1, 2), glommio::Placement::Fixed(0));
+        assert_eq!(
+            Placement::Unbound.for_shard(5, 2),
+            glommio::Placement::Unbound
+        );
+    }
+}
