@@ -1,19 +1,22 @@
-//! An ordered map of byte-string keys to `Bytes` whose clone is cheap: a copy-on-write
-//! B-tree of leaves.
+//! An ordered map of byte-string keys to `Bytes` whose clone is cheap: a
+//! two-level copy-on-write B-tree.
 //!
 //! ```text
-//!  leaves: BTreeMap<lower bound Key, Rc<Leaf>>   (Key: inline up to 24 bytes)
-//!     "a" ─► Rc[ (a,1) (ab,2) ... ≤ 64 sorted pairs ]
-//!     "m" ─► Rc[ (m,5) (mo,6) ... ]       ◄── shared with a snapshot view
-//!     "t" ─► Rc[ ... ]
+//!  root: BTreeMap<Key, Rc<Branch>>            ~ n / 2,500 entries (cloned at capture)
+//!    └─ Branch: [(Key, Rc<Leaf>)]  ≤ 64 leaves  (copied on first write after a capture)
+//!         └─ Leaf: [(Key, Bytes)]  ≤ 64 pairs   (copied on first write after a capture)
 //! ```
-//! Cloning copies only the outer index (one `Rc` per leaf, ~1/48 of the
-//! entries); a write to a leaf that a clone still shares copies that one leaf
-//! (≤ 64 reference-count bumps). So a snapshot view costs O(n / 48) at
-//! capture and at most one leaf copy per later write.
+//! Cloning copies only the root (one `Rc` per branch: ~400 bumps for a
+//! million keys). A write to a branch and leaf that a clone still shares
+//! copies that branch (≤ 64 `Rc` bumps) and that leaf (≤ 64 pairs). So a
+//! snapshot view costs microseconds at capture, and later writes pay at most
+//! one branch and one leaf copy each, once per view.
 //!
-//! Invariants: every leaf is non-empty and sorted; every key of a leaf is
-//! ≥ its index key and < the next leaf's index key.
+//! Keys of the root, of branches and of leaves are lower bounds: every key
+//! in a leaf is ≥ its key in the branch and < the next leaf's key (the next
+//! leaf may be in the next branch); the first leaf of a branch also holds
+//! keys between the branch's root key and its own key. Invariants: no empty
+//! branch or leaf, at most 64 of anything, keys strictly increasing.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -23,20 +26,46 @@ use bytes::Bytes;
 
 use super::key::Key;
 
-/// Most pairs a leaf holds before it splits.
-const LEAF_MAX: usize = 64;
-/// A leaf below this merges with its successor when they fit in one.
-const LEAF_MIN: usize = LEAF_MAX / 4;
+/// Most pairs per leaf, and most leaves per branch.
+const NODE_MAX: usize = 64;
+/// A leaf or branch below this merges with its successor when both fit.
+const NODE_MIN: usize = NODE_MAX / 4;
+/// Fill of nodes built by [`CowMap::from_sorted`].
+const NODE_FILL: usize = NODE_MAX * 3 / 4;
 
 type Leaf = Vec<(Key, Bytes)>;
+type Branch = Vec<(Key, Rc<Leaf>)>;
 
 /// See the module documentation.
 #[derive(Clone, Default, Debug)]
 pub(crate) struct CowMap {
-    leaves: BTreeMap<Key, Rc<Leaf>>,
+    root: BTreeMap<Key, Rc<Branch>>,
     len: usize,
     /// Sum of key and value lengths.
     bytes: u64,
+}
+
+/// Splits an overfull node: after an append at its end (sequential keys)
+/// the left part stays full; otherwise in halves.
+fn split_node<T>(node: &mut Vec<T>, inserted_at: usize) -> Vec<T> {
+    debug_assert!(node.len() > NODE_MAX);
+    let at = if inserted_at == node.len() - 1 {
+        node.len() - 1
+    } else {
+        node.len() / 2
+    };
+    node.split_off(at)
+}
+
+/// Index of the leaf of `branch` that covers `key`.
+fn leaf_index(branch: &Branch, key: &Key) -> usize {
+    branch
+        .partition_point(|(lk, _)| lk <= key)
+        .saturating_sub(1)
+}
+
+fn search(leaf: &Leaf, key: &Key) -> Result<usize, usize> {
+    leaf.binary_search_by(|(k, _)| k.cmp(key))
 }
 
 impl CowMap {
@@ -48,21 +77,17 @@ impl CowMap {
         self.bytes
     }
 
-    /// The leaf that holds or would hold `key`, with its index key.
-    fn leaf_of(&self, key: &Key) -> Option<(&Key, &Rc<Leaf>)> {
-        self.leaves
+    fn branch_of(&self, key: &Key) -> Option<(&Key, &Rc<Branch>)> {
+        self.root
             .range::<Key, _>((Bound::Unbounded, Bound::Included(key)))
             .next_back()
     }
 
-    fn search(leaf: &Leaf, key: &Key) -> Result<usize, usize> {
-        leaf.binary_search_by(|(k, _)| k.cmp(key))
-    }
-
     pub(crate) fn get(&self, key: &[u8]) -> Option<&Bytes> {
         let key = Key::new(key);
-        let (_, leaf) = self.leaf_of(&key)?;
-        Self::search(leaf, &key).ok().map(|i| &leaf[i].1)
+        let (_, branch) = self.branch_of(&key)?;
+        let leaf = &branch[leaf_index(branch, &key)].1;
+        search(leaf, &key).ok().map(|i| &leaf[i].1)
     }
 
     pub(crate) fn contains_key(&self, key: &[u8]) -> bool {
@@ -84,96 +109,110 @@ impl CowMap {
         f: impl FnOnce(Option<&Bytes>) -> (Option<Bytes>, R),
     ) -> R {
         let key = Key::new(key);
-        let split = {
-            let Some((lk, rc)) = self
-                .leaves
-                .range_mut::<Key, _>((Bound::Unbounded, Bound::Included(&key)))
-                .next_back()
-            else {
-                // Below every index key (or empty): the rare slow path.
+        match self.root.first_key_value() {
+            None => {
                 let (new, r) = f(None);
                 if let Some(v) = new {
-                    self.insert_below_all(key, v);
+                    self.len = 1;
+                    self.bytes = (key.as_slice().len() + v.len()) as u64;
+                    let leaf = Rc::new(vec![(key.clone(), v)]);
+                    self.root.insert(key.clone(), Rc::new(vec![(key, leaf)]));
                 }
                 return r;
-            };
-            match Self::search(rc, &key) {
-                Ok(i) => {
-                    let (new, r) = f(Some(&rc[i].1));
-                    if let Some(v) = new {
-                        let leaf = Rc::make_mut(rc);
-                        self.bytes = self.bytes + v.len() as u64 - leaf[i].1.len() as u64;
-                        leaf[i].1 = v;
-                    }
+            }
+            Some((first, _)) if key < *first => {
+                // Below every root key: the first branch takes it, re-keyed
+                // (still a lower bound of everything in it).
+                let (_, b) = self.root.pop_first().expect("not empty");
+                self.root.insert(key.clone(), b);
+            }
+            Some(_) => {}
+        }
+        let (rk, rb) = self
+            .root
+            .range_mut::<Key, _>((Bound::Unbounded, Bound::Included(&key)))
+            .next_back()
+            .expect("a root key <= key exists");
+        let j = leaf_index(rb, &key);
+        let found = search(&rb[j].1, &key);
+        let current = found.ok().map(|i| &rb[j].1[i].1);
+        let old_len = current.map(Bytes::len);
+        let (new, r) = f(current);
+        let Some(v) = new else { return r };
+        let branch = Rc::make_mut(rb);
+        let leaf = Rc::make_mut(&mut branch[j].1);
+        match found {
+            Ok(i) => {
+                self.bytes = self.bytes + v.len() as u64 - old_len.expect("found") as u64;
+                leaf[i].1 = v;
+                return r;
+            }
+            Err(i) => {
+                self.bytes += (key.as_slice().len() + v.len()) as u64;
+                self.len += 1;
+                leaf.insert(i, (key, v));
+                if leaf.len() <= NODE_MAX {
                     return r;
                 }
-                Err(i) => {
-                    let (new, r) = f(None);
-                    let Some(v) = new else { return r };
-                    let leaf = Rc::make_mut(rc);
-                    self.bytes += (key.as_slice().len() + v.len()) as u64;
-                    self.len += 1;
-                    leaf.insert(i, (key, v));
-                    if leaf.len() <= LEAF_MAX {
-                        return r;
-                    }
-                    (lk.clone(), r)
+                let right = split_node(leaf, i);
+                branch.insert(j + 1, (right[0].0.clone(), Rc::new(right)));
+                if branch.len() <= NODE_MAX {
+                    return r;
                 }
+                let right = split_node(branch, j + 1);
+                let rk = rk.clone();
+                debug_assert!(right[0].0 > rk);
+                self.root.insert(right[0].0.clone(), Rc::new(right));
             }
-        };
-        let (lk, r) = split;
-        let leaf = Rc::make_mut(self.leaves.get_mut(&lk).expect("leaf exists"));
-        let right = leaf.split_off(leaf.len() / 2);
-        self.leaves.insert(right[0].0.clone(), Rc::new(right));
-        r
-    }
-
-    /// Inserts a key smaller than every index key: the first leaf takes it
-    /// and is re-keyed.
-    fn insert_below_all(&mut self, key: Key, value: Bytes) {
-        self.bytes += (key.as_slice().len() + value.len()) as u64;
-        self.len += 1;
-        let mut leaf = match self.leaves.pop_first() {
-            Some((_, leaf)) => leaf,
-            None => Rc::new(Vec::new()),
-        };
-        let l = Rc::make_mut(&mut leaf);
-        debug_assert!(l.first().is_none_or(|(k, _)| key < *k));
-        l.insert(0, (key.clone(), value));
-        if l.len() > LEAF_MAX {
-            let right = l.split_off(l.len() / 2);
-            self.leaves.insert(right[0].0.clone(), Rc::new(right));
         }
-        self.leaves.insert(key, leaf);
+        r
     }
 
     /// Removes, returning the value.
     pub(crate) fn remove(&mut self, key: &[u8]) -> Option<Bytes> {
         let key = Key::new(key);
-        let (lk, rc) = self
-            .leaves
+        let (rk, rb) = self
+            .root
             .range_mut::<Key, _>((Bound::Unbounded, Bound::Included(&key)))
             .next_back()?;
-        let i = Self::search(rc, &key).ok()?;
-        let lk = lk.clone();
-        let leaf = Rc::make_mut(rc);
+        let j = leaf_index(rb, &key);
+        let i = search(&rb[j].1, &key).ok()?;
+        let rk = rk.clone();
+        let branch = Rc::make_mut(rb);
+        let leaf = Rc::make_mut(&mut branch[j].1);
         let (k, v) = leaf.remove(i);
+        let remaining = leaf.len();
         self.len -= 1;
         self.bytes -= (k.as_slice().len() + v.len()) as u64;
-        let remaining = leaf.len();
         if remaining == 0 {
-            self.leaves.remove(&lk);
-        } else if remaining < LEAF_MIN {
+            branch.remove(j);
+        } else if remaining < NODE_MIN
+            && j + 1 < branch.len()
+            && remaining + branch[j + 1].1.len() <= NODE_MAX
+        {
+            let (_, next) = branch.remove(j + 1);
+            let leaf = Rc::make_mut(&mut branch[j].1);
+            leaf.extend(next.iter().cloned());
+        }
+        if branch.is_empty() {
+            self.root.remove(&rk);
+        } else if branch.len() < NODE_MIN {
             let next = self
-                .leaves
-                .range::<Key, _>((Bound::Excluded(&lk), Bound::Unbounded))
+                .root
+                .range::<Key, _>((Bound::Excluded(&rk), Bound::Unbounded))
                 .next()
-                .map(|(k, l)| (k.clone(), l.len()));
+                .map(|(k, b)| (k.clone(), b.len()));
             if let Some((nk, nlen)) = next {
-                if remaining + nlen <= LEAF_MAX {
-                    let next_leaf = self.leaves.remove(&nk).expect("next leaf exists");
-                    let leaf = Rc::make_mut(self.leaves.get_mut(&lk).expect("leaf exists"));
-                    leaf.extend(next_leaf.iter().cloned());
+                let here = self.root[&rk].len();
+                if here + nlen <= NODE_MAX {
+                    let next = self.root.remove(&nk).expect("next branch");
+                    let branch = Rc::make_mut(self.root.get_mut(&rk).expect("branch"));
+                    let at = branch.len();
+                    branch.extend(next.iter().cloned());
+                    // The next branch's first leaf may hold keys below its
+                    // own leaf key (down to the branch's root key): as a
+                    // middle leaf it must be keyed by that root key.
+                    branch[at].0 = nk;
                 }
             }
         }
@@ -188,12 +227,14 @@ impl CowMap {
     ) -> impl Iterator<Item = (&'a [u8], &'a Bytes)> + 'a {
         let start = Key::new(start);
         let end = end.map(Key::new);
-        let from = match self.leaf_of(&start) {
-            Some((lk, _)) => Bound::Included(lk.clone()),
-            None => Bound::Unbounded,
+        let (from, first_leaf) = match self.branch_of(&start) {
+            Some((rk, b)) => (Bound::Included(rk.clone()), leaf_index(b, &start)),
+            None => (Bound::Unbounded, 0),
         };
-        self.leaves
+        self.root
             .range::<Key, _>((from, Bound::Unbounded))
+            .enumerate()
+            .flat_map(move |(n, (_, b))| b[if n == 0 { first_leaf } else { 0 }..].iter())
             .flat_map(|(_, leaf)| leaf.iter())
             .skip_while(move |(k, _)| *k < start)
             .take_while(move |(k, _)| end.as_ref().is_none_or(|e| k < e))
@@ -202,26 +243,34 @@ impl CowMap {
 
     /// Every pair in key order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &Bytes)> + '_ {
-        self.leaves
+        self.root
             .values()
-            .flat_map(|leaf| leaf.iter())
+            .flat_map(|b| b.iter())
+            .flat_map(|(_, leaf)| leaf.iter())
             .map(|(k, v)| (k.as_slice(), v))
     }
 
     /// Builds a map from pairs in strictly increasing key order.
     pub(crate) fn from_sorted(pairs: Vec<(Key, Bytes)>) -> Self {
-        let mut m = CowMap::default();
         debug_assert!(pairs.windows(2).all(|w| w[0].0 < w[1].0));
-        m.len = pairs.len();
-        m.bytes = pairs
-            .iter()
-            .map(|(k, v)| (k.as_slice().len() + v.len()) as u64)
-            .sum();
-        let per_leaf = LEAF_MAX * 3 / 4;
-        let mut it = pairs.into_iter().peekable();
-        while it.peek().is_some() {
-            let leaf: Leaf = it.by_ref().take(per_leaf).collect();
-            m.leaves.insert(leaf[0].0.clone(), Rc::new(leaf));
+        let mut m = CowMap {
+            len: pairs.len(),
+            bytes: pairs
+                .iter()
+                .map(|(k, v)| (k.as_slice().len() + v.len()) as u64)
+                .sum(),
+            ..CowMap::default()
+        };
+        let mut pairs = pairs.into_iter().peekable();
+        let mut leaves = std::iter::from_fn(|| {
+            pairs.peek()?;
+            let leaf: Leaf = pairs.by_ref().take(NODE_FILL).collect();
+            Some((leaf[0].0.clone(), Rc::new(leaf)))
+        })
+        .peekable();
+        while leaves.peek().is_some() {
+            let branch: Branch = leaves.by_ref().take(NODE_FILL).collect();
+            m.root.insert(branch[0].0.clone(), Rc::new(branch));
         }
         m
     }
@@ -232,17 +281,39 @@ impl CowMap {
         let mut prev: Option<&Key> = None;
         let mut len = 0;
         let mut bytes = 0u64;
-        for (lk, leaf) in &self.leaves {
-            assert!(!leaf.is_empty(), "empty leaf at {lk:?}");
-            assert!(leaf.len() <= LEAF_MAX);
-            assert!(leaf[0].0 >= *lk, "leaf key above its first key");
-            for (k, v) in leaf.iter() {
-                if let Some(p) = prev {
-                    assert!(p < k, "keys out of order");
+        for (rk, branch) in &self.root {
+            assert!(
+                !branch.is_empty() && branch.len() <= NODE_MAX,
+                "branch size {}",
+                branch.len()
+            );
+            assert!(
+                prev.is_none_or(|p| p < rk),
+                "root key not above the previous branch"
+            );
+            assert!(branch[0].0 >= *rk, "root key above its branch");
+            for (n, (lk, leaf)) in branch.iter().enumerate() {
+                assert!(
+                    !leaf.is_empty() && leaf.len() <= NODE_MAX,
+                    "leaf size {}",
+                    leaf.len()
+                );
+                if n > 0 {
+                    assert!(leaf[0].0 >= *lk, "leaf key above its first key");
+                    assert!(
+                        prev.is_none_or(|p| p < lk),
+                        "leaf key not above the previous leaf"
+                    );
                 }
-                prev = Some(k);
-                len += 1;
-                bytes += (k.as_slice().len() + v.len()) as u64;
+                for (k, v) in leaf.iter() {
+                    assert!(k >= rk);
+                    if let Some(p) = prev {
+                        assert!(p < k, "keys out of order");
+                    }
+                    prev = Some(k);
+                    len += 1;
+                    bytes += (k.as_slice().len() + v.len()) as u64;
+                }
             }
         }
         assert_eq!(len, self.len);
@@ -294,6 +365,76 @@ mod tests {
                 snap.check_invariants();
                 prop_assert!(snap.iter().eq(snap_model.iter().map(|(k, v)| (&k[..], v))));
             }
+        }
+    }
+
+    /// Enough keys for many branches: splits, merges and removals at both
+    /// levels, random ranges, and clones that must not move.
+    #[test]
+    fn many_keys_against_a_model() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut m = CowMap::default();
+        let mut model: Model<Bytes, Bytes> = Model::new();
+        let mut clones = Vec::new();
+        let key = |n: u64| b(format!("{:06}", n % 20_000).as_bytes());
+        for phase in 0..3 {
+            // Phase 0 inserts, 1 mixes, 2 mostly removes; one sequential run.
+            for step in 0..40_000u64 {
+                let r = next();
+                let k = if phase == 0 && step < 8_000 {
+                    key(step)
+                } else {
+                    key(r >> 8)
+                };
+                let remove = match phase {
+                    0 => r % 10 == 0,
+                    1 => r % 2 == 0,
+                    _ => r % 10 != 0,
+                };
+                if remove {
+                    assert_eq!(m.remove(&k), model.remove(&k));
+                } else {
+                    let v = b(&r.to_le_bytes()[..(r % 8) as usize]);
+                    assert_eq!(m.insert(&k, v.clone()), model.insert(k, v));
+                }
+                if step % 10_000 == 0 {
+                    clones.push((m.clone(), model.clone()));
+                }
+            }
+            m.check_invariants();
+            assert!(m.iter().eq(model.iter().map(|(k, v)| (&k[..], v))));
+            for _ in 0..200 {
+                let (s, e) = (key(next()), key(next()));
+                let got: Vec<_> = m
+                    .range(&s, Some(&e))
+                    .map(|(k, v)| (b(k), v.clone()))
+                    .collect();
+                let want: Vec<_> = if s <= e {
+                    model
+                        .range(s.clone()..e)
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                assert_eq!(got, want);
+                assert_eq!(m.get(&s), model.get(&s));
+            }
+        }
+        assert!(
+            m.root.len() < 40,
+            "merges keep the root small: {}",
+            m.root.len()
+        );
+        for (c, cm) in &clones {
+            c.check_invariants();
+            assert!(c.iter().eq(cm.iter().map(|(k, v)| (&k[..], v))));
         }
     }
 
