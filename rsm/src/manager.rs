@@ -272,8 +272,10 @@ impl Rsm {
 
     /// Captures a snapshot of the current state (synchronous; cost: encoding
     /// the session table plus [`StateMachine::capture`] — for the KV store,
-    /// O(keys / 48) reference-count bumps, no key or value is copied). Write
-    /// it with [`SnapshotWriter::write_to`] while applying goes on.
+    /// one reference-count bump per ~2,500–4,000 keys (about 0.1–0.3 ms for a
+    /// million keys on a 2-core VM), no key or value is copied; afterwards
+    /// the first write to each shared branch/leaf copies it). Write it with
+    /// [`SnapshotWriter::write_to`] while applying goes on.
     /// `membership` is stored opaquely and handed back by recovery.
     ///
     /// # Panics
