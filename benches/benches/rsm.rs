@@ -4,7 +4,8 @@
 //! and snapshot write/recover throughput (memory and a glommio file).
 //!
 //! `cargo bench -p flotilla-benches --bench rsm`; `FLOTILLA_BENCH_KEYS`
-//! sets the key count (default 1,000,000). Compare rows as ratios within one
+//! sets the key count (default 1,000,000); `FLOTILLA_BENCH_PROFILE=1` runs
+//! only the overwrite loop (for `perf record`). Compare rows as ratios within one
 //! run: the machine is noisy.
 
 use std::collections::BTreeMap;

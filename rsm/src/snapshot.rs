@@ -64,6 +64,8 @@ pub struct SnapshotInfo {
 
 /// A captured snapshot, ready to be written (by [`crate::Rsm::capture`]).
 /// Owns everything it needs (`'static`), so it can be moved into a task.
+/// Drop it once written: while it lives, the live state machine copies each
+/// node it shares with it on the first write to that node.
 pub struct SnapshotWriter {
     pub(crate) meta: SnapshotMeta,
     pub(crate) kind: String,

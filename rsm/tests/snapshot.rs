@@ -376,3 +376,126 @@ fn round_trip_through_a_glommio_file() {
     assert_eq!(&meta.membership[..], b"members");
     assert_eq!(rewritten, expected, "file round trip is byte-identical");
 }
+
+/// Writes and reads at most a few bytes per call and returns `Pending`
+/// every other call: the chunk writer and reader must cope.
+struct Trickle<T> {
+    inner: T,
+    calls: usize,
+}
+
+impl<T> Trickle<T> {
+    fn new(inner: T) -> Self {
+        Self { inner, calls: 0 }
+    }
+
+    fn step(&mut self, cx: &mut std::task::Context<'_>) -> Option<usize> {
+        self.calls += 1;
+        if self.calls % 2 == 0 {
+            cx.waker().wake_by_ref();
+            None
+        } else {
+            Some(1 + self.calls % 7)
+        }
+    }
+}
+
+impl futures_lite::io::AsyncWrite for Trickle<Vec<u8>> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.step(cx) {
+            None => std::task::Poll::Pending,
+            Some(n) => {
+                let n = n.min(buf.len());
+                self.inner.extend_from_slice(&buf[..n]);
+                std::task::Poll::Ready(Ok(n))
+            }
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for Trickle<&[u8]> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.step(cx) {
+            None => std::task::Poll::Pending,
+            Some(n) => {
+                let n = n.min(buf.len()).min(self.inner.len());
+                buf[..n].copy_from_slice(&self.inner[..n]);
+                self.inner = &self.inner[n..];
+                std::task::Poll::Ready(Ok(n))
+            }
+        }
+    }
+}
+
+#[test]
+fn short_writes_short_reads_and_pending_are_handled() {
+    let rsm = populated(70); // > 64 KiB: several chunks
+    let expected = write(&rsm, b"m");
+    let mut sink = Trickle::new(Vec::new());
+    let info = block_on(rsm.capture(Bytes::from_static(b"m")).write_to(&mut sink)).unwrap();
+    assert_eq!(sink.inner, expected);
+    assert_eq!(info.total_bytes, expected.len() as u64);
+    let mut replica = kv_rsm();
+    let mut src = Trickle::new(&expected[..]);
+    block_on(replica.recover(&mut src)).unwrap();
+    assert_eq!(write(&replica, b"m"), expected);
+}
+
+/// A state machine of the KV kind that stops reading early.
+struct ReadsTooLittle;
+
+impl StateMachine for ReadsTooLittle {
+    fn kind(&self) -> &str {
+        flotilla_rsm::kv::KV_KIND
+    }
+    fn apply(&mut self, _: &mut [SmEntry]) {}
+    fn query(&self, _: &[u8]) -> Result<Bytes, QueryError> {
+        Err(QueryError::Unsupported)
+    }
+    fn capture(&self) -> Box<dyn SmSnapshot> {
+        KvStore::new().capture()
+    }
+    fn fresh(&self) -> Box<dyn StateMachine> {
+        Box::new(ReadsTooLittle)
+    }
+    fn recover<'a>(
+        &'a mut self,
+        src: &'a mut (dyn AsyncRead + Unpin),
+    ) -> LocalBoxFuture<'a, Result<(), SnapshotError>> {
+        Box::pin(async move {
+            let mut count = [0u8; 8];
+            futures_lite::io::AsyncReadExt::read_exact(src, &mut count).await?;
+            Ok(())
+        })
+    }
+}
+
+#[test]
+fn unread_state_machine_data_is_an_error() {
+    let snap = write(&populated(3), b"");
+    let mut rsm = Rsm::new(Box::new(ReadsTooLittle), SessionConfig::default());
+    match block_on(rsm.recover(&mut &snap[..])) {
+        Err(SnapshotError::TrailingData { len }) => assert!(len > 3000, "{len}"),
+        other => panic!("expected trailing data, got {other:?}"),
+    }
+}
