@@ -40,8 +40,10 @@ impl Default for SessionConfig {
     }
 }
 
-/// Largest cached result the session-table decoder accepts.
-const RESULT_BYTES_MAX: u32 = 64 << 20;
+/// Largest cached result the session-table decoder accepts: any (the
+/// decoder only slices bytes it already holds, so a corrupt length cannot
+/// make it allocate).
+const RESULT_BYTES_MAX: u32 = u32::MAX;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Session {

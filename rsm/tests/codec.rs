@@ -87,7 +87,8 @@ fn result() -> impl Strategy<Value = KvResult> {
             Just(KvError::Overflow),
             Just(KvError::KeyTooLarge),
             Just(KvError::ValueTooLarge),
-            Just(KvError::Malformed)
+            Just(KvError::Malformed),
+            Just(KvError::ResultTooLarge)
         ]
         .prop_map(KvResult::Error),
     ]

@@ -44,6 +44,10 @@ pub const SCAN_LIMIT_MAX: u32 = 100_000;
 /// A scan stops once its result holds this many key and value bytes (and
 /// returns a continuation key).
 pub const SCAN_BYTES_MAX: usize = 4 << 20;
+/// A multi-get whose values add up to more than this fails with
+/// [`KvError::ResultTooLarge`] (results are cached by sessions and shipped
+/// in one reply).
+pub const RESULT_BYTES_MAX: usize = 128 << 20;
 
 const DECODE_BYTES_MAX: u32 = VALUE_BYTES_MAX as u32;
 
@@ -172,6 +176,9 @@ pub enum KvError {
     /// The command could not be decoded.
     #[error("malformed command")]
     Malformed,
+    /// The result would exceed [`RESULT_BYTES_MAX`].
+    #[error("result too large")]
+    ResultTooLarge,
 }
 
 impl KvError {
@@ -182,6 +189,7 @@ impl KvError {
             KvError::KeyTooLarge => 3,
             KvError::ValueTooLarge => 4,
             KvError::Malformed => 5,
+            KvError::ResultTooLarge => 6,
         }
     }
 
@@ -192,6 +200,7 @@ impl KvError {
             3 => KvError::KeyTooLarge,
             4 => KvError::ValueTooLarge,
             5 => KvError::Malformed,
+            6 => KvError::ResultTooLarge,
             tag => {
                 return Err(DecodeError::UnknownTag {
                     what: "kv error",

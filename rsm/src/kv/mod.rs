@@ -10,7 +10,8 @@ use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub use command::{
     prefix_end, KvCommand, KvError, KvQuery, KvResult, PutCondition, ResultBytes,
-    KEYS_PER_COMMAND_MAX, KEY_BYTES_MAX, SCAN_BYTES_MAX, SCAN_LIMIT_MAX, VALUE_BYTES_MAX,
+    KEYS_PER_COMMAND_MAX, KEY_BYTES_MAX, RESULT_BYTES_MAX, SCAN_BYTES_MAX, SCAN_LIMIT_MAX,
+    VALUE_BYTES_MAX,
 };
 use key::Key;
 use map::CowMap;
@@ -191,7 +192,17 @@ impl KvStore {
         match q {
             KvQuery::Get { key } => KvResult::Value(self.map.get(key).cloned()),
             KvQuery::MultiGet { keys } => {
-                KvResult::Values(keys.iter().map(|k| self.map.get(k).cloned()).collect())
+                let mut bytes = 0usize;
+                let mut values = Vec::with_capacity(keys.len());
+                for k in keys {
+                    let v = self.map.get(k).cloned();
+                    bytes += v.as_ref().map_or(0, Bytes::len);
+                    if bytes > RESULT_BYTES_MAX {
+                        return KvResult::Error(KvError::ResultTooLarge);
+                    }
+                    values.push(v);
+                }
+                KvResult::Values(values)
             }
             KvQuery::Exists { keys } => {
                 KvResult::Count(keys.iter().filter(|k| self.map.contains_key(k)).count() as u64)
