@@ -1,0 +1,108 @@
+//! The engine's usage on a glommio shard: the `Rsm` lives in an
+//! `Rc<RefCell<_>>`; a snapshot is captured synchronously and written to a
+//! file by a task in a low-share queue while the apply task keeps applying.
+//! No `RefCell` borrow is held across an `.await`.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use flotilla_rsm::{encode_noop, KvCommand, KvQuery, KvResult, KvStore, Rsm, SessionConfig};
+use glommio::io::{DmaFile, ImmutableFileBuilder};
+use glommio::{executor, Latency, LocalExecutorBuilder, Placement, Shares};
+
+fn put(i: u64) -> Bytes {
+    encode_noop(&KvCommand::put(format!("k{:06}", i % 5_000), i.to_string()).encode())
+}
+
+fn count(rsm: &Rsm) -> KvResult {
+    KvResult::decode(rsm.query(&KvQuery::Count.encode()).unwrap()).unwrap()
+}
+
+#[test]
+fn snapshot_written_while_applying() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("snap");
+    let probe = dir.path().join("probe");
+    let h = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("rsm-shard-test")
+        .io_memory(1 << 20)
+        .preempt_timer(Duration::from_millis(2))
+        .spawn(move || async move {
+            // GLOMMIO.md bug 1: a write-only file first.
+            DmaFile::create(&probe)
+                .await
+                .unwrap()
+                .close()
+                .await
+                .unwrap();
+            let rsm = Rc::new(RefCell::new(Rsm::new(
+                Box::new(KvStore::new()),
+                SessionConfig::default(),
+            )));
+            let mut out = Vec::new();
+            rsm.borrow_mut()
+                .apply((1..=20_000).map(|i| (i, put(i))), &mut out);
+            let snapshot_queue = executor().create_task_queue(
+                Shares::Static(250),
+                Latency::NotImportant,
+                "snapshot",
+            );
+            let writer = rsm.borrow().capture(Bytes::from_static(b"members"));
+            let captured_at = writer.meta().applied_index;
+            let path2 = path.clone();
+            let write_task = glommio::spawn_local_into(
+                async move {
+                    let mut sink = ImmutableFileBuilder::new(&path2)
+                        .build_sink()
+                        .await
+                        .unwrap();
+                    writer.write_to(&mut sink).await.unwrap();
+                    sink.seal().await.unwrap().close().await.unwrap();
+                },
+                snapshot_queue,
+            )
+            .unwrap();
+            // Keep applying meanwhile: new keys and overwrites.
+            let mut index = captured_at;
+            for _ in 0..50 {
+                out.clear();
+                let batch: Vec<_> = (0..200)
+                    .map(|_| {
+                        index += 1;
+                        (
+                            index,
+                            encode_noop(&KvCommand::put(format!("new{index}"), "x").encode()),
+                        )
+                    })
+                    .collect();
+                rsm.borrow_mut().apply(batch, &mut out);
+                glommio::yield_if_needed().await;
+            }
+            write_task.await;
+            assert_eq!(count(&rsm.borrow()), KvResult::Count(5_000 + 10_000));
+
+            let file = ImmutableFileBuilder::new(&path)
+                .build_existing()
+                .await
+                .unwrap();
+            let mut reader = file.stream_reader().build();
+            let loader = rsm.borrow().loader();
+            let loaded = loader.load(&mut reader).await.unwrap();
+            reader.close().await.unwrap();
+            file.close().await.unwrap();
+            let mut replica = Rsm::new(Box::new(KvStore::new()), SessionConfig::default());
+            let meta = replica.install(loaded).unwrap();
+            (captured_at, meta.applied_index, count(&replica))
+        })
+        .unwrap();
+    let (captured_at, recovered_at, recovered_count) = h.join().expect("executor panicked");
+    assert_eq!(captured_at, 20_000);
+    assert_eq!(recovered_at, 20_000);
+    assert_eq!(
+        recovered_count,
+        KvResult::Count(5_000),
+        "the snapshot holds the captured state only"
+    );
+}
