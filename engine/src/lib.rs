@@ -7,6 +7,8 @@
 //!   deterministic state machine (tick / step / propose / `Ready` / advance).
 
 pub mod raft;
+#[doc(hidden)]
+pub mod sim;
 
 mod config;
 mod host;
