@@ -126,7 +126,11 @@ fn run(rsm: &mut Rsm, entries: &[(u64, Bytes)], cuts: &[usize]) -> Vec<Applied> 
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    // FLOTILLA_SOAK=1 runs 4,096 cases instead of 256.
+    #![proptest_config(ProptestConfig {
+        cases: if std::env::var_os("FLOTILLA_SOAK").is_some() { 4096 } else { 256 },
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn same_entries_same_everything(ops in proptest::collection::vec(op(), 1..120),
