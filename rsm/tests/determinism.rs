@@ -397,3 +397,105 @@ fn applying_an_index_twice_panics() {
     rsm.apply([(1, Bytes::new())], &mut out);
     rsm.apply([(1, Bytes::new())], &mut out);
 }
+
+/// An independent, one-entry-at-a-time model of the session rules (Raft
+/// thesis §6.3 / dragonboat), to check the batched, optimized manager against.
+#[derive(Default)]
+struct SessionModel {
+    /// client -> (last used index, responded_to, series -> result)
+    sessions: std::collections::BTreeMap<u64, (u64, u64, std::collections::BTreeMap<u64, Bytes>)>,
+    applied: usize,
+}
+
+impl SessionModel {
+    fn step(&mut self, index: u64, op: &Op, cfg: SessionConfig) -> Result<Bytes, ApplyError> {
+        let applied = |m: &mut Self| {
+            m.applied += 1;
+            Bytes::from(format!("applied at {index}"))
+        };
+        match op {
+            Op::Empty => Ok(Bytes::new()),
+            Op::Garbage(_) => unreachable!("not generated for the model"),
+            Op::Plain(_) => Ok(applied(self)),
+            Op::Register(c) => {
+                if self.sessions.contains_key(c) {
+                    return Err(ApplyError::SessionAlreadyRegistered { client_id: *c });
+                }
+                if self.sessions.len() >= cfg.sessions_max as usize {
+                    let victim = *self.sessions.iter().min_by_key(|(_, s)| s.0).unwrap().0;
+                    self.sessions.remove(&victim);
+                }
+                self.sessions.insert(*c, (index, 0, Default::default()));
+                Ok(Bytes::new())
+            }
+            Op::Unregister(c) => match self.sessions.remove(c) {
+                Some(_) => Ok(Bytes::new()),
+                None => Err(ApplyError::SessionNotFound { client_id: *c }),
+            },
+            Op::Session {
+                client,
+                series,
+                responded,
+                ..
+            } => {
+                let Some(s) = self.sessions.get_mut(client) else {
+                    return Err(ApplyError::SessionNotFound { client_id: *client });
+                };
+                s.0 = index;
+                if *responded > s.1 {
+                    s.1 = *responded;
+                    s.2.retain(|k, _| k > responded);
+                }
+                if *series <= s.1 {
+                    return Err(ApplyError::ResponseDiscarded {
+                        client_id: *client,
+                        series_id: *series,
+                    });
+                }
+                if let Some(r) = s.2.get(series) {
+                    return Ok(r.clone());
+                }
+                if s.2.len() >= cfg.responses_per_session_max as usize {
+                    return Err(ApplyError::SessionBusy {
+                        client_id: *client,
+                        responses_max: cfg.responses_per_session_max,
+                    });
+                }
+                let r = Bytes::from(format!("applied at {index}"));
+                self.applied += 1;
+                self.sessions
+                    .get_mut(client)
+                    .unwrap()
+                    .2
+                    .insert(*series, r.clone());
+                Ok(r)
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: if std::env::var_os("FLOTILLA_SOAK").is_some() { 4096 } else { 256 },
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn sessions_match_an_independent_model(
+        ops in proptest::collection::vec(op().prop_filter("no garbage", |o| !matches!(o, Op::Garbage(_))), 1..150),
+        mut cuts in proptest::collection::vec(0usize..150, 0..10),
+    ) {
+        let cfg = SessionConfig { sessions_max: 3, responses_per_session_max: 4 };
+        let entries: Vec<(u64, Bytes)> = ops.iter().enumerate().map(|(i, o)| (i as u64 + 1, encode(o))).collect();
+        cuts.sort_unstable();
+        let mut rsm = Rsm::new(Box::<counting::Log>::default(), cfg);
+        let got = run(&mut rsm, &entries, &cuts);
+        let mut model = SessionModel::default();
+        for ((index, _), (op, applied)) in entries.iter().zip(ops.iter().zip(&got)) {
+            let want = model.step(*index, op, cfg);
+            prop_assert_eq!(&applied.result, &want, "entry {} {:?}", index, op);
+        }
+        let count: usize = String::from_utf8(rsm.query(b"").unwrap().to_vec()).unwrap().parse().unwrap();
+        prop_assert_eq!(count, model.applied, "state machine applications");
+    }
+}
