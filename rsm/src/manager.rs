@@ -71,7 +71,7 @@ pub struct RsmStats {
 /// assert_eq!(out[1].result, out[2].result);
 /// assert_eq!(rsm.stats().duplicates, 1);
 /// let get = KvCommand::get("k").encode();
-/// let r = rsm.apply([(5, encode_noop(&get))], &mut out);
+/// rsm.apply([(5, encode_noop(&get))], &mut out);
 /// assert_eq!(KvResult::decode(&out[4].result.clone().unwrap()).unwrap(),
 ///            KvResult::Value(Some(Bytes::from("v"))));
 /// ```
