@@ -13,6 +13,7 @@ pub mod sim;
 mod config;
 mod host;
 pub mod shard;
+pub mod wire;
 
 pub use config::{available_cpus, ConfigError, NodeHostConfig, Placement};
 pub use host::{HostError, NodeHost};
