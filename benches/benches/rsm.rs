@@ -1,31 +1,45 @@
-//! Benchmark of flotilla-rsm: apply throughput (plain and with exactly-once
-//! sessions), query throughput, snapshot capture cost (vs. cloning a plain
-//! map), the copy-on-write cost of applying while a snapshot view is alive,
-//! and snapshot write/recover throughput (memory and a glommio file).
+//! Benchmark of flotilla-rsm, in one run:
 //!
-//! `cargo bench -p flotilla-benches --bench rsm`; `FLOTILLA_BENCH_KEYS`
-//! sets the key count (default 1,000,000); `FLOTILLA_BENCH_PROFILE=1` runs
-//! only the overwrite loop (for `perf record`). Compare rows as ratios within one
-//! run: the machine is noisy.
+//! 1. KV apply throughput (commands/s) through the manager, [`Rsm::apply`]
+//!    (envelope decode, session check, KV decode and apply, result encode):
+//!    16 B and 1 KiB values × batches of 1 and 1,024 entries per call, for
+//!    new keys, overwrites, and overwrites through exactly-once sessions;
+//! 2. increments and the query path (get, scan);
+//! 3. snapshots of a map of a few million keys (default 3,000,000): the
+//!    synchronous capture, save and recover speed (MB/s, MB = 10^6 bytes)
+//!    to/from memory and a real file on a glommio executor, and the
+//!    copy-on-write cost of applying while a snapshot view is alive.
+//!
+//! `cargo bench -p flotilla-benches --bench rsm`. `FLOTILLA_BENCH_KEYS` sets
+//! the number of commands per 16 B apply row (default 1,000,000; the 1 KiB
+//! rows use a quarter), `FLOTILLA_BENCH_SNAPSHOT_KEYS` the snapshot map size
+//! (default 3,000,000). Compare rows as ratios within one run: the machine is
+//! noisy.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flotilla_rsm::{encode_noop, ClientSession, KvCommand, KvQuery, KvStore, Rsm, SessionConfig};
-use futures_lite::future::block_on;
 
-const BATCH: usize = 256;
+const SESSION_CLIENTS: u64 = 1000;
 
-fn keys() -> usize {
-    std::env::var("FLOTILLA_BENCH_KEYS")
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000)
+        .unwrap_or(default)
 }
 
 fn key(i: usize) -> Bytes {
     Bytes::from(format!("key:{:012}", i))
+}
+
+fn value(len: usize, i: usize) -> Bytes {
+    let mut v = vec![b'v'; len];
+    let tag = (i as u64).to_le_bytes();
+    let n = len.min(8);
+    v[..n].copy_from_slice(&tag[..n]);
+    Bytes::from(v)
 }
 
 fn kv() -> Rsm {
@@ -35,7 +49,7 @@ fn kv() -> Rsm {
 fn row(name: &str, ops: usize, elapsed: Duration) {
     let secs = elapsed.as_secs_f64();
     println!(
-        "{:<52} {:>12.0} ops/s {:>9.1} ns/op  ({} ops in {:.3} s)",
+        "{:<58} {:>10.0} commands/s {:>8.1} ns/command  ({} in {:.3} s)",
         name,
         ops as f64 / secs,
         secs * 1e9 / ops as f64,
@@ -44,12 +58,26 @@ fn row(name: &str, ops: usize, elapsed: Duration) {
     );
 }
 
-/// Applies `entries` in batches starting after the current applied index.
-fn apply_all(rsm: &mut Rsm, payloads: &[Bytes]) -> Duration {
-    let mut out = Vec::with_capacity(BATCH);
+fn mb_row(name: &str, bytes: u64, elapsed: Duration, extra: &str) {
+    let secs = elapsed.as_secs_f64();
+    println!(
+        "{:<58} {:>10.0} MB/s  ({:.1} MB in {:.3} s{})",
+        name,
+        bytes as f64 / 1e6 / secs,
+        bytes as f64 / 1e6,
+        secs,
+        extra
+    );
+}
+
+/// Applies `payloads` in calls of `batch` entries after the current applied
+/// index; every result must be a success.
+fn apply_all(rsm: &mut Rsm, payloads: &[Bytes], batch: usize) -> Duration {
+    let mut out = Vec::with_capacity(batch);
     let mut index = rsm.applied_index();
+    let mut failed = 0usize;
     let start = Instant::now();
-    for chunk in payloads.chunks(BATCH) {
+    for chunk in payloads.chunks(batch) {
         out.clear();
         rsm.apply(
             chunk.iter().map(|p| {
@@ -58,72 +86,69 @@ fn apply_all(rsm: &mut Rsm, payloads: &[Bytes]) -> Duration {
             }),
             &mut out,
         );
-        debug_assert!(out.iter().all(|a| a.result.is_ok()));
+        failed += out.iter().filter(|a| a.result.is_err()).count();
     }
-    start.elapsed()
+    let elapsed = start.elapsed();
+    assert_eq!(failed, 0, "apply errors in the benchmark");
+    elapsed
 }
 
-fn main() {
-    let n = keys();
-    println!("flotilla-rsm benchmark: {n} keys, 16-byte values, batches of {BATCH}");
+fn puts(n: usize, value_len: usize) -> Vec<Bytes> {
+    (0..n)
+        .map(|i| encode_noop(&KvCommand::put(key(i), value(value_len, i)).encode()))
+        .collect()
+}
 
-    // 1. Plain puts (no session): insert n new keys, then overwrite them.
-    let value = Bytes::from_static(b"0123456789abcdef");
-    let puts: Vec<Bytes> = (0..n)
-        .map(|i| encode_noop(&KvCommand::put(key(i), value.clone()).encode()))
-        .collect();
-    let mut rsm = kv();
-    row(
-        "apply put, new keys (no session)",
-        n,
-        apply_all(&mut rsm, &puts),
-    );
-    row(
-        "apply put, overwrite (no session)",
-        n,
-        apply_all(&mut rsm, &puts),
-    );
-    if std::env::var("FLOTILLA_BENCH_PROFILE").is_ok() {
-        // For `perf record`: only the overwrite loop.
-        for _ in 0..10 {
-            row(
-                "apply put, overwrite (no session)",
-                n,
-                apply_all(&mut rsm, &puts),
-            );
-        }
-        let start = Instant::now();
-        for _ in 0..20 {
-            drop(rsm.capture(Bytes::new()));
-        }
-        println!("capture x20: {:?}", start.elapsed());
-        return;
-    }
-
-    // 2. Puts through exactly-once sessions (1,000 clients, round robin).
-    let mut clients: Vec<ClientSession> = (1..=1000u64).map(ClientSession::new).collect();
+/// Registers `SESSION_CLIENTS` sessions and returns puts of `n` keys
+/// proposed round robin through them (each client acknowledges its previous
+/// response, as a pipelining client would).
+fn session_puts(rsm: &mut Rsm, n: usize, value_len: usize) -> Vec<Bytes> {
+    let mut clients: Vec<ClientSession> = (1..=SESSION_CLIENTS).map(ClientSession::new).collect();
     let registers: Vec<Bytes> = clients.iter().map(|c| c.register()).collect();
-    apply_all(&mut rsm, &registers);
-    let session_puts: Vec<Bytes> = (0..n)
+    apply_all(rsm, &registers, 1024);
+    (0..n)
         .map(|i| {
-            let c = &mut clients[i % 1000];
-            let p = c.propose(&KvCommand::put(key(i), value.clone()).encode());
+            let c = &mut clients[i % SESSION_CLIENTS as usize];
+            let p = c.propose(&KvCommand::put(key(i), value(value_len, i)).encode());
             c.completed();
             p
         })
-        .collect();
-    row(
-        "apply put, overwrite (session, 1000 clients)",
-        n,
-        apply_all(&mut rsm, &session_puts),
-    );
+        .collect()
+}
 
-    // 3. Increments and reads through the log.
+fn apply_section(n16: usize) {
+    println!("## KV apply through Rsm::apply (16-byte keys, noop envelope unless stated)");
+    for value_len in [16usize, 1024] {
+        let n = if value_len == 16 { n16 } else { n16 / 4 };
+        let payloads = puts(n, value_len);
+        for batch in [1usize, 1024] {
+            let label = |what: &str| format!("put {value_len} B, batch {batch}: {what}");
+            let mut rsm = kv();
+            row(&label("new keys"), n, apply_all(&mut rsm, &payloads, batch));
+            row(
+                &label("overwrite"),
+                n,
+                apply_all(&mut rsm, &payloads, batch),
+            );
+            let sp = session_puts(&mut rsm, n, value_len);
+            row(
+                &label("overwrite, sessions"),
+                n,
+                apply_all(&mut rsm, &sp, batch),
+            );
+        }
+    }
+}
+
+fn read_section(n: usize) {
+    println!("## increments and the query path ({n} keys)");
+    let mut rsm = kv();
+    apply_all(&mut rsm, &puts(n, 16), 1024);
     let incrs: Vec<Bytes> = (0..n)
         .map(|i| {
             encode_noop(
                 &KvCommand::Increment {
-                    key: key(i % 1000),
+                    key: Bytes::from(format!("ctr:{}", i % 1000)),
                     delta: 1,
                 }
                 .encode(),
@@ -131,12 +156,10 @@ fn main() {
         })
         .collect();
     row(
-        "apply increment (no session)",
+        "increment, batch 1024",
         n,
-        apply_all(&mut rsm, &incrs),
+        apply_all(&mut rsm, &incrs, 1024),
     );
-
-    // 4. Queries (read path).
     let gets: Vec<Bytes> = (0..n)
         .map(|i| KvQuery::Get { key: key(i) }.encode())
         .collect();
@@ -160,129 +183,120 @@ fn main() {
         rsm.query(&q).expect("scan");
     }
     row("query scan, 100 pairs", scans, start.elapsed());
-
-    // 5. Snapshot capture: copy-on-write view vs. cloning a plain BTreeMap
-    // of the same data (what "clone the map of Bytes" would cost).
-    let start = Instant::now();
-    let writer = rsm.capture(Bytes::from_static(b"membership"));
-    let capture_time = start.elapsed();
-    let plain: BTreeMap<Bytes, Bytes> = (0..n).map(|i| (key(i), value.clone())).collect();
-    let start = Instant::now();
-    let cloned = plain.clone();
-    let clone_time = start.elapsed();
-    drop(cloned);
-    drop(plain);
-    println!(
-        "{:<52} {:>12.1} µs  (BTreeMap<Bytes, Bytes> clone of the same data: {:.1} µs, {:.0}x)",
-        "snapshot capture (sync, stop-the-world part)",
-        capture_time.as_secs_f64() * 1e6,
-        clone_time.as_secs_f64() * 1e6,
-        clone_time.as_secs_f64() / capture_time.as_secs_f64()
-    );
-
-    // 6. Applying while the view is alive: first writes copy shared leaves.
-    row(
-        "apply put, overwrite, snapshot view alive",
-        n,
-        apply_all(&mut rsm, &puts),
-    );
-    row(
-        "apply put, overwrite, after (leaves unshared)",
-        n,
-        apply_all(&mut rsm, &puts),
-    );
-
-    // 7. Snapshot write and recover through memory.
-    let mut buf = Vec::new();
-    let start = Instant::now();
-    let info = block_on(writer.write_to(&mut buf)).expect("write");
-    let write_time = start.elapsed();
-    drop(writer);
-    let mib = info.total_bytes as f64 / (1 << 20) as f64;
-    println!(
-        "{:<52} {:>12.0} MiB/s ({:.1} MiB in {:.3} s)",
-        "snapshot write to memory",
-        mib / write_time.as_secs_f64(),
-        mib,
-        write_time.as_secs_f64()
-    );
-    let mut replica = kv();
-    let start = Instant::now();
-    block_on(replica.recover(&mut &buf[..])).expect("recover");
-    let read_time = start.elapsed();
-    println!(
-        "{:<52} {:>12.0} MiB/s ({:.0} keys/s)",
-        "snapshot recover from memory (verify + rebuild)",
-        mib / read_time.as_secs_f64(),
-        n as f64 / read_time.as_secs_f64()
-    );
-
-    // 8. Through a real file on a glommio executor.
-    file_round_trip(buf);
 }
 
-fn file_round_trip(expected: Vec<u8>) {
+/// The snapshot rows, on a glommio executor (the file rows need one; the
+/// memory rows run there too so that every row sees the same map).
+fn snapshot_section(n: usize) {
     use glommio::io::{DmaFile, ImmutableFileBuilder};
     use glommio::{LocalExecutorBuilder, Placement};
+    println!("## snapshots of {n} keys (16-byte keys and values)");
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("snapshot");
     let probe = dir.path().join("probe");
-    let n = keys();
     let h = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("rsm-bench")
         .io_memory(4 << 20)
         .preempt_timer(Duration::from_millis(2))
         .spawn(move || async move {
-            // GLOMMIO.md bug 1: a write-only file first.
+            // GLOMMIO.md bug 1: the first DMA file must be a write-only one.
             DmaFile::create(&probe)
                 .await
-                .unwrap()
+                .expect("probe")
                 .close()
                 .await
-                .unwrap();
+                .expect("close probe");
+            let payloads = puts(n, 16);
             let mut rsm = kv();
-            let value = Bytes::from_static(b"0123456789abcdef");
-            let mut out = Vec::new();
-            let mut index = 0;
-            for chunk in (0..n).collect::<Vec<_>>().chunks(BATCH) {
-                out.clear();
-                rsm.apply(
-                    chunk.iter().map(|&i| {
-                        index += 1;
-                        (
-                            index,
-                            encode_noop(&KvCommand::put(key(i), value.clone()).encode()),
-                        )
-                    }),
-                    &mut out,
-                );
-            }
-            let writer = rsm.capture(Bytes::from_static(b"membership"));
+            row(
+                "build: put 16 B, batch 1024, new keys",
+                n,
+                apply_all(&mut rsm, &payloads, 1024),
+            );
+
             let start = Instant::now();
-            let mut sink = ImmutableFileBuilder::new(&path).build_sink().await.unwrap();
-            let info = writer.write_to(&mut sink).await.unwrap();
-            let file = sink.seal().await.unwrap();
-            let write_time = start.elapsed();
+            let writer = rsm.capture(Bytes::from_static(b"membership"));
+            println!(
+                "{:<58} {:>10.3} ms",
+                "capture (synchronous, stop-the-world part)",
+                start.elapsed().as_secs_f64() * 1e3
+            );
+
+            // Save to memory (the view is alive, then the live map diverges).
+            let mut buf = Vec::new();
+            let start = Instant::now();
+            let info = writer.write_to(&mut buf).await.expect("write");
+            mb_row("save to memory", info.total_bytes, start.elapsed(), "");
+
+            row(
+                "put 16 B, batch 1024, overwrite, snapshot view alive",
+                n,
+                apply_all(&mut rsm, &payloads, 1024),
+            );
+            row(
+                "put 16 B, batch 1024, overwrite, after (unshared)",
+                n,
+                apply_all(&mut rsm, &payloads, 1024),
+            );
+
+            // Recover from memory: verify everything, rebuild a fresh map.
+            let mut replica = kv();
+            let start = Instant::now();
+            replica.recover(&mut &buf[..]).await.expect("recover");
+            let t = start.elapsed();
+            let keys_per_s = format!(", {:.2} M keys/s", n as f64 / 1e6 / t.as_secs_f64());
+            mb_row(
+                "recover from memory (verify + rebuild)",
+                info.total_bytes,
+                t,
+                &keys_per_s,
+            );
+            drop(replica);
+
+            // Save to a real file and recover from it.
+            let start = Instant::now();
+            let mut sink = ImmutableFileBuilder::new(&path)
+                .build_sink()
+                .await
+                .expect("sink");
+            let file_info = writer.write_to(&mut sink).await.expect("write file");
+            let file = sink.seal().await.expect("seal");
+            mb_row(
+                "save to glommio ImmutableFile (incl. seal = fdatasync)",
+                file_info.total_bytes,
+                start.elapsed(),
+                "",
+            );
+            assert_eq!(file_info, info, "same view, same bytes");
+            drop(writer);
             let start = Instant::now();
             let mut reader = file.stream_reader().build();
             let mut replica = kv();
-            replica.recover(&mut reader).await.unwrap();
-            let read_time = start.elapsed();
-            reader.close().await.unwrap();
-            file.close().await.unwrap();
-            (info, write_time, read_time)
+            replica.recover(&mut reader).await.expect("recover file");
+            let t = start.elapsed();
+            let keys_per_s = format!(", {:.2} M keys/s", n as f64 / 1e6 / t.as_secs_f64());
+            mb_row(
+                "recover from glommio DmaStreamReader",
+                file_info.total_bytes,
+                t,
+                &keys_per_s,
+            );
+            reader.close().await.expect("close reader");
+            file.close().await.expect("close file");
         })
-        .unwrap();
-    let (info, write_time, read_time) = h.join().unwrap();
-    let mib = info.total_bytes as f64 / (1 << 20) as f64;
-    assert!(info.total_bytes as usize >= expected.len() / 2);
+        .expect("spawn executor");
+    h.join().expect("executor");
+}
+
+fn main() {
+    let n16 = env_usize("FLOTILLA_BENCH_KEYS", 1_000_000);
+    let snapshot_keys = env_usize("FLOTILLA_BENCH_SNAPSHOT_KEYS", 3_000_000);
     println!(
-        "{:<52} {:>12.0} MiB/s (incl. seal = fdatasync)",
-        "snapshot write to glommio ImmutableFile",
-        mib / write_time.as_secs_f64()
+        "flotilla-rsm benchmark: {n16} commands per 16 B row, {} per 1 KiB row, \
+         {SESSION_CLIENTS} session clients, snapshot of {snapshot_keys} keys",
+        n16 / 4
     );
-    println!(
-        "{:<52} {:>12.0} MiB/s",
-        "snapshot recover from glommio DmaStreamReader",
-        mib / read_time.as_secs_f64()
-    );
+    apply_section(n16);
+    read_section(n16);
+    snapshot_section(snapshot_keys);
 }

@@ -129,9 +129,11 @@ pub enum SnapshotError {
     /// A checksum did not match.
     #[error("snapshot {section} checksum mismatch at offset {offset}: stored {stored:#010x}, computed {computed:#010x}")]
     Checksum {
-        /// Which section: "header", "chunk", "stream".
+        /// Which section: "header", "chunk", "stream", or a state
+        /// machine's own data check (e.g. "kv data").
         section: &'static str,
-        /// Byte offset of the section in the stream.
+        /// Byte offset of the section in the stream (0 for a state
+        /// machine's own data check, which sees only its section).
         offset: u64,
         /// The stored CRC32.
         stored: u32,

@@ -9,6 +9,13 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+fn hex_decode(h: &str) -> Vec<u8> {
+    (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+        .collect()
+}
+
 #[test]
 fn snapshot_golden_bytes() {
     let mut rsm = Rsm::new(Box::new(KvStore::new()), SessionConfig::default());
@@ -56,17 +63,20 @@ fn snapshot_golden_bytes() {
         "01000000",
         "76", // "v"
     );
+    // The KV data ends with the CRC32 of its pairs section.
+    let kv_crc = hex(&crc32fast::hash(&hex_decode(data)).to_le_bytes());
     let rest = &h[want.len() + 8..];
-    assert!(rest.starts_with("12000000"), "chunk length 18: {rest}");
+    assert!(rest.starts_with("16000000"), "chunk length 22: {rest}");
     assert_eq!(&rest[16..16 + data.len()], data);
-    let after = &rest[16 + data.len()..];
+    assert_eq!(&rest[16 + data.len()..16 + data.len() + 8], kv_crc);
+    let after = &rest[16 + data.len() + 8..];
     assert!(after.starts_with("0000000000000000"), "terminator: {after}");
     assert!(
-        after[16..].starts_with("1200000000000000"),
-        "data bytes 18: {after}"
+        after[16..].starts_with("1600000000000000"),
+        "data bytes 22: {after}"
     );
     assert!(after.ends_with(&hex(b"FLOTEND\n")));
-    assert_eq!(snap.len(), want.len() / 2 + 4 + 8 + 18 + 8 + 8 + 4 + 8);
+    assert_eq!(snap.len(), want.len() / 2 + 4 + 8 + 22 + 8 + 8 + 4 + 8);
     // Stable across runs: the CRCs are functions of the bytes above.
     let crc = u32::from_le_bytes(snap[snap.len() - 12..snap.len() - 8].try_into().unwrap());
     assert_eq!(crc, crc32fast::hash(&snap[..snap.len() - 12]));

@@ -319,30 +319,39 @@ struct KvSnapshot {
 }
 
 impl SmSnapshot for KvSnapshot {
-    /// Writes the pairs in key order.
+    /// Writes the pairs in strictly increasing key order, followed by the
+    /// CRC32 of every byte before it (so the KV data verifies itself even
+    /// outside the snapshot stream's chunk framing).
     ///
     /// ```text
-    /// | count u64 | (key_len u32 | key | value_len u32 | value) * count |
+    /// | count u64 | (key_len u32 | key | value_len u32 | value) * count | crc32 u32 |
     /// ```
     fn write_to<'a>(
         &'a self,
         sink: &'a mut (dyn AsyncWrite + Unpin),
     ) -> LocalBoxFuture<'a, Result<(), SnapshotError>> {
         Box::pin(async move {
+            let mut crc = crc32fast::Hasher::new();
             let mut buf = Vec::with_capacity(WRITE_PIECE_BYTES + 64);
             buf.extend_from_slice(&(self.map.len() as u64).to_le_bytes());
+            let mut prev: Option<&[u8]> = None;
             for (k, v) in self.map.iter() {
+                debug_assert!(prev.is_none_or(|p| p < k), "map iterates in key order");
+                prev = Some(k);
                 buf.extend_from_slice(&(k.len() as u32).to_le_bytes());
                 buf.extend_from_slice(k);
                 buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
                 if v.len() >= WRITE_PIECE_BYTES {
+                    crc.update(&buf);
                     sink.write_all(&buf).await?;
                     buf.clear();
+                    crc.update(v);
                     sink.write_all(v).await?;
                 } else {
                     buf.extend_from_slice(v);
                 }
                 if buf.len() >= WRITE_PIECE_BYTES {
+                    crc.update(&buf);
                     sink.write_all(&buf).await?;
                     buf.clear();
                     // Let the executor run other work (and preempt) even if
@@ -350,19 +359,33 @@ impl SmSnapshot for KvSnapshot {
                     futures_lite::future::yield_now().await;
                 }
             }
+            crc.update(&buf);
+            buf.extend_from_slice(&crc.finalize().to_le_bytes());
             sink.write_all(&buf).await?;
             Ok(())
         })
     }
 }
 
+/// Reads exactly `buf.len()` bytes, hashing them into `crc`.
+async fn read_hashed(
+    src: &mut (dyn AsyncRead + Unpin),
+    buf: &mut [u8],
+    crc: &mut crc32fast::Hasher,
+) -> Result<(), SnapshotError> {
+    src.read_exact(buf).await?;
+    crc.update(buf);
+    Ok(())
+}
+
 async fn read_len(
     src: &mut (dyn AsyncRead + Unpin),
+    crc: &mut crc32fast::Hasher,
     what: &'static str,
     max: usize,
 ) -> Result<usize, SnapshotError> {
     let mut b = [0u8; 4];
-    src.read_exact(&mut b).await?;
+    read_hashed(src, &mut b, crc).await?;
     let len = u32::from_le_bytes(b) as usize;
     if len > max {
         return Err(SnapshotError::Corrupt {
@@ -377,9 +400,12 @@ async fn read_len(
     Ok(len)
 }
 
+/// Reads what [`KvSnapshot::write_to`] wrote: checks the key order, the
+/// bounds and the trailing CRC before the map is handed back.
 async fn read_kv_data(src: &mut (dyn AsyncRead + Unpin)) -> Result<CowMap, SnapshotError> {
+    let mut crc = crc32fast::Hasher::new();
     let mut b = [0u8; 8];
-    src.read_exact(&mut b).await?;
+    read_hashed(src, &mut b, &mut crc).await?;
     let count = u64::from_le_bytes(b);
     let mut pairs: Vec<(Key, Bytes)> = Vec::with_capacity(count.min(1 << 16) as usize);
     let mut key = Vec::new();
@@ -387,12 +413,12 @@ async fn read_kv_data(src: &mut (dyn AsyncRead + Unpin)) -> Result<CowMap, Snaps
         if i % YIELD_EVERY_ENTRIES == YIELD_EVERY_ENTRIES - 1 {
             futures_lite::future::yield_now().await;
         }
-        let klen = read_len(src, "key", KEY_BYTES_MAX).await?;
+        let klen = read_len(src, &mut crc, "key", KEY_BYTES_MAX).await?;
         key.resize(klen, 0);
-        src.read_exact(&mut key).await?;
-        let vlen = read_len(src, "value", VALUE_BYTES_MAX).await?;
+        read_hashed(src, &mut key, &mut crc).await?;
+        let vlen = read_len(src, &mut crc, "value", VALUE_BYTES_MAX).await?;
         let mut value = vec![0u8; vlen];
-        src.read_exact(&mut value).await?;
+        read_hashed(src, &mut value, &mut crc).await?;
         if let Some((prev, _)) = pairs.last() {
             if prev.as_slice() >= &key[..] {
                 return Err(SnapshotError::Corrupt {
@@ -402,6 +428,18 @@ async fn read_kv_data(src: &mut (dyn AsyncRead + Unpin)) -> Result<CowMap, Snaps
             }
         }
         pairs.push((Key::new(&key), Bytes::from(value)));
+    }
+    let computed = crc.finalize();
+    let mut b = [0u8; 4];
+    src.read_exact(&mut b).await?;
+    let stored = u32::from_le_bytes(b);
+    if stored != computed {
+        return Err(SnapshotError::Checksum {
+            section: "kv data",
+            offset: 0,
+            stored,
+            computed,
+        });
     }
     Ok(CowMap::from_sorted(pairs))
 }
@@ -590,5 +628,104 @@ mod tests {
             KvResult::Error(KvError::Malformed)
         );
         assert!(kv.is_empty());
+    }
+
+    fn kv_data(kv: &KvStore) -> Vec<u8> {
+        let mut buf = Vec::new();
+        futures_lite::future::block_on(kv.capture().write_to(&mut buf)).unwrap();
+        buf
+    }
+
+    fn recover(data: &[u8]) -> Result<KvStore, SnapshotError> {
+        let mut kv = KvStore::new();
+        futures_lite::future::block_on(StateMachine::recover(&mut kv, &mut &data[..]))?;
+        Ok(kv)
+    }
+
+    /// The KV data section on its own: sorted pairs and a CRC32 that catches
+    /// any flipped byte, a wrong order and a truncation.
+    #[test]
+    fn kv_data_is_sorted_and_checksummed() {
+        let mut kv = KvStore::new();
+        // Inserted out of order, long and short keys, an empty value.
+        for key in ["m", "a", "zz", "b-a-much-longer-key-than-24-bytes", "c"] {
+            kv.execute(&KvCommand::put(k(key), k(&key.repeat(2))));
+        }
+        kv.execute(&KvCommand::put(k("e"), Bytes::new()));
+        let data = kv_data(&kv);
+        let mut want = Vec::new();
+        want.extend_from_slice(&6u64.to_le_bytes());
+        let mut sorted: Vec<(&[u8], &Bytes)> = kv.iter().collect();
+        sorted.sort();
+        for (key, value) in &sorted {
+            want.extend_from_slice(&(key.len() as u32).to_le_bytes());
+            want.extend_from_slice(key);
+            want.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            want.extend_from_slice(value);
+        }
+        assert_eq!(sorted[0].0, b"a");
+        let crc = crc32fast::hash(&want);
+        want.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(data, want);
+
+        let back = recover(&data).unwrap();
+        assert!(back.iter().eq(kv.iter()));
+
+        for i in 0..data.len() {
+            let mut bad = data.clone();
+            bad[i] ^= 0x20;
+            let err = recover(&bad)
+                .err()
+                .unwrap_or_else(|| panic!("flip at {i} accepted"));
+            assert!(
+                matches!(
+                    err,
+                    SnapshotError::Checksum {
+                        section: "kv data",
+                        ..
+                    } | SnapshotError::Corrupt { .. }
+                        | SnapshotError::Truncated
+                ),
+                "flip at {i}: {err:?}"
+            );
+        }
+        for len in 0..data.len() {
+            assert!(matches!(
+                recover(&data[..len]),
+                Err(SnapshotError::Truncated)
+            ));
+        }
+        // A value flip that keeps every length valid is caught by the CRC.
+        let mut bad = data.clone();
+        let at = data.len() - 4 - 1;
+        bad[at] ^= 1;
+        assert!(matches!(
+            recover(&bad),
+            Err(SnapshotError::Checksum {
+                section: "kv data",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn kv_data_out_of_order_is_rejected() {
+        // Two pairs written in the wrong order, with a correct CRC.
+        let mut data = Vec::new();
+        data.extend_from_slice(&2u64.to_le_bytes());
+        for key in [b"b", b"a"] {
+            data.extend_from_slice(&1u32.to_le_bytes());
+            data.extend_from_slice(key);
+            data.extend_from_slice(&0u32.to_le_bytes());
+        }
+        let crc = crc32fast::hash(&data);
+        data.extend_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            recover(&data),
+            Err(SnapshotError::Corrupt {
+                section: "kv data",
+                error: DecodeError::Invalid { what: "key order" }
+            })
+        ));
     }
 }
