@@ -18,9 +18,13 @@ use glommio::{LocalExecutorBuilder, Placement};
 const CLUSTER: ClusterId = ClusterId(42);
 const SENDER: PeerId = PeerId::new(1, 0);
 const RECEIVER: PeerId = PeerId::new(2, 0);
+/// Messages the producer queues per turn before yielding.
+const TURN_MESSAGES: u64 = 4096;
 
 struct Outcome {
     messages: u64,
+    /// Messages the sender lost to broken connections (re-dialled).
+    lost: u64,
     payload_bytes: u64,
     elapsed: Duration,
     frames: u64,
@@ -56,6 +60,9 @@ async fn wait_for<T>(rx: &mpsc::Receiver<T>) -> T {
 fn run_case(size: usize, batched: bool, messages: u64) -> Outcome {
     let (addr_tx, addr_rx) = mpsc::channel();
     let (sender_addr_tx, sender_addr_rx) = mpsc::channel();
+    // The sender tells the receiver how many messages it wrote in the end,
+    // so a connection lost mid-run (counted) cannot hang the benchmark.
+    let (done_tx, done_rx) = mpsc::channel::<u64>();
     let receiver = executor(1, "bench-rx")
         .spawn(move || async move {
             let _t = ticker();
@@ -68,21 +75,34 @@ fn run_case(size: usize, batched: bool, messages: u64) -> Outcome {
             let mut got = 0u64;
             let mut bytes = 0u64;
             let mut first = None;
-            while got < messages {
-                let b = t.recv().await.expect("transport open");
-                first.get_or_insert_with(Instant::now);
-                got += b.messages.len() as u64;
-                bytes += b.messages.iter().map(|m| m.len() as u64).sum::<u64>();
-                while let Some(b) = t.try_recv() {
+            let mut target = messages;
+            let mut last = Instant::now();
+            while got < target {
+                let b = futures_lite::future::or(async { t.recv().await }, async {
+                    glommio::timer::sleep(Duration::from_millis(50)).await;
+                    None
+                })
+                .await;
+                if let Some(b) = b {
+                    first.get_or_insert_with(Instant::now);
                     got += b.messages.len() as u64;
                     bytes += b.messages.iter().map(|m| m.len() as u64).sum::<u64>();
+                    while let Some(b) = t.try_recv() {
+                        got += b.messages.len() as u64;
+                        bytes += b.messages.iter().map(|m| m.len() as u64).sum::<u64>();
+                    }
+                    last = Instant::now();
+                }
+                if let Ok(written) = done_rx.try_recv() {
+                    target = written;
                 }
             }
-            let elapsed = first.unwrap().elapsed();
+            let elapsed = last - first.unwrap_or(last);
             let frames = t.metrics().peer(SENDER).frames_received;
             t.shutdown().await;
             Outcome {
                 messages: got,
+                lost: 0,
                 payload_bytes: bytes,
                 elapsed,
                 frames,
@@ -120,20 +140,28 @@ fn run_case(size: usize, batched: bool, messages: u64) -> Outcome {
                     }
                     Err(e) => panic!("{e}"),
                 }
-                if sent % 256 == 0 {
-                    glommio::yield_if_needed().await;
+                // One "shard turn" of sends, then let the sender task run
+                // (as the engine's loop does when it awaits its WAL write).
+                if sent % TURN_MESSAGES == 0 {
+                    futures_lite::future::yield_now().await;
                 }
             }
-            // Stay up until the receiver has everything.
-            while t.metrics().peer(RECEIVER).messages_sent < messages {
+            // Stay up until everything is written (or lost and counted).
+            let m = loop {
+                let m = t.metrics().peer(RECEIVER);
+                if m.messages_sent + m.messages_lost >= messages {
+                    break m;
+                }
                 glommio::timer::sleep(Duration::from_millis(1)).await;
-            }
+            };
+            let _ = done_tx.send(m.messages_sent); // the receiver may be done already
             glommio::timer::sleep(Duration::from_millis(20)).await;
             t.shutdown().await;
+            m.messages_lost
         })
         .unwrap();
-    let outcome = receiver.join().unwrap();
-    sender.join().unwrap();
+    let mut outcome = receiver.join().unwrap();
+    outcome.lost = sender.join().unwrap();
     outcome
 }
 
@@ -155,8 +183,8 @@ fn main() {
 
     println!("transport benchmark: 2 executors (Fixed cpu 0 and 1), loopback, one connection, one direction");
     println!(
-        "{:>6} {:>10} {:>10} {:>9} {:>14} {:>9} {:>10} {:>10}",
-        "size", "mode", "messages", "secs", "messages/s", "MB/s", "frames", "msgs/frame"
+        "{:>6} {:>10} {:>10} {:>9} {:>14} {:>9} {:>10} {:>10} {:>6}",
+        "size", "mode", "messages", "secs", "messages/s", "MB/s", "frames", "msgs/frame", "lost"
     );
     let only_size = env_u64("FLOTILLA_BENCH_SIZE");
     for (size, n_batched, n_single) in cases {
@@ -171,7 +199,7 @@ fn main() {
             let rate = o.messages as f64 / secs;
             rates.push(rate);
             println!(
-                "{:>6} {:>10} {:>10} {:>9.3} {:>14.0} {:>9.1} {:>10} {:>10.1}",
+                "{:>6} {:>10} {:>10} {:>9.3} {:>14.0} {:>9.1} {:>10} {:>10.1} {:>6}",
                 size,
                 if batched { "batched" } else { "1/frame" },
                 o.messages,
@@ -180,8 +208,12 @@ fn main() {
                 o.payload_bytes as f64 / secs / 1e6,
                 o.frames,
                 o.messages as f64 / o.frames.max(1) as f64,
+                o.lost,
             );
         }
-        println!("{size:>6} batched / one-frame-per-message = {:.1}x", rates[0] / rates[1]);
+        println!(
+            "{size:>6} batched / one-frame-per-message = {:.1}x",
+            rates[0] / rates[1]
+        );
     }
 }
