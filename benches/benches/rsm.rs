@@ -199,6 +199,14 @@ fn snapshot_section(n: usize) {
         .io_memory(4 << 20)
         .preempt_timer(Duration::from_millis(2))
         .spawn(move || async move {
+            // GLOMMIO.md bug 2: an executor can park with runnable work (this
+            // run hung in recovery without it); a timer kept armed wakes it.
+            glommio::spawn_local(async {
+                loop {
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                }
+            })
+            .detach();
             // GLOMMIO.md bug 1: the first DMA file must be a write-only one.
             DmaFile::create(&probe)
                 .await

@@ -20,7 +20,8 @@ pub const SESSION_HEADER_BYTES: usize = 1 + 8 + 8 + 8;
 /// Client id 0 is reserved (invalid in a session, register or unregister).
 /// Series ids of a session start at 1 and grow by one per new command;
 /// `responded_to` is the highest series id whose response the client has
-/// received, and every lower one too (dragonboat's session protocol).
+/// received, and every lower one too (dragonboat's session protocol), so it
+/// is always below the command's own series id (decoding rejects the rest).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Envelope {
     /// A command without exactly-once protection (applied every time it is
@@ -137,6 +138,14 @@ impl Envelope {
                 }
                 if series_id == 0 {
                     return Err(DecodeError::Invalid { what: "series id" });
+                }
+                // A client cannot have seen the response of the command it
+                // is proposing: such an entry is corrupt (and must not
+                // acknowledge, i.e. forget, anything).
+                if responded_to >= series_id {
+                    return Err(DecodeError::Invalid {
+                        what: "responded to",
+                    });
                 }
                 Envelope::Session {
                     client_id,
@@ -313,6 +322,18 @@ mod tests {
             Envelope::decode(reg.into()),
             Err(DecodeError::TrailingBytes { len: 1 })
         ));
+        let ahead = Envelope::Session {
+            client_id: 1,
+            series_id: 3,
+            responded_to: 3,
+            payload: Bytes::new(),
+        };
+        assert_eq!(
+            Envelope::decode(ahead.encode()),
+            Err(DecodeError::Invalid {
+                what: "responded to"
+            })
+        );
         let zero = [0x03, 0, 0, 0, 0, 0, 0, 0, 0];
         assert!(matches!(
             Envelope::decode(Bytes::copy_from_slice(&zero)),

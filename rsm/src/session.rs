@@ -211,6 +211,7 @@ impl SessionTable {
         responded_to: u64,
         index: u64,
     ) -> Check {
+        debug_assert!(responded_to < series_id, "rejected by Envelope::decode");
         let max = self.config.responses_per_session_max;
         let Some(s) = self.sessions.get_mut(&client_id) else {
             return Check::Reject(ApplyError::SessionNotFound { client_id });
@@ -365,7 +366,7 @@ mod tests {
         assert_eq!(t.check(7, 2, 1, 5), Check::Apply);
         t.record(7, 2, Bytes::from_static(b"r2"));
         assert_eq!(
-            t.check(7, 1, 1, 6),
+            t.check(7, 1, 0, 6),
             Check::Reject(ApplyError::ResponseDiscarded {
                 client_id: 7,
                 series_id: 1

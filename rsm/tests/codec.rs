@@ -102,7 +102,7 @@ fn envelope() -> impl Strategy<Value = Envelope> {
                 Envelope::Session {
                     client_id,
                     series_id,
-                    responded_to,
+                    responded_to: responded_to % series_id,
                     payload,
                 }
             }

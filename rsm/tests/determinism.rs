@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use flotilla_rsm::{
-    encode_noop, Applied, ApplyError, Envelope, KvCommand, KvQuery, KvResult, KvStore,
+    encode_noop, Applied, ApplyError, DecodeError, Envelope, KvCommand, KvQuery, KvResult, KvStore,
     PutCondition, Rsm, SessionConfig,
 };
 use futures_lite::future::block_on;
@@ -252,7 +252,7 @@ fn retries_are_applied_exactly_once() {
         [
             (6, session(2, 1, b"b")),
             (7, session(3, 2, b"c")),
-            (8, session(1, 2, b"a")),
+            (8, session(1, 0, b"a")), // a late retry of series 1
         ],
         &mut out,
     );
@@ -438,6 +438,11 @@ impl SessionModel {
                 responded,
                 ..
             } => {
+                if responded >= series {
+                    return Err(ApplyError::BadEnvelope(DecodeError::Invalid {
+                        what: "responded to",
+                    }));
+                }
                 let Some(s) = self.sessions.get_mut(client) else {
                     return Err(ApplyError::SessionNotFound { client_id: *client });
                 };
