@@ -15,7 +15,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 #[test]
 fn sim_seeds() {
-    let default_seeds = if cfg!(debug_assertions) { 150 } else { 600 };
+    let default_seeds = if cfg!(debug_assertions) { 2000 } else { 5000 };
     let seeds = env_u64("FLOTILLA_SIM_SEEDS", default_seeds);
     let start = env_u64("FLOTILLA_SIM_SEED_START", 0);
     let mut steps = 0;
@@ -58,8 +58,15 @@ fn sim_same_seed_same_trace() {
 }
 
 fn finds(bug: PlantedBug) {
+    finds_with(bug, false)
+}
+
+fn finds_with(bug: PlantedBug, leader_churn: bool) {
     for seed in 0..1000 {
-        let out = run_seed(seed, Some(bug));
+        let mut cfg = SimConfig::new(seed);
+        cfg.planted_bug = Some(bug);
+        cfg.leader_churn = leader_churn;
+        let out = run_config(cfg);
         if let Some(v) = out.violation {
             println!("{bug:?}: seed {seed}: {v}");
             return;

@@ -466,7 +466,8 @@ impl Raft {
             randomized_timeout: cfg.election_timeout_ticks,
             rng,
             votes: BTreeMap::new(),
-            startup_guard: true,
+            // A replica that never saw a term cannot have acked a leader.
+            startup_guard: hs.term > 0,
             progress: BTreeMap::new(),
             noop_index: 0,
             now_ticks: 0,
@@ -779,7 +780,8 @@ impl Raft {
                 got: m.to,
             });
         }
-        if self.quiesced {
+        if self.quiesced && m.kind != MessageType::HeartbeatResponse {
+            // Answers to our quiesce heartbeat must not wake us up again.
             self.wake();
         }
         if m.term > self.term {
@@ -1233,8 +1235,12 @@ impl Raft {
                 pr.recent_active = true;
                 pr.hb_seq_acked = pr.hb_seq_acked.max(m.context);
                 pr.on_heartbeat_response(self.cfg.inflight_max);
-                if pr.match_index < self.log.last_index || pr.state == ProgressState::Probe {
-                    self.send_appends_to(from);
+                if pr.match_index < self.log.last_index {
+                    // Possibly empty: a follower that lost appends rejects it
+                    // and replication falls back to probing.
+                    if self.send_append(from, true) {
+                        self.send_appends_to(from);
+                    }
                 }
                 self.confirm_reads();
             }
@@ -1634,6 +1640,22 @@ impl Raft {
                 replica = self.id.0,
                 "leader removed from the group; stepping down"
             );
+            // Tell the others the change committed, and hand leadership to
+            // the most up-to-date voter so the group does not wait for an
+            // election timeout.
+            self.broadcast_append();
+            let last = self.log.last_index;
+            let heir = self
+                .progress
+                .iter()
+                .filter(|(id, p)| {
+                    self.membership.kind(**id) == Some(MemberKind::Voter) && p.match_index == last
+                })
+                .map(|(id, _)| *id)
+                .next();
+            if let Some(h) = heir {
+                self.send_timeout_now(h);
+            }
             self.become_follower(self.term, None);
             return;
         }

@@ -55,6 +55,9 @@ pub struct SimConfig {
     pub planted_bug: Option<PlantedBug>,
     /// Keep this many events for the printed trace.
     pub trace_keep: usize,
+    /// Force heavy leader churn with one entry per append on every seed
+    /// (the fault mix that exposes Figure-8 style bugs fastest).
+    pub leader_churn: bool,
 }
 
 impl SimConfig {
@@ -65,6 +68,7 @@ impl SimConfig {
             liveness_ticks_max: 300,
             planted_bug: None,
             trace_keep: 200,
+            leader_churn: false,
         }
     }
 }
@@ -158,6 +162,8 @@ pub struct Sim {
     crash_pct: u64,
     /// Heavy leader churn (isolations of the current leader).
     churn: bool,
+    /// In the liveness phase: no more faults.
+    healing: bool,
     /// Starts so far (each start gets a fresh RNG seed).
     boots: u64,
 }
@@ -191,8 +197,14 @@ impl Sim {
         let pre_vote = rng.pct(70);
         let crash_pct = [30, 60, 100][rng.below(3) as usize];
         let churn = rng.pct(30);
+        let (append_bytes_max, churn) = if cfg.leader_churn {
+            (40, true)
+        } else {
+            (append_bytes_max, churn)
+        };
+        let drop_pct = if cfg.leader_churn { 20 } else { rng.below(10) };
         let mut sim = Sim {
-            drop_pct: rng.below(10),
+            drop_pct,
             dup_pct: rng.below(5),
             rng,
             now: 0,
@@ -212,6 +224,7 @@ impl Sim {
             pre_vote,
             crash_pct,
             churn,
+            healing: false,
             boots: 0,
             cfg,
         };
@@ -325,14 +338,31 @@ impl Sim {
     }
 
     fn random_event(&mut self) -> Check {
-        if self.churn && self.rng.pct(8) {
+        if self.churn && self.rng.pct(if self.cfg.leader_churn { 15 } else { 8 }) {
             // Leader churn: cut off whoever leads now, or heal.
             return match self.leader() {
                 Some(l) if self.rng.pct(60) => {
                     self.isolate(l);
                     Ok(())
                 }
-                _ => self.heal(),
+                _ if self.rng.pct(50) => self.heal(),
+                _ => {
+                    // Reconnect one replica to every replica that is not isolated.
+                    let n = self.reps.len() as u64;
+                    let a = 1 + self.rng.below(n);
+                    let isolated = |s: &BTreeSet<(u64, u64)>, x: u64| {
+                        (1..=n).filter(|&y| y != x).all(|y| s.contains(&(x, y)))
+                    };
+                    let others: Vec<u64> = (1..=n)
+                        .filter(|&b| b != a && !isolated(&self.blocked, b))
+                        .collect();
+                    for b in others {
+                        self.blocked.remove(&(a, b));
+                        self.blocked.remove(&(b, a));
+                    }
+                    self.event(format!("reconnect {a}"));
+                    Ok(())
+                }
             };
         }
         let r = self.rng.below(1000);
@@ -999,6 +1029,7 @@ impl Sim {
                 entries: rd.entries,
                 messages: rd.persisted_messages,
             });
+            let mut cut_off = false;
             if let Some(ss) = rd.soft_state {
                 self.event(format!(
                     "replica {id} {:?} term {} leader {:?}",
@@ -1006,9 +1037,18 @@ impl Sim {
                     ss.term,
                     ss.leader.map(|l| l.0)
                 ));
+                // Leader churn: a fresh leader is sometimes cut off at once,
+                // before its no-op reaches anyone.
+                cut_off = ss.role == Role::Leader
+                    && self.cfg.leader_churn
+                    && !self.healing
+                    && self.rng.pct(30);
             }
             for m in rd.messages {
                 self.send(m);
+            }
+            if cut_off {
+                self.isolate(id);
             }
         }
         Ok(())
@@ -1070,6 +1110,7 @@ impl Sim {
         self.event("liveness phase: heal, restart all, no faults".into());
         self.blocked.clear();
         self.drop_pct = 0;
+        self.healing = true;
         for id in 1..=self.reps.len() as u64 {
             if self.reps[Self::idx(id)].raft.is_none() {
                 self.restart_node(id)?;

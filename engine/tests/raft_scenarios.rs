@@ -1,0 +1,818 @@
+//! Hand-written scenarios from the Raft paper and thesis, as small scripts.
+//!
+//! Each test drives a tiny in-memory cluster (`Cluster`): messages go into
+//! one FIFO queue, `stabilize()` delivers until nothing is left, writes are
+//! durable as soon as a Ready is taken (unless a test says otherwise). Every
+//! test prints a transcript (`cargo test -p flotilla --test raft_scenarios --
+//! --nocapture`) and asserts what the paper says must happen.
+
+use bytes::Bytes;
+use flotilla::raft::*;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+struct Cluster {
+    nodes: BTreeMap<u64, Raft>,
+    queue: VecDeque<Message>,
+    blocked: BTreeSet<(u64, u64)>,
+    applied: BTreeMap<u64, Vec<(Index, Term, Bytes)>>,
+    reads: BTreeMap<u64, Vec<ReadState>>,
+    /// Every entry each replica persisted (its WAL), for fetches.
+    disk: BTreeMap<u64, BTreeMap<Index, Entry>>,
+    sent: usize,
+    transcript: Vec<String>,
+}
+
+fn cfg(id: u64, tweak: &dyn Fn(&mut Config)) -> Config {
+    let mut c = Config::new(NodeId(id), GroupId(1));
+    c.seed = id;
+    tweak(&mut c);
+    c
+}
+
+fn ent(index: Index, term: Term) -> Entry {
+    Entry {
+        index,
+        term,
+        kind: EntryKind::Normal,
+        data: Bytes::from(format!("e{index}@{term}")),
+    }
+}
+
+impl Cluster {
+    fn new(ids: &[u64], tweak: &dyn Fn(&mut Config)) -> Cluster {
+        let m = Membership::voters(ids);
+        let nodes = ids
+            .iter()
+            .map(|&i| (i, Raft::new(cfg(i, tweak), m.clone())))
+            .collect();
+        Cluster::with(nodes)
+    }
+
+    fn with(nodes: BTreeMap<u64, Raft>) -> Cluster {
+        Cluster {
+            nodes,
+            queue: VecDeque::new(),
+            blocked: BTreeSet::new(),
+            applied: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            disk: BTreeMap::new(),
+            sent: 0,
+            transcript: Vec::new(),
+        }
+    }
+
+    /// A replica restarted with the given log (`terms[k]` is the term of entry k+1).
+    fn restarted(
+        id: u64,
+        ids: &[u64],
+        term: Term,
+        terms: &[Term],
+        tweak: &dyn Fn(&mut Config),
+    ) -> Raft {
+        let mut runs: Vec<(Index, Term)> = Vec::new();
+        let tail: Vec<Entry> = terms
+            .iter()
+            .enumerate()
+            .map(|(k, &t)| ent(k as u64 + 1, t))
+            .collect();
+        for e in &tail {
+            if runs.last().map(|r| r.1) != Some(e.term) {
+                runs.push((e.index, e.term));
+            }
+        }
+        let st = PersistedState {
+            hard_state: HardState {
+                term,
+                vote: None,
+                commit: 0,
+            },
+            membership: Membership::voters(ids),
+            snapshot: SnapshotMeta {
+                index: 0,
+                term: 0,
+                membership: Membership::voters(ids),
+            },
+            last_index: terms.len() as u64,
+            term_runs: runs,
+            tail,
+            applied: 0,
+        };
+        Raft::restart(cfg(id, tweak), st).unwrap()
+    }
+
+    fn say(&mut self, s: impl Into<String>) {
+        let s = s.into();
+        println!("{s}");
+        self.transcript.push(s);
+    }
+
+    fn node(&mut self, id: u64) -> &mut Raft {
+        self.nodes.get_mut(&id).unwrap()
+    }
+
+    /// Takes every Ready of `id`: persists at once, queues messages, applies.
+    fn drain(&mut self, id: u64) {
+        let Some(r) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        while let Some(rd) = r.ready() {
+            for m in rd.messages.into_iter().chain(rd.persisted_messages) {
+                self.queue.push_back(m);
+            }
+            let disk = self.disk.entry(id).or_default();
+            if let Some(f) = rd.entries.first() {
+                let _ = disk.split_off(&f.index);
+            }
+            for e in &rd.entries {
+                disk.insert(e.index, e.clone());
+            }
+            let ap = self.applied.entry(id).or_default();
+            for e in &rd.committed_entries {
+                ap.push((e.index, e.term, e.data.clone()));
+            }
+            if let Some(l) = rd.committed_entries.last() {
+                let l = l.index;
+                r.advance(rd.number);
+                r.applied_to(l);
+            } else {
+                r.advance(rd.number);
+            }
+            self.reads.entry(id).or_default().extend(rd.read_states);
+            for f in rd.fetches {
+                let got: Vec<Entry> = disk_range(&self.disk[&id], f.lo, f.hi);
+                r.entries_loaded(f, got);
+            }
+        }
+    }
+
+    fn drain_all(&mut self) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.drain(id);
+        }
+    }
+
+    fn deliver(&mut self, m: Message) {
+        let (f, t) = (m.from.0, m.to.0);
+        if self.blocked.contains(&(f, t)) || !self.nodes.contains_key(&t) {
+            return;
+        }
+        self.sent += 1;
+        self.node(t).step(m).unwrap();
+        self.drain(t);
+    }
+
+    fn stabilize(&mut self) {
+        self.drain_all();
+        let mut n = 0;
+        while let Some(m) = self.queue.pop_front() {
+            self.deliver(m);
+            n += 1;
+            assert!(n < 100_000, "cluster does not stabilize");
+        }
+    }
+
+    /// Ticks `id` until it starts an election (its timeout elapses).
+    fn campaign(&mut self, id: u64) {
+        for _ in 0..40 {
+            self.node(id).tick();
+            if self.node(id).role() != Role::Follower {
+                break;
+            }
+        }
+        self.drain(id);
+        self.stabilize();
+    }
+
+    fn tick_all(&mut self, n: u64) {
+        for _ in 0..n {
+            let ids: Vec<u64> = self.nodes.keys().copied().collect();
+            for id in ids {
+                self.node(id).tick();
+                self.drain(id);
+            }
+            self.stabilize();
+        }
+    }
+
+    fn isolate(&mut self, a: u64) {
+        for &b in self.nodes.keys() {
+            if b != a {
+                self.blocked.insert((a, b));
+                self.blocked.insert((b, a));
+            }
+        }
+        self.say(format!("-- isolate {a}"));
+    }
+
+    fn heal(&mut self) {
+        self.blocked.clear();
+        self.say("-- heal");
+    }
+
+    fn propose(&mut self, id: u64, s: &str) -> Result<Index, ProposeError> {
+        let r = self.node(id).propose(Bytes::from(s.to_string()));
+        self.drain(id);
+        r
+    }
+
+    fn leader(&self) -> Option<u64> {
+        self.nodes
+            .iter()
+            .filter(|(_, r)| r.is_leader())
+            .max_by_key(|(_, r)| r.term())
+            .map(|(&i, _)| i)
+    }
+
+    fn status(&mut self) {
+        let lines: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|(id, r)| {
+                let terms: Vec<String> = (r.snapshot_index() + 1..=r.last_index())
+                    .map(|i| r.term_at(i).unwrap().to_string())
+                    .collect();
+                format!(
+                    "  {id}: {:?} term {} commit {} log [{}]",
+                    r.role(),
+                    r.term(),
+                    r.commit(),
+                    terms.join(" ")
+                )
+            })
+            .collect();
+        for l in lines {
+            self.say(l);
+        }
+    }
+
+    fn log_terms(&self, id: u64) -> Vec<Term> {
+        let r = &self.nodes[&id];
+        (1..=r.last_index())
+            .map(|i| r.term_at(i).unwrap())
+            .collect()
+    }
+}
+
+fn disk_range(d: &BTreeMap<Index, Entry>, lo: Index, hi: Index) -> Vec<Entry> {
+    d.range(lo..=hi).map(|(_, e)| e.clone()).collect()
+}
+
+fn default() -> impl Fn(&mut Config) {
+    |_c: &mut Config| {}
+}
+
+// ---------------------------------------------------------------------------
+
+/// Figure 7: a new leader brings followers with missing, extra and
+/// conflicting entries to exactly its own log.
+#[test]
+fn figure7_leader_repairs_divergent_followers() {
+    let ids = [1, 2, 3, 4, 5, 6, 7];
+    let t = &|c: &mut Config| c.check_quorum = false;
+    // Leader's log from Figure 7 (terms of entries 1..10), term 8.
+    let leader_log = [1, 1, 1, 4, 4, 5, 5, 6, 6, 6];
+    let logs: [&[Term]; 6] = [
+        &[1, 1, 1, 4, 4, 5, 5, 6, 6],          // (a) missing one
+        &[1, 1, 1, 4],                         // (b) missing many
+        &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 6],    // (c) one extra
+        &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 7, 7], // (d) extra from term 7
+        &[1, 1, 1, 4, 4, 4, 4],                // (e) conflicting term-4 tail
+        &[1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3],    // (f) conflicting terms 2-3
+    ];
+    let mut nodes = BTreeMap::new();
+    nodes.insert(1, Cluster::restarted(1, &ids, 7, &leader_log, t));
+    for (k, l) in logs.iter().enumerate() {
+        nodes.insert(
+            k as u64 + 2,
+            Cluster::restarted(k as u64 + 2, &ids, 7, l, t),
+        );
+    }
+    let mut c = Cluster::with(nodes);
+    c.say("# Figure 7: followers (a)-(f) diverge from the leader in every possible way");
+    c.status();
+    // (d) is more up to date than the leader: it would win a fair election.
+    // Let node 1 win: (c), (d) stay out of the vote, (a), (b), (e) vote for it.
+    c.isolate(4);
+    c.isolate(5);
+    c.campaign(1);
+    assert!(
+        c.node(1).is_leader(),
+        "node 1 should win with (a), (b), (e), (f)"
+    );
+    c.heal();
+    c.tick_all(3);
+    c.say("after the leader replicated its log:");
+    c.status();
+    let want = c.log_terms(1);
+    assert_eq!(&want[..10], &leader_log[..]);
+    for id in 2..=7 {
+        assert_eq!(
+            c.log_terms(id),
+            want,
+            "follower {id} must match the leader exactly"
+        );
+    }
+}
+
+/// Figure 8: an entry from an earlier term replicated on a majority is NOT
+/// committed by counting replicas; a later leader may still overwrite it.
+/// With the planted bug the leader commits (and applies) it, and the next
+/// leader lacks it: a committed entry is lost.
+/// Returns (S1's commit after replicating 2@2, S1 applied index 2, S3's term at 2 as leader).
+fn figure8(bug: bool) -> (Index, bool, Option<Term>) {
+    let ids = [1, 2, 3];
+    let t = move |c: &mut Config| {
+        c.append_bytes_max = 1; // one entry per append
+        c.pre_vote = false;
+        c.check_quorum = false;
+        if bug {
+            c.planted_bug = Some(PlantedBug::CommitPreviousTerm);
+        }
+    };
+    // S1 led term 2 and wrote entry 2 only locally; S3 led term 3 and wrote
+    // its own entry 2 only locally. S2 has only entry 1.
+    let mut nodes = BTreeMap::new();
+    nodes.insert(1, Cluster::restarted(1, &ids, 3, &[1, 2], &t));
+    nodes.insert(2, Cluster::restarted(2, &ids, 3, &[1], &t));
+    nodes.insert(3, Cluster::restarted(3, &ids, 3, &[1, 3], &t));
+    let mut c = Cluster::with(nodes);
+    c.say(format!("# Figure 8 (planted bug: {bug})"));
+    c.status();
+    c.isolate(3);
+    // Term 4, votes from S2; every append carrying S1's term-4 no-op is lost.
+    for _ in 0..40 {
+        c.node(1).tick();
+        if c.node(1).role() != Role::Follower {
+            break;
+        }
+    }
+    c.drain(1);
+    while let Some(mut m) = c.queue.pop_front() {
+        // The term-4 suffix of every append is lost on the way.
+        m.entries.retain(|e| e.term != 4);
+        c.deliver(m);
+    }
+    assert!(c.node(1).is_leader());
+    assert_eq!(c.log_terms(2), vec![1, 2], "S2 got 2@2 but not the no-op");
+    c.status();
+    let s1_commit = c.nodes[&1].commit();
+    c.say(format!(
+        "S1 commit after replicating 2@2 to S2: {s1_commit}"
+    ));
+    let s1_applied_2 = c
+        .applied
+        .get(&1)
+        .is_some_and(|a| a.iter().any(|e| e.0 == 2 && e.1 == 2));
+    // S1 crashes; S3 comes back and wins: its last term 3 beats S2's 2.
+    c.nodes.remove(&1);
+    c.heal();
+    for _ in 0..100 {
+        c.node(3).tick();
+        c.drain(3);
+        // Only election traffic: S3 must win before it replicates anything.
+        let votes: Vec<Message> = c.queue.drain(..).collect();
+        for m in votes {
+            if matches!(
+                m.kind,
+                MessageType::RequestVote | MessageType::RequestVoteResponse
+            ) {
+                c.deliver(m);
+            }
+        }
+        c.queue.retain(|m| {
+            matches!(
+                m.kind,
+                MessageType::RequestVote | MessageType::RequestVoteResponse
+            )
+        });
+        if c.node(3).is_leader() {
+            break;
+        }
+    }
+    c.status();
+    assert!(c.node(3).is_leader(), "S3 wins with S2's vote");
+    (s1_commit, s1_applied_2, c.nodes[&3].term_at(2))
+}
+
+#[test]
+fn figure8_only_current_term_entries_commit_by_counting() {
+    let (commit, applied, s3_term_at_2) = figure8(false);
+    assert!(
+        commit < 2,
+        "2@2 must not commit by counting replicas in term 4"
+    );
+    assert!(!applied);
+    assert_eq!(
+        s3_term_at_2,
+        Some(3),
+        "S3 may overwrite 2@2: it was never committed"
+    );
+}
+
+#[test]
+fn figure8_planted_bug_loses_a_committed_entry() {
+    let (commit, applied, s3_term_at_2) = figure8(true);
+    assert!(commit >= 2, "the planted bug commits 2@2 by counting");
+    assert!(applied, "and S1 applies it");
+    assert_eq!(
+        s3_term_at_2,
+        Some(3),
+        "the next leader lacks the applied entry: leader completeness is violated"
+    );
+}
+
+/// §6.4/§9.6: a leader cut off from the majority cannot commit, steps down
+/// after an election timeout (check quorum) and its entries are replaced.
+#[test]
+fn stale_leader_after_partition() {
+    let mut c = Cluster::new(&[1, 2, 3], &default());
+    c.campaign(1);
+    assert!(c.node(1).is_leader());
+    c.propose(1, "x").unwrap();
+    c.stabilize();
+    c.isolate(1);
+    let i = c.propose(1, "lost").unwrap();
+    c.tick_all(25);
+    let new = c.leader().unwrap();
+    c.say(format!(
+        "new leader {new}; old leader role {:?}",
+        c.nodes[&1].role()
+    ));
+    assert_ne!(new, 1);
+    assert_eq!(
+        c.node(1).role(),
+        Role::Follower,
+        "check quorum makes the stale leader step down"
+    );
+    assert!(!c.node(1).lease_valid());
+    assert!(c.node(1).commit() < i);
+    c.propose(new, "y").unwrap();
+    c.heal();
+    c.tick_all(3);
+    c.status();
+    assert_eq!(c.log_terms(1), c.log_terms(new));
+    let applied: Vec<Bytes> = c.applied[&1].iter().map(|a| a.2.clone()).collect();
+    assert!(!applied.contains(&Bytes::from("lost")));
+    assert!(applied.contains(&Bytes::from("y")));
+}
+
+fn rejoin(pre_vote: bool) -> (Term, Term, u64) {
+    let t = move |c: &mut Config| c.pre_vote = pre_vote;
+    let mut c = Cluster::new(&[1, 2, 3], &t);
+    c.say(format!("# disruptive rejoin, pre_vote={pre_vote}"));
+    c.campaign(1);
+    let term_before = c.node(1).term();
+    c.isolate(3);
+    c.tick_all(60); // node 3 keeps timing out alone
+    c.say(format!(
+        "isolated node 3 reached term {}",
+        c.nodes[&3].term()
+    ));
+    c.heal();
+    c.tick_all(30);
+    c.status();
+    (term_before, c.node(1).term(), c.leader().unwrap())
+}
+
+/// Thesis §9.6: without PreVote a rejoining node's inflated term deposes a
+/// healthy leader; with PreVote it does not.
+#[test]
+fn disruptive_rejoin_with_and_without_prevote() {
+    let (before, after, leader) = rejoin(true);
+    assert_eq!(before, after, "PreVote: the healthy leader keeps its term");
+    assert_eq!(leader, 1);
+    let (before, after, _) = rejoin(false);
+    assert!(
+        after > before,
+        "without PreVote the rejoining node forces a new term"
+    );
+}
+
+/// Thesis §4.2.2: a leader removed from the group steps down once the
+/// change commits; the rest elect a new leader.
+#[test]
+fn leader_removal_steps_down() {
+    let mut c = Cluster::new(&[1, 2, 3], &default());
+    c.campaign(1);
+    c.stabilize();
+    let i = c
+        .node(1)
+        .propose_conf_change(ConfChange {
+            kind: ConfChangeKind::RemoveNode,
+            node: NodeId(1),
+            address: Bytes::new(),
+        })
+        .unwrap();
+    c.stabilize();
+    c.say(format!(
+        "removal at {i} committed; node 1 role {:?}",
+        c.nodes[&1].role()
+    ));
+    assert!(c.node(1).commit() >= i);
+    assert_eq!(c.node(1).role(), Role::Follower);
+    c.tick_all(40);
+    assert!(c.node(2).membership().get(NodeId(1)).is_none());
+    let l = c.leader().unwrap();
+    assert!(l == 2 || l == 3);
+    let j = c.propose(l, "after").unwrap();
+    c.stabilize();
+    assert!(c.node(l).commit() >= j);
+    assert!(
+        c.node(1).role() == Role::Follower,
+        "a removed node never campaigns"
+    );
+}
+
+/// The single-server change bug (Ongaro, raft-dev 2015): a new leader must
+/// commit an entry of its own term before starting a membership change.
+#[test]
+fn single_server_change_waits_for_noop_commit() {
+    let mut c = Cluster::new(&[1, 2, 3], &default());
+    // Node 1 wins but its no-op has not reached anyone yet.
+    for _ in 0..40 {
+        c.node(1).tick();
+        if c.node(1).role() != Role::Follower {
+            break;
+        }
+    }
+    c.drain(1);
+    // Deliver only vote traffic: pre-votes and votes, not the no-op.
+    for _ in 0..4 {
+        let msgs: Vec<Message> = c.queue.drain(..).collect();
+        for m in msgs {
+            if m.kind == MessageType::Append {
+                c.queue.push_back(m);
+                continue;
+            }
+            c.deliver(m);
+        }
+        if c.node(1).is_leader() {
+            break;
+        }
+    }
+    assert!(c.node(1).is_leader());
+    let cc = ConfChange {
+        kind: ConfChangeKind::AddVoter,
+        node: NodeId(4),
+        address: Bytes::new(),
+    };
+    let r = c.node(1).propose_conf_change(cc.clone());
+    c.say(format!("change before the no-op commits: {r:?}"));
+    assert!(matches!(r, Err(ProposeError::NotCommittedInTerm { .. })));
+    c.stabilize();
+    let r = c.node(1).propose_conf_change(cc.clone());
+    c.say(format!("change after the no-op commits: {r:?}"));
+    assert!(r.is_ok());
+    let again = c.node(1).propose_conf_change(ConfChange {
+        kind: ConfChangeKind::AddObserver,
+        node: NodeId(5),
+        address: Bytes::new(),
+    });
+    assert!(matches!(again, Err(ProposeError::ConfChangePending { .. })));
+}
+
+/// Leadership transfer: the target catches up and wins; proposals are
+/// refused meanwhile; an unreachable target makes the transfer abort.
+#[test]
+fn leader_transfer_and_abort() {
+    let mut c = Cluster::new(&[1, 2, 3], &default());
+    c.campaign(1);
+    c.propose(1, "a").unwrap();
+    c.node(1).transfer_leader(NodeId(2)).unwrap();
+    assert!(matches!(
+        c.node(1).propose(Bytes::from_static(b"b")),
+        Err(ProposeError::TransferInProgress { .. })
+    ));
+    c.stabilize();
+    assert_eq!(c.leader(), Some(2));
+    assert_eq!(c.node(1).role(), Role::Follower);
+    c.isolate(3);
+    c.node(2).transfer_leader(NodeId(3)).unwrap();
+    c.stabilize();
+    c.tick_all(10);
+    assert_eq!(
+        c.node(2).transferee(),
+        None,
+        "transfer aborted after an election timeout"
+    );
+    assert!(c.node(2).is_leader());
+    assert!(c.propose(2, "c").is_ok());
+}
+
+/// Witness: votes and counts for commit, gets entries without payloads,
+/// never leads. Observer: gets everything, does not count, is promoted once
+/// caught up.
+#[test]
+fn witness_and_observer_membership() {
+    let t = |c: &mut Config| c.promote_lag_max = 0;
+    let mut c = Cluster::new(&[1, 2], &t);
+    c.campaign(1);
+    for (id, kind) in [
+        (3, ConfChangeKind::AddWitness),
+        (4, ConfChangeKind::AddObserver),
+    ] {
+        c.nodes
+            .insert(id, Raft::new(cfg(id, &t), Membership::default()));
+        c.node(1)
+            .propose_conf_change(ConfChange {
+                kind,
+                node: NodeId(id),
+                address: Bytes::from(format!("127.0.0.1:{id}")),
+            })
+            .unwrap();
+        c.stabilize();
+        c.tick_all(2);
+    }
+    let m = c.node(1).membership().clone();
+    assert_eq!(m.kind(NodeId(3)), Some(MemberKind::Witness));
+    assert_eq!(m.kind(NodeId(4)), Some(MemberKind::Observer));
+    assert_eq!(
+        c.node(4).membership(),
+        &m,
+        "the joiner learned the membership from the log"
+    );
+    assert_eq!(
+        m.get(NodeId(4)).unwrap().address,
+        Bytes::from("127.0.0.1:4")
+    );
+    let i = c.propose(1, "payload").unwrap();
+    c.stabilize();
+    c.tick_all(1);
+    let w: Vec<_> = c.applied[&3].iter().filter(|a| a.0 == i).collect();
+    assert!(w[0].2.is_empty(), "a witness stores no payload");
+    let o: Vec<_> = c.applied[&4].iter().filter(|a| a.0 == i).collect();
+    assert_eq!(o[0].2, Bytes::from("payload"));
+    // Node 2 down: leader 1 + witness 3 still commit (2 of 3 voting members).
+    c.isolate(2);
+    let j = c.propose(1, "with witness").unwrap();
+    c.stabilize();
+    assert!(c.node(1).commit() >= j, "the witness counts toward commit");
+    // Leader down: the witness never campaigns.
+    c.heal();
+    c.tick_all(3);
+    c.isolate(1);
+    c.tick_all(60);
+    c.status();
+    assert_ne!(c.node(3).role(), Role::Leader);
+    assert!(c.node(2).is_leader(), "node 2 wins with the witness' vote");
+    c.heal();
+    c.tick_all(3);
+    let p = c.node(2).propose_conf_change(ConfChange {
+        kind: ConfChangeKind::PromoteObserver,
+        node: NodeId(4),
+        address: Bytes::new(),
+    });
+    assert!(p.is_ok(), "{p:?}");
+    c.stabilize();
+    assert_eq!(
+        c.node(2).membership().kind(NodeId(4)),
+        Some(MemberKind::Voter)
+    );
+}
+
+/// ReadIndex: many reads ride on one heartbeat round; with a valid lease the
+/// leader answers without any message; followers forward to the leader.
+#[test]
+fn read_index_batched_lease_and_forwarded() {
+    let t = |c: &mut Config| c.lease_read = false;
+    let mut c = Cluster::new(&[1, 2, 3], &t);
+    c.campaign(1);
+    c.propose(1, "v").unwrap();
+    c.stabilize();
+    let sent = c.sent;
+    for ctx in 0..100 {
+        c.node(1).read_index(ctx).unwrap();
+    }
+    c.stabilize();
+    let msgs = c.sent - sent;
+    c.say(format!("100 reads took {msgs} messages"));
+    assert_eq!(c.reads[&1].len(), 100);
+    assert!(
+        msgs <= 4,
+        "one heartbeat round (2 heartbeats + 2 responses), saw {msgs}"
+    );
+    let commit = c.node(1).commit();
+    assert!(c.reads[&1].iter().all(|r| r.index == commit));
+    // Follower read: forwarded once, answered once.
+    c.node(3).read_index(7).unwrap();
+    c.node(3).read_index(8).unwrap();
+    c.stabilize();
+    let r3: Vec<u64> = c.reads[&3].iter().map(|r| r.ctx).collect();
+    assert_eq!(r3, vec![7, 8]);
+
+    // Lease reads: no messages at all.
+    let mut c = Cluster::new(&[1, 2, 3], &default());
+    c.campaign(1);
+    c.tick_all(2);
+    assert!(c.node(1).lease_valid());
+    let sent = c.sent;
+    c.node(1).read_index(1).unwrap();
+    c.stabilize();
+    assert_eq!(c.sent, sent);
+    assert_eq!(c.reads[&1].len(), 1);
+    assert_eq!(c.node(1).stats().lease_reads, 1);
+    c.isolate(1);
+    c.tick_all(10);
+    assert!(!c.node(1).lease_valid(), "the lease expires without acks");
+}
+
+/// Ready contract: votes and append acks wait for persistence; a second
+/// Ready before advance never repeats entries or messages.
+#[test]
+fn ready_separates_persisted_messages_and_never_repeats() {
+    let mut c = Cluster::new(&[1, 2, 3], &default());
+    c.campaign(1);
+    c.stabilize();
+    c.node(1).propose(Bytes::from_static(b"a")).unwrap();
+    let rd1 = c.node(1).ready().unwrap();
+    assert_eq!(rd1.entries.len(), 1);
+    assert!(rd1.messages.iter().all(|m| m.kind == MessageType::Append));
+    assert!(
+        !rd1.messages.is_empty(),
+        "the leader sends before its own write is durable"
+    );
+    let rd2 = c.node(1).ready();
+    assert!(rd2.is_none(), "nothing new: {rd2:?}");
+    // Follower: the ack is a persisted message.
+    let app = rd1
+        .messages
+        .iter()
+        .find(|m| m.to == NodeId(2))
+        .unwrap()
+        .clone();
+    c.node(2).step(app).unwrap();
+    let f = c.node(2).ready().unwrap();
+    assert_eq!(f.entries.len(), 1);
+    assert!(f.messages.is_empty());
+    assert_eq!(f.persisted_messages[0].kind, MessageType::AppendResponse);
+    // Leader does not count itself until its own write is durable.
+    c.node(1).step(f.persisted_messages[0].clone()).unwrap();
+    let c1 = c.node(1).commit();
+    c.node(1).advance(rd1.number);
+    assert!(c.node(1).commit() > c1 || c1 >= rd1.entries[0].index);
+}
+
+/// Quiesce: an idle group stops heartbeating; a proposal wakes it without
+/// an election.
+#[test]
+fn quiesce_and_wake_without_election() {
+    let t = |c: &mut Config| c.quiesce_ticks = 5;
+    let mut c = Cluster::new(&[1, 2, 3], &t);
+    c.campaign(1);
+    c.tick_all(10);
+    assert!(
+        c.nodes.values().all(|r| r.is_quiesced()),
+        "all replicas quiesced"
+    );
+    let sent = c.sent;
+    let term = c.node(1).term();
+    c.tick_all(100);
+    assert_eq!(c.sent, sent, "a quiesced group sends nothing");
+    let i = c.propose(1, "wake").unwrap();
+    c.stabilize();
+    c.tick_all(30);
+    assert_eq!(c.node(1).term(), term, "no election on wake");
+    assert!(c.node(1).is_leader());
+    assert!(c.node(2).commit() >= i);
+}
+
+/// Compaction + snapshot: a follower that fell behind the snapshot gets
+/// InstallSnapshot; one behind the cache gets entries fetched from disk.
+#[test]
+fn snapshot_and_fetch_for_lagging_followers() {
+    let t = |c: &mut Config| c.cache_bytes_max = 0;
+    let mut c = Cluster::new(&[1, 2, 3], &t);
+    c.campaign(1);
+    c.isolate(3);
+    for k in 0..20 {
+        c.propose(1, &format!("v{k}")).unwrap();
+    }
+    c.stabilize();
+    let applied = c.node(1).applied();
+    let meta = c.node(1).compact(applied).unwrap();
+    assert_eq!(meta.index, applied);
+    assert_eq!(meta.membership, Membership::voters(&[1, 2, 3]));
+    c.heal();
+    c.tick_all(20);
+    assert_eq!(c.node(3).snapshot_index(), applied);
+    assert_eq!(c.node(3).commit(), c.node(1).commit());
+    assert!(c.node(1).stats().snapshots_sent >= 1);
+    // Now node 2 falls behind, but not below the snapshot: its entries are
+    // only on the leader's disk (cache budget 0) and get fetched.
+    c.isolate(2);
+    for k in 0..10 {
+        c.propose(1, &format!("w{k}")).unwrap();
+    }
+    c.stabilize();
+    c.heal();
+    c.tick_all(10);
+    assert!(
+        c.node(1).stats().fetches_requested >= 1,
+        "entries below the cache were fetched"
+    );
+    assert_eq!(c.node(2).commit(), c.node(1).commit());
+    let last = c.node(1).last_index();
+    assert_eq!(c.node(2).last_index(), last);
+    assert_eq!(c.node(2).term_at(last), c.node(1).term_at(last));
+}
