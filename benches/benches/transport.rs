@@ -38,13 +38,19 @@ fn executor(cpu: usize, name: &str) -> LocalExecutorBuilder {
         .preempt_timer(Duration::from_millis(2))
 }
 
-/// Keeps one timer armed (glommio 0.9 lost-wake-up workaround, as the
-/// engine's tick does).
-fn ticker() -> glommio::Task<()> {
-    glommio::spawn_local(async {
-        loop {
-            glommio::timer::sleep(Duration::from_millis(5)).await;
-        }
+/// Keeps timers armed at all times (glommio 0.9 lost-wake-up workaround, as
+/// the engine's tick does). Two tickers with different periods: when glommio
+/// parks an executor that still has runnable tasks, the timer that woke it
+/// may belong to the very task left unrun; the other timer is still armed
+/// and wakes it again. With a single ticker we saw the sender executor park
+/// forever under CPU contention.
+fn tickers() -> [glommio::Task<()>; 2] {
+    [5, 7].map(|ms| {
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(Duration::from_millis(ms)).await;
+            }
+        })
     })
 }
 
@@ -65,7 +71,7 @@ fn run_case(size: usize, batched: bool, messages: u64) -> Outcome {
     let (done_tx, done_rx) = mpsc::channel::<u64>();
     let receiver = executor(1, "bench-rx")
         .spawn(move || async move {
-            let _t = ticker();
+            let _t = tickers();
             let reg = Registry::new();
             let mut c = TransportConfig::new(CLUSTER, RECEIVER);
             c.listen_addr = Some("127.0.0.1:0".parse().unwrap());
@@ -111,7 +117,7 @@ fn run_case(size: usize, batched: bool, messages: u64) -> Outcome {
         .unwrap();
     let sender = executor(0, "bench-tx")
         .spawn(move || async move {
-            let _t = ticker();
+            let _t = tickers();
             let reg = Registry::new();
             let mut c = TransportConfig::new(CLUSTER, SENDER);
             c.listen_addr = Some("127.0.0.1:0".parse().unwrap());

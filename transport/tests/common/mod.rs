@@ -13,7 +13,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 pub const CLUSTER: ClusterId = ClusterId(0xF10);
 
 /// Runs `f` on a fresh executor (small io_memory, 2 ms preempt timer, stall
-/// detection) with a periodic timer always armed (glommio 0.9 lost-wake-up
+/// detection) with periodic timers always armed (glommio 0.9 lost-wake-up
 /// workaround, as the engine's tick does) and a hard deadline.
 pub fn run<F, Fut>(name: &str, deadline: Duration, f: F)
 where
@@ -28,10 +28,14 @@ where
         .preempt_timer(Duration::from_millis(2))
         .detect_stalls(Some(Box::new(glommio::DefaultStallDetectionHandler {})))
         .spawn(move || async move {
-            let ticker = glommio::spawn_local(async {
-                loop {
-                    glommio::timer::sleep(Duration::from_millis(5)).await;
-                }
+            // Two tickers: if glommio parks with runnable tasks right after
+            // one ticker's timer fired, the other's timer is still armed.
+            let ticker = [5, 7].map(|ms| {
+                glommio::spawn_local(async move {
+                    loop {
+                        glommio::timer::sleep(Duration::from_millis(ms)).await;
+                    }
+                })
             });
             let done = or(
                 async {
