@@ -7,7 +7,8 @@
 //! 2. increments and the query path (get, scan);
 //! 3. snapshots of a map of a few million keys (default 3,000,000): the
 //!    synchronous capture, save and recover speed (MB/s, MB = 10^6 bytes)
-//!    to/from memory and a real file on a glommio executor, and the
+//!    to/from memory (this thread) and a real file on a glommio executor,
+//!    and the
 //!    copy-on-write cost of applying while a snapshot view is alive.
 //!
 //! `cargo bench -p flotilla-benches --bench rsm`. `FLOTILLA_BENCH_KEYS` sets
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flotilla_rsm::{encode_noop, ClientSession, KvCommand, KvQuery, KvStore, Rsm, SessionConfig};
+use futures_lite::future::block_on;
 
 const SESSION_CLIENTS: u64 = 1000;
 
@@ -185,22 +187,79 @@ fn read_section(n: usize) {
     row("query scan, 100 pairs", scans, start.elapsed());
 }
 
-/// The snapshot rows, on a glommio executor (the file rows need one; the
-/// memory rows run there too so that every row sees the same map).
+/// The snapshot rows: capture, save and recover through memory (on this
+/// thread, pure CPU: encode + CRC, verify + rebuild), then through a real
+/// file on a glommio executor.
 fn snapshot_section(n: usize) {
+    println!("## snapshots of {n} keys (16-byte keys and values)");
+    let payloads = puts(n, 16);
+    let mut rsm = kv();
+    row(
+        "build: put 16 B, batch 1024, new keys",
+        n,
+        apply_all(&mut rsm, &payloads, 1024),
+    );
+
+    let start = Instant::now();
+    let writer = rsm.capture(Bytes::from_static(b"membership"));
+    println!(
+        "{:<58} {:>10.3} ms",
+        "capture (synchronous, stop-the-world part)",
+        start.elapsed().as_secs_f64() * 1e3
+    );
+
+    let mut buf = Vec::new();
+    let start = Instant::now();
+    let info = block_on(writer.write_to(&mut buf)).expect("write");
+    mb_row("save to memory", info.total_bytes, start.elapsed(), "");
+
+    // The live map diverges from the view: first writes copy shared nodes.
+    row(
+        "put 16 B, batch 1024, overwrite, snapshot view alive",
+        n,
+        apply_all(&mut rsm, &payloads, 1024),
+    );
+    drop(writer);
+    row(
+        "put 16 B, batch 1024, overwrite, after (unshared)",
+        n,
+        apply_all(&mut rsm, &payloads, 1024),
+    );
+    drop(rsm);
+
+    let mut replica = kv();
+    let start = Instant::now();
+    block_on(replica.recover(&mut &buf[..])).expect("recover");
+    let t = start.elapsed();
+    let keys_per_s = format!(", {:.2} M keys/s", n as f64 / 1e6 / t.as_secs_f64());
+    mb_row(
+        "recover from memory (verify + rebuild)",
+        info.total_bytes,
+        t,
+        &keys_per_s,
+    );
+    drop(replica);
+    drop(buf);
+    drop(payloads);
+    file_rows(n, info.total_bytes);
+}
+
+/// Save to a glommio `ImmutableFile` and recover through a `DmaStreamReader`
+/// (the map is rebuilt on the executor: an `Rsm` is not `Send`).
+fn file_rows(n: usize, expected_bytes: u64) {
     use glommio::io::{DmaFile, ImmutableFileBuilder};
     use glommio::{LocalExecutorBuilder, Placement};
-    println!("## snapshots of {n} keys (16-byte keys and values)");
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("snapshot");
     let probe = dir.path().join("probe");
-    let h = LocalExecutorBuilder::new(Placement::Unbound)
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let _h = LocalExecutorBuilder::new(Placement::Unbound)
         .name("rsm-bench")
         .io_memory(4 << 20)
         .preempt_timer(Duration::from_millis(2))
         .spawn(move || async move {
-            // GLOMMIO.md bug 2: an executor can park with runnable work (this
-            // run hung in recovery without it); a timer kept armed wakes it.
+            // GLOMMIO.md bug 2: an executor can park with runnable work; a
+            // timer kept armed is the documented workaround.
             glommio::spawn_local(async {
                 loop {
                     glommio::timer::sleep(Duration::from_millis(1)).await;
@@ -214,86 +273,53 @@ fn snapshot_section(n: usize) {
                 .close()
                 .await
                 .expect("close probe");
-            let payloads = puts(n, 16);
             let mut rsm = kv();
-            row(
-                "build: put 16 B, batch 1024, new keys",
-                n,
-                apply_all(&mut rsm, &payloads, 1024),
-            );
-
-            let start = Instant::now();
+            apply_all(&mut rsm, &puts(n, 16), 1024);
             let writer = rsm.capture(Bytes::from_static(b"membership"));
-            println!(
-                "{:<58} {:>10.3} ms",
-                "capture (synchronous, stop-the-world part)",
-                start.elapsed().as_secs_f64() * 1e3
-            );
-
-            // Save to memory (the view is alive, then the live map diverges).
-            let mut buf = Vec::new();
-            let start = Instant::now();
-            let info = writer.write_to(&mut buf).await.expect("write");
-            mb_row("save to memory", info.total_bytes, start.elapsed(), "");
-
-            row(
-                "put 16 B, batch 1024, overwrite, snapshot view alive",
-                n,
-                apply_all(&mut rsm, &payloads, 1024),
-            );
-            row(
-                "put 16 B, batch 1024, overwrite, after (unshared)",
-                n,
-                apply_all(&mut rsm, &payloads, 1024),
-            );
-
-            // Recover from memory: verify everything, rebuild a fresh map.
-            let mut replica = kv();
-            let start = Instant::now();
-            replica.recover(&mut &buf[..]).await.expect("recover");
-            let t = start.elapsed();
-            let keys_per_s = format!(", {:.2} M keys/s", n as f64 / 1e6 / t.as_secs_f64());
-            mb_row(
-                "recover from memory (verify + rebuild)",
-                info.total_bytes,
-                t,
-                &keys_per_s,
-            );
-            drop(replica);
-
-            // Save to a real file and recover from it.
+            drop(rsm);
             let start = Instant::now();
             let mut sink = ImmutableFileBuilder::new(&path)
                 .build_sink()
                 .await
                 .expect("sink");
-            let file_info = writer.write_to(&mut sink).await.expect("write file");
+            let info = writer.write_to(&mut sink).await.expect("write file");
             let file = sink.seal().await.expect("seal");
-            mb_row(
-                "save to glommio ImmutableFile (incl. seal = fdatasync)",
-                file_info.total_bytes,
-                start.elapsed(),
-                "",
-            );
-            assert_eq!(file_info, info, "same view, same bytes");
+            let write_time = start.elapsed();
             drop(writer);
             let start = Instant::now();
             let mut reader = file.stream_reader().build();
             let mut replica = kv();
             replica.recover(&mut reader).await.expect("recover file");
-            let t = start.elapsed();
-            let keys_per_s = format!(", {:.2} M keys/s", n as f64 / 1e6 / t.as_secs_f64());
-            mb_row(
-                "recover from glommio DmaStreamReader",
-                file_info.total_bytes,
-                t,
-                &keys_per_s,
-            );
+            let read_time = start.elapsed();
             reader.close().await.expect("close reader");
             file.close().await.expect("close file");
+            let _ = done_tx.send((info, write_time, read_time));
         })
         .expect("spawn executor");
-    h.join().expect("executor");
+    // A watchdog, so that a glommio hang (GLOMMIO.md bug 2) ends the run
+    // with a message instead of never.
+    match done_rx.recv_timeout(Duration::from_secs(300)) {
+        Ok((info, write_time, read_time)) => {
+            assert_eq!(info.total_bytes, expected_bytes, "same state, same bytes");
+            mb_row(
+                "save to glommio ImmutableFile (incl. seal = fdatasync)",
+                info.total_bytes,
+                write_time,
+                "",
+            );
+            let keys_per_s = format!(", {:.2} M keys/s", n as f64 / 1e6 / read_time.as_secs_f64());
+            mb_row(
+                "recover from glommio DmaStreamReader",
+                info.total_bytes,
+                read_time,
+                &keys_per_s,
+            );
+        }
+        Err(e) => {
+            println!("glommio file rows: no result after 300 s ({e}): executor hung");
+            std::process::exit(2);
+        }
+    }
 }
 
 fn main() {
