@@ -227,7 +227,8 @@ fn record_crc(segment_seq: u64, batch_seq: u64, covered: &[u8]) -> u32 {
 /// kind 1 entries:    | first_index u64 | count x meta | payloads, concatenated |
 ///     meta (20 B):   | term u64 | payload_len u32 | payload_crc u32 | entry kind u8 | pad 0 x3 |
 /// kind 2 hard state: | term u64 | vote u64 | commit u64 |
-/// kind 3 snapshot:   | index u64 | term u64 |
+/// kind 3 snapshot:   | index u64 | term u64 |   count 1: drop every entry,
+///                                                 count 0: drop entries <= index
 /// kind 4 remove:     (nothing)
 /// ```
 /// `len` is the whole record. `crc` = crc32(segment_seq ‖ batch_seq ‖ bytes
@@ -277,8 +278,11 @@ pub(crate) fn encode_record(
             put_u64(b, 40, state.commit);
             len
         }
-        Op::Snapshot { marker, .. } => {
+        Op::Snapshot {
+            marker, drop_all, ..
+        } => {
             b[8] = KIND_SNAPSHOT;
+            put_u32(b, 12, u32::from(*drop_all));
             put_u64(b, 24, marker.index);
             put_u64(b, 32, marker.term);
             len
@@ -319,6 +323,7 @@ pub(crate) enum DecodedRecord {
     Snapshot {
         group: u64,
         marker: SnapshotMarker,
+        drop_all: bool,
     },
     Remove {
         group: u64,
@@ -363,7 +368,7 @@ pub(crate) fn decode_frame_body(frame: &[u8], header: &FrameHeader) -> Option<Ve
                 metas_end
             }
             KIND_HARD_STATE if len == RECORD_HEADER_BYTES + 24 && count == 0 => len,
-            KIND_SNAPSHOT if len == RECORD_HEADER_BYTES + 16 && count == 0 => len,
+            KIND_SNAPSHOT if len == RECORD_HEADER_BYTES + 16 && count <= 1 => len,
             KIND_REMOVE if len == RECORD_HEADER_BYTES && count == 0 => len,
             _ => return None,
         };
@@ -422,6 +427,7 @@ pub(crate) fn decode_frame_body(frame: &[u8], header: &FrameHeader) -> Option<Ve
                     index: get_u64(rec, 24),
                     term: get_u64(rec, 32),
                 },
+                drop_all: count == 1,
             },
             _ => DecodedRecord::Remove { group },
         };
@@ -480,6 +486,7 @@ mod tests {
             Op::Snapshot {
                 group: 4,
                 marker: SnapshotMarker { index: 9, term: 1 },
+                drop_all: true,
             },
             Op::Remove { group: 5 },
         ]
@@ -523,7 +530,8 @@ mod tests {
             recs[2],
             DecodedRecord::Snapshot {
                 group: 4,
-                marker: SnapshotMarker { index: 9, term: 1 }
+                marker: SnapshotMarker { index: 9, term: 1 },
+                drop_all: true,
             }
         );
         assert_eq!(recs[3], DecodedRecord::Remove { group: 5 });

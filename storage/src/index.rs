@@ -279,6 +279,20 @@ impl Index {
         Ok(())
     }
 
+    /// Whether a snapshot record with `marker` drops every entry of `group`
+    /// (a snapshot install) rather than only those at or below its index (a
+    /// compaction); mirrors `apply` and is written to disk with the record.
+    pub(crate) fn snapshot_drops_all(&self, group: GroupId, marker: SnapshotMarker) -> bool {
+        match self.groups.get(&group) {
+            None => true,
+            Some(g) => {
+                !(marker == g.marker
+                    || (g.term(marker.index) == Some(marker.term)
+                        && marker.index <= g.last_index()))
+            }
+        }
+    }
+
     /// Reverts changes, newest first.
     pub(crate) fn revert(&mut self, undo: Vec<Undo>) {
         for u in undo.into_iter().rev() {

@@ -13,7 +13,7 @@
 //! The last segment with frames is the tail: writing resumes at its X.
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -25,7 +25,8 @@ use crate::format::{
     BLOCK_BYTES, FRAME_HEADER_BYTES,
 };
 use crate::fsutil;
-use crate::index::{Change, Index, Loc, Slot};
+use crate::index::{GroupState, Index, Loc, Slot};
+use crate::types::{GroupId, HardState, SnapshotMarker};
 use crate::wal::{parse_segment_name, SegFile, WalOptions, MANIFEST_NAME};
 
 pub(crate) struct Recovered {
@@ -33,7 +34,7 @@ pub(crate) struct Recovered {
     pub segments: BTreeMap<u64, SegFile>,
     pub current: u64,
     pub write_offset: u64,
-    pub spare: Option<SegFile>,
+    pub spares: std::collections::VecDeque<SegFile>,
     pub next_batch_seq: u64,
     pub bytes_scanned: u64,
     pub truncated_bytes: u64,
@@ -181,53 +182,108 @@ pub(crate) async fn create_segment(dir: &Path, seq: u64, bytes: u64) -> Result<S
     })
 }
 
-fn replay(index: &mut Index, seq: u64, frame_pos: u64, recs: Vec<DecodedRecord>) -> Result<(), ()> {
+/// One group as replay rebuilds it. Segments are only ever reclaimed oldest
+/// first, so the records on disk are a suffix of the WAL's history: replay
+/// starts from "nothing known" and lets entries have holes while it runs.
+/// Every entry of the final log is live, hence in a kept segment; a hole left
+/// at the end is therefore corruption.
+#[derive(Default)]
+struct ReplayGroup {
+    hard_state: Option<HardState>,
+    hs_seg: Option<u64>,
+    marker: SnapshotMarker,
+    marker_seg: Option<u64>,
+    slots: BTreeMap<u64, Slot>,
+    /// Where the group was last changed (for error reports).
+    last_at: (u64, u64),
+}
+
+fn replay(
+    groups: &mut HashMap<GroupId, ReplayGroup>,
+    seq: u64,
+    frame_pos: u64,
+    recs: Vec<DecodedRecord>,
+) {
     for r in recs {
-        let (group, change) = match r {
+        match r {
             DecodedRecord::Entries {
                 group,
                 first_index,
                 metas,
-            } => (
+            } => {
+                let g = groups.entry(group).or_default();
+                g.slots.split_off(&first_index);
+                for (k, m) in metas.iter().enumerate() {
+                    let slot = Slot {
+                        term: m.term,
+                        kind: m.kind,
+                        op_id: 0,
+                        loc: Some(Loc {
+                            segment: seq,
+                            offset: frame_pos + m.payload_offset,
+                            bytes: m.payload_bytes,
+                            crc: m.payload_crc,
+                        }),
+                        payload: None,
+                    };
+                    g.slots.insert(first_index + k as u64, slot);
+                }
+                g.last_at = (seq, frame_pos);
+            }
+            DecodedRecord::HardState { group, state } => {
+                let g = groups.entry(group).or_default();
+                g.hard_state = Some(state);
+                g.hs_seg = Some(seq);
+                g.last_at = (seq, frame_pos);
+            }
+            DecodedRecord::Snapshot {
                 group,
-                Change::Append {
-                    first_index,
-                    slots: metas
-                        .iter()
-                        .map(|m| Slot {
-                            term: m.term,
-                            kind: m.kind,
-                            op_id: 0,
-                            loc: Some(Loc {
-                                segment: seq,
-                                offset: frame_pos + m.payload_offset,
-                                bytes: m.payload_bytes,
-                                crc: m.payload_crc,
-                            }),
-                            payload: None,
-                        })
-                        .collect(),
-                },
-            ),
-            DecodedRecord::HardState { group, state } => (
-                group,
-                Change::HardState {
-                    state,
-                    seg: Some(seq),
-                },
-            ),
-            DecodedRecord::Snapshot { group, marker } => (
-                group,
-                Change::Snapshot {
-                    marker,
-                    seg: Some(seq),
-                },
-            ),
-            DecodedRecord::Remove { group } => (group, Change::Remove),
-        };
-        index.apply(group, 0, change, None).map_err(|_| ())?;
+                marker,
+                drop_all,
+            } => {
+                let g = groups.entry(group).or_default();
+                if drop_all {
+                    g.slots.clear();
+                } else {
+                    g.slots = g.slots.split_off(&marker.index.saturating_add(1));
+                }
+                g.marker = marker;
+                g.marker_seg = Some(seq);
+                g.last_at = (seq, frame_pos);
+            }
+            DecodedRecord::Remove { group } => {
+                groups.remove(&group);
+            }
+        }
     }
-    Ok(())
+}
+
+/// Builds the index from replayed groups; a hole in a final log is an error.
+fn finish_replay(dir: &Path, groups: HashMap<GroupId, ReplayGroup>) -> Result<Index, WalError> {
+    let mut index = Index::default();
+    for (group, g) in groups {
+        for (expected, &k) in (g.marker.index + 1..).zip(g.slots.keys()) {
+            if k != expected {
+                tracing::error!(group, index = expected, "recovered log has a hole");
+                let (seq, pos) = g.last_at;
+                return Err(corrupt(
+                    &dir.join(format!("{seq:020}.wal")),
+                    pos,
+                    Corruption::InvalidReplay,
+                ));
+            }
+        }
+        let state = GroupState {
+            hard_state: g.hard_state,
+            marker: g.marker,
+            slots: g.slots.into_values().collect(),
+            hs_seg: g.hs_seg,
+            marker_seg: g.marker_seg,
+            ..GroupState::default()
+        };
+        index.groups.insert(group, state);
+    }
+    Ok(index)
 }
 
 pub(crate) async fn recover(dir: &Path, opts: &WalOptions) -> Result<Recovered, WalError> {
@@ -269,8 +325,8 @@ pub(crate) async fn recover(dir: &Path, opts: &WalOptions) -> Result<Recovered, 
             ));
         }
     }
-    let mut index = Index::default();
     if seqs.is_empty() {
+        let index = Index::default();
         let seg = create_segment(dir, 1, opts.segment_bytes).await?;
         let mut segments = BTreeMap::new();
         segments.insert(1, seg);
@@ -279,13 +335,14 @@ pub(crate) async fn recover(dir: &Path, opts: &WalOptions) -> Result<Recovered, 
             segments,
             current: 1,
             write_offset: BLOCK_BYTES,
-            spare: None,
+            spares: Default::default(),
             next_batch_seq: 1,
             bytes_scanned: 0,
             truncated_bytes: 0,
         });
     }
 
+    let mut replayed: HashMap<GroupId, ReplayGroup> = HashMap::new();
     let mut all: Vec<(SegFile, u64, bool)> = Vec::new(); // (segment, end of frames, has frames)
     let mut last_seq: Option<u64> = None;
     let mut prev_end: Option<(PathBuf, u64)> = None;
@@ -380,8 +437,7 @@ pub(crate) async fn recover(dir: &Path, opts: &WalOptions) -> Result<Recovered, 
                     }
                 }
             }
-            replay(&mut index, seq, pos, recs)
-                .map_err(|()| corrupt(&path, pos, Corruption::InvalidReplay))?;
+            replay(&mut replayed, seq, pos, recs);
             last_seq = Some(h.batch_seq);
             first_in_seg = false;
             pos += align_up(h.frame_bytes());
@@ -419,18 +475,19 @@ pub(crate) async fn recover(dir: &Path, opts: &WalOptions) -> Result<Recovered, 
         ));
     }
 
+    let index = finish_replay(dir, replayed)?;
     // The tail is the last segment with frames; later (empty) segments are
     // spares: the first one is kept, the others removed.
     let tail_at = all.iter().rposition(|(_, _, has)| *has).unwrap_or(0);
     let current = all[tail_at].0.seq;
     let write_offset = all[tail_at].1;
     let mut segments = BTreeMap::new();
-    let mut spare = None;
+    let mut spares = std::collections::VecDeque::new();
     for (i, (seg, _, _)) in all.into_iter().enumerate() {
         if i <= tail_at {
             segments.insert(seg.seq, seg);
-        } else if i == tail_at + 1 {
-            spare = Some(seg);
+        } else if i <= tail_at + opts.spare_segments_max {
+            spares.push_back(seg);
         } else {
             tracing::info!(path = %seg.path.display(), "removing surplus empty segment");
             fsutil::remove(&seg.path)
@@ -452,7 +509,7 @@ pub(crate) async fn recover(dir: &Path, opts: &WalOptions) -> Result<Recovered, 
         segments,
         current,
         write_offset,
-        spare,
+        spares,
         next_batch_seq: last_seq.map_or(1, |l| l + 1),
         bytes_scanned,
         truncated_bytes,

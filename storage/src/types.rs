@@ -54,9 +54,12 @@ pub(crate) enum Op {
         group: GroupId,
         state: HardState,
     },
+    /// `drop_all` is decided when the batch is accepted and written to disk,
+    /// so replay never depends on entries that may be gone.
     Snapshot {
         group: GroupId,
         marker: SnapshotMarker,
+        drop_all: bool,
     },
     Remove {
         group: GroupId,
@@ -124,7 +127,11 @@ impl Batch {
     /// at or below it dropped; otherwise the whole log is dropped and the last
     /// index becomes `marker.index` (a snapshot install).
     pub fn set_snapshot(&mut self, group: GroupId, marker: SnapshotMarker) -> &mut Self {
-        self.ops.push(Op::Snapshot { group, marker });
+        self.ops.push(Op::Snapshot {
+            group,
+            marker,
+            drop_all: false,
+        });
         self
     }
 

@@ -57,6 +57,8 @@ pub struct WalOptions {
     /// Reuse reclaimed segments as the next segment instead of deleting them:
     /// writes then overwrite already-allocated blocks (cheaper fdatasync).
     pub recycle_segments: bool,
+    /// Prepared (or recycled) segments kept ready beyond the current one.
+    pub spare_segments_max: usize,
     /// Write zeros over a new segment once before use instead of only
     /// fallocating it, for the same reason.
     pub prefill_segments: bool,
@@ -73,6 +75,7 @@ impl Default for WalOptions {
             cache_bytes_max: 64 << 20,
             cache_group_bytes_max: 256 << 10,
             recycle_segments: true,
+            spare_segments_max: 2,
             prefill_segments: true,
             recovery_read_bytes: 4 << 20,
         }
@@ -90,6 +93,9 @@ impl WalOptions {
             return Err(WalError::InvalidOptions(
                 "frame_bytes_max must be a multiple of 4096 and >= 8 KiB",
             ));
+        }
+        if self.spare_segments_max == 0 {
+            return Err(WalError::InvalidOptions("spare_segments_max must be >= 1"));
         }
         if self.recovery_read_bytes < BLOCK_BYTES {
             return Err(WalError::InvalidOptions(
@@ -124,6 +130,10 @@ pub struct WalStats {
     pub prepare_bytes_written: u64,
     /// Live segments (the spare excluded).
     pub segments: u64,
+    /// Sequence number of the segment being written.
+    pub current_segment: u64,
+    /// Offset in the current segment where the next frame goes.
+    pub write_offset: u64,
     /// Segments created.
     pub segments_created: u64,
     /// Segments reused as the next segment.
@@ -217,12 +227,14 @@ pub(crate) struct State {
     pub segments: BTreeMap<u64, SegFile>,
     pub current: u64,
     pub write_offset: u64,
-    pub spare: Option<SegFile>,
+    pub spares: VecDeque<SegFile>,
     spare_prep: Option<SparePrep>,
     committer_running: bool,
     poisoned: Option<String>,
     closed: bool,
     gc_dirty: bool,
+    gc_urgent: bool,
+    flushes_since_gc: u32,
     gc_candidate: Option<(u64, u64)>,
     cache_rr: VecDeque<GroupId>,
     pub stats: WalStats,
@@ -329,7 +341,7 @@ impl Wal {
             segments,
             current,
             write_offset,
-            spare,
+            spares,
             next_batch_seq,
             bytes_scanned,
             truncated_bytes,
@@ -364,12 +376,14 @@ impl Wal {
             segments,
             current,
             write_offset,
-            spare,
+            spares,
             spare_prep: None,
             committer_running: false,
             poisoned: None,
             closed: false,
             gc_dirty: true,
+            gc_urgent: true,
+            flushes_since_gc: 0,
             gc_candidate: None,
             cache_rr: VecDeque::new(),
             stats,
@@ -810,6 +824,8 @@ impl Wal {
         let st = self.inner.st.borrow();
         let mut s = st.stats.clone();
         s.segments = st.segments.len() as u64;
+        s.current_segment = st.current;
+        s.write_offset = st.write_offset;
         s.cache_bytes = st.index.cached_bytes_total;
         s
     }
@@ -905,8 +921,10 @@ impl Wal {
             if let Some(hs) = hs {
                 b.set_hard_state(group, hs);
             }
-            if b.is_empty() {
-                continue;
+            let frame: u64 =
+                FRAME_HEADER_BYTES as u64 + b.ops.iter().map(format::record_bytes).sum::<u64>();
+            if b.is_empty() || frame > self.inner.opts.frame_limit_bytes() {
+                continue; // nothing to move, or more than one frame: snapshot it instead
             }
             if self.submit(b, Some(&[(group, last_op)])).await? {
                 done += 1;
@@ -925,8 +943,9 @@ impl Wal {
         let inner = &self.inner;
         {
             let mut st = inner.st.borrow_mut();
-            // Finish the spare (if started) but start no new maintenance.
+            // Finish the spare (if started) but start no new reclamation.
             st.gc_dirty = false;
+            st.gc_urgent = false;
         }
         inner
             .notify
@@ -935,19 +954,19 @@ impl Wal {
                 !st.committer_running && (st.queue.is_empty() || st.poisoned.is_some())
             })
             .await;
-        let (segs, spare, prep, poisoned) = {
+        let (segs, spares, prep, poisoned) = {
             let mut st = inner.st.borrow_mut();
             st.closed = true;
             let segs: Vec<SegFile> = std::mem::take(&mut st.segments).into_values().collect();
             (
                 segs,
-                st.spare.take(),
+                std::mem::take(&mut st.spares),
                 st.spare_prep.take(),
                 st.poisoned.clone(),
             )
         };
         inner.notify.notify_all();
-        for seg in segs.into_iter().chain(spare).chain(prep.map(|p| p.seg)) {
+        for seg in segs.into_iter().chain(spares).chain(prep.map(|p| p.seg)) {
             let path = seg.path.clone();
             seg.file
                 .close_rc()
@@ -972,9 +991,15 @@ fn accept(st: &mut State, opts: &WalOptions, batch: Batch, bytes: u64) -> Result
     let first_op = st.next_op + 1;
     let mut ops = Vec::with_capacity(batch.ops.len());
     let mut cached_groups = Vec::new();
-    for (k, op) in batch.ops.into_iter().enumerate() {
+    for (k, mut op) in batch.ops.into_iter().enumerate() {
         let op_id = first_op + k as u64;
         let group = op.group();
+        if let Op::Snapshot {
+            marker, drop_all, ..
+        } = &mut op
+        {
+            *drop_all = st.index.snapshot_drops_all(group, *marker);
+        }
         let change = match &op {
             Op::Append { entries, .. } => {
                 let first_index = entries.first().map_or(0, |e| e.index);
@@ -1019,7 +1044,7 @@ fn accept(st: &mut State, opts: &WalOptions, batch: Batch, bytes: u64) -> Result
             return Err(WalError::InvalidOp { group, reason });
         }
         if matches!(op, Op::Snapshot { .. } | Op::Remove { .. }) {
-            st.gc_dirty = true;
+            st.gc_urgent = true;
         }
         ops.push((op_id, op));
     }
@@ -1034,6 +1059,7 @@ fn accept(st: &mut State, opts: &WalOptions, batch: Batch, bytes: u64) -> Result
             .retain(|g| index.groups.get(g).is_some_and(|s| s.cached_bytes > 0) && seen.insert(*g));
     }
     st.stats.batches += 1;
+    st.gc_dirty = true;
     st.queue_bytes += bytes;
     st.queue.push_back(Pending {
         ops,
@@ -1060,12 +1086,16 @@ impl Inner {
 
     async fn run_committer(self: Rc<Self>) {
         loop {
+            // One flush (if anything is queued), then one bounded piece of
+            // maintenance, so that neither starves the other under load.
             let has_work = !self.st.borrow().queue.is_empty();
-            let step = if has_work {
-                self.flush_once().await.map(|_| true)
-            } else {
-                self.maintain_step().await
-            };
+            let step = async {
+                if has_work {
+                    self.flush_once().await?;
+                }
+                Ok::<bool, WalError>(self.maintain_step().await? || has_work)
+            }
+            .await;
             match step {
                 Ok(true) => {}
                 Ok(false) => {
@@ -1180,6 +1210,7 @@ impl Inner {
             let mut st = self.st.borrow_mut();
             debug_assert!(last_op > st.durable_op);
             st.durable_op = last_op;
+            st.flushes_since_gc += 1;
             st.stats.flushes += 1;
             st.stats.fdatasyncs += 1;
             st.stats.bytes_written += len;
@@ -1210,17 +1241,17 @@ impl Inner {
 
     /// Makes the spare segment current (preparing it first if needed).
     async fn roll(&self) -> Result<(), WalError> {
-        while self.st.borrow().spare.is_none() {
+        while self.st.borrow().spares.is_empty() {
             self.prepare_spare_step(true).await?;
         }
         let mut st = self.st.borrow_mut();
-        let spare = st.spare.take().expect("prepared above");
+        let spare = st.spares.pop_front().expect("prepared above");
         debug_assert_eq!(spare.seq, st.current + 1);
         tracing::debug!(from = st.current, to = spare.seq, "wal segment roll");
         st.current = spare.seq;
         st.write_offset = BLOCK_BYTES;
         st.segments.insert(spare.seq, spare);
-        st.gc_dirty = true;
+        st.gc_urgent = true;
         Ok(())
     }
 
@@ -1232,14 +1263,18 @@ impl Inner {
         // 1. Reclaim a segment no group needs, once that fact is durable.
         let ready = {
             let mut st = self.st.borrow_mut();
-            if st.gc_candidate.is_none() && st.gc_dirty {
+            let due =
+                st.gc_urgent || (st.gc_dirty && (st.queue.is_empty() || st.flushes_since_gc >= 16));
+            if st.gc_candidate.is_none() && due {
                 st.gc_dirty = false;
+                st.gc_urgent = false;
+                st.flushes_since_gc = 0;
                 st.gc_candidate = gc_candidate(&st);
             }
             match st.gc_candidate {
                 Some((seq, op)) if st.durable_op >= op => {
                     st.gc_candidate = None;
-                    st.gc_dirty = true; // the next one may be free too
+                    st.gc_urgent = true; // the next one may be free too
                     Some(seq)
                 }
                 _ => None,
@@ -1250,7 +1285,7 @@ impl Inner {
             return Ok(true);
         }
         // 2. Prepare the next segment ahead of time.
-        if self.st.borrow().spare.is_none() {
+        if self.st.borrow().spares.is_empty() {
             self.prepare_spare_step(false).await?;
             return Ok(true);
         }
@@ -1265,10 +1300,13 @@ impl Inner {
                 return Ok(());
             };
             let recycle = self.opts.recycle_segments
-                && st.spare.is_none()
+                && st.spares.len() < self.opts.spare_segments_max
                 && st.spare_prep.is_none()
                 && seg.bytes == self.opts.segment_bytes;
-            (seg, recycle.then_some(st.current + 1))
+            (
+                seg,
+                recycle.then_some(st.current + st.spares.len() as u64 + 1),
+            )
         };
         debug_assert!(seq < self.st.borrow().current);
         match recycle_as {
@@ -1296,17 +1334,18 @@ impl Inner {
                 st.stats.prepare_bytes_written += BLOCK_BYTES;
                 st.stats.segments_recycled += 1;
                 tracing::debug!(old = seq, new = new_seq, "wal segment recycled");
-                if st.current + 1 == new_seq {
-                    st.spare = Some(SegFile {
-                        seq: new_seq,
-                        path,
-                        file: seg.file,
-                        bytes: seg.bytes,
-                    });
-                } else {
-                    // Cannot happen: only the committer rolls, and it is here.
-                    unreachable!("segment rolled during recycling");
-                }
+                // Only the committer rolls, and it is here: the order holds.
+                assert_eq!(
+                    st.current + st.spares.len() as u64 + 1,
+                    new_seq,
+                    "segment rolled during recycling"
+                );
+                st.spares.push_back(SegFile {
+                    seq: new_seq,
+                    path,
+                    file: seg.file,
+                    bytes: seg.bytes,
+                });
             }
             None => {
                 fsutil::remove(&seg.path)
@@ -1393,7 +1432,8 @@ impl Inner {
         st.stats.segments_created += 1;
         debug_assert_eq!(seg.seq, st.current + 1);
         tracing::debug!(seq = seg.seq, "wal spare segment ready");
-        st.spare = Some(seg);
+        debug_assert!(st.spares.is_empty());
+        st.spares.push_back(seg);
         Ok(())
     }
 }
