@@ -48,8 +48,11 @@ pub enum DecodeError {
 }
 
 /// Why a committed entry produced no state-machine result. Deterministic:
-/// every replica computes the same error for the same entry, and the state
-/// is unchanged by it.
+/// every replica computes the same error for the same entry and ends in the
+/// same state; the state machine never sees the command. `BadEnvelope`,
+/// `SessionNotFound` and `SessionAlreadyRegistered` change nothing;
+/// `ResponseDiscarded` and `SessionBusy` still record the client's
+/// acknowledgement (`responded_to`) and the session's recency.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ApplyError {

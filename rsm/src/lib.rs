@@ -28,6 +28,10 @@
 //! same results and byte-identical snapshots on every replica; a malformed
 //! entry gives the same error result everywhere and changes nothing.
 //!
+//! A user state machine implements [`StateMachine`]; its documentation says
+//! what one may and may not do (deterministic; runs on the shard's executor
+//! and must not block) and carries a complete example.
+//!
 //! ## Example
 //! ```
 //! use bytes::Bytes;

@@ -118,7 +118,7 @@ pub(crate) enum Check {
     /// The same command is in the current, not yet applied, batch: apply
     /// the batch first, then check again.
     InBatch,
-    /// Reject it, state unchanged.
+    /// Reject it (the acknowledgement and recency are kept).
     Reject(ApplyError),
 }
 
