@@ -14,49 +14,47 @@ pub const CLUSTER: ClusterId = ClusterId(0xF10);
 
 /// Runs `f` on a fresh executor (small io_memory, 2 ms preempt timer, stall
 /// detection) with periodic timers always armed (glommio 0.9 lost-wake-up
-/// workaround, as the engine's tick does) and a hard deadline.
+/// workaround, as the engine's tick does) and a hard deadline enforced from
+/// the test thread, outside the executor: glommio 0.9 can park an executor
+/// with runnable tasks and, rarely, no timer left to wake it, which must fail
+/// the test with a message rather than hang the suite.
 pub fn run<F, Fut>(name: &str, deadline: Duration, f: F)
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + 'static,
 {
-    let name = name.to_string();
-    let thread_name = name.clone();
-    LocalExecutorBuilder::new(Placement::Unbound)
-        .name(&thread_name)
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let handle = LocalExecutorBuilder::new(Placement::Unbound)
+        .name(name)
         .io_memory(1 << 20)
         .preempt_timer(Duration::from_millis(2))
         .detect_stalls(Some(Box::new(glommio::DefaultStallDetectionHandler {})))
         .spawn(move || async move {
             // Two tickers: if glommio parks with runnable tasks right after
             // one ticker's timer fired, the other's timer is still armed.
-            let ticker = [5, 7].map(|ms| {
+            let tickers = [5, 7].map(|ms| {
                 glommio::spawn_local(async move {
                     loop {
                         glommio::timer::sleep(Duration::from_millis(ms)).await;
                     }
                 })
             });
-            let done = or(
-                async {
-                    f().await;
-                    Some(())
-                },
-                async {
-                    glommio::timer::sleep(deadline).await;
-                    None
-                },
-            )
-            .await;
-            drop(ticker);
-            assert!(
-                done.is_some(),
-                "test {name} did not finish within {deadline:?}"
-            );
+            f().await;
+            drop(tickers);
+            let _ = done_tx.send(());
         })
-        .expect("spawn executor")
-        .join()
-        .expect("test executor panicked");
+        .expect("spawn executor");
+    match done_rx.recv_timeout(deadline) {
+        Ok(()) => handle.join().expect("test executor panicked"),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            // The executor's future panicked: join reports it.
+            handle.join().expect("test executor panicked");
+            unreachable!("executor ended without finishing its test");
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("test {name} did not finish within {deadline:?}")
+        }
+    }
 }
 
 /// A config for tests: port 0 and short timeouts.
