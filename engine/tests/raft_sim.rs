@@ -66,6 +66,9 @@ fn finds_with(bug: PlantedBug, leader_churn: bool) {
         let mut cfg = SimConfig::new(seed);
         cfg.planted_bug = Some(bug);
         cfg.leader_churn = leader_churn;
+        if leader_churn {
+            cfg.safety_steps = 3000;
+        }
         let out = run_config(cfg);
         if let Some(v) = out.violation {
             println!("{bug:?}: seed {seed}: {v}");
@@ -90,4 +93,30 @@ fn sim_catches_truncated_commit() {
 #[test]
 fn sim_catches_other_group_message() {
     finds(PlantedBug::AcceptOtherGroup);
+}
+
+#[test]
+fn sim_catches_commit_previous_term() {
+    finds_with(PlantedBug::CommitPreviousTerm, true);
+}
+
+#[test]
+fn sim_leader_churn_profile_is_clean() {
+    let seeds = env_u64(
+        "FLOTILLA_SIM_SEEDS",
+        if cfg!(debug_assertions) { 200 } else { 1000 },
+    );
+    let start = env_u64("FLOTILLA_SIM_SEED_START", 0);
+    for seed in start..start + seeds {
+        let mut cfg = SimConfig::new(seed);
+        cfg.leader_churn = true;
+        cfg.safety_steps = 3000;
+        let out = run_config(cfg);
+        if let Some(v) = out.violation {
+            for line in &out.trace {
+                eprintln!("  {line}");
+            }
+            panic!("seed {seed} (leader churn): {v}");
+        }
+    }
 }

@@ -162,6 +162,8 @@ pub struct Sim {
     crash_pct: u64,
     /// Heavy leader churn (isolations of the current leader).
     churn: bool,
+    /// Leaders that have not committed anything in their term yet.
+    fresh_leaders: BTreeSet<u64>,
     /// In the liveness phase: no more faults.
     healing: bool,
     /// Starts so far (each start gets a fresh RNG seed).
@@ -179,7 +181,11 @@ impl Sim {
     /// A cluster of 3–7 machines; 1, 3 or 5 initial voters, the rest spares.
     pub fn new(cfg: SimConfig) -> Sim {
         let mut rng = Rng::new(cfg.seed);
-        let machines = 3 + rng.below(5) as usize;
+        let machines = if cfg.leader_churn {
+            3
+        } else {
+            3 + rng.below(5) as usize
+        };
         let voters = match machines {
             3 | 4 => 3,
             _ => {
@@ -224,6 +230,7 @@ impl Sim {
             pre_vote,
             crash_pct,
             churn,
+            fresh_leaders: BTreeSet::new(),
             healing: false,
             boots: 0,
             cfg,
@@ -1030,6 +1037,7 @@ impl Sim {
                 messages: rd.persisted_messages,
             });
             let mut cut_off = false;
+            let had_commits = !rd.committed_entries.is_empty();
             if let Some(ss) = rd.soft_state {
                 self.event(format!(
                     "replica {id} {:?} term {} leader {:?}",
@@ -1043,6 +1051,13 @@ impl Sim {
                     && self.cfg.leader_churn
                     && !self.healing
                     && self.rng.pct(30);
+                if ss.role == Role::Leader {
+                    self.fresh_leaders.insert(id);
+                }
+            }
+            // ... or right after its first commit, before it tells anyone.
+            if had_commits && self.fresh_leaders.remove(&id) {
+                cut_off |= self.cfg.leader_churn && !self.healing && self.rng.pct(50);
             }
             for m in rd.messages {
                 self.send(m);
