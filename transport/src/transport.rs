@@ -408,11 +408,11 @@ impl Inner {
     }
 
     fn peer(self: &Rc<Self>, to: PeerId) -> Result<Rc<Peer>, SendError> {
-        if let Some(p) = self.peers.borrow().get(&to) {
-            return Ok(p.clone());
-        }
         if self.shutting_down.get() {
             return Err(SendError::ShuttingDown);
+        }
+        if let Some(p) = self.peers.borrow().get(&to) {
+            return Ok(p.clone());
         }
         if self.peers.borrow().len() >= self.config.peers_max as usize {
             return Err(SendError::TooManyPeers { peer: to });
