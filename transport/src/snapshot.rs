@@ -221,7 +221,12 @@ pub(crate) async fn send<R: AsyncRead + Unpin>(
             let mut tmp = [0u8; FRAME_HEADER_BYTES];
             put_frame_header(&mut tmp, 0, FrameKind::SnapshotChunk, p);
             h.copy_from_slice(&tmp);
-            stream.write_all(&frame).await.map_err(SnapshotError::Io)?;
+            if let Err(e) = stream.write_all(&frame).await {
+                // The receiver may have failed and said why before closing.
+                return Err(remote_reason(inner, &mut reader, &mut stream)
+                    .await
+                    .unwrap_or(SnapshotError::Io(e)));
+            }
             next_seq += 1;
             glommio::yield_if_needed().await;
         }
@@ -367,8 +372,54 @@ pub(crate) async fn receive(inner: &Rc<Inner>, mut stream: TcpStream, from: Peer
                 },
             )
             .await;
+            // Half-close and drain what the sender still has in flight, so
+            // our close does not reset the connection and discard the
+            // verdict before the sender reads it.
+            let _ = futures_lite::AsyncWriteExt::close(&mut stream).await;
+            let mut scratch = vec![0u8; 64 << 10];
+            let _ = or(
+                async {
+                    while let Ok(n) = stream.read(&mut scratch).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                },
+                glommio::timer::sleep(std::time::Duration::from_secs(1)),
+            )
+            .await;
         }
     }
+}
+
+/// After a failed write: the receiver's `SnapshotDone` verdict, if it sent
+/// one before closing. Skips acks still in the pipe (at most one window of
+/// them); gives up after 500 ms.
+async fn remote_reason(
+    inner: &Inner,
+    reader: &mut FrameReader,
+    stream: &mut TcpStream,
+) -> Option<SnapshotError> {
+    let frames_max = inner.config.snapshot_window_chunks as usize + 2;
+    let search = async {
+        for _ in 0..frames_max {
+            match reader.next(stream).await {
+                Ok(Some((h, p))) if h.kind == FrameKind::SnapshotDone => {
+                    return status_payload(&p)
+                        .ok()
+                        .map(|(_, r)| SnapshotError::Remote(r));
+                }
+                Ok(Some(_)) => continue,
+                _ => return None,
+            }
+        }
+        None
+    };
+    or(search, async {
+        glommio::timer::sleep(std::time::Duration::from_millis(500)).await;
+        None
+    })
+    .await
 }
 
 async fn receive_body(
