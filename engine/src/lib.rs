@@ -11,10 +11,12 @@ pub mod raft;
 pub mod sim;
 
 mod config;
+mod error;
 mod host;
 pub mod shard;
 pub mod wire;
 
 pub use config::{available_cpus, ConfigError, NodeHostConfig, Placement};
+pub use error::RequestError;
 pub use host::{HostError, NodeHost};
 pub use shard::{shard_of, ShardId, ShardStats};

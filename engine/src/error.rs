@@ -1,0 +1,75 @@
+//! The errors of requests to a group: proposals, reads and membership
+//! operations. One enum at the crate edge; variants carry data.
+
+use flotilla_rsm::{ApplyError, QueryError};
+
+use crate::raft::{GroupId, NodeId, ProposeError};
+
+/// Why a request to a group did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// This replica is not the leader (and the caller asked not to forward).
+    #[error("group {group}: not the leader; last known leader: {leader:?}")]
+    NotLeader {
+        /// The group.
+        group: GroupId,
+        /// The last known leader, if any.
+        leader: Option<NodeId>,
+    },
+    /// No group with this id runs on this node.
+    #[error("group {group} is not hosted on this node")]
+    GroupNotFound {
+        /// The group.
+        group: GroupId,
+    },
+    /// The proposal's log entry was replaced by another leader's entry: it
+    /// was definitely not applied. Safe to retry.
+    #[error("group {group}: proposal at index {index} was overwritten by a new leader")]
+    Dropped {
+        /// The group.
+        group: GroupId,
+        /// The index the proposal had.
+        index: u64,
+    },
+    /// A read could not be confirmed (leadership changed while it waited).
+    /// Safe to retry.
+    #[error("group {group}: read aborted by a leadership change")]
+    ReadAborted {
+        /// The group.
+        group: GroupId,
+    },
+    /// Raft refused the request (busy, transfer in progress, membership
+    /// change pending, ...).
+    #[error(transparent)]
+    Rejected(#[from] ProposeError),
+    /// The state machine refused the command (deterministically, on every
+    /// replica).
+    #[error("group {group}: command not applied: {error}")]
+    Apply {
+        /// The group.
+        group: GroupId,
+        /// Why.
+        error: ApplyError,
+    },
+    /// The state machine could not answer the query.
+    #[error("group {group}: query failed: {error}")]
+    Query {
+        /// The group.
+        group: GroupId,
+        /// Why.
+        error: QueryError,
+    },
+    /// This replica is a witness: it stores no state machine to read.
+    #[error("group {group}: a witness cannot serve reads")]
+    Witness {
+        /// The group.
+        group: GroupId,
+    },
+    /// The group is stopping or the node is shutting down.
+    #[error("group {group} is shutting down")]
+    ShuttingDown {
+        /// The group.
+        group: GroupId,
+    },
+}

@@ -1,0 +1,475 @@
+//! One group replica inside a shard: its Raft core, its replicated state
+//! machine, and the requests waiting on them.
+//!
+//! ```text
+//!  propose ──► Raft::propose ──► PendingProposal{index, term} ─┐
+//!                                                               │ committed entry
+//!  read ──► Raft::read_index(ctx) ──► ReadState{ctx, index} ──┐ │ (index, term)
+//!                                                              ▼ ▼
+//!                                           apply ──► Rsm::apply ──► replies
+//! ```
+//!
+//! A proposal succeeds when the entry at its index *with its term* is
+//! applied; if another leader's entry is applied at that index instead, the
+//! proposal was definitely not applied and fails with
+//! [`RequestError::Dropped`] (safe to retry). A linearizable read is served
+//! once the state machine has applied the read index Raft confirmed for it.
+//! This module does no I/O: the shard persists, sends and loads.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+use flotilla_rsm::{Applied, Rsm};
+use futures_channel::oneshot;
+
+use crate::error::RequestError;
+use crate::raft::{Entry, EntryKind, GroupId, Index, Raft, ReadState, Term};
+
+/// Where an answer goes.
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, RequestError>>;
+
+struct PendingProposal {
+    index: Index,
+    term: Term,
+    reply: Reply<Bytes>,
+}
+
+struct PendingRead {
+    query: Bytes,
+    reply: Reply<Bytes>,
+}
+
+/// Bounds on what one replica keeps waiting.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReplicaLimits {
+    /// Proposals waiting for their entry to apply.
+    pub(crate) proposals_pending_max: usize,
+    /// Reads waiting for confirmation or apply.
+    pub(crate) reads_pending_max: usize,
+}
+
+impl Default for ReplicaLimits {
+    fn default() -> Self {
+        ReplicaLimits {
+            proposals_pending_max: 1 << 16,
+            reads_pending_max: 1 << 16,
+        }
+    }
+}
+
+/// A group replica: Raft + state machine + waiting requests.
+pub(crate) struct GroupReplica {
+    group: GroupId,
+    pub(crate) raft: Raft,
+    /// `None` on a witness, which keeps no state machine.
+    rsm: Option<Rsm>,
+    limits: ReplicaLimits,
+    /// Ordered by index (proposals are appended in index order).
+    proposals: VecDeque<PendingProposal>,
+    /// Reads waiting for Raft to confirm a read index, by context.
+    reads_unconfirmed: BTreeMap<u64, Vec<PendingRead>>,
+    /// Reads with a confirmed index, waiting for the state machine to apply it.
+    reads_confirmed: BTreeMap<Index, Vec<PendingRead>>,
+    reads_pending: usize,
+    /// The read context of this turn's batch (all reads of one turn share
+    /// one ReadIndex round).
+    read_ctx_open: Option<u64>,
+    read_ctx_next: u64,
+    applied_scratch: Vec<Applied>,
+}
+
+impl GroupReplica {
+    /// A replica around `raft`, applying into `rsm` (`None` for a witness).
+    pub(crate) fn new(raft: Raft, rsm: Option<Rsm>, limits: ReplicaLimits) -> Self {
+        GroupReplica {
+            group: raft.group(),
+            raft,
+            rsm,
+            limits,
+            proposals: VecDeque::new(),
+            reads_unconfirmed: BTreeMap::new(),
+            reads_confirmed: BTreeMap::new(),
+            reads_pending: 0,
+            read_ctx_open: None,
+            read_ctx_next: 1,
+            applied_scratch: Vec::new(),
+        }
+    }
+
+    /// The state machine's applied index (the Raft applied index on a witness).
+    pub(crate) fn applied_index(&self) -> Index {
+        match &self.rsm {
+            Some(rsm) => rsm.applied_index(),
+            None => self.raft.applied(),
+        }
+    }
+
+    /// Proposes `cmd` (an encoded rsm envelope); `reply` gets the result once
+    /// it is applied.
+    pub(crate) fn propose(&mut self, cmd: Bytes, reply: Reply<Bytes>) {
+        if self.proposals.len() >= self.limits.proposals_pending_max {
+            let _ = reply.send(Err(RequestError::Rejected(
+                crate::raft::ProposeError::Busy {
+                    group: self.group,
+                    uncommitted: self.proposals.len() as u64,
+                },
+            )));
+            return;
+        }
+        match self.raft.propose(cmd) {
+            Ok(index) => {
+                debug_assert!(self.proposals.back().is_none_or(|p| p.index < index));
+                self.proposals.push_back(PendingProposal {
+                    index,
+                    term: self.raft.term(),
+                    reply,
+                });
+            }
+            Err(e) => {
+                let _ = reply.send(Err(RequestError::Rejected(e)));
+            }
+        }
+    }
+
+    /// A linearizable read of `query`: confirmed through ReadIndex (or the
+    /// leader lease), answered once applied.
+    pub(crate) fn read(&mut self, query: Bytes, reply: Reply<Bytes>) {
+        if self.rsm.is_none() {
+            let _ = reply.send(Err(RequestError::Witness { group: self.group }));
+            return;
+        }
+        if self.reads_pending >= self.limits.reads_pending_max {
+            let _ = reply.send(Err(RequestError::Rejected(
+                crate::raft::ProposeError::TooManyReads { group: self.group },
+            )));
+            return;
+        }
+        let ctx = match self.read_ctx_open {
+            Some(ctx) => ctx,
+            None => {
+                let ctx = self.read_ctx_next;
+                if let Err(e) = self.raft.read_index(ctx) {
+                    let _ = reply.send(Err(RequestError::Rejected(e)));
+                    return;
+                }
+                self.read_ctx_next += 1;
+                self.read_ctx_open = Some(ctx);
+                ctx
+            }
+        };
+        self.reads_pending += 1;
+        self.reads_unconfirmed
+            .entry(ctx)
+            .or_default()
+            .push(PendingRead { query, reply });
+    }
+
+    /// Answers `query` from local state, whatever its staleness.
+    pub(crate) fn read_stale(&self, query: &[u8]) -> Result<Bytes, RequestError> {
+        let rsm = self
+            .rsm
+            .as_ref()
+            .ok_or(RequestError::Witness { group: self.group })?;
+        rsm.query(query).map_err(|error| RequestError::Query {
+            group: self.group,
+            error,
+        })
+    }
+
+    /// Ends this turn's read batch: later reads start a new ReadIndex round.
+    pub(crate) fn end_turn(&mut self) {
+        self.read_ctx_open = None;
+    }
+
+    /// Raft confirmed read indexes (`states`) or gave up on some (`dropped`).
+    pub(crate) fn on_read_states(&mut self, states: &[ReadState], dropped: &[u64]) {
+        for rs in states {
+            if let Some(reads) = self.reads_unconfirmed.remove(&rs.ctx) {
+                self.reads_confirmed
+                    .entry(rs.index)
+                    .or_default()
+                    .extend(reads);
+            }
+        }
+        for ctx in dropped {
+            if let Some(reads) = self.reads_unconfirmed.remove(ctx) {
+                self.reads_pending -= reads.len();
+                for r in reads {
+                    let _ = r
+                        .reply
+                        .send(Err(RequestError::ReadAborted { group: self.group }));
+                }
+            }
+            if self.read_ctx_open == Some(*ctx) {
+                self.read_ctx_open = None;
+            }
+        }
+        self.serve_reads();
+    }
+
+    /// Applies committed entries in order, completes the proposals they
+    /// decide and the reads they make servable, and tells Raft.
+    pub(crate) fn apply(&mut self, committed: &[Entry]) {
+        let Some(last) = committed.last() else {
+            return;
+        };
+        debug_assert!(committed.windows(2).all(|w| w[1].index == w[0].index + 1));
+        if let Some(rsm) = self.rsm.as_mut() {
+            // Runs of normal entries go to the state machine as one batch;
+            // no-ops and membership entries only advance the applied index.
+            let mut i = 0;
+            while i < committed.len() {
+                if committed[i].kind != EntryKind::Normal {
+                    rsm.advance_to(committed[i].index);
+                    i += 1;
+                    continue;
+                }
+                let run_end = committed[i..]
+                    .iter()
+                    .position(|e| e.kind != EntryKind::Normal)
+                    .map_or(committed.len(), |p| i + p);
+                self.applied_scratch.clear();
+                rsm.apply(
+                    committed[i..run_end]
+                        .iter()
+                        .map(|e| (e.index, e.data.clone())),
+                    &mut self.applied_scratch,
+                );
+                debug_assert_eq!(self.applied_scratch.len(), run_end - i);
+                for (entry, applied) in committed[i..run_end]
+                    .iter()
+                    .zip(self.applied_scratch.drain(..))
+                {
+                    debug_assert_eq!(entry.index, applied.index);
+                    complete_proposals(
+                        self.group,
+                        &mut self.proposals,
+                        entry.index,
+                        entry.term,
+                        Some(applied.result),
+                    );
+                }
+                i = run_end;
+            }
+        }
+        // Whatever is left at or below the last index (membership entries,
+        // no-ops, a witness's entries) is decided too.
+        for e in committed {
+            complete_proposals(self.group, &mut self.proposals, e.index, e.term, None);
+        }
+        self.raft.applied_to(last.index);
+        self.serve_reads();
+    }
+
+    /// Fails every waiting request (the group is stopping).
+    pub(crate) fn fail_all(&mut self) {
+        for p in self.proposals.drain(..) {
+            let _ = p
+                .reply
+                .send(Err(RequestError::ShuttingDown { group: self.group }));
+        }
+        let unconfirmed = std::mem::take(&mut self.reads_unconfirmed);
+        let confirmed = std::mem::take(&mut self.reads_confirmed);
+        for r in unconfirmed
+            .into_values()
+            .chain(confirmed.into_values())
+            .flatten()
+        {
+            let _ = r
+                .reply
+                .send(Err(RequestError::ShuttingDown { group: self.group }));
+        }
+        self.reads_pending = 0;
+    }
+
+    /// Number of proposals and reads waiting.
+    pub(crate) fn pending(&self) -> (usize, usize) {
+        (self.proposals.len(), self.reads_pending)
+    }
+
+    fn serve_reads(&mut self) {
+        let applied = self.applied_index();
+        while let Some(entry) = self.reads_confirmed.first_entry() {
+            if *entry.key() > applied {
+                break;
+            }
+            let reads = entry.remove();
+            self.reads_pending -= reads.len();
+            for r in reads {
+                let answer = self.read_stale(&r.query);
+                let _ = r.reply.send(answer);
+            }
+        }
+    }
+}
+
+/// Decides the proposals at or below `index` given that the entry applied
+/// at `index` has term `term`: the one with this exact (index, term) gets
+/// `result`; any other is overwritten, hence dropped.
+fn complete_proposals(
+    group: GroupId,
+    proposals: &mut VecDeque<PendingProposal>,
+    index: Index,
+    term: Term,
+    mut result: Option<Result<Bytes, flotilla_rsm::ApplyError>>,
+) {
+    while let Some(front) = proposals.front() {
+        if front.index > index {
+            break;
+        }
+        let p = proposals.pop_front().expect("front exists");
+        let answer = if p.index == index && p.term == term {
+            match result.take() {
+                Some(Ok(bytes)) => Ok(bytes),
+                Some(Err(error)) => Err(RequestError::Apply { group, error }),
+                // A proposal is always a normal entry; a non-normal entry at
+                // its index means another leader's entry replaced it.
+                None => Err(RequestError::Dropped {
+                    group,
+                    index: p.index,
+                }),
+            }
+        } else {
+            Err(RequestError::Dropped {
+                group,
+                index: p.index,
+            })
+        };
+        let _ = p.reply.send(answer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::{Config, Membership, NodeId};
+    use flotilla_rsm::{encode_noop, KvCommand, KvQuery, KvResult, KvStore};
+    use futures_lite::future::block_on;
+
+    fn single_voter() -> GroupReplica {
+        let mut raft = Raft::new(Config::new(NodeId(1), GroupId(7)), Membership::voters(&[1]));
+        while !raft.is_leader() {
+            raft.tick();
+        }
+        let rsm = Rsm::new(Box::new(KvStore::new()), Default::default());
+        let mut g = GroupReplica::new(raft, Some(rsm), ReplicaLimits::default());
+        drive(&mut g);
+        g
+    }
+
+    /// Persists (instantly), applies and advances until Raft is idle.
+    fn drive(g: &mut GroupReplica) {
+        while let Some(rd) = g.raft.ready() {
+            g.on_read_states(&rd.read_states, &rd.dropped_reads);
+            g.apply(&rd.committed_entries);
+            g.raft.advance(rd.number);
+        }
+        g.end_turn();
+    }
+
+    fn put(key: &str, value: &str) -> Bytes {
+        encode_noop(
+            &KvCommand::Put {
+                key: Bytes::copy_from_slice(key.as_bytes()),
+                value: Bytes::copy_from_slice(value.as_bytes()),
+                condition: flotilla_rsm::PutCondition::Always,
+                return_previous: false,
+            }
+            .encode(),
+        )
+    }
+
+    #[test]
+    fn proposals_complete_with_their_results_and_reads_see_them() {
+        let mut g = single_voter();
+        let (tx1, rx1) = oneshot::channel();
+        let (tx2, rx2) = oneshot::channel();
+        g.propose(put("a", "1"), tx1);
+        g.propose(put("b", "2"), tx2);
+        assert_eq!(g.pending().0, 2);
+        drive(&mut g);
+        assert_eq!(g.pending().0, 0);
+        assert!(block_on(rx1).unwrap().is_ok());
+        assert!(block_on(rx2).unwrap().is_ok());
+
+        let (tx, rx) = oneshot::channel();
+        g.read(KvQuery::Get { key: "a".into() }.encode(), tx);
+        drive(&mut g);
+        let answer = block_on(rx).unwrap().unwrap();
+        assert_eq!(
+            KvResult::decode(answer).unwrap(),
+            KvResult::Value(Some(Bytes::from("1")))
+        );
+    }
+
+    #[test]
+    fn a_malformed_command_fails_alone() {
+        let mut g = single_voter();
+        let (bad_tx, bad_rx) = oneshot::channel();
+        let (ok_tx, ok_rx) = oneshot::channel();
+        g.propose(Bytes::from_static(b"\xffgarbage"), bad_tx);
+        g.propose(put("k", "v"), ok_tx);
+        drive(&mut g);
+        assert!(matches!(
+            block_on(bad_rx).unwrap(),
+            Err(RequestError::Apply { .. })
+        ));
+        assert!(block_on(ok_rx).unwrap().is_ok());
+    }
+
+    #[test]
+    fn an_overwritten_proposal_is_dropped_not_answered_with_another_result() {
+        let mut proposals = VecDeque::new();
+        let (tx_old, rx_old) = oneshot::channel();
+        let (tx_same, rx_same) = oneshot::channel();
+        proposals.push_back(PendingProposal {
+            index: 5,
+            term: 2,
+            reply: tx_old,
+        });
+        proposals.push_back(PendingProposal {
+            index: 6,
+            term: 3,
+            reply: tx_same,
+        });
+        // Index 5 was replaced by a term-3 entry; index 6 is ours.
+        complete_proposals(GroupId(1), &mut proposals, 5, 3, Some(Ok(Bytes::from("x"))));
+        complete_proposals(GroupId(1), &mut proposals, 6, 3, Some(Ok(Bytes::from("y"))));
+        assert_eq!(
+            block_on(rx_old).unwrap(),
+            Err(RequestError::Dropped {
+                group: GroupId(1),
+                index: 5
+            })
+        );
+        assert_eq!(block_on(rx_same).unwrap(), Ok(Bytes::from("y")));
+        assert!(proposals.is_empty());
+    }
+
+    #[test]
+    fn a_follower_refuses_proposals_and_stopping_fails_waiters() {
+        let raft = Raft::new(
+            Config::new(NodeId(1), GroupId(3)),
+            Membership::voters(&[1, 2, 3]),
+        );
+        let rsm = Rsm::new(Box::new(KvStore::new()), Default::default());
+        let mut g = GroupReplica::new(raft, Some(rsm), ReplicaLimits::default());
+        let (tx, rx) = oneshot::channel();
+        g.propose(put("a", "1"), tx);
+        assert!(matches!(
+            block_on(rx).unwrap(),
+            Err(RequestError::Rejected(
+                crate::raft::ProposeError::NotLeader { .. }
+            ))
+        ));
+
+        let mut g = single_voter();
+        let (tx, rx) = oneshot::channel();
+        g.propose(put("a", "1"), tx);
+        g.fail_all();
+        assert!(matches!(
+            block_on(rx).unwrap(),
+            Err(RequestError::ShuttingDown { .. })
+        ));
+    }
+}
