@@ -114,3 +114,50 @@ fn snapshot_written_while_applying() {
         "the snapshot holds the captured state only"
     );
 }
+
+/// Regression test for a glommio 0.9 park (GLOMMIO.md bug 2, which an armed
+/// timer does not cure): recovering a big snapshot from memory on an
+/// executor — a CPU loop whose only awaits are the KV reader's yields — hung
+/// the executor forever when those yields were milliseconds apart. A
+/// watchdog turns a hang into a failure.
+#[test]
+fn in_memory_recovery_on_an_executor_does_not_park() {
+    const KEYS: u64 = 300_000;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _h = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("rsm-park-test")
+        .io_memory(1 << 20)
+        .preempt_timer(Duration::from_millis(2))
+        .spawn(move || async move {
+            glommio::spawn_local(async {
+                loop {
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                }
+            })
+            .detach();
+            let mut rsm = Rsm::new(Box::new(KvStore::new()), SessionConfig::default());
+            let mut out = Vec::new();
+            rsm.apply(
+                (1..=KEYS).map(|i| {
+                    let cmd = KvCommand::put(format!("key:{i:012}"), "0123456789abcdef");
+                    (i, encode_noop(&cmd.encode()))
+                }),
+                &mut out,
+            );
+            let mut buf = Vec::new();
+            rsm.capture(Bytes::new()).write_to(&mut buf).await.unwrap();
+            for round in 0..3 {
+                let mut replica = Rsm::new(Box::new(KvStore::new()), SessionConfig::default());
+                replica.recover(&mut &buf[..]).await.unwrap();
+                let n = count(&replica);
+                tx.send((round, n)).unwrap();
+            }
+        })
+        .unwrap();
+    for round in 0..3 {
+        let got = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("executor parked in recovery round {round}: {e}"));
+        assert_eq!(got, (round, KvResult::Count(KEYS)));
+    }
+}
