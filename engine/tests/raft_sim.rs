@@ -5,6 +5,7 @@
 
 use flotilla::raft::PlantedBug;
 use flotilla::sim::{run_config, run_seed, SimConfig};
+use std::io::Write;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -44,8 +45,16 @@ fn sim_seeds() {
             eprintln!("reproduce: FLOTILLA_SIM_SEED_START={seed} FLOTILLA_SIM_SEEDS=1 cargo test --release -p flotilla sim");
         }
     }
-    println!("simulation: {commits} entries committed, {reads} reads checked");
-    println!("simulation: {seeds} seeds, {steps} steps, {violations} violations");
+    // Straight to stdout so the summary shows even when the harness captures output.
+    let mut out = std::io::stdout();
+    let _ = writeln!(
+        out,
+        "simulation: {commits} entries committed, {reads} reads checked"
+    );
+    let _ = writeln!(
+        out,
+        "simulation: {seeds} seeds, {steps} steps, {violations} violations"
+    );
     assert_eq!(violations, 0, "simulation found violations");
 }
 
