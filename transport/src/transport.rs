@@ -102,6 +102,8 @@ struct Peer {
     queue_bytes: Cell<u64>,
     wake: Notify,
     stats: RefCell<PeerMetrics>,
+    /// Set by `remove_peer`: the sender task closes its connection and ends.
+    removed: Cell<bool>,
 }
 
 struct InboundQueue {
@@ -224,6 +226,19 @@ impl Transport {
             peer.wake.notify();
         }
         accepted
+    }
+
+    /// Forgets `to` (e.g. removed from the membership): drops its queue,
+    /// closes its connection and ends its sender task. Its counters go with
+    /// it. A later `send` to it starts afresh. Returns whether it was known.
+    pub fn remove_peer(&self, to: PeerId) -> bool {
+        let Some(peer) = self.inner.peers.borrow_mut().remove(&to) else {
+            return false;
+        };
+        peer.removed.set(true);
+        peer.clear();
+        peer.wake.notify();
+        true
     }
 
     /// Messages currently queued for `to`.
@@ -426,6 +441,7 @@ impl Inner {
                 peer: Some(to),
                 ..PeerMetrics::default()
             }),
+            removed: Cell::new(false),
         });
         if self.spawn(run_sender(self.clone(), peer.clone())).is_err() {
             return Err(SendError::ShuttingDown);
@@ -566,7 +582,7 @@ async fn run_sender(inner: Rc<Inner>, peer: Rc<Peer>) {
     let mut connected_before = false;
     let mut buf = BytesMut::with_capacity(64 << 10);
     loop {
-        if inner.is_shutting_down() {
+        if inner.is_shutting_down() || peer.removed.get() {
             break;
         }
         if peer.queue.borrow().is_empty() {
@@ -662,7 +678,7 @@ async fn pump(
     }
     let mut probe = [0u8; 1];
     loop {
-        if inner.is_shutting_down() {
+        if inner.is_shutting_down() || peer.removed.get() {
             return PumpEnd::Shutdown;
         }
         if inner.registry.generation(peer.id.node) != generation {

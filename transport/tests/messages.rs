@@ -335,3 +335,35 @@ fn slow_consumer_gets_backpressure_not_loss() {
         }
     });
 }
+
+#[test]
+fn removed_peer_closes_its_connection_and_can_come_back() {
+    run("remove_peer", Duration::from_secs(30), || async {
+        let reg = Registry::new();
+        let a = start(config(1, 0), &reg);
+        let b = start(config(2, 0), &reg);
+        let pb = b.local();
+        a.send(pb, msg(1)).unwrap();
+        assert_eq!(recv_n(&b, 1, SECS_10).await.len(), 1);
+        assert_eq!(b.metrics().connections_open, 1);
+        assert!(a.remove_peer(pb));
+        assert!(!a.remove_peer(pb), "already gone");
+        assert_eq!(a.queue_depth(pb), 0);
+        assert_eq!(
+            a.metrics().peer(pb).messages_sent,
+            0,
+            "counters went with it"
+        );
+        wait_until(
+            "b sees the connection closed",
+            SECS_10,
+            || b.metrics().connections_open,
+            |n| *n == 0,
+        )
+        .await;
+        a.send(pb, msg(2)).unwrap();
+        assert_eq!(recv_n(&b, 1, SECS_10).await, vec![(a.local(), msg(2))]);
+        a.shutdown().await;
+        b.shutdown().await;
+    });
+}
