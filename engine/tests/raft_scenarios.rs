@@ -816,3 +816,86 @@ fn snapshot_and_fetch_for_lagging_followers() {
     assert_eq!(c.node(2).last_index(), last);
     assert_eq!(c.node(2).term_at(last), c.node(1).term_at(last));
 }
+
+/// Restart: membership comes from the persisted membership plus the
+/// uncommitted config entries in the tail; a tail that does not cover the
+/// uncommitted suffix is refused.
+#[test]
+fn restart_rebuilds_membership_and_pending_change() {
+    let base = Membership::voters(&[1]);
+    let cc = ConfChange {
+        kind: ConfChangeKind::AddObserver,
+        node: NodeId(2),
+        address: Bytes::from_static(b"10.0.0.2:7000"),
+    };
+    let next = base.applied(&cc, 2).unwrap();
+    let tail = vec![
+        Entry {
+            index: 1,
+            term: 1,
+            kind: EntryKind::Noop,
+            data: Bytes::new(),
+        },
+        Entry {
+            index: 2,
+            term: 1,
+            kind: EntryKind::ConfChange,
+            data: cc.encode(&next),
+        },
+    ];
+    let st = PersistedState {
+        hard_state: HardState {
+            term: 1,
+            vote: Some(NodeId(1)),
+            commit: 1,
+        },
+        membership: base.clone(),
+        snapshot: SnapshotMeta {
+            index: 0,
+            term: 0,
+            membership: base.clone(),
+        },
+        last_index: 2,
+        term_runs: vec![(1, 1)],
+        tail: tail.clone(),
+        applied: 0,
+    };
+    let mut short = st.clone();
+    short.tail = tail[1..].to_vec();
+    short.hard_state.commit = 0;
+    assert!(matches!(
+        Raft::restart(cfg(1, &default()), short),
+        Err(StateError::Inconsistent(_))
+    ));
+    let mut r = Raft::restart(cfg(1, &default()), st).unwrap();
+    assert_eq!(r.pending_conf_index(), Some(2));
+    assert_eq!(r.membership(), &base);
+    let mut persisted_membership = None;
+    let mut applied = Vec::new();
+    for _ in 0..40 {
+        r.tick();
+        while let Some(rd) = r.ready() {
+            if let Some(m) = rd.membership {
+                persisted_membership = Some(m);
+            }
+            applied.extend(rd.committed_entries.iter().map(|e| (e.index, e.kind)));
+            r.advance(rd.number);
+            if let Some(&(l, _)) = applied.last() {
+                r.applied_to(l);
+            }
+        }
+    }
+    assert!(r.is_leader());
+    assert_eq!(r.term(), 2);
+    assert_eq!(r.pending_conf_index(), None);
+    assert_eq!(r.membership().kind(NodeId(2)), Some(MemberKind::Observer));
+    assert_eq!(
+        persisted_membership.unwrap().config_index,
+        2,
+        "the engine is told to persist it"
+    );
+    assert_eq!(
+        applied[..2],
+        [(1, EntryKind::Noop), (2, EntryKind::ConfChange)]
+    );
+}
