@@ -237,7 +237,28 @@ pub(crate) struct State {
     flushes_since_gc: u32,
     gc_candidate: Option<(u64, u64)>,
     cache_rr: VecDeque<GroupId>,
+    /// How many groups have each segment as their oldest live record's
+    /// segment (`GroupState::min_segment`). The oldest segment can be
+    /// reclaimed when its count is zero.
+    pins: BTreeMap<u64, u64>,
     pub stats: WalStats,
+}
+
+/// Moves one group's pin from `old` to `new`.
+fn pin_move(pins: &mut BTreeMap<u64, u64>, old: Option<u64>, new: Option<u64>) {
+    if old == new {
+        return;
+    }
+    if let Some(o) = old {
+        let c = pins.get_mut(&o).expect("a pinned segment has a count");
+        *c -= 1;
+        if *c == 0 {
+            pins.remove(&o);
+        }
+    }
+    if let Some(n) = new {
+        *pins.entry(n).or_insert(0) += 1;
+    }
 }
 
 struct Inner {
@@ -366,6 +387,10 @@ impl Wal {
             recovery_truncated_bytes: truncated_bytes,
             ..WalStats::default()
         };
+        let mut pins = BTreeMap::new();
+        for g in index.groups.values() {
+            pin_move(&mut pins, None, g.min_segment());
+        }
         let st = State {
             index,
             queue: VecDeque::new(),
@@ -386,6 +411,7 @@ impl Wal {
             flushes_since_gc: 0,
             gc_candidate: None,
             cache_rr: VecDeque::new(),
+            pins,
             stats,
         };
         tracing::info!(
@@ -991,9 +1017,13 @@ fn accept(st: &mut State, opts: &WalOptions, batch: Batch, bytes: u64) -> Result
     let first_op = st.next_op + 1;
     let mut ops = Vec::with_capacity(batch.ops.len());
     let mut cached_groups = Vec::new();
+    let mut pins_before: std::collections::HashMap<GroupId, Option<u64>> = Default::default();
     for (k, mut op) in batch.ops.into_iter().enumerate() {
         let op_id = first_op + k as u64;
         let group = op.group();
+        pins_before
+            .entry(group)
+            .or_insert_with(|| st.index.groups.get(&group).and_then(|g| g.min_segment()));
         if let Op::Snapshot {
             marker, drop_all, ..
         } = &mut op
@@ -1049,6 +1079,10 @@ fn accept(st: &mut State, opts: &WalOptions, batch: Batch, bytes: u64) -> Result
         ops.push((op_id, op));
     }
     st.next_op = first_op + ops.len() as u64 - 1;
+    for (g, old) in pins_before {
+        let new = st.index.groups.get(&g).and_then(|s| s.min_segment());
+        pin_move(&mut st.pins, old, new);
+    }
     for g in cached_groups {
         st.cache_rr.push_back(g);
     }
@@ -1168,6 +1202,8 @@ impl Inner {
                 for (op_id, op) in &p.ops {
                     offs.clear();
                     let n = format::encode_record(&mut b[at..], seg.seq, batch_seq, op, &mut offs);
+                    let group = op.group();
+                    let pin_old = st.index.groups.get(&group).and_then(|g| g.min_segment());
                     match op {
                         Op::Append { group, entries: es } => {
                             locs.clear();
@@ -1189,6 +1225,8 @@ impl Inner {
                         }
                         Op::Remove { .. } => {}
                     }
+                    let pin_new = st.index.groups.get(&group).and_then(|g| g.min_segment());
+                    pin_move(&mut st.pins, pin_old, pin_new);
                     at += n;
                 }
             }
@@ -1263,8 +1301,7 @@ impl Inner {
         // 1. Reclaim a segment no group needs, once that fact is durable.
         let ready = {
             let mut st = self.st.borrow_mut();
-            let due =
-                st.gc_urgent || (st.gc_dirty && (st.queue.is_empty() || st.flushes_since_gc >= 16));
+            let due = st.gc_urgent || st.gc_dirty;
             if st.gc_candidate.is_none() && due {
                 st.gc_dirty = false;
                 st.gc_urgent = false;
@@ -1445,12 +1482,20 @@ fn gc_candidate(st: &State) -> Option<(u64, u64)> {
     if oldest >= st.current {
         return None;
     }
-    let pinned = st
-        .index
-        .groups
-        .values()
-        .filter_map(|g| g.min_segment())
-        .any(|s| s <= oldest);
+    let pinned = st.pins.contains_key(&oldest);
+    debug_assert!(
+        st.pins.keys().all(|&s| s >= oldest),
+        "a group pins a reclaimed segment"
+    );
+    debug_assert_eq!(
+        pinned,
+        st.index
+            .groups
+            .values()
+            .filter_map(|g| g.min_segment())
+            .any(|s| s <= oldest),
+        "pin counts out of date"
+    );
     (!pinned).then_some((oldest, st.next_op))
 }
 
