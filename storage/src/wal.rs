@@ -235,6 +235,8 @@ pub(crate) struct State {
     gc_dirty: bool,
     gc_urgent: bool,
     flushes_since_gc: u32,
+    /// Look for entry-less groups pinning the oldest segment (once per roll).
+    relocate_due: bool,
     gc_candidate: Option<(u64, u64)>,
     cache_rr: VecDeque<GroupId>,
     /// How many groups have each segment as their oldest live record's
@@ -409,6 +411,7 @@ impl Wal {
             gc_dirty: true,
             gc_urgent: true,
             flushes_since_gc: 0,
+            relocate_due: true,
             gc_candidate: None,
             cache_rr: VecDeque::new(),
             pins,
@@ -1290,6 +1293,7 @@ impl Inner {
         st.write_offset = BLOCK_BYTES;
         st.segments.insert(spare.seq, spare);
         st.gc_urgent = true;
+        st.relocate_due = true;
         Ok(())
     }
 
@@ -1321,12 +1325,77 @@ impl Inner {
             self.reclaim(seq).await?;
             return Ok(true);
         }
+        // 1b. Groups without entries whose snapshot marker or hard state is all
+        // that keeps the oldest segment alive (idle groups) are re-written
+        // forward automatically: it needs no disk read. Groups with entries
+        // are left to the engine (`groups_pinning_oldest`, `rewrite_groups`).
+        if self.relocate_idle_groups() {
+            return Ok(true);
+        }
         // 2. Prepare the next segment ahead of time.
         if self.st.borrow().spares.is_empty() {
             self.prepare_spare_step(false).await?;
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// Queues a batch re-writing the marker and hard state of entry-less
+    /// groups that pin the oldest segment. Returns whether one was queued.
+    fn relocate_idle_groups(&self) -> bool {
+        let mut st = self.st.borrow_mut();
+        let st = &mut *st;
+        if !st.relocate_due || st.gc_candidate.is_some() || st.segments.len() < 3 || st.closed {
+            return false;
+        }
+        st.relocate_due = false;
+        let oldest = *st.segments.keys().next().expect("at least 3 segments");
+        if !st.pins.contains_key(&oldest) {
+            return false;
+        }
+        let limit = self.opts.frame_limit_bytes() - FRAME_HEADER_BYTES as u64;
+        let mut batch = Batch::new();
+        let mut bytes = 0u64;
+        for (&group, g) in &st.index.groups {
+            if !g.slots.is_empty() || g.min_segment() != Some(oldest) {
+                continue;
+            }
+            if bytes + 2 * 48 > limit {
+                st.relocate_due = true; // more next time
+                break;
+            }
+            if g.marker_seg.is_some() {
+                batch.set_snapshot(group, g.marker);
+                bytes += 40;
+            }
+            if let Some(hs) = g.hard_state {
+                batch.set_hard_state(group, hs);
+                bytes += 48;
+            }
+        }
+        if batch.is_empty() {
+            return false;
+        }
+        let moved = batch.len();
+        debug_assert_eq!(
+            bytes,
+            batch.ops.iter().map(format::record_bytes).sum::<u64>()
+        );
+        match accept(st, &self.opts, batch, bytes) {
+            Ok(()) => {
+                tracing::debug!(
+                    segment = oldest,
+                    records = moved,
+                    "re-writing idle groups forward"
+                );
+                st.stats.groups_rewritten += moved as u64;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not re-write idle groups");
+                false
+            }
+        }
     }
 
     /// Deletes segment `seq`, or recycles it as the spare.

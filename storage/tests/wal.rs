@@ -503,6 +503,75 @@ fn a_cold_group_pins_old_segments_until_rewritten_forward() {
 }
 
 #[test]
+fn idle_groups_without_entries_are_moved_forward_automatically() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let opts = small_opts();
+        let (wal, _) = Wal::open(&path, opts.clone()).await.unwrap();
+        // 50 idle groups: a hard state and a snapshot marker each, no entries.
+        let mut b = Batch::new();
+        for g in 100..150 {
+            b.set_hard_state(
+                g,
+                HardState {
+                    term: 3,
+                    vote: g,
+                    commit: 9,
+                },
+            );
+            b.set_snapshot(g, SnapshotMarker { index: 9, term: 3 });
+        }
+        wal.write(b).await.unwrap();
+        // A busy group that compacts everything it writes.
+        let mut index = 0;
+        for _ in 0..60 {
+            let mut b = Batch::new();
+            b.append(
+                1,
+                (index + 1..=index + 4)
+                    .map(|i| entry(1, i, 1, 1000))
+                    .collect(),
+            );
+            index += 4;
+            wal.write(b).await.unwrap();
+            wal.compact(1, index).await.unwrap();
+        }
+        for _ in 0..50 {
+            if wal.stats().segments <= 2 {
+                break;
+            }
+            wal.write(Batch::new()).await.unwrap();
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let s = wal.stats();
+        assert!(
+            s.segments <= 2,
+            "idle groups still pin {:?}",
+            wal.segment_seqs()
+        );
+        assert!(s.groups_rewritten >= 50, "{s:?}");
+        assert!(s.segments_recycled + s.segments_deleted >= 3, "{s:?}");
+        wal.close().await.unwrap();
+        let (wal, rec) = Wal::open(&path, opts).await.unwrap();
+        assert_eq!(rec.groups.len(), 51);
+        for g in 100..150 {
+            assert_eq!(
+                wal.hard_state(g),
+                Some(HardState {
+                    term: 3,
+                    vote: g,
+                    commit: 9
+                })
+            );
+            assert_eq!(wal.snapshot(g), Some(SnapshotMarker { index: 9, term: 3 }));
+            assert_eq!(wal.last_index(g), Some(9));
+        }
+        wal.close().await.unwrap();
+    });
+}
+
+#[test]
 fn removed_groups_stay_removed_and_can_be_recreated() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
