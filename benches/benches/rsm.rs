@@ -253,6 +253,11 @@ fn file_rows(n: usize, expected_bytes: u64) {
     let path = dir.path().join("snapshot");
     let probe = dir.path().join("probe");
     let (done_tx, done_rx) = std::sync::mpsc::channel();
+    // The phase the executor is in, for the watchdog's message.
+    let phase = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let phase_in = phase.clone();
+    const PHASES: [&str; 5] = ["start", "build", "write file", "recover file", "close"];
+    let set = move |p: usize| phase_in.store(p, std::sync::atomic::Ordering::Relaxed);
     let _h = LocalExecutorBuilder::new(Placement::Unbound)
         .name("rsm-bench")
         .io_memory(4 << 20)
@@ -273,10 +278,12 @@ fn file_rows(n: usize, expected_bytes: u64) {
                 .close()
                 .await
                 .expect("close probe");
+            set(1);
             let mut rsm = kv();
             apply_all(&mut rsm, &puts(n, 16), 1024);
             let writer = rsm.capture(Bytes::from_static(b"membership"));
             drop(rsm);
+            set(2);
             let start = Instant::now();
             let mut sink = ImmutableFileBuilder::new(&path)
                 .build_sink()
@@ -286,11 +293,13 @@ fn file_rows(n: usize, expected_bytes: u64) {
             let file = sink.seal().await.expect("seal");
             let write_time = start.elapsed();
             drop(writer);
+            set(3);
             let start = Instant::now();
             let mut reader = file.stream_reader().build();
             let mut replica = kv();
             replica.recover(&mut reader).await.expect("recover file");
             let read_time = start.elapsed();
+            set(4);
             reader.close().await.expect("close reader");
             file.close().await.expect("close file");
             let _ = done_tx.send((info, write_time, read_time));
@@ -316,7 +325,11 @@ fn file_rows(n: usize, expected_bytes: u64) {
             );
         }
         Err(e) => {
-            println!("glommio file rows: no result after 300 s ({e}): executor hung");
+            let p = PHASES[phase.load(std::sync::atomic::Ordering::Relaxed)];
+            println!(
+                "glommio file rows: no result after 300 s ({e}): executor hung in phase \"{p}\" \
+                 (GLOMMIO.md bug 2?)"
+            );
             std::process::exit(2);
         }
     }

@@ -26,11 +26,8 @@ pub const KV_KIND: &str = "flotilla.kv/1";
 /// to the executor after each.
 const WRITE_PIECE_BYTES: usize = 64 << 10;
 /// Recovery yields to the executor after this many pairs (~0.1 ms of work,
-/// as GLOMMIO.md asks of every CPU loop). With 4,096 pairs (~1.5–8 ms under
-/// load) a glommio 0.9 executor parked for good in 3 large in-memory
-/// recoveries under load average ~10 (GLOMMIO.md bug 2, an armed timer did
-/// not help; not reproduced later at lower load); at 256 pairs 20 × 300 k
-/// and 20 × 1 M key recoveries ran clean.
+/// as GLOMMIO.md asks of every CPU loop). This does not make glommio 0.9's
+/// park race (GLOMMIO.md bug 2) impossible: see the README's glommio notes.
 const YIELD_EVERY_ENTRIES: u64 = 256;
 
 /// The in-memory ordered KV store.
