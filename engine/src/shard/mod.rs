@@ -25,8 +25,6 @@ pub(crate) mod group;
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_channel::oneshot;
@@ -74,9 +72,6 @@ pub(crate) enum ShardRequest {
         units: u32,
         reply: oneshot::Sender<()>,
     },
-    /// Sent by the host's watchdog when the shard's ticks stop advancing: the
-    /// message alone wakes a parked executor (see [`crate::host`]).
-    Poke,
     /// Stop: finish the shard's tasks and answer.
     Shutdown { reply: oneshot::Sender<()> },
 }
@@ -87,8 +82,6 @@ pub(crate) struct ShardSetup {
     pub(crate) shard: ShardId,
     pub(crate) tick_interval: Duration,
     pub(crate) mailbox: flume::Receiver<ShardRequest>,
-    /// Ticks fired so far, read by the host's watchdog thread.
-    pub(crate) progress: Arc<AtomicU64>,
 }
 
 struct Counters {
@@ -113,7 +106,6 @@ pub(crate) async fn run(setup: ShardSetup) {
         shard,
         tick_interval,
         mailbox,
-        progress,
     } = setup;
     let ex = glommio::executor();
     let raft_tq = ex.create_task_queue(Shares::Static(1000), Latency::NotImportant, "raft");
@@ -143,7 +135,6 @@ pub(crate) async fn run(setup: ShardSetup) {
                         counters.tick_lateness_max.set(late);
                     }
                     counters.ticks.set(counters.ticks.get() + 1);
-                    progress.store(counters.ticks.get(), Ordering::Relaxed);
                     // Fixed-rate schedule; after a long stall skip the missed
                     // ticks instead of firing a burst of them.
                     next += tick_interval;
@@ -156,6 +147,13 @@ pub(crate) async fn run(setup: ShardSetup) {
         )
         .expect("raft task queue exists")
     };
+
+    // A reserve of armed timers (see `keep_timers_armed`): bug 2 in GLOMMIO.md.
+    let keepalive = glommio::spawn_local_into(
+        keep_timers_armed(tick_interval, TIMER_RESERVE, stop.clone()),
+        raft_tq,
+    )
+    .expect("raft task queue exists");
 
     while let Ok(req) = mailbox.recv_async().await {
         match req {
@@ -181,10 +179,10 @@ pub(crate) async fn run(setup: ShardSetup) {
                 .expect("apply task queue exists")
                 .detach();
             }
-            ShardRequest::Poke => {}
             ShardRequest::Shutdown { reply } => {
                 stop.set(true);
                 ticker.await;
+                keepalive.await;
                 debug!(node = node_id, shard, "shard stopped");
                 let _ = reply.send(());
                 return;
@@ -194,7 +192,59 @@ pub(crate) async fn run(setup: ShardSetup) {
     // Every sender is gone: the host was dropped without a shutdown.
     stop.set(true);
     ticker.await;
+    keepalive.await;
     let _ = apply_tq;
+}
+
+/// How many timers [`keep_timers_armed`] keeps registered ahead.
+const TIMER_RESERVE: usize = 64;
+
+/// Keeps `reserve` timers armed at `period` intervals ahead of now.
+///
+/// glommio 0.9.0 can park an executor whose task queues are runnable (bug 2
+/// in GLOMMIO.md): it finds `need_preempt()` already set (its thread was
+/// descheduled past the preempt timer), runs nothing, and sleeps until an
+/// armed timer or a foreign wake-up. One periodic timer is not enough: once
+/// it fires, the task that would re-arm it is itself waiting in a runnable
+/// queue, so if the executor parks again no timer is armed and it sleeps for
+/// good. Measured with `no_shard_stalls_under_load_with_more_executors_than_cores`
+/// (3 nodes × 2 shards on 2 CPUs, 1 ms preempt timer): with one tick timer
+/// (and even with a watchdog thread poking the mailbox) 1 run in 2 to 6
+/// parked a shard for the whole deadline; with this reserve, 0 in 55 runs.
+/// A stuck executor is woken every `period` for `reserve` periods, and the
+/// first time this task runs the reserve is topped up again.
+async fn keep_timers_armed(period: Duration, reserve: usize, stop: Rc<Cell<bool>>) {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Poll;
+
+    let mut armed: std::collections::VecDeque<glommio::timer::Timer> =
+        std::collections::VecDeque::with_capacity(reserve);
+    let mut last_due = Instant::now();
+    while !stop.get() {
+        let now = Instant::now();
+        if last_due < now {
+            last_due = now;
+        }
+        let mut fresh = Vec::new();
+        while armed.len() + fresh.len() < reserve {
+            last_due += period;
+            fresh.push(glommio::timer::Timer::new(last_due - now));
+        }
+        // Register the new timers with this task's waker without waiting.
+        std::future::poll_fn(|cx| {
+            for t in fresh.iter_mut() {
+                let _ = Pin::new(t).poll(cx);
+            }
+            Poll::Ready(())
+        })
+        .await;
+        armed.extend(fresh);
+        if let Some(front) = armed.front_mut() {
+            front.await;
+        }
+        armed.pop_front();
+    }
 }
 
 #[cfg(test)]
