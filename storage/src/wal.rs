@@ -1332,8 +1332,11 @@ impl Inner {
         if self.relocate_idle_groups() {
             return Ok(true);
         }
-        // 2. Prepare the next segment ahead of time.
-        if self.st.borrow().spares.is_empty() {
+        // 2. Prepare the next segment ahead of time, while idle: zero-filling
+        // must not compete with flushes for the disk. Under sustained load the
+        // roll fallocates whatever is left instead.
+        let idle = self.st.borrow().queue.is_empty();
+        if idle && self.st.borrow().spares.is_empty() {
             self.prepare_spare_step(false).await?;
             return Ok(true);
         }
@@ -1508,6 +1511,15 @@ impl Inner {
             }
         };
         loop {
+            if finish && prep.filled < prep.seg.bytes {
+                // A roll is waiting: do not zero-fill the rest inline.
+                prep.seg
+                    .file
+                    .pre_allocate(prep.seg.bytes, false)
+                    .await
+                    .map_err(|e| WalError::io(&prep.tmp_path, e))?;
+                prep.filled = prep.seg.bytes;
+            }
             if prep.filled < prep.seg.bytes {
                 let n = SPARE_CHUNK_BYTES.min(prep.seg.bytes - prep.filled);
                 let b = zeroed_buffer(&prep.seg.file, n as usize);
