@@ -1160,12 +1160,17 @@ impl Inner {
             let st = self.st.borrow();
             FRAME_HEADER_BYTES as u64 + st.queue.front().expect("called with work").bytes
         };
-        let needs_roll = {
-            let st = self.st.borrow();
-            let seg_bytes = st.segments[&st.current].bytes;
-            st.write_offset + align_up(first_bytes) > seg_bytes
-        };
-        if needs_roll {
+        // Roll until the frame fits (a spare left by a run with a smaller
+        // `segment_bytes` may be too small; fresh and recycled ones never are).
+        for _ in 0..=self.opts.spare_segments_max + 1 {
+            let needs_roll = {
+                let st = self.st.borrow();
+                let seg_bytes = st.segments[&st.current].bytes;
+                st.write_offset + align_up(first_bytes) > seg_bytes
+            };
+            if !needs_roll {
+                break;
+            }
             self.roll().await?;
         }
         let (seg, offset, buf, last_op, touched, frame_bytes) = {

@@ -572,6 +572,37 @@ fn idle_groups_without_entries_are_moved_forward_automatically() {
 }
 
 #[test]
+fn reopening_with_larger_segments_and_frames_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (wal, _) = Wal::open(&path, small_opts()).await.unwrap();
+        let mut b = Batch::new();
+        b.append(1, vec![entry(1, 1, 1, 100)]);
+        wal.write(b).await.unwrap();
+        wal.close().await.unwrap();
+        // Spares of 64 KiB exist; frames may now be 128 KiB.
+        let big = WalOptions {
+            segment_bytes: 512 * 1024,
+            frame_bytes_max: 128 * 1024,
+            ..small_opts()
+        };
+        let (wal, _) = Wal::open(&path, big.clone()).await.unwrap();
+        let mut b = Batch::new();
+        b.append(1, (2..=11).map(|i| entry(1, i, 1, 10_000)).collect());
+        wal.write(b).await.unwrap();
+        wal.close().await.unwrap();
+        let (wal, rec) = Wal::open(&path, big).await.unwrap();
+        assert_eq!(rec.groups[0].last_index, 11);
+        assert_eq!(
+            wal.entries(1, 11..12, 0).await.unwrap(),
+            vec![entry(1, 11, 1, 10_000)]
+        );
+        wal.close().await.unwrap();
+    });
+}
+
+#[test]
 fn removed_groups_stay_removed_and_can_be_recreated() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
