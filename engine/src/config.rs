@@ -1,6 +1,7 @@
 //! Node-level configuration: how many shards, where they run, how often they
 //! tick, and the limits that bound every queue.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -48,7 +49,18 @@ pub struct NodeHostConfig {
     /// shard).
     pub data_dir: PathBuf,
     /// Number of shards (executors). Default: the number of available CPUs.
+    /// Must be the same on every node of a cluster: a group lives on shard
+    /// `shard_of(group, shard_count)` everywhere.
     pub shard_count: usize,
+    /// Raft address of shard 0; shard `s` listens on port `port + s`.
+    pub raft_addr: SocketAddr,
+    /// Ticks without hearing from a leader before a follower campaigns
+    /// (randomized up to twice this).
+    pub election_timeout_ticks: u64,
+    /// Ticks between a leader's heartbeats.
+    pub heartbeat_interval_ticks: u64,
+    /// Size of each WAL segment file.
+    pub wal_segment_bytes: u64,
     /// Where shard executors run.
     pub placement: Placement,
     /// Length of one raft tick.
@@ -73,6 +85,10 @@ impl NodeHostConfig {
             cluster_id: 1,
             data_dir: data_dir.into(),
             shard_count: available_cpus(),
+            raft_addr: SocketAddr::from(([127, 0, 0, 1], 7100)),
+            election_timeout_ticks: 10,
+            heartbeat_interval_ticks: 1,
+            wal_segment_bytes: 64 << 20,
             placement: Placement::Pinned { first_cpu: 0 },
             tick_interval: Duration::from_millis(10),
             preempt_timer: Duration::from_millis(2),
@@ -115,6 +131,27 @@ impl NodeHostConfig {
             return Err(ConfigError::Invalid {
                 field: "io_memory_bytes",
                 reason: format!("{} is below 512 KiB", self.io_memory_bytes),
+            });
+        }
+        if self.heartbeat_interval_ticks == 0
+            || self.election_timeout_ticks <= self.heartbeat_interval_ticks
+        {
+            return Err(ConfigError::Invalid {
+                field: "election_timeout_ticks",
+                reason: format!(
+                    "{} must exceed heartbeat_interval_ticks {} (> 0)",
+                    self.election_timeout_ticks, self.heartbeat_interval_ticks
+                ),
+            });
+        }
+        if u32::from(self.raft_addr.port()) + self.shard_count as u32 > 65535 {
+            return Err(ConfigError::Invalid {
+                field: "raft_addr",
+                reason: format!(
+                    "port {} + {} shards runs past 65535",
+                    self.raft_addr.port(),
+                    self.shard_count
+                ),
             });
         }
         if self.mailbox_capacity == 0 {

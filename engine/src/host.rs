@@ -10,13 +10,19 @@
 //! inside each shard by a reserve of armed timers; see
 //! `shard::keep_timers_armed` and the stress test below.
 
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use futures_channel::oneshot;
 use glommio::LocalExecutorBuilder;
 use tracing::{error, info};
 
 use crate::config::{available_cpus, ConfigError, NodeHostConfig};
+use crate::error::RequestError;
+use crate::raft::{GroupId, NodeId};
+use crate::shard::driver::GroupStatus;
 use crate::shard::{self, ShardId, ShardRequest, ShardSetup, ShardStats};
 
 /// Errors of the `NodeHost` API.
@@ -37,6 +43,9 @@ pub enum HostError {
     /// The node is shutting down (or a shard has stopped).
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// The group refused or failed the request.
+    #[error(transparent)]
+    Request(#[from] RequestError),
     /// No answer came within the deadline.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
@@ -74,13 +83,44 @@ impl NodeHost {
             threads: Vec::with_capacity(config.shard_count),
             config,
         };
+        let mut started = Vec::with_capacity(host.config.shard_count);
         for shard in 0..host.config.shard_count {
             let (tx, rx) = flume::bounded(host.config.mailbox_capacity);
+            let wal_dir = host.config.data_dir.join(format!("shard-{shard}"));
+            // On the calling thread, before any executor runs: creating the
+            // directories may block.
+            if let Err(e) = std::fs::create_dir_all(&wal_dir) {
+                let err = HostError::ShardStart {
+                    shard: shard as ShardId,
+                    reason: format!("cannot create {}: {e}", wal_dir.display()),
+                };
+                futures_lite::future::block_on(host.shutdown());
+                return Err(err);
+            }
+            let mut raft_defaults = crate::raft::Config::new(
+                crate::raft::NodeId(host.config.node_id),
+                crate::raft::GroupId(0),
+            );
+            raft_defaults.election_timeout_ticks = host.config.election_timeout_ticks;
+            raft_defaults.heartbeat_interval_ticks = host.config.heartbeat_interval_ticks;
+            let wal_options = flotilla_storage::WalOptions {
+                segment_bytes: host.config.wal_segment_bytes,
+                ..Default::default()
+            };
+            let (started_tx, started_rx) = oneshot::channel();
+            started.push(started_rx);
             let setup = ShardSetup {
                 node_id: host.config.node_id,
+                cluster_id: host.config.cluster_id,
                 shard: shard as ShardId,
+                shard_count: host.config.shard_count,
                 tick_interval: host.config.tick_interval,
                 mailbox: rx,
+                raft_addr: host.config.raft_addr,
+                wal_dir,
+                wal_options,
+                raft_defaults,
+                started: started_tx,
             };
             let mut builder =
                 LocalExecutorBuilder::new(host.config.placement.for_shard(shard, cpus))
@@ -105,6 +145,17 @@ impl NodeHost {
                     futures_lite::future::block_on(host.shutdown());
                     return Err(err);
                 }
+            }
+        }
+        for (shard, rx) in started.into_iter().enumerate() {
+            let outcome = futures_lite::future::block_on(rx)
+                .unwrap_or_else(|_| Err("the shard exited during start".to_string()));
+            if let Err(reason) = outcome {
+                futures_lite::future::block_on(host.shutdown());
+                return Err(HostError::ShardStart {
+                    shard: shard as ShardId,
+                    reason,
+                });
             }
         }
         info!(
@@ -138,6 +189,110 @@ impl NodeHost {
         let (reply, rx) = oneshot::channel();
         self.request(shard, ShardRequest::Stats { reply }, rx, deadline)
             .await
+    }
+
+    fn shard_for(&self, group: GroupId) -> ShardId {
+        shard::shard_of(group.0, self.mailboxes.len().max(1))
+    }
+
+    /// Starts `group` on this node as a founding member; `members` lists
+    /// every founding member's node id and raft address (this node's too).
+    /// Starting a group that already runs here is a no-op.
+    ///
+    /// # Errors
+    /// [`HostError::ShuttingDown`], [`HostError::Timeout`], or the group's
+    /// [`RequestError`].
+    pub async fn start_group(
+        &self,
+        group: GroupId,
+        members: Vec<(NodeId, SocketAddr)>,
+        deadline: Duration,
+    ) -> Result<(), HostError> {
+        let (reply, rx) = oneshot::channel();
+        self.request(
+            self.shard_for(group),
+            ShardRequest::StartGroup {
+                group,
+                members,
+                reply,
+            },
+            rx,
+            deadline,
+        )
+        .await?
+        .map_err(HostError::Request)
+    }
+
+    /// Proposes an encoded rsm command (see `flotilla_rsm::encode_noop` and
+    /// `ClientSession`) to `group`; returns the state machine's result once
+    /// the command is committed and applied here. This replica must be the
+    /// leader (forwarding comes next): otherwise
+    /// `RequestError::Rejected(NotLeader)`.
+    ///
+    /// # Errors
+    /// [`HostError::Request`] with the group's error, [`HostError::Timeout`],
+    /// [`HostError::ShuttingDown`].
+    pub async fn propose(
+        &self,
+        group: GroupId,
+        cmd: Bytes,
+        deadline: Duration,
+    ) -> Result<Bytes, HostError> {
+        let (reply, rx) = oneshot::channel();
+        self.request(
+            self.shard_for(group),
+            ShardRequest::Propose { group, cmd, reply },
+            rx,
+            deadline,
+        )
+        .await?
+        .map_err(HostError::Request)
+    }
+
+    /// A linearizable read (ReadIndex, or the leader lease when it holds)
+    /// of `query` against `group`'s state machine.
+    ///
+    /// # Errors
+    /// As [`NodeHost::propose`].
+    pub async fn read(
+        &self,
+        group: GroupId,
+        query: Bytes,
+        deadline: Duration,
+    ) -> Result<Bytes, HostError> {
+        let (reply, rx) = oneshot::channel();
+        self.request(
+            self.shard_for(group),
+            ShardRequest::Read {
+                group,
+                query,
+                reply,
+            },
+            rx,
+            deadline,
+        )
+        .await?
+        .map_err(HostError::Request)
+    }
+
+    /// Leader, term, commit and applied index of this node's replica of
+    /// `group` (`None`: not hosted here).
+    ///
+    /// # Errors
+    /// [`HostError::Timeout`], [`HostError::ShuttingDown`].
+    pub async fn group_status(
+        &self,
+        group: GroupId,
+        deadline: Duration,
+    ) -> Result<Option<GroupStatus>, HostError> {
+        let (reply, rx) = oneshot::channel();
+        self.request(
+            self.shard_for(group),
+            ShardRequest::Status { group, reply },
+            rx,
+            deadline,
+        )
+        .await
     }
 
     #[cfg(test)]
@@ -227,8 +382,14 @@ mod tests {
     use crate::config::Placement;
     use futures_lite::future::block_on;
 
-    fn test_config(node: u64, shards: usize, first_cpu: usize) -> NodeHostConfig {
-        let mut cfg = NodeHostConfig::new(node, std::env::temp_dir());
+    fn test_config(
+        node: u64,
+        shards: usize,
+        first_cpu: usize,
+        dir: &tempfile::TempDir,
+    ) -> NodeHostConfig {
+        let mut cfg = NodeHostConfig::new(node, dir.path().join(format!("node-{node}")));
+        cfg.raft_addr = crate::test_util::free_port_block(shards);
         cfg.shard_count = shards;
         cfg.placement = Placement::Pinned { first_cpu };
         cfg.tick_interval = Duration::from_millis(5);
@@ -246,8 +407,9 @@ mod tests {
     /// 1 run out of 2 to 6 here.
     #[test]
     fn no_shard_stalls_under_load_with_more_executors_than_cores() {
+        let dir = tempfile::tempdir().unwrap();
         let hosts: Vec<NodeHost> = (0..3)
-            .map(|n| NodeHost::start(test_config(n as u64 + 1, 2, n * 2)).unwrap())
+            .map(|n| NodeHost::start(test_config(n as u64 + 1, 2, n * 2, &dir)).unwrap())
             .collect();
         block_on(async {
             for round in 0..5 {
@@ -303,7 +465,8 @@ mod tests {
 
     #[test]
     fn bad_config_is_rejected_before_any_executor_starts() {
-        let mut cfg = test_config(0, 1, 0);
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = test_config(0, 1, 0, &dir);
         cfg.node_id = 0;
         assert!(matches!(NodeHost::start(cfg), Err(HostError::Config(_))));
     }

@@ -14,9 +14,12 @@ mod config;
 mod error;
 mod host;
 pub mod shard;
+#[doc(hidden)]
+pub mod test_util;
 pub mod wire;
 
 pub use config::{available_cpus, ConfigError, NodeHostConfig, Placement};
 pub use error::RequestError;
 pub use host::{HostError, NodeHost};
+pub use shard::driver::GroupStatus;
 pub use shard::{shard_of, ShardId, ShardStats};

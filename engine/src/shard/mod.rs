@@ -17,19 +17,22 @@
 //! busy, and the short preempt timer (see [`crate::NodeHostConfig`]) bounds
 //! how late a tick or a message is seen while bulk work runs.
 
-// The shard event loop that drives GroupReplica (WAL, transport, apply
-// queue) is the next slice of the engine issue; until it lands the glue is
-// exercised by its own tests only.
-#[allow(dead_code)]
+pub mod driver;
 pub(crate) mod group;
 
 use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use bytes::Bytes;
 use futures_channel::oneshot;
 use glommio::{Latency, Shares};
-use tracing::{debug, info};
+use tracing::{debug, error, info};
+
+use crate::raft::{GroupId, NodeId};
 
 /// Identifies a shard within a node (0-based).
 pub type ShardId = u32;
@@ -72,6 +75,29 @@ pub(crate) enum ShardRequest {
         units: u32,
         reply: oneshot::Sender<()>,
     },
+    /// Start a group as a founding member.
+    StartGroup {
+        group: GroupId,
+        members: Vec<(NodeId, SocketAddr)>,
+        reply: group::Reply<()>,
+    },
+    /// Propose an encoded rsm command.
+    Propose {
+        group: GroupId,
+        cmd: Bytes,
+        reply: group::Reply<Bytes>,
+    },
+    /// A linearizable read.
+    Read {
+        group: GroupId,
+        query: Bytes,
+        reply: group::Reply<Bytes>,
+    },
+    /// Leader, term, commit and applied index of a group.
+    Status {
+        group: GroupId,
+        reply: oneshot::Sender<Option<driver::GroupStatus>>,
+    },
     /// Stop: finish the shard's tasks and answer.
     Shutdown { reply: oneshot::Sender<()> },
 }
@@ -79,9 +105,16 @@ pub(crate) enum ShardRequest {
 /// What a shard needs to start.
 pub(crate) struct ShardSetup {
     pub(crate) node_id: u64,
+    pub(crate) cluster_id: u64,
     pub(crate) shard: ShardId,
+    pub(crate) shard_count: usize,
     pub(crate) tick_interval: Duration,
     pub(crate) mailbox: flume::Receiver<ShardRequest>,
+    pub(crate) raft_addr: SocketAddr,
+    pub(crate) wal_dir: PathBuf,
+    pub(crate) wal_options: flotilla_storage::WalOptions,
+    pub(crate) raft_defaults: crate::raft::Config,
+    pub(crate) started: oneshot::Sender<Result<(), String>>,
 }
 
 struct Counters {
@@ -103,9 +136,16 @@ pub(crate) async fn run(setup: ShardSetup) {
     ON_SHARD.with(|f| f.set(true));
     let ShardSetup {
         node_id,
+        cluster_id,
         shard,
+        shard_count,
         tick_interval,
         mailbox,
+        raft_addr,
+        wal_dir,
+        wal_options,
+        raft_defaults,
+        started,
     } = setup;
     let ex = glommio::executor();
     let raft_tq = ex.create_task_queue(Shares::Static(1000), Latency::NotImportant, "raft");
@@ -115,13 +155,107 @@ pub(crate) async fn run(setup: ShardSetup) {
         tick_lateness_max: Cell::new(Duration::ZERO),
     });
     let stop = Rc::new(Cell::new(false));
+
+    // Before any I/O: a reserve of armed timers (see `keep_timers_armed`),
+    // or the executor can park for good while the WAL opens (bug 2).
+    let keepalive = glommio::spawn_local_into(
+        keep_timers_armed(tick_interval, TIMER_RESERVE, stop.clone()),
+        raft_tq,
+    )
+    .expect("raft task queue exists");
+
+    // The WAL first: its open works around glommio 0.9.0 bug 1.
+    let wal = match flotilla_storage::Wal::open(&wal_dir, wal_options).await {
+        Ok((wal, recovery)) => {
+            if !recovery.groups.is_empty() {
+                // Restarting groups from the WAL is the next slice.
+                error!(
+                    node = node_id,
+                    shard,
+                    groups = recovery.groups.len(),
+                    "WAL holds groups; restarting them is not supported yet"
+                );
+            }
+            Rc::new(wal)
+        }
+        Err(e) => {
+            let _ = started.send(Err(format!(
+                "shard {shard}: WAL {}: {e}",
+                wal_dir.display()
+            )));
+            stop.set(true);
+            keepalive.await;
+            return;
+        }
+    };
+    let registry = flotilla_transport::Registry::new();
+    registry.set_node(
+        flotilla_transport::NodeId(node_id),
+        raft_addr,
+        shard_count as u32,
+    );
+    let mut tcfg = flotilla_transport::TransportConfig::new(
+        flotilla_transport::ClusterId(cluster_id),
+        flotilla_transport::PeerId::new(node_id, shard),
+    );
+    tcfg.task_queue = Some(raft_tq);
+    let transport = match flotilla_transport::Transport::new(tcfg, registry) {
+        Ok(t) => Rc::new(t),
+        Err(e) => {
+            let _ = started.send(Err(format!("shard {shard}: raft listener: {e}")));
+            let _ = wal.close().await;
+            stop.set(true);
+            keepalive.await;
+            return;
+        }
+    };
+    let driver: driver::SharedDriver = Rc::new(std::cell::RefCell::new(driver::Driver::new(
+        NodeId(node_id),
+        shard_count,
+        raft_defaults,
+        transport,
+        wal.clone(),
+    )));
+    let kick = Rc::new(glommio::sync::Semaphore::new(0));
+    let _ = started.send(Ok(()));
     info!(node = node_id, shard, "shard started");
 
-    // The ticker: one timer for all groups, never disarmed (bug 2 in
-    // GLOMMIO.md: a parked executor still wakes for its timers).
+    let driver_task = glommio::spawn_local_into(
+        driver::drive(driver.clone(), kick.clone(), stop.clone()),
+        raft_tq,
+    )
+    .expect("raft task queue exists");
+
+    // Inbound raft traffic: decode and step, then kick the driver.
+    let inbound = {
+        let driver = driver.clone();
+        let kick = kick.clone();
+        let stop = stop.clone();
+        glommio::spawn_local_into(
+            async move {
+                let recv = driver.borrow().transport();
+                while !stop.get() {
+                    let Some(batch) = recv.recv().await else {
+                        break;
+                    };
+                    driver.borrow_mut().on_inbound(batch);
+                    while let Some(batch) = recv.try_recv() {
+                        driver.borrow_mut().on_inbound(batch);
+                    }
+                    kick.signal(1);
+                }
+            },
+            raft_tq,
+        )
+        .expect("raft task queue exists")
+    };
+
+    // The ticker: one timer for all groups.
     let ticker = {
         let counters = counters.clone();
         let stop = stop.clone();
+        let driver = driver.clone();
+        let kick = kick.clone();
         glommio::spawn_local_into(
             async move {
                 let mut next = Instant::now() + tick_interval;
@@ -135,6 +269,8 @@ pub(crate) async fn run(setup: ShardSetup) {
                         counters.tick_lateness_max.set(late);
                     }
                     counters.ticks.set(counters.ticks.get() + 1);
+                    driver.borrow_mut().tick();
+                    kick.signal(1);
                     // Fixed-rate schedule; after a long stall skip the missed
                     // ticks instead of firing a burst of them.
                     next += tick_interval;
@@ -148,13 +284,7 @@ pub(crate) async fn run(setup: ShardSetup) {
         .expect("raft task queue exists")
     };
 
-    // A reserve of armed timers (see `keep_timers_armed`): bug 2 in GLOMMIO.md.
-    let keepalive = glommio::spawn_local_into(
-        keep_timers_armed(tick_interval, TIMER_RESERVE, stop.clone()),
-        raft_tq,
-    )
-    .expect("raft task queue exists");
-
+    let mut shutdown_reply = None;
     while let Ok(req) = mailbox.recv_async().await {
         match req {
             ShardRequest::Stats { reply } => {
@@ -163,6 +293,30 @@ pub(crate) async fn run(setup: ShardSetup) {
                     ticks: counters.ticks.get(),
                     tick_lateness_max: counters.tick_lateness_max.get(),
                 });
+            }
+            ShardRequest::StartGroup {
+                group,
+                members,
+                reply,
+            } => {
+                let r = driver.borrow_mut().start_group(group, &members);
+                let _ = reply.send(r);
+                kick.signal(1);
+            }
+            ShardRequest::Propose { group, cmd, reply } => {
+                driver.borrow_mut().propose(group, cmd, reply);
+                kick.signal(1);
+            }
+            ShardRequest::Read {
+                group,
+                query,
+                reply,
+            } => {
+                driver.borrow_mut().read(group, query, reply);
+                kick.signal(1);
+            }
+            ShardRequest::Status { group, reply } => {
+                let _ = reply.send(driver.borrow().group_status(group));
             }
             #[cfg(test)]
             ShardRequest::Burn { units, reply } => {
@@ -180,20 +334,30 @@ pub(crate) async fn run(setup: ShardSetup) {
                 .detach();
             }
             ShardRequest::Shutdown { reply } => {
-                stop.set(true);
-                ticker.await;
-                keepalive.await;
-                debug!(node = node_id, shard, "shard stopped");
-                let _ = reply.send(());
-                return;
+                shutdown_reply = Some(reply);
+                break;
             }
         }
     }
-    // Every sender is gone: the host was dropped without a shutdown.
+    // Shutdown (or every sender gone): stop the tasks, fail what waits,
+    // close the transport and the WAL.
     stop.set(true);
+    kick.signal(1);
     ticker.await;
     keepalive.await;
+    driver_task.await;
+    driver.borrow_mut().fail_all();
+    let transport = driver.borrow().transport();
+    transport.shutdown().await;
+    inbound.await;
+    if let Err(e) = wal.close().await {
+        error!(node = node_id, shard, error = %e, "WAL close failed");
+    }
     let _ = apply_tq;
+    debug!(node = node_id, shard, "shard stopped");
+    if let Some(reply) = shutdown_reply {
+        let _ = reply.send(());
+    }
 }
 
 /// How many timers [`keep_timers_armed`] keeps registered ahead.
