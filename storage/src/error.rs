@@ -96,6 +96,13 @@ pub enum InvalidOp {
         /// The requested index.
         index: u64,
     },
+    /// Group metadata larger than [`crate::META_BYTES_MAX`].
+    MetaTooLarge {
+        /// Size of the refused metadata.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
 }
 
 /// Errors of the write-ahead log.

@@ -12,7 +12,9 @@
 //! One frame is one flush: every batch coalesced into one DMA write and one
 //! fdatasync. A frame is all-or-nothing at recovery.
 
-use crate::types::{HardState, Op, SnapshotMarker};
+use bytes::Bytes;
+
+use crate::types::{HardState, Op, SnapshotMarker, META_BYTES_MAX};
 
 /// Direct I/O block: offsets and lengths of every write are multiples of it.
 pub const BLOCK_BYTES: u64 = 4096;
@@ -32,6 +34,7 @@ pub(crate) const KIND_ENTRIES: u8 = 1;
 pub(crate) const KIND_HARD_STATE: u8 = 2;
 pub(crate) const KIND_SNAPSHOT: u8 = 3;
 pub(crate) const KIND_REMOVE: u8 = 4;
+pub(crate) const KIND_META: u8 = 5;
 
 /// Rounds `v` up to the next multiple of [`BLOCK_BYTES`].
 pub fn align_up(v: u64) -> u64 {
@@ -149,6 +152,7 @@ pub(crate) fn record_bytes(op: &Op) -> u64 {
         Op::HardState { .. } => RECORD_HEADER_BYTES as u64 + 24,
         Op::Snapshot { .. } => RECORD_HEADER_BYTES as u64 + 16,
         Op::Remove { .. } => RECORD_HEADER_BYTES as u64,
+        Op::Meta { meta, .. } => (RECORD_HEADER_BYTES + meta.len()) as u64,
     }
 }
 
@@ -230,6 +234,7 @@ fn record_crc(segment_seq: u64, batch_seq: u64, covered: &[u8]) -> u32 {
 /// kind 3 snapshot:   | index u64 | term u64 |   count 1: drop every entry,
 ///                                                 count 0: drop entries <= index
 /// kind 4 remove:     (nothing)
+/// kind 5 meta:       | opaque bytes (len - 24, at most 64 KiB) |   count 0
 /// ```
 /// `len` is the whole record. `crc` = crc32(segment_seq ‖ batch_seq ‖ bytes
 /// 8.. of the record up to the payloads), so a stale record of a recycled
@@ -291,6 +296,11 @@ pub(crate) fn encode_record(
             b[8] = KIND_REMOVE;
             len
         }
+        Op::Meta { meta, .. } => {
+            b[8] = KIND_META;
+            b[RECORD_HEADER_BYTES..len].copy_from_slice(meta);
+            len
+        }
     };
     let crc = record_crc(segment_seq, batch_seq, &b[8..covered_end]);
     put_u32(b, 4, crc);
@@ -327,6 +337,10 @@ pub(crate) enum DecodedRecord {
     },
     Remove {
         group: u64,
+    },
+    Meta {
+        group: u64,
+        meta: Bytes,
     },
 }
 
@@ -370,6 +384,7 @@ pub(crate) fn decode_frame_body(frame: &[u8], header: &FrameHeader) -> Option<Ve
             KIND_HARD_STATE if len == RECORD_HEADER_BYTES + 24 && count == 0 => len,
             KIND_SNAPSHOT if len == RECORD_HEADER_BYTES + 16 && count <= 1 => len,
             KIND_REMOVE if len == RECORD_HEADER_BYTES && count == 0 => len,
+            KIND_META if len - RECORD_HEADER_BYTES <= META_BYTES_MAX && count == 0 => len,
             _ => return None,
         };
         if record_crc(header.segment_seq, header.batch_seq, &rec[8..covered_end]) != get_u32(rec, 4)
@@ -428,6 +443,10 @@ pub(crate) fn decode_frame_body(frame: &[u8], header: &FrameHeader) -> Option<Ve
                     term: get_u64(rec, 32),
                 },
                 drop_all: count == 1,
+            },
+            KIND_META => DecodedRecord::Meta {
+                group,
+                meta: Bytes::copy_from_slice(&rec[RECORD_HEADER_BYTES..]),
             },
             _ => DecodedRecord::Remove { group },
         };
@@ -489,6 +508,14 @@ mod tests {
                 drop_all: true,
             },
             Op::Remove { group: 5 },
+            Op::Meta {
+                group: 3,
+                meta: Bytes::from_static(b"voters=1,2,3"),
+            },
+            Op::Meta {
+                group: 6,
+                meta: Bytes::new(),
+            },
         ]
     }
 
@@ -500,7 +527,7 @@ mod tests {
         assert_eq!(h.batch_seq, 42);
         assert_eq!(&b[0..4], b"TFRM");
         let recs = decode_frame_body(&b, &h).expect("body");
-        assert_eq!(recs.len(), 4);
+        assert_eq!(recs.len(), 6);
         match &recs[0] {
             DecodedRecord::Entries {
                 group,
@@ -535,6 +562,20 @@ mod tests {
             }
         );
         assert_eq!(recs[3], DecodedRecord::Remove { group: 5 });
+        assert_eq!(
+            recs[4],
+            DecodedRecord::Meta {
+                group: 3,
+                meta: Bytes::from_static(b"voters=1,2,3")
+            }
+        );
+        assert_eq!(
+            recs[5],
+            DecodedRecord::Meta {
+                group: 6,
+                meta: Bytes::new()
+            }
+        );
         // A frame of another segment (a recycled file) or another batch never checks.
         assert!(decode_frame_header(&b, 8).is_none());
     }

@@ -8,7 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use bytes::Bytes;
 
 use crate::error::InvalidOp;
-use crate::types::{GroupId, HardState, SnapshotMarker};
+use crate::types::{GroupId, HardState, SnapshotMarker, META_BYTES_MAX};
 
 /// Where an entry's payload lives on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +46,11 @@ pub(crate) struct GroupState {
     /// Segment holding the latest snapshot record (once encoded).
     pub marker_seg: Option<u64>,
     pub marker_op: u64,
+    /// Opaque metadata (latest wins), kept in memory.
+    pub meta: Option<Bytes>,
+    /// Segment holding the latest meta record (once encoded).
+    pub meta_seg: Option<u64>,
+    pub meta_op: u64,
     /// Operation that last changed this group.
     pub last_op: u64,
     /// Payload bytes cached for this group.
@@ -78,7 +83,7 @@ impl GroupState {
     /// Oldest segment holding a live record of this group.
     pub(crate) fn min_segment(&self) -> Option<u64> {
         let entry = self.slots.front().and_then(|s| s.loc).map(|l| l.segment);
-        [entry, self.hs_seg, self.marker_seg]
+        [entry, self.hs_seg, self.marker_seg, self.meta_seg]
             .into_iter()
             .flatten()
             .min()
@@ -97,6 +102,10 @@ pub(crate) enum Change {
     },
     Snapshot {
         marker: SnapshotMarker,
+        seg: Option<u64>,
+    },
+    Meta {
+        meta: Bytes,
         seg: Option<u64>,
     },
     Remove,
@@ -130,6 +139,13 @@ pub(crate) enum Undo {
         dropped_front: VecDeque<Slot>,
         dropped_all: Option<VecDeque<Slot>>,
     },
+    Meta {
+        group: GroupId,
+        prev: Option<Bytes>,
+        meta_op: u64,
+        meta_seg: Option<u64>,
+        last_op: u64,
+    },
     Remove {
         group: GroupId,
         state: Box<GroupState>,
@@ -158,6 +174,14 @@ impl Index {
         undo: Option<&mut Vec<Undo>>,
     ) -> Result<(), InvalidOp> {
         // Validate first, against the current state.
+        if let Change::Meta { meta, .. } = &change {
+            if meta.len() > META_BYTES_MAX {
+                return Err(InvalidOp::MetaTooLarge {
+                    bytes: meta.len() as u64,
+                    limit: META_BYTES_MAX as u64,
+                });
+            }
+        }
         if let Some(g) = self.groups.get(&group) {
             match &change {
                 Change::Append { first_index, slots } => {
@@ -227,6 +251,22 @@ impl Index {
                 g.hs_op = op_id;
                 if seg.is_some() {
                     g.hs_seg = seg;
+                }
+                g.last_op = op_id;
+            }
+            Change::Meta { meta, seg } => {
+                let g = self.groups.get_mut(&group).expect("inserted above");
+                undo.push(Undo::Meta {
+                    group,
+                    prev: g.meta.take(),
+                    meta_op: g.meta_op,
+                    meta_seg: g.meta_seg,
+                    last_op: g.last_op,
+                });
+                g.meta = Some(meta);
+                g.meta_op = op_id;
+                if seg.is_some() {
+                    g.meta_seg = seg;
                 }
                 g.last_op = op_id;
             }
@@ -335,6 +375,19 @@ impl Index {
                     g.hs_seg = hs_seg;
                     g.last_op = last_op;
                 }
+                Undo::Meta {
+                    group,
+                    prev,
+                    meta_op,
+                    meta_seg,
+                    last_op,
+                } => {
+                    let g = self.groups.get_mut(&group).expect("undo of a live group");
+                    g.meta = prev;
+                    g.meta_op = meta_op;
+                    g.meta_seg = meta_seg;
+                    g.last_op = last_op;
+                }
                 Undo::Snapshot {
                     group,
                     prev,
@@ -392,6 +445,14 @@ impl Index {
         if let Some(g) = self.groups.get_mut(&group) {
             if g.hs_op == op_id {
                 g.hs_seg = Some(seg);
+            }
+        }
+    }
+
+    pub(crate) fn set_meta_segment(&mut self, group: GroupId, op_id: u64, seg: u64) {
+        if let Some(g) = self.groups.get_mut(&group) {
+            if g.meta_op == op_id {
+                g.meta_seg = Some(seg);
             }
         }
     }
@@ -501,6 +562,16 @@ mod tests {
             None,
         )
         .unwrap();
+        ix.apply(
+            1,
+            1,
+            Change::Meta {
+                meta: Bytes::from_static(b"m1"),
+                seg: None,
+            },
+            None,
+        )
+        .unwrap();
         let before = format!("{:?}", ix.groups.get(&1));
         let total = ix.cached_bytes_total;
         let mut undo = Vec::new();
@@ -548,6 +619,17 @@ mod tests {
             Some(&mut undo),
         )
         .unwrap();
+        ix.apply(
+            1,
+            2,
+            Change::Meta {
+                meta: Bytes::from_static(b"m2"),
+                seg: None,
+            },
+            Some(&mut undo),
+        )
+        .unwrap();
+        assert_eq!(ix.groups[&1].meta, Some(Bytes::from_static(b"m2")));
         ix.apply(1, 2, Change::Remove, Some(&mut undo)).unwrap();
         assert_eq!(
             ix.apply(
@@ -561,8 +643,25 @@ mod tests {
             ),
             Err(InvalidOp::Gap { last: 0, first: 5 })
         );
+        assert_eq!(
+            ix.apply(
+                3,
+                2,
+                Change::Meta {
+                    meta: Bytes::from(vec![0u8; META_BYTES_MAX + 1]),
+                    seg: None
+                },
+                Some(&mut undo)
+            ),
+            Err(InvalidOp::MetaTooLarge {
+                bytes: META_BYTES_MAX as u64 + 1,
+                limit: META_BYTES_MAX as u64
+            })
+        );
+        assert!(!ix.groups.contains_key(&3));
         ix.revert(undo);
         assert_eq!(format!("{:?}", ix.groups.get(&1)), before);
+        assert_eq!(ix.groups[&1].meta, Some(Bytes::from_static(b"m1")));
         assert!(!ix.groups.contains_key(&2));
         assert_eq!(ix.cached_bytes_total, total);
     }

@@ -2,7 +2,8 @@
 //!
 //! The per-shard write-ahead log and the snapshot files of flotilla. Knows
 //! nothing of Raft: it keeps bytes keyed by (group, index, term), plus each
-//! group's hard state and snapshot marker.
+//! group's hard state, snapshot marker and opaque metadata (the engine keeps
+//! the Raft membership there).
 //!
 //! ## Its place in the architecture
 //! Every shard (one glommio executor) owns one [`Wal`] shared by all of its
@@ -80,5 +81,5 @@ mod types;
 mod wal;
 
 pub use error::{Corruption, InvalidOp, SnapshotError, WalError};
-pub use types::{Batch, Entry, GroupId, HardState, SnapshotMarker};
+pub use types::{Batch, Entry, GroupId, HardState, SnapshotMarker, META_BYTES_MAX};
 pub use wal::{PinningGroup, RecoveredGroup, Recovery, Wal, WalOptions, WalStats};

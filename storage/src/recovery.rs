@@ -193,6 +193,8 @@ struct ReplayGroup {
     hs_seg: Option<u64>,
     marker: SnapshotMarker,
     marker_seg: Option<u64>,
+    meta: Option<bytes::Bytes>,
+    meta_seg: Option<u64>,
     slots: BTreeMap<u64, Slot>,
     /// Where the group was last changed (for error reports).
     last_at: (u64, u64),
@@ -251,6 +253,12 @@ fn replay(
                 g.marker_seg = Some(seq);
                 g.last_at = (seq, frame_pos);
             }
+            DecodedRecord::Meta { group, meta } => {
+                let g = groups.entry(group).or_default();
+                g.meta = Some(meta);
+                g.meta_seg = Some(seq);
+                g.last_at = (seq, frame_pos);
+            }
             DecodedRecord::Remove { group } => {
                 groups.remove(&group);
             }
@@ -279,6 +287,8 @@ fn finish_replay(dir: &Path, groups: HashMap<GroupId, ReplayGroup>) -> Result<In
             slots: g.slots.into_values().collect(),
             hs_seg: g.hs_seg,
             marker_seg: g.marker_seg,
+            meta: g.meta,
+            meta_seg: g.meta_seg,
             ..GroupState::default()
         };
         index.groups.insert(group, state);

@@ -3,6 +3,9 @@
 
 use bytes::Bytes;
 
+/// Largest group metadata [`Batch::set_meta`] accepts (64 KiB).
+pub const META_BYTES_MAX: usize = 64 * 1024;
+
 /// Identifies one group (one replicated log) within a WAL. Opaque to storage.
 pub type GroupId = u64;
 
@@ -64,6 +67,10 @@ pub(crate) enum Op {
     Remove {
         group: GroupId,
     },
+    Meta {
+        group: GroupId,
+        meta: Bytes,
+    },
 }
 
 impl Op {
@@ -72,7 +79,8 @@ impl Op {
             Op::Append { group, .. }
             | Op::HardState { group, .. }
             | Op::Snapshot { group, .. }
-            | Op::Remove { group } => *group,
+            | Op::Remove { group }
+            | Op::Meta { group, .. } => *group,
         }
     }
 }
@@ -93,8 +101,9 @@ impl Op {
 /// batch.append(7, vec![Entry { index: 1, term: 1, kind: 0, payload: Bytes::from_static(b"x") }]);
 /// batch.set_hard_state(7, HardState { term: 1, vote: 2, commit: 0 });
 /// batch.set_snapshot(9, SnapshotMarker { index: 100, term: 3 });
+/// batch.set_meta(7, Bytes::from_static(b"voters=1,2,3"));
 /// batch.remove_group(11);
-/// assert_eq!(batch.len(), 4);
+/// assert_eq!(batch.len(), 5);
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
@@ -135,7 +144,17 @@ impl Batch {
         self
     }
 
-    /// Removes every trace of `group` (entries, hard state, marker).
+    /// Records the group's opaque metadata (the engine keeps its Raft
+    /// membership there); the latest one wins. At most
+    /// [`crate::META_BYTES_MAX`] bytes, else the batch is refused
+    /// (`InvalidOp::MetaTooLarge`). Kept in memory; read it back with
+    /// [`crate::Wal::meta`] and at recovery in [`crate::RecoveredGroup::meta`].
+    pub fn set_meta(&mut self, group: GroupId, meta: Bytes) -> &mut Self {
+        self.ops.push(Op::Meta { group, meta });
+        self
+    }
+
+    /// Removes every trace of `group` (entries, hard state, marker, meta).
     pub fn remove_group(&mut self, group: GroupId) -> &mut Self {
         self.ops.push(Op::Remove { group });
         self

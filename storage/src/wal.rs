@@ -157,7 +157,7 @@ pub struct WalStats {
 }
 
 /// What recovery found for one group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecoveredGroup {
     /// The group.
     pub group: GroupId,
@@ -169,6 +169,8 @@ pub struct RecoveredGroup {
     pub first_index: u64,
     /// Last index (`snapshot.index` if there is no entry).
     pub last_index: u64,
+    /// Latest metadata written with [`Batch::set_meta`], if any.
+    pub meta: Option<Bytes>,
 }
 
 /// The result of `open`: every group found, sorted by group.
@@ -379,6 +381,7 @@ impl Wal {
                 snapshot: g.marker,
                 first_index: g.first_index(),
                 last_index: g.last_index(),
+                meta: g.meta.clone(),
             })
             .collect();
         groups.sort_by_key(|g| g.group);
@@ -822,6 +825,18 @@ impl Wal {
             .and_then(|g| g.hard_state)
     }
 
+    /// Latest metadata of `group` written with [`Batch::set_meta`] (accepted,
+    /// possibly not yet durable), from memory.
+    pub fn meta(&self, group: GroupId) -> Option<Bytes> {
+        self.inner
+            .st
+            .borrow()
+            .index
+            .groups
+            .get(&group)
+            .and_then(|g| g.meta.clone())
+    }
+
     /// Snapshot marker of `group` (`{0, 0}` if none), if the group exists.
     pub fn snapshot(&self, group: GroupId) -> Option<SnapshotMarker> {
         self.inner
@@ -932,9 +947,10 @@ impl Wal {
                     g.hard_state,
                     g.first_index(),
                     g.last_index(),
+                    g.meta.clone(),
                 )
             };
-            let (last_op, marker, had_marker, hs, first, last) = plan;
+            let (last_op, marker, had_marker, hs, first, last, meta) = plan;
             let entries = if last >= first {
                 self.entries(group, first..last + 1, u64::MAX).await?
             } else {
@@ -949,6 +965,9 @@ impl Wal {
             }
             if let Some(hs) = hs {
                 b.set_hard_state(group, hs);
+            }
+            if let Some(meta) = meta {
+                b.set_meta(group, meta);
             }
             let frame: u64 =
                 FRAME_HEADER_BYTES as u64 + b.ops.iter().map(format::record_bytes).sum::<u64>();
@@ -1068,6 +1087,10 @@ fn accept(st: &mut State, opts: &WalOptions, batch: Batch, bytes: u64) -> Result
             },
             Op::Snapshot { marker, .. } => Change::Snapshot {
                 marker: *marker,
+                seg: None,
+            },
+            Op::Meta { meta, .. } => Change::Meta {
+                meta: meta.clone(),
                 seg: None,
             },
             Op::Remove { .. } => Change::Remove,
@@ -1231,6 +1254,9 @@ impl Inner {
                         Op::Snapshot { group, .. } => {
                             st.index.set_marker_segment(*group, *op_id, seg.seq)
                         }
+                        Op::Meta { group, .. } => {
+                            st.index.set_meta_segment(*group, *op_id, seg.seq)
+                        }
                         Op::Remove { .. } => {}
                     }
                     let pin_new = st.index.groups.get(&group).and_then(|g| g.min_segment());
@@ -1348,8 +1374,10 @@ impl Inner {
         Ok(false)
     }
 
-    /// Queues a batch re-writing the marker and hard state of entry-less
-    /// groups that pin the oldest segment. Returns whether one was queued.
+    /// Queues a batch re-writing forward the marker, hard state and meta of
+    /// groups that pin the oldest segment with those records only (no entry
+    /// of theirs lives there: idle groups, and busy groups whose membership
+    /// or marker was written long ago). Returns whether one was queued.
     fn relocate_idle_groups(&self) -> bool {
         let mut st = self.st.borrow_mut();
         let st = &mut *st;
@@ -1364,31 +1392,50 @@ impl Inner {
         let limit = self.opts.frame_limit_bytes() - FRAME_HEADER_BYTES as u64;
         let mut batch = Batch::new();
         let mut bytes = 0u64;
+        let mut ops = Batch::new();
         for (&group, g) in &st.index.groups {
-            if !g.slots.is_empty() || g.min_segment() != Some(oldest) {
+            if g.min_segment() != Some(oldest) {
                 continue;
             }
-            if bytes + 2 * 48 > limit {
+            // Entries there need a disk read: left to the engine
+            // (`groups_pinning_oldest`, `rewrite_groups`).
+            if g.slots.front().and_then(|s| s.loc).map(|l| l.segment) == Some(oldest) {
+                continue;
+            }
+            ops.ops.clear();
+            if g.marker_seg == Some(oldest) {
+                ops.set_snapshot(group, g.marker);
+            }
+            if g.hs_seg == Some(oldest) {
+                if let Some(hs) = g.hard_state {
+                    ops.set_hard_state(group, hs);
+                }
+            }
+            if g.meta_seg == Some(oldest) {
+                if let Some(meta) = &g.meta {
+                    ops.set_meta(group, meta.clone());
+                }
+            }
+            let n: u64 = ops.ops.iter().map(format::record_bytes).sum();
+            if bytes + n > limit {
+                if batch.is_empty() {
+                    tracing::warn!(
+                        group,
+                        bytes = n,
+                        "group state too large to re-write forward"
+                    );
+                    continue;
+                }
                 st.relocate_due = true; // more next time
                 break;
             }
-            if g.marker_seg.is_some() {
-                batch.set_snapshot(group, g.marker);
-                bytes += 40;
-            }
-            if let Some(hs) = g.hard_state {
-                batch.set_hard_state(group, hs);
-                bytes += 48;
-            }
+            bytes += n;
+            batch.ops.append(&mut ops.ops);
         }
         if batch.is_empty() {
             return false;
         }
         let moved = batch.len();
-        debug_assert_eq!(
-            bytes,
-            batch.ops.iter().map(format::record_bytes).sum::<u64>()
-        );
         match accept(st, &self.opts, batch, bytes) {
             Ok(()) => {
                 tracing::debug!(

@@ -7,13 +7,36 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use common::*;
 use flotilla_storage::{Batch, Corruption, HardState, Wal, WalError, WalOptions};
 
 /// Every frame of these tests is exactly 8192 bytes: one append of one entry
-/// (32 + 20 + payload) and one hard state (48) after the 32-byte frame header.
-const PAYLOAD: usize = 8192 - 32 - 52 - 48;
+/// (32 + 20 + payload), one hard state (48) and one meta record (24 + 16)
+/// after the 32-byte frame header.
+const PAYLOAD: usize = 8192 - 32 - 52 - 48 - 40;
 const FRAME: u64 = 8192;
+
+/// Group 1's metadata after frame `i` (16 bytes).
+fn meta_of(i: u64) -> Bytes {
+    Bytes::from(format!("members-{i:08}"))
+}
+
+/// Frame `i`: group 1 entry i, hard state commit i, meta `meta_of(i)`.
+fn frame_batch(i: u64) -> Batch {
+    let mut b = Batch::new();
+    b.append(1, vec![entry(1, i, 1, PAYLOAD)]);
+    b.set_hard_state(
+        1,
+        HardState {
+            term: 1,
+            vote: 1,
+            commit: i,
+        },
+    );
+    b.set_meta(1, meta_of(i));
+    b
+}
 
 fn opts() -> WalOptions {
     WalOptions {
@@ -22,24 +45,14 @@ fn opts() -> WalOptions {
     }
 }
 
-/// Writes `n` frames (frame i: group 1 entry i, hard state commit i) into a
+/// Writes `n` frames (`frame_batch(1..=n)`) into a
 /// fresh WAL; returns the offset where each frame starts.
 async fn write_frames(dir: &Path, n: u64) -> Vec<u64> {
     let (wal, _) = Wal::open(dir, opts()).await.unwrap();
     let mut starts = Vec::new();
     for i in 1..=n {
         starts.push(wal.stats().write_offset);
-        let mut b = Batch::new();
-        b.append(1, vec![entry(1, i, 1, PAYLOAD)]);
-        b.set_hard_state(
-            1,
-            HardState {
-                term: 1,
-                vote: 1,
-                commit: i,
-            },
-        );
-        wal.write(b).await.unwrap();
+        wal.write(frame_batch(i)).await.unwrap();
         assert_eq!(
             wal.stats().write_offset,
             starts.last().unwrap() + FRAME,
@@ -72,6 +85,7 @@ async fn recover_copy(
             assert_eq!(*e, entry(1, i as u64 + 1, 1, PAYLOAD));
         }
         assert_eq!(wal.hard_state(1).unwrap().commit, n);
+        assert_eq!(wal.meta(1), Some(meta_of(n)));
     }
     // The recovered WAL accepts writes, and a second recovery agrees.
     let mut b = Batch::new();
@@ -81,6 +95,7 @@ async fn recover_copy(
     let (wal, rec) = Wal::open(work, opts()).await.unwrap();
     assert_eq!(rec.groups[0].last_index, n + 1);
     assert_eq!(wal.term(1, n + 1), Some(2));
+    assert_eq!(wal.meta(1), (n > 0).then(|| meta_of(n)));
     wal.close().await.unwrap();
     Ok(n)
 }
@@ -191,17 +206,7 @@ fn damage_at_the_end_of_a_sealed_segment_is_missing_frames() {
         while wal.stats().current_segment == 1 {
             i += 1;
             let before = wal.stats().write_offset;
-            let mut b = Batch::new();
-            b.append(1, vec![entry(1, i, 1, PAYLOAD)]);
-            b.set_hard_state(
-                1,
-                HardState {
-                    term: 1,
-                    vote: 1,
-                    commit: i,
-                },
-            );
-            wal.write(b).await.unwrap();
+            wal.write(frame_batch(i)).await.unwrap();
             if wal.stats().current_segment == 1 {
                 last_start_in_1 = before;
             }

@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use common::*;
 use flotilla_storage::{Batch, Entry, HardState, SnapshotMarker, Wal, WalError};
 use proptest::prelude::*;
@@ -34,6 +35,12 @@ enum Step {
         ahead: u64,
         term: u64,
     },
+    /// Set the group's metadata to `len` bytes derived from `tag`.
+    Meta {
+        group: u64,
+        tag: u64,
+        len: usize,
+    },
     Remove {
         group: u64,
     },
@@ -50,6 +57,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (1u64..5, 1u64..9).prop_map(|(group, term)| Step::HardState { group, term }),
         2 => (1u64..5, 0u64..9).prop_map(|(group, frac)| Step::Compact { group, frac }),
         1 => (1u64..5, 0u64..3, 1u64..9).prop_map(|(group, ahead, term)| Step::Snapshot { group, ahead, term }),
+        1 => (1u64..5, 0u64..1000, 0usize..2000).prop_map(|(group, tag, len)| Step::Meta { group, tag, len }),
         1 => (1u64..5).prop_map(|group| Step::Remove { group }),
         1 => (1u64..5).prop_map(|group| Step::Rewrite { group }),
         1 => Just(Step::Reopen),
@@ -59,6 +67,7 @@ fn step() -> impl Strategy<Value = Step> {
 #[derive(Debug, Default, Clone)]
 struct Model {
     hs: Option<HardState>,
+    meta: Option<Bytes>,
     marker: SnapshotMarker,
     entries: Vec<Entry>, // marker.index + 1 ..
 }
@@ -93,6 +102,7 @@ async fn check(wal: &Wal, model: &BTreeMap<u64, Model>, ctx: &str) {
     assert_eq!(wal.groups(), model.keys().copied().collect::<Vec<_>>());
     for (&g, m) in model {
         assert_eq!(wal.hard_state(g), m.hs, "{ctx}: group {g} hard state");
+        assert_eq!(wal.meta(g), m.meta, "{ctx}: group {g} meta");
         assert_eq!(wal.snapshot(g), Some(m.marker), "{ctx}: group {g} marker");
         assert_eq!(wal.first_index(g), Some(m.marker.index + 1));
         assert_eq!(wal.last_index(g), Some(m.last()), "{ctx}: group {g} last");
@@ -172,6 +182,13 @@ async fn run_steps(dir: std::path::PathBuf, steps: Vec<Step>) {
                 wal.write(b).await.unwrap();
                 model.entry(group).or_default().snapshot(mk);
             }
+            Step::Meta { group, tag, len } => {
+                let meta = payload(group, tag, 0, len);
+                let mut b = Batch::new();
+                b.set_meta(group, meta.clone());
+                wal.write(b).await.unwrap();
+                model.entry(group).or_default().meta = Some(meta);
+            }
             Step::Remove { group } => {
                 wal.remove_group(group).await.unwrap();
                 model.remove(&group);
@@ -184,6 +201,9 @@ async fn run_steps(dir: std::path::PathBuf, steps: Vec<Step>) {
                 let (w, rec) = Wal::open(&dir, opts.clone()).await.unwrap();
                 wal = w;
                 assert_eq!(rec.groups.len(), model.len());
+                for (r, (&g, m)) in rec.groups.iter().zip(&model) {
+                    assert_eq!((r.group, &r.meta), (g, &m.meta), "{ctx}: recovered meta");
+                }
             }
         }
         check(&wal, &model, &ctx).await;

@@ -70,7 +70,7 @@ fn fresh_directory_on_fresh_executor_writes_reads_back_and_replays() {
     run(move || async move {
         let (wal, rec) = Wal::open(&path, no_cache(small_opts())).await.unwrap();
         assert_eq!(rec.groups.len(), 1);
-        let g = rec.groups[0];
+        let g = rec.groups[0].clone();
         assert_eq!((g.group, g.first_index, g.last_index), (1, 1, 3));
         assert_eq!(
             g.hard_state,
@@ -399,7 +399,7 @@ fn compaction_reclaims_segments_and_recycles_them() {
         }
         wal.close().await.unwrap();
         let (wal, rec) = Wal::open(&path, no_cache(opts)).await.unwrap();
-        let g = rec.groups[0];
+        let g = rec.groups[0].clone();
         assert_eq!((g.first_index, g.last_index), (239, index));
         assert_eq!(
             g.snapshot,
