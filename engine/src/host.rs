@@ -19,9 +19,10 @@ use futures_channel::oneshot;
 use glommio::LocalExecutorBuilder;
 use tracing::{error, info};
 
+use crate::api::{MembershipInfo, ReadConsistency};
 use crate::config::{available_cpus, ConfigError, NodeHostConfig};
 use crate::error::RequestError;
-use crate::raft::{GroupId, NodeId};
+use crate::raft::{ConfChange, ConfChangeKind, GroupId, MemberKind, NodeId};
 use crate::shard::driver::GroupStatus;
 use crate::shard::{self, ShardId, ShardRequest, ShardSetup, ShardStats};
 
@@ -103,6 +104,9 @@ impl NodeHost {
             );
             raft_defaults.election_timeout_ticks = host.config.election_timeout_ticks;
             raft_defaults.heartbeat_interval_ticks = host.config.heartbeat_interval_ticks;
+            // Linearizable reads never trust a clock; `ReadConsistency::Lease`
+            // opts into the lease per request.
+            raft_defaults.lease_read = false;
             let wal_options = flotilla_storage::WalOptions {
                 segment_bytes: host.config.wal_segment_bytes,
                 ..Default::default()
@@ -223,14 +227,45 @@ impl NodeHost {
         .map_err(HostError::Request)
     }
 
-    /// Proposes an encoded rsm command (see `flotilla_rsm::encode_noop` and
-    /// `ClientSession`) to `group`; returns the state machine's result once
-    /// the command is committed and applied here. This replica must be the
-    /// leader (forwarding comes next): otherwise
-    /// `RequestError::Rejected(NotLeader)`.
+    /// Starts an empty replica of `group` on this node that waits for the
+    /// group's leader to add it ([`NodeHost::add_member`], called on any
+    /// member) and to send it the log or a snapshot. `peers` are the raft
+    /// addresses of (some) current members, so this replica can answer them
+    /// before it learns the membership; `witness` makes it a replica without
+    /// a state machine (add it with [`MemberKind::Witness`]).
     ///
     /// # Errors
-    /// [`HostError::Request`] with the group's error, [`HostError::Timeout`],
+    /// As [`NodeHost::start_group`].
+    pub async fn join_group(
+        &self,
+        group: GroupId,
+        peers: Vec<(NodeId, SocketAddr)>,
+        witness: bool,
+        deadline: Duration,
+    ) -> Result<(), HostError> {
+        let (reply, rx) = oneshot::channel();
+        self.request(
+            self.shard_for(group),
+            ShardRequest::JoinGroup {
+                group,
+                peers,
+                witness,
+                reply,
+            },
+            rx,
+            deadline,
+        )
+        .await?
+        .map_err(HostError::Request)
+    }
+
+    /// Proposes an encoded rsm command (see `flotilla_rsm::encode_noop` and
+    /// `ClientSession`) to `group`; returns the state machine's result once
+    /// the command is committed and applied here.
+    ///
+    /// # Errors
+    /// [`HostError::Request`] with the group's error (`NotLeader` when this
+    /// replica is not the leader), [`HostError::Timeout`],
     /// [`HostError::ShuttingDown`].
     pub async fn propose(
         &self,
@@ -249,8 +284,8 @@ impl NodeHost {
         .map_err(HostError::Request)
     }
 
-    /// A linearizable read (ReadIndex, or the leader lease when it holds)
-    /// of `query` against `group`'s state machine.
+    /// A linearizable read (ReadIndex) of `query` against `group`'s state
+    /// machine; any replica that is not a witness can serve it.
     ///
     /// # Errors
     /// As [`NodeHost::propose`].
@@ -260,12 +295,28 @@ impl NodeHost {
         query: Bytes,
         deadline: Duration,
     ) -> Result<Bytes, HostError> {
+        self.read_with(group, query, ReadConsistency::Linearizable, deadline)
+            .await
+    }
+
+    /// A read of `query` with the chosen consistency.
+    ///
+    /// # Errors
+    /// As [`NodeHost::propose`].
+    pub async fn read_with(
+        &self,
+        group: GroupId,
+        query: Bytes,
+        consistency: ReadConsistency,
+        deadline: Duration,
+    ) -> Result<Bytes, HostError> {
         let (reply, rx) = oneshot::channel();
         self.request(
             self.shard_for(group),
             ShardRequest::Read {
                 group,
                 query,
+                consistency,
                 reply,
             },
             rx,
@@ -273,6 +324,190 @@ impl NodeHost {
         )
         .await?
         .map_err(HostError::Request)
+    }
+
+    /// Adds `node` (raft address `addr`) to `group` as a voter, observer or
+    /// witness; returns once the change is committed and applied on this
+    /// replica. Start the new replica with [`NodeHost::join_group`] on its
+    /// node (before or after). One change at a time per group.
+    ///
+    /// # Errors
+    /// As [`NodeHost::propose`]; `Rejected(ConfChangePending)` while another
+    /// change is in flight.
+    pub async fn add_member(
+        &self,
+        group: GroupId,
+        node: NodeId,
+        addr: SocketAddr,
+        kind: MemberKind,
+        deadline: Duration,
+    ) -> Result<(), HostError> {
+        let kind = match kind {
+            MemberKind::Voter => ConfChangeKind::AddVoter,
+            MemberKind::Observer => ConfChangeKind::AddObserver,
+            MemberKind::Witness => ConfChangeKind::AddWitness,
+        };
+        self.change_membership(
+            group,
+            ConfChange {
+                kind,
+                node,
+                address: Bytes::from(addr.to_string()),
+            },
+            deadline,
+        )
+        .await
+    }
+
+    /// Promotes observer `node` of `group` to voter (it must be caught up).
+    ///
+    /// # Errors
+    /// As [`NodeHost::add_member`].
+    pub async fn promote_observer(
+        &self,
+        group: GroupId,
+        node: NodeId,
+        deadline: Duration,
+    ) -> Result<(), HostError> {
+        self.change_membership(
+            group,
+            ConfChange {
+                kind: ConfChangeKind::PromoteObserver,
+                node,
+                address: Bytes::new(),
+            },
+            deadline,
+        )
+        .await
+    }
+
+    /// Removes `node` from `group`.
+    ///
+    /// # Errors
+    /// As [`NodeHost::add_member`].
+    pub async fn remove_member(
+        &self,
+        group: GroupId,
+        node: NodeId,
+        deadline: Duration,
+    ) -> Result<(), HostError> {
+        self.change_membership(
+            group,
+            ConfChange {
+                kind: ConfChangeKind::RemoveNode,
+                node,
+                address: Bytes::new(),
+            },
+            deadline,
+        )
+        .await
+    }
+
+    async fn change_membership(
+        &self,
+        group: GroupId,
+        change: ConfChange,
+        deadline: Duration,
+    ) -> Result<(), HostError> {
+        let (reply, rx) = oneshot::channel();
+        self.request(
+            self.shard_for(group),
+            ShardRequest::ChangeMembership {
+                group,
+                change,
+                reply,
+            },
+            rx,
+            deadline,
+        )
+        .await?
+        .map(|_| ())
+        .map_err(HostError::Request)
+    }
+
+    /// Transfers the leadership of `group` to `to` and waits until this
+    /// replica sees `to` lead.
+    ///
+    /// # Errors
+    /// As [`NodeHost::propose`]; `Timeout` if `to` did not take over.
+    pub async fn transfer_leader(
+        &self,
+        group: GroupId,
+        to: NodeId,
+        deadline: Duration,
+    ) -> Result<(), HostError> {
+        let started = std::time::Instant::now();
+        let (reply, rx) = oneshot::channel();
+        self.request(
+            self.shard_for(group),
+            ShardRequest::TransferLeader { group, to, reply },
+            rx,
+            deadline,
+        )
+        .await?
+        .map_err(HostError::Request)?;
+        loop {
+            let left = deadline.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(HostError::Timeout(deadline));
+            }
+            match self.group_status(group, left).await? {
+                Some(s) if s.leader == Some(to) => return Ok(()),
+                Some(_) => sleep_anywhere(Duration::from_millis(5).min(left)).await,
+                None => {
+                    return Err(HostError::Request(RequestError::GroupNotFound { group }));
+                }
+            }
+        }
+    }
+
+    /// The membership of `group` as this replica knows it (`None`: not
+    /// hosted here).
+    ///
+    /// # Errors
+    /// [`HostError::Timeout`], [`HostError::ShuttingDown`].
+    pub async fn membership(
+        &self,
+        group: GroupId,
+        deadline: Duration,
+    ) -> Result<Option<MembershipInfo>, HostError> {
+        let (reply, rx) = oneshot::channel();
+        self.request(
+            self.shard_for(group),
+            ShardRequest::Membership { group, reply },
+            rx,
+            deadline,
+        )
+        .await
+    }
+
+    /// Status of every group hosted on this node, sorted by group.
+    ///
+    /// # Errors
+    /// [`HostError::Timeout`], [`HostError::ShuttingDown`].
+    pub async fn groups(&self, deadline: Duration) -> Result<Vec<GroupStatus>, HostError> {
+        let mut all = Vec::new();
+        for shard in 0..self.mailboxes.len() as ShardId {
+            let (reply, rx) = oneshot::channel();
+            all.extend(
+                self.request(shard, ShardRequest::AllStatus { reply }, rx, deadline)
+                    .await?,
+            );
+        }
+        all.sort_by_key(|s| s.group);
+        Ok(all)
+    }
+
+    /// Counters of every shard (WAL, transport, raft work).
+    ///
+    /// # Errors
+    /// [`HostError::Timeout`], [`HostError::ShuttingDown`].
+    pub async fn stats(&self, deadline: Duration) -> Result<Vec<ShardStats>, HostError> {
+        let mut all = Vec::with_capacity(self.mailboxes.len());
+        for shard in 0..self.mailboxes.len() as ShardId {
+            all.push(self.shard_stats(shard, deadline).await?);
+        }
+        Ok(all)
     }
 
     /// Leader, term, commit and applied index of this node's replica of

@@ -10,16 +10,20 @@ pub mod raft;
 #[doc(hidden)]
 pub mod sim;
 
+mod api;
 mod config;
 mod error;
 mod host;
+pub mod kv;
 pub mod shard;
 #[doc(hidden)]
 pub mod test_util;
 pub mod wire;
 
+pub use api::{MemberInfo, MembershipInfo, ReadConsistency};
 pub use config::{available_cpus, ConfigError, NodeHostConfig, Placement};
 pub use error::RequestError;
 pub use host::{HostError, NodeHost};
+pub use raft::{GroupId, MemberKind, NodeId, Role};
 pub use shard::driver::GroupStatus;
 pub use shard::{shard_of, ShardId, ShardStats};

@@ -1837,6 +1837,21 @@ impl Raft {
         }
     }
 
+    /// As [`Raft::read_index`], but a leader whose lease holds answers at
+    /// once even if `Config::lease_read` is off: the caller opts into lease
+    /// reads per request (followers still forward to the leader, which
+    /// confirms with a heartbeat round unless its own config allows leases).
+    ///
+    /// # Errors
+    /// As [`Raft::read_index`].
+    pub fn read_index_lease(&mut self, ctx: u64) -> Result<(), ProposeError> {
+        let configured = self.cfg.lease_read;
+        self.cfg.lease_read = true;
+        let started = self.read_index(ctx);
+        self.cfg.lease_read = configured;
+        started
+    }
+
     fn add_read(&mut self, origin: ReadOrigin) {
         if self.committed_in_term() {
             let commit = self.log.commit;

@@ -31,10 +31,11 @@ use flotilla_transport as transport;
 use tracing::{debug, info, warn};
 
 use super::group::{GroupReplica, ReplicaLimits, Reply};
+use crate::api::{MembershipInfo, ReadConsistency};
 use crate::error::RequestError;
 use crate::raft::{
-    self, Entry, EntryKind, GroupId, HardState, Member, MemberKind, Membership, Message, NodeId,
-    Raft,
+    self, ConfChange, Entry, EntryKind, GroupId, HardState, Member, MemberKind, Membership,
+    Message, NodeId, Raft, Role,
 };
 use crate::wire;
 
@@ -91,6 +92,12 @@ pub(crate) struct Driver {
     transport: Rc<transport::Transport>,
     wal: Rc<storage::Wal>,
     boot_nanos: u64,
+    /// Lease reads are refused until this tick: the shard's clock stalled
+    /// (a paused process, a starved thread), so a lease measured in ticks
+    /// may have expired in real time.
+    lease_blocked_until_tick: u64,
+    ticks: u64,
+    pub(crate) counters: DriverCounters,
     pub(crate) decode_errors: u64,
     pub(crate) unknown_group_messages: u64,
 }
@@ -121,6 +128,9 @@ impl Driver {
             transport,
             wal,
             boot_nanos,
+            lease_blocked_until_tick: 0,
+            ticks: 0,
+            counters: DriverCounters::default(),
             decode_errors: 0,
             unknown_group_messages: 0,
         }
@@ -140,15 +150,6 @@ impl Driver {
         if self.groups.contains_key(&group) {
             return Ok(());
         }
-        for (id, addr) in members {
-            if *id != self.node {
-                self.transport.registry().set_node(
-                    transport::NodeId(id.0),
-                    *addr,
-                    self.shard_count as u32,
-                );
-            }
-        }
         let membership = Membership::new(
             0,
             members
@@ -160,20 +161,81 @@ impl Driver {
                 })
                 .collect(),
         );
+        self.learn_addresses(&membership);
+        let raft = Raft::new(self.raft_config(group), membership);
+        self.insert_group(group, raft, false);
+        info!(group = group.0, node = self.node.0, "group started");
+        Ok(())
+    }
+
+    /// Starts an empty replica of `group` that waits for the leader to add
+    /// it (as a voter, observer or witness) and send it the log or a
+    /// snapshot. `peers` are addresses of current members, so this replica
+    /// can answer before it learns the membership.
+    pub(crate) fn join_group(
+        &mut self,
+        group: GroupId,
+        peers: &[(NodeId, SocketAddr)],
+        witness: bool,
+    ) -> Result<(), RequestError> {
+        if self.groups.contains_key(&group) {
+            return Ok(());
+        }
+        for (id, addr) in peers {
+            self.set_address(*id, *addr);
+        }
+        let raft = Raft::new(self.raft_config(group), Membership::default());
+        self.insert_group(group, raft, witness);
+        info!(
+            group = group.0,
+            node = self.node.0,
+            witness,
+            "group joining"
+        );
+        Ok(())
+    }
+
+    fn raft_config(&self, group: GroupId) -> raft::Config {
         let mut cfg = self.raft_defaults.clone();
         cfg.id = self.node;
         cfg.group = group;
         // Must differ on every start of this replica (see raft::Config::seed).
         cfg.seed = self.boot_nanos ^ group.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.node.0;
-        let raft = Raft::new(cfg, membership);
-        let rsm = Rsm::new(Box::new(KvStore::new()), Default::default());
+        cfg
+    }
+
+    fn insert_group(&mut self, group: GroupId, raft: Raft, witness: bool) {
+        let rsm = (!witness).then(|| Rsm::new(Box::new(KvStore::new()), Default::default()));
         self.groups.insert(
             group,
-            GroupReplica::new(raft, Some(rsm), ReplicaLimits::default()),
+            GroupReplica::new(raft, rsm, ReplicaLimits::default()),
         );
         self.dirty.insert(group);
-        info!(group = group.0, node = self.node.0, "group started");
-        Ok(())
+    }
+
+    fn set_address(&self, node: NodeId, addr: SocketAddr) {
+        if node != self.node {
+            self.transport.registry().set_node(
+                transport::NodeId(node.0),
+                addr,
+                self.shard_count as u32,
+            );
+        }
+    }
+
+    /// Registers the raft address of every member (addresses travel in the
+    /// membership, so a node added at run time needs no configuration).
+    fn learn_addresses(&self, membership: &Membership) {
+        for m in &membership.members {
+            match std::str::from_utf8(&m.address)
+                .ok()
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+            {
+                Some(addr) => self.set_address(m.id, addr),
+                None if m.address.is_empty() => {}
+                None => warn!(node = m.id.0, "member address is not ip:port; ignored"),
+            }
+        }
     }
 
     pub(crate) fn propose(&mut self, group: GroupId, cmd: Bytes, reply: Reply<Bytes>) {
@@ -188,10 +250,44 @@ impl Driver {
         }
     }
 
-    pub(crate) fn read(&mut self, group: GroupId, query: Bytes, reply: Reply<Bytes>) {
+    pub(crate) fn read(
+        &mut self,
+        group: GroupId,
+        query: Bytes,
+        consistency: ReadConsistency,
+        reply: Reply<Bytes>,
+    ) {
+        let lease_ok = self.ticks >= self.lease_blocked_until_tick;
+        match self.groups.get_mut(&group) {
+            Some(g) => match consistency {
+                ReadConsistency::Stale => {
+                    let _ = reply.send(g.read_stale(&query));
+                }
+                ReadConsistency::Linearizable => {
+                    g.read(query, false, reply);
+                    self.dirty.insert(group);
+                }
+                ReadConsistency::Lease => {
+                    g.read(query, lease_ok, reply);
+                    self.dirty.insert(group);
+                }
+            },
+            None => {
+                let _ = reply.send(Err(RequestError::GroupNotFound { group }));
+            }
+        }
+    }
+
+    /// Proposes a membership change of `group`.
+    pub(crate) fn change_membership(
+        &mut self,
+        group: GroupId,
+        cc: ConfChange,
+        reply: Reply<Bytes>,
+    ) {
         match self.groups.get_mut(&group) {
             Some(g) => {
-                g.read(query, reply);
+                g.propose_conf_change(cc, reply);
                 self.dirty.insert(group);
             }
             None => {
@@ -200,11 +296,44 @@ impl Driver {
         }
     }
 
+    /// Starts a leadership transfer of `group` to `to`.
+    pub(crate) fn transfer_leader(
+        &mut self,
+        group: GroupId,
+        to: NodeId,
+    ) -> Result<(), RequestError> {
+        let g = self
+            .groups
+            .get_mut(&group)
+            .ok_or(RequestError::GroupNotFound { group })?;
+        g.raft.transfer_leader(to)?;
+        self.dirty.insert(group);
+        Ok(())
+    }
+
+    /// The membership this replica knows of `group`.
+    pub(crate) fn membership(&self, group: GroupId) -> Option<MembershipInfo> {
+        self.groups
+            .get(&group)
+            .map(|g| MembershipInfo::from_raft(g.raft.membership()))
+    }
+
+    /// Status of every group of this shard.
+    pub(crate) fn all_status(&self) -> Vec<GroupStatus> {
+        self.groups
+            .keys()
+            .filter_map(|g| self.group_status(*g))
+            .collect()
+    }
+
     /// Leader, term, commit, applied index and waiting requests of `group`.
     pub(crate) fn group_status(&self, group: GroupId) -> Option<GroupStatus> {
         self.groups.get(&group).map(|g| {
             let (proposals_pending, reads_pending) = g.pending();
             GroupStatus {
+                group,
+                role: g.raft.role(),
+                last_index: g.raft.last_index(),
                 leader: g.raft.leader(),
                 term: g.raft.term(),
                 commit: g.raft.commit(),
@@ -216,7 +345,16 @@ impl Driver {
     }
 
     /// One tick for every live group.
-    pub(crate) fn tick(&mut self) {
+    ///
+    /// `late` is how far behind schedule this tick fired: a late tick means
+    /// the shard's clock stalled, and lease reads wait for an election
+    /// timeout of good ticks before they are trusted again.
+    pub(crate) fn tick(&mut self, late: std::time::Duration, tick_interval: std::time::Duration) {
+        self.ticks += 1;
+        if late > tick_interval {
+            self.lease_blocked_until_tick =
+                self.ticks + 2 * self.raft_defaults.election_timeout_ticks;
+        }
         for (id, g) in self.groups.iter_mut() {
             if g.raft.is_quiesced() {
                 continue;
@@ -278,6 +416,16 @@ impl Driver {
                 continue;
             };
             let messages = rd.messages;
+            if let Some(m) = rd.membership.as_ref() {
+                self.learn_addresses(m);
+            }
+            if let Some(ss) = rd.soft_state.as_ref() {
+                if ss.role == Role::Leader {
+                    self.counters.leader_elected += 1;
+                }
+            }
+            self.counters.entries_appended += rd.entries.len() as u64;
+            self.counters.entries_committed += rd.committed_entries.len() as u64;
             if !rd.entries.is_empty() {
                 batch.append(id.0, rd.entries.iter().map(to_wal_entry).collect());
             }
@@ -317,6 +465,40 @@ impl Driver {
         fetches
     }
 
+    /// The shard's counters.
+    pub(crate) fn stats(
+        &self,
+        shard: super::ShardId,
+        ticks: u64,
+        tick_lateness_max: std::time::Duration,
+    ) -> super::ShardStats {
+        let mut leaders = 0;
+        let mut live = 0;
+        let mut pending = 0;
+        for g in self.groups.values() {
+            leaders += u64::from(g.raft.is_leader());
+            live += u64::from(!g.raft.is_quiesced());
+            let (p, r) = g.pending();
+            pending += (p + r) as u64;
+        }
+        super::ShardStats {
+            shard,
+            ticks,
+            tick_lateness_max,
+            groups: self.groups.len() as u64,
+            leaders,
+            live_groups: live,
+            entries_appended: self.counters.entries_appended,
+            entries_committed: self.counters.entries_committed,
+            leader_elected: self.counters.leader_elected,
+            turns: self.counters.turns,
+            requests_pending: pending,
+            decode_errors: self.decode_errors,
+            wal: self.wal.stats(),
+            transport: self.transport.metrics(),
+        }
+    }
+
     /// Fails every waiting request (shutdown).
     pub(crate) fn fail_all(&mut self) {
         for g in self.groups.values_mut() {
@@ -327,7 +509,14 @@ impl Driver {
 
 /// The state of one group replica, as `NodeHost::group_status` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GroupStatus {
+    /// The group.
+    pub group: GroupId,
+    /// This replica's role.
+    pub role: Role,
+    /// Its last log index.
+    pub last_index: u64,
     /// The leader this replica knows of.
     pub leader: Option<NodeId>,
     /// Its current term.
@@ -340,6 +529,16 @@ pub struct GroupStatus {
     pub proposals_pending: usize,
     /// Reads waiting for confirmation or apply.
     pub reads_pending: usize,
+}
+
+/// Counters of a shard's raft work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct DriverCounters {
+    pub(crate) entries_appended: u64,
+    pub(crate) entries_committed: u64,
+    pub(crate) leader_elected: u64,
+    pub(crate) turns: u64,
+    pub(crate) wal_writes: u64,
 }
 
 struct Pending {
@@ -370,7 +569,9 @@ pub(crate) async fn drive(
             let _ = kick.try_acquire(extra);
         }
         let (batch, pending) = driver.borrow_mut().collect();
+        driver.borrow_mut().counters.turns += 1;
         if !batch.is_empty() {
+            driver.borrow_mut().counters.wal_writes += 1;
             let wal = driver.borrow().wal.clone();
             if let Err(e) = wal.write(batch).await {
                 // Nothing acknowledged can be trusted past a failed write:

@@ -23,7 +23,7 @@ use flotilla_rsm::{Applied, Rsm};
 use futures_channel::oneshot;
 
 use crate::error::RequestError;
-use crate::raft::{Entry, EntryKind, GroupId, Index, Raft, ReadState, Term};
+use crate::raft::{ConfChange, Entry, EntryKind, GroupId, Index, Raft, ReadState, Term};
 
 /// Where an answer goes.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, RequestError>>;
@@ -31,6 +31,9 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, RequestError>>;
 struct PendingProposal {
     index: Index,
     term: Term,
+    /// A membership change (decided by a config-change entry, not a
+    /// normal one): answered with an empty result when it applies.
+    conf_change: bool,
     reply: Reply<Bytes>,
 }
 
@@ -74,6 +77,8 @@ pub(crate) struct GroupReplica {
     /// The read context of this turn's batch (all reads of one turn share
     /// one ReadIndex round).
     read_ctx_open: Option<u64>,
+    /// The same for this turn's lease reads.
+    lease_ctx_open: Option<u64>,
     read_ctx_next: u64,
     applied_scratch: Vec<Applied>,
 }
@@ -91,6 +96,7 @@ impl GroupReplica {
             reads_confirmed: BTreeMap::new(),
             reads_pending: 0,
             read_ctx_open: None,
+            lease_ctx_open: None,
             read_ctx_next: 1,
             applied_scratch: Vec::new(),
         }
@@ -122,6 +128,26 @@ impl GroupReplica {
                 self.proposals.push_back(PendingProposal {
                     index,
                     term: self.raft.term(),
+                    conf_change: false,
+                    reply,
+                });
+            }
+            Err(e) => {
+                let _ = reply.send(Err(RequestError::Rejected(e)));
+            }
+        }
+    }
+
+    /// Proposes a membership change; `reply` gets an empty result once the
+    /// change is applied (it is effective from then on).
+    pub(crate) fn propose_conf_change(&mut self, cc: ConfChange, reply: Reply<Bytes>) {
+        match self.raft.propose_conf_change(cc) {
+            Ok(index) => {
+                debug_assert!(self.proposals.back().is_none_or(|p| p.index < index));
+                self.proposals.push_back(PendingProposal {
+                    index,
+                    term: self.raft.term(),
+                    conf_change: true,
                     reply,
                 });
             }
@@ -133,7 +159,10 @@ impl GroupReplica {
 
     /// A linearizable read of `query`: confirmed through ReadIndex (or the
     /// leader lease), answered once applied.
-    pub(crate) fn read(&mut self, query: Bytes, reply: Reply<Bytes>) {
+    ///
+    /// With `lease`, a leader whose lease holds answers without a heartbeat
+    /// round (the caller checked that the shard's clock did not stall).
+    pub(crate) fn read(&mut self, query: Bytes, lease: bool, reply: Reply<Bytes>) {
         if self.rsm.is_none() {
             let _ = reply.send(Err(RequestError::Witness { group: self.group }));
             return;
@@ -144,16 +173,30 @@ impl GroupReplica {
             )));
             return;
         }
-        let ctx = match self.read_ctx_open {
+        let open = if lease {
+            self.lease_ctx_open
+        } else {
+            self.read_ctx_open
+        };
+        let ctx = match open {
             Some(ctx) => ctx,
             None => {
                 let ctx = self.read_ctx_next;
-                if let Err(e) = self.raft.read_index(ctx) {
+                let started = if lease {
+                    self.raft.read_index_lease(ctx)
+                } else {
+                    self.raft.read_index(ctx)
+                };
+                if let Err(e) = started {
                     let _ = reply.send(Err(RequestError::Rejected(e)));
                     return;
                 }
                 self.read_ctx_next += 1;
-                self.read_ctx_open = Some(ctx);
+                if lease {
+                    self.lease_ctx_open = Some(ctx);
+                } else {
+                    self.read_ctx_open = Some(ctx);
+                }
                 ctx
             }
         };
@@ -179,6 +222,7 @@ impl GroupReplica {
     /// Ends this turn's read batch: later reads start a new ReadIndex round.
     pub(crate) fn end_turn(&mut self) {
         self.read_ctx_open = None;
+        self.lease_ctx_open = None;
     }
 
     /// Raft confirmed read indexes (`states`) or gave up on some (`dropped`).
@@ -202,6 +246,9 @@ impl GroupReplica {
             }
             if self.read_ctx_open == Some(*ctx) {
                 self.read_ctx_open = None;
+            }
+            if self.lease_ctx_open == Some(*ctx) {
+                self.lease_ctx_open = None;
             }
         }
         self.serve_reads();
@@ -320,6 +367,7 @@ fn complete_proposals(
         let p = proposals.pop_front().expect("front exists");
         let answer = if p.index == index && p.term == term {
             match result.take() {
+                _ if p.conf_change => Ok(Bytes::new()),
                 Some(Ok(bytes)) => Ok(bytes),
                 Some(Err(error)) => Err(RequestError::Apply { group, error }),
                 // A proposal is always a normal entry; a non-normal entry at
@@ -393,7 +441,7 @@ mod tests {
         assert!(block_on(rx2).unwrap().is_ok());
 
         let (tx, rx) = oneshot::channel();
-        g.read(KvQuery::Get { key: "a".into() }.encode(), tx);
+        g.read(KvQuery::Get { key: "a".into() }.encode(), false, tx);
         drive(&mut g);
         let answer = block_on(rx).unwrap().unwrap();
         assert_eq!(
@@ -425,11 +473,13 @@ mod tests {
         proposals.push_back(PendingProposal {
             index: 5,
             term: 2,
+            conf_change: false,
             reply: tx_old,
         });
         proposals.push_back(PendingProposal {
             index: 6,
             term: 3,
+            conf_change: false,
             reply: tx_same,
         });
         // Index 5 was replaced by a term-3 entry; index 6 is ours.

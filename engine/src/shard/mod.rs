@@ -32,7 +32,8 @@ use futures_channel::oneshot;
 use glommio::{Latency, Shares};
 use tracing::{debug, error, info};
 
-use crate::raft::{GroupId, NodeId};
+use crate::api::{MembershipInfo, ReadConsistency};
+use crate::raft::{ConfChange, GroupId, NodeId};
 
 /// Identifies a shard within a node (0-based).
 pub type ShardId = u32;
@@ -53,7 +54,8 @@ pub fn shard_of(group: u64, shard_count: usize) -> ShardId {
 }
 
 /// Counters a shard keeps about itself.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct ShardStats {
     /// The shard's index in its node.
     pub shard: ShardId,
@@ -61,6 +63,28 @@ pub struct ShardStats {
     pub ticks: u64,
     /// The latest a tick has fired after its due time.
     pub tick_lateness_max: Duration,
+    /// Groups hosted by the shard.
+    pub groups: u64,
+    /// Of which this node leads.
+    pub leaders: u64,
+    /// Groups not quiesced (ticked every tick).
+    pub live_groups: u64,
+    /// Entries appended to the shard's logs (as leader or follower).
+    pub entries_appended: u64,
+    /// Committed entries handed to the state machines.
+    pub entries_committed: u64,
+    /// Times a group on this shard became leader here.
+    pub leader_elected: u64,
+    /// Driver turns (each: collect Readys, one WAL write, apply).
+    pub turns: u64,
+    /// Proposals and reads waiting in the shard's groups.
+    pub requests_pending: u64,
+    /// Raft messages that did not decode (dropped, counted).
+    pub decode_errors: u64,
+    /// The shard's WAL counters.
+    pub wal: flotilla_storage::WalStats,
+    /// The shard's transport counters, per peer.
+    pub transport: flotilla_transport::TransportMetrics,
 }
 
 /// Requests carried by a shard's mailbox.
@@ -81,17 +105,46 @@ pub(crate) enum ShardRequest {
         members: Vec<(NodeId, SocketAddr)>,
         reply: group::Reply<()>,
     },
+    /// Start an empty replica that waits to be added.
+    JoinGroup {
+        group: GroupId,
+        peers: Vec<(NodeId, SocketAddr)>,
+        witness: bool,
+        reply: group::Reply<()>,
+    },
     /// Propose an encoded rsm command.
     Propose {
         group: GroupId,
         cmd: Bytes,
         reply: group::Reply<Bytes>,
     },
-    /// A linearizable read.
+    /// A read.
     Read {
         group: GroupId,
         query: Bytes,
+        consistency: ReadConsistency,
         reply: group::Reply<Bytes>,
+    },
+    /// Propose a membership change.
+    ChangeMembership {
+        group: GroupId,
+        change: ConfChange,
+        reply: group::Reply<Bytes>,
+    },
+    /// Start a leadership transfer.
+    TransferLeader {
+        group: GroupId,
+        to: NodeId,
+        reply: group::Reply<()>,
+    },
+    /// The membership a replica knows.
+    Membership {
+        group: GroupId,
+        reply: oneshot::Sender<Option<MembershipInfo>>,
+    },
+    /// Status of every group of the shard.
+    AllStatus {
+        reply: oneshot::Sender<Vec<driver::GroupStatus>>,
     },
     /// Leader, term, commit and applied index of a group.
     Status {
@@ -269,7 +322,7 @@ pub(crate) async fn run(setup: ShardSetup) {
                         counters.tick_lateness_max.set(late);
                     }
                     counters.ticks.set(counters.ticks.get() + 1);
-                    driver.borrow_mut().tick();
+                    driver.borrow_mut().tick(late, tick_interval);
                     kick.signal(1);
                     // Fixed-rate schedule; after a long stall skip the missed
                     // ticks instead of firing a burst of them.
@@ -288,11 +341,41 @@ pub(crate) async fn run(setup: ShardSetup) {
     while let Ok(req) = mailbox.recv_async().await {
         match req {
             ShardRequest::Stats { reply } => {
-                let _ = reply.send(ShardStats {
+                let d = driver.borrow();
+                let _ = reply.send(d.stats(
                     shard,
-                    ticks: counters.ticks.get(),
-                    tick_lateness_max: counters.tick_lateness_max.get(),
-                });
+                    counters.ticks.get(),
+                    counters.tick_lateness_max.get(),
+                ));
+            }
+            ShardRequest::JoinGroup {
+                group,
+                peers,
+                witness,
+                reply,
+            } => {
+                let r = driver.borrow_mut().join_group(group, &peers, witness);
+                let _ = reply.send(r);
+                kick.signal(1);
+            }
+            ShardRequest::ChangeMembership {
+                group,
+                change,
+                reply,
+            } => {
+                driver.borrow_mut().change_membership(group, change, reply);
+                kick.signal(1);
+            }
+            ShardRequest::TransferLeader { group, to, reply } => {
+                let r = driver.borrow_mut().transfer_leader(group, to);
+                let _ = reply.send(r);
+                kick.signal(1);
+            }
+            ShardRequest::Membership { group, reply } => {
+                let _ = reply.send(driver.borrow().membership(group));
+            }
+            ShardRequest::AllStatus { reply } => {
+                let _ = reply.send(driver.borrow().all_status());
             }
             ShardRequest::StartGroup {
                 group,
@@ -310,9 +393,10 @@ pub(crate) async fn run(setup: ShardSetup) {
             ShardRequest::Read {
                 group,
                 query,
+                consistency,
                 reply,
             } => {
-                driver.borrow_mut().read(group, query, reply);
+                driver.borrow_mut().read(group, query, consistency, reply);
                 kick.signal(1);
             }
             ShardRequest::Status { group, reply } => {
