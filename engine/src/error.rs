@@ -42,7 +42,7 @@ pub enum RequestError {
     /// Raft refused the request (busy, transfer in progress, membership
     /// change pending, ...).
     #[error(transparent)]
-    Rejected(#[from] ProposeError),
+    Rejected(ProposeError),
     /// The state machine refused the command (deterministically, on every
     /// replica).
     #[error("group {group}: command not applied: {error}")]
@@ -66,10 +66,30 @@ pub enum RequestError {
         /// The group.
         group: GroupId,
     },
+    /// The leader refused a forwarded request for a reason that does not
+    /// travel as a typed error (its text is kept).
+    #[error("group {group}: the leader refused the request: {message}")]
+    Remote {
+        /// The group.
+        group: GroupId,
+        /// The leader's error, as text.
+        message: String,
+    },
     /// The group is stopping or the node is shutting down.
     #[error("group {group} is shutting down")]
     ShuttingDown {
         /// The group.
         group: GroupId,
     },
+}
+
+impl From<ProposeError> for RequestError {
+    /// `NotLeader` becomes [`RequestError::NotLeader`] (one variant for
+    /// callers to match); every other refusal is [`RequestError::Rejected`].
+    fn from(e: ProposeError) -> Self {
+        match e {
+            ProposeError::NotLeader { group, leader } => RequestError::NotLeader { group, leader },
+            other => RequestError::Rejected(other),
+        }
+    }
 }

@@ -261,22 +261,55 @@ impl NodeHost {
 
     /// Proposes an encoded rsm command (see `flotilla_rsm::encode_noop` and
     /// `ClientSession`) to `group`; returns the state machine's result once
-    /// the command is committed and applied here.
+    /// the command is committed and applied by the leader. A replica that
+    /// is not the leader forwards the command to the leader's node (and on
+    /// to a newer leader at most twice more); with no leader known it waits
+    /// for an election until `deadline`.
     ///
     /// # Errors
-    /// [`HostError::Request`] with the group's error (`NotLeader` when this
-    /// replica is not the leader), [`HostError::Timeout`],
+    /// [`HostError::Request`] with the group's error, [`HostError::Timeout`]
+    /// (the command may or may not have been applied),
     /// [`HostError::ShuttingDown`].
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(host: &flotilla::NodeHost) -> Result<(), flotilla::HostError> {
+    /// use flotilla_rsm::{encode_noop, KvCommand, KvResult};
+    /// let cmd = encode_noop(&KvCommand::put("k", "v").encode());
+    /// let answer = host.propose(flotilla::GroupId(1), cmd, std::time::Duration::from_secs(2)).await?;
+    /// assert!(matches!(KvResult::decode(answer), Ok(KvResult::Put { written: true, .. })));
+    /// # Ok(()) }
+    /// ```
     pub async fn propose(
         &self,
         group: GroupId,
         cmd: Bytes,
         deadline: Duration,
     ) -> Result<Bytes, HostError> {
+        self.propose_with(group, cmd, true, deadline).await
+    }
+
+    /// As [`NodeHost::propose`]; with `forward == false` a replica that is
+    /// not the leader answers `NotLeader { leader }` instead of forwarding.
+    ///
+    /// # Errors
+    /// As [`NodeHost::propose`].
+    pub async fn propose_with(
+        &self,
+        group: GroupId,
+        cmd: Bytes,
+        forward: bool,
+        deadline: Duration,
+    ) -> Result<Bytes, HostError> {
         let (reply, rx) = oneshot::channel();
         self.request(
             self.shard_for(group),
-            ShardRequest::Propose { group, cmd, reply },
+            ShardRequest::Propose {
+                group,
+                cmd,
+                forward,
+                reply,
+            },
             rx,
             deadline,
         )
@@ -446,6 +479,8 @@ impl NodeHost {
         )
         .await?
         .map_err(HostError::Request)?;
+        // The transfer ran on the leader (maybe another node): wait until
+        // this replica sees the new leader.
         loop {
             let left = deadline.saturating_sub(started.elapsed());
             if left.is_zero() {

@@ -132,14 +132,53 @@ fn three_nodes_replicate_and_read_through_leaders() {
             std::thread::park_timeout(Duration::from_millis(20));
         }
     }
-    // A follower refuses proposals (forwarding is the next slice).
+    // Followers forward proposals to the leader and get the result; with
+    // forwarding off they answer NotLeader naming the leader.
     let g = groups[0];
     let leader = wait_for_leader(&hosts, g);
+    for (i, h) in hosts.iter().enumerate() {
+        let cmd = encode_noop(
+            &KvCommand::Increment {
+                key: Bytes::from_static(b"counter"),
+                delta: 1,
+            }
+            .encode(),
+        );
+        let answer = block_on(h.propose(g, cmd, DEADLINE))
+            .unwrap_or_else(|e| panic!("node {}: forwarded proposal failed: {e}", i + 1));
+        assert_eq!(
+            KvResult::decode(answer).unwrap(),
+            KvResult::Int(i as i64 + 1),
+            "node {}: the result of the leader's apply comes back",
+            i + 1
+        );
+    }
     let follower = (leader + 1) % hosts.len();
-    let err = block_on(hosts[follower].propose(g, put("x", "y"), DEADLINE)).unwrap_err();
+    let err =
+        block_on(hosts[follower].propose_with(g, put("x", "y"), false, DEADLINE)).unwrap_err();
     assert!(
-        err.to_string().contains("not the leader"),
-        "expected NotLeader, got {err}"
+        matches!(
+            err,
+            flotilla::HostError::Request(flotilla::RequestError::NotLeader { leader: Some(l), .. })
+                if l.0 == hosts[leader].config().node_id
+        ),
+        "expected NotLeader naming the leader, got {err}"
+    );
+    // Followers serve linearizable reads (ReadIndex through the leader).
+    let answer = block_on(
+        hosts[follower].read(
+            g,
+            KvQuery::Get {
+                key: Bytes::from_static(b"counter"),
+            }
+            .encode(),
+            DEADLINE,
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        KvResult::decode(answer).unwrap(),
+        KvResult::Value(Some(Bytes::from("3")))
     );
     for h in hosts {
         block_on(h.shutdown());

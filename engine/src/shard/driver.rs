@@ -30,12 +30,13 @@ use flotilla_storage as storage;
 use flotilla_transport as transport;
 use tracing::{debug, info, warn};
 
+use super::forward::{self, ClientOp};
 use super::group::{GroupReplica, ReplicaLimits, Reply};
 use crate::api::{MembershipInfo, ReadConsistency};
 use crate::error::RequestError;
 use crate::raft::{
-    self, ConfChange, Entry, EntryKind, GroupId, HardState, Member, MemberKind, Membership,
-    Message, NodeId, Raft, Role,
+    self, Entry, EntryKind, GroupId, HardState, Member, MemberKind, Membership, Message, NodeId,
+    Raft, Role,
 };
 use crate::wire;
 
@@ -100,6 +101,24 @@ pub(crate) struct Driver {
     pub(crate) counters: DriverCounters,
     pub(crate) decode_errors: u64,
     pub(crate) unknown_group_messages: u64,
+    /// Requests sent to a leader on another node, by request id.
+    forwarded: std::collections::HashMap<u64, Waiting>,
+    /// Requests waiting for their group to elect a leader.
+    parked: Vec<(GroupId, Waiting)>,
+    forward_id_next: u64,
+    /// Forwarded requests received, to run here (the shard's inbound task
+    /// spawns one answering task each).
+    remote_requests: Vec<(
+        wire::Forward,
+        futures_channel::oneshot::Receiver<Result<Bytes, RequestError>>,
+    )>,
+}
+
+/// A client request on its way to a leader.
+struct Waiting {
+    op: ClientOp,
+    reply: Reply<Bytes>,
+    attempts: u8,
 }
 
 /// Shared by the shard's tasks (one executor, so `Rc<RefCell<_>>`; no borrow
@@ -133,6 +152,10 @@ impl Driver {
             counters: DriverCounters::default(),
             decode_errors: 0,
             unknown_group_messages: 0,
+            forwarded: std::collections::HashMap::new(),
+            parked: Vec::new(),
+            forward_id_next: 1,
+            remote_requests: Vec::new(),
         }
     }
 
@@ -238,14 +261,212 @@ impl Driver {
         }
     }
 
-    pub(crate) fn propose(&mut self, group: GroupId, cmd: Bytes, reply: Reply<Bytes>) {
-        match self.groups.get_mut(&group) {
-            Some(g) => {
-                g.propose(cmd, reply);
-                self.dirty.insert(group);
+    /// Runs `op` on `group`: here if this replica leads, else (with
+    /// `forward`) on the leader's node, waiting for a leader if none is known.
+    pub(crate) fn submit(
+        &mut self,
+        group: GroupId,
+        op: ClientOp,
+        forward: bool,
+        reply: Reply<Bytes>,
+    ) {
+        self.submit_attempt(group, op, forward, reply, 0);
+    }
+
+    fn submit_attempt(
+        &mut self,
+        group: GroupId,
+        op: ClientOp,
+        forward: bool,
+        reply: Reply<Bytes>,
+        attempts: u8,
+    ) {
+        let Some(g) = self.groups.get_mut(&group) else {
+            let _ = reply.send(Err(RequestError::GroupNotFound { group }));
+            return;
+        };
+        if let ClientOp::Read(query, consistency) = op {
+            // Reads are never forwarded: any replica serves them once raft
+            // confirmed its read index (the core asks the leader).
+            if consistency == ReadConsistency::Stale {
+                let _ = reply.send(g.read_stale(&query));
+                return;
             }
+            if g.raft.leader().is_some() || !forward {
+                let lease = consistency == ReadConsistency::Lease
+                    && self.ticks >= self.lease_blocked_until_tick;
+                g.read(query, lease, reply);
+                self.dirty.insert(group);
+            } else if self.parked.len() >= forward::PARKED_MAX {
+                let _ = reply.send(Err(RequestError::NotLeader {
+                    group,
+                    leader: None,
+                }));
+            } else {
+                self.parked.push((
+                    group,
+                    Waiting {
+                        op: ClientOp::Read(query, consistency),
+                        reply,
+                        attempts,
+                    },
+                ));
+            }
+            return;
+        }
+        if g.raft.is_leader() || !forward {
+            match op {
+                ClientOp::Read(..) => unreachable!("reads are handled above"),
+                ClientOp::Propose(cmd) => g.propose(cmd, reply),
+                ClientOp::ConfChange(cc) => g.propose_conf_change(cc, reply),
+                ClientOp::Transfer(to) => {
+                    let _ = reply.send(
+                        g.raft
+                            .transfer_leader(to)
+                            .map(|()| Bytes::new())
+                            .map_err(RequestError::from),
+                    );
+                }
+            }
+            self.dirty.insert(group);
+            return;
+        }
+        let waiting = Waiting {
+            op,
+            reply,
+            attempts,
+        };
+        match g.raft.leader() {
+            Some(leader) if leader != self.node => {
+                if attempts >= forward::FORWARD_ATTEMPTS_MAX {
+                    let _ = waiting.reply.send(Err(RequestError::NotLeader {
+                        group,
+                        leader: Some(leader),
+                    }));
+                    return;
+                }
+                let id = self.forward_id_next;
+                self.forward_id_next += 1;
+                let mut f = wire::Forward {
+                    group,
+                    from: self.node,
+                    to: leader,
+                    reply: false,
+                    id,
+                    op: 0,
+                    status: 0,
+                    node: 0,
+                    index: 0,
+                    payload: Bytes::new(),
+                };
+                waiting.op.encode_into(&mut f);
+                self.send_forward(&f);
+                self.forwarded.insert(
+                    id,
+                    Waiting {
+                        attempts: attempts + 1,
+                        ..waiting
+                    },
+                );
+            }
+            _ => {
+                if self.parked.len() >= forward::PARKED_MAX {
+                    let _ = waiting.reply.send(Err(RequestError::NotLeader {
+                        group,
+                        leader: None,
+                    }));
+                } else {
+                    self.parked.push((group, waiting));
+                }
+            }
+        }
+    }
+
+    fn send_forward(&mut self, f: &wire::Forward) {
+        let peer = transport::PeerId::new(f.to.0, super::shard_of(f.group.0, self.shard_count));
+        let bytes = self.encoder.encode_forward(f);
+        if let Err(e) = self.transport.send(peer, bytes) {
+            debug!(group = f.group.0, to = f.to.0, error = %e, "forwarded request not queued");
+        }
+    }
+
+    /// A forwarded request or answer arrived.
+    fn on_forward(&mut self, f: wire::Forward) {
+        if f.reply {
+            let Some(w) = self.forwarded.remove(&f.id) else {
+                return; // the caller gave up, or a duplicate
+            };
+            match forward::decode_result(&f) {
+                Err(RequestError::NotLeader { .. }) => {
+                    // The leader moved: try again where this replica now
+                    // thinks it is (bounded by `attempts`).
+                    self.submit_attempt(f.group, w.op, true, w.reply, w.attempts);
+                }
+                result => {
+                    let _ = w.reply.send(result);
+                }
+            }
+            return;
+        }
+        let (tx, rx) = futures_channel::oneshot::channel();
+        match ClientOp::decode(&f) {
+            Some(op) => self.submit_attempt(f.group, op, false, tx, forward::FORWARD_ATTEMPTS_MAX),
             None => {
-                let _ = reply.send(Err(RequestError::GroupNotFound { group }));
+                let _ = tx.send(Err(RequestError::Remote {
+                    group: f.group,
+                    message: format!("malformed forwarded request (op {})", f.op),
+                }));
+            }
+        }
+        self.remote_requests.push((f, rx));
+    }
+
+    /// Forwarded requests received since the last call, with the receiver
+    /// of each one's local result.
+    pub(crate) fn take_remote_requests(
+        &mut self,
+    ) -> Vec<(
+        wire::Forward,
+        futures_channel::oneshot::Receiver<Result<Bytes, RequestError>>,
+    )> {
+        std::mem::take(&mut self.remote_requests)
+    }
+
+    /// Sends the answer to forwarded request `req`.
+    pub(crate) fn answer_remote(
+        &mut self,
+        req: wire::Forward,
+        result: Result<Bytes, RequestError>,
+    ) {
+        let mut f = wire::Forward {
+            from: self.node,
+            to: req.from,
+            reply: true,
+            ..req
+        };
+        forward::encode_result(result, &mut f);
+        self.send_forward(&f);
+    }
+
+    /// Retries parked requests of groups that now know a leader, and forgets
+    /// requests whose caller gave up.
+    fn retry_parked(&mut self) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let parked = std::mem::take(&mut self.parked);
+        for (group, w) in parked {
+            if w.reply.is_canceled() {
+                continue;
+            }
+            let has_leader = self
+                .groups
+                .get(&group)
+                .is_some_and(|g| g.raft.leader().is_some());
+            if has_leader {
+                self.submit_attempt(group, w.op, true, w.reply, w.attempts);
+            } else {
+                self.parked.push((group, w));
             }
         }
     }
@@ -257,58 +478,7 @@ impl Driver {
         consistency: ReadConsistency,
         reply: Reply<Bytes>,
     ) {
-        let lease_ok = self.ticks >= self.lease_blocked_until_tick;
-        match self.groups.get_mut(&group) {
-            Some(g) => match consistency {
-                ReadConsistency::Stale => {
-                    let _ = reply.send(g.read_stale(&query));
-                }
-                ReadConsistency::Linearizable => {
-                    g.read(query, false, reply);
-                    self.dirty.insert(group);
-                }
-                ReadConsistency::Lease => {
-                    g.read(query, lease_ok, reply);
-                    self.dirty.insert(group);
-                }
-            },
-            None => {
-                let _ = reply.send(Err(RequestError::GroupNotFound { group }));
-            }
-        }
-    }
-
-    /// Proposes a membership change of `group`.
-    pub(crate) fn change_membership(
-        &mut self,
-        group: GroupId,
-        cc: ConfChange,
-        reply: Reply<Bytes>,
-    ) {
-        match self.groups.get_mut(&group) {
-            Some(g) => {
-                g.propose_conf_change(cc, reply);
-                self.dirty.insert(group);
-            }
-            None => {
-                let _ = reply.send(Err(RequestError::GroupNotFound { group }));
-            }
-        }
-    }
-
-    /// Starts a leadership transfer of `group` to `to`.
-    pub(crate) fn transfer_leader(
-        &mut self,
-        group: GroupId,
-        to: NodeId,
-    ) -> Result<(), RequestError> {
-        let g = self
-            .groups
-            .get_mut(&group)
-            .ok_or(RequestError::GroupNotFound { group })?;
-        g.raft.transfer_leader(to)?;
-        self.dirty.insert(group);
-        Ok(())
+        self.submit(group, ClientOp::Read(query, consistency), true, reply);
     }
 
     /// The membership this replica knows of `group`.
@@ -355,6 +525,10 @@ impl Driver {
             self.lease_blocked_until_tick =
                 self.ticks + 2 * self.raft_defaults.election_timeout_ticks;
         }
+        if self.ticks % 64 == 0 {
+            self.forwarded.retain(|_, w| !w.reply.is_canceled());
+            self.parked.retain(|(_, w)| !w.reply.is_canceled());
+        }
         for (id, g) in self.groups.iter_mut() {
             if g.raft.is_quiesced() {
                 continue;
@@ -367,8 +541,12 @@ impl Driver {
     /// Steps one received frame's messages into their groups.
     pub(crate) fn on_inbound(&mut self, batch: transport::InboundBatch) {
         for bytes in batch.messages {
-            let msg = match wire::decode(&bytes) {
-                Ok(m) => m,
+            let msg = match wire::decode_inbound(&bytes) {
+                Ok(wire::Inbound::Raft(m)) => m,
+                Ok(wire::Inbound::Forward(f)) => {
+                    self.on_forward(f);
+                    continue;
+                }
                 Err(e) => {
                     self.decode_errors += 1;
                     warn!(from = batch.from.node.0, error = %e, "undecodable raft message dropped");
@@ -404,6 +582,7 @@ impl Driver {
     /// Takes every dirty group's Ready: sends what may go now and returns the
     /// WAL batch plus what waits for it.
     fn collect(&mut self) -> (storage::Batch, Vec<Pending>) {
+        self.retry_parked();
         let mut batch = storage::Batch::new();
         let mut pending = Vec::new();
         let dirty = std::mem::take(&mut self.dirty);
@@ -503,6 +682,14 @@ impl Driver {
     pub(crate) fn fail_all(&mut self) {
         for g in self.groups.values_mut() {
             g.fail_all();
+        }
+        for (_, w) in self.forwarded.drain() {
+            let _ = w
+                .reply
+                .send(Err(RequestError::ShuttingDown { group: GroupId(0) }));
+        }
+        for (group, w) in self.parked.drain(..) {
+            let _ = w.reply.send(Err(RequestError::ShuttingDown { group }));
         }
     }
 }

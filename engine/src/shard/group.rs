@@ -133,7 +133,7 @@ impl GroupReplica {
                 });
             }
             Err(e) => {
-                let _ = reply.send(Err(RequestError::Rejected(e)));
+                let _ = reply.send(Err(RequestError::from(e)));
             }
         }
     }
@@ -152,7 +152,7 @@ impl GroupReplica {
                 });
             }
             Err(e) => {
-                let _ = reply.send(Err(RequestError::Rejected(e)));
+                let _ = reply.send(Err(RequestError::from(e)));
             }
         }
     }
@@ -188,7 +188,7 @@ impl GroupReplica {
                     self.raft.read_index(ctx)
                 };
                 if let Err(e) = started {
-                    let _ = reply.send(Err(RequestError::Rejected(e)));
+                    let _ = reply.send(Err(RequestError::from(e)));
                     return;
                 }
                 self.read_ctx_next += 1;
@@ -508,9 +508,7 @@ mod tests {
         g.propose(put("a", "1"), tx);
         assert!(matches!(
             block_on(rx).unwrap(),
-            Err(RequestError::Rejected(
-                crate::raft::ProposeError::NotLeader { .. }
-            ))
+            Err(RequestError::NotLeader { .. })
         ));
 
         let mut g = single_voter();

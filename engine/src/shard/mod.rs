@@ -18,6 +18,7 @@
 //! how late a tick or a message is seen while bulk work runs.
 
 pub mod driver;
+pub(crate) mod forward;
 pub(crate) mod group;
 
 use std::cell::Cell;
@@ -112,10 +113,11 @@ pub(crate) enum ShardRequest {
         witness: bool,
         reply: group::Reply<()>,
     },
-    /// Propose an encoded rsm command.
+    /// Propose an encoded rsm command (forwarded to the leader if `forward`).
     Propose {
         group: GroupId,
         cmd: Bytes,
+        forward: bool,
         reply: group::Reply<Bytes>,
     },
     /// A read.
@@ -135,7 +137,7 @@ pub(crate) enum ShardRequest {
     TransferLeader {
         group: GroupId,
         to: NodeId,
-        reply: group::Reply<()>,
+        reply: group::Reply<Bytes>,
     },
     /// The membership a replica knows.
     Membership {
@@ -295,6 +297,21 @@ pub(crate) async fn run(setup: ShardSetup) {
                     while let Some(batch) = recv.try_recv() {
                         driver.borrow_mut().on_inbound(batch);
                     }
+                    let remote = driver.borrow_mut().take_remote_requests();
+                    for (req, rx) in remote {
+                        let driver = driver.clone();
+                        glommio::spawn_local_into(
+                            async move {
+                                let result = rx.await.unwrap_or(Err(
+                                    crate::error::RequestError::ShuttingDown { group: req.group },
+                                ));
+                                driver.borrow_mut().answer_remote(req, result);
+                            },
+                            raft_tq,
+                        )
+                        .expect("raft task queue exists")
+                        .detach();
+                    }
                     kick.signal(1);
                 }
             },
@@ -363,12 +380,18 @@ pub(crate) async fn run(setup: ShardSetup) {
                 change,
                 reply,
             } => {
-                driver.borrow_mut().change_membership(group, change, reply);
+                driver.borrow_mut().submit(
+                    group,
+                    forward::ClientOp::ConfChange(change),
+                    true,
+                    reply,
+                );
                 kick.signal(1);
             }
             ShardRequest::TransferLeader { group, to, reply } => {
-                let r = driver.borrow_mut().transfer_leader(group, to);
-                let _ = reply.send(r);
+                driver
+                    .borrow_mut()
+                    .submit(group, forward::ClientOp::Transfer(to), true, reply);
                 kick.signal(1);
             }
             ShardRequest::Membership { group, reply } => {
@@ -386,8 +409,15 @@ pub(crate) async fn run(setup: ShardSetup) {
                 let _ = reply.send(r);
                 kick.signal(1);
             }
-            ShardRequest::Propose { group, cmd, reply } => {
-                driver.borrow_mut().propose(group, cmd, reply);
+            ShardRequest::Propose {
+                group,
+                cmd,
+                forward,
+                reply,
+            } => {
+                driver
+                    .borrow_mut()
+                    .submit(group, forward::ClientOp::Propose(cmd), forward, reply);
                 kick.signal(1);
             }
             ShardRequest::Read {

@@ -231,10 +231,47 @@ impl Encoder {
                 snapshot,
                 context: msg.context,
                 flags: msg.flags,
+                forward: None,
             },
         );
         fbb.finish(root, None);
         self.fbb.finished_data()
+    }
+
+    /// Encodes a forwarded request or reply into an owned buffer.
+    pub fn encode_forward(&mut self, f: &Forward) -> Bytes {
+        self.fbb.reset();
+        let fbb = &mut self.fbb;
+        let payload = fbb.create_vector(&f.payload[..]);
+        let forward = fb::Forward::create(
+            fbb,
+            &fb::ForwardArgs {
+                id: f.id,
+                op: f.op,
+                status: f.status,
+                node: f.node,
+                index: f.index,
+                payload: Some(payload),
+            },
+        );
+        let root = fb::Message::create(
+            fbb,
+            &fb::MessageArgs {
+                version: WIRE_VERSION,
+                group: f.group.0,
+                kind: if f.reply {
+                    FORWARD_REPLY_KIND
+                } else {
+                    FORWARD_REQUEST_KIND
+                },
+                from: f.from.0,
+                to: f.to.0,
+                forward: Some(forward),
+                ..Default::default()
+            },
+        );
+        fbb.finish(root, None);
+        Bytes::copy_from_slice(self.fbb.finished_data())
     }
 
     /// Encodes `msg` into an owned buffer.
@@ -243,11 +280,75 @@ impl Encoder {
     }
 }
 
-/// Decodes one message. Payloads are slices of `buf`.
+/// `Message.kind` of a forwarded request (engine level, not raft).
+const FORWARD_REQUEST_KIND: u8 = 100;
+/// `Message.kind` of the answer to a forwarded request.
+const FORWARD_REPLY_KIND: u8 = 101;
+
+/// A client request forwarded to a group's leader, or its answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// The group.
+    pub group: GroupId,
+    /// Sending node.
+    pub from: NodeId,
+    /// Receiving node.
+    pub to: NodeId,
+    /// An answer (else a request).
+    pub reply: bool,
+    /// Request id, chosen by the origin.
+    pub id: u64,
+    /// Request: what to do.
+    pub op: u8,
+    /// Answer: 0 for success, else an error code.
+    pub status: u8,
+    /// A node id (transfer target, leader hint).
+    pub node: u64,
+    /// An index (of a dropped proposal, a pending change).
+    pub index: u64,
+    /// Command, result, or error text.
+    pub payload: Bytes,
+}
+
+/// One decoded inbound message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// A raft message for a group's core.
+    Raft(Message),
+    /// A forwarded request or answer.
+    Forward(Forward),
+}
+
+/// Decodes one message, raft or forwarded request.
 ///
 /// # Errors
 /// [`WireError`] for anything that is not a valid message of this version.
-pub fn decode(buf: &Bytes) -> Result<Message, WireError> {
+pub fn decode_inbound(buf: &Bytes) -> Result<Inbound, WireError> {
+    let m = verified(buf)?;
+    if m.kind() == FORWARD_REQUEST_KIND || m.kind() == FORWARD_REPLY_KIND {
+        let f = m.forward().ok_or(WireError::Malformed(
+            "forward message without its body".to_string(),
+        ))?;
+        return Ok(Inbound::Forward(Forward {
+            group: GroupId(m.group()),
+            from: NodeId(m.from()),
+            to: NodeId(m.to()),
+            reply: m.kind() == FORWARD_REPLY_KIND,
+            id: f.id(),
+            op: f.op(),
+            status: f.status(),
+            node: f.node(),
+            index: f.index(),
+            payload: f
+                .payload()
+                .map(|p| slice_of(buf, p.bytes()))
+                .unwrap_or_default(),
+        }));
+    }
+    decode_raft(buf, m).map(Inbound::Raft)
+}
+
+fn verified(buf: &Bytes) -> Result<fb::Message<'_>, WireError> {
     let opts = flatbuffers::VerifierOptions {
         max_tables: 1 << 22,
         ..Default::default()
@@ -257,6 +358,20 @@ pub fn decode(buf: &Bytes) -> Result<Message, WireError> {
     if m.version() != WIRE_VERSION {
         return Err(WireError::Version(m.version()));
     }
+    Ok(m)
+}
+
+/// Decodes one raft message. Payloads are slices of `buf`.
+///
+/// # Errors
+/// [`WireError`] for anything that is not a valid raft message of this
+/// version.
+pub fn decode(buf: &Bytes) -> Result<Message, WireError> {
+    let m = verified(buf)?;
+    decode_raft(buf, m)
+}
+
+fn decode_raft(buf: &Bytes, m: fb::Message<'_>) -> Result<Message, WireError> {
     let mut out = Message::new(
         GroupId(m.group()),
         message_type_of(m.kind())?,
@@ -477,6 +592,31 @@ mod tests {
             )
     }
 
+    #[test]
+    fn forwards_round_trip_and_raft_decode_refuses_them() {
+        let f = Forward {
+            group: GroupId(9),
+            from: NodeId(2),
+            to: NodeId(1),
+            reply: true,
+            id: 77,
+            op: 1,
+            status: 3,
+            node: 5,
+            index: 123,
+            payload: Bytes::from_static(b"cmd"),
+        };
+        let mut enc = Encoder::new();
+        let bytes = enc.encode_forward(&f);
+        assert_eq!(decode_inbound(&bytes).unwrap(), Inbound::Forward(f.clone()));
+        assert!(decode(&bytes).is_err());
+        let raft = enc.encode_to_bytes(&sample());
+        assert_eq!(decode_inbound(&raft).unwrap(), Inbound::Raft(sample()));
+        let req = Forward { reply: false, ..f };
+        let bytes = enc.encode_forward(&req);
+        assert_eq!(decode_inbound(&bytes).unwrap(), Inbound::Forward(req));
+    }
+
     proptest! {
         #[test]
         fn any_message_round_trips(msg in arb_message()) {
@@ -487,7 +627,9 @@ mod tests {
 
         #[test]
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let _ = decode(&Bytes::from(data));
+            let data = Bytes::from(data);
+            let _ = decode(&data);
+            let _ = decode_inbound(&data);
         }
     }
 }

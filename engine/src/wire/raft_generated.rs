@@ -532,6 +532,187 @@ impl ::core::fmt::Debug for SnapshotMeta<'_> {
       ds.finish()
   }
 }
+pub enum ForwardOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Forward<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Forward<'a> {
+  type Inner = Forward<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Forward<'a> {
+  pub const VT_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_OP: ::flatbuffers::VOffsetT = 6;
+  pub const VT_STATUS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_NODE: ::flatbuffers::VOffsetT = 10;
+  pub const VT_INDEX: ::flatbuffers::VOffsetT = 12;
+  pub const VT_PAYLOAD: ::flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Forward { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ForwardArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Forward<'bldr>> {
+    let mut builder = ForwardBuilder::new(_fbb);
+    builder.add_index(args.index);
+    builder.add_node(args.node);
+    builder.add_id(args.id);
+    if let Some(x) = args.payload { builder.add_payload(x); }
+    builder.add_status(args.status);
+    builder.add_op(args.op);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Forward::VT_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn op(&self) -> u8 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u8>(Forward::VT_OP, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn status(&self) -> u8 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u8>(Forward::VT_STATUS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn node(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Forward::VT_NODE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn index(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Forward::VT_INDEX, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn payload(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Forward::VT_PAYLOAD, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Forward<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("id", Self::VT_ID, false)?
+     .visit_field::<u8>("op", Self::VT_OP, false)?
+     .visit_field::<u8>("status", Self::VT_STATUS, false)?
+     .visit_field::<u64>("node", Self::VT_NODE, false)?
+     .visit_field::<u64>("index", Self::VT_INDEX, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("payload", Self::VT_PAYLOAD, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ForwardArgs<'a> {
+    pub id: u64,
+    pub op: u8,
+    pub status: u8,
+    pub node: u64,
+    pub index: u64,
+    pub payload: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for ForwardArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ForwardArgs {
+      id: 0,
+      op: 0,
+      status: 0,
+      node: 0,
+      index: 0,
+      payload: None,
+    }
+  }
+}
+
+pub struct ForwardBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ForwardBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_id(&mut self, id: u64) {
+    self.fbb_.push_slot::<u64>(Forward::VT_ID, id, 0);
+  }
+  #[inline]
+  pub fn add_op(&mut self, op: u8) {
+    self.fbb_.push_slot::<u8>(Forward::VT_OP, op, 0);
+  }
+  #[inline]
+  pub fn add_status(&mut self, status: u8) {
+    self.fbb_.push_slot::<u8>(Forward::VT_STATUS, status, 0);
+  }
+  #[inline]
+  pub fn add_node(&mut self, node: u64) {
+    self.fbb_.push_slot::<u64>(Forward::VT_NODE, node, 0);
+  }
+  #[inline]
+  pub fn add_index(&mut self, index: u64) {
+    self.fbb_.push_slot::<u64>(Forward::VT_INDEX, index, 0);
+  }
+  #[inline]
+  pub fn add_payload(&mut self, payload: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Forward::VT_PAYLOAD, payload);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ForwardBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ForwardBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Forward<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Forward<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Forward");
+      ds.field("id", &self.id());
+      ds.field("op", &self.op());
+      ds.field("status", &self.status());
+      ds.field("node", &self.node());
+      ds.field("index", &self.index());
+      ds.field("payload", &self.payload());
+      ds.finish()
+  }
+}
 pub enum MessageOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -563,6 +744,7 @@ impl<'a> Message<'a> {
   pub const VT_SNAPSHOT: ::flatbuffers::VOffsetT = 28;
   pub const VT_CONTEXT: ::flatbuffers::VOffsetT = 30;
   pub const VT_FLAGS: ::flatbuffers::VOffsetT = 32;
+  pub const VT_FORWARD: ::flatbuffers::VOffsetT = 34;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -583,6 +765,7 @@ impl<'a> Message<'a> {
     builder.add_to(args.to);
     builder.add_from(args.from);
     builder.add_group(args.group);
+    if let Some(x) = args.forward { builder.add_forward(x); }
     builder.add_flags(args.flags);
     if let Some(x) = args.snapshot { builder.add_snapshot(x); }
     if let Some(x) = args.entries { builder.add_entries(x); }
@@ -698,6 +881,13 @@ impl<'a> Message<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(Message::VT_FLAGS, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn forward(&self) -> Option<Forward<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<Forward>>(Message::VT_FORWARD, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Message<'_> {
@@ -721,6 +911,7 @@ impl ::flatbuffers::Verifiable for Message<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<SnapshotMeta>>("snapshot", Self::VT_SNAPSHOT, false)?
      .visit_field::<u64>("context", Self::VT_CONTEXT, false)?
      .visit_field::<u32>("flags", Self::VT_FLAGS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<Forward>>("forward", Self::VT_FORWARD, false)?
      .finish();
     Ok(())
   }
@@ -741,6 +932,7 @@ pub struct MessageArgs<'a> {
     pub snapshot: Option<::flatbuffers::WIPOffset<SnapshotMeta<'a>>>,
     pub context: u64,
     pub flags: u32,
+    pub forward: Option<::flatbuffers::WIPOffset<Forward<'a>>>,
 }
 impl<'a> Default for MessageArgs<'a> {
   #[inline]
@@ -761,6 +953,7 @@ impl<'a> Default for MessageArgs<'a> {
       snapshot: None,
       context: 0,
       flags: 0,
+      forward: None,
     }
   }
 }
@@ -831,6 +1024,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MessageBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u32>(Message::VT_FLAGS, flags, 0);
   }
   #[inline]
+  pub fn add_forward(&mut self, forward: ::flatbuffers::WIPOffset<Forward<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<Forward>>(Message::VT_FORWARD, forward);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MessageBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     MessageBuilder {
@@ -863,6 +1060,7 @@ impl ::core::fmt::Debug for Message<'_> {
       ds.field("snapshot", &self.snapshot());
       ds.field("context", &self.context());
       ds.field("flags", &self.flags());
+      ds.field("forward", &self.forward());
       ds.finish()
   }
 }
