@@ -66,7 +66,8 @@ pub enum HostError {
 pub struct NodeHost {
     config: NodeHostConfig,
     mailboxes: Vec<flume::Sender<ShardRequest>>,
-    threads: Vec<glommio::ExecutorJoinHandle<()>>,
+    /// Taken (and joined) by the first `shutdown`.
+    threads: std::sync::Mutex<Vec<glommio::ExecutorJoinHandle<()>>>,
 }
 
 impl NodeHost {
@@ -81,7 +82,7 @@ impl NodeHost {
         let cpus = available_cpus();
         let mut host = NodeHost {
             mailboxes: Vec::with_capacity(config.shard_count),
-            threads: Vec::with_capacity(config.shard_count),
+            threads: std::sync::Mutex::new(Vec::with_capacity(config.shard_count)),
             config,
         };
         let mut started = Vec::with_capacity(host.config.shard_count);
@@ -138,7 +139,10 @@ impl NodeHost {
             match builder.spawn(move || shard::run(setup)) {
                 Ok(handle) => {
                     host.mailboxes.push(tx);
-                    host.threads.push(handle);
+                    host.threads
+                        .get_mut()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(handle);
                 }
                 Err(e) => {
                     let err = HostError::ShardStart {
@@ -598,11 +602,13 @@ impl NodeHost {
         with_deadline(answer, deadline).await
     }
 
-    /// Stops every shard: each finishes its tasks and its thread exits.
-    /// Waits for the threads.
-    pub async fn shutdown(mut self) {
+    /// Stops every shard: each fails its waiting requests, finishes its
+    /// tasks, closes its WAL and its thread exits. Waits for the threads.
+    /// Later calls (and every request after it) find the node stopped.
+    /// Takes `&self` so a host shared in an `Arc` can be stopped.
+    pub async fn shutdown(&self) {
         let mut acks = Vec::new();
-        for mailbox in self.mailboxes.drain(..) {
+        for mailbox in &self.mailboxes {
             let (reply, rx) = oneshot::channel();
             if mailbox
                 .send_async(ShardRequest::Shutdown { reply })
@@ -615,7 +621,13 @@ impl NodeHost {
         for ack in acks {
             let _ = ack.await;
         }
-        for (shard, thread) in self.threads.drain(..).enumerate() {
+        let threads = std::mem::take(
+            &mut *self
+                .threads
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for (shard, thread) in threads.into_iter().enumerate() {
             if thread.join().is_err() {
                 error!(node = self.config.node_id, shard, "shard thread panicked");
             }

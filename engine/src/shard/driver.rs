@@ -32,6 +32,7 @@ use tracing::{debug, info, warn};
 
 use super::forward::{self, ClientOp};
 use super::group::{GroupReplica, ReplicaLimits, Reply};
+use super::meta::GroupMeta;
 use crate::api::{MembershipInfo, ReadConsistency};
 use crate::error::RequestError;
 use crate::raft::{
@@ -101,6 +102,10 @@ pub(crate) struct Driver {
     pub(crate) counters: DriverCounters,
     pub(crate) decode_errors: u64,
     pub(crate) unknown_group_messages: u64,
+    /// What each group keeps in the WAL's metadata record.
+    metas: BTreeMap<GroupId, GroupMeta>,
+    /// Groups whose metadata must go into the next WAL batch.
+    meta_dirty: BTreeSet<GroupId>,
     /// Requests sent to a leader on another node, by request id.
     forwarded: std::collections::HashMap<u64, Waiting>,
     /// Requests waiting for their group to elect a leader.
@@ -152,6 +157,8 @@ impl Driver {
             counters: DriverCounters::default(),
             decode_errors: 0,
             unknown_group_messages: 0,
+            metas: BTreeMap::new(),
+            meta_dirty: BTreeSet::new(),
             forwarded: std::collections::HashMap::new(),
             parked: Vec::new(),
             forward_id_next: 1,
@@ -185,8 +192,16 @@ impl Driver {
                 .collect(),
         );
         self.learn_addresses(&membership);
-        let raft = Raft::new(self.raft_config(group), membership);
-        self.insert_group(group, raft, false);
+        let raft = Raft::new(self.raft_config(group), membership.clone());
+        self.insert_group(
+            group,
+            raft,
+            GroupMeta {
+                witness: false,
+                base: membership.clone(),
+                latest: membership,
+            },
+        );
         info!(group = group.0, node = self.node.0, "group started");
         Ok(())
     }
@@ -208,7 +223,14 @@ impl Driver {
             self.set_address(*id, *addr);
         }
         let raft = Raft::new(self.raft_config(group), Membership::default());
-        self.insert_group(group, raft, witness);
+        self.insert_group(
+            group,
+            raft,
+            GroupMeta {
+                witness,
+                ..GroupMeta::default()
+            },
+        );
         info!(
             group = group.0,
             node = self.node.0,
@@ -227,13 +249,23 @@ impl Driver {
         cfg
     }
 
-    fn insert_group(&mut self, group: GroupId, raft: Raft, witness: bool) {
-        let rsm = (!witness).then(|| Rsm::new(Box::new(KvStore::new()), Default::default()));
+    fn insert_group(&mut self, group: GroupId, raft: Raft, meta: GroupMeta) {
+        let rsm = (!meta.witness).then(|| Rsm::new(Box::new(KvStore::new()), Default::default()));
         self.groups.insert(
             group,
             GroupReplica::new(raft, rsm, ReplicaLimits::default()),
         );
+        self.metas.insert(group, meta);
+        self.meta_dirty.insert(group);
         self.dirty.insert(group);
+    }
+
+    /// Adds a group recovered from the WAL (its metadata is already there).
+    fn insert_restored(&mut self, group: GroupId, raft: Raft, meta: GroupMeta) {
+        self.learn_addresses(&meta.base);
+        self.learn_addresses(&meta.latest);
+        self.insert_group(group, raft, meta);
+        self.meta_dirty.remove(&group);
     }
 
     fn set_address(&self, node: NodeId, addr: SocketAddr) {
@@ -597,6 +629,10 @@ impl Driver {
             let messages = rd.messages;
             if let Some(m) = rd.membership.as_ref() {
                 self.learn_addresses(m);
+                if let Some(meta) = self.metas.get_mut(&id) {
+                    meta.latest = m.clone();
+                    self.meta_dirty.insert(id);
+                }
             }
             if let Some(ss) = rd.soft_state.as_ref() {
                 if ss.role == Role::Leader {
@@ -621,6 +657,11 @@ impl Driver {
                 fetches: rd.fetches,
             });
             self.send(messages);
+        }
+        for id in std::mem::take(&mut self.meta_dirty) {
+            if let Some(meta) = self.metas.get(&id) {
+                batch.set_meta(id.0, meta.encode());
+            }
         }
         (batch, pending)
     }
@@ -736,6 +777,88 @@ struct Pending {
     read_states: Vec<raft::ReadState>,
     dropped_reads: Vec<u64>,
     fetches: Vec<raft::FetchRequest>,
+}
+
+/// Restarts every group found in the WAL: hard state, memberships, term
+/// runs from the WAL index, the uncommitted tail read back from disk. The
+/// state machines start empty and Raft hands them the committed entries
+/// again (fetched from the WAL) — until snapshots, from index 1.
+///
+/// # Errors
+/// A message naming the group when its persisted state does not fit
+/// together (corruption is reported, the shard does not start).
+pub(crate) async fn restore_groups(
+    driver: &SharedDriver,
+    recovered: Vec<storage::RecoveredGroup>,
+) -> Result<usize, String> {
+    let wal = driver.borrow().wal.clone();
+    let count = recovered.len();
+    for rg in recovered {
+        let group = GroupId(rg.group);
+        let meta = match rg.meta.clone() {
+            Some(bytes) => GroupMeta::decode(bytes).map_err(|e| format!("group {group}: {e}"))?,
+            None => {
+                return Err(format!(
+                    "group {group}: the WAL holds its log but no membership record"
+                ))
+            }
+        };
+        let hs = rg.hard_state.unwrap_or_default();
+        let snap = rg.snapshot;
+        let last = rg.last_index;
+        let mut term_runs: Vec<(u64, u64)> = Vec::new();
+        for i in snap.index + 1..=last {
+            let t = wal
+                .term(rg.group, i)
+                .ok_or_else(|| format!("group {group}: no term for index {i} in the WAL index"))?;
+            if term_runs.last().is_none_or(|(_, lt)| *lt != t) {
+                term_runs.push((i, t));
+            }
+        }
+        let commit = hs.commit.max(snap.index);
+        let tail = if commit < last {
+            let entries = wal
+                .entries(rg.group, commit + 1..last + 1, u64::MAX)
+                .await
+                .map_err(|e| format!("group {group}: reading the log tail: {e}"))?;
+            entries
+                .into_iter()
+                .map(from_wal_entry)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("group {group}: {e}"))?
+        } else {
+            Vec::new()
+        };
+        let st = raft::PersistedState {
+            hard_state: HardState {
+                term: hs.term,
+                vote: (hs.vote != 0).then_some(NodeId(hs.vote)),
+                commit: hs.commit,
+            },
+            membership: meta.latest.clone(),
+            snapshot: raft::SnapshotMeta {
+                index: snap.index,
+                term: snap.term,
+                membership: meta.base.clone(),
+            },
+            last_index: last,
+            term_runs,
+            tail,
+            applied: snap.index,
+        };
+        let mut d = driver.borrow_mut();
+        let cfg = d.raft_config(group);
+        let raft = Raft::restart(cfg, st).map_err(|e| format!("group {group}: {e}"))?;
+        info!(
+            group = group.0,
+            term = hs.term,
+            commit = hs.commit,
+            last_index = last,
+            "group recovered from the WAL"
+        );
+        d.insert_restored(group, raft, meta);
+    }
+    Ok(count)
 }
 
 /// Runs driver turns until `stop`: waits for a kick, then collects, writes,

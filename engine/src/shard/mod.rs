@@ -20,6 +20,7 @@
 pub mod driver;
 pub(crate) mod forward;
 pub(crate) mod group;
+pub(crate) mod meta;
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -220,19 +221,8 @@ pub(crate) async fn run(setup: ShardSetup) {
     .expect("raft task queue exists");
 
     // The WAL first: its open works around glommio 0.9.0 bug 1.
-    let wal = match flotilla_storage::Wal::open(&wal_dir, wal_options).await {
-        Ok((wal, recovery)) => {
-            if !recovery.groups.is_empty() {
-                // Restarting groups from the WAL is the next slice.
-                error!(
-                    node = node_id,
-                    shard,
-                    groups = recovery.groups.len(),
-                    "WAL holds groups; restarting them is not supported yet"
-                );
-            }
-            Rc::new(wal)
-        }
+    let (wal, recovered) = match flotilla_storage::Wal::open(&wal_dir, wal_options).await {
+        Ok((wal, recovery)) => (Rc::new(wal), recovery.groups),
         Err(e) => {
             let _ = started.send(Err(format!(
                 "shard {shard}: WAL {}: {e}",
@@ -271,7 +261,21 @@ pub(crate) async fn run(setup: ShardSetup) {
         transport,
         wal.clone(),
     )));
-    let kick = Rc::new(glommio::sync::Semaphore::new(0));
+    match driver::restore_groups(&driver, recovered).await {
+        Ok(0) => {}
+        Ok(n) => info!(node = node_id, shard, groups = n, "groups recovered"),
+        Err(e) => {
+            error!(node = node_id, shard, error = %e, "recovery failed");
+            let _ = started.send(Err(format!("shard {shard}: recovery: {e}")));
+            let transport = driver.borrow().transport();
+            transport.shutdown().await;
+            let _ = wal.close().await;
+            stop.set(true);
+            keepalive.await;
+            return;
+        }
+    }
+    let kick = Rc::new(glommio::sync::Semaphore::new(1));
     let _ = started.send(Ok(()));
     info!(node = node_id, shard, "shard started");
 

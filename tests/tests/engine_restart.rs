@@ -1,0 +1,127 @@
+//! Durability: nodes stopped and restarted from their data directories keep
+//! every acknowledged write; the leaders of many groups stop at once.
+
+use std::time::Duration;
+
+use flotilla::{GroupId, NodeId};
+use flotilla_tests::{b, retry, Cluster};
+use futures_lite::future::block_on;
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+#[test]
+fn a_restarted_node_and_a_restarted_cluster_keep_every_acknowledged_write() {
+    init_logs();
+    let mut c = Cluster::new(3, 2);
+    c.start_all();
+    let nodes = c.running();
+    let groups: Vec<GroupId> = (1..=8).map(GroupId).collect();
+    c.start_groups(&groups, &nodes);
+    for g in &groups {
+        c.wait_leader(*g, WITHIN);
+    }
+    // Writes through every node (forwarded to the leaders).
+    let mut acked = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let kv = c.kv(*n, &groups);
+        for k in 0..40 {
+            let key = format!("n{i}-k{k}");
+            retry(WITHIN, &key, || {
+                block_on(kv.put(b(key.clone()), b(format!("v{k}"))))
+            });
+            acked.push((key, format!("v{k}")));
+        }
+    }
+    // Stop node 3, write more, restart it: it catches up from its own WAL
+    // plus the leaders' logs.
+    c.stop(NodeId(3));
+    let kv = c.kv(NodeId(1), &groups);
+    for k in 0..40 {
+        let key = format!("while-down-{k}");
+        retry(WITHIN, &key, || block_on(kv.put(b(key.clone()), b("x"))));
+        acked.push((key, "x".to_string()));
+    }
+    c.start(NodeId(3));
+    let status = block_on(c.host(NodeId(3)).groups(WITHIN)).unwrap();
+    assert_eq!(
+        status.len(),
+        groups.len(),
+        "node 3 recovers every group from its WAL: {status:?}"
+    );
+    // Stop everything and start again from disk only.
+    c.stop(NodeId(1));
+    c.stop(NodeId(2));
+    c.stop(NodeId(3));
+    c.start_all();
+    for g in &groups {
+        c.wait_leader(*g, WITHIN);
+    }
+    for n in c.running() {
+        let kv = c.kv(n, &groups);
+        for (key, value) in &acked {
+            let got = retry(WITHIN, key, || block_on(kv.get(b(key.clone()))));
+            assert_eq!(
+                got.as_deref(),
+                Some(value.as_bytes()),
+                "{n}: acknowledged write {key} lost after restart"
+            );
+        }
+    }
+    c.shutdown();
+}
+
+#[test]
+fn stopping_the_leader_of_many_groups_at_once_loses_nothing() {
+    init_logs();
+    let mut c = Cluster::new(3, 2);
+    c.start_all();
+    let nodes = c.running();
+    let groups: Vec<GroupId> = (1..=16).map(GroupId).collect();
+    c.start_groups(&groups, &nodes);
+    // Move every leadership to node 1.
+    for g in &groups {
+        let l = c.wait_leader(*g, WITHIN);
+        if l != NodeId(1) {
+            retry(WITHIN, "transfer", || {
+                block_on(
+                    c.host(l)
+                        .transfer_leader(*g, NodeId(1), Duration::from_secs(5)),
+                )
+            });
+        }
+    }
+    let kv = c.kv(NodeId(2), &groups);
+    let mut acked = Vec::new();
+    for k in 0..64 {
+        let key = format!("k{k}");
+        retry(WITHIN, &key, || {
+            block_on(kv.put(b(key.clone()), b(format!("{k}"))))
+        });
+        acked.push(key);
+    }
+    c.stop(NodeId(1));
+    for g in &groups {
+        let l = c.wait_leader(*g, WITHIN);
+        assert_ne!(l, NodeId(1));
+    }
+    for (k, key) in acked.iter().enumerate() {
+        let got = retry(WITHIN, key, || block_on(kv.get(b(key.clone()))));
+        assert_eq!(
+            got.as_deref(),
+            Some(format!("{k}").as_bytes()),
+            "{key} lost"
+        );
+    }
+    // The survivors keep accepting writes.
+    retry(WITHIN, "write after failover", || {
+        block_on(kv.put(b("after"), b("1")))
+    });
+    c.shutdown();
+}
