@@ -139,7 +139,7 @@ impl Cluster {
                 start.elapsed() < within,
                 "{group}: no agreed leader within {within:?}; (node, leader) seen: {seen:?}"
             );
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::park_timeout(Duration::from_millis(10));
         }
     }
 
@@ -181,7 +181,7 @@ pub fn retry<T>(within: Duration, what: &str, mut op: impl FnMut() -> Result<T, 
                     start.elapsed() < within,
                     "{what}: still failing after {within:?}: {e}"
                 );
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::park_timeout(Duration::from_millis(20));
             }
         }
     }
