@@ -37,8 +37,8 @@
 //! # }
 //! ```
 
-// The launcher wires `serve_until`; until then (and for the items only
-// tests touch) dead code is expected in non-test builds.
+// A module of a binary crate: its public interface (for the launcher) is
+// wider than what any one build uses.
 #![allow(dead_code, unused_imports)]
 
 mod error;

@@ -294,7 +294,9 @@ async fn metrics(state: &HttpState, params: &Params) -> ApiResult {
 fn kv_for(state: &HttpState, params: &Params) -> Result<KvClient, ApiError> {
     let mut kv = state.kv().clone();
     kv.timeout = params.timeout(state)?;
-    kv.consistency = params.consistency()?;
+    if let Some(c) = params.consistency()? {
+        kv.consistency = c;
+    }
     Ok(kv)
 }
 
@@ -1062,12 +1064,14 @@ impl Params {
         }
     }
 
-    /// `?consistency=linearizable|lease|stale` (default linearizable).
-    pub(super) fn consistency(&self) -> Result<ReadConsistency, ApiError> {
+    /// `?consistency=linearizable|lease|stale` (`None`: the node's default,
+    /// the consistency of its `KvClient`).
+    pub(super) fn consistency(&self) -> Result<Option<ReadConsistency>, ApiError> {
         match self.str("consistency")? {
-            None | Some("linearizable") => Ok(ReadConsistency::Linearizable),
-            Some("lease") => Ok(ReadConsistency::Lease),
-            Some("stale") => Ok(ReadConsistency::Stale),
+            None => Ok(None),
+            Some("linearizable") => Ok(Some(ReadConsistency::Linearizable)),
+            Some("lease") => Ok(Some(ReadConsistency::Lease)),
+            Some("stale") => Ok(Some(ReadConsistency::Stale)),
             Some(other) => Err(ApiError::bad_request(format!(
                 "consistency={other}: expected linearizable, lease or stale"
             ))),
