@@ -1,0 +1,547 @@
+//! The in-process cluster: N `NodeHost`s on loopback, G groups on every
+//! node, and load generators on their own glommio executors that send each
+//! request to the group's current leader (cached; refreshed on
+//! `NotLeader`), as dragonboat's benchmark does.
+
+use std::cell::{Cell, RefCell};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flotilla::{
+    GroupId, HostError, NodeHost, NodeHostConfig, NodeId, Placement, ReadConsistency, RequestError,
+    Role,
+};
+use flotilla_rsm::{encode_noop, KvCommand, KvQuery, KvResult};
+use futures_lite::future::block_on;
+use glommio::{LocalExecutorBuilder, Task};
+
+use super::stats::{EngineCounters, OpKind, Recorder, Report, Summary};
+use super::{BenchOptions, Consistency, PlacementArg, Rng, Timeline};
+
+/// Deadline of control calls (start_group, group_status, stats).
+const CONTROL_DEADLINE: Duration = Duration::from_secs(10);
+/// How long the cluster may take to elect a leader for every group.
+const ELECTION_DEADLINE: Duration = Duration::from_secs(60);
+/// Back-off after a failed attempt before retrying.
+const RETRY_BACKOFF: Duration = Duration::from_millis(1);
+
+/// The nodes of the in-process cluster and where their data lives.
+struct Cluster {
+    hosts: Vec<Arc<NodeHost>>,
+    data_dir: PathBuf,
+    remove_data: bool,
+}
+
+impl Cluster {
+    fn start(args: &BenchOptions, out: &mut dyn Write) -> Result<Cluster, String> {
+        let shards = args.shards_per_node();
+        let (data_dir, remove_data) = match &args.data_dir {
+            Some(d) => (d.clone(), false),
+            None => {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                (
+                    std::env::temp_dir()
+                        .join(format!("flotilla-bench-{}-{nanos}", std::process::id())),
+                    true,
+                )
+            }
+        };
+        let mut cluster = Cluster {
+            hosts: Vec::with_capacity(args.nodes),
+            data_dir,
+            remove_data,
+        };
+        let _ = writeln!(
+            out,
+            "starting {} nodes x {} shards ({:?}) in {}",
+            args.nodes,
+            shards,
+            args.placement,
+            cluster.data_dir.display()
+        );
+        for i in 0..args.nodes {
+            let node_id = i as u64 + 1;
+            let mut cfg =
+                NodeHostConfig::new(node_id, cluster.data_dir.join(format!("node-{node_id}")));
+            cfg.raft_addr = flotilla::test_util::free_port_block(shards);
+            cfg.shard_count = shards;
+            cfg.placement = match args.placement {
+                PlacementArg::Pinned => Placement::Pinned {
+                    first_cpu: i * shards,
+                },
+                PlacementArg::Unbound => Placement::Unbound,
+            };
+            cfg.io_memory_bytes = args.io_memory;
+            cfg.preempt_timer = args.preempt_timer;
+            match NodeHost::start(cfg) {
+                Ok(h) => cluster.hosts.push(Arc::new(h)),
+                Err(e) => {
+                    cluster.shutdown();
+                    return Err(format!("node {node_id} did not start: {e}"));
+                }
+            }
+        }
+        Ok(cluster)
+    }
+
+    fn members(&self) -> Vec<(NodeId, SocketAddr)> {
+        self.hosts
+            .iter()
+            .map(|h| (NodeId(h.config().node_id), h.config().raft_addr))
+            .collect()
+    }
+
+    /// Starts every group on every node and waits until each has a leader;
+    /// returns the leader's node index per group.
+    fn start_groups(&self, groups: &[GroupId]) -> Result<Vec<usize>, String> {
+        let members = self.members();
+        for g in groups {
+            for h in &self.hosts {
+                block_on(h.start_group(*g, members.clone(), CONTROL_DEADLINE))
+                    .map_err(|e| format!("group {g} on node {}: {e}", h.config().node_id))?;
+            }
+        }
+        let started = Instant::now();
+        let mut leaders: Vec<Option<usize>> = vec![None; groups.len()];
+        loop {
+            for (i, g) in groups.iter().enumerate() {
+                if leaders[i].is_none() {
+                    leaders[i] = block_on(find_leader(&self.hosts, *g));
+                }
+            }
+            let missing = leaders.iter().filter(|l| l.is_none()).count();
+            if missing == 0 {
+                return Ok(leaders.into_iter().map(|l| l.unwrap_or(0)).collect());
+            }
+            if started.elapsed() > ELECTION_DEADLINE {
+                return Err(format!(
+                    "{missing} of {} groups have no leader after {ELECTION_DEADLINE:?}",
+                    groups.len()
+                ));
+            }
+            // Not an executor: the main thread may wait.
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
+    }
+
+    fn engine_counters(&self) -> Option<EngineCounters> {
+        let mut total = EngineCounters::default();
+        for h in &self.hosts {
+            let shards = block_on(h.stats(CONTROL_DEADLINE)).ok()?;
+            for s in &shards {
+                total.add_shard(s);
+            }
+        }
+        Some(total)
+    }
+
+    fn shutdown(self) {
+        for h in self.hosts {
+            match Arc::try_unwrap(h) {
+                Ok(h) => block_on(h.shutdown()),
+                Err(h) => tracing::warn!(
+                    node = h.config().node_id,
+                    "node still referenced at shutdown; leaving it running"
+                ),
+            }
+        }
+        if self.remove_data {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
+    }
+}
+
+/// The node index of `group`'s leader as its replicas report it.
+async fn find_leader(hosts: &[Arc<NodeHost>], group: GroupId) -> Option<usize> {
+    let mut reported = None;
+    for (i, h) in hosts.iter().enumerate() {
+        if let Ok(Some(status)) = h.group_status(group, CONTROL_DEADLINE).await {
+            if status.role == Role::Leader {
+                return Some(i);
+            }
+            if let Some(l) = status.leader {
+                reported = node_index(hosts, l);
+            }
+        }
+    }
+    reported
+}
+
+fn node_index(hosts: &[Arc<NodeHost>], node: NodeId) -> Option<usize> {
+    hosts.iter().position(|h| h.config().node_id == node.0)
+}
+
+/// Runs the in-process benchmark.
+pub(super) fn run(args: &BenchOptions, out: &mut dyn Write) -> Result<Summary, String> {
+    let cluster = Cluster::start(args, out)?;
+    let outcome = drive(args, &cluster, out);
+    cluster.shutdown();
+    outcome
+}
+
+fn drive(args: &BenchOptions, cluster: &Cluster, out: &mut dyn Write) -> Result<Summary, String> {
+    let groups: Vec<GroupId> = (1..=args.groups as u64).map(GroupId).collect();
+    let started = Instant::now();
+    let leaders = cluster.start_groups(&groups)?;
+    let mut leaders_per_node = vec![0usize; cluster.hosts.len()];
+    for l in &leaders {
+        leaders_per_node[*l] += 1;
+    }
+    let _ = writeln!(
+        out,
+        "{} groups started; every group has a leader after {:.0} ms (leaders per node {:?})",
+        groups.len(),
+        started.elapsed().as_secs_f64() * 1e3,
+        leaders_per_node
+    );
+    let value = Bytes::from(
+        (0..args.payload)
+            .map(|i| b'a' + (i % 26) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let clients = args.clients.min(groups.len());
+    let (report_tx, report_rx) = flume::bounded(4096);
+    // Start a little in the future so every generator begins together.
+    let timeline = Timeline::new(args, Instant::now() + Duration::from_millis(50));
+    let mut handles = Vec::with_capacity(clients);
+    for k in 0..clients {
+        let mine: Vec<(GroupId, usize)> = groups
+            .iter()
+            .zip(&leaders)
+            .enumerate()
+            .filter(|(i, _)| i % clients == k)
+            .map(|(_, (g, l))| (*g, *l))
+            .collect();
+        let setup = ClientSetup {
+            index: k,
+            hosts: cluster.hosts.clone(),
+            rate_share: args
+                .rate
+                .map(|r| r as f64 * mine.len() as f64 / groups.len() as f64),
+            groups: mine,
+            value: value.clone(),
+            concurrency: args.concurrency,
+            reads: args.reads,
+            consistency: match args.read_consistency {
+                Consistency::Linearizable => ReadConsistency::Linearizable,
+                Consistency::Lease => ReadConsistency::Lease,
+                Consistency::Stale => ReadConsistency::Stale,
+            },
+            keys_per_group: (args.keys / args.groups as u64).max(1),
+            timeout: args.timeout,
+            timeline,
+            reports: report_tx.clone(),
+        };
+        let spawned = LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .name(&format!("bench-client-{k}"))
+            .io_memory(512 << 10)
+            .preempt_timer(Duration::from_millis(5))
+            .spawn(move || client_main(setup));
+        match spawned {
+            Ok(h) => handles.push(h),
+            Err(e) => return Err(format!("cannot start load generator {k}: {e}")),
+        }
+    }
+    drop(report_tx);
+    let mut sample = || cluster.engine_counters();
+    let collected = super::collect(
+        timeline,
+        clients,
+        &report_rx,
+        out,
+        &mut sample,
+        args.timeout + Duration::from_secs(10),
+    );
+    for h in handles {
+        if h.join().is_err() {
+            return Err("a load generator panicked".into());
+        }
+    }
+    super::finish(
+        args,
+        "in-process",
+        timeline,
+        collected?,
+        leaders_per_node,
+        out,
+    )
+}
+
+/// What a load generator executor gets.
+struct ClientSetup {
+    index: usize,
+    hosts: Vec<Arc<NodeHost>>,
+    /// (group, node index of its leader).
+    groups: Vec<(GroupId, usize)>,
+    value: Bytes,
+    concurrency: usize,
+    rate_share: Option<f64>,
+    reads: f64,
+    consistency: ReadConsistency,
+    keys_per_group: u64,
+    timeout: Duration,
+    timeline: Timeline,
+    reports: flume::Sender<Report>,
+}
+
+/// A load generator's state, shared by its tasks (one executor: `Rc`).
+struct Client {
+    setup: ClientSetup,
+    /// Leader node index per group (by position in `setup.groups`).
+    leaders: Vec<Cell<usize>>,
+    recorder: RefCell<Recorder>,
+    in_flight: Cell<u64>,
+    finished: Cell<bool>,
+}
+
+/// Decrements the in-flight count when a request ends, however it ends.
+struct InFlight<'a>(&'a Cell<u64>);
+
+impl<'a> InFlight<'a> {
+    fn enter(c: &'a Cell<u64>) -> Self {
+        c.set(c.get() + 1);
+        InFlight(c)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+async fn client_main(setup: ClientSetup) {
+    let timeline = setup.timeline;
+    let client = Rc::new(Client {
+        leaders: setup.groups.iter().map(|(_, l)| Cell::new(*l)).collect(),
+        recorder: RefCell::new(Recorder::new(timeline.measure_start, timeline.measure_end)),
+        in_flight: Cell::new(0),
+        finished: Cell::new(false),
+        setup,
+    });
+    // GLOMMIO.md bug 2: keep a short timer armed so a missed wake-up costs
+    // at most a millisecond; the reporter sends the progress tallies.
+    let keepalive = glommio::spawn_local({
+        let c = client.clone();
+        async move {
+            while !c.finished.get() {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    });
+    let reporter = glommio::spawn_local(report_every_second(client.clone()));
+    sleep_until(timeline.start).await;
+    match client.setup.rate_share {
+        None => closed_loop(&client).await,
+        Some(rate) => open_loop(&client, rate).await,
+    }
+    client.finished.set(true);
+    keepalive.await;
+    reporter.await;
+    let measured = Box::new(client.recorder.borrow().measured.clone());
+    let _ = client
+        .setup
+        .reports
+        .send_async(Report::Done { measured })
+        .await;
+}
+
+async fn sleep_until(t: Instant) {
+    let now = Instant::now();
+    if t > now {
+        glommio::timer::sleep(t - now).await;
+    }
+}
+
+async fn report_every_second(client: Rc<Client>) {
+    let start = client.setup.timeline.start;
+    let mut second = 1u64;
+    while !client.finished.get() {
+        sleep_until(start + Duration::from_secs(second)).await;
+        let tally = Box::new(client.recorder.borrow_mut().take_interval());
+        // Progress is best effort: a full channel drops a line.
+        let _ = client.setup.reports.try_send(Report::Interval {
+            second,
+            tally,
+            in_flight: client.in_flight.get(),
+        });
+        second += 1;
+    }
+}
+
+/// `concurrency` tasks per group, each issuing its next request as soon as
+/// the previous one completes, until the window closes.
+async fn closed_loop(client: &Rc<Client>) {
+    let end = client.setup.timeline.measure_end;
+    let mut tasks: Vec<Task<()>> = Vec::new();
+    let mut seeds = Rng::new(client.setup.index as u64 + 1);
+    for gi in 0..client.setup.groups.len() {
+        for _ in 0..client.setup.concurrency {
+            let c = client.clone();
+            let mut rng = Rng::new(seeds.next_u64());
+            tasks.push(glommio::spawn_local(async move {
+                while Instant::now() < end {
+                    one_request(&c, gi, &mut rng, Instant::now()).await;
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await;
+    }
+}
+
+/// Issues requests at `rate` ops/s on their schedule (to random groups of
+/// this generator), whatever the latency; at most `concurrency` × groups
+/// in flight, the rest wait and are charged from their scheduled time.
+async fn open_loop(client: &Rc<Client>, rate: f64) {
+    let timeline = client.setup.timeline;
+    let cap = (client.setup.concurrency * client.setup.groups.len()) as u64;
+    let mut rng = Rng::new(client.setup.index as u64 + 1);
+    let mut issued: u64 = 0;
+    loop {
+        let now = Instant::now();
+        if now >= timeline.measure_end {
+            break;
+        }
+        let due = (now.duration_since(timeline.start).as_secs_f64() * rate) as u64;
+        while issued < due && client.in_flight.get() < cap {
+            let intended = timeline.start + Duration::from_secs_f64(issued as f64 / rate);
+            let gi = rng.below(client.setup.groups.len() as u64) as usize;
+            let mut task_rng = Rng::new(rng.next_u64());
+            let c = client.clone();
+            glommio::spawn_local(async move {
+                one_request(&c, gi, &mut task_rng, intended).await;
+            })
+            .detach();
+            issued += 1;
+        }
+        glommio::timer::sleep(Duration::from_micros(200)).await;
+    }
+    // Let the requests in flight finish (each is bounded by its deadline).
+    let drain_end = Instant::now() + client.setup.timeout + Duration::from_secs(1);
+    while client.in_flight.get() > 0 && Instant::now() < drain_end {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// One write or read against group `gi`, sent to its cached leader and
+/// retried (leader refresh, back-off) until it succeeds or its deadline
+/// passes.
+async fn one_request(client: &Client, gi: usize, rng: &mut Rng, intended: Instant) {
+    let _in_flight = InFlight::enter(&client.in_flight);
+    let s = &client.setup;
+    let group = s.groups[gi].0;
+    let kind = if s.reads > 0.0 && rng.unit() < s.reads {
+        OpKind::Read
+    } else {
+        OpKind::Write
+    };
+    let mut key = [0u8; 12];
+    key[..4].copy_from_slice(&(group.0 as u32).to_be_bytes());
+    key[4..].copy_from_slice(&rng.below(s.keys_per_group).to_be_bytes());
+    let key = Bytes::copy_from_slice(&key);
+    let request = match kind {
+        OpKind::Read => KvQuery::Get { key }.encode(),
+        OpKind::Write => encode_noop(&KvCommand::put(key, s.value.clone()).encode()),
+    };
+    let issued = Instant::now();
+    let deadline = issued + s.timeout;
+    loop {
+        let node = client.leaders[gi].get();
+        let host = &s.hosts[node];
+        let left = deadline.saturating_duration_since(Instant::now());
+        let answer = match kind {
+            OpKind::Read => {
+                host.read_with(group, request.clone(), s.consistency, left)
+                    .await
+            }
+            OpKind::Write => host.propose(group, request.clone(), left).await,
+        };
+        let now = Instant::now();
+        let error = match answer {
+            Ok(bytes) => {
+                let mut rec = client.recorder.borrow_mut();
+                match KvResult::decode(bytes) {
+                    Ok(KvResult::Error(_)) | Err(_) => rec.error(now),
+                    Ok(_) => rec.success(kind, intended, now),
+                }
+                return;
+            }
+            Err(e) => e,
+        };
+        if now >= deadline || matches!(error, HostError::ShuttingDown) {
+            client.recorder.borrow_mut().error(now);
+            return;
+        }
+        client.recorder.borrow_mut().retry(now);
+        match error {
+            HostError::Request(RequestError::NotLeader {
+                leader: Some(l), ..
+            }) if node_index(&s.hosts, l).is_some_and(|i| i != node) => {
+                client.leaders[gi].set(node_index(&s.hosts, l).unwrap_or(node));
+            }
+            _ => {
+                glommio::timer::sleep(RETRY_BACKOFF).await;
+                if let Some(l) = find_leader(&s.hosts, group).await {
+                    client.leaders[gi].set(l);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny in-process run end to end: 3 nodes, 2 groups, 1 s, unbound
+    /// shards with 1 MiB of DMA memory; writes happen and the last line of
+    /// the output is the JSON summary.
+    #[test]
+    fn tiny_in_process_bench_writes_and_ends_with_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = BenchOptions {
+            nodes: 3,
+            shards: Some(1),
+            groups: 2,
+            payload: 16,
+            concurrency: 8,
+            rate: None,
+            duration: Duration::from_secs(1),
+            warmup: Duration::from_millis(300),
+            reads: 0.2,
+            read_consistency: Consistency::Linearizable,
+            keys: 1000,
+            placement: PlacementArg::Unbound,
+            clients: 1,
+            io_memory: 1 << 20,
+            preempt_timer: Duration::from_millis(1),
+            data_dir: Some(dir.path().to_path_buf()),
+            timeout: Duration::from_secs(5),
+            json: true,
+            target: None,
+            connections: 1,
+        };
+        let mut out = Vec::new();
+        let summary = super::super::execute(&args, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(summary.writes_per_sec > 0.0, "{text}");
+        assert!(summary.reads > 0, "{text}");
+        assert!(summary.fsyncs_per_sec.is_some_and(|f| f > 0.0), "{text}");
+        let last = text.lines().last().unwrap();
+        let v: serde_json::Value = serde_json::from_str(last)
+            .unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last}\n{text}"));
+        assert!(v["writes_per_sec"].as_f64().unwrap() > 0.0, "{last}");
+        assert!(v["p99_us"].as_u64().unwrap() > 0, "{last}");
+        assert_eq!(v["config"]["groups"], 2);
+        assert!(text.contains("writes/s"), "{text}");
+    }
+}
