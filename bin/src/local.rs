@@ -1,0 +1,150 @@
+//! `flotilla local`: a cluster of three nodes in this process on loopback,
+//! for trying flotilla out.
+//!
+//! Node i (1-based) keeps its data in `<data-dir>/node-i`, serves the Redis
+//! protocol on `127.0.0.1:<resp-port-base + i>` (6381, 6382, 6383 by
+//! default), HTTP on `127.0.0.1:<http-port-base + i>` (8081..8083) and raft on `127.0.0.1:<raft-port-base + 10 i>` (+ shard).
+//! Running it again with the same data directory resumes that cluster.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::config::{LogFormat, NodeConfig, PlacementKind};
+use crate::node::{self, RunningNode};
+use crate::service::{self, Signals};
+
+/// Options of `flotilla local`.
+#[derive(clap::Args, Debug)]
+pub struct LocalArgs {
+    /// Data directory (one sub-directory per node).
+    #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = "./flotilla-data")]
+    pub data_dir: PathBuf,
+    /// Nodes in the cluster.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=9))]
+    pub nodes: u64,
+    /// Shards per node (keep it the same between runs).
+    #[arg(long, default_value_t = 2)]
+    pub shards: usize,
+    /// KV groups (keep it the same between runs).
+    #[arg(long, default_value_t = 16)]
+    pub kv_groups: u32,
+    /// Node i serves the Redis protocol on 127.0.0.1:<this + i>.
+    #[arg(long, default_value_t = 6380)]
+    pub resp_port_base: u16,
+    /// Node i serves HTTP on 127.0.0.1:<this + i>.
+    #[arg(long, default_value_t = 8080)]
+    pub http_port_base: u16,
+    /// Node i's shard s listens for raft on 127.0.0.1:<this + 10 i + s>.
+    #[arg(long, default_value_t = 7100)]
+    pub raft_port_base: u16,
+    /// Largest value a client may send, in bytes.
+    #[arg(long, default_value_t = 8 << 20)]
+    pub max_value_bytes: usize,
+    /// Log format (level from RUST_LOG).
+    #[arg(long, env = "FLOTILLA_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+fn port(base: u16, add: u64) -> Result<u16, String> {
+    u16::try_from(u64::from(base) + add).map_err(|_| format!("port {base} + {add} is past 65535"))
+}
+
+/// The configuration of node `i` of the local cluster.
+fn node_config(args: &LocalArgs, i: u64) -> Result<NodeConfig, String> {
+    let raft = |n: u64| -> Result<SocketAddr, String> {
+        Ok(SocketAddr::from((
+            [127, 0, 0, 1],
+            port(args.raft_port_base, 10 * n)?,
+        )))
+    };
+    let mut members = Vec::new();
+    for n in 1..=args.nodes {
+        members.push(format!("{n}={}", raft(n)?));
+    }
+    if args.shards > 10 {
+        return Err(format!(
+            "--shards {} is over 10 (raft ports are 10 apart)",
+            args.shards
+        ));
+    }
+    Ok(NodeConfig {
+        node_id: i,
+        data_dir: args.data_dir.join(format!("node-{i}")),
+        raft_addr: raft(i)?,
+        resp_addr: SocketAddr::from(([127, 0, 0, 1], port(args.resp_port_base, i)?)),
+        http_addr: SocketAddr::from(([127, 0, 0, 1], port(args.http_port_base, i)?)),
+        shards: args.shards,
+        members,
+        kv_groups: args.kv_groups,
+        max_value_bytes: args.max_value_bytes,
+        placement: PlacementKind::Unbound,
+        io_memory_bytes: 1 << 20,
+        log_format: args.log_format,
+        ..NodeConfig::default()
+    })
+}
+
+/// Runs the local cluster until SIGINT/SIGTERM.
+///
+/// # Errors
+/// One line naming the problem.
+pub fn run(args: LocalArgs) -> Result<(), String> {
+    let signals = Signals::install()?;
+    service::init_logging(args.log_format);
+    let mut configs = Vec::new();
+    for i in 1..=args.nodes {
+        let cfg = node_config(&args, i)?;
+        cfg.validate().map_err(|e| format!("node {i}: {e}"))?;
+        configs.push(cfg);
+    }
+    let mut nodes: Vec<RunningNode> = Vec::new();
+    for cfg in &configs {
+        match node::start(cfg) {
+            Ok(n) => nodes.push(n),
+            Err(e) => {
+                stop_all(nodes);
+                return Err(format!("node {}: {e}", cfg.node_id));
+            }
+        }
+    }
+    println!(
+        "flotilla local: {} nodes, data in {}",
+        nodes.len(),
+        args.data_dir.display()
+    );
+    for n in &nodes {
+        let e = &n.endpoints;
+        println!(
+            "  node {}: redis {}  http {}  raft {}  data {}",
+            e.node_id,
+            e.resp,
+            e.http,
+            e.raft,
+            e.data_dir.display()
+        );
+    }
+    if let Some(first) = nodes.first() {
+        println!(
+            "try: redis-cli -p {} set a 1 && curl http://{}/kv/a",
+            first.endpoints.resp.port(),
+            first.endpoints.http
+        );
+    }
+    println!("serving; Ctrl-C (SIGINT) or SIGTERM stops");
+    let sig = signals.wait();
+    tracing::info!(signal = sig, "stopping the local cluster");
+    stop_all(nodes);
+    println!("flotilla local: stopped");
+    Ok(())
+}
+
+fn stop_all(nodes: Vec<RunningNode>) {
+    // Stop in parallel: a node stopping alone can wait on its peers.
+    let threads: Vec<_> = nodes
+        .into_iter()
+        .map(|n| std::thread::spawn(move || n.stop()))
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+}

@@ -1,0 +1,315 @@
+//! One running node: the engine (`NodeHost`), the KV groups, and the client
+//! servers on their own executors.
+//!
+//! ```text
+//!  main thread ── checks: data dir writable, client + raft ports free
+//!              ── NodeHost::start (shard executors)
+//!              ── start_group(g, members) for every KV group (idempotent)
+//!              ── client executors (glommio, unbound): RESP and HTTP accept
+//!                 loops on shared listening sockets, each request a call
+//!                 into Arc<NodeHost>
+//!  stop()      ── close the stop channel: accept loops end, connections
+//!                 finish their pipeline in flight and close; join the
+//!                 client executors; NodeHost::shutdown (shards sync, exit)
+//! ```
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::os::fd::{IntoRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use std::rc::Rc;
+
+use flotilla::kv::KvClient;
+use flotilla::{HostError, NodeHost};
+use glommio::{LocalExecutorBuilder, Placement};
+use tracing::{error, info};
+
+use crate::config::NodeConfig;
+use crate::http::{self, HttpOptions, HttpState};
+use crate::resp;
+use crate::resp::command::Shared;
+
+/// Deadline of bootstrapping one group at start.
+const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pinned I/O memory of a client executor (it does no disk I/O).
+const CLIENT_IO_MEMORY_BYTES: usize = 512 << 10;
+
+/// Why a node could not start: one line for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A configuration problem found at start.
+    #[error("{0}")]
+    Config(String),
+    /// The data directory cannot be created or written.
+    #[error("data directory {path}: {error}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// A listen address cannot be bound.
+    #[error("{what} address {addr}: {error}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why (port in use, address not available...).
+        error: std::io::Error,
+    },
+    /// The engine did not start.
+    #[error("cannot start the node: {0}")]
+    Host(HostError),
+    /// The KV groups could not be started.
+    #[error("cannot start KV group {group}: {error}")]
+    Bootstrap {
+        /// The group.
+        group: u64,
+        /// Why.
+        error: HostError,
+    },
+    /// A client executor could not be created.
+    #[error("cannot start a client executor: {0}")]
+    Executor(String),
+}
+
+/// The addresses a node serves.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// Node id.
+    pub node_id: u64,
+    /// Raft address of shard 0.
+    pub raft: SocketAddr,
+    /// Redis protocol.
+    pub resp: SocketAddr,
+    /// HTTP API.
+    pub http: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+}
+
+/// A started node; [`RunningNode::stop`] stops it.
+pub struct RunningNode {
+    host: Arc<NodeHost>,
+    shared: Option<Arc<Shared>>,
+    stop_tx: Option<flume::Sender<()>>,
+    clients: Vec<glommio::ExecutorJoinHandle<()>>,
+    /// Where it serves.
+    pub endpoints: Endpoints,
+}
+
+/// Checks that `dir` exists (creating it) and is writable.
+fn check_data_dir(dir: &Path) -> Result<(), StartError> {
+    let fail = |error| StartError::DataDir {
+        path: dir.to_path_buf(),
+        error,
+    };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let probe = dir.join(".flotilla-write-probe");
+    std::fs::write(&probe, b"probe").map_err(fail)?;
+    std::fs::remove_file(&probe).map_err(fail)?;
+    Ok(())
+}
+
+fn bind(what: &'static str, addr: SocketAddr) -> Result<StdListener, StartError> {
+    let l = StdListener::bind(addr).map_err(|error| StartError::Bind { what, addr, error })?;
+    l.set_nonblocking(true)
+        .map_err(|error| StartError::Bind { what, addr, error })?;
+    Ok(l)
+}
+
+/// Fails if something listens on `addr`. A plain bind also fails on
+/// connections of an earlier run left in TIME_WAIT (glommio's listener set
+/// SO_REUSEPORT and not SO_REUSEADDR, so they block a plain bind but not
+/// the engine's): then a connect tells whether anyone really listens.
+fn probe_raft_port(addr: SocketAddr) -> Result<(), StartError> {
+    match StdListener::bind(addr) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+                Ok(_) => Err(StartError::Bind {
+                    what: "raft",
+                    addr,
+                    error,
+                }),
+                Err(_) => Ok(()),
+            }
+        }
+        Err(error) => Err(StartError::Bind {
+            what: "raft",
+            addr,
+            error,
+        }),
+    }
+}
+
+/// Starts a node (blocking: call it from a plain thread, not an executor).
+///
+/// # Errors
+/// [`StartError`], one line naming the problem; everything already started
+/// is stopped again.
+pub fn start(cfg: &NodeConfig) -> Result<RunningNode, StartError> {
+    cfg.validate()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let members = cfg
+        .member_list()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    if cfg.join.is_some() {
+        return Err(StartError::Config(
+            "--join is not available yet: start every node of a new cluster with the same --members list"
+                .into(),
+        ));
+    }
+    check_data_dir(&cfg.data_dir)?;
+    // Client listener first (kept), raft ports probed: glommio binds with
+    // SO_REUSEPORT, which would silently share a port another process of
+    // this user holds; a plain bind fails with "address in use" instead.
+    let resp_listener = bind("redis (resp)", cfg.resp_addr)?;
+    let resp_addr = resp_listener
+        .local_addr()
+        .map_err(|error| StartError::Bind {
+            what: "redis (resp)",
+            addr: cfg.resp_addr,
+            error,
+        })?;
+    let http_listener = bind("http", cfg.http_addr)?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|error| StartError::Bind {
+            what: "http",
+            addr: cfg.http_addr,
+            error,
+        })?;
+    for s in 0..cfg.shards {
+        let mut addr = cfg.raft_addr;
+        addr.set_port(cfg.raft_addr.port() + s as u16);
+        probe_raft_port(addr)?;
+    }
+
+    let host = Arc::new(NodeHost::start(cfg.host_config()).map_err(StartError::Host)?);
+    let groups = cfg.kv_group_ids();
+    let bootstrap = futures_lite::future::block_on(futures::future::join_all(
+        groups
+            .iter()
+            .map(|g| host.start_group(*g, members.clone(), BOOTSTRAP_TIMEOUT)),
+    ));
+    if let Some((g, Err(error))) = groups.iter().zip(bootstrap).find(|(_, r)| r.is_err()) {
+        shutdown_host(host);
+        return Err(StartError::Bootstrap { group: g.0, error });
+    }
+
+    let shared = Arc::new(Shared::new(
+        host.clone(),
+        groups,
+        cfg.max_value_bytes,
+        cfg.request_timeout(),
+        cfg.read_consistency.engine(),
+        cfg.max_clients,
+        resp_addr,
+    ));
+    let (stop_tx, stop_rx) = flume::bounded::<()>(1);
+    let mut node = RunningNode {
+        host,
+        shared: Some(shared.clone()),
+        stop_tx: Some(stop_tx),
+        clients: Vec::new(),
+        endpoints: Endpoints {
+            node_id: cfg.node_id,
+            raft: cfg.raft_addr,
+            resp: resp_addr,
+            http: http_addr,
+            data_dir: cfg.data_dir.clone(),
+        },
+    };
+    for i in 0..cfg.client_threads {
+        let fds: (OwnedFd, OwnedFd) = match (resp_listener.try_clone(), http_listener.try_clone()) {
+            (Ok(r), Ok(h)) => (r.into(), h.into()),
+            (Err(e), _) | (_, Err(e)) => {
+                node.stop();
+                return Err(StartError::Executor(format!(
+                    "cannot share the listeners: {e}"
+                )));
+            }
+        };
+        let shared = shared.clone();
+        let stop = stop_rx.clone();
+        let http_options = HttpOptions {
+            body_bytes_max: cfg.max_value_bytes + 4096,
+            timeout: cfg.request_timeout(),
+            connections_max: cfg.max_clients,
+            ..HttpOptions::default()
+        };
+        let node_id = cfg.node_id;
+        let spawned = LocalExecutorBuilder::new(Placement::Unbound)
+            .name(&format!("flotilla-n{}-client{i}", cfg.node_id))
+            .preempt_timer(Duration::from_millis(2))
+            .io_memory(CLIENT_IO_MEMORY_BYTES)
+            .spawn(move || async move {
+                use std::os::fd::FromRawFd;
+                let (resp_fd, http_fd) = fds;
+                // SAFETY: both are owned, bound, listening, non-blocking TCP
+                // sockets; ownership moves into the glommio listeners.
+                let resp_listener =
+                    unsafe { glommio::net::TcpListener::from_raw_fd(resp_fd.into_raw_fd()) };
+                let http_listener =
+                    unsafe { glommio::net::TcpListener::from_raw_fd(http_fd.into_raw_fd()) };
+                let mut kv = KvClient::new(shared.host.clone(), shared.kv_groups.clone())
+                    .expect("at least one KV group");
+                kv.timeout = shared.request_timeout;
+                kv.consistency = shared.read_consistency;
+                let http_state = Rc::new(HttpState::with_options(kv, node_id, http_options));
+                let http_stop = stop.clone();
+                let http = glommio::spawn_local(http::serve_until(
+                    http_listener,
+                    http_state,
+                    async move {
+                        let _ = http_stop.recv_async().await;
+                    },
+                ));
+                resp::serve(resp_listener, shared, stop).await;
+                http.await;
+            });
+        match spawned {
+            Ok(h) => node.clients.push(h),
+            Err(e) => {
+                node.stop();
+                return Err(StartError::Executor(e.to_string()));
+            }
+        }
+    }
+    drop(resp_listener);
+    drop(http_listener);
+    info!(
+        node = cfg.node_id,
+        resp = %resp_addr,
+        http = %http_addr,
+        raft = %cfg.raft_addr,
+        kv_groups = cfg.kv_groups,
+        data_dir = %cfg.data_dir.display(),
+        "node serving"
+    );
+    Ok(node)
+}
+
+fn shutdown_host(host: Arc<NodeHost>) {
+    futures_lite::future::block_on(host.shutdown());
+}
+
+impl RunningNode {
+    /// Stops accepting, lets in-flight requests finish, stops the engine.
+    pub fn stop(mut self) {
+        let node = self.endpoints.node_id;
+        info!(node, "node stopping");
+        drop(self.stop_tx.take());
+        for h in self.clients.drain(..) {
+            if h.join().is_err() {
+                error!(node, "a client executor panicked");
+            }
+        }
+        drop(self.shared.take());
+        shutdown_host(self.host);
+    }
+}

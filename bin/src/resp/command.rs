@@ -1,0 +1,1215 @@
+//! Redis commands: parse an argument vector into a plan of KV requests per
+//! group, run a pipeline's plans concurrently, and turn results into
+//! replies.
+//!
+//! ```text
+//!  pipeline of commands ─► prepare() each, in order (connection state
+//!                           changes like CLIENT SETNAME apply in order)
+//!        │  Plan { subs: [(group, Write(KvCommand) | Read(KvQuery))], finish }
+//!        ▼
+//!  run_wave(): every sub of every plan issued at once, in order
+//!        (a read of a group that the same wave writes goes through the log
+//!         as KvCommand::Read, so it is ordered with the writes: a pipeline
+//!         keeps Redis' in-order semantics per group)
+//!        ▼
+//!  finish() each plan with its results ─► replies, in command order
+//! ```
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flotilla::kv::KvClient;
+use flotilla::{GroupId, HostError, NodeHost, ReadConsistency, RequestError, Role};
+use flotilla_rsm::kv::{prefix_end, KEYS_PER_COMMAND_MAX, KEY_BYTES_MAX};
+use flotilla_rsm::{KvCommand, KvError, KvQuery, KvResult, PutCondition};
+
+use super::glob;
+use super::reply::Reply;
+
+/// What every connection of a node shares (`Send + Sync`: one per node,
+/// used by every client executor).
+pub struct Shared {
+    /// The node.
+    pub host: Arc<NodeHost>,
+    /// The KV groups, in routing order.
+    pub kv_groups: Vec<GroupId>,
+    /// Largest argument a client may send.
+    pub max_value_bytes: usize,
+    /// Deadline of one request (retries included).
+    pub request_timeout: Duration,
+    /// Default read consistency.
+    pub read_consistency: ReadConsistency,
+    /// Most concurrent connections.
+    pub max_clients: usize,
+    /// Where the RESP server listens.
+    pub resp_addr: std::net::SocketAddr,
+    /// When the node started.
+    pub started: Instant,
+    /// Connections open now.
+    pub clients_connected: AtomicUsize,
+    /// Connections accepted since start.
+    pub clients_accepted: AtomicU64,
+    /// Commands answered since start.
+    pub commands_processed: AtomicU64,
+    next_client_id: AtomicU64,
+}
+
+impl Shared {
+    /// State for a node serving the KV store on `kv_groups`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        host: Arc<NodeHost>,
+        kv_groups: Vec<GroupId>,
+        max_value_bytes: usize,
+        request_timeout: Duration,
+        read_consistency: ReadConsistency,
+        max_clients: usize,
+        resp_addr: std::net::SocketAddr,
+    ) -> Shared {
+        assert!(!kv_groups.is_empty(), "at least one KV group");
+        Shared {
+            host,
+            kv_groups,
+            max_value_bytes,
+            request_timeout,
+            read_consistency,
+            max_clients,
+            resp_addr,
+            started: Instant::now(),
+            clients_connected: AtomicUsize::new(0),
+            clients_accepted: AtomicU64::new(0),
+            commands_processed: AtomicU64::new(0),
+            next_client_id: AtomicU64::new(1),
+        }
+    }
+}
+
+/// SCAN cursors a connection remembers (the oldest is forgotten).
+const CURSORS_MAX: usize = 64;
+/// Largest SCAN COUNT.
+const SCAN_COUNT_MAX: u32 = 10_000;
+/// KEYS refuses to return more keys than this.
+const KEYS_RESULT_MAX: usize = 1_000_000;
+
+/// One connection's state.
+pub struct Conn {
+    /// Client id (CLIENT ID).
+    pub id: u64,
+    name: Option<Bytes>,
+    kv: KvClient,
+    cursors: VecDeque<(u64, Bytes)>,
+    next_cursor: u64,
+    /// Peer address, for CLIENT INFO.
+    pub peer: String,
+}
+
+impl Conn {
+    /// A new connection of `shared`'s node.
+    pub fn new(shared: &Shared, peer: String) -> Conn {
+        let mut kv = KvClient::new(shared.host.clone(), shared.kv_groups.clone())
+            .expect("at least one KV group");
+        kv.timeout = shared.request_timeout;
+        kv.consistency = shared.read_consistency;
+        Conn {
+            id: shared.next_client_id.fetch_add(1, Ordering::Relaxed),
+            name: None,
+            kv,
+            cursors: VecDeque::new(),
+            next_cursor: 1,
+            peer,
+        }
+    }
+}
+
+/// A KV request to one group.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Through the log.
+    Write(KvCommand),
+    /// A query with the connection's consistency.
+    Read(KvQuery),
+}
+
+/// One request of a plan.
+#[derive(Debug, Clone)]
+pub struct Sub {
+    group: GroupId,
+    op: Op,
+}
+
+/// How a plan's results become its reply.
+#[derive(Debug)]
+enum Finish {
+    Get,
+    Set {
+        get: bool,
+    },
+    SetNx,
+    GetSet,
+    SumCount,
+    Int,
+    Len,
+    Strlen,
+    Type,
+    /// For each key in request order: (sub index, position in its result).
+    MGet(Vec<(usize, usize)>),
+    AllOk,
+    Scan {
+        count: usize,
+        pattern: Option<Bytes>,
+    },
+}
+
+/// What a command needs.
+#[derive(Debug)]
+pub enum Prepared {
+    /// Answered at once.
+    Reply(Reply),
+    /// KV requests.
+    Plan(Vec<Sub>, FinishBox),
+    /// INFO [section].
+    Info(Option<String>),
+    /// KEYS pattern.
+    Keys(Bytes),
+    /// QUIT: answer OK and close.
+    Quit,
+}
+
+/// Opaque finisher of a plan.
+#[derive(Debug)]
+pub struct FinishBox(Finish);
+
+fn plan(subs: Vec<Sub>, f: Finish) -> Prepared {
+    Prepared::Plan(subs, FinishBox(f))
+}
+
+fn syntax() -> Prepared {
+    Prepared::Reply(Reply::err("syntax error"))
+}
+
+fn arity(name: &str) -> Prepared {
+    Prepared::Reply(Reply::err(format!(
+        "wrong number of arguments for '{}' command",
+        name.to_ascii_lowercase()
+    )))
+}
+
+fn not_integer() -> Reply {
+    Reply::err("value is not an integer or out of range")
+}
+
+fn parse_i64(b: &[u8]) -> Option<i64> {
+    if b.is_empty() || b.len() > 20 || (b.len() > 1 && b[0] == b'0') {
+        return None;
+    }
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+fn key_ok(k: &[u8]) -> bool {
+    k.len() <= KEY_BYTES_MAX
+}
+
+fn upper(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_ascii_uppercase()
+}
+
+/// A command's name, arity, flags, first key, last key, key step (the
+/// fields of a COMMAND reply).
+type CommandInfo = (&'static str, i64, &'static [&'static str], i64, i64, i64);
+
+/// Commands with their arity, flags and key positions (COMMAND output).
+const COMMANDS: &[CommandInfo] = &[
+    ("get", 2, &["readonly", "fast"], 1, 1, 1),
+    ("set", -3, &["write", "denyoom"], 1, 1, 1),
+    ("setnx", 3, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("getset", 3, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("del", -2, &["write"], 1, -1, 1),
+    ("unlink", -2, &["write", "fast"], 1, -1, 1),
+    ("exists", -2, &["readonly", "fast"], 1, -1, 1),
+    ("append", 3, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("strlen", 2, &["readonly", "fast"], 1, 1, 1),
+    ("type", 2, &["readonly", "fast"], 1, 1, 1),
+    ("incr", 2, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("incrby", 3, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("decr", 2, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("decrby", 3, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("mget", -2, &["readonly", "fast"], 1, -1, 1),
+    ("mset", -3, &["write", "denyoom"], 1, -1, 2),
+    ("scan", -2, &["readonly"], 0, 0, 0),
+    ("keys", 2, &["readonly"], 0, 0, 0),
+    ("dbsize", 1, &["readonly", "fast"], 0, 0, 0),
+    ("ping", -1, &["fast"], 0, 0, 0),
+    ("echo", 2, &["fast"], 0, 0, 0),
+    ("info", -1, &["loading", "stale"], 0, 0, 0),
+    ("command", -1, &["loading", "stale"], 0, 0, 0),
+    ("client", -2, &["loading", "stale"], 0, 0, 0),
+    ("config", -2, &["admin", "loading", "stale"], 0, 0, 0),
+    ("hello", -1, &["fast", "loading", "stale"], 0, 0, 0),
+    ("select", 2, &["loading", "stale", "fast"], 0, 0, 0),
+    ("readonly", 1, &["fast"], 0, 0, 0),
+    ("readwrite", 1, &["fast"], 0, 0, 0),
+    ("consistency", -1, &["fast"], 0, 0, 0),
+    ("quit", -1, &["fast"], 0, 0, 0),
+];
+
+/// Parses one command (non-empty `argv`) into what it needs. Connection
+/// state commands (CLIENT SETNAME, READONLY, ...) take effect here, in
+/// pipeline order.
+pub fn prepare(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
+    debug_assert!(!argv.is_empty());
+    let name = upper(&argv[0]);
+    let args = &argv[1..];
+    let kv = &conn.kv;
+    let one = |cmd: KvCommand, key: &Bytes| Sub {
+        group: kv.group_for(key),
+        op: Op::Write(cmd),
+    };
+    match name.as_str() {
+        "GET" | "STRLEN" | "TYPE" => {
+            if args.len() != 1 {
+                return arity(&name);
+            }
+            let key = args[0].clone();
+            let sub = Sub {
+                group: kv.group_for(&key),
+                op: Op::Read(KvQuery::Get { key }),
+            };
+            let f = match name.as_str() {
+                "GET" => Finish::Get,
+                "STRLEN" => Finish::Strlen,
+                _ => Finish::Type,
+            };
+            plan(vec![sub], f)
+        }
+        "SET" => prepare_set(args, conn),
+        "SETNX" | "GETSET" => {
+            if args.len() != 2 {
+                return arity(&name);
+            }
+            if !key_ok(&args[0]) {
+                return Prepared::Reply(Reply::err("key too large"));
+            }
+            let nx = name == "SETNX";
+            let cmd = KvCommand::Put {
+                key: args[0].clone(),
+                value: args[1].clone(),
+                condition: if nx {
+                    PutCondition::IfAbsent
+                } else {
+                    PutCondition::Always
+                },
+                return_previous: !nx,
+            };
+            plan(
+                vec![one(cmd, &args[0])],
+                if nx { Finish::SetNx } else { Finish::GetSet },
+            )
+        }
+        "APPEND" => {
+            if args.len() != 2 {
+                return arity(&name);
+            }
+            if !key_ok(&args[0]) {
+                return Prepared::Reply(Reply::err("key too large"));
+            }
+            let cmd = KvCommand::Append {
+                key: args[0].clone(),
+                value: args[1].clone(),
+            };
+            plan(vec![one(cmd, &args[0])], Finish::Len)
+        }
+        "INCR" | "DECR" | "INCRBY" | "DECRBY" => {
+            let by = name.ends_with("BY");
+            if args.len() != if by { 2 } else { 1 } {
+                return arity(&name);
+            }
+            let delta = if by {
+                match parse_i64(&args[1]) {
+                    Some(d) => d,
+                    None => return Prepared::Reply(not_integer()),
+                }
+            } else {
+                1
+            };
+            let delta = if name.starts_with("DECR") {
+                match delta.checked_neg() {
+                    Some(d) => d,
+                    None => {
+                        return Prepared::Reply(Reply::err("decrement would overflow"));
+                    }
+                }
+            } else {
+                delta
+            };
+            if !key_ok(&args[0]) {
+                return Prepared::Reply(Reply::err("key too large"));
+            }
+            let cmd = KvCommand::Increment {
+                key: args[0].clone(),
+                delta,
+            };
+            plan(vec![one(cmd, &args[0])], Finish::Int)
+        }
+        "DEL" | "UNLINK" | "EXISTS" | "MGET" => {
+            if args.is_empty() {
+                return arity(&name);
+            }
+            if args.len() > KEYS_PER_COMMAND_MAX as usize {
+                return Prepared::Reply(Reply::err(format!(
+                    "too many keys (at most {KEYS_PER_COMMAND_MAX})"
+                )));
+            }
+            // Group the keys, keeping request order inside each group.
+            let mut by_group: BTreeMap<GroupId, Vec<Bytes>> = BTreeMap::new();
+            let mut slots = Vec::with_capacity(args.len());
+            let mut order: Vec<GroupId> = Vec::new();
+            for k in args {
+                let g = kv.group_for(k);
+                let list = by_group.entry(g).or_insert_with(|| {
+                    order.push(g);
+                    Vec::new()
+                });
+                slots.push((g, list.len()));
+                list.push(k.clone());
+            }
+            let index_of = |g: GroupId| order.iter().position(|x| *x == g).unwrap_or(0);
+            let subs: Vec<Sub> = order
+                .iter()
+                .map(|g| {
+                    let keys = by_group.remove(g).unwrap_or_default();
+                    let op = match name.as_str() {
+                        "DEL" | "UNLINK" => Op::Write(KvCommand::Delete { keys }),
+                        "EXISTS" => Op::Read(KvQuery::Exists { keys }),
+                        _ => Op::Read(KvQuery::MultiGet { keys }),
+                    };
+                    Sub { group: *g, op }
+                })
+                .collect();
+            if name == "MGET" {
+                let slots = slots.iter().map(|(g, i)| (index_of(*g), *i)).collect();
+                plan(subs, Finish::MGet(slots))
+            } else {
+                plan(subs, Finish::SumCount)
+            }
+        }
+        "MSET" => {
+            if args.is_empty() || args.len() % 2 != 0 {
+                return arity(&name);
+            }
+            if args.len() / 2 > KEYS_PER_COMMAND_MAX as usize {
+                return Prepared::Reply(Reply::err(format!(
+                    "too many keys (at most {KEYS_PER_COMMAND_MAX})"
+                )));
+            }
+            let mut by_group: BTreeMap<GroupId, Vec<(Bytes, Bytes)>> = BTreeMap::new();
+            let mut order = Vec::new();
+            for pair in args.chunks(2) {
+                if !key_ok(&pair[0]) {
+                    return Prepared::Reply(Reply::err("key too large"));
+                }
+                let g = kv.group_for(&pair[0]);
+                by_group
+                    .entry(g)
+                    .or_insert_with(|| {
+                        order.push(g);
+                        Vec::new()
+                    })
+                    .push((pair[0].clone(), pair[1].clone()));
+            }
+            let subs = order
+                .iter()
+                .map(|g| Sub {
+                    group: *g,
+                    op: Op::Write(KvCommand::MultiPut {
+                        pairs: by_group.remove(g).unwrap_or_default(),
+                    }),
+                })
+                .collect();
+            plan(subs, Finish::AllOk)
+        }
+        "DBSIZE" => {
+            if !args.is_empty() {
+                return arity(&name);
+            }
+            let subs = shared
+                .kv_groups
+                .iter()
+                .map(|g| Sub {
+                    group: *g,
+                    op: Op::Read(KvQuery::Count),
+                })
+                .collect();
+            plan(subs, Finish::SumCount)
+        }
+        "SCAN" => prepare_scan(args, conn, shared),
+        "KEYS" => {
+            if args.len() != 1 {
+                return arity(&name);
+            }
+            Prepared::Keys(args[0].clone())
+        }
+        "PING" => match args.len() {
+            0 => Prepared::Reply(Reply::Simple("PONG".into())),
+            1 => Prepared::Reply(Reply::Bulk(args[0].clone())),
+            _ => arity(&name),
+        },
+        "ECHO" => match args {
+            [m] => Prepared::Reply(Reply::Bulk(m.clone())),
+            _ => arity(&name),
+        },
+        "INFO" => Prepared::Info(
+            args.first()
+                .map(|s| String::from_utf8_lossy(s).to_lowercase()),
+        ),
+        "QUIT" => Prepared::Quit,
+        "SELECT" => match args {
+            [db] if &db[..] == b"0" => Prepared::Reply(Reply::Ok),
+            [db] if parse_i64(db).is_some() => {
+                Prepared::Reply(Reply::err("DB index is out of range"))
+            }
+            [_] => Prepared::Reply(not_integer()),
+            _ => arity(&name),
+        },
+        "READONLY" => {
+            conn.kv.consistency = ReadConsistency::Stale;
+            Prepared::Reply(Reply::Ok)
+        }
+        "READWRITE" => {
+            conn.kv.consistency = shared.read_consistency;
+            Prepared::Reply(Reply::Ok)
+        }
+        "CONSISTENCY" => match args {
+            [] => Prepared::Reply(Reply::text(consistency_name(conn.kv.consistency))),
+            [mode] => {
+                let c = match upper(mode).as_str() {
+                    "LINEARIZABLE" => ReadConsistency::Linearizable,
+                    "LEASE" => ReadConsistency::Lease,
+                    "STALE" => ReadConsistency::Stale,
+                    _ => {
+                        return Prepared::Reply(Reply::err(
+                            "consistency must be linearizable, lease or stale",
+                        ))
+                    }
+                };
+                conn.kv.consistency = c;
+                Prepared::Reply(Reply::Ok)
+            }
+            _ => arity(&name),
+        },
+        "HELLO" => prepare_hello(args, conn),
+        "AUTH" => Prepared::Reply(Reply::err(
+            "AUTH <password> called without any password configured for the default user. \
+             Are you sure your configuration is correct?",
+        )),
+        "CLIENT" => prepare_client(args, conn),
+        "CONFIG" => prepare_config(args, shared),
+        "COMMAND" => prepare_command(args),
+        _ => {
+            let shown: Vec<String> = args
+                .iter()
+                .take(8)
+                .map(|a| format!("'{}'", String::from_utf8_lossy(&a[..a.len().min(64)])))
+                .collect();
+            Prepared::Reply(Reply::err(format!(
+                "unknown command '{}', with args beginning with: {}",
+                String::from_utf8_lossy(&argv[0][..argv[0].len().min(64)]),
+                shown.join(" ")
+            )))
+        }
+    }
+}
+
+fn consistency_name(c: ReadConsistency) -> &'static str {
+    match c {
+        ReadConsistency::Linearizable => "linearizable",
+        ReadConsistency::Lease => "lease",
+        ReadConsistency::Stale => "stale",
+    }
+}
+
+fn prepare_set(args: &[Bytes], conn: &Conn) -> Prepared {
+    if args.len() < 2 {
+        return arity("SET");
+    }
+    let (key, value) = (args[0].clone(), args[1].clone());
+    if !key_ok(&key) {
+        return Prepared::Reply(Reply::err("key too large"));
+    }
+    let mut condition = PutCondition::Always;
+    let mut get = false;
+    let mut i = 2;
+    while i < args.len() {
+        match upper(&args[i]).as_str() {
+            "NX" if condition == PutCondition::Always => condition = PutCondition::IfAbsent,
+            "XX" if condition == PutCondition::Always => condition = PutCondition::IfPresent,
+            "GET" => get = true,
+            // No key expires in flotilla, so keeping the TTL is a no-op.
+            "KEEPTTL" => {}
+            "EX" | "PX" | "EXAT" | "PXAT" => {
+                return Prepared::Reply(Reply::err(
+                    "expiration (EX/PX/EXAT/PXAT) is not supported: flotilla keys do not expire",
+                ))
+            }
+            _ => return syntax(),
+        }
+        i += 1;
+    }
+    let cmd = KvCommand::Put {
+        key: key.clone(),
+        value,
+        condition,
+        return_previous: get,
+    };
+    plan(
+        vec![Sub {
+            group: conn.kv.group_for(&key),
+            op: Op::Write(cmd),
+        }],
+        Finish::Set { get },
+    )
+}
+
+fn prepare_scan(args: &[Bytes], conn: &mut Conn, shared: &Shared) -> Prepared {
+    let Some(cursor) = args.first() else {
+        return arity("SCAN");
+    };
+    let Some(cursor) = std::str::from_utf8(cursor)
+        .ok()
+        .and_then(|c| c.parse::<u64>().ok())
+    else {
+        return Prepared::Reply(Reply::err("invalid cursor"));
+    };
+    let mut count: u32 = 10;
+    let mut pattern: Option<Bytes> = None;
+    let mut i = 1;
+    while i < args.len() {
+        let opt = upper(&args[i]);
+        let Some(v) = args.get(i + 1) else {
+            return syntax();
+        };
+        match opt.as_str() {
+            "COUNT" => match parse_i64(v) {
+                Some(n) if n >= 1 => count = n.min(i64::from(SCAN_COUNT_MAX)) as u32,
+                _ => return Prepared::Reply(not_integer()),
+            },
+            "MATCH" => pattern = Some(v.clone()),
+            "TYPE" => {
+                if upper(v) != "STRING" {
+                    // Only strings exist: nothing of another type.
+                    return Prepared::Reply(Reply::Array(vec![
+                        Reply::text("0"),
+                        Reply::Array(Vec::new()),
+                    ]));
+                }
+            }
+            _ => return syntax(),
+        }
+        i += 2;
+    }
+    let start = if cursor == 0 {
+        Bytes::new()
+    } else {
+        match conn.cursors.iter().find(|(id, _)| *id == cursor) {
+            Some((_, k)) => k.clone(),
+            None => return Prepared::Reply(Reply::err("invalid cursor")),
+        }
+    };
+    let (start, end) = match &pattern {
+        Some(p) => {
+            let prefix = glob::literal_prefix(p);
+            let start = if start[..] < prefix[..] {
+                Bytes::from(prefix.clone())
+            } else {
+                start
+            };
+            (start, prefix_end(&prefix))
+        }
+        None => (start, None),
+    };
+    let subs = shared
+        .kv_groups
+        .iter()
+        .map(|g| Sub {
+            group: *g,
+            op: Op::Read(KvQuery::Scan {
+                start: start.clone(),
+                end: end.clone(),
+                limit: count,
+                keys_only: true,
+            }),
+        })
+        .collect();
+    plan(
+        subs,
+        Finish::Scan {
+            count: count as usize,
+            pattern,
+        },
+    )
+}
+
+fn prepare_hello(args: &[Bytes], conn: &mut Conn) -> Prepared {
+    let mut i = 0;
+    if let Some(v) = args.first() {
+        match parse_i64(v) {
+            Some(2) => i = 1,
+            Some(3) => {
+                return Prepared::Reply(Reply::Error(
+                    "NOPROTO this server speaks RESP2 only; use HELLO 2 (or no HELLO)".into(),
+                ))
+            }
+            Some(_) => {
+                return Prepared::Reply(Reply::Error("NOPROTO unsupported protocol version".into()))
+            }
+            None => {
+                return Prepared::Reply(Reply::err(
+                    "Protocol version is not an integer or out of range",
+                ))
+            }
+        }
+    }
+    while i < args.len() {
+        match upper(&args[i]).as_str() {
+            // No passwords: any credentials are accepted as the default user.
+            "AUTH" if i + 2 < args.len() => i += 3,
+            "SETNAME" if i + 1 < args.len() => {
+                conn.name = Some(args[i + 1].clone());
+                i += 2;
+            }
+            _ => return syntax(),
+        }
+    }
+    Prepared::Reply(Reply::Array(vec![
+        Reply::text("server"),
+        Reply::text("redis"),
+        Reply::text("version"),
+        Reply::text(REDIS_VERSION),
+        Reply::text("proto"),
+        Reply::Int(2),
+        Reply::text("id"),
+        Reply::Int(conn.id as i64),
+        Reply::text("mode"),
+        Reply::text("standalone"),
+        Reply::text("role"),
+        Reply::text("master"),
+        Reply::text("modules"),
+        Reply::Array(Vec::new()),
+    ]))
+}
+
+/// The Redis version flotilla reports to clients (the command set it
+/// mimics).
+pub const REDIS_VERSION: &str = "7.2.0";
+
+fn prepare_client(args: &[Bytes], conn: &mut Conn) -> Prepared {
+    let Some(sub) = args.first() else {
+        return arity("CLIENT");
+    };
+    match (upper(sub).as_str(), &args[1..]) {
+        ("SETNAME", [name]) => {
+            if name.iter().any(|b| *b <= b' ' || *b > b'~') {
+                return Prepared::Reply(Reply::err(
+                    "Client names cannot contain spaces, newlines or special characters.",
+                ));
+            }
+            conn.name = if name.is_empty() {
+                None
+            } else {
+                Some(name.clone())
+            };
+            Prepared::Reply(Reply::Ok)
+        }
+        ("GETNAME", []) => Prepared::Reply(Reply::opt(conn.name.clone())),
+        ("ID", []) => Prepared::Reply(Reply::Int(conn.id as i64)),
+        ("SETINFO", [_, _]) | ("NO-EVICT", [_]) | ("NO-TOUCH", [_]) => Prepared::Reply(Reply::Ok),
+        ("INFO", []) | ("LIST", _) => Prepared::Reply(Reply::text(format!(
+            "id={} addr={} name={} db=0 consistency={}\n",
+            conn.id,
+            conn.peer,
+            conn.name
+                .as_ref()
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+                .unwrap_or_default(),
+            consistency_name(conn.kv.consistency)
+        ))),
+        (s, _) => Prepared::Reply(Reply::err(format!(
+            "unknown subcommand or wrong number of arguments for 'CLIENT|{s}'"
+        ))),
+    }
+}
+
+fn prepare_config(args: &[Bytes], shared: &Shared) -> Prepared {
+    let Some(sub) = args.first() else {
+        return arity("CONFIG");
+    };
+    match upper(sub).as_str() {
+        "GET" if args.len() >= 2 => {
+            let table: [(&str, String); 8] = [
+                ("save", String::new()),
+                ("appendonly", "no".into()),
+                ("databases", "1".into()),
+                ("maxmemory", "0".into()),
+                ("maxclients", shared.max_clients.to_string()),
+                ("proto-max-bulk-len", shared.max_value_bytes.to_string()),
+                ("timeout", "0".into()),
+                ("port", shared.resp_addr.port().to_string()),
+            ];
+            let mut out = Vec::new();
+            for (name, value) in &table {
+                if args[1..]
+                    .iter()
+                    .any(|p| glob::matches(&p.to_ascii_lowercase(), name.as_bytes()))
+                {
+                    out.push(Reply::text(*name));
+                    out.push(Reply::text(value.clone()));
+                }
+            }
+            Prepared::Reply(Reply::Array(out))
+        }
+        "RESETSTAT" => Prepared::Reply(Reply::Ok),
+        "SET" => Prepared::Reply(Reply::err(
+            "CONFIG SET is not supported: configure flotilla with flags, FLOTILLA_* or its config file",
+        )),
+        s => Prepared::Reply(Reply::err(format!(
+            "unknown subcommand or wrong number of arguments for 'CONFIG|{s}'"
+        ))),
+    }
+}
+
+fn command_info(c: &CommandInfo) -> Reply {
+    Reply::Array(vec![
+        Reply::text(c.0),
+        Reply::Int(c.1),
+        Reply::Array(c.2.iter().map(|f| Reply::Simple((*f).into())).collect()),
+        Reply::Int(c.3),
+        Reply::Int(c.4),
+        Reply::Int(c.5),
+    ])
+}
+
+fn prepare_command(args: &[Bytes]) -> Prepared {
+    let sub = args.first().map(|s| upper(s));
+    Prepared::Reply(match sub.as_deref() {
+        None => Reply::Array(COMMANDS.iter().map(command_info).collect()),
+        Some("COUNT") => Reply::Int(COMMANDS.len() as i64),
+        // No documentation is served; clients (redis-cli) fall back.
+        Some("DOCS") => Reply::Array(Vec::new()),
+        Some("INFO") => Reply::Array(
+            args[1..]
+                .iter()
+                .map(|n| {
+                    let n = String::from_utf8_lossy(n).to_ascii_lowercase();
+                    COMMANDS
+                        .iter()
+                        .find(|c| c.0 == n)
+                        .map_or(Reply::Nil, command_info)
+                })
+                .collect(),
+        ),
+        Some("LIST") => Reply::Array(COMMANDS.iter().map(|c| Reply::text(c.0)).collect()),
+        Some(s) => Reply::err(format!(
+            "unknown subcommand or wrong number of arguments for 'COMMAND|{s}'"
+        )),
+    })
+}
+
+/// Runs one request, retrying what is safe to retry (no leader yet, an
+/// entry overwritten by a new leader, an aborted read, a busy group) until
+/// the deadline.
+async fn call(
+    kv: &KvClient,
+    group: GroupId,
+    op: &Op,
+    timeout: Duration,
+) -> Result<KvResult, HostError> {
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(2);
+    loop {
+        let outcome = match op {
+            Op::Write(cmd) => kv.execute(group, cmd).await,
+            Op::Read(q) => kv.query(group, q).await,
+        };
+        let retry = matches!(
+            &outcome,
+            Err(HostError::Request(
+                RequestError::NotLeader { leader: None, .. }
+                    | RequestError::Dropped { .. }
+                    | RequestError::ReadAborted { .. }
+                    | RequestError::Rejected(
+                        flotilla::raft::ProposeError::Busy { .. }
+                            | flotilla::raft::ProposeError::TransferInProgress { .. }
+                    )
+            ))
+        );
+        if !retry || started.elapsed() + backoff >= timeout {
+            return outcome;
+        }
+        glommio::timer::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// The reply for an engine error.
+pub fn host_error_reply(e: &HostError) -> Reply {
+    match e {
+        HostError::Request(RequestError::NotLeader {
+            group,
+            leader: Some(l),
+        }) => Reply::Error(format!(
+            "NOTLEADER group {group} is led by node {l}; this node does not forward requests yet"
+        )),
+        HostError::Request(RequestError::NotLeader {
+            group,
+            leader: None,
+        }) => Reply::Error(format!("TRYAGAIN group {group} has no leader right now")),
+        HostError::Request(
+            r @ (RequestError::Dropped { .. }
+            | RequestError::ReadAborted { .. }
+            | RequestError::Rejected(_)),
+        ) => Reply::Error(format!("TRYAGAIN {r}")),
+        HostError::Timeout(d) => Reply::Error(format!(
+            "TIMEOUT no answer within {d:?}; a write may or may not have been applied"
+        )),
+        HostError::ShuttingDown => Reply::Error("SHUTDOWN the node is shutting down".into()),
+        other => Reply::err(other.to_string()),
+    }
+}
+
+fn kv_error_reply(e: KvError) -> Reply {
+    match e {
+        KvError::NotInteger => not_integer(),
+        KvError::Overflow => Reply::err("increment or decrement would overflow"),
+        KvError::KeyTooLarge => Reply::err("key too large"),
+        KvError::ValueTooLarge => Reply::err("string exceeds maximum allowed size"),
+        KvError::ResultTooLarge => Reply::err("result too large"),
+        other => Reply::err(other.to_string()),
+    }
+}
+
+fn unexpected(r: &KvResult) -> Reply {
+    tracing::error!(result = ?r, "unexpected KV result kind");
+    Reply::err("internal error: unexpected result kind")
+}
+
+/// Runs every plan of a wave at once and finishes them in order.
+pub async fn run_wave(
+    plans: Vec<(Vec<Sub>, FinishBox)>,
+    conn: &mut Conn,
+    shared: &Shared,
+) -> Vec<Reply> {
+    // Reads of a group this wave writes go through the log (in order with
+    // the writes).
+    let written: HashSet<GroupId> = plans
+        .iter()
+        .flat_map(|(subs, _)| subs.iter())
+        .filter(|s| matches!(s.op, Op::Write(_)))
+        .map(|s| s.group)
+        .collect();
+    let ops: Vec<(GroupId, Op)> = plans
+        .iter()
+        .flat_map(|(subs, _)| subs.iter())
+        .map(|s| {
+            let op = match &s.op {
+                Op::Read(q) if written.contains(&s.group) => Op::Write(KvCommand::Read(q.clone())),
+                op => op.clone(),
+            };
+            (s.group, op)
+        })
+        .collect();
+    let timeout = shared.request_timeout;
+    let results = {
+        let kv = &conn.kv;
+        futures::future::join_all(ops.iter().map(|(g, op)| call(kv, *g, op, timeout))).await
+    };
+    let mut results = results.into_iter();
+    let mut replies = Vec::with_capacity(plans.len());
+    for (subs, FinishBox(f)) in plans {
+        let mine: Vec<_> = results.by_ref().take(subs.len()).collect();
+        replies.push(finish(f, mine, conn));
+    }
+    replies
+}
+
+fn finish(f: Finish, results: Vec<Result<KvResult, HostError>>, conn: &mut Conn) -> Reply {
+    let mut ok = Vec::with_capacity(results.len());
+    for r in results {
+        match r {
+            Ok(KvResult::Error(e)) => return kv_error_reply(e),
+            Ok(r) => ok.push(r),
+            Err(e) => return host_error_reply(&e),
+        }
+    }
+    let first = ok.first();
+    match f {
+        Finish::Get => match first {
+            Some(KvResult::Value(v)) => Reply::opt(v.clone()),
+            Some(r) => unexpected(r),
+            None => Reply::Nil,
+        },
+        Finish::Strlen => match first {
+            Some(KvResult::Value(v)) => Reply::Int(v.as_ref().map_or(0, |v| v.len() as i64)),
+            Some(r) => unexpected(r),
+            None => Reply::Int(0),
+        },
+        Finish::Type => match first {
+            Some(KvResult::Value(v)) => {
+                Reply::Simple(if v.is_some() { "string" } else { "none" }.into())
+            }
+            Some(r) => unexpected(r),
+            None => Reply::Simple("none".into()),
+        },
+        Finish::Set { get } => match first {
+            Some(KvResult::Put { written, previous }) => {
+                if get {
+                    Reply::opt(previous.clone())
+                } else if *written {
+                    Reply::Ok
+                } else {
+                    Reply::Nil
+                }
+            }
+            Some(r) => unexpected(r),
+            None => Reply::Nil,
+        },
+        Finish::SetNx => match first {
+            Some(KvResult::Put { written, .. }) => Reply::Int(i64::from(*written)),
+            Some(r) => unexpected(r),
+            None => Reply::Int(0),
+        },
+        Finish::GetSet => match first {
+            Some(KvResult::Put { previous, .. }) => Reply::opt(previous.clone()),
+            Some(r) => unexpected(r),
+            None => Reply::Nil,
+        },
+        Finish::Int => match first {
+            Some(KvResult::Int(n)) => Reply::Int(*n),
+            Some(r) => unexpected(r),
+            None => Reply::Int(0),
+        },
+        Finish::Len => match first {
+            Some(KvResult::Len(n)) => Reply::Int(*n as i64),
+            Some(r) => unexpected(r),
+            None => Reply::Int(0),
+        },
+        Finish::SumCount => {
+            let mut sum = 0u64;
+            for r in &ok {
+                match r {
+                    KvResult::Count(n) => sum += n,
+                    r => return unexpected(r),
+                }
+            }
+            Reply::Int(sum as i64)
+        }
+        Finish::AllOk => match ok.iter().find(|r| !matches!(r, KvResult::Ok)) {
+            Some(r) => unexpected(r),
+            None => Reply::Ok,
+        },
+        Finish::MGet(slots) => {
+            let mut lists = Vec::with_capacity(ok.len());
+            for r in ok {
+                match r {
+                    KvResult::Values(v) => lists.push(v),
+                    r => return unexpected(&r),
+                }
+            }
+            Reply::Array(
+                slots
+                    .iter()
+                    .map(|(s, i)| {
+                        lists
+                            .get(*s)
+                            .and_then(|l| l.get(*i))
+                            .cloned()
+                            .flatten()
+                            .map_or(Reply::Nil, Reply::Bulk)
+                    })
+                    .collect(),
+            )
+        }
+        Finish::Scan { count, pattern } => {
+            let mut keys: Vec<Bytes> = Vec::new();
+            let mut more = false;
+            for r in ok {
+                match r {
+                    KvResult::Entries { entries, next } => {
+                        more |= next.is_some();
+                        keys.extend(entries.into_iter().map(|(k, _)| k));
+                    }
+                    r => return unexpected(&r),
+                }
+            }
+            keys.sort_unstable();
+            if keys.len() > count {
+                keys.truncate(count);
+                more = true;
+            }
+            let cursor = match (more, keys.last()) {
+                (true, Some(last)) => {
+                    let mut next = last.to_vec();
+                    next.push(0);
+                    let id = conn.next_cursor;
+                    conn.next_cursor += 1;
+                    if conn.cursors.len() == CURSORS_MAX {
+                        conn.cursors.pop_front();
+                    }
+                    conn.cursors.push_back((id, Bytes::from(next)));
+                    id
+                }
+                _ => 0,
+            };
+            if let Some(p) = pattern {
+                keys.retain(|k| glob::matches(&p, k));
+            }
+            Reply::Array(vec![
+                Reply::text(cursor.to_string()),
+                Reply::Array(keys.into_iter().map(Reply::Bulk).collect()),
+            ])
+        }
+    }
+}
+
+/// KEYS pattern: scans every group to the end.
+pub async fn keys(pattern: Bytes, conn: &Conn, shared: &Shared) -> Reply {
+    let prefix = glob::literal_prefix(&pattern);
+    let end = prefix_end(&prefix);
+    let mut out = Vec::new();
+    for g in &shared.kv_groups {
+        let mut start = Bytes::from(prefix.clone());
+        loop {
+            let q = KvQuery::Scan {
+                start: start.clone(),
+                end: end.clone(),
+                limit: 10_000,
+                keys_only: true,
+            };
+            match call(&conn.kv, *g, &Op::Read(q), shared.request_timeout).await {
+                Ok(KvResult::Entries { entries, next }) => {
+                    out.extend(
+                        entries
+                            .into_iter()
+                            .map(|(k, _)| k)
+                            .filter(|k| glob::matches(&pattern, k)),
+                    );
+                    if out.len() > KEYS_RESULT_MAX {
+                        return Reply::err(format!(
+                            "KEYS would return more than {KEYS_RESULT_MAX} keys; use SCAN"
+                        ));
+                    }
+                    match next {
+                        Some(n) => start = n,
+                        None => break,
+                    }
+                }
+                Ok(KvResult::Error(e)) => return kv_error_reply(e),
+                Ok(r) => return unexpected(&r),
+                Err(e) => return host_error_reply(&e),
+            }
+        }
+    }
+    out.sort_unstable();
+    Reply::Array(out.into_iter().map(Reply::Bulk).collect())
+}
+
+/// INFO [section]: server, clients, raft (per group), replication, keyspace.
+pub async fn info(section: Option<String>, shared: &Shared) -> Reply {
+    use std::fmt::Write;
+    let want = |s: &str| match section.as_deref() {
+        None | Some("all") | Some("everything") | Some("default") => true,
+        Some(x) => x == s,
+    };
+    let mut out = String::new();
+    let cfg = shared.host.config();
+    if want("server") {
+        let _ = write!(
+            out,
+            "# Server\r\nredis_version:{REDIS_VERSION}\r\nflotilla_version:{}\r\nredis_mode:standalone\r\n\
+             os:{}\r\narch_bits:64\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n\
+             node_id:{}\r\ncluster_id:{}\r\nshards:{}\r\nkv_groups:{}\r\n\r\n",
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::OS,
+            std::process::id(),
+            shared.resp_addr.port(),
+            shared.started.elapsed().as_secs(),
+            cfg.node_id,
+            cfg.cluster_id,
+            cfg.shard_count,
+            shared.kv_groups.len()
+        );
+    }
+    if want("clients") {
+        let _ = write!(
+            out,
+            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n",
+            shared.clients_connected.load(Ordering::Relaxed),
+            shared.max_clients
+        );
+    }
+    if want("stats") {
+        let _ = write!(
+            out,
+            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\r\n",
+            shared.clients_accepted.load(Ordering::Relaxed),
+            shared.commands_processed.load(Ordering::Relaxed)
+        );
+    }
+    let groups = if want("raft") || want("replication") {
+        match shared.host.groups(shared.request_timeout).await {
+            Ok(g) => g,
+            Err(e) => return host_error_reply(&e),
+        }
+    } else {
+        Vec::new()
+    };
+    if want("replication") {
+        let kv: HashSet<GroupId> = shared.kv_groups.iter().copied().collect();
+        let led = groups
+            .iter()
+            .filter(|g| kv.contains(&g.group) && g.role == Role::Leader)
+            .count();
+        let _ = write!(
+            out,
+            "# Replication\r\nrole:master\r\nconnected_slaves:0\r\nkv_groups_led:{led}\r\n\r\n"
+        );
+    }
+    if want("raft") {
+        let leaders = groups.iter().filter(|g| g.role == Role::Leader).count();
+        let _ = write!(
+            out,
+            "# Raft\r\nnode_id:{}\r\ngroups:{}\r\ngroups_led:{leaders}\r\n",
+            cfg.node_id,
+            groups.len()
+        );
+        for g in &groups {
+            let _ = write!(
+                out,
+                "group_{}:role={},leader={},term={},commit={},applied={},last_index={},apply_lag={},proposals_pending={},reads_pending={}\r\n",
+                g.group.0,
+                role_name(g.role),
+                g.leader.map_or(0, |l| l.0),
+                g.term,
+                g.commit,
+                g.applied,
+                g.last_index,
+                g.commit.saturating_sub(g.applied),
+                g.proposals_pending,
+                g.reads_pending
+            );
+        }
+        out.push_str("\r\n");
+    }
+    Reply::Bulk(Bytes::from(out))
+}
+
+/// Lower-case role name.
+pub fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Leader => "leader",
+        Role::Follower => "follower",
+        Role::Candidate => "candidate",
+        Role::PreCandidate => "precandidate",
+    }
+}

@@ -1,0 +1,226 @@
+//! The Redis-protocol (RESP2) server of a node.
+//!
+//! One accept loop per client executor (all executors accept on the same
+//! listening socket); one task per connection:
+//!
+//! ```text
+//!  read ─► parse every complete command in the buffer (≤ PIPELINE_MAX)
+//!       ─► prepare each (in order) ─► run the KV plans of the pipeline
+//!          concurrently (one wave; the engine batches them per group)
+//!       ─► encode every reply in order into one buffer ─► one write
+//! ```
+//!
+//! A connection holds at most one pipeline (≤ `PIPELINE_MAX` commands) in
+//! flight and at most one partial command (≤ `max_value_bytes` per argument)
+//! in its buffer; oversized arguments are skipped without being buffered.
+//! On shutdown a connection stops reading, finishes the pipeline in flight
+//! and closes.
+
+pub mod command;
+pub mod glob;
+pub mod parse;
+pub mod reply;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use tracing::{debug, info, warn};
+
+use command::{Conn, Prepared, Shared};
+use parse::{Parsed, Parser};
+use reply::Reply;
+
+/// Most commands of one pipeline run together.
+pub const PIPELINE_MAX: usize = 1024;
+/// Most arguments of one command.
+const ARGS_MAX: usize = 1 << 20;
+/// Read size.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+
+/// Serves RESP connections from `listener` until `stop` fires (or its
+/// sender is dropped); then waits for open connections to finish their
+/// pipeline in flight.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: flume::Receiver<()>) {
+    let gate = glommio::sync::Gate::new();
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            let _ = stop.recv_async().await;
+            None
+        })
+        .await;
+        let stream = match accepted {
+            None => break,
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                warn!(error = %e, "resp: accept failed");
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        shared.clients_accepted.fetch_add(1, Ordering::Relaxed);
+        let shared = shared.clone();
+        let stop = stop.clone();
+        let spawned = gate.spawn(async move {
+            let n = shared.clients_connected.fetch_add(1, Ordering::Relaxed) + 1;
+            if n > shared.max_clients {
+                let mut s = stream;
+                let _ = s.write_all(b"-ERR max number of clients reached\r\n").await;
+                let _ = s.close().await;
+            } else {
+                connection(stream, &shared, stop).await;
+            }
+            shared.clients_connected.fetch_sub(1, Ordering::Relaxed);
+        });
+        match spawned {
+            Ok(task) => {
+                task.detach();
+            }
+            Err(e) => {
+                warn!(error = %e, "resp: cannot start a connection task");
+                break;
+            }
+        }
+    }
+    drop(listener);
+    if let Err(e) = gate.close().await {
+        warn!(error = %e, "resp: closing the connection gate");
+    }
+    info!("resp server stopped");
+}
+
+/// One connection until the peer closes, QUIT, or shutdown.
+async fn connection(mut stream: TcpStream, shared: &Shared, stop: flume::Receiver<()>) {
+    let _ = stream.set_nodelay(true);
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
+    debug!(%peer, "resp: connection opened");
+    let mut conn = Conn::new(shared, peer);
+    let mut parser = Parser::new(shared.max_value_bytes, ARGS_MAX);
+    let mut buf = BytesMut::with_capacity(16 << 10);
+    let mut out = BytesMut::with_capacity(16 << 10);
+    loop {
+        let mut batch: Vec<Prepared> = Vec::new();
+        let mut broken = None;
+        while batch.len() < PIPELINE_MAX {
+            match parser.next(&mut buf) {
+                Parsed::Command(argv) => batch.push(command::prepare(argv, &mut conn, shared)),
+                Parsed::Rejected(m) => batch.push(Prepared::Reply(Reply::Error(m))),
+                Parsed::Broken(m) => {
+                    broken = Some(m);
+                    break;
+                }
+                Parsed::Incomplete => break,
+            }
+        }
+        if let Some(m) = broken {
+            batch.push(Prepared::Reply(Reply::err(m)));
+        }
+        if !batch.is_empty() {
+            let n = batch.len() as u64;
+            let quit = execute(batch, &mut conn, shared, &mut out).await;
+            shared.commands_processed.fetch_add(n, Ordering::Relaxed);
+            if stream.write_all(&out).await.is_err() {
+                break;
+            }
+            out.clear();
+            if out.capacity() > (1 << 20) {
+                out = BytesMut::with_capacity(16 << 10);
+            }
+            if quit {
+                break;
+            }
+            continue;
+        }
+        // Need more input.
+        let old = buf.len();
+        buf.resize(old + READ_CHUNK_BYTES, 0);
+        let read =
+            futures_lite::future::or(async { Some(stream.read(&mut buf[old..]).await) }, async {
+                let _ = stop.recv_async().await;
+                None
+            })
+            .await;
+        match read {
+            Some(Ok(0)) | Some(Err(_)) | None => break,
+            Some(Ok(n)) => buf.truncate(old + n),
+        }
+        if buf.capacity() > (4 << 20) && buf.len() < (64 << 10) && !parser.is_skipping() {
+            // Give back the memory of a large value once it is consumed.
+            let rest = BytesMut::from(&buf[..]);
+            buf = rest;
+        }
+    }
+    let _ = stream.close().await;
+    debug!(peer = %conn.peer, "resp: connection closed");
+}
+
+/// Runs a pipeline: consecutive KV plans together, INFO/KEYS/QUIT in
+/// order. Encodes every reply into `out`; true if the connection must
+/// close (QUIT).
+async fn execute(
+    batch: Vec<Prepared>,
+    conn: &mut Conn,
+    shared: &Shared,
+    out: &mut BytesMut,
+) -> bool {
+    // Replies in order: a slot per command, plans filled in after their
+    // wave.
+    let mut replies: Vec<Option<Reply>> = Vec::with_capacity(batch.len());
+    let mut wave = Vec::new();
+    let mut wave_slots = Vec::new();
+    let mut quit = false;
+    for item in batch {
+        match item {
+            Prepared::Reply(r) => replies.push(Some(r)),
+            Prepared::Plan(subs, f) => {
+                wave_slots.push(replies.len());
+                replies.push(None);
+                wave.push((subs, f));
+            }
+            other => {
+                flush_wave(&mut wave, &mut wave_slots, &mut replies, conn, shared).await;
+                match other {
+                    Prepared::Info(section) => {
+                        replies.push(Some(command::info(section, shared).await));
+                    }
+                    Prepared::Keys(pattern) => {
+                        replies.push(Some(command::keys(pattern, conn, shared).await));
+                    }
+                    _ => {
+                        replies.push(Some(Reply::Ok));
+                        quit = true;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    flush_wave(&mut wave, &mut wave_slots, &mut replies, conn, shared).await;
+    for r in replies {
+        r.unwrap_or_else(|| Reply::err("internal error: missing reply"))
+            .encode(out);
+    }
+    quit
+}
+
+async fn flush_wave(
+    wave: &mut Vec<(Vec<command::Sub>, command::FinishBox)>,
+    slots: &mut Vec<usize>,
+    replies: &mut [Option<Reply>],
+    conn: &mut Conn,
+    shared: &Shared,
+) {
+    if wave.is_empty() {
+        return;
+    }
+    let done = command::run_wave(std::mem::take(wave), conn, shared).await;
+    debug_assert_eq!(done.len(), slots.len());
+    for (slot, r) in slots.drain(..).zip(done) {
+        replies[slot] = Some(r);
+    }
+}
