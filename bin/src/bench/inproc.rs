@@ -470,7 +470,8 @@ async fn one_request(client: &Client, gi: usize, rng: &mut Rng, intended: Instan
             Ok(bytes) => {
                 let mut rec = client.recorder.borrow_mut();
                 match KvResult::decode(bytes) {
-                    Ok(KvResult::Error(_)) | Err(_) => rec.error(now),
+                    Ok(KvResult::Error(e)) => rec.error(now, &label(&format!("Kv({e:?}"))),
+                    Err(_) => rec.error(now, "malformed result"),
                     Ok(_) => rec.success(kind, intended, now),
                 }
                 return;
@@ -478,7 +479,10 @@ async fn one_request(client: &Client, gi: usize, rng: &mut Rng, intended: Instan
             Err(e) => e,
         };
         if now >= deadline || matches!(error, HostError::ShuttingDown) {
-            client.recorder.borrow_mut().error(now);
+            client
+                .recorder
+                .borrow_mut()
+                .error(now, &label(&format!("{error:?}")));
             return;
         }
         client.recorder.borrow_mut().retry(now);
@@ -498,9 +502,40 @@ async fn one_request(client: &Client, gi: usize, rng: &mut Rng, intended: Instan
     }
 }
 
+/// A bounded label of an error's `Debug` text: its variant path without
+/// the fields (`Request(NotLeader { group: .. })` → `Request(NotLeader`).
+fn label(debug: &str) -> String {
+    let bytes = debug.as_bytes();
+    let mut end = debug.len();
+    for (i, b) in bytes.iter().enumerate() {
+        let fields_start = match b {
+            b' ' | b'{' => true,
+            // `Variant(Inner` continues; `Timeout(5s)` stops.
+            b'(' => !bytes.get(i + 1).is_some_and(u8::is_ascii_uppercase),
+            _ => false,
+        };
+        if fields_start {
+            end = i;
+            break;
+        }
+    }
+    debug[..end.min(48)].to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_labels_drop_the_fields() {
+        let e = HostError::Request(RequestError::NotLeader {
+            group: GroupId(3),
+            leader: None,
+        });
+        assert_eq!(label(&format!("{e:?}")), "Request(NotLeader");
+        let e = HostError::Timeout(Duration::from_secs(5));
+        assert_eq!(label(&format!("{e:?}")), "Timeout");
+    }
 
     /// A tiny in-process run end to end: 3 nodes, 2 groups, 1 s, unbound
     /// shards with 1 MiB of DMA memory; writes happen and the last line of

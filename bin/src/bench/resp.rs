@@ -221,7 +221,7 @@ fn connection(s: &ConnSetup) -> Result<super::stats::Tally, String> {
         if stopping && now >= t.measure_end + s.timeout {
             // Replies that never came count as errors.
             for _ in 0..in_flight.len() {
-                rec.error(now);
+                rec.error(now, "no reply");
             }
             break;
         }
@@ -250,7 +250,11 @@ fn connection(s: &ConnSetup) -> Result<super::stats::Tally, String> {
                 .ok_or("a reply to no request (the server sent more replies than commands)")?;
             match reply {
                 Reply::Ok => rec.success(kind, intended, now),
-                Reply::Error(_) => rec.error(now),
+                Reply::Error(e) => {
+                    // The error code: `-ERR ...`, `-MOVED`, `-TRYAGAIN`...
+                    let code: String = e.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+                    rec.error(now, &code.chars().take(40).collect::<String>());
+                }
             }
         }
         inbuf.drain(..pos);

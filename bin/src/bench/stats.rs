@@ -2,6 +2,7 @@
 //! generator, the per-second progress line, CPU time, engine counters and
 //! the final summary (human text and one JSON line).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -52,7 +53,13 @@ pub struct Tally {
     pub write_us: Histogram<u64>,
     /// Latency of successful reads, µs.
     pub read_us: Histogram<u64>,
+    /// Failures by kind (at most [`ERROR_KINDS_MAX`] kinds; the rest are
+    /// counted under `other`).
+    pub error_kinds: BTreeMap<String, u64>,
 }
+
+/// Distinct error kinds a tally keeps apart.
+pub const ERROR_KINDS_MAX: usize = 16;
 
 impl Default for Tally {
     fn default() -> Self {
@@ -63,6 +70,7 @@ impl Default for Tally {
             retries: 0,
             write_us: new_histogram(),
             read_us: new_histogram(),
+            error_kinds: BTreeMap::new(),
         }
     }
 }
@@ -77,6 +85,19 @@ impl Tally {
         // Same bounds on both sides: `add` cannot fail.
         let _ = self.write_us.add(&other.write_us);
         let _ = self.read_us.add(&other.read_us);
+        for (kind, n) in &other.error_kinds {
+            self.count_error_kind(kind, *n);
+        }
+    }
+
+    fn count_error_kind(&mut self, kind: &str, n: u64) {
+        let key = if self.error_kinds.len() < ERROR_KINDS_MAX || self.error_kinds.contains_key(kind)
+        {
+            kind
+        } else {
+            "other"
+        };
+        *self.error_kinds.entry(key.to_string()).or_insert(0) += n;
     }
 
     /// Latencies of writes and reads together.
@@ -124,11 +145,14 @@ impl Recorder {
         }
     }
 
-    /// Records a failed operation.
-    pub fn error(&mut self, now: Instant) {
+    /// Records a failed operation and what failed it (a short, bounded
+    /// label such as `Timeout` or `Request(NotLeader`).
+    pub fn error(&mut self, now: Instant, kind: &str) {
         self.interval.errors += 1;
+        self.interval.count_error_kind(kind, 1);
         if self.in_window(now) {
             self.measured.errors += 1;
+            self.measured.count_error_kind(kind, 1);
         }
     }
 
@@ -310,6 +334,8 @@ pub struct EngineCounters {
     pub turns: u64,
     /// Entries committed.
     pub entries_committed: u64,
+    /// Times a replica became leader (elections won).
+    pub leader_elected: u64,
 }
 
 impl EngineCounters {
@@ -326,6 +352,7 @@ impl EngineCounters {
         }
         self.turns += s.turns;
         self.entries_committed += s.entries_committed;
+        self.leader_elected += s.leader_elected;
     }
 
     /// `self - earlier`, field by field (saturating).
@@ -342,6 +369,7 @@ impl EngineCounters {
             entries_committed: self
                 .entries_committed
                 .saturating_sub(earlier.entries_committed),
+            leader_elected: self.leader_elected.saturating_sub(earlier.leader_elected),
         }
     }
 }
@@ -448,6 +476,10 @@ pub struct Summary {
     pub cores_busy: f64,
     /// Leaders per node at the start (in-process).
     pub leaders_per_node: Vec<usize>,
+    /// Elections won during the window (in-process; 0 in a healthy run).
+    pub leader_elections: Option<u64>,
+    /// Failures by kind.
+    pub error_kinds: BTreeMap<String, u64>,
 }
 
 /// Everything the summary is computed from.
@@ -516,6 +548,8 @@ pub fn summarize(m: &Measured<'_>) -> Summary {
         cpu_s_per_million_ops: ratio(cpu_us, ops),
         cores_busy: ratio(m.process_cpu.as_secs_f64(), secs),
         leaders_per_node: m.leaders_per_node.clone(),
+        leader_elections: engine.map(|e| e.leader_elected),
+        error_kinds: t.error_kinds.clone(),
     }
 }
 
@@ -583,7 +617,20 @@ pub fn render(s: &Summary, threads: &ThreadCpu) -> String {
         .collect();
     let _ = writeln!(out, "threads    {}", busiest.join(", "));
     if !s.leaders_per_node.is_empty() {
-        let _ = writeln!(out, "leaders    per node {:?}", s.leaders_per_node);
+        let _ = writeln!(
+            out,
+            "leaders    per node at start {:?}; elections during the window {}",
+            s.leaders_per_node,
+            s.leader_elections.map_or("n/a".into(), |n| n.to_string())
+        );
+    }
+    if !s.error_kinds.is_empty() {
+        let kinds: Vec<String> = s
+            .error_kinds
+            .iter()
+            .map(|(k, n)| format!("{k}: {n}"))
+            .collect();
+        let _ = writeln!(out, "errors     {}", kinds.join(", "));
     }
     out.pop();
     out
@@ -630,13 +677,14 @@ mod tests {
         // In the window: both.
         r.success(OpKind::Write, start, start + Duration::from_micros(100));
         r.success(OpKind::Read, start, start + Duration::from_micros(300));
-        r.error(start + Duration::from_millis(5));
+        r.error(start + Duration::from_millis(5), "Timeout");
         r.retry(start + Duration::from_millis(5));
         // At the end (exclusive): interval only.
         r.success(OpKind::Write, end, end);
         assert_eq!(r.measured.writes, 1);
         assert_eq!(r.measured.reads, 1);
         assert_eq!(r.measured.errors, 1);
+        assert_eq!(r.measured.error_kinds.get("Timeout"), Some(&1));
         assert_eq!(r.measured.retries, 1);
         assert_eq!(r.interval.writes, 3);
         let taken = r.take_interval();
@@ -673,6 +721,7 @@ mod tests {
             engine: Some(EngineCounters {
                 fdatasyncs: 100,
                 wal_entries: 3000,
+                leader_elected: 2,
                 frames_sent: 50,
                 messages_sent: 200,
                 ..Default::default()
@@ -688,6 +737,7 @@ mod tests {
         assert!((1995..=2001).contains(&s.max_us), "{}", s.max_us);
         assert_eq!(s.write_p99_us, 990);
         assert_eq!(s.fsyncs_per_sec, Some(50.0));
+        assert_eq!(s.leader_elections, Some(2));
         assert_eq!(s.entries_per_fsync, Some(30.0));
         assert_eq!(s.frames_per_message, Some(0.25));
         assert_eq!(s.messages_per_frame, Some(4.0));
@@ -758,6 +808,24 @@ mod tests {
         assert_eq!(v["cpu_us_per_op"], 5.0);
         assert_eq!(v["config"]["groups"], 48);
         assert_eq!(v["config"]["reads"], 0.25);
+    }
+
+    #[test]
+    fn error_kinds_are_bounded() {
+        let mut t = Tally::default();
+        for i in 0..40 {
+            t.count_error_kind(&format!("kind{i}"), 1);
+        }
+        t.count_error_kind("kind0", 5);
+        assert_eq!(t.error_kinds.len(), ERROR_KINDS_MAX + 1);
+        assert_eq!(t.error_kinds.get("kind0"), Some(&6));
+        assert_eq!(
+            t.error_kinds.get("other"),
+            Some(&(40 - ERROR_KINDS_MAX as u64))
+        );
+        let mut merged = Tally::default();
+        merged.merge(&t);
+        assert_eq!(merged.error_kinds, t.error_kinds);
     }
 
     #[test]
