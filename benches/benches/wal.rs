@@ -8,7 +8,9 @@
 //! Run: `cargo bench -p flotilla-benches --bench wal` (FLOTILLA_BENCH_MS sets
 //! the time per cell, default 300).
 
+use std::collections::VecDeque;
 use std::path::Path;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -25,6 +27,17 @@ fn cell_time() -> Duration {
         .and_then(|v| v.parse().ok())
         .unwrap_or(300);
     Duration::from_millis(ms)
+}
+
+/// `FLOTILLA_BENCH_CELLS=4096x1024x1,1x16x100` runs only those cells
+/// (entries x payload x groups); default: all.
+fn cell_selected(entries: usize, payload: usize, groups: usize) -> bool {
+    match std::env::var("FLOTILLA_BENCH_CELLS") {
+        Ok(v) if !v.is_empty() => v
+            .split(',')
+            .any(|c| c.trim() == format!("{entries}x{payload}x{groups}")),
+        _ => true,
+    }
 }
 
 struct Sample {
@@ -154,45 +167,129 @@ fn wal_options() -> WalOptions {
     }
 }
 
-/// One writer, one batch at a time: latency per batch.
-async fn wal_run(wal: &Wal, load: &mut Load, entries: usize, dur: Duration) -> (Sample, u64) {
+/// One writer with up to `depth` batches in flight: with 1, latency per
+/// batch; with 2, the writer builds (and submits) the next batch while the
+/// previous one is being flushed, as the engine's shard loop does. Returns
+/// the sample and the average data frame (compaction frames excluded).
+async fn wal_run(
+    wal: &Rc<Wal>,
+    load: &mut Load,
+    entries: usize,
+    depth: usize,
+    dur: Duration,
+) -> (Sample, u64, u64) {
     let mut hist = Histogram::<u64>::new(3).unwrap();
     let before = wal.stats();
+    let mut excluded = (0u64, 0u64); // (bytes, flushes) of compaction frames
     let start = Instant::now();
     let mut ops = 0;
     let mut since_compact = 0u64;
-    while start.elapsed() < dur || ops < 3 {
-        let b = load.batch(entries);
-        let t = Instant::now();
-        wal.write(b).await.unwrap();
-        hist.record(t.elapsed().as_nanos() as u64).unwrap();
-        ops += 1;
-        since_compact += 1;
-        if since_compact >= 64 {
+    let mut compact_at = before.bytes_written + (16 << 20);
+    let mut inflight: VecDeque<(Instant, glommio::Task<()>)> = VecDeque::new();
+    loop {
+        let running = start.elapsed() < dur || ops < 3;
+        if depth == 1 && running {
+            // No task hop: the caller awaits its write directly.
+            let b = load.batch(entries);
+            let t = Instant::now();
+            wal.write(b).await.unwrap();
+            hist.record(t.elapsed().as_nanos() as u64).unwrap();
+            ops += 1;
+            since_compact += 1;
+        }
+        while depth > 1 && running && inflight.len() < depth {
+            let b = load.batch(entries);
+            let w = wal.clone();
+            let t = Instant::now();
+            inflight.push_back((
+                t,
+                glommio::spawn_local(async move { w.write(b).await.unwrap() }),
+            ));
+        }
+        if depth == 1 && !running {
+            break;
+        }
+        if depth > 1 {
+            let Some((t, task)) = inflight.pop_front() else {
+                break;
+            };
+            task.await;
+            hist.record(t.elapsed().as_nanos() as u64).unwrap();
+            ops += 1;
+            since_compact += 1;
+        }
+        // Compact every 64 batches or 16 MiB, as an engine that snapshots
+        // regularly does: old segments are then reclaimed and recycled.
+        if since_compact >= 64 || wal.stats().bytes_written >= compact_at {
+            compact_at = wal.stats().bytes_written + (16 << 20);
             // Keep the WAL in steady state: compact everything so old
-            // segments are reclaimed and recycled.
+            // segments are reclaimed and recycled (not counted).
+            while let Some((t, task)) = inflight.pop_front() {
+                task.await;
+                hist.record(t.elapsed().as_nanos() as u64).unwrap();
+                ops += 1;
+            }
             let c = load.compaction();
             if !c.is_empty() {
+                let s0 = wal.stats();
                 wal.write(c).await.unwrap();
+                let s1 = wal.stats();
+                excluded.0 += s1.bytes_written - s0.bytes_written;
+                excluded.1 += s1.flushes - s0.flushes;
             }
             since_compact = 0;
         }
     }
     let elapsed = start.elapsed();
     let after = wal.stats();
-    // Average frame of this cell, rounded to the block (compaction frames included).
-    let frame =
-        (after.bytes_written - before.bytes_written) / (after.flushes - before.flushes).max(1);
-    let frame = frame.div_ceil(BLOCK).max(1) * BLOCK;
+    let bytes = after.bytes_written - before.bytes_written - excluded.0;
+    let flushes = (after.flushes - before.flushes - excluded.1).max(1);
+    let frame = (bytes / flushes).div_ceil(BLOCK).max(1) * BLOCK;
     (
         Sample {
             ops,
-            bytes: 0,
+            bytes,
             elapsed,
             hist,
         },
         frame,
+        flushes,
     )
+}
+
+/// Adds `s` into `acc`.
+fn merge(acc: &mut Option<Sample>, s: Sample) {
+    match acc {
+        None => *acc = Some(s),
+        Some(a) => {
+            a.ops += s.ops;
+            a.bytes += s.bytes;
+            a.elapsed += s.elapsed;
+            a.hist.add(&s.hist).unwrap();
+        }
+    }
+}
+
+/// Writes and compacts enough to cycle through every segment the cells will
+/// use, so that the measured cells run in steady state (recycled segments,
+/// as a long-running shard does) rather than on fresh fallocated files.
+async fn warm_up(wal: &Rc<Wal>) {
+    let mut load = Load {
+        base: 900_000_000,
+        next_index: vec![1; 1],
+        cursor: 0,
+        payload: Bytes::from(vec![9u8; 1024]),
+    };
+    let target = wal.stats().bytes_written + 6 * wal_options().segment_bytes;
+    while wal.stats().bytes_written < target {
+        wal.write(load.batch(4096)).await.unwrap();
+        wal.write(load.compaction()).await.unwrap();
+    }
+    // Let the spare segments be recycled.
+    for _ in 0..50 {
+        wal.write(Batch::new()).await.unwrap();
+        glommio::timer::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 fn main() {
@@ -238,9 +335,35 @@ fn main() {
             println!("| fallocated, never written | {:.0} | {:.0} | {:.0} |", a.p(0.5), a.p(0.99), a.per_sec(a.ops));
             println!("| written once (prefilled / recycled) | {:.0} | {:.0} | {:.0} |\n", b.p(0.5), b.p(0.99), b.per_sec(b.ops));
 
-            println!("## WAL vs raw device (one writer, one batch in flight)\n");
-            println!("| entries/batch | payload B | groups | frame KiB | WAL entries/s | WAL payload MB/s | WAL disk MB/s | WAL fsync/s | WAL p50 us | WAL p99 us | raw p50 us | raw MB/s | WAL/raw (fsync/s) |");
-            println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+            let wal = Rc::new(wal);
+            // Watchdog: names the phase and exits if the WAL stops flushing.
+            let phase = Rc::new(std::cell::RefCell::new(String::from("warm-up")));
+            {
+                let (wal, phase) = (Rc::downgrade(&wal), phase.clone());
+                glommio::spawn_local(async move {
+                    let mut last = (0, Instant::now());
+                    while let Some(w) = wal.upgrade() {
+                        let s = w.stats();
+                        drop(w);
+                        if s.flushes != last.0 {
+                            last = (s.flushes, Instant::now());
+                        } else if last.1.elapsed() > Duration::from_secs(20) {
+                            eprintln!("watchdog: no flush for 20 s in {}: {s:?}", phase.borrow());
+                            std::process::exit(2);
+                        }
+                        glommio::timer::sleep(Duration::from_millis(500)).await;
+                    }
+                })
+                .detach();
+            }
+            warm_up(&wal).await;
+            println!("## WAL vs raw device\n");
+            println!("Latency: one writer, one batch in flight. Throughput: one writer, two batches in flight");
+            println!("(it builds the next batch while the previous one is flushed, as the shard loop does).");
+            println!("raw = DmaFile write_at of the WAL's frame size (4 KiB-aligned) + fdatasync, queue depth 1, into");
+            println!("an already-written file; WAL and raw rounds interleaved within each cell.\n");
+            println!("| entries/batch | payload B | groups | frame KiB | WAL p50 us | WAL p99 us | raw p50 us | p50 WAL/raw | WAL entries/s | WAL payload MB/s | WAL disk MB/s | WAL fsync/s | raw MB/s | disk MB/s WAL/raw |");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
             let mut cell = 0u64;
             for &groups in &[1usize, 100, 10_000] {
                 for &payload in &[16usize, 128, 1024] {
@@ -252,34 +375,58 @@ fn main() {
                         payload: Bytes::from(vec![7u8; payload]),
                     };
                     for &entries in &[1usize, 16, 256, 4096] {
-                        let (w, frame) = wal_run(&wal, &mut load, entries, dur).await;
+                        if !cell_selected(entries, payload, groups) {
+                            continue;
+                        }
+                        *phase.borrow_mut() = format!("cell {entries}x{payload}x{groups}");
+                        let (mut lat, mut thr, mut raw_s) = (None, None, None);
+                        let (mut frame, mut thr_flushes) = (BLOCK, 0u64);
+                        for round in 0..2 {
+                            let (w, f, _) = wal_run(&wal, &mut load, entries, 1, dur / 2).await;
+                            if round == 0 {
+                                frame = f;
+                            }
+                            merge(&mut lat, w);
+                            merge(&mut raw_s, raw_run(&raw, frame, dur / 2, &mut rpos).await);
+                            let (w, _, fl) = wal_run(&wal, &mut load, entries, 2, dur / 2).await;
+                            thr_flushes += fl;
+                            merge(&mut thr, w);
+                        }
                         // Compact what the cell left so its segments can be reclaimed.
                         let c = load.compaction();
                         if !c.is_empty() {
                             wal.write(c).await.unwrap();
                         }
-                        let r = raw_run(&raw, frame, dur, &mut rpos).await;
-                        let user_bytes = w.ops * (entries * payload) as u64;
+                        let (w, t, r) = (lat.unwrap(), thr.unwrap(), raw_s.unwrap());
+                        let st = wal.stats();
+                        eprintln!(
+                            "cell {entries}x{payload}x{groups}: segments live {} created {} recycled {} deleted {} pipelined frames {}",
+                            st.segments, st.segments_created, st.segments_recycled, st.segments_deleted, st.pipelined_frames
+                        );
+                        let user_bytes = t.ops * (entries * payload) as u64;
+                        let wal_disk = t.per_sec(t.bytes) / 1e6;
+                        let raw_mbps = r.per_sec(r.bytes) / 1e6;
                         println!(
-                            "| {entries} | {payload} | {groups} | {} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.2} |",
+                            "| {entries} | {payload} | {groups} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.1} | {:.1} | {:.0} | {:.1} | {:.2} |",
                             frame / 1024,
-                            w.per_sec(w.ops * entries as u64),
-                            w.per_sec(user_bytes) / 1e6,
-                            w.per_sec(w.ops * frame) / 1e6,
-                            w.per_sec(w.ops),
                             w.p(0.5),
                             w.p(0.99),
                             r.p(0.5),
-                            r.per_sec(r.bytes) / 1e6,
-                            w.per_sec(w.ops) / r.per_sec(r.ops),
+                            w.p(0.5) / r.p(0.5),
+                            t.per_sec(t.ops * entries as u64),
+                            t.per_sec(user_bytes) / 1e6,
+                            wal_disk,
+                            t.per_sec(thr_flushes),
+                            raw_mbps,
+                            wal_disk / raw_mbps,
                         );
                     }
                 }
             }
 
+            *phase.borrow_mut() = "group commit".into();
             println!("\n## Group commit: 8 concurrent writers, 16 entries x 128 B each, 100 groups\n");
             {
-                let wal = std::rc::Rc::new(wal);
                 let before = wal.stats();
                 let start = Instant::now();
                 let mut tasks = Vec::new();
