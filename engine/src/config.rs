@@ -75,6 +75,12 @@ pub struct NodeHostConfig {
     /// Report tasks that block an executor (glommio stall detection). Meant
     /// for tests and debugging.
     pub detect_stalls: bool,
+    /// A group's state machine is snapshotted every this many applied
+    /// entries (0: never automatically).
+    pub snapshot_entries: u64,
+    /// Entries kept in the log behind a snapshot, so a follower slightly
+    /// behind catches up from the log rather than a snapshot.
+    pub compaction_overhead_entries: u64,
 }
 
 impl NodeHostConfig {
@@ -95,6 +101,8 @@ impl NodeHostConfig {
             io_memory_bytes: 2 << 20,
             mailbox_capacity: 4096,
             detect_stalls: false,
+            snapshot_entries: 100_000,
+            compaction_overhead_entries: 10_000,
         }
     }
 

@@ -89,9 +89,15 @@ impl NodeHost {
         for shard in 0..host.config.shard_count {
             let (tx, rx) = flume::bounded(host.config.mailbox_capacity);
             let wal_dir = host.config.data_dir.join(format!("shard-{shard}"));
+            let snapshot_dir = host
+                .config
+                .data_dir
+                .join(format!("shard-{shard}-snapshots"));
             // On the calling thread, before any executor runs: creating the
             // directories may block.
-            if let Err(e) = std::fs::create_dir_all(&wal_dir) {
+            if let Err(e) = std::fs::create_dir_all(&wal_dir)
+                .and_then(|()| std::fs::create_dir_all(&snapshot_dir))
+            {
                 let err = HostError::ShardStart {
                     shard: shard as ShardId,
                     reason: format!("cannot create {}: {e}", wal_dir.display()),
@@ -123,6 +129,9 @@ impl NodeHost {
                 mailbox: rx,
                 raft_addr: host.config.raft_addr,
                 wal_dir,
+                snapshot_dir,
+                snapshot_entries: host.config.snapshot_entries,
+                compaction_overhead_entries: host.config.compaction_overhead_entries,
                 wal_options,
                 raft_defaults,
                 started: started_tx,
@@ -498,6 +507,28 @@ impl NodeHost {
                 }
             }
         }
+    }
+
+    /// Takes a snapshot of this replica of `group` now (and compacts its log
+    /// behind it, keeping the configured overhead); returns the snapshot's
+    /// index.
+    ///
+    /// # Errors
+    /// As [`NodeHost::propose`]; `Remote` with the reason if writing failed.
+    pub async fn request_snapshot(
+        &self,
+        group: GroupId,
+        deadline: Duration,
+    ) -> Result<u64, HostError> {
+        let (reply, rx) = oneshot::channel();
+        self.request(
+            self.shard_for(group),
+            ShardRequest::Snapshot { group, reply },
+            rx,
+            deadline,
+        )
+        .await?
+        .map_err(HostError::Request)
     }
 
     /// The membership of `group` as this replica knows it (`None`: not

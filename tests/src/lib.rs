@@ -29,9 +29,18 @@ impl Cluster {
     /// `nodes` nodes of `shards` shards each (not started; see
     /// [`Cluster::start_all`]).
     pub fn new(nodes: u64, shards: usize) -> Cluster {
+        Cluster::with(nodes, shards, |_| {})
+    }
+
+    /// As [`Cluster::new`], with `adjust` applied to every node's config.
+    pub fn with(nodes: u64, shards: usize, adjust: impl Fn(&mut NodeHostConfig)) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let configs = (1..=nodes)
-            .map(|n| node_config(&dir, n, shards))
+            .map(|n| {
+                let mut cfg = node_config(&dir, n, shards);
+                adjust(&mut cfg);
+                cfg
+            })
             .collect::<Vec<_>>();
         let hosts = configs.iter().map(|_| None).collect();
         Cluster {

@@ -1504,7 +1504,9 @@ impl Raft {
         self.msgs.push(m);
     }
 
-    fn membership_at(&self, index: Index) -> Membership {
+    /// The membership in effect at applied index `index` (at or above the
+    /// snapshot index; the oldest one known below it).
+    pub fn membership_at(&self, index: Index) -> Membership {
         self.applied_memberships
             .iter()
             .rev()

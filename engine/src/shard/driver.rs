@@ -102,6 +102,18 @@ pub(crate) struct Driver {
     pub(crate) counters: DriverCounters,
     pub(crate) decode_errors: u64,
     pub(crate) unknown_group_messages: u64,
+    snapshot_dir: std::path::PathBuf,
+    snapshot_entries: u64,
+    compaction_overhead: u64,
+    /// Index of each group's newest snapshot (file, or compaction point of
+    /// a witness).
+    last_snapshot: BTreeMap<GroupId, u64>,
+    snapshots_due: BTreeSet<GroupId>,
+    snapshots_running: BTreeSet<GroupId>,
+    snapshot_waiters: BTreeMap<GroupId, Vec<Reply<u64>>>,
+    /// `InstallSnapshot` messages to stream, and how many streams run.
+    snapshot_sends: Vec<Message>,
+    snapshot_sends_running: usize,
     /// What each group keeps in the WAL's metadata record.
     metas: BTreeMap<GroupId, GroupMeta>,
     /// Groups whose metadata must go into the next WAL batch.
@@ -157,6 +169,15 @@ impl Driver {
             counters: DriverCounters::default(),
             decode_errors: 0,
             unknown_group_messages: 0,
+            snapshot_dir: std::path::PathBuf::new(),
+            snapshot_entries: 0,
+            compaction_overhead: 0,
+            last_snapshot: BTreeMap::new(),
+            snapshots_due: BTreeSet::new(),
+            snapshots_running: BTreeSet::new(),
+            snapshot_waiters: BTreeMap::new(),
+            snapshot_sends: Vec::new(),
+            snapshot_sends_running: 0,
             metas: BTreeMap::new(),
             meta_dirty: BTreeSet::new(),
             forwarded: std::collections::HashMap::new(),
@@ -168,6 +189,169 @@ impl Driver {
 
     pub(crate) fn transport(&self) -> Rc<transport::Transport> {
         self.transport.clone()
+    }
+
+    /// Where snapshot files go, how often they are taken, how many entries
+    /// stay behind them.
+    pub(crate) fn configure_snapshots(
+        &mut self,
+        dir: std::path::PathBuf,
+        every_entries: u64,
+        overhead_entries: u64,
+    ) {
+        self.snapshot_dir = dir;
+        self.snapshot_entries = every_entries;
+        self.compaction_overhead = overhead_entries;
+    }
+
+    pub(crate) fn snapshot_dir(&self) -> std::path::PathBuf {
+        self.snapshot_dir.clone()
+    }
+
+    pub(crate) fn group(&self, group: GroupId) -> Option<&GroupReplica> {
+        self.groups.get(&group)
+    }
+
+    pub(crate) fn is_witness(&self, group: GroupId) -> bool {
+        self.metas.get(&group).is_some_and(|m| m.witness)
+    }
+
+    /// The shard of `node` that hosts `group`.
+    pub(crate) fn peer_of(&self, group: GroupId, node: NodeId) -> transport::PeerId {
+        transport::PeerId::new(node.0, super::shard_of(group.0, self.shard_count))
+    }
+
+    /// Asks for a snapshot of `group` now; `reply` gets its index.
+    pub(crate) fn request_snapshot(&mut self, group: GroupId, reply: Reply<u64>) {
+        if !self.groups.contains_key(&group) {
+            let _ = reply.send(Err(RequestError::GroupNotFound { group }));
+            return;
+        }
+        self.snapshot_waiters.entry(group).or_default().push(reply);
+        self.snapshots_due.insert(group);
+    }
+
+    /// Snapshots to take and streams to start now (within the limits);
+    /// streams over the limit are reported failed so Raft retries later.
+    pub(crate) fn take_snapshot_work(&mut self) -> (Vec<GroupId>, Vec<Message>) {
+        let mut take = Vec::new();
+        if self.snapshots_running.is_empty() {
+            if let Some(g) = self.snapshots_due.pop_first() {
+                self.snapshots_running.insert(g);
+                take.push(g);
+            }
+        }
+        let mut sends = Vec::new();
+        for m in std::mem::take(&mut self.snapshot_sends) {
+            if self.snapshot_sends_running < super::snapshot::SENDS_MAX {
+                self.snapshot_sends_running += 1;
+                sends.push(m);
+            } else if let Some(g) = self.groups.get_mut(&m.group) {
+                g.raft.report_snapshot(m.to, false);
+                self.dirty.insert(m.group);
+            }
+        }
+        (take, sends)
+    }
+
+    /// Whether snapshot work waits for the driver.
+    pub(crate) fn has_snapshot_work(&self) -> bool {
+        (self.snapshots_running.is_empty() && !self.snapshots_due.is_empty())
+            || !self.snapshot_sends.is_empty()
+    }
+
+    /// A snapshot of `group` finished (or failed).
+    pub(crate) fn snapshot_taken(&mut self, group: GroupId, outcome: &Result<u64, String>) {
+        self.snapshots_running.remove(&group);
+        match outcome {
+            Ok(index) => {
+                self.counters.snapshots_taken += 1;
+                let last = self.last_snapshot.entry(group).or_default();
+                *last = (*last).max(*index);
+            }
+            Err(e) => warn!(group = group.0, error = %e, "snapshot failed"),
+        }
+        for w in self.snapshot_waiters.remove(&group).unwrap_or_default() {
+            let _ = w.send(
+                outcome
+                    .clone()
+                    .map_err(|message| RequestError::Remote { group, message }),
+            );
+        }
+    }
+
+    /// After a durable snapshot at `index`: compacts Raft's log to `index`
+    /// minus the configured overhead and returns the WAL batch that records
+    /// it (marker + the membership at the new base).
+    pub(crate) fn compact_behind(
+        &mut self,
+        group: GroupId,
+        index: u64,
+    ) -> Result<(Option<storage::Batch>, Rc<storage::Wal>), String> {
+        let wal = self.wal.clone();
+        let to = index.saturating_sub(self.compaction_overhead);
+        let g = self.groups.get_mut(&group).ok_or("group stopped")?;
+        if self.metas.get(&group).is_some_and(|m| m.witness) {
+            let last = self.last_snapshot.entry(group).or_default();
+            *last = (*last).max(index);
+        }
+        if to <= g.raft.snapshot_index() {
+            return Ok((None, wal));
+        }
+        let meta = g.raft.compact(to).map_err(|e| e.to_string())?;
+        let mut batch = storage::Batch::new();
+        batch.set_snapshot(
+            group.0,
+            storage::SnapshotMarker {
+                index: meta.index,
+                term: meta.term,
+            },
+        );
+        if let Some(m) = self.metas.get_mut(&group) {
+            m.base = meta.membership;
+            batch.set_meta(group.0, m.encode());
+        }
+        debug!(group = group.0, to, "log compacted");
+        Ok((Some(batch), wal))
+    }
+
+    /// A snapshot stream to `to` ended.
+    pub(crate) fn snapshot_sent(&mut self, group: GroupId, to: NodeId, ok: bool) {
+        self.snapshot_sends_running -= 1;
+        if ok {
+            self.counters.snapshots_sent += 1;
+        }
+        if let Some(g) = self.groups.get_mut(&group) {
+            g.raft.report_snapshot(to, ok);
+            self.dirty.insert(group);
+        }
+    }
+
+    /// Installs a received snapshot's state (`None` for a witness).
+    pub(crate) fn install_snapshot(
+        &mut self,
+        group: GroupId,
+        index: u64,
+        loaded: Option<flotilla_rsm::LoadedSnapshot>,
+    ) -> Result<(), String> {
+        let g = self.groups.get_mut(&group).ok_or("group stopped")?;
+        if let Some(loaded) = loaded {
+            g.install(loaded)?;
+        }
+        self.last_snapshot.insert(group, index);
+        self.counters.snapshots_installed += 1;
+        Ok(())
+    }
+
+    /// Steps one raft message into its group.
+    pub(crate) fn step_message(&mut self, msg: Message) {
+        let group = msg.group;
+        if let Some(g) = self.groups.get_mut(&group) {
+            if let Err(e) = g.raft.step(msg) {
+                debug!(group = group.0, error = %e, "message refused");
+            }
+            self.dirty.insert(group);
+        }
     }
 
     /// Starts `group` as a founding member with `members` (node id, raft
@@ -603,6 +787,11 @@ impl Driver {
 
     fn send(&mut self, msgs: Vec<Message>) {
         for m in msgs {
+            if m.kind == raft::MessageType::InstallSnapshot {
+                // The data travels on its own stream (see shard::snapshot).
+                self.snapshot_sends.push(m);
+                continue;
+            }
             let peer = transport::PeerId::new(m.to.0, super::shard_of(m.group.0, self.shard_count));
             let bytes = self.encoder.encode_to_bytes(&m);
             if let Err(e) = self.transport.send(peer, bytes) {
@@ -637,6 +826,19 @@ impl Driver {
             if let Some(ss) = rd.soft_state.as_ref() {
                 if ss.role == Role::Leader {
                     self.counters.leader_elected += 1;
+                }
+            }
+            if let Some(snap) = rd.snapshot.as_ref() {
+                batch.set_snapshot(
+                    id.0,
+                    storage::SnapshotMarker {
+                        index: snap.index,
+                        term: snap.term,
+                    },
+                );
+                if let Some(meta) = self.metas.get_mut(&id) {
+                    meta.base = snap.membership.clone();
+                    self.meta_dirty.insert(id);
                 }
             }
             self.counters.entries_appended += rd.entries.len() as u64;
@@ -674,6 +876,14 @@ impl Driver {
             if let Some(g) = self.groups.get_mut(&p.group) {
                 g.on_read_states(&p.read_states, &p.dropped_reads);
                 g.apply(&p.committed);
+                if self.snapshot_entries > 0
+                    && !p.committed.is_empty()
+                    && g.applied_index()
+                        >= self.last_snapshot.get(&p.group).copied().unwrap_or(0)
+                            + self.snapshot_entries
+                {
+                    self.snapshots_due.insert(p.group);
+                }
                 g.raft.advance(p.number);
                 if g.raft.has_ready() {
                     self.dirty.insert(p.group);
@@ -714,6 +924,9 @@ impl Driver {
             turns: self.counters.turns,
             requests_pending: pending,
             decode_errors: self.decode_errors,
+            snapshots_taken: self.counters.snapshots_taken,
+            snapshots_sent: self.counters.snapshots_sent,
+            snapshots_installed: self.counters.snapshots_installed,
             wal: self.wal.stats(),
             transport: self.transport.metrics(),
         }
@@ -762,6 +975,9 @@ pub struct GroupStatus {
 /// Counters of a shard's raft work.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct DriverCounters {
+    pub(crate) snapshots_taken: u64,
+    pub(crate) snapshots_sent: u64,
+    pub(crate) snapshots_installed: u64,
     pub(crate) entries_appended: u64,
     pub(crate) entries_committed: u64,
     pub(crate) leader_elected: u64,
@@ -806,6 +1022,33 @@ pub(crate) async fn restore_groups(
         let hs = rg.hard_state.unwrap_or_default();
         let snap = rg.snapshot;
         let last = rg.last_index;
+        let commit = hs.commit.max(snap.index);
+        let dir = driver.borrow().snapshot_dir();
+        let mut applied = snap.index;
+        let mut loaded = None;
+        if !meta.witness {
+            match super::snapshot::load_for_restart(&dir, group)
+                .await
+                .map_err(|e| format!("group {group}: {e}"))?
+            {
+                Some((index, state)) if index >= snap.index && index <= commit => {
+                    applied = index;
+                    loaded = Some(state);
+                }
+                Some((index, _)) if index > commit => {
+                    return Err(format!(
+                        "group {group}: snapshot at {index} is past the commit index {commit}"
+                    ))
+                }
+                _ if snap.index > 0 => {
+                    return Err(format!(
+                        "group {group}: the log is compacted to {} but no snapshot file covers it",
+                        snap.index
+                    ))
+                }
+                _ => {}
+            }
+        }
         let mut term_runs: Vec<(u64, u64)> = Vec::new();
         for i in snap.index + 1..=last {
             let t = wal
@@ -815,7 +1058,6 @@ pub(crate) async fn restore_groups(
                 term_runs.push((i, t));
             }
         }
-        let commit = hs.commit.max(snap.index);
         let tail = if commit < last {
             let entries = wal
                 .entries(rg.group, commit + 1..last + 1, u64::MAX)
@@ -844,7 +1086,7 @@ pub(crate) async fn restore_groups(
             last_index: last,
             term_runs,
             tail,
-            applied: snap.index,
+            applied,
         };
         let mut d = driver.borrow_mut();
         let cfg = d.raft_config(group);
@@ -857,6 +1099,11 @@ pub(crate) async fn restore_groups(
             "group recovered from the WAL"
         );
         d.insert_restored(group, raft, meta);
+        if let Some(state) = loaded {
+            d.install_snapshot(group, applied, Some(state))?;
+            d.counters.snapshots_installed -= 1;
+        }
+        d.last_snapshot.insert(group, applied);
     }
     Ok(count)
 }
@@ -914,6 +1161,22 @@ pub(crate) async fn drive(
                     }
                 }
                 Err(e) => warn!(group = group.0, error = %e, "WAL read failed"),
+            }
+        }
+        if driver.borrow().has_snapshot_work() {
+            let (take, sends) = driver.borrow_mut().take_snapshot_work();
+            for group in take {
+                let driver = driver.clone();
+                let kick = kick.clone();
+                glommio::spawn_local(async move {
+                    let _ = super::snapshot::take(driver, group).await;
+                    kick.signal(1);
+                })
+                .detach();
+            }
+            for msg in sends {
+                glommio::spawn_local(super::snapshot::send(driver.clone(), kick.clone(), msg))
+                    .detach();
             }
         }
         if !driver.borrow().dirty.is_empty() {

@@ -219,6 +219,20 @@ impl GroupReplica {
         })
     }
 
+    /// A consistent view of the state machine for a snapshot (`None` on a
+    /// witness).
+    pub(crate) fn capture(&self) -> Option<flotilla_rsm::SnapshotWriter> {
+        self.rsm.as_ref().map(|r| r.capture(Bytes::new()))
+    }
+
+    /// Replaces the state machine's state with a snapshot's.
+    pub(crate) fn install(&mut self, loaded: flotilla_rsm::LoadedSnapshot) -> Result<(), String> {
+        let rsm = self.rsm.as_mut().ok_or("a witness has no state machine")?;
+        rsm.install(loaded).map_err(|e| e.to_string())?;
+        self.serve_reads();
+        Ok(())
+    }
+
     /// Ends this turn's read batch: later reads start a new ReadIndex round.
     pub(crate) fn end_turn(&mut self) {
         self.read_ctx_open = None;

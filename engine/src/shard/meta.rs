@@ -64,7 +64,7 @@ impl GroupMeta {
     }
 }
 
-fn put_membership(b: &mut BytesMut, m: &Membership) {
+pub(crate) fn put_membership(b: &mut BytesMut, m: &Membership) {
     b.put_u64_le(m.config_index);
     b.put_u32_le(m.members.len() as u32);
     for x in &m.members {
@@ -79,7 +79,7 @@ fn put_membership(b: &mut BytesMut, m: &Membership) {
     }
 }
 
-fn get_membership(buf: &mut Bytes) -> Result<Membership, String> {
+pub(crate) fn get_membership(buf: &mut Bytes) -> Result<Membership, String> {
     let short = || "group metadata truncated".to_string();
     if buf.remaining() < 12 {
         return Err(short());

@@ -21,6 +21,7 @@ pub mod driver;
 pub(crate) mod forward;
 pub(crate) mod group;
 pub(crate) mod meta;
+pub(crate) mod snapshot;
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -83,6 +84,12 @@ pub struct ShardStats {
     pub requests_pending: u64,
     /// Raft messages that did not decode (dropped, counted).
     pub decode_errors: u64,
+    /// Snapshots taken here.
+    pub snapshots_taken: u64,
+    /// Snapshots streamed to followers.
+    pub snapshots_sent: u64,
+    /// Snapshots received and installed.
+    pub snapshots_installed: u64,
     /// The shard's WAL counters.
     pub wal: flotilla_storage::WalStats,
     /// The shard's transport counters, per peer.
@@ -145,6 +152,11 @@ pub(crate) enum ShardRequest {
         group: GroupId,
         reply: oneshot::Sender<Option<MembershipInfo>>,
     },
+    /// Take a snapshot of a group now.
+    Snapshot {
+        group: GroupId,
+        reply: group::Reply<u64>,
+    },
     /// Status of every group of the shard.
     AllStatus {
         reply: oneshot::Sender<Vec<driver::GroupStatus>>,
@@ -168,6 +180,9 @@ pub(crate) struct ShardSetup {
     pub(crate) mailbox: flume::Receiver<ShardRequest>,
     pub(crate) raft_addr: SocketAddr,
     pub(crate) wal_dir: PathBuf,
+    pub(crate) snapshot_dir: PathBuf,
+    pub(crate) snapshot_entries: u64,
+    pub(crate) compaction_overhead_entries: u64,
     pub(crate) wal_options: flotilla_storage::WalOptions,
     pub(crate) raft_defaults: crate::raft::Config,
     pub(crate) started: oneshot::Sender<Result<(), String>>,
@@ -199,6 +214,9 @@ pub(crate) async fn run(setup: ShardSetup) {
         mailbox,
         raft_addr,
         wal_dir,
+        snapshot_dir,
+        snapshot_entries,
+        compaction_overhead_entries,
         wal_options,
         raft_defaults,
         started,
@@ -261,6 +279,11 @@ pub(crate) async fn run(setup: ShardSetup) {
         transport,
         wal.clone(),
     )));
+    driver.borrow_mut().configure_snapshots(
+        snapshot_dir,
+        snapshot_entries,
+        compaction_overhead_entries,
+    );
     match driver::restore_groups(&driver, recovered).await {
         Ok(0) => {}
         Ok(n) => info!(node = node_id, shard, groups = n, "groups recovered"),
@@ -276,6 +299,10 @@ pub(crate) async fn run(setup: ShardSetup) {
         }
     }
     let kick = Rc::new(glommio::sync::Semaphore::new(1));
+    driver
+        .borrow()
+        .transport()
+        .set_snapshot_handler(Rc::new(snapshot::Inbox::new(driver.clone(), kick.clone())));
     let _ = started.send(Ok(()));
     info!(node = node_id, shard, "shard started");
 
@@ -400,6 +427,10 @@ pub(crate) async fn run(setup: ShardSetup) {
             }
             ShardRequest::Membership { group, reply } => {
                 let _ = reply.send(driver.borrow().membership(group));
+            }
+            ShardRequest::Snapshot { group, reply } => {
+                driver.borrow_mut().request_snapshot(group, reply);
+                kick.signal(1);
             }
             ShardRequest::AllStatus { reply } => {
                 let _ = reply.send(driver.borrow().all_status());

@@ -1,0 +1,109 @@
+//! Snapshots end to end: automatic snapshots and compaction, a follower
+//! kept down until the log it needs is compacted catches up through a
+//! streamed snapshot, and nodes restart from snapshot + log.
+
+use std::time::Duration;
+
+use flotilla::{GroupId, NodeId};
+use flotilla_tests::{b, retry, Cluster};
+use futures_lite::future::block_on;
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+#[test]
+fn a_follower_behind_the_compacted_log_catches_up_by_snapshot_and_restarts_from_it() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let mut c = Cluster::with(3, 1, |cfg| {
+        cfg.snapshot_entries = 100;
+        cfg.compaction_overhead_entries = 20;
+    });
+    c.start_all();
+    let groups = [GroupId(1), GroupId(2)];
+    c.start_groups(&groups, &c.running());
+    for g in &groups {
+        c.wait_leader(*g, WITHIN);
+    }
+    let kv = c.kv(NodeId(1), &groups);
+    for i in 0..50 {
+        retry(WITHIN, "put", || {
+            block_on(kv.put(b(format!("early-{i}")), b("e")))
+        });
+    }
+    // Node 3 misses 600 writes: far more than the log keeps.
+    c.stop(NodeId(3));
+    for i in 0..600 {
+        retry(WITHIN, "put", || {
+            block_on(kv.put(b(format!("k{i}")), b(i.to_string())))
+        });
+    }
+    let taken: u64 = block_on(c.host(NodeId(1)).stats(WITHIN))
+        .unwrap()
+        .iter()
+        .map(|s| s.snapshots_taken)
+        .sum();
+    assert!(taken >= 2, "automatic snapshots were taken: {taken}");
+    c.start(NodeId(3));
+    // Node 3 catches up: it must have installed a snapshot (the entries it
+    // missed are compacted away on the others).
+    let start = std::time::Instant::now();
+    loop {
+        let stats = block_on(c.host(NodeId(3)).stats(WITHIN)).unwrap();
+        let installed: u64 = stats.iter().map(|s| s.snapshots_installed).sum();
+        let st = block_on(c.host(NodeId(3)).groups(WITHIN)).unwrap();
+        let lead = block_on(c.host(NodeId(1)).groups(WITHIN)).unwrap();
+        let caught_up = st
+            .iter()
+            .zip(&lead)
+            .all(|(a, l)| a.applied >= l.commit.saturating_sub(1));
+        if installed > 0 && caught_up {
+            break;
+        }
+        assert!(
+            start.elapsed() < WITHIN,
+            "node 3 did not catch up by snapshot: installed {installed}, groups {st:?} vs {lead:?}"
+        );
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+    // Node 3's state (stale reads: its own state machine) has every write.
+    let mut local = c.kv(NodeId(3), &groups);
+    local.consistency = flotilla::ReadConsistency::Stale;
+    for i in (0..600).step_by(37) {
+        let key = format!("k{i}");
+        let got = retry(WITHIN, &key, || block_on(local.get(b(key.clone()))));
+        assert_eq!(
+            got.as_deref(),
+            Some(i.to_string().as_bytes()),
+            "{key} on node 3"
+        );
+    }
+    // Restart everything: state comes back from snapshot files + WAL tails.
+    for n in [1, 2, 3] {
+        c.stop(NodeId(n));
+    }
+    c.start_all();
+    for g in &groups {
+        c.wait_leader(*g, WITHIN);
+    }
+    let kv = c.kv(NodeId(2), &groups);
+    for i in 0..50 {
+        let key = format!("early-{i}");
+        let got = retry(WITHIN, &key, || block_on(kv.get(b(key.clone()))));
+        assert_eq!(got.as_deref(), Some(&b"e"[..]), "{key} after restart");
+    }
+    for i in 0..600 {
+        let key = format!("k{i}");
+        let got = retry(WITHIN, &key, || block_on(kv.get(b(key.clone()))));
+        assert_eq!(
+            got.as_deref(),
+            Some(i.to_string().as_bytes()),
+            "{key} after restart"
+        );
+    }
+    // A snapshot on request.
+    let index = block_on(c.host(NodeId(1)).request_snapshot(groups[0], WITHIN)).unwrap();
+    assert!(index > 0);
+    c.shutdown();
+}
