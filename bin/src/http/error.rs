@@ -6,7 +6,7 @@
 //! | 400 | `bad_request`, `invalid_json`, `bad_encoding`, `bad_key`, `key_too_large`, `invalid_membership_change`, `invalid_target`, `not_integer`, `result_too_large` |
 //! | 404 | `not_found` (route), `key_not_found`, `group_not_found` |
 //! | 405 | `method_not_allowed` |
-//! | 409 | `cas_failed`, `condition_failed`, `conf_change_pending`, `not_caught_up` |
+//! | 409 | `cas_failed`, `condition_failed`, `conf_change_pending`, `not_caught_up`, `leader_refused` |
 //! | 413 | `body_too_large`, `value_too_large` |
 //! | 500 | `internal` |
 //! | 501 | `not_implemented` |
@@ -119,6 +119,11 @@ fn from_request(r: RequestError, message: String) -> ApiError {
         }
         RequestError::Witness { .. } => ApiError::new(unavailable, "witness", message),
         RequestError::ShuttingDown { .. } => ApiError::new(unavailable, "shutting_down", message),
+        // A forwarded request the leader refused (its reason as text): a
+        // conflict with the group's current state.
+        RequestError::Remote { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "leader_refused", message)
+        }
         RequestError::Rejected(p) => match p {
             P::Busy { .. } | P::TooManyReads { .. } | P::TransferInProgress { .. } => {
                 ApiError::new(unavailable, "busy", message)

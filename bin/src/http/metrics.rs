@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 
 use flotilla::{GroupStatus, Role, ShardStats};
 
-use super::HttpCounters;
+use super::{get, HttpCounters};
 
 /// Renders shard counters and group states as Prometheus text.
 ///
@@ -288,19 +288,19 @@ pub(crate) fn http_text(c: &HttpCounters, node_id: u64) -> String {
         "flotilla_http_connections_accepted_total",
         "HTTP connections accepted.",
         Kind::Counter,
-        [(node(), Value::U(c.connections_accepted.get()))],
+        [(node(), Value::U(get(&c.connections_accepted)))],
     );
     out.family(
         "flotilla_http_connections_refused_total",
         "HTTP connections closed at once because connections_max were open.",
         Kind::Counter,
-        [(node(), Value::U(c.connections_refused.get()))],
+        [(node(), Value::U(get(&c.connections_refused)))],
     );
     out.family(
         "flotilla_http_connections_open",
         "HTTP connections open.",
         Kind::Gauge,
-        [(node(), Value::U(c.connections_open.get()))],
+        [(node(), Value::U(get(&c.connections_open)))],
     );
     out.family(
         "flotilla_http_responses_total",
@@ -309,7 +309,7 @@ pub(crate) fn http_text(c: &HttpCounters, node_id: u64) -> String {
         c.responses_by_class.iter().enumerate().map(|(i, v)| {
             let mut labels = node();
             labels.push(("class", format!("{}xx", i + 1)));
-            (labels, Value::U(v.get()))
+            (labels, Value::U(get(v)))
         }),
     );
     out.text

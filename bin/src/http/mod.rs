@@ -48,10 +48,11 @@ mod routes;
 #[cfg(test)]
 mod tests;
 
-use std::cell::Cell;
 use std::future::Future;
 use std::pin::pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::future;
@@ -61,6 +62,9 @@ use tracing::{debug, info, warn};
 
 pub use error::ApiError;
 pub use metrics::prometheus_text;
+
+/// Period of the timer `serve_until` keeps armed (glommio 0.9.0 bug 2).
+const KEEP_AWAKE_TICK: Duration = Duration::from_millis(10);
 
 /// Limits and defaults of the HTTP server.
 #[derive(Debug, Clone)]
@@ -101,17 +105,37 @@ impl Default for HttpOptions {
     }
 }
 
-/// Counters of the HTTP server itself (exported by `/metrics`).
+/// Counters of the HTTP server itself (exported by `/metrics`). Shared by
+/// every client executor of a node (`Arc`, relaxed atomics: a few counters
+/// touched once per connection or response), so `/metrics` reports the
+/// node's totals whichever executor answers the scrape.
 #[derive(Debug, Default)]
 pub struct HttpCounters {
     /// Connections accepted.
-    pub connections_accepted: Cell<u64>,
+    pub connections_accepted: AtomicU64,
     /// Connections refused because `connections_max` were open.
-    pub connections_refused: Cell<u64>,
+    pub connections_refused: AtomicU64,
     /// Connections open now.
-    pub connections_open: Cell<u64>,
+    pub connections_open: AtomicU64,
     /// Responses by status class: index 0 = 1xx ... 4 = 5xx.
-    pub responses_by_class: [Cell<u64>; 5],
+    pub responses_by_class: [AtomicU64; 5],
+}
+
+impl HttpCounters {
+    /// Fresh counters to share between the `HttpState`s of one node.
+    pub fn shared() -> Arc<HttpCounters> {
+        Arc::new(HttpCounters::default())
+    }
+}
+
+/// Reads a counter.
+pub(crate) fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+/// Adds one to a counter.
+pub(crate) fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
 }
 
 /// What every connection of the HTTP server shares: the KV client (and
@@ -121,7 +145,7 @@ pub struct HttpState {
     kv: flotilla::kv::KvClient,
     node_id: u64,
     options: HttpOptions,
-    counters: HttpCounters,
+    counters: Arc<HttpCounters>,
 }
 
 impl HttpState {
@@ -133,11 +157,23 @@ impl HttpState {
 
     /// As [`HttpState::new`] with explicit limits.
     pub fn with_options(kv: flotilla::kv::KvClient, node_id: u64, options: HttpOptions) -> Self {
+        Self::with_counters(kv, node_id, options, HttpCounters::shared())
+    }
+
+    /// As [`HttpState::with_options`], counting into `counters`: give every
+    /// client executor of a node the same [`HttpCounters::shared`] so
+    /// `/metrics` and `connections_max` cover the whole node.
+    pub fn with_counters(
+        kv: flotilla::kv::KvClient,
+        node_id: u64,
+        options: HttpOptions,
+        counters: Arc<HttpCounters>,
+    ) -> Self {
         HttpState {
             kv,
             node_id,
             options,
-            counters: HttpCounters::default(),
+            counters,
         }
     }
 
@@ -183,6 +219,15 @@ pub async fn serve_until(
 ) {
     let addr = listener.local_addr().ok();
     info!(node = state.node_id, ?addr, "http server listening");
+    // glommio 0.9.0 bug 2 (GLOMMIO.md): an executor can park with runnable
+    // work; a parked executor still wakes for its timers, so one timer kept
+    // armed bounds a missed wake-up to `KEEP_AWAKE_TICK`. Cancelled when
+    // the server returns (the task handle is dropped).
+    let _keep_awake = glommio::spawn_local(async {
+        loop {
+            glommio::timer::sleep(KEEP_AWAKE_TICK).await;
+        }
+    });
     let gate = Gate::new();
     // Closed when stopping: every connection waits on it (a broadcast).
     let stopping = Rc::new(glommio::sync::Semaphore::new(0));
@@ -213,17 +258,16 @@ pub async fn serve_until(
             }
         };
         let counters = &state.counters;
-        if counters.connections_open.get() >= state.options.connections_max as u64 {
-            counters
-                .connections_refused
-                .set(counters.connections_refused.get() + 1);
+        if get(&counters.connections_open) >= state.options.connections_max as u64 {
+            bump(&counters.connections_refused);
             debug!("http connection refused: connections_max reached");
             drop(stream);
             continue;
         }
-        counters
-            .connections_accepted
-            .set(counters.connections_accepted.get() + 1);
+        bump(&counters.connections_accepted);
+        // Counted here, before the task runs, so a burst of accepts cannot
+        // overshoot `connections_max`; the task's guard takes it back.
+        bump(&counters.connections_open);
         let conn_state = state.clone();
         let conn_stopping = stopping.clone();
         if gate
@@ -231,6 +275,9 @@ pub async fn serve_until(
             .map(|t| t.detach())
             .is_err()
         {
+            // The gate is closed: the task never ran, so nothing took the
+            // count back.
+            counters.connections_open.fetch_sub(1, Ordering::Relaxed);
             break;
         }
     }

@@ -1,15 +1,17 @@
 //! One connection (hyper HTTP/1.1) and the routes of the API.
 
-use std::cell::Cell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use flotilla::kv::KvClient;
-use flotilla::{GroupId, GroupStatus, MemberKind, MembershipInfo, NodeId, ReadConsistency, Role};
+use flotilla::{
+    GroupId, GroupStatus, HostError, MemberKind, MembershipInfo, NodeId, ReadConsistency, Role,
+};
 use flotilla_rsm::{KvCommand, KvQuery, KvResult, PutCondition};
 use futures_lite::future;
 use glommio::net::TcpStream;
@@ -24,7 +26,7 @@ use tracing::debug;
 use super::error::ApiError;
 use super::io::GlommioIo;
 use super::metrics::{http_text, prometheus_text};
-use super::HttpState;
+use super::{bump, get, HttpState};
 
 type Resp = Response<Full<Bytes>>;
 type ApiResult = Result<Resp, ApiError>;
@@ -35,11 +37,12 @@ type ApiResult = Result<Resp, ApiError>;
 const DRAIN_FACTOR: usize = 8;
 
 /// Decrements the open-connection gauge when the connection task ends.
-struct OpenGuard<'a>(&'a Cell<u64>);
+struct OpenGuard<'a>(&'a AtomicU64);
 
 impl Drop for OpenGuard<'_> {
     fn drop(&mut self) {
-        self.0.set(self.0.get().saturating_sub(1));
+        let before = self.0.fetch_sub(1, Ordering::Relaxed);
+        debug_assert!(before > 0, "connections_open underflow");
     }
 }
 
@@ -51,9 +54,8 @@ pub(super) async fn serve_connection(
     state: Rc<HttpState>,
     stopping: Rc<Semaphore>,
 ) {
-    let open = &state.counters.connections_open;
-    open.set(open.get() + 1);
-    let _guard = OpenGuard(open);
+    // `serve_until` counted this connection as open.
+    let _guard = OpenGuard(&state.counters.connections_open);
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
     if let Err(e) = stream.set_read_timeout(Some(state.options.idle_timeout)) {
@@ -100,8 +102,7 @@ pub(super) async fn handle(state: &HttpState, req: Request<Incoming>) -> Resp {
         }
     };
     let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
-    let c = &state.counters.responses_by_class[class];
-    c.set(c.get() + 1);
+    bump(&state.counters.responses_by_class[class]);
     resp
 }
 
@@ -267,8 +268,8 @@ async fn status(state: &HttpState, params: &Params) -> ApiResult {
                 "kv_groups": kv_groups,
             },
             "http": {
-                "connections_open": state.counters.connections_open.get(),
-                "connections_accepted": state.counters.connections_accepted.get(),
+                "connections_open": get(&state.counters.connections_open),
+                "connections_accepted": get(&state.counters.connections_accepted),
             },
         }),
     ))
@@ -634,11 +635,35 @@ async fn add_member(state: &HttpState, params: &Params, group: GroupId, body: By
         Some(Value::String(k)) => parse_kind(k)?,
         Some(_) => return Err(ApiError::bad_request("`kind` must be a string")),
     };
-    state
+    let added = state
         .host()
         .add_member(group, NodeId(node), addr, kind, deadline)
-        .await?;
-    membership_answer(state, group, deadline).await
+        .await;
+    let want = |m: &MembershipInfo| m.get(NodeId(node)).is_some_and(|x| x.kind == kind);
+    settle(state, group, deadline, added, want).await
+}
+
+/// The answer to a membership change: the membership after it. A change
+/// that failed may still be in place -- typically the retry of a change
+/// that went through but answered 504 -- so when this replica's
+/// membership already shows what was asked (`want`), the answer is 200 as
+/// if it had just happened: retrying a change is safe.
+async fn settle(
+    state: &HttpState,
+    group: GroupId,
+    deadline: Duration,
+    outcome: Result<(), HostError>,
+    want: impl Fn(&MembershipInfo) -> bool,
+) -> ApiResult {
+    let err = match outcome {
+        Ok(()) => return membership_answer(state, group, deadline).await,
+        Err(e) => ApiError::from(e),
+    };
+    let check = Duration::from_secs(1).min(state.options.timeout);
+    match state.host().membership(group, check).await {
+        Ok(Some(m)) if want(&m) => Ok(json_response(StatusCode::OK, &membership_json(&m))),
+        _ => Err(err),
+    }
 }
 
 async fn remove_member(
@@ -648,14 +673,15 @@ async fn remove_member(
     node: NodeId,
 ) -> ApiResult {
     let deadline = params.timeout(state)?;
-    state.host().remove_member(group, node, deadline).await?;
-    membership_answer(state, group, deadline).await
+    let removed = state.host().remove_member(group, node, deadline).await;
+    settle(state, group, deadline, removed, |m| m.get(node).is_none()).await
 }
 
 async fn promote(state: &HttpState, params: &Params, group: GroupId, node: NodeId) -> ApiResult {
     let deadline = params.timeout(state)?;
-    state.host().promote_observer(group, node, deadline).await?;
-    membership_answer(state, group, deadline).await
+    let promoted = state.host().promote_observer(group, node, deadline).await;
+    let want = |m: &MembershipInfo| m.get(node).is_some_and(|x| x.kind == MemberKind::Voter);
+    settle(state, group, deadline, promoted, want).await
 }
 
 async fn transfer(state: &HttpState, params: &Params, group: GroupId, body: Bytes) -> ApiResult {
@@ -665,10 +691,18 @@ async fn transfer(state: &HttpState, params: &Params, group: GroupId, body: Byte
         .as_object()
         .ok_or_else(|| ApiError::bad_request("expected {\"to\": n}"))?;
     let to = u64_field(obj, &["to"])?.ok_or_else(|| ApiError::bad_request("missing `to`"))?;
-    state
+    if let Err(e) = state
         .host()
         .transfer_leader(group, NodeId(to), deadline)
-        .await?;
+        .await
+    {
+        // Already done (a retry after a 504, or `to` leads already)?
+        let check = Duration::from_secs(1).min(state.options.timeout);
+        match state.host().group_status(group, check).await {
+            Ok(Some(s)) if s.leader == Some(NodeId(to)) => {}
+            _ => return Err(e.into()),
+        }
+    }
     Ok(json_response(
         StatusCode::OK,
         &json!({ "group": group.0, "leader": to }),
