@@ -225,6 +225,11 @@ impl BenchOptions {
 /// # Errors
 /// A message for the user when the cluster cannot start or the load fails.
 pub fn run(args: BenchArgs) -> Result<(), String> {
+    // Engine logs only when asked (`RUST_LOG=warn`), on stderr: stdout
+    // stays progress, summary and the JSON line.
+    if std::env::var_os("RUST_LOG").is_some() {
+        crate::service::init_logging(crate::config::LogFormat::Text);
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     execute(&args.options, &mut out).map(|_| ())

@@ -336,6 +336,9 @@ pub struct EngineCounters {
     pub entries_committed: u64,
     /// Times a replica became leader (elections won).
     pub leader_elected: u64,
+    /// The latest any shard's tick fired after its due time, since the
+    /// node started (a max, not a counter: `since` keeps the later value).
+    pub tick_lateness_max_us: u64,
 }
 
 impl EngineCounters {
@@ -353,6 +356,9 @@ impl EngineCounters {
         self.turns += s.turns;
         self.entries_committed += s.entries_committed;
         self.leader_elected += s.leader_elected;
+        self.tick_lateness_max_us = self
+            .tick_lateness_max_us
+            .max(s.tick_lateness_max.as_micros() as u64);
     }
 
     /// `self - earlier`, field by field (saturating).
@@ -370,6 +376,7 @@ impl EngineCounters {
                 .entries_committed
                 .saturating_sub(earlier.entries_committed),
             leader_elected: self.leader_elected.saturating_sub(earlier.leader_elected),
+            tick_lateness_max_us: self.tick_lateness_max_us,
         }
     }
 }
@@ -478,6 +485,9 @@ pub struct Summary {
     pub leaders_per_node: Vec<usize>,
     /// Elections won during the window (in-process; 0 in a healthy run).
     pub leader_elections: Option<u64>,
+    /// Latest tick of any shard since start, µs (in-process): how long a
+    /// shard went without running its timer.
+    pub tick_lateness_max_us: Option<u64>,
     /// Failures by kind.
     pub error_kinds: BTreeMap<String, u64>,
 }
@@ -549,6 +559,7 @@ pub fn summarize(m: &Measured<'_>) -> Summary {
         cores_busy: ratio(m.process_cpu.as_secs_f64(), secs),
         leaders_per_node: m.leaders_per_node.clone(),
         leader_elections: engine.map(|e| e.leader_elected),
+        tick_lateness_max_us: engine.map(|e| e.tick_lateness_max_us),
         error_kinds: t.error_kinds.clone(),
     }
 }
@@ -619,9 +630,10 @@ pub fn render(s: &Summary, threads: &ThreadCpu) -> String {
     if !s.leaders_per_node.is_empty() {
         let _ = writeln!(
             out,
-            "leaders    per node at start {:?}; elections during the window {}",
+            "leaders    per node at start {:?}; elections during the window {}; latest tick {} us late",
             s.leaders_per_node,
-            s.leader_elections.map_or("n/a".into(), |n| n.to_string())
+            s.leader_elections.map_or("n/a".into(), |n| n.to_string()),
+            s.tick_lateness_max_us.map_or("n/a".into(), |n| n.to_string())
         );
     }
     if !s.error_kinds.is_empty() {
