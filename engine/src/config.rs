@@ -75,6 +75,10 @@ pub struct NodeHostConfig {
     /// Report tasks that block an executor (glommio stall detection). Meant
     /// for tests and debugging.
     pub detect_stalls: bool,
+    /// Ticks a group may stay idle (everything committed and acknowledged)
+    /// before it quiesces: no more ticks or heartbeats until a message or a
+    /// request wakes it (0: never).
+    pub quiesce_ticks: u64,
     /// A group's state machine is snapshotted every this many applied
     /// entries (0: never automatically).
     pub snapshot_entries: u64,
@@ -101,6 +105,7 @@ impl NodeHostConfig {
             io_memory_bytes: 2 << 20,
             mailbox_capacity: 4096,
             detect_stalls: false,
+            quiesce_ticks: 100,
             snapshot_entries: 100_000,
             compaction_overhead_entries: 10_000,
         }

@@ -114,6 +114,7 @@ impl NodeHost {
             // Linearizable reads never trust a clock; `ReadConsistency::Lease`
             // opts into the lease per request.
             raft_defaults.lease_read = false;
+            raft_defaults.quiesce_ticks = host.config.quiesce_ticks;
             let wal_options = flotilla_storage::WalOptions {
                 segment_bytes: host.config.wal_segment_bytes,
                 ..Default::default()

@@ -80,8 +80,14 @@ fn add_a_fourth_node_and_remove_one_under_load() {
     }
     // Remove node 3 from every group.
     for g in &groups {
+        // A retry after an ambiguous failure (the change applied, but the
+        // answer was lost when the removed leader stepped down) finds the
+        // node already gone: that is success too.
         retry(WITHIN, "remove", || {
-            block_on(c.host(NodeId(1)).remove_member(*g, NodeId(3), WITHIN))
+            match block_on(c.host(NodeId(1)).remove_member(*g, NodeId(3), WITHIN)) {
+                Err(e) if e.to_string().contains("not valid when it is None") => Ok(()),
+                other => other,
+            }
         });
         wait_member(&c, NodeId(1), *g, NodeId(3), None);
     }

@@ -746,6 +746,14 @@ impl Raft {
             && self.progress.values().all(|p| p.match_index == last)
     }
 
+    /// Leaves quiescence (if quiesced) and counts as activity: the engine
+    /// calls it when a request for the group arrives that does not reach
+    /// the core itself (one forwarded to the leader), so a quiesced follower
+    /// starts ticking again and notices a dead leader.
+    pub fn wake_up(&mut self) {
+        self.wake();
+    }
+
     fn wake(&mut self) {
         self.active_since_tick = true;
         self.idle_ticks = 0;
