@@ -825,6 +825,7 @@ fn kv_routes_on_one_node() {
 fn bad_input_leaves_the_connection_and_node_healthy() {
     let options = HttpOptions {
         body_bytes_max: 64 << 10,
+        idle_timeout: Duration::from_secs(3),
         ..HttpOptions::default()
     };
     let c = TestCluster::start(1, 1, options);
@@ -888,6 +889,18 @@ fn bad_input_leaves_the_connection_and_node_healthy() {
     .expect_error(400, "bad_request");
     call(h, "POST", "/clusters", b"{\"clusterId\": 1e400}").expect_error(400, "invalid_json");
     call(h, "POST", "/clusters", b"\xff\xfe").expect_error(400, "invalid_json");
+
+    // A client that sends half a request and stalls is cut off after
+    // `idle_timeout` (slow senders cannot pin connections).
+    let mut slow = Client::connect(h);
+    slow.send_raw(b"GET /health HTTP/1.1\r\nHost: t\r\n");
+    let start = Instant::now();
+    assert!(slow.closed(), "a stalled request must be cut off");
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(25),
+        "cut off after {waited:?}, idle_timeout is 3 s"
+    );
 
     let a = call(h, "GET", "/health", b"");
     assert_eq!(a.status, 200);
@@ -1031,6 +1044,19 @@ fn rafter_demo_admin_status_and_metrics_on_two_nodes() {
             Err(seen(&a))
         }
     });
+    // Node 2 must know it became a voter before it can take over.
+    eventually(
+        Duration::from_secs(20),
+        "node 2 sees itself a voter",
+        || {
+            let a = call(h2, "GET", "/groups/7/members", b"");
+            if a.status == 200 && a.json()["members"][1]["kind"] == "voter" {
+                Ok(())
+            } else {
+                Err(seen(&a))
+            }
+        },
+    );
     // A transfer can miss (the target may not know yet that it became a
     // voter, and ignores the hand-over): 504 after `timeout_ms`, retried.
     let a = eventually(Duration::from_secs(20), "transfer to node 2", || {
