@@ -1,0 +1,167 @@
+//! `flotilla local`: starts three nodes in one process, serves the Redis
+//! protocol and HTTP on the advertised ports, stops on SIGTERM with exit
+//! code 0, and a second run on the same data directory still has the data.
+
+mod launcher_support;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use launcher_support::*;
+use redis::Commands;
+
+/// Port bases such that every port `flotilla local` will bind is free now.
+fn free_bases() -> (u16, u16, u16) {
+    let mut seed = u64::from(std::process::id()) * 7919 + 17;
+    wait_for("a free block of ports", Duration::from_secs(10), || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let pick = |s: u64, k: u64| 20_000 + ((s >> (16 * k)) % 20_000) as u16;
+        let (resp, http, raft) = (pick(seed, 0), pick(seed, 1), pick(seed, 2));
+        let mut ports: Vec<u16> = (1..=3).map(|i| resp + i).collect();
+        ports.extend((1..=3).map(|i| http + i));
+        ports.extend((1..=3).map(|i| raft + 10 * i));
+        let all_free = ports
+            .iter()
+            .all(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok());
+        let distinct = {
+            let mut s = ports.clone();
+            s.sort();
+            s.dedup();
+            s.len() == ports.len()
+        };
+        (all_free && distinct).then_some((resp, http, raft))
+    })
+}
+
+fn start_local(data: &str, bases: (u16, u16, u16)) -> Child {
+    let mut child = Command::new(flotilla_bin())
+        .args([
+            "local",
+            "--data-dir",
+            data,
+            "--shards",
+            "1",
+            "--kv-groups",
+            "4",
+            "--resp-port-base",
+            &bases.0.to_string(),
+            "--http-port-base",
+            &bases.1.to_string(),
+            "--raft-port-base",
+            &bases.2.to_string(),
+        ])
+        .env("RUST_LOG", "warn,glommio::reactor=off")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn flotilla local");
+    // Wait for the "serving" line (the endpoints are printed before it).
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut printed = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            printed.push_str(&line);
+            printed.push('\n');
+            if line.starts_with("serving") {
+                let _ = tx.send(printed.clone());
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(printed) => {
+            for i in 1..=3 {
+                let want = format!("redis 127.0.0.1:{}", bases.0 + i);
+                assert!(
+                    printed.contains(&want),
+                    "endpoints printed ({want}): {printed}"
+                );
+            }
+        }
+        Err(_) => {
+            let _ = child.kill();
+            panic!("flotilla local did not print its endpoints within 30 s");
+        }
+    }
+    child
+}
+
+fn redis_at(port: u16) -> redis::Connection {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+    let c = client
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"));
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c
+}
+
+#[test]
+fn local_starts_serves_stops_and_restarts_with_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("flotilla-data").display().to_string();
+    let bases = free_bases();
+
+    let mut child = start_local(&data, bases);
+    let mut c1 = redis_at(bases.0 + 1);
+    wait_for("a write through node 1", Duration::from_secs(30), || {
+        c1.set::<_, _, String>("k0", "v0").ok()
+    });
+    for i in 1..50 {
+        let _: () = c1.set(format!("k{i}"), format!("v{i}")).unwrap();
+    }
+    let mut c3 = redis_at(bases.0 + 3);
+    let got: Option<String> = c3.get("k49").unwrap();
+    assert_eq!(got.as_deref(), Some("v49"), "node 3 reads node 1's write");
+    let (status, body) = http(
+        std::net::SocketAddr::from(([127, 0, 0, 1], bases.1 + 2)),
+        "GET",
+        "/health",
+        "",
+    );
+    assert_eq!(status, 200, "HTTP of node 2: {body}");
+    drop((c1, c3));
+
+    signal(&child, "TERM");
+    let status = wait_exit(
+        &mut child,
+        "flotilla local after SIGTERM",
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM: {status:?}"
+    );
+
+    // Second run on the same data: every acknowledged write is there.
+    let mut child = start_local(&data, bases);
+    let mut c2 = redis_at(bases.0 + 2);
+    let values: Vec<Option<String>> =
+        wait_for("reads after restart", Duration::from_secs(30), || {
+            c2.mget::<_, Vec<Option<String>>>((0..50).map(|i| format!("k{i}")).collect::<Vec<_>>())
+                .ok()
+        });
+    for (i, v) in values.iter().enumerate() {
+        assert_eq!(
+            v.as_deref(),
+            Some(format!("v{i}").as_str()),
+            "k{i} after restart"
+        );
+    }
+    signal(&child, "INT");
+    let status = wait_exit(
+        &mut child,
+        "flotilla local after SIGINT",
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGINT: {status:?}"
+    );
+}

@@ -1,0 +1,337 @@
+//! Shared helpers of the `launcher_*` tests: find (and build if needed) the
+//! `flotilla` binary, allocate loopback ports, run `flotilla node`
+//! processes, wait with deadlines.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The `flotilla` binary of this workspace's target directory. `cargo test
+/// --workspace` builds it (the bin crate has an integration test, so cargo
+/// builds its binary first); when a test of this crate runs alone, it is
+/// built here with the same cargo and target directory.
+pub fn flotilla_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current_exe");
+        // target/<profile>/deps/<test>-<hash>
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary lives in target/<profile>/deps")
+            .to_path_buf();
+        let bin = profile_dir.join("flotilla");
+        if let Ok(cargo) = std::env::var("CARGO") {
+            let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
+            let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+            let mut cmd = Command::new(cargo);
+            cmd.args([
+                "build",
+                "--quiet",
+                "-p",
+                "flotilla-cli",
+                "--bin",
+                "flotilla",
+            ])
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(&target_dir);
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            match cmd.status() {
+                Ok(s) if s.success() => {}
+                other => eprintln!(
+                    "building flotilla failed ({other:?}); using {}",
+                    bin.display()
+                ),
+            }
+        }
+        assert!(
+            bin.exists(),
+            "{} does not exist: run `cargo build -p flotilla-cli` first",
+            bin.display()
+        );
+        bin
+    })
+    .clone()
+}
+
+/// A free loopback port (bound and released; another process could take it
+/// in between, which is unlikely in practice).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// A loopback address with a free port.
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// Polls `f` until it returns `Some` or `deadline` passes.
+pub fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+}
+
+/// Waits for `child` to exit within `deadline`; kills it and fails if it
+/// does not.
+pub fn wait_exit(child: &mut Child, what: &str, deadline: Duration) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {deadline:?}");
+        }
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+}
+
+/// Sends `signal` (e.g. "TERM", "KILL") to `child`.
+pub fn signal(child: &Child, signal: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill -{signal} {} failed", child.id());
+}
+
+/// One `flotilla node` process of a test cluster.
+pub struct NodeProc {
+    /// Node id.
+    pub id: u64,
+    /// Redis-protocol address.
+    pub resp: SocketAddr,
+    /// HTTP address.
+    pub http: SocketAddr,
+    /// Raft address.
+    pub raft: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Its stderr goes here.
+    pub log: PathBuf,
+    /// Flags of every start.
+    pub args: Vec<String>,
+    /// The process, while running.
+    pub child: Option<Child>,
+}
+
+impl NodeProc {
+    /// Starts (or restarts) the process.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "node {} already running", self.id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(flotilla_bin())
+            .arg("node")
+            .args(&self.args)
+            .env("RUST_LOG", "info,glommio::reactor=off")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn flotilla node");
+        self.child = Some(child);
+    }
+
+    /// The tail of its log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// A Redis connection to it.
+    pub fn redis(&self) -> redis::Connection {
+        let client = redis::Client::open(format!("redis://{}/", self.resp)).expect("client");
+        let conn = client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect to node {}: {e}\n{}", self.id, self.log_tail()));
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("read timeout");
+        conn
+    }
+
+    /// Waits until it answers PING and a KV write of every group works.
+    pub fn wait_ready(&self, deadline: Duration) {
+        let start = Instant::now();
+        let resp = self.resp;
+        wait_for(
+            &format!("node {} to answer on {resp}", self.id),
+            deadline,
+            || {
+                let client = redis::Client::open(format!("redis://{resp}/")).ok()?;
+                let mut c = client
+                    .get_connection_with_timeout(Duration::from_millis(500))
+                    .ok()?;
+                redis::cmd("PING").query::<String>(&mut c).ok()
+            },
+        );
+        let left = deadline.saturating_sub(start.elapsed());
+        wait_for(
+            &format!("node {} to accept writes", self.id),
+            left.max(Duration::from_secs(1)),
+            || {
+                let mut c = self.redis();
+                redis::cmd("SET")
+                    .arg(format!("ready:{}", self.id))
+                    .arg("1")
+                    .query::<String>(&mut c)
+                    .ok()
+            },
+        );
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(&c, "KILL");
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; returns the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        signal(&c, "TERM");
+        wait_exit(
+            &mut c,
+            &format!("node {}", self.id),
+            Duration::from_secs(20),
+        )
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `n` nodes (one shard each, `kv_groups` groups) in `dir`, not started.
+pub fn cluster(dir: &Path, n: u64, kv_groups: u32, extra: &[&str]) -> Vec<NodeProc> {
+    let raft: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
+    let members: Vec<String> = raft
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect();
+    (1..=n)
+        .map(|id| {
+            let resp = free_addr();
+            let http = free_addr();
+            let data_dir = dir.join(format!("node-{id}"));
+            let mut args: Vec<String> = vec![
+                "--node-id".into(),
+                id.to_string(),
+                "--data-dir".into(),
+                data_dir.display().to_string(),
+                "--raft-addr".into(),
+                raft[id as usize - 1].to_string(),
+                "--resp-addr".into(),
+                resp.to_string(),
+                "--http-addr".into(),
+                http.to_string(),
+                "--members".into(),
+                members.join(","),
+                "--shards".into(),
+                "1".into(),
+                "--placement".into(),
+                "unbound".into(),
+                "--kv-groups".into(),
+                kv_groups.to_string(),
+                "--io-memory-bytes".into(),
+                (1 << 20).to_string(),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            NodeProc {
+                id,
+                resp,
+                http,
+                raft: raft[id as usize - 1],
+                log: dir.join(format!("node-{id}.log")),
+                data_dir,
+                args,
+                child: None,
+            }
+        })
+        .collect()
+}
+
+/// One HTTP/1.1 request over a plain socket; returns (status, body).
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("http connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("http write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("http read");
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {out:?}"));
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    (status, body)
+}
+
+/// Sends raw bytes on a socket and reads until `expect_replies` RESP lines
+/// starting with + - : $ * arrived (or 5 s passed).
+pub fn raw_exchange(s: &mut TcpStream, send: &[u8], want_prefix_count: usize) -> String {
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    s.write_all(send).expect("raw write");
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while start.elapsed() < Duration::from_secs(5) {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        let text = String::from_utf8_lossy(&out);
+        if text.matches("\r\n").count() >= want_prefix_count {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
