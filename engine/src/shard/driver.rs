@@ -138,6 +138,9 @@ struct Waiting {
     attempts: u8,
 }
 
+/// WAL segments beyond which the groups pinning the oldest are snapshotted.
+const SEGMENTS_PINNED_MAX: u64 = 8;
+
 /// Shared by the shard's tasks (one executor, so `Rc<RefCell<_>>`; no borrow
 /// is ever held across an `.await`).
 pub(crate) type SharedDriver = Rc<RefCell<Driver>>;
@@ -341,6 +344,29 @@ impl Driver {
         self.last_snapshot.insert(group, index);
         self.counters.snapshots_installed += 1;
         Ok(())
+    }
+
+    /// When the WAL holds more than [`SEGMENTS_PINNED_MAX`] segments, the
+    /// groups whose live entries keep the oldest ones alive are snapshotted
+    /// (and compacted), so a cold or lagging group does not pin the log.
+    fn snapshot_pinning_groups(&mut self) {
+        if self.wal.stats().segments <= SEGMENTS_PINNED_MAX {
+            return;
+        }
+        for p in self.wal.groups_pinning_oldest(4) {
+            let group = GroupId(p.group);
+            let Some(g) = self.groups.get(&group) else {
+                continue;
+            };
+            if g.applied_index() > self.last_snapshot.get(&group).copied().unwrap_or(0) {
+                debug!(
+                    group = group.0,
+                    segment = p.segment,
+                    "snapshot to release old WAL segments"
+                );
+                self.snapshots_due.insert(group);
+            }
+        }
     }
 
     /// Steps one raft message into its group.
@@ -741,6 +767,9 @@ impl Driver {
             self.lease_blocked_until_tick =
                 self.ticks + 2 * self.raft_defaults.election_timeout_ticks;
         }
+        if self.ticks % 256 == 0 && self.snapshot_entries > 0 {
+            self.snapshot_pinning_groups();
+        }
         if self.ticks % 64 == 0 {
             self.forwarded.retain(|_, w| !w.reply.is_canceled());
             self.parked.retain(|(_, w)| !w.reply.is_canceled());
@@ -1108,13 +1137,33 @@ pub(crate) async fn restore_groups(
     Ok(count)
 }
 
-/// Runs driver turns until `stop`: waits for a kick, then collects, writes,
-/// finishes. Returns when stopped.
+/// WAL writes one shard keeps in flight (turns collected while earlier
+/// turns' writes and fdatasyncs run).
+const WRITES_IN_FLIGHT_MAX: usize = 4;
+
+const WRITING: u8 = 0;
+const DURABLE: u8 = 1;
+const FAILED: u8 = 2;
+
+/// One collected turn waiting for its WAL write.
+struct Turn {
+    state: Rc<std::cell::Cell<u8>>,
+    write: Option<glommio::task::JoinHandle<()>>,
+    pending: Vec<Pending>,
+}
+
+/// Runs driver turns until `stop`: on each kick, finishes (in order) the
+/// turns whose WAL write is durable, then collects a new turn and starts
+/// its write without waiting for it — so the next batch is built, and the
+/// leader's appends for it go out, while the previous one syncs (at most
+/// [`WRITES_IN_FLIGHT_MAX`] in flight; Raft allows several Readys in
+/// flight). Fetches and snapshot work run as their own tasks.
 pub(crate) async fn drive(
     driver: SharedDriver,
     kick: Rc<glommio::sync::Semaphore>,
     stop: Rc<std::cell::Cell<bool>>,
 ) {
+    let mut turns: std::collections::VecDeque<Turn> = std::collections::VecDeque::new();
     while !stop.get() {
         // Wait for at least one kick, then take all of them: one turn serves
         // every input that arrived meanwhile.
@@ -1125,22 +1174,112 @@ pub(crate) async fn drive(
         if extra > 0 {
             let _ = kick.try_acquire(extra);
         }
-        let (batch, pending) = driver.borrow_mut().collect();
-        driver.borrow_mut().counters.turns += 1;
-        if !batch.is_empty() {
-            driver.borrow_mut().counters.wal_writes += 1;
-            let wal = driver.borrow().wal.clone();
-            if let Err(e) = wal.write(batch).await {
-                // Nothing acknowledged can be trusted past a failed write:
-                // stop the shard's raft work rather than lie.
-                tracing::error!(error = %e, "WAL write failed; shard stops serving raft");
-                driver.borrow_mut().fail_all();
-                stop.set(true);
-                break;
+        // 1. Finish durable turns, oldest first.
+        let mut failed = false;
+        while let Some(front) = turns.front() {
+            match front.state.get() {
+                WRITING => break,
+                FAILED => {
+                    failed = true;
+                    break;
+                }
+                _ => {
+                    let turn = turns.pop_front().expect("front exists");
+                    if let Some(w) = turn.write {
+                        let _ = w.await;
+                    }
+                    let fetches = driver.borrow_mut().finish(turn.pending);
+                    spawn_fetches(&driver, &kick, fetches);
+                }
             }
         }
-        let fetches = driver.borrow_mut().finish(pending);
-        for (group, req) in fetches {
+        if failed {
+            // Nothing acknowledged can be trusted past a failed write: stop
+            // the shard's raft work rather than lie.
+            tracing::error!("WAL write failed; shard stops serving raft");
+            driver.borrow_mut().fail_all();
+            stop.set(true);
+            break;
+        }
+        // 2. Collect a new turn and start its write.
+        if turns.len() < WRITES_IN_FLIGHT_MAX {
+            let (batch, pending) = driver.borrow_mut().collect();
+            driver.borrow_mut().counters.turns += 1;
+            if batch.is_empty() && turns.is_empty() {
+                let fetches = driver.borrow_mut().finish(pending);
+                spawn_fetches(&driver, &kick, fetches);
+            } else if batch.is_empty() {
+                turns.push_back(Turn {
+                    state: Rc::new(std::cell::Cell::new(DURABLE)),
+                    write: None,
+                    pending,
+                });
+            } else {
+                driver.borrow_mut().counters.wal_writes += 1;
+                let wal = driver.borrow().wal.clone();
+                let state = Rc::new(std::cell::Cell::new(WRITING));
+                let done = state.clone();
+                let kick = kick.clone();
+                let write = glommio::spawn_local(async move {
+                    match wal.write(batch).await {
+                        Ok(()) => done.set(DURABLE),
+                        Err(e) => {
+                            tracing::error!(error = %e, "WAL write failed");
+                            done.set(FAILED);
+                        }
+                    }
+                    kick.signal(1);
+                })
+                .detach();
+                turns.push_back(Turn {
+                    state,
+                    write: Some(write),
+                    pending,
+                });
+            }
+        }
+        if driver.borrow().has_snapshot_work() {
+            let (take, sends) = driver.borrow_mut().take_snapshot_work();
+            for group in take {
+                let driver = driver.clone();
+                let kick = kick.clone();
+                glommio::spawn_local(async move {
+                    let _ = super::snapshot::take(driver, group).await;
+                    kick.signal(1);
+                })
+                .detach();
+            }
+            for msg in sends {
+                glommio::spawn_local(super::snapshot::send(driver.clone(), kick.clone(), msg))
+                    .detach();
+            }
+        }
+        let durable_front = turns.front().is_some_and(|t| t.state.get() != WRITING);
+        if durable_front
+            || (turns.len() < WRITES_IN_FLIGHT_MAX && !driver.borrow().dirty.is_empty())
+        {
+            kick.signal(1);
+        }
+        glommio::yield_if_needed().await;
+    }
+    // Let writes in flight end before the WAL closes.
+    for t in turns {
+        if let Some(w) = t.write {
+            let _ = w.await;
+        }
+    }
+}
+
+/// Loads entries Raft asked for from the WAL, each fetch on its own task.
+fn spawn_fetches(
+    driver: &SharedDriver,
+    kick: &Rc<glommio::sync::Semaphore>,
+    fetches: Vec<(GroupId, raft::FetchRequest)>,
+) {
+    for (group, req) in fetches {
+        let driver = driver.clone();
+        let kick = kick.clone();
+        glommio::spawn_local(async move {
             let wal = driver.borrow().wal.clone();
             let loaded = wal
                 .entries(group.0, req.lo..req.hi + 1, req.bytes_max as u64)
@@ -1162,26 +1301,9 @@ pub(crate) async fn drive(
                 }
                 Err(e) => warn!(group = group.0, error = %e, "WAL read failed"),
             }
-        }
-        if driver.borrow().has_snapshot_work() {
-            let (take, sends) = driver.borrow_mut().take_snapshot_work();
-            for group in take {
-                let driver = driver.clone();
-                let kick = kick.clone();
-                glommio::spawn_local(async move {
-                    let _ = super::snapshot::take(driver, group).await;
-                    kick.signal(1);
-                })
-                .detach();
-            }
-            for msg in sends {
-                glommio::spawn_local(super::snapshot::send(driver.clone(), kick.clone(), msg))
-                    .detach();
-            }
-        }
-        if !driver.borrow().dirty.is_empty() {
+            drop(d);
             kick.signal(1);
-        }
-        glommio::yield_if_needed().await;
+        })
+        .detach();
     }
 }
