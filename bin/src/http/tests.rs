@@ -1157,3 +1157,73 @@ fn rafter_demo_admin_status_and_metrics_on_two_nodes() {
     );
     assert!(value("flotilla_http_responses_total", &[("class", "4xx")]).unwrap() > 0.0);
 }
+
+/// Many keep-alive connections at once, each writing its own keys and
+/// reading them back (every read must see its own write, linearizable by
+/// default). With `FLOTILLA_HTTP_MEASURE=1` it runs 3 s per case and prints
+/// throughput and latency (the README's table).
+#[test]
+fn concurrent_connections_read_their_writes() {
+    let measure = std::env::var("FLOTILLA_HTTP_MEASURE").is_ok();
+    let c = TestCluster::start(1, 2, HttpOptions::default());
+    let h = c.http(1);
+    let cases: &[(&str, usize)] = if measure {
+        &[
+            ("", 1),
+            ("", 16),
+            ("?consistency=lease", 1),
+            ("?consistency=lease", 16),
+            ("?consistency=stale", 16),
+        ]
+    } else {
+        &[("", 8), ("?consistency=lease", 4)]
+    };
+    for (case, (consistency, conns)) in cases.iter().enumerate() {
+        let run_for = Duration::from_secs(if measure { 3 } else { 0 });
+        let start = Instant::now();
+        let workers: Vec<_> = (0..*conns)
+            .map(|t| {
+                let consistency = consistency.to_string();
+                std::thread::spawn(move || {
+                    let mut conn = Client::connect(h);
+                    let (mut puts, mut gets) = (Vec::new(), Vec::new());
+                    let mut i = 0u64;
+                    while i < 20 || start.elapsed() < run_for {
+                        let key = format!("/kv/c{case}-t{t}-{}", i % 1000);
+                        let value = format!("{i:0>100}");
+                        let s = Instant::now();
+                        let a = conn.request("PUT", &key, value.as_bytes());
+                        assert_eq!(a.status, 200, "{}", text(&a));
+                        puts.push(s.elapsed());
+                        let s = Instant::now();
+                        let a = conn.request("GET", &format!("{key}{consistency}"), b"");
+                        assert_eq!((a.status, text(&a)), (200, value), "{key}");
+                        gets.push(s.elapsed());
+                        i += 1;
+                    }
+                    (puts, gets)
+                })
+            })
+            .collect();
+        let (mut puts, mut gets) = (Vec::new(), Vec::new());
+        for w in workers {
+            let (p, g) = w.join().expect("a client thread failed");
+            puts.extend(p);
+            gets.extend(g);
+        }
+        assert!(puts.len() >= 20 * conns);
+        if measure {
+            let secs = start.elapsed().as_secs_f64();
+            for (what, lat) in [("PUT 100 B", &mut puts), ("GET", &mut gets)] {
+                lat.sort();
+                let q = |f: f64| lat[((lat.len() as f64 * f) as usize).min(lat.len() - 1)];
+                println!(
+                    "{what:9} {consistency:20} conns={conns:2} {:7.0} req/s  p50 {:>9.3?}  p99 {:>9.3?}",
+                    lat.len() as f64 / secs,
+                    q(0.5),
+                    q(0.99)
+                );
+            }
+        }
+    }
+}
