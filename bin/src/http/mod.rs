@@ -63,6 +63,11 @@ use tracing::{debug, info, warn};
 pub use error::ApiError;
 pub use metrics::prometheus_text;
 
+/// The whole answer to a connection over `connections_max`.
+const REFUSED_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+Content-Type: application/json\r\nConnection: close\r\nContent-Length: 67\r\n\r\n\
+{\"code\":\"too_many_connections\",\"message\":\"connections_max reached\"}";
+
 /// Period of the timer `serve_until` keeps armed (glommio 0.9.0 bug 2).
 const KEEP_AWAKE_TICK: Duration = Duration::from_millis(10);
 
@@ -261,7 +266,15 @@ pub async fn serve_until(
         if get(&counters.connections_open) >= state.options.connections_max as u64 {
             bump(&counters.connections_refused);
             debug!("http connection refused: connections_max reached");
-            drop(stream);
+            // One small write into a fresh socket's buffer, then close; not
+            // tracked by the gate (it cannot wait on anything).
+            glommio::spawn_local(async move {
+                use futures_lite::AsyncWriteExt;
+                let mut stream = stream;
+                let _ = stream.write_all(REFUSED_RESPONSE).await;
+                let _ = stream.close().await;
+            })
+            .detach();
             continue;
         }
         bump(&counters.connections_accepted);

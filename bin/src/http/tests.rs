@@ -826,6 +826,7 @@ fn bad_input_leaves_the_connection_and_node_healthy() {
     let options = HttpOptions {
         body_bytes_max: 64 << 10,
         idle_timeout: Duration::from_secs(3),
+        connections_max: 8,
         ..HttpOptions::default()
     };
     let c = TestCluster::start(1, 1, options);
@@ -902,8 +903,34 @@ fn bad_input_leaves_the_connection_and_node_healthy() {
         "cut off after {waited:?}, idle_timeout is 3 s"
     );
 
-    let a = call(h, "GET", "/health", b"");
-    assert_eq!(a.status, 200);
+    // connections_max = 8: hold connections until one is refused with a
+    // 503 answer; once they close, the node serves again.
+    let mut held = Vec::new();
+    let refused = loop {
+        let mut c = Client::connect(h);
+        c.send_raw(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
+        let a = c.read_answer().expect("an answer, even when refused");
+        if a.status == 503 {
+            break a;
+        }
+        assert_eq!(a.status, 200);
+        held.push(c);
+        assert!(held.len() <= 8, "connections_max is not enforced");
+    };
+    refused.expect_error(503, "too_many_connections");
+    drop(held);
+    eventually(
+        Duration::from_secs(10),
+        "serving after the connections closed",
+        || {
+            let a = call(h, "GET", "/health", b"");
+            if a.status == 200 {
+                Ok(())
+            } else {
+                Err(seen(&a))
+            }
+        },
+    );
     assert_eq!(call(h, "GET", "/kv/k", b"").body, b"v");
 }
 
@@ -1226,4 +1253,20 @@ fn concurrent_connections_read_their_writes() {
             }
         }
     }
+}
+
+#[test]
+fn refused_connection_answer_is_well_formed() {
+    let text = std::str::from_utf8(super::REFUSED_RESPONSE).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 503 "));
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(len, body.len());
+    let json: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(json["code"], "too_many_connections");
 }
