@@ -587,6 +587,15 @@ mod tests {
     }
 
     #[test]
+    fn the_sample_config_is_valid() {
+        let mut a = args();
+        a.config = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("flotilla.example.toml"));
+        let cfg = a.resolve().unwrap();
+        assert_eq!(cfg.member_list().unwrap().len(), 3);
+        assert_eq!(cfg.kv_groups, 16);
+    }
+
+    #[test]
     fn bad_files_and_fields_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");
