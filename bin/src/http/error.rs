@@ -9,7 +9,6 @@
 //! | 409 | `cas_failed`, `condition_failed`, `conf_change_pending`, `not_caught_up`, `leader_refused` |
 //! | 413 | `body_too_large`, `value_too_large` |
 //! | 500 | `internal` |
-//! | 501 | `not_implemented` |
 //! | 503 | `not_leader`, `no_leader`, `busy`, `retry`, `witness`, `shutting_down` |
 //! | 504 | `timeout` |
 

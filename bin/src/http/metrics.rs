@@ -67,10 +67,13 @@ pub fn prometheus_text(stats: &[ShardStats], groups: &[GroupStatus], node_id: u6
         ("flotilla_transport_connections_open", "Inbound raft connections open.", Kind::Gauge, |s| Value::U(s.transport.connections_open)),
         ("flotilla_transport_inbound_queue_depth", "Received message batches waiting for the shard.", Kind::Gauge, |s| Value::U(s.transport.inbound_queue_depth)),
         // Snapshots.
-        ("flotilla_snapshots_sent_total", "Snapshot streams sent and acknowledged.", Kind::Counter, |s| Value::U(s.transport.snapshots.sent)),
-        ("flotilla_snapshots_send_failed_total", "Snapshot streams whose sending failed.", Kind::Counter, |s| Value::U(s.transport.snapshots.send_failed)),
-        ("flotilla_snapshots_received_total", "Snapshot streams received completely.", Kind::Counter, |s| Value::U(s.transport.snapshots.received)),
-        ("flotilla_snapshots_receive_failed_total", "Snapshot streams received that broke or were rejected.", Kind::Counter, |s| Value::U(s.transport.snapshots.receive_failed)),
+        ("flotilla_snapshots_taken_total", "Snapshots taken by the shard's replicas.", Kind::Counter, |s| Value::U(s.snapshots_taken)),
+        ("flotilla_snapshots_sent_total", "Snapshots streamed to followers.", Kind::Counter, |s| Value::U(s.snapshots_sent)),
+        ("flotilla_snapshots_installed_total", "Snapshots received and installed.", Kind::Counter, |s| Value::U(s.snapshots_installed)),
+        ("flotilla_snapshot_streams_sent_total", "Snapshot streams sent and acknowledged as durable by the receiver.", Kind::Counter, |s| Value::U(s.transport.snapshots.sent)),
+        ("flotilla_snapshot_streams_send_failed_total", "Snapshot streams whose sending failed.", Kind::Counter, |s| Value::U(s.transport.snapshots.send_failed)),
+        ("flotilla_snapshot_streams_received_total", "Snapshot streams received completely.", Kind::Counter, |s| Value::U(s.transport.snapshots.received)),
+        ("flotilla_snapshot_streams_receive_failed_total", "Snapshot streams received that broke or were rejected.", Kind::Counter, |s| Value::U(s.transport.snapshots.receive_failed)),
         ("flotilla_snapshot_bytes_sent_total", "Snapshot payload bytes sent.", Kind::Counter, |s| Value::U(s.transport.snapshots.bytes_sent)),
         ("flotilla_snapshot_bytes_received_total", "Snapshot payload bytes received.", Kind::Counter, |s| Value::U(s.transport.snapshots.bytes_received)),
     ];

@@ -179,11 +179,7 @@ async fn route(state: &HttpState, req: Request<Incoming>) -> ApiResult {
                     let body = read_body(state, req).await?;
                     join(state, &params, group, body).await
                 }
-                (&Method::POST, ["snapshot"]) => Err(ApiError::new(
-                    StatusCode::NOT_IMPLEMENTED,
-                    "not_implemented",
-                    "on-demand snapshots are not offered by this engine version yet",
-                )),
+                (&Method::POST, ["snapshot"]) => snapshot(state, &params, group).await,
                 (
                     _,
                     []
@@ -706,6 +702,17 @@ async fn transfer(state: &HttpState, params: &Params, group: GroupId, body: Byte
     Ok(json_response(
         StatusCode::OK,
         &json!({ "group": group.0, "leader": to }),
+    ))
+}
+
+/// `POST /groups/{id}/snapshot`: snapshot this replica now (and compact
+/// its log behind it).
+async fn snapshot(state: &HttpState, params: &Params, group: GroupId) -> ApiResult {
+    let deadline = params.timeout(state)?;
+    let index = state.host().request_snapshot(group, deadline).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "group": group.0, "node": state.node_id(), "index": index }),
     ))
 }
 

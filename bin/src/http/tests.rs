@@ -656,9 +656,7 @@ impl Drop for TestCluster {
             }
         }
         for node in self.nodes.drain(..) {
-            if let Ok(host) = Arc::try_unwrap(node.host) {
-                futures_lite::future::block_on(host.shutdown());
-            }
+            futures_lite::future::block_on(node.host.shutdown());
         }
     }
 }
@@ -1015,7 +1013,10 @@ fn rafter_demo_admin_status_and_metrics_on_two_nodes() {
     );
     call(h1, "GET", "/groups/99", b"").expect_error(404, "group_not_found");
     call(h1, "GET", "/groups/abc", b"").expect_error(400, "bad_request");
-    call(h1, "POST", "/groups/7/snapshot", b"").expect_error(501, "not_implemented");
+    let a = call(h1, "POST", "/groups/7/snapshot", b"");
+    assert_eq!(a.status, 200, "{}", text(&a));
+    assert!(a.json()["index"].as_u64().unwrap() >= 2, "{}", text(&a));
+    call(h1, "POST", "/groups/99/snapshot", b"").expect_error(404, "group_not_found");
     call(h1, "GET", "/groups/7/nothing", b"").expect_error(404, "not_found");
 
     // Membership: node 2 joins group 7 as an observer, is promoted, takes
@@ -1161,6 +1162,7 @@ fn rafter_demo_admin_status_and_metrics_on_two_nodes() {
         "flotilla_wal_bytes_written_total",
         "flotilla_shard_requests_pending",
         "flotilla_snapshots_sent_total",
+        "flotilla_snapshots_taken_total",
     ] {
         assert!(
             value(family, &[("node", "1"), ("shard", "0")]).is_some(),
@@ -1168,6 +1170,10 @@ fn rafter_demo_admin_status_and_metrics_on_two_nodes() {
         );
     }
     assert!(value("flotilla_wal_fsyncs_total", &[("node", "1")]).unwrap() > 0.0);
+    assert!(
+        value("flotilla_snapshots_taken_total", &[("node", "1")]).unwrap() >= 1.0,
+        "the snapshot asked for over HTTP is counted"
+    );
     assert!(value("flotilla_commits_total", &[("node", "1")]).unwrap() > 0.0);
     assert!(
         value(
