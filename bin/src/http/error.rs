@@ -7,6 +7,7 @@
 //! | 404 | `not_found` (route), `key_not_found`, `group_not_found` |
 //! | 405 | `method_not_allowed` |
 //! | 409 | `cas_failed`, `condition_failed`, `conf_change_pending`, `not_caught_up`, `leader_refused` |
+//! | 408 | `request_timeout` |
 //! | 413 | `body_too_large`, `value_too_large` |
 //! | 500 | `internal` |
 //! | 503 | `not_leader`, `no_leader`, `busy`, `retry`, `witness`, `shutting_down` |

@@ -83,8 +83,11 @@ pub struct HttpOptions {
     pub timeout_max: Duration,
     /// Open connections at most; more are closed right after accept.
     pub connections_max: usize,
-    /// A connection that sends nothing for this long is closed (also bounds
-    /// slow senders of headers). Must exceed `timeout_max`.
+    /// A connection without a request in flight for this long is closed:
+    /// idle keep-alive connections, and clients that trickle their headers
+    /// (the clock runs from the end of the previous request). A request
+    /// being served is never cut; its body must arrive within
+    /// `timeout_max` (else 408).
     pub idle_timeout: Duration,
     /// Default `limit` of a scan.
     pub scan_limit_default: u32,

@@ -1,11 +1,12 @@
 //! One connection (hyper HTTP/1.1) and the routes of the API.
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flotilla::kv::KvClient;
@@ -46,9 +47,38 @@ impl Drop for OpenGuard<'_> {
     }
 }
 
-/// Serves one connection until the client closes it, it idles past
-/// `idle_timeout`, or the server stops (`stopping` closed: finish the
-/// current request, then close).
+/// Whether a connection is between requests, and since when.
+struct Idle {
+    in_flight: Cell<u32>,
+    since: Cell<Instant>,
+}
+
+/// Marks a request in flight for as long as it lives.
+struct InFlight(Rc<Idle>);
+
+impl InFlight {
+    fn new(idle: &Rc<Idle>) -> Self {
+        idle.in_flight.set(idle.in_flight.get() + 1);
+        InFlight(idle.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let n = self.0.in_flight.get();
+        debug_assert!(n > 0, "in-flight count underflow");
+        self.0.in_flight.set(n.saturating_sub(1));
+        self.0.since.set(Instant::now());
+    }
+}
+
+/// Serves one connection until the client closes it, it stays without a
+/// request in flight for `idle_timeout` (an idle keep-alive connection, or
+/// a client that trickles its headers: the clock runs from the end of the
+/// previous request, not from the last byte), or the server stops
+/// (`stopping` closed: finish the current request, then close). A request
+/// being served is never cut by the idle timer; its body read is bounded
+/// by the request deadline instead.
 pub(super) async fn serve_connection(
     stream: TcpStream,
     state: Rc<HttpState>,
@@ -58,34 +88,64 @@ pub(super) async fn serve_connection(
     let _guard = OpenGuard(&state.counters.connections_open);
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
-    if let Err(e) = stream.set_read_timeout(Some(state.options.idle_timeout)) {
-        debug!(error = %e, "cannot set the http read timeout");
-    }
+    let idle = Rc::new(Idle {
+        in_flight: Cell::new(0),
+        since: Cell::new(Instant::now()),
+    });
     let svc_state = state.clone();
+    let svc_idle = idle.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let st = svc_state.clone();
-        async move { Ok::<_, Infallible>(handle(&st, req).await) }
+        let in_flight = InFlight::new(&svc_idle);
+        async move {
+            let resp = handle(&st, req).await;
+            drop(in_flight);
+            Ok::<_, Infallible>(resp)
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     // glommio sends only the first slice of a vectored write.
     builder.writev(false).keep_alive(true);
     let mut conn = pin!(builder.serve_connection(GlommioIo::new(stream), service));
-    let first = future::or(async { Some(conn.as_mut().await) }, async {
-        // Resolves (with an error) when `stopping` is closed.
-        let _ = stopping.acquire(1).await;
-        None
-    })
+    let idle_timeout = state.options.idle_timeout;
+    let watchdog = async {
+        let tick = (idle_timeout / 4).max(Duration::from_millis(10));
+        loop {
+            glommio::timer::sleep(tick).await;
+            if idle.in_flight.get() == 0 && idle.since.get().elapsed() >= idle_timeout {
+                return Ending::Idle;
+            }
+        }
+    };
+    let first = future::or(
+        future::or(async { Ending::Done(conn.as_mut().await) }, async {
+            // Resolves (with an error) when `stopping` is closed.
+            let _ = stopping.acquire(1).await;
+            Ending::Stop
+        }),
+        watchdog,
+    )
     .await;
     let outcome = match first {
-        Some(outcome) => outcome,
-        None => {
+        Ending::Done(outcome) => outcome,
+        Ending::Stop => {
             conn.as_mut().graceful_shutdown();
             conn.await
+        }
+        Ending::Idle => {
+            debug!(?peer, "closing an idle http connection");
+            Ok(())
         }
     };
     if let Err(e) = outcome {
         debug!(?peer, error = %e, "http connection ended with an error");
     }
+}
+
+enum Ending {
+    Done(hyper::Result<()>),
+    Stop,
+    Idle,
 }
 
 /// Answers one request; never fails (errors become JSON answers).
@@ -875,10 +935,24 @@ async fn read_body(state: &HttpState, req: Request<Incoming>) -> Result<Bytes, A
     let body = req.into_body();
     if let Some(len) = declared {
         if len > max as u64 {
-            return Err(too_large(body, max, len).await);
+            return Err(too_large(body, max, len, state.options.timeout_max).await);
         }
     }
-    match Limited::new(body, max).collect().await {
+    let deadline = state.options.timeout_max;
+    let read = async { Some(Limited::new(body, max).collect().await) };
+    let timed = future::or(read, async {
+        glommio::timer::sleep(deadline).await;
+        None
+    });
+    let Some(collected) = timed.await else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the request body did not arrive within {deadline:?}"),
+        )
+        .closing());
+    };
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -894,24 +968,37 @@ async fn read_body(state: &HttpState, req: Request<Incoming>) -> Result<Bytes, A
 /// A 413 for a body that declared `len > max` bytes. Bodies up to
 /// `DRAIN_FACTOR × max` are read and dropped so the connection stays
 /// usable; larger ones close the connection after the answer.
-async fn too_large(mut body: Incoming, max: usize, len: u64) -> ApiError {
+async fn too_large(mut body: Incoming, max: usize, len: u64, deadline: Duration) -> ApiError {
     let message = format!("request body of {len} bytes is over the limit of {max} bytes");
     if len <= (max * DRAIN_FACTOR) as u64 {
-        let mut seen: u64 = 0;
-        while let Some(frame) = body.frame().await {
-            match frame {
-                Ok(f) => {
-                    if let Some(data) = f.data_ref() {
-                        seen += data.len() as u64;
+        let drain = async {
+            let mut seen: u64 = 0;
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => {
+                        if let Some(data) = f.data_ref() {
+                            seen += data.len() as u64;
+                        }
+                        if seen > len {
+                            return false;
+                        }
                     }
-                    if seen > len {
-                        break;
-                    }
+                    Err(_) => return false,
                 }
-                Err(_) => break,
             }
+            true
+        };
+        let drained = future::or(drain, async {
+            glommio::timer::sleep(deadline).await;
+            false
+        })
+        .await;
+        let e = ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message);
+        if drained {
+            e
+        } else {
+            e.closing()
         }
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message)
     } else {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message)
             .with(json!({ "connection": "closed" }))
