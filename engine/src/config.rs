@@ -96,8 +96,11 @@ impl NodeHostConfig {
             data_dir: data_dir.into(),
             shard_count: available_cpus(),
             raft_addr: SocketAddr::from(([127, 0, 0, 1], 7100)),
-            election_timeout_ticks: 10,
-            heartbeat_interval_ticks: 1,
+            // 300-600 ms to notice a dead leader; long enough that a shard
+            // starved for a few hundred ms on a loaded machine does not
+            // depose healthy leaders (measured with `flotilla bench`).
+            election_timeout_ticks: 30,
+            heartbeat_interval_ticks: 3,
             wal_segment_bytes: 64 << 20,
             placement: Placement::Pinned { first_cpu: 0 },
             tick_interval: Duration::from_millis(10),

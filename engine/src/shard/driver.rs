@@ -138,6 +138,83 @@ struct Waiting {
     attempts: u8,
 }
 
+/// Bytes of one WAL batch (well under the WAL's 4 MiB frame limit); a
+/// turn with more is written as several batches, in order.
+const BATCH_BYTES_MAX: usize = 1 << 20;
+
+/// Splits a turn's writes into WAL batches of bounded size, keeping their
+/// order (a group's entries before its hard state; an append split in two
+/// continues where the first part ended, so it truncates nothing).
+struct BatchBuilder {
+    done: Vec<storage::Batch>,
+    current: storage::Batch,
+    bytes: usize,
+    bytes_max: usize,
+}
+
+impl BatchBuilder {
+    fn new(bytes_max: usize) -> Self {
+        BatchBuilder {
+            done: Vec::new(),
+            current: storage::Batch::new(),
+            bytes: 0,
+            bytes_max,
+        }
+    }
+
+    fn account(&mut self, bytes: usize) {
+        if self.bytes > 0 && self.bytes + bytes > self.bytes_max {
+            self.done
+                .push(std::mem::replace(&mut self.current, storage::Batch::new()));
+            self.bytes = 0;
+        }
+        self.bytes += bytes;
+    }
+
+    fn append(&mut self, group: u64, entries: &[Entry]) {
+        let mut start = 0;
+        while start < entries.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            let room = self.bytes_max.saturating_sub(self.bytes).max(1);
+            while end < entries.len()
+                && (end == start || bytes + entries[end].size_bytes() + 16 <= room)
+            {
+                bytes += entries[end].size_bytes() + 16;
+                end += 1;
+            }
+            self.account(bytes);
+            self.current.append(
+                group,
+                entries[start..end].iter().map(to_wal_entry).collect(),
+            );
+            start = end;
+        }
+    }
+
+    fn set_hard_state(&mut self, group: u64, hs: storage::HardState) {
+        self.account(48);
+        self.current.set_hard_state(group, hs);
+    }
+
+    fn set_snapshot(&mut self, group: u64, marker: storage::SnapshotMarker) {
+        self.account(48);
+        self.current.set_snapshot(group, marker);
+    }
+
+    fn set_meta(&mut self, group: u64, meta: Bytes) {
+        self.account(32 + meta.len());
+        self.current.set_meta(group, meta);
+    }
+
+    fn finish(mut self) -> Vec<storage::Batch> {
+        if !self.current.is_empty() {
+            self.done.push(self.current);
+        }
+        self.done
+    }
+}
+
 /// WAL segments beyond which the groups pinning the oldest are snapshotted.
 const SEGMENTS_PINNED_MAX: u64 = 8;
 
@@ -831,9 +908,9 @@ impl Driver {
 
     /// Takes every dirty group's Ready: sends what may go now and returns the
     /// WAL batch plus what waits for it.
-    fn collect(&mut self) -> (storage::Batch, Vec<Pending>) {
+    fn collect(&mut self) -> (Vec<storage::Batch>, Vec<Pending>) {
         self.retry_parked();
-        let mut batch = storage::Batch::new();
+        let mut batch = BatchBuilder::new(BATCH_BYTES_MAX);
         let mut pending = Vec::new();
         let dirty = std::mem::take(&mut self.dirty);
         for id in dirty {
@@ -870,10 +947,17 @@ impl Driver {
                     self.meta_dirty.insert(id);
                 }
             }
+            // The membership before the hard state: a commit index must
+            // never be durable ahead of the membership it made effective.
+            if self.meta_dirty.remove(&id) {
+                if let Some(meta) = self.metas.get(&id) {
+                    batch.set_meta(id.0, meta.encode());
+                }
+            }
             self.counters.entries_appended += rd.entries.len() as u64;
             self.counters.entries_committed += rd.committed_entries.len() as u64;
             if !rd.entries.is_empty() {
-                batch.append(id.0, rd.entries.iter().map(to_wal_entry).collect());
+                batch.append(id.0, &rd.entries);
             }
             if let Some(hs) = rd.hard_state.as_ref() {
                 batch.set_hard_state(id.0, to_wal_hard_state(hs));
@@ -894,34 +978,41 @@ impl Driver {
                 batch.set_meta(id.0, meta.encode());
             }
         }
-        (batch, pending)
+        (batch.finish(), pending)
     }
 
     /// After the batch is durable: send, apply, answer, advance.
-    fn finish(&mut self, pending: Vec<Pending>) -> Vec<(GroupId, raft::FetchRequest)> {
-        let mut fetches = Vec::new();
-        for p in pending {
-            let persisted = p.persisted_messages;
-            if let Some(g) = self.groups.get_mut(&p.group) {
-                g.on_read_states(&p.read_states, &p.dropped_reads);
-                g.apply(&p.committed);
-                if self.snapshot_entries > 0
-                    && !p.committed.is_empty()
-                    && g.applied_index()
-                        >= self.last_snapshot.get(&p.group).copied().unwrap_or(0)
-                            + self.snapshot_entries
-                {
-                    self.snapshots_due.insert(p.group);
-                }
-                g.raft.advance(p.number);
-                if g.raft.has_ready() {
-                    self.dirty.insert(p.group);
-                }
-                fetches.extend(p.fetches.into_iter().map(|f| (p.group, f)));
-            }
-            self.send(persisted);
+    /// Sends every message that waited for this turn's durability (votes,
+    /// append acknowledgements): before any apply, so the leaders can commit
+    /// while this shard applies.
+    fn send_persisted(&mut self, pending: &mut [Pending]) {
+        for p in pending.iter_mut() {
+            let msgs = std::mem::take(&mut p.persisted_messages);
+            self.send(msgs);
         }
-        fetches
+    }
+
+    /// Applies one group's committed entries, answers its reads and
+    /// advances it.
+    fn finish_one(&mut self, p: Pending) -> Vec<(GroupId, raft::FetchRequest)> {
+        debug_assert!(p.persisted_messages.is_empty(), "sent by send_persisted");
+        let Some(g) = self.groups.get_mut(&p.group) else {
+            return Vec::new();
+        };
+        g.on_read_states(&p.read_states, &p.dropped_reads);
+        g.apply(&p.committed);
+        if self.snapshot_entries > 0
+            && !p.committed.is_empty()
+            && g.applied_index()
+                >= self.last_snapshot.get(&p.group).copied().unwrap_or(0) + self.snapshot_entries
+        {
+            self.snapshots_due.insert(p.group);
+        }
+        g.raft.advance(p.number);
+        if g.raft.has_ready() {
+            self.dirty.insert(p.group);
+        }
+        p.fetches.into_iter().map(|f| (p.group, f)).collect()
     }
 
     /// The shard's counters.
@@ -1188,8 +1279,7 @@ pub(crate) async fn drive(
                     if let Some(w) = turn.write {
                         let _ = w.await;
                     }
-                    let fetches = driver.borrow_mut().finish(turn.pending);
-                    spawn_fetches(&driver, &kick, fetches);
+                    finish_turn(&driver, &kick, turn.pending).await;
                 }
             }
         }
@@ -1206,8 +1296,7 @@ pub(crate) async fn drive(
             let (batch, pending) = driver.borrow_mut().collect();
             driver.borrow_mut().counters.turns += 1;
             if batch.is_empty() && turns.is_empty() {
-                let fetches = driver.borrow_mut().finish(pending);
-                spawn_fetches(&driver, &kick, fetches);
+                finish_turn(&driver, &kick, pending).await;
             } else if batch.is_empty() {
                 turns.push_back(Turn {
                     state: Rc::new(std::cell::Cell::new(DURABLE)),
@@ -1221,13 +1310,15 @@ pub(crate) async fn drive(
                 let done = state.clone();
                 let kick = kick.clone();
                 let write = glommio::spawn_local(async move {
-                    match wal.write(batch).await {
-                        Ok(()) => done.set(DURABLE),
-                        Err(e) => {
+                    let mut outcome = DURABLE;
+                    for b in batch {
+                        if let Err(e) = wal.write(b).await {
                             tracing::error!(error = %e, "WAL write failed");
-                            done.set(FAILED);
+                            outcome = FAILED;
+                            break;
                         }
                     }
+                    done.set(outcome);
                     kick.signal(1);
                 })
                 .detach();
@@ -1270,6 +1361,23 @@ pub(crate) async fn drive(
     }
 }
 
+/// Finishes a durable turn: acknowledgements out first, then each group's
+/// apply, yielding to the ticker, the inbound task and the mailbox between
+/// groups when the preempt timer says so (a long apply never delays ticks by
+/// more than one group's batch).
+async fn finish_turn(
+    driver: &SharedDriver,
+    kick: &Rc<glommio::sync::Semaphore>,
+    mut pending: Vec<Pending>,
+) {
+    driver.borrow_mut().send_persisted(&mut pending);
+    for p in pending {
+        let fetches = driver.borrow_mut().finish_one(p);
+        spawn_fetches(driver, kick, fetches);
+        glommio::yield_if_needed().await;
+    }
+}
+
 /// Loads entries Raft asked for from the WAL, each fetch on its own task.
 fn spawn_fetches(
     driver: &SharedDriver,
@@ -1305,5 +1413,47 @@ fn spawn_fetches(
             kick.signal(1);
         })
         .detach();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(from: u64, n: u64, bytes: usize) -> Vec<Entry> {
+        (from..from + n)
+            .map(|index| Entry {
+                index,
+                term: 1,
+                kind: EntryKind::Normal,
+                data: Bytes::from(vec![7u8; bytes]),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_split_at_the_budget_and_keep_order() {
+        let mut b = BatchBuilder::new(10_000);
+        b.append(1, &entries(1, 100, 1000)); // ~104 KB: about 11 batches
+        b.set_hard_state(
+            1,
+            storage::HardState {
+                term: 1,
+                vote: 0,
+                commit: 100,
+            },
+        );
+        b.append(2, &entries(1, 1, 50_000)); // one entry over the budget: alone
+        let batches = b.finish();
+        assert!(batches.len() >= 11, "{} batches", batches.len());
+        assert!(batches.iter().all(|x| !x.is_empty()));
+        // Everything is there, once: 100 + 1 appends' entries and the hard state.
+        let ops: usize = batches.iter().map(|x| x.len()).sum();
+        assert!(ops >= 12);
+
+        let mut small = BatchBuilder::new(1 << 20);
+        small.append(1, &entries(1, 10, 16));
+        small.set_hard_state(1, storage::HardState::default());
+        assert_eq!(small.finish().len(), 1, "small turns stay one batch");
     }
 }

@@ -271,6 +271,11 @@ impl GroupReplica {
     /// Applies committed entries in order, completes the proposals they
     /// decide and the reads they make servable, and tells Raft.
     pub(crate) fn apply(&mut self, committed: &[Entry]) {
+        // Entries a snapshot installed since this Ready was collected already
+        // cover (pipelined turns) are not applied twice.
+        let applied = self.applied_index();
+        let skip = committed.iter().take_while(|e| e.index <= applied).count();
+        let committed = &committed[skip..];
         let Some(last) = committed.last() else {
             return;
         };
