@@ -31,6 +31,8 @@ use crate::http::{self, HttpOptions, HttpState};
 use crate::resp;
 use crate::resp::command::Shared;
 
+mod join;
+
 /// Deadline of bootstrapping one group at start.
 const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pinned I/O memory of a client executor (it does no disk I/O).
@@ -63,6 +65,14 @@ pub enum StartError {
     /// The engine did not start.
     #[error("cannot start the node: {0}")]
     Host(HostError),
+    /// Joining through another node's HTTP API failed.
+    #[error("cannot join through {via}: {reason}")]
+    Join {
+        /// The HTTP address given to --join.
+        via: String,
+        /// Why.
+        reason: String,
+    },
     /// The KV groups could not be started.
     #[error("cannot start KV group {group}: {error}")]
     Bootstrap {
@@ -157,12 +167,6 @@ pub fn start(cfg: &NodeConfig) -> Result<RunningNode, StartError> {
     let members = cfg
         .member_list()
         .map_err(|e| StartError::Config(e.to_string()))?;
-    if cfg.join.is_some() {
-        return Err(StartError::Config(
-            "--join is not available yet: start every node of a new cluster with the same --members list"
-                .into(),
-        ));
-    }
     check_data_dir(&cfg.data_dir)?;
     // Client listener first (kept), raft ports probed: glommio binds with
     // SO_REUSEPORT, which would silently share a port another process of
@@ -191,14 +195,21 @@ pub fn start(cfg: &NodeConfig) -> Result<RunningNode, StartError> {
 
     let host = Arc::new(NodeHost::start(cfg.host_config()).map_err(StartError::Host)?);
     let groups = cfg.kv_group_ids();
-    let bootstrap = futures_lite::future::block_on(futures::future::join_all(
-        groups
-            .iter()
-            .map(|g| host.start_group(*g, members.clone(), BOOTSTRAP_TIMEOUT)),
-    ));
-    if let Some((g, Err(error))) = groups.iter().zip(bootstrap).find(|(_, r)| r.is_err()) {
-        shutdown_host(host);
-        return Err(StartError::Bootstrap { group: g.0, error });
+    if let Some(via) = &cfg.join {
+        if let Err(e) = join::join_cluster(&host, cfg, via, &groups) {
+            shutdown_host(host);
+            return Err(e);
+        }
+    } else {
+        let bootstrap = futures_lite::future::block_on(futures::future::join_all(
+            groups
+                .iter()
+                .map(|g| host.start_group(*g, members.clone(), BOOTSTRAP_TIMEOUT)),
+        ));
+        if let Some((g, Err(error))) = groups.iter().zip(bootstrap).find(|(_, r)| r.is_err()) {
+            shutdown_host(host);
+            return Err(StartError::Bootstrap { group: g.0, error });
+        }
     }
 
     let shared = Arc::new(Shared::new(

@@ -406,3 +406,78 @@ fn print_config_follows_flag_env_file_default_precedence() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out2, out, "round trip of --print-config");
 }
+
+#[test]
+fn a_fourth_node_joins_a_running_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path(), 3, 2, &[]);
+    for n in &mut nodes {
+        n.start();
+    }
+    for n in &nodes {
+        n.wait_ready(READY);
+    }
+    let mut c1 = nodes[0].redis();
+    let _: () = c1.set("before-join", "yes").unwrap();
+    let raft = free_addr();
+    let resp = free_addr();
+    let http_addr = free_addr();
+    let data_dir = dir.path().join("node-4");
+    let mut n4 = NodeProc {
+        id: 4,
+        resp,
+        http: http_addr,
+        raft,
+        log: dir.path().join("node-4.log"),
+        args: vec![
+            "--node-id".into(),
+            "4".into(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--raft-addr".into(),
+            raft.to_string(),
+            "--resp-addr".into(),
+            resp.to_string(),
+            "--http-addr".into(),
+            http_addr.to_string(),
+            "--shards".into(),
+            "1".into(),
+            "--placement".into(),
+            "unbound".into(),
+            "--kv-groups".into(),
+            "2".into(),
+            "--io-memory-bytes".into(),
+            (1 << 20).to_string(),
+            "--join".into(),
+            nodes[0].http.to_string(),
+        ],
+        data_dir,
+        child: None,
+    };
+    n4.start();
+    n4.wait_ready(READY);
+    let mut c4 = n4.redis();
+    let got: Option<String> = wait_for("node 4 reads a write from before it joined", READY, || {
+        c4.get::<_, Option<String>>("before-join").ok().flatten()
+    })
+    .into();
+    assert_eq!(got.as_deref(), Some("yes"));
+    for g in 1..=2 {
+        let (status, body) = http(nodes[1].http, "GET", &format!("/groups/{g}/members"), "");
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains("\"node\":4"),
+            "group {g} lists node 4: {body}"
+        );
+    }
+    let status = n4.terminate();
+    assert!(
+        status.success(),
+        "node 4 exit {status:?}\n{}",
+        n4.log_tail()
+    );
+    for n in &mut nodes {
+        let status = n.terminate();
+        assert!(status.success(), "node {} exit {status:?}", n.id);
+    }
+}
