@@ -37,6 +37,7 @@ pub(crate) struct Recovered {
     pub spares: std::collections::VecDeque<SegFile>,
     pub next_batch_seq: u64,
     pub bytes_scanned: u64,
+    pub frame_bytes: u64,
     pub truncated_bytes: u64,
 }
 
@@ -48,47 +49,171 @@ fn corrupt(path: &Path, offset: u64, kind: Corruption) -> WalError {
     }
 }
 
-/// Reads a segment through a window of aligned reads.
-struct Window<'a> {
-    file: &'a DmaFile,
-    path: &'a Path,
+/// Reads one segment front to back through aligned windows. A range that
+/// crosses windows (a frame larger than the window or across a boundary) is
+/// stitched in `scratch`. (A read-ahead task overlapping the CRC work with
+/// the next read was tried; with it, glommio 0.9 executors were seen to park
+/// for good now and then, so reads are sequential.)
+struct Reader {
+    file: Rc<DmaFile>,
+    path: PathBuf,
+    /// Readable end of the segment.
     end: u64,
     window_bytes: u64,
     start: u64,
     buf: Option<ReadResult>,
+    scratch: Vec<u8>,
+    /// Bytes read from disk.
+    bytes_read: u64,
 }
 
-impl<'a> Window<'a> {
-    /// Bytes `[pos, pos + len)`, or fewer if the segment ends first.
-    async fn get(&mut self, pos: u64, len: u64) -> Result<&[u8], WalError> {
-        let have = self.buf.as_ref().map_or(0, |b| b.len() as u64);
-        let covered = self.buf.is_some() && pos >= self.start && pos + len <= self.start + have;
-        if !covered {
-            let aligned = pos - pos % BLOCK_BYTES;
-            let want = self.window_bytes.max(align_up(len + (pos - aligned)));
-            let size = want.min(align_up(self.end).saturating_sub(aligned));
-            self.buf = None;
-            if size > 0 {
-                let r = self
-                    .file
-                    .read_at_aligned(aligned, size as usize)
-                    .await
-                    .map_err(|e| WalError::io(self.path, e))?;
-                self.buf = Some(r);
-            }
-            self.start = aligned;
+impl Reader {
+    fn new(file: Rc<DmaFile>, path: PathBuf, end: u64, window_bytes: u64) -> Self {
+        Self {
+            file,
+            path,
+            end,
+            window_bytes,
+            start: 0,
+            buf: None,
+            scratch: Vec::new(),
+            bytes_read: 0,
         }
-        let Some(buf) = self.buf.as_ref() else {
-            return Ok(&[]);
-        };
-        let from = (pos - self.start) as usize;
-        let limit = (self.end.saturating_sub(self.start) as usize).min(buf.len());
-        if from >= limit {
-            return Ok(&[]);
-        }
-        let to = (from + len as usize).min(limit);
-        Ok(&buf[from..to])
     }
+
+    fn buf_end(&self) -> u64 {
+        self.start + self.buf.as_ref().map_or(0, |b| b.len() as u64)
+    }
+
+    fn window_at(&self, at: u64) -> u64 {
+        self.window_bytes.min(align_up(self.end).saturating_sub(at))
+    }
+
+    /// Makes the window starting at `at` (aligned) current.
+    async fn load(&mut self, at: u64, size: u64) -> Result<(), WalError> {
+        debug_assert_eq!(at % BLOCK_BYTES, 0);
+        self.buf = None;
+        let r = self
+            .file
+            .read_at_aligned(at, size as usize)
+            .await
+            .map_err(|e| WalError::io(&self.path, e))?;
+        self.bytes_read += r.len() as u64;
+        self.start = at;
+        self.buf = Some(r);
+        Ok(())
+    }
+
+    /// Bytes `[pos, pos + len)`, or fewer if the segment ends first. Meant
+    /// for forward scans (any position works, at the cost of a new read); a
+    /// range longer than the window or crossing windows is stitched.
+    async fn get(&mut self, pos: u64, len: u64) -> Result<&[u8], WalError> {
+        let want_end = pos.saturating_add(len).min(self.end);
+        if pos >= want_end {
+            return Ok(&[]);
+        }
+        loop {
+            let (start, buf_end) = (self.start, self.buf_end());
+            let inside = self.buf.is_some() && pos >= start && pos < buf_end;
+            if inside && want_end <= buf_end {
+                let b = self.buf.as_ref().expect("checked");
+                return Ok(&b[(pos - start) as usize..(want_end - start) as usize]);
+            }
+            if inside && buf_end % BLOCK_BYTES == 0 {
+                // Crosses into the following windows: stitch.
+                let mut scratch = std::mem::take(&mut self.scratch);
+                scratch.clear();
+                let b = self.buf.as_ref().expect("checked");
+                scratch.extend_from_slice(&b[(pos - start) as usize..]);
+                loop {
+                    let at = self.buf_end();
+                    let size = self.window_at(at);
+                    if size == 0 || at >= want_end {
+                        break;
+                    }
+                    self.load(at, size).await?;
+                    let b = self.buf.as_ref().expect("loaded");
+                    let need = ((want_end - at) as usize).min(b.len());
+                    scratch.extend_from_slice(&b[..need]);
+                    if (b.len() as u64) < size {
+                        break; // short read: the file ends here
+                    }
+                }
+                self.scratch = scratch;
+                return Ok(&self.scratch);
+            }
+            if inside {
+                return Ok(&[]); // a short read ended the file before `want_end`
+            }
+            let aligned = pos - pos % BLOCK_BYTES;
+            let size = self.window_at(aligned);
+            self.load(aligned, size).await?;
+            if pos >= self.buf_end() {
+                return Ok(&[]); // the file ends before `pos` (never loops)
+            }
+        }
+    }
+
+    /// Releases the window.
+    async fn finish(&mut self) {
+        self.buf = None;
+    }
+}
+
+/// Whether a valid frame of segment `seq` newer than `last` starts at any
+/// block after `x`: then the bad frame at `x` is damage before the tail.
+async fn valid_frame_after(
+    r: &mut Reader,
+    seq: u64,
+    x: u64,
+    last: Option<u64>,
+) -> Result<bool, WalError> {
+    let mut b = x + BLOCK_BYTES;
+    let end = r.end;
+    while b + FRAME_HEADER_BYTES as u64 <= end {
+        let hb = r.get(b, FRAME_HEADER_BYTES as u64).await?;
+        if let Some(h) = decode_frame_header(hb, seq) {
+            if last.is_none_or(|l| h.batch_seq > l) && b + h.frame_bytes() <= end {
+                let fb = r.get(b, h.frame_bytes()).await?;
+                if decode_frame_body(fb, &h).is_some() {
+                    return Ok(true);
+                }
+            }
+        }
+        b += BLOCK_BYTES;
+    }
+    Ok(false)
+}
+
+/// A segment whose frames end at `x` before its end: it is only known to
+/// hold nothing valid after `x` once a later segment continues the batch
+/// sequence; otherwise (tail, or a gap) the rest of it is scanned.
+struct Unchecked {
+    seq: u64,
+    path: PathBuf,
+    file: Rc<DmaFile>,
+    end: u64,
+    x: u64,
+    last: Option<u64>,
+}
+
+/// Scans the rest of every unchecked segment; `Corrupt BadFrame` at the
+/// first one that holds a valid frame after its end of frames.
+async fn check_unchecked(
+    unchecked: &mut Vec<Unchecked>,
+    window_bytes: u64,
+    bytes_read: &mut u64,
+) -> Result<(), WalError> {
+    for u in unchecked.drain(..) {
+        let mut r = Reader::new(u.file.clone(), u.path.clone(), u.end, window_bytes);
+        let found = valid_frame_after(&mut r, u.seq, u.x, u.last).await;
+        r.finish().await;
+        *bytes_read += r.bytes_read;
+        if found? {
+            return Err(corrupt(&u.path, u.x, Corruption::BadFrame));
+        }
+    }
+    Ok(())
 }
 
 async fn open_segment(path: &Path) -> Result<DmaFile, WalError> {
@@ -348,6 +473,7 @@ pub(crate) async fn recover(dir: &Path, opts: &WalOptions) -> Result<Recovered, 
             spares: Default::default(),
             next_batch_seq: 1,
             bytes_scanned: 0,
+            frame_bytes: 0,
             truncated_bytes: 0,
         });
     }
@@ -357,7 +483,11 @@ pub(crate) async fn recover(dir: &Path, opts: &WalOptions) -> Result<Recovered, 
     let mut last_seq: Option<u64> = None;
     let mut prev_end: Option<(PathBuf, u64)> = None;
     let mut bytes_scanned = 0u64;
+    let mut frame_bytes = 0u64;
     let mut truncated_bytes = 0u64;
+    let mut unchecked: Vec<Unchecked> = Vec::new();
+    let window_bytes = opts.recovery_read_bytes;
+    let last_file_seq = *seqs.last().expect("not empty");
     for &seq in &seqs {
         let path = dir.join(format!("{seq:020}.wal"));
         let file = open_segment(&path).await?;
@@ -391,82 +521,98 @@ pub(crate) async fn recover(dir: &Path, opts: &WalOptions) -> Result<Recovered, 
             ));
         }
         let end = header.segment_bytes.min(len);
-        bytes_scanned += end;
-        let mut w = Window {
-            file: &file,
-            path: &path,
-            end,
-            window_bytes: opts.recovery_read_bytes.max(opts.frame_limit_bytes()),
-            start: 0,
-            buf: None,
-        };
+        let file = Rc::new(file);
+        let mut w = Reader::new(file.clone(), path.clone(), end, window_bytes);
         let mut pos = BLOCK_BYTES;
         let mut first_in_seg = true;
         let mut stop: Option<u64> = None;
         let mut torn_bytes = 0u64;
-        loop {
-            if pos + FRAME_HEADER_BYTES as u64 > end {
-                break;
-            }
-            let hb = w.get(pos, FRAME_HEADER_BYTES as u64).await?;
-            let Some(h) = decode_frame_header(hb, seq) else {
-                stop = Some(pos);
-                break;
-            };
-            let in_order = match last_seq {
-                None => true,
-                Some(l) if first_in_seg => h.batch_seq > l,
-                Some(l) => h.batch_seq == l + 1,
-            };
-            if !in_order {
-                stop = Some(pos);
-                break;
-            }
-            let fb = w.get(pos, h.frame_bytes()).await?;
-            let recs = if fb.len() as u64 == h.frame_bytes() {
-                decode_frame_body(fb, &h)
-            } else {
-                None
-            };
-            let Some(recs) = recs else {
-                stop = Some(pos);
-                torn_bytes = h.frame_bytes();
-                break;
-            };
-            if first_in_seg {
-                if let (Some(l), Some((ppath, poff))) = (last_seq, &prev_end) {
-                    if h.batch_seq != l + 1 {
-                        return Err(corrupt(
-                            ppath,
-                            *poff,
-                            Corruption::MissingFrames {
-                                expected: l + 1,
-                                found: h.batch_seq,
-                            },
-                        ));
-                    }
+        let scanned = async {
+            loop {
+                if pos + FRAME_HEADER_BYTES as u64 > end {
+                    break;
                 }
-            }
-            replay(&mut replayed, seq, pos, recs);
-            last_seq = Some(h.batch_seq);
-            first_in_seg = false;
-            pos += align_up(h.frame_bytes());
-        }
-        if let Some(x) = stop {
-            // Is there a valid frame after the damage? Then it is not a tail.
-            let mut b = x + BLOCK_BYTES;
-            while b + FRAME_HEADER_BYTES as u64 <= end {
-                let hb = w.get(b, FRAME_HEADER_BYTES as u64).await?;
-                if let Some(h) = decode_frame_header(hb, seq) {
-                    if last_seq.is_none_or(|l| h.batch_seq > l) && b + h.frame_bytes() <= end {
-                        let fb = w.get(b, h.frame_bytes()).await?;
-                        if decode_frame_body(fb, &h).is_some() {
-                            return Err(corrupt(&path, x, Corruption::BadFrame));
+                let hb = w.get(pos, FRAME_HEADER_BYTES as u64).await?;
+                let Some(h) = decode_frame_header(hb, seq) else {
+                    stop = Some(pos);
+                    break;
+                };
+                let in_order = match last_seq {
+                    None => true,
+                    Some(l) if first_in_seg => h.batch_seq > l,
+                    Some(l) => h.batch_seq == l + 1,
+                };
+                if !in_order {
+                    stop = Some(pos);
+                    break;
+                }
+                let recs = if pos + h.frame_bytes() <= end {
+                    let fb = w.get(pos, h.frame_bytes()).await?;
+                    if fb.len() as u64 == h.frame_bytes() {
+                        decode_frame_body(fb, &h)
+                    } else {
+                        None
+                    }
+                } else {
+                    None
+                };
+                let Some(recs) = recs else {
+                    stop = Some(pos);
+                    torn_bytes = h.frame_bytes();
+                    break;
+                };
+                if first_in_seg {
+                    if let Some(l) = last_seq {
+                        if h.batch_seq == l + 1 {
+                            // The sequence continues: nothing valid can follow
+                            // the end of frames of any earlier segment.
+                            unchecked.clear();
+                        } else if let Some((ppath, poff)) = &prev_end {
+                            check_unchecked(&mut unchecked, window_bytes, &mut bytes_scanned)
+                                .await?;
+                            return Err(corrupt(
+                                ppath,
+                                *poff,
+                                Corruption::MissingFrames {
+                                    expected: l + 1,
+                                    found: h.batch_seq,
+                                },
+                            ));
                         }
                     }
                 }
-                b += BLOCK_BYTES;
+                replay(&mut replayed, seq, pos, recs);
+                last_seq = Some(h.batch_seq);
+                first_in_seg = false;
+                frame_bytes += align_up(h.frame_bytes());
+                pos += align_up(h.frame_bytes());
             }
+            Ok::<(), WalError>(())
+        }
+        .await;
+        // The last few segments (the tail and the spares after it) are
+        // scanned at once, with the same reader (no second read); earlier
+        // ones only if no later segment continues the batch sequence.
+        let near_end = last_file_seq - seq <= opts.spare_segments_max as u64;
+        let mut damaged = Ok(false);
+        if let (Ok(()), Some(x), true) = (&scanned, stop, near_end) {
+            damaged = valid_frame_after(&mut w, seq, x, last_seq).await;
+        }
+        w.finish().await;
+        bytes_scanned += w.bytes_read;
+        scanned?;
+        if damaged? {
+            return Err(corrupt(&path, stop.expect("scanned"), Corruption::BadFrame));
+        }
+        if let (Some(x), false) = (stop, near_end) {
+            unchecked.push(Unchecked {
+                seq,
+                path: path.clone(),
+                file: file.clone(),
+                end,
+                x,
+                last: last_seq,
+            });
         }
         let has_frames = !first_in_seg;
         if has_frames {
@@ -477,13 +623,15 @@ pub(crate) async fn recover(dir: &Path, opts: &WalOptions) -> Result<Recovered, 
             SegFile {
                 seq,
                 path,
-                file: Rc::new(file),
+                file,
                 bytes: header.segment_bytes,
             },
             pos,
             has_frames,
         ));
     }
+    // Whatever no later segment vouched for.
+    check_unchecked(&mut unchecked, window_bytes, &mut bytes_scanned).await?;
 
     let index = finish_replay(dir, replayed)?;
     // The tail is the last segment with frames; later (empty) segments are
@@ -522,6 +670,7 @@ pub(crate) async fn recover(dir: &Path, opts: &WalOptions) -> Result<Recovered, 
         spares,
         next_batch_seq: last_seq.map_or(1, |l| l + 1),
         bytes_scanned,
+        frame_bytes,
         truncated_bytes,
     })
 }

@@ -37,13 +37,6 @@ use crate::types::{Batch, Entry, GroupId, HardState, Op, SnapshotMarker};
 
 pub(crate) const MANIFEST_NAME: &str = "MANIFEST";
 const SPARE_CHUNK_BYTES: u64 = 256 * 1024;
-/// Queued bytes from which the next frame is built while the previous one
-/// is still being written (below that, encoding is cheap and waiting lets
-/// more batches join the frame).
-const PIPELINE_BYTES_MIN: u64 = 64 * 1024;
-/// How long the committer parks after handing a frame to the device before
-/// building the next one (long enough to be a real park).
-const PIPELINE_YIELD: Duration = Duration::from_micros(20);
 
 /// Tuning of a [`Wal`]. Every bound has a unit in its name.
 #[derive(Debug, Clone)]
@@ -69,7 +62,8 @@ pub struct WalOptions {
     /// Write zeros over a new segment once before use instead of only
     /// fallocating it, for the same reason.
     pub prefill_segments: bool,
-    /// Read window used by recovery (at least one frame is read whole).
+    /// Read size used by recovery; the next window is read ahead while one
+    /// is checked (two windows of memory per segment being read).
     pub recovery_read_bytes: u64,
 }
 
@@ -84,7 +78,7 @@ impl Default for WalOptions {
             recycle_segments: true,
             spare_segments_max: 2,
             prefill_segments: true,
-            recovery_read_bytes: 4 << 20,
+            recovery_read_bytes: 2 << 20,
         }
     }
 }
@@ -133,9 +127,6 @@ pub struct WalStats {
     pub record_bytes: u64,
     /// Entries written.
     pub entries_written: u64,
-    /// Frames built while the previous frame was still being written and
-    /// fdatasynced (CPU overlapped with I/O).
-    pub pipelined_frames: u64,
     /// Bytes written preparing segments (headers, zero fill).
     pub prepare_bytes_written: u64,
     /// Live segments (the spare excluded).
@@ -160,7 +151,7 @@ pub struct WalStats {
     pub disk_read_bytes: u64,
     /// Time `open` spent recovering.
     pub recovery_duration: Duration,
-    /// Segment bytes `open` scanned.
+    /// Segment bytes `open` read.
     pub recovery_bytes: u64,
     /// Bytes dropped from a torn tail at recovery.
     pub recovery_truncated_bytes: u64,
@@ -188,8 +179,12 @@ pub struct RecoveredGroup {
 pub struct Recovery {
     /// Every group with state in the WAL, sorted by id.
     pub groups: Vec<RecoveredGroup>,
-    /// Segment bytes scanned.
+    /// Bytes read from segment files (free space of the tail included;
+    /// free space of a segment followed by one that continues the batch
+    /// sequence is not read).
     pub bytes_scanned: u64,
+    /// Bytes of the valid frames replayed (padding included): the log.
+    pub frame_bytes: u64,
     /// Time spent.
     pub duration: Duration,
     /// Bytes of a torn tail that were dropped (0 after a clean shutdown).
@@ -214,30 +209,6 @@ pub(crate) struct SegFile {
     pub path: PathBuf,
     pub file: Rc<DmaFile>,
     pub bytes: u64,
-}
-
-/// A frame encoded and ready to be written.
-struct Frame {
-    seg: SegFile,
-    offset: u64,
-    buf: glommio::io::DmaBuffer,
-    last_op: u64,
-    touched: Vec<GroupId>,
-    frame_bytes: u64,
-}
-
-/// What to record once a frame is durable.
-struct Done {
-    last_op: u64,
-    touched: Vec<GroupId>,
-    len: u64,
-    frame_bytes: u64,
-}
-
-/// A frame being written and fdatasynced.
-struct InFlight {
-    task: glommio::Task<Result<(), WalError>>,
-    done: Done,
 }
 
 struct Pending {
@@ -304,9 +275,6 @@ struct Inner {
     opts: WalOptions,
     st: RefCell<State>,
     notify: Notify,
-    /// Signalled whenever a batch is queued (wakes a committer that waits
-    /// for its frame in flight, so it can build the next frame meanwhile).
-    work: Notify,
 }
 
 /// The write-ahead log of one shard. See the crate documentation.
@@ -406,6 +374,7 @@ impl Wal {
             spares,
             next_batch_seq,
             bytes_scanned,
+            frame_bytes,
             truncated_bytes,
         } = rec;
         let duration = started.elapsed();
@@ -472,7 +441,6 @@ impl Wal {
                 opts: options,
                 st: RefCell::new(st),
                 notify: Notify::default(),
-                work: Notify::default(),
             }),
         };
         // Prepare the spare segment and reclaim what recovery left behind.
@@ -480,6 +448,7 @@ impl Wal {
         let recovery = Recovery {
             groups,
             bytes_scanned,
+            frame_bytes,
             duration,
             truncated_bytes,
         };
@@ -1171,7 +1140,6 @@ fn accept(st: &mut State, opts: &WalOptions, batch: Batch, bytes: u64) -> Result
 impl Inner {
     /// Starts the committer task unless it runs already.
     fn kick(this: &Rc<Inner>) {
-        this.work.notify_all();
         {
             let mut st = this.st.borrow_mut();
             if st.committer_running || st.closed || st.poisoned.is_some() {
@@ -1184,127 +1152,46 @@ impl Inner {
     }
 
     async fn run_committer(self: Rc<Self>) {
-        let mut inflight: Option<InFlight> = None;
-        let result = self.commit_loop(&mut inflight).await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "wal write failed; poisoning the WAL");
-            self.st.borrow_mut().poisoned = Some(e.to_string());
-            // Let a frame already handed to the device finish before giving up
-            // (its waiters are failed anyway: durable_op no longer moves).
-            if let Some(f) = inflight.take() {
-                let _ = f.task.await;
+        loop {
+            // One flush (if anything is queued), then one bounded piece of
+            // maintenance, so that neither starves the other under load.
+            let has_work = !self.st.borrow().queue.is_empty();
+            let step = async {
+                if has_work {
+                    self.flush_once().await?;
+                }
+                Ok::<bool, WalError>(self.maintain_step().await? || has_work)
+            }
+            .await;
+            match step {
+                Ok(true) => {}
+                Ok(false) => {
+                    let mut st = self.st.borrow_mut();
+                    if st.queue.is_empty() {
+                        st.committer_running = false;
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "wal write failed; poisoning the WAL");
+                    let mut st = self.st.borrow_mut();
+                    st.poisoned = Some(e.to_string());
+                    st.committer_running = false;
+                    break;
+                }
             }
         }
-        self.st.borrow_mut().committer_running = false;
         self.notify.notify_all();
     }
 
-    /// The committer: frames are written strictly one after the other (frame
-    /// N+1 is handed to the device only after frame N's fdatasync returned,
-    /// so the durable frames are always a prefix), but the CPU work of
-    /// building frame N+1 overlaps the write and fdatasync of frame N:
-    ///
-    /// ```text
-    ///  committer: encode N | issue N | encode N+1 | wait N | issue N+1 | encode N+2 | wait N+1 ...
-    ///  device:               [ write N + fdatasync N ]    [ write N+1 + fdatasync N+1 ]
-    /// ```
-    /// Every write() is acknowledged only by the fdatasync of its own frame
-    /// (exactly one per frame). Small queued work is not encoded early, so
-    /// batches that arrive while a frame is in flight still join the next
-    /// frame (group commit); early encoding starts at `PIPELINE_BYTES_MIN`.
-    /// Between frames, one bounded piece of maintenance runs, so neither
-    /// starves the other under load.
-    async fn commit_loop(&self, inflight: &mut Option<InFlight>) -> Result<(), WalError> {
-        let mut prepared: Option<Frame> = None;
-        loop {
-            // 1. Build the next frame: at once when idle, early (while a
-            //    frame is in flight) only when there is enough to build.
-            let (queued, queued_bytes) = {
-                let st = self.st.borrow();
-                (!st.queue.is_empty(), st.queue_bytes)
-            };
-            if prepared.is_none()
-                && queued
-                && (inflight.is_none() || queued_bytes >= PIPELINE_BYTES_MIN)
-            {
-                self.make_room().await?;
-                prepared = Some(self.encode_frame());
-                if inflight.is_some() {
-                    self.st.borrow_mut().stats.pipelined_frames += 1;
-                }
-            }
-            // 2. The frame in flight must be durable before the next is
-            //    written. With nothing built yet, also wake up when enough
-            //    work arrives to build the next frame meanwhile.
-            if let Some(mut f) = inflight.take() {
-                let result = if prepared.is_none() {
-                    let enough = || self.st.borrow().queue_bytes >= PIPELINE_BYTES_MIN;
-                    futures_lite::future::or(async { Some((&mut f.task).await) }, async {
-                        self.work.wait_until(enough).await;
-                        None
-                    })
-                    .await
-                } else {
-                    Some((&mut f.task).await)
-                };
-                match result {
-                    Some(r) => {
-                        r?;
-                        self.complete(f.done);
-                    }
-                    None => {
-                        *inflight = Some(f);
-                        continue;
-                    }
-                }
-            }
-            // 3. Hand the prepared frame to the device.
-            let issued = prepared.is_some();
-            if let Some(frame) = prepared.take() {
-                let done = Done {
-                    last_op: frame.last_op,
-                    touched: frame.touched,
-                    len: frame.buf.len() as u64,
-                    frame_bytes: frame.frame_bytes,
-                };
-                let (seg, offset, buf) = (frame.seg, frame.offset, frame.buf);
-                let task = glommio::spawn_local(async move {
-                    write_all(&seg.file, &seg.path, buf, offset).await?;
-                    seg.file
-                        .fdatasync()
-                        .await
-                        .map_err(|e| WalError::io(&seg.path, e))
-                });
-                *inflight = Some(InFlight { task, done });
-                if self.st.borrow().queue_bytes >= PIPELINE_BYTES_MIN {
-                    // Let the executor submit the write before this task
-                    // spends CPU on the next frame: glommio submits queued
-                    // I/O only once no task is runnable (or at preemption),
-                    // and a timer that is already due does not yield.
-                    glommio::timer::sleep(PIPELINE_YIELD).await;
-                }
-            }
-            // 4. One bounded piece of maintenance.
-            let maintained = self.maintain_step(inflight.is_some()).await?;
-            if !issued && !maintained && inflight.is_none() {
-                let mut st = self.st.borrow_mut();
-                if st.queue.is_empty() {
-                    // Exit under the same borrow that would see new work.
-                    st.committer_running = false;
-                    return Ok(());
-                }
-            }
-        }
-    }
-
-    /// Rolls until the first queued batch fits in the current segment (a
-    /// spare left by a run with a smaller `segment_bytes` may be too small;
-    /// fresh and recycled ones never are).
-    async fn make_room(&self) -> Result<(), WalError> {
+    /// Writes one frame of queued batches: one DMA write, one fdatasync.
+    async fn flush_once(&self) -> Result<(), WalError> {
         let first_bytes = {
             let st = self.st.borrow();
             FRAME_HEADER_BYTES as u64 + st.queue.front().expect("called with work").bytes
         };
+        // Roll until the frame fits (a spare left by a run with a smaller
+        // `segment_bytes` may be too small; fresh and recycled ones never are).
         for _ in 0..=self.opts.spare_segments_max + 1 {
             let needs_roll = {
                 let st = self.st.borrow();
@@ -1316,106 +1203,101 @@ impl Inner {
             }
             self.roll().await?;
         }
-        Ok(())
-    }
-
-    /// Encodes queued batches into one frame at the current write offset
-    /// (which it advances), and records where every record landed.
-    fn encode_frame(&self) -> Frame {
-        let mut st = self.st.borrow_mut();
-        let st = &mut *st;
-        let seg = st.segments[&st.current].clone();
-        let offset = st.write_offset;
-        let room = (seg.bytes - offset).min(self.opts.frame_limit_bytes());
-        let mut body = 0u64;
-        let mut taken = Vec::new();
-        while let Some(p) = st.queue.front() {
-            if !taken.is_empty() && align_up(FRAME_HEADER_BYTES as u64 + body + p.bytes) > room {
-                break;
-            }
-            body += p.bytes;
-            st.queue_bytes -= p.bytes;
-            taken.push(st.queue.pop_front().expect("front exists"));
-        }
-        let frame_bytes = FRAME_HEADER_BYTES as u64 + body;
-        let len = align_up(frame_bytes);
-        assert!(
-            offset + len <= seg.bytes,
-            "frame overruns segment {} at {offset}",
-            seg.seq
-        );
-        let batch_seq = st.next_batch_seq;
-        let mut buf = seg.file.alloc_dma_buffer(len as usize);
-        let b = buf.as_bytes_mut();
-        format::encode_frame_header(b, body as u32, seg.seq, batch_seq);
-        let mut at = FRAME_HEADER_BYTES;
-        let mut offs = Vec::new();
-        let mut locs = Vec::new();
-        let mut touched = Vec::new();
-        let mut entries = 0u64;
-        for p in &taken {
-            for (op_id, op) in &p.ops {
-                offs.clear();
-                let n = format::encode_record(&mut b[at..], seg.seq, batch_seq, op, &mut offs);
-                let group = op.group();
-                let pin_old = st.index.groups.get(&group).and_then(|g| g.min_segment());
-                match op {
-                    Op::Append { group, entries: es } => {
-                        locs.clear();
-                        locs.extend(offs.iter().map(|&(rel, bytes, crc)| Loc {
-                            segment: seg.seq,
-                            offset: offset + at as u64 + rel,
-                            bytes,
-                            crc,
-                        }));
-                        st.index.set_locations(*group, *op_id, es[0].index, &locs);
-                        entries += es.len() as u64;
-                        touched.push(*group);
-                    }
-                    Op::HardState { group, .. } => {
-                        st.index.set_hard_state_segment(*group, *op_id, seg.seq)
-                    }
-                    Op::Snapshot { group, .. } => {
-                        st.index.set_marker_segment(*group, *op_id, seg.seq)
-                    }
-                    Op::Meta { group, .. } => st.index.set_meta_segment(*group, *op_id, seg.seq),
-                    Op::Remove { .. } => {}
+        let (seg, offset, buf, last_op, touched, frame_bytes) = {
+            let mut st = self.st.borrow_mut();
+            let st = &mut *st;
+            let seg = st.segments[&st.current].clone();
+            let offset = st.write_offset;
+            let room = (seg.bytes - offset).min(self.opts.frame_limit_bytes());
+            let mut body = 0u64;
+            let mut taken = Vec::new();
+            while let Some(p) = st.queue.front() {
+                if !taken.is_empty() && align_up(FRAME_HEADER_BYTES as u64 + body + p.bytes) > room
+                {
+                    break;
                 }
-                let pin_new = st.index.groups.get(&group).and_then(|g| g.min_segment());
-                pin_move(&mut st.pins, pin_old, pin_new);
-                at += n;
+                body += p.bytes;
+                st.queue_bytes -= p.bytes;
+                taken.push(st.queue.pop_front().expect("front exists"));
             }
-        }
-        debug_assert_eq!(at as u64, frame_bytes);
-        b[at..].fill(0);
-        st.next_batch_seq += 1;
-        st.write_offset = offset + len;
-        st.stats.entries_written += entries;
-        let last_op = taken.last().expect("at least one batch").last_op;
-        Frame {
-            seg,
-            offset,
-            buf,
-            last_op,
-            touched,
-            frame_bytes,
-        }
-    }
-
-    /// Marks a written and fdatasynced frame durable and wakes its writers.
-    fn complete(&self, done: Done) {
+            let frame_bytes = FRAME_HEADER_BYTES as u64 + body;
+            let len = align_up(frame_bytes);
+            assert!(
+                offset + len <= seg.bytes,
+                "frame overruns segment {} at {offset}",
+                seg.seq
+            );
+            let batch_seq = st.next_batch_seq;
+            let mut buf = seg.file.alloc_dma_buffer(len as usize);
+            let b = buf.as_bytes_mut();
+            format::encode_frame_header(b, body as u32, seg.seq, batch_seq);
+            let mut at = FRAME_HEADER_BYTES;
+            let mut offs = Vec::new();
+            let mut locs = Vec::new();
+            let mut touched = Vec::new();
+            let mut entries = 0u64;
+            for p in &taken {
+                for (op_id, op) in &p.ops {
+                    offs.clear();
+                    let n = format::encode_record(&mut b[at..], seg.seq, batch_seq, op, &mut offs);
+                    let group = op.group();
+                    let pin_old = st.index.groups.get(&group).and_then(|g| g.min_segment());
+                    match op {
+                        Op::Append { group, entries: es } => {
+                            locs.clear();
+                            locs.extend(offs.iter().map(|&(rel, bytes, crc)| Loc {
+                                segment: seg.seq,
+                                offset: offset + at as u64 + rel,
+                                bytes,
+                                crc,
+                            }));
+                            st.index.set_locations(*group, *op_id, es[0].index, &locs);
+                            entries += es.len() as u64;
+                            touched.push(*group);
+                        }
+                        Op::HardState { group, .. } => {
+                            st.index.set_hard_state_segment(*group, *op_id, seg.seq)
+                        }
+                        Op::Snapshot { group, .. } => {
+                            st.index.set_marker_segment(*group, *op_id, seg.seq)
+                        }
+                        Op::Meta { group, .. } => {
+                            st.index.set_meta_segment(*group, *op_id, seg.seq)
+                        }
+                        Op::Remove { .. } => {}
+                    }
+                    let pin_new = st.index.groups.get(&group).and_then(|g| g.min_segment());
+                    pin_move(&mut st.pins, pin_old, pin_new);
+                    at += n;
+                }
+            }
+            debug_assert_eq!(at as u64, frame_bytes);
+            b[at..].fill(0);
+            st.next_batch_seq += 1;
+            st.write_offset = offset + len;
+            st.stats.entries_written += entries;
+            let last_op = taken.last().expect("at least one batch").last_op;
+            (seg, offset, buf, last_op, touched, frame_bytes)
+        };
+        let len = buf.len() as u64;
+        write_all(&seg.file, &seg.path, buf, offset).await?;
+        seg.file
+            .fdatasync()
+            .await
+            .map_err(|e| WalError::io(&seg.path, e))?;
         {
             let mut st = self.st.borrow_mut();
-            debug_assert!(done.last_op > st.durable_op);
-            st.durable_op = done.last_op;
+            debug_assert!(last_op > st.durable_op);
+            st.durable_op = last_op;
             st.flushes_since_gc += 1;
             st.stats.flushes += 1;
             st.stats.fdatasyncs += 1;
-            st.stats.bytes_written += done.len;
-            st.stats.record_bytes += done.frame_bytes;
-            self.evict(&mut st, &done.touched);
+            st.stats.bytes_written += len;
+            st.stats.record_bytes += frame_bytes;
+            self.evict(&mut st, &touched);
         }
         self.notify.notify_all();
+        Ok(())
     }
 
     fn evict(&self, st: &mut State, touched: &[GroupId]) {
@@ -1454,8 +1336,7 @@ impl Inner {
     }
 
     /// One bounded piece of background work. `Ok(false)`: nothing to do.
-    /// `busy`: a frame is in flight (no zero-filling then).
-    async fn maintain_step(&self, busy: bool) -> Result<bool, WalError> {
+    async fn maintain_step(&self) -> Result<bool, WalError> {
         if self.st.borrow().closed {
             return Ok(false);
         }
@@ -1492,7 +1373,7 @@ impl Inner {
         // 2. Prepare the next segment ahead of time, while idle: zero-filling
         // must not compete with flushes for the disk. Under sustained load the
         // roll fallocates whatever is left instead.
-        let idle = !busy && self.st.borrow().queue.is_empty();
+        let idle = self.st.borrow().queue.is_empty();
         if idle && self.st.borrow().spares.is_empty() {
             self.prepare_spare_step(false).await?;
             return Ok(true);

@@ -230,3 +230,45 @@ fn damage_at_the_end_of_a_sealed_segment_is_missing_frames() {
         }
     });
 }
+
+/// Damage to an early frame of a sealed segment (valid frames follow it in
+/// that segment, later segments continue): recovery sees the batch sequence
+/// jump at the next segment, scans the damaged segment and names the frame.
+#[test]
+fn damage_inside_a_sealed_segment_is_a_bad_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    run(move || async move {
+        let path = root.join("wal");
+        let (wal, _) = Wal::open(&path, opts()).await.unwrap();
+        let mut i = 0;
+        while wal.stats().current_segment < 3 {
+            i += 1;
+            wal.write(frame_batch(i)).await.unwrap();
+        }
+        wal.close().await.unwrap();
+        // Intact: everything comes back, reading no more than the segments.
+        let (wal, rec) = Wal::open(&path, opts()).await.unwrap();
+        assert_eq!(rec.groups[0].last_index, i);
+        assert_eq!(rec.frame_bytes, i * FRAME);
+        // 3 live segments and at most 2 spares, each read at most once.
+        assert!(rec.bytes_scanned <= 5 * opts().segment_bytes, "{rec:?}");
+        wal.close().await.unwrap();
+        let seg = seg_path(&path, 1);
+        let mut bytes = read_file(&seg).await;
+        bytes[4096 + FRAME as usize + 200] ^= 0x10; // the second frame
+        write_file(&seg, bytes).await;
+        match Wal::open(&path, opts()).await {
+            Err(WalError::Corrupt {
+                path,
+                offset,
+                kind: Corruption::BadFrame,
+            }) => {
+                assert!(path.ends_with("00000000000000000001.wal"));
+                assert_eq!(offset, 4096 + FRAME);
+            }
+            Ok(_) => panic!("damage in a sealed segment went unnoticed"),
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    });
+}

@@ -332,11 +332,11 @@ fn concurrent_writers_share_one_fdatasync_per_flush() {
     });
 }
 
-/// Large concurrent batches: frames are built while the previous one is in
-/// flight (pipelined), every write resolves only after a flush completed,
-/// and a reopen returns every entry in order across many segment rolls.
+/// Large concurrent batches from many writers: every write resolves only
+/// after a flush completed, and a reopen returns every entry in order across
+/// many segment rolls.
 #[test]
-fn pipelined_frames_from_many_writers_recover_in_order() {
+fn large_batches_from_many_writers_recover_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
     run(move || async move {
@@ -375,7 +375,6 @@ fn pipelined_frames_from_many_writers_recover_in_order() {
             t.await;
         }
         let s = wal.stats();
-        assert!(s.pipelined_frames > 0, "no frame was built early: {s:?}");
         assert!(s.segments_recycled + s.segments_deleted > 0, "{s:?}");
         Rc::try_unwrap(wal).ok().unwrap().close().await.unwrap();
         let (wal, rec) = Wal::open(&path, no_cache(opts)).await.unwrap();
