@@ -232,8 +232,12 @@ pub(crate) async fn run(setup: ShardSetup) {
 
     // Before any I/O: a reserve of armed timers (see `keep_timers_armed`),
     // or the executor can park for good while the WAL opens (bug 2).
+    // Its own stop flag: the reserve must stay armed through shutdown too
+    // (transport and WAL close await I/O; a parked executor would never
+    // finish them — seen as a shutdown hanging for minutes).
+    let keepalive_stop = Rc::new(Cell::new(false));
     let keepalive = glommio::spawn_local_into(
-        keep_timers_armed(tick_interval, TIMER_RESERVE, stop.clone()),
+        keep_timers_armed(tick_interval, TIMER_RESERVE, keepalive_stop.clone()),
         raft_tq,
     )
     .expect("raft task queue exists");
@@ -247,6 +251,7 @@ pub(crate) async fn run(setup: ShardSetup) {
                 wal_dir.display()
             )));
             stop.set(true);
+            keepalive_stop.set(true);
             keepalive.await;
             return;
         }
@@ -268,6 +273,7 @@ pub(crate) async fn run(setup: ShardSetup) {
             let _ = started.send(Err(format!("shard {shard}: raft listener: {e}")));
             let _ = wal.close().await;
             stop.set(true);
+            keepalive_stop.set(true);
             keepalive.await;
             return;
         }
@@ -294,6 +300,7 @@ pub(crate) async fn run(setup: ShardSetup) {
             transport.shutdown().await;
             let _ = wal.close().await;
             stop.set(true);
+            keepalive_stop.set(true);
             keepalive.await;
             return;
         }
@@ -493,7 +500,6 @@ pub(crate) async fn run(setup: ShardSetup) {
     stop.set(true);
     kick.signal(1);
     ticker.await;
-    keepalive.await;
     driver_task.await;
     driver.borrow_mut().fail_all();
     let transport = driver.borrow().transport();
@@ -502,6 +508,8 @@ pub(crate) async fn run(setup: ShardSetup) {
     if let Err(e) = wal.close().await {
         error!(node = node_id, shard, error = %e, "WAL close failed");
     }
+    keepalive_stop.set(true);
+    keepalive.await;
     let _ = apply_tq;
     debug!(node = node_id, shard, "shard stopped");
     if let Some(reply) = shutdown_reply {
@@ -510,7 +518,7 @@ pub(crate) async fn run(setup: ShardSetup) {
 }
 
 /// How many timers [`keep_timers_armed`] keeps registered ahead.
-const TIMER_RESERVE: usize = 64;
+pub const TIMER_RESERVE: usize = 64;
 
 /// Keeps `reserve` timers armed at `period` intervals ahead of now.
 ///
@@ -526,7 +534,11 @@ const TIMER_RESERVE: usize = 64;
 /// parked a shard for the whole deadline; with this reserve, 0 in 55 runs.
 /// A stuck executor is woken every `period` for `reserve` periods, and the
 /// first time this task runs the reserve is topped up again.
-async fn keep_timers_armed(period: Duration, reserve: usize, stop: Rc<Cell<bool>>) {
+///
+/// Public so that other executors of a flotilla process (client-facing
+/// servers, benchmark load generators) can run the same guard: spawn it
+/// first thing on the executor and set `stop` when the executor ends.
+pub async fn keep_timers_armed(period: Duration, reserve: usize, stop: Rc<Cell<bool>>) {
     use std::future::Future;
     use std::pin::Pin;
     use std::task::Poll;
