@@ -7,6 +7,10 @@
 //!                                  ^ first frame that does not check (or end)
 //!   forward scan: any valid frame of this segment (batch_seq > last) after X
 //!                 => damage before the tail => Corrupt { file, X, BadFrame }
+//!                 (run at once for the last segments, the tail and spares;
+//!                 for an earlier segment only if the next segment's first
+//!                 frame does not continue the batch sequence: if it does,
+//!                 nothing valid can follow X)
 //!   otherwise X is the end of segment k. Across segments the batch sequence
 //!   must continue (last of k + 1 == first of the next segment with frames),
 //!   else frames were lost at the end of k => Corrupt { k, X, MissingFrames }.
