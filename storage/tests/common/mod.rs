@@ -9,9 +9,12 @@ use bytes::Bytes;
 use flotilla_storage::{Entry, WalOptions};
 
 /// Runs `f` on a fresh glommio executor (small io_memory, 2 ms preempt timer)
-/// and returns its result; a panic inside fails the test. A 5 ms ticker stays
-/// armed meanwhile: the workaround for glommio 0.9.0 bug 2 (an executor may
-/// park with runnable work; a pending timer wakes it).
+/// and returns its result; a panic inside fails the test. A reserve of timers
+/// stays armed meanwhile (one due every 5 ms, 8 registered ahead): the
+/// workaround for glommio 0.9.0 bug 2 (an executor may park with runnable
+/// work; a pending timer wakes it). A single ticker was not enough: the
+/// property test still parked for good now and then under heavy load, as if
+/// the wake-up of the one armed timer had been lost with its task.
 pub fn run<F, Fut, T>(f: F) -> T
 where
     F: FnOnce() -> Fut + Send + 'static,
@@ -22,18 +25,55 @@ where
         .io_memory(1 << 20)
         .preempt_timer(Duration::from_millis(2))
         .spawn(move || async move {
-            let ticker = glommio::spawn_local(async {
-                loop {
-                    glommio::timer::sleep(Duration::from_millis(5)).await;
-                }
-            });
+            let stop = std::rc::Rc::new(std::cell::Cell::new(false));
+            let ticker =
+                glommio::spawn_local(keep_timers_armed(Duration::from_millis(5), 8, stop.clone()));
             let out = f().await;
+            stop.set(true);
             drop(ticker);
             out
         })
         .expect("executor starts")
         .join()
         .expect("executor finished without panicking")
+}
+
+/// Keeps `reserve` timers registered, due every `period`, until `stop`.
+async fn keep_timers_armed(
+    period: Duration,
+    reserve: usize,
+    stop: std::rc::Rc<std::cell::Cell<bool>>,
+) {
+    use std::pin::Pin;
+    use std::task::Poll;
+    use std::time::Instant;
+    let mut armed: std::collections::VecDeque<glommio::timer::Timer> =
+        std::collections::VecDeque::with_capacity(reserve);
+    let mut last_due = Instant::now();
+    while !stop.get() {
+        let now = Instant::now();
+        if last_due < now {
+            last_due = now;
+        }
+        let mut fresh = Vec::new();
+        while armed.len() + fresh.len() < reserve {
+            last_due += period;
+            fresh.push(glommio::timer::Timer::new(last_due - now));
+        }
+        // Register the new timers with this task's waker without waiting.
+        std::future::poll_fn(|cx| {
+            for t in fresh.iter_mut() {
+                let _ = Pin::new(t).poll(cx);
+            }
+            Poll::Ready(())
+        })
+        .await;
+        armed.extend(fresh);
+        if let Some(front) = armed.front_mut() {
+            front.await;
+        }
+        armed.pop_front();
+    }
 }
 
 /// Small segments so that rolls, reclamation and recycling happen quickly.
