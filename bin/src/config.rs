@@ -122,6 +122,8 @@ pub struct NodeConfig {
 
 impl Default for NodeConfig {
     fn default() -> Self {
+        // Raft timing and storage sizes: the engine's defaults.
+        let engine = NodeHostConfig::new(1, ".");
         NodeConfig {
             node_id: 1,
             cluster_id: 1,
@@ -140,11 +142,11 @@ impl Default for NodeConfig {
             client_threads: 1,
             placement: PlacementKind::Pinned,
             first_cpu: 0,
-            tick_ms: 10,
-            election_ticks: 10,
-            heartbeat_ticks: 1,
-            wal_segment_bytes: 64 << 20,
-            io_memory_bytes: 2 << 20,
+            tick_ms: engine.tick_interval.as_millis() as u64,
+            election_ticks: engine.election_timeout_ticks,
+            heartbeat_ticks: engine.heartbeat_interval_ticks,
+            wal_segment_bytes: engine.wal_segment_bytes,
+            io_memory_bytes: engine.io_memory_bytes,
             log_format: LogFormat::Text,
         }
     }
@@ -252,10 +254,10 @@ pub struct NodeArgs {
     /// Raft tick in ms [default: 10].
     #[arg(long, env = "FLOTILLA_TICK_MS")]
     pub tick_ms: Option<u64>,
-    /// Election timeout in ticks [default: 10].
+    /// Election timeout in ticks [default: the engine's, 30].
     #[arg(long, env = "FLOTILLA_ELECTION_TICKS")]
     pub election_ticks: Option<u64>,
-    /// Leader heartbeat interval in ticks [default: 1].
+    /// Leader heartbeat interval in ticks [default: the engine's, 3].
     #[arg(long, env = "FLOTILLA_HEARTBEAT_TICKS")]
     pub heartbeat_ticks: Option<u64>,
     /// WAL segment file size in bytes [default: 67108864].

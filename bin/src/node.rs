@@ -35,6 +35,8 @@ mod join;
 
 /// Deadline of bootstrapping one group at start.
 const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Timers a client executor keeps armed (GLOMMIO.md bug 2): as a shard.
+const CLIENT_TIMER_RESERVE: usize = flotilla::shard::TIMER_RESERVE;
 /// Pinned I/O memory of a client executor (it does no disk I/O).
 const CLIENT_IO_MEMORY_BYTES: usize = 512 << 10;
 
@@ -261,6 +263,15 @@ pub fn start(cfg: &NodeConfig) -> Result<RunningNode, StartError> {
             .spawn(move || async move {
                 use std::os::fd::FromRawFd;
                 let (resp_fd, http_fd) = fds;
+                // glommio 0.9.0 bug 2 (an executor parked with runnable
+                // work): the engine's reserve of armed timers guards this
+                // executor too.
+                let armed_stop = Rc::new(std::cell::Cell::new(false));
+                let armed = glommio::spawn_local(flotilla::shard::keep_timers_armed(
+                    Duration::from_millis(10),
+                    CLIENT_TIMER_RESERVE,
+                    armed_stop.clone(),
+                ));
                 // SAFETY: both are owned, bound, listening, non-blocking TCP
                 // sockets; ownership moves into the glommio listeners.
                 let resp_listener =
@@ -282,6 +293,8 @@ pub fn start(cfg: &NodeConfig) -> Result<RunningNode, StartError> {
                 ));
                 resp::serve(resp_listener, shared, stop).await;
                 http.await;
+                armed_stop.set(true);
+                armed.await;
             });
         match spawned {
             Ok(h) => node.clients.push(h),
