@@ -23,6 +23,8 @@ pub mod wire;
 pub use api::{MemberInfo, MembershipInfo, ReadConsistency};
 pub use config::{available_cpus, ConfigError, NodeHostConfig, Placement};
 pub use error::RequestError;
+/// WAL statistics types that appear in [`ShardStats`].
+pub use flotilla_storage::{LatencyHistogram, WalStats, FLUSH_LATENCY_BOUNDS_US};
 pub use host::{HostError, NodeHost};
 pub use raft::{GroupId, MemberKind, NodeId, Role};
 pub use shard::driver::GroupStatus;

@@ -82,4 +82,7 @@ mod wal;
 
 pub use error::{Corruption, InvalidOp, SnapshotError, WalError};
 pub use types::{Batch, Entry, GroupId, HardState, SnapshotMarker, META_BYTES_MAX};
-pub use wal::{PinningGroup, RecoveredGroup, Recovery, Wal, WalOptions, WalStats};
+pub use wal::{
+    LatencyHistogram, PinningGroup, RecoveredGroup, Recovery, Wal, WalOptions, WalStats,
+    FLUSH_LATENCY_BOUNDS_US,
+};

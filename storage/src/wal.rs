@@ -112,6 +112,37 @@ impl WalOptions {
     }
 }
 
+/// Upper bounds, in µs, of the buckets of [`LatencyHistogram`]; one more
+/// bucket holds everything slower.
+pub const FLUSH_LATENCY_BOUNDS_US: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
+/// Latencies in fixed buckets (see [`FLUSH_LATENCY_BOUNDS_US`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LatencyHistogram {
+    /// Count per bucket (not cumulative); the last one is "slower than
+    /// every bound".
+    pub buckets: [u64; FLUSH_LATENCY_BOUNDS_US.len() + 1],
+    /// Sum of all recorded latencies, µs.
+    pub sum_us: u64,
+    /// Number of recorded latencies.
+    pub count: u64,
+}
+
+impl LatencyHistogram {
+    /// Records one latency of `us` microseconds.
+    pub fn record(&mut self, us: u64) {
+        let i = FLUSH_LATENCY_BOUNDS_US
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(FLUSH_LATENCY_BOUNDS_US.len());
+        self.buckets[i] += 1;
+        self.sum_us += us;
+        self.count += 1;
+    }
+}
+
 /// Counters of one WAL since it was opened.
 #[derive(Debug, Clone, Default)]
 pub struct WalStats {
@@ -121,6 +152,8 @@ pub struct WalStats {
     pub flushes: u64,
     /// fdatasync calls, including segment preparation.
     pub fdatasyncs: u64,
+    /// Latency of each frame flush: its DMA write plus its fdatasync.
+    pub flush_latency: LatencyHistogram,
     /// Bytes written by flushes, padding included.
     pub bytes_written: u64,
     /// Bytes of records written (no padding).
@@ -1280,6 +1313,7 @@ impl Inner {
             (seg, offset, buf, last_op, touched, frame_bytes)
         };
         let len = buf.len() as u64;
+        let flush_started = std::time::Instant::now();
         write_all(&seg.file, &seg.path, buf, offset).await?;
         seg.file
             .fdatasync()
@@ -1287,6 +1321,9 @@ impl Inner {
             .map_err(|e| WalError::io(&seg.path, e))?;
         {
             let mut st = self.st.borrow_mut();
+            st.stats
+                .flush_latency
+                .record(flush_started.elapsed().as_micros() as u64);
             debug_assert!(last_op > st.durable_op);
             st.durable_op = last_op;
             st.flushes_since_gc += 1;
@@ -1652,6 +1689,28 @@ fn gc_candidate(st: &State) -> Option<(u64, u64)> {
         "pin counts out of date"
     );
     (!pinned).then_some((oldest, st.next_op))
+}
+
+#[cfg(test)]
+mod latency_tests {
+    use super::*;
+
+    #[test]
+    fn latencies_land_in_their_buckets() {
+        let mut h = LatencyHistogram::default();
+        h.record(0);
+        h.record(100);
+        h.record(101);
+        h.record(2_000_000);
+        assert_eq!(h.buckets[0], 2, "<= 100 µs");
+        assert_eq!(h.buckets[1], 1, "(100, 250] µs");
+        assert_eq!(
+            h.buckets[FLUSH_LATENCY_BOUNDS_US.len()],
+            1,
+            "slower than every bound"
+        );
+        assert_eq!((h.count, h.sum_us), (4, 2_000_201));
+    }
 }
 
 #[cfg(test)]

@@ -9,8 +9,9 @@
 //! ```
 //! One `# HELP` and one `# TYPE` line per family, then every sample of that
 //! family; label values escaped (`\\`, `\"`, `\n`). Counters end in
-//! `_total`, durations are in seconds. The WAL reports no fsync latency
-//! histogram (`WalStats` keeps counts and bytes only), so none is exported.
+//! `_total`, durations are in seconds. The WAL's flush latency (DMA write +
+//! fdatasync) is a histogram, `flotilla_wal_flush_seconds` (`_bucket{le}`,
+//! `_sum`, `_count` per shard).
 
 use std::fmt::Write as _;
 
@@ -85,6 +86,15 @@ pub fn prometheus_text(stats: &[ShardStats], groups: &[GroupStatus], node_id: u6
             stats.iter().map(|s| (shard_labels(s), field(s))),
         );
     }
+
+    // WAL flush (DMA write + fdatasync) latency, per shard.
+    out.histogram(
+        "flotilla_wal_flush_seconds",
+        "Latency of WAL frame flushes: one DMA write plus its fdatasync.",
+        stats
+            .iter()
+            .map(|s| (shard_labels(s), s.wal.flush_latency.clone())),
+    );
 
     // Inbound connections closed for a reason.
     out.family(
@@ -429,6 +439,42 @@ impl Exposition {
                     let _ = writeln!(self.text, " {v}");
                 }
             }
+        }
+    }
+}
+
+impl Exposition {
+    /// A histogram family: cumulative `_bucket{le}` series, `_sum` and
+    /// `_count` per label set.
+    fn histogram<L>(
+        &mut self,
+        name: &str,
+        help: &str,
+        series: impl IntoIterator<Item = (L, flotilla::LatencyHistogram)>,
+    ) where
+        L: AsRef<[(&'static str, String)]>,
+    {
+        debug_assert!(valid_name(name), "bad metric name {name}");
+        let _ = writeln!(self.text, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(self.text, "# TYPE {name} histogram");
+        for (labels, h) in series {
+            let labels = labels.as_ref();
+            let mut base = String::new();
+            for (k, v) in labels {
+                let _ = write!(base, "{k}=\"{}\",", escape_label(v));
+            }
+            let mut cumulative = 0;
+            for (i, count) in h.buckets.iter().enumerate() {
+                cumulative += count;
+                let le = match flotilla::FLUSH_LATENCY_BOUNDS_US.get(i) {
+                    Some(us) => format!("{}", *us as f64 / 1e6),
+                    None => "+Inf".to_string(),
+                };
+                let _ = writeln!(self.text, "{name}_bucket{{{base}le=\"{le}\"}} {cumulative}");
+            }
+            let plain = base.trim_end_matches(',');
+            let _ = writeln!(self.text, "{name}_sum{{{plain}}} {}", h.sum_us as f64 / 1e6);
+            let _ = writeln!(self.text, "{name}_count{{{plain}}} {}", h.count);
         }
     }
 }

@@ -224,6 +224,7 @@ fn check_prometheus(text: &str) -> Vec<Sample> {
     };
     let mut helped = BTreeSet::new();
     let mut typed = BTreeSet::new();
+    let mut histograms: BTreeSet<String> = BTreeSet::new();
     let mut finished: BTreeSet<String> = BTreeSet::new();
     let mut current: Option<String> = None;
     let mut series = BTreeSet::new();
@@ -248,6 +249,9 @@ fn check_prometheus(text: &str) -> Vec<Sample> {
             );
             assert!(parts.next().is_none(), "{at}");
             assert!(typed.insert(name.to_string()), "{at}: second TYPE");
+            if kind == "histogram" {
+                histograms.insert(name.to_string());
+            }
             continue;
         }
         assert!(!line.starts_with('#') || line.starts_with("# "), "{at}");
@@ -282,6 +286,22 @@ fn check_prometheus(text: &str) -> Vec<Sample> {
             "NaN" => f64::NAN,
             v => v.parse().unwrap_or_else(|_| panic!("{at}: value {v:?}")),
         };
+        // A histogram's samples are `<family>_bucket`, `_sum` and `_count`.
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                name.strip_suffix(suffix)
+                    .filter(|f| histograms.contains(*f))
+            })
+            .unwrap_or(name);
+        if family != name && name.ends_with("_bucket") {
+            assert!(
+                labels.iter().any(|(k, _)| k == "le"),
+                "{at}: histogram bucket without le"
+            );
+        }
+        let sample_name = name;
+        let name = family;
         assert!(helped.contains(name), "{at}: sample before its HELP");
         assert!(typed.contains(name), "{at}: sample before its TYPE");
         if current.as_deref() != Some(name) {
@@ -297,10 +317,10 @@ fn check_prometheus(text: &str) -> Vec<Sample> {
         let mut sorted = labels.clone();
         sorted.sort();
         assert!(
-            series.insert((name.to_string(), sorted)),
+            series.insert((sample_name.to_string(), sorted)),
             "{at}: duplicate series"
         );
-        samples.push((name.to_string(), labels, v));
+        samples.push((sample_name.to_string(), labels, v));
     }
     samples
 }
@@ -1170,6 +1190,21 @@ fn rafter_demo_admin_status_and_metrics_on_two_nodes() {
         );
     }
     assert!(value("flotilla_wal_fsyncs_total", &[("node", "1")]).unwrap() > 0.0);
+    // The flush latency histogram: every flush is in the +Inf bucket and
+    // in the count.
+    let flushes = value(
+        "flotilla_wal_flush_seconds_count",
+        &[("node", "1"), ("shard", "0")],
+    )
+    .expect("flush latency histogram");
+    assert!(flushes > 0.0);
+    assert_eq!(
+        value(
+            "flotilla_wal_flush_seconds_bucket",
+            &[("node", "1"), ("shard", "0"), ("le", "+Inf")]
+        ),
+        Some(flushes)
+    );
     assert!(
         value("flotilla_snapshots_taken_total", &[("node", "1")]).unwrap() >= 1.0,
         "the snapshot asked for over HTTP is counted"
