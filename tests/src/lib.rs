@@ -196,6 +196,14 @@ pub fn retry<T>(within: Duration, what: &str, mut op: impl FnMut() -> Result<T, 
     }
 }
 
+/// Sends logs to the test output, filtered by `RUST_LOG` (once per process).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 /// `value` as bytes.
 pub fn b(value: impl Into<String>) -> Bytes {
     Bytes::from(value.into())

@@ -23,10 +23,7 @@ fn messages_sent(c: &Cluster, n: NodeId) -> u64 {
 
 #[test]
 fn sixty_four_groups_replicate_forward_read_and_quiesce() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    flotilla_tests::init_logs();
     let mut c = Cluster::with(3, 2, |cfg| cfg.quiesce_ticks = 30);
     c.start_all();
     let nodes = c.running();

@@ -6,17 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla::{GroupId, MemberKind, NodeId};
-use flotilla_tests::{b, retry, Cluster};
+use flotilla_tests::{b, init_logs, retry, Cluster};
 use futures_lite::future::block_on;
 
 const WITHIN: Duration = Duration::from_secs(30);
-
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
 
 fn wait_member(c: &Cluster, on: NodeId, g: GroupId, node: NodeId, kind: Option<MemberKind>) {
     let start = std::time::Instant::now();

@@ -4,17 +4,10 @@
 use std::time::Duration;
 
 use flotilla::{GroupId, NodeId};
-use flotilla_tests::{b, retry, Cluster};
+use flotilla_tests::{b, init_logs, retry, Cluster};
 use futures_lite::future::block_on;
 
 const WITHIN: Duration = Duration::from_secs(30);
-
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
 
 #[test]
 fn a_restarted_node_and_a_restarted_cluster_keep_every_acknowledged_write() {

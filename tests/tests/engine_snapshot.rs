@@ -12,10 +12,7 @@ const WITHIN: Duration = Duration::from_secs(30);
 
 #[test]
 fn a_follower_behind_the_compacted_log_catches_up_by_snapshot_and_restarts_from_it() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    flotilla_tests::init_logs();
     let mut c = Cluster::with(3, 1, |cfg| {
         cfg.snapshot_entries = 100;
         cfg.compaction_overhead_entries = 20;
