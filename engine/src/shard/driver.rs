@@ -82,6 +82,16 @@ fn to_wal_hard_state(hs: &HardState) -> storage::HardState {
     }
 }
 
+/// One turn's work, from [`Driver::collect`].
+struct Collected {
+    /// The WAL batches, in order.
+    batches: Vec<storage::Batch>,
+    /// Readys that finish once the batches are durable.
+    pending: Vec<Pending>,
+    /// Readys that persist nothing (or only a commit index): finish now.
+    immediate: Vec<Pending>,
+}
+
 /// The shard's groups and the I/O handles they use.
 pub(crate) struct Driver {
     node: NodeId,
@@ -118,6 +128,13 @@ pub(crate) struct Driver {
     metas: BTreeMap<GroupId, GroupMeta>,
     /// Groups whose metadata must go into the next WAL batch.
     meta_dirty: BTreeSet<GroupId>,
+    /// Groups that are not quiesced: the ones the tick visits.
+    live: BTreeSet<GroupId>,
+    /// Commit-only hard states not written yet (see [`Driver::collect`]).
+    lazy_hard_states: BTreeMap<GroupId, storage::HardState>,
+    /// Set by the tick every [`LAZY_FLUSH_TICKS`]: the next turn writes the
+    /// lazy hard states even if it writes nothing else.
+    lazy_flush_due: bool,
     /// Requests sent to a leader on another node, by request id.
     forwarded: std::collections::HashMap<u64, Waiting>,
     /// Requests waiting for their group to elect a leader.
@@ -207,6 +224,10 @@ impl BatchBuilder {
         self.current.set_meta(group, meta);
     }
 
+    fn is_empty(&self) -> bool {
+        self.done.is_empty() && self.current.is_empty()
+    }
+
     fn finish(mut self) -> Vec<storage::Batch> {
         if !self.current.is_empty() {
             self.done.push(self.current);
@@ -214,6 +235,10 @@ impl BatchBuilder {
         self.done
     }
 }
+
+/// Ticks between writes of the lazily kept commit indexes (see
+/// [`Driver::collect`]) when nothing else is written.
+const LAZY_FLUSH_TICKS: u64 = 50;
 
 /// WAL segments beyond which the groups pinning the oldest are snapshotted.
 const SEGMENTS_PINNED_MAX: u64 = 8;
@@ -260,6 +285,9 @@ impl Driver {
             snapshot_sends_running: 0,
             metas: BTreeMap::new(),
             meta_dirty: BTreeSet::new(),
+            live: BTreeSet::new(),
+            lazy_hard_states: BTreeMap::new(),
+            lazy_flush_due: false,
             forwarded: std::collections::HashMap::new(),
             parked: Vec::new(),
             forward_id_next: 1,
@@ -545,6 +573,7 @@ impl Driver {
         self.metas.insert(group, meta);
         self.meta_dirty.insert(group);
         self.dirty.insert(group);
+        self.live.insert(group);
     }
 
     /// Adds a group recovered from the WAL (its metadata is already there).
@@ -851,13 +880,24 @@ impl Driver {
             self.forwarded.retain(|_, w| !w.reply.is_canceled());
             self.parked.retain(|(_, w)| !w.reply.is_canceled());
         }
-        for (id, g) in self.groups.iter_mut() {
+        if self.ticks % LAZY_FLUSH_TICKS == 0 && !self.lazy_hard_states.is_empty() {
+            self.lazy_flush_due = true;
+        }
+        // Only live groups: a quiesced group costs nothing per tick (it
+        // rejoins `live` when an input makes it dirty, see `collect`).
+        let groups = &mut self.groups;
+        let dirty = &mut self.dirty;
+        self.live.retain(|id| {
+            let Some(g) = groups.get_mut(id) else {
+                return false;
+            };
             if g.raft.is_quiesced() {
-                continue;
+                return false;
             }
             g.raft.tick();
-            self.dirty.insert(*id);
-        }
+            dirty.insert(*id);
+            true
+        });
     }
 
     /// Steps one received frame's messages into their groups.
@@ -907,17 +947,30 @@ impl Driver {
     }
 
     /// Takes every dirty group's Ready: sends what may go now and returns the
-    /// WAL batch plus what waits for it.
-    fn collect(&mut self) -> (Vec<storage::Batch>, Vec<Pending>) {
+    /// WAL batch, what waits for it, and what may finish at once.
+    ///
+    /// A Ready that persists nothing but a new commit index, of a group with
+    /// no earlier Ready still in flight, finishes without waiting for the
+    /// WAL (its committed entries are durable already: Raft hands out only
+    /// persisted ones). Raft needs no durable commit index, so that hard
+    /// state is written lazily, with the next batch that is written anyway
+    /// (or by the periodic flush, see `lazy_flush_due`): a leader answers its
+    /// clients one fdatasync sooner, and a follower spends no fdatasync on
+    /// learning the commit index.
+    fn collect(&mut self) -> Collected {
         self.retry_parked();
         let mut batch = BatchBuilder::new(BATCH_BYTES_MAX);
         let mut pending = Vec::new();
+        let mut immediate = Vec::new();
         let dirty = std::mem::take(&mut self.dirty);
         for id in dirty {
             let Some(g) = self.groups.get_mut(&id) else {
                 continue;
             };
             g.end_turn();
+            if !g.raft.is_quiesced() {
+                self.live.insert(id);
+            }
             let Some(rd) = g.raft.ready() else {
                 continue;
             };
@@ -947,9 +1000,10 @@ impl Driver {
                     self.meta_dirty.insert(id);
                 }
             }
+            let meta_write = self.meta_dirty.remove(&id);
             // The membership before the hard state: a commit index must
             // never be durable ahead of the membership it made effective.
-            if self.meta_dirty.remove(&id) {
+            if meta_write {
                 if let Some(meta) = self.metas.get(&id) {
                     batch.set_meta(id.0, meta.encode());
                 }
@@ -959,18 +1013,42 @@ impl Driver {
             if !rd.entries.is_empty() {
                 batch.append(id.0, &rd.entries);
             }
+            let g = self.groups.get_mut(&id).expect("looked up above");
+            let term_vote_changed = rd
+                .hard_state
+                .as_ref()
+                .is_some_and(|hs| g.written_term_vote != Some((hs.term, hs.vote)));
+            let must_wait = !rd.entries.is_empty()
+                || rd.snapshot.is_some()
+                || meta_write
+                || term_vote_changed
+                || g.readys_in_flight > 0;
             if let Some(hs) = rd.hard_state.as_ref() {
-                batch.set_hard_state(id.0, to_wal_hard_state(hs));
+                if must_wait {
+                    batch.set_hard_state(id.0, to_wal_hard_state(hs));
+                    g.written_term_vote = Some((hs.term, hs.vote));
+                    self.lazy_hard_states.remove(&id);
+                } else {
+                    debug_assert!(hs.commit <= g.raft.persisted_index());
+                    self.lazy_hard_states.insert(id, to_wal_hard_state(hs));
+                }
             }
-            pending.push(Pending {
+            let p = Pending {
                 group: id,
                 number: rd.number,
+                in_flight: must_wait,
                 persisted_messages: rd.persisted_messages,
                 committed: rd.committed_entries,
                 read_states: rd.read_states,
                 dropped_reads: rd.dropped_reads,
                 fetches: rd.fetches,
-            });
+            };
+            if must_wait {
+                g.readys_in_flight += 1;
+                pending.push(p);
+            } else {
+                immediate.push(p);
+            }
             self.send(messages);
         }
         for id in std::mem::take(&mut self.meta_dirty) {
@@ -978,7 +1056,17 @@ impl Driver {
                 batch.set_meta(id.0, meta.encode());
             }
         }
-        (batch.finish(), pending)
+        if !self.lazy_hard_states.is_empty() && (!batch.is_empty() || self.lazy_flush_due) {
+            for (id, hs) in std::mem::take(&mut self.lazy_hard_states) {
+                batch.set_hard_state(id.0, hs);
+            }
+        }
+        self.lazy_flush_due = false;
+        Collected {
+            batches: batch.finish(),
+            pending,
+            immediate,
+        }
     }
 
     /// After the batch is durable: send, apply, answer, advance.
@@ -999,6 +1087,10 @@ impl Driver {
         let Some(g) = self.groups.get_mut(&p.group) else {
             return Vec::new();
         };
+        if p.in_flight {
+            debug_assert!(g.readys_in_flight > 0);
+            g.readys_in_flight -= 1;
+        }
         g.on_read_states(&p.read_states, &p.dropped_reads);
         g.apply(&p.committed);
         if self.snapshot_entries > 0
@@ -1108,6 +1200,8 @@ pub(crate) struct DriverCounters {
 struct Pending {
     group: GroupId,
     number: raft::ReadyNumber,
+    /// Counted in the group's `readys_in_flight` (waited for the WAL).
+    in_flight: bool,
     persisted_messages: Vec<Message>,
     committed: Vec<Entry>,
     read_states: Vec<raft::ReadState>,
@@ -1293,7 +1387,11 @@ pub(crate) async fn drive(
         }
         // 2. Collect a new turn and start its write.
         if turns.len() < WRITES_IN_FLIGHT_MAX {
-            let (batch, pending) = driver.borrow_mut().collect();
+            let Collected {
+                batches: batch,
+                pending,
+                immediate,
+            } = driver.borrow_mut().collect();
             driver.borrow_mut().counters.turns += 1;
             if batch.is_empty() && turns.is_empty() {
                 finish_turn(&driver, &kick, pending).await;
@@ -1327,6 +1425,10 @@ pub(crate) async fn drive(
                     write: Some(write),
                     pending,
                 });
+            }
+            // After the write started: the apply overlaps the fdatasync.
+            if !immediate.is_empty() {
+                finish_turn(&driver, &kick, immediate).await;
             }
         }
         if driver.borrow().has_snapshot_work() {

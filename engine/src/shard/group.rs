@@ -81,6 +81,12 @@ pub(crate) struct GroupReplica {
     lease_ctx_open: Option<u64>,
     read_ctx_next: u64,
     applied_scratch: Vec<Applied>,
+    /// Readys of this group whose WAL write is not durable yet (the driver
+    /// finishes a group's Readys in order).
+    pub(crate) readys_in_flight: u32,
+    /// Term and vote of the last hard state handed to the WAL (`None`: not
+    /// known, so the next hard state is written before its Ready finishes).
+    pub(crate) written_term_vote: Option<(Term, Option<crate::raft::NodeId>)>,
 }
 
 impl GroupReplica {
@@ -99,6 +105,8 @@ impl GroupReplica {
             lease_ctx_open: None,
             read_ctx_next: 1,
             applied_scratch: Vec::new(),
+            readys_in_flight: 0,
+            written_term_vote: None,
         }
     }
 
