@@ -21,7 +21,7 @@ use futures_lite::future::block_on;
 use glommio::{LocalExecutorBuilder, Task};
 
 use super::stats::{EngineCounters, OpKind, Recorder, Report, Summary};
-use super::{BenchOptions, Consistency, PlacementArg, Rng, Timeline};
+use super::{BenchOptions, Consistency, Outcome, PlacementArg, Rng, Timeline};
 
 /// Deadline of control calls (start_group, group_status, stats).
 const CONTROL_DEADLINE: Duration = Duration::from_secs(10);
@@ -30,9 +30,15 @@ const ELECTION_DEADLINE: Duration = Duration::from_secs(60);
 /// Back-off after a failed attempt before retrying.
 const RETRY_BACKOFF: Duration = Duration::from_millis(1);
 
+/// How long the cluster may take to elect a leader for every one of
+/// `groups` groups (elections of thousands of groups at once take longer).
+pub(super) fn election_deadline(groups: usize) -> Duration {
+    ELECTION_DEADLINE.max(Duration::from_millis(10) * groups as u32)
+}
+
 /// The nodes of the in-process cluster and where their data lives.
-struct Cluster {
-    hosts: Vec<Arc<NodeHost>>,
+pub(super) struct Cluster {
+    pub(super) hosts: Vec<Arc<NodeHost>>,
     data_dir: PathBuf,
     remove_data: bool,
 }
@@ -91,47 +97,27 @@ impl Cluster {
         Ok(cluster)
     }
 
-    fn members(&self) -> Vec<(NodeId, SocketAddr)> {
+    pub(super) fn members(&self) -> Vec<(NodeId, SocketAddr)> {
         self.hosts
             .iter()
             .map(|h| (NodeId(h.config().node_id), h.config().raft_addr))
             .collect()
     }
 
-    /// Starts every group on every node and waits until each has a leader;
-    /// returns the leader's node index per group.
-    fn start_groups(&self, groups: &[GroupId]) -> Result<Vec<usize>, String> {
-        let members = self.members();
-        for g in groups {
-            for h in &self.hosts {
-                block_on(h.start_group(*g, members.clone(), CONTROL_DEADLINE))
-                    .map_err(|e| format!("group {g} on node {}: {e}", h.config().node_id))?;
-            }
-        }
-        let started = Instant::now();
-        let mut leaders: Vec<Option<usize>> = vec![None; groups.len()];
-        loop {
-            for (i, g) in groups.iter().enumerate() {
-                if leaders[i].is_none() {
-                    leaders[i] = block_on(find_leader(&self.hosts, *g));
-                }
-            }
-            let missing = leaders.iter().filter(|l| l.is_none()).count();
-            if missing == 0 {
-                return Ok(leaders.into_iter().map(|l| l.unwrap_or(0)).collect());
-            }
-            if started.elapsed() > ELECTION_DEADLINE {
-                return Err(format!(
-                    "{missing} of {} groups have no leader after {ELECTION_DEADLINE:?}",
-                    groups.len()
-                ));
-            }
-            // Not an executor: the main thread may wait.
-            std::thread::park_timeout(Duration::from_millis(20));
-        }
+    /// Starts every group on every node (`--start-concurrency` calls in
+    /// flight) and waits until each has a leader; returns the leader's node
+    /// index per group.
+    fn start_groups(
+        &self,
+        groups: &[GroupId],
+        args: &BenchOptions,
+        out: &mut dyn Write,
+    ) -> Result<Vec<usize>, String> {
+        super::idle::start_groups(self, groups, args.start_concurrency, out)?;
+        super::idle::wait_for_leaders(self, groups, election_deadline(groups.len()), out)
     }
 
-    fn engine_counters(&self) -> Option<EngineCounters> {
+    pub(super) fn engine_counters(&self) -> Option<EngineCounters> {
         let mut total = EngineCounters::default();
         for h in &self.hosts {
             let shards = block_on(h.stats(CONTROL_DEADLINE)).ok()?;
@@ -178,10 +164,14 @@ fn node_index(hosts: &[Arc<NodeHost>], node: NodeId) -> Option<usize> {
     hosts.iter().position(|h| h.config().node_id == node.0)
 }
 
-/// Runs the in-process benchmark.
-pub(super) fn run(args: &BenchOptions, out: &mut dyn Write) -> Result<Summary, String> {
+/// Runs the in-process benchmark (load, or `--idle`).
+pub(super) fn run(args: &BenchOptions, out: &mut dyn Write) -> Result<Outcome, String> {
     let cluster = Cluster::start(args, out)?;
-    let outcome = drive(args, &cluster, out);
+    let outcome = if args.idle {
+        super::idle::run(args, &cluster, out).map(Outcome::Idle)
+    } else {
+        drive(args, &cluster, out).map(Outcome::Load)
+    };
     cluster.shutdown();
     outcome
 }
@@ -189,7 +179,7 @@ pub(super) fn run(args: &BenchOptions, out: &mut dyn Write) -> Result<Summary, S
 fn drive(args: &BenchOptions, cluster: &Cluster, out: &mut dyn Write) -> Result<Summary, String> {
     let groups: Vec<GroupId> = (1..=args.groups as u64).map(GroupId).collect();
     let started = Instant::now();
-    let leaders = cluster.start_groups(&groups)?;
+    let leaders = cluster.start_groups(&groups, args, out)?;
     let mut leaders_per_node = vec![0usize; cluster.hosts.len()];
     for l in &leaders {
         leaders_per_node[*l] += 1;
@@ -398,22 +388,35 @@ async fn closed_loop(client: &Rc<Client>) {
     }
 }
 
+/// Shortest sleep of the open-loop pacer: at rates above ~20k/s it issues
+/// the requests due in each such slice together instead of arming a timer
+/// per request (their lateness, at most this, is measured and reported).
+const PACER_SLEEP_MIN: Duration = Duration::from_micros(50);
+/// How often the pacer looks again while the in-flight cap holds it back.
+const PACER_CAP_POLL: Duration = Duration::from_micros(100);
+
 /// Issues requests at `rate` ops/s on their schedule (to random groups of
 /// this generator), whatever the latency; at most `concurrency` × groups
 /// in flight, the rest wait and are charged from their scheduled time.
+///
+/// The pacer sleeps until the next request is due (not a fixed poll
+/// interval), so at low rates each request leaves on time and the executor
+/// sleeps in between; every request records its issue lateness (actual −
+/// scheduled send time), so a generator that falls behind shows up in the
+/// summary instead of silently lowering the offered load.
 async fn open_loop(client: &Rc<Client>, rate: f64) {
     let timeline = client.setup.timeline;
     let cap = (client.setup.concurrency * client.setup.groups.len()) as u64;
     let mut rng = Rng::new(client.setup.index as u64 + 1);
     let mut issued: u64 = 0;
+    let scheduled = |n: u64| timeline.start + Duration::from_secs_f64(n as f64 / rate);
     loop {
         let now = Instant::now();
         if now >= timeline.measure_end {
             break;
         }
-        let due = (now.duration_since(timeline.start).as_secs_f64() * rate) as u64;
-        while issued < due && client.in_flight.get() < cap {
-            let intended = timeline.start + Duration::from_secs_f64(issued as f64 / rate);
+        while scheduled(issued) <= now && client.in_flight.get() < cap {
+            let intended = scheduled(issued);
             let gi = rng.below(client.setup.groups.len() as u64) as usize;
             let mut task_rng = Rng::new(rng.next_u64());
             let c = client.clone();
@@ -423,7 +426,14 @@ async fn open_loop(client: &Rc<Client>, rate: f64) {
             .detach();
             issued += 1;
         }
-        glommio::timer::sleep(Duration::from_micros(200)).await;
+        let pause = if client.in_flight.get() >= cap {
+            PACER_CAP_POLL
+        } else {
+            scheduled(issued)
+                .saturating_duration_since(Instant::now())
+                .max(PACER_SLEEP_MIN)
+        };
+        glommio::timer::sleep(pause).await;
     }
     // Let the requests in flight finish (each is bounded by its deadline).
     let drain_end = Instant::now() + client.setup.timeout + Duration::from_secs(1);
@@ -472,7 +482,7 @@ async fn one_request(client: &Client, gi: usize, rng: &mut Rng, intended: Instan
                 match KvResult::decode(bytes) {
                     Ok(KvResult::Error(e)) => rec.error(now, &label(&format!("Kv({e:?}"))),
                     Err(_) => rec.error(now, "malformed result"),
-                    Ok(_) => rec.success(kind, intended, now),
+                    Ok(_) => rec.success(kind, intended, issued, now),
                 }
                 return;
             }
@@ -564,10 +574,18 @@ mod tests {
             json: true,
             target: None,
             connections: 1,
+            idle: false,
+            idle_writes: 0,
+            start_concurrency: 16,
+            quiesce_timeout: Duration::from_secs(1),
         };
         let mut out = Vec::new();
-        let summary = super::super::execute(&args, &mut out).unwrap();
+        let outcome = super::super::execute(&args, &mut out);
         let text = String::from_utf8(out).unwrap();
+        let summary = match outcome {
+            Ok(Outcome::Load(s)) => s,
+            other => panic!("{other:?}\n{text}"),
+        };
         assert!(summary.writes_per_sec > 0.0, "{text}");
         assert!(summary.reads > 0, "{text}");
         assert!(summary.fsyncs_per_sec.is_some_and(|f| f > 0.0), "{text}");

@@ -18,6 +18,7 @@
 //!
 //! See `bin/src/bench/README.md` for the commands and measured figures.
 
+mod idle;
 mod inproc;
 mod parse;
 mod resp;
@@ -32,7 +33,7 @@ use stats::{ConfigEcho, Report, Summary, Tally, ThreadCpu};
 /// Options of `flotilla bench` (boxed: the subcommand enum stays small).
 #[derive(clap::Args, Debug, Clone)]
 #[command(
-    after_help = "Examples:\n  flotilla bench                                   # defaults: 3 nodes x 48 groups, 16 B, closed loop, 10 s\n  flotilla bench --groups 1 --concurrency 512\n  flotilla bench --payload 1KiB --duration 20s --json\n  flotilla bench --rate 100k                       # open loop: latency at a fixed rate\n  flotilla bench --target 127.0.0.1:6381,127.0.0.1:6382,127.0.0.1:6383"
+    after_help = "Examples:\n  flotilla bench                                   # defaults: 3 nodes x 48 groups, 16 B, closed loop, 10 s\n  flotilla bench --groups 1 --concurrency 512\n  flotilla bench --payload 1KiB --duration 20s --json\n  flotilla bench --rate 100k                       # open loop: latency at a fixed rate\n  flotilla bench --idle --groups 10000             # what 10,000 quiesced groups per node cost\n  flotilla bench --target 127.0.0.1:6381,127.0.0.1:6382,127.0.0.1:6383"
 )]
 pub struct BenchArgs {
     /// The options.
@@ -115,6 +116,25 @@ pub struct BenchOptions {
     /// Connections per endpoint (--target).
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
+    /// Idle mode (in-process): start `--groups` groups, write
+    /// `--idle-writes` entries to each, wait until every replica quiesces,
+    /// then measure over `--duration` what the idle cluster costs: CPU as
+    /// % of one core, messages/frames/ticks per second, and memory per
+    /// group replica. No load runs in the window.
+    #[arg(long, conflicts_with_all = ["rate", "target"])]
+    pub idle: bool,
+    /// Idle mode: writes per group before quiescing (so logs and state
+    /// machines are not empty).
+    #[arg(long, default_value_t = 4)]
+    pub idle_writes: usize,
+    /// Group starts (and idle-mode writes) in flight at once while the
+    /// cluster is set up.
+    #[arg(long, default_value_t = 256)]
+    pub start_concurrency: usize,
+    /// Idle mode: how long to wait for every group replica to quiesce
+    /// before measuring anyway (the live count is reported).
+    #[arg(long, default_value = "60s", value_parser = parse::duration)]
+    pub quiesce_timeout: Duration,
 }
 
 /// The endpoints of `--target`.
@@ -160,6 +180,7 @@ impl BenchOptions {
             ("--concurrency", self.concurrency),
             ("--clients", self.clients),
             ("--connections", self.connections),
+            ("--start-concurrency", self.start_concurrency),
         ];
         for (flag, v) in positive {
             if v == 0 {
@@ -183,6 +204,12 @@ impl BenchOptions {
         }
         if self.keys == 0 {
             return Err("--keys must be at least 1".into());
+        }
+        if self.idle && (self.target.is_some() || self.rate.is_some()) {
+            return Err("--idle runs no load: it takes neither --target nor --rate".into());
+        }
+        if self.groups > 1_000_000 {
+            return Err(format!("--groups {} is over 1,000,000", self.groups));
         }
         Ok(())
     }
@@ -235,14 +262,52 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     execute(&args.options, &mut out).map(|_| ())
 }
 
+/// What a run measured (printed by the run; tests inspect it).
+#[derive(Debug)]
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) enum Outcome {
+    /// A load run (closed or open loop).
+    Load(Summary),
+    /// An idle run (`--idle`).
+    Idle(idle::IdleSummary),
+}
+
+#[cfg(test)]
+impl Outcome {
+    /// The load summary (panics on an idle outcome: tests only).
+    pub(crate) fn load(self) -> Summary {
+        match self {
+            Outcome::Load(s) => s,
+            Outcome::Idle(s) => panic!("an idle outcome where a load run was expected: {s:?}"),
+        }
+    }
+}
+
 /// Runs the benchmark writing to `out`; returns the summary.
-fn execute(args: &BenchOptions, out: &mut dyn Write) -> Result<Summary, String> {
+pub(crate) fn execute(args: &BenchOptions, out: &mut dyn Write) -> Result<Outcome, String> {
     args.validate()?;
     if args.target.is_some() {
-        resp::run(args, out)
+        resp::run(args, out).map(Outcome::Load)
     } else {
         inproc::run(args, out)
     }
+}
+
+/// Parses `flotilla bench` flags (tests).
+#[cfg(test)]
+pub(crate) fn parse_for_tests(args: &[&str]) -> BenchOptions {
+    use clap::Parser;
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+    let mut all = vec!["bench"];
+    all.extend_from_slice(args);
+    *Cli::try_parse_from(all)
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+        .bench
+        .options
 }
 
 /// Timeline of a run.
@@ -525,6 +590,16 @@ mod tests {
         assert!(parse(&["--rate", "0"]).is_err());
         assert!(parse(&["--groups", "0"]).unwrap().validate().is_err());
         assert!(parse(&["--duration", "0s"]).unwrap().validate().is_err());
+        let idle = parse(&["--idle", "--groups", "10000"]).unwrap();
+        assert!(idle.idle && idle.validate().is_ok());
+        assert_eq!(idle.idle_writes, 4);
+        assert_eq!(idle.start_concurrency, 256);
+        assert!(parse(&["--idle", "--rate", "10"]).is_err());
+        assert!(parse(&["--idle", "--target", "127.0.0.1:6381"]).is_err());
+        assert!(parse(&["--start-concurrency", "0"])
+            .unwrap()
+            .validate()
+            .is_err());
 
         let t = parse(&["--target", "127.0.0.1:6381,127.0.0.1:6382"]).unwrap();
         assert_eq!(t.target.as_ref().map(|t| t.0.len()), Some(2));

@@ -159,7 +159,7 @@ fn connection(s: &ConnSetup) -> Result<super::stats::Tally, String> {
     let t = s.timeline;
     let mut rec = Recorder::new(t.measure_start, t.measure_end);
     let mut rng = Rng::new(s.index as u64 + 1);
-    let mut in_flight: VecDeque<(Instant, OpKind)> = VecDeque::with_capacity(s.depth);
+    let mut in_flight: VecDeque<(Instant, Instant, OpKind)> = VecDeque::with_capacity(s.depth);
     let mut outbuf: Vec<u8> = Vec::with_capacity(s.depth * (s.value.len() + 64));
     let mut inbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
@@ -202,7 +202,7 @@ fn connection(s: &ConnSetup) -> Result<super::stats::Tally, String> {
                     encode_command(&mut outbuf, &[b"SET", key.as_bytes(), &s.value]);
                     OpKind::Write
                 };
-                in_flight.push_back((intended, kind));
+                in_flight.push_back((intended, now, kind));
             }
         }
         if !outbuf.is_empty() {
@@ -245,11 +245,11 @@ fn connection(s: &ConnSetup) -> Result<super::stats::Tally, String> {
             parse_reply(&inbuf[pos..]).map_err(|e| format!("malformed reply: {e}"))?
         {
             pos += used;
-            let (intended, kind) = in_flight
+            let (intended, issued, kind) = in_flight
                 .pop_front()
                 .ok_or("a reply to no request (the server sent more replies than commands)")?;
             match reply {
-                Reply::Ok => rec.success(kind, intended, now),
+                Reply::Ok => rec.success(kind, intended, issued, now),
                 Reply::Error(e) => {
                     // The error code: `-ERR ...`, `-MOVED`, `-TRYAGAIN`...
                     let code: String = e.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
@@ -466,6 +466,10 @@ mod tests {
             json: true,
             target: Some(super::super::Targets(vec![addr])),
             connections: 2,
+            idle: false,
+            idle_writes: 0,
+            start_concurrency: 16,
+            quiesce_timeout: Duration::from_secs(1),
         }
     }
 
@@ -473,7 +477,9 @@ mod tests {
     fn target_mode_drives_a_resp_server_closed_and_open_loop() {
         let (addr, sets) = fake_server();
         let mut out = Vec::new();
-        let s = super::super::execute(&target_args(addr, None), &mut out).unwrap();
+        let s = super::super::execute(&target_args(addr, None), &mut out)
+            .unwrap()
+            .load();
         let text = String::from_utf8(out).unwrap();
         assert!(s.writes > 0 && s.reads > 0, "{text}");
         assert_eq!(s.errors, 0, "{text}");
@@ -484,7 +490,9 @@ mod tests {
 
         // Open loop at 2,000 ops/s for 0.6 s: about 1,200 ops.
         let mut out = Vec::new();
-        let s = super::super::execute(&target_args(addr, Some(2000)), &mut out).unwrap();
+        let s = super::super::execute(&target_args(addr, Some(2000)), &mut out)
+            .unwrap()
+            .load();
         let text = String::from_utf8(out).unwrap();
         let ops = s.writes + s.reads;
         assert!((900..=1500).contains(&ops), "{ops} ops\n{text}");

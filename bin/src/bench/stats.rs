@@ -53,6 +53,14 @@ pub struct Tally {
     pub write_us: Histogram<u64>,
     /// Latency of successful reads, µs.
     pub read_us: Histogram<u64>,
+    /// Issue lateness of successful operations, µs: when the generator
+    /// actually sent the request minus when it was due (open loop: its
+    /// scheduled time; closed loop: 0). A growing lateness means the
+    /// generator, not the system, fell behind the schedule.
+    pub issue_lateness_us: Histogram<u64>,
+    /// Service time of successful operations, µs: completion minus actual
+    /// issue (what the system took, without the generator's queueing).
+    pub service_us: Histogram<u64>,
     /// Failures by kind (at most [`ERROR_KINDS_MAX`] kinds; the rest are
     /// counted under `other`).
     pub error_kinds: BTreeMap<String, u64>,
@@ -70,6 +78,8 @@ impl Default for Tally {
             retries: 0,
             write_us: new_histogram(),
             read_us: new_histogram(),
+            issue_lateness_us: new_histogram(),
+            service_us: new_histogram(),
             error_kinds: BTreeMap::new(),
         }
     }
@@ -85,6 +95,8 @@ impl Tally {
         // Same bounds on both sides: `add` cannot fail.
         let _ = self.write_us.add(&other.write_us);
         let _ = self.read_us.add(&other.read_us);
+        let _ = self.issue_lateness_us.add(&other.issue_lateness_us);
+        let _ = self.service_us.add(&other.service_us);
         for (kind, n) in &other.error_kinds {
             self.count_error_kind(kind, *n);
         }
@@ -107,8 +119,13 @@ impl Tally {
         all
     }
 
-    fn record(&mut self, kind: OpKind, latency: Duration) {
-        let us = (latency.as_micros() as u64).clamp(1, LATENCY_US_MAX);
+    fn record(&mut self, kind: OpKind, latency: Duration, lateness: Duration, service: Duration) {
+        let us = |d: Duration| (d.as_micros() as u64).clamp(1, LATENCY_US_MAX);
+        // 0 is a valid lateness (closed loop).
+        self.issue_lateness_us
+            .saturating_record((lateness.as_micros() as u64).min(LATENCY_US_MAX));
+        self.service_us.saturating_record(us(service));
+        let us = us(latency);
         match kind {
             OpKind::Write => {
                 self.writes += 1;
@@ -134,14 +151,18 @@ impl Recorder {
         }
     }
 
-    /// Records a successful operation that completed at `now` and was due
-    /// at `intended` (open loop: its scheduled time, so a stalled system
-    /// is charged for the queueing it causes).
-    pub fn success(&mut self, kind: OpKind, intended: Instant, now: Instant) {
+    /// Records a successful operation that completed at `now`, was due at
+    /// `intended` (open loop: its scheduled time, so a stalled system is
+    /// charged for the queueing it causes) and actually went out at
+    /// `issued` (`issued - intended` is the generator's lateness, `now -
+    /// issued` the service time).
+    pub fn success(&mut self, kind: OpKind, intended: Instant, issued: Instant, now: Instant) {
         let latency = now.saturating_duration_since(intended);
-        self.interval.record(kind, latency);
+        let lateness = issued.saturating_duration_since(intended);
+        let service = now.saturating_duration_since(issued);
+        self.interval.record(kind, latency, lateness, service);
         if self.in_window(now) {
-            self.measured.record(kind, latency);
+            self.measured.record(kind, latency, lateness, service);
         }
     }
 
@@ -332,6 +353,8 @@ pub struct EngineCounters {
     pub transport_bytes: u64,
     /// Driver turns.
     pub turns: u64,
+    /// Shard tick timer firings.
+    pub ticks: u64,
     /// Entries committed.
     pub entries_committed: u64,
     /// Times a replica became leader (elections won).
@@ -354,6 +377,7 @@ impl EngineCounters {
             self.transport_bytes += p.bytes_sent;
         }
         self.turns += s.turns;
+        self.ticks += s.ticks;
         self.entries_committed += s.entries_committed;
         self.leader_elected += s.leader_elected;
         self.tick_lateness_max_us = self
@@ -372,6 +396,7 @@ impl EngineCounters {
             messages_sent: self.messages_sent.saturating_sub(earlier.messages_sent),
             transport_bytes: self.transport_bytes.saturating_sub(earlier.transport_bytes),
             turns: self.turns.saturating_sub(earlier.turns),
+            ticks: self.ticks.saturating_sub(earlier.ticks),
             entries_committed: self
                 .entries_committed
                 .saturating_sub(earlier.entries_committed),
@@ -451,6 +476,21 @@ pub struct Summary {
     pub max_us: u64,
     /// Mean.
     pub mean_us: f64,
+    /// Issue lateness (actual issue − scheduled issue), p50, µs: 0 in a
+    /// closed loop; in an open loop, how far behind its schedule the load
+    /// generator sent requests.
+    pub issue_lateness_p50_us: u64,
+    /// Issue lateness, p99.
+    pub issue_lateness_p99_us: u64,
+    /// Issue lateness, maximum.
+    pub issue_lateness_max_us: u64,
+    /// Service time (completion − actual issue), p50, µs: the latency
+    /// without the generator's own delay.
+    pub service_p50_us: u64,
+    /// Service time, p99.
+    pub service_p99_us: u64,
+    /// Service time, p99.9.
+    pub service_p999_us: u64,
     /// Writes only: p50 / p99, µs.
     pub write_p50_us: u64,
     /// Writes only: p99.
@@ -542,6 +582,12 @@ pub fn summarize(m: &Measured<'_>) -> Summary {
         p999_us: all.value_at_quantile(0.999),
         max_us: all.max(),
         mean_us: if all.is_empty() { 0.0 } else { all.mean() },
+        issue_lateness_p50_us: t.issue_lateness_us.value_at_quantile(0.5),
+        issue_lateness_p99_us: t.issue_lateness_us.value_at_quantile(0.99),
+        issue_lateness_max_us: t.issue_lateness_us.max(),
+        service_p50_us: t.service_us.value_at_quantile(0.5),
+        service_p99_us: t.service_us.value_at_quantile(0.99),
+        service_p999_us: t.service_us.value_at_quantile(0.999),
         write_p50_us: t.write_us.value_at_quantile(0.5),
         write_p99_us: t.write_us.value_at_quantile(0.99),
         read_p50_us: t.read_us.value_at_quantile(0.5),
@@ -596,6 +642,18 @@ pub fn render(s: &Summary, threads: &ThreadCpu) -> String {
         "latency    p50 {} us  p90 {} us  p99 {} us  p99.9 {} us  max {} us  mean {:.0} us",
         s.p50_us, s.p90_us, s.p99_us, s.p999_us, s.max_us, s.mean_us
     );
+    if c.rate.is_some() {
+        let _ = writeln!(
+            out,
+            "open loop  issue lateness (generator behind schedule) p50 {} us  p99 {} us  max {} us; service time (from actual issue) p50 {} us  p99 {} us  p99.9 {} us",
+            s.issue_lateness_p50_us,
+            s.issue_lateness_p99_us,
+            s.issue_lateness_max_us,
+            s.service_p50_us,
+            s.service_p99_us,
+            s.service_p999_us
+        );
+    }
     let _ = writeln!(
         out,
         "wal        fdatasyncs/s {}  entries/fdatasync {}  MiB/s {}",
@@ -685,14 +743,24 @@ mod tests {
         let end = t0 + Duration::from_secs(3);
         let mut r = Recorder::new(start, end);
         // Before the window: interval only.
-        r.success(OpKind::Write, t0, t0 + Duration::from_millis(1));
+        r.success(OpKind::Write, t0, t0, t0 + Duration::from_millis(1));
         // In the window: both.
-        r.success(OpKind::Write, start, start + Duration::from_micros(100));
-        r.success(OpKind::Read, start, start + Duration::from_micros(300));
+        r.success(
+            OpKind::Write,
+            start,
+            start + Duration::from_micros(40),
+            start + Duration::from_micros(100),
+        );
+        r.success(
+            OpKind::Read,
+            start,
+            start,
+            start + Duration::from_micros(300),
+        );
         r.error(start + Duration::from_millis(5), "Timeout");
         r.retry(start + Duration::from_millis(5));
         // At the end (exclusive): interval only.
-        r.success(OpKind::Write, end, end);
+        r.success(OpKind::Write, end, end, end);
         assert_eq!(r.measured.writes, 1);
         assert_eq!(r.measured.reads, 1);
         assert_eq!(r.measured.errors, 1);
@@ -705,6 +773,10 @@ mod tests {
         // Open loop: latency counts from the intended time.
         assert_eq!(r.measured.write_us.max(), 100);
         assert!((299..=301).contains(&r.measured.read_us.max()));
+        // Issue lateness and service time split the write's 100 µs.
+        assert_eq!(r.measured.issue_lateness_us.max(), 40);
+        assert_eq!(r.measured.service_us.min(), 60);
+        assert!((299..=301).contains(&r.measured.service_us.max()));
     }
 
     #[test]
