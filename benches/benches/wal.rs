@@ -40,7 +40,19 @@ fn cell_selected(entries: usize, payload: usize, groups: usize) -> bool {
     }
 }
 
+/// CPU time this thread has run, from `/proc/thread-self/schedstat` (a
+/// procfs read: instant, it never waits for a device).
+fn thread_cpu() -> Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .map(Duration::from_nanos)
+        .unwrap_or_default()
+}
+
 struct Sample {
+    /// CPU time of the executor thread during the run.
+    cpu: Duration,
     ops: u64,
     bytes: u64,
     elapsed: Duration,
@@ -84,6 +96,7 @@ async fn raw_file(path: &Path, prefill: bool) -> DmaFile {
 async fn raw_run(f: &DmaFile, size: u64, dur: Duration, pos: &mut u64) -> Sample {
     let mut hist = Histogram::<u64>::new(3).unwrap();
     let start = Instant::now();
+    let cpu0 = thread_cpu();
     let mut ops = 0;
     while start.elapsed() < dur || ops < 3 {
         if *pos + size > RAW_FILE_BYTES {
@@ -99,6 +112,7 @@ async fn raw_run(f: &DmaFile, size: u64, dur: Duration, pos: &mut u64) -> Sample
         ops += 1;
     }
     Sample {
+        cpu: thread_cpu() - cpu0,
         ops,
         bytes: ops * size,
         elapsed: start.elapsed(),
@@ -116,8 +130,12 @@ struct Load {
 
 impl Load {
     fn batch(&mut self, entries: usize) -> Batch {
+        self.batch_into(Batch::new(), entries)
+    }
+
+    /// Adds `entries` appends to `b`.
+    fn batch_into(&mut self, mut b: Batch, entries: usize) -> Batch {
         let groups = self.next_index.len();
-        let mut b = Batch::new();
         let mut left = entries;
         while left > 0 {
             let g = self.cursor % groups;
@@ -140,6 +158,7 @@ impl Load {
         b
     }
 
+    /// Snapshot markers compacting every group up to its last entry.
     fn compaction(&self) -> Batch {
         let mut b = Batch::new();
         for (g, &next) in self.next_index.iter().enumerate() {
@@ -170,7 +189,12 @@ fn wal_options() -> WalOptions {
 /// One writer with up to `depth` batches in flight: with 1, latency per
 /// batch; with 2, the writer builds (and submits) the next batch while the
 /// previous one is being flushed, as the engine's shard loop does. Returns
-/// the sample and the average data frame (compaction frames excluded).
+/// the sample, the average frame and the number of frames.
+///
+/// Every 48 MiB the next batch also carries snapshot markers compacting
+/// every group (as an engine that snapshots regularly piggybacks them on its
+/// next write), so old segments are reclaimed and recycled: the WAL runs in
+/// steady state and the pipeline is never drained for it.
 async fn wal_run(
     wal: &Rc<Wal>,
     load: &mut Load,
@@ -180,25 +204,36 @@ async fn wal_run(
 ) -> (Sample, u64, u64) {
     let mut hist = Histogram::<u64>::new(3).unwrap();
     let before = wal.stats();
-    let mut excluded = (0u64, 0u64); // (bytes, flushes) of compaction frames
     let start = Instant::now();
+    let cpu0 = thread_cpu();
     let mut ops = 0;
-    let mut since_compact = 0u64;
-    let mut compact_at = before.bytes_written + (16 << 20);
+    let mut compact_at = before.bytes_written + (48 << 20);
     let mut inflight: VecDeque<(Instant, glommio::Task<()>)> = VecDeque::new();
+    let mut next_batch = |load: &mut Load| {
+        let stats = wal.stats();
+        if stats.bytes_written >= compact_at {
+            compact_at = stats.bytes_written + (48 << 20);
+            load.batch_into(load.compaction(), entries)
+        } else {
+            load.batch(entries)
+        }
+    };
     loop {
         let running = start.elapsed() < dur || ops < 3;
-        if depth == 1 && running {
+        if depth == 1 {
+            if !running {
+                break;
+            }
             // No task hop: the caller awaits its write directly.
-            let b = load.batch(entries);
+            let b = next_batch(load);
             let t = Instant::now();
             wal.write(b).await.unwrap();
             hist.record(t.elapsed().as_nanos() as u64).unwrap();
             ops += 1;
-            since_compact += 1;
+            continue;
         }
-        while depth > 1 && running && inflight.len() < depth {
-            let b = load.batch(entries);
+        while running && inflight.len() < depth {
+            let b = next_batch(load);
             let w = wal.clone();
             let t = Instant::now();
             inflight.push_back((
@@ -206,47 +241,21 @@ async fn wal_run(
                 glommio::spawn_local(async move { w.write(b).await.unwrap() }),
             ));
         }
-        if depth == 1 && !running {
+        let Some((t, task)) = inflight.pop_front() else {
             break;
-        }
-        if depth > 1 {
-            let Some((t, task)) = inflight.pop_front() else {
-                break;
-            };
-            task.await;
-            hist.record(t.elapsed().as_nanos() as u64).unwrap();
-            ops += 1;
-            since_compact += 1;
-        }
-        // Compact every 64 batches or 16 MiB, as an engine that snapshots
-        // regularly does: old segments are then reclaimed and recycled.
-        if since_compact >= 64 || wal.stats().bytes_written >= compact_at {
-            compact_at = wal.stats().bytes_written + (16 << 20);
-            // Keep the WAL in steady state: compact everything so old
-            // segments are reclaimed and recycled (not counted).
-            while let Some((t, task)) = inflight.pop_front() {
-                task.await;
-                hist.record(t.elapsed().as_nanos() as u64).unwrap();
-                ops += 1;
-            }
-            let c = load.compaction();
-            if !c.is_empty() {
-                let s0 = wal.stats();
-                wal.write(c).await.unwrap();
-                let s1 = wal.stats();
-                excluded.0 += s1.bytes_written - s0.bytes_written;
-                excluded.1 += s1.flushes - s0.flushes;
-            }
-            since_compact = 0;
-        }
+        };
+        task.await;
+        hist.record(t.elapsed().as_nanos() as u64).unwrap();
+        ops += 1;
     }
     let elapsed = start.elapsed();
     let after = wal.stats();
-    let bytes = after.bytes_written - before.bytes_written - excluded.0;
-    let flushes = (after.flushes - before.flushes - excluded.1).max(1);
+    let bytes = after.bytes_written - before.bytes_written;
+    let flushes = (after.flushes - before.flushes).max(1);
     let frame = (bytes / flushes).div_ceil(BLOCK).max(1) * BLOCK;
     (
         Sample {
+            cpu: thread_cpu() - cpu0,
             ops,
             bytes,
             elapsed,
@@ -262,6 +271,7 @@ fn merge(acc: &mut Option<Sample>, s: Sample) {
     match acc {
         None => *acc = Some(s),
         Some(a) => {
+            a.cpu += s.cpu;
             a.ops += s.ops;
             a.bytes += s.bytes;
             a.elapsed += s.elapsed;
@@ -324,6 +334,7 @@ fn main() {
                 let x = raw_run(&fresh, BLOCK, dur / 4, &mut pos).await;
                 let y = raw_run(&raw, BLOCK, dur / 4, &mut rpos).await;
                 for (acc, s) in [(&mut a, x), (&mut b, y)] {
+                    acc.cpu += s.cpu;
                     acc.ops += s.ops;
                     acc.bytes += s.bytes;
                     acc.elapsed += s.elapsed;
@@ -361,9 +372,11 @@ fn main() {
             println!("Latency: one writer, one batch in flight. Throughput: one writer, two batches in flight");
             println!("(it builds the next batch while the previous one is flushed, as the shard loop does).");
             println!("raw = DmaFile write_at of the WAL's frame size (4 KiB-aligned) + fdatasync, queue depth 1, into");
-            println!("an already-written file; WAL and raw rounds interleaved within each cell.\n");
-            println!("| entries/batch | payload B | groups | frame KiB | WAL p50 us | WAL p99 us | raw p50 us | p50 WAL/raw | WAL entries/s | WAL payload MB/s | WAL disk MB/s | WAL fsync/s | raw MB/s | disk MB/s WAL/raw |");
-            println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+            println!("an already-written file; WAL and raw rounds interleaved within each cell.");
+            println!("CPU = CPU time of the executor thread per batch in the throughput run (building the batch");
+            println!("included) and per raw write: it does not depend on how loaded the machine is.\n");
+            println!("| entries/batch | payload B | groups | frame KiB | WAL p50 us | WAL p99 us | raw p50 us | p50 WAL/raw | WAL entries/s | WAL payload MB/s | WAL disk MB/s | WAL fsync/s | raw MB/s | disk MB/s WAL/raw | WAL CPU us/batch | raw CPU us/write |");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
             let mut cell = 0u64;
             for &groups in &[1usize, 100, 10_000] {
                 for &payload in &[16usize, 128, 1024] {
@@ -400,14 +413,14 @@ fn main() {
                         let (w, t, r) = (lat.unwrap(), thr.unwrap(), raw_s.unwrap());
                         let st = wal.stats();
                         eprintln!(
-                            "cell {entries}x{payload}x{groups}: segments live {} created {} recycled {} deleted {}",
-                            st.segments, st.segments_created, st.segments_recycled, st.segments_deleted
+                            "cell {entries}x{payload}x{groups}: segments live {} created {} recycled {} deleted {}; flushes {} pipelined {}",
+                            st.segments, st.segments_created, st.segments_recycled, st.segments_deleted, st.flushes, st.pipelined_frames
                         );
                         let user_bytes = t.ops * (entries * payload) as u64;
                         let wal_disk = t.per_sec(t.bytes) / 1e6;
                         let raw_mbps = r.per_sec(r.bytes) / 1e6;
                         println!(
-                            "| {entries} | {payload} | {groups} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.1} | {:.1} | {:.0} | {:.1} | {:.2} |",
+                            "| {entries} | {payload} | {groups} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.1} | {:.1} | {:.0} | {:.1} | {:.2} | {:.0} | {:.0} |",
                             frame / 1024,
                             w.p(0.5),
                             w.p(0.99),
@@ -419,6 +432,8 @@ fn main() {
                             t.per_sec(thr_flushes),
                             raw_mbps,
                             wal_disk / raw_mbps,
+                            t.cpu.as_secs_f64() * 1e6 / t.ops.max(1) as f64,
+                            r.cpu.as_secs_f64() * 1e6 / r.ops.max(1) as f64,
                         );
                     }
                 }

@@ -4,6 +4,7 @@
 //! recovery gives exactly the answer the live WAL gave.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use bytes::Bytes;
 
@@ -57,6 +58,8 @@ pub(crate) struct GroupState {
     pub cached_bytes: u64,
     /// Every slot below this index has no cached payload.
     pub cache_lo: u64,
+    /// Queued in the WAL's cache eviction round robin.
+    pub in_rr: bool,
 }
 
 impl GroupState {
@@ -152,10 +155,41 @@ pub(crate) enum Undo {
     },
 }
 
+/// Hasher for `u64` group ids: a murmur3 finaliser (all bits mixed, a few
+/// ns) instead of SipHash; group ids come from the engine, not from clients.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct GroupHasher(u64);
+
+impl Hasher for GroupHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        let mut h = self.0.rotate_left(29) ^ x;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^= h >> 33;
+        self.0 = h;
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A map keyed by group id.
+pub(crate) type GroupMap<V> = HashMap<GroupId, V, BuildHasherDefault<GroupHasher>>;
+
+/// How one change moved a group's oldest live segment: `(before, after)`.
+pub(crate) type PinMove = (Option<u64>, Option<u64>);
+
 /// Per-group state of every group of the WAL.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
-    pub groups: HashMap<GroupId, GroupState>,
+    pub groups: GroupMap<GroupState>,
     pub cached_bytes_total: u64,
 }
 
@@ -172,7 +206,7 @@ impl Index {
         op_id: u64,
         change: Change,
         undo: Option<&mut Vec<Undo>>,
-    ) -> Result<(), InvalidOp> {
+    ) -> Result<PinMove, InvalidOp> {
         // Validate first, against the current state.
         if let Change::Meta { meta, .. } = &change {
             if meta.len() > META_BYTES_MAX {
@@ -182,6 +216,7 @@ impl Index {
                 });
             }
         }
+        let pin_before = self.groups.get(&group).and_then(|g| g.min_segment());
         if let Some(g) = self.groups.get(&group) {
             match &change {
                 Change::Append { first_index, slots } => {
@@ -197,7 +232,7 @@ impl Index {
             }
         } else {
             match &change {
-                Change::Remove => return Ok(()),
+                Change::Remove => return Ok((None, None)),
                 Change::Append { first_index, slots } => {
                     check_append(&GroupState::default(), *first_index, slots.len())?
                 }
@@ -316,7 +351,10 @@ impl Index {
                 });
             }
         }
-        Ok(())
+        Ok((
+            pin_before,
+            self.groups.get(&group).and_then(|g| g.min_segment()),
+        ))
     }
 
     /// Whether a snapshot record with `marker` drops every entry of `group`
@@ -427,42 +465,57 @@ impl Index {
         op_id: u64,
         first_index: u64,
         locs: &[Loc],
-    ) {
-        let Some(g) = self.groups.get_mut(&group) else {
-            return;
-        };
-        for (k, loc) in locs.iter().enumerate() {
-            if let Some(s) = g.slot_mut(first_index + k as u64) {
-                if s.op_id == op_id {
-                    debug_assert!(s.loc.is_none());
-                    s.loc = Some(*loc);
+    ) -> PinMove {
+        self.update(group, |g| {
+            for (k, loc) in locs.iter().enumerate() {
+                if let Some(s) = g.slot_mut(first_index + k as u64) {
+                    if s.op_id == op_id {
+                        debug_assert!(s.loc.is_none());
+                        s.loc = Some(*loc);
+                    }
                 }
             }
-        }
+        })
     }
 
-    pub(crate) fn set_hard_state_segment(&mut self, group: GroupId, op_id: u64, seg: u64) {
-        if let Some(g) = self.groups.get_mut(&group) {
+    /// Runs `f` on `group` (if it exists); returns how its oldest live
+    /// segment moved. One hash lookup.
+    fn update(&mut self, group: GroupId, f: impl FnOnce(&mut GroupState)) -> PinMove {
+        let Some(g) = self.groups.get_mut(&group) else {
+            return (None, None);
+        };
+        let before = g.min_segment();
+        f(g);
+        (before, g.min_segment())
+    }
+
+    pub(crate) fn set_hard_state_segment(
+        &mut self,
+        group: GroupId,
+        op_id: u64,
+        seg: u64,
+    ) -> PinMove {
+        self.update(group, |g| {
             if g.hs_op == op_id {
                 g.hs_seg = Some(seg);
             }
-        }
+        })
     }
 
-    pub(crate) fn set_meta_segment(&mut self, group: GroupId, op_id: u64, seg: u64) {
-        if let Some(g) = self.groups.get_mut(&group) {
+    pub(crate) fn set_meta_segment(&mut self, group: GroupId, op_id: u64, seg: u64) -> PinMove {
+        self.update(group, |g| {
             if g.meta_op == op_id {
                 g.meta_seg = Some(seg);
             }
-        }
+        })
     }
 
-    pub(crate) fn set_marker_segment(&mut self, group: GroupId, op_id: u64, seg: u64) {
-        if let Some(g) = self.groups.get_mut(&group) {
+    pub(crate) fn set_marker_segment(&mut self, group: GroupId, op_id: u64, seg: u64) -> PinMove {
+        self.update(group, |g| {
             if g.marker_op == op_id {
                 g.marker_seg = Some(seg);
             }
-        }
+        })
     }
 
     /// Drops cached payloads of `group`, oldest first, until the group holds at

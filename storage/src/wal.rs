@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -37,6 +38,115 @@ use crate::types::{Batch, Entry, GroupId, HardState, Op, SnapshotMarker};
 
 pub(crate) const MANIFEST_NAME: &str = "MANIFEST";
 const SPARE_CHUNK_BYTES: u64 = 256 * 1024;
+/// Frames at least this large are written by the I/O thread even when
+/// nothing else is in flight (the executor keeps encoding meanwhile).
+const THREAD_FRAME_BYTES_MIN: u64 = 128 * 1024;
+/// Frames handed to the I/O thread at most (one written, one waiting).
+const PIPELINE_FRAMES_MAX: usize = 2;
+/// Queued bytes that start the next frame while one is in flight; below
+/// this, batches wait for the flush and are grouped into the next frame.
+const PIPELINE_BYTES_MIN: u64 = 64 * 1024;
+
+/// A 4 KiB-aligned, reusable byte buffer that can travel to the I/O thread.
+pub(crate) struct AlignedBuf {
+    vec: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn new(capacity: usize) -> Self {
+        // Zero-initialised allocations of this size are fresh zero pages,
+        // faulted in on first use only.
+        let vec = vec![0u8; capacity + BLOCK_BYTES as usize];
+        let start = vec.as_ptr().align_offset(BLOCK_BYTES as usize);
+        Self {
+            vec,
+            start,
+            len: capacity,
+        }
+    }
+    fn capacity(&self) -> usize {
+        self.vec.len() - self.start
+    }
+    fn as_slice(&self) -> &[u8] {
+        &self.vec[self.start..self.start + self.len]
+    }
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.vec[self.start..self.start + self.len]
+    }
+}
+
+/// Orders the I/O thread's frames: frame N+1 is written only after frame
+/// N's fdatasync returned (and not at all if it failed).
+#[derive(Default)]
+pub(crate) struct ChainLink {
+    done: std::sync::Mutex<Option<bool>>,
+    cv: std::sync::Condvar,
+}
+
+impl ChainLink {
+    fn finish(&self, ok: bool) {
+        if let Ok(mut d) = self.done.lock() {
+            *d = Some(ok);
+        }
+        self.cv.notify_all();
+    }
+    /// Waits (on the I/O thread) for the previous frame.
+    fn wait(&self) -> std::io::Result<()> {
+        let err = |m: &str| std::io::Error::other(m.to_string());
+        let mut d = self.done.lock().map_err(|_| err("chain lock poisoned"))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match *d {
+                Some(true) => return Ok(()),
+                Some(false) => return Err(err("the previous frame failed")),
+                None => {}
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(err("the previous frame was not written within 60 s"));
+            }
+            d = self
+                .cv
+                .wait_timeout(d, left)
+                .map_err(|_| err("chain lock poisoned"))?
+                .0;
+        }
+    }
+}
+
+enum FrameBuf {
+    Dma(glommio::io::DmaBuffer),
+    Thread(AlignedBuf),
+}
+
+/// What to do once a frame is durable.
+struct FrameDone {
+    last_op: u64,
+    touched: Vec<GroupId>,
+    /// Bytes written (padded).
+    len: u64,
+    /// Header + records.
+    frame_bytes: u64,
+}
+
+struct Frame {
+    seg: SegFile,
+    offset: u64,
+    buf: FrameBuf,
+    done: FrameDone,
+}
+
+type IoResult = (AlignedBuf, std::io::Result<()>);
+
+/// A frame handed to the I/O thread.
+struct InFlight {
+    io: std::pin::Pin<Box<dyn std::future::Future<Output = IoResult>>>,
+    path: PathBuf,
+    done: FrameDone,
+    started: Instant,
+}
 
 /// Tuning of a [`Wal`]. Every bound has a unit in its name.
 #[derive(Debug, Clone)]
@@ -150,6 +260,9 @@ pub struct WalStats {
     pub batches: u64,
     /// Frames written (each one DMA write + one fdatasync).
     pub flushes: u64,
+    /// Frames built while the previous frame was still being written (the
+    /// pipelined path through the I/O thread).
+    pub pipelined_frames: u64,
     /// fdatasync calls, including segment preparation.
     pub fdatasyncs: u64,
     /// Latency of each frame flush: its DMA write plus its fdatasync.
@@ -270,6 +383,8 @@ pub(crate) struct State {
     pub spares: VecDeque<SegFile>,
     spare_prep: Option<SparePrep>,
     committer_running: bool,
+    /// Frames handed to the I/O thread and not yet acknowledged.
+    inflight_frames: usize,
     poisoned: Option<String>,
     closed: bool,
     gc_dirty: bool,
@@ -308,6 +423,14 @@ struct Inner {
     opts: WalOptions,
     st: RefCell<State>,
     notify: Notify,
+    /// Wakes the committer when a batch is queued.
+    work: Notify,
+    /// Completion of the last frame handed to the I/O thread.
+    io_chain: RefCell<Option<Arc<ChainLink>>>,
+    /// Duplicate descriptor of the current segment for the I/O thread.
+    io_file: RefCell<Option<(u64, Arc<std::fs::File>)>>,
+    /// Reusable frame buffers of the I/O thread path (faulted in once).
+    bufs: RefCell<Vec<AlignedBuf>>,
 }
 
 /// The write-ahead log of one shard. See the crate documentation.
@@ -448,6 +571,7 @@ impl Wal {
             spares,
             spare_prep: None,
             committer_running: false,
+            inflight_frames: 0,
             poisoned: None,
             closed: false,
             gc_dirty: true,
@@ -474,6 +598,10 @@ impl Wal {
                 opts: options,
                 st: RefCell::new(st),
                 notify: Notify::default(),
+                work: Notify::default(),
+                io_chain: RefCell::new(None),
+                io_file: RefCell::new(None),
+                bufs: RefCell::new(Vec::new()),
             }),
         };
         // Prepare the spare segment and reclaim what recovery left behind.
@@ -1053,6 +1181,9 @@ impl Wal {
                 st.poisoned.clone(),
             )
         };
+        inner.io_file.borrow_mut().take();
+        inner.io_chain.borrow_mut().take();
+        inner.bufs.borrow_mut().clear();
         inner.notify.notify_all();
         for seg in segs.into_iter().chain(spares).chain(prep.map(|p| p.seg)) {
             let path = seg.path.clone();
@@ -1079,13 +1210,11 @@ fn accept(st: &mut State, opts: &WalOptions, batch: Batch, bytes: u64) -> Result
     let first_op = st.next_op + 1;
     let mut ops = Vec::with_capacity(batch.ops.len());
     let mut cached_groups = Vec::new();
-    let mut pins_before: std::collections::HashMap<GroupId, Option<u64>> = Default::default();
+    // Pin moves are applied once the whole batch is accepted.
+    let mut pin_moves = Vec::new();
     for (k, mut op) in batch.ops.into_iter().enumerate() {
         let op_id = first_op + k as u64;
         let group = op.group();
-        pins_before
-            .entry(group)
-            .or_insert_with(|| st.index.groups.get(&group).and_then(|g| g.min_segment()));
         if let Op::Snapshot {
             marker, drop_all, ..
         } = &mut op
@@ -1135,9 +1264,16 @@ fn accept(st: &mut State, opts: &WalOptions, batch: Batch, bytes: u64) -> Result
             },
             Op::Remove { .. } => Change::Remove,
         };
-        if let Err(reason) = st.index.apply(group, op_id, change, Some(&mut undo)) {
-            st.index.revert(undo);
-            return Err(WalError::InvalidOp { group, reason });
+        match st.index.apply(group, op_id, change, Some(&mut undo)) {
+            Ok((before, after)) => {
+                if before != after {
+                    pin_moves.push((before, after));
+                }
+            }
+            Err(reason) => {
+                st.index.revert(undo);
+                return Err(WalError::InvalidOp { group, reason });
+            }
         }
         if matches!(op, Op::Snapshot { .. } | Op::Remove { .. }) {
             st.gc_urgent = true;
@@ -1145,18 +1281,22 @@ fn accept(st: &mut State, opts: &WalOptions, batch: Batch, bytes: u64) -> Result
         ops.push((op_id, op));
     }
     st.next_op = first_op + ops.len() as u64 - 1;
-    for (g, old) in pins_before {
-        let new = st.index.groups.get(&g).and_then(|s| s.min_segment());
+    for (old, new) in pin_moves {
         pin_move(&mut st.pins, old, new);
     }
     for g in cached_groups {
-        st.cache_rr.push_back(g);
+        if let Some(s) = st.index.groups.get_mut(&g) {
+            if !s.in_rr {
+                s.in_rr = true;
+                st.cache_rr.push_back(g);
+            }
+        }
     }
     if st.cache_rr.len() > 2 * st.index.groups.len() + 64 {
         let index = &st.index;
         let mut seen = std::collections::HashSet::new();
         st.cache_rr
-            .retain(|g| index.groups.get(g).is_some_and(|s| s.cached_bytes > 0) && seen.insert(*g));
+            .retain(|g| index.groups.get(g).is_some_and(|s| s.in_rr) && seen.insert(*g));
     }
     st.stats.batches += 1;
     st.gc_dirty = true;
@@ -1176,6 +1316,8 @@ impl Inner {
         {
             let mut st = this.st.borrow_mut();
             if st.committer_running || st.closed || st.poisoned.is_some() {
+                drop(st);
+                this.work.notify_all();
                 return;
             }
             st.committer_running = true;
@@ -1185,40 +1327,125 @@ impl Inner {
     }
 
     async fn run_committer(self: Rc<Self>) {
-        loop {
-            // One flush (if anything is queued), then one bounded piece of
-            // maintenance, so that neither starves the other under load.
-            let has_work = !self.st.borrow().queue.is_empty();
-            let step = async {
-                if has_work {
-                    self.flush_once().await?;
-                }
-                Ok::<bool, WalError>(self.maintain_step().await? || has_work)
+        let mut inflight: VecDeque<InFlight> = VecDeque::new();
+        let result = self.commit_loop(&mut inflight).await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "wal write failed; poisoning the WAL");
+            self.st.borrow_mut().poisoned = Some(e.to_string());
+            // Frames still queued on the I/O thread fail fast (their
+            // predecessor failed); wait for them so no write outlives us.
+            while let Some(f) = inflight.pop_front() {
+                let _ = f.io.await;
             }
-            .await;
-            match step {
-                Ok(true) => {}
-                Ok(false) => {
-                    let mut st = self.st.borrow_mut();
-                    if st.queue.is_empty() {
-                        st.committer_running = false;
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "wal write failed; poisoning the WAL");
-                    let mut st = self.st.borrow_mut();
-                    st.poisoned = Some(e.to_string());
-                    st.committer_running = false;
-                    break;
-                }
-            }
+        }
+        {
+            let mut st = self.st.borrow_mut();
+            st.inflight_frames = 0;
+            st.committer_running = false;
         }
         self.notify.notify_all();
     }
 
-    /// Writes one frame of queued batches: one DMA write, one fdatasync.
-    async fn flush_once(&self) -> Result<(), WalError> {
+    /// The committer: builds frames from queued batches, writes each with one
+    /// DMA write and one fdatasync, acknowledges, and does maintenance in
+    /// between. Returns when there is nothing left to do.
+    ///
+    /// ```text
+    ///  executor (this task)                    I/O thread (glommio blocking pool)
+    ///  build frame N ──hand over──────────────► pwrite N, fdatasync N ─┐
+    ///  build frame N+1 (while N is written) ──► (waits for N) pwrite N+1, fdatasync N+1
+    ///  ack N ◄──────────────────────────────────────────────────────────┘
+    /// ```
+    /// Small frames with nothing in flight go through io_uring on the
+    /// executor (lowest latency). Large frames, and any frame built while
+    /// another is in flight, go to the I/O thread: there, each write follows
+    /// the previous frame's fdatasync immediately, without waiting for this
+    /// executor to submit it (glommio 0.9 submits io_uring requests only when
+    /// the executor polls, i.e. after the CPU work of every runnable task).
+    /// Frame N+1 is still written only after fdatasync N returned, so the
+    /// disk never holds frame N+1 without frame N.
+    async fn commit_loop(&self, inflight: &mut VecDeque<InFlight>) -> Result<(), WalError> {
+        loop {
+            let (queued, queue_bytes) = {
+                let st = self.st.borrow();
+                (!st.queue.is_empty(), st.queue_bytes)
+            };
+            let build = queued
+                && (inflight.is_empty()
+                    || (inflight.len() < PIPELINE_FRAMES_MAX && queue_bytes >= PIPELINE_BYTES_MIN));
+            if build {
+                let frame = self.build_frame(!inflight.is_empty()).await?;
+                match frame.buf {
+                    FrameBuf::Dma(buf) => {
+                        let started = Instant::now();
+                        write_all(&frame.seg.file, &frame.seg.path, buf, frame.offset).await?;
+                        frame
+                            .seg
+                            .file
+                            .fdatasync()
+                            .await
+                            .map_err(|e| WalError::io(&frame.seg.path, e))?;
+                        self.complete(&frame.done, started);
+                        self.maintain_step(inflight.is_empty()).await?;
+                    }
+                    FrameBuf::Thread(buf) => {
+                        let mut f = self.dispatch(&frame.seg, frame.offset, buf, frame.done)?;
+                        // The first poll hands the frame to the I/O thread.
+                        if let Some(res) = futures_lite::future::poll_once(&mut f.io).await {
+                            // Only if it ran already; keep the order anyway.
+                            f.io = Box::pin(std::future::ready(res));
+                        }
+                        inflight.push_back(f);
+                        self.st.borrow_mut().inflight_frames = inflight.len();
+                    }
+                }
+                glommio::yield_if_needed().await;
+                continue;
+            }
+            let can_build = inflight.len() < PIPELINE_FRAMES_MAX;
+            if let Some(front) = inflight.front_mut() {
+                // Wait for the oldest frame, or for enough new work to build
+                // the next one while it is in flight.
+                let done = futures_lite::future::or(async { Some((&mut front.io).await) }, async {
+                    if can_build {
+                        self.work
+                            .wait_until(|| {
+                                let st = self.st.borrow();
+                                st.queue_bytes >= PIPELINE_BYTES_MIN
+                            })
+                            .await;
+                    } else {
+                        std::future::pending::<()>().await;
+                    }
+                    None
+                })
+                .await;
+                if let Some((buf, res)) = done {
+                    let f = inflight.pop_front().expect("front exists");
+                    self.st.borrow_mut().inflight_frames = inflight.len();
+                    res.map_err(|e| WalError::io(&f.path, e))?;
+                    self.recycle_buffer(buf);
+                    self.complete(&f.done, f.started);
+                    self.maintain_step(inflight.is_empty()).await?;
+                }
+                continue;
+            }
+            // Nothing queued, nothing in flight: maintenance, or stop.
+            if !self.maintain_step(true).await? {
+                let mut st = self.st.borrow_mut();
+                if st.queue.is_empty() {
+                    st.committer_running = false;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Takes queued batches into one frame: rolls the segment if needed,
+    /// encodes every record, records where each entry lands. With `pipelined`
+    /// (another frame in flight) or a large frame, the frame goes to the I/O
+    /// thread's reusable buffer, else into a DMA buffer for io_uring.
+    async fn build_frame(&self, pipelined: bool) -> Result<Frame, WalError> {
         let first_bytes = {
             let st = self.st.borrow();
             FRAME_HEADER_BYTES as u64 + st.queue.front().expect("called with work").bytes
@@ -1236,105 +1463,193 @@ impl Inner {
             }
             self.roll().await?;
         }
-        let (seg, offset, buf, last_op, touched, frame_bytes) = {
-            let mut st = self.st.borrow_mut();
-            let st = &mut *st;
-            let seg = st.segments[&st.current].clone();
-            let offset = st.write_offset;
-            let room = (seg.bytes - offset).min(self.opts.frame_limit_bytes());
-            let mut body = 0u64;
-            let mut taken = Vec::new();
-            while let Some(p) = st.queue.front() {
-                if !taken.is_empty() && align_up(FRAME_HEADER_BYTES as u64 + body + p.bytes) > room
-                {
-                    break;
-                }
-                body += p.bytes;
-                st.queue_bytes -= p.bytes;
-                taken.push(st.queue.pop_front().expect("front exists"));
+        let mut st = self.st.borrow_mut();
+        let st = &mut *st;
+        let seg = st.segments[&st.current].clone();
+        let offset = st.write_offset;
+        let room = (seg.bytes - offset).min(self.opts.frame_limit_bytes());
+        let mut body = 0u64;
+        let mut taken = Vec::new();
+        while let Some(p) = st.queue.front() {
+            if !taken.is_empty() && align_up(FRAME_HEADER_BYTES as u64 + body + p.bytes) > room {
+                break;
             }
-            let frame_bytes = FRAME_HEADER_BYTES as u64 + body;
-            let len = align_up(frame_bytes);
-            assert!(
-                offset + len <= seg.bytes,
-                "frame overruns segment {} at {offset}",
-                seg.seq
-            );
-            let batch_seq = st.next_batch_seq;
-            let mut buf = seg.file.alloc_dma_buffer(len as usize);
-            let b = buf.as_bytes_mut();
-            format::encode_frame_header(b, body as u32, seg.seq, batch_seq);
-            let mut at = FRAME_HEADER_BYTES;
-            let mut offs = Vec::new();
-            let mut locs = Vec::new();
-            let mut touched = Vec::new();
-            let mut entries = 0u64;
-            for p in &taken {
-                for (op_id, op) in &p.ops {
-                    offs.clear();
-                    let n = format::encode_record(&mut b[at..], seg.seq, batch_seq, op, &mut offs);
-                    let group = op.group();
-                    let pin_old = st.index.groups.get(&group).and_then(|g| g.min_segment());
-                    match op {
-                        Op::Append { group, entries: es } => {
-                            locs.clear();
-                            locs.extend(offs.iter().map(|&(rel, bytes, crc)| Loc {
-                                segment: seg.seq,
-                                offset: offset + at as u64 + rel,
-                                bytes,
-                                crc,
-                            }));
-                            st.index.set_locations(*group, *op_id, es[0].index, &locs);
-                            entries += es.len() as u64;
-                            touched.push(*group);
-                        }
-                        Op::HardState { group, .. } => {
-                            st.index.set_hard_state_segment(*group, *op_id, seg.seq)
-                        }
-                        Op::Snapshot { group, .. } => {
-                            st.index.set_marker_segment(*group, *op_id, seg.seq)
-                        }
-                        Op::Meta { group, .. } => {
-                            st.index.set_meta_segment(*group, *op_id, seg.seq)
-                        }
-                        Op::Remove { .. } => {}
-                    }
-                    let pin_new = st.index.groups.get(&group).and_then(|g| g.min_segment());
-                    pin_move(&mut st.pins, pin_old, pin_new);
-                    at += n;
-                }
-            }
-            debug_assert_eq!(at as u64, frame_bytes);
-            b[at..].fill(0);
-            st.next_batch_seq += 1;
-            st.write_offset = offset + len;
-            st.stats.entries_written += entries;
-            let last_op = taken.last().expect("at least one batch").last_op;
-            (seg, offset, buf, last_op, touched, frame_bytes)
+            body += p.bytes;
+            st.queue_bytes -= p.bytes;
+            taken.push(st.queue.pop_front().expect("front exists"));
+        }
+        let frame_bytes = FRAME_HEADER_BYTES as u64 + body;
+        let len = align_up(frame_bytes);
+        assert!(
+            offset + len <= seg.bytes,
+            "frame overruns segment {} at {offset}",
+            seg.seq
+        );
+        let mut buf = if pipelined || len >= THREAD_FRAME_BYTES_MIN {
+            FrameBuf::Thread(self.take_buffer(len as usize))
+        } else {
+            FrameBuf::Dma(seg.file.alloc_dma_buffer(len as usize))
         };
-        let len = buf.len() as u64;
-        let flush_started = std::time::Instant::now();
-        write_all(&seg.file, &seg.path, buf, offset).await?;
-        seg.file
-            .fdatasync()
-            .await
+        let b = match &mut buf {
+            FrameBuf::Dma(d) => d.as_bytes_mut(),
+            FrameBuf::Thread(t) => t.as_mut_slice(),
+        };
+        let batch_seq = st.next_batch_seq;
+        format::encode_frame_header(b, body as u32, seg.seq, batch_seq);
+        let mut at = FRAME_HEADER_BYTES;
+        let mut offs = Vec::new();
+        let mut locs = Vec::new();
+        let mut touched = Vec::new();
+        let mut entries = 0u64;
+        for p in &taken {
+            for (op_id, op) in &p.ops {
+                offs.clear();
+                let n = format::encode_record(&mut b[at..], seg.seq, batch_seq, op, &mut offs);
+                let (pin_old, pin_new) = match op {
+                    Op::Append { group, entries: es } => {
+                        locs.clear();
+                        locs.extend(offs.iter().map(|&(rel, bytes, crc)| Loc {
+                            segment: seg.seq,
+                            offset: offset + at as u64 + rel,
+                            bytes,
+                            crc,
+                        }));
+                        entries += es.len() as u64;
+                        touched.push(*group);
+                        st.index.set_locations(*group, *op_id, es[0].index, &locs)
+                    }
+                    Op::HardState { group, .. } => {
+                        st.index.set_hard_state_segment(*group, *op_id, seg.seq)
+                    }
+                    Op::Snapshot { group, .. } => {
+                        st.index.set_marker_segment(*group, *op_id, seg.seq)
+                    }
+                    Op::Meta { group, .. } => st.index.set_meta_segment(*group, *op_id, seg.seq),
+                    Op::Remove { .. } => (None, None),
+                };
+                pin_move(&mut st.pins, pin_old, pin_new);
+                at += n;
+            }
+        }
+        debug_assert_eq!(at as u64, frame_bytes);
+        b[at..].fill(0);
+        st.next_batch_seq += 1;
+        st.write_offset = offset + len;
+        st.stats.entries_written += entries;
+        if pipelined {
+            st.stats.pipelined_frames += 1;
+        }
+        let last_op = taken.last().expect("at least one batch").last_op;
+        Ok(Frame {
+            seg,
+            offset,
+            buf,
+            done: FrameDone {
+                last_op,
+                touched,
+                len,
+                frame_bytes,
+            },
+        })
+    }
+
+    /// Hands a frame to the I/O thread: wait for the previous frame's
+    /// fdatasync, write, fdatasync. The returned future must be polled once
+    /// right away (that enqueues the job).
+    fn dispatch(
+        &self,
+        seg: &SegFile,
+        offset: u64,
+        buf: AlignedBuf,
+        done: FrameDone,
+    ) -> Result<InFlight, WalError> {
+        let file = self.thread_file(seg)?;
+        let prev = self.io_chain.borrow_mut().take();
+        let link = Arc::new(ChainLink::default());
+        *self.io_chain.borrow_mut() = Some(link.clone());
+        let len = done.len as usize;
+        let io = glommio::executor().spawn_blocking(move || {
+            let res = (|| {
+                if let Some(prev) = prev {
+                    prev.wait()?;
+                }
+                use std::os::unix::fs::FileExt;
+                let n = file.write_at(&buf.as_slice()[..len], offset)?;
+                if n != len {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::WriteZero,
+                        format!("short write: {n} of {len} bytes at {offset}"),
+                    ));
+                }
+                file.sync_data()
+            })();
+            link.finish(res.is_ok());
+            (buf, res)
+        });
+        Ok(InFlight {
+            io: Box::pin(io),
+            path: seg.path.clone(),
+            done,
+            started: Instant::now(),
+        })
+    }
+
+    /// A duplicate descriptor of `seg`'s file for the I/O thread (shares the
+    /// open file description, so it is O_DIRECT too).
+    fn thread_file(&self, seg: &SegFile) -> Result<Arc<std::fs::File>, WalError> {
+        let mut cache = self.io_file.borrow_mut();
+        if let Some((seq, f)) = &*cache {
+            if *seq == seg.seq {
+                return Ok(f.clone());
+            }
+        }
+        use std::os::fd::{AsRawFd, BorrowedFd};
+        // SAFETY: the descriptor belongs to `seg.file`, which is open and
+        // outlives this call; it is only duplicated here.
+        let fd = unsafe { BorrowedFd::borrow_raw(seg.file.as_raw_fd()) };
+        let owned = fd
+            .try_clone_to_owned()
             .map_err(|e| WalError::io(&seg.path, e))?;
+        let f = Arc::new(std::fs::File::from(owned));
+        *cache = Some((seg.seq, f.clone()));
+        Ok(f)
+    }
+
+    fn take_buffer(&self, len: usize) -> AlignedBuf {
+        let cap = self.opts.frame_limit_bytes() as usize;
+        debug_assert!(len <= cap);
+        let mut pool = self.bufs.borrow_mut();
+        let mut b = pool.pop().unwrap_or_else(|| AlignedBuf::new(cap));
+        b.len = len;
+        b
+    }
+
+    fn recycle_buffer(&self, buf: AlignedBuf) {
+        let mut pool = self.bufs.borrow_mut();
+        if pool.len() < PIPELINE_FRAMES_MAX
+            && buf.capacity() >= self.opts.frame_limit_bytes() as usize
+        {
+            pool.push(buf);
+        }
+    }
+
+    /// Marks a frame durable: stats, cache eviction, wakes the writers.
+    fn complete(&self, done: &FrameDone, started: Instant) {
         {
             let mut st = self.st.borrow_mut();
             st.stats
                 .flush_latency
-                .record(flush_started.elapsed().as_micros() as u64);
-            debug_assert!(last_op > st.durable_op);
-            st.durable_op = last_op;
+                .record(started.elapsed().as_micros() as u64);
+            debug_assert!(done.last_op > st.durable_op);
+            st.durable_op = done.last_op;
             st.flushes_since_gc += 1;
             st.stats.flushes += 1;
             st.stats.fdatasyncs += 1;
-            st.stats.bytes_written += len;
-            st.stats.record_bytes += frame_bytes;
-            self.evict(&mut st, &touched);
+            st.stats.bytes_written += done.len;
+            st.stats.record_bytes += done.frame_bytes;
+            self.evict(&mut st, &done.touched);
         }
         self.notify.notify_all();
-        Ok(())
     }
 
     fn evict(&self, st: &mut State, touched: &[GroupId]) {
@@ -1349,8 +1664,12 @@ impl Inner {
                 break;
             };
             st.index.evict(g, durable, 0);
-            if st.index.groups.get(&g).is_some_and(|s| s.cached_bytes > 0) {
-                st.cache_rr.push_back(g);
+            if let Some(s) = st.index.groups.get_mut(&g) {
+                if s.cached_bytes > 0 {
+                    st.cache_rr.push_back(g);
+                } else {
+                    s.in_rr = false;
+                }
             }
         }
     }
@@ -1373,7 +1692,8 @@ impl Inner {
     }
 
     /// One bounded piece of background work. `Ok(false)`: nothing to do.
-    async fn maintain_step(&self) -> Result<bool, WalError> {
+    /// `idle`: no frame in flight (spare preparation waits for that).
+    async fn maintain_step(&self, idle: bool) -> Result<bool, WalError> {
         if self.st.borrow().closed {
             return Ok(false);
         }
@@ -1410,7 +1730,7 @@ impl Inner {
         // 2. Prepare the next segment ahead of time, while idle: zero-filling
         // must not compete with flushes for the disk. Under sustained load the
         // roll fallocates whatever is left instead.
-        let idle = self.st.borrow().queue.is_empty();
+        let idle = idle && self.st.borrow().queue.is_empty();
         if idle && self.st.borrow().spares.is_empty() {
             self.prepare_spare_step(false).await?;
             return Ok(true);
