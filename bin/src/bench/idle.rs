@@ -86,6 +86,12 @@ pub struct IdleSummary {
     pub fsyncs_per_sec: f64,
     /// Elections won during the window (0 when idle groups stay quiet).
     pub leader_elections: u64,
+    /// Times per second the shard threads went to sleep and woke again
+    /// (voluntary context switches, all shards): the unit an idle shard
+    /// pays for, whatever woke it (tick, armed-timer reserve, message).
+    pub shard_wakeups_per_sec: f64,
+    /// Shard CPU per wake-up, µs.
+    pub shard_cpu_us_per_wakeup: f64,
     /// Process RSS before any group existed (nodes started), bytes.
     pub rss_before_bytes: u64,
     /// Process RSS when the window opened (groups written and quiesced).
@@ -164,6 +170,34 @@ fn trim_heap() -> bool {
     {
         false
     }
+}
+
+/// Voluntary context switches (each one a sleep, so later one wake-up) of
+/// the shard threads (`flotilla-*`), from `/proc/self/task/*/status`.
+pub fn shard_wakeups() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
+        .filter_map(|status| parse_status_switches(&status))
+        .filter(|(name, _)| name.starts_with("flotilla-"))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// `(Name, voluntary_ctxt_switches)` of a `/proc/<pid>/task/<tid>/status`.
+fn parse_status_switches(status: &str) -> Option<(String, u64)> {
+    let mut name = None;
+    let mut switches = None;
+    for line in status.lines() {
+        if let Some(v) = line.strip_prefix("Name:") {
+            name = Some(v.trim().to_string());
+        } else if let Some(v) = line.strip_prefix("voluntary_ctxt_switches:") {
+            switches = v.trim().parse().ok();
+        }
+    }
+    Some((name?, switches?))
 }
 
 /// Prints a progress line at most once a second.
@@ -399,6 +433,7 @@ pub(super) fn run(
         .engine_counters()
         .ok_or("the nodes did not report their counters")?;
     let threads_first = ThreadCpu::sample();
+    let wakeups_first = shard_wakeups();
     let cpu_first = stats::process_cpu();
     let window_start = Instant::now();
     let window_end = window_start + args.duration;
@@ -432,6 +467,7 @@ pub(super) fn run(
         second += 1;
     }
     let cpu_last = stats::process_cpu();
+    let wakeups_last = shard_wakeups();
     let threads_last = ThreadCpu::sample();
     let elapsed = window_start.elapsed();
     let engine_last = cluster
@@ -451,6 +487,7 @@ pub(super) fn run(
         elapsed,
         process_cpu: cpu_last.saturating_sub(cpu_first),
         threads: threads_last.since(&threads_first),
+        shard_wakeups: wakeups_last.saturating_sub(wakeups_first),
         engine: engine_last.since(&engine_first),
         memory: [before, quiesced, end],
         trimmed_rss_bytes: trimmed,
@@ -533,6 +570,7 @@ struct IdleMeasured {
     elapsed: Duration,
     process_cpu: Duration,
     threads: ThreadCpu,
+    shard_wakeups: u64,
     engine: EngineCounters,
     /// Before the groups, at the window's start, at its end.
     memory: [Memory; 3],
@@ -569,6 +607,12 @@ fn summarize(m: &IdleMeasured) -> IdleSummary {
         turns_per_sec: per_sec(m.engine.turns),
         fsyncs_per_sec: per_sec(m.engine.fdatasyncs),
         leader_elections: m.engine.leader_elected,
+        shard_wakeups_per_sec: per_sec(m.shard_wakeups),
+        shard_cpu_us_per_wakeup: if m.shard_wakeups > 0 {
+            m.threads.shards.as_secs_f64() * 1e6 / m.shard_wakeups as f64
+        } else {
+            0.0
+        },
         rss_before_bytes: before.rss_bytes,
         rss_quiesced_bytes: quiesced.rss_bytes,
         rss_end_bytes: end.rss_bytes,
@@ -615,8 +659,12 @@ pub fn render(s: &IdleSummary) -> String {
     );
     let _ = writeln!(
         out,
-        "cpu        {:.2}% of one core (shards {:.2}%, other threads {:.2}%)",
-        s.idle_cpu_percent_of_core, s.shard_cpu_percent_of_core, s.other_cpu_percent_of_core
+        "cpu        {:.2}% of one core (shards {:.2}%, other threads {:.2}%); shard wake-ups/s {:.0} at {:.1} us of shard CPU each",
+        s.idle_cpu_percent_of_core,
+        s.shard_cpu_percent_of_core,
+        s.other_cpu_percent_of_core,
+        s.shard_wakeups_per_sec,
+        s.shard_cpu_us_per_wakeup
     );
     let _ = writeln!(
         out,
@@ -656,6 +704,12 @@ mod tests {
         );
         assert_eq!(parse_statm_resident_pages("12345"), None);
         assert_eq!(parse_statm_resident_pages("1 x 2"), None);
+        let status = "Name:\tflotilla-n1-s0\nState:\tS\nvoluntary_ctxt_switches:\t4321\nnonvoluntary_ctxt_switches:\t7\n";
+        assert_eq!(
+            parse_status_switches(status),
+            Some(("flotilla-n1-s0".to_string(), 4321))
+        );
+        assert_eq!(parse_status_switches("Name:\tx\n"), None);
         let m = Memory::sample();
         assert!(m.rss_bytes > 0, "{m:?}");
         // A live allocation shows in the heap view (glibc). Absolute, not a
@@ -686,6 +740,7 @@ mod tests {
                 other: Duration::from_millis(80),
                 threads: vec![],
             },
+            shard_wakeups: 600,
             engine: EngineCounters {
                 messages_sent: 40,
                 frames_sent: 8,
@@ -713,6 +768,8 @@ mod tests {
         assert_eq!(s.messages_per_sec, 10.0);
         assert_eq!(s.frames_per_sec, 2.0);
         assert_eq!(s.ticks_per_sec, 300.0);
+        assert_eq!(s.shard_wakeups_per_sec, 150.0);
+        assert!((s.shard_cpu_us_per_wakeup - 200.0).abs() < 1e-9);
         assert_eq!(s.bytes_per_group_replica, 10_240.0);
         assert_eq!(s.heap_bytes_per_group_replica, Some(8_192.0));
         assert_eq!(s.trimmed_bytes_per_group_replica, Some(8_192.0));
@@ -779,6 +836,7 @@ mod tests {
             "ticks_per_sec",
             "live_groups_at_start",
             "start_groups_s",
+            "shard_wakeups_per_sec",
         ] {
             assert!(v[field].is_number(), "missing {field} in {last}");
         }
@@ -791,6 +849,8 @@ mod tests {
             "{last}"
         );
         assert!(v["ticks_per_sec"].as_f64().unwrap() > 0.0, "{last}");
+        // Every shard wakes at least for its ticks.
+        assert!(v["shard_wakeups_per_sec"].as_f64().unwrap() > 0.0, "{last}");
         assert_eq!(v["config"]["groups"], 50);
         assert!(text.contains("% of one core"), "{text}");
     }
