@@ -9,7 +9,15 @@
 //!    synchronous capture, save and recover speed (MB/s, MB = 10^6 bytes)
 //!    to/from memory (this thread) and a real file on a glommio executor,
 //!    and the
-//!    copy-on-write cost of applying while a snapshot view is alive.
+//!    copy-on-write cost of applying while a snapshot view is alive;
+//! 4. the engine's pattern (`flotilla bench`: 3 nodes x 48 groups): 144
+//!    stores, 12-byte keys (4-byte group prefix + 8-byte big-endian random
+//!    number below 20,834 per store), 16-byte values, through
+//!    [`KvStore::execute`] / [`KvStore::get`] in a random store each op:
+//!    (a) fill (every key once, random order: all inserts), (b) random
+//!    overwrites, (b') overwrites with a snapshot view of every store alive,
+//!    (c) random gets, (d) random gets through the query path, (e) delete
+//!    and re-insert. `FLOTILLA_BENCH_ENGINE_ONLY=1` runs only this section.
 //!
 //! `cargo bench -p flotilla-benches --bench rsm`. `FLOTILLA_BENCH_KEYS` sets
 //! the number of commands per 16 B apply row (default 1,000,000; the 1 KiB
@@ -20,7 +28,9 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use flotilla_rsm::{encode_noop, ClientSession, KvCommand, KvQuery, KvStore, Rsm, SessionConfig};
+use flotilla_rsm::{
+    encode_noop, ClientSession, KvCommand, KvQuery, KvStore, Rsm, SessionConfig, StateMachine,
+};
 use futures_lite::future::block_on;
 
 const SESSION_CLIENTS: u64 = 1000;
@@ -335,7 +345,227 @@ fn file_rows(n: usize, expected_bytes: u64) {
     }
 }
 
+/// Stores, keys per store and ops per row of the engine-pattern section.
+const ENGINE_STORES: usize = 144;
+const ENGINE_KEYS_PER_STORE: u64 = 20_834;
+/// Ops are generated (outside the timed part) in batches of this many.
+const ENGINE_BATCH_OPS: usize = 100_000;
+
+/// xorshift64*: a seeded, cheap generator (no RNG crate in the benches).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// One batch of ops: (store, key, value), the keys and values sliced out of
+/// one buffer (as the engine's commands are slices of a WAL/network buffer).
+fn engine_batch(ops: impl Iterator<Item = (usize, u64)>, tag: u64) -> Vec<(usize, Bytes, Bytes)> {
+    let ops: Vec<(usize, u64)> = ops.collect();
+    let mut buf = Vec::with_capacity(ops.len() * 28);
+    for &(store, n) in &ops {
+        buf.extend_from_slice(&(store as u32 / 3).to_be_bytes());
+        buf.extend_from_slice(&n.to_be_bytes());
+        buf.extend_from_slice(&(n ^ tag).to_le_bytes());
+        buf.extend_from_slice(&tag.to_le_bytes());
+    }
+    let buf = Bytes::from(buf);
+    ops.iter()
+        .enumerate()
+        .map(|(i, &(store, _))| {
+            let at = i * 28;
+            (store, buf.slice(at..at + 12), buf.slice(at + 12..at + 28))
+        })
+        .collect()
+}
+
+/// This thread's CPU time (ns), from `/proc/thread-self/schedstat`: on a
+/// loaded machine the wall clock also counts the time the thread waited for
+/// a core. 0 if unavailable.
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Wall and CPU time of the timed parts of a row.
+#[derive(Default)]
+struct Timed {
+    wall: Duration,
+    cpu_ns: u64,
+}
+
+impl Timed {
+    fn run<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        let cpu = thread_cpu_ns();
+        let start = Instant::now();
+        let r = f();
+        self.wall += start.elapsed();
+        self.cpu_ns += thread_cpu_ns().saturating_sub(cpu);
+        r
+    }
+}
+
+fn ns_row(name: &str, ops: usize, t: &Timed) {
+    let secs = t.wall.as_secs_f64();
+    println!(
+        "{:<58} {:>8.1} ns/op CPU {:>8.1} ns/op wall  ({} in {:.3} s)",
+        name,
+        t.cpu_ns as f64 / ops as f64,
+        secs * 1e9 / ops as f64,
+        ops,
+        secs
+    );
+}
+
+/// Puts `batch` into `stores`, timing only `execute`.
+fn engine_puts(stores: &mut [KvStore], batch: Vec<(usize, Bytes, Bytes)>, t: &mut Timed) {
+    let cmds: Vec<(usize, KvCommand)> = batch
+        .into_iter()
+        .map(|(s, k, v)| (s, KvCommand::put(k, v)))
+        .collect();
+    t.run(|| {
+        for (s, cmd) in &cmds {
+            std::hint::black_box(stores[*s].execute(cmd));
+        }
+    });
+}
+
+fn engine_section() {
+    let total = ENGINE_STORES * ENGINE_KEYS_PER_STORE as usize;
+    println!(
+        "## engine pattern: {ENGINE_STORES} stores x {ENGINE_KEYS_PER_STORE} keys of 12 B, 16 B values"
+    );
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut stores: Vec<KvStore> = (0..ENGINE_STORES).map(|_| KvStore::new()).collect();
+    // (a) Fill: every (store, key) once in a random order (Fisher-Yates).
+    let mut all: Vec<(u32, u32)> = (0..ENGINE_STORES as u32)
+        .flat_map(|s| (0..ENGINE_KEYS_PER_STORE as u32).map(move |n| (s, n)))
+        .collect();
+    for i in (1..all.len()).rev() {
+        all.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+    }
+    let mut t = Timed::default();
+    for chunk in all.chunks(ENGINE_BATCH_OPS) {
+        let batch = engine_batch(chunk.iter().map(|&(s, n)| (s as usize, n as u64)), 1);
+        engine_puts(&mut stores, batch, &mut t);
+    }
+    drop(all);
+    ns_row("engine (a) fill: put new keys, random order", total, &t);
+    assert_eq!(stores.iter().map(KvStore::len).sum::<usize>(), total);
+    let random_ops = |rng: &mut Rng, n: usize| -> Vec<(usize, u64)> {
+        (0..n)
+            .map(|_| {
+                let r = rng.next();
+                (
+                    (r % ENGINE_STORES as u64) as usize,
+                    (r >> 20) % ENGINE_KEYS_PER_STORE,
+                )
+            })
+            .collect()
+    };
+    // (b) Overwrites of existing keys.
+    let mut t = Timed::default();
+    for round in 0..total / ENGINE_BATCH_OPS {
+        let batch = engine_batch(
+            random_ops(&mut rng, ENGINE_BATCH_OPS).into_iter(),
+            round as u64,
+        );
+        engine_puts(&mut stores, batch, &mut t);
+    }
+    let n = total / ENGINE_BATCH_OPS * ENGINE_BATCH_OPS;
+    ns_row("engine (b) put overwrite, random", n, &t);
+    // (b') The same with a snapshot view of every store alive (every first
+    // write to a shared part copies it).
+    let views: Vec<_> = stores.iter().map(|s| StateMachine::capture(s)).collect();
+    let mut t = Timed::default();
+    for round in 0..total / ENGINE_BATCH_OPS {
+        let batch = engine_batch(
+            random_ops(&mut rng, ENGINE_BATCH_OPS).into_iter(),
+            round as u64,
+        );
+        engine_puts(&mut stores, batch, &mut t);
+    }
+    ns_row(
+        "engine (b') put overwrite, views of all stores alive",
+        n,
+        &t,
+    );
+    drop(views);
+    // (c) Gets of existing keys (the map only), (d) through the query path.
+    let mut t = Timed::default();
+    let mut tq = Timed::default();
+    let mut found = 0usize;
+    for _ in 0..total / ENGINE_BATCH_OPS {
+        let batch = engine_batch(random_ops(&mut rng, ENGINE_BATCH_OPS).into_iter(), 0);
+        t.run(|| {
+            for (s, k, _) in &batch {
+                found += stores[*s].get(k).map_or(0, Bytes::len);
+            }
+        });
+        let queries: Vec<(usize, KvQuery)> = batch
+            .into_iter()
+            .map(|(s, k, _)| (s, KvQuery::Get { key: k }))
+            .collect();
+        tq.run(|| {
+            for (s, q) in &queries {
+                std::hint::black_box(stores[*s].read(q));
+            }
+        });
+    }
+    assert_eq!(found, n * 16, "every key present");
+    ns_row("engine (c) get (KvStore::get), random", n, &t);
+    ns_row(
+        "engine (d) get (KvStore::read, KvQuery::Get), random",
+        n,
+        &tq,
+    );
+    // (e) Delete a random key and re-insert it: both halves touch the order.
+    let mut t = Timed::default();
+    let rounds = (total / ENGINE_BATCH_OPS / 2).max(1);
+    for round in 0..rounds {
+        let batch = engine_batch(
+            random_ops(&mut rng, ENGINE_BATCH_OPS / 2).into_iter(),
+            round as u64,
+        );
+        let cmds: Vec<(usize, KvCommand, KvCommand)> = batch
+            .into_iter()
+            .map(|(s, k, v)| {
+                (
+                    s,
+                    KvCommand::Delete {
+                        keys: vec![k.clone()],
+                    },
+                    KvCommand::put(k, v),
+                )
+            })
+            .collect();
+        t.run(|| {
+            for (s, del, put) in &cmds {
+                std::hint::black_box(stores[*s].execute(del));
+                std::hint::black_box(stores[*s].execute(put));
+            }
+        });
+    }
+    ns_row(
+        "engine (e) delete + re-insert (per command)",
+        rounds * ENGINE_BATCH_OPS,
+        &t,
+    );
+    assert_eq!(stores.iter().map(KvStore::len).sum::<usize>(), total);
+}
+
 fn main() {
+    if std::env::var("FLOTILLA_BENCH_ENGINE_ONLY").is_ok_and(|v| v == "1") {
+        engine_section();
+        return;
+    }
     let n16 = env_usize("FLOTILLA_BENCH_KEYS", 1_000_000);
     let snapshot_keys = env_usize("FLOTILLA_BENCH_SNAPSHOT_KEYS", 3_000_000);
     println!(
@@ -346,4 +576,5 @@ fn main() {
     apply_section(n16);
     read_section(n16);
     snapshot_section(snapshot_keys);
+    engine_section();
 }

@@ -69,7 +69,13 @@ impl PartialOrd for Key {
 
 impl PartialEq for Key {
     fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
+        match (self, other) {
+            // Canonical form: equal keys have equal representations, and
+            // the unused bytes are zero.
+            (Key::Inline { len: a, buf: x }, Key::Inline { len: b, buf: y }) => a == b && x == y,
+            (Key::Heap(x), Key::Heap(y)) => x == y,
+            _ => false,
+        }
     }
 }
 

@@ -2,8 +2,10 @@
 //! with Redis-like commands, as a [`StateMachine`].
 
 mod command;
+mod hash;
 mod key;
 mod map;
+mod tree;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
