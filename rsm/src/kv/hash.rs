@@ -194,15 +194,14 @@ impl Chunk {
     /// Builds a chunk from entries with distinct keys and their hashes.
     fn build(entries: Vec<(u64, Key, Bytes)>) -> Self {
         let len = entries.len();
-        let mut slots: Vec<Slot> = (0..cap_for(len)).map(|_| None).collect();
+        // Collected straight into the `Rc` allocation (no copy from a Vec).
+        let mut rc: Rc<[Slot]> = (0..cap_for(len)).map(|_| None).collect();
+        let slots = Rc::get_mut(&mut rc).expect("just allocated");
         for (h, k, v) in entries {
-            let i = find(&slots, h, &k).expect_err("distinct keys");
+            let i = find(slots, h, &k).expect_err("distinct keys");
             slots[i] = Some((k, v));
         }
-        Chunk {
-            slots: slots.into(),
-            len,
-        }
+        Chunk { slots: rc, len }
     }
 
     /// Takes the entries out with their hashes: moved if this is the only

@@ -25,12 +25,17 @@ use std::rc::Rc;
 
 use super::key::Key;
 
-/// Most pairs per leaf, and most leaves per branch.
-const NODE_MAX: usize = 64;
-/// A leaf or branch below this merges with its successor when both fit.
-const NODE_MIN: usize = NODE_MAX / 4;
+/// Most pairs per leaf.
+const LEAF_MAX: usize = 64;
+/// Most leaves per branch.
+const BRANCH_MAX: usize = 64;
+/// A leaf or branch below a quarter of its maximum merges with its
+/// successor when both fit.
+const LEAF_MIN: usize = LEAF_MAX / 4;
+const BRANCH_MIN: usize = BRANCH_MAX / 4;
 /// Fill of nodes built by [`CowTree::from_sorted`].
-const NODE_FILL: usize = NODE_MAX * 3 / 4;
+const LEAF_FILL: usize = LEAF_MAX * 3 / 4;
+const BRANCH_FILL: usize = BRANCH_MAX * 3 / 4;
 
 type Leaf<V> = Vec<(Key, V)>;
 type Branch<V> = Vec<(Key, Rc<Leaf<V>>)>;
@@ -53,8 +58,8 @@ impl<V> Default for CowTree<V> {
 
 /// Splits an overfull node: after an append at its end (sequential keys)
 /// the left part stays full; otherwise in halves.
-fn split_node<T>(node: &mut Vec<T>, inserted_at: usize) -> Vec<T> {
-    debug_assert!(node.len() > NODE_MAX);
+fn split_node<T>(node: &mut Vec<T>, inserted_at: usize, max: usize) -> Vec<T> {
+    debug_assert!(node.len() > max);
     let at = if inserted_at == node.len() - 1 {
         node.len() - 1
     } else {
@@ -68,6 +73,18 @@ fn leaf_index<V>(branch: &Branch<V>, key: &Key) -> usize {
     branch
         .partition_point(|(lk, _)| lk <= key)
         .saturating_sub(1)
+}
+
+/// Reads the start of every other entry of `node` (so every cache line of
+/// it) before a binary search: these loads do not depend on each other, so
+/// their cache misses overlap, where the probes of a binary search miss one
+/// after another. The nodes of a large map are rarely in cache.
+fn touch<V>(node: &[(Key, V)]) {
+    let mut lens = 0usize;
+    for (k, _) in node.iter().step_by(2) {
+        lens += k.as_slice().len();
+    }
+    std::hint::black_box(lens);
 }
 
 fn search<V>(leaf: &Leaf<V>, key: &Key) -> Result<usize, usize> {
@@ -128,7 +145,9 @@ impl<V: Clone> CowTree<V> {
             .range_mut::<Key, _>((Bound::Unbounded, Bound::Included(&key)))
             .next_back()
             .expect("a root key <= key exists");
+        touch(rb);
         let j = leaf_index(rb, &key);
+        touch(&rb[j].1);
         let found = search(&rb[j].1, &key);
         let current = found.ok().map(|i| &rb[j].1[i].1);
         let (new, r) = f(current);
@@ -143,15 +162,15 @@ impl<V: Clone> CowTree<V> {
             Err(i) => {
                 self.len += 1;
                 leaf.insert(i, (key, v));
-                if leaf.len() <= NODE_MAX {
+                if leaf.len() <= LEAF_MAX {
                     return r;
                 }
-                let right = split_node(leaf, i);
+                let right = split_node(leaf, i, LEAF_MAX);
                 branch.insert(j + 1, (right[0].0.clone(), Rc::new(right)));
-                if branch.len() <= NODE_MAX {
+                if branch.len() <= BRANCH_MAX {
                     return r;
                 }
-                let right = split_node(branch, j + 1);
+                let right = split_node(branch, j + 1, BRANCH_MAX);
                 let rk = rk.clone();
                 debug_assert!(right[0].0 > rk);
                 self.root.insert(right[0].0.clone(), Rc::new(right));
@@ -166,7 +185,9 @@ impl<V: Clone> CowTree<V> {
             .root
             .range_mut::<Key, _>((Bound::Unbounded, Bound::Included(key)))
             .next_back()?;
+        touch(rb);
         let j = leaf_index(rb, key);
+        touch(&rb[j].1);
         let i = search(&rb[j].1, key).ok()?;
         let rk = rk.clone();
         let branch = Rc::make_mut(rb);
@@ -176,9 +197,9 @@ impl<V: Clone> CowTree<V> {
         self.len -= 1;
         if remaining == 0 {
             branch.remove(j);
-        } else if remaining < NODE_MIN
+        } else if remaining < LEAF_MIN
             && j + 1 < branch.len()
-            && remaining + branch[j + 1].1.len() <= NODE_MAX
+            && remaining + branch[j + 1].1.len() <= LEAF_MAX
         {
             let (_, next) = branch.remove(j + 1);
             let leaf = Rc::make_mut(&mut branch[j].1);
@@ -186,7 +207,7 @@ impl<V: Clone> CowTree<V> {
         }
         if branch.is_empty() {
             self.root.remove(&rk);
-        } else if branch.len() < NODE_MIN {
+        } else if branch.len() < BRANCH_MIN {
             let next = self
                 .root
                 .range::<Key, _>((Bound::Excluded(&rk), Bound::Unbounded))
@@ -194,7 +215,7 @@ impl<V: Clone> CowTree<V> {
                 .map(|(k, b)| (k.clone(), b.len()));
             if let Some((nk, nlen)) = next {
                 let here = self.root[&rk].len();
-                if here + nlen <= NODE_MAX {
+                if here + nlen <= BRANCH_MAX {
                     let next = self.root.remove(&nk).expect("next branch");
                     let branch = Rc::make_mut(self.root.get_mut(&rk).expect("branch"));
                     let at = branch.len();
@@ -250,12 +271,12 @@ impl<V: Clone> CowTree<V> {
         let mut pairs = pairs.into_iter().peekable();
         let mut leaves = std::iter::from_fn(|| {
             pairs.peek()?;
-            let leaf: Leaf<V> = pairs.by_ref().take(NODE_FILL).collect();
+            let leaf: Leaf<V> = pairs.by_ref().take(LEAF_FILL).collect();
             Some((leaf[0].0.clone(), Rc::new(leaf)))
         })
         .peekable();
         while leaves.peek().is_some() {
-            let branch: Branch<V> = leaves.by_ref().take(NODE_FILL).collect();
+            let branch: Branch<V> = leaves.by_ref().take(BRANCH_FILL).collect();
             m.root.insert(branch[0].0.clone(), Rc::new(branch));
         }
         m
@@ -268,7 +289,7 @@ impl<V: Clone> CowTree<V> {
         let mut len = 0;
         for (rk, branch) in &self.root {
             assert!(
-                !branch.is_empty() && branch.len() <= NODE_MAX,
+                !branch.is_empty() && branch.len() <= BRANCH_MAX,
                 "branch size {}",
                 branch.len()
             );
@@ -279,7 +300,7 @@ impl<V: Clone> CowTree<V> {
             assert!(branch[0].0 >= *rk, "root key above its branch");
             for (n, (lk, leaf)) in branch.iter().enumerate() {
                 assert!(
-                    !leaf.is_empty() && leaf.len() <= NODE_MAX,
+                    !leaf.is_empty() && leaf.len() <= LEAF_MAX,
                     "leaf size {}",
                     leaf.len()
                 );
