@@ -173,16 +173,31 @@ fn trim_heap() -> bool {
 }
 
 /// Voluntary context switches (each one a sleep, so later one wake-up) of
-/// the shard threads (`flotilla-*`), from `/proc/self/task/*/status`.
-pub fn shard_wakeups() -> u64 {
+/// each shard thread (`flotilla-*`) by thread id, from
+/// `/proc/self/task/*/status`.
+pub fn shard_wakeups() -> std::collections::HashMap<String, u64> {
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
+        return Default::default();
     };
     dir.flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
-        .filter_map(|status| parse_status_switches(&status))
-        .filter(|(name, _)| name.starts_with("flotilla-"))
-        .map(|(_, n)| n)
+        .filter_map(|e| {
+            let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+            let (name, n) = parse_status_switches(&status)?;
+            name.starts_with("flotilla-")
+                .then(|| (e.file_name().to_string_lossy().to_string(), n))
+        })
+        .collect()
+}
+
+/// Wake-ups between two [`shard_wakeups`] readings, per thread (threads
+/// that ended in between drop out; new ones count from zero).
+pub fn wakeups_since(
+    later: &std::collections::HashMap<String, u64>,
+    earlier: &std::collections::HashMap<String, u64>,
+) -> u64 {
+    later
+        .iter()
+        .map(|(tid, n)| n.saturating_sub(earlier.get(tid).copied().unwrap_or(0)))
         .sum()
 }
 
@@ -487,7 +502,7 @@ pub(super) fn run(
         elapsed,
         process_cpu: cpu_last.saturating_sub(cpu_first),
         threads: threads_last.since(&threads_first),
-        shard_wakeups: wakeups_last.saturating_sub(wakeups_first),
+        shard_wakeups: wakeups_since(&wakeups_last, &wakeups_first),
         engine: engine_last.since(&engine_first),
         memory: [before, quiesced, end],
         trimmed_rss_bytes: trimmed,
@@ -710,6 +725,9 @@ mod tests {
             Some(("flotilla-n1-s0".to_string(), 4321))
         );
         assert_eq!(parse_status_switches("Name:\tx\n"), None);
+        let earlier = [("1".to_string(), 10), ("2".to_string(), 5)].into();
+        let later = [("1".to_string(), 15), ("3".to_string(), 7)].into();
+        assert_eq!(wakeups_since(&later, &earlier), 12);
         let m = Memory::sample();
         assert!(m.rss_bytes > 0, "{m:?}");
         // A live allocation shows in the heap view (glibc). Absolute, not a
@@ -818,7 +836,7 @@ mod tests {
         let outcome = crate::bench::execute(&args, &mut out);
         let text = String::from_utf8(out).unwrap();
         let summary = match outcome {
-            Ok(crate::bench::Outcome::Idle(s)) => s,
+            Ok(crate::bench::Outcome::Idle(s)) => *s,
             Ok(crate::bench::Outcome::Load(_)) => panic!("a load run instead of idle:\n{text}"),
             Err(e) => panic!("idle run failed: {e}\n{text}"),
         };

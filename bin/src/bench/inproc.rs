@@ -172,9 +172,9 @@ fn node_index(hosts: &[Arc<NodeHost>], node: NodeId) -> Option<usize> {
 pub(super) fn run(args: &BenchOptions, out: &mut dyn Write) -> Result<Outcome, String> {
     let cluster = Cluster::start(args, out)?;
     let outcome = if args.idle {
-        super::idle::run(args, &cluster, out).map(Outcome::Idle)
+        super::idle::run(args, &cluster, out).map(|s| Outcome::Idle(Box::new(s)))
     } else {
-        drive(args, &cluster, out).map(Outcome::Load)
+        drive(args, &cluster, out).map(|s| Outcome::Load(Box::new(s)))
     };
     cluster.shutdown();
     outcome
@@ -589,7 +589,7 @@ mod tests {
         let outcome = super::super::execute(&args, &mut out);
         let text = String::from_utf8(out).unwrap();
         let summary = match outcome {
-            Ok(Outcome::Load(s)) => s,
+            Ok(Outcome::Load(s)) => *s,
             other => panic!("{other:?}\n{text}"),
         };
         assert!(summary.writes_per_sec > 0.0, "{text}");

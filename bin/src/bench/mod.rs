@@ -267,9 +267,9 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
 #[cfg_attr(not(test), allow(dead_code))]
 pub(crate) enum Outcome {
     /// A load run (closed or open loop).
-    Load(Summary),
+    Load(Box<Summary>),
     /// An idle run (`--idle`).
-    Idle(idle::IdleSummary),
+    Idle(Box<idle::IdleSummary>),
 }
 
 #[cfg(test)]
@@ -277,7 +277,7 @@ impl Outcome {
     /// The load summary (panics on an idle outcome: tests only).
     pub(crate) fn load(self) -> Summary {
         match self {
-            Outcome::Load(s) => s,
+            Outcome::Load(s) => *s,
             Outcome::Idle(s) => panic!("an idle outcome where a load run was expected: {s:?}"),
         }
     }
@@ -287,7 +287,7 @@ impl Outcome {
 pub(crate) fn execute(args: &BenchOptions, out: &mut dyn Write) -> Result<Outcome, String> {
     args.validate()?;
     if args.target.is_some() {
-        resp::run(args, out).map(Outcome::Load)
+        resp::run(args, out).map(|s| Outcome::Load(Box::new(s)))
     } else {
         inproc::run(args, out)
     }

@@ -334,6 +334,33 @@ fn parse_task_stat(stat: &str) -> Option<(String, u64)> {
     Some((name, utime + stime))
 }
 
+/// Buckets of the WAL flush latency histogram.
+pub const FLUSH_BUCKETS: usize = flotilla::FLUSH_LATENCY_BOUNDS_US.len() + 1;
+
+/// The bucket bound (µs) under which quantile `q` of the flushes in
+/// `buckets` completed (`None`: no flushes; `u64::MAX`: slower than every
+/// bound).
+pub fn flush_quantile_bound_us(buckets: &[u64; FLUSH_BUCKETS], q: f64) -> Option<u64> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((total as f64 * q).ceil() as u64).clamp(1, total);
+    let mut seen = 0;
+    for (i, n) in buckets.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            return Some(
+                flotilla::FLUSH_LATENCY_BOUNDS_US
+                    .get(i)
+                    .copied()
+                    .unwrap_or(u64::MAX),
+            );
+        }
+    }
+    Some(u64::MAX)
+}
+
 /// Engine counters summed over every shard of every node.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EngineCounters {
@@ -345,6 +372,11 @@ pub struct EngineCounters {
     pub wal_entries: u64,
     /// Bytes written to the WAL.
     pub wal_bytes: u64,
+    /// WAL frame flushes (DMA write + fdatasync) per latency bucket
+    /// (`flotilla::FLUSH_LATENCY_BOUNDS_US`, the last: slower than all).
+    pub wal_flush_buckets: [u64; FLUSH_BUCKETS],
+    /// Sum of those flush latencies, µs.
+    pub wal_flush_sum_us: u64,
     /// Transport frames sent.
     pub frames_sent: u64,
     /// Transport messages sent.
@@ -371,6 +403,14 @@ impl EngineCounters {
         self.wal_flushes += s.wal.flushes;
         self.wal_entries += s.wal.entries_written;
         self.wal_bytes += s.wal.bytes_written;
+        for (sum, n) in self
+            .wal_flush_buckets
+            .iter_mut()
+            .zip(s.wal.flush_latency.buckets.iter())
+        {
+            *sum += n;
+        }
+        self.wal_flush_sum_us += s.wal.flush_latency.sum_us;
         for p in &s.transport.peers {
             self.frames_sent += p.frames_sent;
             self.messages_sent += p.messages_sent;
@@ -392,6 +432,12 @@ impl EngineCounters {
             wal_flushes: self.wal_flushes.saturating_sub(earlier.wal_flushes),
             wal_entries: self.wal_entries.saturating_sub(earlier.wal_entries),
             wal_bytes: self.wal_bytes.saturating_sub(earlier.wal_bytes),
+            wal_flush_buckets: std::array::from_fn(|i| {
+                self.wal_flush_buckets[i].saturating_sub(earlier.wal_flush_buckets[i])
+            }),
+            wal_flush_sum_us: self
+                .wal_flush_sum_us
+                .saturating_sub(earlier.wal_flush_sum_us),
             frames_sent: self.frames_sent.saturating_sub(earlier.frames_sent),
             messages_sent: self.messages_sent.saturating_sub(earlier.messages_sent),
             transport_bytes: self.transport_bytes.saturating_sub(earlier.transport_bytes),
@@ -505,6 +551,13 @@ pub struct Summary {
     pub entries_per_fsync: Option<f64>,
     /// WAL MiB written per second (in-process).
     pub wal_mib_per_sec: Option<f64>,
+    /// Mean WAL frame flush (DMA write + fdatasync), µs (in-process).
+    pub wal_flush_mean_us: Option<f64>,
+    /// Half of the WAL flushes took at most this long, µs (a bucket bound
+    /// of `flotilla::FLUSH_LATENCY_BOUNDS_US`; in-process).
+    pub wal_flush_p50_le_us: Option<u64>,
+    /// 99 % of the WAL flushes took at most this long, µs (bucket bound).
+    pub wal_flush_p99_le_us: Option<u64>,
     /// Transport frames per message (in-process; lower is better batching).
     pub frames_per_message: Option<f64>,
     /// Transport messages per frame.
@@ -595,6 +648,14 @@ pub fn summarize(m: &Measured<'_>) -> Summary {
         fsyncs_per_sec: engine.map(|e| ratio(e.fdatasyncs as f64, secs)),
         entries_per_fsync: engine.map(|e| ratio(e.wal_entries as f64, e.fdatasyncs as f64)),
         wal_mib_per_sec: engine.map(|e| ratio(e.wal_bytes as f64 / (1 << 20) as f64, secs)),
+        wal_flush_mean_us: engine.and_then(|e| {
+            let n: u64 = e.wal_flush_buckets.iter().sum();
+            (n > 0).then(|| e.wal_flush_sum_us as f64 / n as f64)
+        }),
+        wal_flush_p50_le_us: engine
+            .and_then(|e| flush_quantile_bound_us(&e.wal_flush_buckets, 0.5)),
+        wal_flush_p99_le_us: engine
+            .and_then(|e| flush_quantile_bound_us(&e.wal_flush_buckets, 0.99)),
         frames_per_message: engine.map(|e| ratio(e.frames_sent as f64, e.messages_sent as f64)),
         messages_per_frame: engine.map(|e| ratio(e.messages_sent as f64, e.frames_sent as f64)),
         turns_per_sec: engine.map(|e| ratio(e.turns as f64, secs)),
@@ -607,6 +668,14 @@ pub fn summarize(m: &Measured<'_>) -> Summary {
         leader_elections: engine.map(|e| e.leader_elected),
         tick_lateness_max_us: engine.map(|e| e.tick_lateness_max_us),
         error_kinds: t.error_kinds.clone(),
+    }
+}
+
+fn bound(v: Option<u64>) -> String {
+    match v {
+        None => "n/a".into(),
+        Some(u64::MAX) => "inf".into(),
+        Some(b) => b.to_string(),
     }
 }
 
@@ -656,10 +725,13 @@ pub fn render(s: &Summary, threads: &ThreadCpu) -> String {
     }
     let _ = writeln!(
         out,
-        "wal        fdatasyncs/s {}  entries/fdatasync {}  MiB/s {}",
+        "wal        fdatasyncs/s {}  entries/fdatasync {}  MiB/s {}  flush (write + fdatasync) mean {} us, p50 <= {} us, p99 <= {} us",
         opt(s.fsyncs_per_sec, 0),
         opt(s.entries_per_fsync, 1),
-        opt(s.wal_mib_per_sec, 1)
+        opt(s.wal_mib_per_sec, 1),
+        opt(s.wal_flush_mean_us, 0),
+        bound(s.wal_flush_p50_le_us),
+        bound(s.wal_flush_p99_le_us)
     );
     let _ = writeln!(
         out,
@@ -832,6 +904,31 @@ mod tests {
         assert!((s.cores_busy - 0.002).abs() < 1e-9);
         let text = render(&s, &threads);
         assert!(text.contains("writes/s 500"), "{text}");
+    }
+
+    #[test]
+    fn flush_quantiles_are_bucket_bounds() {
+        let mut b = [0u64; FLUSH_BUCKETS];
+        assert_eq!(flush_quantile_bound_us(&b, 0.5), None);
+        // 60 flushes ≤ 500 µs (bucket 2), 39 ≤ 2.5 ms (bucket 4), 1 slower
+        // than every bound.
+        b[2] = 60;
+        b[4] = 39;
+        b[FLUSH_BUCKETS - 1] = 1;
+        assert_eq!(flush_quantile_bound_us(&b, 0.5), Some(500));
+        assert_eq!(flush_quantile_bound_us(&b, 0.99), Some(2_500));
+        assert_eq!(flush_quantile_bound_us(&b, 1.0), Some(u64::MAX));
+        let mut later = EngineCounters {
+            wal_flush_buckets: b,
+            wal_flush_sum_us: 1000,
+            ..Default::default()
+        };
+        let mut earlier = EngineCounters::default();
+        earlier.wal_flush_buckets[2] = 10;
+        later.fdatasyncs = 100;
+        let d = later.since(&earlier);
+        assert_eq!(d.wal_flush_buckets[2], 50);
+        assert_eq!(d.wal_flush_sum_us, 1000);
     }
 
     #[test]
