@@ -29,6 +29,15 @@ fn cell_time() -> Duration {
     Duration::from_millis(ms)
 }
 
+/// Batches in flight in the throughput runs (`FLOTILLA_BENCH_DEPTH`, default 2).
+fn thr_depth() -> usize {
+    std::env::var("FLOTILLA_BENCH_DEPTH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&d: &usize| d >= 2)
+        .unwrap_or(2)
+}
+
 /// `FLOTILLA_BENCH_CELLS=4096x1024x1,1x16x100` runs only those cells
 /// (entries x payload x groups); default: all.
 fn cell_selected(entries: usize, payload: usize, groups: usize) -> bool {
@@ -53,6 +62,8 @@ fn thread_cpu() -> Duration {
 struct Sample {
     /// CPU time of the executor thread during the run.
     cpu: Duration,
+    /// Time the device spent on this run's writes + fdatasyncs.
+    busy: Duration,
     ops: u64,
     bytes: u64,
     elapsed: Duration,
@@ -62,6 +73,10 @@ struct Sample {
 impl Sample {
     fn p(&self, q: f64) -> f64 {
         self.hist.value_at_quantile(q) as f64 / 1000.0
+    }
+    /// Share of the wall time the device was busy with this run's I/O.
+    fn busy_pct(&self) -> f64 {
+        100.0 * self.busy.as_secs_f64() / self.elapsed.as_secs_f64()
     }
     fn per_sec(&self, n: u64) -> f64 {
         n as f64 / self.elapsed.as_secs_f64()
@@ -97,6 +112,7 @@ async fn raw_run(f: &DmaFile, size: u64, dur: Duration, pos: &mut u64) -> Sample
     let mut hist = Histogram::<u64>::new(3).unwrap();
     let start = Instant::now();
     let cpu0 = thread_cpu();
+    let mut busy = Duration::ZERO;
     let mut ops = 0;
     while start.elapsed() < dur || ops < 3 {
         if *pos + size > RAW_FILE_BYTES {
@@ -107,12 +123,14 @@ async fn raw_run(f: &DmaFile, size: u64, dur: Duration, pos: &mut u64) -> Sample
         let t = Instant::now();
         f.write_at(b, *pos).await.unwrap();
         f.fdatasync().await.unwrap();
+        busy += t.elapsed();
         hist.record(t.elapsed().as_nanos() as u64).unwrap();
         *pos += size;
         ops += 1;
     }
     Sample {
         cpu: thread_cpu() - cpu0,
+        busy,
         ops,
         bytes: ops * size,
         elapsed: start.elapsed(),
@@ -256,6 +274,7 @@ async fn wal_run(
     (
         Sample {
             cpu: thread_cpu() - cpu0,
+            busy: after.flush_io_time - before.flush_io_time,
             ops,
             bytes,
             elapsed,
@@ -272,6 +291,7 @@ fn merge(acc: &mut Option<Sample>, s: Sample) {
         None => *acc = Some(s),
         Some(a) => {
             a.cpu += s.cpu;
+            a.busy += s.busy;
             a.ops += s.ops;
             a.bytes += s.bytes;
             a.elapsed += s.elapsed;
@@ -335,6 +355,7 @@ fn main() {
                 let y = raw_run(&raw, BLOCK, dur / 4, &mut rpos).await;
                 for (acc, s) in [(&mut a, x), (&mut b, y)] {
                     acc.cpu += s.cpu;
+                    acc.busy += s.busy;
                     acc.ops += s.ops;
                     acc.bytes += s.bytes;
                     acc.elapsed += s.elapsed;
@@ -374,9 +395,11 @@ fn main() {
             println!("raw = DmaFile write_at of the WAL's frame size (4 KiB-aligned) + fdatasync, queue depth 1, into");
             println!("an already-written file; WAL and raw rounds interleaved within each cell.");
             println!("CPU = CPU time of the executor thread per batch in the throughput run (building the batch");
-            println!("included) and per raw write: it does not depend on how loaded the machine is.\n");
-            println!("| entries/batch | payload B | groups | frame KiB | WAL p50 us | WAL p99 us | raw p50 us | p50 WAL/raw | WAL entries/s | WAL payload MB/s | WAL disk MB/s | WAL fsync/s | raw MB/s | disk MB/s WAL/raw | WAL CPU us/batch | raw CPU us/write |");
-            println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+            println!("included) and per raw write: it does not depend on how loaded the machine is.");
+            println!("device busy = share of the wall time with one of the run's writes or fdatasyncs in flight");
+            println!("(the WAL's throughput run vs the raw run): unlike MB/s, it does not swing with the host's cache.\n");
+            println!("| entries/batch | payload B | groups | frame KiB | WAL p50 us | WAL p99 us | raw p50 us | p50 WAL/raw | WAL entries/s | WAL payload MB/s | WAL disk MB/s | WAL fsync/s | raw MB/s | disk MB/s WAL/raw | WAL CPU us/batch | raw CPU us/write | WAL device busy % | raw device busy % | busy WAL/raw |");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
             let mut cell = 0u64;
             for &groups in &[1usize, 100, 10_000] {
                 for &payload in &[16usize, 128, 1024] {
@@ -401,7 +424,7 @@ fn main() {
                             }
                             merge(&mut lat, w);
                             merge(&mut raw_s, raw_run(&raw, frame, dur / 2, &mut rpos).await);
-                            let (w, _, fl) = wal_run(&wal, &mut load, entries, 2, dur / 2).await;
+                            let (w, _, fl) = wal_run(&wal, &mut load, entries, thr_depth(), dur / 2).await;
                             thr_flushes += fl;
                             merge(&mut thr, w);
                         }
@@ -420,7 +443,7 @@ fn main() {
                         let wal_disk = t.per_sec(t.bytes) / 1e6;
                         let raw_mbps = r.per_sec(r.bytes) / 1e6;
                         println!(
-                            "| {entries} | {payload} | {groups} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.1} | {:.1} | {:.0} | {:.1} | {:.2} | {:.0} | {:.0} |",
+                            "| {entries} | {payload} | {groups} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.1} | {:.1} | {:.0} | {:.1} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} |",
                             frame / 1024,
                             w.p(0.5),
                             w.p(0.99),
@@ -434,6 +457,9 @@ fn main() {
                             wal_disk / raw_mbps,
                             t.cpu.as_secs_f64() * 1e6 / t.ops.max(1) as f64,
                             r.cpu.as_secs_f64() * 1e6 / r.ops.max(1) as f64,
+                            t.busy_pct(),
+                            r.busy_pct(),
+                            t.busy_pct() / r.busy_pct(),
                         );
                     }
                 }

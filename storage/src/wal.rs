@@ -138,7 +138,8 @@ struct Frame {
     done: FrameDone,
 }
 
-type IoResult = (AlignedBuf, std::io::Result<()>);
+/// The buffer back, and how long the write + fdatasync took.
+type IoResult = (AlignedBuf, std::io::Result<Duration>);
 
 /// A frame handed to the I/O thread.
 struct InFlight {
@@ -267,6 +268,10 @@ pub struct WalStats {
     pub fdatasyncs: u64,
     /// Latency of each frame flush: its DMA write plus its fdatasync.
     pub flush_latency: LatencyHistogram,
+    /// Time the device spent on frame writes and their fdatasyncs (summed;
+    /// frames never overlap). Over a busy period, this divided by the wall
+    /// time is how much of the device the WAL keeps busy.
+    pub flush_io_time: Duration,
     /// Bytes written by flushes, padding included.
     pub bytes_written: u64,
     /// Bytes of records written (no padding).
@@ -1385,7 +1390,7 @@ impl Inner {
                             .fdatasync()
                             .await
                             .map_err(|e| WalError::io(&frame.seg.path, e))?;
-                        self.complete(&frame.done, started);
+                        self.complete(&frame.done, started, started.elapsed());
                         self.maintain_step(inflight.is_empty()).await?;
                     }
                     FrameBuf::Thread(buf) => {
@@ -1423,9 +1428,9 @@ impl Inner {
                 if let Some((buf, res)) = done {
                     let f = inflight.pop_front().expect("front exists");
                     self.st.borrow_mut().inflight_frames = inflight.len();
-                    res.map_err(|e| WalError::io(&f.path, e))?;
+                    let io_time = res.map_err(|e| WalError::io(&f.path, e))?;
                     self.recycle_buffer(buf);
-                    self.complete(&f.done, f.started);
+                    self.complete(&f.done, f.started, io_time);
                     self.maintain_step(inflight.is_empty()).await?;
                 }
                 continue;
@@ -1573,6 +1578,7 @@ impl Inner {
                 if let Some(prev) = prev {
                     prev.wait()?;
                 }
+                let io_started = Instant::now();
                 use std::os::unix::fs::FileExt;
                 let n = file.write_at(&buf.as_slice()[..len], offset)?;
                 if n != len {
@@ -1581,7 +1587,8 @@ impl Inner {
                         format!("short write: {n} of {len} bytes at {offset}"),
                     ));
                 }
-                file.sync_data()
+                file.sync_data()?;
+                Ok(io_started.elapsed())
             })();
             link.finish(res.is_ok());
             (buf, res)
@@ -1634,9 +1641,10 @@ impl Inner {
     }
 
     /// Marks a frame durable: stats, cache eviction, wakes the writers.
-    fn complete(&self, done: &FrameDone, started: Instant) {
+    fn complete(&self, done: &FrameDone, started: Instant, io_time: Duration) {
         {
             let mut st = self.st.borrow_mut();
+            st.stats.flush_io_time += io_time;
             st.stats
                 .flush_latency
                 .record(started.elapsed().as_micros() as u64);
