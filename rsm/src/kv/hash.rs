@@ -2,8 +2,9 @@
 //! hashing over copy-on-write chunks, each a small open-addressing table.
 //!
 //! ```text
-//!  chunks: Vec<Chunk { slots: Rc<[Option<(Key, Bytes)>]>, len }>
-//!          ~ n / 30 entries of 24 bytes (cloned at capture: one Rc bump each)
+//!  pages: Vec<Rc<Vec<Chunk>>>   ~ n / 2,000 pages of 64 chunks (cloned at capture: one
+//!    │                            Rc bump each; a shared page is copied on first write)
+//!    └─ Chunk { slots: Rc<[Option<(Key, Bytes)>]>, len }   24 bytes
 //!    └─ slots: cap = 2 × len when built, ≤ 3/4 full; linear probing,
 //!              backward-shift deletion (no tombstones); a slot is 64 bytes
 //!
@@ -221,11 +222,66 @@ impl Chunk {
     }
 }
 
+/// Chunks per directory page.
+const PAGE_CHUNKS: usize = 64;
+
+/// The chunks, in pages of [`PAGE_CHUNKS`] behind an `Rc`: a clone copies
+/// one pointer per page (~2,000 keys) instead of one per chunk, so a capture
+/// touches n / 2,000 reference counts, not n / 30 (each a likely cache
+/// miss). The first write to a shared page copies it (64 `Rc` bumps).
+#[derive(Clone, Default)]
+struct Directory {
+    pages: Vec<Rc<Vec<Chunk>>>,
+    len: usize,
+}
+
+impl Directory {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn get(&self, b: usize) -> &Chunk {
+        &self.pages[b / PAGE_CHUNKS][b % PAGE_CHUNKS]
+    }
+
+    fn get_mut(&mut self, b: usize) -> &mut Chunk {
+        &mut Rc::make_mut(&mut self.pages[b / PAGE_CHUNKS])[b % PAGE_CHUNKS]
+    }
+
+    fn push(&mut self, c: Chunk) {
+        if self.len % PAGE_CHUNKS == 0 {
+            self.pages.push(Rc::new(Vec::with_capacity(PAGE_CHUNKS)));
+        }
+        let page = self.pages.last_mut().expect("a page with room");
+        Rc::make_mut(page).push(c);
+        self.len += 1;
+    }
+
+    fn pop(&mut self) -> Option<Chunk> {
+        let page = self.pages.last_mut()?;
+        let c = Rc::make_mut(page).pop().expect("no empty page");
+        if page.is_empty() {
+            self.pages.pop();
+        }
+        self.len -= 1;
+        Some(c)
+    }
+
+    #[cfg(test)]
+    fn iter(&self) -> impl Iterator<Item = &Chunk> {
+        self.pages.iter().flat_map(|p| p.iter())
+    }
+}
+
 /// See the module documentation.
 #[derive(Clone)]
 pub(crate) struct CowHash {
     /// Linear hashing: `chunks.len() == 2^level + split` (or 0 when empty).
-    chunks: Vec<Chunk>,
+    chunks: Directory,
     level: u32,
     /// The next chunk to split; `split < 2^level`.
     split: usize,
@@ -247,12 +303,38 @@ impl CowHash {
     /// An empty table hashing with `seeds`.
     pub(crate) fn new(seeds: Seeds) -> Self {
         CowHash {
-            chunks: Vec::new(),
+            chunks: Directory::default(),
             level: 0,
             split: 0,
             len: 0,
             seeds,
         }
+    }
+
+    /// A table of `entries` (distinct keys) built in one pass: the final
+    /// number of chunks is chosen up front, entries are distributed to their
+    /// chunks and each chunk is built once (a recovery of millions of keys
+    /// must not pay a random-access insert and the growth of every chunk
+    /// per key).
+    pub(crate) fn from_entries(entries: Vec<(Key, Bytes)>, seeds: Seeds) -> Self {
+        let mut m = CowHash::new(seeds);
+        if entries.is_empty() {
+            return m;
+        }
+        m.len = entries.len();
+        let count = entries.len().div_ceil(CHUNK_LEN_SPLIT);
+        m.level = count.ilog2();
+        m.split = count - (1 << m.level);
+        let mut buckets: Vec<Vec<(u64, Key, Bytes)>> = (0..count).map(|_| Vec::new()).collect();
+        for (k, v) in entries {
+            let h = seeds.hash(k.as_slice());
+            buckets[m.chunk_index(h)].push((h, k, v));
+        }
+        for bucket in buckets {
+            m.chunks.push(Chunk::build(bucket));
+        }
+        debug_assert_eq!(m.chunks.len(), (1 << m.level) + m.split);
+        m
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -275,17 +357,30 @@ impl CowHash {
             return None;
         }
         let b = self.chunk_index(h);
-        find(&self.chunks[b].slots, h, key).ok().map(|i| (b, i))
+        find(&self.chunks.get(b).slots, h, key).ok().map(|i| (b, i))
     }
 
     pub(crate) fn get(&self, key: &[u8]) -> Option<&Bytes> {
         self.get_key(&Key::new(key))
     }
 
+    /// Loads the home slot of `key` and returns something of it for
+    /// `black_box`: a prefetch without `unsafe`. Loads of many keys do not
+    /// depend on each other, so their cache misses overlap (see
+    /// `map.rs`, which does this before looking up a batch in key order).
+    pub(crate) fn touch(&self, key: &Key) -> usize {
+        if self.chunks.is_empty() {
+            return 0;
+        }
+        let h = self.seeds.hash(key.as_slice());
+        let slots = &self.chunks.get(self.chunk_index(h)).slots;
+        usize::from(slots[home(h, slots.len())].is_some())
+    }
+
     pub(crate) fn get_key(&self, key: &Key) -> Option<&Bytes> {
         let h = self.seeds.hash(key.as_slice());
         let (b, i) = self.locate(h, key)?;
-        self.chunks[b].slots[i].as_ref().map(|(_, v)| v)
+        self.chunks.get(b).slots[i].as_ref().map(|(_, v)| v)
     }
 
     /// Looks `key` up once and lets `f` decide from its current value
@@ -298,14 +393,14 @@ impl CowHash {
         let h = self.seeds.hash(key);
         let key = Key::new(key);
         let found = self.locate(h, &key);
-        let current = found.map(|(b, i)| &self.chunks[b].slots[i].as_ref().expect("found").1);
+        let current = found.map(|(b, i)| &self.chunks.get(b).slots[i].as_ref().expect("found").1);
         let (new, r) = f(current);
         let Some(value) = new else {
             return (r, Upserted::Unchanged);
         };
         let new_len = value.len();
         if let Some((b, i)) = found {
-            let slots = Rc::make_mut(&mut self.chunks[b].slots);
+            let slots = Rc::make_mut(&mut self.chunks.get_mut(b).slots);
             let slot = slots[i].as_mut().expect("found");
             let old = std::mem::replace(&mut slot.1, value);
             return (r, Upserted::Replaced { old, new_len });
@@ -326,7 +421,7 @@ impl CowHash {
             self.chunks.push(Chunk::empty());
         }
         let b = self.chunk_index(h);
-        let c = &mut self.chunks[b];
+        let c = self.chunks.get_mut(b);
         if fits(c.len + 1, c.slots.len()) {
             let slots = Rc::make_mut(&mut c.slots);
             let i = find(slots, h, &key).expect_err("absent");
@@ -347,7 +442,7 @@ impl CowHash {
     pub(crate) fn remove(&mut self, key: &[u8]) -> Option<(Key, Bytes)> {
         let h = self.seeds.hash(key);
         let (b, i) = self.locate(h, &Key::new(key))?;
-        let c = &mut self.chunks[b];
+        let c = self.chunks.get_mut(b);
         let out = remove_at(Rc::make_mut(&mut c.slots), i, &self.seeds);
         c.len -= 1;
         self.len -= 1;
@@ -367,11 +462,13 @@ impl CowHash {
     fn split_one(&mut self) {
         let s = self.split;
         let bit = 1u64 << self.level;
-        let (high, low): (Vec<_>, Vec<_>) = self.chunks[s]
+        let (high, low): (Vec<_>, Vec<_>) = self
+            .chunks
+            .get_mut(s)
             .take_entries(&self.seeds)
             .into_iter()
             .partition(|(h, _, _)| h & bit != 0);
-        self.chunks[s] = Chunk::build(low);
+        *self.chunks.get_mut(s) = Chunk::build(low);
         self.chunks.push(Chunk::build(high));
         self.split += 1;
         if self.split == 1 << self.level {
@@ -392,9 +489,9 @@ impl CowHash {
         let mut last = self.chunks.pop().expect("more than one chunk");
         debug_assert_eq!(self.chunks.len(), (1 << self.level) + self.split);
         let s = self.split;
-        let mut entries = self.chunks[s].take_entries(&self.seeds);
+        let mut entries = self.chunks.get_mut(s).take_entries(&self.seeds);
         entries.extend(last.take_entries(&self.seeds));
-        self.chunks[s] = Chunk::build(entries);
+        *self.chunks.get_mut(s) = Chunk::build(entries);
     }
 
     /// Checks the invariants (O(n); tests).
@@ -528,6 +625,38 @@ mod tests {
         m.check_invariants();
         assert_eq!(snapshot.len(), 100_000);
         snapshot.check_invariants();
+    }
+
+    /// A table built in one pass has the invariants of one grown key by key
+    /// and keeps growing and shrinking correctly.
+    #[test]
+    fn built_in_one_pass() {
+        for n in [0usize, 1, 39, 40, 41, 79, 80, 81, 1000, 20_000] {
+            let entries: Vec<(Key, Bytes)> = (0..n as u64)
+                .map(|i| {
+                    (
+                        Key::new(&i.to_be_bytes()),
+                        b(&i.to_le_bytes()[..(i % 9) as usize]),
+                    )
+                })
+                .collect();
+            let model: Model<Bytes, Bytes> = entries
+                .iter()
+                .map(|(k, v)| (b(k.as_slice()), v.clone()))
+                .collect();
+            let mut m = CowHash::from_entries(entries, Seeds::random());
+            same(&m, &model);
+            let mut model = model;
+            for i in (0..n as u64).step_by(3) {
+                assert!(m.remove(&i.to_be_bytes()).is_some());
+                model.remove(&i.to_be_bytes()[..]);
+            }
+            for i in n as u64..n as u64 + 500 {
+                put(&mut m, &i.to_be_bytes(), b(b"x"));
+                model.insert(b(&i.to_be_bytes()), b(b"x"));
+            }
+            same(&m, &model);
+        }
     }
 
     #[test]

@@ -106,44 +106,33 @@ impl CowMap {
         Some(v)
     }
 
-    /// The value of a key of the order.
-    fn value_of(&self, key: &Key) -> &Bytes {
-        self.values
-            .get(key.as_slice())
-            .expect("every key of the order is in the index")
-    }
-
     /// Pairs with `start <= key < end` in key order.
     pub(crate) fn range<'a>(
         &'a self,
         start: &[u8],
         end: Option<&[u8]>,
     ) -> impl Iterator<Item = (&'a [u8], &'a Bytes)> + 'a {
-        self.order
-            .range(start, end)
-            .map(|(k, _)| (k.as_slice(), self.value_of(k)))
+        Lookahead::new(self.order.range(start, end).map(|(k, _)| k), &self.values)
     }
 
     /// Every pair in key order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &Bytes)> + '_ {
-        self.order
-            .iter()
-            .map(|(k, _)| (k.as_slice(), self.value_of(k)))
+        Lookahead::new(self.order.iter().map(|(k, _)| k), &self.values)
     }
 
     /// Builds a map from pairs in strictly increasing key order.
     pub(crate) fn from_sorted(pairs: Vec<(Key, Bytes)>) -> Self {
         debug_assert!(pairs.windows(2).all(|w| w[0].0 < w[1].0));
-        let mut m = CowMap::default();
-        let mut keys = Vec::with_capacity(pairs.len());
-        for (k, v) in pairs {
-            m.bytes += (k.as_slice().len() + v.len()) as u64;
-            let (_, done) = m.values.upsert(k.as_slice(), |_| (Some(v), ()));
-            debug_assert!(matches!(done, Upserted::Inserted { .. }));
-            keys.push((k, ()));
+        let bytes = pairs
+            .iter()
+            .map(|(k, v)| (k.as_slice().len() + v.len()) as u64)
+            .sum();
+        let keys = pairs.iter().map(|(k, _)| (k.clone(), ())).collect();
+        CowMap {
+            values: CowHash::from_entries(pairs, Seeds::random()),
+            order: CowTree::from_sorted(keys),
+            bytes,
         }
-        m.order = CowTree::from_sorted(keys);
-        m
     }
 
     /// Checks the invariants (O(n); tests).
@@ -154,6 +143,57 @@ impl CowMap {
         assert_eq!(self.values.len(), self.order.len());
         let bytes: u64 = self.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
         assert_eq!(bytes, self.bytes);
+    }
+}
+
+/// Keys looked up per batch by [`Lookahead`].
+const LOOKAHEAD_KEYS: usize = 16;
+
+/// Pairs in key order: the values of keys from the order, looked up
+/// [`LOOKAHEAD_KEYS`] at a time. Keys in order are scattered over the hash
+/// index, so one lookup after another waits for one cache miss after
+/// another; a batch first loads every key's home slot, then every value's
+/// first byte, and the misses of a batch overlap (measured: snapshot save
+/// and scans several times faster on maps larger than the cache).
+struct Lookahead<'a, I> {
+    keys: I,
+    values: &'a CowHash,
+    batch: std::collections::VecDeque<(&'a [u8], &'a Bytes)>,
+    next_keys: Vec<&'a Key>,
+}
+
+impl<'a, I: Iterator<Item = &'a Key>> Lookahead<'a, I> {
+    fn new(keys: I, values: &'a CowHash) -> Self {
+        Lookahead {
+            keys,
+            values,
+            batch: std::collections::VecDeque::new(),
+            next_keys: Vec::new(),
+        }
+    }
+}
+
+impl<'a, I: Iterator<Item = &'a Key>> Iterator for Lookahead<'a, I> {
+    type Item = (&'a [u8], &'a Bytes);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.batch.is_empty() {
+            self.next_keys
+                .extend(self.keys.by_ref().take(LOOKAHEAD_KEYS));
+            let touched: usize = self.next_keys.iter().map(|k| self.values.touch(k)).sum();
+            std::hint::black_box(touched);
+            let mut first_bytes = 0usize;
+            for k in self.next_keys.drain(..) {
+                let v = self
+                    .values
+                    .get_key(k)
+                    .expect("every key of the order is in the index");
+                first_bytes += usize::from(v.first().copied().unwrap_or(0));
+                self.batch.push_back((k.as_slice(), v));
+            }
+            std::hint::black_box(first_bytes);
+        }
+        self.batch.pop_front()
     }
 }
 

@@ -317,7 +317,8 @@ impl StateMachine for KvStore {
     }
 }
 
-/// A captured view of a [`KvStore`] (shares its leaves copy-on-write).
+/// A captured view of a [`KvStore`] (shares its hash chunks and tree nodes
+/// copy-on-write).
 struct KvSnapshot {
     map: CowMap,
 }
