@@ -6,8 +6,11 @@
 //!  write(batch) ──validate+apply to index──► queue ──┤
 //!                                                    ▼
 //!                       committer task (one per WAL, runs while there is work)
-//!                       take queued batches ─► encode ONE frame ─► ONE write_at
+//!                       take queued batches ─► encode ONE frame ─► ONE write
 //!                       ─► ONE fdatasync ─► durable_op = last op ─► wake waiters
+//!                       (small frames: io_uring; large or pipelined frames:
+//!                       glommio's blocking thread, frame N+1 encoded while N
+//!                       is written, written right after fdatasync N)
 //!                       between flushes: prepare the spare segment, reclaim
 //!                       (recycle or delete) segments no group needs any more
 //! ```
