@@ -112,3 +112,50 @@ fn an_idle_replica_flushes_its_commit_index_and_replays_it_alone() {
     }
     c.shutdown();
 }
+
+/// Turns bigger than one WAL batch (1 MiB) while the next turn of the same
+/// group is collected: the WAL must take the batches in turn order, or a
+/// group's append would start past its last entry (the WAL refuses such a
+/// gap and the shard stops — seen in `flotilla bench` under load).
+#[test]
+fn turns_larger_than_a_wal_batch_keep_each_log_contiguous() {
+    init_logs();
+    let mut c = Cluster::new(3, 1);
+    c.start_all();
+    let nodes = c.running();
+    let groups = [GroupId(1)];
+    c.start_groups(&groups, &nodes);
+    let leader = c.wait_leader(groups[0], WITHIN);
+    let kv = c.kv(leader, &groups);
+    let value = "x".repeat(300 << 10);
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let kv = &kv;
+            let value = &value;
+            s.spawn(move || {
+                for k in 0..6 {
+                    let key = format!("t{t}-k{k}");
+                    retry(WITHIN, &key, || {
+                        block_on(kv.put(b(key.clone()), b(format!("{value}{t}{k}"))))
+                    });
+                }
+            });
+        }
+    });
+    for n in &nodes {
+        let errors: u64 = block_on(c.host(*n).stats(WITHIN))
+            .unwrap()
+            .iter()
+            .map(|s| s.decode_errors)
+            .sum();
+        assert_eq!(errors, 0, "node {n}");
+    }
+    for t in 0..8 {
+        for k in 0..6 {
+            let key = format!("t{t}-k{k}");
+            let got = retry(WITHIN, &key, || block_on(kv.get(b(key.clone()))));
+            assert_eq!(got.map(|v| v.len()), Some(value.len() + 2), "{key}");
+        }
+    }
+    c.shutdown();
+}

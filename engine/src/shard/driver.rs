@@ -1010,10 +1010,11 @@ impl Driver {
             }
             self.counters.entries_appended += rd.entries.len() as u64;
             self.counters.entries_committed += rd.committed_entries.len() as u64;
+            let g = self.groups.get_mut(&id).expect("looked up above");
             if !rd.entries.is_empty() {
+                g.on_entries_emitted(&rd.entries);
                 batch.append(id.0, &rd.entries);
             }
-            let g = self.groups.get_mut(&id).expect("looked up above");
             let term_vote_changed = rd
                 .hard_state
                 .as_ref()
@@ -1404,13 +1405,38 @@ pub(crate) async fn drive(
             } else {
                 driver.borrow_mut().counters.wal_writes += 1;
                 let wal = driver.borrow().wal.clone();
+                // The WAL must accept batches in turn order (a group's
+                // entries continue where its previous append ended): each is
+                // submitted here, in order, and the next only once the WAL
+                // has taken this one (at once, unless it applies
+                // backpressure). Durability is awaited by the task below.
+                let mut writes = Vec::with_capacity(batch.len());
+                for b in batch {
+                    let wal2 = wal.clone();
+                    let mut write: std::pin::Pin<Box<dyn std::future::Future<Output = _>>> =
+                        Box::pin(async move { wal2.write(b).await });
+                    let accepted_before = wal.stats().batches;
+                    let early = std::future::poll_fn(|cx| match write.as_mut().poll(cx) {
+                        std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
+                        std::task::Poll::Pending if wal.stats().batches != accepted_before => {
+                            std::task::Poll::Ready(None)
+                        }
+                        std::task::Poll::Pending => std::task::Poll::Pending,
+                    })
+                    .await;
+                    writes.push((early, write));
+                }
                 let state = Rc::new(std::cell::Cell::new(WRITING));
                 let done = state.clone();
                 let kick = kick.clone();
                 let write = glommio::spawn_local(async move {
                     let mut outcome = DURABLE;
-                    for b in batch {
-                        if let Err(e) = wal.write(b).await {
+                    for (early, write) in writes {
+                        let result = match early {
+                            Some(r) => r,
+                            None => write.await,
+                        };
+                        if let Err(e) = result {
                             tracing::error!(error = %e, "WAL write failed");
                             outcome = FAILED;
                             break;

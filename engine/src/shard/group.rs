@@ -87,6 +87,9 @@ pub(crate) struct GroupReplica {
     /// Term and vote of the last hard state handed to the WAL (`None`: not
     /// known, so the next hard state is written before its Ready finishes).
     pub(crate) written_term_vote: Option<(Term, Option<crate::raft::NodeId>)>,
+    /// Index of the last entry handed to the WAL (0: none yet); a Ready
+    /// whose entries start at or below it overwrites the log from there.
+    last_emitted_index: Index,
 }
 
 impl GroupReplica {
@@ -107,6 +110,7 @@ impl GroupReplica {
             applied_scratch: Vec::new(),
             readys_in_flight: 0,
             written_term_vote: None,
+            last_emitted_index: 0,
         }
     }
 
@@ -245,6 +249,43 @@ impl GroupReplica {
     pub(crate) fn end_turn(&mut self) {
         self.read_ctx_open = None;
         self.lease_ctx_open = None;
+    }
+
+    /// Entries of a Ready, about to be written. If they overwrite the log
+    /// (a deposed leader's uncommitted tail replaced by the new leader's
+    /// entries), every proposal whose entry is gone fails as `Dropped` now:
+    /// its entry can never commit, and waiting for an apply at its index
+    /// could wait until the deadline (nothing may ever reach that index if
+    /// the clients moved on).
+    pub(crate) fn on_entries_emitted(&mut self, entries: &[Entry]) {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return;
+        };
+        let overwrites = first.index <= self.last_emitted_index;
+        self.last_emitted_index = last.index;
+        if !overwrites {
+            return;
+        }
+        let from = self.proposals.partition_point(|p| p.index < first.index);
+        let tail: Vec<PendingProposal> = self.proposals.drain(from..).collect();
+        for p in tail {
+            let kept = entries
+                .get((p.index - first.index) as usize)
+                .is_some_and(|e| e.index == p.index && e.term == p.term);
+            if kept {
+                self.proposals.push_back(p);
+            } else {
+                tracing::debug!(
+                    group = self.group.0,
+                    index = p.index,
+                    "proposal overwritten"
+                );
+                let _ = p.reply.send(Err(RequestError::Dropped {
+                    group: self.group,
+                    index: p.index,
+                }));
+            }
+        }
     }
 
     /// Raft confirmed read indexes (`states`) or gave up on some (`dropped`).
@@ -521,6 +562,49 @@ mod tests {
         );
         assert_eq!(block_on(rx_same).unwrap(), Ok(Bytes::from("y")));
         assert!(proposals.is_empty());
+    }
+
+    #[test]
+    fn proposals_whose_entries_a_new_leader_overwrites_fail_at_once() {
+        let mut g = single_voter();
+        let entry = |index, term| Entry {
+            index,
+            term,
+            kind: EntryKind::Normal,
+            data: Bytes::new(),
+        };
+        // As a leader of term 2 this replica appended 5..=7 for its clients.
+        g.on_entries_emitted(&[entry(5, 2), entry(6, 2), entry(7, 2)]);
+        let mut answers = Vec::new();
+        for index in 5..=7 {
+            let (tx, rx) = oneshot::channel();
+            g.proposals.push_back(PendingProposal {
+                index,
+                term: 2,
+                conf_change: false,
+                reply: tx,
+            });
+            answers.push(rx);
+        }
+        // Appending after the last entry overwrites nothing.
+        g.on_entries_emitted(&[entry(8, 2)]);
+        assert_eq!(g.proposals.len(), 3);
+        // A term-3 leader keeps index 5 and replaces 6 (and so 7 and 8).
+        g.on_entries_emitted(&[entry(5, 2), entry(6, 3)]);
+        assert_eq!(g.proposals.len(), 1, "only index 5 still waits");
+        let mut answers = answers.into_iter();
+        let five = answers.next().unwrap();
+        for (rx, index) in answers.zip(6..) {
+            assert_eq!(
+                block_on(rx).unwrap(),
+                Err(RequestError::Dropped {
+                    group: GroupId(7),
+                    index
+                })
+            );
+        }
+        drop(g);
+        assert!(block_on(five).is_err(), "index 5 was still pending");
     }
 
     #[test]
