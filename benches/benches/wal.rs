@@ -531,7 +531,11 @@ fn main() {
             println!("| run | bytes read MiB | log (frames) MiB | time ms | read MB/s | log MB/s | groups | entries |");
             println!("|---|---|---|---|---|---|---|---|");
             for run in 1..=3 {
-                let (wal, rec) = Wal::open(&rdir, wal_options()).await.unwrap();
+                let mut o = wal_options();
+                if let Some(b) = std::env::var("FLOTILLA_BENCH_RECOVERY_READ").ok().and_then(|v| v.parse().ok()) {
+                    o.recovery_read_bytes = b;
+                }
+                let (wal, rec) = Wal::open(&rdir, o).await.unwrap();
                 let secs = rec.duration.as_secs_f64();
                 let entries: u64 = rec.groups.iter().map(|g| g.last_index + 1 - g.first_index).sum();
                 println!(

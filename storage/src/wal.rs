@@ -149,7 +149,6 @@ struct InFlight {
     io: std::pin::Pin<Box<dyn std::future::Future<Output = IoResult>>>,
     path: PathBuf,
     done: FrameDone,
-    started: Instant,
 }
 
 /// Tuning of a [`Wal`]. Every bound has a unit in its name.
@@ -269,7 +268,9 @@ pub struct WalStats {
     pub pipelined_frames: u64,
     /// fdatasync calls, including segment preparation.
     pub fdatasyncs: u64,
-    /// Latency of each frame flush: its DMA write plus its fdatasync.
+    /// Latency of each frame flush: its DMA write plus its fdatasync (for a
+    /// pipelined frame, from the start of its write, not from when it was
+    /// queued behind the previous frame).
     pub flush_latency: LatencyHistogram,
     /// Time the device spent on frame writes and their fdatasyncs (summed;
     /// frames never overlap). Over a busy period, this divided by the wall
@@ -1393,7 +1394,7 @@ impl Inner {
                             .fdatasync()
                             .await
                             .map_err(|e| WalError::io(&frame.seg.path, e))?;
-                        self.complete(&frame.done, started, started.elapsed());
+                        self.complete(&frame.done, started.elapsed());
                         self.maintain_step(inflight.is_empty()).await?;
                     }
                     FrameBuf::Thread(buf) => {
@@ -1433,7 +1434,7 @@ impl Inner {
                     self.st.borrow_mut().inflight_frames = inflight.len();
                     let io_time = res.map_err(|e| WalError::io(&f.path, e))?;
                     self.recycle_buffer(buf);
-                    self.complete(&f.done, f.started, io_time);
+                    self.complete(&f.done, io_time);
                     self.maintain_step(inflight.is_empty()).await?;
                 }
                 continue;
@@ -1600,7 +1601,6 @@ impl Inner {
             io: Box::pin(io),
             path: seg.path.clone(),
             done,
-            started: Instant::now(),
         })
     }
 
@@ -1644,13 +1644,11 @@ impl Inner {
     }
 
     /// Marks a frame durable: stats, cache eviction, wakes the writers.
-    fn complete(&self, done: &FrameDone, started: Instant, io_time: Duration) {
+    fn complete(&self, done: &FrameDone, io_time: Duration) {
         {
             let mut st = self.st.borrow_mut();
             st.stats.flush_io_time += io_time;
-            st.stats
-                .flush_latency
-                .record(started.elapsed().as_micros() as u64);
+            st.stats.flush_latency.record(io_time.as_micros() as u64);
             debug_assert!(done.last_op > st.durable_op);
             st.durable_op = done.last_op;
             st.flushes_since_gc += 1;
