@@ -603,4 +603,69 @@ mod tests {
         assert_eq!(v["config"]["groups"], 2);
         assert!(text.contains("writes/s"), "{text}");
     }
+
+    /// The in-process open loop: never issues ahead of its schedule, and
+    /// splits each latency into issue lateness and service time, neither
+    /// of which can exceed the scheduled latency.
+    #[test]
+    fn tiny_open_loop_keeps_to_its_schedule_and_splits_latency() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir_arg = dir.path().to_string_lossy().to_string();
+        let args = crate::bench::parse_for_tests(&[
+            "--groups",
+            "2",
+            "--shards",
+            "1",
+            "--rate",
+            "300",
+            "--placement",
+            "unbound",
+            "--io-memory",
+            "1MiB",
+            "--preempt-timer",
+            "1ms",
+            "--duration",
+            "1s",
+            "--warmup",
+            "300ms",
+            "--json",
+            "--data-dir",
+            &dir_arg,
+        ]);
+        let mut out = Vec::new();
+        let outcome = super::super::execute(&args, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        let s = match outcome {
+            Ok(Outcome::Load(s)) => *s,
+            other => panic!("{other:?}\n{text}"),
+        };
+        // The pacer issues nothing ahead of its schedule: by the window's
+        // end it has issued at most 300/s × (0.3 s warm-up + 1 s window),
+        // so the window cannot complete more than that.
+        assert!(s.writes > 0, "{text}");
+        assert!(
+            s.writes <= 391,
+            "{} writes by the end of a 1.3 s schedule at 300/s\n{text}",
+            s.writes
+        );
+        // Per request: lateness + service = scheduled latency, so their
+        // quantiles cannot exceed the latency's.
+        assert!(s.service_p50_us <= s.p50_us, "{text}");
+        assert!(s.service_p99_us <= s.p99_us, "{text}");
+        assert!(s.issue_lateness_p50_us <= s.p50_us, "{text}");
+        assert!(s.issue_lateness_max_us <= s.max_us, "{text}");
+        assert!(text.contains("issue lateness"), "{text}");
+        let last = text.lines().last().unwrap();
+        let v: serde_json::Value = serde_json::from_str(last).unwrap();
+        for field in [
+            "issue_lateness_p50_us",
+            "issue_lateness_p99_us",
+            "service_p50_us",
+            "service_p999_us",
+            "wal_flush_mean_us",
+        ] {
+            assert!(v.get(field).is_some(), "missing {field} in {last}");
+        }
+        assert_eq!(v["config"]["rate"], 300);
+    }
 }
