@@ -41,9 +41,6 @@ use crate::types::{Batch, Entry, GroupId, HardState, Op, SnapshotMarker};
 
 pub(crate) const MANIFEST_NAME: &str = "MANIFEST";
 const SPARE_CHUNK_BYTES: u64 = 256 * 1024;
-/// Frames at least this large are written by the I/O thread even when
-/// nothing else is in flight (the executor keeps encoding meanwhile).
-const THREAD_FRAME_BYTES_MIN: u64 = 128 * 1024;
 /// Frames handed to the I/O thread at most (one written, one waiting).
 const PIPELINE_FRAMES_MAX: usize = 2;
 /// Queued bytes that start the next frame while one is in flight; below
@@ -141,8 +138,9 @@ struct Frame {
     done: FrameDone,
 }
 
-/// The buffer back, and how long the write + fdatasync took.
-type IoResult = (AlignedBuf, std::io::Result<Duration>);
+/// The I/O thread's buffer back (`None` for an io_uring frame), and how
+/// long the write + fdatasync took.
+type IoResult = (Option<AlignedBuf>, std::io::Result<Duration>);
 
 /// A frame handed to the I/O thread.
 struct InFlight {
@@ -1386,16 +1384,39 @@ impl Inner {
                 let frame = self.build_frame(!inflight.is_empty()).await?;
                 match frame.buf {
                     FrameBuf::Dma(buf) => {
-                        let started = Instant::now();
-                        write_all(&frame.seg.file, &frame.seg.path, buf, frame.offset).await?;
-                        frame
-                            .seg
-                            .file
-                            .fdatasync()
-                            .await
-                            .map_err(|e| WalError::io(&frame.seg.path, e))?;
-                        self.complete(&frame.done, started.elapsed());
-                        self.maintain_step(inflight.is_empty()).await?;
+                        // Through io_uring on this executor (lowest latency
+                        // when nothing else is going on); a frame built while
+                        // it is in flight goes to the I/O thread and waits
+                        // for this one's link.
+                        debug_assert!(inflight.is_empty());
+                        let link = Arc::new(ChainLink::default());
+                        *self.io_chain.borrow_mut() = Some(link.clone());
+                        let file = frame.seg.file.clone();
+                        let offset = frame.offset;
+                        let io = async move {
+                            let started = Instant::now();
+                            let res = async {
+                                let len = buf.len();
+                                let n = file.write_at(buf, offset).await?;
+                                if n != len {
+                                    return Err(std::io::Error::new(
+                                        std::io::ErrorKind::WriteZero,
+                                        format!("short write: {n} of {len} bytes at {offset}"),
+                                    ));
+                                }
+                                file.fdatasync().await?;
+                                Ok(started.elapsed())
+                            }
+                            .await;
+                            link.finish(res.is_ok());
+                            (None, res)
+                        };
+                        inflight.push_back(InFlight {
+                            io: Box::pin(io),
+                            path: frame.seg.path.clone(),
+                            done: frame.done,
+                        });
+                        self.st.borrow_mut().inflight_frames = inflight.len();
                     }
                     FrameBuf::Thread(buf) => {
                         let mut f = self.dispatch(&frame.seg, frame.offset, buf, frame.done)?;
@@ -1433,7 +1454,9 @@ impl Inner {
                     let f = inflight.pop_front().expect("front exists");
                     self.st.borrow_mut().inflight_frames = inflight.len();
                     let io_time = res.map_err(|e| WalError::io(&f.path, e))?;
-                    self.recycle_buffer(buf);
+                    if let Some(buf) = buf {
+                        self.recycle_buffer(buf);
+                    }
                     self.complete(&f.done, io_time);
                     self.maintain_step(inflight.is_empty()).await?;
                 }
@@ -1494,7 +1517,7 @@ impl Inner {
             "frame overruns segment {} at {offset}",
             seg.seq
         );
-        let mut buf = if pipelined || len >= THREAD_FRAME_BYTES_MIN {
+        let mut buf = if pipelined {
             FrameBuf::Thread(self.take_buffer(len as usize))
         } else {
             FrameBuf::Dma(seg.file.alloc_dma_buffer(len as usize))
@@ -1595,7 +1618,7 @@ impl Inner {
                 Ok(io_started.elapsed())
             })();
             link.finish(res.is_ok());
-            (buf, res)
+            (Some(buf), res)
         });
         Ok(InFlight {
             io: Box::pin(io),
