@@ -2,7 +2,7 @@
 //! hashing over copy-on-write chunks, each a small open-addressing table.
 //!
 //! ```text
-//!  pages: Vec<Rc<Vec<Chunk>>>   ~ n / 2,000 pages of 64 chunks (cloned at capture: one
+//!  pages: Vec<Rc<[Chunk; 64]>>  ~ n / 2,000 pages of 64 chunks (cloned at capture: one
 //!    │                            Rc bump each; a shared page is copied on first write)
 //!    └─ Chunk { slots: Rc<[Option<(Key, Bytes)>]>, len }   24 bytes
 //!    └─ slots: cap = 2 × len when built, ≤ 3/4 full; linear probing,
@@ -192,6 +192,14 @@ impl Chunk {
         Chunk::build(Vec::new())
     }
 
+    /// Padding of the last directory page: no slots (never addressed).
+    fn placeholder() -> Self {
+        Chunk {
+            slots: Rc::from(Vec::new()),
+            len: 0,
+        }
+    }
+
     /// Builds a chunk from entries with distinct keys and their hashes.
     fn build(entries: Vec<(u64, Key, Bytes)>) -> Self {
         let len = entries.len();
@@ -228,10 +236,13 @@ const PAGE_CHUNKS: usize = 64;
 /// The chunks, in pages of [`PAGE_CHUNKS`] behind an `Rc`: a clone copies
 /// one pointer per page (~2,000 keys) instead of one per chunk, so a capture
 /// touches n / 2,000 reference counts, not n / 30 (each a likely cache
-/// miss). The first write to a shared page copies it (64 `Rc` bumps).
+/// miss). The first write to a shared page copies it (64 `Rc` bumps). A
+/// page is one allocation (`Rc<[Chunk]>`, no `Vec` in between, so a lookup
+/// follows one pointer more than a flat directory); the last page is padded
+/// with empty chunks.
 #[derive(Clone, Default)]
 struct Directory {
-    pages: Vec<Rc<Vec<Chunk>>>,
+    pages: Vec<Rc<[Chunk]>>,
     len: usize,
 }
 
@@ -245,35 +256,40 @@ impl Directory {
     }
 
     fn get(&self, b: usize) -> &Chunk {
+        debug_assert!(b < self.len);
         &self.pages[b / PAGE_CHUNKS][b % PAGE_CHUNKS]
     }
 
     fn get_mut(&mut self, b: usize) -> &mut Chunk {
+        debug_assert!(b < self.len);
         &mut Rc::make_mut(&mut self.pages[b / PAGE_CHUNKS])[b % PAGE_CHUNKS]
     }
 
     fn push(&mut self, c: Chunk) {
         if self.len % PAGE_CHUNKS == 0 {
-            self.pages.push(Rc::new(Vec::with_capacity(PAGE_CHUNKS)));
+            let placeholder = Chunk::placeholder();
+            self.pages
+                .push((0..PAGE_CHUNKS).map(|_| placeholder.clone()).collect());
         }
-        let page = self.pages.last_mut().expect("a page with room");
-        Rc::make_mut(page).push(c);
         self.len += 1;
+        *self.get_mut(self.len - 1) = c;
     }
 
     fn pop(&mut self) -> Option<Chunk> {
-        let page = self.pages.last_mut()?;
-        let c = Rc::make_mut(page).pop().expect("no empty page");
-        if page.is_empty() {
+        if self.len == 0 {
+            return None;
+        }
+        let c = std::mem::replace(self.get_mut(self.len - 1), Chunk::placeholder());
+        self.len -= 1;
+        if self.len % PAGE_CHUNKS == 0 {
             self.pages.pop();
         }
-        self.len -= 1;
         Some(c)
     }
 
     #[cfg(test)]
     fn iter(&self) -> impl Iterator<Item = &Chunk> {
-        self.pages.iter().flat_map(|p| p.iter())
+        self.pages.iter().flat_map(|p| p.iter()).take(self.len)
     }
 }
 
