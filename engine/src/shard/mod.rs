@@ -358,35 +358,26 @@ pub(crate) async fn run(setup: ShardSetup) {
         .expect("raft task queue exists")
     };
 
-    // The ticker: one timer for all groups.
+    // The ticker: one timer for all groups, and from now on also the
+    // reserve of armed timers (bug 2): its reserve timers are the ticks, so
+    // an idle shard wakes once per tick, not once per tick plus once per
+    // reserve timer. The start-up reserve stops (it served the WAL open and
+    // the restore); a new one covers the shutdown after the ticker ends.
+    keepalive_stop.set(true);
     let ticker = {
         let counters = counters.clone();
         let stop = stop.clone();
         let driver = driver.clone();
         let kick = kick.clone();
         glommio::spawn_local_into(
-            async move {
-                let mut next = Instant::now() + tick_interval;
-                while !stop.get() {
-                    let now = Instant::now();
-                    if next > now {
-                        glommio::timer::sleep(next - now).await;
-                    }
-                    let late = Instant::now().saturating_duration_since(next);
-                    if late > counters.tick_lateness_max.get() {
-                        counters.tick_lateness_max.set(late);
-                    }
-                    counters.ticks.set(counters.ticks.get() + 1);
-                    driver.borrow_mut().tick(late, tick_interval);
-                    kick.signal(1);
-                    // Fixed-rate schedule; after a long stall skip the missed
-                    // ticks instead of firing a burst of them.
-                    next += tick_interval;
-                    if next < Instant::now() {
-                        next = Instant::now() + tick_interval;
-                    }
+            armed_ticks(tick_interval, TIMER_RESERVE, stop, move |late| {
+                if late > counters.tick_lateness_max.get() {
+                    counters.tick_lateness_max.set(late);
                 }
-            },
+                counters.ticks.set(counters.ticks.get() + 1);
+                driver.borrow_mut().tick(late, tick_interval);
+                kick.signal(1);
+            }),
             raft_tq,
         )
         .expect("raft task queue exists")
@@ -499,6 +490,15 @@ pub(crate) async fn run(setup: ShardSetup) {
     // close the transport and the WAL.
     stop.set(true);
     kick.signal(1);
+    keepalive.await;
+    // The ticker's reserve ends with it: arm a new one for the rest of the
+    // shutdown (transport and WAL close await I/O).
+    let keepalive_stop = Rc::new(Cell::new(false));
+    let keepalive = glommio::spawn_local_into(
+        keep_timers_armed(tick_interval, TIMER_RESERVE, keepalive_stop.clone()),
+        raft_tq,
+    )
+    .expect("raft task queue exists");
     ticker.await;
     driver_task.await;
     driver.borrow_mut().fail_all();
@@ -539,11 +539,24 @@ pub const TIMER_RESERVE: usize = 64;
 /// servers, benchmark load generators) can run the same guard: spawn it
 /// first thing on the executor and set `stop` when the executor ends.
 pub async fn keep_timers_armed(period: Duration, reserve: usize, stop: Rc<Cell<bool>>) {
+    armed_ticks(period, reserve, stop, |_| {}).await;
+}
+
+/// Calls `on_tick(lateness)` every `period` until `stop`, from a reserve of
+/// `reserve` timers armed ahead (see [`keep_timers_armed`]). Fixed rate:
+/// after a stall the missed ticks are skipped, not fired as a burst.
+async fn armed_ticks(
+    period: Duration,
+    reserve: usize,
+    stop: Rc<Cell<bool>>,
+    mut on_tick: impl FnMut(Duration),
+) {
     use std::future::Future;
     use std::pin::Pin;
     use std::task::Poll;
 
-    let mut armed: std::collections::VecDeque<glommio::timer::Timer> =
+    debug_assert!(reserve > 0 && !period.is_zero());
+    let mut armed: std::collections::VecDeque<(Instant, glommio::timer::Timer)> =
         std::collections::VecDeque::with_capacity(reserve);
     let mut last_due = Instant::now();
     while !stop.get() {
@@ -554,21 +567,32 @@ pub async fn keep_timers_armed(period: Duration, reserve: usize, stop: Rc<Cell<b
         let mut fresh = Vec::new();
         while armed.len() + fresh.len() < reserve {
             last_due += period;
-            fresh.push(glommio::timer::Timer::new(last_due - now));
+            fresh.push((last_due, glommio::timer::Timer::new(last_due - now)));
         }
         // Register the new timers with this task's waker without waiting.
         std::future::poll_fn(|cx| {
-            for t in fresh.iter_mut() {
+            for (_, t) in fresh.iter_mut() {
                 let _ = Pin::new(t).poll(cx);
             }
             Poll::Ready(())
         })
         .await;
         armed.extend(fresh);
-        if let Some(front) = armed.front_mut() {
-            front.await;
-        }
+        let Some((due, front)) = armed.front_mut() else {
+            break;
+        };
+        let due = *due;
+        front.await;
         armed.pop_front();
+        let now = Instant::now();
+        // Skip the ticks a stall made us miss (their timers are due).
+        while armed.front().is_some_and(|(d, _)| *d <= now) {
+            armed.pop_front();
+        }
+        if stop.get() {
+            break;
+        }
+        on_tick(now.saturating_duration_since(due));
     }
 }
 
