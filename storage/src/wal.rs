@@ -8,9 +8,9 @@
 //!                       committer task (one per WAL, runs while there is work)
 //!                       take queued batches ─► encode ONE frame ─► ONE write
 //!                       ─► ONE fdatasync ─► durable_op = last op ─► wake waiters
-//!                       (small frames: io_uring; large or pipelined frames:
-//!                       glommio's blocking thread, frame N+1 encoded while N
-//!                       is written, written right after fdatasync N)
+//!                       (io_uring; a frame built while another is in flight:
+//!                       glommio's blocking thread, written right after
+//!                       fdatasync of the previous frame, never before)
 //!                       between flushes: prepare the spare segment, reclaim
 //!                       (recycle or delete) segments no group needs any more
 //! ```
@@ -1363,9 +1363,9 @@ impl Inner {
     ///  build frame N+1 (while N is written) ──► (waits for N) pwrite N+1, fdatasync N+1
     ///  ack N ◄──────────────────────────────────────────────────────────┘
     /// ```
-    /// Small frames with nothing in flight go through io_uring on the
-    /// executor (lowest latency). Large frames, and any frame built while
-    /// another is in flight, go to the I/O thread: there, each write follows
+    /// A frame built with nothing in flight goes through io_uring on the
+    /// executor (lowest latency). A frame built while another is in flight
+    /// goes to the I/O thread: there, each write follows
     /// the previous frame's fdatasync immediately, without waiting for this
     /// executor to submit it (glommio 0.9 submits io_uring requests only when
     /// the executor polls, i.e. after the CPU work of every runnable task).
@@ -1475,8 +1475,8 @@ impl Inner {
 
     /// Takes queued batches into one frame: rolls the segment if needed,
     /// encodes every record, records where each entry lands. With `pipelined`
-    /// (another frame in flight) or a large frame, the frame goes to the I/O
-    /// thread's reusable buffer, else into a DMA buffer for io_uring.
+    /// (another frame in flight) the frame goes to the I/O thread's reusable
+    /// buffer, else into a DMA buffer for io_uring.
     async fn build_frame(&self, pipelined: bool) -> Result<Frame, WalError> {
         let first_bytes = {
             let st = self.st.borrow();
