@@ -52,6 +52,8 @@ use super::key::Key;
 const CHUNK_LEN_SPLIT: usize = 40;
 /// The last chunk merges back when the average falls below this.
 const CHUNK_LEN_MERGE: usize = 10;
+/// Most partitions of [`CowHash::from_entries`].
+const BUILD_PARTITIONS: usize = 256;
 /// Smallest chunk capacity.
 const CHUNK_CAP_MIN: usize = 8;
 
@@ -328,26 +330,47 @@ impl CowHash {
     }
 
     /// A table of `entries` (distinct keys) built in one pass: the final
-    /// number of chunks is chosen up front, entries are distributed to their
-    /// chunks and each chunk is built once (a recovery of millions of keys
-    /// must not pay a random-access insert and the growth of every chunk
-    /// per key).
+    /// number of chunks is chosen up front and each chunk is built once (a
+    /// recovery of millions of keys must not pay a random-access insert and
+    /// the growth of every chunk per key). Entries are first appended to
+    /// one of at most [`BUILD_PARTITIONS`] partitions of consecutive chunk
+    /// indexes (few append streams: the writes stay sequential), then each
+    /// partition, small enough for the cache, is sorted by chunk index and
+    /// cut into chunks.
     pub(crate) fn from_entries(entries: Vec<(Key, Bytes)>, seeds: Seeds) -> Self {
         let mut m = CowHash::new(seeds);
         if entries.is_empty() {
             return m;
         }
-        m.len = entries.len();
-        let count = entries.len().div_ceil(CHUNK_LEN_SPLIT);
+        let n = entries.len();
+        m.len = n;
+        let count = n.div_ceil(CHUNK_LEN_SPLIT);
         m.level = count.ilog2();
         m.split = count - (1 << m.level);
-        let mut buckets: Vec<Vec<(u64, Key, Bytes)>> = (0..count).map(|_| Vec::new()).collect();
+        let per_part = count.div_ceil(BUILD_PARTITIONS);
+        let parts_len = count.div_ceil(per_part);
+        let part_cap = n / parts_len + n / parts_len / 8 + 16;
+        let mut parts: Vec<Vec<(usize, u64, Key, Bytes)>> = (0..parts_len)
+            .map(|_| Vec::with_capacity(part_cap))
+            .collect();
         for (k, v) in entries {
             let h = seeds.hash(k.as_slice());
-            buckets[m.chunk_index(h)].push((h, k, v));
+            let b = m.chunk_index(h);
+            parts[b / per_part].push((b, h, k, v));
         }
-        for bucket in buckets {
-            m.chunks.push(Chunk::build(bucket));
+        let mut next = 0;
+        for (p, mut part) in parts.into_iter().enumerate() {
+            part.sort_unstable_by_key(|e| e.0);
+            let mut part = part.into_iter().peekable();
+            while next < count.min((p + 1) * per_part) {
+                let mut bucket = Vec::new();
+                while let Some((_, h, k, v)) = part.next_if(|e| e.0 == next) {
+                    bucket.push((h, k, v));
+                }
+                m.chunks.push(Chunk::build(bucket));
+                next += 1;
+            }
+            debug_assert!(part.next().is_none(), "every entry placed");
         }
         debug_assert_eq!(m.chunks.len(), (1 << m.level) + m.split);
         m
