@@ -116,6 +116,26 @@ impl ChainLink {
     }
 }
 
+/// Finishes a link as failed if the frame's future is dropped unfinished
+/// (so a frame chained on it fails fast instead of waiting out the timeout).
+struct LinkGuard(Option<Arc<ChainLink>>);
+
+impl LinkGuard {
+    fn finish(mut self, ok: bool) {
+        if let Some(l) = self.0.take() {
+            l.finish(ok);
+        }
+    }
+}
+
+impl Drop for LinkGuard {
+    fn drop(&mut self) {
+        if let Some(l) = self.0.take() {
+            l.finish(false);
+        }
+    }
+}
+
 enum FrameBuf {
     Dma(glommio::io::DmaBuffer),
     Thread(AlignedBuf),
@@ -1393,6 +1413,7 @@ impl Inner {
                         *self.io_chain.borrow_mut() = Some(link.clone());
                         let file = frame.seg.file.clone();
                         let offset = frame.offset;
+                        let guard = LinkGuard(Some(link));
                         let io = async move {
                             let started = Instant::now();
                             let res = async {
@@ -1408,7 +1429,7 @@ impl Inner {
                                 Ok(started.elapsed())
                             }
                             .await;
-                            link.finish(res.is_ok());
+                            guard.finish(res.is_ok());
                             (None, res)
                         };
                         inflight.push_back(InFlight {
@@ -2046,6 +2067,41 @@ fn gc_candidate(st: &State) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod latency_tests {
     use super::*;
+
+    #[test]
+    fn chain_links_order_and_fail_fast() {
+        // Finished ok: the next frame may go.
+        let l = Arc::new(ChainLink::default());
+        LinkGuard(Some(l.clone())).finish(true);
+        assert!(l.wait().is_ok());
+        // Failed, or its frame's future dropped unfinished: the next frame
+        // must not be written (and must not wait out the timeout).
+        let l = Arc::new(ChainLink::default());
+        LinkGuard(Some(l.clone())).finish(false);
+        assert!(l.wait().is_err());
+        let l = Arc::new(ChainLink::default());
+        drop(LinkGuard(Some(l.clone())));
+        let t = Instant::now();
+        assert!(l.wait().is_err());
+        assert!(t.elapsed() < Duration::from_secs(5));
+        // Waiting on another thread is released by the finish.
+        let l = Arc::new(ChainLink::default());
+        let waiter = {
+            let l = l.clone();
+            std::thread::spawn(move || l.wait().is_ok())
+        };
+        l.finish(true);
+        assert!(waiter.join().unwrap());
+    }
+
+    #[test]
+    fn aligned_buffers_are_block_aligned() {
+        let mut b = AlignedBuf::new(3 * BLOCK_BYTES as usize);
+        assert_eq!(b.as_slice().as_ptr() as usize % BLOCK_BYTES as usize, 0);
+        assert!(b.capacity() >= 3 * BLOCK_BYTES as usize);
+        b.len = BLOCK_BYTES as usize;
+        assert_eq!(b.as_mut_slice().len(), BLOCK_BYTES as usize);
+    }
 
     #[test]
     fn latencies_land_in_their_buckets() {
