@@ -2,7 +2,7 @@
 //! hashing over copy-on-write chunks, each a small open-addressing table.
 //!
 //! ```text
-//!  pages: Vec<Rc<[Chunk; 64]>>  ~ n / 2,000 pages of 64 chunks (cloned at capture: one
+//!  pages: Vec<Rc<[Chunk]>>     ~ n / 2,000 pages of 64 chunks (cloned at capture: one
 //!    │                            Rc bump each; a shared page is copied on first write)
 //!    └─ Chunk { slots: Rc<[Option<(Key, Bytes)>]>, len }   24 bytes
 //!    └─ slots: cap = 2 × len when built, ≤ 3/4 full; linear probing,
@@ -240,8 +240,8 @@ const PAGE_CHUNKS: usize = 64;
 /// touches n / 2,000 reference counts, not n / 30 (each a likely cache
 /// miss). The first write to a shared page copies it (64 `Rc` bumps). A
 /// page is one allocation (`Rc<[Chunk]>`, no `Vec` in between, so a lookup
-/// follows one pointer more than a flat directory); the last page is padded
-/// with empty chunks.
+/// follows one pointer more than a flat directory); the last page grows by
+/// doubling (1, 2, 4, … 64 chunks), padded with empty chunks.
 #[derive(Clone, Default)]
 struct Directory {
     pages: Vec<Rc<[Chunk]>>,
@@ -268,10 +268,24 @@ impl Directory {
     }
 
     fn push(&mut self, c: Chunk) {
-        if self.len % PAGE_CHUNKS == 0 {
-            let placeholder = Chunk::placeholder();
-            self.pages
-                .push((0..PAGE_CHUNKS).map(|_| placeholder.clone()).collect());
+        let at = self.len % PAGE_CHUNKS;
+        if at == 0 {
+            // A new page starts with one chunk: a small store (most idle
+            // groups) keeps a few dozen bytes of directory, not a full page.
+            self.pages.push(Rc::from([Chunk::placeholder()]));
+        } else {
+            let last = self.pages.last_mut().expect("a page holds chunk len - 1");
+            if last.len() == at {
+                // Full: double it (up to a page), copying the chunk handles.
+                let cap = (2 * at).min(PAGE_CHUNKS);
+                let placeholder = Chunk::placeholder();
+                let grown: Rc<[Chunk]> = last
+                    .iter()
+                    .cloned()
+                    .chain((at..cap).map(|_| placeholder.clone()))
+                    .collect();
+                *last = grown;
+            }
         }
         self.len += 1;
         *self.get_mut(self.len - 1) = c;
@@ -631,6 +645,31 @@ mod tests {
 
     /// Sequential and random 12-byte keys spread evenly over the chunks;
     /// growth to 100,000 keys and back down to none keeps the invariants.
+    #[test]
+    fn directory_pages_grow_by_doubling_and_index_every_chunk() {
+        let mut d = Directory::default();
+        d.push(Chunk::placeholder());
+        assert_eq!(d.pages.len(), 1);
+        assert_eq!(d.pages[0].len(), 1, "a small store keeps a one-chunk page");
+        for n in 2..=(2 * PAGE_CHUNKS + 3) {
+            d.push(Chunk {
+                slots: Rc::from(Vec::new()),
+                len: n,
+            });
+            assert_eq!(d.len(), n);
+            assert_eq!(d.get(n - 1).len, n, "chunk {n} reachable");
+            let last = d.pages.last().unwrap().len();
+            let at = (n - 1) % PAGE_CHUNKS + 1;
+            assert!(last >= at && last <= 2 * at.max(1), "{n}: last page {last}");
+        }
+        for n in (1..=(2 * PAGE_CHUNKS + 3)).rev() {
+            let c = d.pop().unwrap();
+            assert_eq!(c.len, if n == 1 { 0 } else { n });
+            assert_eq!(d.len(), n - 1);
+        }
+        assert!(d.pages.is_empty());
+    }
+
     #[test]
     fn grows_and_shrinks_evenly() {
         let mut m = CowHash::new(Seeds::random());
