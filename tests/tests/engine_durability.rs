@@ -6,7 +6,8 @@
 
 use std::time::Duration;
 
-use flotilla::{GroupId, HostError, ReadConsistency};
+use flotilla::kv::KvClient;
+use flotilla::{GroupId, HostError, NodeId, ReadConsistency};
 use flotilla_tests::{b, init_logs, retry, Cluster};
 use futures_lite::future::block_on;
 
@@ -16,6 +17,20 @@ const WITHIN: Duration = Duration::from_secs(30);
 #[allow(clippy::disallowed_methods)]
 fn idle(d: Duration) {
     std::thread::sleep(d);
+}
+
+/// 3 nodes × 1 shard with group 1 on all of them, and a KV client on its
+/// leader.
+fn one_group() -> (Cluster, Vec<NodeId>, KvClient) {
+    init_logs();
+    let mut c = Cluster::new(3, 1);
+    c.start_all();
+    let nodes = c.running();
+    let groups = [GroupId(1)];
+    c.start_groups(&groups, &nodes);
+    let leader = c.wait_leader(groups[0], WITHIN);
+    let kv = c.kv(leader, &groups);
+    (c, nodes, kv)
 }
 
 fn fdatasyncs(c: &Cluster) -> u64 {
@@ -36,14 +51,7 @@ fn fdatasyncs(c: &Cluster) -> u64 {
 /// cost one more on every replica: ~6 per write).
 #[test]
 fn a_sequential_write_costs_about_one_fdatasync_per_replica() {
-    init_logs();
-    let mut c = Cluster::new(3, 1);
-    c.start_all();
-    let nodes = c.running();
-    let groups = [GroupId(1)];
-    c.start_groups(&groups, &nodes);
-    let leader = c.wait_leader(groups[0], WITHIN);
-    let kv = c.kv(leader, &groups);
+    let (c, _nodes, kv) = one_group();
     for k in 0..5 {
         retry(WITHIN, "warm-up", || {
             block_on(kv.put(b(format!("w{k}")), b("v")))
@@ -73,14 +81,7 @@ fn a_sequential_write_costs_about_one_fdatasync_per_replica() {
 /// and serves them to stale reads.
 #[test]
 fn an_idle_replica_flushes_its_commit_index_and_replays_it_alone() {
-    init_logs();
-    let mut c = Cluster::new(3, 1);
-    c.start_all();
-    let nodes = c.running();
-    let groups = [GroupId(1)];
-    c.start_groups(&groups, &nodes);
-    let leader = c.wait_leader(groups[0], WITHIN);
-    let kv = c.kv(leader, &groups);
+    let (mut c, nodes, kv) = one_group();
     for k in 0..20 {
         retry(WITHIN, "write", || {
             block_on(kv.put(b(format!("k{k}")), b(format!("v{k}"))))
@@ -94,7 +95,7 @@ fn an_idle_replica_flushes_its_commit_index_and_replays_it_alone() {
     }
     for n in &nodes {
         c.start(*n);
-        let mut kv = c.kv(*n, &groups);
+        let mut kv = c.kv(*n, &[GroupId(1)]);
         kv.consistency = ReadConsistency::Stale;
         for k in 0..20 {
             let key = format!("k{k}");
@@ -119,14 +120,7 @@ fn an_idle_replica_flushes_its_commit_index_and_replays_it_alone() {
 /// gap and the shard stops — seen in `flotilla bench` under load).
 #[test]
 fn turns_larger_than_a_wal_batch_keep_each_log_contiguous() {
-    init_logs();
-    let mut c = Cluster::new(3, 1);
-    c.start_all();
-    let nodes = c.running();
-    let groups = [GroupId(1)];
-    c.start_groups(&groups, &nodes);
-    let leader = c.wait_leader(groups[0], WITHIN);
-    let kv = c.kv(leader, &groups);
+    let (c, nodes, kv) = one_group();
     let value = "x".repeat(300 << 10);
     std::thread::scope(|s| {
         for t in 0..8 {
