@@ -279,6 +279,9 @@ impl LatencyHistogram {
 pub struct WalStats {
     /// Non-empty batches accepted by `write`.
     pub batches: u64,
+    /// Batches waiting for room right now (FIFO backpressure, see
+    /// [`Wal::write`]).
+    pub batches_waiting: u64,
     /// Frames written (each one DMA write + one fdatasync).
     pub flushes: u64,
     /// Frames built while the previous frame was still being written (the
@@ -384,6 +387,29 @@ pub(crate) struct SegFile {
     pub bytes: u64,
 }
 
+/// What became of a batch that waited for room (FIFO backpressure).
+/// `Ok(Some(op))`: accepted, durable once `durable_op >= op`; `Ok(None)`:
+/// its guard failed (nothing applied); `Err`: refused or the WAL failed.
+type AdmitResult = Result<Option<u64>, WalError>;
+
+/// Shared between a waiting batch in `State::waiting` and its caller.
+type AdmitSlot = Rc<RefCell<Option<AdmitResult>>>;
+
+/// A batch waiting for room in the queue, in call order.
+struct Waiting {
+    batch: Batch,
+    bytes: u64,
+    /// Accept only if each group's `last_op` is still the given one.
+    guard: Option<Vec<(GroupId, u64)>>,
+    slot: AdmitSlot,
+}
+
+/// How `Inner::enqueue` left a batch: decided at once, or waiting in line.
+enum Admission {
+    Done(AdmitResult),
+    Waiting(AdmitSlot),
+}
+
 struct Pending {
     ops: Vec<(u64, Op)>,
     bytes: u64,
@@ -401,6 +427,9 @@ pub(crate) struct State {
     pub index: Index,
     queue: VecDeque<Pending>,
     queue_bytes: u64,
+    /// Batches waiting for room (FIFO backpressure): admitted strictly in
+    /// call order, each once `queue_bytes` leaves room for it.
+    waiting: VecDeque<Waiting>,
     next_op: u64,
     durable_op: u64,
     pub next_batch_seq: u64,
@@ -597,6 +626,7 @@ impl Wal {
             write_offset,
             spares,
             spare_prep: None,
+            waiting: VecDeque::new(),
             committer_running: false,
             inflight_frames: 0,
             poisoned: None,
@@ -645,92 +675,58 @@ impl Wal {
 
     /// Makes `batch` durable. Concurrent callers are coalesced: every batch
     /// queued while a flush is in flight goes into the next frame, written
-    /// with one DMA write and exactly one fdatasync. Resolves when the batch
-    /// is durable. The in-memory index reflects the batch as soon as this
-    /// call is first polled and accepts it.
+    /// with one DMA write and exactly one fdatasync. The returned future
+    /// resolves when the batch is durable.
     ///
-    /// An empty batch is a barrier: it resolves once every earlier write is
-    /// durable, without an fdatasync of its own.
+    /// # Ordering (FIFO acceptance)
+    /// Batches are accepted — validated against the index and appended to
+    /// the log — **in the order `write` was called**, not in the order the
+    /// returned futures are first polled: the call itself either accepts the
+    /// batch at once (the in-memory index reflects it before `write`
+    /// returns, and `WalStats::batches` counts it) or, under backpressure,
+    /// puts it at the end of a FIFO of waiting batches. Batches later in
+    /// that FIFO are never accepted before earlier ones, even if they would
+    /// fit. So a caller may issue the next contiguous append of a group
+    /// without awaiting the previous write: it is validated after it, never
+    /// refused with `Gap` because it overtook it. Durability follows the
+    /// same order (frames become durable as a prefix).
+    ///
+    /// # Backpressure
+    /// Batches accepted but not yet handed to a frame are bounded by
+    /// `WalOptions::pending_bytes_max` (a batch is always accepted when
+    /// nothing is pending). Beyond that, callers wait in the FIFO; each
+    /// waiting batch is admitted as frames drain the queue. The FIFO holds
+    /// one entry per caller whose write has not been accepted yet, so its
+    /// memory is the memory of those callers' batches.
+    /// [`WalStats::batches_waiting`] reports its length.
+    ///
+    /// Dropping the future does not withdraw the batch: once `write` is
+    /// called, the batch is accepted (or refused) in its turn and written.
+    ///
+    /// An empty batch is a barrier: it resolves once every batch written
+    /// before it is durable, without an fdatasync of its own.
     ///
     /// # Errors
     /// `InvalidOp` (nothing of the batch applied), `BatchTooLarge`,
-    /// `Poisoned` after an earlier I/O failure, `Io` if this flush failed.
-    pub async fn write(&self, batch: Batch) -> Result<(), WalError> {
-        self.submit(batch, None).await.map(|_| ())
-    }
-
-    /// Accepts a batch; with `guard`, only if every listed group is unchanged
-    /// since the given op (returns `Ok(false)` otherwise).
-    async fn submit(
+    /// `Poisoned` after an earlier I/O failure or once closed, `Io` if this
+    /// flush failed.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn f(wal: &flotilla_storage::Wal, b1: flotilla_storage::Batch, b2: flotilla_storage::Batch) {
+    /// // b2 continues b1's entries: both issued at once, accepted in order.
+    /// let w1 = wal.write(b1);
+    /// let w2 = wal.write(b2);
+    /// let (r1, r2) = futures_lite::future::zip(w2, w1).await; // polled in any order
+    /// # }
+    /// ```
+    pub fn write(
         &self,
         batch: Batch,
-        guard: Option<&[(GroupId, u64)]>,
-    ) -> Result<bool, WalError> {
-        let inner = &self.inner;
-        let bytes: u64 = batch.ops.iter().map(format::record_bytes).sum();
-        let limit = inner.opts.frame_limit_bytes();
-        if FRAME_HEADER_BYTES as u64 + bytes > limit {
-            return Err(WalError::BatchTooLarge {
-                bytes: FRAME_HEADER_BYTES as u64 + bytes,
-                limit,
-            });
-        }
-        if !batch.is_empty() {
-            let max = inner.opts.pending_bytes_max;
-            inner
-                .notify
-                .wait_until(|| {
-                    let st = inner.st.borrow();
-                    st.poisoned.is_some()
-                        || st.closed
-                        || st.queue_bytes == 0
-                        || st.queue_bytes + bytes <= max
-                })
-                .await;
-        }
-        let target = {
-            let mut st = inner.st.borrow_mut();
-            if st.closed {
-                return Err(WalError::Poisoned {
-                    reason: "the WAL is closed".into(),
-                });
-            }
-            if let Some(reason) = &st.poisoned {
-                return Err(WalError::Poisoned {
-                    reason: reason.clone(),
-                });
-            }
-            if let Some(guard) = guard {
-                let changed = guard
-                    .iter()
-                    .any(|(g, op)| st.index.groups.get(g).map(|s| s.last_op) != Some(*op));
-                if changed {
-                    return Ok(false);
-                }
-            }
-            if batch.is_empty() {
-                st.next_op
-            } else {
-                accept(&mut st, &inner.opts, batch, bytes)?;
-                st.next_op
-            }
-        };
-        Inner::kick(inner);
-        inner
-            .notify
-            .wait_until(|| {
-                let st = inner.st.borrow();
-                st.durable_op >= target || st.poisoned.is_some()
-            })
-            .await;
-        let st = inner.st.borrow();
-        if st.durable_op >= target {
-            Ok(true)
-        } else {
-            Err(WalError::Poisoned {
-                reason: st.poisoned.clone().unwrap_or_default(),
-            })
-        }
+    ) -> impl std::future::Future<Output = Result<(), WalError>> + 'static {
+        let inner = self.inner.clone();
+        let admission = Inner::enqueue(&inner, batch, None);
+        async move { Inner::finish(&inner, admission).await.map(|_| ()) }
     }
 
     /// Reads entries `range` of `group`: from the cache where possible, from
@@ -1066,6 +1062,7 @@ impl Wal {
         s.current_segment = st.current;
         s.write_offset = st.write_offset;
         s.cache_bytes = st.index.cached_bytes_total;
+        s.batches_waiting = st.waiting.len() as u64;
         s
     }
 
@@ -1169,7 +1166,8 @@ impl Wal {
             if b.is_empty() || frame > self.inner.opts.frame_limit_bytes() {
                 continue; // nothing to move, or more than one frame: snapshot it instead
             }
-            if self.submit(b, Some(&[(group, last_op)])).await? {
+            let admission = Inner::enqueue(&self.inner, b, Some(vec![(group, last_op)]));
+            if Inner::finish(&self.inner, admission).await? {
                 done += 1;
                 self.inner.st.borrow_mut().stats.groups_rewritten += 1;
             }
@@ -1194,12 +1192,14 @@ impl Wal {
             .notify
             .wait_until(|| {
                 let st = inner.st.borrow();
-                !st.committer_running && (st.queue.is_empty() || st.poisoned.is_some())
+                !st.committer_running
+                    && ((st.queue.is_empty() && st.waiting.is_empty()) || st.poisoned.is_some())
             })
             .await;
         let (segs, spares, prep, poisoned) = {
             let mut st = inner.st.borrow_mut();
             st.closed = true;
+            Inner::admit_waiting(&mut st, &inner.opts);
             let segs: Vec<SegFile> = std::mem::take(&mut st.segments).into_values().collect();
             (
                 segs,
@@ -1229,6 +1229,46 @@ impl Wal {
     pub fn dir(&self) -> &Path {
         &self.inner.dir
     }
+}
+
+/// Whether `batch` (of `bytes` record bytes) may be accepted now without
+/// exceeding `pending_bytes_max`. A barrier always may; anything may when
+/// nothing is pending (so a batch larger than the bound still goes through).
+fn has_room(st: &State, opts: &WalOptions, batch: &Batch, bytes: u64) -> bool {
+    batch.is_empty() || st.queue_bytes == 0 || st.queue_bytes + bytes <= opts.pending_bytes_max
+}
+
+/// Accepts `batch` now (its turn has come): `Ok(Some(op))` once durable
+/// when `durable_op >= op`, `Ok(None)` if `guard` failed.
+fn admit(
+    st: &mut State,
+    opts: &WalOptions,
+    batch: Batch,
+    bytes: u64,
+    guard: Option<&[(GroupId, u64)]>,
+) -> AdmitResult {
+    if st.closed {
+        return Err(WalError::Poisoned {
+            reason: "the WAL is closed".into(),
+        });
+    }
+    if let Some(reason) = &st.poisoned {
+        return Err(WalError::Poisoned {
+            reason: reason.clone(),
+        });
+    }
+    if let Some(guard) = guard {
+        let changed = guard
+            .iter()
+            .any(|(g, op)| st.index.groups.get(g).map(|s| s.last_op) != Some(*op));
+        if changed {
+            return Ok(None);
+        }
+    }
+    if !batch.is_empty() {
+        accept(st, opts, batch, bytes)?;
+    }
+    Ok(Some(st.next_op))
 }
 
 /// Validates and applies a batch to the index and queues it.
@@ -1338,6 +1378,109 @@ fn accept(st: &mut State, opts: &WalOptions, batch: Batch, bytes: u64) -> Result
 }
 
 impl Inner {
+    /// The synchronous half of `write`: at call time, either decides the
+    /// batch (accepted or refused) or puts it at the end of the FIFO of
+    /// waiting batches. A batch is accepted at once only if nobody waits
+    /// ahead of it and the queue has room, so acceptance follows call order.
+    fn enqueue(this: &Rc<Inner>, batch: Batch, guard: Option<Vec<(GroupId, u64)>>) -> Admission {
+        let bytes: u64 = batch.ops.iter().map(format::record_bytes).sum();
+        let limit = this.opts.frame_limit_bytes();
+        if FRAME_HEADER_BYTES as u64 + bytes > limit {
+            return Admission::Done(Err(WalError::BatchTooLarge {
+                bytes: FRAME_HEADER_BYTES as u64 + bytes,
+                limit,
+            }));
+        }
+        let result = {
+            let mut st = this.st.borrow_mut();
+            let st = &mut *st;
+            if st.waiting.is_empty() && has_room(st, &this.opts, &batch, bytes) {
+                admit(st, &this.opts, batch, bytes, guard.as_deref())
+            } else {
+                let slot: AdmitSlot = Rc::new(RefCell::new(None));
+                st.waiting.push_back(Waiting {
+                    batch,
+                    bytes,
+                    guard,
+                    slot: slot.clone(),
+                });
+                return Admission::Waiting(slot);
+            }
+        };
+        if matches!(result, Ok(Some(_))) {
+            Inner::kick(this);
+        }
+        Admission::Done(result)
+    }
+
+    /// The asynchronous half of `write`: waits for the batch's turn (if it
+    /// waits in the FIFO), then for its durability. `Ok(false)`: its guard
+    /// failed.
+    async fn finish(this: &Rc<Inner>, admission: Admission) -> Result<bool, WalError> {
+        let result = match admission {
+            Admission::Done(r) => r,
+            Admission::Waiting(slot) => {
+                this.notify.wait_until(|| slot.borrow().is_some()).await;
+                let r = slot.borrow_mut().take();
+                r.expect("decided above")
+            }
+        };
+        let Some(target) = result? else {
+            return Ok(false);
+        };
+        this.notify
+            .wait_until(|| {
+                let st = this.st.borrow();
+                st.durable_op >= target || st.poisoned.is_some()
+            })
+            .await;
+        let st = this.st.borrow();
+        if st.durable_op >= target {
+            Ok(true)
+        } else {
+            Err(WalError::Poisoned {
+                reason: st.poisoned.clone().unwrap_or_default(),
+            })
+        }
+    }
+
+    /// Decides waiting batches, front first, while the queue has room (all
+    /// of them, with an error, once the WAL is closed or poisoned). Returns
+    /// how many were decided; the caller wakes the writers.
+    fn admit_waiting(st: &mut State, opts: &WalOptions) -> usize {
+        let mut decided = 0;
+        while let Some(w) = st.waiting.front() {
+            let stopped = st.closed || st.poisoned.is_some();
+            if !stopped && !has_room(st, opts, &w.batch, w.bytes) {
+                break;
+            }
+            let w = st.waiting.pop_front().expect("front exists");
+            let result = admit(st, opts, w.batch, w.bytes, w.guard.as_deref());
+            if let (Err(e), 1) = (&result, Rc::strong_count(&w.slot)) {
+                // Its caller dropped the future: nobody else will hear of it.
+                tracing::warn!(error = %e, "wal batch refused after its writer went away");
+            }
+            *w.slot.borrow_mut() = Some(result);
+            decided += 1;
+        }
+        debug_assert!(st.waiting.is_empty() || !(st.closed || st.poisoned.is_some()));
+        decided
+    }
+
+    /// [`Inner::admit_waiting`], then wakes the writers if any was decided.
+    fn admit_waiting_and_wake(&self) {
+        let decided = {
+            let mut st = self.st.borrow_mut();
+            if st.waiting.is_empty() {
+                return;
+            }
+            Inner::admit_waiting(&mut st, &self.opts)
+        };
+        if decided > 0 {
+            self.notify.notify_all();
+        }
+    }
+
     /// Starts the committer task unless it runs already.
     fn kick(this: &Rc<Inner>) {
         {
@@ -1358,7 +1501,12 @@ impl Inner {
         let result = self.commit_loop(&mut inflight).await;
         if let Err(e) = result {
             tracing::error!(error = %e, "wal write failed; poisoning the WAL");
-            self.st.borrow_mut().poisoned = Some(e.to_string());
+            {
+                let mut st = self.st.borrow_mut();
+                st.poisoned = Some(e.to_string());
+                // Every batch still waiting for room fails now.
+                Inner::admit_waiting(&mut st, &self.opts);
+            }
             // Frames still queued on the I/O thread fail fast (their
             // predecessor failed); wait for them so no write outlives us.
             while let Some(f) = inflight.pop_front() {
@@ -1402,6 +1550,9 @@ impl Inner {
                     || (inflight.len() < PIPELINE_FRAMES_MAX && queue_bytes >= PIPELINE_BYTES_MIN));
             if build {
                 let frame = self.build_frame(!inflight.is_empty()).await?;
+                // The queue drained into the frame: the next waiting batches
+                // (FIFO backpressure) may be accepted now.
+                self.admit_waiting_and_wake();
                 match frame.buf {
                     FrameBuf::Dma(buf) => {
                         // Through io_uring on this executor (lowest latency
