@@ -431,9 +431,14 @@ impl CowHash {
     }
 
     pub(crate) fn get_key(&self, key: &Key) -> Option<&Bytes> {
+        self.get_entry(key).map(|(_, v)| v)
+    }
+
+    /// The stored key and value of `key`.
+    pub(crate) fn get_entry(&self, key: &Key) -> Option<(&Key, &Bytes)> {
         let h = self.seeds.hash(key.as_slice());
         let (b, i) = self.locate(h, key)?;
-        self.chunks.get(b).slots[i].as_ref().map(|(_, v)| v)
+        self.chunks.get(b).slots[i].as_ref().map(|(k, v)| (k, v))
     }
 
     /// Looks `key` up once and lets `f` decide from its current value

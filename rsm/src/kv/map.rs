@@ -2,19 +2,41 @@
 //! copy-on-write clone and point operations that cost about one cache miss.
 //!
 //! ```text
-//!  CowMap ─┬─ values: CowHash  key → value   every get / put / incr / delete
-//!          │                                  (hash.rs: ~1 cache miss)
-//!          └─ order:  CowTree<()>  keys only  touched only when a key is
-//!                                             created or deleted; scans and
-//!                                             snapshots walk it in byte order
-//!                                             and fetch each value from `values`
+//!  CowMap ─┬─ values:  CowHash  key → value   every get / put / incr / delete
+//!          │                                   (hash.rs: ~1 cache miss); the
+//!          │                                   authority on which keys exist
+//!          ├─ order:   CowTree<()>            keys in byte order as of the last
+//!          │                                   merge (tree.rs)
+//!          └─ pending: [(Key, Insert|Delete)]  keys created / deleted since, in
+//!                                              apply order (unsorted, bounded)
 //! ```
-//! Both halves clone by copying their top level (a snapshot view costs
-//! microseconds) and copy a chunk / leaf on the first write after a capture.
+//! A point write touches only the hash index; creating or deleting a key
+//! also appends one entry to `pending` (a sequential write, no tree
+//! search). The tree catches up in bulk, when `pending` passes
+//! [`pending_max`] (a quarter of the tree, 32..=8,192 entries): `pending` is
+//! sorted (stable, so the operations on one key stay in apply order) and
+//! merged into the tree in key order, so consecutive tree updates land in
+//! the same (cached) branch and leaf instead of one random tree search per
+//! new key.
 //!
-//! Invariant: `order` holds exactly the keys of `values`. Every observable
-//! order (iteration, scans, snapshots) is the key order of `order`; the hash
-//! index's layout depends on random seeds and is never iterated.
+//! Ordered reads (`iter`, `range`: scans, snapshots, `Debug`) take `&self`
+//! and do not merge: they sort `pending` in place if needed (interior
+//! mutability, see [`Pending`]) and walk the union of the tree's keys and
+//! `pending`'s keys in byte order, each key once, asking the hash index for
+//! its value and skipping keys it does not hold (deleted since the merge).
+//! So an ordered read sees exactly the current state whatever is pending.
+//!
+//! Both halves clone by copying their top level (a snapshot view costs
+//! microseconds; `pending` is copied, ≤ 8,192 entries) and copy a chunk /
+//! leaf on the first write after a capture.
+//!
+//! Invariants: the tree's keys, with `pending`'s operations replayed in
+//! order, are exactly the keys of `values`; per key the operations
+//! alternate (an insert only of an absent key, a delete only of a present
+//! one). Every observable order is byte order; the hash index's layout
+//! depends on random seeds and is never iterated.
+
+use std::cell::{Cell, Ref, RefCell};
 
 use bytes::Bytes;
 
@@ -22,11 +44,88 @@ use super::hash::{CowHash, Seeds, Upserted};
 use super::key::Key;
 use super::tree::CowTree;
 
+/// Fewest pending operations that trigger a merge (small stores: idle
+/// groups keep at most this many, ~1.3 KB).
+const PENDING_MIN: usize = 32;
+/// Most pending operations: bounds the sort an ordered read may do (~0.5 ms)
+/// and the memory of the buffer (40 bytes an entry).
+const PENDING_MAX: usize = 8192;
+
+/// Pending operations that trigger a merge into a tree of `tree_len` keys:
+/// a quarter of the tree (so a merge visits each leaf for ~12 keys, and
+/// the sort stays cheap next to the tree updates it saves), within
+/// [`PENDING_MIN`]..=[`PENDING_MAX`].
+fn pending_max(tree_len: usize) -> usize {
+    (tree_len / 4).clamp(PENDING_MIN, PENDING_MAX)
+}
+
+/// Key creations and deletions not yet merged into the tree, in apply
+/// order, or sorted by key (stable: per key still in apply order).
+///
+/// Sorting does not change what the buffer means (only the order of
+/// operations on the *same* key matters, and a stable sort keeps it), so
+/// ordered reads sort it through `&self`. A `RefCell` borrow is taken
+/// mutably only to sort, and only when `sorted` is false; every shared
+/// borrow (held by a live ordered iterator) is taken after a sort, and
+/// `sorted` turns false only through `&mut` (a push), which cannot coexist
+/// with an iterator. So the mutable borrow never meets a shared one.
+#[derive(Clone, Default)]
+struct Pending {
+    ops: RefCell<Vec<(Key, Op)>>,
+    sorted: Cell<bool>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Op {
+    Insert,
+    Delete,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.ops.borrow().len()
+    }
+
+    fn push(&mut self, key: Key, op: Op) {
+        let ops = self.ops.get_mut();
+        if ops.is_empty() {
+            self.sorted.set(true);
+        } else if self.sorted.get() && ops.last().is_some_and(|(l, _)| *l > key) {
+            self.sorted.set(false);
+        }
+        ops.push((key, op));
+    }
+
+    /// The operations sorted by key (per key in apply order).
+    fn sorted(&self) -> Ref<'_, Vec<(Key, Op)>> {
+        if !self.sorted.get() {
+            // Runs first (the live part is usually a sorted prefix from the
+            // previous ordered read plus an appended tail): the stable sort
+            // merges them.
+            self.ops.borrow_mut().sort_by(|a, b| a.0.cmp(&b.0));
+            self.sorted.set(true);
+        }
+        self.ops.borrow()
+    }
+
+    /// Takes the operations out, sorted, leaving the buffer empty (its
+    /// allocation kept when it is large, so a busy store does not regrow
+    /// it; dropped when small, so an idle store holds nothing).
+    fn take_sorted(&mut self) -> Vec<(Key, Op)> {
+        if !self.sorted.get() {
+            self.ops.get_mut().sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        self.sorted.set(true);
+        std::mem::take(self.ops.get_mut())
+    }
+}
+
 /// See the module documentation.
 #[derive(Clone)]
 pub(crate) struct CowMap {
     values: CowHash,
     order: CowTree<()>,
+    pending: Pending,
     /// Sum of key and value lengths.
     bytes: u64,
 }
@@ -36,6 +135,7 @@ impl Default for CowMap {
         CowMap {
             values: CowHash::new(Seeds::random()),
             order: CowTree::default(),
+            pending: Pending::default(),
             bytes: 0,
         }
     }
@@ -89,11 +189,9 @@ impl CowMap {
             }
             Upserted::Inserted { key, value_len } => {
                 self.bytes += (key.as_slice().len() + value_len) as u64;
-                let had = self.order.insert(key, ());
-                debug_assert!(had.is_none(), "a new key was already in the order");
+                self.pend(key, Op::Insert);
             }
         }
-        debug_assert_eq!(self.values.len(), self.order.len());
         r
     }
 
@@ -101,9 +199,53 @@ impl CowMap {
     pub(crate) fn remove(&mut self, key: &[u8]) -> Option<Bytes> {
         let (k, v) = self.values.remove(key)?;
         self.bytes -= (k.as_slice().len() + v.len()) as u64;
-        let had = self.order.remove(&k);
-        debug_assert!(had.is_some(), "a removed key was not in the order");
+        self.pend(k, Op::Delete);
         Some(v)
+    }
+
+    fn pend(&mut self, key: Key, op: Op) {
+        self.pending.push(key, op);
+        if self.pending.len() >= pending_max(self.order.len()) {
+            self.merge();
+        }
+    }
+
+    /// Brings the tree up to date with the pending operations, in key
+    /// order. Per key only the net effect reaches the tree: operations
+    /// alternate, so the first and the last say whether the key was in
+    /// the tree and whether it must be.
+    pub(crate) fn merge(&mut self) {
+        let ops = self.pending.take_sorted();
+        let mut i = 0;
+        while i < ops.len() {
+            let (key, first) = &ops[i];
+            let mut j = i + 1;
+            while j < ops.len() && ops[j].0 == *key {
+                debug_assert_ne!(ops[j].1, ops[j - 1].1, "operations on a key alternate");
+                j += 1;
+            }
+            let last = ops[j - 1].1;
+            match (first, last) {
+                (Op::Insert, Op::Insert) => {
+                    let had = self.order.insert(key.clone(), ());
+                    debug_assert!(had.is_none(), "a new key was already in the tree");
+                }
+                (Op::Delete, Op::Delete) => {
+                    let had = self.order.remove(key);
+                    debug_assert!(had.is_some(), "a deleted key was not in the tree");
+                }
+                // Deleted and re-created, or created and deleted: the tree
+                // is already right.
+                _ => {}
+            }
+            i = j;
+        }
+        debug_assert_eq!(self.order.len(), self.values.len());
+        if ops.capacity() > 4 * PENDING_MIN {
+            let mut ops = ops;
+            ops.clear();
+            *self.pending.ops.get_mut() = ops;
+        }
     }
 
     /// Pairs with `start <= key < end` in key order.
@@ -112,12 +254,30 @@ impl CowMap {
         start: &[u8],
         end: Option<&[u8]>,
     ) -> impl Iterator<Item = (&'a [u8], &'a Bytes)> + 'a {
-        Lookahead::new(self.order.range(start, end).map(|(k, _)| k), &self.values)
+        let pending = self.pending.sorted();
+        let from = pending.partition_point(|(k, _)| k.as_slice() < start);
+        let to = match end {
+            Some(e) => pending.partition_point(|(k, _)| k.as_slice() < e).max(from),
+            None => pending.len(),
+        };
+        Ordered::new(
+            self.order.range(start, end).map(|(k, _)| k),
+            pending,
+            from..to,
+            &self.values,
+        )
     }
 
     /// Every pair in key order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &Bytes)> + '_ {
-        Lookahead::new(self.order.iter().map(|(k, _)| k), &self.values)
+        let pending = self.pending.sorted();
+        let to = pending.len();
+        Ordered::new(
+            self.order.iter().map(|(k, _)| k),
+            pending,
+            0..to,
+            &self.values,
+        )
     }
 
     /// Builds a map from pairs in strictly increasing key order.
@@ -131,8 +291,15 @@ impl CowMap {
         CowMap {
             values: CowHash::from_entries(pairs, Seeds::random()),
             order: CowTree::from_sorted(keys),
+            pending: Pending::default(),
             bytes,
         }
+    }
+
+    /// Number of pending operations (tests).
+    #[cfg(test)]
+    pub(crate) fn pending_len(&self) -> usize {
+        self.pending.len()
     }
 
     /// Checks the invariants (O(n); tests).
@@ -140,56 +307,145 @@ impl CowMap {
     pub(crate) fn check_invariants(&self) {
         self.values.check_invariants();
         self.order.check_invariants();
-        assert_eq!(self.values.len(), self.order.len());
+        assert!(self.pending.len() < pending_max(self.order.len()));
+        // Replay the pending operations on the tree's keys: exactly the
+        // index's keys, every operation possible when it was made.
+        let mut keys: std::collections::BTreeSet<Key> =
+            self.order.iter().map(|(k, _)| k.clone()).collect();
+        let ops = self.pending.ops.borrow();
+        if self.pending.sorted.get() {
+            assert!(ops.windows(2).all(|w| w[0].0 <= w[1].0), "flagged sorted");
+        }
+        for (k, op) in ops.iter() {
+            match op {
+                Op::Insert => assert!(keys.insert(k.clone()), "insert of a present key"),
+                Op::Delete => assert!(keys.remove(k), "delete of an absent key"),
+            }
+        }
+        drop(ops);
+        assert_eq!(keys.len(), self.values.len());
+        for k in &keys {
+            assert!(
+                self.values.get_key(k).is_some(),
+                "key {k:?} not in the index"
+            );
+        }
+        let listed: Vec<&[u8]> = self.iter().map(|(k, _)| k).collect();
+        assert!(listed.iter().map(|k| Key::new(k)).eq(keys.iter().cloned()));
         let bytes: u64 = self.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
         assert_eq!(bytes, self.bytes);
     }
 }
 
-/// Keys looked up per batch by [`Lookahead`].
+/// Keys looked up per batch by [`Ordered`].
 const LOOKAHEAD_KEYS: usize = 16;
 
-/// Pairs in key order: the values of keys from the order, looked up
-/// [`LOOKAHEAD_KEYS`] at a time. Keys in order are scattered over the hash
-/// index, so one lookup after another waits for one cache miss after
-/// another; a batch first loads every key's home slot, then every value's
-/// first byte, and the misses of a batch overlap (measured: snapshot save
-/// and scans several times faster on maps larger than the cache).
-struct Lookahead<'a, I> {
-    keys: I,
-    values: &'a CowHash,
-    batch: std::collections::VecDeque<(&'a [u8], &'a Bytes)>,
-    next_keys: Vec<&'a Key>,
+/// A candidate key of an ordered walk: from the tree, or the index of a
+/// pending operation.
+enum Candidate<'a> {
+    Tree(&'a Key),
+    Pending(usize),
 }
 
-impl<'a, I: Iterator<Item = &'a Key>> Lookahead<'a, I> {
-    fn new(keys: I, values: &'a CowHash) -> Self {
-        Lookahead {
-            keys,
+/// Pairs in key order: the union of the tree's keys and the pending keys
+/// (each key once), looked up in the index [`LOOKAHEAD_KEYS`] at a time,
+/// keys the index does not hold skipped. Keys in order are scattered over
+/// the hash index, so one lookup after another waits for one cache miss
+/// after another; a batch first loads every key's home slot, then every
+/// value's first byte, and the misses of a batch overlap (measured:
+/// snapshot save and scans several times faster on maps larger than the
+/// cache).
+struct Ordered<'a, I: Iterator<Item = &'a Key>> {
+    tree: std::iter::Peekable<I>,
+    pending: Ref<'a, Vec<(Key, Op)>>,
+    next_pending: usize,
+    end_pending: usize,
+    values: &'a CowHash,
+    batch: std::collections::VecDeque<(&'a [u8], &'a Bytes)>,
+    candidates: Vec<Candidate<'a>>,
+}
+
+impl<'a, I: Iterator<Item = &'a Key>> Ordered<'a, I> {
+    fn new(
+        tree: I,
+        pending: Ref<'a, Vec<(Key, Op)>>,
+        pending_range: std::ops::Range<usize>,
+        values: &'a CowHash,
+    ) -> Self {
+        Ordered {
+            tree: tree.peekable(),
+            pending,
+            next_pending: pending_range.start,
+            end_pending: pending_range.end,
             values,
             batch: std::collections::VecDeque::new(),
-            next_keys: Vec::new(),
+            candidates: Vec::new(),
         }
+    }
+
+    /// The next key of the union, each key once.
+    fn next_candidate(&mut self) -> Option<Candidate<'a>> {
+        let p = (self.next_pending < self.end_pending).then_some(self.next_pending);
+        let c = match (self.tree.peek(), p) {
+            (None, None) => return None,
+            (Some(_), None) => Candidate::Tree(self.tree.next().expect("peeked")),
+            (None, Some(p)) => Candidate::Pending(p),
+            (Some(t), Some(p)) => {
+                let pk = &self.pending[p].0;
+                if *t <= pk {
+                    Candidate::Tree(self.tree.next().expect("peeked"))
+                } else {
+                    Candidate::Pending(p)
+                }
+            }
+        };
+        // Skip the pending operations on the same key.
+        let key = match &c {
+            Candidate::Tree(k) => *k,
+            Candidate::Pending(p) => &self.pending[*p].0,
+        };
+        let mut q = self.next_pending;
+        while q < self.end_pending && self.pending[q].0 <= *key {
+            q += 1;
+        }
+        self.next_pending = q;
+        Some(c)
     }
 }
 
-impl<'a, I: Iterator<Item = &'a Key>> Iterator for Lookahead<'a, I> {
+impl<'a, I: Iterator<Item = &'a Key>> Iterator for Ordered<'a, I> {
     type Item = (&'a [u8], &'a Bytes);
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.batch.is_empty() {
-            self.next_keys
-                .extend(self.keys.by_ref().take(LOOKAHEAD_KEYS));
-            let touched: usize = self.next_keys.iter().map(|k| self.values.touch(k)).sum();
+        while self.batch.is_empty() {
+            while self.candidates.len() < LOOKAHEAD_KEYS {
+                match self.next_candidate() {
+                    Some(c) => self.candidates.push(c),
+                    None => break,
+                }
+            }
+            if self.candidates.is_empty() {
+                return None;
+            }
+            let mut touched = 0usize;
+            for c in &self.candidates {
+                touched += match c {
+                    Candidate::Tree(k) => self.values.touch(k),
+                    Candidate::Pending(p) => self.values.touch(&self.pending[*p].0),
+                };
+            }
             std::hint::black_box(touched);
             let mut first_bytes = 0usize;
-            for k in self.next_keys.drain(..) {
-                let v = self
-                    .values
-                    .get_key(k)
-                    .expect("every key of the order is in the index");
-                first_bytes += usize::from(v.first().copied().unwrap_or(0));
-                self.batch.push_back((k.as_slice(), v));
+            for c in self.candidates.drain(..) {
+                let found = match c {
+                    Candidate::Tree(k) => self.values.get_entry(k),
+                    Candidate::Pending(p) => self.values.get_entry(&self.pending[p].0),
+                };
+                // Absent: deleted since the last merge.
+                if let Some((k, v)) = found {
+                    first_bytes += usize::from(v.first().copied().unwrap_or(0));
+                    self.batch.push_back((k.as_slice(), v));
+                }
             }
             std::hint::black_box(first_bytes);
         }
@@ -234,7 +490,7 @@ mod tests {
         /// scans from random bounds, and a rebuild from sorted pairs.
         #[test]
         fn behaves_like_btreemap(
-            ops in proptest::collection::vec((0u8..8, 0u16..500, any::<u8>()), 0..1500),
+            ops in proptest::collection::vec((0u8..11, 0u16..500, any::<u8>()), 0..1500),
         ) {
             let mut m = CowMap::default();
             let mut model: Model<Bytes, Bytes> = Model::new();
@@ -266,6 +522,27 @@ mod tests {
                         prop_assert_eq!(got, range_model(&model, &key, end));
                     }
                     6 => clones.push((m.clone(), model.clone())),
+                    8 => {
+                        // A full ordered walk with whatever is pending, then
+                        // (sometimes) the merge.
+                        prop_assert!(m.iter().eq(model.iter().map(|(k, v)| (&k[..], v))));
+                        if v % 3 == 0 {
+                            m.merge();
+                            prop_assert_eq!(m.pending_len(), 0);
+                        }
+                    }
+                    9 => {
+                        // Create and delete keys that only the pending buffer
+                        // knows, with an ordered read while they are there.
+                        let fresh = b(format!("{k:05}~{v}").as_bytes());
+                        prop_assert_eq!(m.insert(&fresh, val.clone()), model.insert(fresh.clone(), val.clone()));
+                        let got: Vec<_> = m.range(&key, None).take(3).map(|(k, v)| (b(k), v.clone())).collect();
+                        let want: Vec<_> = range_model(&model, &key, None).into_iter().take(3).collect();
+                        prop_assert_eq!(got, want);
+                        if v % 2 == 0 {
+                            prop_assert_eq!(m.remove(&fresh), model.remove(&fresh));
+                        }
+                    }
                     _ => {
                         // Write to a clone: the original must not see it.
                         if let Some((c, cm)) = clones.last_mut() {
@@ -345,6 +622,90 @@ mod tests {
         }
     }
 
+    /// The deferred path on a large tree: creations, deletions of keys
+    /// that only the pending buffer holds, of tree keys, re-creations of
+    /// those, with ordered reads and clones in between, all below the merge
+    /// bound; then the merge. Clones keep their state throughout.
+    #[test]
+    fn pending_operations_against_a_model() {
+        let key = |n: u64| b(&[&9u32.to_be_bytes()[..], &(n * 2).to_be_bytes()].concat());
+        let pairs: Vec<(Key, Bytes)> = (0..20_000u64)
+            .map(|n| (Key::new(&key(n)), b(&n.to_le_bytes())))
+            .collect();
+        let mut model: Model<Bytes, Bytes> = pairs
+            .iter()
+            .map(|(k, v)| (b(k.as_slice()), v.clone()))
+            .collect();
+        let mut m = CowMap::from_sorted(pairs);
+        let mut clones = vec![(m.clone(), model.clone())];
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        // Odd numbers are keys absent from the tree (between its keys).
+        let mut created = Vec::new();
+        for step in 0..4_000u64 {
+            let r = next();
+            match r % 8 {
+                0..=3 => {
+                    let k = b(&[
+                        &9u32.to_be_bytes()[..],
+                        &(((r >> 8) % 40_000) | 1).to_be_bytes(),
+                    ]
+                    .concat());
+                    created.push(k.clone());
+                    assert_eq!(m.insert(&k, b(b"new")), model.insert(k, b(b"new")));
+                }
+                4 if !created.is_empty() => {
+                    // A key created since the merge (maybe deleted already).
+                    let k = created.swap_remove((r >> 8) as usize % created.len());
+                    assert_eq!(m.remove(&k), model.remove(&k));
+                }
+                5 => {
+                    let k = key((r >> 8) % 20_000);
+                    assert_eq!(m.remove(&k), model.remove(&k));
+                }
+                6 => {
+                    let k = key((r >> 8) % 20_000);
+                    assert_eq!(m.insert(&k, b(b"again")), model.insert(k, b(b"again")));
+                }
+                _ => {
+                    let s = key((r >> 8) % 20_000);
+                    let got: Vec<_> = m
+                        .range(&s, None)
+                        .take(50)
+                        .map(|(k, v)| (b(k), v.clone()))
+                        .collect();
+                    let want: Vec<_> = range_model(&model, &s, None).into_iter().take(50).collect();
+                    assert_eq!(got, want);
+                }
+            }
+            if step % 1_000 == 0 {
+                clones.push((m.clone(), model.clone()));
+            }
+        }
+        assert!(
+            m.pending_len() > 1_000,
+            "the buffer was used: {}",
+            m.pending_len()
+        );
+        same(&m, &model).unwrap();
+        m.merge();
+        assert_eq!(m.pending_len(), 0);
+        same(&m, &model).unwrap();
+        for (c, cm) in &clones {
+            same(c, cm).unwrap();
+        }
+        // A clone merges on its own without disturbing the original.
+        let (mut c, cm) = clones.pop().unwrap();
+        c.merge();
+        same(&c, &cm).unwrap();
+        same(&m, &model).unwrap();
+    }
+
     /// Two maps with the same contents but different hash seeds iterate
     /// identically (the hash layout is never observable).
     #[test]
@@ -353,6 +714,7 @@ mod tests {
         let mut c = CowMap {
             values: CowHash::new(Seeds::fixed(42)),
             order: CowTree::default(),
+            pending: Pending::default(),
             bytes: 0,
         };
         for n in (0..5_000u32).rev() {
