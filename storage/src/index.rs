@@ -9,7 +9,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use bytes::Bytes;
 
 use crate::error::InvalidOp;
-use crate::types::{GroupId, HardState, SnapshotMarker, META_BYTES_MAX};
+use crate::types::{Entry, GroupId, HardState, SnapshotMarker, META_BYTES_MAX};
 
 /// Where an entry's payload lives on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,11 +36,24 @@ pub(crate) struct Slot {
 /// Everything known about one group.
 ///
 /// Invariant: `slots[i]` holds index `marker.index + 1 + i`.
+///
+/// `repr(C)` with the fields every append and every frame encoding read
+/// first (one or two cache lines), the rarely written records after: with
+/// thousands of groups each of those touches is a cache miss.
 #[derive(Debug, Default)]
+#[repr(C)]
 pub(crate) struct GroupState {
-    pub hard_state: Option<HardState>,
-    pub marker: SnapshotMarker,
     pub slots: VecDeque<Slot>,
+    pub marker: SnapshotMarker,
+    /// Operation that last changed this group.
+    pub last_op: u64,
+    /// Payload bytes cached for this group.
+    pub cached_bytes: u64,
+    /// Every slot below this index has no cached payload.
+    pub cache_lo: u64,
+    /// Queued in the WAL's cache eviction round robin.
+    pub in_rr: bool,
+    pub hard_state: Option<HardState>,
     /// Segment holding the latest hard-state record (once encoded).
     pub hs_seg: Option<u64>,
     pub hs_op: u64,
@@ -52,14 +65,6 @@ pub(crate) struct GroupState {
     /// Segment holding the latest meta record (once encoded).
     pub meta_seg: Option<u64>,
     pub meta_op: u64,
-    /// Operation that last changed this group.
-    pub last_op: u64,
-    /// Payload bytes cached for this group.
-    pub cached_bytes: u64,
-    /// Every slot below this index has no cached payload.
-    pub cache_lo: u64,
-    /// Queued in the WAL's cache eviction round robin.
-    pub in_rr: bool,
 }
 
 impl GroupState {
@@ -72,10 +77,6 @@ impl GroupState {
     pub(crate) fn slot(&self, index: u64) -> Option<&Slot> {
         let at = index.checked_sub(self.first_index())?;
         self.slots.get(usize::try_from(at).ok()?)
-    }
-    fn slot_mut(&mut self, index: u64) -> Option<&mut Slot> {
-        let at = index.checked_sub(self.first_index())?;
-        self.slots.get_mut(usize::try_from(at).ok()?)
     }
     pub(crate) fn term(&self, index: u64) -> Option<u64> {
         if index == self.marker.index {
@@ -94,11 +95,8 @@ impl GroupState {
 }
 
 /// A change to one group, as accepted from a batch or replayed from disk.
+/// (Appends go through [`Index::append_entries`].)
 pub(crate) enum Change {
-    Append {
-        first_index: u64,
-        slots: Vec<Slot>,
-    },
     HardState {
         state: HardState,
         seg: Option<u64>,
@@ -123,6 +121,8 @@ pub(crate) enum Undo {
         truncated: VecDeque<Slot>,
         last_op: u64,
         cached_bytes: u64,
+        /// `in_rr` before (a live append sets it).
+        in_rr: bool,
     },
     HardState {
         group: GroupId,
@@ -219,9 +219,6 @@ impl Index {
         let pin_before = self.groups.get(&group).and_then(|g| g.min_segment());
         if let Some(g) = self.groups.get(&group) {
             match &change {
-                Change::Append { first_index, slots } => {
-                    check_append(g, *first_index, slots.len())?
-                }
                 Change::Snapshot { marker, .. } if marker.index < g.marker.index => {
                     return Err(InvalidOp::BelowSnapshot {
                         snapshot: g.marker.index,
@@ -233,9 +230,6 @@ impl Index {
         } else {
             match &change {
                 Change::Remove => return Ok((None, None)),
-                Change::Append { first_index, slots } => {
-                    check_append(&GroupState::default(), *first_index, slots.len())?
-                }
                 _ => {}
             }
         }
@@ -254,24 +248,6 @@ impl Index {
                     group,
                     state: Box::new(state),
                 });
-            }
-            Change::Append { first_index, slots } => {
-                let g = self.groups.get_mut(&group).expect("inserted above");
-                let keep = (first_index - g.first_index()) as usize;
-                let truncated = g.slots.split_off(keep);
-                let cut: u64 = truncated.iter().map(slot_bytes).sum();
-                let added: u64 = slots.iter().map(slot_bytes).sum();
-                undo.push(Undo::Append {
-                    group,
-                    appended: slots.len(),
-                    truncated,
-                    last_op: g.last_op,
-                    cached_bytes: g.cached_bytes,
-                });
-                g.cached_bytes = g.cached_bytes - cut + added;
-                *total = *total - cut + added;
-                g.slots.extend(slots);
-                g.last_op = op_id;
             }
             Change::HardState { state, seg } => {
                 let g = self.groups.get_mut(&group).expect("inserted above");
@@ -357,6 +333,86 @@ impl Index {
         ))
     }
 
+    /// Appends entries (the `apply` of an append): validates `entries`
+    /// (consecutive, checked by the caller) against `group` (created if
+    /// new), truncates the conflicting suffix and pushes one slot per entry
+    /// with its payload cached, in one hash lookup and without an
+    /// intermediate vector. Marks the group as queued for cache eviction;
+    /// returns the pin move and whether it was not queued before (the
+    /// caller then queues it). On `Err` nothing changed.
+    pub(crate) fn append_entries(
+        &mut self,
+        group: GroupId,
+        op_id: u64,
+        entries: &[Entry],
+        undo: &mut Vec<Undo>,
+    ) -> Result<(PinMove, bool), InvalidOp> {
+        let first_index = entries.first().map_or(0, |e| e.index);
+        let (g, created) = match self.groups.entry(group) {
+            std::collections::hash_map::Entry::Occupied(o) => (o.into_mut(), false),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                // Validate before creating anything.
+                check_append(&GroupState::default(), first_index, entries.len())?;
+                (v.insert(GroupState::default()), true)
+            }
+        };
+        if !created {
+            check_append(g, first_index, entries.len())?;
+        } else {
+            undo.push(Undo::Created(group));
+        }
+        #[cfg(debug_assertions)]
+        let dbg_before = if created { None } else { g.min_segment() };
+        let keep = (first_index - g.first_index()) as usize;
+        // Only a replaced front slot can move the group's oldest segment;
+        // otherwise its slots and records are not even read (cache misses
+        // with many groups).
+        let pin_before = if keep == 0 && !created {
+            Some(g.min_segment())
+        } else {
+            None
+        };
+        let truncated = g.slots.split_off(keep);
+        let cut: u64 = truncated.iter().map(slot_bytes).sum();
+        let mut added = 0u64;
+        undo.push(Undo::Append {
+            group,
+            appended: entries.len(),
+            truncated,
+            last_op: g.last_op,
+            cached_bytes: g.cached_bytes,
+            in_rr: g.in_rr,
+        });
+        g.slots.extend(entries.iter().map(|e| {
+            added += e.payload.len() as u64;
+            Slot {
+                term: e.term,
+                kind: e.kind,
+                op_id,
+                loc: None,
+                payload: Some(e.payload.clone()),
+            }
+        }));
+        g.cached_bytes = g.cached_bytes - cut + added;
+        self.cached_bytes_total = self.cached_bytes_total - cut + added;
+        g.last_op = op_id;
+        let queue = !g.in_rr;
+        g.in_rr = true;
+        let pin = match pin_before {
+            Some(before) => (before, g.min_segment()),
+            None => (None, None),
+        };
+        #[cfg(debug_assertions)]
+        if pin_before.is_none() {
+            assert_eq!(
+                dbg_before,
+                g.min_segment(),
+                "group {group}: oldest segment moved"
+            );
+        }
+        Ok((pin, queue))
+    }
+
     /// Whether a snapshot record with `marker` drops every entry of `group`
     /// (a snapshot install) rather than only those at or below its index (a
     /// compaction); mirrors `apply` and is written to disk with the record.
@@ -390,8 +446,10 @@ impl Index {
                     truncated,
                     last_op,
                     cached_bytes,
+                    in_rr,
                 } => {
                     let g = self.groups.get_mut(&group).expect("undo of a live group");
+                    g.in_rr = in_rr;
                     let keep = g.slots.len() - appended;
                     g.slots.truncate(keep);
                     g.slots.extend(truncated);
@@ -457,25 +515,56 @@ impl Index {
         }
     }
 
-    /// Records where the entries written by `op_id` landed, unless a later
-    /// operation already replaced them.
+    /// Records where the entries written by `op_id` landed (`locs[k]` is
+    /// entry `first_index + k`), unless a later operation already replaced
+    /// them. In the same lookup, drops the group's cached payloads that are
+    /// durable (`op_id <= durable_op`) until it holds at most `keep_bytes`.
     pub(crate) fn set_locations(
         &mut self,
         group: GroupId,
         op_id: u64,
         first_index: u64,
         locs: &[Loc],
+        durable_op: u64,
+        keep_bytes: u64,
     ) -> PinMove {
-        self.update(group, |g| {
-            for (k, loc) in locs.iter().enumerate() {
-                if let Some(s) = g.slot_mut(first_index + k as u64) {
-                    if s.op_id == op_id {
-                        debug_assert!(s.loc.is_none());
-                        s.loc = Some(*loc);
-                    }
+        let Some(g) = self.groups.get_mut(&group) else {
+            return (None, None);
+        };
+        #[cfg(debug_assertions)]
+        let dbg_before = g.min_segment();
+        // Entries compacted away since are skipped.
+        let first = g.first_index();
+        let skip = first.saturating_sub(first_index);
+        let at = first_index.max(first) - first;
+        let mut pin = (None, None);
+        if skip < locs.len() as u64 && at < g.slots.len() as u64 {
+            // Only the front slot getting its location can move the group's
+            // oldest segment: skip the min computation (and its reads) else.
+            let front = at == 0 && g.slots[0].op_id == op_id;
+            let before = if front { g.min_segment() } else { None };
+            for (s, loc) in g.slots.range_mut(at as usize..).zip(&locs[skip as usize..]) {
+                if s.op_id == op_id {
+                    debug_assert!(s.loc.is_none());
+                    s.loc = Some(*loc);
                 }
             }
-        })
+            if front {
+                pin = (before, g.min_segment());
+            }
+        }
+        #[cfg(debug_assertions)]
+        if pin == (None, None) {
+            assert_eq!(
+                dbg_before,
+                g.min_segment(),
+                "group {group}: oldest segment moved"
+            );
+        }
+        if g.cached_bytes > keep_bytes {
+            self.cached_bytes_total -= evict_group(g, durable_op, keep_bytes);
+        }
+        pin
     }
 
     /// Runs `f` on `group` (if it exists); returns how its oldest live
@@ -525,28 +614,35 @@ impl Index {
         let Some(g) = self.groups.get_mut(&group) else {
             return 0;
         };
-        let mut freed = 0;
-        let mut index = g.cache_lo.max(g.first_index());
-        while g.cached_bytes > keep_bytes {
-            let first = g.first_index();
-            let Some(s) = g.slots.get_mut((index - first) as usize) else {
-                break;
-            };
-            if let Some(p) = &s.payload {
-                if s.op_id > durable_op || s.loc.is_none() {
-                    break;
-                }
-                let n = p.len() as u64;
-                s.payload = None;
-                g.cached_bytes -= n;
-                freed += n;
-            }
-            index += 1;
-        }
-        g.cache_lo = index;
+        let freed = evict_group(g, durable_op, keep_bytes);
         self.cached_bytes_total -= freed;
         freed
     }
+}
+
+/// [`Index::evict`] on one group's state; returns the bytes freed (the
+/// caller adjusts the total).
+fn evict_group(g: &mut GroupState, durable_op: u64, keep_bytes: u64) -> u64 {
+    let mut freed = 0;
+    let mut index = g.cache_lo.max(g.first_index());
+    while g.cached_bytes > keep_bytes {
+        let first = g.first_index();
+        let Some(s) = g.slots.get_mut((index - first) as usize) else {
+            break;
+        };
+        if let Some(p) = &s.payload {
+            if s.op_id > durable_op || s.loc.is_none() {
+                break;
+            }
+            let n = p.len() as u64;
+            s.payload = None;
+            g.cached_bytes -= n;
+            freed += n;
+        }
+        index += 1;
+    }
+    g.cache_lo = index;
+    freed
 }
 
 fn check_append(g: &GroupState, first_index: u64, count: usize) -> Result<(), InvalidOp> {
@@ -575,32 +671,37 @@ fn check_append(g: &GroupState, first_index: u64, count: usize) -> Result<(), In
 mod tests {
     use super::*;
 
-    fn slots(terms: &[u64]) -> Vec<Slot> {
+    fn entries(first: u64, terms: &[u64]) -> Vec<Entry> {
         terms
             .iter()
-            .map(|&term| Slot {
+            .enumerate()
+            .map(|(k, &term)| Entry {
+                index: first + k as u64,
                 term,
                 kind: 0,
-                op_id: 1,
-                loc: None,
-                payload: Some(Bytes::from_static(b"abcd")),
+                payload: Bytes::from_static(b"abcd"),
             })
             .collect()
+    }
+
+    fn append(
+        ix: &mut Index,
+        group: GroupId,
+        op_id: u64,
+        first: u64,
+        terms: &[u64],
+        undo: Option<&mut Vec<Undo>>,
+    ) -> Result<PinMove, InvalidOp> {
+        let mut local = Vec::new();
+        let undo = undo.unwrap_or(&mut local);
+        ix.append_entries(group, op_id, &entries(first, terms), undo)
+            .map(|(pin, _)| pin)
     }
 
     #[test]
     fn failed_batch_reverts_to_the_exact_previous_state() {
         let mut ix = Index::default();
-        ix.apply(
-            1,
-            1,
-            Change::Append {
-                first_index: 1,
-                slots: slots(&[1, 1, 2]),
-            },
-            None,
-        )
-        .unwrap();
+        append(&mut ix, 1, 1, 1, &[1, 1, 2], None).unwrap();
         ix.apply(
             1,
             1,
@@ -628,16 +729,7 @@ mod tests {
         let before = format!("{:?}", ix.groups.get(&1));
         let total = ix.cached_bytes_total;
         let mut undo = Vec::new();
-        ix.apply(
-            1,
-            2,
-            Change::Append {
-                first_index: 2,
-                slots: slots(&[3, 3]),
-            },
-            Some(&mut undo),
-        )
-        .unwrap();
+        append(&mut ix, 1, 2, 2, &[3, 3], Some(&mut undo)).unwrap();
         ix.apply(
             1,
             2,
@@ -662,16 +754,7 @@ mod tests {
             Some(&mut undo),
         )
         .unwrap();
-        ix.apply(
-            2,
-            2,
-            Change::Append {
-                first_index: 1,
-                slots: slots(&[1]),
-            },
-            Some(&mut undo),
-        )
-        .unwrap();
+        append(&mut ix, 2, 2, 1, &[1], Some(&mut undo)).unwrap();
         ix.apply(
             1,
             2,
@@ -685,15 +768,7 @@ mod tests {
         assert_eq!(ix.groups[&1].meta, Some(Bytes::from_static(b"m2")));
         ix.apply(1, 2, Change::Remove, Some(&mut undo)).unwrap();
         assert_eq!(
-            ix.apply(
-                1,
-                2,
-                Change::Append {
-                    first_index: 5,
-                    slots: slots(&[1])
-                },
-                Some(&mut undo)
-            ),
+            append(&mut ix, 1, 2, 5, &[1], Some(&mut undo)),
             Err(InvalidOp::Gap { last: 0, first: 5 })
         );
         assert_eq!(
@@ -722,16 +797,7 @@ mod tests {
     #[test]
     fn snapshot_keeps_matching_suffix_or_drops_all() {
         let mut ix = Index::default();
-        ix.apply(
-            1,
-            1,
-            Change::Append {
-                first_index: 1,
-                slots: slots(&[1, 1, 2, 2]),
-            },
-            None,
-        )
-        .unwrap();
+        append(&mut ix, 1, 1, 1, &[1, 1, 2, 2], None).unwrap();
         ix.apply(
             1,
             2,

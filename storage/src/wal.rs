@@ -34,7 +34,7 @@ use glommio::io::{DmaFile, OpenOptions};
 use crate::error::{Corruption, InvalidOp, WalError};
 use crate::format::{self, align_up, BLOCK_BYTES, FRAME_HEADER_BYTES};
 use crate::fsutil;
-use crate::index::{Change, Index, Loc, Slot};
+use crate::index::{Change, Index, Loc};
 use crate::notify::Notify;
 use crate::recovery;
 use crate::types::{Batch, Entry, GroupId, HardState, Op, SnapshotMarker};
@@ -144,7 +144,6 @@ enum FrameBuf {
 /// What to do once a frame is durable.
 struct FrameDone {
     last_op: u64,
-    touched: Vec<GroupId>,
     /// Bytes written (padded).
     len: u64,
     /// Header + records.
@@ -411,7 +410,9 @@ enum Admission {
 }
 
 struct Pending {
-    ops: Vec<(u64, Op)>,
+    /// The batch's operations; the `k`-th has op id `first_op + k`.
+    ops: Vec<Op>,
+    first_op: u64,
     bytes: u64,
     last_op: u64,
 }
@@ -450,6 +451,10 @@ pub(crate) struct State {
     relocate_due: bool,
     gc_candidate: Option<(u64, u64)>,
     cache_rr: VecDeque<GroupId>,
+    /// Scratch vectors of `accept`, kept to avoid allocating per batch.
+    undo_scratch: Vec<crate::index::Undo>,
+    pin_scratch: Vec<crate::index::PinMove>,
+    rr_scratch: Vec<GroupId>,
     /// How many groups have each segment as their oldest live record's
     /// segment (`GroupState::min_segment`). The oldest segment can be
     /// reclaimed when its count is zero.
@@ -637,6 +642,9 @@ impl Wal {
             relocate_due: true,
             gc_candidate: None,
             cache_rr: VecDeque::new(),
+            undo_scratch: Vec::new(),
+            pin_scratch: Vec::new(),
+            rr_scratch: Vec::new(),
             pins,
             stats,
         };
@@ -1271,24 +1279,25 @@ fn admit(
     Ok(Some(st.next_op))
 }
 
-/// Validates and applies a batch to the index and queues it.
+/// Validates and applies a batch to the index and queues it. Operation ids
+/// are consecutive: the `k`-th op of the batch is `first_op + k`.
+///
+/// Per entry: one slot pushed onto its group's deque (payload cached); per
+/// op: one hash lookup of its group. Scratch vectors live in `State` and are
+/// reused, so a large batch allocates nothing but its groups' deques.
 fn accept(st: &mut State, opts: &WalOptions, batch: Batch, bytes: u64) -> Result<(), WalError> {
-    let mut undo = Vec::new();
+    let mut batch = batch;
     let first_op = st.next_op + 1;
-    let mut ops = Vec::with_capacity(batch.ops.len());
-    let mut cached_groups = Vec::new();
-    // Pin moves are applied once the whole batch is accepted.
-    let mut pin_moves = Vec::new();
-    for (k, mut op) in batch.ops.into_iter().enumerate() {
+    let mut undo = std::mem::take(&mut st.undo_scratch);
+    let mut pin_moves = std::mem::take(&mut st.pin_scratch);
+    let mut rr = std::mem::take(&mut st.rr_scratch);
+    debug_assert!(undo.is_empty() && pin_moves.is_empty() && rr.is_empty());
+    let mut result = Ok(());
+    let mut urgent = false;
+    for (k, op) in batch.ops.iter_mut().enumerate() {
         let op_id = first_op + k as u64;
         let group = op.group();
-        if let Op::Snapshot {
-            marker, drop_all, ..
-        } = &mut op
-        {
-            *drop_all = st.index.snapshot_drops_all(group, *marker);
-        }
-        let change = match &op {
+        let applied = match op {
             Op::Append { entries, .. } => {
                 let first_index = entries.first().map_or(0, |e| e.index);
                 if entries
@@ -1296,80 +1305,93 @@ fn accept(st: &mut State, opts: &WalOptions, batch: Batch, bytes: u64) -> Result
                     .enumerate()
                     .any(|(i, e)| e.index != first_index + i as u64)
                 {
-                    st.index.revert(undo);
-                    return Err(WalError::InvalidOp {
-                        group,
-                        reason: InvalidOp::NonConsecutive,
-                    });
-                }
-                cached_groups.push(group);
-                Change::Append {
-                    first_index,
-                    slots: entries
-                        .iter()
-                        .map(|e| Slot {
-                            term: e.term,
-                            kind: e.kind,
-                            op_id,
-                            loc: None,
-                            payload: Some(e.payload.clone()),
+                    Err(InvalidOp::NonConsecutive)
+                } else {
+                    st.index
+                        .append_entries(group, op_id, entries, &mut undo)
+                        .map(|(pin, queue)| {
+                            if queue {
+                                rr.push(group);
+                            }
+                            pin
                         })
-                        .collect(),
                 }
             }
-            Op::HardState { state, .. } => Change::HardState {
-                state: *state,
-                seg: None,
-            },
-            Op::Snapshot { marker, .. } => Change::Snapshot {
-                marker: *marker,
-                seg: None,
-            },
-            Op::Meta { meta, .. } => Change::Meta {
-                meta: meta.clone(),
-                seg: None,
-            },
-            Op::Remove { .. } => Change::Remove,
+            Op::Snapshot {
+                marker, drop_all, ..
+            } => {
+                urgent = true;
+                *drop_all = st.index.snapshot_drops_all(group, *marker);
+                let change = Change::Snapshot {
+                    marker: *marker,
+                    seg: None,
+                };
+                st.index.apply(group, op_id, change, Some(&mut undo))
+            }
+            Op::HardState { state, .. } => {
+                let change = Change::HardState {
+                    state: *state,
+                    seg: None,
+                };
+                st.index.apply(group, op_id, change, Some(&mut undo))
+            }
+            Op::Meta { meta, .. } => {
+                let change = Change::Meta {
+                    meta: meta.clone(),
+                    seg: None,
+                };
+                st.index.apply(group, op_id, change, Some(&mut undo))
+            }
+            Op::Remove { .. } => {
+                urgent = true;
+                st.index
+                    .apply(group, op_id, Change::Remove, Some(&mut undo))
+            }
         };
-        match st.index.apply(group, op_id, change, Some(&mut undo)) {
+        match applied {
             Ok((before, after)) => {
                 if before != after {
                     pin_moves.push((before, after));
                 }
             }
             Err(reason) => {
-                st.index.revert(undo);
-                return Err(WalError::InvalidOp { group, reason });
+                result = Err(WalError::InvalidOp { group, reason });
+                break;
             }
         }
-        if matches!(op, Op::Snapshot { .. } | Op::Remove { .. }) {
+    }
+    if result.is_err() {
+        st.index.revert(std::mem::take(&mut undo));
+        pin_moves.clear();
+        rr.clear();
+    } else {
+        st.next_op = first_op + batch.ops.len() as u64 - 1;
+        for (old, new) in pin_moves.drain(..) {
+            pin_move(&mut st.pins, old, new);
+        }
+        st.cache_rr.extend(rr.drain(..));
+        // Removed groups leave stale entries behind; keep the queue bounded.
+        if st.cache_rr.len() > 2 * st.index.groups.len() + 64 {
+            let index = &st.index;
+            let mut seen = std::collections::HashSet::new();
+            st.cache_rr
+                .retain(|g| index.groups.get(g).is_some_and(|s| s.in_rr) && seen.insert(*g));
+        }
+        if urgent {
             st.gc_urgent = true;
         }
-        ops.push((op_id, op));
     }
-    st.next_op = first_op + ops.len() as u64 - 1;
-    for (old, new) in pin_moves {
-        pin_move(&mut st.pins, old, new);
-    }
-    for g in cached_groups {
-        if let Some(s) = st.index.groups.get_mut(&g) {
-            if !s.in_rr {
-                s.in_rr = true;
-                st.cache_rr.push_back(g);
-            }
-        }
-    }
-    if st.cache_rr.len() > 2 * st.index.groups.len() + 64 {
-        let index = &st.index;
-        let mut seen = std::collections::HashSet::new();
-        st.cache_rr
-            .retain(|g| index.groups.get(g).is_some_and(|s| s.in_rr) && seen.insert(*g));
-    }
+    undo.clear();
+    st.undo_scratch = undo;
+    st.pin_scratch = pin_moves;
+    st.rr_scratch = rr;
+    result?;
     st.stats.batches += 1;
     st.gc_dirty = true;
     st.queue_bytes += bytes;
     st.queue.push_back(Pending {
-        ops,
+        ops: batch.ops,
+        first_op,
         bytes,
         last_op: st.next_op,
     });
@@ -1703,10 +1725,12 @@ impl Inner {
         let mut at = FRAME_HEADER_BYTES;
         let mut offs = Vec::new();
         let mut locs = Vec::new();
-        let mut touched = Vec::new();
+        let durable_op = st.durable_op;
+        let cache_group_bytes_max = self.opts.cache_group_bytes_max;
         let mut entries = 0u64;
         for p in &taken {
-            for (op_id, op) in &p.ops {
+            for (k, op) in p.ops.iter().enumerate() {
+                let op_id = &(p.first_op + k as u64);
                 offs.clear();
                 let n = format::encode_record(&mut b[at..], seg.seq, batch_seq, op, &mut offs);
                 let (pin_old, pin_new) = match op {
@@ -1719,8 +1743,16 @@ impl Inner {
                             crc,
                         }));
                         entries += es.len() as u64;
-                        touched.push(*group);
-                        st.index.set_locations(*group, *op_id, es[0].index, &locs)
+                        // Also evicts the group's payloads that are durable
+                        // by now (same hash lookup).
+                        st.index.set_locations(
+                            *group,
+                            *op_id,
+                            es[0].index,
+                            &locs,
+                            durable_op,
+                            cache_group_bytes_max,
+                        )
                     }
                     Op::HardState { group, .. } => {
                         st.index.set_hard_state_segment(*group, *op_id, seg.seq)
@@ -1750,7 +1782,6 @@ impl Inner {
             buf,
             done: FrameDone {
                 last_op,
-                touched,
                 len,
                 frame_bytes,
             },
@@ -1851,16 +1882,16 @@ impl Inner {
             st.stats.fdatasyncs += 1;
             st.stats.bytes_written += done.len;
             st.stats.record_bytes += done.frame_bytes;
-            self.evict(&mut st, &done.touched);
+            self.evict(&mut st);
         }
         self.notify.notify_all();
     }
 
-    fn evict(&self, st: &mut State, touched: &[GroupId]) {
+    /// Keeps the cache within `cache_bytes_max`: evicts whole groups in
+    /// round robin. (Each group is trimmed to `cache_group_bytes_max` when
+    /// its next append is encoded, see `Index::set_locations`.)
+    fn evict(&self, st: &mut State) {
         let durable = st.durable_op;
-        for &g in touched {
-            st.index.evict(g, durable, self.opts.cache_group_bytes_max);
-        }
         let mut budget = st.cache_rr.len();
         while st.index.cached_bytes_total > self.opts.cache_bytes_max && budget > 0 {
             budget -= 1;
