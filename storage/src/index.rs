@@ -228,9 +228,8 @@ impl Index {
                 _ => {}
             }
         } else {
-            match &change {
-                Change::Remove => return Ok((None, None)),
-                _ => {}
+            if let Change::Remove = &change {
+                return Ok((None, None));
             }
         }
         let mut local = Vec::new();
