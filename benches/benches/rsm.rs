@@ -559,6 +559,130 @@ fn engine_section() {
         &t,
     );
     assert_eq!(stores.iter().map(KvStore::len).sum::<usize>(), total);
+    drop(stores);
+    engine_apply_section(&mut rng);
+}
+
+/// Entries per `Rsm::apply` call in the engine-pattern apply rows (one
+/// group's committed run in one shard turn).
+const ENGINE_APPLY_BATCH: usize = 32;
+
+/// Runs of `ENGINE_APPLY_BATCH` no-session put entries, each run for one
+/// store, the payloads sliced out of one buffer (as committed entries are
+/// slices of a WAL / network buffer).
+fn engine_runs(runs: &[(usize, Vec<u64>)], tag: u64) -> Vec<(usize, Vec<Bytes>)> {
+    let mut buf = bytes::BytesMut::new();
+    let mut spans = Vec::new();
+    for (store, keys) in runs {
+        let mut run = Vec::with_capacity(keys.len());
+        for &n in keys {
+            let mut key = (*store as u32 / 3).to_be_bytes().to_vec();
+            key.extend_from_slice(&n.to_be_bytes());
+            let mut value = (n ^ tag).to_le_bytes().to_vec();
+            value.extend_from_slice(&tag.to_le_bytes());
+            let at = buf.len();
+            buf.extend_from_slice(&encode_noop(&KvCommand::put(key, value).encode()));
+            run.push(at..buf.len());
+        }
+        spans.push((*store, run));
+    }
+    let buf = buf.freeze();
+    spans
+        .into_iter()
+        .map(|(s, run)| (s, run.into_iter().map(|r| buf.slice(r)).collect()))
+        .collect()
+}
+
+/// Applies runs to their stores' managers (timed), checking the results.
+fn engine_apply(rsms: &mut [Rsm], runs: Vec<(usize, Vec<Bytes>)>, t: &mut Timed) {
+    let mut out = Vec::with_capacity(ENGINE_APPLY_BATCH);
+    let mut failed = 0usize;
+    t.run(|| {
+        for (s, run) in runs {
+            let rsm = &mut rsms[s];
+            let mut index = rsm.applied_index();
+            out.clear();
+            rsm.apply(
+                run.into_iter().map(|p| {
+                    index += 1;
+                    (index, p)
+                }),
+                &mut out,
+            );
+            failed += out.iter().filter(|a| a.result.is_err()).count();
+        }
+    });
+    assert_eq!(failed, 0, "apply errors in the benchmark");
+}
+
+/// The engine's apply path: `Rsm::apply` (envelope, KV decode, map,
+/// result) with runs of `ENGINE_APPLY_BATCH` entries per group: (f) fill,
+/// (g) overwrite.
+fn engine_apply_section(rng: &mut Rng) {
+    let total = ENGINE_STORES * ENGINE_KEYS_PER_STORE as usize;
+    let mut rsms: Vec<Rsm> = (0..ENGINE_STORES).map(|_| kv()).collect();
+    // Per store its keys in a random order; runs go to random stores.
+    let mut left: Vec<Vec<u64>> = (0..ENGINE_STORES)
+        .map(|_| {
+            let mut keys: Vec<u64> = (0..ENGINE_KEYS_PER_STORE).collect();
+            for i in (1..keys.len()).rev() {
+                keys.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+            }
+            keys
+        })
+        .collect();
+    let mut live: Vec<usize> = (0..ENGINE_STORES).collect();
+    let mut t = Timed::default();
+    while !live.is_empty() {
+        let mut runs = Vec::new();
+        while runs.len() * ENGINE_APPLY_BATCH < ENGINE_BATCH_OPS && !live.is_empty() {
+            let at = (rng.next() % live.len() as u64) as usize;
+            let s = live[at];
+            let keys = &mut left[s];
+            let run = keys.split_off(keys.len().saturating_sub(ENGINE_APPLY_BATCH));
+            if keys.is_empty() {
+                live.swap_remove(at);
+            }
+            runs.push((s, run));
+        }
+        engine_apply(&mut rsms, engine_runs(&runs, 1), &mut t);
+    }
+    ns_row(
+        &format!("engine (f) fill via Rsm::apply, runs of {ENGINE_APPLY_BATCH}"),
+        total,
+        &t,
+    );
+    let mut t = Timed::default();
+    let rounds = total / ENGINE_BATCH_OPS;
+    for round in 0..rounds {
+        let runs: Vec<(usize, Vec<u64>)> = (0..ENGINE_BATCH_OPS / ENGINE_APPLY_BATCH)
+            .map(|_| {
+                let s = (rng.next() % ENGINE_STORES as u64) as usize;
+                let keys = (0..ENGINE_APPLY_BATCH)
+                    .map(|_| (rng.next() >> 20) % ENGINE_KEYS_PER_STORE)
+                    .collect();
+                (s, keys)
+            })
+            .collect();
+        engine_apply(&mut rsms, engine_runs(&runs, round as u64), &mut t);
+    }
+    let n = rounds * (ENGINE_BATCH_OPS / ENGINE_APPLY_BATCH) * ENGINE_APPLY_BATCH;
+    ns_row(
+        &format!("engine (g) overwrite via Rsm::apply, runs of {ENGINE_APPLY_BATCH}"),
+        n,
+        &t,
+    );
+    let keys: usize = rsms
+        .iter()
+        .map(|r| {
+            let q = r.query(&KvQuery::Count.encode()).expect("count");
+            match flotilla_rsm::KvResult::decode(q).expect("count result") {
+                flotilla_rsm::KvResult::Count(n) => n as usize,
+                other => panic!("count: {other:?}"),
+            }
+        })
+        .sum();
+    assert_eq!(keys, total);
 }
 
 fn main() {

@@ -104,11 +104,12 @@ impl Reader {
         Ok(n)
     }
 
-    /// Everything not read yet (zero-copy).
-    pub(crate) fn rest(&mut self) -> Bytes {
-        let b = self.buf.slice(self.pos..);
-        self.pos = self.buf.len();
-        b
+    /// Everything not read yet, consuming the reader: the buffer itself,
+    /// advanced (no reference-count traffic, unlike a slice).
+    pub(crate) fn into_rest(self) -> Bytes {
+        let mut buf = self.buf;
+        bytes::Buf::advance(&mut buf, self.pos);
+        buf
     }
 
     /// Fails if bytes are left over.

@@ -128,7 +128,9 @@ impl Envelope {
         let mut r = Reader::new(entry);
         let tag = r.u8()?;
         let env = match tag {
-            TAG_NOOP => Envelope::NoOp { payload: r.rest() },
+            TAG_NOOP => Envelope::NoOp {
+                payload: r.into_rest(),
+            },
             TAG_SESSION => {
                 let client_id = r.u64()?;
                 let series_id = r.u64()?;
@@ -151,7 +153,7 @@ impl Envelope {
                     client_id,
                     series_id,
                     responded_to,
-                    payload: r.rest(),
+                    payload: r.into_rest(),
                 }
             }
             TAG_REGISTER | TAG_UNREGISTER => {

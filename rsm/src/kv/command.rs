@@ -293,6 +293,44 @@ fn get_keys(r: &mut Reader) -> Result<Vec<Bytes>, DecodeError> {
     (0..n).map(|_| r.bytes("key", DECODE_BYTES_MAX)).collect()
 }
 
+/// A `Put` read in place from its encoding: `(key, value, condition,
+/// return_previous)`. The apply path's fast lane (no `Bytes` slices, no
+/// command value). Accepts exactly the encodings that
+/// [`KvCommand::decode`] turns into a `Put`; `None` for anything else
+/// (other commands, malformed input), which then goes through `decode`.
+pub(crate) fn put_in_place(buf: &[u8]) -> Option<(&[u8], &[u8], PutCondition, bool)> {
+    fn bytes(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+        let len = u32::from_le_bytes(buf.get(..4)?.try_into().ok()?);
+        if len > DECODE_BYTES_MAX {
+            return None;
+        }
+        let rest = &buf[4..];
+        let len = len as usize;
+        (rest.len() >= len).then(|| rest.split_at(len))
+    }
+    let (&tag, rest) = buf.split_first()?;
+    if tag != 0x01 {
+        return None;
+    }
+    let (key, rest) = bytes(rest)?;
+    let (value, rest) = bytes(rest)?;
+    let &[condition, return_previous] = rest else {
+        return None;
+    };
+    let condition = match condition {
+        0 => PutCondition::Always,
+        1 => PutCondition::IfAbsent,
+        2 => PutCondition::IfPresent,
+        _ => return None,
+    };
+    let return_previous = match return_previous {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
+    Some((key, value, condition, return_previous))
+}
+
 impl KvCommand {
     /// `Put` with [`PutCondition::Always`], not returning the previous value.
     pub fn put(key: impl Into<Bytes>, value: impl Into<Bytes>) -> Self {
@@ -744,6 +782,66 @@ pub(crate) fn parse_i64(v: &[u8]) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The decoder's answer for a put, in the fast lane's shape.
+    fn decoded_put(buf: &[u8]) -> Option<(Vec<u8>, Vec<u8>, PutCondition, bool)> {
+        match KvCommand::decode(Bytes::copy_from_slice(buf)) {
+            Ok(KvCommand::Put {
+                key,
+                value,
+                condition,
+                return_previous,
+            }) => Some((key.to_vec(), value.to_vec(), condition, return_previous)),
+            _ => None,
+        }
+    }
+
+    proptest! {
+        /// `put_in_place` accepts exactly what `decode` turns into a `Put`,
+        /// with the same fields: well-formed puts with every condition and
+        /// flag byte (valid or not), cut short or extended, with corrupt
+        /// lengths, and arbitrary bytes.
+        #[test]
+        fn put_in_place_agrees_with_decode(
+            key in proptest::collection::vec(any::<u8>(), 0..30),
+            value in proptest::collection::vec(any::<u8>(), 0..30),
+            condition in 0u8..4,
+            flag in 0u8..3,
+            cut in 0usize..80,
+            extra in proptest::collection::vec(any::<u8>(), 0..3),
+            len_patch in proptest::option::of((0usize..10, any::<u8>())),
+            garbage in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let mut buf = vec![0x01];
+            buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&key);
+            buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&value);
+            buf.extend_from_slice(&[condition, flag]);
+            let mut variants = vec![buf.clone(), buf[..cut.min(buf.len())].to_vec()];
+            let mut longer = buf.clone();
+            longer.extend_from_slice(&extra);
+            variants.push(longer);
+            if let Some((at, byte)) = len_patch {
+                let mut patched = buf.clone();
+                let at = 1 + at % (patched.len() - 1);
+                patched[at] = byte;
+                variants.push(patched);
+            }
+            let mut random = garbage.clone();
+            if let Some(first) = random.first_mut() {
+                *first = 0x01;
+            }
+            variants.push(random);
+            variants.push(garbage);
+            for v in &variants {
+                let fast = put_in_place(v).map(|(k, val, c, r)| (k.to_vec(), val.to_vec(), c, r));
+                prop_assert_eq!(fast, decoded_put(v), "bytes {:?}", v);
+            }
+            prop_assert!(put_in_place(&buf).is_some() == (condition < 3 && flag < 2));
+        }
+    }
 
     #[test]
     fn parse_i64_like_redis() {

@@ -167,6 +167,12 @@ fn find(slots: &[Slot], h: u64, key: &Key) -> Result<usize, usize> {
     }
 }
 
+/// Puts a key known to be absent into slots with room.
+fn put_absent(slots: &mut [Slot], h: u64, key: Key, value: Bytes) {
+    let i = find(slots, h, &key).expect_err("absent");
+    slots[i] = Some((key, value));
+}
+
 /// Empties slot `i` and shifts the rest of its probe run back, so no
 /// tombstones are needed.
 fn remove_at(slots: &mut [Slot], mut i: usize, seeds: &Seeds) -> (Key, Bytes) {
@@ -202,6 +208,21 @@ impl Chunk {
         }
     }
 
+    /// Empty slots for `len` entries (half full), one allocation.
+    fn new_slots(len: usize) -> Rc<[Slot]> {
+        (0..cap_for(len)).map(|_| None).collect()
+    }
+
+    /// Rebuilds the chunk alone at the capacity for its length, moving its
+    /// entries into one new allocation (no intermediate vector).
+    fn resize(&mut self, seeds: &Seeds) {
+        let len = self.len;
+        let mut rc = Chunk::new_slots(len);
+        let slots = Rc::get_mut(&mut rc).expect("just allocated");
+        self.drain(seeds, |h, k, v| put_absent(slots, h, k, v));
+        *self = Chunk { slots: rc, len };
+    }
+
     /// Builds a chunk from entries with distinct keys and their hashes.
     fn build(entries: Vec<(u64, Key, Bytes)>) -> Self {
         let len = entries.len();
@@ -215,19 +236,22 @@ impl Chunk {
         Chunk { slots: rc, len }
     }
 
-    /// Takes the entries out with their hashes: moved if this is the only
-    /// reference, cloned (leaving the shared slots to their other owners)
-    /// otherwise.
-    fn take_entries(&mut self, seeds: &Seeds) -> Vec<(u64, Key, Bytes)> {
-        let hashed = |(k, v): (Key, Bytes)| (seeds.hash(k.as_slice()), k, v);
+    /// Hands every entry with its hash to `f`: moved out if this is the
+    /// only reference, cloned (leaving the shared slots to their other
+    /// owners) otherwise. Leaves the chunk empty of entries.
+    fn drain(&mut self, seeds: &Seeds, mut f: impl FnMut(u64, Key, Bytes)) {
         self.len = 0;
         match Rc::get_mut(&mut self.slots) {
-            Some(slots) => slots
-                .iter_mut()
-                .filter_map(Option::take)
-                .map(hashed)
-                .collect(),
-            None => self.slots.iter().flatten().cloned().map(hashed).collect(),
+            Some(slots) => {
+                for (k, v) in slots.iter_mut().filter_map(Option::take) {
+                    f(seeds.hash(k.as_slice()), k, v);
+                }
+            }
+            None => {
+                for (k, v) in self.slots.iter().flatten() {
+                    f(seeds.hash(k.as_slice()), k.clone(), v.clone());
+                }
+            }
         }
     }
 }
@@ -486,9 +510,16 @@ impl CowHash {
             slots[i] = Some((key, value));
             c.len += 1;
         } else {
-            let mut entries = c.take_entries(&self.seeds);
-            entries.push((h, key, value));
-            *c = Chunk::build(entries);
+            // Grow: move everything into slots for one more entry.
+            let seeds = self.seeds;
+            c.len += 1;
+            c.resize(&seeds);
+            put_absent(
+                Rc::get_mut(&mut c.slots).expect("just built"),
+                h,
+                key,
+                value,
+            );
         }
         self.len += 1;
         if self.len > self.chunks.len() * CHUNK_LEN_SPLIT {
@@ -505,8 +536,8 @@ impl CowHash {
         c.len -= 1;
         self.len -= 1;
         if c.slots.len() > CHUNK_CAP_MIN && c.len * 8 < c.slots.len() {
-            let entries = c.take_entries(&self.seeds);
-            *c = Chunk::build(entries);
+            let seeds = self.seeds;
+            c.resize(&seeds);
         }
         if self.len == 0 {
             *self = CowHash::new(self.seeds);
@@ -520,14 +551,33 @@ impl CowHash {
     fn split_one(&mut self) {
         let s = self.split;
         let bit = 1u64 << self.level;
-        let (high, low): (Vec<_>, Vec<_>) = self
-            .chunks
-            .get_mut(s)
-            .take_entries(&self.seeds)
-            .into_iter()
-            .partition(|(h, _, _)| h & bit != 0);
-        *self.chunks.get_mut(s) = Chunk::build(low);
-        self.chunks.push(Chunk::build(high));
+        let seeds = self.seeds;
+        let c = self.chunks.get_mut(s);
+        // Count first (hashing twice is cheaper than a vector of entries),
+        // then move each entry straight into its new slots.
+        let high_len = c
+            .slots
+            .iter()
+            .flatten()
+            .filter(|(k, _)| seeds.hash(k.as_slice()) & bit != 0)
+            .count();
+        let low_len = c.len - high_len;
+        let (mut low, mut high) = (Chunk::new_slots(low_len), Chunk::new_slots(high_len));
+        {
+            let low = Rc::get_mut(&mut low).expect("just allocated");
+            let high = Rc::get_mut(&mut high).expect("just allocated");
+            c.drain(&seeds, |h, k, v| {
+                put_absent(if h & bit != 0 { &mut *high } else { &mut *low }, h, k, v)
+            });
+        }
+        *c = Chunk {
+            slots: low,
+            len: low_len,
+        };
+        self.chunks.push(Chunk {
+            slots: high,
+            len: high_len,
+        });
         self.split += 1;
         if self.split == 1 << self.level {
             self.level += 1;
@@ -547,9 +597,16 @@ impl CowHash {
         let mut last = self.chunks.pop().expect("more than one chunk");
         debug_assert_eq!(self.chunks.len(), (1 << self.level) + self.split);
         let s = self.split;
-        let mut entries = self.chunks.get_mut(s).take_entries(&self.seeds);
-        entries.extend(last.take_entries(&self.seeds));
-        *self.chunks.get_mut(s) = Chunk::build(entries);
+        let seeds = self.seeds;
+        let c = self.chunks.get_mut(s);
+        let len = c.len + last.len;
+        let mut rc = Chunk::new_slots(len);
+        {
+            let slots = Rc::get_mut(&mut rc).expect("just allocated");
+            c.drain(&seeds, |h, k, v| put_absent(slots, h, k, v));
+            last.drain(&seeds, |h, k, v| put_absent(slots, h, k, v));
+        }
+        *c = Chunk { slots: rc, len };
     }
 
     /// Checks the invariants (O(n); tests).

@@ -88,23 +88,7 @@ impl KvStore {
                 value,
                 condition,
                 return_previous,
-            } => {
-                if let Some(e) = check_key(key).or_else(|| check_value(value.len())) {
-                    return KvResult::Error(e);
-                }
-                self.map.upsert(key, |cur| {
-                    let written = match condition {
-                        PutCondition::Always => true,
-                        PutCondition::IfAbsent => cur.is_none(),
-                        PutCondition::IfPresent => cur.is_some(),
-                    };
-                    let previous = if *return_previous { cur.cloned() } else { None };
-                    (
-                        written.then(|| Bytes::copy_from_slice(value)),
-                        KvResult::Put { written, previous },
-                    )
-                })
-            }
+            } => self.put(key, value, *condition, *return_previous),
             KvCommand::Delete { keys } => {
                 let n = keys.iter().filter(|k| self.map.remove(k).is_some()).count();
                 KvResult::Count(n as u64)
@@ -191,6 +175,31 @@ impl KvStore {
         }
     }
 
+    /// `KvCommand::Put`, from borrowed key and value.
+    fn put(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        condition: PutCondition,
+        return_previous: bool,
+    ) -> KvResult {
+        if let Some(e) = check_key(key).or_else(|| check_value(value.len())) {
+            return KvResult::Error(e);
+        }
+        self.map.upsert(key, |cur| {
+            let written = match condition {
+                PutCondition::Always => true,
+                PutCondition::IfAbsent => cur.is_none(),
+                PutCondition::IfPresent => cur.is_some(),
+            };
+            let previous = if return_previous { cur.cloned() } else { None };
+            (
+                written.then(|| Bytes::copy_from_slice(value)),
+                KvResult::Put { written, previous },
+            )
+        })
+    }
+
     /// Answers a query.
     pub fn read(&self, q: &KvQuery) -> KvResult {
         match q {
@@ -273,6 +282,12 @@ impl StateMachine for KvStore {
 
     fn apply(&mut self, entries: &mut [SmEntry]) {
         for e in entries {
+            // Puts, the common command, are read in place (no slices of
+            // the entry, no command value); everything else is decoded.
+            if let Some((key, value, condition, return_previous)) = command::put_in_place(&e.cmd) {
+                e.result = self.put(key, value, condition, return_previous).encode();
+                continue;
+            }
             let result = match KvCommand::decode(std::mem::take(&mut e.cmd)) {
                 Ok(cmd) => self.execute(&cmd),
                 Err(err) => {
