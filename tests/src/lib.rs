@@ -14,6 +14,8 @@ use flotilla::kv::KvClient;
 use flotilla::{GroupId, HostError, NodeHost, NodeHostConfig, NodeId, Placement};
 use futures_lite::future::block_on;
 
+pub mod checker;
+
 /// Deadline of every single call in the harness.
 pub const CALL_DEADLINE: Duration = Duration::from_secs(10);
 
