@@ -260,12 +260,16 @@ pub(crate) fn encode_record(
             let mut meta = ENTRIES_FIXED_BYTES;
             let mut payload = ENTRIES_FIXED_BYTES + ENTRY_META_BYTES * entries.len();
             let covered_end = payload;
+            // One CPU-feature probe per record, not per entry.
+            let crc_proto = crc32fast::Hasher::new();
             for e in entries {
                 let plen = e.payload.len();
                 b[payload..payload + plen].copy_from_slice(&e.payload);
                 put_u64(b, meta, e.term);
                 put_u32(b, meta + 8, plen as u32);
-                let crc = crc32fast::hash(&e.payload);
+                let mut h = crc_proto.clone();
+                h.update(&e.payload);
+                let crc = h.finalize();
                 put_u32(b, meta + 12, crc);
                 b[meta + 16] = e.kind;
                 b[meta + 17..meta + 20].fill(0);

@@ -123,6 +123,7 @@ pub(crate) enum Undo {
         cached_bytes: u64,
         /// `in_rr` before (a live append sets it).
         in_rr: bool,
+        cache_lo: u64,
     },
     HardState {
         group: GroupId,
@@ -298,12 +299,33 @@ impl Index {
                     && marker.index <= g.last_index()
                 {
                     let k = (marker.index - g.marker.index) as usize;
-                    dropped_front = g.slots.drain(..k).collect();
+                    // Move whichever side is shorter: a compaction usually
+                    // drops almost everything and keeps a short suffix, so
+                    // copying the dropped front (to be able to undo) would
+                    // cost a copy of the whole log.
+                    if k <= g.slots.len() / 2 {
+                        dropped_front = g.slots.drain(..k).collect();
+                    } else {
+                        let kept = g.slots.split_off(k);
+                        dropped_front = std::mem::replace(&mut g.slots, kept);
+                    }
                 } else {
                     dropped_all = Some(std::mem::take(&mut g.slots));
                 }
-                let cut: u64 = dropped_front.iter().map(slot_bytes).sum::<u64>()
-                    + dropped_all.iter().flatten().map(slot_bytes).sum::<u64>();
+                // Slots below `cache_lo` hold no payload: only the rest
+                // of the dropped slots is read.
+                let uncached = cache_lo.saturating_sub(prev.index + 1);
+                let cached_part = |d: &VecDeque<Slot>| -> u64 {
+                    let from = usize::try_from(uncached).unwrap_or(usize::MAX).min(d.len());
+                    d.range(from..).map(slot_bytes).sum()
+                };
+                let cut: u64 =
+                    cached_part(&dropped_front) + dropped_all.as_ref().map_or(0, cached_part);
+                debug_assert_eq!(
+                    cut,
+                    dropped_front.iter().map(slot_bytes).sum::<u64>()
+                        + dropped_all.iter().flatten().map(slot_bytes).sum::<u64>()
+                );
                 g.cached_bytes -= cut;
                 *total -= cut;
                 g.marker = marker;
@@ -381,7 +403,10 @@ impl Index {
             last_op: g.last_op,
             cached_bytes: g.cached_bytes,
             in_rr: g.in_rr,
+            cache_lo: g.cache_lo,
         });
+        // The new slots hold payloads: `cache_lo` stays a lower bound.
+        g.cache_lo = g.cache_lo.min(first_index);
         g.slots.extend(entries.iter().map(|e| {
             added += e.payload.len() as u64;
             Slot {
@@ -446,9 +471,11 @@ impl Index {
                     last_op,
                     cached_bytes,
                     in_rr,
+                    cache_lo,
                 } => {
                     let g = self.groups.get_mut(&group).expect("undo of a live group");
                     g.in_rr = in_rr;
+                    g.cache_lo = cache_lo;
                     let keep = g.slots.len() - appended;
                     g.slots.truncate(keep);
                     g.slots.extend(truncated);
@@ -791,6 +818,65 @@ mod tests {
         assert_eq!(ix.groups[&1].meta, Some(Bytes::from_static(b"m1")));
         assert!(!ix.groups.contains_key(&2));
         assert_eq!(ix.cached_bytes_total, total);
+    }
+
+    /// A compaction moves the shorter side of the log into its undo record
+    /// (the dropped front, or the kept suffix): either way a failed batch
+    /// restores the exact state, and the cached byte counts stay right.
+    #[test]
+    fn compaction_undo_restores_either_side() {
+        let cases = [
+            (3u64, 0u64),
+            (8, 0),
+            (3, 9),
+            (8, 9),
+            (10, 0),
+            (3, 5),
+            (8, 5),
+        ];
+        for (marker_index, conflict_at) in cases {
+            let mut ix = Index::default();
+            append(&mut ix, 1, 1, 1, &[1; 10], None).unwrap();
+            let locs: Vec<Loc> = (0..10)
+                .map(|k| Loc {
+                    segment: 1,
+                    offset: 100 * k,
+                    bytes: 4,
+                    crc: 0,
+                })
+                .collect();
+            // Durable and located: trimmed to 16 bytes, slots 1..=6 lose
+            // their payload (cache_lo 7).
+            ix.set_locations(1, 1, 1, &locs, 1, 16);
+            assert_eq!((ix.groups[&1].cache_lo, ix.cached_bytes_total), (7, 16));
+            if conflict_at > 0 {
+                append(&mut ix, 1, 2, conflict_at, &[2; 6], None).unwrap();
+            }
+            let before = format!("{:?}", ix.groups.get(&1));
+            let total = ix.cached_bytes_total;
+            let mut undo = Vec::new();
+            let term = ix.groups[&1].term(marker_index).unwrap();
+            ix.apply(
+                1,
+                3,
+                Change::Snapshot {
+                    marker: SnapshotMarker {
+                        index: marker_index,
+                        term,
+                    },
+                    seg: None,
+                },
+                Some(&mut undo),
+            )
+            .unwrap();
+            let g = &ix.groups[&1];
+            assert_eq!(g.first_index(), marker_index + 1);
+            let cached: u64 = g.slots.iter().map(slot_bytes).sum();
+            assert_eq!((g.cached_bytes, ix.cached_bytes_total), (cached, cached));
+            ix.revert(undo);
+            assert_eq!(format!("{:?}", ix.groups.get(&1)), before);
+            assert_eq!(ix.cached_bytes_total, total);
+        }
     }
 
     #[test]
