@@ -1,10 +1,12 @@
 //! Jepsen-style fault test of three real `flotilla node` processes.
 //!
 //! Six client threads issue random GET / SET / INCRBY / GETSET / SETNX /
-//! DEL over ten keys through the Redis protocol (short timeouts, any node),
-//! while a nemesis thread kills -9 and restarts a node, pauses one (or the
-//! leader of a group) with SIGSTOP for a few seconds and resumes it with
-//! SIGCONT. At the end every fault is healed, the cluster gets time to
+//! DEL over ten keys through the Redis protocol and compare-and-set through
+//! HTTP (`POST /kv/{key}/cas`) (short timeouts, any node),
+//! while a nemesis thread, one fault at a time, kills -9 and restarts a
+//! node, the leader of a group, two nodes or all three, or pauses a node,
+//! a leader or two nodes with SIGSTOP for a few seconds and resumes them
+//! with SIGCONT. At the end every fault is healed, the cluster gets time to
 //! settle, and every key is read from every node. The recorded history
 //! must be linearizable per key (`flotilla_tests::checker`), every
 //! acknowledged write must be the final value or overwritten, no node may
@@ -14,7 +16,9 @@
 //! Outcomes: a reply is `ok`; `-TRYAGAIN` / `-NOTLEADER` (the server says
 //! the request was not applied) is `fail`; a timeout, a dropped connection
 //! or any other error is `info` (maybe applied, at any later time), after
-//! which the client reconnects as a new process.
+//! which the client reconnects as a new process. Over HTTP, 200 and 409
+//! `cas_failed` are answers, 503 `no_leader` / `not_leader` / `busy` /
+//! `retry` are `fail`, anything else `info`.
 //!
 //! Knobs: `FLOTILLA_SOAK_SECS=N` runs the workload N seconds (default 40);
 //! `FLOTILLA_FAULTS_CONSISTENCY=lease|stale` reads with that consistency
@@ -81,12 +85,6 @@ fn outcome_of_error(e: &redis::RedisError) -> Outcome {
     }
 }
 
-/// A GET reply value: absent, an integer, or something the workload never
-/// wrote (recorded as a value no op writes, so the checker flags it).
-fn int_value(v: Option<String>) -> Option<i64> {
-    v.map(|s| s.parse::<i64>().unwrap_or(i64::MIN))
-}
-
 fn connect(addr: SocketAddr) -> Option<redis::Connection> {
     let client = redis::Client::open(format!("redis://{addr}/")).ok()?;
     let conn = client
@@ -107,45 +105,167 @@ fn connect(addr: SocketAddr) -> Option<redis::Connection> {
 /// Runs `call` on `key` over `conn`; returns the outcome (the caller
 /// drops the connection unless it is `Ok` or `Fail`).
 fn run(conn: &mut redis::Connection, key: &str, call: Call) -> Outcome {
-    let r: Result<Ret, redis::RedisError> = match call {
-        Call::Read => redis::cmd("GET")
-            .arg(key)
-            .query::<Option<String>>(conn)
-            .map(|v| Ret::Value(int_value(v))),
-        Call::Write(v) => redis::cmd("SET")
-            .arg(key)
-            .arg(v)
-            .query::<String>(conn)
-            .map(|_| Ret::Unit),
-        Call::Delete => redis::cmd("DEL").arg(key).query::<i64>(conn).map(Ret::Int),
-        Call::Incr(d) => redis::cmd("INCRBY")
-            .arg(key)
-            .arg(d)
-            .query::<i64>(conn)
-            .map(Ret::Int),
-        Call::Swap(v) => redis::cmd("GETSET")
-            .arg(key)
-            .arg(v)
-            .query::<Option<String>>(conn)
-            .map(|p| Ret::Value(int_value(p))),
-        Call::SetNx(v) => redis::cmd("SETNX")
-            .arg(key)
-            .arg(v)
-            .query::<i64>(conn)
-            .map(|n| Ret::Bool(n == 1)),
-        Call::Cas { .. } => unreachable!("no compare-and-set in the Redis protocol"),
-    };
-    match r {
-        Ok(ret) => Outcome::Ok(ret),
+    match command(key, call).query::<redis::Value>(conn) {
+        Ok(v) => value_outcome(call, v),
         Err(e) => outcome_of_error(&e),
     }
 }
 
-/// One client thread: random ops until `stop`.
+/// The Redis command of `call` (not compare-and-set, which goes over HTTP).
+fn command(key: &str, call: Call) -> redis::Cmd {
+    let (name, arg) = match call {
+        Call::Read => ("GET", None),
+        Call::Write(v) => ("SET", Some(v)),
+        Call::Delete => ("DEL", None),
+        Call::Incr(d) => ("INCRBY", Some(d)),
+        Call::Swap(v) => ("GETSET", Some(v)),
+        Call::SetNx(v) => ("SETNX", Some(v)),
+        Call::Cas { .. } => unreachable!("compare-and-set goes over HTTP"),
+    };
+    let mut cmd = redis::cmd(name);
+    cmd.arg(key);
+    if let Some(a) = arg {
+        cmd.arg(a);
+    }
+    cmd
+}
+
+/// The outcome of `call` from its reply. A reply of the wrong type is
+/// recorded as an answer no register can give, so the checker flags it.
+fn value_outcome(call: Call, v: redis::Value) -> Outcome {
+    use redis::Value as V;
+    let bogus = Outcome::Ok(Ret::Int(i64::MIN));
+    let value = |v: V| match v {
+        V::Nil => Some(None),
+        V::BulkString(b) => Some(Some(
+            std::str::from_utf8(&b)
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok())
+                .unwrap_or(i64::MIN),
+        )),
+        _ => None,
+    };
+    if let V::ServerError(e) = &v {
+        return match e.code() {
+            "TRYAGAIN" | "NOTLEADER" => Outcome::Fail,
+            _ => Outcome::Info,
+        };
+    }
+    match call {
+        Call::Read | Call::Swap(_) => value(v).map_or(bogus, |x| Outcome::Ok(Ret::Value(x))),
+        Call::Write(_) => match v {
+            V::Okay | V::SimpleString(_) => Outcome::Ok(Ret::Unit),
+            _ => bogus,
+        },
+        Call::Delete | Call::Incr(_) => match v {
+            V::Int(n) => Outcome::Ok(Ret::Int(n)),
+            _ => bogus,
+        },
+        Call::SetNx(_) => match v {
+            V::Int(n) => Outcome::Ok(Ret::Bool(n == 1)),
+            _ => bogus,
+        },
+        Call::Cas { .. } => unreachable!("compare-and-set goes over HTTP"),
+    }
+}
+
+/// Runs `calls` as one pipeline; every op is concurrent with the others
+/// (invoked when the pipeline is sent, completed when its last reply
+/// arrives). A transport error makes every outcome unknown.
+fn run_pipeline(conn: &mut redis::Connection, calls: &[(String, Call)]) -> Vec<Outcome> {
+    let mut pipe = redis::pipe();
+    for (key, call) in calls {
+        pipe.add_command(command(key, *call));
+    }
+    match pipe.ignore_errors().query::<Vec<redis::Value>>(conn) {
+        Ok(values) if values.len() == calls.len() => calls
+            .iter()
+            .zip(values)
+            .map(|((_, c), v)| value_outcome(*c, v))
+            .collect(),
+        Ok(_) => vec![Outcome::Ok(Ret::Int(i64::MIN)); calls.len()],
+        Err(_) => vec![Outcome::Info; calls.len()],
+    }
+}
+
+/// Compare-and-set over HTTP (`POST /kv/{key}/cas`), on a new connection.
+fn http_cas(addr: SocketAddr, key: &str, expect: Option<i64>, new: i64) -> Outcome {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        // Not sent at all.
+        return Outcome::Fail;
+    };
+    let _ = s.set_read_timeout(Some(CLIENT_TIMEOUT));
+    let _ = s.set_write_timeout(Some(CLIENT_TIMEOUT));
+    let expected = expect.map_or_else(|| "null".to_string(), |v| format!("\"{v}\""));
+    let body = format!("{{\"expected\": {expected}, \"new\": \"{new}\"}}");
+    let request = format!(
+        "POST /kv/{key}/cas?timeout_ms={REQUEST_TIMEOUT_MS} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(request.as_bytes()).is_err() {
+        return Outcome::Info;
+    }
+    let mut out = String::new();
+    if s.read_to_string(&mut out).is_err() {
+        return Outcome::Info;
+    }
+    let status: u16 = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or("", |x| x.1);
+    let code = |c: &str| {
+        body.contains(&format!("\"code\":\"{c}\"")) || body.contains(&format!("\"code\": \"{c}\""))
+    };
+    match status {
+        200 if body.contains("\"swapped\":true") || body.contains("\"swapped\": true") => {
+            Outcome::Ok(Ret::Bool(true))
+        }
+        409 if code("cas_failed") => Outcome::Ok(Ret::Bool(false)),
+        // The server says it was not applied.
+        503 if ["no_leader", "not_leader", "busy", "retry"]
+            .iter()
+            .any(|c| code(c)) =>
+        {
+            Outcome::Fail
+        }
+        _ => Outcome::Info,
+    }
+}
+
+/// A random op of the workload on `key`; `value` is unique to it.
+fn random_call(rng: &mut Rng, value: i64, expect: Option<i64>, cas: bool) -> Call {
+    match rng.below(if cas { 100 } else { 95 }) {
+        0..=34 => Call::Read,
+        35..=59 => Call::Write(value),
+        60..=74 => Call::Incr(1 + rng.below(3) as i64),
+        75..=84 => Call::Swap(value),
+        85..=89 => Call::SetNx(value),
+        90..=94 => Call::Delete,
+        _ => Call::Cas { expect, new: value },
+    }
+}
+
+/// What the client learns of a key's value from an answer.
+fn observed(call: Call, outcome: Outcome) -> Option<Option<i64>> {
+    match (call, outcome) {
+        (Call::Read, Outcome::Ok(Ret::Value(v))) => Some(v),
+        (Call::Incr(_), Outcome::Ok(Ret::Int(v))) => Some(Some(v)),
+        (Call::Write(v) | Call::Swap(v), Outcome::Ok(_)) => Some(Some(v)),
+        (Call::Cas { new, .. }, Outcome::Ok(Ret::Bool(true))) => Some(Some(new)),
+        _ => None,
+    }
+}
+
+/// One client thread: random ops until `stop`; one in six rounds is a
+/// pipeline of 2..=6 ops over random keys.
 fn client(
     index: u64,
     seed: u64,
     addrs: Vec<SocketAddr>,
+    http_addrs: Vec<SocketAddr>,
     rec: Arc<Recorder>,
     stop: Arc<AtomicBool>,
     acked: Arc<AtomicU64>,
@@ -154,6 +274,8 @@ fn client(
     let mut process = index;
     let mut seq = 0u64;
     let mut conn: Option<redis::Connection> = None;
+    // The last value this client saw per key: what its CAS expects.
+    let mut seen: std::collections::HashMap<String, Option<i64>> = Default::default();
     while !stop.load(Ordering::Relaxed) {
         if conn.is_none() {
             conn = connect(addrs[rng.below(addrs.len() as u64) as usize]);
@@ -162,32 +284,54 @@ fn client(
                 continue;
             }
         }
-        let key = key_name(rng.below(KEYS));
-        seq += 1;
-        // Unique values, 1000 apart, so increments rarely collide.
-        let value = ((index + 1) * 1_000_000_000 + seq * 1_000) as i64;
-        let call = match rng.below(100) {
-            0..=39 => Call::Read,
-            40..=64 => Call::Write(value),
-            65..=79 => Call::Incr(1 + rng.below(3) as i64),
-            80..=89 => Call::Swap(value),
-            90..=94 => Call::SetNx(value),
-            _ => Call::Delete,
+        let batch = if rng.below(6) == 0 {
+            2 + rng.below(5)
+        } else {
+            1
         };
-        let pending = rec.invoke(process, &key, call);
-        let outcome = run(conn.as_mut().expect("connected"), &key, call);
-        rec.complete(pending, outcome);
-        match outcome {
-            Outcome::Ok(_) => {
-                acked.fetch_add(1, Ordering::Relaxed);
+        let calls: Vec<(String, Call)> = (0..batch)
+            .map(|_| {
+                let key = key_name(rng.below(KEYS));
+                seq += 1;
+                // Unique values, 1000 apart, so increments rarely collide.
+                let value = ((index + 1) * 1_000_000_000 + seq * 1_000) as i64;
+                let expect = seen.get(&key).copied().flatten();
+                let call = random_call(&mut rng, value, expect, batch == 1);
+                (key, call)
+            })
+            .collect();
+        let pending: Vec<_> = calls
+            .iter()
+            .map(|(key, call)| rec.invoke(process, key, *call))
+            .collect();
+        let c = conn.as_mut().expect("connected");
+        let outcomes = match calls[0].1 {
+            Call::Cas { expect, new } => {
+                let node = rng.below(http_addrs.len() as u64) as usize;
+                vec![http_cas(http_addrs[node], &calls[0].0, expect, new)]
             }
-            Outcome::Fail => std::thread::park_timeout(Duration::from_millis(10)),
-            Outcome::Info => {
-                // This process may still have an op in flight: a new one
-                // takes over, on a new connection.
-                conn = None;
-                process += CLIENTS;
+            call if batch == 1 => vec![run(c, &calls[0].0, call)],
+            _ => run_pipeline(c, &calls),
+        };
+        let mut unknown = false;
+        for ((p, (key, call)), outcome) in pending.into_iter().zip(&calls).zip(outcomes) {
+            rec.complete(p, outcome);
+            if let Some(v) = observed(*call, outcome) {
+                seen.insert(key.clone(), v);
             }
+            match outcome {
+                Outcome::Ok(_) => {
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+                Outcome::Fail => {}
+                Outcome::Info => unknown = true,
+            }
+        }
+        if unknown {
+            // This process may still have an op in flight: a new one
+            // takes over, on a new connection.
+            conn = None;
+            process += CLIENTS;
         }
     }
 }
@@ -262,43 +406,62 @@ fn nemesis(
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let fault = rng.below(4);
-        // Target: a random node, or the leader of a random group.
-        let target = if fault >= 2 {
+        // Targets: one random node, the leader of a random group, two
+        // nodes (no majority left), or all three (a cluster-wide crash:
+        // every acknowledged write must come back from disk).
+        let fault = rng.below(10);
+        let leader = |rng: &mut Rng, nodes: &[NodeProc]| {
             let g = 1 + rng.below(kv_groups);
             match leader_of(&nodes[rng.below(3) as usize], g) {
                 Some(l) => (l - 1) as usize,
                 None => rng.below(3) as usize,
             }
-        } else {
-            rng.below(3) as usize
+        };
+        let (targets, kill): (Vec<usize>, bool) = match fault {
+            0..=2 => (vec![rng.below(3) as usize], true),
+            3 | 4 => (vec![rng.below(3) as usize], false),
+            5 | 6 => (vec![leader(&mut rng, nodes)], true),
+            7 => (vec![leader(&mut rng, nodes)], false),
+            8 => ((0..3).collect(), true),
+            _ => {
+                let spared = rng.below(3) as usize;
+                ((0..3).filter(|i| *i != spared).collect(), rng.below(2) == 0)
+            }
         };
         let down = rng.millis(1_000, 4_000);
-        let id = nodes[target].id;
-        if fault % 2 == 0 {
+        let ids: Vec<u64> = targets.iter().map(|&i| nodes[i].id).collect();
+        if kill {
             log.events.push(format!(
-                "{:?}: kill -9 node {id}, restart after {down:?}",
+                "{:?}: kill -9 nodes {ids:?}, restart after {down:?}",
                 t0.elapsed()
             ));
-            nodes[target].kill9();
+            for &i in &targets {
+                nodes[i].kill9();
+            }
             sleep_checking(nodes, &mut log, t0, down, stop);
-            nodes[target].start();
+            for &i in &targets {
+                nodes[i].start();
+            }
             log.events
-                .push(format!("{:?}: restarted node {id}", t0.elapsed()));
+                .push(format!("{:?}: restarted nodes {ids:?}", t0.elapsed()));
         } else {
             log.events.push(format!(
-                "{:?}: SIGSTOP node {id} for {down:?}",
+                "{:?}: SIGSTOP nodes {ids:?} for {down:?}",
                 t0.elapsed()
             ));
-            if let Some(c) = nodes[target].child.as_ref() {
-                signal(c, "STOP");
+            for &i in &targets {
+                if let Some(c) = nodes[i].child.as_ref() {
+                    signal(c, "STOP");
+                }
             }
             sleep_checking(nodes, &mut log, t0, down, stop);
-            if let Some(c) = nodes[target].child.as_ref() {
-                signal(c, "CONT");
+            for &i in &targets {
+                if let Some(c) = nodes[i].child.as_ref() {
+                    signal(c, "CONT");
+                }
             }
             log.events
-                .push(format!("{:?}: SIGCONT node {id}", t0.elapsed()));
+                .push(format!("{:?}: SIGCONT nodes {ids:?}", t0.elapsed()));
         }
     }
     log
@@ -323,6 +486,7 @@ fn save_evidence(history: &[Op], nodes: &[NodeProc], extra: &str) -> PathBuf {
 fn limits() -> CheckLimits {
     CheckLimits {
         configurations_max: 5_000_000,
+        memo_bytes_max: 2 << 30,
         threads: 2,
     }
 }
@@ -371,6 +535,7 @@ fn histories_under_kill_pause_and_restart_are_linearizable() {
     }
     eprintln!("cluster ready in {:?}", started.elapsed());
     let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.resp).collect();
+    let http_addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.http).collect();
     let rec = Arc::new(Recorder::new());
     let stop_clients = Arc::new(AtomicBool::new(false));
     let stop_nemesis = Arc::new(AtomicBool::new(false));
@@ -378,13 +543,14 @@ fn histories_under_kill_pause_and_restart_are_linearizable() {
     let t0 = Instant::now();
     let clients: Vec<_> = (0..CLIENTS)
         .map(|i| {
-            let (addrs, rec, stop, acked) = (
+            let (addrs, http_addrs, rec, stop, acked) = (
                 addrs.clone(),
+                http_addrs.clone(),
                 rec.clone(),
                 stop_clients.clone(),
                 acked.clone(),
             );
-            std::thread::spawn(move || client(i, seed, addrs, rec, stop, acked))
+            std::thread::spawn(move || client(i, seed, addrs, http_addrs, rec, stop, acked))
         })
         .collect();
     let nemesis_thread = {

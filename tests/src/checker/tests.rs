@@ -292,6 +292,7 @@ fn search_bound_gives_inconclusive_not_valid() {
         &CheckLimits {
             configurations_max: 50,
             threads: 1,
+            ..CheckLimits::default()
         },
     );
     assert!(!r.is_valid());

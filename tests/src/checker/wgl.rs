@@ -34,6 +34,10 @@ pub struct CheckLimits {
     /// Most distinct configurations (linearized set, state) one key may
     /// visit before its result is `Inconclusive`.
     pub configurations_max: u64,
+    /// Most bytes the memo of one key may hold (each configuration keeps
+    /// its set of linearized ops: one bit per op); the effective bound on
+    /// configurations is the smaller of the two.
+    pub memo_bytes_max: u64,
     /// Keys checked at once.
     pub threads: usize,
 }
@@ -42,6 +46,7 @@ impl Default for CheckLimits {
     fn default() -> CheckLimits {
         CheckLimits {
             configurations_max: 2_000_000,
+            memo_bytes_max: 1 << 30,
             threads: 2,
         }
     }
@@ -317,6 +322,10 @@ pub fn check_key(key: &str, ops: &[Op], limits: &CheckLimits) -> KeyResult {
         sets: Vec::new(),
     };
     let words = n.div_ceil(64).max(1);
+    let per_configuration_bytes = (words * 8 + 48) as u64;
+    let configurations_max = limits
+        .configurations_max
+        .min(limits.memo_bytes_max / per_configuration_bytes);
     let mut linearized = vec![0u64; words];
     let mut hash = 0u64;
     let mut state: State = None;
@@ -343,7 +352,7 @@ pub fn check_key(key: &str, ops: &[Op], limits: &CheckLimits) -> KeyResult {
                 let h = hash ^ zobrist[op];
                 if cache.insert(h, &linearized, after) {
                     configurations += 1;
-                    if configurations > limits.configurations_max {
+                    if configurations > configurations_max {
                         return KeyResult::Inconclusive { configurations };
                     }
                     stack.push((op, state));
