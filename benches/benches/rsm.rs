@@ -19,6 +19,9 @@
 //!    (c) random gets, (d) random gets through the query path, (e) delete
 //!    and re-insert. `FLOTILLA_BENCH_ENGINE_ONLY=1` runs only this section.
 //!
+//! `FLOTILLA_BENCH_SNAPSHOT_ONLY=1` runs only section 2 and the in-memory
+//! rows of section 3.
+//!
 //! `cargo bench -p flotilla-benches --bench rsm`. `FLOTILLA_BENCH_KEYS` sets
 //! the number of commands per 16 B apply row (default 1,000,000; the 1 KiB
 //! rows use a quarter), `FLOTILLA_BENCH_SNAPSHOT_KEYS` the snapshot map size
@@ -67,6 +70,15 @@ fn row(name: &str, ops: usize, elapsed: Duration) {
         secs * 1e9 / ops as f64,
         ops,
         secs
+    );
+}
+
+fn cpu_row(name: &str, ops: usize, cpu_ns: u64) {
+    println!(
+        "{:<58} {:>8.1} ns/op CPU ({} ops)",
+        name,
+        cpu_ns as f64 / ops as f64,
+        ops
     );
 }
 
@@ -184,6 +196,7 @@ fn read_section(n: usize) {
     assert!(found > 0);
     let scans = 10_000;
     let start = Instant::now();
+    let cpu = thread_cpu_ns();
     for i in 0..scans {
         let q = KvQuery::Scan {
             start: key(i * 97 % n),
@@ -195,6 +208,11 @@ fn read_section(n: usize) {
         rsm.query(&q).expect("scan");
     }
     row("query scan, 100 pairs", scans, start.elapsed());
+    cpu_row(
+        "query scan, 100 pairs: CPU",
+        scans,
+        thread_cpu_ns().saturating_sub(cpu),
+    );
 }
 
 /// The snapshot rows: capture, save and recover through memory (on this
@@ -220,8 +238,18 @@ fn snapshot_section(n: usize) {
 
     let mut buf = Vec::new();
     let start = Instant::now();
+    let cpu = thread_cpu_ns();
     let info = block_on(writer.write_to(&mut buf)).expect("write");
-    mb_row("save to memory", info.total_bytes, start.elapsed(), "");
+    let cpu = thread_cpu_ns().saturating_sub(cpu);
+    mb_row(
+        "save to memory",
+        info.total_bytes,
+        start.elapsed(),
+        &format!(
+            ", {:.0} MB/s of CPU time",
+            info.total_bytes as f64 * 1e3 / cpu as f64
+        ),
+    );
 
     // The live map diverges from the view: first writes copy shared nodes.
     row(
@@ -239,9 +267,15 @@ fn snapshot_section(n: usize) {
 
     let mut replica = kv();
     let start = Instant::now();
+    let cpu = thread_cpu_ns();
     block_on(replica.recover(&mut &buf[..])).expect("recover");
+    let cpu = thread_cpu_ns().saturating_sub(cpu);
     let t = start.elapsed();
-    let keys_per_s = format!(", {:.2} M keys/s", n as f64 / 1e6 / t.as_secs_f64());
+    let keys_per_s = format!(
+        ", {:.2} M keys/s, {:.0} MB/s of CPU time",
+        n as f64 / 1e6 / t.as_secs_f64(),
+        info.total_bytes as f64 * 1e3 / cpu as f64
+    );
     mb_row(
         "recover from memory (verify + rebuild)",
         info.total_bytes,
@@ -251,6 +285,9 @@ fn snapshot_section(n: usize) {
     drop(replica);
     drop(buf);
     drop(payloads);
+    if std::env::var("FLOTILLA_BENCH_SNAPSHOT_ONLY").is_ok_and(|v| v == "1") {
+        return;
+    }
     file_rows(n, info.total_bytes);
 }
 
@@ -697,6 +734,11 @@ fn main() {
          {SESSION_CLIENTS} session clients, snapshot of {snapshot_keys} keys",
         n16 / 4
     );
+    if std::env::var("FLOTILLA_BENCH_SNAPSHOT_ONLY").is_ok_and(|v| v == "1") {
+        read_section(n16);
+        snapshot_section(snapshot_keys);
+        return;
+    }
     apply_section(n16);
     read_section(n16);
     snapshot_section(snapshot_keys);

@@ -37,6 +37,7 @@
 //! depends on random seeds and is never iterated.
 
 use std::cell::{Cell, Ref, RefCell};
+use std::rc::Rc;
 
 use bytes::Bytes;
 
@@ -60,17 +61,23 @@ fn pending_max(tree_len: usize) -> usize {
 }
 
 /// Key creations and deletions not yet merged into the tree, in apply
-/// order, or sorted by key (stable: per key still in apply order).
+/// order, or sorted by key (stable: per key still in apply order). Behind
+/// an `Rc`, so a capture shares it (copied on the next push, once per view).
 ///
 /// Sorting does not change what the buffer means (only the order of
 /// operations on the *same* key matters, and a stable sort keeps it), so
 /// ordered reads sort it through `&self`. A `RefCell` borrow is taken
 /// mutably only to sort, and only when `sorted` is false; every shared
-/// borrow (held by a live ordered iterator) is taken after a sort, and
-/// `sorted` turns false only through `&mut` (a push), which cannot coexist
-/// with an iterator. So the mutable borrow never meets a shared one.
+/// borrow (held by a live ordered iterator) is taken after a sort. `sorted`
+/// turns false only in a push, through `&mut` and `Rc::make_mut`: on a
+/// buffer no other map shares (a shared one is copied first) and that no
+/// iterator borrows (`&mut`). So the mutable borrow never meets a shared
+/// one.
 #[derive(Clone, Default)]
-struct Pending {
+struct Pending(Rc<PendingOps>);
+
+#[derive(Clone, Default)]
+struct PendingOps {
     ops: RefCell<Vec<(Key, Op)>>,
     sorted: Cell<bool>,
 }
@@ -83,40 +90,52 @@ enum Op {
 
 impl Pending {
     fn len(&self) -> usize {
-        self.ops.borrow().len()
+        self.0.ops.borrow().len()
     }
 
     fn push(&mut self, key: Key, op: Op) {
-        let ops = self.ops.get_mut();
+        let p = Rc::make_mut(&mut self.0);
+        let ops = p.ops.get_mut();
         if ops.is_empty() {
-            self.sorted.set(true);
-        } else if self.sorted.get() && ops.last().is_some_and(|(l, _)| *l > key) {
-            self.sorted.set(false);
+            p.sorted.set(true);
+        } else if p.sorted.get() && ops.last().is_some_and(|(l, _)| *l > key) {
+            p.sorted.set(false);
         }
         ops.push((key, op));
     }
 
     /// The operations sorted by key (per key in apply order).
     fn sorted(&self) -> Ref<'_, Vec<(Key, Op)>> {
-        if !self.sorted.get() {
+        if !self.0.sorted.get() {
             // Runs first (the live part is usually a sorted prefix from the
             // previous ordered read plus an appended tail): the stable sort
             // merges them.
-            self.ops.borrow_mut().sort_by(|a, b| a.0.cmp(&b.0));
-            self.sorted.set(true);
+            self.0.ops.borrow_mut().sort_by(|a, b| a.0.cmp(&b.0));
+            self.0.sorted.set(true);
         }
-        self.ops.borrow()
+        self.0.ops.borrow()
     }
 
-    /// Takes the operations out, sorted, leaving the buffer empty (its
-    /// allocation kept when it is large, so a busy store does not regrow
-    /// it; dropped when small, so an idle store holds nothing).
+    /// Takes the operations out, sorted, leaving the buffer empty.
     fn take_sorted(&mut self) -> Vec<(Key, Op)> {
-        if !self.sorted.get() {
-            self.ops.get_mut().sort_by(|a, b| a.0.cmp(&b.0));
+        let p = Rc::make_mut(&mut self.0);
+        if !p.sorted.get() {
+            p.ops.get_mut().sort_by(|a, b| a.0.cmp(&b.0));
         }
-        self.sorted.set(true);
-        std::mem::take(self.ops.get_mut())
+        p.sorted.set(true);
+        std::mem::take(p.ops.get_mut())
+    }
+
+    /// Gives an emptied buffer back, so a busy store does not regrow it
+    /// (an idle store's small one is dropped instead).
+    fn recycle(&mut self, mut ops: Vec<(Key, Op)>) {
+        if ops.capacity() > 4 * PENDING_MIN {
+            ops.clear();
+            let p = Rc::make_mut(&mut self.0);
+            if p.ops.get_mut().is_empty() {
+                *p.ops.get_mut() = ops;
+            }
+        }
     }
 }
 
@@ -241,11 +260,7 @@ impl CowMap {
             i = j;
         }
         debug_assert_eq!(self.order.len(), self.values.len());
-        if ops.capacity() > 4 * PENDING_MIN {
-            let mut ops = ops;
-            ops.clear();
-            *self.pending.ops.get_mut() = ops;
-        }
+        self.pending.recycle(ops);
     }
 
     /// Pairs with `start <= key < end` in key order.
@@ -312,8 +327,8 @@ impl CowMap {
         // index's keys, every operation possible when it was made.
         let mut keys: std::collections::BTreeSet<Key> =
             self.order.iter().map(|(k, _)| k.clone()).collect();
-        let ops = self.pending.ops.borrow();
-        if self.pending.sorted.get() {
+        let ops = self.pending.0.ops.borrow();
+        if self.pending.0.sorted.get() {
             assert!(ops.windows(2).all(|w| w[0].0 <= w[1].0), "flagged sorted");
         }
         for (k, op) in ops.iter() {
