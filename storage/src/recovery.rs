@@ -20,8 +20,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 
-use glommio::io::{DmaFile, OpenOptions, ReadResult};
+use glommio::io::{DmaFile, OpenOptions};
 
 use crate::error::{Corruption, WalError};
 use crate::format::{
@@ -31,7 +32,7 @@ use crate::format::{
 use crate::fsutil;
 use crate::index::{GroupState, Index, Loc, Slot};
 use crate::types::{GroupId, HardState, SnapshotMarker};
-use crate::wal::{parse_segment_name, SegFile, WalOptions, MANIFEST_NAME};
+use crate::wal::{parse_segment_name, AlignedBuf, SegFile, WalOptions, MANIFEST_NAME};
 
 pub(crate) struct Recovered {
     pub index: Index,
@@ -53,58 +54,158 @@ fn corrupt(path: &Path, offset: u64, kind: Corruption) -> WalError {
     }
 }
 
+/// A window read on glommio's blocking thread: the buffer comes back with
+/// the bytes read (or the error).
+type WindowRead =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (AlignedBuf, std::io::Result<usize>)>>>;
+
 /// Reads one segment front to back through aligned windows. A range that
 /// crosses windows (a frame larger than the window or across a boundary) is
-/// stitched in `scratch`. (A read-ahead task overlapping the CRC work with
-/// the next read was tried; with it, glommio 0.9 executors were seen to park
-/// for good now and then, so reads are sequential.)
+/// stitched in `scratch`.
+///
+/// Windows are read with `pread` on a duplicate of the segment's O_DIRECT
+/// descriptor, on glommio's blocking thread, into two reused aligned
+/// buffers: no fresh DMA buffer (and page faults) per window, and the next
+/// window is read while this executor checks the current one (a job on the
+/// blocking thread runs without waiting for the executor to poll its
+/// rings; a read-ahead *task* was tried before and executors were seen to
+/// park for good with it). At most one read is in flight; it is awaited
+/// before the reader is dropped (`finish`).
 struct Reader {
     file: Rc<DmaFile>,
+    /// Duplicate descriptor for the blocking thread (made on first read).
+    fd: Option<Arc<std::fs::File>>,
     path: PathBuf,
     /// Readable end of the segment.
     end: u64,
     window_bytes: u64,
     start: u64,
-    buf: Option<ReadResult>,
+    buf: Option<AlignedBuf>,
+    /// A buffer not in use (recycled from the previous window).
+    spare: Option<AlignedBuf>,
+    /// The window being read ahead: `(offset, size, read)`.
+    ahead: Option<(u64, u64, WindowRead)>,
     scratch: Vec<u8>,
-    /// Bytes read from disk.
+    /// Bytes read from disk and used.
     bytes_read: u64,
+}
+
+/// `pread` until `buf` is full or the file ends.
+fn pread_full(file: &std::fs::File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], at + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        // O_DIRECT: a short read ends at the end of the file (or a block
+        // boundary); continue only from an aligned position.
+        if done % BLOCK_BYTES as usize != 0 {
+            break;
+        }
+    }
+    Ok(done)
 }
 
 impl Reader {
     fn new(file: Rc<DmaFile>, path: PathBuf, end: u64, window_bytes: u64) -> Self {
         Self {
             file,
+            fd: None,
             path,
             end,
-            window_bytes,
+            // O_DIRECT reads need block multiples.
+            window_bytes: (window_bytes - window_bytes % BLOCK_BYTES).max(BLOCK_BYTES),
             start: 0,
             buf: None,
+            spare: None,
+            ahead: None,
             scratch: Vec::new(),
             bytes_read: 0,
         }
     }
 
     fn buf_end(&self) -> u64 {
-        self.start + self.buf.as_ref().map_or(0, |b| b.len() as u64)
+        self.start + self.buf.as_ref().map_or(0, |b| b.as_slice().len() as u64)
     }
 
     fn window_at(&self, at: u64) -> u64 {
         self.window_bytes.min(align_up(self.end).saturating_sub(at))
     }
 
-    /// Makes the window starting at `at` (aligned) current.
+    fn fd(&mut self) -> Result<Arc<std::fs::File>, WalError> {
+        if let Some(f) = &self.fd {
+            return Ok(f.clone());
+        }
+        use std::os::fd::{AsRawFd, BorrowedFd};
+        // SAFETY: the descriptor belongs to `self.file`, open for as long
+        // as this reader holds it; it is only duplicated here.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.file.as_raw_fd()) };
+        let owned = fd
+            .try_clone_to_owned()
+            .map_err(|e| WalError::io(&self.path, e))?;
+        let f = Arc::new(std::fs::File::from(owned));
+        self.fd = Some(f.clone());
+        Ok(f)
+    }
+
+    /// Starts reading `size` bytes at `at` on the blocking thread.
+    async fn start_read(&mut self, at: u64, size: u64) -> Result<WindowRead, WalError> {
+        let fd = self.fd()?;
+        let mut buf = match self.spare.take() {
+            Some(b) if b.capacity() >= size as usize => b,
+            _ => AlignedBuf::new(self.window_bytes as usize),
+        };
+        buf.set_len(size as usize);
+        let mut read: WindowRead = Box::pin(glommio::executor().spawn_blocking(move || {
+            let r = pread_full(&fd, buf.as_mut_slice(), at);
+            (buf, r)
+        }));
+        // The first poll hands the job to the thread.
+        if let Some(done) = futures_lite::future::poll_once(&mut read).await {
+            read = Box::pin(std::future::ready(done));
+        }
+        Ok(read)
+    }
+
+    /// Makes the window starting at `at` (aligned) current, and starts
+    /// reading the one after it.
     async fn load(&mut self, at: u64, size: u64) -> Result<(), WalError> {
         debug_assert_eq!(at % BLOCK_BYTES, 0);
-        self.buf = None;
-        let r = self
-            .file
-            .read_at_aligned(at, size as usize)
-            .await
-            .map_err(|e| WalError::io(&self.path, e))?;
-        self.bytes_read += r.len() as u64;
+        if let Some(old) = self.buf.take() {
+            self.spare = Some(old);
+        }
+        let read = match self.ahead.take() {
+            Some((a, s, read)) if a == at && s == size => read,
+            Some((_, _, other)) => {
+                // Not the window wanted (the scan jumped): drop its bytes.
+                let (b, _) = other.await;
+                self.spare = Some(b);
+                self.start_read(at, size).await?
+            }
+            None => self.start_read(at, size).await?,
+        };
+        let (mut buf, res) = read.await;
+        let n = match res {
+            Ok(n) => n,
+            Err(e) => {
+                self.spare = Some(buf);
+                return Err(WalError::io(&self.path, e));
+            }
+        };
+        buf.set_len(n);
+        self.bytes_read += n as u64;
         self.start = at;
-        self.buf = Some(r);
+        self.buf = Some(buf);
+        let next = at + n as u64;
+        let next_size = self.window_at(next);
+        if n as u64 == size && next_size > 0 {
+            let read = self.start_read(next, next_size).await?;
+            self.ahead = Some((next, next_size, read));
+        }
         Ok(())
     }
 
@@ -120,14 +221,14 @@ impl Reader {
             let (start, buf_end) = (self.start, self.buf_end());
             let inside = self.buf.is_some() && pos >= start && pos < buf_end;
             if inside && want_end <= buf_end {
-                let b = self.buf.as_ref().expect("checked");
+                let b = self.buf.as_ref().expect("checked").as_slice();
                 return Ok(&b[(pos - start) as usize..(want_end - start) as usize]);
             }
             if inside && buf_end % BLOCK_BYTES == 0 {
                 // Crosses into the following windows: stitch.
                 let mut scratch = std::mem::take(&mut self.scratch);
                 scratch.clear();
-                let b = self.buf.as_ref().expect("checked");
+                let b = self.buf.as_ref().expect("checked").as_slice();
                 scratch.extend_from_slice(&b[(pos - start) as usize..]);
                 loop {
                     let at = self.buf_end();
@@ -136,7 +237,7 @@ impl Reader {
                         break;
                     }
                     self.load(at, size).await?;
-                    let b = self.buf.as_ref().expect("loaded");
+                    let b = self.buf.as_ref().expect("loaded").as_slice();
                     let need = ((want_end - at) as usize).min(b.len());
                     scratch.extend_from_slice(&b[..need]);
                     if (b.len() as u64) < size {
@@ -158,9 +259,12 @@ impl Reader {
         }
     }
 
-    /// Releases the window.
+    /// Releases the window; waits for a read still in flight.
     async fn finish(&mut self) {
         self.buf = None;
+        if let Some((_, _, read)) = self.ahead.take() {
+            let _ = read.await;
+        }
     }
 }
 

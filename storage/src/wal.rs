@@ -55,7 +55,7 @@ pub(crate) struct AlignedBuf {
 }
 
 impl AlignedBuf {
-    fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         // Zero-initialised allocations of this size are fresh zero pages,
         // faulted in on first use only.
         let vec = vec![0u8; capacity + BLOCK_BYTES as usize];
@@ -66,13 +66,18 @@ impl AlignedBuf {
             len: capacity,
         }
     }
-    fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.vec.len() - self.start
     }
-    fn as_slice(&self) -> &[u8] {
+    /// Sets the length in use (at most the capacity).
+    pub(crate) fn set_len(&mut self, len: usize) {
+        assert!(len <= self.capacity());
+        self.len = len;
+    }
+    pub(crate) fn as_slice(&self) -> &[u8] {
         &self.vec[self.start..self.start + self.len]
     }
-    fn as_mut_slice(&mut self) -> &mut [u8] {
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
         &mut self.vec[self.start..self.start + self.len]
     }
 }
