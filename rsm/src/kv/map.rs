@@ -721,6 +721,45 @@ mod tests {
         same(&m, &model).unwrap();
     }
 
+    /// A view walked in key order while the original keeps changing (the
+    /// snapshot writer's situation): the view shares the pending buffer,
+    /// the original pushes, reads in order and merges meanwhile, and the
+    /// view's walk still yields exactly the state at its capture.
+    #[test]
+    fn a_view_walks_its_state_while_the_original_changes() {
+        let mut m = CowMap::default();
+        let mut model: Model<Bytes, Bytes> = Model::new();
+        for n in 0..3_000u32 {
+            let k = b(&n.wrapping_mul(2_654_435_761).to_be_bytes());
+            m.insert(&k, b(&n.to_le_bytes()));
+            model.insert(k, b(&n.to_le_bytes()));
+        }
+        assert!(m.pending_len() > 0, "some keys still pending");
+        let view = m.clone();
+        let mut walk = view.iter();
+        let mut seen: Vec<(Bytes, Bytes)> = walk
+            .by_ref()
+            .take(100)
+            .map(|(k, v)| (b(k), v.clone()))
+            .collect();
+        for n in 3_000..6_000u32 {
+            let k = b(&n.wrapping_mul(2_654_435_761).to_be_bytes());
+            m.insert(&k, b(b"later"));
+            if n % 500 == 0 {
+                assert!(m.range(&k, None).next().is_some());
+            }
+        }
+        for n in (0..3_000u32).step_by(3) {
+            m.remove(&n.wrapping_mul(2_654_435_761).to_be_bytes());
+        }
+        m.merge();
+        seen.extend(walk.map(|(k, v)| (b(k), v.clone())));
+        let want: Vec<(Bytes, Bytes)> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        assert_eq!(seen, want);
+        m.check_invariants();
+        view.check_invariants();
+    }
+
     /// Two maps with the same contents but different hash seeds iterate
     /// identically (the hash layout is never observable).
     #[test]
