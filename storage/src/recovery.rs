@@ -17,7 +17,7 @@
 //! The last segment with frames is the tail: writing resumes at its X.
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -30,8 +30,8 @@ use crate::format::{
     BLOCK_BYTES, FRAME_HEADER_BYTES,
 };
 use crate::fsutil;
-use crate::index::{GroupState, Index, Loc, Slot};
-use crate::types::{GroupId, HardState, SnapshotMarker};
+use crate::index::{GroupMap, GroupState, Index, Loc, Slot};
+use crate::types::{HardState, SnapshotMarker};
 use crate::wal::{parse_segment_name, AlignedBuf, SegFile, WalOptions, MANIFEST_NAME};
 
 pub(crate) struct Recovered {
@@ -428,17 +428,98 @@ struct ReplayGroup {
     marker_seg: Option<u64>,
     meta: Option<bytes::Bytes>,
     meta_seg: Option<u64>,
-    slots: BTreeMap<u64, Slot>,
+    slots: ReplaySlots,
     /// Where the group was last changed (for error reports).
     last_at: (u64, u64),
 }
 
-fn replay(
-    groups: &mut HashMap<GroupId, ReplayGroup>,
-    seq: u64,
-    frame_pos: u64,
-    recs: Vec<DecodedRecord>,
-) {
+/// A replayed group's entries by index. Live logs only ever extend or
+/// truncate-and-extend a contiguous run (`Run`, a deque: one push per
+/// entry); a record that would leave a hole (only a damaged log has one)
+/// switches the group to an exact map (`Map`) so that the final check
+/// reports it exactly as before. Both hold the same key set at all times.
+enum ReplaySlots {
+    /// Entries `base .. base + slots.len()`.
+    Run {
+        base: u64,
+        slots: VecDeque<Slot>,
+    },
+    Map(BTreeMap<u64, Slot>),
+}
+
+impl Default for ReplaySlots {
+    fn default() -> Self {
+        ReplaySlots::Run {
+            base: 0,
+            slots: VecDeque::new(),
+        }
+    }
+}
+
+impl ReplaySlots {
+    /// Removes every entry at or above `index` (conflict truncation) and
+    /// appends `new` at `index..`.
+    fn append(&mut self, index: u64, new: impl Iterator<Item = Slot>) {
+        match self {
+            ReplaySlots::Run { base, slots } => {
+                let end = *base + slots.len() as u64;
+                if slots.is_empty() || index <= *base {
+                    slots.clear();
+                    *base = index;
+                } else if index <= end {
+                    slots.truncate((index - *base) as usize);
+                } else {
+                    // A hole: keep exact keys from now on.
+                    let map: BTreeMap<u64, Slot> = (*base..).zip(std::mem::take(slots)).collect();
+                    *self = ReplaySlots::Map(map);
+                    return self.append(index, new);
+                }
+                slots.extend(new);
+            }
+            ReplaySlots::Map(m) => {
+                m.split_off(&index);
+                m.extend((index..).zip(new));
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = ReplaySlots::default();
+    }
+
+    /// Drops every entry at or below `index`.
+    fn drop_through(&mut self, index: u64) {
+        let keep_from = index.saturating_add(1);
+        match self {
+            ReplaySlots::Run { base, slots } => {
+                if keep_from > *base {
+                    let n = ((keep_from - *base) as usize).min(slots.len());
+                    slots.drain(..n);
+                    *base = keep_from;
+                }
+            }
+            ReplaySlots::Map(m) => *m = m.split_off(&keep_from),
+        }
+    }
+
+    /// The entries in index order if they are exactly `from..` with no
+    /// hole (or there are none), else `None`.
+    fn into_contiguous(self, from: u64) -> Option<VecDeque<Slot>> {
+        match self {
+            ReplaySlots::Run { slots, .. } if slots.is_empty() => Some(slots),
+            ReplaySlots::Run { base, slots } => (base == from).then_some(slots),
+            ReplaySlots::Map(m) => {
+                if (from..).zip(m.keys()).all(|(want, &k)| k == want) {
+                    Some(m.into_values().collect())
+                } else {
+                    None
+                }
+            }
+        }
+    }
+}
+
+fn replay(groups: &mut GroupMap<ReplayGroup>, seq: u64, frame_pos: u64, recs: Vec<DecodedRecord>) {
     for r in recs {
         match r {
             DecodedRecord::Entries {
@@ -447,9 +528,9 @@ fn replay(
                 metas,
             } => {
                 let g = groups.entry(group).or_default();
-                g.slots.split_off(&first_index);
-                for (k, m) in metas.iter().enumerate() {
-                    let slot = Slot {
+                g.slots.append(
+                    first_index,
+                    metas.iter().map(|m| Slot {
                         term: m.term,
                         kind: m.kind,
                         op_id: 0,
@@ -460,9 +541,8 @@ fn replay(
                             crc: m.payload_crc,
                         }),
                         payload: None,
-                    };
-                    g.slots.insert(first_index + k as u64, slot);
-                }
+                    }),
+                );
                 g.last_at = (seq, frame_pos);
             }
             DecodedRecord::HardState { group, state } => {
@@ -480,7 +560,7 @@ fn replay(
                 if drop_all {
                     g.slots.clear();
                 } else {
-                    g.slots = g.slots.split_off(&marker.index.saturating_add(1));
+                    g.slots.drop_through(marker.index);
                 }
                 g.marker = marker;
                 g.marker_seg = Some(seq);
@@ -500,24 +580,22 @@ fn replay(
 }
 
 /// Builds the index from replayed groups; a hole in a final log is an error.
-fn finish_replay(dir: &Path, groups: HashMap<GroupId, ReplayGroup>) -> Result<Index, WalError> {
+fn finish_replay(dir: &Path, groups: GroupMap<ReplayGroup>) -> Result<Index, WalError> {
     let mut index = Index::default();
     for (group, g) in groups {
-        for (expected, &k) in (g.marker.index + 1..).zip(g.slots.keys()) {
-            if k != expected {
-                tracing::error!(group, index = expected, "recovered log has a hole");
-                let (seq, pos) = g.last_at;
-                return Err(corrupt(
-                    &dir.join(format!("{seq:020}.wal")),
-                    pos,
-                    Corruption::InvalidReplay,
-                ));
-            }
-        }
+        let Some(slots) = g.slots.into_contiguous(g.marker.index + 1) else {
+            tracing::error!(group, "recovered log has a hole");
+            let (seq, pos) = g.last_at;
+            return Err(corrupt(
+                &dir.join(format!("{seq:020}.wal")),
+                pos,
+                Corruption::InvalidReplay,
+            ));
+        };
         let state = GroupState {
             hard_state: g.hard_state,
             marker: g.marker,
-            slots: g.slots.into_values().collect(),
+            slots,
             hs_seg: g.hs_seg,
             marker_seg: g.marker_seg,
             meta: g.meta,
@@ -586,7 +664,7 @@ pub(crate) async fn recover(dir: &Path, opts: &WalOptions) -> Result<Recovered, 
         });
     }
 
-    let mut replayed: HashMap<GroupId, ReplayGroup> = HashMap::new();
+    let mut replayed: GroupMap<ReplayGroup> = GroupMap::default();
     let mut all: Vec<(SegFile, u64, bool)> = Vec::new(); // (segment, end of frames, has frames)
     let mut last_seq: Option<u64> = None;
     let mut prev_end: Option<(PathBuf, u64)> = None;
@@ -781,4 +859,91 @@ pub(crate) async fn recover(dir: &Path, opts: &WalOptions) -> Result<Recovered, 
         frame_bytes,
         truncated_bytes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(term: u64) -> Slot {
+        Slot {
+            term,
+            kind: 0,
+            op_id: 0,
+            loc: None,
+            payload: None,
+        }
+    }
+
+    /// `ReplaySlots` (a run, or an exact map after a hole) holds exactly
+    /// the keys and terms of a plain map under random appends (with
+    /// conflict truncation and holes), compactions and clears, and reports
+    /// a hole above the marker exactly when the map has one.
+    #[test]
+    fn replay_slots_match_an_exact_map() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let (mut holes, mut runs) = (0, 0);
+        for case in 0..400 {
+            let mut fast = ReplaySlots::default();
+            let mut model: BTreeMap<u64, u64> = BTreeMap::new();
+            let mut marker = 0u64;
+            for step in 0..30 {
+                match next(10) {
+                    0..=6 => {
+                        // Mostly contiguous or truncating appends, sometimes a hole.
+                        let last = model.keys().next_back().copied().unwrap_or(marker);
+                        let at = match next(8) {
+                            0 => last + 2 + next(5),
+                            1 => 1 + next(last + 1),
+                            _ => last + 1,
+                        };
+                        let n = 1 + next(4);
+                        let term = case * 100 + step;
+                        fast.append(at, (0..n).map(|_| slot(term)));
+                        model.split_off(&at);
+                        model.extend((at..at + n).map(|i| (i, term)));
+                    }
+                    7 | 8 => {
+                        marker =
+                            marker.max(next(model.keys().next_back().copied().unwrap_or(1) + 2));
+                        fast.drop_through(marker);
+                        model = model.split_off(&(marker + 1));
+                    }
+                    _ => {
+                        fast.clear();
+                        model.clear();
+                    }
+                }
+                let keys: Vec<(u64, u64)> = match &fast {
+                    ReplaySlots::Run { base, slots } => {
+                        (*base..).zip(slots.iter().map(|s| s.term)).collect()
+                    }
+                    ReplaySlots::Map(m) => m.iter().map(|(k, s)| (*k, s.term)).collect(),
+                };
+                let want: Vec<(u64, u64)> = model.iter().map(|(k, t)| (*k, *t)).collect();
+                assert_eq!(keys, want, "case {case} step {step}");
+            }
+            let contiguous = (marker + 1..).zip(model.keys()).all(|(w, &k)| k == w);
+            if matches!(fast, ReplaySlots::Map(_)) {
+                holes += 1;
+            } else {
+                runs += 1;
+            }
+            let got = fast.into_contiguous(marker + 1);
+            assert_eq!(got.is_some(), contiguous, "case {case}");
+            if let Some(v) = got {
+                assert_eq!(
+                    v.iter().map(|s| s.term).collect::<Vec<_>>(),
+                    model.values().copied().collect::<Vec<_>>()
+                );
+            }
+        }
+        assert!(holes > 20 && runs > 20, "holes {holes} runs {runs}");
+    }
 }
