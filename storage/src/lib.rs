@@ -13,6 +13,9 @@
 //! while that flush is in flight it builds the next batch and calls `write`
 //! again: batches arriving during a flush are coalesced into the next one
 //! (group commit), and each future resolves when its batch is durable.
+//! Batches are accepted **in the order `write` is called** (FIFO, with
+//! backpressure bounded by [`WalOptions::pending_bytes_max`]), so the shard
+//! may issue its next batch without awaiting the previous one.
 //!
 //! ## On disk (drawn in detail in the `format` module)
 //! * fixed-size, preallocated segment files `{seq:020}.wal`; block 0 is a
