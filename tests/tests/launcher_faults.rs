@@ -188,34 +188,45 @@ fn run_pipeline(conn: &mut redis::Connection, calls: &[(String, Call)]) -> Vec<O
     }
 }
 
-/// Compare-and-set over HTTP (`POST /kv/{key}/cas`), on a new connection.
-fn http_cas(addr: SocketAddr, key: &str, expect: Option<i64>, new: i64) -> Outcome {
+/// One HTTP request on a new connection with the client timeouts; `None`
+/// if it could not be sent, `Some(None)` if no complete answer arrived.
+fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Option<Option<(u16, String)>> {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
-        // Not sent at all.
-        return Outcome::Fail;
-    };
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     let _ = s.set_read_timeout(Some(CLIENT_TIMEOUT));
     let _ = s.set_write_timeout(Some(CLIENT_TIMEOUT));
-    let expected = expect.map_or_else(|| "null".to_string(), |v| format!("\"{v}\""));
-    let body = format!("{{\"expected\": {expected}, \"new\": \"{new}\"}}");
     let request = format!(
-        "POST /kv/{key}/cas?timeout_ms={REQUEST_TIMEOUT_MS} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     if s.write_all(request.as_bytes()).is_err() {
-        return Outcome::Info;
+        return Some(None);
     }
     let mut out = String::new();
     if s.read_to_string(&mut out).is_err() {
-        return Outcome::Info;
+        return Some(None);
     }
-    let status: u16 = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map_or("", |x| x.1);
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok());
+    let body = out.split_once("\r\n\r\n").map_or("", |x| x.1).to_string();
+    Some(status.map(|st| (st, body)))
+}
+
+/// Compare-and-set over HTTP (`POST /kv/{key}/cas`), on a new connection.
+fn http_cas(addr: SocketAddr, key: &str, expect: Option<i64>, new: i64) -> Outcome {
+    let expected = expect.map_or_else(|| "null".to_string(), |v| format!("\"{v}\""));
+    let body = format!("{{\"expected\": {expected}, \"new\": \"{new}\"}}");
+    let path = format!("/kv/{key}/cas?timeout_ms={REQUEST_TIMEOUT_MS}");
+    let (status, body) = match http_request(addr, "POST", &path, &body) {
+        // Not sent at all.
+        None => return Outcome::Fail,
+        Some(None) => return Outcome::Info,
+        Some(Some(answer)) => answer,
+    };
     let code = |c: &str| {
         body.contains(&format!("\"code\":\"{c}\"")) || body.contains(&format!("\"code\": \"{c}\""))
     };
@@ -397,6 +408,7 @@ fn nemesis(
     t0: Instant,
     stop: &AtomicBool,
     kv_groups: u64,
+    long_soak: bool,
 ) -> NemesisLog {
     let mut rng = Rng::new(seed ^ 0xFA17);
     let mut log = NemesisLog::default();
@@ -428,7 +440,33 @@ fn nemesis(
                 ((0..3).filter(|i| *i != spared).collect(), rng.below(2) == 0)
             }
         };
-        let down = rng.millis(1_000, 4_000);
+        // Now and then a snapshot (and log compaction) of every KV group on
+        // one node first, so that restarts recover from a snapshot.
+        if rng.below(3) == 0 {
+            let n = &nodes[rng.below(3) as usize];
+            let answers: Vec<String> = (1..=kv_groups)
+                .map(|g| {
+                    let path = format!("/groups/{g}/snapshot?timeout_ms=2000");
+                    match http_request(n.http, "POST", &path, "") {
+                        Some(Some((status, _))) => status.to_string(),
+                        _ => "-".to_string(),
+                    }
+                })
+                .collect();
+            log.events.push(format!(
+                "{:?}: snapshot of groups 1..={kv_groups} on node {}: {}",
+                t0.elapsed(),
+                n.id,
+                answers.join(" ")
+            ));
+        }
+        // Long soaks sometimes keep a node down long enough to fall behind
+        // the compacted log (catch-up by snapshot transfer).
+        let down = if long_soak && rng.below(6) == 0 {
+            rng.millis(20_000, 40_000)
+        } else {
+            rng.millis(1_000, 4_000)
+        };
         let ids: Vec<u64> = targets.iter().map(|&i| nodes[i].id).collect();
         if kill {
             log.events.push(format!(
@@ -556,7 +594,8 @@ fn histories_under_kill_pause_and_restart_are_linearizable() {
     let nemesis_thread = {
         let stop = stop_nemesis.clone();
         std::thread::spawn(move || {
-            let log = nemesis(&mut nodes, seed, t0, &stop, kv_groups);
+            let long_soak = workload >= Duration::from_secs(120);
+            let log = nemesis(&mut nodes, seed, t0, &stop, kv_groups, long_soak);
             (nodes, log)
         })
     };

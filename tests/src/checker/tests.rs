@@ -467,3 +467,119 @@ proptest! {
         prop_assert!(r.violations().any(|(k, _)| *k == history[i].key), "{}", r);
     }
 }
+
+#[test]
+fn many_unknown_writes_do_not_hide_a_violation() {
+    // 12 writes with unknown outcomes that nobody observes, overlapping
+    // everything, then a stale read: still a violation (the search visits
+    // every subset of them once per state: bounded, 2^12 x 13 states).
+    let mut history = vec![write(1, 1, 0, 10), write(2, 2, 20, 30)];
+    for i in 0..12 {
+        history.push(info(100 + i, Call::Write(1_000 + i as i64), 5 + i));
+    }
+    history.push(read(3, 50, 60, Some(2)));
+    history.push(write(4, 3, 70, 80));
+    history.push(read(3, 90, 100, Some(2)));
+    let r = verdict(&history);
+    let (_, v) = r.violations().next().unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(v.blocking.invoke, ms(90), "{r}");
+    match &r.keys["k"] {
+        KeyResult::Violation(_) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Exhaustive reference: tries every order that respects real time.
+fn brute_force(ops: &[Op]) -> bool {
+    fn go(ops: &[Op], done: &mut Vec<bool>, state: State) -> bool {
+        let remaining_known =
+            (0..ops.len()).any(|i| !done[i] && matches!(ops[i].outcome, Outcome::Ok(_)));
+        if !remaining_known {
+            return true;
+        }
+        for c in 0..ops.len() {
+            if done[c] {
+                continue;
+            }
+            // `c` may go next unless a remaining op completed before it
+            // was invoked.
+            let blocked = (0..ops.len()).any(|r| {
+                !done[r]
+                    && r != c
+                    && matches!(ops[r].outcome, Outcome::Ok(_))
+                    && ops[r].complete.is_some_and(|t| t < ops[c].invoke)
+            });
+            if blocked {
+                continue;
+            }
+            let ret = match ops[c].outcome {
+                Outcome::Ok(r) => Some(r),
+                _ => None,
+            };
+            if let Some(next) = step(state, ops[c].call, ret) {
+                done[c] = true;
+                if go(ops, done, next) {
+                    return true;
+                }
+                done[c] = false;
+            }
+        }
+        false
+    }
+    let ops: Vec<Op> = ops
+        .iter()
+        .filter(|o| match o.outcome {
+            Outcome::Fail => false,
+            Outcome::Info => o.call != Call::Read,
+            Outcome::Ok(_) => true,
+        })
+        .cloned()
+        .collect();
+    go(&ops, &mut vec![false; ops.len()], None)
+}
+
+/// A small random op with answers drawn from a tiny domain, so that both
+/// verdicts are common.
+fn small_op((kind, arg, ret, fate, start, len): (u8, u8, u8, u8, u64, u64)) -> Op {
+    let v = i64::from(arg % 3);
+    let call = match kind % 6 {
+        0 | 1 => Call::Read,
+        2 => Call::Write(v),
+        3 => Call::Incr(1),
+        4 => Call::Swap(v),
+        _ => Call::Cas {
+            expect: if arg % 4 == 3 { None } else { Some(v) },
+            new: (v + 1) % 3,
+        },
+    };
+    let r = i64::from(ret % 4);
+    let answer = match call {
+        Call::Read | Call::Swap(_) => Ret::Value(if r == 3 { None } else { Some(r) }),
+        Call::Write(_) => Ret::Unit,
+        Call::Incr(_) => Ret::Int(r),
+        _ => Ret::Bool(r % 2 == 0),
+    };
+    let (outcome, complete) = match fate % 6 {
+        0 => (Outcome::Info, None),
+        1 => (Outcome::Fail, Some(ms(start + len))),
+        _ => (Outcome::Ok(answer), Some(ms(start + len))),
+    };
+    Op::new(0, "k", call, ms(start), complete, outcome)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn search_agrees_with_exhaustive_reference(
+        raw in prop::collection::vec(
+            (any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>(), 0u64..40, 0u64..25),
+            0..8,
+        )
+    ) {
+        let ops: Vec<Op> = raw.into_iter().map(small_op).collect();
+        let expected = brute_force(&ops);
+        let r = check(&ops, &CheckLimits::default());
+        prop_assert_eq!(r.is_valid(), expected, "{}\n{}", r, format_history(&ops));
+    }
+}

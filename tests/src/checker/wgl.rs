@@ -221,25 +221,28 @@ fn state_hash(s: State) -> u64 {
     }
 }
 
-/// The memo of visited configurations: Zobrist hash of the linearized set
-/// → configurations with that hash (exact comparison on collision).
+/// The memo of visited configurations: (set of linearized ops with a
+/// known outcome, set of linearized unknown-outcome ops, state), found by
+/// their Zobrist hash.
 struct Cache {
     map: HashMap<u64, Vec<u32>, BuildHasherDefault<IdHasher>>,
-    sets: Vec<(Box<[u64]>, State)>,
+    keys: Vec<(Box<[u64]>, Box<[u64]>, State)>,
 }
 
 impl Cache {
-    fn insert(&mut self, hash: u64, set: &[u64], state: State) -> bool {
+    /// Records a configuration; false if it was visited before.
+    fn insert(&mut self, hash: u64, known: &[u64], unknown: &[u64], state: State) -> bool {
         let h = hash ^ state_hash(state);
         let slot = self.map.entry(h).or_default();
-        if slot
-            .iter()
-            .any(|&i| self.sets[i as usize].1 == state && *self.sets[i as usize].0 == *set)
-        {
+        let seen = slot.iter().any(|&i| {
+            let (k, u, s) = &self.keys[i as usize];
+            *s == state && **k == *known && **u == *unknown
+        });
+        if seen {
             return false;
         }
-        slot.push(self.sets.len() as u32);
-        self.sets.push((set.into(), state));
+        slot.push(self.keys.len() as u32);
+        self.keys.push((known.into(), unknown.into(), state));
         true
     }
 }
@@ -316,25 +319,53 @@ pub fn check_key(key: &str, ops: &[Op], limits: &CheckLimits) -> KeyResult {
         }
     };
 
+    // Ops with a known outcome and unknown ones are numbered apart.
+    let mut slot_of = vec![0usize; n];
+    let (mut known_count, mut unknown_count) = (0usize, 0usize);
+    for (i, o) in ops.iter().enumerate() {
+        if known(o) {
+            slot_of[i] = known_count;
+            known_count += 1;
+        } else {
+            slot_of[i] = unknown_count;
+            unknown_count += 1;
+        }
+    }
     let zobrist: Vec<u64> = (0..n as u64).map(|i| splitmix(i ^ 0xDEAD_BEEF)).collect();
     let mut cache = Cache {
         map: HashMap::default(),
-        sets: Vec::new(),
+        keys: Vec::new(),
     };
-    let words = n.div_ceil(64).max(1);
-    let per_configuration_bytes = (words * 8 + 48) as u64;
+    let known_words = known_count.div_ceil(64).max(1);
+    let unknown_words = unknown_count.div_ceil(64).max(1);
+    let per_configuration_bytes = ((known_words + unknown_words) * 8 + 64) as u64;
     let configurations_max = limits
         .configurations_max
         .min(limits.memo_bytes_max / per_configuration_bytes);
-    let mut linearized = vec![0u64; words];
+    let mut known_set = vec![0u64; known_words];
+    let mut unknown_set = vec![0u64; unknown_words];
+    let flip = |known_set: &mut Vec<u64>, unknown_set: &mut Vec<u64>, op: usize| {
+        let set = if known(&ops[op]) {
+            known_set
+        } else {
+            unknown_set
+        };
+        let b = slot_of[op];
+        set[b / 64] ^= 1 << (b % 64);
+    };
     let mut hash = 0u64;
     let mut state: State = None;
-    // Linearized ops: (op, state before it).
-    let mut stack: Vec<(usize, State)> = Vec::new();
-    let mut known_left = ops.iter().filter(|o| known(o)).count();
+    // Linearized ops: (op, state before it, pass it was chosen in).
+    let mut stack: Vec<(usize, State, u8)> = Vec::new();
+    let mut known_left = known_count;
     let mut configurations = 0u64;
     let mut best: Option<(Vec<usize>, usize)> = None;
     let mut entry = next[head];
+    // The candidates to go next are the calls before the first return in
+    // the list; pass 0 tries those with a known outcome, pass 1 the
+    // unknown ones: an order that needs no unknown op is found first, and
+    // an unknown op is placed only where an answer needs it.
+    let mut pass = 0u8;
     loop {
         if known_left == 0 {
             return KeyResult::Linearizable { configurations };
@@ -347,45 +378,53 @@ pub fn check_key(key: &str, ops: &[Op], limits: &CheckLimits) -> KeyResult {
         let (_, kind, op) = events[entry];
         if kind == 0 {
             let o = &ops[op];
-            if let Some(after) = step(state, o.call, ret_of(o)) {
-                linearized[op / 64] |= 1 << (op % 64);
-                let h = hash ^ zobrist[op];
-                if cache.insert(h, &linearized, after) {
-                    configurations += 1;
-                    if configurations > configurations_max {
-                        return KeyResult::Inconclusive { configurations };
+            if known(o) == (pass == 0) {
+                if let Some(after) = step(state, o.call, ret_of(o)) {
+                    flip(&mut known_set, &mut unknown_set, op);
+                    let h = hash ^ zobrist[op];
+                    if cache.insert(h, &known_set, &unknown_set, after) {
+                        configurations += 1;
+                        if configurations > configurations_max {
+                            return KeyResult::Inconclusive { configurations };
+                        }
+                        stack.push((op, state, pass));
+                        state = after;
+                        hash = h;
+                        if known(o) {
+                            known_left -= 1;
+                        }
+                        unlink(&mut next, &mut prev, entry);
+                        unlink(&mut next, &mut prev, ret_node[op]);
+                        entry = next[head];
+                        pass = 0;
+                        continue;
                     }
-                    stack.push((op, state));
-                    state = after;
-                    hash = h;
-                    if known(o) {
-                        known_left -= 1;
-                    }
-                    unlink(&mut next, &mut prev, entry);
-                    unlink(&mut next, &mut prev, ret_node[op]);
-                    entry = next[head];
-                    continue;
+                    flip(&mut known_set, &mut unknown_set, op);
                 }
-                linearized[op / 64] &= !(1 << (op % 64));
             }
             entry = next[entry];
+        } else if pass == 0 {
+            pass = 1;
+            entry = next[head];
         } else {
             // `op` completed and every way of placing it before here failed.
+            debug_assert!(known(&ops[op]), "unknown ops return after all others");
             if best.as_ref().is_none_or(|(p, _)| stack.len() > p.len()) {
-                best = Some((stack.iter().map(|(o, _)| *o).collect(), op));
+                best = Some((stack.iter().map(|(o, _, _)| *o).collect(), op));
             }
-            let Some((top, before)) = stack.pop() else {
+            let Some((top, before, top_pass)) = stack.pop() else {
                 break;
             };
-            linearized[top / 64] &= !(1 << (top % 64));
+            flip(&mut known_set, &mut unknown_set, top);
             hash ^= zobrist[top];
-            state = before;
             if known(&ops[top]) {
                 known_left += 1;
             }
+            state = before;
             relink(&mut next, &mut prev, ret_node[top]);
             relink(&mut next, &mut prev, call_node[top]);
             entry = next[call_node[top]];
+            pass = top_pass;
         }
     }
     let (order, blocking) = best.expect("a failed search hit a return");
