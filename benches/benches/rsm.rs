@@ -17,7 +17,10 @@
 //!    (a) fill (every key once, random order: all inserts), (b) random
 //!    overwrites, (b') overwrites with a snapshot view of every store alive,
 //!    (c) random gets, (d) random gets through the query path, (e) delete
-//!    and re-insert. `FLOTILLA_BENCH_ENGINE_ONLY=1` runs only this section.
+//!    and re-insert; then through the engine's entry point, `Rsm::apply`,
+//!    in runs of 32 no-session put entries per group (payloads sliced out
+//!    of one buffer): (f) fill, (g) overwrite. `FLOTILLA_BENCH_ENGINE_ONLY=1`
+//!    runs only this section.
 //!
 //! `FLOTILLA_BENCH_SNAPSHOT_ONLY=1` runs only section 2 and the in-memory
 //! rows of section 3.
