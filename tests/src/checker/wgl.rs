@@ -226,8 +226,11 @@ fn state_hash(s: State) -> u64 {
 /// their Zobrist hash.
 struct Cache {
     map: HashMap<u64, Vec<u32>, BuildHasherDefault<IdHasher>>,
-    keys: Vec<(Box<[u64]>, Box<[u64]>, State)>,
+    keys: Vec<Configuration>,
 }
+
+/// (known ops linearized, unknown ops linearized, state).
+type Configuration = (Box<[u64]>, Box<[u64]>, State);
 
 impl Cache {
     /// Records a configuration; false if it was visited before.
