@@ -299,21 +299,12 @@ fn get_keys(r: &mut Reader) -> Result<Vec<Bytes>, DecodeError> {
 /// [`KvCommand::decode`] turns into a `Put`; `None` for anything else
 /// (other commands, malformed input), which then goes through `decode`.
 pub(crate) fn put_in_place(buf: &[u8]) -> Option<(&[u8], &[u8], PutCondition, bool)> {
-    fn bytes(buf: &[u8]) -> Option<(&[u8], &[u8])> {
-        let len = u32::from_le_bytes(buf.get(..4)?.try_into().ok()?);
-        if len > DECODE_BYTES_MAX {
-            return None;
-        }
-        let rest = &buf[4..];
-        let len = len as usize;
-        (rest.len() >= len).then(|| rest.split_at(len))
-    }
     let (&tag, rest) = buf.split_first()?;
     if tag != 0x01 {
         return None;
     }
-    let (key, rest) = bytes(rest)?;
-    let (value, rest) = bytes(rest)?;
+    let (key, rest) = bytes_in_place(rest)?;
+    let (value, rest) = bytes_in_place(rest)?;
     let &[condition, return_previous] = rest else {
         return None;
     };
@@ -329,6 +320,45 @@ pub(crate) fn put_in_place(buf: &[u8]) -> Option<(&[u8], &[u8], PutCondition, bo
         _ => return None,
     };
     Some((key, value, condition, return_previous))
+}
+
+/// A `bytes` field read in place: (the bytes, what follows).
+fn bytes_in_place(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = u32::from_le_bytes(buf.get(..4)?.try_into().ok()?);
+    if len > DECODE_BYTES_MAX {
+        return None;
+    }
+    let rest = &buf[4..];
+    let len = len as usize;
+    (rest.len() >= len).then(|| rest.split_at(len))
+}
+
+/// The key of a `Get` query read in place from its encoding (the read
+/// path's fast lane). Accepts exactly the encodings that
+/// [`KvQuery::decode`] turns into a `Get`; `None` for anything else.
+pub(crate) fn get_in_place(buf: &[u8]) -> Option<&[u8]> {
+    let (&tag, rest) = buf.split_first()?;
+    if tag != 0x20 {
+        return None;
+    }
+    let (key, rest) = bytes_in_place(rest)?;
+    rest.is_empty().then_some(key)
+}
+
+/// Encodes `KvResult::Value(value)` straight from a borrowed value (one
+/// allocation, no clone of the stored `Bytes`).
+pub(crate) fn encode_value_result(value: Option<&[u8]>) -> Bytes {
+    match value {
+        None => KvResult::Value(None).encode(),
+        Some(v) => {
+            let mut out = BytesMut::with_capacity(6 + v.len());
+            out.put_u8(0x01);
+            out.put_u8(1);
+            out.put_u32_le(v.len() as u32);
+            out.put_slice(v);
+            out.freeze()
+        }
+    }
 }
 
 impl KvCommand {
@@ -840,6 +870,36 @@ mod tests {
                 prop_assert_eq!(fast, decoded_put(v), "bytes {:?}", v);
             }
             prop_assert!(put_in_place(&buf).is_some() == (condition < 3 && flag < 2));
+        }
+
+        /// `get_in_place` accepts exactly what `KvQuery::decode` turns into
+        /// a `Get`, with the same key; the directly encoded value result is
+        /// the `KvResult` encoding.
+        #[test]
+        fn get_in_place_agrees_with_decode(
+            key in proptest::collection::vec(any::<u8>(), 0..30),
+            cut in 0usize..40,
+            extra in proptest::collection::vec(any::<u8>(), 0..3),
+            garbage in proptest::collection::vec(any::<u8>(), 0..40),
+            value in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..30)),
+        ) {
+            let buf = KvQuery::Get { key: Bytes::copy_from_slice(&key) }.encode().to_vec();
+            let mut longer = buf.clone();
+            longer.extend_from_slice(&extra);
+            let mut random = garbage.clone();
+            if let Some(first) = random.first_mut() {
+                *first = 0x20;
+            }
+            for v in [buf.clone(), buf[..cut.min(buf.len())].to_vec(), longer, random, garbage] {
+                let decoded = match KvQuery::decode(Bytes::copy_from_slice(&v)) {
+                    Ok(KvQuery::Get { key }) => Some(key.to_vec()),
+                    _ => None,
+                };
+                prop_assert_eq!(get_in_place(&v).map(<[u8]>::to_vec), decoded, "bytes {:?}", v);
+            }
+            prop_assert_eq!(get_in_place(&buf), Some(&key[..]));
+            let typed = KvResult::Value(value.clone().map(Bytes::from)).encode();
+            prop_assert_eq!(encode_value_result(value.as_deref()), typed);
         }
     }
 
