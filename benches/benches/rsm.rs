@@ -16,7 +16,8 @@
 //!    [`KvStore::execute`] / [`KvStore::get`] in a random store each op:
 //!    (a) fill (every key once, random order: all inserts), (b) random
 //!    overwrites, (b') overwrites with a snapshot view of every store alive,
-//!    (c) random gets, (d) random gets through the query path, (e) delete
+//!    (c) random gets, (d) random gets through `KvStore::read`, (d') through
+//!    the engine's read path (`StateMachine::query`, encoded), (e) delete
 //!    and re-insert; then through the engine's entry point, `Rsm::apply`,
 //!    in runs of 32 no-session put entries per group (payloads sliced out
 //!    of one buffer): (f) fill, (g) overwrite. `FLOTILLA_BENCH_ENGINE_ONLY=1`
@@ -541,6 +542,7 @@ fn engine_section() {
     // (c) Gets of existing keys (the map only), (d) through the query path.
     let mut t = Timed::default();
     let mut tq = Timed::default();
+    let mut tqe = Timed::default();
     let mut found = 0usize;
     for _ in 0..total / ENGINE_BATCH_OPS {
         let batch = engine_batch(random_ops(&mut rng, ENGINE_BATCH_OPS).into_iter(), 0);
@@ -558,6 +560,12 @@ fn engine_section() {
                 std::hint::black_box(stores[*s].read(q));
             }
         });
+        let encoded: Vec<(usize, Bytes)> = queries.iter().map(|(s, q)| (*s, q.encode())).collect();
+        tqe.run(|| {
+            for (s, q) in &encoded {
+                std::hint::black_box(StateMachine::query(&stores[*s], q).expect("get"));
+            }
+        });
     }
     assert_eq!(found, n * 16, "every key present");
     ns_row("engine (c) get (KvStore::get), random", n, &t);
@@ -565,6 +573,11 @@ fn engine_section() {
         "engine (d) get (KvStore::read, KvQuery::Get), random",
         n,
         &tq,
+    );
+    ns_row(
+        "engine (d') get (StateMachine::query, encoded Get), random",
+        n,
+        &tqe,
     );
     // (e) Delete a random key and re-insert it: both halves touch the order.
     let mut t = Timed::default();
