@@ -45,6 +45,10 @@ use launcher_support::*;
 const READY: Duration = Duration::from_secs(60);
 const CLIENTS: u64 = 6;
 const KEYS: u64 = 10;
+/// Every epoch the clients move to ten fresh keys, so that one key's
+/// history stays short enough to check exhaustively however long the soak
+/// (the cluster, its logs and snapshots keep everything written before).
+const EPOCH: Duration = Duration::from_secs(30);
 /// Server-side deadline of one request.
 const REQUEST_TIMEOUT_MS: u64 = 1_500;
 /// Client-side read timeout: past the server's deadline, so that a reply
@@ -72,8 +76,8 @@ impl Rng {
     }
 }
 
-fn key_name(k: u64) -> String {
-    format!("jk{k}")
+fn key_name(epoch: u64, k: u64) -> String {
+    format!("jk{epoch}.{k}")
 }
 
 /// How a Redis reply or error becomes an outcome.
@@ -246,6 +250,18 @@ fn http_cas(addr: SocketAddr, key: &str, expect: Option<i64>, new: i64) -> Outco
     }
 }
 
+/// What the client threads share.
+struct World {
+    /// Redis-protocol addresses of the nodes.
+    addrs: Vec<SocketAddr>,
+    /// HTTP addresses of the nodes.
+    http_addrs: Vec<SocketAddr>,
+    rec: Arc<Recorder>,
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+    t0: Instant,
+}
+
 /// A random op of the workload on `key`; `value` is unique to it.
 fn random_call(rng: &mut Rng, value: i64, expect: Option<i64>, cas: bool) -> Call {
     match rng.below(if cas { 100 } else { 95 }) {
@@ -272,15 +288,16 @@ fn observed(call: Call, outcome: Outcome) -> Option<Option<i64>> {
 
 /// One client thread: random ops until `stop`; one in six rounds is a
 /// pipeline of 2..=6 ops over random keys.
-fn client(
-    index: u64,
-    seed: u64,
-    addrs: Vec<SocketAddr>,
-    http_addrs: Vec<SocketAddr>,
-    rec: Arc<Recorder>,
-    stop: Arc<AtomicBool>,
-    acked: Arc<AtomicU64>,
-) {
+fn client(index: u64, seed: u64, world: Arc<World>) {
+    let World {
+        addrs,
+        http_addrs,
+        rec,
+        stop,
+        acked,
+        t0,
+    } = &*world;
+    let t0 = *t0;
     let mut rng = Rng::new(seed ^ (index + 1).wrapping_mul(0x9E37_79B9));
     let mut process = index;
     let mut seq = 0u64;
@@ -302,7 +319,8 @@ fn client(
         };
         let calls: Vec<(String, Call)> = (0..batch)
             .map(|_| {
-                let key = key_name(rng.below(KEYS));
+                let epoch = t0.elapsed().as_secs() / EPOCH.as_secs();
+                let key = key_name(epoch, rng.below(KEYS));
                 seq += 1;
                 // Unique values, 1000 apart, so increments rarely collide.
                 let value = ((index + 1) * 1_000_000_000 + seq * 1_000) as i64;
@@ -579,16 +597,18 @@ fn histories_under_kill_pause_and_restart_are_linearizable() {
     let stop_nemesis = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
+    let world = Arc::new(World {
+        addrs,
+        http_addrs,
+        rec: rec.clone(),
+        stop: stop_clients.clone(),
+        acked: acked.clone(),
+        t0,
+    });
     let clients: Vec<_> = (0..CLIENTS)
         .map(|i| {
-            let (addrs, http_addrs, rec, stop, acked) = (
-                addrs.clone(),
-                http_addrs.clone(),
-                rec.clone(),
-                stop_clients.clone(),
-                acked.clone(),
-            );
-            std::thread::spawn(move || client(i, seed, addrs, http_addrs, rec, stop, acked))
+            let world = world.clone();
+            std::thread::spawn(move || client(i, seed, world))
         })
         .collect();
     let nemesis_thread = {
@@ -635,11 +655,12 @@ fn histories_under_kill_pause_and_restart_are_linearizable() {
 
     // Final reads: every key from every node, after every op completed or
     // was given up.
+    let epochs = t0.elapsed().as_secs() / EPOCH.as_secs();
     let mut final_reads = Vec::new();
     for n in &nodes {
         let mut conn: Option<redis::Connection> = None;
-        for k in 0..KEYS {
-            let key = key_name(k);
+        for (epoch, k) in (0..=epochs).flat_map(|e| (0..KEYS).map(move |k| (e, k))) {
+            let key = key_name(epoch, k);
             let start = Instant::now();
             loop {
                 if conn.is_none() {

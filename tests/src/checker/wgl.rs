@@ -221,31 +221,87 @@ fn state_hash(s: State) -> u64 {
     }
 }
 
-/// The memo of visited configurations: (set of linearized ops with a
-/// known outcome, set of linearized unknown-outcome ops, state), found by
-/// their Zobrist hash.
+/// The set of linearized ops with a known outcome, numbered in
+/// invocation order. Such a set is mostly a prefix: it is kept as a
+/// bitset plus the first op not in it (`low`), and memoised compactly as
+/// `low` and the members above it.
+struct KnownSet {
+    bits: Vec<u64>,
+    low: usize,
+}
+
+impl KnownSet {
+    fn flip(&mut self, b: usize) {
+        self.bits[b / 64] ^= 1 << (b % 64);
+        if self.contains(b) {
+            if b == self.low {
+                while self.contains(self.low) {
+                    self.low += 1;
+                }
+            }
+        } else if b < self.low {
+            self.low = b;
+        }
+    }
+
+    fn contains(&self, b: usize) -> bool {
+        self.bits
+            .get(b / 64)
+            .is_some_and(|w| w & (1 << (b % 64)) != 0)
+    }
+
+    /// The members above `low`, into `out`.
+    fn above_low(&self, out: &mut Vec<u32>) {
+        out.clear();
+        for (w, &word) in self.bits.iter().enumerate().skip(self.low / 64) {
+            let mut word = word;
+            while word != 0 {
+                let bit = w * 64 + word.trailing_zeros() as usize;
+                word &= word - 1;
+                if bit > self.low {
+                    out.push(bit as u32);
+                }
+            }
+        }
+    }
+}
+
+/// The memo of visited configurations: (linearized ops with a known
+/// outcome as `low` + members above it, linearized unknown-outcome ops,
+/// state), found by their Zobrist hash.
 struct Cache {
     map: HashMap<u64, Vec<u32>, BuildHasherDefault<IdHasher>>,
     keys: Vec<Configuration>,
+    bytes: u64,
 }
 
-/// (known ops linearized, unknown ops linearized, state).
-type Configuration = (Box<[u64]>, Box<[u64]>, State);
+/// (first known op not linearized, known ops linearized above it, unknown
+/// ops linearized, state).
+type Configuration = (u32, Box<[u32]>, Box<[u64]>, State);
 
 impl Cache {
     /// Records a configuration; false if it was visited before.
-    fn insert(&mut self, hash: u64, known: &[u64], unknown: &[u64], state: State) -> bool {
+    fn insert(
+        &mut self,
+        hash: u64,
+        low: usize,
+        above: &[u32],
+        unknown: &[u64],
+        state: State,
+    ) -> bool {
         let h = hash ^ state_hash(state);
         let slot = self.map.entry(h).or_default();
         let seen = slot.iter().any(|&i| {
-            let (k, u, s) = &self.keys[i as usize];
-            *s == state && **k == *known && **u == *unknown
+            let (l, k, u, s) = &self.keys[i as usize];
+            *s == state && *l as usize == low && **k == *above && **u == *unknown
         });
         if seen {
             return false;
         }
         slot.push(self.keys.len() as u32);
-        self.keys.push((known.into(), unknown.into(), state));
+        self.keys
+            .push((low as u32, above.into(), unknown.into(), state));
+        self.bytes += 72 + 4 * above.len() as u64 + 8 * unknown.len() as u64;
         true
     }
 }
@@ -267,6 +323,8 @@ pub fn check_key(key: &str, ops: &[Op], limits: &CheckLimits) -> KeyResult {
         })
         .cloned()
         .collect();
+    let mut ops = ops;
+    ops.sort_by_key(|o| o.invoke);
     let n = ops.len();
     let ret_of = |o: &Op| -> Option<Ret> {
         match o.outcome {
@@ -338,23 +396,23 @@ pub fn check_key(key: &str, ops: &[Op], limits: &CheckLimits) -> KeyResult {
     let mut cache = Cache {
         map: HashMap::default(),
         keys: Vec::new(),
+        bytes: 0,
     };
     let known_words = known_count.div_ceil(64).max(1);
     let unknown_words = unknown_count.div_ceil(64).max(1);
-    let per_configuration_bytes = ((known_words + unknown_words) * 8 + 64) as u64;
-    let configurations_max = limits
-        .configurations_max
-        .min(limits.memo_bytes_max / per_configuration_bytes);
-    let mut known_set = vec![0u64; known_words];
+    let mut known_set = KnownSet {
+        bits: vec![0u64; known_words],
+        low: 0,
+    };
+    let mut above = Vec::new();
     let mut unknown_set = vec![0u64; unknown_words];
-    let flip = |known_set: &mut Vec<u64>, unknown_set: &mut Vec<u64>, op: usize| {
-        let set = if known(&ops[op]) {
-            known_set
-        } else {
-            unknown_set
-        };
+    let flip = |known_set: &mut KnownSet, unknown_set: &mut Vec<u64>, op: usize| {
         let b = slot_of[op];
-        set[b / 64] ^= 1 << (b % 64);
+        if known(&ops[op]) {
+            known_set.flip(b);
+        } else {
+            unknown_set[b / 64] ^= 1 << (b % 64);
+        }
     };
     let mut hash = 0u64;
     let mut state: State = None;
@@ -385,9 +443,12 @@ pub fn check_key(key: &str, ops: &[Op], limits: &CheckLimits) -> KeyResult {
                 if let Some(after) = step(state, o.call, ret_of(o)) {
                     flip(&mut known_set, &mut unknown_set, op);
                     let h = hash ^ zobrist[op];
-                    if cache.insert(h, &known_set, &unknown_set, after) {
+                    known_set.above_low(&mut above);
+                    if cache.insert(h, known_set.low, &above, &unknown_set, after) {
                         configurations += 1;
-                        if configurations > configurations_max {
+                        if configurations > limits.configurations_max
+                            || cache.bytes > limits.memo_bytes_max
+                        {
                             return KeyResult::Inconclusive { configurations };
                         }
                         stack.push((op, state, pass));
