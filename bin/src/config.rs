@@ -100,7 +100,8 @@ pub struct NodeConfig {
     pub read_consistency: Consistency,
     /// Most concurrent client connections (per protocol).
     pub max_clients: usize,
-    /// Executors serving client connections.
+    /// Executors serving client connections (0: the shard executors serve
+    /// them, seastar style).
     pub client_threads: usize,
     /// Shard placement.
     pub placement: PlacementKind,
@@ -242,7 +243,8 @@ pub struct NodeArgs {
     /// Most concurrent client connections per protocol [default: 10000].
     #[arg(long, env = "FLOTILLA_MAX_CLIENTS")]
     pub max_clients: Option<usize>,
-    /// Executors (threads) serving client connections [default: 1].
+    /// Executors (threads) serving client connections; 0 serves them on the
+    /// shard executors themselves [default: 1].
     #[arg(long, env = "FLOTILLA_CLIENT_THREADS")]
     pub client_threads: Option<usize>,
     /// Shard placement: pinned (one core each) or unbound [default: pinned].
@@ -411,10 +413,10 @@ impl NodeConfig {
         if self.max_clients == 0 {
             return Err(invalid("max_clients", "must be positive"));
         }
-        if self.client_threads == 0 || self.client_threads > 256 {
+        if self.client_threads > 256 {
             return Err(invalid(
                 "client_threads",
-                format!("{} is not in 1..=256", self.client_threads),
+                format!("{} is not in 0..=256", self.client_threads),
             ));
         }
         if self.resp_addr == self.http_addr {

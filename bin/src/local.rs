@@ -40,6 +40,10 @@ pub struct LocalArgs {
     /// Largest value a client may send, in bytes.
     #[arg(long, default_value_t = 8 << 20)]
     pub max_value_bytes: usize,
+    /// Executors (threads) per node serving clients; 0 serves them on the
+    /// node's shard executors.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=256))]
+    pub client_threads: u64,
     /// Log format (level from RUST_LOG).
     #[arg(long, env = "FLOTILLA_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -77,6 +81,7 @@ fn node_config(args: &LocalArgs, i: u64) -> Result<NodeConfig, String> {
         members,
         kv_groups: args.kv_groups,
         max_value_bytes: args.max_value_bytes,
+        client_threads: args.client_threads as usize,
         placement: PlacementKind::Unbound,
         io_memory_bytes: 1 << 20,
         log_format: args.log_format,

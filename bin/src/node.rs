@@ -7,7 +7,8 @@
 //!              ── start_group(g, members) for every KV group (idempotent)
 //!              ── client executors (glommio, unbound): RESP and HTTP accept
 //!                 loops on shared listening sockets, each request a call
-//!                 into Arc<NodeHost>
+//!                 into Arc<NodeHost>; with client_threads = 0 the same
+//!                 loops run on the shard executors (NodeHost::spawn_on_shard)
 //!  stop()      ── close the stop channel: accept loops end, connections
 //!                 finish their pipeline in flight and close; join the
 //!                 client executors; NodeHost::shutdown (shards sync, exit)
@@ -109,6 +110,8 @@ pub struct RunningNode {
     shared: Option<Arc<Shared>>,
     stop_tx: Option<flume::Sender<()>>,
     clients: Vec<glommio::ExecutorJoinHandle<()>>,
+    /// Servers running on the shards: each closes its channel when done.
+    on_shards: Vec<flume::Receiver<()>>,
     /// Where it serves.
     pub endpoints: Endpoints,
 }
@@ -229,6 +232,7 @@ pub fn start(cfg: &NodeConfig) -> Result<RunningNode, StartError> {
         shared: Some(shared.clone()),
         stop_tx: Some(stop_tx),
         clients: Vec::new(),
+        on_shards: Vec::new(),
         endpoints: Endpoints {
             node_id: cfg.node_id,
             raft: cfg.raft_addr,
@@ -237,7 +241,18 @@ pub fn start(cfg: &NodeConfig) -> Result<RunningNode, StartError> {
             data_dir: cfg.data_dir.clone(),
         },
     };
-    for i in 0..cfg.client_threads {
+    let http_options = HttpOptions {
+        body_bytes_max: cfg.max_value_bytes + 4096,
+        timeout: cfg.request_timeout(),
+        connections_max: cfg.max_clients,
+        ..HttpOptions::default()
+    };
+    let servers = if cfg.client_threads == 0 {
+        node.host.shard_count()
+    } else {
+        cfg.client_threads
+    };
+    for i in 0..servers {
         let fds: (OwnedFd, OwnedFd) = match (resp_listener.try_clone(), http_listener.try_clone()) {
             (Ok(r), Ok(h)) => (r.into(), h.into()),
             (Err(e), _) | (_, Err(e)) => {
@@ -247,22 +262,39 @@ pub fn start(cfg: &NodeConfig) -> Result<RunningNode, StartError> {
                 )));
             }
         };
-        let shared = shared.clone();
-        let stop = stop_rx.clone();
-        let http_options = HttpOptions {
-            body_bytes_max: cfg.max_value_bytes + 4096,
-            timeout: cfg.request_timeout(),
-            connections_max: cfg.max_clients,
-            ..HttpOptions::default()
+        let server = ClientServer {
+            fds,
+            shared: shared.clone(),
+            stop: stop_rx.clone(),
+            http_options: http_options.clone(),
+            node_id: cfg.node_id,
         };
-        let node_id = cfg.node_id;
+        if cfg.client_threads == 0 {
+            // Seastar style: each shard accepts and serves connections
+            // itself, so a request to one of its own groups needs no
+            // cross-thread wake-up.
+            let (done_tx, done_rx) = flume::bounded::<()>(1);
+            let spawned = futures_lite::future::block_on(node.host.spawn_on_shard(
+                i as flotilla::shard::ShardId,
+                Box::new(move || {
+                    Box::pin(async move {
+                        server.run().await;
+                        drop(done_tx);
+                    })
+                }),
+            ));
+            if let Err(e) = spawned {
+                node.stop();
+                return Err(StartError::Executor(format!("shard {i}: {e}")));
+            }
+            node.on_shards.push(done_rx);
+            continue;
+        }
         let spawned = LocalExecutorBuilder::new(Placement::Unbound)
             .name(&format!("flotilla-n{}-client{i}", cfg.node_id))
             .preempt_timer(Duration::from_millis(2))
             .io_memory(CLIENT_IO_MEMORY_BYTES)
             .spawn(move || async move {
-                use std::os::fd::FromRawFd;
-                let (resp_fd, http_fd) = fds;
                 // glommio 0.9.0 bug 2 (an executor parked with runnable
                 // work): the engine's reserve of armed timers guards this
                 // executor too.
@@ -272,27 +304,7 @@ pub fn start(cfg: &NodeConfig) -> Result<RunningNode, StartError> {
                     CLIENT_TIMER_RESERVE,
                     armed_stop.clone(),
                 ));
-                // SAFETY: both are owned, bound, listening, non-blocking TCP
-                // sockets; ownership moves into the glommio listeners.
-                let resp_listener =
-                    unsafe { glommio::net::TcpListener::from_raw_fd(resp_fd.into_raw_fd()) };
-                let http_listener =
-                    unsafe { glommio::net::TcpListener::from_raw_fd(http_fd.into_raw_fd()) };
-                let mut kv = KvClient::new(shared.host.clone(), shared.kv_groups.clone())
-                    .expect("at least one KV group");
-                kv.timeout = shared.request_timeout;
-                kv.consistency = shared.read_consistency;
-                let http_state = Rc::new(HttpState::with_options(kv, node_id, http_options));
-                let http_stop = stop.clone();
-                let http = glommio::spawn_local(http::serve_until(
-                    http_listener,
-                    http_state,
-                    async move {
-                        let _ = http_stop.recv_async().await;
-                    },
-                ));
-                resp::serve(resp_listener, shared, stop).await;
-                http.await;
+                server.run().await;
                 armed_stop.set(true);
                 armed.await;
             });
@@ -318,6 +330,48 @@ pub fn start(cfg: &NodeConfig) -> Result<RunningNode, StartError> {
     Ok(node)
 }
 
+/// One RESP + HTTP server: a share of the node's listening sockets, served
+/// on the executor it runs on (a client executor or a shard).
+struct ClientServer {
+    fds: (OwnedFd, OwnedFd),
+    shared: Arc<Shared>,
+    stop: flume::Receiver<()>,
+    http_options: HttpOptions,
+    node_id: u64,
+}
+
+impl ClientServer {
+    /// Serves until the node's stop channel closes and the connections in
+    /// flight finish.
+    async fn run(self) {
+        use std::os::fd::FromRawFd;
+        let ClientServer {
+            fds: (resp_fd, http_fd),
+            shared,
+            stop,
+            http_options,
+            node_id,
+        } = self;
+        // SAFETY: both are owned, bound, listening, non-blocking TCP sockets;
+        // ownership moves into the glommio listeners.
+        let resp_listener =
+            unsafe { glommio::net::TcpListener::from_raw_fd(resp_fd.into_raw_fd()) };
+        let http_listener =
+            unsafe { glommio::net::TcpListener::from_raw_fd(http_fd.into_raw_fd()) };
+        let mut kv = KvClient::new(shared.host.clone(), shared.kv_groups.clone())
+            .expect("at least one KV group");
+        kv.timeout = shared.request_timeout;
+        kv.consistency = shared.read_consistency;
+        let http_state = Rc::new(HttpState::with_options(kv, node_id, http_options));
+        let http_stop = stop.clone();
+        let http = glommio::spawn_local(http::serve_until(http_listener, http_state, async move {
+            let _ = http_stop.recv_async().await;
+        }));
+        resp::serve(resp_listener, shared, stop).await;
+        http.await;
+    }
+}
+
 fn shutdown_host(host: Arc<NodeHost>) {
     futures_lite::future::block_on(host.shutdown());
 }
@@ -332,6 +386,10 @@ impl RunningNode {
             if h.join().is_err() {
                 error!(node, "a client executor panicked");
             }
+        }
+        for done in self.on_shards.drain(..) {
+            // Disconnected once the server's task ends (or its shard died).
+            let _ = done.recv();
         }
         drop(self.shared.take());
         shutdown_host(self.host);

@@ -601,6 +601,41 @@ impl NodeHost {
         .await
     }
 
+    /// Runs a task on shard `shard`'s executor: `make` is called on the
+    /// shard's thread and the future it returns is spawned there, in a task
+    /// queue of its own (half the raft queue's share when both are busy).
+    /// This is how a node serves its clients on the shards themselves
+    /// (seastar style): a request to a group of that shard then costs no
+    /// cross-thread wake-up. The task may call this `NodeHost` (it must hold
+    /// its own `Arc`); it is dropped when the shard stops, so stop it first.
+    ///
+    /// # Errors
+    /// [`HostError::ShuttingDown`] if the shard is gone or `shard` does not
+    /// exist.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(host: &flotilla::NodeHost) -> Result<(), flotilla::HostError> {
+    /// host.spawn_on_shard(0, Box::new(|| Box::pin(async {
+    ///     tracing::info!("running on shard 0");
+    /// }))).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn spawn_on_shard(
+        &self,
+        shard: ShardId,
+        make: crate::shard::SpawnFn,
+    ) -> Result<(), HostError> {
+        let (reply, rx) = oneshot::channel();
+        self.request(
+            shard,
+            ShardRequest::Spawn { make, reply },
+            rx,
+            Duration::from_secs(30),
+        )
+        .await
+    }
+
     #[cfg(test)]
     pub(crate) async fn burn(&self, shard: ShardId, units: u32) -> Result<(), HostError> {
         let (reply, rx) = oneshot::channel();
@@ -775,6 +810,50 @@ mod tests {
             }
         }
         out
+    }
+
+    /// A task spawned on a shard runs on that shard's thread, and can call
+    /// the node from there (here: every shard, its own included).
+    #[test]
+    fn tasks_spawned_on_a_shard_run_there_and_can_call_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = test_config(1, 2, 0, &dir);
+        cfg.placement = Placement::Unbound;
+        let host = std::sync::Arc::new(NodeHost::start(cfg).unwrap());
+        let (tx, rx) = flume::bounded(2);
+        for shard in 0..2 {
+            let tx = tx.clone();
+            let h = host.clone();
+            block_on(host.spawn_on_shard(
+                shard,
+                Box::new(move || {
+                    Box::pin(async move {
+                        let name = std::thread::current().name().map(String::from);
+                        // Every shard answers: its own and the other one.
+                        let stats = h.stats(Duration::from_secs(10)).await;
+                        let all = stats.is_ok_and(|s| s.len() == 2);
+                        let _ = tx.send((shard, shard::on_shard_thread(), name, all));
+                    })
+                }),
+            ))
+            .unwrap();
+        }
+        for _ in 0..2 {
+            let (shard, on_shard, name, stats_ok) =
+                rx.recv_timeout(Duration::from_secs(30)).expect("task ran");
+            assert!(on_shard, "shard {shard}'s task ran on a shard thread");
+            let name = name.unwrap_or_default();
+            assert!(
+                name.contains(&format!("s{shard}")),
+                "shard {shard} ran on {name}"
+            );
+            assert!(stats_ok, "shard {shard}'s task called the node");
+        }
+        assert!(matches!(
+            block_on(host.spawn_on_shard(7, Box::new(|| Box::pin(async {})))),
+            Err(HostError::ShuttingDown)
+        ));
+        block_on(host.shutdown());
     }
 
     #[test]

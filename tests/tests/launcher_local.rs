@@ -37,7 +37,7 @@ fn free_bases() -> (u16, u16, u16) {
     })
 }
 
-fn start_local(data: &str, bases: (u16, u16, u16)) -> Child {
+fn start_local(data: &str, bases: (u16, u16, u16), extra: &[&str]) -> Child {
     let mut child = Command::new(flotilla_bin())
         .args([
             "local",
@@ -54,6 +54,7 @@ fn start_local(data: &str, bases: (u16, u16, u16)) -> Child {
             "--raft-port-base",
             &bases.2.to_string(),
         ])
+        .args(extra)
         .env("RUST_LOG", "warn,glommio::reactor=off")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -106,7 +107,7 @@ fn local_starts_serves_stops_and_restarts_with_its_data() {
     let data = dir.path().join("flotilla-data").display().to_string();
     let bases = free_bases();
 
-    let mut child = start_local(&data, bases);
+    let mut child = start_local(&data, bases, &[]);
     let mut c1 = redis_at(bases.0 + 1);
     wait_for("a write through node 1", Duration::from_secs(30), || {
         c1.set::<_, _, String>("k0", "v0").ok()
@@ -138,8 +139,10 @@ fn local_starts_serves_stops_and_restarts_with_its_data() {
         "exit status after SIGTERM: {status:?}"
     );
 
-    // Second run on the same data: every acknowledged write is there.
-    let mut child = start_local(&data, bases);
+    // Second run on the same data, this time serving clients on the shard
+    // executors themselves: every acknowledged write is there, and new
+    // writes go through.
+    let mut child = start_local(&data, bases, &["--client-threads", "0"]);
     let mut c2 = redis_at(bases.0 + 2);
     let values: Vec<Option<String>> =
         wait_for("reads after restart", Duration::from_secs(30), || {
@@ -153,6 +156,13 @@ fn local_starts_serves_stops_and_restarts_with_its_data() {
             "k{i} after restart"
         );
     }
+    let mut c3 = redis_at(bases.0 + 3);
+    for i in 50..80 {
+        let _: () = c3.set(format!("k{i}"), format!("v{i}")).unwrap();
+    }
+    let got: Option<String> = c2.get("k79").unwrap();
+    assert_eq!(got.as_deref(), Some("v79"), "node 2 reads node 3's write");
+    drop((c2, c3));
     signal(&child, "INT");
     let status = wait_exit(
         &mut child,

@@ -1034,21 +1034,43 @@ impl Driver {
                     self.lazy_hard_states.insert(id, to_wal_hard_state(hs));
                 }
             }
-            let p = Pending {
+            let mut p = Pending {
                 group: id,
                 number: rd.number,
                 in_flight: must_wait,
+                advance: true,
+                holds_apply: false,
                 persisted_messages: rd.persisted_messages,
                 committed: rd.committed_entries,
                 read_states: rd.read_states,
                 dropped_reads: rd.dropped_reads,
                 fetches: rd.fetches,
             };
-            if must_wait {
+            if !must_wait {
+                immediate.push(p);
+            } else if rd.snapshot.is_some() || g.applies_in_flight > 0 {
+                // A snapshot's Ready (and everything after it until it is
+                // durable) applies in order after the write.
                 g.readys_in_flight += 1;
+                if p.has_apply_work() {
+                    p.holds_apply = true;
+                    g.applies_in_flight += 1;
+                }
                 pending.push(p);
             } else {
-                immediate.push(p);
+                // The committed entries are durable already (Raft hands out
+                // none beyond the persisted index) and read states need no
+                // write: apply and answer now, while this Ready's own
+                // writes sync; only `advance` waits for them.
+                g.readys_in_flight += 1;
+                if p.has_apply_work() {
+                    debug_assert!(p
+                        .committed
+                        .last()
+                        .is_none_or(|e| e.index <= g.raft.persisted_index()));
+                    immediate.push(p.split_apply());
+                }
+                pending.push(p);
             }
             self.send(messages);
         }
@@ -1092,6 +1114,10 @@ impl Driver {
             debug_assert!(g.readys_in_flight > 0);
             g.readys_in_flight -= 1;
         }
+        if p.holds_apply {
+            debug_assert!(g.applies_in_flight > 0);
+            g.applies_in_flight -= 1;
+        }
         g.on_read_states(&p.read_states, &p.dropped_reads);
         g.apply(&p.committed);
         if self.snapshot_entries > 0
@@ -1101,7 +1127,9 @@ impl Driver {
         {
             self.snapshots_due.insert(p.group);
         }
-        g.raft.advance(p.number);
+        if p.advance {
+            g.raft.advance(p.number);
+        }
         if g.raft.has_ready() {
             self.dirty.insert(p.group);
         }
@@ -1203,11 +1231,42 @@ struct Pending {
     number: raft::ReadyNumber,
     /// Counted in the group's `readys_in_flight` (waited for the WAL).
     in_flight: bool,
+    /// Calls `Raft::advance(number)` when finished (false for the apply
+    /// half of a split Ready: its other half advances once durable).
+    advance: bool,
+    /// Counted in the group's `applies_in_flight`.
+    holds_apply: bool,
     persisted_messages: Vec<Message>,
     committed: Vec<Entry>,
     read_states: Vec<raft::ReadState>,
     dropped_reads: Vec<u64>,
     fetches: Vec<raft::FetchRequest>,
+}
+
+impl Pending {
+    fn has_apply_work(&self) -> bool {
+        !self.committed.is_empty()
+            || !self.read_states.is_empty()
+            || !self.dropped_reads.is_empty()
+            || !self.fetches.is_empty()
+    }
+
+    /// Moves the work that needs no durability (apply, reads, fetches) into
+    /// a Pending of its own that finishes at once and does not advance.
+    fn split_apply(&mut self) -> Pending {
+        Pending {
+            group: self.group,
+            number: self.number,
+            in_flight: false,
+            advance: false,
+            holds_apply: false,
+            persisted_messages: Vec::new(),
+            committed: std::mem::take(&mut self.committed),
+            read_states: std::mem::take(&mut self.read_states),
+            dropped_reads: std::mem::take(&mut self.dropped_reads),
+            fetches: std::mem::take(&mut self.fetches),
+        }
+    }
 }
 
 /// Restarts every group found in the WAL: hard state, memberships, term
@@ -1237,7 +1296,7 @@ pub(crate) async fn restore_groups(
         let hs = rg.hard_state.unwrap_or_default();
         let snap = rg.snapshot;
         let last = rg.last_index;
-        let commit = hs.commit.max(snap.index);
+        let mut commit = hs.commit.max(snap.index);
         let dir = driver.borrow().snapshot_dir();
         let mut applied = snap.index;
         let mut loaded = None;
@@ -1246,14 +1305,16 @@ pub(crate) async fn restore_groups(
                 .await
                 .map_err(|e| format!("group {group}: {e}"))?
             {
-                Some((index, state)) if index >= snap.index && index <= commit => {
+                Some((index, state)) if index >= snap.index => {
+                    // A snapshot holds only applied, so committed, entries.
+                    // Applies run ahead of the durable hard state (its
+                    // commit index is written lazily, and a Ready's committed
+                    // entries are applied while its own writes sync), so the
+                    // file may be past the commit index the WAL recorded:
+                    // the file proves the commit.
                     applied = index;
+                    commit = commit.max(index);
                     loaded = Some(state);
-                }
-                Some((index, _)) if index > commit => {
-                    return Err(format!(
-                        "group {group}: snapshot at {index} is past the commit index {commit}"
-                    ))
                 }
                 _ if snap.index > 0 => {
                     return Err(format!(
@@ -1290,7 +1351,7 @@ pub(crate) async fn restore_groups(
             hard_state: HardState {
                 term: hs.term,
                 vote: (hs.vote != 0).then_some(NodeId(hs.vote)),
-                commit: hs.commit,
+                commit,
             },
             membership: meta.latest.clone(),
             snapshot: raft::SnapshotMeta {
@@ -1309,7 +1370,7 @@ pub(crate) async fn restore_groups(
         info!(
             group = group.0,
             term = hs.term,
-            commit = hs.commit,
+            commit,
             last_index = last,
             "group recovered from the WAL"
         );
@@ -1326,6 +1387,13 @@ pub(crate) async fn restore_groups(
 /// WAL writes one shard keeps in flight (turns collected while earlier
 /// turns' writes and fdatasyncs run).
 const WRITES_IN_FLIGHT_MAX: usize = 4;
+
+/// With [`WRITES_IN_FLIGHT_MAX`] writes in flight, a turn is still
+/// collected once this long has passed since the last: a WAL write stalled
+/// by the disk (hundreds of ms happen on a busy machine) must not hold back
+/// the heartbeats, votes and acknowledgements of every group of the shard,
+/// or the other nodes elect new leaders for all of them.
+const COLLECT_INTERVAL_WHEN_FULL: std::time::Duration = std::time::Duration::from_millis(10);
 
 const WRITING: u8 = 0;
 const DURABLE: u8 = 1;
@@ -1350,6 +1418,7 @@ pub(crate) async fn drive(
     stop: Rc<std::cell::Cell<bool>>,
 ) {
     let mut turns: std::collections::VecDeque<Turn> = std::collections::VecDeque::new();
+    let mut last_collect = std::time::Instant::now();
     while !stop.get() {
         // Wait for at least one kick, then take all of them: one turn serves
         // every input that arrived meanwhile.
@@ -1387,7 +1456,10 @@ pub(crate) async fn drive(
             break;
         }
         // 2. Collect a new turn and start its write.
-        if turns.len() < WRITES_IN_FLIGHT_MAX {
+        if turns.len() < WRITES_IN_FLIGHT_MAX
+            || last_collect.elapsed() >= COLLECT_INTERVAL_WHEN_FULL
+        {
+            last_collect = std::time::Instant::now();
             let Collected {
                 batches: batch,
                 pending,

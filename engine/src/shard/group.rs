@@ -84,6 +84,10 @@ pub(crate) struct GroupReplica {
     /// Readys of this group whose WAL write is not durable yet (the driver
     /// finishes a group's Readys in order).
     pub(crate) readys_in_flight: u32,
+    /// Of those, the ones that apply or answer reads when durable (a
+    /// snapshot's Ready, and what follows it): later Readys' applies wait
+    /// behind them so that a group applies in order.
+    pub(crate) applies_in_flight: u32,
     /// Term and vote of the last hard state handed to the WAL (`None`: not
     /// known, so the next hard state is written before its Ready finishes).
     pub(crate) written_term_vote: Option<(Term, Option<crate::raft::NodeId>)>,
@@ -109,6 +113,7 @@ impl GroupReplica {
             read_ctx_next: 1,
             applied_scratch: Vec::new(),
             readys_in_flight: 0,
+            applies_in_flight: 0,
             written_term_vote: None,
             last_emitted_index: 0,
         }

@@ -166,9 +166,19 @@ pub(crate) enum ShardRequest {
         group: GroupId,
         reply: oneshot::Sender<Option<driver::GroupStatus>>,
     },
+    /// Run a caller's task on this shard's executor (its client queue).
+    Spawn {
+        make: SpawnFn,
+        reply: oneshot::Sender<()>,
+    },
     /// Stop: finish the shard's tasks and answer.
     Shutdown { reply: oneshot::Sender<()> },
 }
+
+/// Builds, on the shard's thread, a task to run there (see
+/// [`crate::NodeHost::spawn_on_shard`]).
+pub type SpawnFn =
+    Box<dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> + Send>;
 
 /// What a shard needs to start.
 pub(crate) struct ShardSetup {
@@ -224,6 +234,9 @@ pub(crate) async fn run(setup: ShardSetup) {
     let ex = glommio::executor();
     let raft_tq = ex.create_task_queue(Shares::Static(1000), Latency::NotImportant, "raft");
     let apply_tq = ex.create_task_queue(Shares::Static(250), Latency::NotImportant, "apply");
+    // Tasks callers run on the shard (a node's client connections): half
+    // the raft queue's share when both are busy.
+    let client_tq = ex.create_task_queue(Shares::Static(500), Latency::NotImportant, "client");
     let counters = Rc::new(Counters {
         ticks: Cell::new(0),
         tick_lateness_max: Cell::new(Duration::ZERO),
@@ -479,6 +492,17 @@ pub(crate) async fn run(setup: ShardSetup) {
                 )
                 .expect("apply task queue exists")
                 .detach();
+            }
+            ShardRequest::Spawn { make, reply } => {
+                match glommio::spawn_local_into(make(), client_tq) {
+                    Ok(task) => {
+                        task.detach();
+                    }
+                    Err(e) => {
+                        error!(node = node_id, shard, error = %e, "cannot spawn a client task")
+                    }
+                }
+                let _ = reply.send(());
             }
             ShardRequest::Shutdown { reply } => {
                 shutdown_reply = Some(reply);
