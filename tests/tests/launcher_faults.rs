@@ -647,6 +647,10 @@ fn histories_under_kill_pause_and_restart_are_linearizable() {
         std::thread::park_timeout(Duration::from_millis(50));
     }
     let acked_after_heal = acked.load(Ordering::Relaxed) - acked_at_heal;
+    eprintln!(
+        "{:?}: every node ready and {acked_after_heal} ops acknowledged after the heal",
+        t0.elapsed()
+    );
     stop_clients.store(true, Ordering::Relaxed);
     for c in clients {
         c.join().expect("client thread");
@@ -671,10 +675,9 @@ fn histories_under_kill_pause_and_restart_are_linearizable() {
                     Some(c) => run(c, &key, Call::Read),
                     None => Outcome::Info,
                 };
-                rec.complete(pending, outcome);
+                let done = rec.complete(pending, outcome);
                 if matches!(outcome, Outcome::Ok(_)) {
-                    let h = rec.history();
-                    final_reads.push(h.last().expect("just recorded").clone());
+                    final_reads.push(done);
                     break;
                 }
                 conn = None;
@@ -689,6 +692,11 @@ fn histories_under_kill_pause_and_restart_are_linearizable() {
             }
         }
     }
+    eprintln!(
+        "{:?}: final reads of {} keys from every node done",
+        t0.elapsed(),
+        (epochs + 1) * KEYS
+    );
     let history = rec.history();
     let ok = history
         .iter()

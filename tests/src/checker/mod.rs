@@ -383,9 +383,10 @@ impl Recorder {
         Pending(ops.len() - 1)
     }
 
-    /// Records how `pending` ended. An `Info` outcome keeps no completion
-    /// time (it may take effect at any later time).
-    pub fn complete(&self, pending: Pending, outcome: Outcome) {
+    /// Records how `pending` ended and returns the completed op. An `Info`
+    /// outcome keeps no completion time (it may take effect at any later
+    /// time).
+    pub fn complete(&self, pending: Pending, outcome: Outcome) -> Op {
         let complete = self.start.elapsed();
         let mut ops = self.ops.lock().expect("recorder lock");
         let op = &mut ops[pending.0];
@@ -394,6 +395,7 @@ impl Recorder {
             Outcome::Info => None,
             _ => Some(complete),
         };
+        op.clone()
     }
 
     /// The history so far.
