@@ -160,7 +160,7 @@ impl NodeHost {
                         reason: e.to_string(),
                     };
                     error!(node = host.config.node_id, shard, error = %err, "shard start failed");
-                    futures_lite::future::block_on(host.shutdown());
+                    host.shutdown_after_failed_start();
                     return Err(err);
                 }
             }
@@ -169,7 +169,8 @@ impl NodeHost {
             let outcome = futures_lite::future::block_on(rx)
                 .unwrap_or_else(|_| Err("the shard exited during start".to_string()));
             if let Err(reason) = outcome {
-                futures_lite::future::block_on(host.shutdown());
+                error!(node = host.config.node_id, shard, %reason, "shard start failed");
+                host.shutdown_after_failed_start();
                 return Err(HostError::ShardStart {
                     shard: shard as ShardId,
                     reason,
@@ -669,6 +670,29 @@ impl NodeHost {
         with_deadline(answer, deadline).await
     }
 
+    /// After a failed start: stops the shards that did start, but waits
+    /// for them only so long, so that the caller gets the start error
+    /// rather than a hang (a shard still busy in its own failed start is
+    /// left to end on its own).
+    fn shutdown_after_failed_start(&self) {
+        let stopped = futures_lite::future::block_on(futures_lite::future::or(
+            async {
+                self.shutdown().await;
+                true
+            },
+            async {
+                async_io::Timer::after(FAILED_START_SHUTDOWN_WAIT).await;
+                false
+            },
+        ));
+        if !stopped {
+            error!(
+                node = self.config.node_id,
+                "shards did not stop within {FAILED_START_SHUTDOWN_WAIT:?} after a failed start"
+            );
+        }
+    }
+
     /// Stops every shard: each fails its waiting requests, finishes its
     /// tasks, closes its WAL and its thread exits. Waits for the threads.
     /// Later calls (and every request after it) find the node stopped.
@@ -702,6 +726,9 @@ impl NodeHost {
         info!(node = self.config.node_id, "node stopped");
     }
 }
+
+/// How long a failed start waits for the shards it started to stop.
+const FAILED_START_SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs `fut`, or fails with [`HostError::Timeout`] after `deadline`.
 pub(crate) async fn with_deadline<T>(

@@ -78,6 +78,21 @@ impl Cluster {
         self.hosts[i] = Some(Arc::new(host));
     }
 
+    /// Starts (or restarts) `node`, returning the start error instead of
+    /// panicking.
+    pub fn try_start(&mut self, node: NodeId) -> Result<(), HostError> {
+        let i = node.0 as usize - 1;
+        assert!(self.hosts[i].is_none(), "{node} already runs");
+        let host = NodeHost::start(self.configs[i].clone())?;
+        self.hosts[i] = Some(Arc::new(host));
+        Ok(())
+    }
+
+    /// The data directory of `node`.
+    pub fn data_dir(&self, node: NodeId) -> &std::path::Path {
+        &self.configs[node.0 as usize - 1].data_dir
+    }
+
     /// Stops `node` gracefully (its data stays).
     pub fn stop(&mut self, node: NodeId) {
         let i = node.0 as usize - 1;

@@ -118,3 +118,51 @@ fn stopping_the_leader_of_many_groups_at_once_loses_nothing() {
     });
     c.shutdown();
 }
+
+/// A node whose recovery fails (its log is compacted behind a snapshot file
+/// that is gone) does not start, says why, and does not hang — while the
+/// other nodes keep dialing it. Its data is left as it was.
+#[test]
+fn a_node_that_cannot_recover_fails_to_start_with_the_reason() {
+    init_logs();
+    let mut c = Cluster::with(3, 1, |cfg| {
+        cfg.snapshot_entries = 40;
+        cfg.compaction_overhead_entries = 10;
+    });
+    c.start_all();
+    let groups = [GroupId(1)];
+    c.start_groups(&groups, &c.running());
+    c.wait_leader(GroupId(1), WITHIN);
+    let kv = c.kv(NodeId(1), &groups);
+    for i in 0..150 {
+        retry(WITHIN, "put", || {
+            block_on(kv.put(b(format!("k{i}")), b("v")))
+        });
+    }
+    // Node 3 has applied (and so snapshotted and compacted) most of them.
+    retry(WITHIN, "node 3 snapshots", || {
+        let taken: u64 = block_on(c.host(NodeId(3)).stats(WITHIN))?
+            .iter()
+            .map(|s| s.snapshots_taken)
+            .sum();
+        if taken > 0 {
+            Ok(())
+        } else {
+            Err(flotilla::HostError::Timeout(Duration::ZERO))
+        }
+    });
+    c.stop(NodeId(3));
+    let snapshots = c.data_dir(NodeId(3)).join("shard-0-snapshots");
+    for f in std::fs::read_dir(&snapshots).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    let err = c
+        .try_start(NodeId(3))
+        .expect_err("node 3 cannot recover without its snapshot");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("no snapshot file covers it"),
+        "the start error names the problem: {msg}"
+    );
+    c.shutdown();
+}

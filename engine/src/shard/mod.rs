@@ -284,7 +284,7 @@ pub(crate) async fn run(setup: ShardSetup) {
         Ok(t) => Rc::new(t),
         Err(e) => {
             let _ = started.send(Err(format!("shard {shard}: raft listener: {e}")));
-            let _ = wal.close().await;
+            bounded(wal.close(), node_id, shard, "WAL close").await;
             stop.set(true);
             keepalive_stop.set(true);
             keepalive.await;
@@ -310,8 +310,8 @@ pub(crate) async fn run(setup: ShardSetup) {
             error!(node = node_id, shard, error = %e, "recovery failed");
             let _ = started.send(Err(format!("shard {shard}: recovery: {e}")));
             let transport = driver.borrow().transport();
-            transport.shutdown().await;
-            let _ = wal.close().await;
+            bounded(transport.shutdown(), node_id, shard, "transport shutdown").await;
+            bounded(wal.close(), node_id, shard, "WAL close").await;
             stop.set(true);
             keepalive_stop.set(true);
             keepalive.await;
@@ -538,6 +538,33 @@ pub(crate) async fn run(setup: ShardSetup) {
     debug!(node = node_id, shard, "shard stopped");
     if let Some(reply) = shutdown_reply {
         let _ = reply.send(());
+    }
+}
+
+/// Runs a clean-up step of a failed start for at most 5 s: the start error
+/// must reach the caller even if a step cannot finish.
+async fn bounded<T>(
+    step: impl std::future::Future<Output = T>,
+    node: u64,
+    shard: ShardId,
+    what: &str,
+) {
+    let done = futures_lite::future::or(
+        async {
+            step.await;
+            true
+        },
+        async {
+            glommio::timer::sleep(Duration::from_secs(5)).await;
+            false
+        },
+    )
+    .await;
+    if !done {
+        error!(
+            node,
+            shard, "{what} did not finish within 5 s after a failed start"
+        );
     }
 }
 
