@@ -322,41 +322,6 @@ async fn warm_up(wal: &Rc<Wal>) {
     }
 }
 
-/// Keeps `reserve` timers registered, due every `period`, for ever
-/// (glommio 0.9.0 bug 2: a parked executor still wakes for a timer; a
-/// single armed timer was seen to be lost).
-async fn keep_timers_armed(period: Duration, reserve: usize) {
-    use std::future::Future;
-    use std::pin::Pin;
-    use std::task::Poll;
-    let mut armed: VecDeque<glommio::timer::Timer> = VecDeque::with_capacity(reserve);
-    let mut last_due = Instant::now();
-    loop {
-        let now = Instant::now();
-        if last_due < now {
-            last_due = now;
-        }
-        let mut fresh = Vec::new();
-        while armed.len() + fresh.len() < reserve {
-            last_due += period;
-            fresh.push(glommio::timer::Timer::new(last_due - now));
-        }
-        // Register the new timers with this task's waker without waiting.
-        std::future::poll_fn(|cx| {
-            for t in fresh.iter_mut() {
-                let _ = Pin::new(t).poll(cx);
-            }
-            Poll::Ready(())
-        })
-        .await;
-        armed.extend(fresh);
-        if let Some(front) = armed.front_mut() {
-            front.await;
-        }
-        armed.pop_front();
-    }
-}
-
 fn main() {
     let dir =
         tempfile::tempdir_in(std::env::var("FLOTILLA_BENCH_DIR").unwrap_or_else(|_| "/tmp".into()))
@@ -371,7 +336,13 @@ fn main() {
             // a single 10 ms ticker one run in ~30 slept in io_uring_enter
             // with no timer firing (the watchdog below could not fire
             // either) until a signal interrupted the wait.
-            let _ticker = glommio::spawn_local(keep_timers_armed(Duration::from_millis(5), 8)).detach();
+            // The engine's guard; never stopped (the executor ends with the run).
+            let _ticker = glommio::spawn_local(flotilla::shard::keep_timers_armed(
+                Duration::from_millis(5),
+                8,
+                std::rc::Rc::new(std::cell::Cell::new(false)),
+            ))
+            .detach();
             let dur = cell_time();
             // The WAL is opened first: its manifest is this executor's first DMA file (bug 1).
             let (wal, _) = Wal::open(root.join("wal"), wal_options()).await.unwrap();
