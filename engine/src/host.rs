@@ -675,16 +675,14 @@ impl NodeHost {
     /// rather than a hang (a shard still busy in its own failed start is
     /// left to end on its own).
     fn shutdown_after_failed_start(&self) {
-        let stopped = futures_lite::future::block_on(futures_lite::future::or(
+        let stopped = futures_lite::future::block_on(with_deadline(
             async {
                 self.shutdown().await;
-                true
+                Ok(())
             },
-            async {
-                async_io::Timer::after(FAILED_START_SHUTDOWN_WAIT).await;
-                false
-            },
-        ));
+            FAILED_START_SHUTDOWN_WAIT,
+        ))
+        .is_ok();
         if !stopped {
             error!(
                 node = self.config.node_id,

@@ -549,17 +549,15 @@ async fn bounded<T>(
     shard: ShardId,
     what: &str,
 ) {
-    let done = futures_lite::future::or(
+    let done = crate::host::with_deadline(
         async {
             step.await;
-            true
+            Ok(())
         },
-        async {
-            glommio::timer::sleep(Duration::from_secs(5)).await;
-            false
-        },
+        Duration::from_secs(5),
     )
-    .await;
+    .await
+    .is_ok();
     if !done {
         error!(
             node,
