@@ -8,7 +8,9 @@
 //! ## Its place in the architecture
 //! Every shard (one glommio executor) owns one [`Wal`] shared by all of its
 //! groups, so one DMA write and **one fdatasync** make a whole batch of many
-//! groups durable (as dragonboat's LogDB and TiKV's raft-engine do). The
+//! groups durable (as dragonboat's LogDB and TiKV's raft-engine do). By
+//! default segments are opened `O_DSYNC`, so that write and its flush are one
+//! request to the kernel ([`WalOptions::dsync_writes`]). The
 //! shard loop calls [`Wal::write`] with everything its groups need to persist;
 //! while that flush is in flight it builds the next batch and calls `write`
 //! again: batches arriving during a flush are coalesced into the next one

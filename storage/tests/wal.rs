@@ -403,12 +403,23 @@ fn large_batches_from_many_writers_recover_in_order() {
 /// exactly what was written.
 #[test]
 fn pipelined_large_frames_are_durable_in_order() {
+    pipelined_large_frames(true);
+}
+
+/// The same with write + fdatasync instead of `O_DSYNC` writes.
+#[test]
+fn pipelined_large_frames_without_dsync_are_durable_in_order() {
+    pipelined_large_frames(false);
+}
+
+fn pipelined_large_frames(dsync_writes: bool) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
     run(move || async move {
         let opts = WalOptions {
             segment_bytes: 2 << 20,
             frame_bytes_max: 512 * 1024,
+            dsync_writes,
             ..small_opts()
         };
         let (wal, _) = Wal::open(&path, opts.clone()).await.unwrap();

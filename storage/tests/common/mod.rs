@@ -87,6 +87,7 @@ pub fn small_opts() -> WalOptions {
         recycle_segments: true,
         spare_segments_max: 2,
         prefill_segments: true,
+        dsync_writes: true,
         recovery_read_bytes: 16 * 1024,
     }
 }
