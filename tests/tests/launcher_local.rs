@@ -139,10 +139,11 @@ fn local_starts_serves_stops_and_restarts_with_its_data() {
         "exit status after SIGTERM: {status:?}"
     );
 
-    // Second run on the same data, this time serving clients on the shard
-    // executors themselves: every acknowledged write is there, and new
-    // writes go through.
-    let mut child = start_local(&data, bases, &["--client-threads", "0"]);
+    // Second run on the same data, this time serving clients on a client
+    // executor of their own (the first served them on the shard executors,
+    // `local`'s default): every acknowledged write is there, and new writes
+    // go through.
+    let mut child = start_local(&data, bases, &["--client-threads", "1"]);
     let mut c2 = redis_at(bases.0 + 2);
     let values: Vec<Option<String>> =
         wait_for("reads after restart", Duration::from_secs(30), || {
