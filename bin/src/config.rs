@@ -214,7 +214,8 @@ pub struct NodeArgs {
     #[arg(long, env = "FLOTILLA_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
     /// Shards (one executor per core); must be equal on every node
-    /// [default: number of CPUs].
+    /// [default: the count an existing data directory was created with,
+    /// else the number of CPUs].
     #[arg(long, env = "FLOTILLA_SHARDS")]
     pub shards: Option<usize>,
     /// Founding members as id=host:port raft addresses, comma separated,
@@ -326,14 +327,24 @@ impl NodeArgs {
                 self.$f.clone().or(file.$f).unwrap_or(d.$f)
             };
         }
+        let data_dir: PathBuf = pick!(data_dir);
+        // A restarted node keeps the shard count of its data (groups map to
+        // shards by it); the engine refuses a different one.
+        let shards = match self.shards.or(file.shards) {
+            Some(n) => n,
+            None => flotilla::shards_on_disk(&data_dir)
+                .ok()
+                .flatten()
+                .unwrap_or(d.shards),
+        };
         let cfg = NodeConfig {
             node_id: pick!(node_id),
             cluster_id: pick!(cluster_id),
-            data_dir: pick!(data_dir),
+            data_dir,
             raft_addr: pick!(raft_addr),
             resp_addr: pick!(resp_addr),
             http_addr: pick!(http_addr),
-            shards: pick!(shards),
+            shards,
             members: pick!(members),
             join: self.join.clone().or(file.join),
             kv_groups: pick!(kv_groups),
@@ -588,6 +599,20 @@ mod tests {
         // The printed config reads back as the same config.
         let back: NodeConfig = toml::from_str(&cfg.to_toml()).unwrap();
         assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn a_restarted_node_keeps_the_shard_count_of_its_data_unless_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = args();
+        a.data_dir = Some(dir.path().to_path_buf());
+        assert_eq!(a.resolve().unwrap().shards, flotilla::available_cpus());
+        for s in 0..5 {
+            std::fs::create_dir(dir.path().join(format!("shard-{s}"))).unwrap();
+        }
+        assert_eq!(a.resolve().unwrap().shards, 5, "from the data directory");
+        a.shards = Some(2);
+        assert_eq!(a.resolve().unwrap().shards, 2, "the flag wins");
     }
 
     #[test]

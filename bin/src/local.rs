@@ -22,10 +22,11 @@ pub struct LocalArgs {
     /// Nodes in the cluster.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=9))]
     pub nodes: u64,
-    /// Shards per node (keep it the same between runs). Default: the CPUs
-    /// shared among the nodes, at least 1 each (every node of `local` runs
-    /// on this machine: more executors than cores only adds context
-    /// switches; on 2 cores, 1 shard per node served 1.4-1.6x the SETs of 2).
+    /// Shards per node. Default: the count an existing data directory was
+    /// created with, else the CPUs shared among the nodes, at least 1 each
+    /// (every node of `local` runs on this machine: more executors than
+    /// cores only adds context switches; on 2 cores, 1 shard per node served
+    /// 1.4-1.6x the SETs of 2).
     #[arg(long)]
     pub shards: Option<usize>,
     /// KV groups (keep it the same between runs).
@@ -52,9 +53,16 @@ pub struct LocalArgs {
     pub log_format: LogFormat,
 }
 
-/// `--shards`, or the machine's CPUs shared among the nodes (at least 1).
+/// `--shards`; else the count the cluster's data was created with (a
+/// resumed cluster keeps it: groups map to shards by it); else the
+/// machine's CPUs shared among the nodes (at least 1).
 fn shards_per_node(args: &LocalArgs) -> usize {
     args.shards
+        .or_else(|| {
+            flotilla::shards_on_disk(&args.data_dir.join("node-1"))
+                .ok()
+                .flatten()
+        })
         .unwrap_or_else(|| (flotilla::available_cpus() / args.nodes as usize).clamp(1, 10))
 }
 
@@ -184,12 +192,29 @@ mod tests {
     #[test]
     fn by_default_the_nodes_share_the_cpus_and_serve_clients_on_their_shards() {
         let cpus = flotilla::available_cpus();
-        let a = args(&[]);
-        let cfg = node_config(&a, 2).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_str().unwrap();
+        let cfg = node_config(&args(&["--data-dir", data]), 2).unwrap();
         assert_eq!(cfg.shards, (cpus / 3).clamp(1, 10));
         assert_eq!(cfg.client_threads, 0);
-        let one = node_config(&args(&["--nodes", "1"]), 1).unwrap();
+        let one = node_config(&args(&["--data-dir", data, "--nodes", "1"]), 1).unwrap();
         assert_eq!(one.shards, cpus.clamp(1, 10));
+    }
+
+    #[test]
+    fn a_resumed_cluster_keeps_the_shard_count_of_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        for s in 0..3 {
+            std::fs::create_dir_all(dir.path().join(format!("node-1/shard-{s}"))).unwrap();
+        }
+        let data = dir.path().to_str().unwrap();
+        let cfg = node_config(&args(&["--data-dir", data]), 2).unwrap();
+        assert_eq!(cfg.shards, 3);
+        let cfg = node_config(&args(&["--data-dir", data, "--shards", "1"]), 2).unwrap();
+        assert_eq!(
+            cfg.shards, 1,
+            "an explicit count wins (the engine then refuses it)"
+        );
     }
 
     #[test]

@@ -187,6 +187,52 @@ pub fn available_cpus() -> usize {
         .unwrap_or(1)
 }
 
+/// The number of shards a node's data directory was created with: the
+/// count of its `shard-<n>` WAL directories (`None` for a new or empty
+/// directory). Groups map to shards by their id and the shard count, so a
+/// node must restart with the count its data has.
+///
+/// # Errors
+/// The directory cannot be listed, or its shard directories are not
+/// `shard-0 ..= shard-<n-1>` (one is missing).
+pub fn shards_on_disk(data_dir: &std::path::Path) -> std::io::Result<Option<usize>> {
+    let entries = match std::fs::read_dir(data_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(n) = name
+            .to_str()
+            .and_then(|s| s.strip_prefix("shard-"))
+            .and_then(|s| s.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        if entry.file_type()?.is_dir() {
+            found.push(n);
+        }
+    }
+    if found.is_empty() {
+        return Ok(None);
+    }
+    found.sort_unstable();
+    if let Some(missing) = (0..found.len()).find(|&i| found[i] != i) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{} has shard directories {:?} but no shard-{missing}",
+                data_dir.display(),
+                found
+            ),
+        ));
+    }
+    Ok(Some(found.len()))
+}
+
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]

@@ -79,6 +79,30 @@ impl NodeHost {
     /// stopped again).
     pub fn start(config: NodeHostConfig) -> Result<NodeHost, HostError> {
         config.validate()?;
+        // Groups map to shards by id and shard count: data written with
+        // another count would be recovered on shards that no longer own
+        // its groups (found by nobody, as if lost).
+        match crate::config::shards_on_disk(&config.data_dir) {
+            Ok(None) => {}
+            Ok(Some(n)) if n == config.shard_count => {}
+            Ok(Some(n)) => {
+                return Err(HostError::Config(ConfigError::Invalid {
+                    field: "shard_count",
+                    reason: format!(
+                        "{} was created with {n} shards, not {}: restart the node with \
+                         {n} shards",
+                        config.data_dir.display(),
+                        config.shard_count
+                    ),
+                }))
+            }
+            Err(e) => {
+                return Err(HostError::Config(ConfigError::Invalid {
+                    field: "data_dir",
+                    reason: e.to_string(),
+                }))
+            }
+        }
         let cpus = available_cpus();
         let mut host = NodeHost {
             mailboxes: Vec::with_capacity(config.shard_count),
@@ -771,6 +795,43 @@ mod tests {
         cfg.io_memory_bytes = 512 << 10;
         cfg.detect_stalls = false;
         cfg
+    }
+
+    /// Groups map to shards by id and shard count: a node restarted with
+    /// another count would not find the groups of its data, so it refuses
+    /// to start and names the count its data has.
+    #[test]
+    fn a_node_restarted_with_another_shard_count_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = NodeHost::start(test_config(1, 2, 0, &dir)).unwrap();
+        block_on(host.shutdown());
+        assert_eq!(
+            crate::shards_on_disk(&dir.path().join("node-1")).unwrap(),
+            Some(2)
+        );
+        match NodeHost::start(test_config(1, 1, 0, &dir)) {
+            Err(HostError::Config(ConfigError::Invalid { field, reason })) => {
+                assert_eq!(field, "shard_count");
+                assert!(reason.contains("created with 2 shards"), "{reason}");
+            }
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(h) => {
+                block_on(h.shutdown());
+                panic!("started with 1 shard on data of 2");
+            }
+        }
+        // Its own count still starts; a hole in the shard directories is
+        // reported, never guessed around.
+        let host = NodeHost::start(test_config(1, 2, 0, &dir)).unwrap();
+        block_on(host.shutdown());
+        std::fs::create_dir(dir.path().join("node-1/shard-3")).unwrap();
+        let err = crate::shards_on_disk(&dir.path().join("node-1")).unwrap_err();
+        assert!(err.to_string().contains("no shard-2"), "{err}");
+        assert!(NodeHost::start(test_config(1, 2, 0, &dir)).is_err());
+        assert_eq!(
+            crate::shards_on_disk(&dir.path().join("absent")).unwrap(),
+            None
+        );
     }
 
     /// glommio 0.9.0 can park an executor that still has runnable work (bug 2

@@ -21,7 +21,7 @@ pub mod test_util;
 pub mod wire;
 
 pub use api::{MemberInfo, MembershipInfo, ReadConsistency};
-pub use config::{available_cpus, ConfigError, NodeHostConfig, Placement};
+pub use config::{available_cpus, shards_on_disk, ConfigError, NodeHostConfig, Placement};
 pub use error::RequestError;
 /// WAL statistics types that appear in [`ShardStats`].
 pub use flotilla_storage::{LatencyHistogram, WalStats, FLUSH_LATENCY_BOUNDS_US};
