@@ -140,7 +140,7 @@ impl Default for NodeConfig {
             request_timeout_ms: 5_000,
             read_consistency: Consistency::Linearizable,
             max_clients: 10_000,
-            client_threads: 1,
+            client_threads: 0,
             placement: PlacementKind::Pinned,
             first_cpu: 0,
             tick_ms: engine.tick_interval.as_millis() as u64,
@@ -245,7 +245,7 @@ pub struct NodeArgs {
     #[arg(long, env = "FLOTILLA_MAX_CLIENTS")]
     pub max_clients: Option<usize>,
     /// Executors (threads) serving client connections; 0 serves them on the
-    /// shard executors themselves [default: 1].
+    /// shard executors themselves, seastar style [default: 0].
     #[arg(long, env = "FLOTILLA_CLIENT_THREADS")]
     pub client_threads: Option<usize>,
     /// Shard placement: pinned (one core each) or unbound [default: pinned].

@@ -1,5 +1,6 @@
 //! One running node: the engine (`NodeHost`), the KV groups, and the client
-//! servers on their own executors.
+//! servers (on the shard executors by default, or on `client_threads`
+//! executors of their own).
 //!
 //! ```text
 //!  main thread ── checks: data dir writable, client + raft ports free
