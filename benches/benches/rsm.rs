@@ -738,7 +738,43 @@ fn engine_apply_section(rng: &mut Rng) {
     assert_eq!(keys, total);
 }
 
+/// The single-group pattern (`flotilla bench --groups 1`): one store,
+/// `FLOTILLA_BENCH_BIG_KEYS` (default 1,000,000) random 12-byte keys, 16-byte
+/// values, through [`KvStore::execute`]: (a) fill (all inserts), (b) random
+/// overwrites of the filled keys.
+fn big_map_section() {
+    let n = env_usize("FLOTILLA_BENCH_BIG_KEYS", 1_000_000);
+    println!("## one store, {n} random keys of 12 B, 16 B values");
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let keys: Vec<u64> = (0..n).map(|_| rng.next()).collect();
+    let mut store = KvStore::new();
+    let mut t = Timed::default();
+    for chunk in keys.chunks(ENGINE_BATCH_OPS) {
+        let batch = engine_batch(chunk.iter().map(|&k| (0, k)), 1);
+        engine_puts(std::slice::from_mut(&mut store), batch, &mut t);
+    }
+    ns_row("big map (a) fill: put new keys, random order", n, &t);
+    assert!(store.len() > n - n / 1000);
+    let mut t = Timed::default();
+    for round in 0..n / ENGINE_BATCH_OPS {
+        let ops: Vec<u64> = (0..ENGINE_BATCH_OPS)
+            .map(|_| keys[(rng.next() % n as u64) as usize])
+            .collect();
+        let batch = engine_batch(ops.into_iter().map(|k| (0, k)), round as u64);
+        engine_puts(std::slice::from_mut(&mut store), batch, &mut t);
+    }
+    ns_row(
+        "big map (b) put overwrite, random",
+        n / ENGINE_BATCH_OPS * ENGINE_BATCH_OPS,
+        &t,
+    );
+}
+
 fn main() {
+    if std::env::var("FLOTILLA_BENCH_BIG_MAP_ONLY").is_ok_and(|v| v == "1") {
+        big_map_section();
+        return;
+    }
     if std::env::var("FLOTILLA_BENCH_ENGINE_ONLY").is_ok_and(|v| v == "1") {
         engine_section();
         return;
@@ -759,4 +795,5 @@ fn main() {
     read_section(n16);
     snapshot_section(snapshot_keys);
     engine_section();
+    big_map_section();
 }

@@ -50,7 +50,11 @@ use super::tree::CowTree;
 const PENDING_MIN: usize = 32;
 /// Most pending operations: bounds the sort an ordered read may do (~0.5 ms)
 /// and the memory of the buffer (40 bytes an entry).
-const PENDING_MAX: usize = 8192;
+const PENDING_MAX: usize = 32768;
+
+/// Most net insertions a merge hands to the tree at once (bounds the
+/// merge's key buffer: 32 bytes a key).
+const PENDING_RUN_MAX: usize = 1024;
 
 /// Pending operations that trigger a merge into a tree of `tree_len` keys:
 /// a quarter of the tree (so a merge visits each leaf for ~12 keys, and
@@ -235,6 +239,9 @@ impl CowMap {
     /// the tree and whether it must be.
     pub(crate) fn merge(&mut self) {
         let ops = self.pending.take_sorted();
+        // Net insertions go into the tree in runs (between two deletions),
+        // leaf by leaf: `CowTree::insert_sorted`.
+        let mut run: Vec<Key> = Vec::with_capacity(ops.len().min(PENDING_RUN_MAX));
         let mut i = 0;
         while i < ops.len() {
             let (key, first) = &ops[i];
@@ -246,10 +253,15 @@ impl CowMap {
             let last = ops[j - 1].1;
             match (first, last) {
                 (Op::Insert, Op::Insert) => {
-                    let had = self.order.insert(key.clone(), ());
-                    debug_assert!(had.is_none(), "a new key was already in the tree");
+                    run.push(key.clone());
+                    if run.len() == PENDING_RUN_MAX {
+                        self.order.insert_sorted(&run, ());
+                        run.clear();
+                    }
                 }
                 (Op::Delete, Op::Delete) => {
+                    self.order.insert_sorted(&run, ());
+                    run.clear();
                     let had = self.order.remove(key);
                     debug_assert!(had.is_some(), "a deleted key was not in the tree");
                 }
@@ -259,6 +271,7 @@ impl CowMap {
             }
             i = j;
         }
+        self.order.insert_sorted(&run, ());
         debug_assert_eq!(self.order.len(), self.values.len());
         self.pending.recycle(ops);
     }

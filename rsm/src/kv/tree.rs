@@ -87,6 +87,35 @@ fn touch<V>(node: &[(Key, V)]) {
     std::hint::black_box(lens);
 }
 
+/// Merges `new` (strictly increasing, none in `leaf`) into the sorted
+/// `leaf` in place: appends the new entries, then fills the node from the
+/// back, moving each old entry that ends above a new one once (a swap
+/// with a not-yet-placed slot), so no temporary node is allocated.
+fn merge_into<V: Clone>(leaf: &mut Leaf<V>, new: &[Key], value: &V) {
+    let mut a = leaf.len(); // old entries [0, a) not yet placed
+    let mut b = new.len(); // new keys [0, b) not yet placed
+    leaf.extend(new.iter().map(|k| (k.clone(), value.clone())));
+    // Invariant: a + b == w; slots [a, w) are free (their contents are
+    // overwritten or moved below a), slots [w, len) are final.
+    let mut w = leaf.len();
+    while b > 0 {
+        debug_assert_eq!(a + b, w);
+        if a > 0 && leaf[a - 1].0 > new[b - 1] {
+            leaf.swap(a - 1, w - 1);
+            a -= 1;
+        } else {
+            debug_assert!(
+                a == 0 || leaf[a - 1].0 < new[b - 1],
+                "key already in the leaf"
+            );
+            leaf[w - 1] = (new[b - 1].clone(), value.clone());
+            b -= 1;
+        }
+        w -= 1;
+    }
+    debug_assert!(leaf.windows(2).all(|p| p[0].0 < p[1].0));
+}
+
 fn search<V>(leaf: &Leaf<V>, key: &Key) -> Result<usize, usize> {
     leaf.binary_search_by(|(k, _)| k.cmp(key))
 }
@@ -177,6 +206,61 @@ impl<V: Clone> CowTree<V> {
             }
         }
         r
+    }
+
+    /// Inserts `keys` (strictly increasing, none in the tree yet), each
+    /// with a clone of `value`. Consecutive keys that fall into the same
+    /// leaf go in together: one branch and leaf search, one copy-on-write
+    /// check and one in-place merge (each moved entry moved once) for the
+    /// whole group, instead of a search and a shift per key. A key that
+    /// finds its leaf full goes through [`CowTree::insert`] (which splits).
+    pub(crate) fn insert_sorted(&mut self, keys: &[Key], value: V) {
+        debug_assert!(keys.windows(2).all(|w| w[0] < w[1]));
+        let mut i = 0;
+        while i < keys.len() {
+            let key = &keys[i];
+            let below_first = self.root.first_key_value().is_none_or(|(f, _)| key < f);
+            if below_first {
+                let had = self.insert(key.clone(), value.clone());
+                debug_assert!(had.is_none(), "insert_sorted of a present key");
+                i += 1;
+                continue;
+            }
+            // The first key of the next branch bounds this branch's last leaf.
+            let next_root = self
+                .root
+                .range::<Key, _>((Bound::Excluded(key), Bound::Unbounded))
+                .next()
+                .map(|(k, _)| k.clone());
+            let (_, rb) = self
+                .root
+                .range_mut::<Key, _>((Bound::Unbounded, Bound::Included(key)))
+                .next_back()
+                .expect("a root key <= key exists");
+            touch(rb);
+            let j = leaf_index(rb, key);
+            let bound = rb.get(j + 1).map(|(k, _)| k.clone()).or(next_root);
+            let room = LEAF_MAX - rb[j].1.len();
+            let group = keys[i..]
+                .iter()
+                .take(room)
+                .take_while(|k| bound.as_ref().is_none_or(|b| *k < b))
+                .count();
+            if group == 0 {
+                // Full leaf: the single-key path splits it.
+                let had = self.insert(key.clone(), value.clone());
+                debug_assert!(had.is_none(), "insert_sorted of a present key");
+                i += 1;
+                continue;
+            }
+            let new = &keys[i..i + group];
+            let branch = Rc::make_mut(rb);
+            let leaf = Rc::make_mut(&mut branch[j].1);
+            merge_into(leaf, new, &value);
+            debug_assert!(leaf.len() <= LEAF_MAX);
+            self.len += group;
+            i += group;
+        }
     }
 
     /// Removes, returning the value.
@@ -375,6 +459,45 @@ mod tests {
                 snap.check_invariants();
                 prop_assert!(pairs(snap).eq(snap_model.iter().map(|(k, v)| (&k[..], v))));
             }
+        }
+    }
+
+    proptest! {
+        /// `insert_sorted` (leaf-grouped, in-place merges) ends in the same
+        /// state as inserting the keys one by one, on a tree of any shape,
+        /// and leaves a clone taken before it untouched.
+        #[test]
+        fn insert_sorted_matches_single_inserts(
+            base in proptest::collection::btree_set(0u32..20_000, 0..3000),
+            removed in proptest::collection::vec(0u32..20_000, 0..300),
+            new in proptest::collection::btree_set(0u32..20_000, 0..3000),
+        ) {
+            let k = |n: u32| Key::new(format!("{:05}", n).as_bytes());
+            let mut m: CowTree<Bytes> = CowTree::from_sorted(
+                base.iter().map(|&n| (k(n), b(b"base"))).collect(),
+            );
+            let mut model: Model<Bytes, Bytes> =
+                base.iter().map(|&n| (b(format!("{:05}", n).as_bytes()), b(b"base"))).collect();
+            for n in removed {
+                let key = format!("{:05}", n);
+                prop_assert_eq!(m.remove(&Key::new(key.as_bytes())), model.remove(key.as_bytes()));
+            }
+            let before = m.clone();
+            let before_model = model.clone();
+            let keys: Vec<Key> = new
+                .iter()
+                .filter(|&&n| !model.contains_key(format!("{:05}", n).as_bytes()))
+                .map(|&n| k(n))
+                .collect();
+            for key in &keys {
+                model.insert(b(key.as_slice()), b(b"new"));
+            }
+            m.insert_sorted(&keys, b(b"new"));
+            m.check_invariants();
+            prop_assert_eq!(m.len(), model.len());
+            prop_assert!(pairs(&m).eq(model.iter().map(|(k, v)| (&k[..], v))));
+            before.check_invariants();
+            prop_assert!(pairs(&before).eq(before_model.iter().map(|(k, v)| (&k[..], v))));
         }
     }
 
