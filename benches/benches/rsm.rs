@@ -23,6 +23,10 @@
 //!    of one buffer): (f) fill, (g) overwrite. `FLOTILLA_BENCH_ENGINE_ONLY=1`
 //!    runs only this section.
 //!
+//! 5. one big map (`flotilla bench --groups 1`): one store, 1,000,000
+//!    random 12-byte keys (`FLOTILLA_BENCH_BIG_KEYS`), (a) fill, (b) random
+//!    overwrites; `FLOTILLA_BENCH_BIG_MAP_ONLY=1` runs only this section.
+//!
 //! `FLOTILLA_BENCH_SNAPSHOT_ONLY=1` runs only section 2 and the in-memory
 //! rows of section 3.
 //!

@@ -13,11 +13,12 @@
 //! A point write touches only the hash index; creating or deleting a key
 //! also appends one entry to `pending` (a sequential write, no tree
 //! search). The tree catches up in bulk, when `pending` passes
-//! [`pending_max`] (a quarter of the tree, 32..=8,192 entries): `pending` is
+//! [`pending_max`] (a quarter of the tree, 32..=32,768 entries): `pending` is
 //! sorted (stable, so the operations on one key stay in apply order) and
 //! merged into the tree in key order, so consecutive tree updates land in
 //! the same (cached) branch and leaf instead of one random tree search per
-//! new key.
+//! new key; the net creations go in leaf by leaf
+//! ([`CowTree::insert_sorted`]: one search and one in-place merge per leaf).
 //!
 //! Ordered reads (`iter`, `range`: scans, snapshots, `Debug`) take `&self`
 //! and do not merge: they sort `pending` in place if needed (interior
@@ -27,7 +28,7 @@
 //! So an ordered read sees exactly the current state whatever is pending.
 //!
 //! Both halves clone by copying their top level (a snapshot view costs
-//! microseconds; `pending` is copied, ≤ 8,192 entries) and copy a chunk /
+//! microseconds; `pending` is copied, ≤ 32,768 entries) and copy a chunk /
 //! leaf on the first write after a capture.
 //!
 //! Invariants: the tree's keys, with `pending`'s operations replayed in
