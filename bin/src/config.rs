@@ -115,6 +115,8 @@ pub struct NodeConfig {
     pub heartbeat_ticks: u64,
     /// Size of a WAL segment file.
     pub wal_segment_bytes: u64,
+    /// WAL flushes as one O_DSYNC write (true) or a write and an fdatasync.
+    pub wal_dsync: bool,
     /// Pinned I/O memory per shard executor.
     pub io_memory_bytes: usize,
     /// Log format.
@@ -147,6 +149,7 @@ impl Default for NodeConfig {
             election_ticks: engine.election_timeout_ticks,
             heartbeat_ticks: engine.heartbeat_interval_ticks,
             wal_segment_bytes: engine.wal_segment_bytes,
+            wal_dsync: engine.wal_dsync_writes,
             io_memory_bytes: engine.io_memory_bytes,
             log_format: LogFormat::Text,
         }
@@ -178,6 +181,7 @@ struct FileConfig {
     election_ticks: Option<u64>,
     heartbeat_ticks: Option<u64>,
     wal_segment_bytes: Option<u64>,
+    wal_dsync: Option<bool>,
     io_memory_bytes: Option<usize>,
     log_format: Option<LogFormat>,
 }
@@ -266,6 +270,11 @@ pub struct NodeArgs {
     /// WAL segment file size in bytes [default: 67108864].
     #[arg(long, env = "FLOTILLA_WAL_SEGMENT_BYTES")]
     pub wal_segment_bytes: Option<u64>,
+    /// WAL flushes as one O_DSYNC write (true) or as a write and an
+    /// fdatasync (false: a better tail when the cores are oversubscribed)
+    /// [default: true].
+    #[arg(long, env = "FLOTILLA_WAL_DSYNC")]
+    pub wal_dsync: Option<bool>,
     /// Pinned I/O memory per shard executor in bytes [default: 2097152].
     #[arg(long, env = "FLOTILLA_IO_MEMORY_BYTES")]
     pub io_memory_bytes: Option<usize>,
@@ -359,6 +368,7 @@ impl NodeArgs {
             election_ticks: pick!(election_ticks),
             heartbeat_ticks: pick!(heartbeat_ticks),
             wal_segment_bytes: pick!(wal_segment_bytes),
+            wal_dsync: pick!(wal_dsync),
             io_memory_bytes: pick!(io_memory_bytes),
             log_format: pick!(log_format),
         };
@@ -540,6 +550,7 @@ impl NodeConfig {
         h.election_timeout_ticks = self.election_ticks;
         h.heartbeat_interval_ticks = self.heartbeat_ticks;
         h.wal_segment_bytes = self.wal_segment_bytes;
+        h.wal_dsync_writes = self.wal_dsync;
         h.io_memory_bytes = self.io_memory_bytes;
         h
     }
@@ -613,6 +624,23 @@ mod tests {
         assert_eq!(a.resolve().unwrap().shards, 5, "from the data directory");
         a.shards = Some(2);
         assert_eq!(a.resolve().unwrap().shards, 2, "the flag wins");
+    }
+
+    #[test]
+    fn the_wal_durability_mode_reaches_the_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = args();
+        a.data_dir = Some(dir.path().to_path_buf());
+        assert!(
+            a.resolve().unwrap().host_config().wal_dsync_writes,
+            "default"
+        );
+        let path = dir.path().join("n.toml");
+        std::fs::write(&path, "wal_dsync = false\n").unwrap();
+        a.config = Some(path);
+        assert!(!a.resolve().unwrap().host_config().wal_dsync_writes, "file");
+        a.wal_dsync = Some(true);
+        assert!(a.resolve().unwrap().host_config().wal_dsync_writes, "flag");
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub struct NodeHostConfig {
     pub heartbeat_interval_ticks: u64,
     /// Size of each WAL segment file.
     pub wal_segment_bytes: u64,
+    /// WAL flushes as one `O_DSYNC` write (default) instead of a write and
+    /// an fdatasync; see `flotilla_storage::WalOptions::dsync_writes`.
+    pub wal_dsync_writes: bool,
     /// Where shard executors run.
     pub placement: Placement,
     /// Length of one raft tick.
@@ -102,6 +105,7 @@ impl NodeHostConfig {
             election_timeout_ticks: 30,
             heartbeat_interval_ticks: 3,
             wal_segment_bytes: 64 << 20,
+            wal_dsync_writes: true,
             placement: Placement::Pinned { first_cpu: 0 },
             tick_interval: Duration::from_millis(10),
             preempt_timer: Duration::from_millis(2),

@@ -141,6 +141,7 @@ impl NodeHost {
             raft_defaults.quiesce_ticks = host.config.quiesce_ticks;
             let wal_options = flotilla_storage::WalOptions {
                 segment_bytes: host.config.wal_segment_bytes,
+                dsync_writes: host.config.wal_dsync_writes,
                 ..Default::default()
             };
             let (started_tx, started_rx) = oneshot::channel();
