@@ -1009,3 +1009,53 @@ fn a_missing_middle_segment_or_manifest_is_an_error() {
         other => panic!("expected BadManifest for a missing manifest, got {other:?}"),
     }
 }
+
+/// Whether any extent of `path` is allocated but never written (ext4's
+/// unwritten extents, from `FS_IOC_FIEMAP`).
+fn has_unwritten_extents(path: &std::path::Path) -> bool {
+    use std::os::fd::AsRawFd;
+    const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+    const FIEMAP_EXTENT_UNWRITTEN: u32 = 0x800;
+    const EXTENTS_MAX: usize = 256;
+    const EXTENT_WORDS: usize = 7; // 56-byte struct fiemap_extent
+    let file = std::fs::File::open(path).unwrap();
+    // struct fiemap (32 bytes) followed by the extent array, as u64 words.
+    let mut buf = vec![0u64; 4 + EXTENTS_MAX * EXTENT_WORDS];
+    // fm_length: the whole file; fm_extent_count: the low half of word 3.
+    buf[1] = u64::MAX;
+    buf[3] = EXTENTS_MAX as u64;
+    // SAFETY: `buf` is a struct fiemap with room for EXTENTS_MAX extents.
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FIEMAP, buf.as_mut_ptr()) };
+    assert_eq!(r, 0, "FIEMAP: {}", std::io::Error::last_os_error());
+    let mapped = (buf[2] >> 32) as usize; // fm_mapped_extents
+    (0..mapped.min(EXTENTS_MAX)).any(|i| {
+        let flags_word = buf[4 + i * EXTENT_WORDS + 5];
+        (flags_word as u32) & FIEMAP_EXTENT_UNWRITTEN != 0
+    })
+}
+
+/// The first segment of a fresh WAL is written (zeros) before use, as
+/// spares are: a write into fallocated, never-written blocks makes every
+/// flush convert an extent too. Without prefill it stays fallocated (the
+/// check can tell the two apart).
+#[test]
+fn the_first_segment_of_a_fresh_wal_is_prefilled() {
+    for prefill in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal");
+        let p = path.clone();
+        run(move || async move {
+            let opts = WalOptions {
+                prefill_segments: prefill,
+                ..small_opts()
+            };
+            let (wal, _) = Wal::open(&p, opts).await.unwrap();
+            wal.close().await.unwrap();
+        });
+        assert_eq!(
+            has_unwritten_extents(&seg_path(&path, 1)),
+            !prefill,
+            "prefill_segments = {prefill}"
+        );
+    }
+}
