@@ -768,7 +768,7 @@ pub(crate) async fn with_deadline<T>(
 /// A sleep that works inside a shard (a glommio timer) and on any other
 /// thread or runtime (`async-io`'s timer, driven by its own reactor thread).
 pub(crate) async fn sleep_anywhere(d: Duration) {
-    if shard::on_shard_thread() {
+    if shard::glommio_timers_here() {
         glommio::timer::sleep(d).await;
     } else {
         async_io::Timer::after(d).await;

@@ -205,9 +205,20 @@ struct Counters {
 
 thread_local! {
     static ON_SHARD: Cell<bool> = const { Cell::new(false) };
+    /// Set on every glommio executor thread of ours (shards, and any
+    /// executor running [`keep_timers_armed`]): deadlines there use glommio
+    /// timers rather than a round trip through async-io's reactor thread.
+    static GLOMMIO_TIMERS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the calling thread runs a glommio executor of ours, whose timers
+/// `host::sleep_anywhere` may use.
+pub(crate) fn glommio_timers_here() -> bool {
+    GLOMMIO_TIMERS.with(Cell::get)
 }
 
 /// Whether the calling thread runs a flotilla shard executor.
+#[cfg(test)]
 pub(crate) fn on_shard_thread() -> bool {
     ON_SHARD.with(Cell::get)
 }
@@ -215,6 +226,7 @@ pub(crate) fn on_shard_thread() -> bool {
 /// The shard's main future: runs until a `Shutdown` request.
 pub(crate) async fn run(setup: ShardSetup) {
     ON_SHARD.with(|f| f.set(true));
+    GLOMMIO_TIMERS.with(|f| f.set(true));
     let ShardSetup {
         node_id,
         cluster_id,
@@ -587,7 +599,11 @@ pub const TIMER_RESERVE: usize = 64;
 /// Public so that other executors of a flotilla process (client-facing
 /// servers, benchmark load generators) can run the same guard: spawn it
 /// first thing on the executor and set `stop` when the executor ends.
+/// While it runs there, `NodeHost` deadlines on that executor are glommio
+/// timers (without it they go through async-io's reactor thread: a
+/// cross-thread wake-up and a timer-tree insert per request).
 pub async fn keep_timers_armed(period: Duration, reserve: usize, stop: Rc<Cell<bool>>) {
+    GLOMMIO_TIMERS.with(|f| f.set(true));
     armed_ticks(period, reserve, stop, |_| {}).await;
 }
 
@@ -673,5 +689,34 @@ mod tests {
         for c in counts {
             assert!((800..1200).contains(&c), "uneven spread: {counts:?}");
         }
+    }
+
+    /// Deadlines on an executor that runs the timer reserve are glommio
+    /// timers; elsewhere they go through async-io (checked both ways, and
+    /// that `sleep_anywhere` works in each place).
+    #[test]
+    fn executors_with_the_timer_reserve_use_glommio_timers() {
+        assert!(!glommio_timers_here());
+        futures_lite::future::block_on(crate::host::sleep_anywhere(Duration::from_millis(1)));
+        let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(1 << 20)
+            .spawn(|| async {
+                let before = glommio_timers_here();
+                let stop = Rc::new(Cell::new(false));
+                let armed = glommio::spawn_local(keep_timers_armed(
+                    Duration::from_millis(1),
+                    4,
+                    stop.clone(),
+                ));
+                glommio::yield_if_needed().await;
+                glommio::timer::sleep(Duration::from_millis(2)).await;
+                let after = glommio_timers_here();
+                crate::host::sleep_anywhere(Duration::from_millis(1)).await;
+                stop.set(true);
+                armed.await;
+                (before, after)
+            })
+            .expect("executor starts");
+        assert_eq!(handle.join().expect("executor runs"), (false, true));
     }
 }
