@@ -404,9 +404,18 @@ impl NodeHost {
     /// replica. Start the new replica with [`NodeHost::join_group`] on its
     /// node (before or after). One change at a time per group.
     ///
+    /// Idempotent: a change already in effect in the group's committed
+    /// membership (the node is that kind of member at that address; for
+    /// removal, absent; for promotion, a voter) returns `Ok` at once. So a
+    /// caller whose request failed ambiguously (a timeout, or a leader
+    /// change while it was forwarded: the change may have committed) simply
+    /// retries it.
+    ///
     /// # Errors
     /// As [`NodeHost::propose`]; `Rejected(ConfChangePending)` while another
-    /// change is in flight.
+    /// change is in flight; `Rejected` with the conflicting membership when
+    /// the change contradicts it (adding a node that is another kind of
+    /// member, or promoting a node that is not an observer).
     pub async fn add_member(
         &self,
         group: GroupId,

@@ -570,6 +570,43 @@ fn single_server_change_waits_for_noop_commit() {
         address: Bytes::new(),
     });
     assert!(matches!(again, Err(ProposeError::ConfChangePending { .. })));
+    // Not "in effect" while uncommitted: a retry must wait for the answer.
+    assert!(!c.node(1).conf_change_in_effect(&cc));
+    c.stabilize();
+    // Committed: the same change again is a no-op, not an error (a client
+    // retrying after a lost answer); other changes of that node are not.
+    assert!(c.node(1).conf_change_in_effect(&cc));
+    for other in [
+        ConfChangeKind::AddObserver,
+        ConfChangeKind::RemoveNode,
+        ConfChangeKind::PromoteObserver,
+    ] {
+        let promote_of_voter = other == ConfChangeKind::PromoteObserver;
+        let o = ConfChange {
+            kind: other,
+            ..cc.clone()
+        };
+        assert_eq!(
+            c.node(1).conf_change_in_effect(&o),
+            promote_of_voter,
+            "{other:?}"
+        );
+    }
+    let moved = ConfChange {
+        address: Bytes::from_static(b"127.0.0.1:4"),
+        ..cc.clone()
+    };
+    assert!(!c.node(1).conf_change_in_effect(&moved), "another address");
+    let gone = ConfChange {
+        kind: ConfChangeKind::RemoveNode,
+        node: NodeId(9),
+        address: Bytes::new(),
+    };
+    assert!(c.node(1).conf_change_in_effect(&gone));
+    assert!(
+        !c.node(2).conf_change_in_effect(&gone),
+        "only a leader vouches"
+    );
 }
 
 /// Leadership transfer: the target catches up and wins; proposals are

@@ -1782,6 +1782,19 @@ impl Raft {
         Ok(index)
     }
 
+    /// Whether `cc` is already in effect in a membership this leader knows
+    /// to be committed (no change pending, an entry of its term committed).
+    /// Such a change is answered as done rather than refused: a client that
+    /// retries a change whose first answer was lost (the leader changed
+    /// while the request was forwarded, or the deadline passed just as it
+    /// committed) must not be told it failed.
+    pub fn conf_change_in_effect(&self, cc: &ConfChange) -> bool {
+        self.committed_in_term()
+            && self.transfer.is_none()
+            && self.pending_conf.is_empty()
+            && self.membership.in_effect(cc)
+    }
+
     /// Starts a leadership transfer to `to` (thesis §3.10): catch it up, then
     /// send TimeoutNow. Proposals are refused until it completes or aborts
     /// (after an election timeout).

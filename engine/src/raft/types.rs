@@ -173,6 +173,22 @@ impl Membership {
         }
     }
 
+    /// Whether `cc` is already in effect here: the node is the member it
+    /// would make (same kind and, when added, same address), or is absent
+    /// for a removal. Proposing such a change again is a no-op.
+    pub fn in_effect(&self, cc: &ConfChange) -> bool {
+        let member = self.get(cc.node);
+        let added =
+            |kind: MemberKind| member.is_some_and(|m| m.kind == kind && m.address == cc.address);
+        match cc.kind {
+            ConfChangeKind::AddVoter => added(MemberKind::Voter),
+            ConfChangeKind::AddObserver => added(MemberKind::Observer),
+            ConfChangeKind::AddWitness => added(MemberKind::Witness),
+            ConfChangeKind::PromoteObserver => member.is_some_and(|m| m.kind == MemberKind::Voter),
+            ConfChangeKind::RemoveNode => member.is_none(),
+        }
+    }
+
     /// The membership after `cc`, produced by the entry at `index`.
     pub fn applied(&self, cc: &ConfChange, index: Index) -> Result<Membership, ConfChangeError> {
         self.validate(cc)?;

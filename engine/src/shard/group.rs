@@ -158,6 +158,11 @@ impl GroupReplica {
     /// Proposes a membership change; `reply` gets an empty result once the
     /// change is applied (it is effective from then on).
     pub(crate) fn propose_conf_change(&mut self, cc: ConfChange, reply: Reply<Bytes>) {
+        if self.raft.conf_change_in_effect(&cc) {
+            tracing::debug!(group = self.group.0, change = ?cc, "membership change already in effect");
+            let _ = reply.send(Ok(Bytes::new()));
+            return;
+        }
         match self.raft.propose_conf_change(cc) {
             Ok(index) => {
                 debug_assert!(self.proposals.back().is_none_or(|p| p.index < index));
