@@ -814,6 +814,46 @@ fn quiesce_and_wake_without_election() {
     assert!(c.node(2).commit() >= i);
 }
 
+/// The entry cache keeps what a replica may still need (up to
+/// `cache_bytes_max`) and only `cache_replicated_bytes_max` of what every
+/// replica already has: a follower that was away catches up from memory,
+/// and once it has, the leader's cache shrinks.
+#[test]
+fn the_cache_keeps_what_followers_still_need() {
+    let t = |c: &mut Config| {
+        c.cache_bytes_max = 1 << 20;
+        c.cache_replicated_bytes_max = 0;
+    };
+    let mut c = Cluster::new(&[1, 2, 3], &t);
+    c.campaign(1);
+    c.isolate(3);
+    for k in 0..50 {
+        c.propose(1, &format!("value-{k:04}")).unwrap();
+    }
+    c.stabilize();
+    let held = c.node(1).cache_bytes();
+    c.say(format!("leader caches {held} bytes while node 3 is away"));
+    assert!(held >= 50 * 10, "node 3 still needs them: {held}");
+    assert!(
+        c.node(2).cache_bytes() < held / 10,
+        "a follower keeps no replicated entries: {}",
+        c.node(2).cache_bytes()
+    );
+    c.heal();
+    c.tick_all(10);
+    assert_eq!(c.node(3).commit(), c.node(1).commit());
+    assert_eq!(
+        c.node(1).stats().fetches_requested,
+        0,
+        "node 3 caught up from memory"
+    );
+    c.propose(1, "after").unwrap();
+    c.stabilize();
+    let after = c.node(1).cache_bytes();
+    c.say(format!("leader caches {after} bytes once every replica has them"));
+    assert!(after < held / 10, "{after} of {held} bytes still cached");
+}
+
 /// Compaction + snapshot: a follower that fell behind the snapshot gets
 /// InstallSnapshot; one behind the cache gets entries fetched from disk.
 #[test]

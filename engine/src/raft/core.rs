@@ -75,6 +75,14 @@ pub struct Config {
     pub inflight_max: usize,
     /// Byte budget of the in-memory entry cache.
     pub cache_bytes_max: usize,
+    /// Of that cache, bytes of entries every replica already has (applied
+    /// here and, on a leader, acknowledged by every follower) kept anyway,
+    /// for a follower that falls slightly behind. Entries someone may still
+    /// need stay up to `cache_bytes_max`; the rest are read from the WAL.
+    /// Keeping everything up to `cache_bytes_max` in every group held
+    /// hundreds of MB of fresh memory per second of load, whose page faults
+    /// cost a fifth of the engine's CPU with 1 KiB payloads.
+    pub cache_replicated_bytes_max: usize,
     /// Byte budget of committed entries handed out in one Ready.
     pub apply_bytes_max: usize,
     /// Proposals are refused while this many entries are uncommitted.
@@ -109,6 +117,7 @@ impl Config {
             append_bytes_max: 1 << 20,
             inflight_max: 256,
             cache_bytes_max: 16 << 20,
+            cache_replicated_bytes_max: 256 << 10,
             apply_bytes_max: 4 << 20,
             uncommitted_entries_max: 1 << 20,
             pending_reads_max: 1 << 16,
@@ -2034,8 +2043,22 @@ impl Raft {
         );
         if index > self.applied {
             self.applied = index;
-            self.log.evict(self.applied + 1, self.cfg.cache_bytes_max);
+            self.trim_cache();
         }
+    }
+
+    /// Evicts cached entries: those every replica has down to
+    /// `cache_replicated_bytes_max`, any applied one down to `cache_bytes_max`.
+    fn trim_cache(&mut self) {
+        let mut everywhere = self.applied + 1;
+        if self.role == Role::Leader {
+            for pr in self.progress.values() {
+                everywhere = everywhere.min(pr.match_index + 1);
+            }
+        }
+        self.log
+            .evict(everywhere, self.cfg.cache_replicated_bytes_max);
+        self.log.evict(self.applied + 1, self.cfg.cache_bytes_max);
     }
 
     /// The engine took a snapshot at `index` (≤ applied): drop entries up to

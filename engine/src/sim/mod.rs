@@ -157,6 +157,7 @@ pub struct Sim {
     /// Ids that were removed; never re-added.
     removed: BTreeSet<u64>,
     cache_bytes_max: usize,
+    cache_replicated_bytes_max: usize,
     append_bytes_max: usize,
     pre_vote: bool,
     crash_pct: u64,
@@ -199,6 +200,8 @@ impl Sim {
         let initial = Membership::voters(&(1..=voters as u64).collect::<Vec<_>>());
         let quiesce_ticks = if rng.pct(30) { 15 } else { 0 };
         let cache_bytes_max = if rng.pct(50) { 300 } else { 1 << 20 };
+        // From the seed, not the RNG, so earlier seeds replay unchanged.
+        let cache_replicated_bytes_max = [0, 120, cache_bytes_max][(cfg.seed % 3) as usize];
         let append_bytes_max = [40, 200, 1000][rng.below(3) as usize];
         let pre_vote = rng.pct(70);
         let crash_pct = [30, 60, 100][rng.below(3) as usize];
@@ -226,6 +229,7 @@ impl Sim {
             steps: 0,
             removed: BTreeSet::new(),
             cache_bytes_max,
+            cache_replicated_bytes_max,
             append_bytes_max,
             pre_vote,
             crash_pct,
@@ -262,8 +266,8 @@ impl Sim {
             });
         }
         sim.event(format!(
-            "start machines={machines} voters={voters} drop={}% dup={}% quiesce={} cache={} append={} prevote={} crash={} churn={}",
-            sim.drop_pct, sim.dup_pct, sim.quiesce_ticks, sim.cache_bytes_max, sim.append_bytes_max, sim.pre_vote, sim.crash_pct, sim.churn
+            "start machines={machines} voters={voters} drop={}% dup={}% quiesce={} cache={}/{} append={} prevote={} crash={} churn={}",
+            sim.drop_pct, sim.dup_pct, sim.quiesce_ticks, sim.cache_bytes_max, sim.cache_replicated_bytes_max, sim.append_bytes_max, sim.pre_vote, sim.crash_pct, sim.churn
         ));
         sim
     }
@@ -277,6 +281,7 @@ impl Sim {
         c.pre_vote = self.pre_vote;
         c.inflight_max = 4;
         c.cache_bytes_max = self.cache_bytes_max;
+        c.cache_replicated_bytes_max = self.cache_replicated_bytes_max;
         c.apply_bytes_max = 400;
         c.quiesce_ticks = self.quiesce_ticks;
         c.promote_lag_max = 5;
