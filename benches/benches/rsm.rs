@@ -20,8 +20,11 @@
 //!    the engine's read path (`StateMachine::query`, encoded), (e) delete
 //!    and re-insert; then through the engine's entry point, `Rsm::apply`,
 //!    in runs of 32 no-session put entries per group (payloads sliced out
-//!    of one buffer): (f) fill, (g) overwrite. `FLOTILLA_BENCH_ENGINE_ONLY=1`
-//!    runs only this section.
+//!    of one buffer; `FLOTILLA_BENCH_APPLY_RUN` sets the run length): (f)
+//!    fill, (g) overwrite, (h) random puts into fresh stores (creations
+//!    and overwrites mixed, as `flotilla bench` from its start).
+//!    `FLOTILLA_BENCH_ENGINE_ONLY=1` runs only this section,
+//!    `FLOTILLA_BENCH_APPLY_ONLY=1` only its `Rsm::apply` rows.
 //!
 //! 5. one big map (`flotilla bench --groups 1`): one store, 1,000,000
 //!    random 12-byte keys (`FLOTILLA_BENCH_BIG_KEYS`), (a) fill, (b) random
@@ -552,7 +555,7 @@ fn engine_section() {
         let batch = engine_batch(random_ops(&mut rng, ENGINE_BATCH_OPS).into_iter(), 0);
         t.run(|| {
             for (s, k, _) in &batch {
-                found += stores[*s].get(k).map_or(0, Bytes::len);
+                found += stores[*s].get(k).map_or(0, <[u8]>::len);
             }
         });
         let queries: Vec<(usize, KvQuery)> = batch
@@ -621,10 +624,12 @@ fn engine_section() {
 }
 
 /// Entries per `Rsm::apply` call in the engine-pattern apply rows (one
-/// group's committed run in one shard turn).
-const ENGINE_APPLY_BATCH: usize = 32;
+/// group's committed run in one shard turn); `FLOTILLA_BENCH_APPLY_RUN`.
+fn engine_apply_batch() -> usize {
+    env_usize("FLOTILLA_BENCH_APPLY_RUN", 32).max(1)
+}
 
-/// Runs of `ENGINE_APPLY_BATCH` no-session put entries, each run for one
+/// Runs of `FLOTILLA_BENCH_APPLY_RUN` no-session put entries, each run for one
 /// store, the payloads sliced out of one buffer (as committed entries are
 /// slices of a WAL / network buffer).
 fn engine_runs(runs: &[(usize, Vec<u64>)], tag: u64) -> Vec<(usize, Vec<Bytes>)> {
@@ -652,7 +657,7 @@ fn engine_runs(runs: &[(usize, Vec<u64>)], tag: u64) -> Vec<(usize, Vec<Bytes>)>
 
 /// Applies runs to their stores' managers (timed), checking the results.
 fn engine_apply(rsms: &mut [Rsm], runs: Vec<(usize, Vec<Bytes>)>, t: &mut Timed) {
-    let mut out = Vec::with_capacity(ENGINE_APPLY_BATCH);
+    let mut out = Vec::with_capacity(engine_apply_batch());
     let mut failed = 0usize;
     t.run(|| {
         for (s, run) in runs {
@@ -673,9 +678,10 @@ fn engine_apply(rsms: &mut [Rsm], runs: Vec<(usize, Vec<Bytes>)>, t: &mut Timed)
 }
 
 /// The engine's apply path: `Rsm::apply` (envelope, KV decode, map,
-/// result) with runs of `ENGINE_APPLY_BATCH` entries per group: (f) fill,
+/// result) with runs of `FLOTILLA_BENCH_APPLY_RUN` entries per group: (f) fill,
 /// (g) overwrite.
 fn engine_apply_section(rng: &mut Rng) {
+    let apply_run = engine_apply_batch();
     let total = ENGINE_STORES * ENGINE_KEYS_PER_STORE as usize;
     let mut rsms: Vec<Rsm> = (0..ENGINE_STORES).map(|_| kv()).collect();
     // Per store its keys in a random order; runs go to random stores.
@@ -692,11 +698,11 @@ fn engine_apply_section(rng: &mut Rng) {
     let mut t = Timed::default();
     while !live.is_empty() {
         let mut runs = Vec::new();
-        while runs.len() * ENGINE_APPLY_BATCH < ENGINE_BATCH_OPS && !live.is_empty() {
+        while runs.len() * apply_run < ENGINE_BATCH_OPS && !live.is_empty() {
             let at = (rng.next() % live.len() as u64) as usize;
             let s = live[at];
             let keys = &mut left[s];
-            let run = keys.split_off(keys.len().saturating_sub(ENGINE_APPLY_BATCH));
+            let run = keys.split_off(keys.len().saturating_sub(apply_run));
             if keys.is_empty() {
                 live.swap_remove(at);
             }
@@ -705,17 +711,17 @@ fn engine_apply_section(rng: &mut Rng) {
         engine_apply(&mut rsms, engine_runs(&runs, 1), &mut t);
     }
     ns_row(
-        &format!("engine (f) fill via Rsm::apply, runs of {ENGINE_APPLY_BATCH}"),
+        &format!("engine (f) fill via Rsm::apply, runs of {apply_run}"),
         total,
         &t,
     );
     let mut t = Timed::default();
     let rounds = total / ENGINE_BATCH_OPS;
     for round in 0..rounds {
-        let runs: Vec<(usize, Vec<u64>)> = (0..ENGINE_BATCH_OPS / ENGINE_APPLY_BATCH)
+        let runs: Vec<(usize, Vec<u64>)> = (0..ENGINE_BATCH_OPS / apply_run)
             .map(|_| {
                 let s = (rng.next() % ENGINE_STORES as u64) as usize;
-                let keys = (0..ENGINE_APPLY_BATCH)
+                let keys = (0..apply_run)
                     .map(|_| (rng.next() >> 20) % ENGINE_KEYS_PER_STORE)
                     .collect();
                 (s, keys)
@@ -723,12 +729,13 @@ fn engine_apply_section(rng: &mut Rng) {
             .collect();
         engine_apply(&mut rsms, engine_runs(&runs, round as u64), &mut t);
     }
-    let n = rounds * (ENGINE_BATCH_OPS / ENGINE_APPLY_BATCH) * ENGINE_APPLY_BATCH;
+    let n = rounds * (ENGINE_BATCH_OPS / apply_run) * apply_run;
     ns_row(
-        &format!("engine (g) overwrite via Rsm::apply, runs of {ENGINE_APPLY_BATCH}"),
+        &format!("engine (g) overwrite via Rsm::apply, runs of {apply_run}"),
         n,
         &t,
     );
+    engine_mixed_row(rng, apply_run);
     let keys: usize = rsms
         .iter()
         .map(|r| {
@@ -740,6 +747,36 @@ fn engine_apply_section(rng: &mut Rng) {
         })
         .sum();
     assert_eq!(keys, total);
+}
+
+/// (h) `flotilla bench`'s own pattern from its start: fresh stores, every
+/// put a uniformly random key of its store's 20,834 (so early puts create
+/// keys and later ones mostly overwrite: 1.5 puts per key leave ~78% of the
+/// keys created, ~52% of the puts creations), through `Rsm::apply` in runs
+/// of `run` entries to random stores.
+fn engine_mixed_row(rng: &mut Rng, run: usize) {
+    let total = ENGINE_STORES * ENGINE_KEYS_PER_STORE as usize;
+    let mut rsms: Vec<Rsm> = (0..ENGINE_STORES).map(|_| kv()).collect();
+    let mut t = Timed::default();
+    let rounds = total * 3 / 2 / ENGINE_BATCH_OPS;
+    let per_round = (ENGINE_BATCH_OPS / run).max(1);
+    for round in 0..rounds {
+        let runs: Vec<(usize, Vec<u64>)> = (0..per_round)
+            .map(|_| {
+                let s = (rng.next() % ENGINE_STORES as u64) as usize;
+                let keys = (0..run)
+                    .map(|_| (rng.next() >> 20) % ENGINE_KEYS_PER_STORE)
+                    .collect();
+                (s, keys)
+            })
+            .collect();
+        engine_apply(&mut rsms, engine_runs(&runs, round as u64), &mut t);
+    }
+    ns_row(
+        &format!("engine (h) random puts from empty via Rsm::apply, runs of {run}"),
+        rounds * per_round * run,
+        &t,
+    );
 }
 
 /// The single-group pattern (`flotilla bench --groups 1`): one store,
@@ -777,6 +814,11 @@ fn big_map_section() {
 fn main() {
     if std::env::var("FLOTILLA_BENCH_BIG_MAP_ONLY").is_ok_and(|v| v == "1") {
         big_map_section();
+        return;
+    }
+    if std::env::var("FLOTILLA_BENCH_APPLY_ONLY").is_ok_and(|v| v == "1") {
+        println!("## engine pattern through Rsm::apply only");
+        engine_apply_section(&mut Rng(0x9e37_79b9_7f4a_7c15));
         return;
     }
     if std::env::var("FLOTILLA_BENCH_ENGINE_ONLY").is_ok_and(|v| v == "1") {

@@ -45,6 +45,7 @@ use bytes::Bytes;
 use super::hash::{CowHash, Seeds, Upserted};
 use super::key::Key;
 use super::tree::CowTree;
+use super::value::Value;
 
 /// Fewest pending operations that trigger a merge (small stores: idle
 /// groups keep at most this many, ~1.3 KB).
@@ -183,8 +184,14 @@ impl CowMap {
         self.bytes
     }
 
-    pub(crate) fn get(&self, key: &[u8]) -> Option<&Bytes> {
+    pub(crate) fn get(&self, key: &[u8]) -> Option<&Value> {
         self.values.get(key)
+    }
+
+    /// Starts loading the index lines a write of `key` will touch (see
+    /// [`CowHash::prefetch`]): a hint, no effect on any result.
+    pub(crate) fn prefetch(&self, key: &[u8]) {
+        self.values.prefetch(key);
     }
 
     pub(crate) fn contains_key(&self, key: &[u8]) -> bool {
@@ -194,7 +201,7 @@ impl CowMap {
     /// Inserts, returning the previous value.
     #[cfg(test)]
     pub(crate) fn insert(&mut self, key: &[u8], value: Bytes) -> Option<Bytes> {
-        self.upsert(key, |cur| (Some(value), cur.cloned()))
+        self.upsert(key, |cur| (Some(value.into()), cur.map(Value::to_bytes)))
     }
 
     /// Looks `key` up once and lets `f` decide from its current value
@@ -203,13 +210,13 @@ impl CowMap {
     pub(crate) fn upsert<R>(
         &mut self,
         key: &[u8],
-        f: impl FnOnce(Option<&Bytes>) -> (Option<Bytes>, R),
+        f: impl FnOnce(Option<&Value>) -> (Option<Value>, R),
     ) -> R {
         let (r, done) = self.values.upsert(key, f);
         match done {
             Upserted::Unchanged => {}
-            Upserted::Replaced { old, new_len } => {
-                self.bytes = self.bytes + new_len as u64 - old.len() as u64;
+            Upserted::Replaced { old_len, new_len } => {
+                self.bytes = self.bytes + new_len as u64 - old_len as u64;
             }
             Upserted::Inserted { key, value_len } => {
                 self.bytes += (key.as_slice().len() + value_len) as u64;
@@ -220,7 +227,7 @@ impl CowMap {
     }
 
     /// Removes, returning the value.
-    pub(crate) fn remove(&mut self, key: &[u8]) -> Option<Bytes> {
+    pub(crate) fn remove(&mut self, key: &[u8]) -> Option<Value> {
         let (k, v) = self.values.remove(key)?;
         self.bytes -= (k.as_slice().len() + v.len()) as u64;
         self.pend(k, Op::Delete);
@@ -282,7 +289,7 @@ impl CowMap {
         &'a self,
         start: &[u8],
         end: Option<&[u8]>,
-    ) -> impl Iterator<Item = (&'a [u8], &'a Bytes)> + 'a {
+    ) -> impl Iterator<Item = (&'a [u8], &'a Value)> + 'a {
         let pending = self.pending.sorted();
         let from = pending.partition_point(|(k, _)| k.as_slice() < start);
         let to = match end {
@@ -298,7 +305,7 @@ impl CowMap {
     }
 
     /// Every pair in key order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &Bytes)> + '_ {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &Value)> + '_ {
         let pending = self.pending.sorted();
         let to = pending.len();
         Ordered::new(
@@ -310,7 +317,7 @@ impl CowMap {
     }
 
     /// Builds a map from pairs in strictly increasing key order.
-    pub(crate) fn from_sorted(pairs: Vec<(Key, Bytes)>) -> Self {
+    pub(crate) fn from_sorted(pairs: Vec<(Key, Value)>) -> Self {
         debug_assert!(pairs.windows(2).all(|w| w[0].0 < w[1].0));
         let bytes = pairs
             .iter()
@@ -390,7 +397,7 @@ struct Ordered<'a, I: Iterator<Item = &'a Key>> {
     next_pending: usize,
     end_pending: usize,
     values: &'a CowHash,
-    batch: std::collections::VecDeque<(&'a [u8], &'a Bytes)>,
+    batch: std::collections::VecDeque<(&'a [u8], &'a Value)>,
     candidates: Vec<Candidate<'a>>,
 }
 
@@ -443,7 +450,7 @@ impl<'a, I: Iterator<Item = &'a Key>> Ordered<'a, I> {
 }
 
 impl<'a, I: Iterator<Item = &'a Key>> Iterator for Ordered<'a, I> {
-    type Item = (&'a [u8], &'a Bytes);
+    type Item = (&'a [u8], &'a Value);
 
     fn next(&mut self) -> Option<Self::Item> {
         while self.batch.is_empty() {
@@ -495,7 +502,10 @@ mod tests {
     fn same(m: &CowMap, model: &Model<Bytes, Bytes>) -> Result<(), TestCaseError> {
         m.check_invariants();
         prop_assert_eq!(m.len(), model.len());
-        prop_assert!(m.iter().eq(model.iter().map(|(k, v)| (&k[..], v))));
+        prop_assert!(m
+            .iter()
+            .map(|(k, v)| (k, v.as_slice()))
+            .eq(model.iter().map(|(k, v)| (&k[..], &v[..]))));
         let bytes: u64 = model.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
         prop_assert_eq!(m.bytes(), bytes);
         Ok(())
@@ -532,29 +542,30 @@ mod tests {
                 } else {
                     b(format!("{k:05}").as_bytes())
                 };
-                let val = b(&vec![*v; *v as usize % 5]);
+                // Short (inline) and long (heap) values.
+                let val = b(&vec![*v; if v % 4 == 0 { 20 + *v as usize % 9 } else { *v as usize % 5 }]);
                 match op {
                     0 | 1 => prop_assert_eq!(m.insert(&key, val.clone()), model.insert(key.clone(), val)),
                     2 => {
                         // Write only if absent or different, through upsert.
                         let prev = m.upsert(&key, |cur| {
-                            let write = cur.is_none_or(|c| *c != val);
-                            (write.then(|| val.clone()), cur.cloned())
+                            let write = cur.is_none_or(|c| c.as_slice() != &val[..]);
+                            (write.then(|| val.clone().into()), cur.map(Value::to_bytes))
                         });
                         prop_assert_eq!(prev, model.insert(key.clone(), val));
                     }
-                    3 | 4 => prop_assert_eq!(m.remove(&key), model.remove(&key)),
+                    3 | 4 => prop_assert_eq!(m.remove(&key).map(|v| v.to_bytes()), model.remove(&key)),
                     5 => {
                         let end = b(format!("{:05}", k + u16::from(*v)).as_bytes());
                         let end = (v % 4 != 0).then_some(&end[..]);
-                        let got: Vec<_> = m.range(&key, end).map(|(k, v)| (b(k), v.clone())).collect();
+                        let got: Vec<_> = m.range(&key, end).map(|(k, v)| (b(k), v.to_bytes())).collect();
                         prop_assert_eq!(got, range_model(&model, &key, end));
                     }
                     6 => clones.push((m.clone(), model.clone())),
                     8 => {
                         // A full ordered walk with whatever is pending, then
                         // (sometimes) the merge.
-                        prop_assert!(m.iter().eq(model.iter().map(|(k, v)| (&k[..], v))));
+                        prop_assert!(m.iter().map(|(k, v)| (k, v.as_slice())).eq(model.iter().map(|(k, v)| (&k[..], &v[..]))));
                         if v % 3 == 0 {
                             m.merge();
                             prop_assert_eq!(m.pending_len(), 0);
@@ -565,11 +576,11 @@ mod tests {
                         // knows, with an ordered read while they are there.
                         let fresh = b(format!("{k:05}~{v}").as_bytes());
                         prop_assert_eq!(m.insert(&fresh, val.clone()), model.insert(fresh.clone(), val.clone()));
-                        let got: Vec<_> = m.range(&key, None).take(3).map(|(k, v)| (b(k), v.clone())).collect();
+                        let got: Vec<_> = m.range(&key, None).take(3).map(|(k, v)| (b(k), v.to_bytes())).collect();
                         let want: Vec<_> = range_model(&model, &key, None).into_iter().take(3).collect();
                         prop_assert_eq!(got, want);
                         if v % 2 == 0 {
-                            prop_assert_eq!(m.remove(&fresh), model.remove(&fresh));
+                            prop_assert_eq!(m.remove(&fresh).map(|v| v.to_bytes()), model.remove(&fresh));
                         }
                     }
                     _ => {
@@ -578,12 +589,12 @@ mod tests {
                             prop_assert_eq!(c.insert(&key, val.clone()), cm.insert(key.clone(), val));
                             if v % 2 == 0 {
                                 let other = b(format!("{:05}", v).as_bytes());
-                                prop_assert_eq!(c.remove(&other), cm.remove(&other));
+                                prop_assert_eq!(c.remove(&other).map(|v| v.to_bytes()), cm.remove(&other));
                             }
                         }
                     }
                 }
-                prop_assert_eq!(m.get(&key), model.get(&key));
+                prop_assert_eq!(m.get(&key).map(Value::to_bytes), model.get(&key).cloned());
                 if i % 300 == 0 {
                     same(&m, &model)?;
                 }
@@ -626,7 +637,7 @@ mod tests {
                     _ => r % 10 != 0,
                 };
                 if remove {
-                    assert_eq!(m.remove(&k), model.remove(&k));
+                    assert_eq!(m.remove(&k).map(|v| v.to_bytes()), model.remove(&k));
                 } else {
                     let v = b(&r.to_le_bytes()[..(r % 9) as usize]);
                     assert_eq!(m.insert(&k, v.clone()), model.insert(k, v));
@@ -640,10 +651,10 @@ mod tests {
                 let (s, e) = (key(next()), key(next()));
                 let got: Vec<_> = m
                     .range(&s, Some(&e))
-                    .map(|(k, v)| (b(k), v.clone()))
+                    .map(|(k, v)| (b(k), v.to_bytes()))
                     .collect();
                 assert_eq!(got, range_model(&model, &s, Some(&e)));
-                assert_eq!(m.get(&s), model.get(&s));
+                assert_eq!(m.get(&s).map(Value::to_bytes), model.get(&s).cloned());
             }
         }
         for (c, cm) in &clones {
@@ -658,12 +669,12 @@ mod tests {
     #[test]
     fn pending_operations_against_a_model() {
         let key = |n: u64| b(&[&9u32.to_be_bytes()[..], &(n * 2).to_be_bytes()].concat());
-        let pairs: Vec<(Key, Bytes)> = (0..20_000u64)
-            .map(|n| (Key::new(&key(n)), b(&n.to_le_bytes())))
+        let pairs: Vec<(Key, Value)> = (0..20_000u64)
+            .map(|n| (Key::new(&key(n)), Value::copy(&n.to_le_bytes())))
             .collect();
         let mut model: Model<Bytes, Bytes> = pairs
             .iter()
-            .map(|(k, v)| (b(k.as_slice()), v.clone()))
+            .map(|(k, v)| (b(k.as_slice()), v.to_bytes()))
             .collect();
         let mut m = CowMap::from_sorted(pairs);
         let mut clones = vec![(m.clone(), model.clone())];
@@ -691,11 +702,11 @@ mod tests {
                 4 if !created.is_empty() => {
                     // A key created since the merge (maybe deleted already).
                     let k = created.swap_remove((r >> 8) as usize % created.len());
-                    assert_eq!(m.remove(&k), model.remove(&k));
+                    assert_eq!(m.remove(&k).map(|v| v.to_bytes()), model.remove(&k));
                 }
                 5 => {
                     let k = key((r >> 8) % 20_000);
-                    assert_eq!(m.remove(&k), model.remove(&k));
+                    assert_eq!(m.remove(&k).map(|v| v.to_bytes()), model.remove(&k));
                 }
                 6 => {
                     let k = key((r >> 8) % 20_000);
@@ -706,7 +717,7 @@ mod tests {
                     let got: Vec<_> = m
                         .range(&s, None)
                         .take(50)
-                        .map(|(k, v)| (b(k), v.clone()))
+                        .map(|(k, v)| (b(k), v.to_bytes()))
                         .collect();
                     let want: Vec<_> = range_model(&model, &s, None).into_iter().take(50).collect();
                     assert_eq!(got, want);
@@ -754,7 +765,7 @@ mod tests {
         let mut seen: Vec<(Bytes, Bytes)> = walk
             .by_ref()
             .take(100)
-            .map(|(k, v)| (b(k), v.clone()))
+            .map(|(k, v)| (b(k), v.to_bytes()))
             .collect();
         for n in 3_000..6_000u32 {
             let k = b(&n.wrapping_mul(2_654_435_761).to_be_bytes());
@@ -767,7 +778,7 @@ mod tests {
             m.remove(&n.wrapping_mul(2_654_435_761).to_be_bytes());
         }
         m.merge();
-        seen.extend(walk.map(|(k, v)| (b(k), v.clone())));
+        seen.extend(walk.map(|(k, v)| (b(k), v.to_bytes())));
         let want: Vec<(Bytes, Bytes)> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         assert_eq!(seen, want);
         m.check_invariants();
