@@ -1238,6 +1238,11 @@ impl Raft {
                 if self.maybe_commit() {
                     self.need_broadcast = true;
                 }
+                // The slowest follower may acknowledge after the entries
+                // were applied: let them go now rather than at the next apply.
+                if self.log.cache_bytes() > self.cfg.cache_replicated_bytes_max {
+                    self.trim_cache();
+                }
                 self.send_appends_to(from);
                 if self.transfer.map(|t| t.0) == Some(from)
                     && self.progress[&from].match_index == self.log.last_index
