@@ -194,6 +194,12 @@ impl CowMap {
         self.values.prefetch(key);
     }
 
+    /// Starts loading the chunk directory entry of `key` (see
+    /// [`CowHash::prefetch_directory`]): a hint.
+    pub(crate) fn prefetch_directory(&self, key: &[u8]) {
+        self.values.prefetch_directory(key);
+    }
+
     pub(crate) fn contains_key(&self, key: &[u8]) -> bool {
         self.get(key).is_some()
     }
