@@ -46,7 +46,10 @@ pub struct TransportConfig {
     pub inbound_bytes_max: u64,
     /// Most concurrently open inbound connections (messages + snapshots).
     pub inbound_connections_max: u32,
-    /// Receive buffer per inbound message connection (grows to fit one frame).
+    /// Staging region per inbound message connection: the most one read
+    /// takes off the socket. Frames are copied out of it (or, from 64 KiB,
+    /// read into a buffer of their own), so it is allocated once and reused
+    /// for the connection's life.
     pub read_buffer_bytes: u32,
     /// A peer that connects and does not complete the handshake within this
     /// is disconnected. Also bounds the dialer's wait for the HelloAck.
