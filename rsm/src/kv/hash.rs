@@ -7,8 +7,8 @@
 //!    └─ Chunk { slots: Rc<[Slot]>, len }   24 bytes
 //!    └─ slots: cap = 2 × len when built, ≤ 3/4 full; linear probing,
 //!              backward-shift deletion (no tombstones); a slot is one
-//!              64-byte line: Option<(Key, Value)>, key and value inline
-//!              when short (≤ 24 / ≤ 23 bytes), aligned to the line
+//!              64 bytes: Option<(Key, Value)>, key and value inline when
+//!              short (≤ 24 / ≤ 23 bytes)
 //!
 //!  hash h (64 bits, keyed) ─┬─ low bits     → chunk (linear hashing: h mod 2^level,
 //!                           │                 or mod 2^(level+1) below the split pointer)
@@ -60,11 +60,14 @@ const BUILD_PARTITIONS: usize = 256;
 /// Smallest chunk capacity.
 const CHUNK_CAP_MIN: usize = 8;
 
-/// One slot of a chunk: a key and its value, or empty. 64 bytes aligned to
-/// a cache line, so a probe of one slot reads one line (unaligned, behind
-/// the `Rc`'s 16-byte header, every slot straddled two lines).
+/// One slot of a chunk: a key and its value, or empty: 64 bytes. Not
+/// aligned to a cache line (so a slot spans two lines, behind the `Rc`'s
+/// 16-byte header): a 64-byte alignment makes every slot allocation a
+/// `posix_memalign`, whose split-off remainders fragmented glibc's heap
+/// (in `flotilla bench`, `_int_malloc` rose from 2.1% to 3.7% of the shard
+/// threads' CPU, `unlink_chunk` appeared), while the benchmark measured no
+/// gain from the alignment next to the prefetch of two adjacent slots.
 #[derive(Clone, Default)]
-#[repr(align(64))]
 struct Slot(Option<(Key, Value)>);
 
 const _: () = assert!(std::mem::size_of::<Slot>() == 64);
@@ -497,9 +500,10 @@ impl CowHash {
         if i + 1 < slots.len() {
             prefetch(base.wrapping_add(i + 1));
         }
-        // The `Rc`'s counts sit right before the slots, in the previous
-        // line (the header is padded to the slots' 64-byte alignment).
-        prefetch(base.cast::<u8>().wrapping_sub(64));
+        // The `Rc`'s counts sit right before the slots (two words, padded
+        // to the slots' alignment).
+        let header = 16usize.next_multiple_of(std::mem::align_of::<Slot>());
+        prefetch(base.cast::<u8>().wrapping_sub(header));
     }
 
     /// Starts loading the directory entry of `key`'s chunk, reading only

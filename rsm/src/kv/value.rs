@@ -5,9 +5,9 @@
 //! of its own: a put paid a `malloc`, an overwrite the `free` of the old
 //! value (a write into a line last touched when that value was stored: a
 //! cache miss on a store larger than the cache), and a get one more pointer
-//! to follow. Inline, the value lives in the same 64-byte slot line as its
-//! key: a put of a short value neither allocates nor frees, and a lookup
-//! reads one line.
+//! to follow. Inline, the value lives in the same 64-byte slot as its key:
+//! a put of a short value neither allocates nor frees, and a lookup reads
+//! the slot and nothing else.
 //!
 //! ```text
 //!  Value (32 bytes) ─┬─ Inline { len: u8, buf: [u8; 23] }   len ≤ 23
