@@ -23,6 +23,12 @@ const REGION_BYTES_MIN: usize = 4096;
 /// in the staging region) is read straight into a buffer of its own;
 /// shorter ones are copied out of the staging region.
 const DIRECT_PAYLOAD_BYTES_MIN: usize = 64 << 10;
+/// Small payloads are copied into arenas of this size, one after another;
+/// an arena is freed once every payload in it is dropped (or reused by the
+/// reader if that happens before it needs the next one).
+const ARENA_BYTES: usize = 64 << 10;
+/// Payloads longer than this get an exact-size allocation of their own.
+const ARENA_PAYLOAD_BYTES_MAX: usize = ARENA_BYTES / 4;
 
 /// Why a framed read ended.
 #[derive(Debug, thiserror::Error)]
@@ -35,32 +41,33 @@ pub(crate) enum ReadError {
     Truncated { buffered: usize },
 }
 
-/// Reads frames off a stream and hands out each payload as a `Bytes` of
-/// exactly its own size.
+/// Reads frames off a stream and hands out each payload as a `Bytes` that
+/// shares no memory with the read buffer.
 ///
 /// ```text
-///  socket --read--> staging region (one per connection, reused for its life)
+///  socket --read--> staging region (one per connection, zeroed once, reused)
 ///                    | whole frame, CRC checked
-///                    +--copy--> exact-size Bytes  (payload < 64 KiB)
-///  socket --read--> own zeroed buffer              (payload >= 64 KiB, not yet whole)
-///                    +--freeze--> Bytes (zero-copy)
+///                    +--copy--> 64 KiB arena, payloads back to back   (payload <= 16 KiB)
+///                    +--copy--> exact-size buffer of its own          (16 KiB < payload < 64 KiB)
+///  socket --read--> zeroed buffer of its own, reads end at the frame  (payload >= 64 KiB, not yet whole)
 /// ```
 ///
-/// Why copy small frames out instead of handing out slices of the read
-/// region: consumers keep payloads alive for long (a follower keeps the
-/// entries it receives in its in-memory log until compaction), so a region
-/// whose slices were handed out could rarely be reused and nearly every read
-/// went into fresh memory: a zero-fill (safe reads need initialised memory)
-/// plus a page fault per 4 KiB. Measured on the 2-core VM this cost more
-/// than the copy, which lands in memory the allocator recycles from freed
-/// payloads, and it pinned a whole region per retained message. The staging
-/// region is zeroed once and stays hot in cache. A large frame is read
-/// straight into its own buffer (`BytesMut::zeroed`, i.e. `calloc`, which
-/// skips the memset for fresh pages) in reads bounded by the frame's end.
+/// Why not hand out slices of the read region (as before): consumers keep
+/// payloads alive for long (a follower keeps the entries it receives in its
+/// in-memory log until compaction), so a region whose slices were handed out
+/// could rarely be reused, nearly every read went into fresh memory that had
+/// to be zero-filled first (a safe read needs initialised memory: a memset
+/// plus a page fault per 4 KiB), and one retained message pinned a whole
+/// 1 MiB region. Now the staging region stays hot in cache, copies go to
+/// memory written by `extend_from_slice` (never zero-filled) that the
+/// allocator recycles from freed payloads, and a retained message pins at
+/// most a 64 KiB arena. A large frame is read straight into its own buffer
+/// (`BytesMut::zeroed`, i.e. `calloc`, which skips the memset on fresh pages).
 ///
 /// Invariants: `start <= end <= region.len()`; `region[start..end]` is data
 /// received and not yet returned; while `direct` is set the staging region
-/// is empty.
+/// is empty; `arena` is empty between calls (its spare capacity is where the
+/// next small payload goes).
 pub(crate) struct FrameReader {
     region: Vec<u8>,
     region_bytes: usize,
@@ -71,6 +78,8 @@ pub(crate) struct FrameReader {
     /// frame that is not read directly fits in the staging region.
     direct_payload_bytes_min: usize,
     direct: Option<DirectFrame>,
+    /// Where small payloads are copied to.
+    arena: BytesMut,
 }
 
 /// A large frame being read straight into a buffer of its own.
@@ -96,6 +105,7 @@ impl FrameReader {
             direct_payload_bytes_min: DIRECT_PAYLOAD_BYTES_MIN
                 .min(region_bytes - FRAME_HEADER_BYTES),
             direct: None,
+            arena: BytesMut::new(),
         }
     }
 
@@ -146,7 +156,7 @@ impl FrameReader {
                 if avail >= total {
                     let payload = &self.region[at + FRAME_HEADER_BYTES..at + total];
                     check_crc(&header, payload)?;
-                    let payload = Bytes::copy_from_slice(payload);
+                    let payload = copy_out(&mut self.arena, payload);
                     self.consume(total);
                     return Ok(Some((header, payload)));
                 }
@@ -206,6 +216,22 @@ impl FrameReader {
         // `direct_payload_bytes_min + 16 <= region_bytes`.
         debug_assert!(self.end < self.region.len(), "staging region full");
     }
+}
+
+/// Copies a small payload out of the staging region into `arena` (written
+/// through `extend_from_slice`, so its memory is never zero-filled first), or
+/// a larger one into an exact-size buffer of its own.
+fn copy_out(arena: &mut BytesMut, payload: &[u8]) -> Bytes {
+    if payload.len() > ARENA_PAYLOAD_BYTES_MAX {
+        return Bytes::copy_from_slice(payload);
+    }
+    debug_assert!(arena.is_empty());
+    if arena.capacity() < payload.len() && !arena.try_reclaim(ARENA_BYTES) {
+        // Payloads still alive pin the old arena; it is freed with the last.
+        *arena = BytesMut::with_capacity(ARENA_BYTES);
+    }
+    arena.extend_from_slice(payload);
+    arena.split().freeze()
 }
 
 /// Dials `to` at `addr`, performs the handshake and returns a ready stream
@@ -455,6 +481,52 @@ mod tests {
             assert_eq!(&got[..], &want[..], "payload {i}");
         }
         assert_eq!(reader.buffered(), 0);
+    }
+
+    #[test]
+    fn small_payloads_share_an_arena_that_is_reused_once_they_are_dropped() {
+        let read = |reader: &mut FrameReader, payloads: &[Vec<u8>]| {
+            let mut src = Pieces {
+                data: frames(payloads),
+                at: 0,
+                piece: 1_500,
+            };
+            let mut out = vec![];
+            while let Some((_, p)) = futures_lite::future::block_on(reader.next(&mut src)).unwrap()
+            {
+                assert!(!within(&p, &reader.region));
+                out.push(p);
+            }
+            let got: Vec<Vec<u8>> = out.iter().map(|b| b.to_vec()).collect();
+            assert_eq!(&got[..], payloads);
+            out
+        };
+        // Four payloads fill 64,000 of the arena's 65,536 bytes, back to back.
+        let fill: Vec<Vec<u8>> = (0..4).map(|i| pattern(16_000, i)).collect();
+        let next = vec![pattern(2_000, 9)];
+
+        let mut reader = FrameReader::new(64 << 10, 1 << 20);
+        let held = read(&mut reader, &fill);
+        for w in held.windows(2) {
+            assert_eq!(w[0].as_ptr_range().end, w[1].as_ptr());
+        }
+        // Still held: the next payload goes to a new arena.
+        let other = read(&mut reader, &next);
+        let arena = held[0].as_ptr()..held[3].as_ptr_range().end;
+        assert!(!arena.contains(&other[0].as_ptr()));
+        assert_eq!(
+            &held[1][..],
+            &fill[1][..],
+            "held payloads are never overwritten"
+        );
+
+        // All dropped before the arena runs out: it is reused from its start.
+        let mut reader = FrameReader::new(64 << 10, 1 << 20);
+        let dropped = read(&mut reader, &fill);
+        let base = dropped[0].as_ptr();
+        drop(dropped);
+        let again = read(&mut reader, &next);
+        assert_eq!(again[0].as_ptr(), base, "arena not reclaimed");
     }
 
     #[test]

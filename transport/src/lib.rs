@@ -12,11 +12,11 @@
 //!   [`Registry`]). Each accepted connection starts with a handshake
 //!   (cluster id, source node and shard, target shard, version; see
 //!   [`wire::Hello`]) and then carries frames, read through one reused
-//!   staging region per connection; each frame's payload becomes one
-//!   exact-size buffer (copied out of the region, or read straight into its
-//!   own buffer when large) whose messages are handed out as zero-copy
-//!   slices in [`InboundBatch`]es, in arrival order per connection, via
-//!   [`Transport::try_recv`] / [`Transport::recv`];
+//!   staging region per connection; each frame's payload is copied out of
+//!   it (small ones into a shared 64 KiB arena) or, when large, read
+//!   straight into a buffer of its own, and its messages are handed out as
+//!   zero-copy slices of that payload in [`InboundBatch`]es, in arrival
+//!   order per connection, via [`Transport::try_recv`] / [`Transport::recv`];
 //! * one **bounded send queue per peer** and a sender task that dials lazily,
 //!   re-dials with jittered exponential backoff, and packs everything queued
 //!   into one frame and one `write_all` — while a write is in flight the next

@@ -93,8 +93,10 @@ impl Hasher for IdHasher {
 pub struct InboundBatch {
     /// The sending shard, as authenticated by the handshake.
     pub from: PeerId,
-    /// The messages: zero-copy slices of one buffer holding exactly this
-    /// frame's payload (so keeping a message alive pins only its frame).
+    /// The messages: zero-copy slices of the frame's payload, which lives in
+    /// a 64 KiB arena shared with neighbouring small frames or, for larger
+    /// frames, in a buffer of its own (so keeping a message alive pins at
+    /// most 64 KiB or its own frame, never the connection's read buffer).
     pub messages: Vec<Bytes>,
 }
 
