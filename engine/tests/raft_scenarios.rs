@@ -19,6 +19,11 @@ struct Cluster {
     /// Every entry each replica persisted (its WAL), for fetches.
     disk: BTreeMap<u64, BTreeMap<Index, Entry>>,
     sent: usize,
+    /// Links whose messages are held (a paused process) rather than lost.
+    paused: BTreeSet<(u64, u64)>,
+    held: Vec<Message>,
+    /// Appends carrying entries delivered, per (from, to).
+    appends: BTreeMap<(u64, u64), usize>,
     transcript: Vec<String>,
 }
 
@@ -57,6 +62,9 @@ impl Cluster {
             reads: BTreeMap::new(),
             disk: BTreeMap::new(),
             sent: 0,
+            paused: BTreeSet::new(),
+            held: Vec::new(),
+            appends: BTreeMap::new(),
             transcript: Vec::new(),
         }
     }
@@ -157,6 +165,13 @@ impl Cluster {
         if self.blocked.contains(&(f, t)) || !self.nodes.contains_key(&t) {
             return;
         }
+        if self.paused.contains(&(f, t)) {
+            self.held.push(m);
+            return;
+        }
+        if m.kind == MessageType::Append && !m.entries.is_empty() {
+            *self.appends.entry((f, t)).or_default() += 1;
+        }
         self.sent += 1;
         self.node(t).step(m).unwrap();
         self.drain(t);
@@ -203,6 +218,26 @@ impl Cluster {
             }
         }
         self.say(format!("-- isolate {a}"));
+    }
+
+    /// `a` stops (SIGSTOP): what is sent to it waits, it sends nothing.
+    fn pause(&mut self, a: u64) {
+        for &b in self.nodes.keys() {
+            if b != a {
+                self.paused.insert((b, a));
+                self.blocked.insert((a, b));
+            }
+        }
+        self.say(format!("-- pause {a}"));
+    }
+
+    /// `a` continues and reads everything that waited for it.
+    fn resume(&mut self, a: u64) {
+        self.paused.retain(|&(_, t)| t != a);
+        self.blocked.retain(|&(f, _)| f != a);
+        let held = std::mem::take(&mut self.held);
+        self.say(format!("-- resume {a}: {} messages waited", held.len()));
+        self.queue.extend(held);
     }
 
     fn heal(&mut self) {
@@ -852,6 +887,82 @@ fn the_cache_keeps_what_followers_still_need() {
         "leader caches {after} bytes once every replica has them"
     ));
     assert!(after < held / 10, "{after} of {held} bytes still cached");
+}
+
+/// A follower that does not answer costs the leader a bounded window, in
+/// bytes as well as in messages: the leader stops building appends for it
+/// once `inflight_bytes_max` is out, and the rest goes when it answers.
+#[test]
+fn the_replication_window_is_bounded_in_bytes() {
+    let t = |c: &mut Config| {
+        c.append_bytes_max = 100;
+        c.inflight_bytes_max = 300;
+        c.cache_replicated_bytes_max = 0;
+    };
+    let mut c = Cluster::new(&[1, 2, 3], &t);
+    c.campaign(1);
+    c.propose(1, "first").unwrap();
+    c.stabilize();
+    c.isolate(3);
+    for k in 0..100 {
+        c.propose(1, &format!("value-{k:04}")).unwrap();
+        c.stabilize();
+    }
+    let (_, pr) = c
+        .node(1)
+        .progress()
+        .into_iter()
+        .find(|(id, _)| *id == NodeId(3))
+        .unwrap();
+    c.say(format!("progress of node 3 while away: {pr:?}"));
+    assert_eq!(pr.state, ProgressState::Replicate);
+    assert!(
+        pr.inflight_bytes <= 300 + 100,
+        "{} bytes in flight to a silent follower",
+        pr.inflight_bytes
+    );
+    let last = c.node(1).last_index();
+    assert!(pr.next_index < last, "the leader stopped sending: {pr:?}");
+    c.heal();
+    c.tick_all(20);
+    assert_eq!(c.node(3).last_index(), last);
+    assert_eq!(c.node(3).commit(), c.node(1).commit());
+}
+
+/// A follower paused for many heartbeat rounds answers all the heartbeats
+/// that waited for it at once. Only answers to heartbeats sent after the
+/// leader's last append may release another append: each of those answers
+/// used to send another full-size append, gigabytes in one turn.
+#[test]
+fn a_resumed_follower_answering_old_heartbeats_gets_few_appends() {
+    let t = |c: &mut Config| {
+        c.append_bytes_max = 200;
+        c.inflight_max = 2;
+        c.check_quorum = false;
+    };
+    let mut c = Cluster::new(&[1, 2, 3], &t);
+    c.campaign(1);
+    c.pause(3);
+    for k in 0..20 {
+        c.propose(1, &format!("value-{k:04}")).unwrap();
+        c.stabilize();
+    }
+    c.tick_all(100);
+    // The appends were lost (a full transport queue drops them, and the
+    // leader falls back to probing); the small heartbeats waited.
+    c.held.retain(|m| m.kind != MessageType::Append);
+    c.node(1).report_unreachable(NodeId(3));
+    let before = c.appends.get(&(1, 3)).copied().unwrap_or(0);
+    c.resume(3);
+    c.stabilize();
+    let sent = c.appends.get(&(1, 3)).copied().unwrap_or(0) - before;
+    c.say(format!(
+        "appends with entries to node 3 after it resumed: {sent}"
+    ));
+    // One probe, then what catching up needs: 20 entries of 34 bytes at
+    // 200 bytes per append.
+    assert!(sent <= 1 + 4 + 2, "{sent} appends for 20 entries");
+    assert_eq!(c.node(3).commit(), c.node(1).commit());
 }
 
 /// Compaction + snapshot: a follower that fell behind the snapshot gets

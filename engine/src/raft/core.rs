@@ -23,7 +23,7 @@
 //! - thesis §3.10 leadership transfer via TimeoutNow.
 
 use super::log::{RaftLog, Slice};
-use super::progress::{Progress, ProgressState, ProgressStats};
+use super::progress::{Progress, ProgressState, ProgressStats, Window};
 use super::types::*;
 use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
@@ -73,6 +73,10 @@ pub struct Config {
     pub append_bytes_max: usize,
     /// Appends in flight per follower in the replicate state.
     pub inflight_max: usize,
+    /// Entry bytes in flight per follower in the replicate state (at least
+    /// one append is always allowed). Bounds what a leader builds for a
+    /// follower that is far behind or not reading.
+    pub inflight_bytes_max: u64,
     /// Byte budget of the in-memory entry cache.
     pub cache_bytes_max: usize,
     /// Of that cache, bytes of entries every replica already has (applied
@@ -116,6 +120,7 @@ impl Config {
             lease_margin_ticks: 1,
             append_bytes_max: 1 << 20,
             inflight_max: 256,
+            inflight_bytes_max: 4 << 20,
             cache_bytes_max: 16 << 20,
             cache_replicated_bytes_max: 256 << 10,
             apply_bytes_max: 4 << 20,
@@ -125,6 +130,13 @@ impl Config {
             quiesce_ticks: 0,
             seed: 0,
             planted_bug: None,
+        }
+    }
+
+    fn window(&self) -> Window {
+        Window {
+            appends: self.inflight_max,
+            bytes: self.inflight_bytes_max,
         }
     }
 
@@ -411,6 +423,7 @@ impl Raft {
         let bad = |s: String| StateError::Inconsistent(s);
         assert!(cfg.election_timeout_ticks > cfg.heartbeat_interval_ticks);
         assert!(cfg.inflight_max > 0);
+        assert!(cfg.inflight_bytes_max > 0);
         let hs = st.hard_state;
         let snap = st.snapshot;
         let mut log =
@@ -1220,9 +1233,10 @@ impl Raft {
                     }
                     return;
                 }
-                let old_paused = pr.is_paused(self.cfg.inflight_max);
+                let window = self.cfg.window();
+                let old_paused = pr.is_paused(window);
                 if !pr.maybe_update(m.index) {
-                    if old_paused && !pr.is_paused(self.cfg.inflight_max) {
+                    if old_paused && !pr.is_paused(window) {
                         self.send_appends_to(from);
                     }
                     return;
@@ -1256,8 +1270,8 @@ impl Raft {
                 };
                 pr.recent_active = true;
                 pr.hb_seq_acked = pr.hb_seq_acked.max(m.context);
-                pr.on_heartbeat_response(self.cfg.inflight_max);
-                if pr.match_index < self.log.last_index {
+                let fresh = pr.on_heartbeat_response(self.cfg.window(), m.context);
+                if fresh && pr.match_index < self.log.last_index {
                     // Possibly empty: a follower that lost appends rejects it
                     // and replication falls back to probing.
                     if self.send_append(from, true) {
@@ -1426,11 +1440,11 @@ impl Raft {
 
     /// Sends one append (or a snapshot) to `to`. Returns true if it sent entries.
     fn send_append(&mut self, to: NodeId, allow_empty: bool) -> bool {
-        let inflight_max = self.cfg.inflight_max;
+        let window = self.cfg.window();
         let Some(pr) = self.progress.get_mut(&to) else {
             return false;
         };
-        if pr.is_paused(inflight_max) || pr.fetching {
+        if pr.is_paused(window) || pr.fetching {
             return false;
         }
         let next = pr.next_index;
@@ -1487,7 +1501,8 @@ impl Raft {
                 }
             }
         }
-        pr.sent(last, has);
+        let bytes = entries.iter().map(|e| e.size_bytes() as u64).sum();
+        pr.sent(last, has, bytes, self.hb_seq);
         let mut m = Message::new(self.group, MessageType::Append, self.id, to, self.term);
         m.index = prev;
         m.log_term = prev_term;
@@ -1990,7 +2005,7 @@ impl Raft {
                     return;
                 };
                 pr.fetching = false;
-                if !consistent || pr.next_index != req.lo || pr.is_paused(self.cfg.inflight_max) {
+                if !consistent || pr.next_index != req.lo || pr.is_paused(self.cfg.window()) {
                     return;
                 }
                 let Some(prev_term) = self.log.term(req.lo - 1) else {

@@ -942,6 +942,13 @@ impl Driver {
             let bytes = self.encoder.encode_to_bytes(&m);
             if let Err(e) = self.transport.send(peer, bytes) {
                 debug!(group = m.group.0, to = m.to.0, error = %e, "raft message not queued");
+                // Stop pipelining to a peer that is not taking what it is
+                // sent (its queue is full: paused, slow or gone): the leader
+                // falls back to probing rather than building appends that
+                // would be dropped too.
+                if let Some(g) = self.groups.get_mut(&m.group) {
+                    g.raft.report_unreachable(m.to);
+                }
             }
         }
     }

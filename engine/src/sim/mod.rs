@@ -159,6 +159,7 @@ pub struct Sim {
     cache_bytes_max: usize,
     cache_replicated_bytes_max: usize,
     append_bytes_max: usize,
+    inflight_bytes_max: u64,
     pre_vote: bool,
     crash_pct: u64,
     /// Heavy leader churn (isolations of the current leader).
@@ -203,6 +204,7 @@ impl Sim {
         // From the seed, not the RNG, so earlier seeds replay unchanged.
         let cache_replicated_bytes_max = [0, 120, cache_bytes_max][(cfg.seed % 3) as usize];
         let append_bytes_max = [40, 200, 1000][rng.below(3) as usize];
+        let inflight_bytes_max = [1 << 20, 100, 500][((cfg.seed / 3) % 3) as usize];
         let pre_vote = rng.pct(70);
         let crash_pct = [30, 60, 100][rng.below(3) as usize];
         let churn = rng.pct(30);
@@ -231,6 +233,7 @@ impl Sim {
             cache_bytes_max,
             cache_replicated_bytes_max,
             append_bytes_max,
+            inflight_bytes_max,
             pre_vote,
             crash_pct,
             churn,
@@ -266,8 +269,8 @@ impl Sim {
             });
         }
         sim.event(format!(
-            "start machines={machines} voters={voters} drop={}% dup={}% quiesce={} cache={}/{} append={} prevote={} crash={} churn={}",
-            sim.drop_pct, sim.dup_pct, sim.quiesce_ticks, sim.cache_bytes_max, sim.cache_replicated_bytes_max, sim.append_bytes_max, sim.pre_vote, sim.crash_pct, sim.churn
+            "start machines={machines} voters={voters} drop={}% dup={}% quiesce={} cache={}/{} append={} inflight_bytes={} prevote={} crash={} churn={}",
+            sim.drop_pct, sim.dup_pct, sim.quiesce_ticks, sim.cache_bytes_max, sim.cache_replicated_bytes_max, sim.append_bytes_max, sim.inflight_bytes_max, sim.pre_vote, sim.crash_pct, sim.churn
         ));
         sim
     }
@@ -280,6 +283,7 @@ impl Sim {
         c.append_bytes_max = self.append_bytes_max;
         c.pre_vote = self.pre_vote;
         c.inflight_max = 4;
+        c.inflight_bytes_max = self.inflight_bytes_max;
         c.cache_bytes_max = self.cache_bytes_max;
         c.cache_replicated_bytes_max = self.cache_replicated_bytes_max;
         c.apply_bytes_max = 400;
