@@ -100,6 +100,9 @@ pub struct NodeConfig {
     pub read_consistency: Consistency,
     /// Most concurrent client connections (per protocol).
     pub max_clients: usize,
+    /// How long a start waits for a listening address that is still in use
+    /// (a node killed a moment ago may still hold it) before failing.
+    pub port_wait_ms: u64,
     /// Executors serving client connections (0: the shard executors serve
     /// them, seastar style).
     pub client_threads: usize,
@@ -142,6 +145,7 @@ impl Default for NodeConfig {
             request_timeout_ms: 5_000,
             read_consistency: Consistency::Linearizable,
             max_clients: 10_000,
+            port_wait_ms: 10_000,
             client_threads: 0,
             placement: PlacementKind::Pinned,
             first_cpu: 0,
@@ -174,6 +178,7 @@ struct FileConfig {
     request_timeout_ms: Option<u64>,
     read_consistency: Option<Consistency>,
     max_clients: Option<usize>,
+    port_wait_ms: Option<u64>,
     client_threads: Option<usize>,
     placement: Option<PlacementKind>,
     first_cpu: Option<usize>,
@@ -248,6 +253,11 @@ pub struct NodeArgs {
     /// Most concurrent client connections per protocol [default: 10000].
     #[arg(long, env = "FLOTILLA_MAX_CLIENTS")]
     pub max_clients: Option<usize>,
+    /// Milliseconds a start waits for a listening address still in use (a
+    /// node killed a moment ago may still hold its ports) before failing
+    /// [default: 10000].
+    #[arg(long, env = "FLOTILLA_PORT_WAIT_MS")]
+    pub port_wait_ms: Option<u64>,
     /// Executors (threads) serving client connections; 0 serves them on the
     /// shard executors themselves, seastar style [default: 0].
     #[arg(long, env = "FLOTILLA_CLIENT_THREADS")]
@@ -361,6 +371,7 @@ impl NodeArgs {
             request_timeout_ms: pick!(request_timeout_ms),
             read_consistency: pick!(read_consistency),
             max_clients: pick!(max_clients),
+            port_wait_ms: pick!(port_wait_ms),
             client_threads: pick!(client_threads),
             placement: pick!(placement),
             first_cpu: pick!(first_cpu),

@@ -19,14 +19,14 @@ use std::net::{SocketAddr, TcpListener as StdListener};
 use std::os::fd::{IntoRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::rc::Rc;
 
 use flotilla::kv::KvClient;
 use flotilla::{HostError, NodeHost};
 use glommio::{LocalExecutorBuilder, Placement};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::NodeConfig;
 use crate::http::{self, HttpOptions, HttpState};
@@ -41,6 +41,8 @@ const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(30);
 const CLIENT_TIMER_RESERVE: usize = flotilla::shard::TIMER_RESERVE;
 /// Pinned I/O memory of a client executor (it does no disk I/O).
 const CLIENT_IO_MEMORY_BYTES: usize = 512 << 10;
+/// Pause between two attempts on a held port.
+const PORT_RETRY: Duration = Duration::from_millis(20);
 
 /// Why a node could not start: one line for the user.
 #[derive(Debug, thiserror::Error)]
@@ -130,35 +132,81 @@ fn check_data_dir(dir: &Path) -> Result<(), StartError> {
     Ok(())
 }
 
-fn bind(what: &'static str, addr: SocketAddr) -> Result<StdListener, StartError> {
-    let l = StdListener::bind(addr).map_err(|error| StartError::Bind { what, addr, error })?;
+/// Binds `addr`, waiting up to `wait` while it is in use. A node killed
+/// with SIGKILL keeps its listening sockets for a moment after it is reaped
+/// (io_uring tears its ring down, and with it the files its pending accepts
+/// hold, asynchronously): a restart right after the kill found its Redis
+/// port "in use" and exited (fault soak, seed 7104).
+fn bind_waiting(
+    what: &'static str,
+    addr: SocketAddr,
+    wait: Duration,
+) -> Result<StdListener, StartError> {
+    let started = Instant::now();
+    let mut warned = false;
+    let l = loop {
+        match StdListener::bind(addr) {
+            Ok(l) => break l,
+            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+                if started.elapsed() >= wait {
+                    return Err(StartError::Bind { what, addr, error });
+                }
+                if !warned {
+                    warn!(what, %addr, ?wait, "address in use: waiting for it (a killed earlier run may still hold it)");
+                    warned = true;
+                }
+                // `start` runs on a plain thread, never on an executor.
+                std::thread::park_timeout(PORT_RETRY);
+            }
+            Err(error) => return Err(StartError::Bind { what, addr, error }),
+        }
+    };
+    if warned {
+        info!(what, %addr, waited = ?started.elapsed(), "address free");
+    }
     l.set_nonblocking(true)
         .map_err(|error| StartError::Bind { what, addr, error })?;
     Ok(l)
 }
 
-/// Fails if something listens on `addr`. A plain bind also fails on
-/// connections of an earlier run left in TIME_WAIT (glommio's listener set
-/// SO_REUSEPORT and not SO_REUSEADDR, so they block a plain bind but not
-/// the engine's): then a connect tells whether anyone really listens.
-fn probe_raft_port(addr: SocketAddr) -> Result<(), StartError> {
-    match StdListener::bind(addr) {
-        Ok(_) => Ok(()),
-        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
-            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
-                Ok(_) => Err(StartError::Bind {
+/// Fails if something listens on `addr` after waiting up to `wait` for it
+/// to go away. A plain bind also fails on connections of an earlier run
+/// left in TIME_WAIT (glommio's listener set SO_REUSEPORT and not
+/// SO_REUSEADDR, so they block a plain bind but not the engine's): then a
+/// connect tells whether anyone really listens.
+fn probe_raft_port_waiting(addr: SocketAddr, wait: Duration) -> Result<(), StartError> {
+    let started = Instant::now();
+    let mut warned = false;
+    loop {
+        match StdListener::bind(addr) {
+            Ok(_) => return Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+                if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err()
+                {
+                    return Ok(());
+                }
+                if started.elapsed() >= wait {
+                    return Err(StartError::Bind {
+                        what: "raft",
+                        addr,
+                        error,
+                    });
+                }
+                if !warned {
+                    warn!(%addr, ?wait, "raft address in use: waiting for it (a killed earlier run may still hold it)");
+                    warned = true;
+                }
+                // `start` runs on a plain thread, never on an executor.
+                std::thread::park_timeout(PORT_RETRY);
+            }
+            Err(error) => {
+                return Err(StartError::Bind {
                     what: "raft",
                     addr,
                     error,
-                }),
-                Err(_) => Ok(()),
+                })
             }
         }
-        Err(error) => Err(StartError::Bind {
-            what: "raft",
-            addr,
-            error,
-        }),
     }
 }
 
@@ -177,7 +225,8 @@ pub fn start(cfg: &NodeConfig) -> Result<RunningNode, StartError> {
     // Client listener first (kept), raft ports probed: glommio binds with
     // SO_REUSEPORT, which would silently share a port another process of
     // this user holds; a plain bind fails with "address in use" instead.
-    let resp_listener = bind("redis (resp)", cfg.resp_addr)?;
+    let port_wait = Duration::from_millis(cfg.port_wait_ms);
+    let resp_listener = bind_waiting("redis (resp)", cfg.resp_addr, port_wait)?;
     let resp_addr = resp_listener
         .local_addr()
         .map_err(|error| StartError::Bind {
@@ -185,7 +234,7 @@ pub fn start(cfg: &NodeConfig) -> Result<RunningNode, StartError> {
             addr: cfg.resp_addr,
             error,
         })?;
-    let http_listener = bind("http", cfg.http_addr)?;
+    let http_listener = bind_waiting("http", cfg.http_addr, port_wait)?;
     let http_addr = http_listener
         .local_addr()
         .map_err(|error| StartError::Bind {
@@ -196,7 +245,7 @@ pub fn start(cfg: &NodeConfig) -> Result<RunningNode, StartError> {
     for s in 0..cfg.shards {
         let mut addr = cfg.raft_addr;
         addr.set_port(cfg.raft_addr.port() + s as u16);
-        probe_raft_port(addr)?;
+        probe_raft_port_waiting(addr, port_wait)?;
     }
 
     let host = Arc::new(NodeHost::start(cfg.host_config()).map_err(StartError::Host)?);
@@ -394,5 +443,64 @@ impl RunningNode {
         }
         drop(self.shared.take());
         shutdown_host(self.host);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held() -> (StdListener, SocketAddr) {
+        let l = StdListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap();
+        (l, a)
+    }
+
+    #[test]
+    fn a_port_held_for_a_moment_is_waited_for() {
+        let (l, addr) = held();
+        let started = Instant::now();
+        let release = std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_millis(300);
+            while Instant::now() < until {
+                std::thread::park_timeout(until - Instant::now());
+            }
+            drop(l);
+        });
+        let got = bind_waiting("test", addr, Duration::from_secs(10)).expect("bound once free");
+        assert_eq!(got.local_addr().unwrap(), addr);
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        release.join().unwrap();
+    }
+
+    #[test]
+    fn a_port_held_for_good_fails_after_the_wait() {
+        let (_l, addr) = held();
+        let started = Instant::now();
+        match bind_waiting("test", addr, Duration::from_millis(200)) {
+            Err(StartError::Bind { error, .. }) => {
+                assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse)
+            }
+            other => panic!("expected address in use, got {:?}", other.map(|_| ())),
+        }
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        match probe_raft_port_waiting(addr, Duration::from_millis(200)) {
+            Err(StartError::Bind { what: "raft", .. }) => {}
+            other => panic!("expected address in use, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_raft_port_held_for_a_moment_is_waited_for() {
+        let (l, addr) = held();
+        let release = std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_millis(300);
+            while Instant::now() < until {
+                std::thread::park_timeout(until - Instant::now());
+            }
+            drop(l);
+        });
+        probe_raft_port_waiting(addr, Duration::from_secs(10)).expect("free once released");
+        release.join().unwrap();
     }
 }

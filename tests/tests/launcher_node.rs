@@ -334,6 +334,8 @@ fn bad_starts_fail_with_one_line() {
             &raft,
             "--http-addr",
             &free_addr().to_string(),
+            "--port-wait-ms",
+            "0",
         ],
         "in use",
     );
