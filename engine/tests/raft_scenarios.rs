@@ -24,6 +24,8 @@ struct Cluster {
     held: Vec<Message>,
     /// Appends carrying entries delivered, per (from, to).
     appends: BTreeMap<(u64, u64), usize>,
+    /// The next this many fetches fail (answered with no entries).
+    failing_fetches: usize,
     transcript: Vec<String>,
 }
 
@@ -65,6 +67,7 @@ impl Cluster {
             paused: BTreeSet::new(),
             held: Vec::new(),
             appends: BTreeMap::new(),
+            failing_fetches: 0,
             transcript: Vec::new(),
         }
     }
@@ -147,7 +150,12 @@ impl Cluster {
             }
             self.reads.entry(id).or_default().extend(rd.read_states);
             for f in rd.fetches {
-                let got: Vec<Entry> = disk_range(&self.disk[&id], f.lo, f.hi);
+                let got: Vec<Entry> = if self.failing_fetches > 0 {
+                    self.failing_fetches -= 1;
+                    Vec::new()
+                } else {
+                    disk_range(&self.disk[&id], f.lo, f.hi)
+                };
                 r.entries_loaded(f, got);
             }
         }
@@ -1003,6 +1011,32 @@ fn snapshot_and_fetch_for_lagging_followers() {
     let last = c.node(1).last_index();
     assert_eq!(c.node(2).last_index(), last);
     assert_eq!(c.node(2).term_at(last), c.node(1).term_at(last));
+}
+
+/// A fetch that fails (the engine answers it with no entries) is asked
+/// again: neither replication to a lagging follower nor apply waits for it
+/// forever.
+#[test]
+fn a_failed_fetch_is_asked_again() {
+    let t = |c: &mut Config| c.cache_bytes_max = 0;
+    let mut c = Cluster::new(&[1, 2, 3], &t);
+    c.campaign(1);
+    c.isolate(3);
+    for k in 0..10 {
+        c.propose(1, &format!("w{k}")).unwrap();
+    }
+    c.stabilize();
+    c.failing_fetches = 2;
+    c.heal();
+    c.tick_all(20);
+    assert_eq!(c.failing_fetches, 0, "the leader fetched");
+    assert!(
+        c.node(1).stats().fetches_requested >= 3,
+        "failed fetches were asked again: {}",
+        c.node(1).stats().fetches_requested
+    );
+    assert_eq!(c.node(3).commit(), c.node(1).commit());
+    assert_eq!(c.node(3).last_index(), c.node(1).last_index());
 }
 
 /// Restart: membership comes from the persisted membership plus the

@@ -1600,21 +1600,26 @@ fn spawn_fetches(
                 .entries(group.0, req.lo..req.hi + 1, req.bytes_max as u64)
                 .await;
             let mut d = driver.borrow_mut();
-            match loaded {
+            let entries = match loaded {
                 Ok(entries) => {
                     let entries: Result<Vec<Entry>, String> =
                         entries.into_iter().map(from_wal_entry).collect();
-                    match entries {
-                        Ok(entries) => {
-                            if let Some(g) = d.groups.get_mut(&group) {
-                                g.raft.entries_loaded(req, entries);
-                                d.dirty.insert(group);
-                            }
-                        }
-                        Err(e) => warn!(group = group.0, error = %e, "corrupt entry in WAL"),
-                    }
+                    entries.unwrap_or_else(|e| {
+                        warn!(group = group.0, error = %e, "corrupt entry in WAL");
+                        Vec::new()
+                    })
                 }
-                Err(e) => warn!(group = group.0, error = %e, "WAL read failed"),
+                Err(e) => {
+                    warn!(group = group.0, error = %e, "WAL read failed");
+                    Vec::new()
+                }
+            };
+            // Always answered, with nothing on failure: Raft clears its
+            // fetch-in-flight flag and asks again (or sends a snapshot)
+            // rather than waiting for this fetch forever.
+            if let Some(g) = d.groups.get_mut(&group) {
+                g.raft.entries_loaded(req, entries);
+                d.dirty.insert(group);
             }
             drop(d);
             kick.signal(1);
