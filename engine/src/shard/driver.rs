@@ -1616,10 +1616,16 @@ fn spawn_fetches(
             };
             // Always answered, with nothing on failure: Raft clears its
             // fetch-in-flight flag and asks again (or sends a snapshot)
-            // rather than waiting for this fetch forever.
+            // rather than waiting for this fetch forever. A failure does
+            // not mark the group dirty, so a fetch that keeps failing is
+            // retried at the pace of the group's other work (ticks,
+            // messages), not once per turn.
             if let Some(g) = d.groups.get_mut(&group) {
+                let loaded = !entries.is_empty();
                 g.raft.entries_loaded(req, entries);
-                d.dirty.insert(group);
+                if loaded {
+                    d.dirty.insert(group);
+                }
             }
             drop(d);
             kick.signal(1);
