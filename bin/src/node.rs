@@ -132,25 +132,25 @@ fn check_data_dir(dir: &Path) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Binds `addr`, waiting up to `wait` while it is in use. A node killed
-/// with SIGKILL keeps its listening sockets for a moment after it is reaped
-/// (io_uring tears its ring down, and with it the files its pending accepts
-/// hold, asynchronously): a restart right after the kill found its Redis
-/// port "in use" and exited (fault soak, seed 7104).
-fn bind_waiting(
+/// Runs `attempt` until it fails with something other than "address in
+/// use" or succeeds, for up to `wait`. A node killed with SIGKILL keeps its
+/// listening sockets for a moment after it is reaped (io_uring tears its
+/// ring down, and with it the files its pending accepts hold,
+/// asynchronously): a restart right after the kill found its Redis port
+/// "in use" and exited (fault soak, seed 7104).
+fn while_in_use<T>(
     what: &'static str,
     addr: SocketAddr,
     wait: Duration,
-) -> Result<StdListener, StartError> {
+    mut attempt: impl FnMut() -> std::io::Result<T>,
+) -> Result<T, StartError> {
     let started = Instant::now();
     let mut warned = false;
-    let l = loop {
-        match StdListener::bind(addr) {
-            Ok(l) => break l,
-            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
-                if started.elapsed() >= wait {
-                    return Err(StartError::Bind { what, addr, error });
-                }
+    loop {
+        match attempt() {
+            Err(error)
+                if error.kind() == std::io::ErrorKind::AddrInUse && started.elapsed() < wait =>
+            {
                 if !warned {
                     warn!(what, %addr, ?wait, "address in use: waiting for it (a killed earlier run may still hold it)");
                     warned = true;
@@ -158,12 +158,23 @@ fn bind_waiting(
                 // `start` runs on a plain thread, never on an executor.
                 std::thread::park_timeout(PORT_RETRY);
             }
-            Err(error) => return Err(StartError::Bind { what, addr, error }),
+            result => {
+                if warned && result.is_ok() {
+                    info!(what, %addr, waited = ?started.elapsed(), "address free");
+                }
+                return result.map_err(|error| StartError::Bind { what, addr, error });
+            }
         }
-    };
-    if warned {
-        info!(what, %addr, waited = ?started.elapsed(), "address free");
     }
+}
+
+/// Binds `addr`, waiting up to `wait` while it is in use.
+fn bind_waiting(
+    what: &'static str,
+    addr: SocketAddr,
+    wait: Duration,
+) -> Result<StdListener, StartError> {
+    let l = while_in_use(what, addr, wait, || StdListener::bind(addr))?;
     l.set_nonblocking(true)
         .map_err(|error| StartError::Bind { what, addr, error })?;
     Ok(l)
@@ -175,39 +186,15 @@ fn bind_waiting(
 /// SO_REUSEADDR, so they block a plain bind but not the engine's): then a
 /// connect tells whether anyone really listens.
 fn probe_raft_port_waiting(addr: SocketAddr, wait: Duration) -> Result<(), StartError> {
-    let started = Instant::now();
-    let mut warned = false;
-    loop {
-        match StdListener::bind(addr) {
-            Ok(_) => return Ok(()),
-            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
-                if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err()
-                {
-                    return Ok(());
-                }
-                if started.elapsed() >= wait {
-                    return Err(StartError::Bind {
-                        what: "raft",
-                        addr,
-                        error,
-                    });
-                }
-                if !warned {
-                    warn!(%addr, ?wait, "raft address in use: waiting for it (a killed earlier run may still hold it)");
-                    warned = true;
-                }
-                // `start` runs on a plain thread, never on an executor.
-                std::thread::park_timeout(PORT_RETRY);
-            }
-            Err(error) => {
-                return Err(StartError::Bind {
-                    what: "raft",
-                    addr,
-                    error,
-                })
+    while_in_use("raft", addr, wait, || match StdListener::bind(addr) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+                Ok(_) => Err(e),
+                Err(_) => Ok(()),
             }
         }
-    }
+        other => other.map(drop),
+    })
 }
 
 /// Starts a node (blocking: call it from a plain thread, not an executor).
@@ -456,17 +443,22 @@ mod tests {
         (l, a)
     }
 
-    #[test]
-    fn a_port_held_for_a_moment_is_waited_for() {
-        let (l, addr) = held();
-        let started = Instant::now();
-        let release = std::thread::spawn(move || {
-            let until = Instant::now() + Duration::from_millis(300);
+    /// Closes `l` after `d`, on a thread of its own.
+    fn release_after(l: StdListener, d: Duration) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let until = Instant::now() + d;
             while Instant::now() < until {
                 std::thread::park_timeout(until - Instant::now());
             }
             drop(l);
-        });
+        })
+    }
+
+    #[test]
+    fn a_port_held_for_a_moment_is_waited_for() {
+        let (l, addr) = held();
+        let started = Instant::now();
+        let release = release_after(l, Duration::from_millis(300));
         let got = bind_waiting("test", addr, Duration::from_secs(10)).expect("bound once free");
         assert_eq!(got.local_addr().unwrap(), addr);
         assert!(started.elapsed() >= Duration::from_millis(250));
@@ -493,13 +485,7 @@ mod tests {
     #[test]
     fn a_raft_port_held_for_a_moment_is_waited_for() {
         let (l, addr) = held();
-        let release = std::thread::spawn(move || {
-            let until = Instant::now() + Duration::from_millis(300);
-            while Instant::now() < until {
-                std::thread::park_timeout(until - Instant::now());
-            }
-            drop(l);
-        });
+        let release = release_after(l, Duration::from_millis(300));
         probe_raft_port_waiting(addr, Duration::from_secs(10)).expect("free once released");
         release.join().unwrap();
     }

@@ -1600,18 +1600,15 @@ fn spawn_fetches(
                 .entries(group.0, req.lo..req.hi + 1, req.bytes_max as u64)
                 .await;
             let mut d = driver.borrow_mut();
-            let entries = match loaded {
-                Ok(entries) => {
-                    let entries: Result<Vec<Entry>, String> =
-                        entries.into_iter().map(from_wal_entry).collect();
-                    entries.unwrap_or_else(|e| {
-                        warn!(group = group.0, error = %e, "corrupt entry in WAL");
-                        Vec::new()
-                    })
-                }
+            let read = match loaded {
+                Ok(entries) => entries
+                    .into_iter()
+                    .map(from_wal_entry)
+                    .collect::<Result<Vec<Entry>, String>>()
+                    .map_err(|e| warn!(group = group.0, error = %e, "corrupt entry in WAL")),
                 Err(e) => {
                     warn!(group = group.0, error = %e, "WAL read failed");
-                    Vec::new()
+                    Err(())
                 }
             };
             // Always answered, with nothing on failure: Raft clears its
@@ -1621,9 +1618,9 @@ fn spawn_fetches(
             // retried at the pace of the group's other work (ticks,
             // messages), not once per turn.
             if let Some(g) = d.groups.get_mut(&group) {
-                let loaded = !entries.is_empty();
-                g.raft.entries_loaded(req, entries);
-                if loaded {
+                let ok = read.is_ok();
+                g.raft.entries_loaded(req, read.unwrap_or_default());
+                if ok {
                     d.dirty.insert(group);
                 }
             }
