@@ -83,8 +83,16 @@ pub struct NodeHostConfig {
     /// request wakes it (0: never).
     pub quiesce_ticks: u64,
     /// A group's state machine is snapshotted every this many applied
-    /// entries (0: never automatically).
+    /// entries (0: never automatically)...
     pub snapshot_entries: u64,
+    /// ...and once the entries applied since its last snapshot hold at
+    /// least this many times that snapshot's size in payload bytes (0: the
+    /// entry count alone decides). A snapshot walks the whole state, so
+    /// this keeps the cost of snapshots of a large state machine
+    /// proportional to the bytes written; the log kept meanwhile is at most
+    /// this multiple of the state's size (and a group pinning old WAL
+    /// segments is snapshotted regardless).
+    pub snapshot_log_ratio: f64,
     /// Entries kept in the log behind a snapshot, so a follower slightly
     /// behind catches up from the log rather than a snapshot.
     pub compaction_overhead_entries: u64,
@@ -114,6 +122,7 @@ impl NodeHostConfig {
             detect_stalls: false,
             quiesce_ticks: 100,
             snapshot_entries: 100_000,
+            snapshot_log_ratio: 1.0,
             compaction_overhead_entries: 10_000,
         }
     }
@@ -145,6 +154,12 @@ impl NodeHostConfig {
             return Err(ConfigError::Invalid {
                 field: "preempt_timer",
                 reason: format!("{:?} is not in (0, 100ms]", self.preempt_timer),
+            });
+        }
+        if !(self.snapshot_log_ratio >= 0.0 && self.snapshot_log_ratio <= 1000.0) {
+            return Err(ConfigError::Invalid {
+                field: "snapshot_log_ratio",
+                reason: format!("{} is not in [0, 1000]", self.snapshot_log_ratio),
             });
         }
         if self.io_memory_bytes < (512 << 10) {
@@ -277,6 +292,17 @@ mod tests {
                 ..
             })
         ));
+        for ratio in [-1.0, f64::NAN, 1e9] {
+            let mut bad = cfg.clone();
+            bad.snapshot_log_ratio = ratio;
+            assert!(matches!(
+                bad.validate(),
+                Err(ConfigError::Invalid {
+                    field: "snapshot_log_ratio",
+                    ..
+                })
+            ));
+        }
         let mut bad = cfg;
         bad.preempt_timer = Duration::ZERO;
         assert!(matches!(

@@ -157,6 +157,7 @@ impl NodeHost {
                 wal_dir,
                 snapshot_dir,
                 snapshot_entries: host.config.snapshot_entries,
+                snapshot_log_ratio: host.config.snapshot_log_ratio,
                 compaction_overhead_entries: host.config.compaction_overhead_entries,
                 wal_options,
                 raft_defaults,

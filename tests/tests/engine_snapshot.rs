@@ -14,7 +14,10 @@ const WITHIN: Duration = Duration::from_secs(30);
 fn a_follower_behind_the_compacted_log_catches_up_by_snapshot_and_restarts_from_it() {
     flotilla_tests::init_logs();
     let mut c = Cluster::with(3, 1, |cfg| {
+        // A snapshot every 100 entries whatever the state's size: the log
+        // node 3 needs must be compacted away.
         cfg.snapshot_entries = 100;
+        cfg.snapshot_log_ratio = 0.0;
         cfg.compaction_overhead_entries = 20;
     });
     c.start_all();
@@ -102,5 +105,73 @@ fn a_follower_behind_the_compacted_log_catches_up_by_snapshot_and_restarts_from_
     // A snapshot on request.
     let index = block_on(c.host(NodeId(1)).request_snapshot(groups[0], WITHIN)).unwrap();
     assert!(index > 0);
+    c.shutdown();
+}
+
+/// Snapshots taken by the node's shards so far.
+fn snapshots_taken(c: &Cluster, node: NodeId) -> u64 {
+    block_on(c.host(node).stats(WITHIN))
+        .unwrap()
+        .iter()
+        .map(|s| s.snapshots_taken)
+        .sum()
+}
+
+fn wait_snapshots(c: &Cluster, node: NodeId, want: u64) {
+    let start = std::time::Instant::now();
+    while snapshots_taken(c, node) < want {
+        assert!(
+            start.elapsed() < WITHIN,
+            "expected {want} snapshots, have {}",
+            snapshots_taken(c, node)
+        );
+        std::thread::park_timeout(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_large_state_is_snapshotted_again_only_after_a_log_of_its_size() {
+    flotilla_tests::init_logs();
+    let mut c = Cluster::with(1, 1, |cfg| {
+        cfg.snapshot_entries = 20;
+        cfg.snapshot_log_ratio = 1.0;
+        cfg.compaction_overhead_entries = 5;
+    });
+    c.start_all();
+    let groups = [GroupId(1)];
+    c.start_groups(&groups, &c.running());
+    c.wait_leader(groups[0], WITHIN);
+    let kv = c.kv(NodeId(1), &groups);
+    let big = bytes::Bytes::from(vec![b'v'; 4096]);
+    // 24 entries of 4 KiB: the first snapshot (≥ 20 entries, no earlier
+    // snapshot to compare with) holds about 80 KiB.
+    for i in 0..24 {
+        retry(WITHIN, "put", || {
+            block_on(kv.put(b(format!("big-{i}")), big.clone()))
+        });
+    }
+    wait_snapshots(&c, NodeId(1), 1);
+    assert_eq!(snapshots_taken(&c, NodeId(1)), 1);
+    // 200 small writes: ten times the entry count, but a few KiB of log
+    // against a state of 80 KiB. Without the log rule this took 10 more
+    // snapshots, each a walk over the whole state.
+    for i in 0..200 {
+        retry(WITHIN, "put", || {
+            block_on(kv.put(b("small"), b(i.to_string())))
+        });
+    }
+    std::thread::park_timeout(Duration::from_millis(300));
+    assert_eq!(
+        snapshots_taken(&c, NodeId(1)),
+        1,
+        "a snapshot came before the log since the last one reached its size"
+    );
+    // A log as large as the state: the next snapshot comes.
+    for i in 0..24 {
+        retry(WITHIN, "put", || {
+            block_on(kv.put(b(format!("big-{i}")), big.clone()))
+        });
+    }
+    wait_snapshots(&c, NodeId(1), 2);
     c.shutdown();
 }

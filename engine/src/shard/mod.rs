@@ -192,6 +192,7 @@ pub(crate) struct ShardSetup {
     pub(crate) wal_dir: PathBuf,
     pub(crate) snapshot_dir: PathBuf,
     pub(crate) snapshot_entries: u64,
+    pub(crate) snapshot_log_ratio: f64,
     pub(crate) compaction_overhead_entries: u64,
     pub(crate) wal_options: flotilla_storage::WalOptions,
     pub(crate) raft_defaults: crate::raft::Config,
@@ -238,6 +239,7 @@ pub(crate) async fn run(setup: ShardSetup) {
         wal_dir,
         snapshot_dir,
         snapshot_entries,
+        snapshot_log_ratio,
         compaction_overhead_entries,
         wal_options,
         raft_defaults,
@@ -313,6 +315,7 @@ pub(crate) async fn run(setup: ShardSetup) {
     driver.borrow_mut().configure_snapshots(
         snapshot_dir,
         snapshot_entries,
+        snapshot_log_ratio,
         compaction_overhead_entries,
     );
     match driver::restore_groups(&driver, recovered).await {

@@ -107,14 +107,15 @@ async fn load_rsm(stream: Bytes) -> Result<LoadedSnapshot, String> {
         .map_err(|e| format!("snapshot state: {e}"))
 }
 
-/// At restart: the newest snapshot of `group`, if any, as (index, state).
+/// At restart: the newest snapshot of `group`, if any, as (index, size in
+/// bytes, state).
 ///
 /// # Errors
 /// An unreadable or corrupt snapshot file.
 pub(crate) async fn load_for_restart(
     dir: &Path,
     group: GroupId,
-) -> Result<Option<(u64, LoadedSnapshot)>, String> {
+) -> Result<Option<(u64, u64, LoadedSnapshot)>, String> {
     let Some((file, data)) = read_latest(dir, group).await? else {
         return Ok(None);
     };
@@ -128,7 +129,7 @@ pub(crate) async fn load_for_restart(
             file.index
         ));
     }
-    Ok(Some((file.index, loaded)))
+    Ok(Some((file.index, data.len() as u64, loaded)))
 }
 
 /// Takes a snapshot of `group` at its applied index, makes it durable, then
@@ -137,10 +138,12 @@ pub(crate) async fn load_for_restart(
 pub(crate) async fn take(driver: SharedDriver, group: GroupId) -> Result<u64, String> {
     let outcome = take_inner(&driver, group).await;
     driver.borrow_mut().snapshot_taken(group, &outcome);
-    outcome
+    outcome.map(|(index, _)| index)
 }
 
-async fn take_inner(driver: &SharedDriver, group: GroupId) -> Result<u64, String> {
+/// The snapshot's index and size in bytes (0 for a witness, which keeps no
+/// state).
+async fn take_inner(driver: &SharedDriver, group: GroupId) -> Result<(u64, u64), String> {
     let (writer, index, term, membership, dir) = {
         let d = driver.borrow();
         let g = d.group(group).ok_or("group stopped")?;
@@ -152,6 +155,7 @@ async fn take_inner(driver: &SharedDriver, group: GroupId) -> Result<u64, String
         let membership = g.raft.membership_at(index);
         (g.capture(), index, term, membership, d.snapshot_dir())
     };
+    let mut bytes = 0;
     if let Some(writer) = writer {
         let mut data = prefix(&membership);
         writer
@@ -170,12 +174,13 @@ async fn take_inner(driver: &SharedDriver, group: GroupId) -> Result<u64, String
             bytes = data.len(),
             "snapshot taken"
         );
+        bytes = data.len() as u64;
     }
     let (batch, wal) = driver.borrow_mut().compact_behind(group, index)?;
     if let Some(batch) = batch {
         wal.write(batch).await.map_err(|e| e.to_string())?;
     }
-    Ok(index)
+    Ok((index, bytes))
 }
 
 /// Streams the newest snapshot of `group` to `to` for Raft's
@@ -347,7 +352,7 @@ async fn install(driver: &SharedDriver, msg: Message, data: Bytes) -> Result<(),
     }
     let mut d = driver.borrow_mut();
     if is_needed && needed(&d) {
-        d.install_snapshot(group, meta.index, loaded)?;
+        d.install_snapshot(group, meta.index, data.len() as u64, loaded)?;
         info!(group = group.0, index = meta.index, "snapshot installed");
     }
     d.step_message(msg);
