@@ -71,7 +71,10 @@ mod state_machine;
 
 pub use envelope::{encode_noop, ClientSession, Envelope, SESSION_HEADER_BYTES};
 pub use error::{ApplyError, DecodeError, QueryError, SnapshotError};
-pub use kv::{KvCommand, KvError, KvQuery, KvResult, KvStore, PutCondition};
+pub use kv::{
+    KvCommand, KvError, KvQuery, KvResult, KvStore, PutCondition, TypedCommand, TypedQuery, XAddId,
+    ZAddCompare, ZAddCondition,
+};
 pub use manager::{Applied, LoadedSnapshot, Rsm, RsmStats, SnapshotLoader};
 pub use session::{SessionConfig, SessionTable};
 pub use snapshot::{SnapshotInfo, SnapshotMeta, SnapshotWriter};

@@ -11,11 +11,15 @@
 //!          0x05 Increment    | key bytes | delta i64 |
 //!          0x06 MultiPut     | pairs list<key bytes, value bytes> |
 //!          0x20..=0x24       a query (below), executed in log order
+//!          0x30..=0x50       a typed command (lists, sets, hashes, sorted
+//!                            sets, streams: drawn in `typed.rs`)
+//!          0x60..=0x81       a typed query, executed in log order
 //! query    0x20 Get          | key bytes |
 //!          0x21 MultiGet     | keys list<bytes> |
 //!          0x22 Exists       | keys list<bytes> |
 //!          0x23 Scan         | start bytes | end opt | limit u32 | keys_only u8 |
 //!          0x24 Count        |
+//!          0x60..=0x81       a typed query (drawn in `typed.rs`)
 //! result   0x00 Ok
 //!          0x01 Value        | value opt |
 //!          0x02 Values       | values list<opt> |
@@ -25,11 +29,19 @@
 //!          0x06 Cas          | swapped u8 | previous opt |
 //!          0x07 Entries      | pairs list<key bytes, value bytes> | next opt |
 //!          0x08 Len          | n u64 |
+//!          0x09 Items        | items list<bytes> |
+//!          0x0a Records      | count u32 | (id bytes | fields list<bytes>) * |
 //!          0x7f Error        | code u8 |
 //! ```
+//! Error codes: 1 not an integer, 2 overflow, 3 key too large, 4 value too
+//! large, 5 malformed, 6 result too large, 7 wrong type, 8 not a float,
+//! 9 NaN score, 10 index out of range, 11 no such key, 12 hash value not an
+//! integer, 13 stream id too small, 14 stream id 0-0, 15 stream ids
+//! exhausted.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+pub use super::typed::{TypedCommand, TypedQuery, XAddId, ZAddCompare, ZAddCondition};
 use crate::codec::{put_bytes, put_count, Reader};
 use crate::error::DecodeError;
 
@@ -48,8 +60,11 @@ pub const SCAN_BYTES_MAX: usize = 4 << 20;
 /// [`KvError::ResultTooLarge`] (results are cached by sessions and shipped
 /// in one reply).
 pub const RESULT_BYTES_MAX: usize = 128 << 20;
+/// Most items of one result ([`KvResult::Items`], [`KvResult::Records`]):
+/// a larger range read fails with [`KvError::ResultTooLarge`].
+pub const ITEMS_PER_RESULT_MAX: u32 = 1 << 24;
 
-const DECODE_BYTES_MAX: u32 = VALUE_BYTES_MAX as u32;
+pub(super) const DECODE_BYTES_MAX: u32 = VALUE_BYTES_MAX as u32;
 
 /// The condition of a [`KvCommand::Put`] (Redis `SET ... NX` / `XX`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +79,7 @@ pub enum PutCondition {
 
 /// A command to the KV store: proposed through raft and applied in log
 /// order on every replica.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum KvCommand {
     /// Set `key` to `value` if `condition` holds. Result
     /// [`KvResult::Put`] (`previous` only if `return_previous`, like
@@ -118,6 +133,8 @@ pub enum KvCommand {
     },
     /// A read, executed in log order (a read through the log).
     Read(KvQuery),
+    /// A write to a list, set, hash, sorted set or stream.
+    Typed(TypedCommand),
 }
 
 /// A read-only query to the KV store (also usable as a command through
@@ -155,6 +172,8 @@ pub enum KvQuery {
     },
     /// Number of keys. Result [`KvResult::Count`].
     Count,
+    /// A read of a list, set, hash, sorted set or stream (or `TYPE`).
+    Typed(TypedQuery),
 }
 
 /// A deterministic error result of a KV command.
@@ -176,9 +195,37 @@ pub enum KvError {
     /// The command could not be decoded.
     #[error("malformed command")]
     Malformed,
-    /// The result would exceed [`RESULT_BYTES_MAX`].
+    /// The result would exceed [`RESULT_BYTES_MAX`] or
+    /// [`ITEMS_PER_RESULT_MAX`].
     #[error("result too large")]
     ResultTooLarge,
+    /// A command of one type on a key holding another.
+    #[error("Operation against a key holding the wrong kind of value")]
+    WrongType,
+    /// A score that is not a valid float (a NaN in the command).
+    #[error("value is not a valid float")]
+    NotFloat,
+    /// A score increment that ends in NaN (`inf` + `-inf`).
+    #[error("resulting score is not a number (NaN)")]
+    ScoreNaN,
+    /// `LSET` outside the list.
+    #[error("index out of range")]
+    IndexOutOfRange,
+    /// `LSET` on an absent key.
+    #[error("no such key")]
+    NoSuchKey,
+    /// `HINCRBY` of a field that is not an integer.
+    #[error("hash value is not an integer")]
+    HashNotInteger,
+    /// `XADD` with an id not greater than the stream's last.
+    #[error("The ID specified in XADD is equal or smaller than the target stream top item")]
+    StreamIdTooSmall,
+    /// `XADD` with the id 0-0.
+    #[error("The ID specified in XADD must be greater than 0-0")]
+    StreamIdZero,
+    /// `XADD *` after the id u64::MAX-u64::MAX.
+    #[error("The stream has exhausted the last possible ID, unable to add more items")]
+    StreamIdExhausted,
 }
 
 impl KvError {
@@ -190,6 +237,15 @@ impl KvError {
             KvError::ValueTooLarge => 4,
             KvError::Malformed => 5,
             KvError::ResultTooLarge => 6,
+            KvError::WrongType => 7,
+            KvError::NotFloat => 8,
+            KvError::ScoreNaN => 9,
+            KvError::IndexOutOfRange => 10,
+            KvError::NoSuchKey => 11,
+            KvError::HashNotInteger => 12,
+            KvError::StreamIdTooSmall => 13,
+            KvError::StreamIdZero => 14,
+            KvError::StreamIdExhausted => 15,
         }
     }
 
@@ -201,6 +257,15 @@ impl KvError {
             4 => KvError::ValueTooLarge,
             5 => KvError::Malformed,
             6 => KvError::ResultTooLarge,
+            7 => KvError::WrongType,
+            8 => KvError::NotFloat,
+            9 => KvError::ScoreNaN,
+            10 => KvError::IndexOutOfRange,
+            11 => KvError::NoSuchKey,
+            12 => KvError::HashNotInteger,
+            13 => KvError::StreamIdTooSmall,
+            14 => KvError::StreamIdZero,
+            15 => KvError::StreamIdExhausted,
             tag => {
                 return Err(DecodeError::UnknownTag {
                     what: "kv error",
@@ -247,13 +312,18 @@ pub enum KvResult {
         /// The key to continue from, if more remain.
         next: Option<Bytes>,
     },
+    /// Byte strings: a range of a collection, its members, popped
+    /// elements, interleaved pairs (field, value / member, score).
+    Items(Vec<Bytes>),
+    /// Stream entries: id and its fields (field, value, ...).
+    Records(Vec<(Bytes, Vec<Bytes>)>),
     /// A deterministic error.
     Error(KvError),
 }
 
 const MAX_KEYS: u32 = KEYS_PER_COMMAND_MAX;
 
-fn put_opt(out: &mut BytesMut, v: &Option<Bytes>) {
+pub(super) fn put_opt(out: &mut BytesMut, v: &Option<Bytes>) {
     match v {
         None => out.put_u8(0),
         Some(b) => {
@@ -263,7 +333,7 @@ fn put_opt(out: &mut BytesMut, v: &Option<Bytes>) {
     }
 }
 
-fn get_opt(r: &mut Reader, what: &'static str) -> Result<Option<Bytes>, DecodeError> {
+pub(super) fn get_opt(r: &mut Reader, what: &'static str) -> Result<Option<Bytes>, DecodeError> {
     match r.u8()? {
         0 => Ok(None),
         1 => Ok(Some(r.bytes(what, DECODE_BYTES_MAX)?)),
@@ -273,7 +343,7 @@ fn get_opt(r: &mut Reader, what: &'static str) -> Result<Option<Bytes>, DecodeEr
     }
 }
 
-fn get_bool(r: &mut Reader) -> Result<bool, DecodeError> {
+pub(super) fn get_bool(r: &mut Reader) -> Result<bool, DecodeError> {
     match r.u8()? {
         0 => Ok(false),
         1 => Ok(true),
@@ -281,14 +351,14 @@ fn get_bool(r: &mut Reader) -> Result<bool, DecodeError> {
     }
 }
 
-fn put_keys(out: &mut BytesMut, keys: &[Bytes]) {
+pub(super) fn put_keys(out: &mut BytesMut, keys: &[Bytes]) {
     put_count(out, keys.len());
     for k in keys {
         put_bytes(out, k);
     }
 }
 
-fn get_keys(r: &mut Reader) -> Result<Vec<Bytes>, DecodeError> {
+pub(super) fn get_keys(r: &mut Reader) -> Result<Vec<Bytes>, DecodeError> {
     let n = r.count("keys", MAX_KEYS, 4)?;
     (0..n).map(|_| r.bytes("key", DECODE_BYTES_MAX)).collect()
 }
@@ -451,6 +521,7 @@ impl KvCommand {
                 }
             }
             KvCommand::Read(q) => q.encode_into(out),
+            KvCommand::Typed(c) => c.encode_into(out),
         }
     }
 
@@ -511,6 +582,12 @@ impl KvCommand {
                 KvCommand::MultiPut { pairs }
             }
             0x20..=0x24 => return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?)),
+            tag if TypedQuery::is_tag(tag) => {
+                return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?))
+            }
+            tag if TypedCommand::is_tag(tag) => {
+                KvCommand::Typed(TypedCommand::decode_tagged(tag, &mut r)?)
+            }
             tag => {
                 return Err(DecodeError::UnknownTag {
                     what: "kv command",
@@ -579,6 +656,7 @@ impl KvQuery {
                 out.put_u8(u8::from(*keys_only));
             }
             KvQuery::Count => out.put_u8(0x24),
+            KvQuery::Typed(q) => q.encode_into(out),
         }
     }
 
@@ -610,6 +688,9 @@ impl KvQuery {
                 keys_only: get_bool(&mut r)?,
             },
             0x24 => KvQuery::Count,
+            tag if TypedQuery::is_tag(tag) => {
+                KvQuery::Typed(TypedQuery::decode_tagged(tag, &mut r)?)
+            }
             tag => {
                 return Err(DecodeError::UnknownTag {
                     what: "kv query",
@@ -698,6 +779,19 @@ impl KvResult {
                 out.put_u8(0x08);
                 out.put_u64_le(*n);
             }
+            KvResult::Items(items) => {
+                out.reserve(5 + items.iter().map(|i| 4 + i.len()).sum::<usize>());
+                out.put_u8(0x09);
+                put_keys(&mut out, items);
+            }
+            KvResult::Records(records) => {
+                out.put_u8(0x0a);
+                put_count(&mut out, records.len());
+                for (id, fields) in records {
+                    put_bytes(&mut out, id);
+                    put_keys(&mut out, fields);
+                }
+            }
             KvResult::Error(e) => {
                 out.put_u8(0x7f);
                 out.put_u8(e.code());
@@ -749,6 +843,27 @@ impl KvResult {
                 }
             }
             0x08 => KvResult::Len(r.u64()?),
+            0x09 => {
+                let n = r.count("items", ITEMS_PER_RESULT_MAX, 4)?;
+                KvResult::Items(
+                    (0..n)
+                        .map(|_| r.bytes("item", DECODE_BYTES_MAX))
+                        .collect::<Result<_, _>>()?,
+                )
+            }
+            0x0a => {
+                let n = r.count("records", ITEMS_PER_RESULT_MAX, 8)?;
+                let mut records = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let id = r.bytes("record id", DECODE_BYTES_MAX)?;
+                    let m = r.count("fields", ITEMS_PER_RESULT_MAX, 4)?;
+                    let fields = (0..m)
+                        .map(|_| r.bytes("field", DECODE_BYTES_MAX))
+                        .collect::<Result<_, _>>()?;
+                    records.push((id, fields));
+                }
+                KvResult::Records(records)
+            }
             0x7f => KvResult::Error(KvError::from_code(r.u8()?)?),
             tag => {
                 return Err(DecodeError::UnknownTag {

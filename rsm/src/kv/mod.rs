@@ -1,23 +1,32 @@
 //! The bundled key-value store: an in-memory ordered map of byte strings
-//! with Redis-like commands, as a [`StateMachine`].
+//! with Redis-like commands, as a [`StateMachine`]. A key holds a string
+//! or one of the Redis data types (list, hash, set, sorted set, stream:
+//! see [`TypedCommand`] and [`TypedQuery`]).
 
+mod collection;
 mod command;
+mod exec;
 mod hash;
 mod key;
 mod map;
 mod tree;
+mod typed;
 mod value;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use collection::{Collection, Elem, Score, StreamId};
 pub use command::{
-    prefix_end, KvCommand, KvError, KvQuery, KvResult, PutCondition, ResultBytes,
-    KEYS_PER_COMMAND_MAX, KEY_BYTES_MAX, RESULT_BYTES_MAX, SCAN_BYTES_MAX, SCAN_LIMIT_MAX,
-    VALUE_BYTES_MAX,
+    prefix_end, KvCommand, KvError, KvQuery, KvResult, PutCondition, ResultBytes, TypedCommand,
+    TypedQuery, XAddId, ZAddCompare, ZAddCondition, ITEMS_PER_RESULT_MAX, KEYS_PER_COMMAND_MAX,
+    KEY_BYTES_MAX, RESULT_BYTES_MAX, SCAN_BYTES_MAX, SCAN_LIMIT_MAX, VALUE_BYTES_MAX,
 };
+use std::rc::Rc;
+
 use key::Key;
 use map::CowMap;
+use tree::CowTree;
 use value::Value;
 
 use crate::error::{DecodeError, QueryError, SnapshotError};
@@ -48,7 +57,14 @@ const YIELD_EVERY_ENTRIES: u64 = 256;
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct KvStore {
+    /// Every key; a key holding a collection has [`Value::typed_marker`].
     map: CowMap,
+    /// The collections, by key (copy-on-write like `map`: a capture is
+    /// cheap, and a collection a view shares is copied on its next write).
+    /// Invariant: exactly the keys marked in `map`.
+    typed: CowTree<Rc<Collection>>,
+    /// Sum of the collections' element bytes.
+    typed_bytes: u64,
 }
 
 impl KvStore {
@@ -67,19 +83,47 @@ impl KvStore {
         self.map.len() == 0
     }
 
-    /// Total bytes of keys and values.
+    /// Total bytes of keys and values (a collection counts its elements).
     pub fn data_bytes(&self) -> u64 {
-        self.map.bytes()
+        self.map.bytes() + self.typed_bytes
     }
 
-    /// The value of `key`.
+    /// The string value of `key` (`None` if absent or a collection).
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.map.get(key).map(Value::as_slice)
+        self.map
+            .get(key)
+            .filter(|v| !v.is_typed())
+            .map(Value::as_slice)
     }
 
-    /// Every pair in key order.
+    /// Every pair in key order (a collection's value reads as empty).
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        self.map.iter().map(|(k, v)| (k, v.as_slice()))
+        self.map
+            .iter()
+            .map(|(k, v)| (k, if v.is_typed() { &[][..] } else { v.as_slice() }))
+    }
+
+    /// Removes `key` (of any type); true if it existed.
+    fn remove_key(&mut self, key: &[u8]) -> bool {
+        match self.map.remove(key) {
+            None => false,
+            Some(v) => {
+                if v.is_typed() {
+                    self.drop_collection(key);
+                }
+                true
+            }
+        }
+    }
+
+    /// Forgets the collection of `key`, whose marker was just removed or
+    /// overwritten in `map`.
+    fn drop_collection(&mut self, key: &[u8]) {
+        let c = self
+            .typed
+            .remove(&Key::new(key))
+            .expect("a marked key has a collection");
+        self.typed_bytes -= c.bytes() as u64;
     }
 
     /// Executes a command (writes and reads) against the store.
@@ -92,7 +136,7 @@ impl KvStore {
                 return_previous,
             } => self.put(key, value, *condition, *return_previous),
             KvCommand::Delete { keys } => {
-                let n = keys.iter().filter(|k| self.map.remove(k).is_some()).count();
+                let n = keys.iter().filter(|k| self.remove_key(k)).count();
                 KvResult::Count(n as u64)
             }
             KvCommand::Append { key, value } => {
@@ -100,6 +144,9 @@ impl KvStore {
                     return KvResult::Error(e);
                 }
                 self.map.upsert(key, |cur| {
+                    if cur.is_some_and(Value::is_typed) {
+                        return (None, KvResult::Error(KvError::WrongType));
+                    }
                     let old = cur.map_or(&[][..], |c| &c[..]);
                     if let Some(e) = check_value(old.len() + value.len()) {
                         return (None, KvResult::Error(e));
@@ -126,6 +173,9 @@ impl KvStore {
                 {
                     return KvResult::Error(e);
                 }
+                if self.map.get(key).is_some_and(Value::is_typed) {
+                    return KvResult::Error(KvError::WrongType);
+                }
                 match new_value {
                     Some(new_value) => self.map.upsert(key, |cur| {
                         let swapped = cur.map(|c| &c[..]) == expected.as_deref();
@@ -141,7 +191,7 @@ impl KvStore {
                         let previous = self.map.get(key).map(Value::to_bytes);
                         let swapped = previous.as_deref() == expected.as_deref();
                         if swapped && previous.is_some() {
-                            self.map.remove(key);
+                            self.remove_key(key);
                         }
                         KvResult::Cas { swapped, previous }
                     }
@@ -154,6 +204,9 @@ impl KvStore {
                 self.map.upsert(key, |cur| {
                     let current = match cur {
                         None => 0,
+                        Some(v) if v.is_typed() => {
+                            return (None, KvResult::Error(KvError::WrongType))
+                        }
                         Some(v) => match command::parse_i64(v) {
                             Some(n) => n,
                             None => return (None, KvResult::Error(KvError::NotInteger)),
@@ -173,11 +226,17 @@ impl KvStore {
                     }
                 }
                 for (k, v) in pairs {
-                    self.map.upsert(k, |_| (Some(Value::copy(v)), ()));
+                    let was_typed = self.map.upsert(k, |cur| {
+                        (Some(Value::copy(v)), cur.is_some_and(Value::is_typed))
+                    });
+                    if was_typed {
+                        self.drop_collection(k);
+                    }
                 }
                 KvResult::Ok
             }
             KvCommand::Read(q) => self.read(q),
+            KvCommand::Typed(c) => self.execute_typed(c),
         }
     }
 
@@ -192,7 +251,16 @@ impl KvStore {
         if let Some(e) = check_key(key).or_else(|| check_value(value.len())) {
             return KvResult::Error(e);
         }
-        self.map.upsert(key, |cur| {
+        let mut was_typed = false;
+        let r = self.map.upsert(key, |cur| {
+            // SET replaces a key of any type; SET ... GET reads the old
+            // value as a string first.
+            if cur.is_some_and(Value::is_typed) {
+                if return_previous {
+                    return (None, KvResult::Error(KvError::WrongType));
+                }
+                was_typed = condition != PutCondition::IfAbsent;
+            }
             let written = match condition {
                 PutCondition::Always => true,
                 PutCondition::IfAbsent => cur.is_none(),
@@ -207,18 +275,30 @@ impl KvStore {
                 written.then(|| Value::copy(value)),
                 KvResult::Put { written, previous },
             )
-        })
+        });
+        if was_typed {
+            self.drop_collection(key);
+        }
+        r
     }
 
     /// Answers a query.
     pub fn read(&self, q: &KvQuery) -> KvResult {
         match q {
-            KvQuery::Get { key } => KvResult::Value(self.map.get(key).map(Value::to_bytes)),
+            KvQuery::Get { key } => match self.map.get(key) {
+                Some(v) if v.is_typed() => KvResult::Error(KvError::WrongType),
+                v => KvResult::Value(v.map(Value::to_bytes)),
+            },
             KvQuery::MultiGet { keys } => {
                 let mut bytes = 0usize;
                 let mut values = Vec::with_capacity(keys.len());
                 for k in keys {
-                    let v = self.map.get(k).map(Value::to_bytes);
+                    // As Redis' MGET: a key of another type reads as nil.
+                    let v = self
+                        .map
+                        .get(k)
+                        .filter(|v| !v.is_typed())
+                        .map(Value::to_bytes);
                     bytes += v.as_ref().map_or(0, Bytes::len);
                     if bytes > RESULT_BYTES_MAX {
                         return KvResult::Error(KvError::ResultTooLarge);
@@ -245,7 +325,7 @@ impl KvStore {
                         next = Some(Bytes::copy_from_slice(k));
                         break;
                     }
-                    let v = if *keys_only {
+                    let v = if *keys_only || v.is_typed() {
                         Bytes::new()
                     } else {
                         v.to_bytes()
@@ -256,6 +336,7 @@ impl KvStore {
                 KvResult::Entries { entries, next }
             }
             KvQuery::Count => KvResult::Count(self.map.len() as u64),
+            KvQuery::Typed(q) => self.read_typed(q),
         }
     }
 }
@@ -358,13 +439,16 @@ impl StateMachine for KvStore {
         // from the stored value (no copy of the query, no clone of the
         // value, one allocation: the result).
         if let Some(key) = command::get_in_place(query) {
-            return Ok(command::encode_value_result(
-                self.map.get(key).map(|v| &v[..]),
-            ));
+            return Ok(match self.map.get(key) {
+                Some(v) if v.is_typed() => KvResult::Error(KvError::WrongType).encode(),
+                v => command::encode_value_result(v.map(|v| &v[..])),
+            });
         }
         let q = KvQuery::decode(Bytes::copy_from_slice(query)).map_err(|e| match e {
             DecodeError::UnknownTag { .. }
-                if query.first().is_some_and(|t| (0x01..=0x06).contains(t)) =>
+                if query
+                    .first()
+                    .is_some_and(|t| (0x01..=0x06).contains(t) || TypedCommand::is_tag(*t)) =>
             {
                 QueryError::Unsupported
             }
@@ -376,6 +460,7 @@ impl StateMachine for KvStore {
     fn capture(&self) -> Box<dyn SmSnapshot> {
         Box::new(KvSnapshot {
             map: self.map.clone(),
+            typed: self.typed.clone(),
         })
     }
 
@@ -388,7 +473,10 @@ impl StateMachine for KvStore {
         src: &'a mut (dyn AsyncRead + Unpin),
     ) -> LocalBoxFuture<'a, Result<(), SnapshotError>> {
         Box::pin(async move {
-            self.map = read_kv_data(src).await?;
+            let (map, typed) = read_kv_data(src).await?;
+            self.typed_bytes = typed.iter().map(|(_, c)| c.bytes() as u64).sum();
+            self.map = map;
+            self.typed = typed;
             Ok(())
         })
     }
@@ -398,56 +486,181 @@ impl StateMachine for KvStore {
 /// copy-on-write).
 struct KvSnapshot {
     map: CowMap,
+    typed: CowTree<Rc<Collection>>,
 }
 
 impl SmSnapshot for KvSnapshot {
     /// Writes the pairs in strictly increasing key order, followed by the
     /// CRC32 of every byte before it (so the KV data verifies itself even
-    /// outside the snapshot stream's chunk framing).
+    /// outside the snapshot stream's chunk framing). A string value is
+    /// written as it always was; a collection takes a marker in place of
+    /// the value length (a length no string can have: strings are at most
+    /// [`VALUE_BYTES_MAX`], 64 MiB), then its elements.
     ///
     /// ```text
-    /// | count u64 | (key_len u32 | key | value_len u32 | value) * count | crc32 u32 |
+    /// | count u64 | (key_len u32 | key | value) * count | crc32 u32 |
+    /// value: value_len u32 (≤ 64 MiB) | value bytes                   a string
+    ///      | 0xFFFF_FF01 | n u64 | elem * n                           a list, head first
+    ///      | 0xFFFF_FF02 | n u64 | (field elem | value elem) * n      a hash, field order
+    ///      | 0xFFFF_FF03 | n u64 | elem * n                           a set, pick order
+    ///      | 0xFFFF_FF04 | n u64 | (score f64 bits u64 | member elem) * n
+    ///                                                                 a sorted set, (score, member) order
+    ///      | 0xFFFF_FF05 | last_ms u64 | last_seq u64 | n u64 |
+    ///        (ms u64 | seq u64 | fields u32 | elem * fields) * n      a stream, id order
+    /// elem:  len u32 (≤ 64 MiB) | bytes
     /// ```
+    /// A list, hash, set or sorted set has at least one element (an empty
+    /// one does not exist); the recovery checks every order above.
     fn write_to<'a>(
         &'a self,
         sink: &'a mut (dyn AsyncWrite + Unpin),
     ) -> LocalBoxFuture<'a, Result<(), SnapshotError>> {
         Box::pin(async move {
-            let mut crc = crc32fast::Hasher::new();
-            let mut buf = Vec::with_capacity(WRITE_PIECE_BYTES + 64);
-            buf.extend_from_slice(&(self.map.len() as u64).to_le_bytes());
+            let mut out = Out {
+                sink,
+                crc: crc32fast::Hasher::new(),
+                buf: Vec::with_capacity(WRITE_PIECE_BYTES + 64),
+            };
+            out.buf
+                .extend_from_slice(&(self.map.len() as u64).to_le_bytes());
             let mut prev: Option<&[u8]> = None;
             for (k, v) in self.map.iter() {
                 debug_assert!(prev.is_none_or(|p| p < k), "map iterates in key order");
                 prev = Some(k);
-                buf.extend_from_slice(&(k.len() as u32).to_le_bytes());
-                buf.extend_from_slice(k);
-                buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
-                if v.len() >= WRITE_PIECE_BYTES {
-                    crc.update(&buf);
-                    sink.write_all(&buf).await?;
-                    buf.clear();
-                    crc.update(v);
-                    sink.write_all(v).await?;
-                    futures_lite::future::yield_now().await;
-                } else {
-                    buf.extend_from_slice(v);
+                out.buf.extend_from_slice(&(k.len() as u32).to_le_bytes());
+                out.buf.extend_from_slice(k);
+                match v {
+                    v if v.is_typed() => {
+                        let c = self
+                            .typed
+                            .get(&Key::new(k))
+                            .expect("a marked key has a collection");
+                        write_collection(&mut out, c).await?;
+                    }
+                    v => {
+                        let v = v.as_slice();
+                        out.buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                        if v.len() >= WRITE_PIECE_BYTES {
+                            out.flush().await?;
+                            out.crc.update(v);
+                            out.sink.write_all(v).await?;
+                            futures_lite::future::yield_now().await;
+                        } else {
+                            out.buf.extend_from_slice(v);
+                        }
+                    }
                 }
-                if buf.len() >= WRITE_PIECE_BYTES {
-                    crc.update(&buf);
-                    sink.write_all(&buf).await?;
-                    buf.clear();
-                    // Let the executor run other work (and preempt) even if
-                    // the sink never blocks.
-                    futures_lite::future::yield_now().await;
-                }
+                out.flush_if_full().await?;
             }
-            crc.update(&buf);
-            buf.extend_from_slice(&crc.finalize().to_le_bytes());
-            sink.write_all(&buf).await?;
+            out.crc.update(&out.buf);
+            let crc = out.crc.clone().finalize();
+            out.buf.extend_from_slice(&crc.to_le_bytes());
+            out.sink.write_all(&out.buf).await?;
             Ok(())
         })
     }
+}
+
+/// The snapshot writer's buffer: bytes are hashed and written in pieces of
+/// about [`WRITE_PIECE_BYTES`], with a yield after each.
+struct Out<'a> {
+    sink: &'a mut (dyn AsyncWrite + Unpin),
+    crc: crc32fast::Hasher,
+    buf: Vec<u8>,
+}
+
+impl Out<'_> {
+    async fn flush(&mut self) -> Result<(), SnapshotError> {
+        self.crc.update(&self.buf);
+        self.sink.write_all(&self.buf).await?;
+        self.buf.clear();
+        Ok(())
+    }
+
+    async fn flush_if_full(&mut self) -> Result<(), SnapshotError> {
+        if self.buf.len() >= WRITE_PIECE_BYTES {
+            self.flush().await?;
+            // Let the executor run other work (and preempt) even if the
+            // sink never blocks.
+            futures_lite::future::yield_now().await;
+        }
+        Ok(())
+    }
+
+    fn u32(&mut self, n: u32) {
+        self.buf.extend_from_slice(&n.to_le_bytes());
+    }
+
+    fn u64(&mut self, n: u64) {
+        self.buf.extend_from_slice(&n.to_le_bytes());
+    }
+
+    fn elem(&mut self, e: &Elem) {
+        self.u32(e.len() as u32);
+        self.buf.extend_from_slice(e.as_slice());
+    }
+}
+
+/// Markers of the collection kinds in place of a value length.
+const MARK_LIST: u32 = 0xFFFF_FF01;
+const MARK_HASH: u32 = 0xFFFF_FF02;
+const MARK_SET: u32 = 0xFFFF_FF03;
+const MARK_ZSET: u32 = 0xFFFF_FF04;
+const MARK_STREAM: u32 = 0xFFFF_FF05;
+
+async fn write_collection(out: &mut Out<'_>, c: &Collection) -> Result<(), SnapshotError> {
+    match c {
+        Collection::List(l) => {
+            out.u32(MARK_LIST);
+            out.u64(l.items.len() as u64);
+            for e in &l.items {
+                out.elem(e);
+                out.flush_if_full().await?;
+            }
+        }
+        Collection::Hash(h) => {
+            out.u32(MARK_HASH);
+            out.u64(h.map.len() as u64);
+            for (f, v) in &h.map {
+                out.elem(f);
+                out.elem(v);
+                out.flush_if_full().await?;
+            }
+        }
+        Collection::Set(s) => {
+            out.u32(MARK_SET);
+            out.u64(s.members.len() as u64);
+            for e in &s.members {
+                out.elem(e);
+                out.flush_if_full().await?;
+            }
+        }
+        Collection::ZSet(z) => {
+            out.u32(MARK_ZSET);
+            out.u64(z.order.len() as u64);
+            for (s, m) in &z.order {
+                out.u64(s.0.to_bits());
+                out.elem(m);
+                out.flush_if_full().await?;
+            }
+        }
+        Collection::Stream(s) => {
+            out.u32(MARK_STREAM);
+            out.u64(s.last.ms);
+            out.u64(s.last.seq);
+            out.u64(s.entries.len() as u64);
+            for (id, fields) in &s.entries {
+                out.u64(id.ms);
+                out.u64(id.seq);
+                out.u32(fields.len() as u32);
+                for f in fields {
+                    out.elem(f);
+                }
+                out.flush_if_full().await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads exactly `buf.len()` bytes, hashing them into `crc`.
@@ -461,36 +674,197 @@ async fn read_hashed(
     Ok(())
 }
 
+async fn read_u32(
+    src: &mut (dyn AsyncRead + Unpin),
+    crc: &mut crc32fast::Hasher,
+) -> Result<u32, SnapshotError> {
+    let mut b = [0u8; 4];
+    read_hashed(src, &mut b, crc).await?;
+    Ok(u32::from_le_bytes(b))
+}
+
+async fn read_u64(
+    src: &mut (dyn AsyncRead + Unpin),
+    crc: &mut crc32fast::Hasher,
+) -> Result<u64, SnapshotError> {
+    let mut b = [0u8; 8];
+    read_hashed(src, &mut b, crc).await?;
+    Ok(u64::from_le_bytes(b))
+}
+
+fn too_large(what: &'static str, len: usize, max: usize) -> SnapshotError {
+    SnapshotError::Corrupt {
+        section: "kv data",
+        error: DecodeError::TooLarge {
+            what,
+            len: len as u64,
+            max: max as u64,
+        },
+    }
+}
+
+fn invalid(what: &'static str) -> SnapshotError {
+    SnapshotError::Corrupt {
+        section: "kv data",
+        error: DecodeError::Invalid { what },
+    }
+}
+
 async fn read_len(
     src: &mut (dyn AsyncRead + Unpin),
     crc: &mut crc32fast::Hasher,
     what: &'static str,
     max: usize,
 ) -> Result<usize, SnapshotError> {
-    let mut b = [0u8; 4];
-    read_hashed(src, &mut b, crc).await?;
-    let len = u32::from_le_bytes(b) as usize;
+    let len = read_u32(src, crc).await? as usize;
     if len > max {
-        return Err(SnapshotError::Corrupt {
-            section: "kv data",
-            error: DecodeError::TooLarge {
-                what,
-                len: len as u64,
-                max: max as u64,
-            },
-        });
+        return Err(too_large(what, len, max));
     }
     Ok(len)
 }
 
+/// Reads `len` bytes into a value (short ones straight into their inline
+/// form: no allocation).
+async fn read_value(
+    src: &mut (dyn AsyncRead + Unpin),
+    crc: &mut crc32fast::Hasher,
+    len: usize,
+) -> Result<Value, SnapshotError> {
+    Ok(if len <= value::INLINE_VALUE_BYTES {
+        let mut buf = [0u8; value::INLINE_VALUE_BYTES];
+        read_hashed(src, &mut buf[..len], crc).await?;
+        Value::copy(&buf[..len])
+    } else {
+        let mut v = vec![0u8; len];
+        read_hashed(src, &mut v, crc).await?;
+        Value::from(v)
+    })
+}
+
+async fn read_elem(
+    src: &mut (dyn AsyncRead + Unpin),
+    crc: &mut crc32fast::Hasher,
+) -> Result<Elem, SnapshotError> {
+    let len = read_len(src, crc, "element", VALUE_BYTES_MAX).await?;
+    let mut buf = [0u8; value::INLINE_VALUE_BYTES];
+    if len <= buf.len() {
+        read_hashed(src, &mut buf[..len], crc).await?;
+        Ok(Elem::new(&buf[..len]))
+    } else {
+        let mut v = vec![0u8; len];
+        read_hashed(src, &mut v, crc).await?;
+        Ok(Elem::new(&v))
+    }
+}
+
+/// Reads a collection after its marker; checks its orders and that it is
+/// not empty (a stream may be).
+async fn read_collection(
+    src: &mut (dyn AsyncRead + Unpin),
+    crc: &mut crc32fast::Hasher,
+    mark: u32,
+) -> Result<Collection, SnapshotError> {
+    let mut last = StreamId::default();
+    if mark == MARK_STREAM {
+        last.ms = read_u64(src, crc).await?;
+        last.seq = read_u64(src, crc).await?;
+    }
+    let n = read_u64(src, crc).await?;
+    if n == 0 && mark != MARK_STREAM {
+        return Err(invalid("empty collection"));
+    }
+    let mut c = Collection::new(match mark {
+        MARK_LIST => collection::Kind::List,
+        MARK_HASH => collection::Kind::Hash,
+        MARK_SET => collection::Kind::Set,
+        MARK_ZSET => collection::Kind::ZSet,
+        MARK_STREAM => collection::Kind::Stream,
+        _ => return Err(invalid("collection marker")),
+    });
+    for i in 0..n {
+        if i % YIELD_EVERY_ENTRIES == YIELD_EVERY_ENTRIES - 1 {
+            futures_lite::future::yield_now().await;
+        }
+        match &mut c {
+            Collection::List(l) => {
+                let e = read_elem(src, crc).await?;
+                l.bytes += e.len();
+                l.items.push_back(e);
+            }
+            Collection::Hash(h) => {
+                let f = read_elem(src, crc).await?;
+                let v = read_elem(src, crc).await?;
+                if h.map.last_key_value().is_some_and(|(p, _)| *p >= f) {
+                    return Err(invalid("hash field order"));
+                }
+                h.bytes += f.len() + v.len();
+                h.map.insert(f, v);
+            }
+            Collection::Set(s) => {
+                let e = read_elem(src, crc).await?;
+                if s.index.contains_key(e.as_slice()) {
+                    return Err(invalid("duplicate set member"));
+                }
+                s.bytes += e.len();
+                s.index.insert(e.clone(), s.members.len());
+                s.members.push(e);
+            }
+            Collection::ZSet(z) => {
+                let bits = read_u64(src, crc).await?;
+                let m = read_elem(src, crc).await?;
+                let score = Score::new(f64::from_bits(bits))
+                    .filter(|s| s.0.to_bits() == bits)
+                    .ok_or_else(|| invalid("sorted set score"))?;
+                let entry = (score, m);
+                if z.order.last().is_some_and(|p| *p >= entry)
+                    || z.scores.contains_key(entry.1.as_slice())
+                {
+                    return Err(invalid("sorted set order"));
+                }
+                z.bytes += entry.1.len() + 8;
+                z.scores.insert(entry.1.clone(), score);
+                z.order.insert(entry);
+            }
+            Collection::Stream(s) => {
+                let id = StreamId {
+                    ms: read_u64(src, crc).await?,
+                    seq: read_u64(src, crc).await?,
+                };
+                if id > last || s.entries.last_key_value().is_some_and(|(p, _)| *p >= id) {
+                    return Err(invalid("stream id order"));
+                }
+                let m = read_u32(src, crc).await?;
+                if m > KEYS_PER_COMMAND_MAX {
+                    return Err(too_large(
+                        "stream entry fields",
+                        m as usize,
+                        KEYS_PER_COMMAND_MAX as usize,
+                    ));
+                }
+                let mut fields = Vec::with_capacity((m as usize).min(64));
+                for _ in 0..m {
+                    fields.push(read_elem(src, crc).await?);
+                }
+                s.bytes += collection::stream_entry_bytes(&fields);
+                s.entries.insert(id, fields);
+            }
+        }
+    }
+    if let Collection::Stream(s) = &mut c {
+        s.last = last;
+    }
+    Ok(c)
+}
+
 /// Reads what [`KvSnapshot::write_to`] wrote: checks the key order, the
 /// bounds and the trailing CRC before the map is handed back.
-async fn read_kv_data(src: &mut (dyn AsyncRead + Unpin)) -> Result<CowMap, SnapshotError> {
+async fn read_kv_data(
+    src: &mut (dyn AsyncRead + Unpin),
+) -> Result<(CowMap, CowTree<Rc<Collection>>), SnapshotError> {
     let mut crc = crc32fast::Hasher::new();
-    let mut b = [0u8; 8];
-    read_hashed(src, &mut b, &mut crc).await?;
-    let count = u64::from_le_bytes(b);
+    let count = read_u64(src, &mut crc).await?;
     let mut pairs: Vec<(Key, Value)> = Vec::with_capacity(count.min(1 << 16) as usize);
+    let mut typed: Vec<(Key, Rc<Collection>)> = Vec::new();
     let mut key = Vec::new();
     // Yield every YIELD_EVERY_ENTRIES pairs or WRITE_PIECE_BYTES of values,
     // whichever comes first.
@@ -505,25 +879,23 @@ async fn read_kv_data(src: &mut (dyn AsyncRead + Unpin)) -> Result<CowMap, Snaps
         let klen = read_len(src, &mut crc, "key", KEY_BYTES_MAX).await?;
         key.resize(klen, 0);
         read_hashed(src, &mut key, &mut crc).await?;
-        let vlen = read_len(src, &mut crc, "value", VALUE_BYTES_MAX).await?;
-        // A short value is read straight into its inline form (no
-        // allocation per value).
-        let value = if vlen <= value::INLINE_VALUE_BYTES {
-            let mut buf = [0u8; value::INLINE_VALUE_BYTES];
-            read_hashed(src, &mut buf[..vlen], &mut crc).await?;
-            Value::copy(&buf[..vlen])
-        } else {
-            let mut value = vec![0u8; vlen];
-            read_hashed(src, &mut value, &mut crc).await?;
-            Value::from(value)
+        let vlen = read_u32(src, &mut crc).await?;
+        let value = match vlen {
+            MARK_LIST..=MARK_STREAM => {
+                let c = read_collection(src, &mut crc, vlen).await?;
+                since_yield_bytes += c.bytes();
+                typed.push((Key::new(&key), Rc::new(c)));
+                Value::typed_marker()
+            }
+            vlen if vlen as usize > VALUE_BYTES_MAX => {
+                return Err(too_large("value", vlen as usize, VALUE_BYTES_MAX))
+            }
+            vlen => read_value(src, &mut crc, vlen as usize).await?,
         };
-        since_yield_bytes += klen + vlen;
+        since_yield_bytes += klen + vlen as usize % (VALUE_BYTES_MAX + 1);
         if let Some((prev, _)) = pairs.last() {
             if prev.as_slice() >= &key[..] {
-                return Err(SnapshotError::Corrupt {
-                    section: "kv data",
-                    error: DecodeError::Invalid { what: "key order" },
-                });
+                return Err(invalid("key order"));
             }
         }
         pairs.push((Key::new(&key), value));
@@ -540,7 +912,7 @@ async fn read_kv_data(src: &mut (dyn AsyncRead + Unpin)) -> Result<CowMap, Snaps
             computed,
         });
     }
-    Ok(CowMap::from_sorted(pairs))
+    Ok((CowMap::from_sorted(pairs), CowTree::from_sorted(typed)))
 }
 
 #[cfg(test)]

@@ -131,11 +131,24 @@ impl<V: Clone> CowTree<V> {
             .next_back()
     }
 
-    #[cfg(test)]
     pub(crate) fn get(&self, key: &Key) -> Option<&V> {
         let (_, branch) = self.branch_of(key)?;
         let leaf = &branch[leaf_index(branch, key)].1;
         search(leaf, key).ok().map(|i| &leaf[i].1)
+    }
+
+    /// The value of `key`, to change in place: the branch and leaf are
+    /// copied first if a clone shares them.
+    pub(crate) fn get_mut(&mut self, key: &Key) -> Option<&mut V> {
+        let (_, rb) = self
+            .root
+            .range_mut::<Key, _>((Bound::Unbounded, Bound::Included(key)))
+            .next_back()?;
+        let j = leaf_index(rb, key);
+        let i = search(&rb[j].1, key).ok()?;
+        let branch = Rc::make_mut(rb);
+        let leaf = Rc::make_mut(&mut branch[j].1);
+        Some(&mut leaf[i].1)
     }
 
     /// Inserts, returning the previous value.

@@ -15,11 +15,22 @@
 //! ```
 //! Canonical form: a value of at most [`INLINE_VALUE_BYTES`] bytes is always
 //! `Inline` (so what a value is does not depend on how it was stored).
+//!
+//! A key holding a collection (list, hash, set, sorted set, stream) holds
+//! [`Value::typed_marker`] here: a `Heap` value pointing at one static
+//! buffer, which no string can (strings are copied when stored), and the
+//! collection itself lives in the store's typed tree (`mod.rs`). So the
+//! string hot path keeps its 32-byte slot and pays one pointer comparison
+//! where a string command must refuse a collection.
 
 use bytes::Bytes;
 
 /// Values up to this many bytes are stored inline.
 pub(crate) const INLINE_VALUE_BYTES: usize = 23;
+
+/// The static buffer of [`Value::typed_marker`] (longer than
+/// [`INLINE_VALUE_BYTES`], so the marker is a canonical `Heap` value).
+static TYPED_MARKER: [u8; 24] = *b"\0flotilla:collection\0\0\0\0";
 
 /// A stored value (see the module documentation).
 #[derive(Clone)]
@@ -35,6 +46,18 @@ pub(crate) enum Value {
 const _: () = assert!(std::mem::size_of::<Value>() == 32);
 
 impl Value {
+    /// The value of a key that holds a collection (see the module
+    /// documentation).
+    pub(crate) fn typed_marker() -> Self {
+        Value::Heap(Bytes::from_static(&TYPED_MARKER))
+    }
+
+    /// True if this is [`Value::typed_marker`]: the key holds a collection.
+    #[inline]
+    pub(crate) fn is_typed(&self) -> bool {
+        matches!(self, Value::Heap(b) if std::ptr::eq(b.as_ptr(), TYPED_MARKER.as_ptr()))
+    }
+
     /// A value holding a copy of `v` (no allocation when short).
     pub(crate) fn copy(v: &[u8]) -> Self {
         if v.len() <= INLINE_VALUE_BYTES {
@@ -143,5 +166,16 @@ mod tests {
             }
         }
         assert_ne!(Value::copy(b"a"), Value::copy(b"a\0"));
+    }
+
+    #[test]
+    fn only_the_marker_is_typed() {
+        let m = Value::typed_marker();
+        assert!(m.is_typed());
+        assert!(m.clone().is_typed());
+        // The same bytes stored as a string are a string.
+        assert!(!Value::copy(&m).is_typed());
+        assert!(!Value::from(m.to_vec()).is_typed());
+        assert!(!Value::copy(b"list").is_typed());
     }
 }

@@ -1,0 +1,778 @@
+//! Execution of the typed commands and queries against the store.
+//!
+//! A write finds its key's collection (creating it if the command may),
+//! checks the type, and changes the collection in place: `Rc::make_mut`
+//! copies it first if a snapshot view still shares it. A collection left
+//! empty is removed (streams excepted). Every result obeys
+//! [`RESULT_BYTES_MAX`] and [`ITEMS_PER_RESULT_MAX`].
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+
+use super::collection::{
+    format_score, normalize_index, normalize_range, stream_entry_bytes, Collection, Elem, Kind,
+    Picker, Score, StreamId,
+};
+use super::command::{
+    parse_i64, KvError, KvResult, TypedCommand, TypedQuery, XAddId, ZAddCompare, ZAddCondition,
+    ITEMS_PER_RESULT_MAX, RESULT_BYTES_MAX,
+};
+use super::key::Key;
+use super::value::Value;
+use super::{check_key, KvStore};
+
+/// Collects the items of a result within the result bounds.
+struct Items {
+    items: Vec<Bytes>,
+    bytes: usize,
+}
+
+impl Items {
+    fn with_capacity(n: usize) -> Self {
+        Items {
+            items: Vec::with_capacity(n.min(1 << 16)),
+            bytes: 0,
+        }
+    }
+
+    fn push(&mut self, b: Bytes) -> Result<(), KvError> {
+        self.bytes += b.len() + 4;
+        if self.bytes > RESULT_BYTES_MAX || self.items.len() >= ITEMS_PER_RESULT_MAX as usize {
+            return Err(KvError::ResultTooLarge);
+        }
+        self.items.push(b);
+        Ok(())
+    }
+
+    fn done(self) -> KvResult {
+        KvResult::Items(self.items)
+    }
+}
+
+fn items<'a>(it: impl Iterator<Item = &'a Elem>, n: usize) -> KvResult {
+    let mut out = Items::with_capacity(n);
+    for e in it {
+        if let Err(e) = out.push(e.to_bytes()) {
+            return KvResult::Error(e);
+        }
+    }
+    out.done()
+}
+
+fn check_elems<'a>(mut it: impl Iterator<Item = &'a Bytes>) -> Result<(), KvError> {
+    match it.find(|e| e.len() > super::VALUE_BYTES_MAX) {
+        Some(_) => Err(KvError::ValueTooLarge),
+        None => Ok(()),
+    }
+}
+
+macro_rules! kind {
+    ($c:expr, $variant:ident) => {
+        match $c {
+            Collection::$variant(x) => x,
+            _ => unreachable!("kind checked before"),
+        }
+    };
+}
+
+impl KvStore {
+    /// The collection of `key` if it is of `kind`; `Ok(None)` if absent.
+    fn coll(&self, key: &[u8], kind: Kind) -> Result<Option<&Collection>, KvError> {
+        match self.map.get(key) {
+            None => Ok(None),
+            Some(v) if v.is_typed() => {
+                let c = self
+                    .typed
+                    .get(&Key::new(key))
+                    .expect("a marked key has a collection");
+                if c.kind() == kind {
+                    Ok(Some(c))
+                } else {
+                    Err(KvError::WrongType)
+                }
+            }
+            Some(_) => Err(KvError::WrongType),
+        }
+    }
+
+    /// The collection of `key` whatever its kind.
+    pub(crate) fn collection(&self, key: &[u8]) -> Option<&Collection> {
+        self.typed.get(&Key::new(key)).map(|c| &**c)
+    }
+
+    /// Runs `f` on the collection of `key` (of `kind`), creating an empty
+    /// one first if absent and `create`; removes it if `f` leaves it empty.
+    /// `Ok(None)` if absent and not created.
+    fn coll_mut<R>(
+        &mut self,
+        key: &[u8],
+        kind: Kind,
+        create: bool,
+        f: impl FnOnce(&mut Collection) -> R,
+    ) -> Result<Option<R>, KvError> {
+        let exists = self.coll(key, kind)?.is_some();
+        let k = Key::new(key);
+        if !exists {
+            if !create {
+                return Ok(None);
+            }
+            check_key(key).map_or(Ok(()), Err)?;
+            self.map.upsert(key, |_| (Some(Value::typed_marker()), ()));
+            self.typed.insert(k.clone(), Rc::new(Collection::new(kind)));
+        }
+        let rc = self
+            .typed
+            .get_mut(&k)
+            .expect("a marked key has a collection");
+        let c = Rc::make_mut(rc);
+        let before = c.bytes() as u64;
+        let r = f(c);
+        if cfg!(debug_assertions) {
+            c.check_invariants();
+        }
+        self.typed_bytes = self.typed_bytes - before + c.bytes() as u64;
+        if c.vanishes() {
+            self.map.remove(key);
+            self.typed.remove(&k);
+        }
+        Ok(Some(r))
+    }
+
+    /// Executes a typed write.
+    pub(crate) fn execute_typed(&mut self, cmd: &TypedCommand) -> KvResult {
+        match self.try_execute_typed(cmd) {
+            Ok(r) => r,
+            Err(e) => KvResult::Error(e),
+        }
+    }
+
+    fn try_execute_typed(&mut self, cmd: &TypedCommand) -> Result<KvResult, KvError> {
+        Ok(match cmd {
+            TypedCommand::ListPush {
+                key,
+                left,
+                only_existing,
+                values,
+            } => {
+                check_elems(values.iter())?;
+                let n = self.coll_mut(key, Kind::List, !only_existing, |c| {
+                    let l = kind!(c, List);
+                    for v in values {
+                        l.push(v, *left);
+                    }
+                    l.items.len()
+                })?;
+                KvResult::Len(n.unwrap_or(0) as u64)
+            }
+            TypedCommand::ListPop { key, left, count } => {
+                if let Some(c) = self.coll(key, Kind::List)? {
+                    // Check the result's size first: an error pops nothing.
+                    let l = kind!(c, List);
+                    let n = count.unwrap_or(1).min(l.items.len() as u64) as usize;
+                    let sizes = l.items.iter().map(|e| e.len() + 4);
+                    let bytes: usize = if *left {
+                        sizes.take(n).sum()
+                    } else {
+                        sizes.rev().take(n).sum()
+                    };
+                    fits(bytes, n)?;
+                }
+                let popped = self.coll_mut(key, Kind::List, false, |c| {
+                    let l = kind!(c, List);
+                    let n = count.unwrap_or(1).min(l.items.len() as u64) as usize;
+                    (0..n)
+                        .map(|_| l.pop(*left).expect("counted").to_bytes())
+                        .collect::<Vec<_>>()
+                })?;
+                match (popped, count) {
+                    (None, None) => KvResult::Value(None),
+                    (None, Some(_)) => KvResult::Value(None),
+                    (Some(items), None) => KvResult::Value(items.into_iter().next()),
+                    (Some(items), Some(_)) => KvResult::Items(items),
+                }
+            }
+            TypedCommand::ListSet { key, index, value } => {
+                check_elems(std::iter::once(value))?;
+                let r = self.coll_mut(key, Kind::List, false, |c| {
+                    let l = kind!(c, List);
+                    let i =
+                        normalize_index(*index, l.items.len()).ok_or(KvError::IndexOutOfRange)?;
+                    l.bytes = l.bytes + value.len() - l.items[i].len();
+                    l.items[i] = Elem::new(value);
+                    Ok(KvResult::Ok)
+                })?;
+                r.unwrap_or(Err(KvError::NoSuchKey))?
+            }
+            TypedCommand::ListRem { key, count, value } => {
+                let n = self.coll_mut(key, Kind::List, false, |c| {
+                    let l = kind!(c, List);
+                    let limit = if *count == 0 {
+                        usize::MAX
+                    } else {
+                        count.unsigned_abs().min(usize::MAX as u64) as usize
+                    };
+                    let mut removed = 0usize;
+                    let old = std::mem::take(&mut l.items);
+                    let mut kept: Vec<Elem> = Vec::with_capacity(old.len());
+                    let matches = |e: &Elem| e.as_slice() == &value[..];
+                    if *count >= 0 {
+                        for e in old {
+                            if removed < limit && matches(&e) {
+                                removed += 1;
+                            } else {
+                                kept.push(e);
+                            }
+                        }
+                    } else {
+                        for e in old.into_iter().rev() {
+                            if removed < limit && matches(&e) {
+                                removed += 1;
+                            } else {
+                                kept.push(e);
+                            }
+                        }
+                        kept.reverse();
+                    }
+                    l.bytes -= removed * value.len();
+                    l.items = kept.into();
+                    removed
+                })?;
+                KvResult::Count(n.unwrap_or(0) as u64)
+            }
+            TypedCommand::ListTrim { key, start, stop } => {
+                self.coll_mut(key, Kind::List, false, |c| {
+                    let l = kind!(c, List);
+                    match normalize_range(*start, *stop, l.items.len()) {
+                        None => {
+                            l.items.clear();
+                            l.bytes = 0;
+                        }
+                        Some((a, b)) => {
+                            l.items.truncate(b + 1);
+                            l.items.drain(..a);
+                            l.bytes = l.items.iter().map(Elem::len).sum();
+                        }
+                    }
+                })?;
+                KvResult::Ok
+            }
+            TypedCommand::SetAdd { key, members } => {
+                check_elems(members.iter())?;
+                let n = self.coll_mut(key, Kind::Set, true, |c| {
+                    let s = kind!(c, Set);
+                    members.iter().filter(|m| s.add(m)).count()
+                })?;
+                KvResult::Count(n.unwrap_or(0) as u64)
+            }
+            TypedCommand::SetRem { key, members } => {
+                let n = self.coll_mut(key, Kind::Set, false, |c| {
+                    let s = kind!(c, Set);
+                    members.iter().filter(|m| s.remove(m)).count()
+                })?;
+                KvResult::Count(n.unwrap_or(0) as u64)
+            }
+            TypedCommand::SetPop { key, count, seed } => {
+                let pop = |s: &mut super::collection::Set| {
+                    let n = count.unwrap_or(1).min(s.members.len() as u64) as usize;
+                    let mut picker = Picker::new(*seed);
+                    let mut out = Items::with_capacity(n);
+                    for _ in 0..n {
+                        let i = picker.below(s.members.len());
+                        out.push(s.remove_at(i).to_bytes())?;
+                    }
+                    Ok::<_, KvError>(out.items)
+                };
+                if let Some(c) = self.coll(key, Kind::Set)? {
+                    // The result may be too large only if the set is: then
+                    // pop from a copy first, so that an error pops nothing.
+                    let s = kind!(c, Set);
+                    let n = count.unwrap_or(1).min(s.members.len() as u64) as usize;
+                    if fits(s.bytes + 4 * n, n).is_err() {
+                        pop(&mut s.clone())?;
+                    }
+                }
+                let popped = self.coll_mut(key, Kind::Set, false, |c| pop(kind!(c, Set)))?;
+                match (popped, count) {
+                    (None, None) => KvResult::Value(None),
+                    (None, Some(_)) => KvResult::Items(Vec::new()),
+                    (Some(items), None) => KvResult::Value(items?.into_iter().next()),
+                    (Some(items), Some(_)) => KvResult::Items(items?),
+                }
+            }
+            TypedCommand::HashSet {
+                key,
+                only_new,
+                pairs,
+            } => {
+                check_elems(pairs.iter().flat_map(|(f, v)| [f, v]))?;
+                let n = self.coll_mut(key, Kind::Hash, true, |c| {
+                    let h = kind!(c, Hash);
+                    let mut added = 0;
+                    for (f, v) in pairs {
+                        if *only_new && h.map.contains_key(&f[..]) {
+                            continue;
+                        }
+                        added += usize::from(h.set(f, v));
+                    }
+                    added
+                })?;
+                KvResult::Count(n.unwrap_or(0) as u64)
+            }
+            TypedCommand::HashDel { key, fields } => {
+                let n = self.coll_mut(key, Kind::Hash, false, |c| {
+                    let h = kind!(c, Hash);
+                    fields.iter().filter(|f| h.remove(f)).count()
+                })?;
+                KvResult::Count(n.unwrap_or(0) as u64)
+            }
+            TypedCommand::HashIncrBy { key, field, delta } => {
+                check_elems(std::iter::once(field))?;
+                // Check before creating anything: an error leaves no trace.
+                if let Some(c) = self.coll(key, Kind::Hash)? {
+                    let h = kind!(c, Hash);
+                    if let Some(v) = h.map.get(&field[..]) {
+                        let cur = parse_i64(v.as_slice()).ok_or(KvError::HashNotInteger)?;
+                        cur.checked_add(*delta).ok_or(KvError::Overflow)?;
+                    }
+                }
+                let n = self.coll_mut(key, Kind::Hash, true, |c| {
+                    let h = kind!(c, Hash);
+                    let cur = h
+                        .map
+                        .get(&field[..])
+                        .and_then(|v| parse_i64(v.as_slice()))
+                        .unwrap_or(0);
+                    let n = cur.checked_add(*delta).expect("checked above");
+                    h.set(field, n.to_string().as_bytes());
+                    n
+                })?;
+                KvResult::Int(n.expect("created"))
+            }
+            TypedCommand::ZAdd {
+                key,
+                condition,
+                compare,
+                changed,
+                incr,
+                pairs,
+            } => {
+                check_elems(pairs.iter().map(|(_, m)| m))?;
+                let mut scores = Vec::with_capacity(pairs.len());
+                for (s, _) in pairs {
+                    scores.push(Score::new(*s).ok_or(KvError::NotFloat)?);
+                }
+                if *incr {
+                    // One pair (the RESP layer checks); compute first so an
+                    // error changes nothing.
+                    let (Some((_, m)), Some(by)) = (pairs.first(), scores.first()) else {
+                        return Ok(KvResult::Value(None));
+                    };
+                    let cur = self
+                        .coll(key, Kind::ZSet)?
+                        .and_then(|c| kind!(c, ZSet).scores.get(&m[..]).copied());
+                    let skip = matches!(
+                        (condition, cur),
+                        (ZAddCondition::IfAbsent, Some(_)) | (ZAddCondition::IfPresent, None)
+                    );
+                    if skip {
+                        return Ok(KvResult::Value(None));
+                    }
+                    let new = cur.map_or(0.0, |s| s.0) + by.0;
+                    let new = Score::new(new).ok_or(KvError::ScoreNaN)?;
+                    let blocked = match (compare, cur) {
+                        (ZAddCompare::Greater, Some(c)) => new <= c,
+                        (ZAddCompare::Less, Some(c)) => new >= c,
+                        _ => false,
+                    };
+                    if blocked {
+                        return Ok(KvResult::Value(None));
+                    }
+                    self.coll_mut(key, Kind::ZSet, true, |c| kind!(c, ZSet).set(m, new))?;
+                    return Ok(KvResult::Value(Some(format_score(new.0))));
+                }
+                let create = *condition != ZAddCondition::IfPresent;
+                let n = self.coll_mut(key, Kind::ZSet, create, |c| {
+                    let z = kind!(c, ZSet);
+                    let mut added = 0usize;
+                    let mut updated = 0usize;
+                    for ((_, m), s) in pairs.iter().zip(&scores) {
+                        match z.scores.get(&m[..]).copied() {
+                            Some(cur) => {
+                                let ok = *condition != ZAddCondition::IfAbsent
+                                    && match compare {
+                                        ZAddCompare::None => true,
+                                        ZAddCompare::Greater => *s > cur,
+                                        ZAddCompare::Less => *s < cur,
+                                    };
+                                if ok && *s != cur {
+                                    z.set(m, *s);
+                                    updated += 1;
+                                }
+                            }
+                            None => {
+                                if *condition != ZAddCondition::IfPresent {
+                                    z.set(m, *s);
+                                    added += 1;
+                                }
+                            }
+                        }
+                    }
+                    if *changed {
+                        added + updated
+                    } else {
+                        added
+                    }
+                })?;
+                KvResult::Count(n.unwrap_or(0) as u64)
+            }
+            TypedCommand::ZRem { key, members } => {
+                let n = self.coll_mut(key, Kind::ZSet, false, |c| {
+                    let z = kind!(c, ZSet);
+                    members.iter().filter(|m| z.remove(m)).count()
+                })?;
+                KvResult::Count(n.unwrap_or(0) as u64)
+            }
+            TypedCommand::ZPop { key, max, count } => {
+                if let Some(c) = self.coll(key, Kind::ZSet)? {
+                    // A score's text is at most 24 bytes.
+                    let z = kind!(c, ZSet);
+                    let n = count.unwrap_or(1).min(z.scores.len() as u64) as usize;
+                    let sizes = z.order.iter().map(|(_, m)| m.len() + 32);
+                    let bytes: usize = if *max {
+                        sizes.rev().take(n).sum()
+                    } else {
+                        sizes.take(n).sum()
+                    };
+                    fits(bytes, 2 * n)?;
+                }
+                let popped = self.coll_mut(key, Kind::ZSet, false, |c| {
+                    let z = kind!(c, ZSet);
+                    let n = count.unwrap_or(1).min(z.scores.len() as u64) as usize;
+                    let mut out = Vec::with_capacity(2 * n);
+                    for _ in 0..n {
+                        let (m, s) = z.pop(*max).expect("counted");
+                        out.push(m.to_bytes());
+                        out.push(format_score(s.0));
+                    }
+                    out
+                })?;
+                KvResult::Items(popped.unwrap_or_default())
+            }
+            TypedCommand::XAdd {
+                key,
+                id,
+                maxlen,
+                no_mkstream,
+                fields,
+            } => {
+                check_elems(fields.iter())?;
+                // The id first: an error creates nothing.
+                let last = match self.coll(key, Kind::Stream)? {
+                    Some(c) => Some(kind!(c, Stream).last),
+                    None if *no_mkstream => return Ok(KvResult::Value(None)),
+                    None => None,
+                };
+                let floor = last.unwrap_or_default();
+                let new = match *id {
+                    XAddId::Auto { now_ms } => {
+                        let t = StreamId { ms: now_ms, seq: 0 };
+                        if t > floor {
+                            t
+                        } else {
+                            floor.next().ok_or(KvError::StreamIdExhausted)?
+                        }
+                    }
+                    XAddId::Explicit { ms, seq } => {
+                        let t = StreamId { ms, seq };
+                        if t == StreamId::default() {
+                            return Err(KvError::StreamIdZero);
+                        }
+                        if t <= floor {
+                            return Err(KvError::StreamIdTooSmall);
+                        }
+                        t
+                    }
+                    XAddId::AutoSeq { ms } => {
+                        if ms < floor.ms {
+                            return Err(KvError::StreamIdTooSmall);
+                        } else if ms == floor.ms {
+                            if floor.seq == u64::MAX {
+                                return Err(KvError::StreamIdTooSmall);
+                            }
+                            StreamId {
+                                ms,
+                                seq: floor.seq + 1,
+                            }
+                        } else {
+                            StreamId { ms, seq: 0 }
+                        }
+                    }
+                };
+                if new == StreamId::default() {
+                    return Err(KvError::StreamIdZero);
+                }
+                self.coll_mut(key, Kind::Stream, true, |c| {
+                    let s = kind!(c, Stream);
+                    let fields: Vec<Elem> = fields.iter().map(|f| Elem::new(f)).collect();
+                    s.bytes += stream_entry_bytes(&fields);
+                    s.entries.insert(new, fields);
+                    s.last = new;
+                    if let Some(max) = maxlen {
+                        while s.entries.len() as u64 > *max {
+                            let (_, f) = s.entries.pop_first().expect("non-empty");
+                            s.bytes -= stream_entry_bytes(&f);
+                        }
+                    }
+                })?;
+                KvResult::Value(Some(new.to_bytes()))
+            }
+        })
+    }
+
+    /// Answers a typed query.
+    pub(crate) fn read_typed(&self, q: &TypedQuery) -> KvResult {
+        match self.try_read_typed(q) {
+            Ok(r) => r,
+            Err(e) => KvResult::Error(e),
+        }
+    }
+
+    fn try_read_typed(&self, q: &TypedQuery) -> Result<KvResult, KvError> {
+        Ok(match q {
+            TypedQuery::Type { key } => KvResult::Value(self.map.get(key).map(|v| {
+                if v.is_typed() {
+                    let c = self.collection(key).expect("a marked key has a collection");
+                    Bytes::from_static(c.kind().name().as_bytes())
+                } else {
+                    Bytes::from_static(b"string")
+                }
+            })),
+            TypedQuery::ListLen { key } => KvResult::Len(
+                self.coll(key, Kind::List)?
+                    .map_or(0, |c| kind!(c, List).items.len()) as u64,
+            ),
+            TypedQuery::ListRange { key, start, stop } => match self.coll(key, Kind::List)? {
+                None => KvResult::Items(Vec::new()),
+                Some(c) => {
+                    let l = kind!(c, List);
+                    match normalize_range(*start, *stop, l.items.len()) {
+                        None => KvResult::Items(Vec::new()),
+                        Some((a, b)) => items(l.items.range(a..=b), b - a + 1),
+                    }
+                }
+            },
+            TypedQuery::ListIndex { key, index } => {
+                KvResult::Value(self.coll(key, Kind::List)?.and_then(|c| {
+                    let l = kind!(c, List);
+                    normalize_index(*index, l.items.len()).map(|i| l.items[i].to_bytes())
+                }))
+            }
+            TypedQuery::SetMembers { key } => match self.coll(key, Kind::Set)? {
+                None => KvResult::Items(Vec::new()),
+                Some(c) => {
+                    let s = kind!(c, Set);
+                    items(s.members.iter(), s.members.len())
+                }
+            },
+            TypedQuery::SetIsMember { key, member } => KvResult::Count(u64::from(
+                self.coll(key, Kind::Set)?
+                    .is_some_and(|c| kind!(c, Set).index.contains_key(&member[..])),
+            )),
+            TypedQuery::SetCard { key } => KvResult::Count(
+                self.coll(key, Kind::Set)?
+                    .map_or(0, |c| kind!(c, Set).members.len()) as u64,
+            ),
+            TypedQuery::SetRandMember { key, count, seed } => {
+                let s = self.coll(key, Kind::Set)?.map(|c| kind!(c, Set));
+                let mut picker = Picker::new(*seed);
+                match (s, count) {
+                    (None, None) => KvResult::Value(None),
+                    (None, Some(_)) => KvResult::Items(Vec::new()),
+                    (Some(s), None) => {
+                        KvResult::Value(Some(s.members[picker.below(s.members.len())].to_bytes()))
+                    }
+                    (Some(s), Some(c)) if *c < 0 => {
+                        let n = c.unsigned_abs().min(u64::from(ITEMS_PER_RESULT_MAX) + 1) as usize;
+                        let mut out = Items::with_capacity(n);
+                        for _ in 0..n {
+                            out.push(s.members[picker.below(s.members.len())].to_bytes())?;
+                        }
+                        out.done()
+                    }
+                    (Some(s), Some(c)) => {
+                        let len = s.members.len();
+                        let n = (*c as u64).min(len as u64) as usize;
+                        if n == len {
+                            return Ok(items(s.members.iter(), len));
+                        }
+                        // A partial Fisher-Yates shuffle of the positions:
+                        // distinct picks, O(n) extra memory only for the
+                        // positions touched.
+                        let mut swapped: std::collections::BTreeMap<usize, usize> =
+                            std::collections::BTreeMap::new();
+                        let mut out = Items::with_capacity(n);
+                        for i in 0..n {
+                            let j = i + picker.below(len - i);
+                            let at_j = *swapped.get(&j).unwrap_or(&j);
+                            let at_i = *swapped.get(&i).unwrap_or(&i);
+                            swapped.insert(j, at_i);
+                            out.push(s.members[at_j].to_bytes())?;
+                        }
+                        out.done()
+                    }
+                }
+            }
+            TypedQuery::HashGet { key, field } => KvResult::Value(
+                self.coll(key, Kind::Hash)?
+                    .and_then(|c| kind!(c, Hash).map.get(&field[..]).map(Elem::to_bytes)),
+            ),
+            TypedQuery::HashMGet { key, fields } => {
+                let h = self.coll(key, Kind::Hash)?.map(|c| kind!(c, Hash));
+                let mut bytes = 0usize;
+                let mut out = Vec::with_capacity(fields.len());
+                for f in fields {
+                    let v = h.and_then(|h| h.map.get(&f[..]).map(Elem::to_bytes));
+                    bytes += v.as_ref().map_or(0, Bytes::len);
+                    if bytes > RESULT_BYTES_MAX {
+                        return Err(KvError::ResultTooLarge);
+                    }
+                    out.push(v);
+                }
+                KvResult::Values(out)
+            }
+            TypedQuery::HashLen { key } => KvResult::Count(
+                self.coll(key, Kind::Hash)?
+                    .map_or(0, |c| kind!(c, Hash).map.len()) as u64,
+            ),
+            TypedQuery::HashExists { key, field } => KvResult::Count(u64::from(
+                self.coll(key, Kind::Hash)?
+                    .is_some_and(|c| kind!(c, Hash).map.contains_key(&field[..])),
+            )),
+            TypedQuery::HashGetAll { key } => match self.coll(key, Kind::Hash)? {
+                None => KvResult::Items(Vec::new()),
+                Some(c) => {
+                    let h = kind!(c, Hash);
+                    items(h.map.iter().flat_map(|(f, v)| [f, v]), 2 * h.map.len())
+                }
+            },
+            TypedQuery::HashKeys { key } => match self.coll(key, Kind::Hash)? {
+                None => KvResult::Items(Vec::new()),
+                Some(c) => items(kind!(c, Hash).map.keys(), kind!(c, Hash).map.len()),
+            },
+            TypedQuery::HashVals { key } => match self.coll(key, Kind::Hash)? {
+                None => KvResult::Items(Vec::new()),
+                Some(c) => items(kind!(c, Hash).map.values(), kind!(c, Hash).map.len()),
+            },
+            TypedQuery::ZScore { key, member } => KvResult::Value(
+                self.coll(key, Kind::ZSet)?
+                    .and_then(|c| kind!(c, ZSet).scores.get(&member[..]))
+                    .map(|s| format_score(s.0)),
+            ),
+            TypedQuery::ZCard { key } => KvResult::Count(
+                self.coll(key, Kind::ZSet)?
+                    .map_or(0, |c| kind!(c, ZSet).scores.len()) as u64,
+            ),
+            TypedQuery::ZRange {
+                key,
+                start,
+                stop,
+                rev,
+                with_scores,
+            } => {
+                let Some(c) = self.coll(key, Kind::ZSet)? else {
+                    return Ok(KvResult::Items(Vec::new()));
+                };
+                let z = kind!(c, ZSet);
+                let Some((a, b)) = normalize_range(*start, *stop, z.order.len()) else {
+                    return Ok(KvResult::Items(Vec::new()));
+                };
+                let n = b - a + 1;
+                let mut out = Items::with_capacity(if *with_scores { 2 * n } else { n });
+                let it: Box<dyn Iterator<Item = &(Score, Elem)>> = if *rev {
+                    Box::new(z.order.iter().rev().skip(a).take(n))
+                } else {
+                    Box::new(z.order.iter().skip(a).take(n))
+                };
+                for (s, m) in it {
+                    out.push(m.to_bytes())?;
+                    if *with_scores {
+                        out.push(format_score(s.0))?;
+                    }
+                }
+                out.done()
+            }
+            TypedQuery::ZRank { key, member, rev } => {
+                let Some(c) = self.coll(key, Kind::ZSet)? else {
+                    return Ok(KvResult::Value(None));
+                };
+                let z = kind!(c, ZSet);
+                let Some(s) = z.scores.get(&member[..]) else {
+                    return Ok(KvResult::Value(None));
+                };
+                let below = z.order.range(..(*s, Elem::new(member))).count();
+                let rank = if *rev {
+                    z.order.len() - 1 - below
+                } else {
+                    below
+                };
+                KvResult::Int(rank as i64)
+            }
+            TypedQuery::StreamLen { key } => KvResult::Len(
+                self.coll(key, Kind::Stream)?
+                    .map_or(0, |c| kind!(c, Stream).entries.len()) as u64,
+            ),
+            TypedQuery::StreamRange {
+                key,
+                start,
+                end,
+                count,
+                rev,
+            } => {
+                let Some(c) = self.coll(key, Kind::Stream)? else {
+                    return Ok(KvResult::Records(Vec::new()));
+                };
+                let s = kind!(c, Stream);
+                let start = StreamId {
+                    ms: start.0,
+                    seq: start.1,
+                };
+                let end = StreamId {
+                    ms: end.0,
+                    seq: end.1,
+                };
+                if start > end {
+                    return Ok(KvResult::Records(Vec::new()));
+                }
+                let limit = count.unwrap_or(u64::MAX);
+                let range = s.entries.range(start..=end);
+                let it: Box<dyn Iterator<Item = (&StreamId, &Vec<Elem>)>> = if *rev {
+                    Box::new(range.rev())
+                } else {
+                    Box::new(range)
+                };
+                let mut out = Vec::new();
+                let mut bytes = 0usize;
+                let mut n_items = 0usize;
+                for (id, fields) in it.take(limit.min(usize::MAX as u64) as usize) {
+                    bytes += stream_entry_bytes(fields) + 4 * fields.len();
+                    n_items += 1 + fields.len();
+                    if bytes > RESULT_BYTES_MAX || n_items > ITEMS_PER_RESULT_MAX as usize {
+                        return Err(KvError::ResultTooLarge);
+                    }
+                    out.push((id.to_bytes(), fields.iter().map(Elem::to_bytes).collect()));
+                }
+                KvResult::Records(out)
+            }
+        })
+    }
+}
+
+/// Whether a result of `bytes` bytes and `n` items is within bounds.
+fn fits(bytes: usize, n: usize) -> Result<(), KvError> {
+    if bytes > RESULT_BYTES_MAX || n > ITEMS_PER_RESULT_MAX as usize {
+        Err(KvError::ResultTooLarge)
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,975 @@
+//! Commands and queries of the Redis data types (lists, hashes, sets,
+//! sorted sets, streams) and their byte encodings.
+//!
+//! They travel inside [`KvCommand::Typed`](super::KvCommand::Typed) and
+//! [`KvQuery::Typed`](super::KvQuery::Typed) with tags of their own, next to
+//! the string commands' tags (which are unchanged). Same conventions as
+//! the string commands: little-endian; `bytes` is `len u32 | data`; `list`
+//! is `count u32 | bytes *`; `pairs` is `count u32 | (bytes bytes) *`;
+//! `ou64` is `0u8` or `1u8 | u64`; `f64` is its IEEE-754 bits as a `u64`;
+//! flags are `u8` 0/1.
+//!
+//! ```text
+//! command 0x30 ListPush   | key | left u8 | only_existing u8 | values list |
+//!         0x31 ListPop    | key | left u8 | count ou64 |
+//!         0x32 ListSet    | key | index i64 | value bytes |
+//!         0x33 ListRem    | key | count i64 | value bytes |
+//!         0x34 ListTrim   | key | start i64 | stop i64 |
+//!         0x38 SetAdd     | key | members list |
+//!         0x39 SetRem     | key | members list |
+//!         0x3a SetPop     | key | count ou64 | seed u64 |
+//!         0x40 HashSet    | key | only_new u8 | pairs |
+//!         0x41 HashDel    | key | fields list |
+//!         0x42 HashIncrBy | key | field bytes | delta i64 |
+//!         0x48 ZAdd       | key | condition u8 (0 always, 1 NX, 2 XX) |
+//!                         | compare u8 (0 none, 1 GT, 2 LT) | changed u8 | incr u8 |
+//!                         | count u32 | (score f64 | member bytes) * |
+//!         0x49 ZRem       | key | members list |
+//!         0x4a ZPop       | key | max u8 | count ou64 |
+//!         0x50 XAdd       | key | id kind u8 (0 auto, 1 explicit, 2 auto seq) | ms u64 | seq u64 |
+//!                         | maxlen ou64 | no_mkstream u8 | fields list |
+//! query   0x60 Type       | key |
+//!         0x61 ListLen    | key |          0x62 ListRange | key | start i64 | stop i64 |
+//!         0x63 ListIndex  | key | index i64 |
+//!         0x68 SetMembers | key |          0x69 SetIsMember | key | member bytes |
+//!         0x6a SetCard    | key |          0x6b SetRandMember | key | count 0u8 or 1u8 i64 | seed u64 |
+//!         0x70 HashGet    | key | field |  0x71 HashMGet | key | fields list |
+//!         0x72 HashLen    | key |          0x73 HashExists | key | field |
+//!         0x74 HashGetAll | key |          0x75 HashKeys | key |   0x76 HashVals | key |
+//!         0x78 ZScore     | key | member | 0x79 ZCard | key |
+//!         0x7a ZRange     | key | start i64 | stop i64 | rev u8 | with_scores u8 |
+//!         0x7b ZRank      | key | member | rev u8 |
+//!         0x80 StreamLen  | key |
+//!         0x81 StreamRange| key | start ms u64 seq u64 | end ms u64 seq u64 | count ou64 | rev u8 |
+//! ```
+//! (`key` is `bytes`.) Unknown tags and flag bytes other than 0/1 are
+//! rejected with a [`DecodeError`], never a panic.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::command::{get_bool, get_keys, put_keys, DECODE_BYTES_MAX, KEYS_PER_COMMAND_MAX};
+use crate::codec::{put_bytes, put_count, Reader};
+use crate::error::DecodeError;
+
+/// The condition of a [`TypedCommand::ZAdd`] (`NX` / `XX`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZAddCondition {
+    /// Add new members and update existing ones.
+    Always,
+    /// Only add new members (`NX`).
+    IfAbsent,
+    /// Only update existing members (`XX`).
+    IfPresent,
+}
+
+/// The score comparison of a [`TypedCommand::ZAdd`] (`GT` / `LT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZAddCompare {
+    /// Update whatever the new score.
+    None,
+    /// Update only if the new score is greater (`GT`).
+    Greater,
+    /// Update only if the new score is less (`LT`).
+    Less,
+}
+
+/// The id of a [`TypedCommand::XAdd`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XAddId {
+    /// `*`: the proposer's wall clock `now_ms`; the stream assigns
+    /// `max(now_ms-0, last + 1)`, so the id is the same on every replica.
+    Auto {
+        /// Milliseconds since the Unix epoch at the proposer.
+        now_ms: u64,
+    },
+    /// `<ms>-<seq>`: must be greater than the stream's last id.
+    Explicit {
+        /// Milliseconds part.
+        ms: u64,
+        /// Sequence part.
+        seq: u64,
+    },
+    /// `<ms>-*`: the next sequence number within `ms`.
+    AutoSeq {
+        /// Milliseconds part.
+        ms: u64,
+    },
+}
+
+/// A write to a collection key (Redis list, set, hash, sorted set and
+/// stream commands). Applied in log order; a key of another type answers
+/// [`KvError::WrongType`](super::KvError::WrongType); a collection emptied
+/// by a command disappears (streams excepted, as in Redis).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TypedCommand {
+    /// `LPUSH`/`RPUSH` (`LPUSHX`/`RPUSHX` with `only_existing`): result
+    /// [`KvResult::Len`](super::KvResult::Len), the new length (0 if
+    /// `only_existing` and absent).
+    ListPush {
+        /// The key.
+        key: Bytes,
+        /// Push at the head.
+        left: bool,
+        /// Only if the list exists.
+        only_existing: bool,
+        /// The values, pushed one after the other.
+        values: Vec<Bytes>,
+    },
+    /// `LPOP`/`RPOP`: without count [`KvResult::Value`](super::KvResult::Value);
+    /// with count [`KvResult::Items`](super::KvResult::Items), or
+    /// `Value(None)` if the key is absent (Redis' nil array).
+    ListPop {
+        /// The key.
+        key: Bytes,
+        /// Pop from the head.
+        left: bool,
+        /// How many (`None`: one, replied as a single value).
+        count: Option<u64>,
+    },
+    /// `LSET`: result `Ok`, or `NoSuchKey` / `IndexOutOfRange`.
+    ListSet {
+        /// The key.
+        key: Bytes,
+        /// The index (negative from the end).
+        index: i64,
+        /// The new value.
+        value: Bytes,
+    },
+    /// `LREM`: result `Count` of removed elements.
+    ListRem {
+        /// The key.
+        key: Bytes,
+        /// > 0: first `count` from the head; < 0: from the tail; 0: all.
+        count: i64,
+        /// The value to remove.
+        value: Bytes,
+    },
+    /// `LTRIM`: result `Ok`.
+    ListTrim {
+        /// The key.
+        key: Bytes,
+        /// First index kept.
+        start: i64,
+        /// Last index kept.
+        stop: i64,
+    },
+    /// `SADD`: result `Count` of new members.
+    SetAdd {
+        /// The key.
+        key: Bytes,
+        /// The members.
+        members: Vec<Bytes>,
+    },
+    /// `SREM`: result `Count` of removed members.
+    SetRem {
+        /// The key.
+        key: Bytes,
+        /// The members.
+        members: Vec<Bytes>,
+    },
+    /// `SPOP`: members picked by a pseudo-random sequence seeded with
+    /// `seed` (chosen by the proposer: the same picks on every replica).
+    /// Without count `Value`; with count `Items`.
+    SetPop {
+        /// The key.
+        key: Bytes,
+        /// How many (`None`: one, replied as a single value).
+        count: Option<u64>,
+        /// The proposer's random seed.
+        seed: u64,
+    },
+    /// `HSET` (`HSETNX` with `only_new`): result `Count` of new fields.
+    HashSet {
+        /// The key.
+        key: Bytes,
+        /// Set only fields that do not exist.
+        only_new: bool,
+        /// Field, value pairs.
+        pairs: Vec<(Bytes, Bytes)>,
+    },
+    /// `HDEL`: result `Count` of removed fields.
+    HashDel {
+        /// The key.
+        key: Bytes,
+        /// The fields.
+        fields: Vec<Bytes>,
+    },
+    /// `HINCRBY`: result `Int`, or `HashNotInteger` / `Overflow`.
+    HashIncrBy {
+        /// The key.
+        key: Bytes,
+        /// The field.
+        field: Bytes,
+        /// The amount.
+        delta: i64,
+    },
+    /// `ZADD` (and `ZINCRBY`: `incr` with one pair): result `Count` of added
+    /// (with `changed`: added or updated) members; with `incr` the new score
+    /// as `Value` (`None` if the conditions stopped it).
+    ZAdd {
+        /// The key.
+        key: Bytes,
+        /// NX / XX.
+        condition: ZAddCondition,
+        /// GT / LT.
+        compare: ZAddCompare,
+        /// CH: count updated members too.
+        changed: bool,
+        /// INCR: add the score to the current one.
+        incr: bool,
+        /// Score, member pairs.
+        pairs: Vec<(f64, Bytes)>,
+    },
+    /// `ZREM`: result `Count`.
+    ZRem {
+        /// The key.
+        key: Bytes,
+        /// The members.
+        members: Vec<Bytes>,
+    },
+    /// `ZPOPMIN` / `ZPOPMAX`: result `Items`, member, score, member, score...
+    ZPop {
+        /// The key.
+        key: Bytes,
+        /// Pop the highest scores.
+        max: bool,
+        /// How many (`None`: one).
+        count: Option<u64>,
+    },
+    /// `XADD`: result `Value`, the new entry's id (`None` if `no_mkstream`
+    /// and absent), or `StreamIdTooSmall` / `StreamIdZero`.
+    XAdd {
+        /// The key.
+        key: Bytes,
+        /// The id.
+        id: XAddId,
+        /// Trim to at most this many entries after adding.
+        maxlen: Option<u64>,
+        /// Do not create the stream.
+        no_mkstream: bool,
+        /// Field, value, field, value...
+        fields: Vec<Bytes>,
+    },
+}
+
+/// A read of a collection key. A key of another type answers
+/// [`KvError::WrongType`](super::KvError::WrongType); an absent key reads
+/// as an empty collection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TypedQuery {
+    /// `TYPE`: `Value(Some(name))` (`string`, `list`, `hash`, `set`,
+    /// `zset`, `stream`) or `Value(None)`.
+    Type {
+        /// The key.
+        key: Bytes,
+    },
+    /// `LLEN`: `Len`.
+    ListLen {
+        /// The key.
+        key: Bytes,
+    },
+    /// `LRANGE`: `Items`.
+    ListRange {
+        /// The key.
+        key: Bytes,
+        /// First index.
+        start: i64,
+        /// Last index (inclusive).
+        stop: i64,
+    },
+    /// `LINDEX`: `Value`.
+    ListIndex {
+        /// The key.
+        key: Bytes,
+        /// The index.
+        index: i64,
+    },
+    /// `SMEMBERS`: `Items`.
+    SetMembers {
+        /// The key.
+        key: Bytes,
+    },
+    /// `SISMEMBER`: `Count` 0 or 1.
+    SetIsMember {
+        /// The key.
+        key: Bytes,
+        /// The member.
+        member: Bytes,
+    },
+    /// `SCARD`: `Count`.
+    SetCard {
+        /// The key.
+        key: Bytes,
+    },
+    /// `SRANDMEMBER`: without count `Value`; with count `Items` (count > 0:
+    /// distinct members; < 0: `-count` picks, repeats allowed).
+    SetRandMember {
+        /// The key.
+        key: Bytes,
+        /// The count.
+        count: Option<i64>,
+        /// The reader's random seed.
+        seed: u64,
+    },
+    /// `HGET`: `Value`.
+    HashGet {
+        /// The key.
+        key: Bytes,
+        /// The field.
+        field: Bytes,
+    },
+    /// `HMGET`: `Values`.
+    HashMGet {
+        /// The key.
+        key: Bytes,
+        /// The fields.
+        fields: Vec<Bytes>,
+    },
+    /// `HLEN`: `Count`.
+    HashLen {
+        /// The key.
+        key: Bytes,
+    },
+    /// `HEXISTS`: `Count` 0 or 1.
+    HashExists {
+        /// The key.
+        key: Bytes,
+        /// The field.
+        field: Bytes,
+    },
+    /// `HGETALL`: `Items`, field, value, field, value... in field order.
+    HashGetAll {
+        /// The key.
+        key: Bytes,
+    },
+    /// `HKEYS`: `Items`.
+    HashKeys {
+        /// The key.
+        key: Bytes,
+    },
+    /// `HVALS`: `Items`.
+    HashVals {
+        /// The key.
+        key: Bytes,
+    },
+    /// `ZSCORE`: `Value`, the score as Redis formats it.
+    ZScore {
+        /// The key.
+        key: Bytes,
+        /// The member.
+        member: Bytes,
+    },
+    /// `ZCARD`: `Count`.
+    ZCard {
+        /// The key.
+        key: Bytes,
+    },
+    /// `ZRANGE` by index (`ZREVRANGE` with `rev`): `Items`, with scores
+    /// interleaved if `with_scores`.
+    ZRange {
+        /// The key.
+        key: Bytes,
+        /// First index.
+        start: i64,
+        /// Last index (inclusive).
+        stop: i64,
+        /// Highest score first.
+        rev: bool,
+        /// Interleave the scores.
+        with_scores: bool,
+    },
+    /// `ZRANK` (`ZREVRANK` with `rev`): `Int`, or `Value(None)` if absent.
+    ZRank {
+        /// The key.
+        key: Bytes,
+        /// The member.
+        member: Bytes,
+        /// Rank from the highest score.
+        rev: bool,
+    },
+    /// `XLEN`: `Len`.
+    StreamLen {
+        /// The key.
+        key: Bytes,
+    },
+    /// `XRANGE` (`XREVRANGE` with `rev`): `Records`, entries with
+    /// `start <= id <= end` (`(ms, seq)` pairs).
+    StreamRange {
+        /// The key.
+        key: Bytes,
+        /// First id (inclusive).
+        start: (u64, u64),
+        /// Last id (inclusive).
+        end: (u64, u64),
+        /// Most entries.
+        count: Option<u64>,
+        /// From the end.
+        rev: bool,
+    },
+}
+
+fn put_ou64(out: &mut BytesMut, v: Option<u64>) {
+    match v {
+        None => out.put_u8(0),
+        Some(n) => {
+            out.put_u8(1);
+            out.put_u64_le(n);
+        }
+    }
+}
+
+fn get_ou64(r: &mut Reader) -> Result<Option<u64>, DecodeError> {
+    match r.u8()? {
+        0 => Ok(None),
+        1 => Ok(Some(r.u64()?)),
+        _ => Err(DecodeError::Invalid {
+            what: "option flag",
+        }),
+    }
+}
+
+fn key(r: &mut Reader) -> Result<Bytes, DecodeError> {
+    r.bytes("key", DECODE_BYTES_MAX)
+}
+
+fn elem(r: &mut Reader) -> Result<Bytes, DecodeError> {
+    r.bytes("element", DECODE_BYTES_MAX)
+}
+
+fn put_flag(out: &mut BytesMut, b: bool) {
+    out.put_u8(u8::from(b));
+}
+
+impl TypedCommand {
+    /// The key the command writes.
+    pub fn key(&self) -> &Bytes {
+        match self {
+            TypedCommand::ListPush { key, .. }
+            | TypedCommand::ListPop { key, .. }
+            | TypedCommand::ListSet { key, .. }
+            | TypedCommand::ListRem { key, .. }
+            | TypedCommand::ListTrim { key, .. }
+            | TypedCommand::SetAdd { key, .. }
+            | TypedCommand::SetRem { key, .. }
+            | TypedCommand::SetPop { key, .. }
+            | TypedCommand::HashSet { key, .. }
+            | TypedCommand::HashDel { key, .. }
+            | TypedCommand::HashIncrBy { key, .. }
+            | TypedCommand::ZAdd { key, .. }
+            | TypedCommand::ZRem { key, .. }
+            | TypedCommand::ZPop { key, .. }
+            | TypedCommand::XAdd { key, .. } => key,
+        }
+    }
+
+    /// Appends the encoding (see the module documentation).
+    pub fn encode_into(&self, out: &mut BytesMut) {
+        match self {
+            TypedCommand::ListPush {
+                key,
+                left,
+                only_existing,
+                values,
+            } => {
+                out.put_u8(0x30);
+                put_bytes(out, key);
+                put_flag(out, *left);
+                put_flag(out, *only_existing);
+                put_keys(out, values);
+            }
+            TypedCommand::ListPop { key, left, count } => {
+                out.put_u8(0x31);
+                put_bytes(out, key);
+                put_flag(out, *left);
+                put_ou64(out, *count);
+            }
+            TypedCommand::ListSet { key, index, value } => {
+                out.put_u8(0x32);
+                put_bytes(out, key);
+                out.put_i64_le(*index);
+                put_bytes(out, value);
+            }
+            TypedCommand::ListRem { key, count, value } => {
+                out.put_u8(0x33);
+                put_bytes(out, key);
+                out.put_i64_le(*count);
+                put_bytes(out, value);
+            }
+            TypedCommand::ListTrim { key, start, stop } => {
+                out.put_u8(0x34);
+                put_bytes(out, key);
+                out.put_i64_le(*start);
+                out.put_i64_le(*stop);
+            }
+            TypedCommand::SetAdd { key, members } => {
+                out.put_u8(0x38);
+                put_bytes(out, key);
+                put_keys(out, members);
+            }
+            TypedCommand::SetRem { key, members } => {
+                out.put_u8(0x39);
+                put_bytes(out, key);
+                put_keys(out, members);
+            }
+            TypedCommand::SetPop { key, count, seed } => {
+                out.put_u8(0x3a);
+                put_bytes(out, key);
+                put_ou64(out, *count);
+                out.put_u64_le(*seed);
+            }
+            TypedCommand::HashSet {
+                key,
+                only_new,
+                pairs,
+            } => {
+                out.put_u8(0x40);
+                put_bytes(out, key);
+                put_flag(out, *only_new);
+                put_count(out, pairs.len());
+                for (f, v) in pairs {
+                    put_bytes(out, f);
+                    put_bytes(out, v);
+                }
+            }
+            TypedCommand::HashDel { key, fields } => {
+                out.put_u8(0x41);
+                put_bytes(out, key);
+                put_keys(out, fields);
+            }
+            TypedCommand::HashIncrBy { key, field, delta } => {
+                out.put_u8(0x42);
+                put_bytes(out, key);
+                put_bytes(out, field);
+                out.put_i64_le(*delta);
+            }
+            TypedCommand::ZAdd {
+                key,
+                condition,
+                compare,
+                changed,
+                incr,
+                pairs,
+            } => {
+                out.put_u8(0x48);
+                put_bytes(out, key);
+                out.put_u8(match condition {
+                    ZAddCondition::Always => 0,
+                    ZAddCondition::IfAbsent => 1,
+                    ZAddCondition::IfPresent => 2,
+                });
+                out.put_u8(match compare {
+                    ZAddCompare::None => 0,
+                    ZAddCompare::Greater => 1,
+                    ZAddCompare::Less => 2,
+                });
+                put_flag(out, *changed);
+                put_flag(out, *incr);
+                put_count(out, pairs.len());
+                for (s, m) in pairs {
+                    out.put_u64_le(s.to_bits());
+                    put_bytes(out, m);
+                }
+            }
+            TypedCommand::ZRem { key, members } => {
+                out.put_u8(0x49);
+                put_bytes(out, key);
+                put_keys(out, members);
+            }
+            TypedCommand::ZPop { key, max, count } => {
+                out.put_u8(0x4a);
+                put_bytes(out, key);
+                put_flag(out, *max);
+                put_ou64(out, *count);
+            }
+            TypedCommand::XAdd {
+                key,
+                id,
+                maxlen,
+                no_mkstream,
+                fields,
+            } => {
+                out.put_u8(0x50);
+                put_bytes(out, key);
+                let (kind, ms, seq) = match *id {
+                    XAddId::Auto { now_ms } => (0, now_ms, 0),
+                    XAddId::Explicit { ms, seq } => (1, ms, seq),
+                    XAddId::AutoSeq { ms } => (2, ms, 0),
+                };
+                out.put_u8(kind);
+                out.put_u64_le(ms);
+                out.put_u64_le(seq);
+                put_ou64(out, *maxlen);
+                put_flag(out, *no_mkstream);
+                put_keys(out, fields);
+            }
+        }
+    }
+
+    /// True if `tag` is a typed command's tag.
+    pub(crate) fn is_tag(tag: u8) -> bool {
+        matches!(tag, 0x30..=0x34 | 0x38..=0x3a | 0x40..=0x42 | 0x48..=0x4a | 0x50)
+    }
+
+    /// Decodes the body of a command whose tag was read; the caller checks
+    /// that nothing is left over.
+    pub(crate) fn decode_tagged(tag: u8, r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(match tag {
+            0x30 => TypedCommand::ListPush {
+                key: key(r)?,
+                left: get_bool(r)?,
+                only_existing: get_bool(r)?,
+                values: get_keys(r)?,
+            },
+            0x31 => TypedCommand::ListPop {
+                key: key(r)?,
+                left: get_bool(r)?,
+                count: get_ou64(r)?,
+            },
+            0x32 => TypedCommand::ListSet {
+                key: key(r)?,
+                index: r.i64()?,
+                value: elem(r)?,
+            },
+            0x33 => TypedCommand::ListRem {
+                key: key(r)?,
+                count: r.i64()?,
+                value: elem(r)?,
+            },
+            0x34 => TypedCommand::ListTrim {
+                key: key(r)?,
+                start: r.i64()?,
+                stop: r.i64()?,
+            },
+            0x38 => TypedCommand::SetAdd {
+                key: key(r)?,
+                members: get_keys(r)?,
+            },
+            0x39 => TypedCommand::SetRem {
+                key: key(r)?,
+                members: get_keys(r)?,
+            },
+            0x3a => TypedCommand::SetPop {
+                key: key(r)?,
+                count: get_ou64(r)?,
+                seed: r.u64()?,
+            },
+            0x40 => {
+                let key = key(r)?;
+                let only_new = get_bool(r)?;
+                let n = r.count("pairs", KEYS_PER_COMMAND_MAX, 8)?;
+                let mut pairs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    pairs.push((elem(r)?, elem(r)?));
+                }
+                TypedCommand::HashSet {
+                    key,
+                    only_new,
+                    pairs,
+                }
+            }
+            0x41 => TypedCommand::HashDel {
+                key: key(r)?,
+                fields: get_keys(r)?,
+            },
+            0x42 => TypedCommand::HashIncrBy {
+                key: key(r)?,
+                field: elem(r)?,
+                delta: r.i64()?,
+            },
+            0x48 => {
+                let key = key(r)?;
+                let condition = match r.u8()? {
+                    0 => ZAddCondition::Always,
+                    1 => ZAddCondition::IfAbsent,
+                    2 => ZAddCondition::IfPresent,
+                    tag => {
+                        return Err(DecodeError::UnknownTag {
+                            what: "zadd condition",
+                            tag,
+                        })
+                    }
+                };
+                let compare = match r.u8()? {
+                    0 => ZAddCompare::None,
+                    1 => ZAddCompare::Greater,
+                    2 => ZAddCompare::Less,
+                    tag => {
+                        return Err(DecodeError::UnknownTag {
+                            what: "zadd comparison",
+                            tag,
+                        })
+                    }
+                };
+                let changed = get_bool(r)?;
+                let incr = get_bool(r)?;
+                let n = r.count("pairs", KEYS_PER_COMMAND_MAX, 12)?;
+                let mut pairs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    pairs.push((f64::from_bits(r.u64()?), elem(r)?));
+                }
+                TypedCommand::ZAdd {
+                    key,
+                    condition,
+                    compare,
+                    changed,
+                    incr,
+                    pairs,
+                }
+            }
+            0x49 => TypedCommand::ZRem {
+                key: key(r)?,
+                members: get_keys(r)?,
+            },
+            0x4a => TypedCommand::ZPop {
+                key: key(r)?,
+                max: get_bool(r)?,
+                count: get_ou64(r)?,
+            },
+            0x50 => {
+                let key = key(r)?;
+                let kind = r.u8()?;
+                let ms = r.u64()?;
+                let seq = r.u64()?;
+                let id = match kind {
+                    0 => XAddId::Auto { now_ms: ms },
+                    1 => XAddId::Explicit { ms, seq },
+                    2 => XAddId::AutoSeq { ms },
+                    tag => {
+                        return Err(DecodeError::UnknownTag {
+                            what: "xadd id kind",
+                            tag,
+                        })
+                    }
+                };
+                TypedCommand::XAdd {
+                    key,
+                    id,
+                    maxlen: get_ou64(r)?,
+                    no_mkstream: get_bool(r)?,
+                    fields: get_keys(r)?,
+                }
+            }
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    what: "kv command",
+                    tag,
+                })
+            }
+        })
+    }
+}
+
+impl TypedQuery {
+    /// The key the query reads.
+    pub fn key(&self) -> &Bytes {
+        match self {
+            TypedQuery::Type { key }
+            | TypedQuery::ListLen { key }
+            | TypedQuery::ListRange { key, .. }
+            | TypedQuery::ListIndex { key, .. }
+            | TypedQuery::SetMembers { key }
+            | TypedQuery::SetIsMember { key, .. }
+            | TypedQuery::SetCard { key }
+            | TypedQuery::SetRandMember { key, .. }
+            | TypedQuery::HashGet { key, .. }
+            | TypedQuery::HashMGet { key, .. }
+            | TypedQuery::HashLen { key }
+            | TypedQuery::HashExists { key, .. }
+            | TypedQuery::HashGetAll { key }
+            | TypedQuery::HashKeys { key }
+            | TypedQuery::HashVals { key }
+            | TypedQuery::ZScore { key, .. }
+            | TypedQuery::ZCard { key }
+            | TypedQuery::ZRange { key, .. }
+            | TypedQuery::ZRank { key, .. }
+            | TypedQuery::StreamLen { key }
+            | TypedQuery::StreamRange { key, .. } => key,
+        }
+    }
+
+    /// Appends the encoding (see the module documentation).
+    pub fn encode_into(&self, out: &mut BytesMut) {
+        let key_only = |out: &mut BytesMut, tag: u8, key: &Bytes| {
+            out.put_u8(tag);
+            put_bytes(out, key);
+        };
+        match self {
+            TypedQuery::Type { key } => key_only(out, 0x60, key),
+            TypedQuery::ListLen { key } => key_only(out, 0x61, key),
+            TypedQuery::ListRange { key, start, stop } => {
+                key_only(out, 0x62, key);
+                out.put_i64_le(*start);
+                out.put_i64_le(*stop);
+            }
+            TypedQuery::ListIndex { key, index } => {
+                key_only(out, 0x63, key);
+                out.put_i64_le(*index);
+            }
+            TypedQuery::SetMembers { key } => key_only(out, 0x68, key),
+            TypedQuery::SetIsMember { key, member } => {
+                key_only(out, 0x69, key);
+                put_bytes(out, member);
+            }
+            TypedQuery::SetCard { key } => key_only(out, 0x6a, key),
+            TypedQuery::SetRandMember { key, count, seed } => {
+                key_only(out, 0x6b, key);
+                match count {
+                    None => out.put_u8(0),
+                    Some(c) => {
+                        out.put_u8(1);
+                        out.put_i64_le(*c);
+                    }
+                }
+                out.put_u64_le(*seed);
+            }
+            TypedQuery::HashGet { key, field } => {
+                key_only(out, 0x70, key);
+                put_bytes(out, field);
+            }
+            TypedQuery::HashMGet { key, fields } => {
+                key_only(out, 0x71, key);
+                put_keys(out, fields);
+            }
+            TypedQuery::HashLen { key } => key_only(out, 0x72, key),
+            TypedQuery::HashExists { key, field } => {
+                key_only(out, 0x73, key);
+                put_bytes(out, field);
+            }
+            TypedQuery::HashGetAll { key } => key_only(out, 0x74, key),
+            TypedQuery::HashKeys { key } => key_only(out, 0x75, key),
+            TypedQuery::HashVals { key } => key_only(out, 0x76, key),
+            TypedQuery::ZScore { key, member } => {
+                key_only(out, 0x78, key);
+                put_bytes(out, member);
+            }
+            TypedQuery::ZCard { key } => key_only(out, 0x79, key),
+            TypedQuery::ZRange {
+                key,
+                start,
+                stop,
+                rev,
+                with_scores,
+            } => {
+                key_only(out, 0x7a, key);
+                out.put_i64_le(*start);
+                out.put_i64_le(*stop);
+                put_flag(out, *rev);
+                put_flag(out, *with_scores);
+            }
+            TypedQuery::ZRank { key, member, rev } => {
+                key_only(out, 0x7b, key);
+                put_bytes(out, member);
+                put_flag(out, *rev);
+            }
+            TypedQuery::StreamLen { key } => key_only(out, 0x80, key),
+            TypedQuery::StreamRange {
+                key,
+                start,
+                end,
+                count,
+                rev,
+            } => {
+                key_only(out, 0x81, key);
+                out.put_u64_le(start.0);
+                out.put_u64_le(start.1);
+                out.put_u64_le(end.0);
+                out.put_u64_le(end.1);
+                put_ou64(out, *count);
+                put_flag(out, *rev);
+            }
+        }
+    }
+
+    /// True if `tag` is a typed query's tag.
+    pub(crate) fn is_tag(tag: u8) -> bool {
+        matches!(tag, 0x60..=0x63 | 0x68..=0x6b | 0x70..=0x76 | 0x78..=0x7b | 0x80 | 0x81)
+    }
+
+    /// Decodes the body of a query whose tag was read; the caller checks
+    /// that nothing is left over.
+    pub(crate) fn decode_tagged(tag: u8, r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(match tag {
+            0x60 => TypedQuery::Type { key: key(r)? },
+            0x61 => TypedQuery::ListLen { key: key(r)? },
+            0x62 => TypedQuery::ListRange {
+                key: key(r)?,
+                start: r.i64()?,
+                stop: r.i64()?,
+            },
+            0x63 => TypedQuery::ListIndex {
+                key: key(r)?,
+                index: r.i64()?,
+            },
+            0x68 => TypedQuery::SetMembers { key: key(r)? },
+            0x69 => TypedQuery::SetIsMember {
+                key: key(r)?,
+                member: elem(r)?,
+            },
+            0x6a => TypedQuery::SetCard { key: key(r)? },
+            0x6b => {
+                let key = key(r)?;
+                let count = match r.u8()? {
+                    0 => None,
+                    1 => Some(r.i64()?),
+                    _ => {
+                        return Err(DecodeError::Invalid {
+                            what: "option flag",
+                        })
+                    }
+                };
+                TypedQuery::SetRandMember {
+                    key,
+                    count,
+                    seed: r.u64()?,
+                }
+            }
+            0x70 => TypedQuery::HashGet {
+                key: key(r)?,
+                field: elem(r)?,
+            },
+            0x71 => TypedQuery::HashMGet {
+                key: key(r)?,
+                fields: get_keys(r)?,
+            },
+            0x72 => TypedQuery::HashLen { key: key(r)? },
+            0x73 => TypedQuery::HashExists {
+                key: key(r)?,
+                field: elem(r)?,
+            },
+            0x74 => TypedQuery::HashGetAll { key: key(r)? },
+            0x75 => TypedQuery::HashKeys { key: key(r)? },
+            0x76 => TypedQuery::HashVals { key: key(r)? },
+            0x78 => TypedQuery::ZScore {
+                key: key(r)?,
+                member: elem(r)?,
+            },
+            0x79 => TypedQuery::ZCard { key: key(r)? },
+            0x7a => TypedQuery::ZRange {
+                key: key(r)?,
+                start: r.i64()?,
+                stop: r.i64()?,
+                rev: get_bool(r)?,
+                with_scores: get_bool(r)?,
+            },
+            0x7b => TypedQuery::ZRank {
+                key: key(r)?,
+                member: elem(r)?,
+                rev: get_bool(r)?,
+            },
+            0x80 => TypedQuery::StreamLen { key: key(r)? },
+            0x81 => TypedQuery::StreamRange {
+                key: key(r)?,
+                start: (r.u64()?, r.u64()?),
+                end: (r.u64()?, r.u64()?),
+                count: get_ou64(r)?,
+                rev: get_bool(r)?,
+            },
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    what: "kv query",
+                    tag,
+                })
+            }
+        })
+    }
+}
