@@ -93,6 +93,12 @@ pub struct NodeHostConfig {
     /// this multiple of the state's size (and a group pinning old WAL
     /// segments is snapshotted regardless).
     pub snapshot_log_ratio: f64,
+    /// How often each shard hands leadership of a group it leads to a
+    /// member that leads fewer groups (at most 2 per round, only to a
+    /// caught-up voter at least two leaderships behind), so that leaders
+    /// spread evenly over the nodes, also after a node restarts. Zero:
+    /// never (leaders stay where elections put them).
+    pub leader_balance_interval: Duration,
     /// Entries kept in the log behind a snapshot, so a follower slightly
     /// behind catches up from the log rather than a snapshot.
     pub compaction_overhead_entries: u64,
@@ -123,6 +129,7 @@ impl NodeHostConfig {
             quiesce_ticks: 100,
             snapshot_entries: 100_000,
             snapshot_log_ratio: 1.0,
+            leader_balance_interval: Duration::from_secs(2),
             compaction_overhead_entries: 10_000,
         }
     }

@@ -158,6 +158,7 @@ impl NodeHost {
                 snapshot_dir,
                 snapshot_entries: host.config.snapshot_entries,
                 snapshot_log_ratio: host.config.snapshot_log_ratio,
+                leader_balance_interval: host.config.leader_balance_interval,
                 compaction_overhead_entries: host.config.compaction_overhead_entries,
                 wal_options,
                 raft_defaults,

@@ -25,6 +25,9 @@ use super::{BenchOptions, Consistency, Outcome, PlacementArg, Rng, Timeline};
 
 /// Deadline of control calls (start_group, group_status, stats).
 const CONTROL_DEADLINE: Duration = Duration::from_secs(10);
+/// Longest wait for the leaders to spread over the nodes before the load.
+const BALANCE_WAIT: Duration = Duration::from_secs(20);
+
 /// How long the cluster may take to elect a leader for every group.
 const ELECTION_DEADLINE: Duration = Duration::from_secs(60);
 /// Period of a load generator's reserve of armed timers (GLOMMIO.md bug 2).
@@ -90,6 +93,9 @@ impl Cluster {
             };
             cfg.io_memory_bytes = args.io_memory;
             cfg.preempt_timer = args.preempt_timer;
+            // Settle the leaders quickly before the load (see
+            // `wait_balanced`).
+            cfg.leader_balance_interval = Duration::from_millis(500);
             match NodeHost::start(cfg) {
                 Ok(h) => cluster.hosts.push(Arc::new(h)),
                 Err(e) => {
@@ -118,7 +124,48 @@ impl Cluster {
         out: &mut dyn Write,
     ) -> Result<Vec<usize>, String> {
         super::idle::start_groups(self, groups, args.start_concurrency, out)?;
-        super::idle::wait_for_leaders(self, groups, election_deadline(groups.len()), out)
+        let leaders =
+            super::idle::wait_for_leaders(self, groups, election_deadline(groups.len()), out)?;
+        Ok(self.wait_balanced(groups, leaders, args.shards_per_node()))
+    }
+
+    /// Lets the nodes' leader balancing spread the leaders (elections place
+    /// them at random) before the load starts, so that the run measures a
+    /// balanced cluster and the clients' leader caches are right; gives up
+    /// after [`BALANCE_WAIT`]. Each shard balances its own groups, so node
+    /// totals may differ by up to the shard count.
+    fn wait_balanced(
+        &self,
+        groups: &[GroupId],
+        mut leaders: Vec<usize>,
+        shards: usize,
+    ) -> Vec<usize> {
+        let interval = self
+            .hosts
+            .first()
+            .map_or(Duration::ZERO, |h| h.config().leader_balance_interval);
+        if interval.is_zero() || self.hosts.len() < 2 {
+            return leaders;
+        }
+        let started = Instant::now();
+        loop {
+            let mut per_node = vec![0usize; self.hosts.len()];
+            for l in &leaders {
+                per_node[*l] += 1;
+            }
+            let spread = per_node.iter().max().unwrap_or(&0) - per_node.iter().min().unwrap_or(&0);
+            if spread <= shards || started.elapsed() >= BALANCE_WAIT {
+                return leaders;
+            }
+            // Not an executor: the main thread may wait.
+            std::thread::park_timeout(Duration::from_millis(100));
+            match super::idle::leaders_of(&self.hosts, groups) {
+                Ok(now) if now.iter().all(Option::is_some) => {
+                    leaders = now.into_iter().map(|l| l.unwrap_or(0)).collect();
+                }
+                _ => {}
+            }
+        }
     }
 
     pub(super) fn engine_counters(&self) -> Option<EngineCounters> {

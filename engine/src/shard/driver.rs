@@ -116,6 +116,8 @@ pub(crate) struct Driver {
     snapshot_entries: u64,
     snapshot_log_ratio: f64,
     compaction_overhead: u64,
+    /// Ticks between two rounds of leader balancing (0: never).
+    balance_every_ticks: u64,
     /// Each group's newest snapshot (file, or compaction point of a
     /// witness) and the log applied since.
     last_snapshot: BTreeMap<GroupId, SnapshotPace>,
@@ -244,6 +246,9 @@ const LAZY_FLUSH_TICKS: u64 = 50;
 /// WAL segments beyond which the groups pinning the oldest are snapshotted.
 const SEGMENTS_PINNED_MAX: u64 = 8;
 
+/// Most leadership transfers one shard starts per balancing round.
+const BALANCE_MOVES_MAX: usize = 2;
+
 /// When a group's next automatic snapshot is due: after
 /// `snapshot_entries` applied entries, and once the log applied since the
 /// last snapshot is `snapshot_log_ratio` times that snapshot's size.
@@ -318,6 +323,7 @@ impl Driver {
             snapshot_dir: std::path::PathBuf::new(),
             snapshot_entries: 0,
             snapshot_log_ratio: 0.0,
+            balance_every_ticks: 0,
             compaction_overhead: 0,
             last_snapshot: BTreeMap::new(),
             snapshots_due: BTreeSet::new(),
@@ -355,6 +361,11 @@ impl Driver {
         self.snapshot_entries = every_entries;
         self.snapshot_log_ratio = log_ratio;
         self.compaction_overhead = overhead_entries;
+    }
+
+    /// Balances leadership every `every_ticks` ticks (0: never).
+    pub(crate) fn configure_balance(&mut self, every_ticks: u64) {
+        self.balance_every_ticks = every_ticks;
     }
 
     pub(crate) fn snapshot_dir(&self) -> std::path::PathBuf {
@@ -521,6 +532,91 @@ impl Driver {
                     "snapshot to release old WAL segments"
                 );
                 self.snapshots_due.insert(group);
+            }
+        }
+    }
+
+    /// Hands leadership of a few groups this replica leads to members that
+    /// lead fewer of the shard's groups, so that leaders (and the work of
+    /// leading) spread over the nodes: elections place them at random, and
+    /// a restarted node would otherwise lead nothing until the next
+    /// failure.
+    ///
+    /// Counts come from this shard's view of its groups' leaders (every
+    /// node hosts the same groups on the same shard, so per-shard balance
+    /// is node balance). A group moves only to a voter at least two
+    /// leaderships behind this node, in `Replicate` state and holding every
+    /// committed entry, and at most [`BALANCE_MOVES_MAX`] per round: a
+    /// transfer refuses proposals for the short while it takes (clients
+    /// retry them; see `RequestError::Rejected`), and every move strictly
+    /// narrows the gap, so rounds converge and never oscillate.
+    fn balance_leaders(&mut self) {
+        let mut led: BTreeMap<NodeId, u64> = BTreeMap::new();
+        for g in self.groups.values() {
+            for m in &g.raft.membership().members {
+                if m.kind == MemberKind::Voter {
+                    led.entry(m.id).or_default();
+                }
+            }
+            if let Some(l) = g.raft.leader() {
+                *led.entry(l).or_default() += 1;
+            }
+        }
+        let mut moves = Vec::new();
+        for (id, g) in &self.groups {
+            if moves.len() >= BALANCE_MOVES_MAX {
+                break;
+            }
+            let mine = led.get(&self.node).copied().unwrap_or(0);
+            if mine < 2 {
+                break;
+            }
+            if !g.raft.is_leader()
+                || g.raft.transferee().is_some()
+                || g.raft.pending_conf_index().is_some()
+            {
+                continue;
+            }
+            let commit = g.raft.commit();
+            let target = g
+                .raft
+                .progress()
+                .into_iter()
+                .filter(|(n, p)| {
+                    *n != self.node
+                        && p.kind == MemberKind::Voter
+                        && p.state == raft::ProgressState::Replicate
+                        && p.match_index >= commit
+                })
+                .map(|(n, _)| (led.get(&n).copied().unwrap_or(0), n))
+                .min();
+            let Some((theirs, to)) = target else {
+                continue;
+            };
+            if theirs + 2 > mine {
+                continue;
+            }
+            *led.entry(self.node).or_default() -= 1;
+            *led.entry(to).or_default() += 1;
+            moves.push((*id, to, mine, theirs));
+        }
+        for (id, to, mine, theirs) in moves {
+            let Some(g) = self.groups.get_mut(&id) else {
+                continue;
+            };
+            match g.raft.transfer_leader(to) {
+                Ok(()) => {
+                    self.counters.balance_transfers += 1;
+                    info!(
+                        group = id.0,
+                        to = to.0,
+                        led_here = mine,
+                        led_there = theirs,
+                        "leadership handed over to balance leaders"
+                    );
+                    self.dirty.insert(id);
+                }
+                Err(e) => debug!(group = id.0, to = to.0, error = %e, "balance transfer refused"),
             }
         }
     }
@@ -927,6 +1023,9 @@ impl Driver {
         if self.ticks % 256 == 0 && self.snapshot_entries > 0 {
             self.snapshot_pinning_groups();
         }
+        if self.balance_every_ticks > 0 && self.ticks % self.balance_every_ticks == 0 {
+            self.balance_leaders();
+        }
         if self.ticks % 64 == 0 {
             self.forwarded.retain(|_, w| !w.reply.is_canceled());
             self.parked.retain(|(_, w)| !w.reply.is_canceled());
@@ -1230,6 +1329,7 @@ impl Driver {
             requests_pending: pending,
             decode_errors: self.decode_errors,
             snapshots_taken: self.counters.snapshots_taken,
+            balance_transfers: self.counters.balance_transfers,
             snapshots_sent: self.counters.snapshots_sent,
             snapshots_installed: self.counters.snapshots_installed,
             wal: self.wal.stats(),
@@ -1285,6 +1385,8 @@ pub(crate) struct DriverCounters {
     pub(crate) snapshots_installed: u64,
     pub(crate) entries_appended: u64,
     pub(crate) entries_committed: u64,
+    /// Leadership transfers started to balance leaders.
+    pub(crate) balance_transfers: u64,
     pub(crate) leader_elected: u64,
     pub(crate) turns: u64,
     pub(crate) wal_writes: u64,

@@ -86,6 +86,8 @@ pub struct ShardStats {
     pub decode_errors: u64,
     /// Snapshots taken here.
     pub snapshots_taken: u64,
+    /// Leadership transfers started here to balance leaders over nodes.
+    pub balance_transfers: u64,
     /// Snapshots streamed to followers.
     pub snapshots_sent: u64,
     /// Snapshots received and installed.
@@ -193,6 +195,7 @@ pub(crate) struct ShardSetup {
     pub(crate) snapshot_dir: PathBuf,
     pub(crate) snapshot_entries: u64,
     pub(crate) snapshot_log_ratio: f64,
+    pub(crate) leader_balance_interval: Duration,
     pub(crate) compaction_overhead_entries: u64,
     pub(crate) wal_options: flotilla_storage::WalOptions,
     pub(crate) raft_defaults: crate::raft::Config,
@@ -240,6 +243,7 @@ pub(crate) async fn run(setup: ShardSetup) {
         snapshot_dir,
         snapshot_entries,
         snapshot_log_ratio,
+        leader_balance_interval,
         compaction_overhead_entries,
         wal_options,
         raft_defaults,
@@ -318,6 +322,12 @@ pub(crate) async fn run(setup: ShardSetup) {
         snapshot_log_ratio,
         compaction_overhead_entries,
     );
+    if !leader_balance_interval.is_zero() {
+        let ticks = leader_balance_interval.as_nanos() / tick_interval.as_nanos().max(1);
+        driver
+            .borrow_mut()
+            .configure_balance(u64::try_from(ticks).unwrap_or(u64::MAX).max(1));
+    }
     match driver::restore_groups(&driver, recovered).await {
         Ok(0) => {}
         Ok(n) => info!(node = node_id, shard, groups = n, "groups recovered"),
