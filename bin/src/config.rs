@@ -120,6 +120,9 @@ pub struct NodeConfig {
     pub wal_segment_bytes: u64,
     /// WAL flushes as one O_DSYNC write (true) or a write and an fdatasync.
     pub wal_dsync: bool,
+    /// How often each shard moves a leadership towards a node that leads
+    /// fewer groups (0: never).
+    pub leader_balance_ms: u64,
     /// Pinned I/O memory per shard executor.
     pub io_memory_bytes: usize,
     /// Log format.
@@ -154,6 +157,7 @@ impl Default for NodeConfig {
             heartbeat_ticks: engine.heartbeat_interval_ticks,
             wal_segment_bytes: engine.wal_segment_bytes,
             wal_dsync: engine.wal_dsync_writes,
+            leader_balance_ms: engine.leader_balance_interval.as_millis() as u64,
             io_memory_bytes: engine.io_memory_bytes,
             log_format: LogFormat::Text,
         }
@@ -187,6 +191,7 @@ struct FileConfig {
     heartbeat_ticks: Option<u64>,
     wal_segment_bytes: Option<u64>,
     wal_dsync: Option<bool>,
+    leader_balance_ms: Option<u64>,
     io_memory_bytes: Option<usize>,
     log_format: Option<LogFormat>,
 }
@@ -285,6 +290,12 @@ pub struct NodeArgs {
     /// [default: true].
     #[arg(long, env = "FLOTILLA_WAL_DSYNC")]
     pub wal_dsync: Option<bool>,
+    /// Milliseconds between two rounds of leader balancing: each shard
+    /// hands at most two of its leaderships to nodes leading at least two
+    /// fewer groups, so leaders spread over the nodes (also after a
+    /// restart); 0 turns it off [default: 2000].
+    #[arg(long, env = "FLOTILLA_LEADER_BALANCE_MS")]
+    pub leader_balance_ms: Option<u64>,
     /// Pinned I/O memory per shard executor in bytes [default: 2097152].
     #[arg(long, env = "FLOTILLA_IO_MEMORY_BYTES")]
     pub io_memory_bytes: Option<usize>,
@@ -380,6 +391,7 @@ impl NodeArgs {
             heartbeat_ticks: pick!(heartbeat_ticks),
             wal_segment_bytes: pick!(wal_segment_bytes),
             wal_dsync: pick!(wal_dsync),
+            leader_balance_ms: pick!(leader_balance_ms),
             io_memory_bytes: pick!(io_memory_bytes),
             log_format: pick!(log_format),
         };
@@ -562,6 +574,7 @@ impl NodeConfig {
         h.heartbeat_interval_ticks = self.heartbeat_ticks;
         h.wal_segment_bytes = self.wal_segment_bytes;
         h.wal_dsync_writes = self.wal_dsync;
+        h.leader_balance_interval = Duration::from_millis(self.leader_balance_ms);
         h.io_memory_bytes = self.io_memory_bytes;
         h
     }
@@ -652,6 +665,21 @@ mod tests {
         assert!(!a.resolve().unwrap().host_config().wal_dsync_writes, "file");
         a.wal_dsync = Some(true);
         assert!(a.resolve().unwrap().host_config().wal_dsync_writes, "flag");
+    }
+
+    #[test]
+    fn the_leader_balance_interval_reaches_the_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = args();
+        a.data_dir = Some(dir.path().to_path_buf());
+        let interval = |a: &NodeArgs| a.resolve().unwrap().host_config().leader_balance_interval;
+        assert_eq!(interval(&a), Duration::from_secs(2), "default");
+        let path = dir.path().join("n.toml");
+        std::fs::write(&path, "leader_balance_ms = 0\n").unwrap();
+        a.config = Some(path);
+        assert_eq!(interval(&a), Duration::ZERO, "file: off");
+        a.leader_balance_ms = Some(500);
+        assert_eq!(interval(&a), Duration::from_millis(500), "flag");
     }
 
     #[test]
