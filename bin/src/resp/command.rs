@@ -24,10 +24,11 @@ use bytes::Bytes;
 use flotilla::kv::KvClient;
 use flotilla::{GroupId, HostError, NodeHost, ReadConsistency, RequestError, Role};
 use flotilla_rsm::kv::{prefix_end, KEYS_PER_COMMAND_MAX, KEY_BYTES_MAX};
-use flotilla_rsm::{KvCommand, KvError, KvQuery, KvResult, PutCondition};
+use flotilla_rsm::{KvCommand, KvError, KvQuery, KvResult, PutCondition, TypedQuery};
 
 use super::glob;
 use super::reply::Reply;
+use super::types;
 
 /// What every connection of a node shares (`Send + Sync`: one per node,
 /// used by every client executor).
@@ -102,6 +103,8 @@ pub struct Conn {
     kv: KvClient,
     cursors: VecDeque<(u64, Bytes)>,
     next_cursor: u64,
+    /// Seeds SPOP / SRANDMEMBER picks (a SplitMix64 state).
+    seed: u64,
     /// Peer address, for CLIENT INFO.
     pub peer: String,
 }
@@ -119,6 +122,10 @@ impl Conn {
             kv,
             cursors: VecDeque::new(),
             next_cursor: 1,
+            seed: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+                ^ (peer_hash(&peer) << 1),
             peer,
         }
     }
@@ -161,6 +168,8 @@ enum Finish {
         count: usize,
         pattern: Option<Bytes>,
     },
+    /// A data-type command (types.rs).
+    Typed(super::types::Finish),
 }
 
 /// What a command needs.
@@ -218,7 +227,7 @@ fn upper(b: &[u8]) -> String {
 
 /// A command's name, arity, flags, first key, last key, key step (the
 /// fields of a COMMAND reply).
-type CommandInfo = (&'static str, i64, &'static [&'static str], i64, i64, i64);
+pub type CommandInfo = (&'static str, i64, &'static [&'static str], i64, i64, i64);
 
 /// Commands with their arity, flags and key positions (COMMAND output).
 const COMMANDS: &[CommandInfo] = &[
@@ -273,14 +282,17 @@ pub fn prepare(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
                 return arity(&name);
             }
             let key = args[0].clone();
+            let (op, f) = match name.as_str() {
+                "GET" => (Op::Read(KvQuery::Get { key: key.clone() }), Finish::Get),
+                "STRLEN" => (Op::Read(KvQuery::Get { key: key.clone() }), Finish::Strlen),
+                _ => (
+                    Op::Read(KvQuery::Typed(TypedQuery::Type { key: key.clone() })),
+                    Finish::Type,
+                ),
+            };
             let sub = Sub {
                 group: kv.group_for(&key),
-                op: Op::Read(KvQuery::Get { key }),
-            };
-            let f = match name.as_str() {
-                "GET" => Finish::Get,
-                "STRLEN" => Finish::Strlen,
-                _ => Finish::Type,
+                op,
             };
             plan(vec![sub], f)
         }
@@ -507,6 +519,23 @@ pub fn prepare(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
         "CLIENT" => prepare_client(args, conn),
         "CONFIG" => prepare_config(args, shared),
         "COMMAND" => prepare_command(args),
+        _ if types::COMMANDS
+            .iter()
+            .any(|c| c.0.eq_ignore_ascii_case(&name)) =>
+        {
+            let seed = conn.next_seed();
+            match types::prepare(&name, args, now_ms(), seed) {
+                Some(Ok(p)) => plan(
+                    vec![Sub {
+                        group: conn.kv.group_for(&p.key),
+                        op: p.op,
+                    }],
+                    Finish::Typed(p.finish),
+                ),
+                Some(Err(reply)) => Prepared::Reply(reply),
+                None => Prepared::Reply(Reply::err("internal error: typed command not found")),
+            }
+        }
         _ => {
             let shown: Vec<String> = args
                 .iter()
@@ -779,6 +808,38 @@ fn prepare_config(args: &[Bytes], shared: &Shared) -> Prepared {
     }
 }
 
+/// Every command served: strings and connection commands, then the data
+/// types.
+fn all_commands() -> impl Iterator<Item = &'static CommandInfo> {
+    COMMANDS.iter().chain(types::COMMANDS.iter())
+}
+
+/// This node's clock in milliseconds since the Unix epoch (XADD `*`).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// FNV-1a of a peer address: mixes connections' seeds apart.
+fn peer_hash(peer: &str) -> u64 {
+    peer.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+impl Conn {
+    /// A fresh random number for SPOP / SRANDMEMBER (SplitMix64 over the
+    /// connection's seed, itself from the clock and the peer).
+    fn next_seed(&mut self) -> u64 {
+        self.seed = self.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
 fn command_info(c: &CommandInfo) -> Reply {
     Reply::Array(vec![
         Reply::text(c.0),
@@ -793,8 +854,8 @@ fn command_info(c: &CommandInfo) -> Reply {
 fn prepare_command(args: &[Bytes]) -> Prepared {
     let sub = args.first().map(|s| upper(s));
     Prepared::Reply(match sub.as_deref() {
-        None => Reply::Array(COMMANDS.iter().map(command_info).collect()),
-        Some("COUNT") => Reply::Int(COMMANDS.len() as i64),
+        None => Reply::Array(all_commands().map(command_info).collect()),
+        Some("COUNT") => Reply::Int(all_commands().count() as i64),
         // No documentation is served; clients (redis-cli) fall back.
         Some("DOCS") => Reply::Array(Vec::new()),
         Some("INFO") => Reply::Array(
@@ -802,14 +863,13 @@ fn prepare_command(args: &[Bytes]) -> Prepared {
                 .iter()
                 .map(|n| {
                     let n = String::from_utf8_lossy(n).to_ascii_lowercase();
-                    COMMANDS
-                        .iter()
+                    all_commands()
                         .find(|c| c.0 == n)
                         .map_or(Reply::Nil, command_info)
                 })
                 .collect(),
         ),
-        Some("LIST") => Reply::Array(COMMANDS.iter().map(|c| Reply::text(c.0)).collect()),
+        Some("LIST") => Reply::Array(all_commands().map(|c| Reply::text(c.0)).collect()),
         Some(s) => Reply::err(format!(
             "unknown subcommand or wrong number of arguments for 'COMMAND|{s}'"
         )),
@@ -885,6 +945,9 @@ fn kv_error_reply(e: KvError) -> Reply {
         KvError::KeyTooLarge => Reply::err("key too large"),
         KvError::ValueTooLarge => Reply::err("string exceeds maximum allowed size"),
         KvError::ResultTooLarge => Reply::err("result too large"),
+        KvError::WrongType => {
+            Reply::Error("WRONGTYPE Operation against a key holding the wrong kind of value".into())
+        }
         other => Reply::err(other.to_string()),
     }
 }
@@ -955,9 +1018,10 @@ fn finish(f: Finish, results: Vec<Result<KvResult, HostError>>, conn: &mut Conn)
             None => Reply::Int(0),
         },
         Finish::Type => match first {
-            Some(KvResult::Value(v)) => {
-                Reply::Simple(if v.is_some() { "string" } else { "none" }.into())
-            }
+            Some(KvResult::Value(v)) => Reply::Simple(
+                v.as_ref()
+                    .map_or("none".into(), |t| String::from_utf8_lossy(t).into_owned()),
+            ),
             Some(r) => unexpected(r),
             None => Reply::Simple("none".into()),
         },
@@ -1030,6 +1094,7 @@ fn finish(f: Finish, results: Vec<Result<KvResult, HostError>>, conn: &mut Conn)
                     .collect(),
             )
         }
+        Finish::Typed(f) => types::finish(f, ok.into_iter().next()),
         Finish::Scan { count, pattern } => {
             let mut keys: Vec<Bytes> = Vec::new();
             let mut more = false;

@@ -20,6 +20,7 @@ pub mod command;
 pub mod glob;
 pub mod parse;
 pub mod reply;
+pub mod types;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

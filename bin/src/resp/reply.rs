@@ -25,6 +25,8 @@ pub enum Reply {
     Nil,
     /// An array.
     Array(Vec<Reply>),
+    /// The null array (`*-1`: LPOP with a count on a missing key).
+    NilArray,
 }
 
 impl Reply {
@@ -69,6 +71,7 @@ impl Reply {
                 out.put_slice(b"\r\n");
             }
             Reply::Nil => out.put_slice(b"$-1\r\n"),
+            Reply::NilArray => out.put_slice(b"*-1\r\n"),
             Reply::Array(items) => {
                 out.put_u8(b'*');
                 put_decimal(out, items.len() as i64);

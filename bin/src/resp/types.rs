@@ -1,0 +1,1182 @@
+//! The Redis data-type commands: lists, sets, hashes, sorted sets and
+//! streams. Each is a single-key command: [`prepare`] parses its arguments
+//! (arity, options, numbers, with Redis' error texts) into one KV request
+//! for the key's group, and [`finish`] turns the result into Redis' reply
+//! shape. Both are pure functions, tested below without a node.
+//!
+//! Randomness and time are chosen here, by the node that receives the
+//! command, and carried in it: SPOP / SRANDMEMBER take a `seed`, `XADD *`
+//! takes `now_ms`; the state machine then gives the same answer on every
+//! replica.
+
+use bytes::Bytes;
+use flotilla_rsm::kv::KEYS_PER_COMMAND_MAX;
+use flotilla_rsm::{
+    KvCommand, KvQuery, KvResult, TypedCommand as C, TypedQuery as Q, XAddId, ZAddCompare,
+    ZAddCondition,
+};
+
+use super::command::Op;
+use super::reply::Reply;
+
+/// How a typed command's result becomes its reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// `Len`, `Count` or `Int` as an integer.
+    Int,
+    /// `Value` as a bulk string or nil.
+    Bulk,
+    /// Anything as `+OK` (HMSET).
+    Ok,
+    /// `Items` / `Values` as an array of bulk strings (nil for absent).
+    Array,
+    /// `Items` as an array, `Value(None)` as the nil array (LPOP with a
+    /// count on an absent key).
+    ArrayOrNilArray,
+    /// `Int` as an integer, `Value(None)` as nil (ZRANK).
+    IntOrNil,
+    /// Stream entries: `[[id, [field, value, ...]], ...]`.
+    Records,
+}
+
+/// A parsed typed command: its key, its request and its reply shape.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// The key (routes the request to its group).
+    pub key: Bytes,
+    /// The request.
+    pub op: Op,
+    /// The reply shape.
+    pub finish: Finish,
+}
+
+/// Commands of this module: name, arity, flags, first key, last key, step
+/// (the fields of a COMMAND reply).
+pub const COMMANDS: &[super::command::CommandInfo] = &[
+    ("lpush", -3, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("rpush", -3, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("lpushx", -3, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("rpushx", -3, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("lpop", -2, &["write", "fast"], 1, 1, 1),
+    ("rpop", -2, &["write", "fast"], 1, 1, 1),
+    ("llen", 2, &["readonly", "fast"], 1, 1, 1),
+    ("lrange", 4, &["readonly"], 1, 1, 1),
+    ("lindex", 3, &["readonly"], 1, 1, 1),
+    ("lset", 4, &["write", "denyoom"], 1, 1, 1),
+    ("lrem", 4, &["write"], 1, 1, 1),
+    ("ltrim", 4, &["write"], 1, 1, 1),
+    ("sadd", -3, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("srem", -3, &["write", "fast"], 1, 1, 1),
+    ("spop", -2, &["write", "fast"], 1, 1, 1),
+    ("smembers", 2, &["readonly"], 1, 1, 1),
+    ("sismember", 3, &["readonly", "fast"], 1, 1, 1),
+    ("scard", 2, &["readonly", "fast"], 1, 1, 1),
+    ("srandmember", -2, &["readonly"], 1, 1, 1),
+    ("hset", -4, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("hmset", -4, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("hsetnx", 4, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("hget", 3, &["readonly", "fast"], 1, 1, 1),
+    ("hmget", -3, &["readonly", "fast"], 1, 1, 1),
+    ("hdel", -3, &["write", "fast"], 1, 1, 1),
+    ("hlen", 2, &["readonly", "fast"], 1, 1, 1),
+    ("hexists", 3, &["readonly", "fast"], 1, 1, 1),
+    ("hgetall", 2, &["readonly"], 1, 1, 1),
+    ("hkeys", 2, &["readonly"], 1, 1, 1),
+    ("hvals", 2, &["readonly"], 1, 1, 1),
+    ("hincrby", 4, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("zadd", -4, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("zincrby", 4, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("zrem", -3, &["write", "fast"], 1, 1, 1),
+    ("zscore", 3, &["readonly", "fast"], 1, 1, 1),
+    ("zcard", 2, &["readonly", "fast"], 1, 1, 1),
+    ("zrange", -4, &["readonly"], 1, 1, 1),
+    ("zrevrange", -4, &["readonly"], 1, 1, 1),
+    ("zrank", 3, &["readonly", "fast"], 1, 1, 1),
+    ("zrevrank", 3, &["readonly", "fast"], 1, 1, 1),
+    ("zpopmin", -2, &["write", "fast"], 1, 1, 1),
+    ("zpopmax", -2, &["write", "fast"], 1, 1, 1),
+    ("xadd", -5, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("xlen", 2, &["readonly", "fast"], 1, 1, 1),
+    ("xrange", -4, &["readonly"], 1, 1, 1),
+    ("xrevrange", -4, &["readonly"], 1, 1, 1),
+];
+
+fn arity(name: &str) -> Reply {
+    Reply::err(format!(
+        "wrong number of arguments for '{}' command",
+        name.to_ascii_lowercase()
+    ))
+}
+
+fn syntax() -> Reply {
+    Reply::err("syntax error")
+}
+
+fn not_integer() -> Reply {
+    Reply::err("value is not an integer or out of range")
+}
+
+fn not_float() -> Reply {
+    Reply::err("value is not a valid float")
+}
+
+fn must_be_positive() -> Reply {
+    Reply::err("value is out of range, must be positive")
+}
+
+fn invalid_id() -> Reply {
+    Reply::err("Invalid stream ID specified as stream command argument")
+}
+
+/// An integer as Redis reads one (`string2ll`: optional `-`, digits, no
+/// leading zeros or spaces, within i64).
+fn int(b: &[u8]) -> Result<i64, Reply> {
+    let s = std::str::from_utf8(b).map_err(|_| not_integer())?;
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    if digits.is_empty()
+        || !digits.bytes().all(|c| c.is_ascii_digit())
+        || (digits.len() > 1 && digits.starts_with('0'))
+        || s == "-0"
+    {
+        return Err(not_integer());
+    }
+    s.parse().map_err(|_| not_integer())
+}
+
+/// A float as Redis reads a score: decimal or exponent notation, `inf`,
+/// `+inf`, `-inf` (any case); never NaN, no spaces.
+fn score(b: &[u8]) -> Result<f64, Reply> {
+    let s = std::str::from_utf8(b).map_err(|_| not_float())?;
+    if s.is_empty() || s.starts_with(|c: char| c.is_ascii_whitespace()) {
+        return Err(not_float());
+    }
+    let lower = s.to_ascii_lowercase();
+    let lower = lower.strip_prefix('+').unwrap_or(&lower);
+    let f = match lower {
+        "inf" | "infinity" => f64::INFINITY,
+        "-inf" | "-infinity" => f64::NEG_INFINITY,
+        _ if lower.contains("inf") || lower.contains("nan") => return Err(not_float()),
+        _ => s.parse::<f64>().map_err(|_| not_float())?,
+    };
+    if f.is_nan() {
+        return Err(not_float());
+    }
+    Ok(f)
+}
+
+/// A count that must not be negative (LPOP, SPOP, ZPOPMIN).
+fn positive_count(b: &[u8]) -> Result<u64, Reply> {
+    let n = int(b).map_err(|_| must_be_positive())?;
+    u64::try_from(n).map_err(|_| must_be_positive())
+}
+
+/// A stream id `<ms>[-<seq>]`; `seq` is `None` if absent.
+fn stream_id(b: &[u8]) -> Result<(u64, Option<u64>), Reply> {
+    let s = std::str::from_utf8(b).map_err(|_| invalid_id())?;
+    let num = |t: &str| -> Result<u64, Reply> {
+        if t.is_empty() || !t.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(invalid_id());
+        }
+        t.parse().map_err(|_| invalid_id())
+    };
+    match s.split_once('-') {
+        None => Ok((num(s)?, None)),
+        Some((ms, seq)) => Ok((num(ms)?, Some(num(seq)?))),
+    }
+}
+
+/// A range bound of XRANGE: `-`, `+`, `[(]<ms>[-<seq>]`. `None` if an
+/// exclusive bound leaves nothing (after the last / before the first id).
+fn range_bound(b: &[u8], is_start: bool) -> Result<Option<(u64, u64)>, Reply> {
+    match b {
+        b"-" => return Ok(Some((0, 0))),
+        b"+" => return Ok(Some((u64::MAX, u64::MAX))),
+        _ => {}
+    }
+    let (exclusive, body) = match b.strip_prefix(b"(") {
+        Some(rest) => (true, rest),
+        None => (false, b),
+    };
+    let (ms, seq) = stream_id(body)?;
+    let id = (ms, seq.unwrap_or(if is_start { 0 } else { u64::MAX }));
+    if !exclusive {
+        return Ok(Some(id));
+    }
+    Ok(if is_start {
+        match id {
+            (u64::MAX, u64::MAX) => None,
+            (ms, u64::MAX) => Some((ms + 1, 0)),
+            (ms, seq) => Some((ms, seq + 1)),
+        }
+    } else {
+        match id {
+            (0, 0) => None,
+            (ms, 0) => Some((ms - 1, u64::MAX)),
+            (ms, seq) => Some((ms, seq - 1)),
+        }
+    })
+}
+
+fn too_many(n: usize) -> Result<(), Reply> {
+    if n > KEYS_PER_COMMAND_MAX as usize {
+        return Err(Reply::err(format!(
+            "too many elements in one command (at most {KEYS_PER_COMMAND_MAX})"
+        )));
+    }
+    Ok(())
+}
+
+fn write(key: &Bytes, c: C, finish: Finish) -> Result<Planned, Reply> {
+    Ok(Planned {
+        key: key.clone(),
+        op: Op::Write(KvCommand::Typed(c)),
+        finish,
+    })
+}
+
+fn read(key: &Bytes, q: Q, finish: Finish) -> Result<Planned, Reply> {
+    Ok(Planned {
+        key: key.clone(),
+        op: Op::Read(KvQuery::Typed(q)),
+        finish,
+    })
+}
+
+/// Parses a data-type command (`name` upper case, `args` after the name).
+/// `None` if `name` is not one; `Err` is the reply for a bad command.
+/// `now_ms` is this node's clock (XADD `*`), `seed` a fresh random number
+/// (SPOP, SRANDMEMBER).
+pub fn prepare(
+    name: &str,
+    args: &[Bytes],
+    now_ms: u64,
+    seed: u64,
+) -> Option<Result<Planned, Reply>> {
+    let info = COMMANDS.iter().find(|c| c.0.eq_ignore_ascii_case(name))?;
+    let n = args.len() as i64 + 1;
+    let ok = if info.1 >= 0 {
+        n == info.1
+    } else {
+        n >= -info.1
+    };
+    if !ok {
+        return Some(Err(arity(name)));
+    }
+    Some(prepare_checked(name, args, now_ms, seed))
+}
+
+fn prepare_checked(name: &str, args: &[Bytes], now_ms: u64, seed: u64) -> Result<Planned, Reply> {
+    let key = &args[0];
+    let rest = &args[1..];
+    let k = || key.clone();
+    match name {
+        "LPUSH" | "RPUSH" | "LPUSHX" | "RPUSHX" => {
+            too_many(rest.len())?;
+            write(
+                key,
+                C::ListPush {
+                    key: k(),
+                    left: name.starts_with('L'),
+                    only_existing: name.ends_with('X'),
+                    values: rest.to_vec(),
+                },
+                Finish::Int,
+            )
+        }
+        "LPOP" | "RPOP" | "SPOP" | "ZPOPMIN" | "ZPOPMAX" => {
+            let count = match rest {
+                [] => None,
+                [c] => Some(positive_count(c)?),
+                _ => {
+                    return Err(if name.ends_with("POP") {
+                        arity(name)
+                    } else {
+                        syntax()
+                    })
+                }
+            };
+            match name {
+                "SPOP" => write(
+                    key,
+                    C::SetPop {
+                        key: k(),
+                        count,
+                        seed,
+                    },
+                    if count.is_some() {
+                        Finish::Array
+                    } else {
+                        Finish::Bulk
+                    },
+                ),
+                "ZPOPMIN" | "ZPOPMAX" => write(
+                    key,
+                    C::ZPop {
+                        key: k(),
+                        max: name == "ZPOPMAX",
+                        count,
+                    },
+                    Finish::Array,
+                ),
+                _ => write(
+                    key,
+                    C::ListPop {
+                        key: k(),
+                        left: name == "LPOP",
+                        count,
+                    },
+                    if count.is_some() {
+                        Finish::ArrayOrNilArray
+                    } else {
+                        Finish::Bulk
+                    },
+                ),
+            }
+        }
+        "LLEN" => read(key, Q::ListLen { key: k() }, Finish::Int),
+        "LRANGE" => read(
+            key,
+            Q::ListRange {
+                key: k(),
+                start: int(&rest[0])?,
+                stop: int(&rest[1])?,
+            },
+            Finish::Array,
+        ),
+        "LINDEX" => read(
+            key,
+            Q::ListIndex {
+                key: k(),
+                index: int(&rest[0])?,
+            },
+            Finish::Bulk,
+        ),
+        "LSET" => write(
+            key,
+            C::ListSet {
+                key: k(),
+                index: int(&rest[0])?,
+                value: rest[1].clone(),
+            },
+            Finish::Ok,
+        ),
+        "LREM" => write(
+            key,
+            C::ListRem {
+                key: k(),
+                count: int(&rest[0])?,
+                value: rest[1].clone(),
+            },
+            Finish::Int,
+        ),
+        "LTRIM" => write(
+            key,
+            C::ListTrim {
+                key: k(),
+                start: int(&rest[0])?,
+                stop: int(&rest[1])?,
+            },
+            Finish::Ok,
+        ),
+        "SADD" | "SREM" => {
+            too_many(rest.len())?;
+            let members = rest.to_vec();
+            let c = if name == "SADD" {
+                C::SetAdd { key: k(), members }
+            } else {
+                C::SetRem { key: k(), members }
+            };
+            write(key, c, Finish::Int)
+        }
+        "SMEMBERS" => read(key, Q::SetMembers { key: k() }, Finish::Array),
+        "SISMEMBER" => read(
+            key,
+            Q::SetIsMember {
+                key: k(),
+                member: rest[0].clone(),
+            },
+            Finish::Int,
+        ),
+        "SCARD" => read(key, Q::SetCard { key: k() }, Finish::Int),
+        "SRANDMEMBER" => {
+            let count = match rest {
+                [] => None,
+                [c] => Some(int(c)?),
+                _ => return Err(syntax()),
+            };
+            read(
+                key,
+                Q::SetRandMember {
+                    key: k(),
+                    count,
+                    seed,
+                },
+                if count.is_some() {
+                    Finish::Array
+                } else {
+                    Finish::Bulk
+                },
+            )
+        }
+        "HSET" | "HMSET" => {
+            if rest.len() % 2 != 0 {
+                return Err(arity(name));
+            }
+            too_many(rest.len() / 2)?;
+            let pairs = rest
+                .chunks(2)
+                .map(|p| (p[0].clone(), p[1].clone()))
+                .collect();
+            write(
+                key,
+                C::HashSet {
+                    key: k(),
+                    only_new: false,
+                    pairs,
+                },
+                if name == "HSET" {
+                    Finish::Int
+                } else {
+                    Finish::Ok
+                },
+            )
+        }
+        "HSETNX" => write(
+            key,
+            C::HashSet {
+                key: k(),
+                only_new: true,
+                pairs: vec![(rest[0].clone(), rest[1].clone())],
+            },
+            Finish::Int,
+        ),
+        "HGET" => read(
+            key,
+            Q::HashGet {
+                key: k(),
+                field: rest[0].clone(),
+            },
+            Finish::Bulk,
+        ),
+        "HMGET" => {
+            too_many(rest.len())?;
+            read(
+                key,
+                Q::HashMGet {
+                    key: k(),
+                    fields: rest.to_vec(),
+                },
+                Finish::Array,
+            )
+        }
+        "HDEL" => {
+            too_many(rest.len())?;
+            write(
+                key,
+                C::HashDel {
+                    key: k(),
+                    fields: rest.to_vec(),
+                },
+                Finish::Int,
+            )
+        }
+        "HLEN" => read(key, Q::HashLen { key: k() }, Finish::Int),
+        "HEXISTS" => read(
+            key,
+            Q::HashExists {
+                key: k(),
+                field: rest[0].clone(),
+            },
+            Finish::Int,
+        ),
+        "HGETALL" => read(key, Q::HashGetAll { key: k() }, Finish::Array),
+        "HKEYS" => read(key, Q::HashKeys { key: k() }, Finish::Array),
+        "HVALS" => read(key, Q::HashVals { key: k() }, Finish::Array),
+        "HINCRBY" => write(
+            key,
+            C::HashIncrBy {
+                key: k(),
+                field: rest[0].clone(),
+                delta: int(&rest[1])?,
+            },
+            Finish::Int,
+        ),
+        "ZADD" => prepare_zadd(key, rest),
+        "ZINCRBY" => write(
+            key,
+            C::ZAdd {
+                key: k(),
+                condition: ZAddCondition::Always,
+                compare: ZAddCompare::None,
+                changed: false,
+                incr: true,
+                pairs: vec![(score(&rest[0])?, rest[1].clone())],
+            },
+            Finish::Bulk,
+        ),
+        "ZREM" => {
+            too_many(rest.len())?;
+            write(
+                key,
+                C::ZRem {
+                    key: k(),
+                    members: rest.to_vec(),
+                },
+                Finish::Int,
+            )
+        }
+        "ZSCORE" => read(
+            key,
+            Q::ZScore {
+                key: k(),
+                member: rest[0].clone(),
+            },
+            Finish::Bulk,
+        ),
+        "ZCARD" => read(key, Q::ZCard { key: k() }, Finish::Int),
+        "ZRANGE" | "ZREVRANGE" => {
+            let mut rev = name == "ZREVRANGE";
+            let mut with_scores = false;
+            for opt in &rest[2..] {
+                match opt.to_ascii_uppercase().as_slice() {
+                    b"WITHSCORES" => with_scores = true,
+                    b"REV" if name == "ZRANGE" => rev = true,
+                    b"BYSCORE" | b"BYLEX" | b"LIMIT" if name == "ZRANGE" => {
+                        return Err(Reply::err(
+                            "ZRANGE BYSCORE/BYLEX/LIMIT are not supported; use ranges by index",
+                        ))
+                    }
+                    _ => return Err(syntax()),
+                }
+            }
+            read(
+                key,
+                Q::ZRange {
+                    key: k(),
+                    start: int(&rest[0])?,
+                    stop: int(&rest[1])?,
+                    rev,
+                    with_scores,
+                },
+                Finish::Array,
+            )
+        }
+        "ZRANK" | "ZREVRANK" => read(
+            key,
+            Q::ZRank {
+                key: k(),
+                member: rest[0].clone(),
+                rev: name == "ZREVRANK",
+            },
+            Finish::IntOrNil,
+        ),
+        "XADD" => prepare_xadd(key, rest, now_ms),
+        "XLEN" => read(key, Q::StreamLen { key: k() }, Finish::Int),
+        "XRANGE" | "XREVRANGE" => {
+            let rev = name == "XREVRANGE";
+            let (first, second) = (&rest[0], &rest[1]);
+            let (start, end) = if rev {
+                (second, first)
+            } else {
+                (first, second)
+            };
+            let count = match &rest[2..] {
+                [] => None,
+                [opt, n] if opt.eq_ignore_ascii_case(b"COUNT") => Some(int(n)?.max(0) as u64),
+                _ => return Err(syntax()),
+            };
+            let start = range_bound(start, true)?;
+            let end = range_bound(end, false)?;
+            let (Some(start), Some(end)) = (start, end) else {
+                return Err(Reply::Array(Vec::new()));
+            };
+            if count == Some(0) {
+                return Err(Reply::Array(Vec::new()));
+            }
+            read(
+                key,
+                Q::StreamRange {
+                    key: k(),
+                    start,
+                    end,
+                    count,
+                    rev,
+                },
+                Finish::Records,
+            )
+        }
+        _ => Err(Reply::err(format!("unknown command '{name}'"))),
+    }
+}
+
+fn prepare_zadd(key: &Bytes, rest: &[Bytes]) -> Result<Planned, Reply> {
+    let mut condition = ZAddCondition::Always;
+    let mut compare = ZAddCompare::None;
+    let (mut nx, mut xx, mut changed, mut incr) = (false, false, false, false);
+    let mut i = 0;
+    while i < rest.len() {
+        match rest[i].to_ascii_uppercase().as_slice() {
+            b"NX" => nx = true,
+            b"XX" => xx = true,
+            b"GT" => compare = ZAddCompare::Greater,
+            b"LT" => {
+                if compare == ZAddCompare::Greater {
+                    return Err(Reply::err(
+                        "GT, LT, and/or NX options at the same time are not compatible",
+                    ));
+                }
+                compare = ZAddCompare::Less;
+            }
+            b"CH" => changed = true,
+            b"INCR" => incr = true,
+            _ => break,
+        }
+        i += 1;
+    }
+    let pairs_args = &rest[i..];
+    if pairs_args.is_empty() || pairs_args.len() % 2 != 0 {
+        return Err(syntax());
+    }
+    if nx && xx {
+        return Err(Reply::err(
+            "XX and NX options at the same time are not compatible",
+        ));
+    }
+    if nx && compare != ZAddCompare::None {
+        return Err(Reply::err(
+            "GT, LT, and/or NX options at the same time are not compatible",
+        ));
+    }
+    if nx {
+        condition = ZAddCondition::IfAbsent;
+    } else if xx {
+        condition = ZAddCondition::IfPresent;
+    }
+    if incr && pairs_args.len() != 2 {
+        return Err(Reply::err(
+            "INCR option supports a single increment-element pair",
+        ));
+    }
+    too_many(pairs_args.len() / 2)?;
+    let mut pairs = Vec::with_capacity(pairs_args.len() / 2);
+    for p in pairs_args.chunks(2) {
+        pairs.push((score(&p[0])?, p[1].clone()));
+    }
+    write(
+        key,
+        C::ZAdd {
+            key: key.clone(),
+            condition,
+            compare,
+            changed,
+            incr,
+            pairs,
+        },
+        if incr { Finish::Bulk } else { Finish::Int },
+    )
+}
+
+fn prepare_xadd(key: &Bytes, rest: &[Bytes], now_ms: u64) -> Result<Planned, Reply> {
+    let mut no_mkstream = false;
+    let mut maxlen = None;
+    let mut i = 0;
+    loop {
+        let Some(a) = rest.get(i) else {
+            return Err(arity("XADD"));
+        };
+        match a.to_ascii_uppercase().as_slice() {
+            b"NOMKSTREAM" => {
+                no_mkstream = true;
+                i += 1;
+            }
+            b"MAXLEN" => {
+                i += 1;
+                if matches!(rest.get(i).map(|b| &b[..]), Some(b"~") | Some(b"=")) {
+                    i += 1;
+                }
+                let n = rest.get(i).ok_or_else(syntax)?;
+                let n = int(n)?;
+                if n < 0 {
+                    return Err(Reply::err("The MAXLEN argument must be >= 0."));
+                }
+                maxlen = Some(n as u64);
+                i += 1;
+                // LIMIT only tunes approximate trimming (which is exact here).
+                if rest
+                    .get(i)
+                    .is_some_and(|b| b.eq_ignore_ascii_case(b"LIMIT"))
+                {
+                    int(rest.get(i + 1).ok_or_else(syntax)?)?;
+                    i += 2;
+                }
+            }
+            b"MINID" => return Err(Reply::err("XADD MINID is not supported; use MAXLEN")),
+            _ => break,
+        }
+    }
+    let id_arg = &rest[i];
+    let fields = &rest[i + 1..];
+    if fields.is_empty() || fields.len() % 2 != 0 {
+        return Err(arity("XADD"));
+    }
+    too_many(fields.len())?;
+    let id = if &id_arg[..] == b"*" {
+        XAddId::Auto { now_ms }
+    } else if let Some(ms) = id_arg.strip_suffix(b"-*") {
+        match stream_id(ms)? {
+            (ms, None) => XAddId::AutoSeq { ms },
+            _ => return Err(invalid_id()),
+        }
+    } else {
+        let (ms, seq) = stream_id(id_arg)?;
+        XAddId::Explicit {
+            ms,
+            seq: seq.unwrap_or(0),
+        }
+    };
+    write(
+        key,
+        C::XAdd {
+            key: key.clone(),
+            id,
+            maxlen,
+            no_mkstream,
+            fields: fields.to_vec(),
+        },
+        Finish::Bulk,
+    )
+}
+
+/// The reply of a typed command from its (non-error) result.
+pub fn finish(f: Finish, r: Option<KvResult>) -> Reply {
+    let Some(r) = r else {
+        return Reply::err("internal error: missing result");
+    };
+    let bulks = |items: Vec<Bytes>| Reply::Array(items.into_iter().map(Reply::Bulk).collect());
+    match (f, r) {
+        (Finish::Int, KvResult::Len(n) | KvResult::Count(n)) => Reply::Int(n as i64),
+        (Finish::Int | Finish::IntOrNil, KvResult::Int(n)) => Reply::Int(n),
+        (Finish::IntOrNil | Finish::Bulk, KvResult::Value(v)) => Reply::opt(v),
+        (Finish::Ok, _) => Reply::Ok,
+        (Finish::Array | Finish::ArrayOrNilArray, KvResult::Items(items)) => bulks(items),
+        (Finish::Array, KvResult::Values(values)) => {
+            Reply::Array(values.into_iter().map(Reply::opt).collect())
+        }
+        (Finish::ArrayOrNilArray, KvResult::Value(None)) => Reply::NilArray,
+        (Finish::Records, KvResult::Records(records)) => Reply::Array(
+            records
+                .into_iter()
+                .map(|(id, fields)| Reply::Array(vec![Reply::Bulk(id), bulks(fields)]))
+                .collect(),
+        ),
+        (f, r) => {
+            tracing::error!(?f, result = ?r, "unexpected KV result kind for a typed command");
+            Reply::err("internal error: unexpected result kind")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(words: &[&str]) -> Vec<Bytes> {
+        words
+            .iter()
+            .map(|w| Bytes::copy_from_slice(w.as_bytes()))
+            .collect()
+    }
+
+    fn plan(line: &str) -> Result<Planned, Reply> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        prepare(&words[0].to_ascii_uppercase(), &args(&words[1..]), 1234, 99)
+            .expect("a typed command")
+    }
+
+    fn err(line: &str) -> String {
+        match plan(line) {
+            Err(Reply::Error(e)) => e,
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    fn cmd(line: &str) -> C {
+        match plan(line) {
+            Ok(Planned {
+                op: Op::Write(KvCommand::Typed(c)),
+                ..
+            }) => c,
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    fn query(line: &str) -> Q {
+        match plan(line) {
+            Ok(Planned {
+                op: Op::Read(KvQuery::Typed(q)),
+                ..
+            }) => q,
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn not_ours() {
+        assert!(prepare("GET", &args(&["k"]), 0, 0).is_none());
+        assert!(prepare("BLPOP", &args(&["k", "0"]), 0, 0).is_none());
+    }
+
+    #[test]
+    fn arity_errors_name_the_command() {
+        for (line, name) in [
+            ("lpush k", "lpush"),
+            ("LRANGE k 0", "lrange"),
+            ("hset k f", "hset"),
+            ("hset k f v g", "hset"),
+            ("zadd k 1", "zadd"),
+            ("xadd s *", "xadd"),
+            ("xadd s * f", "xadd"),
+            ("llen", "llen"),
+            ("lpop k 1 2", "lpop"),
+            ("smembers a b", "smembers"),
+        ] {
+            assert_eq!(
+                err(line),
+                format!("ERR wrong number of arguments for '{name}' command"),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_benchmark_commands_parse() {
+        // What redis-benchmark's default suite sends.
+        assert_eq!(
+            cmd("LPUSH mylist xxx"),
+            C::ListPush {
+                key: b("mylist"),
+                left: true,
+                only_existing: false,
+                values: vec![b("xxx")]
+            }
+        );
+        assert!(matches!(
+            cmd("RPOP mylist"),
+            C::ListPop {
+                left: false,
+                count: None,
+                ..
+            }
+        ));
+        assert_eq!(
+            cmd("SADD myset element:__rand_int__"),
+            C::SetAdd {
+                key: b("myset"),
+                members: vec![b("element:__rand_int__")]
+            }
+        );
+        assert_eq!(
+            cmd("SPOP myset"),
+            C::SetPop {
+                key: b("myset"),
+                count: None,
+                seed: 99
+            }
+        );
+        assert_eq!(
+            cmd("HSET myhash element:__rand_int__ xxx"),
+            C::HashSet {
+                key: b("myhash"),
+                only_new: false,
+                pairs: vec![(b("element:__rand_int__"), b("xxx"))]
+            }
+        );
+        assert_eq!(
+            cmd("ZADD myzset 0 element:__rand_int__"),
+            C::ZAdd {
+                key: b("myzset"),
+                condition: ZAddCondition::Always,
+                compare: ZAddCompare::None,
+                changed: false,
+                incr: false,
+                pairs: vec![(0.0, b("element:__rand_int__"))]
+            }
+        );
+        assert_eq!(
+            cmd("ZPOPMIN myzset"),
+            C::ZPop {
+                key: b("myzset"),
+                max: false,
+                count: None
+            }
+        );
+        assert_eq!(
+            query("LRANGE mylist 0 599"),
+            Q::ListRange {
+                key: b("mylist"),
+                start: 0,
+                stop: 599
+            }
+        );
+        assert_eq!(
+            cmd("XADD mystream * myfield xxx"),
+            C::XAdd {
+                key: b("mystream"),
+                id: XAddId::Auto { now_ms: 1234 },
+                maxlen: None,
+                no_mkstream: false,
+                fields: vec![b("myfield"), b("xxx")]
+            }
+        );
+    }
+
+    #[test]
+    fn options_and_numbers() {
+        assert_eq!(
+            err("lrange k a 1"),
+            "ERR value is not an integer or out of range"
+        );
+        assert_eq!(
+            err("lrange k 01 1"),
+            "ERR value is not an integer or out of range"
+        );
+        assert_eq!(
+            err("lpop k -1"),
+            "ERR value is out of range, must be positive"
+        );
+        assert_eq!(
+            err("zpopmin k -1"),
+            "ERR value is out of range, must be positive"
+        );
+        assert!(matches!(cmd("lpop k 0"), C::ListPop { count: Some(0), .. }));
+        assert_eq!(err("zadd k x m"), "ERR value is not a valid float");
+        assert_eq!(err("zadd k nan m"), "ERR value is not a valid float");
+        assert_eq!(err("zadd k 1 m 2"), "ERR syntax error");
+        assert_eq!(
+            err("zadd k nx xx 1 m"),
+            "ERR XX and NX options at the same time are not compatible"
+        );
+        assert_eq!(
+            err("zadd k nx gt 1 m"),
+            "ERR GT, LT, and/or NX options at the same time are not compatible"
+        );
+        assert_eq!(
+            err("zadd k incr 1 m 2 n"),
+            "ERR INCR option supports a single increment-element pair"
+        );
+        match cmd("zadd k XX ch Gt 1.5 a -inf b +inf c 1e3 d") {
+            C::ZAdd {
+                condition,
+                compare,
+                changed,
+                pairs,
+                ..
+            } => {
+                assert_eq!(condition, ZAddCondition::IfPresent);
+                assert_eq!(compare, ZAddCompare::Greater);
+                assert!(changed);
+                let scores: Vec<f64> = pairs.iter().map(|p| p.0).collect();
+                assert_eq!(scores, vec![1.5, f64::NEG_INFINITY, f64::INFINITY, 1000.0]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            plan("zincrby k 2 m").unwrap().finish,
+            Finish::Bulk
+        ));
+        assert_eq!(
+            query("zrange k 0 -1 withscores"),
+            Q::ZRange {
+                key: b("k"),
+                start: 0,
+                stop: -1,
+                rev: false,
+                with_scores: true
+            }
+        );
+        assert!(matches!(
+            query("zrevrange k 0 1"),
+            Q::ZRange {
+                rev: true,
+                with_scores: false,
+                ..
+            }
+        ));
+        assert_eq!(err("zrange k 0 1 foo"), "ERR syntax error");
+        assert!(matches!(
+            query("srandmember k -5"),
+            Q::SetRandMember {
+                count: Some(-5),
+                ..
+            }
+        ));
+        assert_eq!(plan("srandmember k").unwrap().finish, Finish::Bulk);
+        assert_eq!(plan("srandmember k 2").unwrap().finish, Finish::Array);
+        assert_eq!(plan("lpop k").unwrap().finish, Finish::Bulk);
+        assert_eq!(plan("lpop k 2").unwrap().finish, Finish::ArrayOrNilArray);
+        assert_eq!(plan("hmset k a 1 b 2").unwrap().finish, Finish::Ok);
+        assert!(matches!(
+            cmd("hsetnx k f v"),
+            C::HashSet { only_new: true, .. }
+        ));
+    }
+
+    #[test]
+    fn stream_ids_and_ranges() {
+        assert!(matches!(
+            cmd("xadd s 5-3 f v"),
+            C::XAdd {
+                id: XAddId::Explicit { ms: 5, seq: 3 },
+                ..
+            }
+        ));
+        assert!(matches!(
+            cmd("xadd s 5 f v"),
+            C::XAdd {
+                id: XAddId::Explicit { ms: 5, seq: 0 },
+                ..
+            }
+        ));
+        assert!(matches!(
+            cmd("xadd s 7-* f v"),
+            C::XAdd {
+                id: XAddId::AutoSeq { ms: 7 },
+                ..
+            }
+        ));
+        assert!(matches!(
+            cmd("xadd s nomkstream maxlen ~ 10 limit 5 * f v"),
+            C::XAdd {
+                maxlen: Some(10),
+                no_mkstream: true,
+                id: XAddId::Auto { now_ms: 1234 },
+                ..
+            }
+        ));
+        assert!(matches!(
+            cmd("xadd s MAXLEN 3 * f v"),
+            C::XAdd {
+                maxlen: Some(3),
+                ..
+            }
+        ));
+        for bad in [
+            "xadd s 1-x f v",
+            "xadd s -1 f v",
+            "xadd s 1-2-3 f v",
+            "xrange s x +",
+        ] {
+            assert_eq!(
+                err(bad),
+                "ERR Invalid stream ID specified as stream command argument",
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            err("xadd s maxlen -1 * f v"),
+            "ERR The MAXLEN argument must be >= 0."
+        );
+        assert_eq!(
+            query("xrange s - +"),
+            Q::StreamRange {
+                key: b("s"),
+                start: (0, 0),
+                end: (u64::MAX, u64::MAX),
+                count: None,
+                rev: false
+            }
+        );
+        assert_eq!(
+            query("xrange s 5 (7-0 COUNT 2"),
+            Q::StreamRange {
+                key: b("s"),
+                start: (5, 0),
+                end: (6, u64::MAX),
+                count: Some(2),
+                rev: false
+            }
+        );
+        assert_eq!(
+            query("xrevrange s + (5-5"),
+            Q::StreamRange {
+                key: b("s"),
+                start: (5, 6),
+                end: (u64::MAX, u64::MAX),
+                count: None,
+                rev: true
+            }
+        );
+        // An exclusive bound past the ends, or COUNT 0: answered at once.
+        assert_eq!(plan("xrange s (0-0 (0-0").err(), Some(Reply::Array(vec![])));
+        assert_eq!(
+            plan("xrange s - + count 0").err(),
+            Some(Reply::Array(vec![]))
+        );
+    }
+
+    #[test]
+    fn reply_shapes() {
+        let items = |v: &[&str]| KvResult::Items(v.iter().map(|s| b(s)).collect());
+        assert_eq!(finish(Finish::Int, Some(KvResult::Len(3))), Reply::Int(3));
+        assert_eq!(finish(Finish::Int, Some(KvResult::Count(0))), Reply::Int(0));
+        assert_eq!(finish(Finish::Int, Some(KvResult::Int(-4))), Reply::Int(-4));
+        assert_eq!(
+            finish(Finish::Bulk, Some(KvResult::Value(None))),
+            Reply::Nil
+        );
+        assert_eq!(
+            finish(Finish::Bulk, Some(KvResult::Value(Some(b("1.5"))))),
+            Reply::Bulk(b("1.5"))
+        );
+        assert_eq!(finish(Finish::Ok, Some(KvResult::Count(2))), Reply::Ok);
+        assert_eq!(
+            finish(Finish::Array, Some(items(&["a", "b"]))),
+            Reply::Array(vec![Reply::Bulk(b("a")), Reply::Bulk(b("b"))])
+        );
+        assert_eq!(
+            finish(Finish::Array, Some(items(&[]))),
+            Reply::Array(vec![])
+        );
+        assert_eq!(
+            finish(
+                Finish::Array,
+                Some(KvResult::Values(vec![None, Some(b("v"))]))
+            ),
+            Reply::Array(vec![Reply::Nil, Reply::Bulk(b("v"))])
+        );
+        assert_eq!(
+            finish(Finish::ArrayOrNilArray, Some(KvResult::Value(None))),
+            Reply::NilArray
+        );
+        assert_eq!(
+            finish(Finish::IntOrNil, Some(KvResult::Value(None))),
+            Reply::Nil
+        );
+        assert_eq!(
+            finish(Finish::IntOrNil, Some(KvResult::Int(2))),
+            Reply::Int(2)
+        );
+        assert_eq!(
+            finish(
+                Finish::Records,
+                Some(KvResult::Records(vec![(b("1-0"), vec![b("f"), b("v")])]))
+            ),
+            Reply::Array(vec![Reply::Array(vec![
+                Reply::Bulk(b("1-0")),
+                Reply::Array(vec![Reply::Bulk(b("f")), Reply::Bulk(b("v"))])
+            ])])
+        );
+        // A mismatched kind is an internal error, not a panic.
+        assert!(matches!(
+            finish(Finish::Records, Some(KvResult::Ok)),
+            Reply::Error(_)
+        ));
+        let mut out = bytes::BytesMut::new();
+        Reply::NilArray.encode(&mut out);
+        assert_eq!(&out[..], b"*-1\r\n");
+    }
+}
