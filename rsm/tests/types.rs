@@ -1923,3 +1923,40 @@ proptest! {
         prop_assert_eq!(snapshot_bytes(&kv), snapshot_bytes(&twin));
     }
 }
+
+#[test]
+fn scan_by_type() {
+    let mut kv = every_type();
+    w(&mut kv, push("list-b", true, &["a"]));
+    let scan = |start: &str, limit: u32, t: &str| {
+        r(
+            &kv,
+            Q::ScanType {
+                start: b(start),
+                end: None,
+                limit,
+                type_name: b(t),
+            },
+        )
+    };
+    let keys = |res: KvResult| match res {
+        KvResult::Entries { entries, next } => (
+            entries.into_iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            next,
+        ),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(keys(scan("", 100, "list")), (bs(&["list", "list-b"]), None));
+    assert_eq!(
+        keys(scan("", 100, "STREAM")),
+        (bs(&["empty-stream", "stream"]), None)
+    );
+    assert_eq!(keys(scan("", 100, "string")), (bs(&["str"]), None));
+    assert_eq!(keys(scan("", 100, "nothing")), (vec![], None));
+    // The limit counts examined keys: the next key says where to go on.
+    assert_eq!(keys(scan("", 2, "list")), (vec![], Some(b("list"))));
+    assert_eq!(
+        keys(scan("list", 2, "list")),
+        (bs(&["list", "list-b"]), Some(b("set")))
+    );
+}

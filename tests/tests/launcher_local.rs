@@ -256,6 +256,33 @@ fn local_serves_the_redis_data_types_and_redis_benchmark() {
             "TYPE {key}"
         );
     }
+    // SCAN ... TYPE walks every group to the end (small COUNT: several
+    // rounds) and returns exactly the keys of the type.
+    let scan_type = |c: &mut redis::Connection, t: &str| {
+        let mut cursor = 0u64;
+        let mut keys: Vec<String> = Vec::new();
+        loop {
+            let (next, mut got): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(2)
+                .arg("TYPE")
+                .arg(t)
+                .query(c)
+                .unwrap();
+            keys.append(&mut got);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        keys.sort();
+        keys.dedup();
+        keys
+    };
+    assert_eq!(scan_type(&mut c, "hash"), vec!["h".to_string()]);
+    assert_eq!(scan_type(&mut c, "string"), vec!["ready".to_string()]);
+    assert_eq!(scan_type(&mut c, "zset"), vec!["z".to_string()]);
     let err = redis::cmd("GET")
         .arg("l")
         .query::<Option<String>>(&mut c)

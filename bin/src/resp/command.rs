@@ -168,6 +168,12 @@ enum Finish {
         count: usize,
         pattern: Option<Bytes>,
     },
+    /// SCAN with TYPE: each group examined `count` keys and returned those
+    /// of the type; the scan goes on from the smallest key a group has not
+    /// examined.
+    ScanTyped {
+        pattern: Option<Bytes>,
+    },
     /// A data-type command (types.rs).
     Typed(super::types::Finish),
 }
@@ -613,6 +619,7 @@ fn prepare_scan(args: &[Bytes], conn: &mut Conn, shared: &Shared) -> Prepared {
     };
     let mut count: u32 = 10;
     let mut pattern: Option<Bytes> = None;
+    let mut type_name: Option<Bytes> = None;
     let mut i = 1;
     while i < args.len() {
         let opt = upper(&args[i]);
@@ -625,15 +632,7 @@ fn prepare_scan(args: &[Bytes], conn: &mut Conn, shared: &Shared) -> Prepared {
                 _ => return Prepared::Reply(not_integer()),
             },
             "MATCH" => pattern = Some(v.clone()),
-            "TYPE" => {
-                if upper(v) != "STRING" {
-                    // Only strings exist: nothing of another type.
-                    return Prepared::Reply(Reply::Array(vec![
-                        Reply::text("0"),
-                        Reply::Array(Vec::new()),
-                    ]));
-                }
-            }
+            "TYPE" => type_name = Some(v.clone()),
             _ => return syntax(),
         }
         i += 2;
@@ -663,21 +662,32 @@ fn prepare_scan(args: &[Bytes], conn: &mut Conn, shared: &Shared) -> Prepared {
         .iter()
         .map(|g| Sub {
             group: *g,
-            op: Op::Read(KvQuery::Scan {
-                start: start.clone(),
-                end: end.clone(),
-                limit: count,
-                keys_only: true,
+            op: Op::Read(match &type_name {
+                None => KvQuery::Scan {
+                    start: start.clone(),
+                    end: end.clone(),
+                    limit: count,
+                    keys_only: true,
+                },
+                Some(t) => KvQuery::Typed(TypedQuery::ScanType {
+                    start: start.clone(),
+                    end: end.clone(),
+                    limit: count,
+                    type_name: t.clone(),
+                }),
             }),
         })
         .collect();
-    plan(
-        subs,
-        Finish::Scan {
-            count: count as usize,
-            pattern,
-        },
-    )
+    match type_name {
+        None => plan(
+            subs,
+            Finish::Scan {
+                count: count as usize,
+                pattern,
+            },
+        ),
+        Some(_) => plan(subs, Finish::ScanTyped { pattern }),
+    }
 }
 
 fn prepare_hello(args: &[Bytes], conn: &mut Conn) -> Prepared {
@@ -1095,6 +1105,48 @@ fn finish(f: Finish, results: Vec<Result<KvResult, HostError>>, conn: &mut Conn)
             )
         }
         Finish::Typed(f) => types::finish(f, ok.into_iter().next()),
+        Finish::ScanTyped { pattern } => {
+            let mut keys: Vec<Bytes> = Vec::new();
+            let mut resume: Option<Bytes> = None;
+            for r in ok {
+                match r {
+                    KvResult::Entries { entries, next } => {
+                        keys.extend(entries.into_iter().map(|(k, _)| k));
+                        if let Some(n) = next {
+                            if resume.as_ref().is_none_or(|r| n < *r) {
+                                resume = Some(n);
+                            }
+                        }
+                    }
+                    r => return unexpected(&r),
+                }
+            }
+            // Keys at or past the smallest unexamined key are found again
+            // from there (SCAN may repeat a key, never miss one).
+            if let Some(r) = &resume {
+                keys.retain(|k| k < r);
+            }
+            keys.sort_unstable();
+            let cursor = match resume {
+                Some(next) => {
+                    let id = conn.next_cursor;
+                    conn.next_cursor += 1;
+                    if conn.cursors.len() == CURSORS_MAX {
+                        conn.cursors.pop_front();
+                    }
+                    conn.cursors.push_back((id, next));
+                    id
+                }
+                None => 0,
+            };
+            if let Some(p) = pattern {
+                keys.retain(|k| glob::matches(&p, k));
+            }
+            Reply::Array(vec![
+                Reply::text(cursor.to_string()),
+                Reply::Array(keys.into_iter().map(Reply::Bulk).collect()),
+            ])
+        }
         Finish::Scan { count, pattern } => {
             let mut keys: Vec<Bytes> = Vec::new();
             let mut more = false;

@@ -718,6 +718,34 @@ impl KvStore {
                 };
                 KvResult::Int(rank as i64)
             }
+            TypedQuery::ScanType {
+                start,
+                end,
+                limit,
+                type_name,
+            } => {
+                let limit = (*limit).min(super::SCAN_LIMIT_MAX) as usize;
+                let mut entries = Vec::new();
+                let mut next = None;
+                for (n, (k, v)) in self.map.range(start, end.as_deref()).enumerate() {
+                    if n >= limit.max(1) {
+                        next = Some(Bytes::copy_from_slice(k));
+                        break;
+                    }
+                    let name = if v.is_typed() {
+                        self.collection(k)
+                            .expect("a marked key has a collection")
+                            .kind()
+                            .name()
+                    } else {
+                        "string"
+                    };
+                    if name.as_bytes().eq_ignore_ascii_case(type_name) {
+                        entries.push((Bytes::copy_from_slice(k), Bytes::new()));
+                    }
+                }
+                KvResult::Entries { entries, next }
+            }
             TypedQuery::StreamLen { key } => KvResult::Len(
                 self.coll(key, Kind::Stream)?
                     .map_or(0, |c| kind!(c, Stream).entries.len()) as u64,

@@ -41,13 +41,16 @@
 //!         0x7b ZRank      | key | member | rev u8 |
 //!         0x80 StreamLen  | key |
 //!         0x81 StreamRange| key | start ms u64 seq u64 | end ms u64 seq u64 | count ou64 | rev u8 |
+//!         0x88 ScanType   | start bytes | end opt | limit u32 | type bytes |
 //! ```
 //! (`key` is `bytes`.) Unknown tags and flag bytes other than 0/1 are
 //! rejected with a [`DecodeError`], never a panic.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::command::{get_bool, get_keys, put_keys, DECODE_BYTES_MAX, KEYS_PER_COMMAND_MAX};
+use super::command::{
+    get_bool, get_keys, get_opt, put_keys, put_opt, DECODE_BYTES_MAX, KEYS_PER_COMMAND_MAX,
+};
 use crate::codec::{put_bytes, put_count, Reader};
 use crate::error::DecodeError;
 
@@ -391,6 +394,20 @@ pub enum TypedQuery {
     StreamLen {
         /// The key.
         key: Bytes,
+    },
+    /// `SCAN ... TYPE t`: of at most `limit` keys with `start <= key <
+    /// end`, those of type `type_name` (`string`, `list`, ...), as
+    /// [`KvResult::Entries`](super::KvResult::Entries) with empty values;
+    /// `next` is the first key not examined, if any is left.
+    ScanType {
+        /// First key (inclusive).
+        start: Bytes,
+        /// End key (exclusive); `None` for the end of the keyspace.
+        end: Option<Bytes>,
+        /// Most keys examined (clamped to `SCAN_LIMIT_MAX`).
+        limit: u32,
+        /// The type name.
+        type_name: Bytes,
     },
     /// `XRANGE` (`XREVRANGE` with `rev`): `Records`, entries with
     /// `start <= id <= end` (`(ms, seq)` pairs).
@@ -784,6 +801,7 @@ impl TypedQuery {
             | TypedQuery::ZRank { key, .. }
             | TypedQuery::StreamLen { key }
             | TypedQuery::StreamRange { key, .. } => key,
+            TypedQuery::ScanType { start, .. } => start,
         }
     }
 
@@ -877,12 +895,26 @@ impl TypedQuery {
                 put_ou64(out, *count);
                 put_flag(out, *rev);
             }
+            TypedQuery::ScanType {
+                start,
+                end,
+                limit,
+                type_name,
+            } => {
+                key_only(out, 0x88, start);
+                put_opt(out, end);
+                out.put_u32_le(*limit);
+                put_bytes(out, type_name);
+            }
         }
     }
 
     /// True if `tag` is a typed query's tag.
     pub(crate) fn is_tag(tag: u8) -> bool {
-        matches!(tag, 0x60..=0x63 | 0x68..=0x6b | 0x70..=0x76 | 0x78..=0x7b | 0x80 | 0x81)
+        matches!(
+            tag,
+            0x60..=0x63 | 0x68..=0x6b | 0x70..=0x76 | 0x78..=0x7b | 0x80 | 0x81 | 0x88
+        )
     }
 
     /// Decodes the body of a query whose tag was read; the caller checks
@@ -963,6 +995,12 @@ impl TypedQuery {
                 end: (r.u64()?, r.u64()?),
                 count: get_ou64(r)?,
                 rev: get_bool(r)?,
+            },
+            0x88 => TypedQuery::ScanType {
+                start: key(r)?,
+                end: get_opt(r, "end key")?,
+                limit: r.u32()?,
+                type_name: r.bytes("type name", 64)?,
             },
             tag => {
                 return Err(DecodeError::UnknownTag {
