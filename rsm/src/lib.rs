@@ -2,8 +2,10 @@
 //!
 //! The replicated state machine layer of flotilla: the [`StateMachine`]
 //! interface, exactly-once client sessions, the bundled key-value store
-//! ([`KvStore`]) and the snapshot format. It knows nothing of Raft beyond
-//! "committed commands arrive in index order": the engine hands every
+//! ([`KvStore`]: strings and the Redis data types — lists, sets, hashes,
+//! sorted sets, streams, see [`TypedCommand`]) and the snapshot format. It
+//! knows nothing of Raft beyond "committed commands arrive in index order":
+//! the engine hands every
 //! committed entry of a group to that group's [`Rsm`], which
 //!
 //! 1. decodes the command [`Envelope`] (no session, a session command with

@@ -54,6 +54,16 @@ const YIELD_EVERY_ENTRIES: u64 = 256;
 /// let mut kv = KvStore::new();
 /// assert_eq!(kv.execute(&KvCommand::Increment { key: "n".into(), delta: 5 }), KvResult::Int(5));
 /// assert_eq!(kv.read(&KvQuery::Get { key: "n".into() }), KvResult::Value(Some("5".into())));
+///
+/// // A list (Redis LPUSH / LRANGE); a string command on it is refused.
+/// use flotilla_rsm::{KvError, TypedCommand, TypedQuery};
+/// let push = TypedCommand::ListPush {
+///     key: "l".into(), left: true, only_existing: false, values: vec!["a".into(), "b".into()],
+/// };
+/// assert_eq!(kv.execute(&KvCommand::Typed(push)), KvResult::Len(2));
+/// let range = TypedQuery::ListRange { key: "l".into(), start: 0, stop: -1 };
+/// assert_eq!(kv.read(&KvQuery::Typed(range)), KvResult::Items(vec!["b".into(), "a".into()]));
+/// assert_eq!(kv.read(&KvQuery::Get { key: "l".into() }), KvResult::Error(KvError::WrongType));
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct KvStore {
@@ -550,7 +560,9 @@ impl SmSnapshot for KvSnapshot {
                         }
                     }
                 }
-                out.flush_if_full().await?;
+                if out.buf.len() >= WRITE_PIECE_BYTES {
+                    out.flush_if_full().await?;
+                }
             }
             out.crc.update(&out.buf);
             let crc = out.crc.clone().finalize();
@@ -890,9 +902,12 @@ async fn read_kv_data(
             vlen if vlen as usize > VALUE_BYTES_MAX => {
                 return Err(too_large("value", vlen as usize, VALUE_BYTES_MAX))
             }
-            vlen => read_value(src, &mut crc, vlen as usize).await?,
+            vlen => {
+                since_yield_bytes += vlen as usize;
+                read_value(src, &mut crc, vlen as usize).await?
+            }
         };
-        since_yield_bytes += klen + vlen as usize % (VALUE_BYTES_MAX + 1);
+        since_yield_bytes += klen;
         if let Some((prev, _)) = pairs.last() {
             if prev.as_slice() >= &key[..] {
                 return Err(invalid("key order"));
