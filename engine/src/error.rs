@@ -75,6 +75,16 @@ pub enum RequestError {
         /// The leader's error, as text.
         message: String,
     },
+    /// The proposal's entry may or may not have been applied: a snapshot
+    /// replaced the part of the log that held it before this replica saw
+    /// its outcome. Not safe to retry blindly (read the state to find out).
+    #[error("group {group}: the outcome of the proposal at index {index} is unknown (a snapshot covered it)")]
+    Indeterminate {
+        /// The group.
+        group: GroupId,
+        /// The index the proposal had.
+        index: u64,
+    },
     /// The group is stopping or the node is shutting down.
     #[error("group {group} is shutting down")]
     ShuttingDown {

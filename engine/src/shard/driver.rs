@@ -140,8 +140,14 @@ pub(crate) struct Driver {
     lazy_flush_due: bool,
     /// Requests sent to a leader on another node, by request id.
     forwarded: std::collections::HashMap<u64, Waiting>,
+    /// Forwarded proposals the leader appended, by request id: (group,
+    /// index, term). Their callers wait in the group's proposals.
+    watched: std::collections::HashMap<u64, (GroupId, u64, u64)>,
     /// Requests waiting for their group to elect a leader.
     parked: Vec<(GroupId, Waiting)>,
+    /// Requests whose round of forwarding attempts ended in refusals (the
+    /// nodes disagree on the leader while it moves): retried each tick.
+    parked_rounds: Vec<(GroupId, Waiting)>,
     forward_id_next: u64,
     /// Forwarded requests received, to run here (the shard's inbound task
     /// spawns one answering task each).
@@ -337,7 +343,9 @@ impl Driver {
             lazy_hard_states: BTreeMap::new(),
             lazy_flush_due: false,
             forwarded: std::collections::HashMap::new(),
+            watched: std::collections::HashMap::new(),
             parked: Vec::new(),
+            parked_rounds: Vec::new(),
             forward_id_next: 1,
             remote_requests: Vec::new(),
         }
@@ -621,6 +629,47 @@ impl Driver {
         }
     }
 
+    /// Starts a leadership transfer for every group led here (the node is
+    /// stopping), each to its most caught-up voter in `Replicate` state;
+    /// returns how many started.
+    pub(crate) fn hand_off_leadership(&mut self) -> usize {
+        let mut started = 0;
+        for (id, g) in &mut self.groups {
+            if !g.raft.is_leader() || g.raft.transferee().is_some() {
+                continue;
+            }
+            let target = g
+                .raft
+                .progress()
+                .into_iter()
+                .filter(|(n, p)| {
+                    *n != self.node
+                        && p.kind == MemberKind::Voter
+                        && p.state == raft::ProgressState::Replicate
+                })
+                .max_by_key(|(_, p)| p.match_index)
+                .map(|(n, _)| n);
+            let Some(to) = target else {
+                continue;
+            };
+            if g.raft.transfer_leader(to).is_ok() {
+                debug!(
+                    group = id.0,
+                    to = to.0,
+                    "leadership handed off: node stopping"
+                );
+                self.dirty.insert(*id);
+                started += 1;
+            }
+        }
+        started
+    }
+
+    /// Whether this replica leads any group.
+    pub(crate) fn leads_any(&self) -> bool {
+        self.groups.values().any(|g| g.raft.is_leader())
+    }
+
     /// Steps one raft message into its group.
     pub(crate) fn step_message(&mut self, msg: Message) {
         let group = msg.group;
@@ -768,6 +817,8 @@ impl Driver {
         self.submit_attempt(group, op, forward, reply, 0);
     }
 
+    /// Runs `op` here or sends it to the leader; returns the (index, term)
+    /// of the entry when this replica appended a proposal.
     fn submit_attempt(
         &mut self,
         group: GroupId,
@@ -775,17 +826,17 @@ impl Driver {
         forward: bool,
         reply: Reply<Bytes>,
         attempts: u8,
-    ) {
+    ) -> Option<(u64, u64)> {
         let Some(g) = self.groups.get_mut(&group) else {
             let _ = reply.send(Err(RequestError::GroupNotFound { group }));
-            return;
+            return None;
         };
         if let ClientOp::Read(query, consistency) = op {
             // Reads are never forwarded: any replica serves them once raft
             // confirmed its read index (the core asks the leader).
             if consistency == ReadConsistency::Stale {
                 let _ = reply.send(g.read_stale(&query));
-                return;
+                return None;
             }
             if g.raft.leader().is_some() || !forward {
                 let lease = consistency == ReadConsistency::Lease
@@ -807,13 +858,16 @@ impl Driver {
                     },
                 ));
             }
-            return;
+            return None;
         }
         if g.raft.is_leader() || !forward {
-            match op {
+            let appended = match op {
                 ClientOp::Read(..) => unreachable!("reads are handled above"),
                 ClientOp::Propose(cmd) => g.propose(cmd, reply),
-                ClientOp::ConfChange(cc) => g.propose_conf_change(cc, reply),
+                ClientOp::ConfChange(cc) => {
+                    g.propose_conf_change(cc, reply);
+                    None
+                }
                 ClientOp::Transfer(to) => {
                     let _ = reply.send(
                         g.raft
@@ -821,10 +875,11 @@ impl Driver {
                             .map(|()| Bytes::new())
                             .map_err(RequestError::from),
                     );
+                    None
                 }
-            }
+            };
             self.dirty.insert(group);
-            return;
+            return appended;
         }
         let waiting = Waiting {
             op,
@@ -834,35 +889,34 @@ impl Driver {
         match g.raft.leader() {
             Some(leader) if leader != self.node => {
                 if attempts >= forward::FORWARD_ATTEMPTS_MAX {
-                    let _ = waiting.reply.send(Err(RequestError::NotLeader {
-                        group,
-                        leader: Some(leader),
-                    }));
-                    return;
+                    // Leadership is moving and the nodes' views disagree
+                    // (seen while a stopping node hands its groups over):
+                    // wait for this replica to learn of a change, then
+                    // start a new round (the caller's deadline bounds it).
+                    // Every refusal so far was a `NotLeader`: nothing was
+                    // appended.
+                    debug!(
+                        group = group.0,
+                        leader = leader.0,
+                        "forwarding round exhausted; waiting"
+                    );
+                    if self.parked.len() >= forward::PARKED_MAX {
+                        let _ = waiting.reply.send(Err(RequestError::NotLeader {
+                            group,
+                            leader: Some(leader),
+                        }));
+                    } else {
+                        self.parked_rounds.push((
+                            group,
+                            Waiting {
+                                attempts: 0,
+                                ..waiting
+                            },
+                        ));
+                    }
+                    return None;
                 }
-                let id = self.forward_id_next;
-                self.forward_id_next += 1;
-                let mut f = wire::Forward {
-                    group,
-                    from: self.node,
-                    to: leader,
-                    reply: false,
-                    id,
-                    op: 0,
-                    status: 0,
-                    node: 0,
-                    index: 0,
-                    payload: Bytes::new(),
-                };
-                waiting.op.encode_into(&mut f);
-                self.send_forward(&f);
-                self.forwarded.insert(
-                    id,
-                    Waiting {
-                        attempts: attempts + 1,
-                        ..waiting
-                    },
-                );
+                self.forward_to(group, leader, waiting);
             }
             _ => {
                 if self.parked.len() >= forward::PARKED_MAX {
@@ -875,6 +929,34 @@ impl Driver {
                 }
             }
         }
+        None
+    }
+
+    /// Sends a waiting request to `leader` (one more attempt).
+    fn forward_to(&mut self, group: GroupId, leader: NodeId, waiting: Waiting) {
+        let id = self.forward_id_next;
+        self.forward_id_next += 1;
+        let mut f = wire::Forward {
+            group,
+            from: self.node,
+            to: leader,
+            reply: false,
+            id,
+            op: 0,
+            status: 0,
+            node: 0,
+            index: 0,
+            payload: Bytes::new(),
+        };
+        waiting.op.encode_into(&mut f);
+        self.send_forward(&f);
+        self.forwarded.insert(
+            id,
+            Waiting {
+                attempts: waiting.attempts + 1,
+                ..waiting
+            },
+        );
     }
 
     fn send_forward(&mut self, f: &wire::Forward) {
@@ -888,24 +970,30 @@ impl Driver {
     /// A forwarded request or answer arrived.
     fn on_forward(&mut self, f: wire::Forward) {
         if f.reply {
-            let Some(w) = self.forwarded.remove(&f.id) else {
-                return; // the caller gave up, or a duplicate
-            };
-            match forward::decode_result(&f) {
-                Err(RequestError::NotLeader { .. }) => {
-                    // The leader moved: try again where this replica now
-                    // thinks it is (bounded by `attempts`).
-                    self.submit_attempt(f.group, w.op, true, w.reply, w.attempts);
-                }
-                result => {
-                    let _ = w.reply.send(result);
-                }
-            }
+            self.on_forward_answer(f);
             return;
         }
         let (tx, rx) = futures_channel::oneshot::channel();
         match ClientOp::decode(&f) {
-            Some(op) => self.submit_attempt(f.group, op, false, tx, forward::FORWARD_ATTEMPTS_MAX),
+            Some(op) => {
+                let appended =
+                    self.submit_attempt(f.group, op, false, tx, forward::FORWARD_ATTEMPTS_MAX);
+                if let Some((index, term)) = appended {
+                    // Tell the origin where the entry is: if this leader
+                    // fails before answering, the origin learns the outcome
+                    // from its own replica's log instead of waiting out its
+                    // deadline.
+                    let mut a = wire::Forward {
+                        from: self.node,
+                        to: f.from,
+                        reply: true,
+                        payload: Bytes::new(),
+                        ..f.clone()
+                    };
+                    forward::encode_accepted(index, term, &mut a);
+                    self.send_forward(&a);
+                }
+            }
             None => {
                 let _ = tx.send(Err(RequestError::Remote {
                     group: f.group,
@@ -914,6 +1002,79 @@ impl Driver {
             }
         }
         self.remote_requests.push((f, rx));
+    }
+
+    /// An answer to a request this replica forwarded.
+    fn on_forward_answer(&mut self, f: wire::Forward) {
+        if let Some((index, term)) = forward::decode_accepted(&f) {
+            // The leader appended it at (index, term): from now on this
+            // replica's own apply of that index decides (see
+            // `GroupReplica::watch`), whatever becomes of that leader.
+            let Some(w) = self.forwarded.remove(&f.id) else {
+                return;
+            };
+            let watched = match (&w.op, self.groups.get_mut(&f.group)) {
+                (ClientOp::Propose(_), Some(g)) => g.watch(index, term, w.reply),
+                (_, _) => Err(w.reply),
+            };
+            match watched {
+                Ok(()) => {
+                    debug!(
+                        group = f.group.0,
+                        index,
+                        term,
+                        id = f.id,
+                        "forwarded proposal accepted; watching its index"
+                    );
+                    self.watched.insert(f.id, (f.group, index, term));
+                }
+                Err(reply) => {
+                    // Applied here already (or not a proposal): wait for
+                    // the leader's answer.
+                    self.forwarded.insert(f.id, Waiting { reply, ..w });
+                }
+            }
+            return;
+        }
+        if let Some((group, index, term)) = self.watched.remove(&f.id) {
+            // The leader's answer came first. Only a result settles it: an
+            // error from a leader stepping down or stopping says nothing
+            // about whether its entry commits under the next one, which
+            // the local apply will tell.
+            let result = forward::decode_result(&f);
+            if matches!(result, Ok(_) | Err(RequestError::Apply { .. })) {
+                if let Some(g) = self.groups.get_mut(&group) {
+                    g.complete_watched(index, term, result);
+                }
+            }
+            return;
+        }
+        let Some(w) = self.forwarded.remove(&f.id) else {
+            return; // the caller gave up, or a duplicate
+        };
+        match forward::decode_result(&f) {
+            Err(RequestError::NotLeader { leader: hint, .. }) => {
+                // The leader moved: try again where the refusing node says
+                // it is (it may know before this replica does: it handed
+                // its leadership over), else where this replica thinks it
+                // is (bounded by `attempts`).
+                match hint {
+                    Some(l)
+                        if l != f.from
+                            && l != self.node
+                            && w.attempts < forward::FORWARD_ATTEMPTS_MAX =>
+                    {
+                        self.forward_to(f.group, l, w);
+                    }
+                    _ => {
+                        self.submit_attempt(f.group, w.op, true, w.reply, w.attempts);
+                    }
+                }
+            }
+            result => {
+                let _ = w.reply.send(result);
+            }
+        }
     }
 
     /// Forwarded requests received since the last call, with the receiver
@@ -1026,8 +1187,19 @@ impl Driver {
         if self.balance_every_ticks > 0 && self.ticks % self.balance_every_ticks == 0 {
             self.balance_leaders();
         }
+        for (group, w) in std::mem::take(&mut self.parked_rounds) {
+            if !w.reply.is_canceled() {
+                self.submit_attempt(group, w.op, true, w.reply, 0);
+            }
+        }
         if self.ticks % 64 == 0 {
             self.forwarded.retain(|_, w| !w.reply.is_canceled());
+            let groups = &self.groups;
+            self.watched.retain(|_, (group, index, _)| {
+                groups
+                    .get(group)
+                    .is_some_and(|g| g.applied_index() < *index)
+            });
             self.parked.retain(|(_, w)| !w.reply.is_canceled());
         }
         if self.ticks % LAZY_FLUSH_TICKS == 0 && !self.lazy_hard_states.is_empty() {
@@ -1348,6 +1520,9 @@ impl Driver {
                 .send(Err(RequestError::ShuttingDown { group: GroupId(0) }));
         }
         for (group, w) in self.parked.drain(..) {
+            let _ = w.reply.send(Err(RequestError::ShuttingDown { group }));
+        }
+        for (group, w) in self.parked_rounds.drain(..) {
             let _ = w.reply.send(Err(RequestError::ShuttingDown { group }));
         }
     }

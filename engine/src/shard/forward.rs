@@ -22,6 +22,9 @@
 //!  9       TooManyReads
 //!  10      Witness
 //!  11      ShuttingDown
+//!  12      accepted: not an outcome  term          index
+//!          (the leader appended the proposal at (index, term); its outcome
+//!          follows, or the origin's own replica learns it from its log)
 //!  255     any other error (payload = its text) → RequestError::Remote
 //! ```
 
@@ -148,6 +151,22 @@ pub(crate) fn encode_result(result: Result<Bytes, RequestError>, f: &mut wire::F
     f.payload = payload;
 }
 
+const STATUS_ACCEPTED: u8 = 12;
+
+/// Fills `f` as the "accepted" answer: the leader appended the forwarded
+/// proposal at (`index`, `term`).
+pub(crate) fn encode_accepted(index: u64, term: u64, f: &mut wire::Forward) {
+    f.status = STATUS_ACCEPTED;
+    f.node = term;
+    f.index = index;
+    f.payload = Bytes::new();
+}
+
+/// The (index, term) of an "accepted" answer; `None` for any other.
+pub(crate) fn decode_accepted(f: &wire::Forward) -> Option<(u64, u64)> {
+    (f.status == STATUS_ACCEPTED && f.index > 0).then_some((f.index, f.node))
+}
+
 /// The result an answer carries.
 pub(crate) fn decode_result(f: &wire::Forward) -> Result<Bytes, RequestError> {
     let group: GroupId = f.group;
@@ -198,6 +217,20 @@ mod tests {
             index: 0,
             payload: Bytes::new(),
         }
+    }
+
+    #[test]
+    fn accepted_answers_carry_index_and_term_and_are_no_outcome() {
+        let mut f = blank();
+        encode_accepted(41, 3, &mut f);
+        assert_eq!(decode_accepted(&f), Some((41, 3)));
+        encode_result(Ok(Bytes::from("x")), &mut f);
+        assert_eq!(decode_accepted(&f), None);
+        encode_result(
+            Err(RequestError::ShuttingDown { group: GroupId(4) }),
+            &mut f,
+        );
+        assert_eq!(decode_accepted(&f), None);
     }
 
     #[test]

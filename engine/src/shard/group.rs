@@ -69,6 +69,9 @@ pub(crate) struct GroupReplica {
     limits: ReplicaLimits,
     /// Ordered by index (proposals are appended in index order).
     proposals: VecDeque<PendingProposal>,
+    /// At most the lowest term among `proposals` (exact after each
+    /// [`GroupReplica::drop_unreachable`]).
+    proposals_min_term: Term,
     /// Reads waiting for Raft to confirm a read index, by context.
     reads_unconfirmed: BTreeMap<u64, Vec<PendingRead>>,
     /// Reads with a confirmed index, waiting for the state machine to apply it.
@@ -105,6 +108,7 @@ impl GroupReplica {
             rsm,
             limits,
             proposals: VecDeque::new(),
+            proposals_min_term: Term::MAX,
             reads_unconfirmed: BTreeMap::new(),
             reads_confirmed: BTreeMap::new(),
             reads_pending: 0,
@@ -129,7 +133,9 @@ impl GroupReplica {
 
     /// Proposes `cmd` (an encoded rsm envelope); `reply` gets the result once
     /// it is applied.
-    pub(crate) fn propose(&mut self, cmd: Bytes, reply: Reply<Bytes>) {
+    /// Proposes `cmd`; `reply` gets its result once applied. Returns the
+    /// entry's (index, term) when it was appended.
+    pub(crate) fn propose(&mut self, cmd: Bytes, reply: Reply<Bytes>) -> Option<(Index, Term)> {
         if self.proposals.len() >= self.limits.proposals_pending_max {
             let _ = reply.send(Err(RequestError::Rejected(
                 crate::raft::ProposeError::Busy {
@@ -137,22 +143,80 @@ impl GroupReplica {
                     uncommitted: self.proposals.len() as u64,
                 },
             )));
-            return;
+            return None;
         }
         match self.raft.propose(cmd) {
             Ok(index) => {
-                debug_assert!(self.proposals.back().is_none_or(|p| p.index < index));
-                self.proposals.push_back(PendingProposal {
+                let term = self.raft.term();
+                self.insert_proposal(PendingProposal {
                     index,
-                    term: self.raft.term(),
+                    term,
                     conf_change: false,
                     reply,
                 });
+                Some((index, term))
             }
             Err(e) => {
                 let _ = reply.send(Err(RequestError::from(e)));
+                None
             }
         }
+    }
+
+    /// Keeps the proposals sorted by index. A leader's own proposals come in
+    /// index order; a watched one (see [`GroupReplica::watch`]) may sit
+    /// past the end of a log a new leader rewrites.
+    fn insert_proposal(&mut self, p: PendingProposal) {
+        self.proposals_min_term = self.proposals_min_term.min(p.term);
+        if self.proposals.back().is_none_or(|b| b.index < p.index) {
+            self.proposals.push_back(p);
+        } else {
+            let at = self.proposals.partition_point(|q| q.index <= p.index);
+            self.proposals.insert(at, p);
+        }
+    }
+
+    /// Answers `reply` when this replica applies the entry at `index`: with
+    /// its result if that entry has `term` (another node's leader appended
+    /// it for a request this node forwarded), `Dropped` if another entry
+    /// took its place. Gives `reply` back if `index` is applied already.
+    pub(crate) fn watch(
+        &mut self,
+        index: Index,
+        term: Term,
+        reply: Reply<Bytes>,
+    ) -> Result<(), Reply<Bytes>> {
+        if index <= self.applied_index() {
+            return Err(reply);
+        }
+        self.insert_proposal(PendingProposal {
+            index,
+            term,
+            conf_change: false,
+            reply,
+        });
+        Ok(())
+    }
+
+    /// Answers the watched proposal at (`index`, `term`) with `result` (the
+    /// leader's answer came before this replica applied the entry); false
+    /// if it is no longer waiting.
+    pub(crate) fn complete_watched(
+        &mut self,
+        index: Index,
+        term: Term,
+        result: Result<Bytes, RequestError>,
+    ) -> bool {
+        let Some(at) = self
+            .proposals
+            .iter()
+            .position(|p| p.index == index && p.term == term && !p.conf_change)
+        else {
+            return false;
+        };
+        let p = self.proposals.remove(at).expect("position is in range");
+        let _ = p.reply.send(result);
+        true
     }
 
     /// Proposes a membership change; `reply` gets an empty result once the
@@ -165,8 +229,7 @@ impl GroupReplica {
         }
         match self.raft.propose_conf_change(cc) {
             Ok(index) => {
-                debug_assert!(self.proposals.back().is_none_or(|p| p.index < index));
-                self.proposals.push_back(PendingProposal {
+                self.insert_proposal(PendingProposal {
                     index,
                     term: self.raft.term(),
                     conf_change: true,
@@ -251,6 +314,17 @@ impl GroupReplica {
     pub(crate) fn install(&mut self, loaded: flotilla_rsm::LoadedSnapshot) -> Result<(), String> {
         let rsm = self.rsm.as_mut().ok_or("a witness has no state machine")?;
         rsm.install(loaded).map_err(|e| e.to_string())?;
+        // Entries the snapshot covers are never applied here one by one:
+        // whether a waiting proposal's entry is among them is unknown (its
+        // term is not kept), so it must not be reported `Dropped`.
+        let applied = self.applied_index();
+        while self.proposals.front().is_some_and(|p| p.index <= applied) {
+            let p = self.proposals.pop_front().expect("front exists");
+            let _ = p.reply.send(Err(RequestError::Indeterminate {
+                group: self.group,
+                index: p.index,
+            }));
+        }
         self.serve_reads();
         Ok(())
     }
@@ -382,8 +456,42 @@ impl GroupReplica {
         for e in committed {
             complete_proposals(self.group, &mut self.proposals, e.index, e.term, None);
         }
+        if self.proposals_min_term < last.term {
+            self.drop_unreachable(last.index, last.term);
+        }
         self.raft.applied_to(last.index);
         self.serve_reads();
+    }
+
+    /// With (`index`, `term`) applied, no entry of a lower term can ever be
+    /// committed past `index` (Log Matching: every later entry of a log that
+    /// holds (`index`, `term`) has a term of at least `term`), so waiting
+    /// proposals of lower terms past `index` are `Dropped` now. Without
+    /// this, a proposal of a leader that went away (watched here for the
+    /// node that forwarded it, or this replica's own as a deposed leader)
+    /// would wait for an index that nothing may ever reach again.
+    fn drop_unreachable(&mut self, index: Index, term: Term) {
+        let mut min_term = Term::MAX;
+        let mut kept = VecDeque::with_capacity(self.proposals.len());
+        for p in self.proposals.drain(..) {
+            if p.index > index && p.term < term {
+                tracing::debug!(
+                    group = self.group.0,
+                    index = p.index,
+                    term = p.term,
+                    "proposal of an earlier term cannot commit any more"
+                );
+                let _ = p.reply.send(Err(RequestError::Dropped {
+                    group: self.group,
+                    index: p.index,
+                }));
+            } else {
+                min_term = min_term.min(p.term);
+                kept.push_back(p);
+            }
+        }
+        self.proposals = kept;
+        self.proposals_min_term = min_term;
     }
 
     /// Fails every waiting request (the group is stopping).
@@ -615,6 +723,58 @@ mod tests {
         }
         drop(g);
         assert!(block_on(five).is_err(), "index 5 was still pending");
+    }
+
+    #[test]
+    fn a_watched_proposal_completes_from_the_local_log() {
+        let mut g = single_voter();
+        let applied = g.applied_index();
+        let term = g.raft.term();
+        // Applied already: the caller keeps waiting for the leader.
+        let (tx, _rx) = oneshot::channel();
+        assert!(g.watch(applied, term, tx).is_err());
+        // An entry appended for a request (as another node's leader would
+        // have), watched here at its (index, term).
+        let index = g.raft.propose(put("w", "1")).unwrap();
+        let (tx, rx) = oneshot::channel();
+        assert!(g.watch(index, term, tx).is_ok());
+        assert_eq!(g.pending().0, 1);
+        drive(&mut g);
+        assert!(block_on(rx).unwrap().is_ok(), "answered by the local apply");
+        // The leader's answer may come first.
+        let index = g.raft.propose(put("w", "2")).unwrap();
+        let (tx, rx) = oneshot::channel();
+        g.watch(index, term, tx).unwrap();
+        assert!(g.complete_watched(index, term, Ok(Bytes::from("r"))));
+        assert_eq!(block_on(rx).unwrap(), Ok(Bytes::from("r")));
+        assert!(!g.complete_watched(index, term, Ok(Bytes::new())));
+        drive(&mut g);
+    }
+
+    #[test]
+    fn proposals_of_an_earlier_term_past_an_applied_entry_of_a_later_one_are_dropped() {
+        let mut g = single_voter();
+        let applied = g.applied_index();
+        let term = g.raft.term();
+        let (tx_far, rx_far) = oneshot::channel();
+        let (tx_later, rx_later) = oneshot::channel();
+        // Watched at `term` far past the log, and one of a later term.
+        g.watch(applied + 5, term, tx_far).unwrap();
+        g.watch(applied + 6, term + 1, tx_later).unwrap();
+        // A leader of term + 1 committed an entry at applied + 1: no entry
+        // of `term` can commit past it any more.
+        g.drop_unreachable(applied + 1, term + 1);
+        assert_eq!(
+            block_on(rx_far).unwrap(),
+            Err(RequestError::Dropped {
+                group: GroupId(7),
+                index: applied + 5
+            })
+        );
+        assert_eq!(g.pending().0, 1, "the later term's proposal still waits");
+        assert_eq!(g.proposals_min_term, term + 1);
+        drop(g);
+        assert!(block_on(rx_later).is_err());
     }
 
     #[test]

@@ -421,6 +421,8 @@ pub(crate) async fn run(setup: ShardSetup) {
         .expect("raft task queue exists")
     };
 
+    /// Longest a stopping shard waits for its leaderships to move.
+    const HAND_OFF_WAIT: Duration = Duration::from_secs(2);
     let mut shutdown_reply = None;
     while let Ok(req) = mailbox.recv_async().await {
         match req {
@@ -530,6 +532,25 @@ pub(crate) async fn run(setup: ShardSetup) {
                 let _ = reply.send(());
             }
             ShardRequest::Shutdown { reply } => {
+                // Hand the groups led here to caught-up followers first, so
+                // that their clients (and requests other nodes forwarded
+                // here) carry on with a new leader instead of waiting out an
+                // election timeout or their deadlines.
+                let handed = driver.borrow_mut().hand_off_leadership();
+                if handed > 0 {
+                    kick.signal(1);
+                    let deadline = std::time::Instant::now() + HAND_OFF_WAIT;
+                    while driver.borrow().leads_any() && std::time::Instant::now() < deadline {
+                        glommio::timer::sleep(tick_interval).await;
+                    }
+                    debug!(
+                        node = node_id,
+                        shard,
+                        handed,
+                        still_leading = driver.borrow().leads_any(),
+                        "leadership handed off before shutdown"
+                    );
+                }
                 shutdown_reply = Some(reply);
                 break;
             }

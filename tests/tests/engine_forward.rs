@@ -1,0 +1,109 @@
+//! Forwarded proposals when the leader goes away: the node that forwarded
+//! them learns each one's outcome from its own replica's log (the leader
+//! tells it where it appended the entry), so its callers get a result or a
+//! safe-to-retry `Dropped`, never a lost answer, and nothing is applied
+//! twice.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flotilla::{GroupId, HostError, RequestError};
+use flotilla_rsm::{KvCommand, KvQuery, KvResult};
+use flotilla_tests::{retry, Cluster};
+use futures_lite::future::block_on;
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+/// Errors after which the increment certainly did not happen.
+fn safe_to_retry(e: &HostError) -> bool {
+    matches!(
+        e,
+        HostError::Request(
+            RequestError::NotLeader { .. }
+                | RequestError::Dropped { .. }
+                | RequestError::Rejected(_)
+        )
+    )
+}
+
+#[test]
+fn forwarded_increments_outlive_their_leader_stopping_and_apply_once() {
+    flotilla_tests::init_logs();
+    let mut c = Cluster::with(3, 1, |cfg| {
+        cfg.leader_balance_interval = Duration::ZERO;
+    });
+    c.start_all();
+    let groups = [GroupId(1)];
+    c.start_groups(&groups, &c.running());
+    let leader = c.wait_leader(groups[0], WITHIN);
+    let origin = c.running().into_iter().find(|n| *n != leader).unwrap();
+    let kv = c.kv(origin, &groups);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let unsafe_errors = Arc::new(Mutex::new(Vec::new()));
+    let cmd = KvCommand::Increment {
+        key: "n".into(),
+        delta: 1,
+    };
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (kv, stop, acked, unsafe_errors, cmd) = (
+                kv.clone(),
+                stop.clone(),
+                acked.clone(),
+                unsafe_errors.clone(),
+                cmd.clone(),
+            );
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match block_on(kv.execute(groups[0], &cmd)) {
+                        Ok(KvResult::Int(_)) => {
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(other) => unsafe_errors.lock().unwrap().push(format!("{other:?}")),
+                        Err(e) if safe_to_retry(&e) => {
+                            std::thread::park_timeout(Duration::from_millis(5));
+                        }
+                        Err(e) => unsafe_errors.lock().unwrap().push(format!("{e}")),
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::park_timeout(Duration::from_millis(400));
+    let before = acked.load(Ordering::Relaxed);
+    assert!(before > 0, "no increment went through the forwarding node");
+    // The leader stops with forwarded proposals in flight: it fails its own
+    // waiters, but the entries it appended may still commit.
+    c.stop(leader);
+    let new_leader = c.wait_leader(groups[0], WITHIN);
+    assert_ne!(new_leader, leader);
+    std::thread::park_timeout(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let errors = unsafe_errors.lock().unwrap().clone();
+    assert!(
+        errors.is_empty(),
+        "{} calls failed with an unknown outcome: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    let acked = acked.load(Ordering::Relaxed);
+    assert!(acked > before, "no increment after the leader stopped");
+    let reader = c.kv(new_leader, &groups);
+    let value = retry(WITHIN, "get n", || {
+        block_on(reader.query(groups[0], &KvQuery::Get { key: "n".into() }))
+    });
+    let KvResult::Value(Some(v)) = value else {
+        panic!("n is missing: {value:?}");
+    };
+    let n: u64 = std::str::from_utf8(&v).unwrap().parse().unwrap();
+    assert_eq!(
+        n, acked,
+        "every acknowledged increment applied exactly once (an increment told Dropped but applied would make n larger)"
+    );
+    c.shutdown();
+}
