@@ -140,6 +140,9 @@ impl KvStore {
     }
 
     /// Executes a typed write.
+    ///
+    /// Kept out of line: the string commands' paths stay small.
+    #[inline(never)]
     pub(crate) fn execute_typed(&mut self, cmd: &TypedCommand) -> KvResult {
         match self.try_execute_typed(cmd) {
             Ok(r) => r,
@@ -531,6 +534,9 @@ impl KvStore {
     }
 
     /// Answers a typed query.
+    ///
+    /// Kept out of line: the string commands' paths stay small.
+    #[inline(never)]
     pub(crate) fn read_typed(&self, q: &TypedQuery) -> KvResult {
         match self.try_read_typed(q) {
             Ok(r) => r,

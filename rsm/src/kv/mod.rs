@@ -351,6 +351,13 @@ impl KvStore {
     }
 }
 
+/// The encoded `WrongType` result (out of line: the GET lane stays small).
+#[cold]
+#[inline(never)]
+fn wrong_type_result() -> Bytes {
+    KvResult::Error(KvError::WrongType).encode()
+}
+
 /// Decimal text of `n`, without going through `fmt` (at most 20 bytes:
 /// stored inline, no allocation).
 fn format_i64(n: i64) -> Value {
@@ -450,7 +457,7 @@ impl StateMachine for KvStore {
         // value, one allocation: the result).
         if let Some(key) = command::get_in_place(query) {
             return Ok(match self.map.get(key) {
-                Some(v) if v.is_typed() => KvResult::Error(KvError::WrongType).encode(),
+                Some(v) if v.is_typed() => wrong_type_result(),
                 v => command::encode_value_result(v.map(|v| &v[..])),
             });
         }
