@@ -570,6 +570,10 @@ impl Driver {
                 *led.entry(l).or_default() += 1;
             }
         }
+        let mine = led.get(&self.node).copied().unwrap_or(0);
+        if led.values().all(|&n| n + 2 > mine) {
+            return; // balanced: the usual case, decided without a walk
+        }
         let mut moves = Vec::new();
         for (id, g) in &self.groups {
             if moves.len() >= BALANCE_MOVES_MAX {
