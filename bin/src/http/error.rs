@@ -170,6 +170,19 @@ impl From<KvError> for ApiError {
             KvError::ResultTooLarge => {
                 Self::new(StatusCode::BAD_REQUEST, "result_too_large", message)
             }
+            // The key holds a list, set, hash, sorted set or stream (made
+            // through the Redis protocol); the HTTP API reads strings.
+            KvError::WrongType => Self::new(StatusCode::CONFLICT, "wrong_type", message),
+            KvError::NotFloat
+            | KvError::ScoreNaN
+            | KvError::IndexOutOfRange
+            | KvError::NoSuchKey
+            | KvError::HashNotInteger
+            | KvError::StreamIdTooSmall
+            | KvError::StreamIdZero
+            | KvError::StreamIdExhausted => {
+                Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+            }
             _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
         }
     }

@@ -201,6 +201,12 @@ fn engine_errors_map_to_stable_codes_and_statuses() {
         (api.status, api.code),
         (StatusCode::PAYLOAD_TOO_LARGE, "value_too_large")
     );
+    let api = ApiError::from(flotilla_rsm::KvError::WrongType);
+    assert_eq!(
+        (api.status, api.code),
+        (StatusCode::CONFLICT, "wrong_type"),
+        "a GET of a list key is the client's mistake, not a 500"
+    );
 }
 
 // ------------------------------------------------------------ Prometheus
