@@ -252,6 +252,17 @@ const LAZY_FLUSH_TICKS: u64 = 50;
 /// WAL segments beyond which the groups pinning the oldest are snapshotted.
 const SEGMENTS_PINNED_MAX: u64 = 8;
 
+/// Voters of `g` other than `me` that a leadership may move to now: in
+/// `Replicate` state (answering appends).
+fn transfer_targets(
+    g: &GroupReplica,
+    me: NodeId,
+) -> impl Iterator<Item = (NodeId, raft::ProgressStats)> {
+    g.raft.progress().into_iter().filter(move |(n, p)| {
+        *n != me && p.kind == MemberKind::Voter && p.state == raft::ProgressState::Replicate
+    })
+}
+
 /// Most leadership transfers one shard starts per balancing round.
 const BALANCE_MOVES_MAX: usize = 2;
 
@@ -590,16 +601,8 @@ impl Driver {
                 continue;
             }
             let commit = g.raft.commit();
-            let target = g
-                .raft
-                .progress()
-                .into_iter()
-                .filter(|(n, p)| {
-                    *n != self.node
-                        && p.kind == MemberKind::Voter
-                        && p.state == raft::ProgressState::Replicate
-                        && p.match_index >= commit
-                })
+            let target = transfer_targets(g, self.node)
+                .filter(|(_, p)| p.match_index >= commit)
                 .map(|(n, _)| (led.get(&n).copied().unwrap_or(0), n))
                 .min();
             let Some((theirs, to)) = target else {
@@ -642,15 +645,7 @@ impl Driver {
             if !g.raft.is_leader() || g.raft.transferee().is_some() {
                 continue;
             }
-            let target = g
-                .raft
-                .progress()
-                .into_iter()
-                .filter(|(n, p)| {
-                    *n != self.node
-                        && p.kind == MemberKind::Voter
-                        && p.state == raft::ProgressState::Replicate
-                })
+            let target = transfer_targets(g, self.node)
                 .max_by_key(|(_, p)| p.match_index)
                 .map(|(n, _)| n);
             let Some(to) = target else {
