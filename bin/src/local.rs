@@ -5,6 +5,11 @@
 //! protocol on `127.0.0.1:<resp-port-base + i>` (6381, 6382, 6383 by
 //! default), HTTP on `127.0.0.1:<http-port-base + i>` (8081..8083) and raft on `127.0.0.1:<raft-port-base + 10 i>` (+ shard).
 //! Running it again with the same data directory resumes that cluster.
+//!
+//! Each data directory is its own cluster: a random cluster id, kept in
+//! `<data-dir>/cluster-id`, so that the nodes of two `flotilla local` runs
+//! never accept each other's connections (a node that dials an address the
+//! other run took over is refused at the handshake).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -113,9 +118,11 @@ fn node_config(args: &LocalArgs, i: u64) -> Result<NodeConfig, String> {
 pub fn run(args: LocalArgs) -> Result<(), String> {
     let signals = Signals::install()?;
     service::init_logging(args.log_format);
+    let cluster_id = cluster_id_of(&args.data_dir)?;
     let mut configs = Vec::new();
     for i in 1..=args.nodes {
-        let cfg = node_config(&args, i)?;
+        let mut cfg = node_config(&args, i)?;
+        cfg.cluster_id = cluster_id;
         cfg.validate().map_err(|e| format!("node {i}: {e}"))?;
         configs.push(cfg);
     }
@@ -158,6 +165,52 @@ pub fn run(args: LocalArgs) -> Result<(), String> {
     stop_all(nodes);
     println!("flotilla local: stopped");
     Ok(())
+}
+
+const CLUSTER_ID_FILE: &str = "cluster-id";
+
+/// The cluster id of the local cluster in `data_dir`: read from its
+/// `cluster-id` file; for a new directory a random one, written there; for
+/// data written before the file existed, 1 (the id it was created with).
+fn cluster_id_of(data_dir: &std::path::Path) -> Result<u64, String> {
+    let path = data_dir.join(CLUSTER_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            return match text.trim().parse::<u64>() {
+                Ok(id) if id != 0 => Ok(id),
+                _ => Err(format!(
+                    "{}: not a cluster id (a non-zero integer): {:?}",
+                    path.display(),
+                    text.trim()
+                )),
+            };
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    }
+    let id = if data_dir.join("node-1").exists() {
+        1
+    } else {
+        random_cluster_id()
+    };
+    std::fs::create_dir_all(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    let tmp = data_dir.join(format!("{CLUSTER_ID_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{id}\n"))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(id)
+}
+
+/// A non-zero id unlikely to be any other cluster's: std's per-process
+/// random hash keys, the clock and the process id.
+fn random_cluster_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    h.finish().max(2)
 }
 
 fn stop_all(nodes: Vec<RunningNode>) {
@@ -215,6 +268,28 @@ mod tests {
             cfg.shards, 1,
             "an explicit count wins (the engine then refuses it)"
         );
+    }
+
+    #[test]
+    fn each_data_directory_is_a_cluster_of_its_own() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let id_a = cluster_id_of(&a.path().join("new")).unwrap();
+        let id_b = cluster_id_of(b.path()).unwrap();
+        assert_ne!(id_a, id_b, "two new clusters share an id");
+        assert_ne!(id_a, 1, "1 is what every cluster used before");
+        assert_eq!(
+            cluster_id_of(&a.path().join("new")).unwrap(),
+            id_a,
+            "resumed"
+        );
+        // Data from before the file existed keeps the id it was made with.
+        let old = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(old.path().join("node-1/shard-0")).unwrap();
+        assert_eq!(cluster_id_of(old.path()).unwrap(), 1);
+        assert_eq!(cluster_id_of(old.path()).unwrap(), 1);
+        std::fs::write(b.path().join(CLUSTER_ID_FILE), "zero\n").unwrap();
+        let err = cluster_id_of(b.path()).unwrap_err();
+        assert!(err.contains("not a cluster id"), "{err}");
     }
 
     #[test]

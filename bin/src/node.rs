@@ -182,9 +182,8 @@ fn bind_waiting(
 
 /// Fails if something listens on `addr` after waiting up to `wait` for it
 /// to go away. A plain bind also fails on connections of an earlier run
-/// left in TIME_WAIT (glommio's listener set SO_REUSEPORT and not
-/// SO_REUSEADDR, so they block a plain bind but not the engine's): then a
-/// connect tells whether anyone really listens.
+/// left in TIME_WAIT (the transport binds with SO_REUSEADDR, so they do not
+/// block it): then a connect tells whether anyone really listens.
 fn probe_raft_port_waiting(addr: SocketAddr, wait: Duration) -> Result<(), StartError> {
     while_in_use("raft", addr, wait, || match StdListener::bind(addr) {
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
@@ -209,9 +208,10 @@ pub fn start(cfg: &NodeConfig) -> Result<RunningNode, StartError> {
         .member_list()
         .map_err(|e| StartError::Config(e.to_string()))?;
     check_data_dir(&cfg.data_dir)?;
-    // Client listener first (kept), raft ports probed: glommio binds with
-    // SO_REUSEPORT, which would silently share a port another process of
-    // this user holds; a plain bind fails with "address in use" instead.
+    // Client listeners first (kept), raft ports probed: the shards bind
+    // those themselves (exclusively, see the transport), and waiting here
+    // for a port still held by an earlier run fails with one clear error
+    // before any executor starts.
     let port_wait = Duration::from_millis(cfg.port_wait_ms);
     let resp_listener = bind_waiting("redis (resp)", cfg.resp_addr, port_wait)?;
     let resp_addr = resp_listener

@@ -500,6 +500,47 @@ fn stale_leader_after_partition() {
     assert!(applied.contains(&Bytes::from("y")));
 }
 
+/// A peer acknowledging entries the leader never had speaks for another
+/// log (in CI: a node of another `flotilla local` that took over a port
+/// this cluster dialed). The leader refuses that answer instead of moving
+/// the peer's next index past its own log, which then tried to send a
+/// snapshot that did not exist and panicked; replication goes on.
+#[test]
+fn an_acknowledgement_past_the_leaders_log_is_refused() {
+    let mut c = Cluster::new(&[1, 2, 3], &default());
+    c.campaign(1);
+    assert!(c.node(1).is_leader());
+    c.propose(1, "a").unwrap();
+    c.stabilize();
+    let (term, last) = (c.node(1).term(), c.node(1).last_index());
+    let mut m = Message::new(
+        GroupId(1),
+        MessageType::AppendResponse,
+        NodeId(2),
+        NodeId(1),
+        term,
+    );
+    m.index = last + 100;
+    let err = c.node(1).step(m).unwrap_err();
+    c.say(format!("leader refuses: {err}"));
+    assert_eq!(
+        err,
+        StepError::AckPastLog {
+            from: NodeId(2),
+            index: last + 100,
+            last
+        }
+    );
+    assert_eq!(c.node(1).stats().messages_rejected_impossible, 1);
+    let i = c.propose(1, "b").unwrap();
+    c.tick_all(3);
+    c.status();
+    for id in [1, 2, 3] {
+        assert!(c.node(id).commit() >= i, "node {id} commits {i}");
+        assert_eq!(c.log_terms(id), c.log_terms(1), "node {id}'s log");
+    }
+}
+
 fn rejoin(pre_vote: bool) -> (Term, Term, u64) {
     let t = move |c: &mut Config| c.pre_vote = pre_vote;
     let mut c = Cluster::new(&[1, 2, 3], &t);

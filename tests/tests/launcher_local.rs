@@ -14,7 +14,12 @@ use redis::Commands;
 
 /// Port bases such that every port `flotilla local` will bind is free now.
 fn free_bases() -> (u16, u16, u16) {
-    let mut seed = u64::from(std::process::id()) * 7919 + 17;
+    // Tests of this file run in parallel threads of one process: each call
+    // starts from its own seed, or two tests pick the same ports (both probe
+    // before either binds) and their clusters dial each other.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut seed = u64::from(std::process::id()) * 7919 + 17 + call * 0x9E37_79B9;
     wait_for("a free block of ports", Duration::from_secs(10), || {
         seed = seed
             .wrapping_mul(6364136223846793005)

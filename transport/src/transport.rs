@@ -153,6 +153,26 @@ struct InboundQueue {
     space: Notify,
 }
 
+/// Binds a listener on `addr` that no other socket shares.
+///
+/// glommio's `TcpListener::bind` sets SO_REUSEPORT, so a second process
+/// binding the same address succeeds and the kernel spreads the incoming
+/// connections over both: peers of one cluster then talk to the nodes of
+/// another (same cluster id and node ids, different logs), which a raft
+/// group cannot survive. SO_REUSEADDR alone still lets a restarted node
+/// bind over connections of its previous run left in TIME_WAIT.
+fn bind_exclusive(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::os::unix::io::{FromRawFd, IntoRawFd};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    // SAFETY: the descriptor is a bound, listening TCP socket whose
+    // ownership moves to the glommio listener.
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
 impl Transport {
     /// Binds this shard's listener and starts its accept loop.
     ///
@@ -169,10 +189,8 @@ impl Transport {
                 .resolve(config.local)
                 .ok_or(TransportError::NoListenAddress(config.local))?,
         };
-        let listener = TcpListener::bind(addr).map_err(|e| TransportError::Bind {
-            addr,
-            source: e.into(),
-        })?;
+        let listener =
+            bind_exclusive(addr).map_err(|source| TransportError::Bind { addr, source })?;
         let local_addr = listener.local_addr().map_err(|e| TransportError::Bind {
             addr,
             source: e.into(),

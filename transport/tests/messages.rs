@@ -234,6 +234,32 @@ fn reconnects_after_the_peer_restarts() {
     });
 }
 
+/// A second transport on an address another one listens on fails to bind
+/// instead of sharing the port (glommio's own bind sets SO_REUSEPORT: the
+/// kernel then spread the peers' connections over both listeners, so two
+/// clusters on one host exchanged raft messages).
+#[test]
+fn a_second_listener_on_a_bound_address_is_refused() {
+    run("exclusive_bind", Duration::from_secs(30), || async {
+        let reg = Registry::new();
+        let a = start(config(1, 0), &reg);
+        let mut cb = config(2, 0);
+        cb.listen_addr = Some(a.local_addr());
+        match Transport::new(cb, reg.clone()) {
+            Err(flotilla_transport::TransportError::Bind { addr, source }) => {
+                assert_eq!(addr, a.local_addr());
+                assert_eq!(source.kind(), std::io::ErrorKind::AddrInUse, "{source}");
+            }
+            Err(e) => panic!("expected a bind error, got {e}"),
+            Ok(b) => {
+                b.shutdown().await;
+                panic!("a second transport bound {}", a.local_addr());
+            }
+        }
+        a.shutdown().await;
+    });
+}
+
 #[test]
 fn registry_update_redirects_traffic_to_the_new_address() {
     run("readdress", Duration::from_secs(30), || async {

@@ -185,6 +185,16 @@ pub enum StepError {
     WrongGroup { expected: GroupId, got: GroupId },
     #[error("message for {got} delivered to {expected}")]
     WrongRecipient { expected: NodeId, got: NodeId },
+    /// A follower acknowledged entries this leader never had: the message
+    /// comes from another log than this group's (a node of another cluster
+    /// reached through a reused address, or a bug). Acting on it would
+    /// replicate from past the end of the log.
+    #[error("{from} acknowledged index {index} past this leader's last index {last}")]
+    AckPastLog {
+        from: NodeId,
+        index: Index,
+        last: Index,
+    },
 }
 
 /// Errors of [`Raft::restart`] and [`Raft::compact`]: the supplied state is inconsistent.
@@ -306,6 +316,8 @@ struct PendingRead {
 pub struct RaftStats {
     pub elections_started: u64,
     pub messages_rejected_wrong_group: u64,
+    /// Messages that cannot come from this group's log ([`StepError::AckPastLog`]).
+    pub messages_rejected_impossible: u64,
     pub lease_reads: u64,
     pub quorum_reads: u64,
     pub fetches_requested: u64,
@@ -860,6 +872,18 @@ impl Raft {
                 _ => {}
             }
             return Ok(());
+        }
+        if self.role == Role::Leader
+            && m.kind == MessageType::AppendResponse
+            && !m.reject
+            && m.index > self.log.last_index
+        {
+            self.stats.messages_rejected_impossible += 1;
+            return Err(StepError::AckPastLog {
+                from: m.from,
+                index: m.index,
+                last: self.log.last_index,
+            });
         }
         match m.kind {
             MessageType::RequestVote | MessageType::RequestPreVote => self.handle_vote_request(m),

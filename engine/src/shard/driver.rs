@@ -37,7 +37,7 @@ use crate::api::{MembershipInfo, ReadConsistency};
 use crate::error::RequestError;
 use crate::raft::{
     self, Entry, EntryKind, GroupId, HardState, Member, MemberKind, Membership, Message, NodeId,
-    Raft, Role,
+    Raft, Role, StepError,
 };
 use crate::wire;
 
@@ -1239,8 +1239,16 @@ impl Driver {
             let group = msg.group;
             match self.groups.get_mut(&group) {
                 Some(g) => {
-                    if let Err(e) = g.raft.step(msg) {
-                        debug!(group = group.0, error = %e, "message refused");
+                    match g.raft.step(msg) {
+                        Ok(()) => {}
+                        Err(e @ StepError::AckPastLog { .. }) => {
+                            // Warned at powers of two: a foreign peer sends many.
+                            let n = g.raft.stats().messages_rejected_impossible;
+                            if n.is_power_of_two() {
+                                warn!(group = group.0, from = batch.from.node.0, error = %e, refused = n, "impossible message refused");
+                            }
+                        }
+                        Err(e) => debug!(group = group.0, error = %e, "message refused"),
                     }
                     self.dirty.insert(group);
                 }
