@@ -11,6 +11,7 @@ const TAG_NOOP: u8 = 0x01;
 const TAG_SESSION: u8 = 0x02;
 const TAG_REGISTER: u8 = 0x03;
 const TAG_UNREGISTER: u8 = 0x04;
+const TAG_TAGGED: u8 = 0x05;
 
 /// Bytes an envelope adds in front of a session command.
 pub const SESSION_HEADER_BYTES: usize = 1 + 8 + 8 + 8;
@@ -43,6 +44,16 @@ pub enum Envelope {
         /// The state-machine command.
         payload: Bytes,
     },
+    /// A command without exactly-once protection, marked by the node that
+    /// forwarded it to the leader: applied exactly like [`Envelope::NoOp`];
+    /// the mark lets that node recognise the entry in its own replica's log
+    /// when the leader failed before saying where it put it.
+    Tagged {
+        /// Unique among the forwarding node's requests in flight.
+        tag: u64,
+        /// The state-machine command.
+        payload: Bytes,
+    },
     /// Open a session for `client_id`.
     Register {
         /// The client id (non-zero, chosen randomly by the client).
@@ -63,6 +74,7 @@ impl Envelope {
     /// Session     | 0x02 | client_id u64 | series_id u64 | responded_to u64 | payload ... |
     /// Register    | 0x03 | client_id u64 |
     /// Unregister  | 0x04 | client_id u64 |
+    /// Tagged      | 0x05 | tag u64 | payload ...                                    |
     /// ```
     /// Integers are little-endian; the payload runs to the end of the entry.
     ///
@@ -85,6 +97,7 @@ impl Envelope {
             Envelope::NoOp { payload } => 1 + payload.len(),
             Envelope::Session { payload, .. } => SESSION_HEADER_BYTES + payload.len(),
             Envelope::Register { .. } | Envelope::Unregister { .. } => 9,
+            Envelope::Tagged { payload, .. } => 9 + payload.len(),
         }
     }
 
@@ -108,6 +121,11 @@ impl Envelope {
                 out.put_u64_le(*responded_to);
                 out.put_slice(payload);
             }
+            Envelope::Tagged { tag, payload } => {
+                out.put_u8(TAG_TAGGED);
+                out.put_u64_le(*tag);
+                out.put_slice(payload);
+            }
             Envelope::Register { client_id } => {
                 out.put_u8(TAG_REGISTER);
                 out.put_u64_le(*client_id);
@@ -129,6 +147,10 @@ impl Envelope {
         let tag = r.u8()?;
         let env = match tag {
             TAG_NOOP => Envelope::NoOp {
+                payload: r.into_rest(),
+            },
+            TAG_TAGGED => Envelope::Tagged {
+                tag: r.u64()?,
                 payload: r.into_rest(),
             },
             TAG_SESSION => {
@@ -185,6 +207,31 @@ pub fn encode_noop(payload: &[u8]) -> Bytes {
     out.put_u8(TAG_NOOP);
     out.put_slice(payload);
     out.freeze()
+}
+
+/// `entry` (an encoded envelope) marked with `tag`: a [`Envelope::NoOp`]
+/// becomes a [`Envelope::Tagged`] with the same payload; any other envelope
+/// (a session's commands are exactly-once already) gives `None`.
+pub fn tag_noop(entry: &[u8], tag: u64) -> Option<Bytes> {
+    let (&kind, payload) = entry.split_first()?;
+    if kind != TAG_NOOP {
+        return None;
+    }
+    let mut out = BytesMut::with_capacity(9 + payload.len());
+    out.put_u8(TAG_TAGGED);
+    out.put_u64_le(tag);
+    out.put_slice(payload);
+    Some(out.freeze())
+}
+
+/// The tag of an encoded [`Envelope::Tagged`], without decoding the rest.
+pub fn tag_of(entry: &[u8]) -> Option<u64> {
+    match entry {
+        [TAG_TAGGED, tag @ ..] if tag.len() >= 8 => {
+            Some(u64::from_le_bytes(tag[..8].try_into().expect("8 bytes")))
+        }
+        _ => None,
+    }
 }
 
 /// The client side of an exactly-once session (dragonboat's `client.Session`).
@@ -302,6 +349,36 @@ mod tests {
             &Envelope::Unregister { client_id: 3 }.encode()[..],
             &[0x04, 3, 0, 0, 0, 0, 0, 0, 0]
         );
+    }
+
+    #[test]
+    fn a_tagged_noop_keeps_its_payload_and_tells_its_tag() {
+        let noop = encode_noop(b"cmd");
+        let tagged = tag_noop(&noop, 0x0102_0304_0506_0708).unwrap();
+        assert_eq!(tagged[0], 0x05);
+        assert_eq!(&tagged[1..9], &0x0102_0304_0506_0708u64.to_le_bytes());
+        assert_eq!(tag_of(&tagged), Some(0x0102_0304_0506_0708));
+        assert_eq!(
+            Envelope::decode(tagged.clone()).unwrap(),
+            Envelope::Tagged {
+                tag: 0x0102_0304_0506_0708,
+                payload: Bytes::from_static(b"cmd")
+            }
+        );
+        assert_eq!(
+            Envelope::decode(tagged.clone()).unwrap().encode(),
+            tagged,
+            "round trip"
+        );
+        assert_eq!(tag_of(&noop), None);
+        assert_eq!(tag_of(&tagged[..8]), None, "short tag");
+        let register = Envelope::Register { client_id: 4 }.encode();
+        assert_eq!(tag_noop(&register, 1), None, "only no-session commands");
+        assert_eq!(tag_noop(&[], 1), None);
+        assert!(matches!(
+            Envelope::decode(Bytes::copy_from_slice(&tagged[..5])),
+            Err(DecodeError::Truncated { .. })
+        ));
     }
 
     #[test]

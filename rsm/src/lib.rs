@@ -71,7 +71,7 @@ mod session;
 pub mod snapshot;
 mod state_machine;
 
-pub use envelope::{encode_noop, ClientSession, Envelope, SESSION_HEADER_BYTES};
+pub use envelope::{encode_noop, tag_noop, tag_of, ClientSession, Envelope, SESSION_HEADER_BYTES};
 pub use error::{ApplyError, DecodeError, QueryError, SnapshotError};
 pub use kv::{
     KvCommand, KvError, KvQuery, KvResult, KvStore, PutCondition, TypedCommand, TypedQuery, XAddId,

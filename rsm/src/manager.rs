@@ -2,7 +2,7 @@
 //! applied index — what the engine drives with committed entries.
 //!
 //! ```text
-//!  committed (index, payload) ──► Envelope::decode ──┬─ NoOp ───────────────┐
+//!  committed (index, payload) ──► Envelope::decode ──┬─ NoOp / Tagged ──────┐
 //!                                                    ├─ Session ─► dedup ───┤ run of commands
 //!                                                    │   (cached result ◄── │  to apply)
 //!                                                    └─ Register/Unregister │
@@ -185,7 +185,9 @@ impl Rsm {
                     tracing::debug!(index, error = %e, "malformed command envelope");
                     self.reject(&mut out[slot], ApplyError::BadEnvelope(e));
                 }
-                Ok(Envelope::NoOp { payload }) => self.push_run(index, payload, slot, None),
+                Ok(Envelope::NoOp { payload } | Envelope::Tagged { payload, .. }) => {
+                    self.push_run(index, payload, slot, None)
+                }
                 Ok(Envelope::Register { client_id }) => {
                     self.flush(out);
                     if let Err(e) = self.sessions.register(client_id, index) {

@@ -57,6 +57,7 @@ fn valid_envelopes() -> Vec<Bytes> {
     vec![
         c.propose(&KvCommand::put("k", "value").encode()),
         encode_noop(&KvCommand::put("k", "value").encode()),
+        flotilla_rsm::tag_noop(&encode_noop(&KvCommand::put("k", "value").encode()), 7).unwrap(),
         Envelope::Register { client_id: 9 }.encode(),
         Envelope::Unregister { client_id: 1 }.encode(),
     ]

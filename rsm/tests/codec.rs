@@ -97,6 +97,7 @@ fn result() -> impl Strategy<Value = KvResult> {
 fn envelope() -> impl Strategy<Value = Envelope> {
     prop_oneof![
         bytes().prop_map(|payload| Envelope::NoOp { payload }),
+        (any::<u64>(), bytes()).prop_map(|(tag, payload)| Envelope::Tagged { tag, payload }),
         (1u64.., 1u64.., any::<u64>(), bytes()).prop_map(
             |(client_id, series_id, responded_to, payload)| {
                 Envelope::Session {

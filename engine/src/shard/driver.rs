@@ -149,6 +149,12 @@ pub(crate) struct Driver {
     /// nodes disagree on the leader while it moves): retried each tick.
     parked_rounds: Vec<(GroupId, Waiting)>,
     forward_id_next: u64,
+    /// Forwarded proposals that carry a tag (`tag_base ^ id`), by request
+    /// id: the group watching for it (see `GroupReplica::want_tag`).
+    forward_tags: std::collections::HashMap<u64, GroupId>,
+    /// Random per shard run, so that tags of different nodes (and runs)
+    /// do not meet in one group's log.
+    tag_base: u64,
     /// Forwarded requests received, to run here (the shard's inbound task
     /// spawns one answering task each).
     remote_requests: Vec<(
@@ -358,6 +364,14 @@ impl Driver {
             parked: Vec::new(),
             parked_rounds: Vec::new(),
             forward_id_next: 1,
+            forward_tags: std::collections::HashMap::new(),
+            tag_base: {
+                use std::hash::{BuildHasher, Hasher};
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_u64(node.0);
+                h.write_u64(boot_nanos);
+                h.finish()
+            },
             remote_requests: Vec::new(),
         }
     }
@@ -525,6 +539,8 @@ impl Driver {
         let g = self.groups.get_mut(&group).ok_or("group stopped")?;
         if let Some(loaded) = loaded {
             g.install(loaded)?;
+            let settled = g.take_settled_tags();
+            self.settle_tags(settled);
         }
         self.last_snapshot
             .insert(group, SnapshotPace::at(index, bytes));
@@ -948,6 +964,20 @@ impl Driver {
             payload: Bytes::new(),
         };
         waiting.op.encode_into(&mut f);
+        if let (ClientOp::Propose(cmd), Some(g)) = (&waiting.op, self.groups.get_mut(&group)) {
+            // Tagged, with the leader's term, so that this replica can tell
+            // the request's fate from its own log if the leader fails
+            // before answering (see `GroupReplica::want_tag`).
+            let tag = self.tag_base ^ id;
+            let term = g.raft.term();
+            if let Some(tagged) = flotilla_rsm::tag_noop(cmd, tag) {
+                if g.want_tag(tag, term) {
+                    f.payload = tagged;
+                    f.index = term;
+                    self.forward_tags.insert(id, group);
+                }
+            }
+        }
         self.send_forward(&f);
         self.forwarded.insert(
             id,
@@ -966,6 +996,28 @@ impl Driver {
         }
     }
 
+    /// The request forwarded as `id`, no longer waiting for its tag.
+    fn take_forwarded(&mut self, id: u64) -> Option<Waiting> {
+        if let Some(group) = self.forward_tags.remove(&id) {
+            if let Some(g) = self.groups.get_mut(&group) {
+                g.unwant_tag(self.tag_base ^ id);
+            }
+        }
+        self.forwarded.remove(&id)
+    }
+
+    /// Answers the forwarded requests whose tagged entry `group`'s replica
+    /// found (or ruled out) while applying.
+    fn settle_tags(&mut self, settled: Vec<(u64, Result<Bytes, RequestError>)>) {
+        for (tag, result) in settled {
+            let id = tag ^ self.tag_base;
+            self.forward_tags.remove(&id);
+            if let Some(w) = self.forwarded.remove(&id) {
+                let _ = w.reply.send(result);
+            }
+        }
+    }
+
     /// A forwarded request or answer arrived.
     fn on_forward(&mut self, f: wire::Forward) {
         if f.reply {
@@ -973,6 +1025,23 @@ impl Driver {
             return;
         }
         let (tx, rx) = futures_channel::oneshot::channel();
+        let stale_term = f.op == forward::OP_PROPOSE
+            && f.index != 0
+            && self
+                .groups
+                .get(&f.group)
+                .is_some_and(|g| g.raft.term() != f.index);
+        if stale_term {
+            // Sent for a leadership of another term: appending it now
+            // would put it where the origin does not look for it.
+            let leader = self.groups.get(&f.group).and_then(|g| g.raft.leader());
+            let _ = tx.send(Err(RequestError::NotLeader {
+                group: f.group,
+                leader,
+            }));
+            self.remote_requests.push((f, rx));
+            return;
+        }
         match ClientOp::decode(&f) {
             Some(op) => {
                 let appended =
@@ -1009,7 +1078,7 @@ impl Driver {
             // The leader appended it at (index, term): from now on this
             // replica's own apply of that index decides (see
             // `GroupReplica::watch`), whatever becomes of that leader.
-            let Some(w) = self.forwarded.remove(&f.id) else {
+            let Some(w) = self.take_forwarded(f.id) else {
                 return;
             };
             let watched = match (&w.op, self.groups.get_mut(&f.group)) {
@@ -1048,7 +1117,7 @@ impl Driver {
             }
             return;
         }
-        let Some(w) = self.forwarded.remove(&f.id) else {
+        let Some(w) = self.take_forwarded(f.id) else {
             return; // the caller gave up, or a duplicate
         };
         match forward::decode_result(&f) {
@@ -1192,7 +1261,15 @@ impl Driver {
             }
         }
         if self.ticks % 64 == 0 {
-            self.forwarded.retain(|_, w| !w.reply.is_canceled());
+            let canceled: Vec<u64> = self
+                .forwarded
+                .iter()
+                .filter(|(_, w)| w.reply.is_canceled())
+                .map(|(&id, _)| id)
+                .collect();
+            for id in canceled {
+                self.take_forwarded(id);
+            }
             let groups = &self.groups;
             self.watched.retain(|_, (group, index, _)| {
                 groups
@@ -1456,6 +1533,13 @@ impl Driver {
         }
         g.on_read_states(&p.read_states, &p.dropped_reads);
         g.apply(&p.committed);
+        let settled = g.take_settled_tags();
+        if !settled.is_empty() {
+            self.settle_tags(settled);
+        }
+        let Some(g) = self.groups.get_mut(&p.group) else {
+            return Vec::new();
+        };
         if self.snapshot_entries > 0 && !p.committed.is_empty() {
             let pace = self.last_snapshot.entry(p.group).or_default();
             pace.log_bytes += p.committed.iter().map(|e| e.data.len() as u64).sum::<u64>();
@@ -1521,6 +1605,7 @@ impl Driver {
         for g in self.groups.values_mut() {
             g.fail_all();
         }
+        self.forward_tags.clear();
         for (_, w) in self.forwarded.drain() {
             let _ = w
                 .reply

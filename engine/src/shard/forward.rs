@@ -27,6 +27,16 @@
 //!          follows, or the origin's own replica learns it from its log)
 //!  255     any other error (payload = its text) → RequestError::Remote
 //! ```
+//!
+//! A forwarded proposal carries its command as a tagged envelope
+//! (`flotilla_rsm::Envelope::Tagged`) and, in the request's `index` field,
+//! the term of the leader it is meant for; a leader of any other term
+//! refuses it (`NotLeader`). So if the leader fails before its "accepted"
+//! answer arrives, the entry can only be in the log at that term, and the
+//! origin's own replica settles it (`GroupReplica::want_tag`): the entry's
+//! result when it applies, `Dropped` (never applied: safe to retry) once an
+//! entry of a later term applies without it. Every node of a cluster must
+//! run a version that knows the tag (older ones fail to apply it).
 
 use bytes::Bytes;
 
@@ -52,7 +62,7 @@ pub(crate) enum ClientOp {
     Read(Bytes, crate::api::ReadConsistency),
 }
 
-const OP_PROPOSE: u8 = 0;
+pub(crate) const OP_PROPOSE: u8 = 0;
 const OP_CONF_CHANGE: u8 = 1;
 const OP_TRANSFER: u8 = 2;
 

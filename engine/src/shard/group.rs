@@ -16,7 +16,7 @@
 //! once the state machine has applied the read index Raft confirmed for it.
 //! This module does no I/O: the shard persists, sends and loads.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use bytes::Bytes;
 use flotilla_rsm::{Applied, Rsm};
@@ -97,6 +97,12 @@ pub(crate) struct GroupReplica {
     /// Index of the last entry handed to the WAL (0: none yet); a Ready
     /// whose entries start at or below it overwrites the log from there.
     last_emitted_index: Index,
+    /// Requests this node forwarded to the leader whose entry it has not
+    /// been told of: tag → the leader's term (the only term the leader may
+    /// append them in). See [`GroupReplica::want_tag`].
+    tags_wanted: HashMap<u64, Term>,
+    /// Outcomes of wanted tags found while applying, for the driver.
+    tags_settled: Vec<(u64, Result<Bytes, RequestError>)>,
 }
 
 impl GroupReplica {
@@ -120,7 +126,34 @@ impl GroupReplica {
             applies_in_flight: 0,
             written_term_vote: None,
             last_emitted_index: 0,
+            tags_wanted: HashMap::new(),
+            tags_settled: Vec::new(),
         }
+    }
+
+    /// Watches this replica's applies for the entry of a forwarded request
+    /// tagged `tag` (see `flotilla_rsm::Envelope::Tagged`) that a leader of
+    /// `term` may append (the leader refuses it in any other term). Settled
+    /// with the entry's result when it applies here; `Dropped` once an entry
+    /// of a later term applies without it (Log Matching: a committed entry
+    /// of `term` can only sit below it); `Indeterminate` if a snapshot
+    /// covers what it could be in. False on a witness (it applies nothing).
+    pub(crate) fn want_tag(&mut self, tag: u64, term: Term) -> bool {
+        if self.rsm.is_none() {
+            return false;
+        }
+        self.tags_wanted.insert(tag, term);
+        true
+    }
+
+    /// Stops watching for `tag` (the leader answered, or refused it).
+    pub(crate) fn unwant_tag(&mut self, tag: u64) {
+        self.tags_wanted.remove(&tag);
+    }
+
+    /// The wanted tags settled since the last call.
+    pub(crate) fn take_settled_tags(&mut self) -> Vec<(u64, Result<Bytes, RequestError>)> {
+        std::mem::take(&mut self.tags_settled)
     }
 
     /// The state machine's applied index (the Raft applied index on a witness).
@@ -325,6 +358,16 @@ impl GroupReplica {
                 index: p.index,
             }));
         }
+        // Likewise for forwarded requests whose entry may be in it.
+        for (tag, _) in self.tags_wanted.drain() {
+            self.tags_settled.push((
+                tag,
+                Err(RequestError::Indeterminate {
+                    group: self.group,
+                    index: applied,
+                }),
+            ));
+        }
         self.serve_reads();
         Ok(())
     }
@@ -440,6 +483,20 @@ impl GroupReplica {
                     .zip(self.applied_scratch.drain(..))
                 {
                     debug_assert_eq!(entry.index, applied.index);
+                    if !self.tags_wanted.is_empty() {
+                        if let Some(tag) = flotilla_rsm::tag_of(&entry.data) {
+                            if self.tags_wanted.remove(&tag).is_some() {
+                                let result = match &applied.result {
+                                    Ok(bytes) => Ok(bytes.clone()),
+                                    Err(error) => Err(RequestError::Apply {
+                                        group: self.group,
+                                        error: error.clone(),
+                                    }),
+                                };
+                                self.tags_settled.push((tag, result));
+                            }
+                        }
+                    }
                     complete_proposals(
                         self.group,
                         &mut self.proposals,
@@ -458,6 +515,28 @@ impl GroupReplica {
         }
         if self.proposals_min_term < last.term {
             self.drop_unreachable(last.index, last.term);
+        }
+        if !self.tags_wanted.is_empty() {
+            let (group, settled) = (self.group, &mut self.tags_settled);
+            self.tags_wanted.retain(|&tag, &mut term| {
+                if term >= last.term {
+                    return true;
+                }
+                tracing::debug!(
+                    group = group.0,
+                    tag,
+                    term,
+                    "forwarded request was not appended"
+                );
+                settled.push((
+                    tag,
+                    Err(RequestError::Dropped {
+                        group,
+                        index: last.index,
+                    }),
+                ));
+                false
+            });
         }
         self.raft.applied_to(last.index);
         self.serve_reads();
@@ -749,6 +828,65 @@ mod tests {
         assert_eq!(block_on(rx).unwrap(), Ok(Bytes::from("r")));
         assert!(!g.complete_watched(index, term, Ok(Bytes::new())));
         drive(&mut g);
+    }
+
+    #[test]
+    fn a_wanted_tag_settles_with_its_entrys_result_or_as_dropped_past_its_term() {
+        let mut g = single_voter();
+        let term = g.raft.term();
+        assert!(term >= 1);
+        // The leader of `term` appended the tagged request: its result.
+        assert!(g.want_tag(11, term));
+        let tagged = flotilla_rsm::tag_noop(&put("t", "1"), 11).unwrap();
+        g.raft.propose(tagged).unwrap();
+        // A tag nobody appended, wanted from a leader of an earlier term:
+        // this entry of `term` applying without it rules it out.
+        assert!(g.want_tag(12, term - 1));
+        // One of this term not seen yet keeps waiting.
+        assert!(g.want_tag(13, term));
+        drive(&mut g);
+        let mut settled = g.take_settled_tags();
+        settled.sort_by_key(|(tag, _)| *tag);
+        assert_eq!(settled.len(), 2, "{settled:?}");
+        assert_eq!(settled[0].0, 11);
+        let result = settled[0].1.clone().expect("applied");
+        let (tx, rx) = oneshot::channel();
+        g.propose(put("t", "1"), tx);
+        drive(&mut g);
+        assert_eq!(
+            Ok(result),
+            block_on(rx).unwrap(),
+            "the result of the same command untagged"
+        );
+        assert!(
+            matches!(
+                settled[1],
+                (
+                    12,
+                    Err(RequestError::Dropped {
+                        group: GroupId(7),
+                        ..
+                    })
+                )
+            ),
+            "{settled:?}"
+        );
+        assert!(g.take_settled_tags().is_empty());
+        assert_eq!(g.tags_wanted.len(), 1, "13 still waits");
+        g.unwant_tag(13);
+        assert!(g.tags_wanted.is_empty());
+        // The tagged entry read back applies like the untagged command.
+        let read = g
+            .read_stale(&KvQuery::Get { key: "t".into() }.encode())
+            .unwrap();
+        assert_eq!(
+            KvResult::decode(&read).unwrap(),
+            KvResult::Value(Some(Bytes::from("1")))
+        );
+        // A witness applies nothing: it cannot tell, so it does not watch.
+        let raft = Raft::new(Config::new(NodeId(1), GroupId(8)), Membership::voters(&[1]));
+        let mut w = GroupReplica::new(raft, None, ReplicaLimits::default());
+        assert!(!w.want_tag(1, 1));
     }
 
     #[test]

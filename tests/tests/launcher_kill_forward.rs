@@ -1,0 +1,126 @@
+//! kill -9 of a leader while other nodes forward writes to it: three
+//! `flotilla node` processes; twelve clients INCR their own counter through
+//! nodes 1 and 3 (most of their writes are forwarded to another node's
+//! leader); node 2, which leads about a third of the groups (leader
+//! balancing brings them back after each restart), is killed -9 three times
+//! and restarted.
+//!
+//! A forwarded write the leader received but had not yet answered used to
+//! wait out the request timeout (`TIMEOUT ... may or may not have been
+//! applied`), which ends a `redis-benchmark` run. Now the forwarding node
+//! tags the entry and watches its own replica's log: the write's result if
+//! the entry commits, a safe retry if a later term's entry commits without
+//! it. So no client sees any error, and every counter equals its
+//! acknowledged increments (a retry of a write that was in fact applied
+//! would make it larger).
+
+mod launcher_support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use launcher_support::*;
+
+const READY: Duration = Duration::from_secs(30);
+const CLIENTS: usize = 12;
+
+#[test]
+fn forwarded_writes_get_an_answer_when_their_leader_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(
+        dir.path(),
+        3,
+        6,
+        &["--request-timeout-ms", "8000", "--leader-balance-ms", "500"],
+    );
+    for n in &mut nodes {
+        n.start();
+    }
+    for n in &nodes {
+        n.wait_ready(READY);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let addr = if i % 2 == 0 {
+                nodes[0].resp
+            } else {
+                nodes[2].resp
+            };
+            let (stop, errors) = (stop.clone(), errors.clone());
+            std::thread::spawn(move || {
+                let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
+                let mut c = client
+                    .get_connection_with_timeout(Duration::from_secs(5))
+                    .unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let key = format!("counter-{i}");
+                let mut acked = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    match redis::cmd("INCR").arg(&key).query::<u64>(&mut c) {
+                        Ok(v) => {
+                            acked += 1;
+                            if v != acked {
+                                errors
+                                    .lock()
+                                    .unwrap()
+                                    .push(format!("{key}: INCR answered {v} after {acked} acks"));
+                                acked = v;
+                            }
+                        }
+                        Err(e) => {
+                            errors.lock().unwrap().push(format!("{key}: {e}"));
+                            return (key, None);
+                        }
+                    }
+                }
+                (key, Some(acked))
+            })
+        })
+        .collect();
+    for round in 0..3 {
+        std::thread::park_timeout(Duration::from_millis(2_500));
+        let led = leaders_of(&nodes[0], 2);
+        eprintln!("round {round}: node 2 leads {led} groups; kill -9");
+        nodes[1].kill9();
+        std::thread::park_timeout(Duration::from_millis(1_500));
+        nodes[1].start();
+        nodes[1].wait_ready(READY);
+    }
+    std::thread::park_timeout(Duration::from_millis(1_000));
+    stop.store(true, Ordering::Relaxed);
+    let done: Vec<(String, Option<u64>)> = clients.into_iter().map(|t| t.join().unwrap()).collect();
+    let errors = errors.lock().unwrap().clone();
+    assert!(
+        errors.is_empty(),
+        "clients saw errors: {errors:?}\nnode 1:\n{}",
+        nodes[0].log_tail()
+    );
+    let mut c = nodes[2].redis();
+    for (key, acked) in done {
+        let acked = acked.expect("no error");
+        assert!(acked > 0, "{key}: nothing acknowledged");
+        let value: u64 = redis::cmd("GET").arg(&key).query(&mut c).unwrap();
+        assert_eq!(value, acked, "{key}: every acknowledged INCR applied once");
+    }
+}
+
+/// How many KV groups node `leader` leads, as `n` sees it (INFO raft).
+fn leaders_of(n: &NodeProc, leader: u64) -> usize {
+    let mut c = n.redis();
+    let info: String = redis::cmd("INFO")
+        .arg("raft")
+        .query(&mut c)
+        .unwrap_or_default();
+    info.lines()
+        .filter(|l| l.starts_with("group_"))
+        .filter(|l| {
+            l.split(',')
+                .find_map(|p| p.strip_prefix("leader="))
+                .and_then(|v| v.parse::<u64>().ok())
+                == Some(leader)
+        })
+        .count()
+}
