@@ -24,7 +24,9 @@
 //! `FLOTILLA_FAULTS_CONSISTENCY=lease|stale` reads with that consistency
 //! (to show what the checker catches; the default is linearizable);
 //! `FLOTILLA_FAULTS_SEED=S` replays a nemesis and client schedule;
-//! `FLOTILLA_FAULTS_HISTORY=path` only checks a saved history file.
+//! `FLOTILLA_FAULTS_HISTORY=path` only checks a saved history file;
+//! `FLOTILLA_FAULTS_CONFIGS=N` lets the checker search N configurations
+//! per key (default 5,000,000) before it calls a key inconclusive.
 //! On failure the history and the node logs are saved to a directory under
 //! the system temp dir, named in the failure message.
 
@@ -541,7 +543,10 @@ fn save_evidence(history: &[Op], nodes: &[NodeProc], extra: &str) -> PathBuf {
 
 fn limits() -> CheckLimits {
     CheckLimits {
-        configurations_max: 5_000_000,
+        configurations_max: std::env::var("FLOTILLA_FAULTS_CONFIGS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(5_000_000),
         memo_bytes_max: 2 << 30,
         threads: 2,
     }
