@@ -98,6 +98,18 @@ fn forwarded_writes_get_an_answer_when_their_leader_is_killed() {
         "clients saw errors: {errors:?}\nnode 1:\n{}",
         nodes[0].log_tail()
     );
+    for n in [&nodes[0], &nodes[2]] {
+        let (_, metrics) = http(n.http, "GET", "/metrics", "");
+        let settled: u64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("flotilla_forwards_settled_from_log_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        eprintln!(
+            "node {}: {settled} forwarded writes settled from its own log",
+            n.id
+        );
+    }
     let mut c = nodes[2].redis();
     for (key, acked) in done {
         let acked = acked.expect("no error");

@@ -72,6 +72,8 @@ pub fn prometheus_text(stats: &[ShardStats], groups: &[GroupStatus], node_id: u6
         ("flotilla_snapshots_sent_total", "Snapshots streamed to followers.", Kind::Counter, |s| Value::U(s.snapshots_sent)),
         ("flotilla_snapshots_installed_total", "Snapshots received and installed.", Kind::Counter, |s| Value::U(s.snapshots_installed)),
         ("flotilla_leader_balance_transfers_total", "Leadership transfers started to balance leaders over the nodes.", Kind::Counter, |s| Value::U(s.balance_transfers)),
+        ("flotilla_forwards_settled_from_log_total", "Forwarded writes answered from this node's own log after their leader failed.", Kind::Counter, |s| Value::U(s.forwards_settled_from_log)),
+        ("flotilla_raft_messages_impossible_total", "Raft messages refused as impossible for their group's log (another cluster's node?).", Kind::Counter, |s| Value::U(s.impossible_messages)),
         ("flotilla_snapshot_streams_sent_total", "Snapshot streams sent and acknowledged as durable by the receiver.", Kind::Counter, |s| Value::U(s.transport.snapshots.sent)),
         ("flotilla_snapshot_streams_send_failed_total", "Snapshot streams whose sending failed.", Kind::Counter, |s| Value::U(s.transport.snapshots.send_failed)),
         ("flotilla_snapshot_streams_received_total", "Snapshot streams received completely.", Kind::Counter, |s| Value::U(s.transport.snapshots.received)),

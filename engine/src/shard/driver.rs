@@ -1013,6 +1013,7 @@ impl Driver {
             let id = tag ^ self.tag_base;
             self.forward_tags.remove(&id);
             if let Some(w) = self.forwarded.remove(&id) {
+                self.counters.forwards_settled_from_log += 1;
                 let _ = w.reply.send(result);
             }
         }
@@ -1320,7 +1321,8 @@ impl Driver {
                         Ok(()) => {}
                         Err(e @ StepError::AckPastLog { .. }) => {
                             // Warned at powers of two: a foreign peer sends many.
-                            let n = g.raft.stats().messages_rejected_impossible;
+                            self.counters.impossible_messages += 1;
+                            let n = self.counters.impossible_messages;
                             if n.is_power_of_two() {
                                 warn!(group = group.0, from = batch.from.node.0, error = %e, refused = n, "impossible message refused");
                             }
@@ -1593,6 +1595,8 @@ impl Driver {
             decode_errors: self.decode_errors,
             snapshots_taken: self.counters.snapshots_taken,
             balance_transfers: self.counters.balance_transfers,
+            forwards_settled_from_log: self.counters.forwards_settled_from_log,
+            impossible_messages: self.counters.impossible_messages,
             snapshots_sent: self.counters.snapshots_sent,
             snapshots_installed: self.counters.snapshots_installed,
             wal: self.wal.stats(),
@@ -1654,6 +1658,11 @@ pub(crate) struct DriverCounters {
     pub(crate) entries_committed: u64,
     /// Leadership transfers started to balance leaders.
     pub(crate) balance_transfers: u64,
+    /// Forwarded requests answered from this replica's own log (their
+    /// leader had not said where it appended them).
+    pub(crate) forwards_settled_from_log: u64,
+    /// Raft messages refused as impossible for their group's log.
+    pub(crate) impossible_messages: u64,
     pub(crate) leader_elected: u64,
     pub(crate) turns: u64,
     pub(crate) wal_writes: u64,

@@ -88,6 +88,12 @@ pub struct ShardStats {
     pub snapshots_taken: u64,
     /// Leadership transfers started here to balance leaders over nodes.
     pub balance_transfers: u64,
+    /// Forwarded requests answered from this node's own log because their
+    /// leader failed before saying where it appended them.
+    pub forwards_settled_from_log: u64,
+    /// Raft messages refused because they cannot belong to their group's
+    /// log (e.g. from a node of another cluster on a reused address).
+    pub impossible_messages: u64,
     /// Snapshots streamed to followers.
     pub snapshots_sent: u64,
     /// Snapshots received and installed.
