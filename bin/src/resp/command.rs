@@ -929,7 +929,7 @@ pub fn host_error_reply(e: &HostError) -> Reply {
             group,
             leader: Some(l),
         }) => Reply::Error(format!(
-            "NOTLEADER group {group} is led by node {l}; this node does not forward requests yet"
+            "NOTLEADER group {group} is led by node {l} (leadership is moving); try again"
         )),
         HostError::Request(RequestError::NotLeader {
             group,

@@ -1006,8 +1006,8 @@ impl Driver {
         self.forwarded.remove(&id)
     }
 
-    /// Answers the forwarded requests whose tagged entry `group`'s replica
-    /// found (or ruled out) while applying.
+    /// Answers the forwarded requests whose tagged entry a group replica
+    /// found (or ruled out) while applying (see `GroupReplica::want_tag`).
     fn settle_tags(&mut self, settled: Vec<(u64, Result<Bytes, RequestError>)>) {
         for (tag, result) in settled {
             let id = tag ^ self.tag_base;
