@@ -61,6 +61,7 @@ fn command() -> impl Strategy<Value = KvCommand> {
         (bytes(), any::<i64>()).prop_map(|(key, delta)| KvCommand::Increment { key, delta }),
         proptest::collection::vec((bytes(), bytes()), 0..4)
             .prop_map(|pairs| KvCommand::MultiPut { pairs }),
+        Just(KvCommand::Clear),
         query().prop_map(KvCommand::Read),
     ]
 }

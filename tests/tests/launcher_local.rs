@@ -308,6 +308,23 @@ fn local_serves_the_redis_data_types_and_redis_benchmark() {
     );
     assert_eq!(q(&mut c3, &["EXISTS", "l"]), Int(0));
     assert_eq!(q(&mut c3, &["LPOP", "l", "2"]), redis::Value::Nil);
+    // FLUSHALL through node 3 clears every group, strings and collections
+    // alike; node 1 sees an empty database and can write again.
+    let redis::Value::Int(before) = q(&mut c, &["DBSIZE"]) else {
+        panic!("DBSIZE is an integer");
+    };
+    assert!(before >= 3, "{before} keys before FLUSHALL");
+    assert_eq!(q(&mut c3, &["FLUSHALL"]), redis::Value::Okay);
+    assert_eq!(q(&mut c, &["DBSIZE"]), Int(0));
+    assert_eq!(q(&mut c, &["EXISTS", "h", "z", "ready"]), Int(0));
+    assert_eq!(q(&mut c, &["HSET", "h", "f", "v"]), Int(1));
+    assert_eq!(q(&mut c, &["FLUSHDB", "ASYNC"]), redis::Value::Okay);
+    assert_eq!(q(&mut c3, &["DBSIZE"]), Int(0));
+    let err = redis::cmd("FLUSHALL")
+        .arg("LATER")
+        .query::<String>(&mut c)
+        .unwrap_err();
+    assert!(err.to_string().contains("syntax error"), "{err}");
     drop((c, c3));
 
     let version = Command::new("redis-benchmark").arg("--version").output();

@@ -256,6 +256,8 @@ const COMMANDS: &[CommandInfo] = &[
     ("scan", -2, &["readonly"], 0, 0, 0),
     ("keys", 2, &["readonly"], 0, 0, 0),
     ("dbsize", 1, &["readonly", "fast"], 0, 0, 0),
+    ("flushall", -1, &["write"], 0, 0, 0),
+    ("flushdb", -1, &["write"], 0, 0, 0),
     ("ping", -1, &["fast"], 0, 0, 0),
     ("echo", 2, &["fast"], 0, 0, 0),
     ("info", -1, &["loading", "stale"], 0, 0, 0),
@@ -461,6 +463,25 @@ pub fn prepare(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
                 })
                 .collect();
             plan(subs, Finish::SumCount)
+        }
+        "FLUSHALL" | "FLUSHDB" => {
+            // One database: both clear every KV group, each through its
+            // log (ASYNC and SYNC are accepted; the answer comes once
+            // every group applied it).
+            match args {
+                [] => {}
+                [mode] if matches!(upper(mode).as_str(), "ASYNC" | "SYNC") => {}
+                _ => return Prepared::Reply(Reply::err("syntax error")),
+            }
+            let subs = shared
+                .kv_groups
+                .iter()
+                .map(|g| Sub {
+                    group: *g,
+                    op: Op::Write(KvCommand::Clear),
+                })
+                .collect();
+            plan(subs, Finish::AllOk)
         }
         "SCAN" => prepare_scan(args, conn, shared),
         "KEYS" => {

@@ -10,6 +10,7 @@
 //!          0x04 CompareAndSet| key bytes | expected opt | new_value opt |
 //!          0x05 Increment    | key bytes | delta i64 |
 //!          0x06 MultiPut     | pairs list<key bytes, value bytes> |
+//!          0x07 Clear        |
 //!          0x20..=0x24       a query (below), executed in log order
 //!          0x30..=0x50       a typed command (lists, sets, hashes, sorted
 //!                            sets, streams: drawn in `typed.rs`)
@@ -131,6 +132,9 @@ pub enum KvCommand {
         /// The pairs, applied in order.
         pairs: Vec<(Bytes, Bytes)>,
     },
+    /// Delete every key (Redis `FLUSHDB` on one group). Result
+    /// [`KvResult::Ok`].
+    Clear,
     /// A read, executed in log order (a read through the log).
     Read(KvQuery),
     /// A write to a list, set, hash, sorted set or stream.
@@ -520,6 +524,7 @@ impl KvCommand {
                     put_bytes(out, v);
                 }
             }
+            KvCommand::Clear => out.put_u8(0x07),
             KvCommand::Read(q) => q.encode_into(out),
             KvCommand::Typed(c) => c.encode_into(out),
         }
@@ -581,6 +586,7 @@ impl KvCommand {
                 }
                 KvCommand::MultiPut { pairs }
             }
+            0x07 => KvCommand::Clear,
             0x20..=0x24 => return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?)),
             tag if TypedQuery::is_tag(tag) => {
                 return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?))

@@ -245,6 +245,13 @@ impl KvStore {
                 }
                 KvResult::Ok
             }
+            KvCommand::Clear => {
+                // A capture shares the old maps and keeps them.
+                self.map = CowMap::default();
+                self.typed = CowTree::default();
+                self.typed_bytes = 0;
+                KvResult::Ok
+            }
             KvCommand::Read(q) => self.read(q),
             KvCommand::Typed(c) => self.execute_typed(c),
         }
@@ -465,7 +472,7 @@ impl StateMachine for KvStore {
             DecodeError::UnknownTag { .. }
                 if query
                     .first()
-                    .is_some_and(|t| (0x01..=0x06).contains(t) || TypedCommand::is_tag(*t)) =>
+                    .is_some_and(|t| (0x01..=0x07).contains(t) || TypedCommand::is_tag(*t)) =>
             {
                 QueryError::Unsupported
             }
@@ -943,6 +950,46 @@ mod tests {
 
     fn k(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn clear_empties_strings_and_collections_and_a_capture_keeps_them() {
+        let mut kv = KvStore::new();
+        kv.execute(&KvCommand::MultiPut {
+            pairs: vec![(k("a"), k("1")), (k("b"), k("2"))],
+        });
+        kv.execute(&KvCommand::Typed(TypedCommand::ListPush {
+            key: k("l"),
+            left: false,
+            only_existing: false,
+            values: vec![k("x"), k("y")],
+        }));
+        assert_eq!(kv.len(), 3);
+        let before = StateMachine::capture(&kv);
+        assert_eq!(kv.execute(&KvCommand::Clear), KvResult::Ok);
+        assert_eq!(kv.len(), 0);
+        assert_eq!(kv.typed_bytes, 0);
+        assert_eq!(kv.read(&KvQuery::Count), KvResult::Count(0));
+        assert_eq!(kv.get(b"a"), None);
+        assert_eq!(
+            kv.read(&KvQuery::Typed(TypedQuery::ListLen { key: k("l") })),
+            KvResult::Len(0)
+        );
+        // Usable again, also for a collection under a cleared name.
+        kv.execute(&KvCommand::put("l", "s"));
+        assert_eq!(kv.get(b"l"), Some(&b"s"[..]));
+        // The capture taken before still holds everything.
+        let mut bytes = Vec::new();
+        futures_lite::future::block_on(before.write_to(&mut bytes)).unwrap();
+        let mut restored = KvStore::new();
+        futures_lite::future::block_on(StateMachine::recover(&mut restored, &mut &bytes[..]))
+            .unwrap();
+        assert_eq!(restored.len(), 3);
+        assert_eq!(restored.get(b"b"), Some(&b"2"[..]));
+        assert_eq!(
+            KvCommand::decode(KvCommand::Clear.encode()),
+            Ok(KvCommand::Clear)
+        );
     }
 
     #[test]
