@@ -665,6 +665,11 @@ impl Driver {
                 .max_by_key(|(_, p)| p.match_index)
                 .map(|(n, _)| n);
             let Some(to) = target else {
+                // No voter to hand it to: at least wake the followers of a
+                // quiesced group (a heartbeat without the quiesce flag), so
+                // that they tick and elect a leader once this one is gone.
+                g.raft.wake_up();
+                self.dirty.insert(*id);
                 continue;
             };
             if g.raft.transfer_leader(to).is_ok() {
@@ -896,6 +901,11 @@ impl Driver {
             self.dirty.insert(group);
             return appended;
         }
+        // A quiesced follower does not tick: without this, a request for a
+        // group whose leader died while the group was idle would be sent to
+        // the dead leader forever. Awake, it notices the silence and elects.
+        g.raft.wake_up();
+        self.dirty.insert(group);
         let waiting = Waiting {
             op,
             reply,
