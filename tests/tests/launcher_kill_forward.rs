@@ -25,11 +25,11 @@ use launcher_support::*;
 const READY: Duration = Duration::from_secs(30);
 const CLIENTS: usize = 12;
 
-#[test]
-fn forwarded_writes_get_an_answer_when_their_leader_is_killed() {
-    let dir = tempfile::tempdir().unwrap();
+/// Three nodes (6 groups, leaders balanced every 500 ms), started and
+/// ready.
+fn started_cluster(dir: &std::path::Path) -> Vec<NodeProc> {
     let mut nodes = cluster(
-        dir.path(),
+        dir,
         3,
         6,
         &["--request-timeout-ms", "8000", "--leader-balance-ms", "500"],
@@ -40,6 +40,13 @@ fn forwarded_writes_get_an_answer_when_their_leader_is_killed() {
     for n in &nodes {
         n.wait_ready(READY);
     }
+    nodes
+}
+
+#[test]
+fn forwarded_writes_get_an_answer_when_their_leader_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = started_cluster(dir.path());
     let stop = Arc::new(AtomicBool::new(false));
     let errors: Arc<Mutex<Vec<String>>> = Arc::default();
     let clients: Vec<_> = (0..CLIENTS)
@@ -146,18 +153,7 @@ fn leaders_of(n: &NodeProc, leader: u64) -> usize {
 #[test]
 fn idle_groups_of_a_killed_leader_elect_again_on_the_next_request() {
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = cluster(
-        dir.path(),
-        3,
-        6,
-        &["--request-timeout-ms", "8000", "--leader-balance-ms", "500"],
-    );
-    for n in &mut nodes {
-        n.start();
-    }
-    for n in &nodes {
-        n.wait_ready(READY);
-    }
+    let mut nodes = started_cluster(dir.path());
     let mut c1 = nodes[0].redis();
     for k in 0..30 {
         let _: () = redis::cmd("SET")
