@@ -183,3 +183,68 @@ fn idle_groups_of_a_killed_leader_elect_again_on_the_next_request() {
     let v: String = redis::cmd("GET").arg("key29").query(&mut c3).unwrap();
     assert_eq!(v, "w");
 }
+
+/// Every group line of `n`'s INFO raft: (group, leader; 0 for none).
+fn group_leaders(n: &NodeProc) -> Vec<(u64, u64)> {
+    let mut c = n.redis();
+    let info: String = redis::cmd("INFO")
+        .arg("raft")
+        .query(&mut c)
+        .unwrap_or_default();
+    info.lines()
+        .filter_map(|l| {
+            let (group, rest) = l.strip_prefix("group_")?.split_once(':')?;
+            let leader = rest
+                .split(',')
+                .find_map(|p| p.strip_prefix("leader="))?
+                .parse()
+                .ok()?;
+            Some((group.parse().ok()?, leader))
+        })
+        .collect()
+}
+
+/// The same, with no request at all: the followers of a killed leader hear
+/// its connections close (its kernel closes them) and wake up, so its idle
+/// groups elect new leaders on their own. Status queries (INFO) wake
+/// nothing. Without the wake-up the groups keep the dead leader forever.
+#[test]
+fn idle_groups_of_a_killed_leader_elect_again_with_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = started_cluster(dir.path());
+    let mut c1 = nodes[0].redis();
+    for k in 0..30 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("key{k}"))
+            .arg("v")
+            .query(&mut c1)
+            .unwrap();
+    }
+    std::thread::park_timeout(Duration::from_millis(4_000));
+    let led = leaders_of(&nodes[0], 2);
+    assert!(led > 0, "node 2 leads no group: nothing to test");
+    nodes[1].kill9();
+    let start = std::time::Instant::now();
+    loop {
+        let (one, three) = (group_leaders(&nodes[0]), group_leaders(&nodes[2]));
+        let settled =
+            !one.is_empty() && one == three && one.iter().all(|(_, l)| *l == 1 || *l == 3);
+        if settled {
+            break;
+        }
+        assert!(
+            start.elapsed() < READY,
+            "groups of killed node 2 (leader of {led}) elected no new leader: node 1 sees {one:?}, node 3 sees {three:?}\nnode 1:\n{}",
+            nodes[0].log_tail()
+        );
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
+    let mut c3 = nodes[2].redis();
+    let _: () = redis::cmd("SET")
+        .arg("key7")
+        .arg("w")
+        .query(&mut c3)
+        .unwrap();
+    let v: String = redis::cmd("GET").arg("key7").query(&mut c1).unwrap();
+    assert_eq!(v, "w");
+}

@@ -118,6 +118,9 @@ pub struct TransportMetrics {
     pub connections_accepted: u64,
     /// Inbound connections currently open.
     pub connections_open: u64,
+    /// Inbound message connections that ended while the transport ran
+    /// (see [`crate::Transport::take_lost_peers`]).
+    pub connections_lost: u64,
     /// Inbound connections closed for a reason, by reason.
     pub rejected: RejectMetrics,
     /// Batches waiting for the consumer.

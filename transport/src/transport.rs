@@ -122,6 +122,11 @@ pub(crate) struct Inner {
     pub(crate) rejected: RefCell<RejectMetrics>,
     connections_accepted: Cell<u64>,
     connections_open: Cell<u64>,
+    /// Inbound message connections that ended while the transport ran.
+    connections_lost: Cell<u64>,
+    /// Peers whose inbound message connection ended since the last
+    /// [`Transport::take_lost_peers`], each once.
+    lost: RefCell<Vec<PeerId>>,
     pub(crate) snapshot_handler: RefCell<Option<Rc<dyn SnapshotHandler>>>,
     pub(crate) snapshot_metrics: RefCell<SnapshotMetrics>,
     seed: Cell<u64>,
@@ -221,6 +226,8 @@ impl Transport {
             rejected: RefCell::new(RejectMetrics::default()),
             connections_accepted: Cell::new(0),
             connections_open: Cell::new(0),
+            connections_lost: Cell::new(0),
+            lost: RefCell::new(Vec::new()),
             snapshot_handler: RefCell::new(None),
             snapshot_metrics: RefCell::new(SnapshotMetrics::default()),
             seed: Cell::new(seed),
@@ -342,6 +349,18 @@ impl Transport {
         }
     }
 
+    /// Peers whose inbound message connection ended (closed by the peer,
+    /// broken, or cut for a bad frame) since the last call, each once. Never
+    /// awaits.
+    ///
+    /// A hint, not a verdict: the peer may be down (a killed process's
+    /// connections are closed by its kernel) or may just be reconnecting.
+    /// Raft uses it to wake idle groups that would otherwise never notice a
+    /// silent leader.
+    pub fn take_lost_peers(&self) -> Vec<PeerId> {
+        std::mem::take(&mut *self.inner.lost.borrow_mut())
+    }
+
     /// Registers the receiver of inbound snapshot streams (replacing any
     /// previous one). Without a handler, snapshot streams are refused.
     pub fn set_snapshot_handler(&self, handler: Rc<dyn SnapshotHandler>) {
@@ -414,6 +433,7 @@ impl Transport {
             peers,
             connections_accepted: inner.connections_accepted.get(),
             connections_open: inner.connections_open.get(),
+            connections_lost: inner.connections_lost.get(),
             rejected: inner.rejected.borrow().clone(),
             inbound_queue_depth: inner.inbound.batches.borrow().len() as u64,
             snapshots: inner.snapshot_metrics.borrow().clone(),
@@ -951,7 +971,20 @@ async fn serve_connection(inner: &Rc<Inner>, mut stream: TcpStream, remote: Opti
     }
 }
 
-async fn read_batches(inner: &Rc<Inner>, mut stream: TcpStream, from: PeerId) {
+async fn read_batches(inner: &Rc<Inner>, stream: TcpStream, from: PeerId) {
+    read_frames(inner, stream, from).await;
+    if !inner.is_shutting_down() {
+        inner.connections_lost.set(inner.connections_lost.get() + 1);
+        let mut lost = inner.lost.borrow_mut();
+        if !lost.contains(&from) {
+            lost.push(from);
+        }
+    }
+}
+
+/// Reads `from`'s frames into the inbound queue until the connection ends
+/// or the transport shuts down.
+async fn read_frames(inner: &Rc<Inner>, mut stream: TcpStream, from: PeerId) {
     let config = &inner.config;
     let mut reader = FrameReader::new(config.read_buffer_bytes as usize, config.frame_bytes_max);
     loop {

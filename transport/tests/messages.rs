@@ -393,3 +393,38 @@ fn removed_peer_closes_its_connection_and_can_come_back() {
         b.shutdown().await;
     });
 }
+
+#[test]
+fn a_peer_whose_connection_ends_is_reported_lost_once() {
+    run("lost_peer", Duration::from_secs(30), || async {
+        let reg = Registry::new();
+        let a = start(config(1, 0), &reg);
+        let b = start(config(2, 0), &reg);
+        let c = start(config(3, 0), &reg);
+        let (pa, pb) = (a.local(), b.local());
+        a.send(pb, msg(1)).unwrap();
+        c.send(pb, msg(2)).unwrap();
+        assert_eq!(recv_n(&b, 2, SECS_10).await.len(), 2);
+        assert!(b.take_lost_peers().is_empty(), "both connections are up");
+        // a goes away (as a stopped or killed node would): b hears of it,
+        // once, and nothing about c.
+        a.shutdown().await;
+        wait_until(
+            "b notices a's connection ended",
+            SECS_10,
+            || b.metrics().connections_lost,
+            |n| *n == 1,
+        )
+        .await;
+        assert_eq!(b.take_lost_peers(), vec![pa]);
+        assert!(b.take_lost_peers().is_empty(), "reported once");
+        c.send(pb, msg(3)).unwrap();
+        assert_eq!(recv_n(&b, 1, SECS_10).await.len(), 1);
+        assert!(b.take_lost_peers().is_empty(), "c is still connected");
+        // Our own shutdown loses nobody.
+        b.shutdown().await;
+        assert!(b.take_lost_peers().is_empty());
+        assert_eq!(b.metrics().connections_lost, 1);
+        c.shutdown().await;
+    });
+}

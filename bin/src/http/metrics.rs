@@ -66,6 +66,7 @@ pub fn prometheus_text(stats: &[ShardStats], groups: &[GroupStatus], node_id: u6
         // Transport, shard level.
         ("flotilla_transport_connections_accepted_total", "Inbound raft connections accepted.", Kind::Counter, |s| Value::U(s.transport.connections_accepted)),
         ("flotilla_transport_connections_open", "Inbound raft connections open.", Kind::Gauge, |s| Value::U(s.transport.connections_open)),
+        ("flotilla_transport_connections_lost_total", "Inbound raft connections that ended while the transport ran (peer stopped, died or reconnected).", Kind::Counter, |s| Value::U(s.transport.connections_lost)),
         ("flotilla_transport_inbound_queue_depth", "Received message batches waiting for the shard.", Kind::Gauge, |s| Value::U(s.transport.inbound_queue_depth)),
         // Snapshots.
         ("flotilla_snapshots_taken_total", "Snapshots taken by the shard's replicas.", Kind::Counter, |s| Value::U(s.snapshots_taken)),
@@ -74,6 +75,8 @@ pub fn prometheus_text(stats: &[ShardStats], groups: &[GroupStatus], node_id: u6
         ("flotilla_leader_balance_transfers_total", "Leadership transfers started to balance leaders over the nodes.", Kind::Counter, |s| Value::U(s.balance_transfers)),
         ("flotilla_forwards_settled_from_log_total", "Forwarded writes answered from this node's own log after their leader failed.", Kind::Counter, |s| Value::U(s.forwards_settled_from_log)),
         ("flotilla_raft_messages_impossible_total", "Raft messages refused as impossible for their group's log (another cluster's node?).", Kind::Counter, |s| Value::U(s.impossible_messages)),
+        ("flotilla_peer_loss_wakes_total", "Idle followers woken because their leader's connection ended.", Kind::Counter, |s| Value::U(s.peer_loss_wakes)),
+        ("flotilla_transfers_refused_stopping_total", "Leadership transfers refused because this node was stopping.", Kind::Counter, |s| Value::U(s.transfers_refused_stopping)),
         ("flotilla_snapshot_streams_sent_total", "Snapshot streams sent and acknowledged as durable by the receiver.", Kind::Counter, |s| Value::U(s.transport.snapshots.sent)),
         ("flotilla_snapshot_streams_send_failed_total", "Snapshot streams whose sending failed.", Kind::Counter, |s| Value::U(s.transport.snapshots.send_failed)),
         ("flotilla_snapshot_streams_received_total", "Snapshot streams received completely.", Kind::Counter, |s| Value::U(s.transport.snapshots.received)),

@@ -133,6 +133,9 @@ pub(crate) struct Driver {
     meta_dirty: BTreeSet<GroupId>,
     /// Groups that are not quiesced: the ones the tick visits.
     live: BTreeSet<GroupId>,
+    /// Set once the node began stopping ([`Driver::hand_off_leadership`]):
+    /// leadership transfers to it are refused.
+    stopping: bool,
     /// Commit-only hard states not written yet (see [`Driver::collect`]).
     lazy_hard_states: BTreeMap<GroupId, storage::HardState>,
     /// Set by the tick every [`LAZY_FLUSH_TICKS`]: the next turn writes the
@@ -357,6 +360,7 @@ impl Driver {
             metas: BTreeMap::new(),
             meta_dirty: BTreeSet::new(),
             live: BTreeSet::new(),
+            stopping: false,
             lazy_hard_states: BTreeMap::new(),
             lazy_flush_due: false,
             forwarded: std::collections::HashMap::new(),
@@ -654,11 +658,19 @@ impl Driver {
 
     /// Starts a leadership transfer for every group led here (the node is
     /// stopping), each to its most caught-up voter in `Replicate` state;
-    /// returns how many started.
+    /// returns how many groups led here have a transfer under way (started
+    /// now or earlier). Call it again while they do: a transfer can time
+    /// out, and a group may come back here before this node refuses
+    /// transfers (see [`Driver::on_inbound`]).
     pub(crate) fn hand_off_leadership(&mut self) -> usize {
-        let mut started = 0;
+        self.stopping = true;
+        let mut moving = 0;
         for (id, g) in &mut self.groups {
-            if !g.raft.is_leader() || g.raft.transferee().is_some() {
+            if !g.raft.is_leader() {
+                continue;
+            }
+            if g.raft.transferee().is_some() {
+                moving += 1;
                 continue;
             }
             let target = transfer_targets(g, self.node)
@@ -679,10 +691,35 @@ impl Driver {
                     "leadership handed off: node stopping"
                 );
                 self.dirty.insert(*id);
-                started += 1;
+                moving += 1;
             }
         }
-        started
+        moving
+    }
+
+    /// Wakes the idle followers here whose leader is `node`: its connection
+    /// to this shard ended, so it may be gone. A quiesced follower does not
+    /// tick and would otherwise wait for a request before it noticed; awake,
+    /// it elects a new leader after an election timeout of silence (and
+    /// costs nothing more if the leader is in fact alive: its next message
+    /// simply finds the follower awake). Returns how many woke.
+    pub(crate) fn peer_lost(&mut self, node: NodeId) -> usize {
+        let mut woken = 0;
+        for (id, g) in &mut self.groups {
+            if g.raft.is_quiesced() && !g.raft.is_leader() && g.raft.leader() == Some(node) {
+                g.raft.report_unreachable(node);
+                debug_assert!(!g.raft.is_quiesced(), "group {id} still quiesced");
+                debug!(
+                    group = id.0,
+                    leader = node.0,
+                    "leader's connection lost: follower woken"
+                );
+                self.dirty.insert(*id);
+                woken += 1;
+            }
+        }
+        self.counters.peer_loss_wakes += woken as u64;
+        woken
     }
 
     /// Whether this replica leads any group.
@@ -1266,6 +1303,9 @@ impl Driver {
         if self.balance_every_ticks > 0 && self.ticks % self.balance_every_ticks == 0 {
             self.balance_leaders();
         }
+        for peer in self.transport.take_lost_peers() {
+            self.peer_lost(NodeId(peer.node.0));
+        }
         for (group, w) in std::mem::take(&mut self.parked_rounds) {
             if !w.reply.is_canceled() {
                 self.submit_attempt(group, w.op, true, w.reply, 0);
@@ -1325,6 +1365,18 @@ impl Driver {
                 }
             };
             let group = msg.group;
+            if self.stopping && msg.kind == raft::MessageType::TimeoutNow {
+                // A stopping node takes no leadership: another node's
+                // balancer does not know it is going away. The sender's
+                // transfer times out and its leader carries on.
+                self.counters.transfers_refused_stopping += 1;
+                debug!(
+                    group = group.0,
+                    from = batch.from.node.0,
+                    "leadership transfer refused: node stopping"
+                );
+                continue;
+            }
             match self.groups.get_mut(&group) {
                 Some(g) => {
                     match g.raft.step(msg) {
@@ -1607,6 +1659,8 @@ impl Driver {
             balance_transfers: self.counters.balance_transfers,
             forwards_settled_from_log: self.counters.forwards_settled_from_log,
             impossible_messages: self.counters.impossible_messages,
+            peer_loss_wakes: self.counters.peer_loss_wakes,
+            transfers_refused_stopping: self.counters.transfers_refused_stopping,
             snapshots_sent: self.counters.snapshots_sent,
             snapshots_installed: self.counters.snapshots_installed,
             wal: self.wal.stats(),
@@ -1673,6 +1727,10 @@ pub(crate) struct DriverCounters {
     pub(crate) forwards_settled_from_log: u64,
     /// Raft messages refused as impossible for their group's log.
     pub(crate) impossible_messages: u64,
+    /// Idle followers woken because their leader's connection ended.
+    pub(crate) peer_loss_wakes: u64,
+    /// Leadership transfers to this node refused because it is stopping.
+    pub(crate) transfers_refused_stopping: u64,
     pub(crate) leader_elected: u64,
     pub(crate) turns: u64,
     pub(crate) wal_writes: u64,

@@ -94,6 +94,11 @@ pub struct ShardStats {
     /// Raft messages refused because they cannot belong to their group's
     /// log (e.g. from a node of another cluster on a reused address).
     pub impossible_messages: u64,
+    /// Idle followers woken because their leader's connection to this shard
+    /// ended (it may have stopped or died).
+    pub peer_loss_wakes: u64,
+    /// Leadership transfers to this node refused because it was stopping.
+    pub transfers_refused_stopping: u64,
     /// Snapshots streamed to followers.
     pub snapshots_sent: u64,
     /// Snapshots received and installed.
@@ -542,13 +547,21 @@ pub(crate) async fn run(setup: ShardSetup) {
                 // that their clients (and requests other nodes forwarded
                 // here) carry on with a new leader instead of waiting out an
                 // election timeout or their deadlines.
-                let handed = driver.borrow_mut().hand_off_leadership();
-                if handed > 0 {
+                // Again each tick while transfers are under way: one may
+                // time out, or a group may have come back before this node
+                // began refusing transfers.
+                let deadline = std::time::Instant::now() + HAND_OFF_WAIT;
+                let mut moving = driver.borrow_mut().hand_off_leadership();
+                let handed = moving;
+                while moving > 0 && std::time::Instant::now() < deadline {
                     kick.signal(1);
-                    let deadline = std::time::Instant::now() + HAND_OFF_WAIT;
-                    while driver.borrow().leads_any() && std::time::Instant::now() < deadline {
-                        glommio::timer::sleep(tick_interval).await;
-                    }
+                    glommio::timer::sleep(tick_interval).await;
+                    moving = driver.borrow_mut().hand_off_leadership();
+                }
+                // Flush what the last call queued (heartbeats waking the
+                // followers of groups nobody could take over).
+                kick.signal(1);
+                if handed > 0 {
                     debug!(
                         node = node_id,
                         shard,
