@@ -62,6 +62,7 @@ fn command() -> impl Strategy<Value = KvCommand> {
         proptest::collection::vec((bytes(), bytes()), 0..4)
             .prop_map(|pairs| KvCommand::MultiPut { pairs }),
         Just(KvCommand::Clear),
+        bytes().prop_map(|key| KvCommand::Take { key }),
         query().prop_map(KvCommand::Read),
     ]
 }

@@ -44,6 +44,7 @@ fn kv_cmd() -> impl Strategy<Value = KvCommand> {
         key.clone()
             .prop_map(|key| KvCommand::Read(KvQuery::Get { key })),
         Just(KvCommand::Read(KvQuery::Count)),
+        key.clone().prop_map(|key| KvCommand::Take { key }),
     ]
 }
 

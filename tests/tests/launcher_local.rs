@@ -238,6 +238,31 @@ fn local_serves_the_redis_data_types_and_redis_benchmark() {
         other => panic!("XADD answered {other:?}"),
     };
     assert!(id.ends_with("-0") || id.contains('-'), "stream id {id}");
+    // GETDEL: the value, then gone; a collection refuses it and stays.
+    assert_eq!(q(&mut c, &["SET", "gd", "v1"]), redis::Value::Okay);
+    assert_eq!(
+        q(&mut c, &["GETDEL", "gd"]),
+        redis::Value::BulkString(b"v1".to_vec())
+    );
+    assert_eq!(q(&mut c, &["GETDEL", "gd"]), redis::Value::Nil);
+    assert_eq!(q(&mut c, &["EXISTS", "gd"]), Int(0));
+    let wrong = redis::cmd("GETDEL").arg("l").query::<redis::Value>(&mut c);
+    assert!(
+        wrong
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("WRONGTYPE")),
+        "GETDEL of a list: {wrong:?}"
+    );
+    // TIME: this node's clock, seconds and microseconds.
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut c).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        secs.abs_diff(now) <= 5 && micros < 1_000_000,
+        "TIME {secs} {micros}"
+    );
     assert_eq!(q(&mut c, &["XLEN", "x"]), Int(1));
     assert_eq!(
         q(&mut c, &["XRANGE", "x", "-", "+"]),

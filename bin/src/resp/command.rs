@@ -328,6 +328,15 @@ pub fn prepare(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
                 if nx { Finish::SetNx } else { Finish::GetSet },
             )
         }
+        "GETDEL" => {
+            if args.len() != 1 {
+                return arity(&name);
+            }
+            let cmd = KvCommand::Take {
+                key: args[0].clone(),
+            };
+            plan(vec![one(cmd, &args[0])], Finish::Get)
+        }
         "APPEND" => {
             if args.len() != 2 {
                 return arity(&name);
@@ -493,6 +502,19 @@ pub fn prepare(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
         "PING" => match args.len() {
             0 => Prepared::Reply(Reply::Simple("PONG".into())),
             1 => Prepared::Reply(Reply::Bulk(args[0].clone())),
+            _ => arity(&name),
+        },
+        "TIME" => match args {
+            [] => {
+                // This node's clock, as Redis answers: seconds, microseconds.
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                Prepared::Reply(Reply::Array(vec![
+                    Reply::text(now.as_secs().to_string()),
+                    Reply::text(now.subsec_micros().to_string()),
+                ]))
+            }
             _ => arity(&name),
         },
         "ECHO" => match args {

@@ -11,6 +11,7 @@
 //!          0x05 Increment    | key bytes | delta i64 |
 //!          0x06 MultiPut     | pairs list<key bytes, value bytes> |
 //!          0x07 Clear        |
+//!          0x08 Take         | key bytes |
 //!          0x20..=0x24       a query (below), executed in log order
 //!          0x30..=0x50       a typed command (lists, sets, hashes, sorted
 //!                            sets, streams: drawn in `typed.rs`)
@@ -135,6 +136,13 @@ pub enum KvCommand {
     /// Delete every key (Redis `FLUSHDB` on one group). Result
     /// [`KvResult::Ok`].
     Clear,
+    /// Delete `key` and return its value (Redis `GETDEL`). Result
+    /// [`KvResult::Value`] (`None`: there was none), or
+    /// [`KvError::WrongType`] for a collection, which stays.
+    Take {
+        /// The key.
+        key: Bytes,
+    },
     /// A read, executed in log order (a read through the log).
     Read(KvQuery),
     /// A write to a list, set, hash, sorted set or stream.
@@ -525,6 +533,10 @@ impl KvCommand {
                 }
             }
             KvCommand::Clear => out.put_u8(0x07),
+            KvCommand::Take { key } => {
+                out.put_u8(0x08);
+                put_bytes(out, key);
+            }
             KvCommand::Read(q) => q.encode_into(out),
             KvCommand::Typed(c) => c.encode_into(out),
         }
@@ -587,6 +599,9 @@ impl KvCommand {
                 KvCommand::MultiPut { pairs }
             }
             0x07 => KvCommand::Clear,
+            0x08 => KvCommand::Take {
+                key: r.bytes("key", DECODE_BYTES_MAX)?,
+            },
             0x20..=0x24 => return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?)),
             tag if TypedQuery::is_tag(tag) => {
                 return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?))

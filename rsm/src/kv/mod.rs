@@ -252,6 +252,15 @@ impl KvStore {
                 self.typed_bytes = 0;
                 KvResult::Ok
             }
+            KvCommand::Take { key } => match self.map.get(key) {
+                None => KvResult::Value(None),
+                Some(v) if v.is_typed() => KvResult::Error(KvError::WrongType),
+                Some(v) => {
+                    let previous = v.to_bytes();
+                    self.remove_key(key);
+                    KvResult::Value(Some(previous))
+                }
+            },
             KvCommand::Read(q) => self.read(q),
             KvCommand::Typed(c) => self.execute_typed(c),
         }
@@ -990,6 +999,30 @@ mod tests {
             KvCommand::decode(KvCommand::Clear.encode()),
             Ok(KvCommand::Clear)
         );
+    }
+
+    #[test]
+    fn take_returns_and_deletes_a_string_and_refuses_a_collection() {
+        let mut kv = KvStore::new();
+        kv.execute(&KvCommand::put("a", "1"));
+        let take = |key: &str| KvCommand::Take { key: k(key) };
+        assert_eq!(kv.execute(&take("a")), KvResult::Value(Some(k("1"))));
+        assert_eq!(kv.get(b"a"), None);
+        assert_eq!(kv.len(), 0);
+        assert_eq!(kv.execute(&take("a")), KvResult::Value(None));
+        kv.execute(&KvCommand::Typed(TypedCommand::ListPush {
+            key: k("l"),
+            left: false,
+            only_existing: false,
+            values: vec![k("x")],
+        }));
+        assert_eq!(kv.execute(&take("l")), KvResult::Error(KvError::WrongType));
+        assert_eq!(
+            kv.read(&KvQuery::Typed(TypedQuery::ListLen { key: k("l") })),
+            KvResult::Len(1),
+            "a refused GETDEL keeps the list"
+        );
+        assert_eq!(KvCommand::decode(take("a").encode()), Ok(take("a")));
     }
 
     #[test]
