@@ -2,8 +2,8 @@
 
 use bytes::Bytes;
 use flotilla_rsm::{
-    ApplyError, Envelope, KvCommand, KvError, KvQuery, KvResult, KvStore, PutCondition, Rsm,
-    SessionConfig, SessionTable,
+    ApplyError, Envelope, ExpireCondition, KvCommand, KvError, KvQuery, KvResult, KvStore,
+    PutCondition, Rsm, SessionConfig, SessionTable,
 };
 use proptest::prelude::*;
 
@@ -29,6 +29,8 @@ fn query() -> impl Strategy<Value = KvQuery> {
                 keys_only
             }),
         Just(KvQuery::Count),
+        bytes().prop_map(|key| KvQuery::Deadline { key }),
+        Just(KvQuery::NextDeadline),
     ]
 }
 
@@ -63,6 +65,37 @@ fn command() -> impl Strategy<Value = KvCommand> {
             .prop_map(|pairs| KvCommand::MultiPut { pairs }),
         Just(KvCommand::Clear),
         bytes().prop_map(|key| KvCommand::Take { key }),
+        (
+            bytes(),
+            bytes(),
+            any::<bool>(),
+            proptest::option::of(any::<u64>())
+        )
+            .prop_map(|(key, value, return_previous, expire_at_ms)| {
+                KvCommand::PutExpiring {
+                    key,
+                    value,
+                    condition: PutCondition::IfPresent,
+                    return_previous,
+                    expire_at_ms,
+                }
+            }),
+        (bytes(), any::<u64>(), any::<u64>(), 0usize..5).prop_map(|(key, at_ms, now_ms, c)| {
+            KvCommand::Expire {
+                key,
+                at_ms,
+                now_ms,
+                condition: [
+                    ExpireCondition::Always,
+                    ExpireCondition::IfNone,
+                    ExpireCondition::IfSome,
+                    ExpireCondition::Later,
+                    ExpireCondition::Earlier,
+                ][c],
+            }
+        }),
+        bytes().prop_map(|key| KvCommand::Persist { key }),
+        any::<u64>().prop_map(|now_ms| KvCommand::ExpireDue { now_ms }),
         query().prop_map(KvCommand::Read),
     ]
 }

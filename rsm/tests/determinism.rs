@@ -4,8 +4,8 @@
 
 use bytes::Bytes;
 use flotilla_rsm::{
-    encode_noop, Applied, ApplyError, DecodeError, Envelope, KvCommand, KvQuery, KvResult, KvStore,
-    PutCondition, Rsm, SessionConfig,
+    encode_noop, Applied, ApplyError, DecodeError, Envelope, ExpireCondition, KvCommand, KvQuery,
+    KvResult, KvStore, PutCondition, Rsm, SessionConfig,
 };
 use futures_lite::future::block_on;
 use proptest::prelude::*;
@@ -39,12 +39,31 @@ fn kv_cmd() -> impl Strategy<Value = KvCommand> {
                 expected,
                 new_value
             }),
-        proptest::collection::vec((key.clone(), val), 0..3)
+        proptest::collection::vec((key.clone(), val.clone()), 0..3)
             .prop_map(|pairs| KvCommand::MultiPut { pairs }),
         key.clone()
             .prop_map(|key| KvCommand::Read(KvQuery::Get { key })),
         Just(KvCommand::Read(KvQuery::Count)),
         key.clone().prop_map(|key| KvCommand::Take { key }),
+        (key.clone(), val.clone(), proptest::option::of(0u64..20)).prop_map(
+            |(key, value, expire_at_ms)| KvCommand::PutExpiring {
+                key,
+                value,
+                condition: PutCondition::Always,
+                return_previous: false,
+                expire_at_ms
+            }
+        ),
+        (key.clone(), 0u64..20, 0u64..10).prop_map(|(key, at_ms, now_ms)| KvCommand::Expire {
+            key,
+            at_ms,
+            now_ms,
+            condition: ExpireCondition::Always
+        }),
+        key.clone().prop_map(|key| KvCommand::Persist { key }),
+        (0u64..20).prop_map(|now_ms| KvCommand::ExpireDue { now_ms }),
+        key.clone()
+            .prop_map(|key| KvCommand::Read(KvQuery::Deadline { key })),
     ]
 }
 

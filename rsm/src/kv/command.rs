@@ -12,7 +12,11 @@
 //!          0x06 MultiPut     | pairs list<key bytes, value bytes> |
 //!          0x07 Clear        |
 //!          0x08 Take         | key bytes |
-//!          0x20..=0x24       a query (below), executed in log order
+//!          0x09 PutExpiring  | (as Put) | expire_at opt<u64> (none: keep the key's deadline) |
+//!          0x0a Expire       | key bytes | at_ms u64 | now_ms u64 | condition u8 (0 always, 1 NX, 2 XX, 3 GT, 4 LT) |
+//!          0x0b Persist      | key bytes |
+//!          0x0c ExpireDue    | now_ms u64 |
+//!          0x20..=0x26       a query (below), executed in log order
 //!          0x30..=0x50       a typed command (lists, sets, hashes, sorted
 //!                            sets, streams: drawn in `typed.rs`)
 //!          0x60..=0x81       a typed query, executed in log order
@@ -21,6 +25,8 @@
 //!          0x22 Exists       | keys list<bytes> |
 //!          0x23 Scan         | start bytes | end opt | limit u32 | keys_only u8 |
 //!          0x24 Count        |
+//!          0x25 Deadline     | key bytes |
+//!          0x26 NextDeadline |
 //!          0x60..=0x81       a typed query (drawn in `typed.rs`)
 //! result   0x00 Ok
 //!          0x01 Value        | value opt |
@@ -78,6 +84,29 @@ pub enum PutCondition {
     /// Write only if the key is present (`XX`).
     IfPresent,
 }
+
+/// The condition of a [`KvCommand::Expire`] (Redis `EXPIRE ... NX | XX |
+/// GT | LT`; a key without a deadline counts as expiring never).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpireCondition {
+    /// Always set.
+    Always,
+    /// Only if the key has no deadline (`NX`).
+    IfNone,
+    /// Only if the key has a deadline (`XX`).
+    IfSome,
+    /// Only if the new deadline is later than the current one (`GT`).
+    Later,
+    /// Only if the new deadline is earlier than the current one (`LT`).
+    Earlier,
+}
+
+/// Latest deadline a key can have (deadlines are replied as `i64`).
+pub const DEADLINE_MS_MAX: u64 = i64::MAX as u64;
+
+/// Most keys one [`KvCommand::ExpireDue`] deletes (the leader proposes
+/// another while more are due).
+pub const EXPIRE_DUE_KEYS_MAX: usize = 10_000;
 
 /// A command to the KV store: proposed through raft and applied in log
 /// order on every replica.
@@ -143,6 +172,49 @@ pub enum KvCommand {
         /// The key.
         key: Bytes,
     },
+    /// [`KvCommand::Put`] that also sets the key's deadline (Redis `SET
+    /// ... EX | PX | EXAT | PXAT`) or keeps it (`KEEPTTL`: `None`). A plain
+    /// `Put` clears it. Deadlines are absolute Unix milliseconds (see
+    /// `expiry.rs`), capped at [`DEADLINE_MS_MAX`].
+    PutExpiring {
+        /// The key.
+        key: Bytes,
+        /// The value.
+        value: Bytes,
+        /// When to write.
+        condition: PutCondition,
+        /// Return the previous value.
+        return_previous: bool,
+        /// The deadline; `None` keeps the key's current one.
+        expire_at_ms: Option<u64>,
+    },
+    /// Set the deadline of an existing key if `condition` holds; a deadline
+    /// not after `now_ms` (the proposer's clock) deletes the key at once.
+    /// Result [`KvResult::Int`]: 1 if set (or deleted), 0 if the key is
+    /// absent or the condition failed.
+    Expire {
+        /// The key.
+        key: Bytes,
+        /// The new deadline.
+        at_ms: u64,
+        /// The proposer's clock.
+        now_ms: u64,
+        /// When to set it.
+        condition: ExpireCondition,
+    },
+    /// Remove the deadline of `key`. Result [`KvResult::Int`]: 1 if it had
+    /// one.
+    Persist {
+        /// The key.
+        key: Bytes,
+    },
+    /// Delete keys whose deadline is at most `now_ms` (the proposing
+    /// leader's clock), earliest first, at most [`EXPIRE_DUE_KEYS_MAX`].
+    /// Result [`KvResult::Count`] of keys deleted.
+    ExpireDue {
+        /// The proposer's clock.
+        now_ms: u64,
+    },
     /// A read, executed in log order (a read through the log).
     Read(KvQuery),
     /// A write to a list, set, hash, sorted set or stream.
@@ -184,6 +256,16 @@ pub enum KvQuery {
     },
     /// Number of keys. Result [`KvResult::Count`].
     Count,
+    /// The deadline of `key` (Redis `TTL`, `PTTL`, `EXPIRETIME`). Result
+    /// [`KvResult::Int`]: -2 if the key is absent, -1 if it has no
+    /// deadline, else the deadline in Unix milliseconds.
+    Deadline {
+        /// The key.
+        key: Bytes,
+    },
+    /// The earliest deadline of any key. Result [`KvResult::Int`]: -1 if no
+    /// key has one.
+    NextDeadline,
     /// A read of a list, set, hash, sorted set or stream (or `TYPE`).
     Typed(TypedQuery),
 }
@@ -493,11 +575,7 @@ impl KvCommand {
                 out.put_u8(0x01);
                 put_bytes(out, key);
                 put_bytes(out, value);
-                out.put_u8(match condition {
-                    PutCondition::Always => 0,
-                    PutCondition::IfAbsent => 1,
-                    PutCondition::IfPresent => 2,
-                });
+                out.put_u8(put_condition_code(*condition));
                 out.put_u8(u8::from(*return_previous));
             }
             KvCommand::Delete { keys } => {
@@ -537,6 +615,52 @@ impl KvCommand {
                 out.put_u8(0x08);
                 put_bytes(out, key);
             }
+            KvCommand::PutExpiring {
+                key,
+                value,
+                condition,
+                return_previous,
+                expire_at_ms,
+            } => {
+                out.put_u8(0x09);
+                put_bytes(out, key);
+                put_bytes(out, value);
+                out.put_u8(put_condition_code(*condition));
+                out.put_u8(u8::from(*return_previous));
+                match expire_at_ms {
+                    None => out.put_u8(0),
+                    Some(at) => {
+                        out.put_u8(1);
+                        out.put_u64_le(*at);
+                    }
+                }
+            }
+            KvCommand::Expire {
+                key,
+                at_ms,
+                now_ms,
+                condition,
+            } => {
+                out.put_u8(0x0a);
+                put_bytes(out, key);
+                out.put_u64_le(*at_ms);
+                out.put_u64_le(*now_ms);
+                out.put_u8(match condition {
+                    ExpireCondition::Always => 0,
+                    ExpireCondition::IfNone => 1,
+                    ExpireCondition::IfSome => 2,
+                    ExpireCondition::Later => 3,
+                    ExpireCondition::Earlier => 4,
+                });
+            }
+            KvCommand::Persist { key } => {
+                out.put_u8(0x0b);
+                put_bytes(out, key);
+            }
+            KvCommand::ExpireDue { now_ms } => {
+                out.put_u8(0x0c);
+                out.put_u64_le(*now_ms);
+            }
             KvCommand::Read(q) => q.encode_into(out),
             KvCommand::Typed(c) => c.encode_into(out),
         }
@@ -553,21 +677,10 @@ impl KvCommand {
             0x01 => {
                 let key = r.bytes("key", DECODE_BYTES_MAX)?;
                 let value = r.bytes("value", DECODE_BYTES_MAX)?;
-                let condition = match r.u8()? {
-                    0 => PutCondition::Always,
-                    1 => PutCondition::IfAbsent,
-                    2 => PutCondition::IfPresent,
-                    tag => {
-                        return Err(DecodeError::UnknownTag {
-                            what: "put condition",
-                            tag,
-                        })
-                    }
-                };
                 KvCommand::Put {
                     key,
                     value,
-                    condition,
+                    condition: get_put_condition(&mut r)?,
                     return_previous: get_bool(&mut r)?,
                 }
             }
@@ -602,7 +715,52 @@ impl KvCommand {
             0x08 => KvCommand::Take {
                 key: r.bytes("key", DECODE_BYTES_MAX)?,
             },
-            0x20..=0x24 => return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?)),
+            0x09 => {
+                let key = r.bytes("key", DECODE_BYTES_MAX)?;
+                let value = r.bytes("value", DECODE_BYTES_MAX)?;
+                let condition = get_put_condition(&mut r)?;
+                let return_previous = get_bool(&mut r)?;
+                let expire_at_ms = match r.u8()? {
+                    0 => None,
+                    1 => Some(r.u64()?),
+                    tag => {
+                        return Err(DecodeError::UnknownTag {
+                            what: "deadline option",
+                            tag,
+                        })
+                    }
+                };
+                KvCommand::PutExpiring {
+                    key,
+                    value,
+                    condition,
+                    return_previous,
+                    expire_at_ms,
+                }
+            }
+            0x0a => KvCommand::Expire {
+                key: r.bytes("key", DECODE_BYTES_MAX)?,
+                at_ms: r.u64()?,
+                now_ms: r.u64()?,
+                condition: match r.u8()? {
+                    0 => ExpireCondition::Always,
+                    1 => ExpireCondition::IfNone,
+                    2 => ExpireCondition::IfSome,
+                    3 => ExpireCondition::Later,
+                    4 => ExpireCondition::Earlier,
+                    tag => {
+                        return Err(DecodeError::UnknownTag {
+                            what: "expire condition",
+                            tag,
+                        })
+                    }
+                },
+            },
+            0x0b => KvCommand::Persist {
+                key: r.bytes("key", DECODE_BYTES_MAX)?,
+            },
+            0x0c => KvCommand::ExpireDue { now_ms: r.u64()? },
+            0x20..=0x26 => return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?)),
             tag if TypedQuery::is_tag(tag) => {
                 return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?))
             }
@@ -677,6 +835,11 @@ impl KvQuery {
                 out.put_u8(u8::from(*keys_only));
             }
             KvQuery::Count => out.put_u8(0x24),
+            KvQuery::Deadline { key } => {
+                out.put_u8(0x25);
+                put_bytes(out, key);
+            }
+            KvQuery::NextDeadline => out.put_u8(0x26),
             KvQuery::Typed(q) => q.encode_into(out),
         }
     }
@@ -709,6 +872,10 @@ impl KvQuery {
                 keys_only: get_bool(&mut r)?,
             },
             0x24 => KvQuery::Count,
+            0x25 => KvQuery::Deadline {
+                key: r.bytes("key", DECODE_BYTES_MAX)?,
+            },
+            0x26 => KvQuery::NextDeadline,
             tag if TypedQuery::is_tag(tag) => {
                 KvQuery::Typed(TypedQuery::decode_tagged(tag, &mut r)?)
             }
@@ -722,6 +889,28 @@ impl KvQuery {
         r.finish()?;
         Ok(q)
     }
+}
+
+fn put_condition_code(c: PutCondition) -> u8 {
+    match c {
+        PutCondition::Always => 0,
+        PutCondition::IfAbsent => 1,
+        PutCondition::IfPresent => 2,
+    }
+}
+
+fn get_put_condition(r: &mut Reader) -> Result<PutCondition, DecodeError> {
+    Ok(match r.u8()? {
+        0 => PutCondition::Always,
+        1 => PutCondition::IfAbsent,
+        2 => PutCondition::IfPresent,
+        tag => {
+            return Err(DecodeError::UnknownTag {
+                what: "put condition",
+                tag,
+            })
+        }
+    })
 }
 
 /// The smallest key greater than every key starting with `prefix`, or

@@ -135,6 +135,7 @@ impl KvStore {
         if c.vanishes() {
             self.map.remove(key);
             self.typed.remove(&k);
+            self.deadlines.clear(key);
         }
         Ok(Some(r))
     }

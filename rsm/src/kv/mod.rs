@@ -6,6 +6,7 @@
 mod collection;
 mod command;
 mod exec;
+mod expiry;
 mod hash;
 mod key;
 mod map;
@@ -18,10 +19,12 @@ use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use collection::{Collection, Elem, Score, StreamId};
 pub use command::{
-    prefix_end, KvCommand, KvError, KvQuery, KvResult, PutCondition, ResultBytes, TypedCommand,
-    TypedQuery, XAddId, ZAddCompare, ZAddCondition, ITEMS_PER_RESULT_MAX, KEYS_PER_COMMAND_MAX,
-    KEY_BYTES_MAX, RESULT_BYTES_MAX, SCAN_BYTES_MAX, SCAN_LIMIT_MAX, VALUE_BYTES_MAX,
+    prefix_end, ExpireCondition, KvCommand, KvError, KvQuery, KvResult, PutCondition, ResultBytes,
+    TypedCommand, TypedQuery, XAddId, ZAddCompare, ZAddCondition, DEADLINE_MS_MAX,
+    EXPIRE_DUE_KEYS_MAX, ITEMS_PER_RESULT_MAX, KEYS_PER_COMMAND_MAX, KEY_BYTES_MAX,
+    RESULT_BYTES_MAX, SCAN_BYTES_MAX, SCAN_LIMIT_MAX, VALUE_BYTES_MAX,
 };
+use expiry::Deadlines;
 use std::rc::Rc;
 
 use key::Key;
@@ -75,6 +78,9 @@ pub struct KvStore {
     typed: CowTree<Rc<Collection>>,
     /// Sum of the collections' element bytes.
     typed_bytes: u64,
+    /// Keys that expire, and when (see `expiry.rs`). Invariant: only keys
+    /// present in `map`.
+    deadlines: Deadlines,
 }
 
 impl KvStore {
@@ -118,6 +124,7 @@ impl KvStore {
         match self.map.remove(key) {
             None => false,
             Some(v) => {
+                self.deadlines.clear(key);
                 if v.is_typed() {
                     self.drop_collection(key);
                 }
@@ -187,16 +194,23 @@ impl KvStore {
                     return KvResult::Error(KvError::WrongType);
                 }
                 match new_value {
-                    Some(new_value) => self.map.upsert(key, |cur| {
-                        let swapped = cur.map(|c| &c[..]) == expected.as_deref();
-                        (
-                            swapped.then(|| Value::copy(new_value)),
-                            KvResult::Cas {
-                                swapped,
-                                previous: cur.map(Value::to_bytes),
-                            },
-                        )
-                    }),
+                    Some(new_value) => {
+                        let r = self.map.upsert(key, |cur| {
+                            let swapped = cur.map(|c| &c[..]) == expected.as_deref();
+                            (
+                                swapped.then(|| Value::copy(new_value)),
+                                KvResult::Cas {
+                                    swapped,
+                                    previous: cur.map(Value::to_bytes),
+                                },
+                            )
+                        });
+                        if matches!(r, KvResult::Cas { swapped: true, .. }) {
+                            // A new value, as SET: no deadline.
+                            self.deadlines.clear(key);
+                        }
+                        r
+                    }
                     None => {
                         let previous = self.map.get(key).map(Value::to_bytes);
                         let swapped = previous.as_deref() == expected.as_deref();
@@ -242,6 +256,7 @@ impl KvStore {
                     if was_typed {
                         self.drop_collection(k);
                     }
+                    self.deadlines.clear(k);
                 }
                 KvResult::Ok
             }
@@ -250,6 +265,7 @@ impl KvStore {
                 self.map = CowMap::default();
                 self.typed = CowTree::default();
                 self.typed_bytes = 0;
+                self.deadlines.reset();
                 KvResult::Ok
             }
             KvCommand::Take { key } => match self.map.get(key) {
@@ -261,13 +277,84 @@ impl KvStore {
                     KvResult::Value(Some(previous))
                 }
             },
+            KvCommand::PutExpiring {
+                key,
+                value,
+                condition,
+                return_previous,
+                expire_at_ms,
+            } => {
+                let r = self.put_keeping_deadline(key, value, *condition, *return_previous);
+                if matches!(r, KvResult::Put { written: true, .. }) {
+                    if let Some(at) = expire_at_ms {
+                        self.deadlines.set(key, (*at).min(DEADLINE_MS_MAX));
+                    }
+                }
+                r
+            }
+            KvCommand::Expire {
+                key,
+                at_ms,
+                now_ms,
+                condition,
+            } => {
+                if !self.map.contains_key(key) {
+                    return KvResult::Int(0);
+                }
+                let at = (*at_ms).min(DEADLINE_MS_MAX);
+                let current = self.deadlines.get(key);
+                let ok = match condition {
+                    ExpireCondition::Always => true,
+                    ExpireCondition::IfNone => current.is_none(),
+                    ExpireCondition::IfSome => current.is_some(),
+                    // No deadline: never expires, later than anything.
+                    ExpireCondition::Later => current.is_some_and(|c| at > c),
+                    ExpireCondition::Earlier => current.is_none_or(|c| at < c),
+                };
+                if !ok {
+                    return KvResult::Int(0);
+                }
+                if at <= *now_ms {
+                    self.remove_key(key);
+                } else {
+                    self.deadlines.set(key, at);
+                }
+                KvResult::Int(1)
+            }
+            KvCommand::Persist { key } => {
+                KvResult::Int(i64::from(self.deadlines.clear(key).is_some()))
+            }
+            KvCommand::ExpireDue { now_ms } => {
+                let due = self.deadlines.due(*now_ms, EXPIRE_DUE_KEYS_MAX);
+                for k in &due {
+                    let existed = self.remove_key(k);
+                    debug_assert!(existed, "a key with a deadline exists");
+                }
+                KvResult::Count(due.len() as u64)
+            }
             KvCommand::Read(q) => self.read(q),
             KvCommand::Typed(c) => self.execute_typed(c),
         }
     }
 
-    /// `KvCommand::Put`, from borrowed key and value.
+    /// `KvCommand::Put`, from borrowed key and value: a written value has
+    /// no deadline (Redis `SET` without `KEEPTTL`).
     fn put(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        condition: PutCondition,
+        return_previous: bool,
+    ) -> KvResult {
+        let r = self.put_keeping_deadline(key, value, condition, return_previous);
+        if self.deadlines.len() > 0 && matches!(r, KvResult::Put { written: true, .. }) {
+            self.deadlines.clear(key);
+        }
+        r
+    }
+
+    /// A put that leaves the key's deadline as it is.
+    fn put_keeping_deadline(
         &mut self,
         key: &[u8],
         value: &[u8],
@@ -335,6 +422,14 @@ impl KvStore {
             }
             KvQuery::Exists { keys } => {
                 KvResult::Count(keys.iter().filter(|k| self.map.contains_key(k)).count() as u64)
+            }
+            KvQuery::Deadline { key } => KvResult::Int(if !self.map.contains_key(key) {
+                -2
+            } else {
+                self.deadlines.get(key).map_or(-1, |at| at as i64)
+            }),
+            KvQuery::NextDeadline => {
+                KvResult::Int(self.deadlines.next().map_or(-1, |at| at as i64))
             }
             KvQuery::Scan {
                 start,
@@ -481,7 +576,7 @@ impl StateMachine for KvStore {
             DecodeError::UnknownTag { .. }
                 if query
                     .first()
-                    .is_some_and(|t| (0x01..=0x07).contains(t) || TypedCommand::is_tag(*t)) =>
+                    .is_some_and(|t| (0x01..=0x0c).contains(t) || TypedCommand::is_tag(*t)) =>
             {
                 QueryError::Unsupported
             }
@@ -494,6 +589,7 @@ impl StateMachine for KvStore {
         Box::new(KvSnapshot {
             map: self.map.clone(),
             typed: self.typed.clone(),
+            deadlines: self.deadlines.clone(),
         })
     }
 
@@ -506,10 +602,11 @@ impl StateMachine for KvStore {
         src: &'a mut (dyn AsyncRead + Unpin),
     ) -> LocalBoxFuture<'a, Result<(), SnapshotError>> {
         Box::pin(async move {
-            let (map, typed) = read_kv_data(src).await?;
+            let (map, typed, deadlines) = read_kv_data(src).await?;
             self.typed_bytes = typed.iter().map(|(_, c)| c.bytes() as u64).sum();
             self.map = map;
             self.typed = typed;
+            self.deadlines = deadlines;
             Ok(())
         })
     }
@@ -520,6 +617,7 @@ impl StateMachine for KvStore {
 struct KvSnapshot {
     map: CowMap,
     typed: CowTree<Rc<Collection>>,
+    deadlines: Deadlines,
 }
 
 impl SmSnapshot for KvSnapshot {
@@ -530,8 +628,12 @@ impl SmSnapshot for KvSnapshot {
     /// the value length (a length no string can have: strings are at most
     /// [`VALUE_BYTES_MAX`], 64 MiB), then its elements.
     ///
+    /// A key with a deadline has `0xFFFF_FF10 | deadline_ms u64` before its
+    /// value (snapshots of stores without deadlines are as they always
+    /// were; a reader that predates deadlines refuses the marker).
+    ///
     /// ```text
-    /// | count u64 | (key_len u32 | key | value) * count | crc32 u32 |
+    /// | count u64 | (key_len u32 | key | [0xFFFF_FF10 | deadline u64] value) * count | crc32 u32 |
     /// value: value_len u32 (≤ 64 MiB) | value bytes                   a string
     ///      | 0xFFFF_FF01 | n u64 | elem * n                           a list, head first
     ///      | 0xFFFF_FF02 | n u64 | (field elem | value elem) * n      a hash, field order
@@ -562,6 +664,10 @@ impl SmSnapshot for KvSnapshot {
                 prev = Some(k);
                 out.buf.extend_from_slice(&(k.len() as u32).to_le_bytes());
                 out.buf.extend_from_slice(k);
+                if let Some(at) = self.deadlines.get(k) {
+                    out.u32(MARK_DEADLINE);
+                    out.u64(at);
+                }
                 match v {
                     v if v.is_typed() => {
                         let c = self
@@ -642,6 +748,8 @@ const MARK_HASH: u32 = 0xFFFF_FF02;
 const MARK_SET: u32 = 0xFFFF_FF03;
 const MARK_ZSET: u32 = 0xFFFF_FF04;
 const MARK_STREAM: u32 = 0xFFFF_FF05;
+/// Before a value: the key's deadline follows.
+const MARK_DEADLINE: u32 = 0xFFFF_FF10;
 
 async fn write_collection(out: &mut Out<'_>, c: &Collection) -> Result<(), SnapshotError> {
     match c {
@@ -895,11 +1003,12 @@ async fn read_collection(
 /// bounds and the trailing CRC before the map is handed back.
 async fn read_kv_data(
     src: &mut (dyn AsyncRead + Unpin),
-) -> Result<(CowMap, CowTree<Rc<Collection>>), SnapshotError> {
+) -> Result<(CowMap, CowTree<Rc<Collection>>, Deadlines), SnapshotError> {
     let mut crc = crc32fast::Hasher::new();
     let count = read_u64(src, &mut crc).await?;
     let mut pairs: Vec<(Key, Value)> = Vec::with_capacity(count.min(1 << 16) as usize);
     let mut typed: Vec<(Key, Rc<Collection>)> = Vec::new();
+    let mut deadlines: Vec<(Key, u64)> = Vec::new();
     let mut key = Vec::new();
     // Yield every YIELD_EVERY_ENTRIES pairs or WRITE_PIECE_BYTES of values,
     // whichever comes first.
@@ -914,7 +1023,15 @@ async fn read_kv_data(
         let klen = read_len(src, &mut crc, "key", KEY_BYTES_MAX).await?;
         key.resize(klen, 0);
         read_hashed(src, &mut key, &mut crc).await?;
-        let vlen = read_u32(src, &mut crc).await?;
+        let mut vlen = read_u32(src, &mut crc).await?;
+        if vlen == MARK_DEADLINE {
+            let at = read_u64(src, &mut crc).await?;
+            if at > DEADLINE_MS_MAX {
+                return Err(invalid("deadline"));
+            }
+            deadlines.push((Key::new(&key), at));
+            vlen = read_u32(src, &mut crc).await?;
+        }
         let value = match vlen {
             MARK_LIST..=MARK_STREAM => {
                 let c = read_collection(src, &mut crc, vlen).await?;
@@ -950,7 +1067,11 @@ async fn read_kv_data(
             computed,
         });
     }
-    Ok((CowMap::from_sorted(pairs), CowTree::from_sorted(typed)))
+    Ok((
+        CowMap::from_sorted(pairs),
+        CowTree::from_sorted(typed),
+        Deadlines::from_sorted(deadlines),
+    ))
 }
 
 #[cfg(test)]
@@ -999,6 +1120,164 @@ mod tests {
             KvCommand::decode(KvCommand::Clear.encode()),
             Ok(KvCommand::Clear)
         );
+    }
+
+    fn deadline(kv: &KvStore, key: &str) -> KvResult {
+        kv.read(&KvQuery::Deadline { key: k(key) })
+    }
+
+    fn expire(key: &str, at_ms: u64, now_ms: u64, condition: ExpireCondition) -> KvCommand {
+        KvCommand::Expire {
+            key: k(key),
+            at_ms,
+            now_ms,
+            condition,
+        }
+    }
+
+    fn put_ex(key: &str, value: &str, at: Option<u64>) -> KvCommand {
+        KvCommand::PutExpiring {
+            key: k(key),
+            value: k(value),
+            condition: PutCondition::Always,
+            return_previous: false,
+            expire_at_ms: at,
+        }
+    }
+
+    #[test]
+    fn deadlines_follow_redis_rules_and_expire_only_through_the_log() {
+        use ExpireCondition::*;
+        let mut kv = KvStore::new();
+        assert_eq!(
+            kv.execute(&expire("a", 100, 0, Always)),
+            KvResult::Int(0),
+            "absent"
+        );
+        assert_eq!(deadline(&kv, "a"), KvResult::Int(-2));
+        kv.execute(&put_ex("a", "1", Some(1_000)));
+        assert_eq!(deadline(&kv, "a"), KvResult::Int(1_000));
+        // KEEPTTL keeps it, a plain SET drops it.
+        kv.execute(&put_ex("a", "2", None));
+        assert_eq!(deadline(&kv, "a"), KvResult::Int(1_000));
+        kv.execute(&KvCommand::put("a", "3"));
+        assert_eq!(deadline(&kv, "a"), KvResult::Int(-1));
+        // NX / XX / GT / LT; no deadline counts as never.
+        assert_eq!(kv.execute(&expire("a", 500, 0, IfSome)), KvResult::Int(0));
+        assert_eq!(kv.execute(&expire("a", 500, 0, Later)), KvResult::Int(0));
+        assert_eq!(kv.execute(&expire("a", 500, 0, Earlier)), KvResult::Int(1));
+        assert_eq!(kv.execute(&expire("a", 400, 0, IfNone)), KvResult::Int(0));
+        assert_eq!(kv.execute(&expire("a", 900, 0, Later)), KvResult::Int(1));
+        assert_eq!(kv.execute(&expire("a", 950, 0, Earlier)), KvResult::Int(0));
+        assert_eq!(deadline(&kv, "a"), KvResult::Int(900));
+        // INCR and APPEND keep the deadline (as Redis).
+        kv.execute(&KvCommand::Increment {
+            key: k("a"),
+            delta: 1,
+        });
+        assert_eq!(deadline(&kv, "a"), KvResult::Int(900));
+        assert_eq!(
+            kv.execute(&KvCommand::Persist { key: k("a") }),
+            KvResult::Int(1)
+        );
+        assert_eq!(
+            kv.execute(&KvCommand::Persist { key: k("a") }),
+            KvResult::Int(0)
+        );
+        // A deadline already past when proposed deletes at once.
+        assert_eq!(kv.execute(&expire("a", 50, 60, Always)), KvResult::Int(1));
+        assert_eq!(kv.get(b"a"), None);
+        // Keys stay until an ExpireDue entry covers them, earliest first.
+        kv.execute(&put_ex("x", "1", Some(300)));
+        kv.execute(&put_ex("y", "1", Some(200)));
+        kv.execute(&put_ex("z", "1", Some(400)));
+        kv.execute(&KvCommand::Typed(TypedCommand::ListPush {
+            key: k("l"),
+            left: false,
+            only_existing: false,
+            values: vec![k("e")],
+        }));
+        assert_eq!(kv.execute(&expire("l", 250, 0, Always)), KvResult::Int(1));
+        assert_eq!(kv.read(&KvQuery::NextDeadline), KvResult::Int(200));
+        assert_eq!(
+            kv.execute(&KvCommand::ExpireDue { now_ms: 299 }),
+            KvResult::Count(2)
+        );
+        assert_eq!((kv.get(b"y"), kv.get(b"x").is_some()), (None, true));
+        assert_eq!(deadline(&kv, "l"), KvResult::Int(-2), "the list expired");
+        assert_eq!(kv.read(&KvQuery::NextDeadline), KvResult::Int(300));
+        // Deleting or overwriting a key forgets its deadline: a new key of
+        // the same name does not inherit it.
+        kv.execute(&KvCommand::Delete { keys: vec![k("x")] });
+        kv.execute(&KvCommand::put("x", "new"));
+        kv.execute(&KvCommand::MultiPut {
+            pairs: vec![(k("z"), k("new"))],
+        });
+        assert_eq!(kv.read(&KvQuery::NextDeadline), KvResult::Int(-1));
+        assert_eq!(
+            kv.execute(&KvCommand::ExpireDue { now_ms: u64::MAX }),
+            KvResult::Count(0)
+        );
+        assert_eq!(kv.len(), 2);
+        kv.deadlines.check_invariants();
+        // A list that empties forgets its deadline too.
+        kv.execute(&KvCommand::Typed(TypedCommand::ListPush {
+            key: k("l"),
+            left: false,
+            only_existing: false,
+            values: vec![k("e")],
+        }));
+        kv.execute(&expire("l", 700, 0, Always));
+        kv.execute(&KvCommand::Typed(TypedCommand::ListPop {
+            key: k("l"),
+            left: true,
+            count: None,
+        }));
+        assert_eq!(kv.deadlines.len(), 0);
+    }
+
+    #[test]
+    fn deadlines_survive_a_snapshot_and_a_capture_keeps_its_own() {
+        let mut kv = KvStore::new();
+        kv.execute(&put_ex("a", "1", Some(10)));
+        kv.execute(&KvCommand::put("b", "2"));
+        kv.execute(&KvCommand::Typed(TypedCommand::HashSet {
+            key: k("h"),
+            pairs: vec![(k("f"), k("v"))],
+            only_new: false,
+        }));
+        kv.execute(&expire("h", 20, 0, ExpireCondition::Always));
+        let view = StateMachine::capture(&kv);
+        kv.execute(&KvCommand::ExpireDue { now_ms: 100 });
+        assert_eq!(kv.len(), 1);
+        let mut bytes = Vec::new();
+        futures_lite::future::block_on(view.write_to(&mut bytes)).unwrap();
+        let mut restored = KvStore::new();
+        futures_lite::future::block_on(StateMachine::recover(&mut restored, &mut &bytes[..]))
+            .unwrap();
+        assert_eq!(restored.len(), 3);
+        assert_eq!(deadline(&restored, "a"), KvResult::Int(10));
+        assert_eq!(deadline(&restored, "b"), KvResult::Int(-1));
+        assert_eq!(deadline(&restored, "h"), KvResult::Int(20));
+        restored.deadlines.check_invariants();
+        assert_eq!(
+            restored.execute(&KvCommand::ExpireDue { now_ms: 15 }),
+            KvResult::Count(1)
+        );
+        // A deadline past the cap is refused, not wrapped.
+        let at = bytes.len() - 4;
+        let pos = bytes
+            .windows(4)
+            .position(|w| w == MARK_DEADLINE.to_le_bytes())
+            .unwrap();
+        bytes[pos + 4..pos + 12].copy_from_slice(&u64::MAX.to_le_bytes());
+        let crc = crc32fast::hash(&bytes[..at]);
+        bytes[at..].copy_from_slice(&crc.to_le_bytes());
+        let r = futures_lite::future::block_on(StateMachine::recover(
+            &mut KvStore::new(),
+            &mut &bytes[..],
+        ));
+        assert!(r.is_err(), "{r:?}");
     }
 
     #[test]
