@@ -5,6 +5,7 @@
 
 mod bench;
 mod config;
+mod expiry;
 mod http;
 mod local;
 mod node;

@@ -305,6 +305,7 @@ pub fn start(cfg: &NodeConfig) -> Result<RunningNode, StartError> {
             stop: stop_rx.clone(),
             http_options: http_options.clone(),
             node_id: cfg.node_id,
+            expiry: i == 0,
         };
         if cfg.client_threads == 0 {
             // Seastar style: each shard accepts and serves connections
@@ -375,6 +376,8 @@ struct ClientServer {
     stop: flume::Receiver<()>,
     http_options: HttpOptions,
     node_id: u64,
+    /// Runs the node's key expiry task (one server of the node does).
+    expiry: bool,
 }
 
 impl ClientServer {
@@ -388,6 +391,7 @@ impl ClientServer {
             stop,
             http_options,
             node_id,
+            expiry,
         } = self;
         // SAFETY: both are owned, bound, listening, non-blocking TCP sockets;
         // ownership moves into the glommio listeners.
@@ -404,8 +408,18 @@ impl ClientServer {
         let http = glommio::spawn_local(http::serve_until(http_listener, http_state, async move {
             let _ = http_stop.recv_async().await;
         }));
+        let expiry = expiry.then(|| {
+            glommio::spawn_local(crate::expiry::run(
+                shared.host.clone(),
+                shared.kv_groups.clone(),
+                stop.clone(),
+            ))
+        });
         resp::serve(resp_listener, shared, stop).await;
         http.await;
+        if let Some(task) = expiry {
+            task.await;
+        }
     }
 }
 

@@ -42,7 +42,34 @@ fn free_bases() -> (u16, u16, u16) {
     })
 }
 
-fn start_local(data: &str, bases: (u16, u16, u16), extra: &[&str]) -> Child {
+/// A `flotilla local` process, killed if the test panics before it stops
+/// it (a leaked child would keep running, and keep the test's output pipe
+/// open).
+struct Local(Child);
+
+impl std::ops::Deref for Local {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Local {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn start_local(data: &str, bases: (u16, u16, u16), extra: &[&str]) -> Local {
     let mut child = Command::new(flotilla_bin())
         .args([
             "local",
@@ -94,7 +121,7 @@ fn start_local(data: &str, bases: (u16, u16, u16), extra: &[&str]) -> Child {
             panic!("flotilla local did not print its endpoints within 30 s");
         }
     }
-    child
+    Local(child)
 }
 
 fn redis_at(port: u16) -> redis::Connection {
@@ -263,6 +290,91 @@ fn local_serves_the_redis_data_types_and_redis_benchmark() {
         secs.abs_diff(now) <= 5 && micros < 1_000_000,
         "TIME {secs} {micros}"
     );
+    // Key expiry: deadlines in the log, keys deleted by the leader's expiry
+    // entry, seen the same way through every node.
+    let int = |c: &mut redis::Connection, args: &[&str]| -> i64 {
+        match q(c, args) {
+            Int(n) => n,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    };
+    assert_eq!(
+        q(&mut c, &["SET", "ttl1", "v", "PX", "400"]),
+        redis::Value::Okay
+    );
+    let pttl = int(&mut c, &["PTTL", "ttl1"]);
+    assert!((1..=400).contains(&pttl), "PTTL {pttl}");
+    assert_eq!(int(&mut c, &["TTL", "ttl1"]), 0, "400 ms rounds to 0 s");
+    assert_eq!(
+        q(&mut c, &["SETEX", "ttl2", "100", "v"]),
+        redis::Value::Okay
+    );
+    let ttl = int(&mut c, &["TTL", "ttl2"]);
+    assert!((99..=100).contains(&ttl), "TTL {ttl}");
+    assert_eq!(int(&mut c, &["PERSIST", "ttl2"]), 1);
+    assert_eq!(int(&mut c, &["TTL", "ttl2"]), -1);
+    assert_eq!(int(&mut c, &["TTL", "nosuchkey"]), -2);
+    assert_eq!(int(&mut c, &["EXPIRE", "nosuchkey", "10"]), 0);
+    assert_eq!(
+        int(&mut c, &["EXPIRE", "ttl2", "10", "XX"]),
+        0,
+        "no deadline"
+    );
+    assert_eq!(int(&mut c, &["EXPIRE", "ttl2", "10", "NX"]), 1);
+    assert_eq!(int(&mut c, &["EXPIRE", "ttl2", "5", "GT"]), 0);
+    assert_eq!(int(&mut c, &["PEXPIRE", "ttl2", "20000", "GT"]), 1);
+    let at = int(&mut c, &["PEXPIRETIME", "ttl2"]);
+    assert!(at > 0 && int(&mut c, &["EXPIRETIME", "ttl2"]) == at / 1000);
+    // INCR keeps the deadline, SET drops it, KEEPTTL keeps it.
+    assert_eq!(
+        q(&mut c, &["SET", "ttl3", "1", "EX", "50"]),
+        redis::Value::Okay
+    );
+    assert_eq!(int(&mut c, &["INCR", "ttl3"]), 2);
+    assert!(int(&mut c, &["TTL", "ttl3"]) > 0);
+    assert_eq!(
+        q(&mut c, &["SET", "ttl3", "x", "KEEPTTL"]),
+        redis::Value::Okay
+    );
+    assert!(int(&mut c, &["TTL", "ttl3"]) > 0);
+    assert_eq!(q(&mut c, &["SET", "ttl3", "y"]), redis::Value::Okay);
+    assert_eq!(int(&mut c, &["TTL", "ttl3"]), -1);
+    // A deadline in the past deletes at once; a collection expires too.
+    assert_eq!(int(&mut c, &["EXPIRE", "ttl3", "-1"]), 1);
+    assert_eq!(int(&mut c, &["EXISTS", "ttl3"]), 0);
+    assert_eq!(int(&mut c, &["RPUSH", "ttl-list", "a"]), 1);
+    assert_eq!(int(&mut c, &["PEXPIRE", "ttl-list", "300"]), 1);
+    for bad in [
+        &["SET", "k", "v", "EX", "0"][..],
+        &["SET", "k", "v", "EX", "x"],
+        &["SET", "k", "v", "EX", "1", "PX", "1"],
+        &["SET", "k", "v", "EX"],
+        &["SETEX", "k", "-5", "v"],
+        &["EXPIRE", "ttl2", "1", "NX", "XX"],
+        &["EXPIRE", "ttl2", "1", "GT", "LT"],
+    ] {
+        let mut cmd = redis::cmd(bad[0]);
+        for a in &bad[1..] {
+            cmd.arg(*a);
+        }
+        let r = cmd.query::<redis::Value>(&mut c);
+        assert!(r.is_err(), "{bad:?} answered {r:?}");
+    }
+    // The expired keys are gone on every node, with no request to them.
+    let mut others = [redis_at(bases.0 + 2), redis_at(bases.0 + 3)];
+    wait_for("ttl1 and ttl-list expire", Duration::from_secs(10), || {
+        let gone = |c: &mut redis::Connection| {
+            int(c, &["EXISTS", "ttl1"]) == 0 && int(c, &["EXISTS", "ttl-list"]) == 0
+        };
+        (gone(&mut c) && others.iter_mut().all(gone)).then_some(())
+    });
+    assert_eq!(q(&mut c, &["GET", "ttl1"]), redis::Value::Nil);
+    assert_eq!(int(&mut others[1], &["TTL", "ttl1"]), -2);
+    assert!(
+        int(&mut others[0], &["TTL", "ttl2"]) > 0,
+        "ttl2 still there"
+    );
+    assert_eq!(int(&mut c, &["DEL", "ttl2"]), 1);
     assert_eq!(q(&mut c, &["XLEN", "x"]), Int(1));
     assert_eq!(
         q(&mut c, &["XRANGE", "x", "-", "+"]),

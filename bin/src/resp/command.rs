@@ -24,7 +24,10 @@ use bytes::Bytes;
 use flotilla::kv::KvClient;
 use flotilla::{GroupId, HostError, NodeHost, ReadConsistency, RequestError, Role};
 use flotilla_rsm::kv::{prefix_end, KEYS_PER_COMMAND_MAX, KEY_BYTES_MAX};
-use flotilla_rsm::{KvCommand, KvError, KvQuery, KvResult, PutCondition, TypedQuery};
+use flotilla_rsm::{
+    ExpireCondition, KvCommand, KvError, KvQuery, KvResult, PutCondition, TypedQuery,
+    DEADLINE_MS_MAX,
+};
 
 use super::glob;
 use super::reply::Reply;
@@ -176,6 +179,11 @@ enum Finish {
     },
     /// A data-type command (types.rs).
     Typed(super::types::Finish),
+    /// TTL, PTTL, EXPIRETIME, PEXPIRETIME from a key's deadline.
+    Ttl {
+        millis: bool,
+        absolute: bool,
+    },
 }
 
 /// What a command needs.
@@ -326,6 +334,53 @@ pub fn prepare(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
             plan(
                 vec![one(cmd, &args[0])],
                 if nx { Finish::SetNx } else { Finish::GetSet },
+            )
+        }
+        "SETEX" | "PSETEX" => {
+            if args.len() != 3 {
+                return arity(&name);
+            }
+            if !key_ok(&args[0]) {
+                return Prepared::Reply(Reply::err("key too large"));
+            }
+            let opt = if name == "SETEX" { "EX" } else { "PX" };
+            let at = match set_deadline(opt, &args[1], &name.to_lowercase()) {
+                Ok(at) => at,
+                Err(reply) => return Prepared::Reply(reply),
+            };
+            let cmd = KvCommand::PutExpiring {
+                key: args[0].clone(),
+                value: args[2].clone(),
+                condition: PutCondition::Always,
+                return_previous: false,
+                expire_at_ms: Some(at),
+            };
+            plan(vec![one(cmd, &args[0])], Finish::Set { get: false })
+        }
+        "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" => prepare_expire(&name, args, conn),
+        "PERSIST" => {
+            if args.len() != 1 {
+                return arity(&name);
+            }
+            let cmd = KvCommand::Persist {
+                key: args[0].clone(),
+            };
+            plan(vec![one(cmd, &args[0])], Finish::Int)
+        }
+        "TTL" | "PTTL" | "EXPIRETIME" | "PEXPIRETIME" => {
+            if args.len() != 1 {
+                return arity(&name);
+            }
+            let key = args[0].clone();
+            plan(
+                vec![Sub {
+                    group: kv.group_for(&key),
+                    op: Op::Read(KvQuery::Deadline { key }),
+                }],
+                Finish::Ttl {
+                    millis: name.starts_with('P'),
+                    absolute: name.ends_with("TIME"),
+                },
             )
         }
         "GETDEL" => {
@@ -618,28 +673,44 @@ fn prepare_set(args: &[Bytes], conn: &Conn) -> Prepared {
     }
     let mut condition = PutCondition::Always;
     let mut get = false;
+    // None: no option (the deadline goes); Some(None): KEEPTTL.
+    let mut expiry: Option<Option<u64>> = None;
     let mut i = 2;
     while i < args.len() {
-        match upper(&args[i]).as_str() {
+        let opt = upper(&args[i]);
+        match opt.as_str() {
             "NX" if condition == PutCondition::Always => condition = PutCondition::IfAbsent,
             "XX" if condition == PutCondition::Always => condition = PutCondition::IfPresent,
             "GET" => get = true,
-            // No key expires in flotilla, so keeping the TTL is a no-op.
-            "KEEPTTL" => {}
-            "EX" | "PX" | "EXAT" | "PXAT" => {
-                return Prepared::Reply(Reply::err(
-                    "expiration (EX/PX/EXAT/PXAT) is not supported: flotilla keys do not expire",
-                ))
+            "KEEPTTL" if expiry.is_none() => expiry = Some(None),
+            "EX" | "PX" | "EXAT" | "PXAT" if expiry.is_none() => {
+                i += 1;
+                let Some(v) = args.get(i) else {
+                    return syntax();
+                };
+                match set_deadline(&opt, v, "set") {
+                    Ok(at) => expiry = Some(Some(at)),
+                    Err(reply) => return Prepared::Reply(reply),
+                }
             }
             _ => return syntax(),
         }
         i += 1;
     }
-    let cmd = KvCommand::Put {
-        key: key.clone(),
-        value,
-        condition,
-        return_previous: get,
+    let cmd = match expiry {
+        None => KvCommand::Put {
+            key: key.clone(),
+            value,
+            condition,
+            return_previous: get,
+        },
+        Some(expire_at_ms) => KvCommand::PutExpiring {
+            key: key.clone(),
+            value,
+            condition,
+            return_previous: get,
+            expire_at_ms,
+        },
     };
     plan(
         vec![Sub {
@@ -647,6 +718,109 @@ fn prepare_set(args: &[Bytes], conn: &Conn) -> Prepared {
             op: Op::Write(cmd),
         }],
         Finish::Set { get },
+    )
+}
+
+/// The absolute deadline (Unix ms) of a `SET`/`SETEX`-style expiry option
+/// `opt` (`EX`, `PX`, `EXAT`, `PXAT`) with argument `v`: Redis' rules (a
+/// positive integer, no overflow).
+fn set_deadline(opt: &str, v: &[u8], cmd: &str) -> Result<u64, Reply> {
+    let invalid = || Reply::err(format!("invalid expire time in '{cmd}' command"));
+    let n = parse_i64(v).ok_or_else(not_integer)?;
+    if n <= 0 {
+        return Err(invalid());
+    }
+    let n = n as u64;
+    let at = match opt {
+        "EX" => n
+            .checked_mul(1000)
+            .and_then(|ms| ms.checked_add(crate::expiry::unix_ms())),
+        "PX" => n.checked_add(crate::expiry::unix_ms()),
+        "EXAT" => n.checked_mul(1000),
+        _ => Some(n),
+    };
+    at.filter(|at| *at <= DEADLINE_MS_MAX).ok_or_else(invalid)
+}
+
+/// `EXPIRE`, `PEXPIRE`, `EXPIREAT`, `PEXPIREAT key t [NX|XX|GT|LT]`.
+fn prepare_expire(name: &str, args: &[Bytes], conn: &Conn) -> Prepared {
+    if args.len() < 2 {
+        return arity(name);
+    }
+    let Some(t) = parse_i64(&args[1]) else {
+        return Prepared::Reply(not_integer());
+    };
+    let invalid = || {
+        Prepared::Reply(Reply::err(format!(
+            "invalid expire time in '{}' command",
+            name.to_lowercase()
+        )))
+    };
+    let now = crate::expiry::unix_ms();
+    let millis = name.starts_with('P');
+    let absolute = name.ends_with("AT");
+    let t = if millis {
+        Some(i128::from(t))
+    } else {
+        i128::from(t).checked_mul(1000)
+    };
+    let at = match t.map(|t| if absolute { t } else { t + i128::from(now) }) {
+        // In the past: the key goes at once (0 is before any clock).
+        Some(at) if at < 0 => 0,
+        Some(at) if at <= i128::from(DEADLINE_MS_MAX) => at as u64,
+        _ => return invalid(),
+    };
+    let mut condition = ExpireCondition::Always;
+    for opt in &args[2..] {
+        let next = match upper(opt).as_str() {
+            "NX" => ExpireCondition::IfNone,
+            "XX" => ExpireCondition::IfSome,
+            "GT" => ExpireCondition::Later,
+            "LT" => ExpireCondition::Earlier,
+            _ => {
+                return Prepared::Reply(Reply::err(format!(
+                    "Unsupported option {}",
+                    String::from_utf8_lossy(opt)
+                )))
+            }
+        };
+        use ExpireCondition::{Always, Earlier, IfNone, IfSome, Later};
+        condition = match (condition, next) {
+            (Always, n) => n,
+            (a, b) if a == b => a,
+            (IfNone, _) | (_, IfNone) => {
+                return Prepared::Reply(Reply::err(
+                    "NX and XX, GT or LT options at the same time are not compatible",
+                ))
+            }
+            (Later, Earlier) | (Earlier, Later) => {
+                return Prepared::Reply(Reply::err(
+                    "GT and LT options at the same time are not compatible",
+                ))
+            }
+            // GT already needs a deadline (none counts as never).
+            (IfSome, Later) | (Later, IfSome) => Later,
+            (IfSome, Earlier) | (Earlier, IfSome) => {
+                return Prepared::Reply(Reply::err(
+                    "XX with LT is not supported: a key without a deadline fails XX, use LT alone or XX alone",
+                ))
+            }
+            (a, _) => a,
+        };
+    }
+    let key = args[0].clone();
+    let cmd = KvCommand::Expire {
+        key: key.clone(),
+        at_ms: at,
+        now_ms: now,
+        condition,
+    };
+    plan(
+        vec![Sub {
+            group: conn.kv.group_for(&key),
+            op: Op::Write(cmd),
+        }],
+        Finish::Int,
     )
 }
 
@@ -1100,6 +1274,29 @@ fn finish(f: Finish, results: Vec<Result<KvResult, HostError>>, conn: &mut Conn)
             Some(KvResult::Put { previous, .. }) => Reply::opt(previous.clone()),
             Some(r) => unexpected(r),
             None => Reply::Nil,
+        },
+        Finish::Ttl { millis, absolute } => match first {
+            Some(KvResult::Int(n)) if *n < 0 => Reply::Int(*n),
+            Some(KvResult::Int(at)) => {
+                let at = *at as u64;
+                // A deadline that passed still counts until the leader's
+                // expiry entry applies: the key is there, about to go.
+                let ms = if absolute {
+                    at
+                } else {
+                    at.saturating_sub(crate::expiry::unix_ms())
+                };
+                Reply::Int(if millis {
+                    ms as i64
+                } else if absolute {
+                    (ms / 1000) as i64
+                } else {
+                    // As Redis: rounded to the nearest second.
+                    (ms.saturating_add(500) / 1000) as i64
+                })
+            }
+            Some(r) => unexpected(r),
+            None => Reply::Int(-2),
         },
         Finish::Int => match first {
             Some(KvResult::Int(n)) => Reply::Int(*n),
