@@ -408,13 +408,8 @@ impl ClientServer {
         let http = glommio::spawn_local(http::serve_until(http_listener, http_state, async move {
             let _ = http_stop.recv_async().await;
         }));
-        let expiry = expiry.then(|| {
-            glommio::spawn_local(crate::expiry::run(
-                shared.host.clone(),
-                shared.kv_groups.clone(),
-                stop.clone(),
-            ))
-        });
+        let expiry =
+            expiry.then(|| glommio::spawn_local(crate::expiry::run(shared.clone(), stop.clone())));
         resp::serve(resp_listener, shared, stop).await;
         http.await;
         if let Some(task) = expiry {

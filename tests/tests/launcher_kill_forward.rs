@@ -248,3 +248,57 @@ fn idle_groups_of_a_killed_leader_elect_again_with_no_request() {
     let v: String = redis::cmd("GET").arg("key7").query(&mut c1).unwrap();
     assert_eq!(v, "w");
 }
+
+/// Keys given deadlines through node 1, which is then killed: the other
+/// nodes find the deadlines by their own scan and the groups' leaders
+/// expire the keys (an expiry entry through the log), with no request.
+#[test]
+fn keys_expire_after_the_node_that_set_their_deadline_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = started_cluster(dir.path());
+    let mut c1 = nodes[0].redis();
+    let keys: Vec<String> = (0..12).map(|k| format!("exp{k}")).collect();
+    for k in &keys {
+        let _: () = redis::cmd("SET")
+            .arg(k)
+            .arg("v")
+            .arg("PX")
+            .arg(1_500)
+            .query(&mut c1)
+            .unwrap();
+    }
+    nodes[0].kill9();
+    let mut c3 = nodes[2].redis();
+    let start = std::time::Instant::now();
+    loop {
+        let left: usize = keys
+            .iter()
+            .filter(|k| {
+                redis::cmd("EXISTS")
+                    .arg(*k)
+                    .query::<i64>(&mut c3)
+                    .unwrap_or(1)
+                    == 1
+            })
+            .count();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < READY,
+            "{left} of {} keys still there {:?} after their deadline\nnode 3:\n{}",
+            keys.len(),
+            start.elapsed(),
+            nodes[2].log_tail()
+        );
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1_000),
+        "keys vanished before their deadline ({elapsed:?})"
+    );
+    let mut c2 = nodes[1].redis();
+    let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query(&mut c2).unwrap();
+    assert_eq!(ttl, -2, "gone on node 2 too");
+}

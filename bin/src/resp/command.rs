@@ -59,6 +59,9 @@ pub struct Shared {
     /// Commands answered since start.
     pub commands_processed: AtomicU64,
     next_client_id: AtomicU64,
+    /// Per KV group (routing order): a command of this node gave a key a
+    /// deadline since the expiry task last looked (see `expiry.rs`).
+    expiry_hints: Vec<std::sync::atomic::AtomicBool>,
 }
 
 impl Shared {
@@ -76,7 +79,6 @@ impl Shared {
         assert!(!kv_groups.is_empty(), "at least one KV group");
         Shared {
             host,
-            kv_groups,
             max_value_bytes,
             request_timeout,
             read_consistency,
@@ -87,7 +89,24 @@ impl Shared {
             clients_accepted: AtomicU64::new(0),
             commands_processed: AtomicU64::new(0),
             next_client_id: AtomicU64::new(1),
+            expiry_hints: kv_groups
+                .iter()
+                .map(|_| std::sync::atomic::AtomicBool::new(false))
+                .collect(),
+            kv_groups,
         }
+    }
+
+    /// Notes that a command of this node gave a key of `group` a deadline.
+    fn hint_expiry(&self, group: GroupId) {
+        if let Some(i) = self.kv_groups.iter().position(|g| *g == group) {
+            self.expiry_hints[i].store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes the hint of the KV group at `index` (routing order).
+    pub fn take_expiry_hint(&self, index: usize) -> bool {
+        self.expiry_hints[index].swap(false, Ordering::Relaxed)
     }
 }
 
@@ -249,6 +268,18 @@ const COMMANDS: &[CommandInfo] = &[
     ("set", -3, &["write", "denyoom"], 1, 1, 1),
     ("setnx", 3, &["write", "denyoom", "fast"], 1, 1, 1),
     ("getset", 3, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("getdel", 2, &["write", "fast"], 1, 1, 1),
+    ("setex", 4, &["write", "denyoom"], 1, 1, 1),
+    ("psetex", 4, &["write", "denyoom"], 1, 1, 1),
+    ("expire", -3, &["write", "fast"], 1, 1, 1),
+    ("pexpire", -3, &["write", "fast"], 1, 1, 1),
+    ("expireat", -3, &["write", "fast"], 1, 1, 1),
+    ("pexpireat", -3, &["write", "fast"], 1, 1, 1),
+    ("persist", 2, &["write", "fast"], 1, 1, 1),
+    ("ttl", 2, &["readonly", "fast"], 1, 1, 1),
+    ("pttl", 2, &["readonly", "fast"], 1, 1, 1),
+    ("expiretime", 2, &["readonly", "fast"], 1, 1, 1),
+    ("pexpiretime", 2, &["readonly", "fast"], 1, 1, 1),
     ("del", -2, &["write"], 1, -1, 1),
     ("unlink", -2, &["write", "fast"], 1, -1, 1),
     ("exists", -2, &["readonly", "fast"], 1, -1, 1),
@@ -268,6 +299,7 @@ const COMMANDS: &[CommandInfo] = &[
     ("flushdb", -1, &["write"], 0, 0, 0),
     ("ping", -1, &["fast"], 0, 0, 0),
     ("echo", 2, &["fast"], 0, 0, 0),
+    ("time", 1, &["random", "fast"], 0, 0, 0),
     ("info", -1, &["loading", "stale"], 0, 0, 0),
     ("command", -1, &["loading", "stale"], 0, 0, 0),
     ("client", -2, &["loading", "stale"], 0, 0, 0),
@@ -284,6 +316,25 @@ const COMMANDS: &[CommandInfo] = &[
 /// state commands (CLIENT SETNAME, READONLY, ...) take effect here, in
 /// pipeline order.
 pub fn prepare(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
+    let prepared = prepare_one(argv, conn, shared);
+    if let Prepared::Plan(subs, _) = &prepared {
+        for sub in subs {
+            if let Op::Write(
+                KvCommand::PutExpiring {
+                    expire_at_ms: Some(_),
+                    ..
+                }
+                | KvCommand::Expire { .. },
+            ) = &sub.op
+            {
+                shared.hint_expiry(sub.group);
+            }
+        }
+    }
+    prepared
+}
+
+fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
     debug_assert!(!argv.is_empty());
     let name = upper(&argv[0]);
     let args = &argv[1..];
