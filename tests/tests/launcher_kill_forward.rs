@@ -128,20 +128,29 @@ fn forwarded_writes_get_an_answer_when_their_leader_is_killed() {
 
 /// How many KV groups node `leader` leads, as `n` sees it (INFO raft).
 fn leaders_of(n: &NodeProc, leader: u64) -> usize {
-    let mut c = n.redis();
-    let info: String = redis::cmd("INFO")
-        .arg("raft")
-        .query(&mut c)
-        .unwrap_or_default();
-    info.lines()
-        .filter(|l| l.starts_with("group_"))
-        .filter(|l| {
-            l.split(',')
-                .find_map(|p| p.strip_prefix("leader="))
-                .and_then(|v| v.parse::<u64>().ok())
-                == Some(leader)
-        })
+    group_leaders(n)
+        .iter()
+        .filter(|(_, l)| *l == leader)
         .count()
+}
+
+/// A started cluster with 30 keys written, then idle long enough for every
+/// group to quiesce (1 s idle); node 2 leads some of them. Returns the
+/// nodes, a connection to node 1 and how many groups node 2 leads.
+fn idle_cluster(dir: &std::path::Path) -> (Vec<NodeProc>, redis::Connection, usize) {
+    let nodes = started_cluster(dir);
+    let mut c1 = nodes[0].redis();
+    for k in 0..30 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("key{k}"))
+            .arg("v")
+            .query(&mut c1)
+            .unwrap();
+    }
+    std::thread::park_timeout(Duration::from_millis(4_000));
+    let led = leaders_of(&nodes[0], 2);
+    assert!(led > 0, "node 2 leads no group: nothing to test");
+    (nodes, c1, led)
 }
 
 /// Groups quiesce when idle: their followers stop ticking. A leader killed
@@ -153,19 +162,7 @@ fn leaders_of(n: &NodeProc, leader: u64) -> usize {
 #[test]
 fn idle_groups_of_a_killed_leader_elect_again_on_the_next_request() {
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = started_cluster(dir.path());
-    let mut c1 = nodes[0].redis();
-    for k in 0..30 {
-        let _: () = redis::cmd("SET")
-            .arg(format!("key{k}"))
-            .arg("v")
-            .query(&mut c1)
-            .unwrap();
-    }
-    // Balanced leaders, then quiet: every group quiesces (1 s idle).
-    std::thread::park_timeout(Duration::from_millis(4_000));
-    let led = leaders_of(&nodes[0], 2);
-    assert!(led > 0, "node 2 leads no group: nothing to test");
+    let (mut nodes, mut c1, led) = idle_cluster(dir.path());
     nodes[1].kill9();
     std::thread::park_timeout(Duration::from_millis(2_000));
     for k in 0..30 {
@@ -211,18 +208,7 @@ fn group_leaders(n: &NodeProc) -> Vec<(u64, u64)> {
 #[test]
 fn idle_groups_of_a_killed_leader_elect_again_with_no_request() {
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = started_cluster(dir.path());
-    let mut c1 = nodes[0].redis();
-    for k in 0..30 {
-        let _: () = redis::cmd("SET")
-            .arg(format!("key{k}"))
-            .arg("v")
-            .query(&mut c1)
-            .unwrap();
-    }
-    std::thread::park_timeout(Duration::from_millis(4_000));
-    let led = leaders_of(&nodes[0], 2);
-    assert!(led > 0, "node 2 leads no group: nothing to test");
+    let (mut nodes, mut c1, led) = idle_cluster(dir.path());
     nodes[1].kill9();
     let start = std::time::Instant::now();
     loop {
