@@ -183,17 +183,26 @@ impl NodeProc {
     pub fn wait_ready(&self, deadline: Duration) {
         let start = Instant::now();
         let resp = self.resp;
-        wait_for(
-            &format!("node {} to answer on {resp}", self.id),
-            deadline,
-            || {
-                let client = redis::Client::open(format!("redis://{resp}/")).ok()?;
-                let mut c = client
-                    .get_connection_with_timeout(Duration::from_millis(500))
-                    .ok()?;
-                redis::cmd("PING").query::<String>(&mut c).ok()
-            },
-        );
+        loop {
+            let pong = redis::Client::open(format!("redis://{resp}/"))
+                .ok()
+                .and_then(|client| {
+                    client
+                        .get_connection_with_timeout(Duration::from_millis(500))
+                        .ok()
+                })
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c).ok());
+            if pong.is_some() {
+                break;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "node {} did not answer on {resp} within {deadline:?}; its log:\n{}",
+                self.id,
+                self.log_tail()
+            );
+            std::thread::park_timeout(Duration::from_millis(50));
+        }
         let left = deadline.saturating_sub(start.elapsed());
         wait_for(
             &format!("node {} to accept writes", self.id),
