@@ -38,6 +38,8 @@ pub const TICK: Duration = Duration::from_millis(10);
 const RESCAN: Duration = Duration::from_secs(1);
 /// A group this node does not lead is not proposed to again for this long.
 const NOT_LEADER_BACKOFF: Duration = Duration::from_millis(200);
+/// How long a hint keeps a group watched before its deadline shows.
+const HINT_HOLD: Duration = Duration::from_secs(2);
 /// Deadline of one read or proposal.
 const CALL_DEADLINE: Duration = Duration::from_secs(2);
 
@@ -57,6 +59,9 @@ struct Watch {
     quiet_until: Option<Instant>,
     /// Propose with forwarding (a client of this node set a deadline).
     forward: bool,
+    /// Read every tick until then even with no deadline seen: the hint
+    /// comes before the command applies here.
+    hinted_until: Option<Instant>,
 }
 
 /// Runs until `stop` fires (or its sender is dropped).
@@ -86,14 +91,19 @@ pub async fn run(shared: Arc<Shared>, stop: flume::Receiver<()>) {
         }
         for (i, g) in groups.iter().enumerate() {
             let w = watch.entry(*g).or_default();
-            let hinted = shared.take_expiry_hint(i);
-            w.forward |= hinted;
-            if !rescan && !hinted && w.next.is_none() {
+            if shared.take_expiry_hint(i) {
+                w.forward = true;
+                w.hinted_until = Some(Instant::now() + HINT_HOLD);
+            }
+            let held = w.hinted_until.is_some_and(|t| Instant::now() < t);
+            if !rescan && !held && w.next.is_none() {
                 continue;
             }
             w.next = next_deadline(host, *g).await;
             let Some(next) = w.next else {
-                w.forward = false;
+                if !held {
+                    w.forward = false;
+                }
                 continue;
             };
             let now = unix_ms();
