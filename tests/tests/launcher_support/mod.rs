@@ -65,11 +65,23 @@ pub fn flotilla_bin() -> PathBuf {
 
 /// A free loopback port (bound and released; another process could take it
 /// in between, which is unlikely in practice).
+///
+/// Never the same port twice in one test process: the kernel may hand a
+/// just-released port out again at once, and two of a node's addresses
+/// (or two tests' nodes) then collide (CI saw a node refuse an HTTP address
+/// equal to its raft address).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind 127.0.0.1:0")
+            .port();
+        if GIVEN.lock().expect("port set").insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A loopback address with a free port.
