@@ -31,10 +31,23 @@ fn query() -> impl Strategy<Value = KvQuery> {
         Just(KvQuery::Count),
         bytes().prop_map(|key| KvQuery::Deadline { key }),
         Just(KvQuery::NextDeadline),
+        bytes().prop_map(|key| KvQuery::Digest { key }),
     ]
 }
 
+/// A command, or a batch of commands.
 fn command() -> impl Strategy<Value = KvCommand> {
+    prop_oneof![
+        4 => single_command(),
+        1 => (
+            proptest::collection::vec((bytes(), any::<u64>()), 0..3),
+            proptest::collection::vec(single_command(), 0..4)
+        )
+            .prop_map(|(guards, commands)| KvCommand::Batch { guards, commands }),
+    ]
+}
+
+fn single_command() -> impl Strategy<Value = KvCommand> {
     prop_oneof![
         (bytes(), bytes(), 0usize..3, any::<bool>()).prop_map(
             |(key, value, c, return_previous)| KvCommand::Put {
@@ -102,6 +115,15 @@ fn command() -> impl Strategy<Value = KvCommand> {
 
 fn result() -> impl Strategy<Value = KvResult> {
     prop_oneof![
+        6 => single_result(),
+        1 => proptest::collection::vec(single_result(), 0..4).prop_map(KvResult::Batch),
+    ]
+}
+
+fn single_result() -> impl Strategy<Value = KvResult> {
+    prop_oneof![
+        Just(KvResult::Aborted),
+        any::<u64>().prop_map(KvResult::Digest),
         Just(KvResult::Ok),
         proptest::option::of(bytes()).prop_map(KvResult::Value),
         proptest::collection::vec(proptest::option::of(bytes()), 0..4).prop_map(KvResult::Values),
@@ -203,6 +225,28 @@ proptest! {
         }
         prop_assert_eq!(oa, ob);
     }
+}
+
+#[test]
+fn a_batch_inside_a_batch_does_not_decode() {
+    let inner = KvCommand::Batch {
+        guards: vec![],
+        commands: vec![KvCommand::put("a", "1")],
+    };
+    // Encoded by hand: `encode` refuses to nest (a debug assertion).
+    let mut enc = vec![0x0d, 0, 0, 0, 0, 1, 0, 0, 0];
+    let inner = inner.encode();
+    enc.extend_from_slice(&(inner.len() as u32).to_le_bytes());
+    enc.extend_from_slice(&inner);
+    assert!(matches!(
+        KvCommand::decode(Bytes::from(enc)),
+        Err(flotilla_rsm::DecodeError::Invalid { .. })
+    ));
+    let inner = KvResult::Batch(vec![KvResult::Ok]).encode();
+    let mut enc = vec![0x0b, 1, 0, 0, 0];
+    enc.extend_from_slice(&(inner.len() as u32).to_le_bytes());
+    enc.extend_from_slice(&inner);
+    assert!(KvResult::decode(Bytes::from(enc)).is_err());
 }
 
 #[test]

@@ -10,7 +10,28 @@ use flotilla_rsm::{
 use futures_lite::future::block_on;
 use proptest::prelude::*;
 
+/// A command, or a batch of them with guards (digest 0: "absent", or a
+/// small number that never matches, or the digest of a key holding "1").
 fn kv_cmd() -> impl Strategy<Value = KvCommand> {
+    let key = (0u8..6).prop_map(|k| Bytes::from(format!("k{k}")));
+    let digest = prop_oneof![Just(0u64), 1u64..3, Just(digest_of_one())];
+    prop_oneof![
+        5 => single_kv_cmd(),
+        1 => (
+            proptest::collection::vec((key, digest), 0..2),
+            proptest::collection::vec(single_kv_cmd(), 0..4)
+        )
+            .prop_map(|(guards, commands)| KvCommand::Batch { guards, commands }),
+    ]
+}
+
+fn digest_of_one() -> u64 {
+    let mut kv = KvStore::new();
+    kv.execute(&KvCommand::put("k", "1"));
+    kv.digest(b"k")
+}
+
+fn single_kv_cmd() -> impl Strategy<Value = KvCommand> {
     let key = (0u8..6).prop_map(|k| Bytes::from(format!("k{k}")));
     let val = proptest::collection::vec(any::<u8>(), 0..6).prop_map(Bytes::from);
     prop_oneof![
@@ -64,6 +85,8 @@ fn kv_cmd() -> impl Strategy<Value = KvCommand> {
         (0u64..20).prop_map(|now_ms| KvCommand::ExpireDue { now_ms }),
         key.clone()
             .prop_map(|key| KvCommand::Read(KvQuery::Deadline { key })),
+        key.clone()
+            .prop_map(|key| KvCommand::Read(KvQuery::Digest { key })),
     ]
 }
 

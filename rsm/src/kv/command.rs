@@ -16,7 +16,9 @@
 //!          0x0a Expire       | key bytes | at_ms u64 | now_ms u64 | condition u8 (0 always, 1 NX, 2 XX, 3 GT, 4 LT) |
 //!          0x0b Persist      | key bytes |
 //!          0x0c ExpireDue    | now_ms u64 |
-//!          0x20..=0x26       a query (below), executed in log order
+//!          0x0d Batch        | guards list<key bytes, digest u64> | commands list<command bytes> |
+//!                            (a command of a batch is no batch)
+//!          0x20..=0x27       a query (below), executed in log order
 //!          0x30..=0x50       a typed command (lists, sets, hashes, sorted
 //!                            sets, streams: drawn in `typed.rs`)
 //!          0x60..=0x81       a typed query, executed in log order
@@ -27,6 +29,7 @@
 //!          0x24 Count        |
 //!          0x25 Deadline     | key bytes |
 //!          0x26 NextDeadline |
+//!          0x27 Digest       | key bytes |
 //!          0x60..=0x81       a typed query (drawn in `typed.rs`)
 //! result   0x00 Ok
 //!          0x01 Value        | value opt |
@@ -39,6 +42,9 @@
 //!          0x08 Len          | n u64 |
 //!          0x09 Items        | items list<bytes> |
 //!          0x0a Records      | count u32 | (id bytes | fields list<bytes>) * |
+//!          0x0b Batch        | results list<result bytes> |
+//!          0x0c Aborted
+//!          0x0d Digest       | digest u64 |
 //!          0x7f Error        | code u8 |
 //! ```
 //! Error codes: 1 not an integer, 2 overflow, 3 key too large, 4 value too
@@ -71,6 +77,9 @@ pub const RESULT_BYTES_MAX: usize = 128 << 20;
 /// Most items of one result ([`KvResult::Items`], [`KvResult::Records`]):
 /// a larger range read fails with [`KvError::ResultTooLarge`].
 pub const ITEMS_PER_RESULT_MAX: u32 = 1 << 24;
+
+/// Most commands of one [`KvCommand::Batch`].
+pub const BATCH_COMMANDS_MAX: u32 = 100_000;
 
 pub(super) const DECODE_BYTES_MAX: u32 = VALUE_BYTES_MAX as u32;
 
@@ -219,6 +228,19 @@ pub enum KvCommand {
     Read(KvQuery),
     /// A write to a list, set, hash, sorted set or stream.
     Typed(TypedCommand),
+    /// Commands applied as one entry (Redis `MULTI` ... `EXEC`): nothing
+    /// else runs between them. If every guard holds, the commands run in
+    /// order and the result is [`KvResult::Batch`] of their results (a
+    /// command that fails does not undo the ones before it, as in Redis);
+    /// if a guard fails, none runs and the result is
+    /// [`KvResult::Aborted`]. A batch holds no batch.
+    Batch {
+        /// Keys and the digest ([`KvQuery::Digest`]) each must still have
+        /// (Redis `WATCH`: the transaction runs only on the values it saw).
+        guards: Vec<(Bytes, u64)>,
+        /// The commands, at most [`BATCH_COMMANDS_MAX`].
+        commands: Vec<KvCommand>,
+    },
 }
 
 /// A read-only query to the KV store (also usable as a command through
@@ -266,6 +288,14 @@ pub enum KvQuery {
     /// The earliest deadline of any key. Result [`KvResult::Int`]: -1 if no
     /// key has one.
     NextDeadline,
+    /// A digest of `key`'s type, value and deadline. Result
+    /// [`KvResult::Digest`]: 0 if the key is absent. The same state gives
+    /// the same digest on every replica and every version (64-bit FNV-1a
+    /// of a fixed encoding); a [`KvCommand::Batch`] guard compares it.
+    Digest {
+        /// The key.
+        key: Bytes,
+    },
     /// A read of a list, set, hash, sorted set or stream (or `TYPE`).
     Typed(TypedQuery),
 }
@@ -411,6 +441,12 @@ pub enum KvResult {
     Items(Vec<Bytes>),
     /// Stream entries: id and its fields (field, value, ...).
     Records(Vec<(Bytes, Vec<Bytes>)>),
+    /// The results of a [`KvCommand::Batch`], in command order.
+    Batch(Vec<KvResult>),
+    /// A [`KvCommand::Batch`] whose guard failed: nothing ran.
+    Aborted,
+    /// A key's digest ([`KvQuery::Digest`]).
+    Digest(u64),
     /// A deterministic error.
     Error(KvError),
 }
@@ -663,6 +699,24 @@ impl KvCommand {
             }
             KvCommand::Read(q) => q.encode_into(out),
             KvCommand::Typed(c) => c.encode_into(out),
+            KvCommand::Batch { guards, commands } => {
+                out.put_u8(0x0d);
+                put_count(out, guards.len());
+                for (key, digest) in guards {
+                    put_bytes(out, key);
+                    out.put_u64_le(*digest);
+                }
+                put_count(out, commands.len());
+                for c in commands {
+                    debug_assert!(!matches!(c, KvCommand::Batch { .. }), "a batch in a batch");
+                    // Length-prefixed, as `bytes`.
+                    let at = out.len();
+                    out.put_u32_le(0);
+                    c.encode_into(out);
+                    let len = (out.len() - at - 4) as u32;
+                    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+                }
+            }
         }
     }
 
@@ -760,7 +814,26 @@ impl KvCommand {
                 key: r.bytes("key", DECODE_BYTES_MAX)?,
             },
             0x0c => KvCommand::ExpireDue { now_ms: r.u64()? },
-            0x20..=0x26 => return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?)),
+            0x0d => {
+                let n = r.count("guards", MAX_KEYS, 12)?;
+                let mut guards = Vec::with_capacity(n);
+                for _ in 0..n {
+                    guards.push((r.bytes("key", DECODE_BYTES_MAX)?, r.u64()?));
+                }
+                let n = r.count("batch commands", BATCH_COMMANDS_MAX, 5)?;
+                let mut commands = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let c = KvCommand::decode(r.bytes("batch command", DECODE_BYTES_MAX)?)?;
+                    if matches!(c, KvCommand::Batch { .. }) {
+                        return Err(DecodeError::Invalid {
+                            what: "batch in a batch",
+                        });
+                    }
+                    commands.push(c);
+                }
+                KvCommand::Batch { guards, commands }
+            }
+            0x20..=0x27 => return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?)),
             tag if TypedQuery::is_tag(tag) => {
                 return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?))
             }
@@ -840,6 +913,10 @@ impl KvQuery {
                 put_bytes(out, key);
             }
             KvQuery::NextDeadline => out.put_u8(0x26),
+            KvQuery::Digest { key } => {
+                out.put_u8(0x27);
+                put_bytes(out, key);
+            }
             KvQuery::Typed(q) => q.encode_into(out),
         }
     }
@@ -876,6 +953,9 @@ impl KvQuery {
                 key: r.bytes("key", DECODE_BYTES_MAX)?,
             },
             0x26 => KvQuery::NextDeadline,
+            0x27 => KvQuery::Digest {
+                key: r.bytes("key", DECODE_BYTES_MAX)?,
+            },
             tag if TypedQuery::is_tag(tag) => {
                 KvQuery::Typed(TypedQuery::decode_tagged(tag, &mut r)?)
             }
@@ -1002,6 +1082,18 @@ impl KvResult {
                     put_keys(&mut out, fields);
                 }
             }
+            KvResult::Batch(results) => {
+                out.put_u8(0x0b);
+                put_count(&mut out, results.len());
+                for r in results {
+                    put_bytes(&mut out, &r.encode());
+                }
+            }
+            KvResult::Aborted => out.put_u8(0x0c),
+            KvResult::Digest(d) => {
+                out.put_u8(0x0d);
+                out.put_u64_le(*d);
+            }
             KvResult::Error(e) => {
                 out.put_u8(0x7f);
                 out.put_u8(e.code());
@@ -1074,6 +1166,23 @@ impl KvResult {
                 }
                 KvResult::Records(records)
             }
+            0x0b => {
+                let n = r.count("batch results", BATCH_COMMANDS_MAX, 5)?;
+                let mut results = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let b = r.bytes("batch result", DECODE_BYTES_MAX)?;
+                    let one = KvResult::decode(b)?;
+                    if matches!(one, KvResult::Batch(_)) {
+                        return Err(DecodeError::Invalid {
+                            what: "batch result in a batch result",
+                        });
+                    }
+                    results.push(one);
+                }
+                KvResult::Batch(results)
+            }
+            0x0c => KvResult::Aborted,
+            0x0d => KvResult::Digest(r.u64()?),
             0x7f => KvResult::Error(KvError::from_code(r.u8()?)?),
             tag => {
                 return Err(DecodeError::UnknownTag {

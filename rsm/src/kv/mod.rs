@@ -20,9 +20,9 @@ use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use collection::{Collection, Elem, Score, StreamId};
 pub use command::{
     prefix_end, ExpireCondition, KvCommand, KvError, KvQuery, KvResult, PutCondition, ResultBytes,
-    TypedCommand, TypedQuery, XAddId, ZAddCompare, ZAddCondition, DEADLINE_MS_MAX,
-    EXPIRE_DUE_KEYS_MAX, ITEMS_PER_RESULT_MAX, KEYS_PER_COMMAND_MAX, KEY_BYTES_MAX,
-    RESULT_BYTES_MAX, SCAN_BYTES_MAX, SCAN_LIMIT_MAX, VALUE_BYTES_MAX,
+    TypedCommand, TypedQuery, XAddId, ZAddCompare, ZAddCondition, BATCH_COMMANDS_MAX,
+    DEADLINE_MS_MAX, EXPIRE_DUE_KEYS_MAX, ITEMS_PER_RESULT_MAX, KEYS_PER_COMMAND_MAX,
+    KEY_BYTES_MAX, RESULT_BYTES_MAX, SCAN_BYTES_MAX, SCAN_LIMIT_MAX, VALUE_BYTES_MAX,
 };
 use expiry::Deadlines;
 use std::rc::Rc;
@@ -334,7 +334,90 @@ impl KvStore {
             }
             KvCommand::Read(q) => self.read(q),
             KvCommand::Typed(c) => self.execute_typed(c),
+            KvCommand::Batch { guards, commands } => {
+                if guards.iter().any(|(key, d)| self.digest(key) != *d) {
+                    return KvResult::Aborted;
+                }
+                KvResult::Batch(
+                    commands
+                        .iter()
+                        .map(|c| match c {
+                            // The decoder refuses these; a caller building
+                            // one by hand gets an error, not a recursion.
+                            KvCommand::Batch { .. } => KvResult::Error(KvError::Malformed),
+                            c => self.execute(c),
+                        })
+                        .collect(),
+                )
+            }
         }
+    }
+
+    /// The digest of `key` ([`KvQuery::Digest`]): 64-bit FNV-1a of its
+    /// deadline and its value in the snapshot encoding's element order; 0
+    /// if the key is absent (a present key never digests to 0).
+    pub fn digest(&self, key: &[u8]) -> u64 {
+        let Some(v) = self.map.get(key) else {
+            return 0;
+        };
+        let mut h = Fnv::new();
+        match self.deadlines.get(key) {
+            None => h.u64(0),
+            Some(at) => {
+                h.u64(1);
+                h.u64(at);
+            }
+        }
+        if !v.is_typed() {
+            h.u64(0);
+            h.elem(v.as_slice());
+        } else {
+            match &**self
+                .typed
+                .get(&Key::new(key))
+                .expect("a marked key has a collection")
+            {
+                Collection::List(l) => {
+                    h.u64(u64::from(MARK_LIST));
+                    h.u64(l.items.len() as u64);
+                    l.items.iter().for_each(|e| h.elem(e.as_slice()));
+                }
+                Collection::Hash(m) => {
+                    h.u64(u64::from(MARK_HASH));
+                    h.u64(m.map.len() as u64);
+                    for (f, v) in &m.map {
+                        h.elem(f.as_slice());
+                        h.elem(v.as_slice());
+                    }
+                }
+                Collection::Set(s) => {
+                    h.u64(u64::from(MARK_SET));
+                    h.u64(s.members.len() as u64);
+                    s.members.iter().for_each(|e| h.elem(e.as_slice()));
+                }
+                Collection::ZSet(z) => {
+                    h.u64(u64::from(MARK_ZSET));
+                    h.u64(z.order.len() as u64);
+                    for (score, m) in &z.order {
+                        h.u64(score.0.to_bits());
+                        h.elem(m.as_slice());
+                    }
+                }
+                Collection::Stream(s) => {
+                    h.u64(u64::from(MARK_STREAM));
+                    h.u64(s.last.ms);
+                    h.u64(s.last.seq);
+                    h.u64(s.entries.len() as u64);
+                    for (id, fields) in &s.entries {
+                        h.u64(id.ms);
+                        h.u64(id.seq);
+                        h.u64(fields.len() as u64);
+                        fields.iter().for_each(|f| h.elem(f.as_slice()));
+                    }
+                }
+            }
+        }
+        h.0.max(1)
     }
 
     /// `KvCommand::Put`, from borrowed key and value: a written value has
@@ -431,6 +514,7 @@ impl KvStore {
             KvQuery::NextDeadline => {
                 KvResult::Int(self.deadlines.next().map_or(-1, |at| at as i64))
             }
+            KvQuery::Digest { key } => KvResult::Digest(self.digest(key)),
             KvQuery::Scan {
                 start,
                 end,
@@ -576,7 +660,7 @@ impl StateMachine for KvStore {
             DecodeError::UnknownTag { .. }
                 if query
                     .first()
-                    .is_some_and(|t| (0x01..=0x0c).contains(t) || TypedCommand::is_tag(*t)) =>
+                    .is_some_and(|t| (0x01..=0x0d).contains(t) || TypedCommand::is_tag(*t)) =>
             {
                 QueryError::Unsupported
             }
@@ -739,6 +823,32 @@ impl Out<'_> {
     fn elem(&mut self, e: &Elem) {
         self.u32(e.len() as u32);
         self.buf.extend_from_slice(e.as_slice());
+    }
+}
+
+/// 64-bit FNV-1a: a hash fixed by its definition (the same on every
+/// replica, build and platform), for [`KvStore::digest`].
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        for &x in b {
+            self.0 = (self.0 ^ u64::from(x)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn u64(&mut self, n: u64) {
+        self.bytes(&n.to_le_bytes());
+    }
+
+    /// Length-prefixed, so that element boundaries count.
+    fn elem(&mut self, b: &[u8]) {
+        self.u64(b.len() as u64);
+        self.bytes(b);
     }
 }
 
@@ -1080,6 +1190,172 @@ mod tests {
 
     fn k(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn a_batch_runs_in_order_and_a_failed_guard_runs_nothing() {
+        let mut kv = KvStore::new();
+        kv.execute(&KvCommand::put("n", "x"));
+        let batch = |guards| KvCommand::Batch {
+            guards,
+            commands: vec![
+                KvCommand::put("a", "1"),
+                KvCommand::Increment {
+                    key: k("a"),
+                    delta: 2,
+                },
+                // Fails; the others still run (no rollback, as Redis).
+                KvCommand::Increment {
+                    key: k("n"),
+                    delta: 1,
+                },
+                KvCommand::get("a"),
+            ],
+        };
+        assert_eq!(
+            kv.execute(&batch(vec![(k("n"), 7)])),
+            KvResult::Aborted,
+            "a digest that is not n's"
+        );
+        assert_eq!(kv.get(b"a"), None, "an aborted batch wrote nothing");
+        assert_eq!(
+            kv.execute(&batch(vec![(k("n"), kv.digest(b"n")), (k("a"), 0)])),
+            KvResult::Batch(vec![
+                KvResult::Put {
+                    written: true,
+                    previous: None
+                },
+                KvResult::Int(3),
+                KvResult::Error(KvError::NotInteger),
+                KvResult::Value(Some(k("3"))),
+            ])
+        );
+        // `a` exists now: the guard "absent" fails.
+        assert_eq!(kv.execute(&batch(vec![(k("a"), 0)])), KvResult::Aborted);
+        assert_eq!(kv.get(b"a").as_deref(), Some(&b"3"[..]));
+    }
+
+    #[test]
+    fn a_digest_follows_every_change_of_a_key_and_survives_a_snapshot() {
+        let mut kv = KvStore::new();
+        assert_eq!(kv.digest(b"a"), 0, "absent");
+        kv.execute(&KvCommand::put("a", "1"));
+        let one = kv.digest(b"a");
+        assert_ne!(one, 0);
+        kv.execute(&KvCommand::put("b", "1"));
+        assert_eq!(kv.digest(b"b"), one, "the value, not the name");
+        let mut seen = vec![0, one];
+        let mut other = KvStore::new();
+        let mut changed = |kv: &mut KvStore, key: &str, cmd: KvCommand| {
+            assert!(!matches!(kv.execute(&cmd), KvResult::Error(_)), "{cmd:?}");
+            let d = kv.digest(key.as_bytes());
+            assert!(
+                !seen.contains(&d),
+                "{cmd:?} left the digest at a seen value"
+            );
+            seen.push(d);
+        };
+        changed(&mut kv, "a", KvCommand::put("a", "2"));
+        changed(
+            &mut kv,
+            "a",
+            KvCommand::Expire {
+                key: k("a"),
+                at_ms: 1_000,
+                now_ms: 0,
+                condition: ExpireCondition::Always,
+            },
+        );
+        let l = |values: Vec<Bytes>| {
+            KvCommand::Typed(TypedCommand::ListPush {
+                key: k("l"),
+                left: false,
+                only_existing: false,
+                values,
+            })
+        };
+        changed(&mut kv, "l", l(vec![k("ab")]));
+        // Element boundaries count: [ab, c] is not [a, bc].
+        changed(&mut kv, "l", l(vec![k("c")]));
+        changed(&mut other, "l", l(vec![k("a"), k("bc")]));
+        changed(
+            &mut kv,
+            "h",
+            KvCommand::Typed(TypedCommand::HashSet {
+                key: k("h"),
+                only_new: false,
+                pairs: vec![(k("f"), k("v"))],
+            }),
+        );
+        changed(
+            &mut kv,
+            "h",
+            KvCommand::Typed(TypedCommand::HashSet {
+                key: k("h"),
+                only_new: false,
+                pairs: vec![(k("f"), k("w"))],
+            }),
+        );
+        changed(
+            &mut kv,
+            "s",
+            KvCommand::Typed(TypedCommand::SetAdd {
+                key: k("s"),
+                members: vec![k("m")],
+            }),
+        );
+        changed(
+            &mut kv,
+            "z",
+            KvCommand::Typed(TypedCommand::ZAdd {
+                key: k("z"),
+                condition: ZAddCondition::Always,
+                compare: ZAddCompare::None,
+                changed: false,
+                incr: false,
+                pairs: vec![(1.0, k("m"))],
+            }),
+        );
+        changed(
+            &mut kv,
+            "z",
+            KvCommand::Typed(TypedCommand::ZAdd {
+                key: k("z"),
+                condition: ZAddCondition::Always,
+                compare: ZAddCompare::None,
+                changed: false,
+                incr: false,
+                pairs: vec![(2.0, k("m"))],
+            }),
+        );
+        changed(
+            &mut kv,
+            "x",
+            KvCommand::Typed(TypedCommand::XAdd {
+                key: k("x"),
+                id: XAddId::Explicit { ms: 1, seq: 1 },
+                maxlen: None,
+                no_mkstream: false,
+                fields: vec![k("f"), k("v")],
+            }),
+        );
+        // The same state read back from a snapshot digests the same.
+        let mut bytes = Vec::new();
+        futures_lite::future::block_on(StateMachine::capture(&kv).write_to(&mut bytes)).unwrap();
+        let mut restored = KvStore::new();
+        futures_lite::future::block_on(StateMachine::recover(&mut restored, &mut &bytes[..]))
+            .unwrap();
+        for key in ["a", "b", "l", "h", "s", "z", "x", "nope"] {
+            assert_eq!(
+                restored.digest(key.as_bytes()),
+                kv.digest(key.as_bytes()),
+                "{key}"
+            );
+        }
+        assert_eq!(
+            kv.read(&KvQuery::Digest { key: k("b") }),
+            KvResult::Digest(one)
+        );
     }
 
     #[test]
