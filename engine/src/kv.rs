@@ -3,7 +3,10 @@
 //! A key belongs to the group [`KvClient::group_for`] names: a stable hash
 //! of the key (FNV-1a with a murmur3 finalizer, the same on every node,
 //! version and platform) mapped
-//! onto the list of groups. Commands go through [`NodeHost::propose`],
+//! onto the list of groups. As in Redis Cluster, a key with a hash tag
+//! (`{user:7}:cart`: a non-empty part between the first `{` and the next
+//! `}`) is routed by its tag alone, so keys that share a tag share a group
+//! (and can be used in one transaction). Commands go through [`NodeHost::propose`],
 //! queries through [`NodeHost::read_with`].
 //!
 //! # Examples
@@ -53,6 +56,28 @@ pub fn key_hash(key: &[u8]) -> u64 {
     h ^ (h >> 33)
 }
 
+/// The part of `key` that picks its group: the bytes between the first `{`
+/// and the first `}` after it if there are any (Redis Cluster's hash tag),
+/// else the whole key.
+///
+/// # Examples
+/// ```
+/// use flotilla::kv::hash_tag;
+/// assert_eq!(hash_tag(b"{user:7}:cart"), b"user:7");
+/// assert_eq!(hash_tag(b"plain"), b"plain");
+/// assert_eq!(hash_tag(b"{}x"), b"{}x"); // an empty tag does not count
+/// ```
+pub fn hash_tag(key: &[u8]) -> &[u8] {
+    if let Some(open) = key.iter().position(|&b| b == b'{') {
+        if let Some(len) = key[open + 1..].iter().position(|&b| b == b'}') {
+            if len > 0 {
+                return &key[open + 1..open + 1 + len];
+            }
+        }
+    }
+    key
+}
+
 /// A client of the sharded KV store, usable from any thread or executor.
 #[derive(Clone)]
 pub struct KvClient {
@@ -89,9 +114,10 @@ impl KvClient {
         &self.groups
     }
 
-    /// The group that owns `key`.
+    /// The group that owns `key` (by its hash tag, if it has one: see
+    /// [`hash_tag`]).
     pub fn group_for(&self, key: &[u8]) -> GroupId {
-        let h = key_hash(key);
+        let h = key_hash(hash_tag(key));
         let i = ((u128::from(h) * self.groups.len() as u128) >> 64) as usize;
         self.groups[i]
     }
@@ -195,5 +221,25 @@ mod tests {
             counts[((u128::from(h) * 8) >> 64) as usize] += 1;
         }
         assert!(counts.iter().all(|c| (900..1100).contains(c)), "{counts:?}");
+    }
+
+    #[test]
+    fn keys_with_one_hash_tag_share_a_group() {
+        assert_eq!(hash_tag(b"a{b}c{d}"), b"b");
+        assert_eq!(hash_tag(b"a{{b}"), b"{b");
+        assert_eq!(hash_tag(b"a{b"), b"a{b");
+        assert_eq!(hash_tag(b"}{"), b"}{");
+        assert_eq!(hash_tag(b"{}{b}"), b"{}{b}");
+        // The routing rule itself (no host needed): tagged keys of one tag
+        // land together, and tags spread like keys.
+        let pick = |key: &[u8]| ((u128::from(key_hash(hash_tag(key))) * 64) >> 64) as usize;
+        let mut groups = std::collections::HashSet::new();
+        for i in 0..1000 {
+            let g = pick(format!("{{user:{i}}}:a").as_bytes());
+            assert_eq!(g, pick(format!("x{{user:{i}}}:b").as_bytes()));
+            assert_eq!(g, pick(format!("user:{i}").as_bytes()));
+            groups.insert(g);
+        }
+        assert_eq!(groups.len(), 64, "tags spread over every group");
     }
 }

@@ -538,3 +538,193 @@ fn local_serves_the_redis_data_types_and_redis_benchmark() {
         "exit status after SIGTERM: {status:?}"
     );
 }
+
+/// MULTI / EXEC / WATCH through the real binary: a transaction is one
+/// entry of one group (hash tags pick the group); WATCH aborts it when
+/// another client changed a watched key through another node; and
+/// check-and-set increments from six clients on three nodes lose nothing.
+#[test]
+fn local_runs_transactions_atomically_and_watch_guards_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("flotilla-data").display().to_string();
+    let bases = free_bases();
+    let _child = start_local(&data, bases, &[]);
+    let mut c = redis_at(bases.0 + 1);
+    wait_for("a write through node 1", Duration::from_secs(30), || {
+        c.set::<_, _, String>("ready", "1").ok()
+    });
+    let q = |c: &mut redis::Connection, args: &[&str]| -> redis::RedisResult<redis::Value> {
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(c)
+    };
+    use redis::Value::{Array, BulkString, Int, Nil, Okay, SimpleString};
+    let queued = SimpleString("QUEUED".into());
+
+    // Commands queue, then run in order as one: results as an array; a
+    // runtime error is that command's reply and undoes nothing.
+    assert_eq!(q(&mut c, &["MULTI"]).unwrap(), Okay);
+    assert_eq!(q(&mut c, &["SET", "{u}a", "1"]).unwrap(), queued);
+    assert_eq!(q(&mut c, &["INCR", "{u}a"]).unwrap(), queued);
+    assert_eq!(q(&mut c, &["RPUSH", "{u}l", "x"]).unwrap(), queued);
+    assert_eq!(q(&mut c, &["INCR", "{u}l"]).unwrap(), queued);
+    assert_eq!(q(&mut c, &["GET", "{u}a"]).unwrap(), queued);
+    assert_eq!(q(&mut c, &["PING"]).unwrap(), queued);
+    // The raw reply: the crate turns an array holding an error into an
+    // error of the whole.
+    let exec =
+        redis::ConnectionLike::req_packed_command(&mut c, &redis::cmd("EXEC").get_packed_command())
+            .unwrap();
+    let Array(items) = exec else {
+        panic!("EXEC answered {exec:?}")
+    };
+    assert_eq!(items.len(), 6, "{items:?}");
+    assert_eq!(items[0], Okay);
+    assert_eq!(items[1], Int(2));
+    assert_eq!(items[2], Int(1));
+    assert!(
+        matches!(&items[3], redis::Value::ServerError(e) if e.code() == "WRONGTYPE"),
+        "{:?}",
+        items[3]
+    );
+    assert_eq!(items[4], BulkString(b"2".to_vec()));
+    assert_eq!(items[5], SimpleString("PONG".into()));
+    // The redis crate's own atomic pipeline.
+    let (a, b): (i64, i64) = redis::pipe()
+        .atomic()
+        .incr("{u}a", 10)
+        .incr("{u}b", 1)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!((a, b), (12, 1));
+
+    // Errors found while queueing discard the transaction.
+    assert_eq!(q(&mut c, &["MULTI"]).unwrap(), Okay);
+    assert!(q(&mut c, &["SET", "{u}a"]).is_err(), "arity");
+    assert_eq!(q(&mut c, &["SET", "{u}a", "0"]).unwrap(), queued);
+    let e = q(&mut c, &["EXEC"]).unwrap_err();
+    assert_eq!(e.code(), Some("EXECABORT"), "{e}");
+    assert_eq!(
+        q(&mut c, &["GET", "{u}a"]).unwrap(),
+        BulkString(b"12".to_vec())
+    );
+    assert!(q(&mut c, &["EXEC"]).is_err(), "EXEC without MULTI");
+    assert!(q(&mut c, &["DISCARD"]).is_err(), "DISCARD without MULTI");
+    assert_eq!(q(&mut c, &["MULTI"]).unwrap(), Okay);
+    assert!(q(&mut c, &["MULTI"]).is_err(), "nested");
+    assert_eq!(q(&mut c, &["SET", "{u}a", "0"]).unwrap(), queued);
+    assert_eq!(q(&mut c, &["DISCARD"]).unwrap(), Okay);
+    assert_eq!(
+        q(&mut c, &["GET", "{u}a"]).unwrap(),
+        BulkString(b"12".to_vec())
+    );
+
+    // Keys of two groups cannot share a transaction (4 groups: some pair
+    // of tags among a few lands apart).
+    let mut crossslot = 0;
+    for t in 0..12 {
+        assert_eq!(q(&mut c, &["MULTI"]).unwrap(), Okay);
+        assert_eq!(q(&mut c, &["SET", "{t0}k", "1"]).unwrap(), queued);
+        match q(&mut c, &["SET", &format!("{{t{t}}}k"), "1"]) {
+            Ok(v) => {
+                assert_eq!(v, queued);
+                assert!(matches!(q(&mut c, &["EXEC"]).unwrap(), Array(_)));
+            }
+            Err(e) => {
+                assert_eq!(e.code(), Some("CROSSSLOT"), "{e}");
+                assert_eq!(q(&mut c, &["EXEC"]).unwrap_err().code(), Some("EXECABORT"));
+                crossslot += 1;
+            }
+        }
+    }
+    assert!(crossslot > 0, "no pair of tags in different groups");
+
+    // WATCH: a change through another node aborts EXEC (null array, no
+    // write); without one, EXEC runs; EXEC forgets the watched keys.
+    let mut other = redis_at(bases.0 + 3);
+    assert_eq!(q(&mut c, &["WATCH", "{w}n", "{w}m"]).unwrap(), Okay);
+    assert_eq!(q(&mut other, &["SET", "{w}n", "100"]).unwrap(), Okay);
+    assert_eq!(q(&mut c, &["MULTI"]).unwrap(), Okay);
+    assert_eq!(q(&mut c, &["SET", "{w}m", "1"]).unwrap(), queued);
+    assert_eq!(q(&mut c, &["EXEC"]).unwrap(), Nil, "aborted");
+    assert_eq!(q(&mut c, &["GET", "{w}m"]).unwrap(), Nil);
+    assert_eq!(q(&mut c, &["WATCH", "{w}n"]).unwrap(), Okay);
+    assert_eq!(
+        q(&mut other, &["GET", "{w}n"]).unwrap(),
+        BulkString(b"100".to_vec())
+    );
+    assert_eq!(q(&mut c, &["MULTI"]).unwrap(), Okay);
+    assert_eq!(q(&mut c, &["INCR", "{w}n"]).unwrap(), queued);
+    assert_eq!(q(&mut c, &["EXEC"]).unwrap(), Array(vec![Int(101)]));
+    assert_eq!(q(&mut other, &["SET", "{w}n", "0"]).unwrap(), Okay);
+    assert_eq!(q(&mut c, &["MULTI"]).unwrap(), Okay);
+    assert_eq!(q(&mut c, &["INCR", "{w}n"]).unwrap(), queued);
+    assert_eq!(
+        q(&mut c, &["EXEC"]).unwrap(),
+        Array(vec![Int(1)]),
+        "no longer watched"
+    );
+    assert_eq!(q(&mut c, &["WATCH", "{w}n"]).unwrap(), Okay);
+    assert_eq!(q(&mut c, &["UNWATCH"]).unwrap(), Okay);
+    assert_eq!(q(&mut other, &["SET", "{w}n", "5"]).unwrap(), Okay);
+    assert_eq!(q(&mut c, &["MULTI"]).unwrap(), Okay);
+    assert_eq!(q(&mut c, &["INCR", "{w}n"]).unwrap(), queued);
+    assert_eq!(
+        q(&mut c, &["EXEC"]).unwrap(),
+        Array(vec![Int(6)]),
+        "unwatched"
+    );
+
+    // Check-and-set under contention: GET, then SET value + 1 guarded by
+    // WATCH, retried on abort, by six clients over three nodes. Every
+    // successful EXEC counts once: nothing lost, nothing doubled.
+    const CLIENTS: u16 = 6;
+    const EACH: i64 = 15;
+    let aborts = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let port = bases.0 + 1 + i % 3;
+            let aborts = aborts.clone();
+            std::thread::spawn(move || {
+                let mut c = redis_at(port);
+                for _ in 0..EACH {
+                    loop {
+                        let _: () = redis::cmd("WATCH").arg("{cas}n").query(&mut c).unwrap();
+                        let n: Option<i64> = c.get("{cas}n").unwrap();
+                        let done: Option<(i64,)> = redis::pipe()
+                            .atomic()
+                            .set("{cas}n", n.unwrap_or(0) + 1)
+                            .ignore()
+                            .get("{cas}n")
+                            .query(&mut c)
+                            .unwrap();
+                        match done {
+                            Some((v,)) => {
+                                assert_eq!(v, n.unwrap_or(0) + 1);
+                                break;
+                            }
+                            None => {
+                                aborts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("a check-and-set client failed");
+    }
+    let n: i64 = c.get("{cas}n").unwrap();
+    assert_eq!(
+        n,
+        i64::from(CLIENTS) * EACH,
+        "every successful EXEC counted once"
+    );
+    eprintln!(
+        "check-and-set: {n} increments, {} aborted attempts",
+        aborts.load(std::sync::atomic::Ordering::Relaxed)
+    );
+}

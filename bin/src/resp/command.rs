@@ -30,6 +30,7 @@ use flotilla_rsm::{
 };
 
 use super::glob;
+use super::multi;
 use super::reply::Reply;
 use super::types;
 
@@ -122,7 +123,11 @@ pub struct Conn {
     /// Client id (CLIENT ID).
     pub id: u64,
     name: Option<Bytes>,
-    kv: KvClient,
+    pub(super) kv: KvClient,
+    /// The transaction being queued (after `MULTI`).
+    pub(super) multi: Option<multi::Multi>,
+    /// Keys `WATCH`ed for the next `EXEC`.
+    pub(super) watched: Vec<multi::Watched>,
     cursors: VecDeque<(u64, Bytes)>,
     next_cursor: u64,
     /// Seeds SPOP / SRANDMEMBER picks (a SplitMix64 state).
@@ -142,6 +147,8 @@ impl Conn {
             id: shared.next_client_id.fetch_add(1, Ordering::Relaxed),
             name: None,
             kv,
+            multi: None,
+            watched: Vec::new(),
             cursors: VecDeque::new(),
             next_cursor: 1,
             seed: std::time::SystemTime::now()
@@ -165,8 +172,8 @@ pub enum Op {
 /// One request of a plan.
 #[derive(Debug, Clone)]
 pub struct Sub {
-    group: GroupId,
-    op: Op,
+    pub(super) group: GroupId,
+    pub(super) op: Op,
 }
 
 /// How a plan's results become its reply.
@@ -203,6 +210,8 @@ enum Finish {
         millis: bool,
         absolute: bool,
     },
+    /// WATCH: remember each key's digest (one sub per key, in order).
+    Watch(Vec<Bytes>),
 }
 
 /// What a command needs.
@@ -218,6 +227,10 @@ pub enum Prepared {
     Keys(Bytes),
     /// QUIT: answer OK and close.
     Quit,
+    /// EXEC of a queued transaction.
+    Exec(multi::Transaction),
+    /// Forget the watched keys (in pipeline order), then answer this.
+    Unwatch(Reply),
 }
 
 /// Opaque finisher of a plan.
@@ -226,6 +239,12 @@ pub struct FinishBox(Finish);
 
 fn plan(subs: Vec<Sub>, f: Finish) -> Prepared {
     Prepared::Plan(subs, FinishBox(f))
+}
+
+/// The plan of `WATCH keys`: `subs` read each key's digest, in order.
+pub(super) fn plan_watch(subs: Vec<Sub>, keys: Vec<Bytes>) -> Prepared {
+    debug_assert_eq!(subs.len(), keys.len());
+    plan(subs, Finish::Watch(keys))
 }
 
 fn syntax() -> Prepared {
@@ -310,12 +329,55 @@ const COMMANDS: &[CommandInfo] = &[
     ("readwrite", 1, &["fast"], 0, 0, 0),
     ("consistency", -1, &["fast"], 0, 0, 0),
     ("quit", -1, &["fast"], 0, 0, 0),
+    (
+        "multi",
+        1,
+        &["noscript", "loading", "stale", "fast"],
+        0,
+        0,
+        0,
+    ),
+    (
+        "exec",
+        1,
+        &["noscript", "loading", "stale", "skip_slowlog"],
+        0,
+        0,
+        0,
+    ),
+    (
+        "discard",
+        1,
+        &["noscript", "loading", "stale", "fast"],
+        0,
+        0,
+        0,
+    ),
+    (
+        "watch",
+        -2,
+        &["noscript", "loading", "stale", "fast"],
+        1,
+        -1,
+        1,
+    ),
+    (
+        "unwatch",
+        1,
+        &["noscript", "loading", "stale", "fast"],
+        0,
+        0,
+        0,
+    ),
 ];
 
 /// Parses one command (non-empty `argv`) into what it needs. Connection
 /// state commands (CLIENT SETNAME, READONLY, ...) take effect here, in
 /// pipeline order.
 pub fn prepare(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
+    if multi::is_transaction_command(&argv[0]) {
+        return multi::prepare(&upper(&argv[0]), &argv[1..], conn);
+    }
     let prepared = prepare_one(argv, conn, shared);
     if let Prepared::Plan(subs, _) = &prepared {
         for sub in subs {
@@ -330,6 +392,9 @@ pub fn prepare(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
                 shared.hint_expiry(sub.group);
             }
         }
+    }
+    if conn.multi.is_some() {
+        return multi::queue(prepared, conn);
     }
     prepared
 }
@@ -1274,6 +1339,35 @@ pub async fn run_wave(
     replies
 }
 
+/// Proposes `cmd` to `group` (with the retries of any write).
+pub(super) async fn call_write(
+    conn: &Conn,
+    group: GroupId,
+    cmd: KvCommand,
+    shared: &Shared,
+) -> Result<KvResult, HostError> {
+    call(&conn.kv, group, &Op::Write(cmd), shared.request_timeout).await
+}
+
+/// The reply for an outcome no plan expected: an error, or a result of
+/// the wrong kind.
+pub(super) fn outcome_reply(outcome: Result<KvResult, HostError>) -> Reply {
+    match outcome {
+        Ok(KvResult::Error(e)) => kv_error_reply(e),
+        Ok(r) => unexpected(&r),
+        Err(e) => host_error_reply(&e),
+    }
+}
+
+/// Finishes one plan with its results.
+pub(super) fn finish_plan(
+    f: FinishBox,
+    results: Vec<Result<KvResult, HostError>>,
+    conn: &mut Conn,
+) -> Reply {
+    finish(f.0, results, conn)
+}
+
 fn finish(f: Finish, results: Vec<Result<KvResult, HostError>>, conn: &mut Conn) -> Reply {
     let mut ok = Vec::with_capacity(results.len());
     for r in results {
@@ -1368,6 +1462,21 @@ fn finish(f: Finish, results: Vec<Result<KvResult, HostError>>, conn: &mut Conn)
                 }
             }
             Reply::Int(sum as i64)
+        }
+        Finish::Watch(keys) => {
+            let mut watched = Vec::with_capacity(keys.len());
+            for (key, r) in keys.into_iter().zip(&ok) {
+                match r {
+                    KvResult::Digest(digest) => watched.push(multi::Watched {
+                        group: conn.kv.group_for(&key),
+                        key,
+                        digest: *digest,
+                    }),
+                    r => return unexpected(r),
+                }
+            }
+            conn.watched.extend(watched);
+            Reply::Ok
         }
         Finish::AllOk => match ok.iter().find(|r| !matches!(r, KvResult::Ok)) {
             Some(r) => unexpected(r),

@@ -18,6 +18,7 @@
 
 pub mod command;
 pub mod glob;
+pub mod multi;
 pub mod parse;
 pub mod reply;
 pub mod types;
@@ -116,7 +117,10 @@ async fn connection(mut stream: TcpStream, shared: &Shared, stop: flume::Receive
         while batch.len() < PIPELINE_MAX {
             match parser.next(&mut buf) {
                 Parsed::Command(argv) => batch.push(command::prepare(argv, &mut conn, shared)),
-                Parsed::Rejected(m) => batch.push(Prepared::Reply(Reply::Error(m))),
+                Parsed::Rejected(m) => {
+                    multi::refused(&mut conn);
+                    batch.push(Prepared::Reply(Reply::Error(m)));
+                }
                 Parsed::Broken(m) => {
                     broken = Some(m);
                     break;
@@ -204,6 +208,13 @@ async fn execute(
                     }
                     Prepared::Keys(pattern) => {
                         replies.push(Some(command::keys(pattern, conn, shared).await));
+                    }
+                    Prepared::Exec(t) => {
+                        replies.push(Some(multi::exec(t, conn, shared).await));
+                    }
+                    Prepared::Unwatch(reply) => {
+                        conn.watched.clear();
+                        replies.push(Some(reply));
                     }
                     _ => {
                         replies.push(Some(Reply::Ok));

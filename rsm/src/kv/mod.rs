@@ -1232,7 +1232,7 @@ mod tests {
         );
         // `a` exists now: the guard "absent" fails.
         assert_eq!(kv.execute(&batch(vec![(k("a"), 0)])), KvResult::Aborted);
-        assert_eq!(kv.get(b"a").as_deref(), Some(&b"3"[..]));
+        assert_eq!(kv.get(b"a"), Some(&b"3"[..]));
     }
 
     #[test]
