@@ -2,8 +2,8 @@
 
 use bytes::Bytes;
 use flotilla_rsm::{
-    ApplyError, Envelope, ExpireCondition, KvCommand, KvError, KvQuery, KvResult, KvStore,
-    PutCondition, Rsm, SessionConfig, SessionTable,
+    ApplyError, DeadlineChange, Envelope, ExpireCondition, KvCommand, KvError, KvQuery, KvResult,
+    KvStore, PutCondition, Rsm, SessionConfig, SessionTable,
 };
 use proptest::prelude::*;
 
@@ -110,6 +110,39 @@ fn single_command() -> impl Strategy<Value = KvCommand> {
         bytes().prop_map(|key| KvCommand::Persist { key }),
         any::<u64>().prop_map(|now_ms| KvCommand::ExpireDue { now_ms }),
         query().prop_map(KvCommand::Read),
+        (
+            bytes(),
+            proptest::num::f64::NORMAL | proptest::num::f64::ZERO | proptest::num::f64::INFINITE
+        )
+            .prop_map(|(key, delta)| KvCommand::IncrementFloat { key, delta }),
+        (bytes(), 0u8..3, any::<u64>(), any::<u64>()).prop_map(|(key, c, at, now_ms)| {
+            KvCommand::GetExpiring {
+                key,
+                deadline: match c {
+                    0 => DeadlineChange::Keep,
+                    1 => DeadlineChange::Clear,
+                    _ => DeadlineChange::At(at),
+                },
+                now_ms,
+            }
+        }),
+        (bytes(), bytes(), any::<bool>()).prop_map(|(from, to, only_if_absent)| {
+            KvCommand::Rename {
+                from,
+                to,
+                only_if_absent,
+            }
+        }),
+        (bytes(), bytes(), any::<bool>()).prop_map(|(from, to, replace)| KvCommand::Copy {
+            from,
+            to,
+            replace
+        }),
+        (bytes(), any::<u64>(), bytes()).prop_map(|(key, offset, value)| KvCommand::SetRange {
+            key,
+            offset,
+            value
+        }),
     ]
 }
 

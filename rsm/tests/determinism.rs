@@ -4,8 +4,8 @@
 
 use bytes::Bytes;
 use flotilla_rsm::{
-    encode_noop, Applied, ApplyError, DecodeError, Envelope, ExpireCondition, KvCommand, KvQuery,
-    KvResult, KvStore, PutCondition, Rsm, SessionConfig,
+    encode_noop, Applied, ApplyError, DeadlineChange, DecodeError, Envelope, ExpireCondition,
+    KvCommand, KvQuery, KvResult, KvStore, PutCondition, Rsm, SessionConfig,
 };
 use futures_lite::future::block_on;
 use proptest::prelude::*;
@@ -87,6 +87,32 @@ fn single_kv_cmd() -> impl Strategy<Value = KvCommand> {
             .prop_map(|key| KvCommand::Read(KvQuery::Deadline { key })),
         key.clone()
             .prop_map(|key| KvCommand::Read(KvQuery::Digest { key })),
+        (key.clone(), -3.0f64..3.0)
+            .prop_map(|(key, delta)| KvCommand::IncrementFloat { key, delta }),
+        (key.clone(), proptest::option::of(0u64..20), 0u64..10).prop_map(|(key, at, now_ms)| {
+            KvCommand::GetExpiring {
+                key,
+                deadline: at.map_or(DeadlineChange::Clear, DeadlineChange::At),
+                now_ms,
+            }
+        }),
+        (key.clone(), key.clone(), any::<bool>()).prop_map(|(from, to, only_if_absent)| {
+            KvCommand::Rename {
+                from,
+                to,
+                only_if_absent,
+            }
+        }),
+        (key.clone(), key.clone(), any::<bool>()).prop_map(|(from, to, replace)| KvCommand::Copy {
+            from,
+            to,
+            replace
+        }),
+        (key.clone(), 0u64..8, val.clone()).prop_map(|(key, offset, value)| KvCommand::SetRange {
+            key,
+            offset,
+            value
+        }),
     ]
 }
 

@@ -18,6 +18,11 @@
 //!          0x0c ExpireDue    | now_ms u64 |
 //!          0x0d Batch        | guards list<key bytes, digest u64> | commands list<command bytes> |
 //!                            (a command of a batch is no batch)
+//!          0x0e IncrementFloat | key bytes | delta f64 (bits, u64) |
+//!          0x0f GetExpiring  | key bytes | change u8 (0 keep, 1 clear, 2 at) | [at_ms u64 if 2] | now_ms u64 |
+//!          0x10 Rename       | from bytes | to bytes | only_if_absent u8 |
+//!          0x11 Copy         | from bytes | to bytes | replace u8 |
+//!          0x12 SetRange     | key bytes | offset u64 | value bytes |
 //!          0x20..=0x27       a query (below), executed in log order
 //!          0x30..=0x50       a typed command (lists, sets, hashes, sorted
 //!                            sets, streams: drawn in `typed.rs`)
@@ -51,7 +56,7 @@
 //! large, 5 malformed, 6 result too large, 7 wrong type, 8 not a float,
 //! 9 NaN score, 10 index out of range, 11 no such key, 12 hash value not an
 //! integer, 13 stream id too small, 14 stream id 0-0, 15 stream ids
-//! exhausted.
+//! exhausted, 16 NaN or infinity.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -108,6 +113,18 @@ pub enum ExpireCondition {
     Later,
     /// Only if the new deadline is earlier than the current one (`LT`).
     Earlier,
+}
+
+/// A change of a key's deadline ([`KvCommand::GetExpiring`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadlineChange {
+    /// Leave it.
+    Keep,
+    /// Remove it (`PERSIST`).
+    Clear,
+    /// Set it to this Unix millisecond; one not after the command's
+    /// `now_ms` deletes the key.
+    At(u64),
 }
 
 /// Latest deadline a key can have (deadlines are replied as `i64`).
@@ -223,6 +240,64 @@ pub enum KvCommand {
     ExpireDue {
         /// The proposer's clock.
         now_ms: u64,
+    },
+    /// Add `delta` to the decimal number at `key` (absent = 0; Redis
+    /// `INCRBYFLOAT`). Result [`KvResult::Value`], the new value as stored
+    /// ([`format_float`]), or [`KvError::NotFloat`] (the value is not a
+    /// number), [`KvError::NanOrInfinity`], [`KvError::WrongType`]. The
+    /// key keeps its deadline.
+    IncrementFloat {
+        /// The key.
+        key: Bytes,
+        /// The amount to add.
+        delta: f64,
+    },
+    /// The value of `key`, and a change of its deadline (Redis `GETEX`).
+    /// Result [`KvResult::Value`]; a collection answers
+    /// [`KvError::WrongType`] and is left as it is.
+    GetExpiring {
+        /// The key.
+        key: Bytes,
+        /// What happens to its deadline.
+        deadline: DeadlineChange,
+        /// The proposer's clock.
+        now_ms: u64,
+    },
+    /// Move `from` (of any type, with its deadline) to `to`, replacing
+    /// what `to` held (Redis `RENAME`), or only if `to` is absent
+    /// (`RENAMENX`). Result [`KvResult::Int`]: 1 if moved, 0 if `to`
+    /// exists and `only_if_absent` (or `from == to` with it); or
+    /// [`KvError::NoSuchKey`] if `from` is absent.
+    Rename {
+        /// The key to move.
+        from: Bytes,
+        /// Its new name.
+        to: Bytes,
+        /// Only if `to` is absent.
+        only_if_absent: bool,
+    },
+    /// Copy `from` (of any type, with its deadline) to `to` (Redis
+    /// `COPY`). Result [`KvResult::Int`]: 1 if copied; 0 if `from` is
+    /// absent, `from == to`, or `to` exists without `replace`.
+    Copy {
+        /// The key to copy.
+        from: Bytes,
+        /// The copy's name.
+        to: Bytes,
+        /// Replace what `to` holds.
+        replace: bool,
+    },
+    /// Overwrite the string at `key` from byte `offset` with `value`,
+    /// padding with zero bytes (Redis `SETRANGE`). Result
+    /// [`KvResult::Len`], the new length; an empty `value` changes nothing
+    /// (and creates no key). The key keeps its deadline.
+    SetRange {
+        /// The key.
+        key: Bytes,
+        /// Where to write.
+        offset: u64,
+        /// The bytes to write.
+        value: Bytes,
     },
     /// A read, executed in log order (a read through the log).
     Read(KvQuery),
@@ -350,6 +425,9 @@ pub enum KvError {
     /// `XADD *` after the id u64::MAX-u64::MAX.
     #[error("The stream has exhausted the last possible ID, unable to add more items")]
     StreamIdExhausted,
+    /// A float increment whose result is not a finite number.
+    #[error("increment would produce NaN or Infinity")]
+    NanOrInfinity,
 }
 
 impl KvError {
@@ -370,6 +448,7 @@ impl KvError {
             KvError::StreamIdTooSmall => 13,
             KvError::StreamIdZero => 14,
             KvError::StreamIdExhausted => 15,
+            KvError::NanOrInfinity => 16,
         }
     }
 
@@ -390,6 +469,7 @@ impl KvError {
             13 => KvError::StreamIdTooSmall,
             14 => KvError::StreamIdZero,
             15 => KvError::StreamIdExhausted,
+            16 => KvError::NanOrInfinity,
             tag => {
                 return Err(DecodeError::UnknownTag {
                     what: "kv error",
@@ -697,6 +777,50 @@ impl KvCommand {
                 out.put_u8(0x0c);
                 out.put_u64_le(*now_ms);
             }
+            KvCommand::IncrementFloat { key, delta } => {
+                out.put_u8(0x0e);
+                put_bytes(out, key);
+                out.put_u64_le(delta.to_bits());
+            }
+            KvCommand::GetExpiring {
+                key,
+                deadline,
+                now_ms,
+            } => {
+                out.put_u8(0x0f);
+                put_bytes(out, key);
+                match deadline {
+                    DeadlineChange::Keep => out.put_u8(0),
+                    DeadlineChange::Clear => out.put_u8(1),
+                    DeadlineChange::At(at) => {
+                        out.put_u8(2);
+                        out.put_u64_le(*at);
+                    }
+                }
+                out.put_u64_le(*now_ms);
+            }
+            KvCommand::Rename {
+                from,
+                to,
+                only_if_absent,
+            } => {
+                out.put_u8(0x10);
+                put_bytes(out, from);
+                put_bytes(out, to);
+                out.put_u8(u8::from(*only_if_absent));
+            }
+            KvCommand::Copy { from, to, replace } => {
+                out.put_u8(0x11);
+                put_bytes(out, from);
+                put_bytes(out, to);
+                out.put_u8(u8::from(*replace));
+            }
+            KvCommand::SetRange { key, offset, value } => {
+                out.put_u8(0x12);
+                put_bytes(out, key);
+                out.put_u64_le(*offset);
+                put_bytes(out, value);
+            }
             KvCommand::Read(q) => q.encode_into(out),
             KvCommand::Typed(c) => c.encode_into(out),
             KvCommand::Batch { guards, commands } => {
@@ -833,6 +957,44 @@ impl KvCommand {
                 }
                 KvCommand::Batch { guards, commands }
             }
+            0x0e => KvCommand::IncrementFloat {
+                key: r.bytes("key", DECODE_BYTES_MAX)?,
+                delta: f64::from_bits(r.u64()?),
+            },
+            0x0f => {
+                let key = r.bytes("key", DECODE_BYTES_MAX)?;
+                let deadline = match r.u8()? {
+                    0 => DeadlineChange::Keep,
+                    1 => DeadlineChange::Clear,
+                    2 => DeadlineChange::At(r.u64()?),
+                    tag => {
+                        return Err(DecodeError::UnknownTag {
+                            what: "deadline change",
+                            tag,
+                        })
+                    }
+                };
+                KvCommand::GetExpiring {
+                    key,
+                    deadline,
+                    now_ms: r.u64()?,
+                }
+            }
+            0x10 => KvCommand::Rename {
+                from: r.bytes("key", DECODE_BYTES_MAX)?,
+                to: r.bytes("key", DECODE_BYTES_MAX)?,
+                only_if_absent: get_bool(&mut r)?,
+            },
+            0x11 => KvCommand::Copy {
+                from: r.bytes("key", DECODE_BYTES_MAX)?,
+                to: r.bytes("key", DECODE_BYTES_MAX)?,
+                replace: get_bool(&mut r)?,
+            },
+            0x12 => KvCommand::SetRange {
+                key: r.bytes("key", DECODE_BYTES_MAX)?,
+                offset: r.u64()?,
+                value: r.bytes("value", DECODE_BYTES_MAX)?,
+            },
             0x20..=0x27 => return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?)),
             tag if TypedQuery::is_tag(tag) => {
                 return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?))
@@ -991,6 +1153,52 @@ fn get_put_condition(r: &mut Reader) -> Result<PutCondition, DecodeError> {
             })
         }
     })
+}
+
+/// A number as `INCRBYFLOAT` stores it: rounded to 15 significant
+/// digits, in fixed notation (no exponent), without trailing zeros or a
+/// trailing point. Redis computes in `long double` and prints 17
+/// decimals; rounding an `f64` to 15 digits gives the same text for the
+/// usual values (`0.1` + `0.2` is `0.3`, `10.5` + `0.1` is `10.6`).
+///
+/// # Examples
+/// ```
+/// use flotilla_rsm::kv::format_float;
+/// assert_eq!(format_float(0.1 + 0.2), "0.3");
+/// assert_eq!(format_float(5.0e3), "5000");
+/// assert_eq!(format_float(-1.5), "-1.5");
+/// assert_eq!(format_float(1e20), "100000000000000000000");
+/// ```
+pub fn format_float(v: f64) -> String {
+    debug_assert!(v.is_finite());
+    if v == 0.0 || !v.is_finite() {
+        return "0".into();
+    }
+    let sci = format!("{v:.14e}");
+    let exp: i32 = sci
+        .rsplit_once('e')
+        .and_then(|(_, e)| e.parse().ok())
+        .unwrap_or(0);
+    let rounded: f64 = sci.parse().unwrap_or(v);
+    let decimals = (14 - exp).max(0) as usize;
+    let mut s = format!("{rounded:.decimals$}");
+    if s.contains('.') {
+        let trimmed = s.trim_end_matches('0').trim_end_matches('.').len();
+        s.truncate(trimmed);
+    }
+    if s == "-0" {
+        s = "0".into();
+    }
+    s
+}
+
+/// A stored value read as a float for `INCRBYFLOAT` (finite, no spaces).
+pub(crate) fn parse_float(b: &[u8]) -> Option<f64> {
+    std::str::from_utf8(b)
+        .ok()?
+        .parse::<f64>()
+        .ok()
+        .filter(|f| f.is_finite())
 }
 
 /// The smallest key greater than every key starting with `prefix`, or

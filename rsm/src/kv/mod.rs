@@ -19,10 +19,11 @@ use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use collection::{Collection, Elem, Score, StreamId};
 pub use command::{
-    prefix_end, ExpireCondition, KvCommand, KvError, KvQuery, KvResult, PutCondition, ResultBytes,
-    TypedCommand, TypedQuery, XAddId, ZAddCompare, ZAddCondition, BATCH_COMMANDS_MAX,
-    DEADLINE_MS_MAX, EXPIRE_DUE_KEYS_MAX, ITEMS_PER_RESULT_MAX, KEYS_PER_COMMAND_MAX,
-    KEY_BYTES_MAX, RESULT_BYTES_MAX, SCAN_BYTES_MAX, SCAN_LIMIT_MAX, VALUE_BYTES_MAX,
+    format_float, prefix_end, DeadlineChange, ExpireCondition, KvCommand, KvError, KvQuery,
+    KvResult, PutCondition, ResultBytes, TypedCommand, TypedQuery, XAddId, ZAddCompare,
+    ZAddCondition, BATCH_COMMANDS_MAX, DEADLINE_MS_MAX, EXPIRE_DUE_KEYS_MAX, ITEMS_PER_RESULT_MAX,
+    KEYS_PER_COMMAND_MAX, KEY_BYTES_MAX, RESULT_BYTES_MAX, SCAN_BYTES_MAX, SCAN_LIMIT_MAX,
+    VALUE_BYTES_MAX,
 };
 use expiry::Deadlines;
 use std::rc::Rc;
@@ -332,6 +333,83 @@ impl KvStore {
                 }
                 KvResult::Count(due.len() as u64)
             }
+            KvCommand::IncrementFloat { key, delta } => {
+                if let Some(e) = check_key(key) {
+                    return KvResult::Error(e);
+                }
+                self.map.upsert(key, |cur| {
+                    let current = match cur {
+                        None => 0.0,
+                        Some(v) if v.is_typed() => {
+                            return (None, KvResult::Error(KvError::WrongType))
+                        }
+                        Some(v) => match command::parse_float(v.as_slice()) {
+                            Some(f) => f,
+                            None => return (None, KvResult::Error(KvError::NotFloat)),
+                        },
+                    };
+                    let n = current + delta;
+                    if !n.is_finite() {
+                        return (None, KvResult::Error(KvError::NanOrInfinity));
+                    }
+                    let text = Bytes::from(format_float(n));
+                    (Some(Value::copy(&text)), KvResult::Value(Some(text)))
+                })
+            }
+            KvCommand::GetExpiring {
+                key,
+                deadline,
+                now_ms,
+            } => match self.map.get(key) {
+                None => KvResult::Value(None),
+                Some(v) if v.is_typed() => KvResult::Error(KvError::WrongType),
+                Some(v) => {
+                    let value = v.to_bytes();
+                    match *deadline {
+                        DeadlineChange::Keep => {}
+                        DeadlineChange::Clear => {
+                            self.deadlines.clear(key);
+                        }
+                        DeadlineChange::At(at) if at <= *now_ms => {
+                            self.remove_key(key);
+                        }
+                        DeadlineChange::At(at) => self.deadlines.set(key, at.min(DEADLINE_MS_MAX)),
+                    }
+                    KvResult::Value(Some(value))
+                }
+            },
+            KvCommand::Rename {
+                from,
+                to,
+                only_if_absent,
+            } => self.rename(from, to, *only_if_absent),
+            KvCommand::Copy { from, to, replace } => self.copy(from, to, *replace),
+            KvCommand::SetRange { key, offset, value } => {
+                if let Some(e) = check_key(key) {
+                    return KvResult::Error(e);
+                }
+                let current = match self.map.get(key) {
+                    Some(v) if v.is_typed() => return KvResult::Error(KvError::WrongType),
+                    v => v.map_or(0, |v| v.as_slice().len()),
+                };
+                if value.is_empty() {
+                    return KvResult::Len(current as u64);
+                }
+                let end = match offset.checked_add(value.len() as u64) {
+                    Some(end) if end <= VALUE_BYTES_MAX as u64 => end as usize,
+                    _ => return KvResult::Error(KvError::ValueTooLarge),
+                };
+                let start = end - value.len();
+                self.map.upsert(key, |cur| {
+                    let mut buf = cur.map_or_else(Vec::new, |c| c.as_slice().to_vec());
+                    if buf.len() < end {
+                        buf.resize(end, 0);
+                    }
+                    buf[start..end].copy_from_slice(value);
+                    let len = buf.len() as u64;
+                    (Some(Value::from(Bytes::from(buf))), KvResult::Len(len))
+                })
+            }
             KvCommand::Read(q) => self.read(q),
             KvCommand::Typed(c) => self.execute_typed(c),
             KvCommand::Batch { guards, commands } => {
@@ -351,6 +429,67 @@ impl KvStore {
                 )
             }
         }
+    }
+
+    /// [`KvCommand::Rename`].
+    fn rename(&mut self, from: &[u8], to: &[u8], only_if_absent: bool) -> KvResult {
+        if let Some(e) = check_key(to) {
+            return KvResult::Error(e);
+        }
+        if !self.map.contains_key(from) {
+            return KvResult::Error(KvError::NoSuchKey);
+        }
+        if from == to {
+            return KvResult::Int(i64::from(!only_if_absent));
+        }
+        if only_if_absent && self.map.contains_key(to) {
+            return KvResult::Int(0);
+        }
+        let deadline = self.deadlines.clear(from);
+        let value = self.map.remove(from).expect("checked above");
+        // Moved, not dropped: `typed_bytes` still counts it.
+        let collection = value
+            .is_typed()
+            .then(|| self.typed.remove(&Key::new(from)))
+            .flatten();
+        self.remove_key(to);
+        self.map.upsert(to, |_| (Some(value), ()));
+        if let Some(c) = collection {
+            self.typed.insert(Key::new(to), c);
+        }
+        if let Some(at) = deadline {
+            self.deadlines.set(to, at);
+        }
+        KvResult::Int(1)
+    }
+
+    /// [`KvCommand::Copy`].
+    fn copy(&mut self, from: &[u8], to: &[u8], replace: bool) -> KvResult {
+        if let Some(e) = check_key(to) {
+            return KvResult::Error(e);
+        }
+        let Some(value) = self.map.get(from).cloned() else {
+            return KvResult::Int(0);
+        };
+        if from == to || (!replace && self.map.contains_key(to)) {
+            return KvResult::Int(0);
+        }
+        // Shared until either side is written (copy on write).
+        let collection = value
+            .is_typed()
+            .then(|| self.typed.get(&Key::new(from)).cloned())
+            .flatten();
+        let deadline = self.deadlines.get(from);
+        self.remove_key(to);
+        self.map.upsert(to, |_| (Some(value), ()));
+        if let Some(c) = collection {
+            self.typed_bytes += c.bytes() as u64;
+            self.typed.insert(Key::new(to), c);
+        }
+        if let Some(at) = deadline {
+            self.deadlines.set(to, at);
+        }
+        KvResult::Int(1)
     }
 
     /// The digest of `key` ([`KvQuery::Digest`]): 64-bit FNV-1a of its
@@ -660,7 +799,7 @@ impl StateMachine for KvStore {
             DecodeError::UnknownTag { .. }
                 if query
                     .first()
-                    .is_some_and(|t| (0x01..=0x0d).contains(t) || TypedCommand::is_tag(*t)) =>
+                    .is_some_and(|t| (0x01..=0x12).contains(t) || TypedCommand::is_tag(*t)) =>
             {
                 QueryError::Unsupported
             }
@@ -1190,6 +1329,145 @@ mod tests {
 
     fn k(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn incrbyfloat_getex_setrange_follow_redis() {
+        let mut kv = KvStore::new();
+        let incr = |kv: &mut KvStore, key: &str, delta: f64| {
+            kv.execute(&KvCommand::IncrementFloat { key: k(key), delta })
+        };
+        let value = |s: &str| KvResult::Value(Some(k(s)));
+        assert_eq!(incr(&mut kv, "f", 10.5), value("10.5"));
+        assert_eq!(incr(&mut kv, "f", 0.1), value("10.6"));
+        assert_eq!(incr(&mut kv, "g", 0.1), value("0.1"));
+        assert_eq!(incr(&mut kv, "g", 0.2), value("0.3"));
+        assert_eq!(incr(&mut kv, "g", -0.3), value("0"));
+        kv.execute(&KvCommand::put("e", "5.0e3"));
+        assert_eq!(incr(&mut kv, "e", 200.0), value("5200"));
+        kv.execute(&KvCommand::put("s", "abc"));
+        assert_eq!(incr(&mut kv, "s", 1.0), KvResult::Error(KvError::NotFloat));
+        kv.execute(&KvCommand::put("big", "1e308"));
+        assert_eq!(
+            incr(&mut kv, "big", 1e308),
+            KvResult::Error(KvError::NanOrInfinity)
+        );
+        assert_eq!(kv.get(b"big"), Some(&b"1e308"[..]), "unchanged");
+        assert_eq!(
+            incr(&mut kv, "f", f64::NAN),
+            KvResult::Error(KvError::NanOrInfinity)
+        );
+
+        // GETEX: the value, and the deadline changed as asked.
+        let getex = |kv: &mut KvStore, key: &str, deadline| {
+            kv.execute(&KvCommand::GetExpiring {
+                key: k(key),
+                deadline,
+                now_ms: 100,
+            })
+        };
+        assert_eq!(getex(&mut kv, "f", DeadlineChange::At(500)), value("10.6"));
+        assert_eq!(kv.deadlines.get(b"f"), Some(500));
+        assert_eq!(getex(&mut kv, "f", DeadlineChange::Keep), value("10.6"));
+        assert_eq!(kv.deadlines.get(b"f"), Some(500));
+        assert_eq!(getex(&mut kv, "f", DeadlineChange::Clear), value("10.6"));
+        assert_eq!(kv.deadlines.get(b"f"), None);
+        assert_eq!(getex(&mut kv, "f", DeadlineChange::At(100)), value("10.6"));
+        assert_eq!(kv.get(b"f"), None, "a past deadline deletes");
+        assert_eq!(
+            getex(&mut kv, "nope", DeadlineChange::Clear),
+            KvResult::Value(None)
+        );
+
+        // SETRANGE: zero padding, overwrite in place, nothing for "".
+        let setrange = |kv: &mut KvStore, key: &str, offset: u64, v: &str| {
+            kv.execute(&KvCommand::SetRange {
+                key: k(key),
+                offset,
+                value: k(v),
+            })
+        };
+        assert_eq!(setrange(&mut kv, "r", 3, "ab"), KvResult::Len(5));
+        assert_eq!(kv.get(b"r"), Some(&b"\0\0\0ab"[..]));
+        assert_eq!(setrange(&mut kv, "r", 0, "xy"), KvResult::Len(5));
+        assert_eq!(kv.get(b"r"), Some(&b"xy\0ab"[..]));
+        assert_eq!(setrange(&mut kv, "none", 10, ""), KvResult::Len(0));
+        assert_eq!(kv.get(b"none"), None);
+        assert_eq!(
+            setrange(&mut kv, "r", VALUE_BYTES_MAX as u64, "z"),
+            KvResult::Error(KvError::ValueTooLarge)
+        );
+        assert_eq!(
+            setrange(&mut kv, "r", u64::MAX, "z"),
+            KvResult::Error(KvError::ValueTooLarge)
+        );
+    }
+
+    #[test]
+    fn rename_and_copy_move_any_type_with_its_deadline() {
+        let mut kv = KvStore::new();
+        kv.execute(&KvCommand::Typed(TypedCommand::ListPush {
+            key: k("l"),
+            left: false,
+            only_existing: false,
+            values: vec![k("a"), k("b")],
+        }));
+        kv.execute(&KvCommand::Expire {
+            key: k("l"),
+            at_ms: 900,
+            now_ms: 0,
+            condition: ExpireCondition::Always,
+        });
+        kv.execute(&KvCommand::put("s", "v"));
+        let bytes = kv.typed_bytes;
+        let digest = kv.digest(b"l");
+        let rename = |kv: &mut KvStore, from: &str, to: &str, nx| {
+            kv.execute(&KvCommand::Rename {
+                from: k(from),
+                to: k(to),
+                only_if_absent: nx,
+            })
+        };
+        assert_eq!(rename(&mut kv, "l", "s", true), KvResult::Int(0));
+        assert_eq!(rename(&mut kv, "l", "l", false), KvResult::Int(1));
+        assert_eq!(rename(&mut kv, "l", "m", false), KvResult::Int(1));
+        assert_eq!(kv.digest(b"m"), digest, "the list and its deadline moved");
+        assert_eq!(kv.digest(b"l"), 0);
+        assert_eq!(kv.typed_bytes, bytes);
+        // Over a string: the string goes.
+        assert_eq!(rename(&mut kv, "m", "s", false), KvResult::Int(1));
+        assert_eq!(kv.digest(b"s"), digest);
+        assert_eq!(kv.len(), 1);
+        assert_eq!(
+            rename(&mut kv, "nope", "x", false),
+            KvResult::Error(KvError::NoSuchKey)
+        );
+        // A copy is independent of its source.
+        let copy = |kv: &mut KvStore, from: &str, to: &str, replace| {
+            kv.execute(&KvCommand::Copy {
+                from: k(from),
+                to: k(to),
+                replace,
+            })
+        };
+        assert_eq!(copy(&mut kv, "s", "c", false), KvResult::Int(1));
+        assert_eq!(kv.digest(b"c"), digest);
+        assert_eq!(kv.typed_bytes, 2 * bytes);
+        assert_eq!(copy(&mut kv, "s", "c", false), KvResult::Int(0));
+        assert_eq!(copy(&mut kv, "s", "s", true), KvResult::Int(0));
+        assert_eq!(copy(&mut kv, "nope", "c", true), KvResult::Int(0));
+        kv.execute(&KvCommand::Typed(TypedCommand::ListPush {
+            key: k("c"),
+            left: false,
+            only_existing: false,
+            values: vec![k("c")],
+        }));
+        assert_eq!(kv.digest(b"s"), digest, "the source did not change");
+        kv.execute(&KvCommand::put("str", "1"));
+        assert_eq!(copy(&mut kv, "str", "c", true), KvResult::Int(1));
+        assert_eq!(kv.get(b"c"), Some(&b"1"[..]));
+        assert_eq!(kv.typed_bytes, bytes);
+        kv.deadlines.check_invariants();
     }
 
     #[test]
