@@ -728,3 +728,155 @@ fn local_runs_transactions_atomically_and_watch_guards_them() {
         aborts.load(std::sync::atomic::Ordering::Relaxed)
     );
 }
+
+/// INCRBYFLOAT, GETEX, GETRANGE, SETRANGE, RENAME(NX), COPY, MSETNX and
+/// TOUCH through the real binary, with Redis' replies and errors; a value
+/// written through node 1 is read back through node 2.
+#[test]
+fn local_serves_the_string_and_key_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("flotilla-data").display().to_string();
+    let bases = free_bases();
+    let _child = start_local(&data, bases, &[]);
+    let mut c = redis_at(bases.0 + 1);
+    let mut c2 = redis_at(bases.0 + 2);
+    wait_for("a write through node 1", Duration::from_secs(30), || {
+        c.set::<_, _, String>("ready", "1").ok()
+    });
+    let q = |c: &mut redis::Connection, args: &[&str]| -> redis::RedisResult<redis::Value> {
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(c)
+    };
+    use redis::Value::{BulkString, Int, Nil, Okay};
+    let bulk = |s: &str| BulkString(s.as_bytes().to_vec());
+    let err = |c: &mut redis::Connection, args: &[&str]| -> String {
+        match q(c, args) {
+            Err(e) => e.to_string(),
+            Ok(v) => panic!("{args:?} answered {v:?}"),
+        }
+    };
+
+    assert_eq!(q(&mut c, &["SET", "f", "10.50"]).unwrap(), Okay);
+    assert_eq!(
+        q(&mut c, &["INCRBYFLOAT", "f", "0.1"]).unwrap(),
+        bulk("10.6")
+    );
+    assert_eq!(
+        q(&mut c, &["INCRBYFLOAT", "g", "0.1"]).unwrap(),
+        bulk("0.1")
+    );
+    assert_eq!(
+        q(&mut c, &["INCRBYFLOAT", "g", "0.2"]).unwrap(),
+        bulk("0.3")
+    );
+    assert_eq!(
+        q(&mut c, &["INCRBYFLOAT", "g", "5e3"]).unwrap(),
+        bulk("5000.3")
+    );
+    assert_eq!(q(&mut c2, &["GET", "g"]).unwrap(), bulk("5000.3"));
+    assert!(err(&mut c, &["INCRBYFLOAT", "g", "x"]).contains("not a valid float"));
+    assert!(err(&mut c, &["INCRBYFLOAT", "g", "inf"]).contains("NaN or Infinity"));
+    assert_eq!(q(&mut c, &["SET", "s", "hello"]).unwrap(), Okay);
+    assert!(err(&mut c, &["INCRBYFLOAT", "s", "1"]).contains("not a valid float"));
+
+    assert_eq!(
+        q(&mut c, &["GETRANGE", "s", "0", "-1"]).unwrap(),
+        bulk("hello")
+    );
+    assert_eq!(
+        q(&mut c, &["GETRANGE", "s", "-3", "-1"]).unwrap(),
+        bulk("llo")
+    );
+    assert_eq!(q(&mut c, &["GETRANGE", "s", "10", "20"]).unwrap(), bulk(""));
+    assert_eq!(q(&mut c, &["GETRANGE", "s", "-1", "-5"]).unwrap(), bulk(""));
+    assert_eq!(q(&mut c, &["SUBSTR", "s", "1", "2"]).unwrap(), bulk("el"));
+    assert_eq!(
+        q(&mut c, &["GETRANGE", "nope", "0", "5"]).unwrap(),
+        bulk("")
+    );
+    assert_eq!(
+        q(&mut c, &["SETRANGE", "s", "6", "world"]).unwrap(),
+        Int(11)
+    );
+    assert_eq!(q(&mut c2, &["GET", "s"]).unwrap(), bulk("hello\0world"));
+    assert_eq!(q(&mut c, &["SETRANGE", "pad", "2", "x"]).unwrap(), Int(3));
+    assert_eq!(q(&mut c, &["GET", "pad"]).unwrap(), bulk("\0\0x"));
+    assert_eq!(q(&mut c, &["SETRANGE", "n", "0", ""]).unwrap(), Int(0));
+    assert_eq!(q(&mut c, &["EXISTS", "n"]).unwrap(), Int(0));
+    assert!(err(&mut c, &["SETRANGE", "s", "-1", "x"]).contains("out of range"));
+
+    assert_eq!(
+        q(&mut c, &["GETEX", "s", "EX", "100"]).unwrap(),
+        bulk("hello\0world")
+    );
+    assert_eq!(q(&mut c2, &["TTL", "s"]).unwrap(), Int(100));
+    assert_eq!(q(&mut c, &["GETEX", "s"]).unwrap(), bulk("hello\0world"));
+    assert_eq!(
+        q(&mut c, &["TTL", "s"]).unwrap(),
+        Int(100),
+        "no option keeps it"
+    );
+    assert_eq!(
+        q(&mut c, &["GETEX", "s", "PERSIST"]).unwrap(),
+        bulk("hello\0world")
+    );
+    assert_eq!(q(&mut c, &["TTL", "s"]).unwrap(), Int(-1));
+    assert_eq!(q(&mut c, &["GETEX", "nope", "PX", "10"]).unwrap(), Nil);
+    assert!(err(&mut c, &["GETEX", "s", "EX", "0"]).contains("invalid expire time"));
+    assert!(err(&mut c, &["GETEX", "s", "FOO"]).contains("syntax"));
+    assert_eq!(q(&mut c, &["RPUSH", "list", "a"]).unwrap(), Int(1));
+    assert!(err(&mut c, &["GETEX", "list", "EX", "5"]).contains("WRONGTYPE"));
+    assert_eq!(q(&mut c, &["TTL", "list"]).unwrap(), Int(-1), "untouched");
+
+    // RENAME moves any type with its deadline; keys share a group (tag).
+    assert_eq!(q(&mut c, &["RPUSH", "{r}l", "a", "b"]).unwrap(), Int(2));
+    assert_eq!(q(&mut c, &["EXPIRE", "{r}l", "500"]).unwrap(), Int(1));
+    assert_eq!(q(&mut c, &["RENAME", "{r}l", "{r}m"]).unwrap(), Okay);
+    assert_eq!(
+        q(&mut c2, &["LRANGE", "{r}m", "0", "-1"]).unwrap(),
+        redis::Value::Array(vec![bulk("a"), bulk("b")])
+    );
+    assert_eq!(q(&mut c2, &["TTL", "{r}m"]).unwrap(), Int(500));
+    assert_eq!(q(&mut c, &["EXISTS", "{r}l"]).unwrap(), Int(0));
+    assert!(err(&mut c, &["RENAME", "{r}l", "{r}x"]).contains("no such key"));
+    assert_eq!(q(&mut c, &["SET", "{r}s", "v"]).unwrap(), Okay);
+    assert_eq!(q(&mut c, &["RENAMENX", "{r}m", "{r}s"]).unwrap(), Int(0));
+    assert_eq!(q(&mut c, &["COPY", "{r}m", "{r}c"]).unwrap(), Int(1));
+    assert_eq!(q(&mut c, &["COPY", "{r}m", "{r}c"]).unwrap(), Int(0));
+    assert_eq!(q(&mut c, &["RPUSH", "{r}c", "z"]).unwrap(), Int(3));
+    assert_eq!(
+        q(&mut c, &["LLEN", "{r}m"]).unwrap(),
+        Int(2),
+        "a copy is its own"
+    );
+    assert_eq!(
+        q(&mut c, &["COPY", "{r}s", "{r}c", "REPLACE"]).unwrap(),
+        Int(1)
+    );
+    assert_eq!(q(&mut c2, &["GET", "{r}c"]).unwrap(), bulk("v"));
+    assert!(err(&mut c, &["COPY", "{r}s", "{r}s"]).contains("same"));
+    // MSETNX: all or nothing, in one group.
+    assert_eq!(
+        q(&mut c, &["MSETNX", "{m}1", "a", "{m}2", "b"]).unwrap(),
+        Int(1)
+    );
+    assert_eq!(
+        q(&mut c, &["MSETNX", "{m}2", "c", "{m}3", "d"]).unwrap(),
+        Int(0)
+    );
+    assert_eq!(q(&mut c2, &["EXISTS", "{m}3"]).unwrap(), Int(0));
+    assert_eq!(q(&mut c2, &["GET", "{m}2"]).unwrap(), bulk("b"));
+    assert_eq!(
+        q(&mut c, &["TOUCH", "{m}1", "{m}2", "nope"]).unwrap(),
+        Int(2)
+    );
+    // Keys of two groups (4 groups: some pair of tags lands apart).
+    let apart = (1..12).any(|t| {
+        q(&mut c, &["RENAME", "{m}1", &format!("{{t{t}}}x")])
+            .is_err_and(|e| e.code() == Some("CROSSSLOT"))
+    });
+    assert!(apart, "RENAME across groups is refused with CROSSSLOT");
+}

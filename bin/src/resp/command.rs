@@ -25,8 +25,8 @@ use flotilla::kv::KvClient;
 use flotilla::{GroupId, HostError, NodeHost, ReadConsistency, RequestError, Role};
 use flotilla_rsm::kv::{prefix_end, KEYS_PER_COMMAND_MAX, KEY_BYTES_MAX};
 use flotilla_rsm::{
-    ExpireCondition, KvCommand, KvError, KvQuery, KvResult, PutCondition, TypedQuery,
-    DEADLINE_MS_MAX,
+    DeadlineChange, ExpireCondition, KvCommand, KvError, KvQuery, KvResult, PutCondition,
+    TypedQuery, DEADLINE_MS_MAX,
 };
 
 use super::glob;
@@ -212,6 +212,15 @@ enum Finish {
     },
     /// WATCH: remember each key's digest (one sub per key, in order).
     Watch(Vec<Bytes>),
+    /// GETRANGE: a slice of the value, Redis' index rules.
+    GetRange {
+        start: i64,
+        end: i64,
+    },
+    /// RENAME: `OK`.
+    Renamed,
+    /// MSETNX: 1 if the batch ran, 0 if a key existed.
+    SetAll,
 }
 
 /// What a command needs.
@@ -303,6 +312,16 @@ const COMMANDS: &[CommandInfo] = &[
     ("unlink", -2, &["write", "fast"], 1, -1, 1),
     ("exists", -2, &["readonly", "fast"], 1, -1, 1),
     ("append", 3, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("incrbyfloat", 3, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("getex", -2, &["write", "fast"], 1, 1, 1),
+    ("getrange", 4, &["readonly"], 1, 1, 1),
+    ("substr", 4, &["readonly"], 1, 1, 1),
+    ("setrange", 4, &["write", "denyoom"], 1, 1, 1),
+    ("rename", 3, &["write"], 1, 2, 1),
+    ("renamenx", 3, &["write", "fast"], 1, 2, 1),
+    ("copy", -3, &["write", "denyoom"], 1, 2, 1),
+    ("msetnx", -3, &["write", "denyoom"], 1, -1, 2),
+    ("touch", -2, &["readonly", "fast"], 1, -1, 1),
     ("strlen", 2, &["readonly", "fast"], 1, 1, 1),
     ("type", 2, &["readonly", "fast"], 1, 1, 1),
     ("incr", 2, &["write", "denyoom", "fast"], 1, 1, 1),
@@ -386,7 +405,11 @@ pub fn prepare(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
                     expire_at_ms: Some(_),
                     ..
                 }
-                | KvCommand::Expire { .. },
+                | KvCommand::Expire { .. }
+                | KvCommand::GetExpiring {
+                    deadline: DeadlineChange::At(_),
+                    ..
+                },
             ) = &sub.op
             {
                 shared.hint_expiry(sub.group);
@@ -553,7 +576,100 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
             };
             plan(vec![one(cmd, &args[0])], Finish::Int)
         }
-        "DEL" | "UNLINK" | "EXISTS" | "MGET" => {
+        "INCRBYFLOAT" => {
+            if args.len() != 2 {
+                return arity(&name);
+            }
+            if !key_ok(&args[0]) {
+                return Prepared::Reply(Reply::err("key too large"));
+            }
+            let Some(delta) = std::str::from_utf8(&args[1])
+                .ok()
+                .and_then(|t| t.parse::<f64>().ok())
+                .filter(|d| !d.is_nan())
+            else {
+                return Prepared::Reply(Reply::err("value is not a valid float"));
+            };
+            if delta.is_infinite() {
+                return Prepared::Reply(Reply::err("increment would produce NaN or Infinity"));
+            }
+            let cmd = KvCommand::IncrementFloat {
+                key: args[0].clone(),
+                delta,
+            };
+            plan(vec![one(cmd, &args[0])], Finish::Get)
+        }
+        "GETEX" => prepare_getex(args, conn),
+        "GETRANGE" | "SUBSTR" => {
+            if args.len() != 3 {
+                return arity(&name);
+            }
+            let (Some(start), Some(end)) = (parse_i64(&args[1]), parse_i64(&args[2])) else {
+                return Prepared::Reply(not_integer());
+            };
+            let sub = Sub {
+                group: kv.group_for(&args[0]),
+                op: Op::Read(KvQuery::Get {
+                    key: args[0].clone(),
+                }),
+            };
+            plan(vec![sub], Finish::GetRange { start, end })
+        }
+        "SETRANGE" => {
+            if args.len() != 3 {
+                return arity(&name);
+            }
+            if !key_ok(&args[0]) {
+                return Prepared::Reply(Reply::err("key too large"));
+            }
+            let Some(offset) = parse_i64(&args[1]) else {
+                return Prepared::Reply(not_integer());
+            };
+            if offset < 0 {
+                return Prepared::Reply(Reply::err("offset is out of range"));
+            }
+            let cmd = KvCommand::SetRange {
+                key: args[0].clone(),
+                offset: offset as u64,
+                value: args[2].clone(),
+            };
+            plan(vec![one(cmd, &args[0])], Finish::Len)
+        }
+        "RENAME" | "RENAMENX" | "COPY" => prepare_move(&name, args, conn),
+        "MSETNX" => {
+            if args.is_empty() || args.len() % 2 != 0 {
+                return arity(&name);
+            }
+            if args.len() / 2 > KEYS_PER_COMMAND_MAX as usize {
+                return Prepared::Reply(Reply::err(format!(
+                    "too many keys (at most {KEYS_PER_COMMAND_MAX})"
+                )));
+            }
+            let group = kv.group_for(&args[0]);
+            let mut pairs = Vec::with_capacity(args.len() / 2);
+            for pair in args.chunks(2) {
+                if !key_ok(&pair[0]) {
+                    return Prepared::Reply(Reply::err("key too large"));
+                }
+                if kv.group_for(&pair[0]) != group {
+                    return Prepared::Reply(crossslot());
+                }
+                pairs.push((pair[0].clone(), pair[1].clone()));
+            }
+            // Every key absent (digest 0), then all of them set: one entry.
+            let cmd = KvCommand::Batch {
+                guards: pairs.iter().map(|(k, _)| (k.clone(), 0)).collect(),
+                commands: vec![KvCommand::MultiPut { pairs }],
+            };
+            plan(
+                vec![Sub {
+                    group,
+                    op: Op::Write(cmd),
+                }],
+                Finish::SetAll,
+            )
+        }
+        "DEL" | "UNLINK" | "EXISTS" | "MGET" | "TOUCH" => {
             if args.is_empty() {
                 return arity(&name);
             }
@@ -582,7 +698,7 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
                     let keys = by_group.remove(g).unwrap_or_default();
                     let op = match name.as_str() {
                         "DEL" | "UNLINK" => Op::Write(KvCommand::Delete { keys }),
-                        "EXISTS" => Op::Read(KvQuery::Exists { keys }),
+                        "EXISTS" | "TOUCH" => Op::Read(KvQuery::Exists { keys }),
                         _ => Op::Read(KvQuery::MultiGet { keys }),
                     };
                     Sub { group: *g, op }
@@ -840,6 +956,115 @@ fn prepare_set(args: &[Bytes], conn: &Conn) -> Prepared {
 /// The absolute deadline (Unix ms) of a `SET`/`SETEX`-style expiry option
 /// `opt` (`EX`, `PX`, `EXAT`, `PXAT`) with argument `v`: Redis' rules (a
 /// positive integer, no overflow).
+/// The byte range `GETRANGE start end` selects of a `len`-byte value
+/// (Redis' rules: negative from the end, clamped; empty if inverted).
+fn string_range(len: usize, start: i64, end: i64) -> (usize, usize) {
+    let len = len as i64;
+    if (start < 0 && end < 0 && start > end) || len == 0 {
+        return (0, 0);
+    }
+    let start = if start < 0 { len + start } else { start }.max(0);
+    let end = if end < 0 { len + end } else { end }.max(0).min(len - 1);
+    if start > end {
+        return (0, 0);
+    }
+    (start as usize, end as usize + 1)
+}
+
+/// The error of a command whose keys are in more than one group.
+pub(super) fn crossslot() -> Reply {
+    Reply::Error("CROSSSLOT Keys in request don't hash to the same slot".into())
+}
+
+/// `GETEX key [EX s | PX ms | EXAT ts | PXAT ms-ts | PERSIST]`.
+fn prepare_getex(args: &[Bytes], conn: &Conn) -> Prepared {
+    let Some(key) = args.first() else {
+        return arity("GETEX");
+    };
+    let deadline = match &args[1..] {
+        [] => DeadlineChange::Keep,
+        [opt] if upper(opt) == "PERSIST" => DeadlineChange::Clear,
+        [opt, t] if matches!(upper(opt).as_str(), "EX" | "PX" | "EXAT" | "PXAT") => {
+            match set_deadline(&upper(opt), t, "getex") {
+                Ok(at) => DeadlineChange::At(at),
+                Err(reply) => return Prepared::Reply(reply),
+            }
+        }
+        _ => return syntax(),
+    };
+    let cmd = KvCommand::GetExpiring {
+        key: key.clone(),
+        deadline,
+        now_ms: crate::expiry::unix_ms(),
+    };
+    plan(
+        vec![Sub {
+            group: conn.kv.group_for(key),
+            op: Op::Write(cmd),
+        }],
+        Finish::Get,
+    )
+}
+
+/// `RENAME src dst`, `RENAMENX src dst`, `COPY src dst [DB 0] [REPLACE]`:
+/// both keys in one group (one command of that group).
+fn prepare_move(name: &str, args: &[Bytes], conn: &Conn) -> Prepared {
+    if args.len() < 2 || (name != "COPY" && args.len() != 2) {
+        return arity(name);
+    }
+    let (from, to) = (args[0].clone(), args[1].clone());
+    let group = conn.kv.group_for(&from);
+    if conn.kv.group_for(&to) != group {
+        return Prepared::Reply(crossslot());
+    }
+    if !key_ok(&to) {
+        return Prepared::Reply(Reply::err("key too large"));
+    }
+    let (cmd, f) = match name {
+        "COPY" => {
+            let mut replace = false;
+            let mut opts = args[2..].iter();
+            while let Some(opt) = opts.next() {
+                match upper(opt).as_str() {
+                    "REPLACE" => replace = true,
+                    "DB" => match opts.next() {
+                        Some(db) if &db[..] == b"0" => {}
+                        Some(db) if parse_i64(db).is_some() => {
+                            return Prepared::Reply(Reply::err("DB index is out of range"))
+                        }
+                        Some(_) => return Prepared::Reply(not_integer()),
+                        None => return syntax(),
+                    },
+                    _ => return syntax(),
+                }
+            }
+            if from == to {
+                return Prepared::Reply(Reply::err("source and destination objects are the same"));
+            }
+            (KvCommand::Copy { from, to, replace }, Finish::Int)
+        }
+        _ => (
+            KvCommand::Rename {
+                from,
+                to,
+                only_if_absent: name == "RENAMENX",
+            },
+            if name == "RENAME" {
+                Finish::Renamed
+            } else {
+                Finish::Int
+            },
+        ),
+    };
+    plan(
+        vec![Sub {
+            group,
+            op: Op::Write(cmd),
+        }],
+        f,
+    )
+}
+
 fn set_deadline(opt: &str, v: &[u8], cmd: &str) -> Result<u64, Reply> {
     let invalid = || Reply::err(format!("invalid expire time in '{cmd}' command"));
     let n = parse_i64(v).ok_or_else(not_integer)?;
@@ -1445,6 +1670,26 @@ fn finish(f: Finish, results: Vec<Result<KvResult, HostError>>, conn: &mut Conn)
         },
         Finish::Int => match first {
             Some(KvResult::Int(n)) => Reply::Int(*n),
+            Some(r) => unexpected(r),
+            None => Reply::Int(0),
+        },
+        Finish::GetRange { start, end } => match first {
+            Some(KvResult::Value(v)) => {
+                let v = v.clone().unwrap_or_default();
+                let (a, b) = string_range(v.len(), start, end);
+                Reply::Bulk(v.slice(a..b))
+            }
+            Some(r) => unexpected(r),
+            None => Reply::text(""),
+        },
+        Finish::Renamed => match first {
+            Some(KvResult::Int(_)) => Reply::Ok,
+            Some(r) => unexpected(r),
+            None => Reply::Ok,
+        },
+        Finish::SetAll => match first {
+            Some(KvResult::Batch(_)) => Reply::Int(1),
+            Some(KvResult::Aborted) => Reply::Int(0),
             Some(r) => unexpected(r),
             None => Reply::Int(0),
         },

@@ -34,13 +34,14 @@
 //! Differences: connection commands (`CLIENT SETNAME`, `SELECT`, ...)
 //! take effect when queued; `KEYS`, `INFO` and the commands that visit
 //! every group (`SCAN`, `DBSIZE`, `FLUSHALL`, a multi-key command over
-//! several groups) cannot be part of a transaction.
+//! several groups) and `MSETNX` (itself a guarded batch: a batch holds no
+//! batch) cannot be part of a transaction.
 
 use bytes::Bytes;
 use flotilla::GroupId;
 use flotilla_rsm::{KvCommand, KvQuery, KvResult, BATCH_COMMANDS_MAX};
 
-use super::command::{self, Conn, FinishBox, Op, Prepared, Shared, Sub};
+use super::command::{self, crossslot, Conn, FinishBox, Op, Prepared, Shared, Sub};
 use super::reply::Reply;
 
 /// A transaction being queued (between `MULTI` and `EXEC`).
@@ -80,10 +81,6 @@ pub fn is_transaction_command(name: &[u8]) -> bool {
     ["MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH"]
         .iter()
         .any(|c| c.as_bytes().eq_ignore_ascii_case(name))
-}
-
-fn crossslot() -> Reply {
-    Reply::Error("CROSSSLOT Keys in request don't hash to the same slot".into())
 }
 
 /// `MULTI`, `EXEC`, `DISCARD`, `WATCH` or `UNWATCH` (`name` in upper case).
@@ -163,6 +160,13 @@ pub fn queue(prepared: Prepared, conn: &mut Conn) -> Prepared {
             Prepared::Reply(Reply::Simple("QUEUED".into()))
         }
         Prepared::Plan(subs, f) => {
+            if subs
+                .iter()
+                .any(|s| matches!(s.op, Op::Write(KvCommand::Batch { .. })))
+            {
+                // A batch holds no batch.
+                return refuse(m, Reply::err("MSETNX cannot be part of a transaction"));
+            }
             for s in &subs {
                 match m.group {
                     None => m.group = Some(s.group),
