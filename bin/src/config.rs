@@ -573,6 +573,8 @@ impl NodeConfig {
         h.election_timeout_ticks = self.election_ticks;
         h.heartbeat_interval_ticks = self.heartbeat_ticks;
         h.wal_segment_bytes = self.wal_segment_bytes;
+        // A command holds a value and its key (up to 64 KiB) and headers.
+        h.entry_bytes_max = h.entry_bytes_max.max(self.max_value_bytes + (1 << 20));
         h.wal_dsync_writes = self.wal_dsync;
         h.leader_balance_interval = Duration::from_millis(self.leader_balance_ms);
         h.io_memory_bytes = self.io_memory_bytes;

@@ -34,6 +34,11 @@ impl Placement {
     }
 }
 
+/// Room next to the largest entry in a WAL frame and in a transport frame:
+/// record and frame headers, a hard state written in the same batch, and
+/// the envelope of a forwarded proposal.
+pub const ENTRY_OVERHEAD_BYTES: usize = 256 << 10;
+
 /// Configuration of one node (one flotilla process, or one `NodeHost` in a
 /// test process).
 ///
@@ -61,6 +66,12 @@ pub struct NodeHostConfig {
     pub heartbeat_interval_ticks: u64,
     /// Size of each WAL segment file.
     pub wal_segment_bytes: u64,
+    /// Largest command one proposal may carry; a larger one fails at once
+    /// with `RequestError::EntryTooLarge` (nothing is appended). The WAL's
+    /// frames and the transport's frames are sized to hold one such entry
+    /// with its headers. Capped at the WAL segment size less
+    /// [`ENTRY_OVERHEAD_BYTES`] (see [`NodeHostConfig::entry_limit_bytes`]).
+    pub entry_bytes_max: usize,
     /// WAL flushes as one `O_DSYNC` write (default) instead of a write and
     /// an fdatasync; see `flotilla_storage::WalOptions::dsync_writes`.
     pub wal_dsync_writes: bool,
@@ -119,6 +130,7 @@ impl NodeHostConfig {
             election_timeout_ticks: 30,
             heartbeat_interval_ticks: 3,
             wal_segment_bytes: 64 << 20,
+            entry_bytes_max: 12 << 20,
             wal_dsync_writes: true,
             placement: Placement::Pinned { first_cpu: 0 },
             tick_interval: Duration::from_millis(10),
@@ -132,6 +144,15 @@ impl NodeHostConfig {
             leader_balance_interval: Duration::from_secs(2),
             compaction_overhead_entries: 10_000,
         }
+    }
+
+    /// The largest command a proposal may carry: `entry_bytes_max`, at
+    /// most what a WAL segment holds next to the headers.
+    pub fn entry_limit_bytes(&self) -> usize {
+        let segment_room = usize::try_from(self.wal_segment_bytes)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(4096 + ENTRY_OVERHEAD_BYTES);
+        self.entry_bytes_max.min(segment_room)
     }
 
     /// Checks the configuration.
@@ -193,6 +214,16 @@ impl NodeHostConfig {
                     "port {} + {} shards runs past 65535",
                     self.raft_addr.port(),
                     self.shard_count
+                ),
+            });
+        }
+        if self.entry_limit_bytes() < 4096 || self.entry_bytes_max > (1 << 30) {
+            return Err(ConfigError::Invalid {
+                field: "entry_bytes_max",
+                reason: format!(
+                    "{} (limited to {} by wal_segment_bytes) is not in 4 KiB..=1 GiB",
+                    self.entry_bytes_max,
+                    self.entry_limit_bytes()
                 ),
             });
         }

@@ -85,6 +85,17 @@ pub enum RequestError {
         /// The index the proposal had.
         index: u64,
     },
+    /// The command is larger than the node's entry limit
+    /// (`NodeHostConfig::entry_bytes_max`); nothing was appended.
+    #[error("group {group}: a command of {bytes} bytes exceeds the entry limit of {max} bytes")]
+    EntryTooLarge {
+        /// The group.
+        group: GroupId,
+        /// The command's size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The group is stopping or the node is shutting down.
     #[error("group {group} is shutting down")]
     ShuttingDown {

@@ -139,10 +139,17 @@ impl NodeHost {
             // opts into the lease per request.
             raft_defaults.lease_read = false;
             raft_defaults.quiesce_ticks = host.config.quiesce_ticks;
+            let entry_bytes_max = host.config.entry_limit_bytes();
+            let defaults = flotilla_storage::WalOptions::default();
+            // One frame holds the largest entry with its headers.
+            let frame_bytes = (entry_bytes_max + crate::config::ENTRY_OVERHEAD_BYTES) as u64;
             let wal_options = flotilla_storage::WalOptions {
                 segment_bytes: host.config.wal_segment_bytes,
                 dsync_writes: host.config.wal_dsync_writes,
-                ..Default::default()
+                frame_bytes_max: defaults
+                    .frame_bytes_max
+                    .max(frame_bytes.next_multiple_of(4096)),
+                ..defaults
             };
             let (started_tx, started_rx) = oneshot::channel();
             started.push(started_rx);
@@ -161,6 +168,7 @@ impl NodeHost {
                 leader_balance_interval: host.config.leader_balance_interval,
                 compaction_overhead_entries: host.config.compaction_overhead_entries,
                 wal_options,
+                entry_bytes_max,
                 raft_defaults,
                 started: started_tx,
             };

@@ -107,3 +107,57 @@ fn forwarded_increments_outlive_their_leader_stopping_and_apply_once() {
     );
     c.shutdown();
 }
+
+/// A command larger than the entry limit fails at once with
+/// `EntryTooLarge`, on the leader and on a follower that would forward it,
+/// and the group goes on: one just under the limit commits on every
+/// replica. (An entry larger than a WAL frame used to stop the shard of
+/// every replica that tried to write it.)
+#[test]
+fn a_command_over_the_entry_limit_is_refused_and_the_group_goes_on() {
+    flotilla_tests::init_logs();
+    const LIMIT: usize = 5 << 20;
+    let c = Cluster::with(3, 1, |cfg| {
+        cfg.entry_bytes_max = LIMIT;
+        cfg.wal_segment_bytes = 16 << 20;
+        cfg.leader_balance_interval = Duration::ZERO;
+    });
+    let mut c = c;
+    c.start_all();
+    let groups = [GroupId(1)];
+    c.start_groups(&groups, &c.running());
+    let leader = c.wait_leader(groups[0], WITHIN);
+    let follower = c.running().into_iter().find(|n| *n != leader).unwrap();
+    for node in [leader, follower] {
+        let kv = c.kv(node, &groups);
+        let big = KvCommand::put("big", vec![7u8; LIMIT]);
+        match block_on(kv.execute(groups[0], &big)) {
+            Err(HostError::Request(RequestError::EntryTooLarge { bytes, max, .. })) => {
+                assert!(bytes > LIMIT && max == LIMIT, "{bytes} {max}");
+            }
+            other => panic!("{node}: a command over the limit answered {other:?}"),
+        }
+    }
+    // Just under the limit (more than the WAL's default 4 MiB frame): it
+    // commits, through the follower, and every replica reads it.
+    let kv = c.kv(follower, &groups);
+    let value = vec![9u8; LIMIT - 1024];
+    let put = KvCommand::put("large", value.clone());
+    let r = retry(WITHIN, "a large put", || {
+        block_on(kv.execute(groups[0], &put))
+    });
+    assert!(matches!(r, KvResult::Put { written: true, .. }), "{r:?}");
+    for node in c.running() {
+        let kv = c.kv(node, &groups);
+        let got = retry(WITHIN, "read the large value", || {
+            block_on(kv.query(
+                groups[0],
+                &KvQuery::Get {
+                    key: "large".into(),
+                },
+            ))
+        });
+        assert_eq!(got, KvResult::Value(Some(value.clone().into())), "{node}");
+    }
+    c.shutdown();
+}

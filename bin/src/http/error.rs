@@ -118,6 +118,9 @@ fn from_request(r: RequestError, message: String) -> ApiError {
             ApiError::new(unavailable, "retry", message)
         }
         RequestError::Witness { .. } => ApiError::new(unavailable, "witness", message),
+        RequestError::EntryTooLarge { .. } => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "entry_too_large", message)
+        }
         RequestError::ShuttingDown { .. } => ApiError::new(unavailable, "shutting_down", message),
         // A forwarded request the leader refused (its reason as text): a
         // conflict with the group's current state.

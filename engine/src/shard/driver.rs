@@ -104,6 +104,8 @@ pub(crate) struct Driver {
     transport: Rc<transport::Transport>,
     wal: Rc<storage::Wal>,
     boot_nanos: u64,
+    /// Largest command of a proposal (`NodeHostConfig::entry_limit_bytes`).
+    pub(crate) entry_bytes_max: usize,
     /// Lease reads are refused until this tick: the shard's clock stalled
     /// (a paused process, a starved thread), so a lease measured in ticks
     /// may have expired in real time.
@@ -341,6 +343,7 @@ impl Driver {
             transport,
             wal,
             boot_nanos,
+            entry_bytes_max: usize::MAX,
             lease_blocked_until_tick: 0,
             ticks: 0,
             counters: DriverCounters::default(),
@@ -888,6 +891,18 @@ impl Driver {
             let _ = reply.send(Err(RequestError::GroupNotFound { group }));
             return None;
         };
+        if let ClientOp::Propose(cmd) = &op {
+            // Checked before anything is appended or forwarded: an entry
+            // larger than a WAL frame would stop every replica's shard.
+            if cmd.len() > self.entry_bytes_max {
+                let _ = reply.send(Err(RequestError::EntryTooLarge {
+                    group,
+                    bytes: cmd.len(),
+                    max: self.entry_bytes_max,
+                }));
+                return None;
+            }
+        }
         if let ClientOp::Read(query, consistency) = op {
             // Reads are never forwarded: any replica serves them once raft
             // confirmed its read index (the core asks the leader).

@@ -209,6 +209,8 @@ pub(crate) struct ShardSetup {
     pub(crate) leader_balance_interval: Duration,
     pub(crate) compaction_overhead_entries: u64,
     pub(crate) wal_options: flotilla_storage::WalOptions,
+    /// Largest command of a proposal (`NodeHostConfig::entry_limit_bytes`).
+    pub(crate) entry_bytes_max: usize,
     pub(crate) raft_defaults: crate::raft::Config,
     pub(crate) started: oneshot::Sender<Result<(), String>>,
 }
@@ -257,6 +259,7 @@ pub(crate) async fn run(setup: ShardSetup) {
         leader_balance_interval,
         compaction_overhead_entries,
         wal_options,
+        entry_bytes_max,
         raft_defaults,
         started,
     } = setup;
@@ -309,6 +312,11 @@ pub(crate) async fn run(setup: ShardSetup) {
         flotilla_transport::PeerId::new(node_id, shard),
     );
     tcfg.task_queue = Some(raft_tq);
+    // A message carrying the largest entry (or its forwarded proposal).
+    let frame_bytes = entry_bytes_max.saturating_add(crate::config::ENTRY_OVERHEAD_BYTES);
+    tcfg.frame_bytes_max = tcfg
+        .frame_bytes_max
+        .max(u32::try_from(frame_bytes).unwrap_or(u32::MAX));
     let transport = match flotilla_transport::Transport::new(tcfg, registry) {
         Ok(t) => Rc::new(t),
         Err(e) => {
@@ -327,6 +335,7 @@ pub(crate) async fn run(setup: ShardSetup) {
         transport,
         wal.clone(),
     )));
+    driver.borrow_mut().entry_bytes_max = entry_bytes_max;
     driver.borrow_mut().configure_snapshots(
         snapshot_dir,
         snapshot_entries,
