@@ -159,5 +159,35 @@ fn a_command_over_the_entry_limit_is_refused_and_the_group_goes_on() {
         });
         assert_eq!(got, KvResult::Value(Some(value.clone().into())), "{node}");
     }
+    // A follower that was down while large entries were written catches
+    // up from the leader's WAL, and every node recovers them from its own.
+    let leader = c.wait_leader(groups[0], WITHIN);
+    c.stop(follower);
+    let kv = c.kv(leader, &groups);
+    for i in 0..3u8 {
+        let put = KvCommand::put(format!("large{i}"), vec![i; LIMIT - 4096]);
+        retry(WITHIN, "a large put", || {
+            block_on(kv.execute(groups[0], &put))
+        });
+    }
+    c.start(follower);
+    for node in c.running() {
+        c.stop(node);
+    }
+    for node in [leader, follower] {
+        c.start(node);
+    }
+    let kv = c.kv(follower, &groups);
+    for i in 0..3u8 {
+        let got = retry(WITHIN, "read a large value after restarts", || {
+            block_on(kv.query(
+                groups[0],
+                &KvQuery::Get {
+                    key: format!("large{i}").into(),
+                },
+            ))
+        });
+        assert_eq!(got, KvResult::Value(Some(vec![i; LIMIT - 4096].into())));
+    }
     c.shutdown();
 }
