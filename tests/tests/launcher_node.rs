@@ -220,19 +220,30 @@ fn three_nodes_serve_the_redis_protocol() {
         "oversized SET not applied"
     );
 
+    // A protocol error answers the error and closes the connection (the
+    // stream is out of step: the rest must not run as commands). Commands
+    // before it in the same read are answered first.
+    let _: () = c2.set("keep", "1").unwrap();
     let mut raw = TcpStream::connect(nodes[0].resp).unwrap();
-    let out = raw_exchange(&mut raw, b"*x\r\n", 1);
+    let out = raw_exchange(&mut raw, b"PING\r\n*x\r\nFLUSHALL\r\n", 2);
     assert!(
-        out.starts_with("-ERR Protocol error"),
+        out.starts_with("+PONG\r\n-ERR Protocol error"),
         "malformed header: {out:?}"
     );
-    let out = raw_exchange(&mut raw, b"*1\r\n$4\r\nPING\r\n", 1);
-    assert_eq!(out, "+PONG\r\n", "connection usable after a protocol error");
+    assert_closed(&mut raw);
+    let mut raw = TcpStream::connect(nodes[0].resp).unwrap();
     let out = raw_exchange(&mut raw, b"*2\r\n$3\r\nGET\r\n$3\r\nabcdef\r\n", 1);
     assert!(
         out.starts_with("-ERR Protocol error"),
         "bad bulk terminator: {out:?}"
     );
+    assert_closed(&mut raw);
+    assert_eq!(
+        c2.exists::<_, i64>("keep").unwrap(),
+        1,
+        "the FLUSHALL after the broken frame did not run"
+    );
+    let mut raw = TcpStream::connect(nodes[0].resp).unwrap();
     let out = raw_exchange(&mut raw, b"PING\r\nECHO hi\r\n", 3);
     assert_eq!(out, "+PONG\r\n$2\r\nhi\r\n", "inline commands");
     let out = raw_exchange(&mut raw, b"QUIT\r\n", 1);
@@ -251,6 +262,17 @@ fn three_nodes_serve_the_redis_protocol() {
             n.id,
             n.log_tail()
         );
+    }
+}
+
+/// The server closed `raw`: a read returns end of stream.
+fn assert_closed(raw: &mut TcpStream) {
+    use std::io::Read;
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut rest = Vec::new();
+    match raw.read_to_end(&mut rest) {
+        Ok(_) => assert!(rest.is_empty(), "more after the error: {rest:?}"),
+        Err(e) => panic!("the connection stayed open after a protocol error: {e}"),
     }
 }
 

@@ -128,12 +128,16 @@ async fn connection(mut stream: TcpStream, shared: &Shared, stop: flume::Receive
                 Parsed::Incomplete => break,
             }
         }
-        if let Some(m) = broken {
+        // A broken frame leaves the stream out of step: what follows may be
+        // the middle of a value, and must never run as commands. As Redis
+        // does, answer the error (after the commands before it) and close.
+        let broken = broken.is_some_and(|m| {
             batch.push(Prepared::Reply(Reply::err(m)));
-        }
+            true
+        });
         if !batch.is_empty() {
             let n = batch.len() as u64;
-            let quit = execute(batch, &mut conn, shared, &mut out).await;
+            let quit = execute(batch, &mut conn, shared, &mut out).await || broken;
             shared.commands_processed.fetch_add(n, Ordering::Relaxed);
             if stream.write_all(&out).await.is_err() {
                 break;

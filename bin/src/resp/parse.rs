@@ -16,9 +16,9 @@
 //!   its command's arguments): one error reply for that command, and the
 //!   connection carries on with the next command;
 //! - a broken frame (bad length, missing CRLF, non-numeric header, an
-//!   overlong line) cannot be resynchronized: one `Protocol error` reply and
-//!   everything buffered so far is dropped; the connection stays open and
-//!   reads the next request from what arrives next.
+//!   overlong line) cannot be resynchronized: one `Protocol error` reply,
+//!   and the server closes the connection (`mod.rs`): what follows may be
+//!   the middle of a value and must never run as commands.
 
 use bytes::{Buf, Bytes, BytesMut};
 
