@@ -32,6 +32,7 @@ fn query() -> impl Strategy<Value = KvQuery> {
         bytes().prop_map(|key| KvQuery::Deadline { key }),
         Just(KvQuery::NextDeadline),
         bytes().prop_map(|key| KvQuery::Digest { key }),
+        Just(KvQuery::Stats),
     ]
 }
 
@@ -157,6 +158,13 @@ fn single_result() -> impl Strategy<Value = KvResult> {
     prop_oneof![
         Just(KvResult::Aborted),
         any::<u64>().prop_map(KvResult::Digest),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(keys, expiring, data_bytes)| {
+            KvResult::Stats {
+                keys,
+                expiring,
+                data_bytes,
+            }
+        }),
         Just(KvResult::Ok),
         proptest::option::of(bytes()).prop_map(KvResult::Value),
         proptest::collection::vec(proptest::option::of(bytes()), 0..4).prop_map(KvResult::Values),

@@ -87,6 +87,7 @@ fn single_kv_cmd() -> impl Strategy<Value = KvCommand> {
             .prop_map(|key| KvCommand::Read(KvQuery::Deadline { key })),
         key.clone()
             .prop_map(|key| KvCommand::Read(KvQuery::Digest { key })),
+        Just(KvCommand::Read(KvQuery::Stats)),
         (key.clone(), -3.0f64..3.0)
             .prop_map(|(key, delta)| KvCommand::IncrementFloat { key, delta }),
         (key.clone(), proptest::option::of(0u64..20), 0u64..10).prop_map(|(key, at, now_ms)| {

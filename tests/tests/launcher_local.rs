@@ -879,4 +879,25 @@ fn local_serves_the_string_and_key_commands() {
             .is_err_and(|e| e.code() == Some("CROSSSLOT"))
     });
     assert!(apart, "RENAME across groups is refused with CROSSSLOT");
+
+    // INFO keyspace and memory (what `redis-cli --stat` reads): this
+    // node's replicas, counted locally.
+    assert_eq!(q(&mut c, &["SET", "ttl", "1", "EX", "100"]).unwrap(), Okay);
+    let dbsize = match q(&mut c, &["DBSIZE"]).unwrap() {
+        Int(n) => n,
+        other => panic!("DBSIZE {other:?}"),
+    };
+    let mut c3 = redis_at(bases.0 + 3);
+    let want = format!("db0:keys={dbsize},expires=2,");
+    wait_for("INFO keyspace on node 3", Duration::from_secs(10), || {
+        let info: String = redis::cmd("INFO").arg("keyspace").query(&mut c3).ok()?;
+        info.contains(&want).then_some(())
+    });
+    let info: String = redis::cmd("INFO").query(&mut c3).unwrap();
+    let used = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(used.is_some_and(|b| b > 20), "{info}");
+    assert!(info.contains("blocked_clients:0"), "{info}");
 }

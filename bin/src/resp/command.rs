@@ -1905,7 +1905,7 @@ pub async fn info(section: Option<String>, shared: &Shared) -> Reply {
     if want("clients") {
         let _ = write!(
             out,
-            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n",
+            "# Clients\r\nconnected_clients:{}\r\nblocked_clients:0\r\nmaxclients:{}\r\n\r\n",
             shared.clients_connected.load(Ordering::Relaxed),
             shared.max_clients
         );
@@ -1917,6 +1917,48 @@ pub async fn info(section: Option<String>, shared: &Shared) -> Reply {
             shared.clients_accepted.load(Ordering::Relaxed),
             shared.commands_processed.load(Ordering::Relaxed)
         );
+    }
+    if want("memory") || want("keyspace") {
+        // This replica's KV groups, read locally (no network): what this
+        // node holds now.
+        let (mut keys, mut expiring, mut bytes) = (0u64, 0u64, 0u64);
+        for g in &shared.kv_groups {
+            let answer = shared
+                .host
+                .read_with(
+                    *g,
+                    KvQuery::Stats.encode(),
+                    ReadConsistency::Stale,
+                    shared.request_timeout,
+                )
+                .await
+                .map(KvResult::decode);
+            if let Ok(Ok(KvResult::Stats {
+                keys: k,
+                expiring: e,
+                data_bytes: b,
+            })) = answer
+            {
+                keys += k;
+                expiring += e;
+                bytes += b;
+            }
+        }
+        if want("memory") {
+            let _ = write!(
+                out,
+                "# Memory\r\nused_memory:{bytes}\r\nused_memory_human:{:.2}M\r\n\
+                 used_memory_dataset:{bytes}\r\n\r\n",
+                bytes as f64 / (1 << 20) as f64
+            );
+        }
+        if want("keyspace") {
+            let _ = write!(out, "# Keyspace\r\n");
+            if keys > 0 {
+                let _ = write!(out, "db0:keys={keys},expires={expiring},avg_ttl=0\r\n");
+            }
+            let _ = write!(out, "\r\n");
+        }
     }
     let groups = if want("raft") || want("replication") {
         match shared.host.groups(shared.request_timeout).await {

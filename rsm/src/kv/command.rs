@@ -35,6 +35,7 @@
 //!          0x25 Deadline     | key bytes |
 //!          0x26 NextDeadline |
 //!          0x27 Digest       | key bytes |
+//!          0x28 Stats        |
 //!          0x60..=0x81       a typed query (drawn in `typed.rs`)
 //! result   0x00 Ok
 //!          0x01 Value        | value opt |
@@ -50,6 +51,7 @@
 //!          0x0b Batch        | results list<result bytes> |
 //!          0x0c Aborted
 //!          0x0d Digest       | digest u64 |
+//!          0x0e Stats        | keys u64 | expiring u64 | data_bytes u64 |
 //!          0x7f Error        | code u8 |
 //! ```
 //! Error codes: 1 not an integer, 2 overflow, 3 key too large, 4 value too
@@ -371,6 +373,9 @@ pub enum KvQuery {
         /// The key.
         key: Bytes,
     },
+    /// How many keys there are, how many of them have a deadline, and
+    /// their bytes. Result [`KvResult::Stats`].
+    Stats,
     /// A read of a list, set, hash, sorted set or stream (or `TYPE`).
     Typed(TypedQuery),
 }
@@ -527,6 +532,15 @@ pub enum KvResult {
     Aborted,
     /// A key's digest ([`KvQuery::Digest`]).
     Digest(u64),
+    /// The store's size ([`KvQuery::Stats`]).
+    Stats {
+        /// Keys.
+        keys: u64,
+        /// Keys with a deadline.
+        expiring: u64,
+        /// Bytes of keys and values ([`KvStore::data_bytes`](super::KvStore::data_bytes)).
+        data_bytes: u64,
+    },
     /// A deterministic error.
     Error(KvError),
 }
@@ -995,7 +1009,7 @@ impl KvCommand {
                 offset: r.u64()?,
                 value: r.bytes("value", DECODE_BYTES_MAX)?,
             },
-            0x20..=0x27 => return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?)),
+            0x20..=0x28 => return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?)),
             tag if TypedQuery::is_tag(tag) => {
                 return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?))
             }
@@ -1079,6 +1093,7 @@ impl KvQuery {
                 out.put_u8(0x27);
                 put_bytes(out, key);
             }
+            KvQuery::Stats => out.put_u8(0x28),
             KvQuery::Typed(q) => q.encode_into(out),
         }
     }
@@ -1118,6 +1133,7 @@ impl KvQuery {
             0x27 => KvQuery::Digest {
                 key: r.bytes("key", DECODE_BYTES_MAX)?,
             },
+            0x28 => KvQuery::Stats,
             tag if TypedQuery::is_tag(tag) => {
                 KvQuery::Typed(TypedQuery::decode_tagged(tag, &mut r)?)
             }
@@ -1302,6 +1318,16 @@ impl KvResult {
                 out.put_u8(0x0d);
                 out.put_u64_le(*d);
             }
+            KvResult::Stats {
+                keys,
+                expiring,
+                data_bytes,
+            } => {
+                out.put_u8(0x0e);
+                out.put_u64_le(*keys);
+                out.put_u64_le(*expiring);
+                out.put_u64_le(*data_bytes);
+            }
             KvResult::Error(e) => {
                 out.put_u8(0x7f);
                 out.put_u8(e.code());
@@ -1391,6 +1417,11 @@ impl KvResult {
             }
             0x0c => KvResult::Aborted,
             0x0d => KvResult::Digest(r.u64()?),
+            0x0e => KvResult::Stats {
+                keys: r.u64()?,
+                expiring: r.u64()?,
+                data_bytes: r.u64()?,
+            },
             0x7f => KvResult::Error(KvError::from_code(r.u8()?)?),
             tag => {
                 return Err(DecodeError::UnknownTag {

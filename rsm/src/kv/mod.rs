@@ -654,6 +654,11 @@ impl KvStore {
                 KvResult::Int(self.deadlines.next().map_or(-1, |at| at as i64))
             }
             KvQuery::Digest { key } => KvResult::Digest(self.digest(key)),
+            KvQuery::Stats => KvResult::Stats {
+                keys: self.map.len() as u64,
+                expiring: self.deadlines.len() as u64,
+                data_bytes: self.data_bytes(),
+            },
             KvQuery::Scan {
                 start,
                 end,
@@ -1463,6 +1468,15 @@ mod tests {
             values: vec![k("c")],
         }));
         assert_eq!(kv.digest(b"s"), digest, "the source did not change");
+        assert_eq!(
+            kv.read(&KvQuery::Stats),
+            KvResult::Stats {
+                keys: 2,
+                expiring: 2,
+                data_bytes: kv.data_bytes(),
+            },
+            "s and its copy c, both with the list's deadline"
+        );
         kv.execute(&KvCommand::put("str", "1"));
         assert_eq!(copy(&mut kv, "str", "c", true), KvResult::Int(1));
         assert_eq!(kv.get(b"c"), Some(&b"1"[..]));
