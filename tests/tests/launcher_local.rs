@@ -539,27 +539,36 @@ fn local_serves_the_redis_data_types_and_redis_benchmark() {
     );
 }
 
+/// A `flotilla local` in a temporary directory (keep the directory and the
+/// process alive) that took a write through node 1, and that connection.
+fn ready_local() -> (tempfile::TempDir, Local, (u16, u16, u16), redis::Connection) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("flotilla-data").display().to_string();
+    let bases = free_bases();
+    let child = start_local(&data, bases, &[]);
+    let mut c = redis_at(bases.0 + 1);
+    wait_for("a write through node 1", Duration::from_secs(30), || {
+        c.set::<_, _, String>("ready", "1").ok()
+    });
+    (dir, child, bases, c)
+}
+
+/// One command, its arguments as text.
+fn q(c: &mut redis::Connection, args: &[&str]) -> redis::RedisResult<redis::Value> {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query(c)
+}
+
 /// MULTI / EXEC / WATCH through the real binary: a transaction is one
 /// entry of one group (hash tags pick the group); WATCH aborts it when
 /// another client changed a watched key through another node; and
 /// check-and-set increments from six clients on three nodes lose nothing.
 #[test]
 fn local_runs_transactions_atomically_and_watch_guards_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("flotilla-data").display().to_string();
-    let bases = free_bases();
-    let _child = start_local(&data, bases, &[]);
-    let mut c = redis_at(bases.0 + 1);
-    wait_for("a write through node 1", Duration::from_secs(30), || {
-        c.set::<_, _, String>("ready", "1").ok()
-    });
-    let q = |c: &mut redis::Connection, args: &[&str]| -> redis::RedisResult<redis::Value> {
-        let mut cmd = redis::cmd(args[0]);
-        for a in &args[1..] {
-            cmd.arg(*a);
-        }
-        cmd.query(c)
-    };
+    let (_dir, _child, bases, mut c) = ready_local();
     use redis::Value::{Array, BulkString, Int, Nil, Okay, SimpleString};
     let queued = SimpleString("QUEUED".into());
 
@@ -734,22 +743,8 @@ fn local_runs_transactions_atomically_and_watch_guards_them() {
 /// written through node 1 is read back through node 2.
 #[test]
 fn local_serves_the_string_and_key_commands() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("flotilla-data").display().to_string();
-    let bases = free_bases();
-    let _child = start_local(&data, bases, &[]);
-    let mut c = redis_at(bases.0 + 1);
+    let (_dir, _child, bases, mut c) = ready_local();
     let mut c2 = redis_at(bases.0 + 2);
-    wait_for("a write through node 1", Duration::from_secs(30), || {
-        c.set::<_, _, String>("ready", "1").ok()
-    });
-    let q = |c: &mut redis::Connection, args: &[&str]| -> redis::RedisResult<redis::Value> {
-        let mut cmd = redis::cmd(args[0]);
-        for a in &args[1..] {
-            cmd.arg(*a);
-        }
-        cmd.query(c)
-    };
     use redis::Value::{BulkString, Int, Nil, Okay};
     let bulk = |s: &str| BulkString(s.as_bytes().to_vec());
     let err = |c: &mut redis::Connection, args: &[&str]| -> String {

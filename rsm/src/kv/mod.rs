@@ -1596,30 +1596,18 @@ mod tests {
                 members: vec![k("m")],
             }),
         );
-        changed(
-            &mut kv,
-            "z",
+        let zadd = |score| {
             KvCommand::Typed(TypedCommand::ZAdd {
                 key: k("z"),
                 condition: ZAddCondition::Always,
                 compare: ZAddCompare::None,
                 changed: false,
                 incr: false,
-                pairs: vec![(1.0, k("m"))],
-            }),
-        );
-        changed(
-            &mut kv,
-            "z",
-            KvCommand::Typed(TypedCommand::ZAdd {
-                key: k("z"),
-                condition: ZAddCondition::Always,
-                compare: ZAddCompare::None,
-                changed: false,
-                incr: false,
-                pairs: vec![(2.0, k("m"))],
-            }),
-        );
+                pairs: vec![(score, k("m"))],
+            })
+        };
+        changed(&mut kv, "z", zadd(1.0));
+        changed(&mut kv, "z", zadd(2.0));
         changed(
             &mut kv,
             "x",
