@@ -368,10 +368,13 @@ impl NodeHost {
     /// command. The commands are appended in order, but each one commits,
     /// applies and fails on its own (a batch is not a transaction).
     ///
-    /// The answers come back together, once every command of the batch is
-    /// decided. When `deadline` passes first, every command not answered
-    /// yet gets [`HostError::Timeout`] (it may or may not have been
-    /// applied).
+    /// The answers of one mailbox message come back together, once its last
+    /// command is decided. When `deadline` passes first, every command of
+    /// the messages not answered yet gets [`HostError::Timeout`], also those
+    /// the group had decided already (each may or may not have been
+    /// applied): a batch waits for its slowest command (e.g. one forwarded
+    /// to a leader that died), so a caller that wants the answers of the
+    /// others first sends them in batches of their own.
     ///
     /// # Errors
     /// None for the batch as a whole; each entry has the errors of
