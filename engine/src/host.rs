@@ -367,6 +367,106 @@ impl NodeHost {
         .map_err(HostError::Request)
     }
 
+    /// Proposes every command of `cmds` to `group`, as [`NodeHost::propose`]
+    /// does each, and answers each on its own, in the order of `cmds`:
+    /// entry `i` of the result is the outcome of `cmds[i]`. The commands go
+    /// to the shard in one mailbox message per [`PROPOSE_BATCH_MAX`] of them
+    /// and come back in one answer each, under one deadline: a caller with
+    /// many commands for one group saves a channel, a timer and a wake-up per
+    /// command. The commands are appended in order, but each one commits,
+    /// applies and fails on its own (a batch is not a transaction).
+    ///
+    /// The answers of one mailbox message come back together, once its last
+    /// command is decided. When `deadline` passes first, every command of
+    /// the messages not answered yet gets [`HostError::Timeout`], also those
+    /// the group had decided already (each may or may not have been
+    /// applied): a batch waits for its slowest command (e.g. one forwarded
+    /// to a leader that died), so a caller that wants the answers of the
+    /// others first sends them in batches of their own.
+    ///
+    /// # Errors
+    /// None for the batch as a whole; each entry has the errors of
+    /// [`NodeHost::propose`].
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(host: &flotilla::NodeHost) {
+    /// use flotilla_rsm::{encode_noop, KvCommand, KvResult};
+    /// let cmds = ["a", "b", "c"]
+    ///     .map(|k| encode_noop(&KvCommand::put(k, "v").encode()))
+    ///     .to_vec();
+    /// let answers = host
+    ///     .propose_batch(flotilla::GroupId(1), cmds, std::time::Duration::from_secs(2))
+    ///     .await;
+    /// for answer in answers {
+    ///     assert!(matches!(answer.map(KvResult::decode), Ok(Ok(KvResult::Put { .. }))));
+    /// }
+    /// # }
+    /// ```
+    pub async fn propose_batch(
+        &self,
+        group: GroupId,
+        cmds: Vec<Bytes>,
+        deadline: Duration,
+    ) -> Vec<Result<Bytes, HostError>> {
+        let len = cmds.len();
+        if len == 0 {
+            return Vec::new();
+        }
+        let Some(mailbox) = self.mailboxes.get(self.shard_for(group) as usize) else {
+            return (0..len).map(|_| Err(HostError::ShuttingDown)).collect();
+        };
+        let mut answers: Vec<Result<Bytes, HostError>> = Vec::with_capacity(len);
+        let work = async {
+            let mut receivers = Vec::with_capacity(len.div_ceil(PROPOSE_BATCH_MAX));
+            let mut cmds = cmds.into_iter();
+            loop {
+                let chunk: Vec<Bytes> = cmds.by_ref().take(PROPOSE_BATCH_MAX).collect();
+                if chunk.is_empty() {
+                    break;
+                }
+                let (reply, rx) = oneshot::channel();
+                let n = chunk.len();
+                let req = ShardRequest::ProposeBatch {
+                    group,
+                    cmds: chunk,
+                    forward: true,
+                    reply,
+                };
+                if mailbox.send_async(req).await.is_err() {
+                    break;
+                }
+                receivers.push((n, rx));
+            }
+            for (n, rx) in receivers {
+                match rx.await {
+                    Ok(results) => {
+                        debug_assert_eq!(results.len(), n);
+                        answers.extend(results.into_iter().map(|r| match r {
+                            Some(r) => r.map_err(HostError::Request),
+                            None => Err(HostError::ShuttingDown),
+                        }));
+                    }
+                    Err(_) => answers.extend((0..n).map(|_| Err(HostError::ShuttingDown))),
+                }
+            }
+            Ok(())
+        };
+        let outcome = with_deadline(work, deadline).await;
+        // What the deadline (or a closed mailbox) cut off.
+        let missing = match outcome {
+            Ok(()) => HostError::ShuttingDown,
+            Err(e) => e,
+        };
+        while answers.len() < len {
+            answers.push(Err(match &missing {
+                HostError::Timeout(d) => HostError::Timeout(*d),
+                _ => HostError::ShuttingDown,
+            }));
+        }
+        answers
+    }
+
     /// A linearizable read (ReadIndex) of `query` against `group`'s state
     /// machine; any replica that is not a witness can serve it.
     ///
@@ -768,6 +868,10 @@ impl NodeHost {
         info!(node = self.config.node_id, "node stopped");
     }
 }
+
+/// Commands of [`NodeHost::propose_batch`] per mailbox message (a batch
+/// with more is sent as several messages).
+pub const PROPOSE_BATCH_MAX: usize = 1024;
 
 /// How long a failed start waits for the shards it started to stop.
 const FAILED_START_SHUTDOWN_WAIT: Duration = Duration::from_secs(10);

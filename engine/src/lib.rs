@@ -25,7 +25,7 @@ pub use config::{available_cpus, shards_on_disk, ConfigError, NodeHostConfig, Pl
 pub use error::RequestError;
 /// WAL statistics types that appear in [`ShardStats`].
 pub use flotilla_storage::{LatencyHistogram, WalStats, FLUSH_LATENCY_BOUNDS_US};
-pub use host::{HostError, NodeHost};
+pub use host::{HostError, NodeHost, PROPOSE_BATCH_MAX};
 pub use raft::{GroupId, MemberKind, NodeId, Role};
 pub use shard::driver::GroupStatus;
 pub use shard::{shard_of, ShardId, ShardStats};

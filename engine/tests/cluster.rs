@@ -184,3 +184,175 @@ fn three_nodes_replicate_and_read_through_leaders() {
         block_on(h.shutdown());
     }
 }
+
+fn increment(key: &'static str) -> Bytes {
+    encode_noop(
+        &KvCommand::Increment {
+            key: Bytes::from_static(key.as_bytes()),
+            delta: 1,
+        }
+        .encode(),
+    )
+}
+
+/// `NodeHost::propose_batch` answers every command on its own, in the
+/// order given: on the leader and through a follower (forwarded), across
+/// more than one mailbox message, with a malformed command failing alone;
+/// a group that is not hosted fails every command; a deadline that passes
+/// first answers every command, with `Timeout`.
+#[test]
+fn a_batch_of_proposals_answers_each_command_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = start_cluster(&dir, 3, 1);
+    let members: Vec<(NodeId, std::net::SocketAddr)> = hosts
+        .iter()
+        .map(|h| (NodeId(h.config().node_id), h.config().raft_addr))
+        .collect();
+    let g = GroupId(1);
+    for h in &hosts {
+        block_on(h.start_group(g, members.clone(), DEADLINE)).unwrap();
+    }
+    let leader = wait_for_leader(&hosts, g);
+    let follower = (leader + 1) % hosts.len();
+    let n = flotilla::PROPOSE_BATCH_MAX + 5;
+    let mut expected = 0;
+    for (who, h) in [("leader", &hosts[leader]), ("follower", &hosts[follower])] {
+        let mut cmds: Vec<Bytes> = (0..n).map(|_| increment("counter")).collect();
+        cmds[7] = Bytes::from_static(b"\xffgarbage");
+        let answers = block_on(h.propose_batch(g, cmds, DEADLINE));
+        assert_eq!(answers.len(), n, "{who}: one answer per command");
+        for (i, answer) in answers.into_iter().enumerate() {
+            if i == 7 {
+                assert!(
+                    matches!(
+                        answer,
+                        Err(flotilla::HostError::Request(
+                            flotilla::RequestError::Apply { .. }
+                        ))
+                    ),
+                    "{who}: the malformed command fails alone, got {answer:?}"
+                );
+                continue;
+            }
+            expected += 1;
+            let answer = answer.unwrap_or_else(|e| panic!("{who}: command {i} failed: {e}"));
+            assert_eq!(
+                KvResult::decode(answer).unwrap(),
+                KvResult::Int(expected),
+                "{who}: command {i} is answered with its own result, in order"
+            );
+        }
+    }
+    let answers = block_on(hosts[leader].propose_batch(
+        GroupId(99),
+        vec![increment("x"), increment("y")],
+        DEADLINE,
+    ));
+    assert_eq!(answers.len(), 2);
+    for answer in answers {
+        assert!(
+            matches!(
+                answer,
+                Err(flotilla::HostError::Request(
+                    flotilla::RequestError::GroupNotFound { .. }
+                ))
+            ),
+            "{answer:?}"
+        );
+    }
+    assert!(block_on(hosts[leader].propose_batch(g, Vec::new(), DEADLINE)).is_empty());
+    let answers = block_on(hosts[leader].propose_batch(
+        g,
+        vec![increment("late"), increment("late")],
+        Duration::ZERO,
+    ));
+    assert_eq!(answers.len(), 2);
+    for answer in answers {
+        assert!(
+            matches!(answer, Err(flotilla::HostError::Timeout(_))),
+            "{answer:?}"
+        );
+    }
+    for h in hosts {
+        block_on(h.shutdown());
+    }
+}
+
+/// Batches keep their promise while leadership moves: batches of
+/// increments sent through every node (forwarded from the followers) while
+/// the leadership is transferred around; every command is answered, with
+/// its result or a typed error, none times out, and the counter ends at
+/// exactly the number of increments answered `Ok` (a `Dropped`, `NotLeader`
+/// or `Rejected` command was not applied).
+#[test]
+fn batches_answer_every_command_while_leadership_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = std::sync::Arc::new(start_cluster(&dir, 3, 1));
+    let members: Vec<(NodeId, std::net::SocketAddr)> = hosts
+        .iter()
+        .map(|h| (NodeId(h.config().node_id), h.config().raft_addr))
+        .collect();
+    let g = GroupId(1);
+    for h in hosts.iter() {
+        block_on(h.start_group(g, members.clone(), DEADLINE)).unwrap();
+    }
+    wait_for_leader(&hosts, g);
+    let senders: Vec<_> = (0..hosts.len())
+        .map(|node| {
+            let hosts = hosts.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut refused) = (0i64, 0u64);
+                for _ in 0..8 {
+                    let cmds = (0..200).map(|_| increment("c")).collect();
+                    for answer in block_on(hosts[node].propose_batch(g, cmds, DEADLINE)) {
+                        match answer {
+                            Ok(_) => ok += 1,
+                            Err(flotilla::HostError::Request(
+                                flotilla::RequestError::Dropped { .. }
+                                | flotilla::RequestError::NotLeader { .. }
+                                | flotilla::RequestError::Rejected(_),
+                            )) => refused += 1,
+                            Err(e) => panic!("node {}: unexpected answer {e:?}", node + 1),
+                        }
+                    }
+                }
+                (ok, refused)
+            })
+        })
+        .collect();
+    for round in 0..6 {
+        std::thread::park_timeout(Duration::from_millis(40));
+        let leader = wait_for_leader(&hosts, g);
+        let to = NodeId(hosts[(leader + 1) % hosts.len()].config().node_id);
+        if let Err(e) = block_on(hosts[leader].transfer_leader(g, to, DEADLINE)) {
+            eprintln!("round {round}: transfer to {to:?} failed: {e}");
+        }
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for s in senders {
+        let (o, r) = s.join().expect("a sender panicked");
+        ok += o;
+        refused += r;
+    }
+    assert_eq!(ok as u64 + refused, 3 * 8 * 200, "every command answered");
+    let leader = wait_for_leader(&hosts, g);
+    let answer = block_on(
+        hosts[leader].read(
+            g,
+            KvQuery::Get {
+                key: Bytes::from_static(b"c"),
+            }
+            .encode(),
+            DEADLINE,
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        KvResult::decode(answer).unwrap(),
+        KvResult::Value(Some(Bytes::from(ok.to_string()))),
+        "{ok} increments acknowledged, {refused} refused"
+    );
+    for h in hosts.iter() {
+        block_on(h.shutdown());
+    }
+}

@@ -11,12 +11,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use flotilla::{
     GroupId, HostError, NodeHost, NodeHostConfig, NodeId, Placement, ReadConsistency, RequestError,
     Role,
 };
-use flotilla_rsm::{encode_noop, KvCommand, KvQuery, KvResult};
+use flotilla_rsm::{encode_noop, Envelope, KvCommand, KvQuery, KvResult};
 use futures_lite::future::block_on;
 use glommio::{LocalExecutorBuilder, Task};
 
@@ -343,18 +343,23 @@ struct Client {
 }
 
 /// Decrements the in-flight count when a request ends, however it ends.
-struct InFlight<'a>(&'a Cell<u64>);
+struct InFlight<'a>(&'a Cell<u64>, u64);
 
 impl<'a> InFlight<'a> {
     fn enter(c: &'a Cell<u64>) -> Self {
-        c.set(c.get() + 1);
-        InFlight(c)
+        Self::enter_n(c, 1)
+    }
+
+    /// `n` requests at once (a batch).
+    fn enter_n(c: &'a Cell<u64>, n: u64) -> Self {
+        c.set(c.get() + n);
+        InFlight(c, n)
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.set(self.0.get() - 1);
+        self.0.set(self.0.get() - self.1);
     }
 }
 
@@ -381,6 +386,10 @@ async fn client_main(setup: ClientSetup) {
     let reporter = glommio::spawn_local(report_every_second(client.clone()));
     sleep_until(timeline.start).await;
     match client.setup.rate_share {
+        // Writes only: each group's requests travel as batches (one
+        // mailbox message, one channel, one deadline timer per batch),
+        // each still answered, timed and retried on its own.
+        None if client.setup.reads <= 0.0 => closed_loop_batched(&client).await,
         None => closed_loop(&client).await,
         Some(rate) => open_loop(&client, rate).await,
     }
@@ -439,6 +448,156 @@ async fn closed_loop(client: &Rc<Client>) {
     for t in tasks {
         t.await;
     }
+}
+
+/// A write of the batched closed loop: its key (the command is encoded
+/// again for a retry) and when it first went out.
+struct BatchedWrite {
+    key: [u8; 12],
+    issued: Instant,
+    deadline: Instant,
+}
+
+/// The closed loop for writes only: one task per group keeps
+/// `concurrency` writes in flight through `NodeHost::propose_batch`. Every
+/// write whose answer came back is replaced by a new one in the group's
+/// next batch, as `concurrency` tasks of one request each would replace
+/// theirs (the answers of one apply come back together either way); each
+/// write is still its own proposal, timed from when it first went out and
+/// retried on its own.
+async fn closed_loop_batched(client: &Rc<Client>) {
+    let mut tasks: Vec<Task<()>> = Vec::new();
+    let mut seeds = Rng::new(client.setup.index as u64 + 1);
+    for gi in 0..client.setup.groups.len() {
+        let c = client.clone();
+        let mut rng = Rng::new(seeds.next_u64());
+        tasks.push(glommio::spawn_local(async move {
+            group_batches(&c, gi, &mut rng).await;
+        }));
+    }
+    for t in tasks {
+        t.await;
+    }
+}
+
+/// Group `gi`'s batches until the window closes and its last writes are
+/// answered (or their deadlines passed).
+async fn group_batches(client: &Client, gi: usize, rng: &mut Rng) {
+    let s = &client.setup;
+    let end = s.timeline.measure_end;
+    let group = s.groups[gi].0;
+    let mut batch: Vec<BatchedWrite> = Vec::with_capacity(s.concurrency);
+    let mut retries: Vec<BatchedWrite> = Vec::new();
+    loop {
+        let issued = Instant::now();
+        batch.append(&mut retries);
+        if issued < end {
+            while batch.len() < s.concurrency {
+                batch.push(BatchedWrite {
+                    key: random_key(group, s.keys_per_group, rng),
+                    issued,
+                    deadline: issued + s.timeout,
+                });
+            }
+        }
+        let Some(first_deadline) = batch.iter().map(|w| w.deadline).min() else {
+            return;
+        };
+        let node = client.leaders[gi].get();
+        let cmds = put_commands(batch.iter().map(|w| &w.key), &s.value);
+        let answers = {
+            let _in_flight = InFlight::enter_n(&client.in_flight, batch.len() as u64);
+            s.hosts[node]
+                .propose_batch(
+                    group,
+                    cmds,
+                    first_deadline.saturating_duration_since(issued),
+                )
+                .await
+        };
+        debug_assert_eq!(answers.len(), batch.len());
+        let now = Instant::now();
+        let mut moved_to = None;
+        {
+            let mut rec = client.recorder.borrow_mut();
+            for (w, answer) in batch.drain(..).zip(answers) {
+                let error = match answer {
+                    Ok(bytes) => {
+                        match KvResult::decode(bytes) {
+                            Ok(KvResult::Error(e)) => rec.error(now, &label(&format!("Kv({e:?}"))),
+                            Err(_) => rec.error(now, "malformed result"),
+                            Ok(_) => rec.success(OpKind::Write, w.issued, w.issued, now),
+                        }
+                        continue;
+                    }
+                    Err(e) => e,
+                };
+                if now >= w.deadline || matches!(error, HostError::ShuttingDown) {
+                    rec.error(now, &label(&format!("{error:?}")));
+                    continue;
+                }
+                rec.retry(now);
+                if let HostError::Request(RequestError::NotLeader {
+                    leader: Some(l), ..
+                }) = error
+                {
+                    moved_to = node_index(&s.hosts, l).filter(|i| *i != node).or(moved_to);
+                }
+                retries.push(w);
+            }
+        }
+        if retries.is_empty() {
+            continue;
+        }
+        match moved_to {
+            Some(l) => client.leaders[gi].set(l),
+            None => {
+                glommio::timer::sleep(RETRY_BACKOFF).await;
+                if let Some(l) = find_leader(&s.hosts, group).await {
+                    client.leaders[gi].set(l);
+                }
+            }
+        }
+    }
+}
+
+/// A random key of `group`: its id, then one of `keys_per_group` numbers.
+fn random_key(group: GroupId, keys_per_group: u64, rng: &mut Rng) -> [u8; 12] {
+    let mut key = [0u8; 12];
+    key[..4].copy_from_slice(&(group.0 as u32).to_be_bytes());
+    key[4..].copy_from_slice(&rng.below(keys_per_group).to_be_bytes());
+    key
+}
+
+/// The encoded rsm command that puts `value` at `key`.
+fn put_command(key: &[u8; 12], value: &Bytes) -> Bytes {
+    encode_noop(&KvCommand::put(Bytes::copy_from_slice(key), value.clone()).encode())
+}
+
+/// The encoded rsm commands that put `value` at each of `keys`, all in one
+/// buffer (each command a view of it): a few allocations per batch instead
+/// of three per write, and commands the shards clone without promoting them
+/// to shared storage first. The bytes are `put_command`'s.
+fn put_commands<'a>(
+    keys: impl ExactSizeIterator<Item = &'a [u8; 12]>,
+    value: &Bytes,
+) -> Vec<Bytes> {
+    let mut cmds = Vec::with_capacity(keys.len());
+    let mut scratch = BytesMut::new();
+    let mut out = BytesMut::new();
+    for key in keys {
+        scratch.extend_from_slice(key);
+        let key = scratch.split().freeze();
+        KvCommand::put(key, value.clone()).encode_into(&mut scratch);
+        let payload = scratch.split().freeze();
+        let envelope = Envelope::NoOp { payload };
+        if out.capacity() < envelope.encoded_len() {
+            out.reserve(envelope.encoded_len() * (cmds.capacity() - cmds.len()));
+        }
+        envelope.encode_into(&mut out);
+        cmds.push(out.split().freeze());
+    }
+    cmds
 }
 
 /// Shortest sleep of the open-loop pacer: at rates above ~20k/s it issues
@@ -507,13 +666,13 @@ async fn one_request(client: &Client, gi: usize, rng: &mut Rng, intended: Instan
     } else {
         OpKind::Write
     };
-    let mut key = [0u8; 12];
-    key[..4].copy_from_slice(&(group.0 as u32).to_be_bytes());
-    key[4..].copy_from_slice(&rng.below(s.keys_per_group).to_be_bytes());
-    let key = Bytes::copy_from_slice(&key);
+    let key = random_key(group, s.keys_per_group, rng);
     let request = match kind {
-        OpKind::Read => KvQuery::Get { key }.encode(),
-        OpKind::Write => encode_noop(&KvCommand::put(key, s.value.clone()).encode()),
+        OpKind::Read => KvQuery::Get {
+            key: Bytes::copy_from_slice(&key),
+        }
+        .encode(),
+        OpKind::Write => put_command(&key, &s.value),
     };
     let issued = Instant::now();
     let deadline = issued + s.timeout;
@@ -649,6 +808,73 @@ mod tests {
         assert!(v["p99_us"].as_u64().unwrap() > 0, "{last}");
         assert_eq!(v["config"]["groups"], 2);
         assert!(text.contains("writes/s"), "{text}");
+    }
+
+    /// A batch's commands are byte for byte the commands `put_command`
+    /// encodes one by one.
+    #[test]
+    fn batched_commands_are_the_single_commands() {
+        let value = Bytes::from_static(b"0123456789abcdef");
+        let keys: Vec<[u8; 12]> = (0..100u8).map(|i| [i; 12]).collect();
+        let cmds = put_commands(keys.iter(), &value);
+        assert_eq!(cmds.len(), keys.len());
+        for (key, cmd) in keys.iter().zip(&cmds) {
+            assert_eq!(cmd, &put_command(key, &value));
+        }
+        assert!(put_commands([].iter(), &value).is_empty());
+    }
+
+    /// Writes only (the default mix) go through the batched closed loop:
+    /// every write is acknowledged, none fails, and no more than
+    /// `concurrency` per group are ever in flight.
+    #[test]
+    fn tiny_write_only_run_goes_through_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir_arg = dir.path().to_string_lossy().to_string();
+        let args = crate::bench::parse_for_tests(&[
+            "--groups",
+            "2",
+            "--shards",
+            "1",
+            "--concurrency",
+            "8",
+            "--keys",
+            "1000",
+            "--placement",
+            "unbound",
+            "--io-memory",
+            "1MiB",
+            "--preempt-timer",
+            "1ms",
+            "--duration",
+            "1s",
+            "--warmup",
+            "300ms",
+            "--json",
+            "--data-dir",
+            &dir_arg,
+        ]);
+        assert_eq!(args.reads, 0.0);
+        let mut out = Vec::new();
+        let outcome = super::super::execute(&args, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        let s = match outcome {
+            Ok(Outcome::Load(s)) => *s,
+            other => panic!("{other:?}\n{text}"),
+        };
+        assert!(s.writes > 0, "{text}");
+        assert_eq!((s.reads, s.errors), (0, 0), "{text}");
+        let progress: Vec<&str> = text.lines().filter(|l| l.contains("in-flight")).collect();
+        assert!(!progress.is_empty(), "no progress line: {text}");
+        for line in progress {
+            let in_flight: u64 = line
+                .split("in-flight")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no in-flight count in {line}"));
+            assert!(in_flight <= 16, "{in_flight} in flight for 2 x 8: {line}");
+        }
     }
 
     /// The in-process open loop: never issues ahead of its schedule, and

@@ -1107,8 +1107,13 @@ impl Driver {
         }
         match ClientOp::decode(&f) {
             Some(op) => {
-                let appended =
-                    self.submit_attempt(f.group, op, false, tx, forward::FORWARD_ATTEMPTS_MAX);
+                let appended = self.submit_attempt(
+                    f.group,
+                    op,
+                    false,
+                    tx.into(),
+                    forward::FORWARD_ATTEMPTS_MAX,
+                );
                 if let Some((index, term)) = appended {
                     // Tell the origin where the entry is: if this leader
                     // fails before answering, the origin learns the outcome

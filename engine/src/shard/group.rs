@@ -20,13 +20,11 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use bytes::Bytes;
 use flotilla_rsm::{Applied, Rsm};
-use futures_channel::oneshot;
 
 use crate::error::RequestError;
 use crate::raft::{ConfChange, Entry, EntryKind, GroupId, Index, Raft, ReadState, Term};
 
-/// Where an answer goes.
-pub(crate) type Reply<T> = oneshot::Sender<Result<T, RequestError>>;
+pub(crate) use super::reply::Reply;
 
 struct PendingProposal {
     index: Index,
@@ -657,6 +655,7 @@ mod tests {
     use super::*;
     use crate::raft::{Config, Membership, NodeId};
     use flotilla_rsm::{encode_noop, KvCommand, KvQuery, KvResult, KvStore};
+    use futures_channel::oneshot;
     use futures_lite::future::block_on;
 
     fn single_voter() -> GroupReplica {
@@ -697,8 +696,8 @@ mod tests {
         let mut g = single_voter();
         let (tx1, rx1) = oneshot::channel();
         let (tx2, rx2) = oneshot::channel();
-        g.propose(put("a", "1"), tx1);
-        g.propose(put("b", "2"), tx2);
+        g.propose(put("a", "1"), tx1.into());
+        g.propose(put("b", "2"), tx2.into());
         assert_eq!(g.pending().0, 2);
         drive(&mut g);
         assert_eq!(g.pending().0, 0);
@@ -706,7 +705,7 @@ mod tests {
         assert!(block_on(rx2).unwrap().is_ok());
 
         let (tx, rx) = oneshot::channel();
-        g.read(KvQuery::Get { key: "a".into() }.encode(), false, tx);
+        g.read(KvQuery::Get { key: "a".into() }.encode(), false, tx.into());
         drive(&mut g);
         let answer = block_on(rx).unwrap().unwrap();
         assert_eq!(
@@ -720,8 +719,8 @@ mod tests {
         let mut g = single_voter();
         let (bad_tx, bad_rx) = oneshot::channel();
         let (ok_tx, ok_rx) = oneshot::channel();
-        g.propose(Bytes::from_static(b"\xffgarbage"), bad_tx);
-        g.propose(put("k", "v"), ok_tx);
+        g.propose(Bytes::from_static(b"\xffgarbage"), bad_tx.into());
+        g.propose(put("k", "v"), ok_tx.into());
         drive(&mut g);
         assert!(matches!(
             block_on(bad_rx).unwrap(),
@@ -739,13 +738,13 @@ mod tests {
             index: 5,
             term: 2,
             conf_change: false,
-            reply: tx_old,
+            reply: tx_old.into(),
         });
         proposals.push_back(PendingProposal {
             index: 6,
             term: 3,
             conf_change: false,
-            reply: tx_same,
+            reply: tx_same.into(),
         });
         // Index 5 was replaced by a term-3 entry; index 6 is ours.
         complete_proposals(GroupId(1), &mut proposals, 5, 3, Some(Ok(Bytes::from("x"))));
@@ -779,7 +778,7 @@ mod tests {
                 index,
                 term: 2,
                 conf_change: false,
-                reply: tx,
+                reply: tx.into(),
             });
             answers.push(rx);
         }
@@ -811,19 +810,19 @@ mod tests {
         let term = g.raft.term();
         // Applied already: the caller keeps waiting for the leader.
         let (tx, _rx) = oneshot::channel();
-        assert!(g.watch(applied, term, tx).is_err());
+        assert!(g.watch(applied, term, tx.into()).is_err());
         // An entry appended for a request (as another node's leader would
         // have), watched here at its (index, term).
         let index = g.raft.propose(put("w", "1")).unwrap();
         let (tx, rx) = oneshot::channel();
-        assert!(g.watch(index, term, tx).is_ok());
+        assert!(g.watch(index, term, tx.into()).is_ok());
         assert_eq!(g.pending().0, 1);
         drive(&mut g);
         assert!(block_on(rx).unwrap().is_ok(), "answered by the local apply");
         // The leader's answer may come first.
         let index = g.raft.propose(put("w", "2")).unwrap();
         let (tx, rx) = oneshot::channel();
-        g.watch(index, term, tx).unwrap();
+        g.watch(index, term, tx.into()).unwrap();
         assert!(g.complete_watched(index, term, Ok(Bytes::from("r"))));
         assert_eq!(block_on(rx).unwrap(), Ok(Bytes::from("r")));
         assert!(!g.complete_watched(index, term, Ok(Bytes::new())));
@@ -851,7 +850,7 @@ mod tests {
         assert_eq!(settled[0].0, 11);
         let result = settled[0].1.clone().expect("applied");
         let (tx, rx) = oneshot::channel();
-        g.propose(put("t", "1"), tx);
+        g.propose(put("t", "1"), tx.into());
         drive(&mut g);
         assert_eq!(
             Ok(result),
@@ -897,8 +896,8 @@ mod tests {
         let (tx_far, rx_far) = oneshot::channel();
         let (tx_later, rx_later) = oneshot::channel();
         // Watched at `term` far past the log, and one of a later term.
-        g.watch(applied + 5, term, tx_far).unwrap();
-        g.watch(applied + 6, term + 1, tx_later).unwrap();
+        g.watch(applied + 5, term, tx_far.into()).unwrap();
+        g.watch(applied + 6, term + 1, tx_later.into()).unwrap();
         // A leader of term + 1 committed an entry at applied + 1: no entry
         // of `term` can commit past it any more.
         g.drop_unreachable(applied + 1, term + 1);
@@ -924,7 +923,7 @@ mod tests {
         let rsm = Rsm::new(Box::new(KvStore::new()), Default::default());
         let mut g = GroupReplica::new(raft, Some(rsm), ReplicaLimits::default());
         let (tx, rx) = oneshot::channel();
-        g.propose(put("a", "1"), tx);
+        g.propose(put("a", "1"), tx.into());
         assert!(matches!(
             block_on(rx).unwrap(),
             Err(RequestError::NotLeader { .. })
@@ -932,7 +931,7 @@ mod tests {
 
         let mut g = single_voter();
         let (tx, rx) = oneshot::channel();
-        g.propose(put("a", "1"), tx);
+        g.propose(put("a", "1"), tx.into());
         g.fail_all();
         assert!(matches!(
             block_on(rx).unwrap(),

@@ -21,6 +21,7 @@ pub mod driver;
 pub(crate) mod forward;
 pub(crate) mod group;
 pub(crate) mod meta;
+pub(crate) mod reply;
 pub(crate) mod snapshot;
 
 use std::cell::Cell;
@@ -125,40 +126,48 @@ pub(crate) enum ShardRequest {
     StartGroup {
         group: GroupId,
         members: Vec<(NodeId, SocketAddr)>,
-        reply: group::Reply<()>,
+        reply: reply::ReplyTx<()>,
     },
     /// Start an empty replica that waits to be added.
     JoinGroup {
         group: GroupId,
         peers: Vec<(NodeId, SocketAddr)>,
         witness: bool,
-        reply: group::Reply<()>,
+        reply: reply::ReplyTx<()>,
     },
     /// Propose an encoded rsm command (forwarded to the leader if `forward`).
     Propose {
         group: GroupId,
         cmd: Bytes,
         forward: bool,
-        reply: group::Reply<Bytes>,
+        reply: reply::ReplyTx<Bytes>,
+    },
+    /// Propose every command of `cmds` (as `Propose` each), answered
+    /// together on one channel, each with its own result.
+    ProposeBatch {
+        group: GroupId,
+        cmds: Vec<Bytes>,
+        forward: bool,
+        reply: reply::BatchTx<Bytes>,
     },
     /// A read.
     Read {
         group: GroupId,
         query: Bytes,
         consistency: ReadConsistency,
-        reply: group::Reply<Bytes>,
+        reply: reply::ReplyTx<Bytes>,
     },
     /// Propose a membership change.
     ChangeMembership {
         group: GroupId,
         change: ConfChange,
-        reply: group::Reply<Bytes>,
+        reply: reply::ReplyTx<Bytes>,
     },
     /// Start a leadership transfer.
     TransferLeader {
         group: GroupId,
         to: NodeId,
-        reply: group::Reply<Bytes>,
+        reply: reply::ReplyTx<Bytes>,
     },
     /// The membership a replica knows.
     Membership {
@@ -168,7 +177,7 @@ pub(crate) enum ShardRequest {
     /// Take a snapshot of a group now.
     Snapshot {
         group: GroupId,
-        reply: group::Reply<u64>,
+        reply: reply::ReplyTx<u64>,
     },
     /// Status of every group of the shard.
     AllStatus {
@@ -473,21 +482,24 @@ pub(crate) async fn run(setup: ShardSetup) {
                     group,
                     forward::ClientOp::ConfChange(change),
                     true,
-                    reply,
+                    reply.into(),
                 );
                 kick.signal(1);
             }
             ShardRequest::TransferLeader { group, to, reply } => {
-                driver
-                    .borrow_mut()
-                    .submit(group, forward::ClientOp::Transfer(to), true, reply);
+                driver.borrow_mut().submit(
+                    group,
+                    forward::ClientOp::Transfer(to),
+                    true,
+                    reply.into(),
+                );
                 kick.signal(1);
             }
             ShardRequest::Membership { group, reply } => {
                 let _ = reply.send(driver.borrow().membership(group));
             }
             ShardRequest::Snapshot { group, reply } => {
-                driver.borrow_mut().request_snapshot(group, reply);
+                driver.borrow_mut().request_snapshot(group, reply.into());
                 kick.signal(1);
             }
             ShardRequest::AllStatus { reply } => {
@@ -508,9 +520,31 @@ pub(crate) async fn run(setup: ShardSetup) {
                 forward,
                 reply,
             } => {
-                driver
-                    .borrow_mut()
-                    .submit(group, forward::ClientOp::Propose(cmd), forward, reply);
+                driver.borrow_mut().submit(
+                    group,
+                    forward::ClientOp::Propose(cmd),
+                    forward,
+                    reply.into(),
+                );
+                kick.signal(1);
+            }
+            ShardRequest::ProposeBatch {
+                group,
+                cmds,
+                forward,
+                reply,
+            } => {
+                let batch = reply::BatchAnswer::new(cmds.len(), reply);
+                let mut d = driver.borrow_mut();
+                for (slot, cmd) in cmds.into_iter().enumerate() {
+                    d.submit(
+                        group,
+                        forward::ClientOp::Propose(cmd),
+                        forward,
+                        reply::Reply::in_batch(&batch, slot),
+                    );
+                }
+                drop(d);
                 kick.signal(1);
             }
             ShardRequest::Read {
@@ -519,7 +553,9 @@ pub(crate) async fn run(setup: ShardSetup) {
                 consistency,
                 reply,
             } => {
-                driver.borrow_mut().read(group, query, consistency, reply);
+                driver
+                    .borrow_mut()
+                    .read(group, query, consistency, reply.into());
                 kick.signal(1);
             }
             ShardRequest::Status { group, reply } => {
