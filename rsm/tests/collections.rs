@@ -212,6 +212,11 @@ fn new_commands() -> Vec<C> {
             start: -3,
             stop: -1,
         },
+        C::ZRemRangeByLex {
+            key: b("z"),
+            min: b("[a"),
+            max: b("(c"),
+        },
     ]
 }
 
@@ -277,6 +282,19 @@ fn new_queries() -> Vec<Q> {
             key: b("z"),
             members: bs(&["a", "zz"]),
         },
+        Q::ZRangeByLex {
+            key: b("z"),
+            min: b("-"),
+            max: b("(zz"),
+            rev: true,
+            offset: 0,
+            count: Some(5),
+        },
+        Q::ZLexCount {
+            key: b("z"),
+            min: b("[b"),
+            max: b("+"),
+        },
     ]
 }
 
@@ -314,6 +332,15 @@ fn encodings_round_trip_and_refuse_every_prefix() {
     raw.push(b'd');
     raw.extend_from_slice(&0u32.to_le_bytes());
     assert!(KvCommand::decode(Bytes::from(raw)).is_err());
+    // A lex bound not in Redis' syntax is refused.
+    for bad in ["", "a", "--", "+x"] {
+        let q = KvQuery::Typed(Q::ZLexCount {
+            key: b("z"),
+            min: b(bad),
+            max: b("+"),
+        });
+        assert!(KvQuery::decode(q.encode()).is_err(), "{bad:?}");
+    }
     // Flags other than 0/1 are refused: LINSERT's `after` follows its key.
     let mut bad = KvCommand::Typed(new_commands()[0].clone())
         .encode()
@@ -328,8 +355,8 @@ proptest! {
     #[test]
     fn garbage_after_a_new_tag_never_panics(
         tag in prop::sample::select(vec![
-            0x35u8, 0x36, 0x3b, 0x3c, 0x3d, 0x3e, 0x43, 0x4b, 0x4c,
-            0x64, 0x6c, 0x6d, 0x6e, 0x6f, 0x77, 0x7c, 0x7d, 0x7e, 0x89, 0x8a,
+            0x35u8, 0x36, 0x3b, 0x3c, 0x3d, 0x3e, 0x43, 0x4b, 0x4c, 0x4d,
+            0x64, 0x6c, 0x6d, 0x6e, 0x6f, 0x77, 0x7c, 0x7d, 0x7e, 0x7f, 0x89, 0x8a, 0x8b,
         ]),
         body in proptest::collection::vec(any::<u8>(), 0..64),
     ) {
@@ -565,6 +592,118 @@ fn sorted_sets_by_score() {
                 key: b("l"),
                 start: 0,
                 stop: -1
+            }
+        ),
+        WRONGTYPE
+    );
+}
+
+#[test]
+fn sorted_sets_by_lex() {
+    let lex = |min: &str, max: &str, rev: bool| Q::ZRangeByLex {
+        key: b("myzset"),
+        min: b(min),
+        max: b(max),
+        rev,
+        offset: 0,
+        count: None,
+    };
+    let count = |min: &str, max: &str| Q::ZLexCount {
+        key: b("myzset"),
+        min: b(min),
+        max: b(max),
+    };
+    // The examples of redis.io's ZRANGEBYLEX, ZREVRANGEBYLEX, ZLEXCOUNT
+    // and ZREMRANGEBYLEX pages.
+    let mut kv = KvStore::new();
+    let all: Vec<(f64, &str)> = ["a", "b", "c", "d", "e", "f", "g"]
+        .iter()
+        .map(|m| (0.0, *m))
+        .collect();
+    zadd(&mut kv, "myzset", &all);
+    assert_eq!(r(&kv, lex("-", "[c", false)), items(&["a", "b", "c"]));
+    assert_eq!(r(&kv, lex("-", "(c", false)), items(&["a", "b"]));
+    assert_eq!(
+        r(&kv, lex("[aaa", "(g", false)),
+        items(&["b", "c", "d", "e", "f"])
+    );
+    assert_eq!(r(&kv, lex("-", "[c", true)), items(&["c", "b", "a"]));
+    assert_eq!(
+        r(
+            &kv,
+            Q::ZRangeByLex {
+                key: b("myzset"),
+                min: b("-"),
+                max: b("+"),
+                rev: true,
+                offset: 1,
+                count: Some(2),
+            }
+        ),
+        items(&["f", "e"])
+    );
+    assert_eq!(r(&kv, count("-", "+")), KvResult::Count(7));
+    assert_eq!(r(&kv, count("[b", "[f")), KvResult::Count(5));
+    assert_eq!(r(&kv, count("+", "-")), KvResult::Count(0));
+    assert_eq!(r(&kv, count("(c", "(c")), KvResult::Count(0));
+    assert_eq!(r(&kv, count("[c", "[c")), KvResult::Count(1));
+    let mut kv = KvStore::new();
+    zadd(
+        &mut kv,
+        "myzset",
+        &[
+            (0.0, "aaaa"),
+            (0.0, "b"),
+            (0.0, "c"),
+            (0.0, "d"),
+            (0.0, "e"),
+            (0.0, "foo"),
+            (0.0, "zap"),
+            (0.0, "zip"),
+            (0.0, "ALPHA"),
+            (0.0, "alpha"),
+        ],
+    );
+    assert_eq!(
+        w(
+            &mut kv,
+            C::ZRemRangeByLex {
+                key: b("myzset"),
+                min: b("[alpha"),
+                max: b("[omega"),
+            }
+        ),
+        KvResult::Count(6)
+    );
+    assert_eq!(
+        r(&kv, lex("-", "+", false)),
+        items(&["ALPHA", "aaaa", "zap", "zip"])
+    );
+    // Mixed scores: every member in the range, in the set's order.
+    zadd(&mut kv, "mixed", &[(2.0, "a"), (1.0, "b"), (3.0, "c")]);
+    assert_eq!(
+        r(
+            &kv,
+            Q::ZRangeByLex {
+                key: b("mixed"),
+                min: b("[a"),
+                max: b("[b"),
+                rev: false,
+                offset: 0,
+                count: None,
+            }
+        ),
+        items(&["b", "a"])
+    );
+    assert_eq!(r(&kv, count("-", "+")), KvResult::Count(4));
+    rpush(&mut kv, "l", &["a"]);
+    assert_eq!(
+        r(
+            &kv,
+            Q::ZLexCount {
+                key: b("l"),
+                min: b("-"),
+                max: b("+"),
             }
         ),
         WRONGTYPE

@@ -147,6 +147,35 @@ fn collection_commands_end_to_end() {
         text(&["three", "3"])
     );
 
+    // Sorted sets by member (all scores equal).
+    q(
+        &mut c,
+        &[
+            "ZADD", "lex", "0", "a", "0", "b", "0", "c", "0", "d", "0", "e",
+        ],
+    );
+    assert_eq!(
+        q(&mut c, &["ZRANGEBYLEX", "lex", "-", "[c"]),
+        text(&["a", "b", "c"])
+    );
+    assert_eq!(
+        q(
+            &mut c,
+            &["ZREVRANGEBYLEX", "lex", "+", "(c", "LIMIT", "0", "1"]
+        ),
+        text(&["e"])
+    );
+    assert_eq!(
+        q(&mut c, &["ZRANGE", "lex", "[d", "(b", "BYLEX", "REV"]),
+        text(&["d", "c"])
+    );
+    assert_eq!(q(&mut c, &["ZLEXCOUNT", "lex", "[b", "[d"]), Int(3));
+    assert_eq!(q(&mut c, &["ZREMRANGEBYLEX", "lex", "-", "(c"]), Int(2));
+    assert_eq!(
+        err(&mut c, &["ZLEXCOUNT", "lex", "b", "+"]),
+        "ERR min or max not valid string range item"
+    );
+
     // Hashes.
     assert_eq!(q(&mut c, &["HSET", "mykey", "field", "10.50"]), Int(1));
     assert_eq!(

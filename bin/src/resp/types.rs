@@ -131,6 +131,10 @@ pub const COMMANDS: &[super::command::CommandInfo] = &[
     ("zmscore", -3, &["readonly", "fast"], 1, 1, 1),
     ("zremrangebyscore", 4, &["write"], 1, 1, 1),
     ("zremrangebyrank", 4, &["write"], 1, 1, 1),
+    ("zrangebylex", -4, &["readonly"], 1, 1, 1),
+    ("zrevrangebylex", -4, &["readonly"], 1, 1, 1),
+    ("zlexcount", 4, &["readonly", "fast"], 1, 1, 1),
+    ("zremrangebylex", 4, &["write"], 1, 1, 1),
     ("xadd", -5, &["write", "denyoom", "fast"], 1, 1, 1),
     ("xlen", 2, &["readonly", "fast"], 1, 1, 1),
     ("xrange", -4, &["readonly"], 1, 1, 1),
@@ -775,9 +779,26 @@ fn prepare_checked(name: &str, args: &[Bytes], now_ms: u64, seed: u64) -> Result
             Finish::Bulk,
         ),
         "ZCARD" => read(key, Q::ZCard { key: k() }, Finish::Int),
-        "ZRANGE" | "ZREVRANGE" | "ZRANGEBYSCORE" | "ZREVRANGEBYSCORE" => {
-            prepare_zrange(name, key, rest)
-        }
+        "ZRANGE" | "ZREVRANGE" | "ZRANGEBYSCORE" | "ZREVRANGEBYSCORE" | "ZRANGEBYLEX"
+        | "ZREVRANGEBYLEX" => prepare_zrange(name, key, rest),
+        "ZLEXCOUNT" => read(
+            key,
+            Q::ZLexCount {
+                key: k(),
+                min: lex_bound(&rest[0])?,
+                max: lex_bound(&rest[1])?,
+            },
+            Finish::Int,
+        ),
+        "ZREMRANGEBYLEX" => write(
+            key,
+            C::ZRemRangeByLex {
+                key: k(),
+                min: lex_bound(&rest[0])?,
+                max: lex_bound(&rest[1])?,
+            },
+            Finish::Int,
+        ),
         "ZCOUNT" | "ZREMRANGEBYSCORE" => {
             let (min, min_exclusive) = score_bound(&rest[0])?;
             let (max, max_exclusive) = score_bound(&rest[1])?;
@@ -875,16 +896,35 @@ fn prepare_checked(name: &str, args: &[Bytes], now_ms: u64, seed: u64) -> Result
     }
 }
 
-/// `ZRANGE`, `ZREVRANGE`, `ZRANGEBYSCORE`, `ZREVRANGEBYSCORE`, as Redis'
-/// `zrangeGenericCommand`: options first (syntax errors, LIMIT's
-/// numbers), then their conflicts, then the range itself.
+/// What a `ZRANGE`-like command ranges over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RangeBy {
+    Rank,
+    Score,
+    Lex,
+}
+
+/// A bound of a lex range: `-`, `+`, `[member`, `(member`.
+fn lex_bound(b: &Bytes) -> Result<Bytes, Reply> {
+    match b.split_first() {
+        Some((b'-' | b'+', [])) | Some((b'[' | b'(', _)) => Ok(b.clone()),
+        _ => Err(Reply::err("min or max not valid string range item")),
+    }
+}
+
+/// `ZRANGE`, `ZREVRANGE`, `ZRANGEBYSCORE`, `ZREVRANGEBYSCORE`,
+/// `ZRANGEBYLEX`, `ZREVRANGEBYLEX`, as Redis' `zrangeGenericCommand`:
+/// options first (syntax errors, LIMIT's numbers), then their conflicts,
+/// then the range itself.
 fn prepare_zrange(name: &str, key: &Bytes, rest: &[Bytes]) -> Result<Planned, Reply> {
     let generic = name == "ZRANGE";
     let mut rev = (!generic).then_some(name.starts_with("ZREV"));
-    let mut by_score = name.ends_with("BYSCORE").then_some(true);
-    if !generic && by_score.is_none() {
-        by_score = Some(false);
-    }
+    let mut by = match name {
+        "ZRANGE" => None,
+        "ZREVRANGE" => Some(RangeBy::Rank),
+        _ if name.ends_with("BYSCORE") => Some(RangeBy::Score),
+        _ => Some(RangeBy::Lex),
+    };
     let mut with_scores = false;
     // LIMIT offset count; count -1 is Redis' "no LIMIT".
     let mut limit: (i64, i64) = (0, -1);
@@ -898,24 +938,25 @@ fn prepare_zrange(name: &str, key: &Bytes, rest: &[Bytes]) -> Result<Planned, Re
                 i += 2;
             }
             b"REV" if rev.is_none() => rev = Some(true),
-            b"BYSCORE" if by_score.is_none() => by_score = Some(true),
-            b"BYLEX" if by_score.is_none() => {
-                return Err(Reply::err(
-                    "ZRANGE BYLEX is not supported; use ranges by index or BYSCORE",
-                ))
-            }
+            b"BYSCORE" if by.is_none() => by = Some(RangeBy::Score),
+            b"BYLEX" if by.is_none() => by = Some(RangeBy::Lex),
             _ => return Err(syntax()),
         }
         i += 1;
     }
     let rev = rev.unwrap_or(false);
-    let by_score = by_score.unwrap_or(false);
-    if limit.1 != -1 && !by_score {
+    let by = by.unwrap_or(RangeBy::Rank);
+    if limit.1 != -1 && by == RangeBy::Rank {
         return Err(Reply::err(
             "syntax error, LIMIT is only supported in combination with either BYSCORE or BYLEX",
         ));
     }
-    if !by_score {
+    if with_scores && by == RangeBy::Lex {
+        return Err(Reply::err(
+            "syntax error, WITHSCORES not supported in combination with BYLEX",
+        ));
+    }
+    if by == RangeBy::Rank {
         return read(
             key,
             Q::ZRange {
@@ -928,12 +969,30 @@ fn prepare_zrange(name: &str, key: &Bytes, rest: &[Bytes]) -> Result<Planned, Re
             Finish::Array,
         );
     }
-    // A reversed score range is written max first.
+    // A reversed range is written end first.
     let (lo, hi) = if rev {
         (&rest[1], &rest[0])
     } else {
         (&rest[0], &rest[1])
     };
+    // A negative offset answers nothing (after the type check), a
+    // negative count everything, as in Redis.
+    let offset = u64::try_from(limit.0).unwrap_or(u64::MAX);
+    let count = u64::try_from(limit.1).ok();
+    if by == RangeBy::Lex {
+        return read(
+            key,
+            Q::ZRangeByLex {
+                key: key.clone(),
+                min: lex_bound(lo)?,
+                max: lex_bound(hi)?,
+                rev,
+                offset,
+                count,
+            },
+            Finish::Array,
+        );
+    }
     let (min, min_exclusive) = score_bound(lo)?;
     let (max, max_exclusive) = score_bound(hi)?;
     read(
@@ -946,10 +1005,8 @@ fn prepare_zrange(name: &str, key: &Bytes, rest: &[Bytes]) -> Result<Planned, Re
             max_exclusive,
             rev,
             with_scores,
-            // A negative offset answers nothing (after the type check),
-            // a negative count everything, as in Redis.
-            offset: u64::try_from(limit.0).unwrap_or(u64::MAX),
-            count: u64::try_from(limit.1).ok(),
+            offset,
+            count,
         },
         Finish::Array,
     )
@@ -1594,6 +1651,63 @@ mod tests {
             err("zmscore z"),
             "ERR wrong number of arguments for 'zmscore' command"
         );
+    }
+
+    #[test]
+    fn lex_ranges_parse_like_redis() {
+        let lex =
+            |min: &str, max: &str, rev: bool, offset: u64, count: Option<u64>| Q::ZRangeByLex {
+                key: b("z"),
+                min: b(min),
+                max: b(max),
+                rev,
+                offset,
+                count,
+            };
+        assert_eq!(query("zrangebylex z - [c"), lex("-", "[c", false, 0, None));
+        assert_eq!(
+            query("zrevrangebylex z [c - limit 1 2"),
+            lex("-", "[c", true, 1, Some(2))
+        );
+        assert_eq!(
+            query("zrange z (g [aaa bylex rev"),
+            lex("[aaa", "(g", true, 0, None)
+        );
+        assert_eq!(
+            query("zlexcount z - +"),
+            Q::ZLexCount {
+                key: b("z"),
+                min: b("-"),
+                max: b("+")
+            }
+        );
+        assert_eq!(
+            cmd("zremrangebylex z [a (b"),
+            C::ZRemRangeByLex {
+                key: b("z"),
+                min: b("[a"),
+                max: b("(b")
+            }
+        );
+        for bad in [
+            "zrangebylex z a [c",
+            "zrangebylex z - c",
+            "zlexcount z -- +",
+            "zremrangebylex z +x +",
+            "zrange z a b bylex",
+        ] {
+            assert_eq!(
+                err(bad),
+                "ERR min or max not valid string range item",
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            err("zrangebylex z - + withscores"),
+            "ERR syntax error, WITHSCORES not supported in combination with BYLEX"
+        );
+        assert_eq!(err("zrange z - + bylex byscore"), "ERR syntax error");
+        assert_eq!(err("zrangebylex z - + bylex"), "ERR syntax error");
     }
 
     #[test]

@@ -535,6 +535,97 @@ impl ZSet {
     }
 }
 
+/// A bound of a lex range (`ZRANGEBYLEX`), as Redis writes it: `-` (before
+/// everything), `+` (after everything), `[m` (inclusive), `(m`
+/// (exclusive).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LexBound<'a> {
+    Min,
+    Max,
+    Inclusive(&'a [u8]),
+    Exclusive(&'a [u8]),
+}
+
+impl<'a> LexBound<'a> {
+    /// `None` unless `b` is a bound in Redis' syntax.
+    pub(crate) fn parse(b: &'a [u8]) -> Option<Self> {
+        match b.split_first()? {
+            (b'-', []) => Some(LexBound::Min),
+            (b'+', []) => Some(LexBound::Max),
+            (b'[', m) => Some(LexBound::Inclusive(m)),
+            (b'(', m) => Some(LexBound::Exclusive(m)),
+            _ => None,
+        }
+    }
+
+    /// True if `m` is above this bound taken as a range's start.
+    fn admits_above(self, m: &[u8]) -> bool {
+        match self {
+            LexBound::Min => true,
+            LexBound::Max => false,
+            LexBound::Inclusive(x) => m >= x,
+            LexBound::Exclusive(x) => m > x,
+        }
+    }
+
+    /// True if `m` is below this bound taken as a range's end.
+    fn admits_below(self, m: &[u8]) -> bool {
+        match self {
+            LexBound::Min => false,
+            LexBound::Max => true,
+            LexBound::Inclusive(x) => m <= x,
+            LexBound::Exclusive(x) => m < x,
+        }
+    }
+}
+
+impl ZSet {
+    /// The `(score, member)` pairs whose member lies between `min` and
+    /// `max`, in order. Redis defines lex ranges for sets whose scores are
+    /// all equal: then O(log n) to the first; otherwise every member in
+    /// the range, in the set's order (O(n)).
+    pub(crate) fn by_lex<'a>(
+        &'a self,
+        min: LexBound<'a>,
+        max: LexBound<'a>,
+    ) -> Box<dyn DoubleEndedIterator<Item = &'a (Score, Elem)> + 'a> {
+        use std::ops::Bound;
+        let (Some(first), Some(last)) = (self.order.first(), self.order.last()) else {
+            return Box::new(std::iter::empty());
+        };
+        if first.0 != last.0 {
+            return Box::new(self.order.iter().filter(move |(_, m)| {
+                min.admits_above(m.as_slice()) && max.admits_below(m.as_slice())
+            }));
+        }
+        let s = first.0;
+        let lo = match min {
+            LexBound::Min => Bound::Unbounded,
+            LexBound::Max => return Box::new(std::iter::empty()),
+            LexBound::Inclusive(x) => Bound::Included((s, Elem::new(x))),
+            LexBound::Exclusive(x) => Bound::Excluded((s, Elem::new(x))),
+        };
+        let hi = match max {
+            LexBound::Max => Bound::Unbounded,
+            LexBound::Min => return Box::new(std::iter::empty()),
+            LexBound::Inclusive(x) => Bound::Included((s, Elem::new(x))),
+            LexBound::Exclusive(x) => Bound::Excluded((s, Elem::new(x))),
+        };
+        // `range` panics on a reversed range (or an empty one with both
+        // ends excluded): empty instead.
+        let ordered = match (&lo, &hi) {
+            (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) => {
+                a < b || (a == b && !matches!((&lo, &hi), (Bound::Excluded(_), Bound::Excluded(_))))
+            }
+            _ => true,
+        };
+        if !ordered {
+            return Box::new(std::iter::empty());
+        }
+        Box::new(self.order.range((lo, hi)))
+    }
+}
+
 /// A float as Redis reads a hash value for `HINCRBYFLOAT` (`string2ld`):
 /// decimal or exponent notation, `inf`; no spaces, never NaN.
 pub(crate) fn parse_float(b: &[u8]) -> Option<f64> {
@@ -804,6 +895,40 @@ mod tests {
                     assert_eq!(back, want.into_iter().rev().collect::<Vec<_>>(), "{r:?}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn lex_ranges_match_their_predicate() {
+        let bounds: Vec<&[u8]> = vec![
+            b"-", b"+", b"[", b"(", b"[a", b"(a", b"[b", b"(b", b"[bb", b"(c", b"[z",
+        ];
+        for same_scores in [true, false] {
+            let mut z = ZSet::default();
+            for (i, m) in ["a", "b", "ba", "bb", "c"].iter().enumerate() {
+                let s = if same_scores { 0.0 } else { (i % 2) as f64 };
+                z.set(m.as_bytes(), Score::new(s).unwrap());
+            }
+            for lo in &bounds {
+                for hi in &bounds {
+                    let (min, max) = (LexBound::parse(lo).unwrap(), LexBound::parse(hi).unwrap());
+                    let got: Vec<_> = z.by_lex(min, max).cloned().collect();
+                    let want: Vec<_> = z
+                        .order
+                        .iter()
+                        .filter(|(_, m)| {
+                            min.admits_above(m.as_slice()) && max.admits_below(m.as_slice())
+                        })
+                        .cloned()
+                        .collect();
+                    assert_eq!(got, want, "{lo:?} {hi:?}");
+                    let back: Vec<_> = z.by_lex(min, max).rev().cloned().collect();
+                    assert_eq!(back, want.into_iter().rev().collect::<Vec<_>>());
+                }
+            }
+        }
+        for bad in [&b""[..], b"a", b"--", b"+a", b"]a"] {
+            assert_eq!(LexBound::parse(bad), None, "{bad:?}");
         }
     }
 

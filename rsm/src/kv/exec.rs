@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use super::collection::{
     format_incr_float, format_score, normalize_index, normalize_range, parse_float,
-    stream_entry_bytes, Collection, Elem, Kind, Picker, Score, ScoreRange, Set, StreamId,
+    stream_entry_bytes, Collection, Elem, Kind, LexBound, Picker, Score, ScoreRange, Set, StreamId,
 };
 use super::command::{
     parse_i64, KvError, KvResult, TypedCommand, TypedQuery, XAddId, ZAddCompare, ZAddCondition,
@@ -501,6 +501,18 @@ impl KvStore {
                 })?;
                 KvResult::Count(n.unwrap_or(0) as u64)
             }
+            TypedCommand::ZRemRangeByLex { key, min, max } => {
+                let (min, max) = lex_bounds(min, max)?;
+                let n = self.coll_mut(key, Kind::ZSet, false, |c| {
+                    let z = kind!(c, ZSet);
+                    let doomed: Vec<Elem> = z.by_lex(min, max).map(|(_, m)| m.clone()).collect();
+                    for m in &doomed {
+                        z.remove(m.as_slice());
+                    }
+                    doomed.len()
+                })?;
+                KvResult::Count(n.unwrap_or(0) as u64)
+            }
             TypedCommand::ZRemRangeByRank { key, start, stop } => {
                 let n = self.coll_mut(key, Kind::ZSet, false, |c| {
                     let z = kind!(c, ZSet);
@@ -916,6 +928,42 @@ impl KvStore {
                         as u64,
                 )
             }
+            TypedQuery::ZRangeByLex {
+                key,
+                min,
+                max,
+                rev,
+                offset,
+                count,
+            } => {
+                let (min, max) = lex_bounds(min, max)?;
+                let Some(c) = self.coll(key, Kind::ZSet)? else {
+                    return Ok(KvResult::Items(Vec::new()));
+                };
+                let z = kind!(c, ZSet);
+                let it = if *rev {
+                    Box::new(z.by_lex(min, max).rev())
+                } else {
+                    z.by_lex(min, max)
+                };
+                let take = count.unwrap_or(u64::MAX).min(usize::MAX as u64) as usize;
+                let mut out = Items::with_capacity(0);
+                for (_, m) in it
+                    .skip((*offset).min(usize::MAX as u64) as usize)
+                    .take(take)
+                {
+                    out.push(m.to_bytes())?;
+                }
+                out.done()
+            }
+            TypedQuery::ZLexCount { key, min, max } => {
+                let (min, max) = lex_bounds(min, max)?;
+                KvResult::Count(
+                    self.coll(key, Kind::ZSet)?
+                        .map_or(0, |c| kind!(c, ZSet).by_lex(min, max).count())
+                        as u64,
+                )
+            }
             TypedQuery::ZMScore { key, members } => {
                 let z = self.coll(key, Kind::ZSet)?.map(|c| kind!(c, ZSet));
                 KvResult::Values(
@@ -1153,6 +1201,15 @@ impl KvStore {
                 KvResult::Records(out)
             }
         })
+    }
+}
+
+/// The bounds of a lex range; the decoder refused any other text, so
+/// `Malformed` only for a command built by hand.
+fn lex_bounds<'a>(min: &'a [u8], max: &'a [u8]) -> Result<(LexBound<'a>, LexBound<'a>), KvError> {
+    match (LexBound::parse(min), LexBound::parse(max)) {
+        (Some(a), Some(b)) => Ok((a, b)),
+        _ => Err(KvError::Malformed),
     }
 }
 

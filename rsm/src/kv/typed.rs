@@ -34,6 +34,7 @@
 //!         0x4a ZPop       | key | max u8 | count ou64 |
 //!         0x4b ZRemRangeByScore | key | range |
 //!         0x4c ZRemRangeByRank  | key | start i64 | stop i64 |
+//!         0x4d ZRemRangeByLex   | key | min bytes | max bytes |
 //!         0x50 XAdd       | key | id kind u8 (0 auto, 1 explicit, 2 auto seq) | ms u64 | seq u64 |
 //!                         | maxlen ou64 | no_mkstream u8 | fields list |
 //! query   0x60 Type       | key |
@@ -53,20 +54,24 @@
 //!         0x7b ZRank      | key | member | rev u8 |
 //!         0x7c ZRangeByScore | key | range | rev u8 | with_scores u8 | offset u64 | count ou64 |
 //!         0x7d ZCount     | key | range |      0x7e ZMScore | key | members list |
+//!         0x7f ZRangeByLex | key | min bytes | max bytes | rev u8 | offset u64 | count ou64 |
 //!         0x80 StreamLen  | key |
 //!         0x81 StreamRange| key | start ms u64 seq u64 | end ms u64 seq u64 | count ou64 | rev u8 |
 //!         0x88 ScanType   | start bytes | end opt | limit u32 | type bytes |
 //!         0x89 HashRandField | key | count 0u8 or 1u8 i64 | with_values u8 | seed u64 |
 //!         0x8a SetMIsMember  | key | members list |
+//!         0x8b ZLexCount     | key | min bytes | max bytes |
 //! ```
 //! (`key` is `bytes`; `range` is `min f64 | min_exclusive u8 | max f64 |
-//! max_exclusive u8`, Redis' `(` bounds.) Free tags: commands 0x37,
-//! 0x3f, 0x44..=0x47, 0x4d..=0x4f, 0x51..=0x5f; queries 0x65..=0x67,
-//! 0x7f, 0x82..=0x87, 0x8b..=0x9f. Unknown tags and flag bytes other than 0/1 are
+//! max_exclusive u8`, Redis' `(` bounds; a lex `min`/`max` is Redis'
+//! text, `-`, `+`, `[member` or `(member`, anything else refused.) Free
+//! tags: commands 0x37, 0x3f, 0x44..=0x47, 0x4e, 0x4f, 0x51..=0x5f;
+//! queries 0x65..=0x67, 0x82..=0x87, 0x8c..=0x9f. Unknown tags and flag bytes other than 0/1 are
 //! rejected with a [`DecodeError`], never a panic.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::collection::LexBound;
 use super::command::{
     get_bool, get_keys, get_opt, put_keys, put_opt, DECODE_BYTES_MAX, KEYS_PER_COMMAND_MAX,
 };
@@ -356,6 +361,16 @@ pub enum TypedCommand {
         /// Last rank (inclusive).
         stop: i64,
     },
+    /// `ZREMRANGEBYLEX`: result `Count` of removed members (see
+    /// [`TypedQuery::ZRangeByLex`] for the range).
+    ZRemRangeByLex {
+        /// The key.
+        key: Bytes,
+        /// `-`, `[member` or `(member`.
+        min: Bytes,
+        /// `+`, `[member` or `(member`.
+        max: Bytes,
+    },
     /// `XADD`: result `Value`, the new entry's id (`None` if `no_mkstream`
     /// and absent), or `StreamIdTooSmall` / `StreamIdZero`.
     XAdd {
@@ -631,6 +646,34 @@ pub enum TypedQuery {
         /// The members.
         members: Vec<Bytes>,
     },
+    /// `ZRANGEBYLEX` (`ZREVRANGEBYLEX` and `ZRANGE ... BYLEX [REV]` with
+    /// `rev`): `Items`, the members between `min` and `max` (Redis'
+    /// syntax: `-`, `+`, `[m`, `(m`), skipping `offset`, at most `count`.
+    /// Meant, as in Redis, for sets whose scores are all equal; otherwise
+    /// every member in the range, in score order.
+    ZRangeByLex {
+        /// The key.
+        key: Bytes,
+        /// Start bound.
+        min: Bytes,
+        /// End bound.
+        max: Bytes,
+        /// From the end.
+        rev: bool,
+        /// Members skipped first.
+        offset: u64,
+        /// Most members (`None`: all).
+        count: Option<u64>,
+    },
+    /// `ZLEXCOUNT`: `Count` of members between `min` and `max`.
+    ZLexCount {
+        /// The key.
+        key: Bytes,
+        /// Start bound.
+        min: Bytes,
+        /// End bound.
+        max: Bytes,
+    },
     /// `XLEN`: `Len`.
     StreamLen {
         /// The key.
@@ -706,6 +749,15 @@ fn put_range(out: &mut BytesMut, min: f64, min_exclusive: bool, max: f64, max_ex
     put_flag(out, max_exclusive);
 }
 
+/// A lex bound (`-`, `+`, `[m`, `(m`); anything else is refused.
+fn lex_bound(r: &mut Reader) -> Result<Bytes, DecodeError> {
+    let b = r.bytes("lex bound", DECODE_BYTES_MAX)?;
+    match LexBound::parse(&b) {
+        Some(_) => Ok(b),
+        None => Err(DecodeError::Invalid { what: "lex bound" }),
+    }
+}
+
 fn get_range(r: &mut Reader) -> Result<(f64, bool, f64, bool), DecodeError> {
     Ok((
         f64::from_bits(r.u64()?),
@@ -733,6 +785,7 @@ impl TypedCommand {
             | TypedCommand::HashIncrByFloat { key, .. }
             | TypedCommand::ZRemRangeByScore { key, .. }
             | TypedCommand::ZRemRangeByRank { key, .. }
+            | TypedCommand::ZRemRangeByLex { key, .. }
             | TypedCommand::SetAdd { key, .. }
             | TypedCommand::SetRem { key, .. }
             | TypedCommand::SetPop { key, .. }
@@ -929,6 +982,12 @@ impl TypedCommand {
                 out.put_i64_le(*start);
                 out.put_i64_le(*stop);
             }
+            TypedCommand::ZRemRangeByLex { key, min, max } => {
+                out.put_u8(0x4d);
+                put_bytes(out, key);
+                put_bytes(out, min);
+                put_bytes(out, max);
+            }
             TypedCommand::XAdd {
                 key,
                 id,
@@ -955,7 +1014,7 @@ impl TypedCommand {
 
     /// True if `tag` is a typed command's tag.
     pub(crate) fn is_tag(tag: u8) -> bool {
-        matches!(tag, 0x30..=0x36 | 0x38..=0x3e | 0x40..=0x43 | 0x48..=0x4c | 0x50)
+        matches!(tag, 0x30..=0x36 | 0x38..=0x3e | 0x40..=0x43 | 0x48..=0x4d | 0x50)
     }
 
     /// Decodes the body of a command whose tag was read; the caller checks
@@ -1039,6 +1098,11 @@ impl TypedCommand {
                 key: key(r)?,
                 start: r.i64()?,
                 stop: r.i64()?,
+            },
+            0x4d => TypedCommand::ZRemRangeByLex {
+                key: key(r)?,
+                min: lex_bound(r)?,
+                max: lex_bound(r)?,
             },
             0x38 => TypedCommand::SetAdd {
                 key: key(r)?,
@@ -1205,7 +1269,9 @@ impl TypedQuery {
             | TypedQuery::HashRandField { key, .. }
             | TypedQuery::ZRangeByScore { key, .. }
             | TypedQuery::ZCount { key, .. }
-            | TypedQuery::ZMScore { key, .. } => key,
+            | TypedQuery::ZMScore { key, .. }
+            | TypedQuery::ZRangeByLex { key, .. }
+            | TypedQuery::ZLexCount { key, .. } => key,
             TypedQuery::ScanType { start, .. } => start,
         }
     }
@@ -1386,6 +1452,26 @@ impl TypedQuery {
                 key_only(out, 0x7e, key);
                 put_keys(out, members);
             }
+            TypedQuery::ZRangeByLex {
+                key,
+                min,
+                max,
+                rev,
+                offset,
+                count,
+            } => {
+                key_only(out, 0x7f, key);
+                put_bytes(out, min);
+                put_bytes(out, max);
+                put_flag(out, *rev);
+                out.put_u64_le(*offset);
+                put_ou64(out, *count);
+            }
+            TypedQuery::ZLexCount { key, min, max } => {
+                key_only(out, 0x8b, key);
+                put_bytes(out, min);
+                put_bytes(out, max);
+            }
             TypedQuery::ScanType {
                 start,
                 end,
@@ -1404,7 +1490,7 @@ impl TypedQuery {
     pub(crate) fn is_tag(tag: u8) -> bool {
         matches!(
             tag,
-            0x60..=0x64 | 0x68..=0x6f | 0x70..=0x77 | 0x78..=0x7e | 0x80 | 0x81 | 0x88..=0x8a
+            0x60..=0x64 | 0x68..=0x6f | 0x70..=0x77 | 0x78..=0x7f | 0x80 | 0x81 | 0x88..=0x8b
         )
     }
 
@@ -1502,6 +1588,19 @@ impl TypedQuery {
             0x7e => TypedQuery::ZMScore {
                 key: key(r)?,
                 members: get_keys(r)?,
+            },
+            0x7f => TypedQuery::ZRangeByLex {
+                key: key(r)?,
+                min: lex_bound(r)?,
+                max: lex_bound(r)?,
+                rev: get_bool(r)?,
+                offset: r.u64()?,
+                count: get_ou64(r)?,
+            },
+            0x8b => TypedQuery::ZLexCount {
+                key: key(r)?,
+                min: lex_bound(r)?,
+                max: lex_bound(r)?,
             },
             0x68 => TypedQuery::SetMembers { key: key(r)? },
             0x69 => TypedQuery::SetIsMember {
