@@ -305,6 +305,29 @@ fn collection_commands_end_to_end() {
     );
     assert_eq!(q(&mut c, &["RPOPLPUSH", "{l}nosuch", "{l}dst"]), Nil);
 
+    // In a transaction: one log entry of the keys' group.
+    let replies: Vec<Value> = redis::pipe()
+        .atomic()
+        .cmd("LMOVE")
+        .arg("{l}dst")
+        .arg("{l}other")
+        .arg("RIGHT")
+        .arg("LEFT")
+        .cmd("SMOVE")
+        .arg("{l}set")
+        .arg("{l}set2")
+        .arg("m")
+        .cmd("LPOS")
+        .arg("{l}other")
+        .arg("World")
+        .query(&mut c)
+        .expect("MULTI/EXEC");
+    assert_eq!(replies, vec![bulk("World"), Int(0), Int(0)]);
+    assert_eq!(
+        q(&mut c, &["LMOVE", "{l}other", "{l}dst", "LEFT", "RIGHT"]),
+        bulk("World")
+    );
+
     // Keys of two groups: refused, nothing moved. With 4 groups, some key
     // of k0..k39 is in another group than `k`.
     q(&mut c, &["SADD", "k", "m"]);

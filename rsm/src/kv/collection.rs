@@ -637,20 +637,26 @@ pub(crate) fn parse_float(b: &[u8]) -> Option<f64> {
     (!f.is_nan()).then_some(f)
 }
 
-/// The text `HINCRBYFLOAT` stores and replies: fixed notation, rounded to
-/// 15 significant digits and to at most 17 decimals, trailing zeros (and
-/// a trailing `.`) trimmed, `-0` as `0`.
+/// The text `HINCRBYFLOAT` stores and replies: an integer below 2^53 in
+/// full; else fixed notation rounded to 15 significant digits and to at
+/// most 17 decimals, trailing zeros (and a trailing `.`) trimmed; `-0` as
+/// `0`.
 ///
 /// Redis prints its `long double` sum with `%.17Lf` and trims the zeros;
 /// its 64-bit mantissa makes short decimal sums come out short (`0.1` +
 /// `0.2` is `0.3`). Rounding our `f64` sum to 15 significant digits gives
 /// the same text whenever the exact decimal result has at most 15
 /// significant digits (and at most 17 decimals), which covers the common
-/// cases; longer results differ from Redis' in their last digits.
+/// cases, and integers below 2^53 are exact in both; longer results
+/// differ from Redis' in their last digits.
 pub(crate) fn format_incr_float(f: f64) -> Bytes {
     debug_assert!(f.is_finite());
     if f == 0.0 {
         return Bytes::from_static(b"0");
+    }
+    const EXACT_MAX: f64 = (1u64 << 53) as f64;
+    if f.fract() == 0.0 && f.abs() < EXACT_MAX {
+        return Bytes::from((f as i64).to_string());
     }
     let sci = format!("{f:.14e}");
     let (mantissa, exp) = sci.split_once('e').expect("{:e} has an exponent");
@@ -834,6 +840,9 @@ mod tests {
             (1e-20, "0"),
             (-1e-20, "0"),
             (999.9999999999999999, "1000"),
+            (1234567890123457.0, "1234567890123457"),
+            (-9007199254740991.0, "-9007199254740991"),
+            (9007199254740992.0, "9007199254740990"),
         ] {
             assert_eq!(&format_incr_float(f)[..], want.as_bytes(), "{f:e}");
         }

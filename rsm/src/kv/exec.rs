@@ -295,22 +295,21 @@ impl KvStore {
                 if self.coll(dst, Kind::List)?.is_none() {
                     check_key(dst).map_or(Ok(()), Err)?;
                 }
+                // A stored list is never empty; were one, nothing moves.
                 if key == dst {
                     let moved = self.coll_mut(key, Kind::List, false, |c| {
                         let l = kind!(c, List);
-                        let e = l.pop(*from_left).expect("a stored list is not empty");
+                        let e = l.pop(*from_left)?;
                         l.push(e.as_slice(), *to_left);
-                        e.to_bytes()
+                        Some(e.to_bytes())
                     })?;
-                    return Ok(KvResult::Value(moved));
+                    return Ok(KvResult::Value(moved.flatten()));
                 }
-                let e = self
-                    .coll_mut(key, Kind::List, false, |c| {
-                        kind!(c, List)
-                            .pop(*from_left)
-                            .expect("a stored list is not empty")
-                    })?
-                    .expect("checked above");
+                let popped =
+                    self.coll_mut(key, Kind::List, false, |c| kind!(c, List).pop(*from_left))?;
+                let Some(e) = popped.flatten() else {
+                    return Ok(KvResult::Value(None));
+                };
                 self.coll_mut(dst, Kind::List, true, |c| {
                     kind!(c, List).push(e.as_slice(), *to_left)
                 })?;
