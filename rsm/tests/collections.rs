@@ -295,6 +295,12 @@ fn new_queries() -> Vec<Q> {
             min: b("[b"),
             max: b("+"),
         },
+        Q::ZRandMember {
+            key: b("z"),
+            count: Some(3),
+            with_scores: true,
+            seed: 5,
+        },
     ]
 }
 
@@ -356,7 +362,7 @@ proptest! {
     fn garbage_after_a_new_tag_never_panics(
         tag in prop::sample::select(vec![
             0x35u8, 0x36, 0x3b, 0x3c, 0x3d, 0x3e, 0x43, 0x4b, 0x4c, 0x4d,
-            0x64, 0x6c, 0x6d, 0x6e, 0x6f, 0x77, 0x7c, 0x7d, 0x7e, 0x7f, 0x89, 0x8a, 0x8b,
+            0x64, 0x6c, 0x6d, 0x6e, 0x6f, 0x77, 0x7c, 0x7d, 0x7e, 0x7f, 0x89, 0x8a, 0x8b, 0x8c,
         ]),
         body in proptest::collection::vec(any::<u8>(), 0..64),
     ) {
@@ -704,6 +710,87 @@ fn sorted_sets_by_lex() {
                 key: b("l"),
                 min: b("-"),
                 max: b("+"),
+            }
+        ),
+        WRONGTYPE
+    );
+}
+
+#[test]
+fn random_members_of_sorted_sets() {
+    let mut kv = KvStore::new();
+    zadd(
+        &mut kv,
+        "dice",
+        &[(1.0, "one"), (2.0, "two"), (3.0, "three")],
+    );
+    let rand = |kv: &KvStore, count: Option<i64>, with_scores: bool, seed: u64| {
+        r(
+            kv,
+            Q::ZRandMember {
+                key: b("dice"),
+                count,
+                with_scores,
+                seed,
+            },
+        )
+    };
+    let names = [b("one"), b("two"), b("three")];
+    for seed in 0..20 {
+        assert_eq!(
+            rand(&kv, Some(2), true, seed),
+            rand(&kv, Some(2), true, seed)
+        );
+        let KvResult::Value(Some(m)) = rand(&kv, None, false, seed) else {
+            panic!()
+        };
+        assert!(names.contains(&m));
+        let KvResult::Items(two) = rand(&kv, Some(2), false, seed) else {
+            panic!()
+        };
+        assert_eq!(two.len(), 2);
+        assert_ne!(two[0], two[1]);
+        let KvResult::Items(many) = rand(&kv, Some(-7), true, seed) else {
+            panic!()
+        };
+        assert_eq!(many.len(), 14);
+        for p in many.chunks(2) {
+            let want = r(
+                &kv,
+                Q::ZScore {
+                    key: b("dice"),
+                    member: p[0].clone(),
+                },
+            );
+            assert_eq!(KvResult::Value(Some(p[1].clone())), want);
+        }
+    }
+    // Past the size: every member, in score order.
+    assert_eq!(
+        rand(&kv, Some(9), true, 1),
+        items(&["one", "1", "two", "2", "three", "3"])
+    );
+    assert_eq!(
+        r(
+            &kv,
+            Q::ZRandMember {
+                key: b("nope"),
+                count: None,
+                with_scores: false,
+                seed: 1
+            }
+        ),
+        KvResult::Value(None)
+    );
+    rpush(&mut kv, "l", &["a"]);
+    assert_eq!(
+        r(
+            &kv,
+            Q::ZRandMember {
+                key: b("l"),
+                count: Some(1),
+                with_scores: false,
+                seed: 1
             }
         ),
         WRONGTYPE

@@ -130,6 +130,10 @@ fn collection_commands_end_to_end() {
     );
     assert_eq!(q(&mut c, &["ZCOUNT", "myzset", "(1", "3"]), Int(2));
     assert_eq!(
+        q(&mut c, &["ZRANDMEMBER", "myzset", "5", "WITHSCORES"]),
+        text(&["one", "1", "two", "2", "three", "3"])
+    );
+    assert_eq!(
         q(&mut c, &["ZMSCORE", "myzset", "one", "nofield"]),
         Value::Array(vec![bulk("1"), Nil])
     );

@@ -129,6 +129,7 @@ pub const COMMANDS: &[super::command::CommandInfo] = &[
     ("zrevrangebyscore", -4, &["readonly"], 1, 1, 1),
     ("zcount", 4, &["readonly", "fast"], 1, 1, 1),
     ("zmscore", -3, &["readonly", "fast"], 1, 1, 1),
+    ("zrandmember", -2, &["readonly"], 1, 1, 1),
     ("zremrangebyscore", 4, &["write"], 1, 1, 1),
     ("zremrangebyrank", 4, &["write"], 1, 1, 1),
     ("zrangebylex", -4, &["readonly"], 1, 1, 1),
@@ -715,13 +716,18 @@ fn prepare_checked(name: &str, args: &[Bytes], now_ms: u64, seed: u64) -> Result
             },
             Finish::Int,
         ),
-        "HRANDFIELD" => {
-            let (count, with_values) = match rest {
+        "HRANDFIELD" | "ZRANDMEMBER" => {
+            let with_word: &[u8] = if name == "HRANDFIELD" {
+                b"WITHVALUES"
+            } else {
+                b"WITHSCORES"
+            };
+            let (count, with) = match rest {
                 [] => (None, false),
                 [c] => (Some(symmetric_int(c)?), false),
                 [c, opt] => {
                     let c = symmetric_int(c)?;
-                    if !opt.eq_ignore_ascii_case(b"WITHVALUES") {
+                    if !opt.eq_ignore_ascii_case(with_word) {
                         return Err(syntax());
                     }
                     if !(-i64::MAX / 2..=i64::MAX / 2).contains(&c) {
@@ -731,14 +737,24 @@ fn prepare_checked(name: &str, args: &[Bytes], now_ms: u64, seed: u64) -> Result
                 }
                 _ => return Err(syntax()),
             };
-            read(
-                key,
+            let q = if name == "HRANDFIELD" {
                 Q::HashRandField {
                     key: k(),
                     count,
-                    with_values,
+                    with_values: with,
                     seed,
-                },
+                }
+            } else {
+                Q::ZRandMember {
+                    key: k(),
+                    count,
+                    with_scores: with,
+                    seed,
+                }
+            };
+            read(
+                key,
+                q,
                 if count.is_some() {
                     Finish::Array
                 } else {
@@ -1736,6 +1752,17 @@ mod tests {
             }
         );
         assert_eq!(plan("hrandfield h").unwrap().finish, Finish::Bulk);
+        assert_eq!(
+            query("zrandmember z -2 WithScores"),
+            Q::ZRandMember {
+                key: b("z"),
+                count: Some(-2),
+                with_scores: true,
+                seed: 99
+            }
+        );
+        assert_eq!(err("zrandmember z 1 withvalues"), "ERR syntax error");
+        assert_eq!(err("hrandfield h 1 withscores"), "ERR syntax error");
         assert_eq!(plan("hrandfield h 1").unwrap().finish, Finish::Array);
         assert_eq!(err("hrandfield h 1 foo"), "ERR syntax error");
         assert_eq!(err("hrandfield h 1 withvalues x"), "ERR syntax error");

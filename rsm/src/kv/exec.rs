@@ -869,6 +869,39 @@ impl KvStore {
                 })?;
                 out.done()
             }
+            TypedQuery::ZRandMember {
+                key,
+                count,
+                with_scores,
+                seed,
+            } => {
+                let Some(c) = self.coll(key, Kind::ZSet)? else {
+                    return Ok(match count {
+                        None => KvResult::Value(None),
+                        Some(_) => KvResult::Items(Vec::new()),
+                    });
+                };
+                let z = kind!(c, ZSet);
+                let mut picker = Picker::new(*seed);
+                let Some(count) = count else {
+                    let i = picker.below(z.order.len());
+                    return Ok(KvResult::Value(
+                        z.order.iter().nth(i).map(|(_, m)| m.to_bytes()),
+                    ));
+                };
+                // O(members): a sorted set has no positions of its own.
+                let members: Vec<&(Score, Elem)> = z.order.iter().collect();
+                let mut out = Items::with_capacity(0);
+                picks(members.len(), *count, &mut picker, |i| {
+                    let (s, m) = members[i];
+                    out.push(m.to_bytes())?;
+                    if *with_scores {
+                        out.push(format_score(s.0))?;
+                    }
+                    Ok(())
+                })?;
+                out.done()
+            }
             TypedQuery::ZRangeByScore {
                 key,
                 min,
@@ -1290,7 +1323,7 @@ impl KvStore {
     }
 }
 
-/// The positions `HRANDFIELD key count` picks among `len` elements (as
+/// The positions `HRANDFIELD`/`ZRANDMEMBER key count` pick among `len` elements (as
 /// `SRANDMEMBER` does): `count > 0` distinct ones (all of them, in order,
 /// if `count` is at least `len`), `count < 0` `-count` picks with repeats
 /// (at most one more than a result may hold: the caller's push then

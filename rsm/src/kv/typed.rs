@@ -61,12 +61,13 @@
 //!         0x89 HashRandField | key | count 0u8 or 1u8 i64 | with_values u8 | seed u64 |
 //!         0x8a SetMIsMember  | key | members list |
 //!         0x8b ZLexCount     | key | min bytes | max bytes |
+//!         0x8c ZRandMember   | key | count 0u8 or 1u8 i64 | with_scores u8 | seed u64 |
 //! ```
 //! (`key` is `bytes`; `range` is `min f64 | min_exclusive u8 | max f64 |
 //! max_exclusive u8`, Redis' `(` bounds; a lex `min`/`max` is Redis'
 //! text, `-`, `+`, `[member` or `(member`, anything else refused.) Free
 //! tags: commands 0x37, 0x3f, 0x44..=0x47, 0x4e, 0x4f, 0x51..=0x5f;
-//! queries 0x65..=0x67, 0x82..=0x87, 0x8c..=0x9f. Unknown tags and flag bytes other than 0/1 are
+//! queries 0x65..=0x67, 0x82..=0x87, 0x8d..=0x9f. Unknown tags and flag bytes other than 0/1 are
 //! rejected with a [`DecodeError`], never a panic.
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -664,6 +665,18 @@ pub enum TypedQuery {
         offset: u64,
         /// Most members (`None`: all).
         count: Option<u64>,
+    },
+    /// `ZRANDMEMBER`: as [`TypedQuery::SetRandMember`] over the members
+    /// (in score order); `with_scores` interleaves each member's score.
+    ZRandMember {
+        /// The key.
+        key: Bytes,
+        /// The count.
+        count: Option<i64>,
+        /// Interleave the scores (only with a count).
+        with_scores: bool,
+        /// The reader's random seed.
+        seed: u64,
     },
     /// `ZLEXCOUNT`: `Count` of members between `min` and `max`.
     ZLexCount {
@@ -1271,7 +1284,8 @@ impl TypedQuery {
             | TypedQuery::ZCount { key, .. }
             | TypedQuery::ZMScore { key, .. }
             | TypedQuery::ZRangeByLex { key, .. }
-            | TypedQuery::ZLexCount { key, .. } => key,
+            | TypedQuery::ZLexCount { key, .. }
+            | TypedQuery::ZRandMember { key, .. } => key,
             TypedQuery::ScanType { start, .. } => start,
         }
     }
@@ -1406,10 +1420,20 @@ impl TypedQuery {
             TypedQuery::HashRandField {
                 key,
                 count,
-                with_values,
+                with_values: with,
+                seed,
+            }
+            | TypedQuery::ZRandMember {
+                key,
+                count,
+                with_scores: with,
                 seed,
             } => {
-                key_only(out, 0x89, key);
+                let tag = match self {
+                    TypedQuery::HashRandField { .. } => 0x89,
+                    _ => 0x8c,
+                };
+                key_only(out, tag, key);
                 match count {
                     None => out.put_u8(0),
                     Some(c) => {
@@ -1417,7 +1441,7 @@ impl TypedQuery {
                         out.put_i64_le(*c);
                     }
                 }
-                put_flag(out, *with_values);
+                put_flag(out, *with);
                 out.put_u64_le(*seed);
             }
             TypedQuery::ZRangeByScore {
@@ -1490,7 +1514,7 @@ impl TypedQuery {
     pub(crate) fn is_tag(tag: u8) -> bool {
         matches!(
             tag,
-            0x60..=0x64 | 0x68..=0x6f | 0x70..=0x77 | 0x78..=0x7f | 0x80 | 0x81 | 0x88..=0x8b
+            0x60..=0x64 | 0x68..=0x6f | 0x70..=0x77 | 0x78..=0x7f | 0x80 | 0x81 | 0x88..=0x8c
         )
     }
 
@@ -1541,7 +1565,7 @@ impl TypedQuery {
                 key: key(r)?,
                 field: elem(r)?,
             },
-            0x89 => {
+            0x89 | 0x8c => {
                 let key = key(r)?;
                 let count = match r.u8()? {
                     0 => None,
@@ -1552,11 +1576,21 @@ impl TypedQuery {
                         })
                     }
                 };
-                TypedQuery::HashRandField {
-                    key,
-                    count,
-                    with_values: get_bool(r)?,
-                    seed: r.u64()?,
+                let (with, seed) = (get_bool(r)?, r.u64()?);
+                if tag == 0x89 {
+                    TypedQuery::HashRandField {
+                        key,
+                        count,
+                        with_values: with,
+                        seed,
+                    }
+                } else {
+                    TypedQuery::ZRandMember {
+                        key,
+                        count,
+                        with_scores: with,
+                        seed,
+                    }
                 }
             }
             0x7c => {
