@@ -859,7 +859,8 @@ impl KvStore {
                 // O(fields): a hash has no positions of its own.
                 let entries: Vec<(&Elem, &Elem)> = h.map.iter().collect();
                 let mut out = Items::with_capacity(0);
-                picks(entries.len(), *count, &mut picker, |i| {
+                let per_pick = 1 + u64::from(*with_values);
+                picks(entries.len(), *count, per_pick, &mut picker, |i| {
                     let (f, v) = entries[i];
                     out.push(f.to_bytes())?;
                     if *with_values {
@@ -892,7 +893,8 @@ impl KvStore {
                 // O(members): a sorted set has no positions of its own.
                 let members: Vec<&(Score, Elem)> = z.order.iter().collect();
                 let mut out = Items::with_capacity(0);
-                picks(members.len(), *count, &mut picker, |i| {
+                let per_pick = 1 + u64::from(*with_scores);
+                picks(members.len(), *count, per_pick, &mut picker, |i| {
                     let (s, m) = members[i];
                     out.push(m.to_bytes())?;
                     if *with_scores {
@@ -1323,15 +1325,17 @@ impl KvStore {
     }
 }
 
-/// The positions `HRANDFIELD`/`ZRANDMEMBER key count` pick among `len` elements (as
-/// `SRANDMEMBER` does): `count > 0` distinct ones (all of them, in order,
-/// if `count` is at least `len`), `count < 0` `-count` picks with repeats
-/// (at most one more than a result may hold: the caller's push then
-/// fails), in the order the seeded `picker` draws them, each handed to
-/// `f` (whose error stops the picking).
+/// The positions `HRANDFIELD`/`ZRANDMEMBER key count` pick among `len`
+/// elements (as `SRANDMEMBER` does): `count > 0` distinct ones (all of
+/// them, in order, if `count` is at least `len`), `count < 0` `-count`
+/// picks with repeats, in the order the seeded `picker` draws them, each
+/// handed to `f` (whose error stops the picking). Each pick makes
+/// `items_per_pick` items of the result: more picks than a result may
+/// hold fail at once, before any work.
 fn picks(
     len: usize,
     count: i64,
+    items_per_pick: u64,
     picker: &mut Picker,
     mut f: impl FnMut(usize) -> Result<(), KvError>,
 ) -> Result<(), KvError> {
@@ -1339,9 +1343,10 @@ fn picks(
         return Ok(());
     }
     if count < 0 {
-        let n = count
-            .unsigned_abs()
-            .min(u64::from(ITEMS_PER_RESULT_MAX) + 1);
+        let n = count.unsigned_abs();
+        if n.saturating_mul(items_per_pick) > u64::from(ITEMS_PER_RESULT_MAX) {
+            return Err(KvError::ResultTooLarge);
+        }
         for _ in 0..n {
             f(picker.below(len))?;
         }
