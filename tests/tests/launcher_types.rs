@@ -230,6 +230,18 @@ fn collection_commands_end_to_end() {
         sorted(text(&["field", "sum", "word", "huge"]))
     );
     assert_eq!(q(&mut c, &["HRANDFIELD", "nosuch"]), Nil);
+    assert_eq!(
+        q(&mut c, &["HSCAN", "mykey", "0", "MATCH", "s*"]),
+        Value::Array(vec![bulk("0"), text(&["sum", "0.3"])])
+    );
+    assert_eq!(
+        q(&mut c, &["ZSCAN", "myzset", "0", "COUNT", "1"]),
+        Value::Array(vec![bulk("0"), text(&["three", "3"])])
+    );
+    assert_eq!(
+        q(&mut c, &["SSCAN", "nosuch", "0"]),
+        Value::Array(vec![bulk("0"), text(&[])])
+    );
 
     // Sets.
     q(&mut c, &["SADD", "{s}1", "a", "b", "c", "d"]);

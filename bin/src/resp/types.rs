@@ -23,10 +23,11 @@ use flotilla_rsm::{
 };
 
 use super::command::Op;
+use super::glob;
 use super::reply::Reply;
 
 /// How a typed command's result becomes its reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finish {
     /// `Len`, `Count` or `Int` as an integer.
     Int,
@@ -49,6 +50,17 @@ pub enum Finish {
     /// HINCRBYFLOAT: `Value` as a bulk string; `Count(1)` and `Count(2)`
     /// are Redis' refusals (see `TypedCommand::HashIncrByFloat`).
     IncrFloat,
+    /// HSCAN, SSCAN, ZSCAN: `Items` (pairs if `pairs`) as `["0", [...]]`,
+    /// keeping what `pattern` matches (the first of a pair), without the
+    /// second of each pair if `only_firsts`.
+    Scan {
+        /// MATCH.
+        pattern: Option<Bytes>,
+        /// The items are pairs (field, value / member, score).
+        pairs: bool,
+        /// NOVALUES: only the fields.
+        only_firsts: bool,
+    },
 }
 
 /// A parsed typed command: its key, its request and its reply shape.
@@ -136,6 +148,9 @@ pub const COMMANDS: &[super::command::CommandInfo] = &[
     ("zrevrangebylex", -4, &["readonly"], 1, 1, 1),
     ("zlexcount", 4, &["readonly", "fast"], 1, 1, 1),
     ("zremrangebylex", 4, &["write"], 1, 1, 1),
+    ("hscan", -3, &["readonly"], 1, 1, 1),
+    ("sscan", -3, &["readonly"], 1, 1, 1),
+    ("zscan", -3, &["readonly"], 1, 1, 1),
     ("xadd", -5, &["write", "denyoom", "fast"], 1, 1, 1),
     ("xlen", 2, &["readonly", "fast"], 1, 1, 1),
     ("xrange", -4, &["readonly"], 1, 1, 1),
@@ -581,6 +596,7 @@ fn prepare_checked(name: &str, args: &[Bytes], now_ms: u64, seed: u64) -> Result
             with_others(write(key, c, Finish::Int), rest)
         }
         "SINTERCARD" => prepare_sintercard(args),
+        "HSCAN" | "SSCAN" | "ZSCAN" => prepare_scan(name, key, rest),
         "SISMEMBER" => read(
             key,
             Q::SetIsMember {
@@ -1028,6 +1044,69 @@ fn prepare_zrange(name: &str, key: &Bytes, rest: &[Bytes]) -> Result<Planned, Re
     )
 }
 
+/// `HSCAN`/`SSCAN`/`ZSCAN key cursor [MATCH p] [COUNT n] [NOVALUES]`.
+///
+/// One call answers the whole collection and the cursor 0, as Redis does
+/// for its small encodings: every guarantee of SCAN holds (each element
+/// present throughout is returned, once), COUNT is the hint Redis says it
+/// is, and a collection whose reply would pass the result bounds answers
+/// `-ERR result too large`. A non-zero cursor (never handed out here)
+/// starts over.
+fn prepare_scan(name: &str, key: &Bytes, rest: &[Bytes]) -> Result<Planned, Reply> {
+    let valid_cursor = std::str::from_utf8(&rest[0])
+        .ok()
+        .is_some_and(|c| c.parse::<u64>().is_ok());
+    if !valid_cursor {
+        return Err(Reply::err("invalid cursor"));
+    }
+    let mut pattern = None;
+    let mut only_firsts = false;
+    let mut i = 1;
+    while i < rest.len() {
+        let left = rest.len() - i - 1;
+        match rest[i].to_ascii_uppercase().as_slice() {
+            b"COUNT" if left >= 1 => {
+                if int(&rest[i + 1])? < 1 {
+                    return Err(syntax());
+                }
+                i += 1;
+            }
+            b"MATCH" if left >= 1 => {
+                // `*` matches everything: no filter.
+                pattern = (&rest[i + 1][..] != b"*").then(|| rest[i + 1].clone());
+                i += 1;
+            }
+            b"NOVALUES" if name == "HSCAN" => only_firsts = true,
+            _ => return Err(syntax()),
+        }
+        i += 1;
+    }
+    let k = key.clone();
+    let (q, pairs) = match name {
+        "HSCAN" => (Q::HashGetAll { key: k }, true),
+        "SSCAN" => (Q::SetMembers { key: k }, false),
+        _ => (
+            Q::ZRange {
+                key: k,
+                start: 0,
+                stop: -1,
+                rev: false,
+                with_scores: true,
+            },
+            true,
+        ),
+    };
+    read(
+        key,
+        q,
+        Finish::Scan {
+            pattern,
+            pairs,
+            only_firsts,
+        },
+    )
+}
+
 /// `LPOS key element [RANK r] [COUNT n] [MAXLEN m]`.
 fn prepare_lpos(key: &Bytes, rest: &[Bytes]) -> Result<Planned, Reply> {
     let mut rank = 1;
@@ -1281,6 +1360,27 @@ pub fn finish(f: Finish, r: Option<KvResult>) -> Reply {
                 }
             }
             Reply::Array(out)
+        }
+        (
+            Finish::Scan {
+                pattern,
+                pairs,
+                only_firsts,
+            },
+            KvResult::Items(items),
+        ) => {
+            let stride = if pairs { 2 } else { 1 };
+            let keep = if only_firsts { 1 } else { stride };
+            let mut out = Vec::with_capacity(items.len());
+            for chunk in items.chunks(stride) {
+                if pattern.as_ref().is_none_or(|p| glob::matches(p, &chunk[0])) {
+                    out.extend(chunk.iter().take(keep).cloned().map(Reply::Bulk));
+                }
+            }
+            Reply::Array(vec![
+                Reply::Bulk(Bytes::from_static(b"0")),
+                Reply::Array(out),
+            ])
         }
         (Finish::IncrFloat, KvResult::Value(v)) => Reply::opt(v),
         (Finish::IncrFloat, KvResult::Count(1)) => Reply::err("hash value is not a float"),
@@ -1927,6 +2027,76 @@ mod tests {
         assert!(group(&plan("sinterstore d a").unwrap(), group_of).is_err());
         assert!(group(&plan("sintercard 2 a b").unwrap(), group_of).is_err());
         assert!(group(&plan("llen anything").unwrap(), group_of).is_ok());
+    }
+
+    #[test]
+    fn collection_scans_answer_everything_at_once() {
+        assert_eq!(
+            plan("hscan h 0 match f* count 5 novalues").unwrap().finish,
+            Finish::Scan {
+                pattern: Some(b("f*")),
+                pairs: true,
+                only_firsts: true
+            }
+        );
+        assert_eq!(query("hscan h 0"), Q::HashGetAll { key: b("h") });
+        assert_eq!(query("sscan s 17"), Q::SetMembers { key: b("s") });
+        assert!(matches!(
+            query("zscan z 0 MATCH *"),
+            Q::ZRange {
+                start: 0,
+                stop: -1,
+                with_scores: true,
+                ..
+            }
+        ));
+        assert_eq!(
+            plan("zscan z 0 MATCH *").unwrap().finish,
+            Finish::Scan {
+                pattern: None,
+                pairs: true,
+                only_firsts: false
+            }
+        );
+        assert_eq!(err("sscan s x"), "ERR invalid cursor");
+        assert_eq!(err("sscan s -1"), "ERR invalid cursor");
+        assert_eq!(err("sscan s 0 count 0"), "ERR syntax error");
+        assert_eq!(
+            err("sscan s 0 count x"),
+            "ERR value is not an integer or out of range"
+        );
+        assert_eq!(err("sscan s 0 novalues"), "ERR syntax error");
+        assert_eq!(err("sscan s 0 match"), "ERR syntax error");
+        assert_eq!(err("hscan h 0 type hash"), "ERR syntax error");
+        let scan = |pattern: Option<&str>, pairs, only_firsts, items: &[&str]| {
+            finish(
+                Finish::Scan {
+                    pattern: pattern.map(b),
+                    pairs,
+                    only_firsts,
+                },
+                Some(KvResult::Items(items.iter().map(|s| b(s)).collect())),
+            )
+        };
+        let reply = |items: &[&str]| {
+            Reply::Array(vec![
+                Reply::Bulk(b("0")),
+                Reply::Array(items.iter().map(|s| Reply::Bulk(b(s))).collect()),
+            ])
+        };
+        assert_eq!(
+            scan(Some("f*"), true, false, &["f1", "v1", "g", "f", "f2", "v2"]),
+            reply(&["f1", "v1", "f2", "v2"])
+        );
+        assert_eq!(
+            scan(None, true, true, &["f1", "v1", "g", "f"]),
+            reply(&["f1", "g"])
+        );
+        assert_eq!(
+            scan(Some("?"), false, false, &["a", "bb", "c"]),
+            reply(&["a", "c"])
+        );
+        assert_eq!(scan(None, false, false, &[]), reply(&[]));
     }
 
     #[test]
