@@ -217,6 +217,22 @@ fn new_commands() -> Vec<C> {
             min: b("[a"),
             max: b("(c"),
         },
+        C::ZUnionStore {
+            key: b("zu"),
+            sources: bs(&["z", "s"]),
+            weights: vec![2.0, 0.5],
+            aggregate: 2,
+        },
+        C::ZInterStore {
+            key: b("zi"),
+            sources: bs(&["z", "zu"]),
+            weights: vec![],
+            aggregate: 0,
+        },
+        C::ZDiffStore {
+            key: b("zd"),
+            sources: bs(&["zu", "z"]),
+        },
     ]
 }
 
@@ -301,6 +317,30 @@ fn new_queries() -> Vec<Q> {
             with_scores: true,
             seed: 5,
         },
+        Q::ZUnion {
+            key: b("z"),
+            others: bs(&["zu"]),
+            weights: vec![1.0, -1.0],
+            aggregate: 1,
+            with_scores: true,
+        },
+        Q::ZInter {
+            key: b("z"),
+            others: bs(&["zu", "s"]),
+            weights: vec![],
+            aggregate: 0,
+            with_scores: false,
+        },
+        Q::ZDiff {
+            key: b("zu"),
+            others: bs(&["z"]),
+            with_scores: true,
+        },
+        Q::ZInterCard {
+            key: b("z"),
+            others: bs(&["zu"]),
+            limit: 1,
+        },
     ]
 }
 
@@ -362,7 +402,7 @@ proptest! {
     fn garbage_after_a_new_tag_never_panics(
         tag in prop::sample::select(vec![
             0x35u8, 0x36, 0x3b, 0x3c, 0x3d, 0x3e, 0x43, 0x4b, 0x4c, 0x4d,
-            0x64, 0x6c, 0x6d, 0x6e, 0x6f, 0x77, 0x7c, 0x7d, 0x7e, 0x7f, 0x89, 0x8a, 0x8b, 0x8c,
+            0x64, 0x6c, 0x6d, 0x6e, 0x6f, 0x77, 0x7c, 0x7d, 0x7e, 0x7f, 0x89, 0x8a, 0x8b, 0x8c, 0x8d, 0x8e, 0x8f, 0x90, 0x44, 0x45, 0x46,
         ]),
         body in proptest::collection::vec(any::<u8>(), 0..64),
     ) {
@@ -795,6 +835,216 @@ fn random_members_of_sorted_sets() {
         ),
         WRONGTYPE
     );
+}
+
+#[test]
+fn sorted_set_algebra() {
+    // The examples of redis.io's ZUNIONSTORE / ZINTERSTORE / ZDIFF pages.
+    let mut kv = KvStore::new();
+    zadd(&mut kv, "zset1", &[(1.0, "one"), (2.0, "two")]);
+    zadd(
+        &mut kv,
+        "zset2",
+        &[(1.0, "one"), (2.0, "two"), (3.0, "three")],
+    );
+    let union = |kv: &mut KvStore, weights: Vec<f64>, aggregate: u8| {
+        w(
+            kv,
+            C::ZUnionStore {
+                key: b("out"),
+                sources: bs(&["zset1", "zset2"]),
+                weights,
+                aggregate,
+            },
+        )
+    };
+    let all = |kv: &KvStore| {
+        r(
+            kv,
+            Q::ZRange {
+                key: b("out"),
+                start: 0,
+                stop: -1,
+                rev: false,
+                with_scores: true,
+            },
+        )
+    };
+    assert_eq!(union(&mut kv, vec![2.0, 3.0], 0), KvResult::Count(3));
+    assert_eq!(all(&kv), items(&["one", "5", "three", "9", "two", "10"]));
+    assert_eq!(
+        w(
+            &mut kv,
+            C::ZInterStore {
+                key: b("out"),
+                sources: bs(&["zset1", "zset2"]),
+                weights: vec![2.0, 3.0],
+                aggregate: 0,
+            }
+        ),
+        KvResult::Count(2)
+    );
+    assert_eq!(all(&kv), items(&["one", "5", "two", "10"]));
+    assert_eq!(union(&mut kv, vec![], 1), KvResult::Count(3));
+    assert_eq!(all(&kv), items(&["one", "1", "two", "2", "three", "3"]));
+    assert_eq!(union(&mut kv, vec![1.0, -1.0], 2), KvResult::Count(3));
+    assert_eq!(all(&kv), items(&["three", "-3", "one", "1", "two", "2"]));
+    assert_eq!(
+        r(
+            &kv,
+            Q::ZDiff {
+                key: b("zset2"),
+                others: bs(&["zset1"]),
+                with_scores: true,
+            }
+        ),
+        items(&["three", "3"])
+    );
+    assert_eq!(
+        r(
+            &kv,
+            Q::ZInter {
+                key: b("zset1"),
+                others: bs(&["zset2"]),
+                weights: vec![],
+                aggregate: 0,
+                with_scores: true,
+            }
+        ),
+        items(&["one", "2", "two", "4"])
+    );
+    assert_eq!(
+        r(
+            &kv,
+            Q::ZInterCard {
+                key: b("zset1"),
+                others: bs(&["zset2"]),
+                limit: 0,
+            }
+        ),
+        KvResult::Count(2)
+    );
+    assert_eq!(
+        r(
+            &kv,
+            Q::ZInterCard {
+                key: b("zset1"),
+                others: bs(&["zset2"]),
+                limit: 1,
+            }
+        ),
+        KvResult::Count(1)
+    );
+    // Sets take part with score 1; inf + -inf sums to 0, 0 * inf is 0.
+    sadd(&mut kv, "plain", &["one", "four"]);
+    zadd(&mut kv, "pos", &[(f64::INFINITY, "one")]);
+    zadd(&mut kv, "neg", &[(f64::NEG_INFINITY, "one")]);
+    assert_eq!(
+        r(
+            &kv,
+            Q::ZUnion {
+                key: b("zset1"),
+                others: bs(&["plain"]),
+                weights: vec![],
+                aggregate: 0,
+                with_scores: true,
+            }
+        ),
+        items(&["four", "1", "one", "2", "two", "2"])
+    );
+    assert_eq!(
+        r(
+            &kv,
+            Q::ZUnion {
+                key: b("pos"),
+                others: bs(&["neg"]),
+                weights: vec![],
+                aggregate: 0,
+                with_scores: true,
+            }
+        ),
+        items(&["one", "0"])
+    );
+    assert_eq!(
+        r(
+            &kv,
+            Q::ZUnion {
+                key: b("pos"),
+                others: vec![],
+                weights: vec![0.0],
+                aggregate: 0,
+                with_scores: true,
+            }
+        ),
+        items(&["one", "0"])
+    );
+    // Absent sources are empty; an empty result deletes the destination,
+    // which is replaced whatever its type.
+    kv.execute(&KvCommand::put("str", "x"));
+    assert_eq!(
+        w(
+            &mut kv,
+            C::ZUnionStore {
+                key: b("str"),
+                sources: bs(&["zset1", "nope"]),
+                weights: vec![],
+                aggregate: 0,
+            }
+        ),
+        KvResult::Count(2)
+    );
+    assert_eq!(
+        r(&kv, Q::Type { key: b("str") }),
+        KvResult::Value(Some(b("zset")))
+    );
+    assert_eq!(
+        w(
+            &mut kv,
+            C::ZInterStore {
+                key: b("str"),
+                sources: bs(&["zset1", "nope"]),
+                weights: vec![],
+                aggregate: 0,
+            }
+        ),
+        KvResult::Count(0)
+    );
+    assert_eq!(r(&kv, Q::Type { key: b("str") }), KvResult::Value(None));
+    assert_eq!(
+        w(
+            &mut kv,
+            C::ZDiffStore {
+                key: b("d"),
+                sources: bs(&["zset2", "zset1"]),
+            }
+        ),
+        KvResult::Count(1)
+    );
+    // Any other type among the sources refuses.
+    rpush(&mut kv, "l", &["a"]);
+    assert_eq!(
+        r(
+            &kv,
+            Q::ZDiff {
+                key: b("nope"),
+                others: bs(&["l"]),
+                with_scores: false,
+            }
+        ),
+        WRONGTYPE
+    );
+    // Weights other than one per source, or an unknown aggregate, do not
+    // decode.
+    for (weights, aggregate) in [(vec![1.0], 0u8), (vec![], 3)] {
+        let q = KvQuery::Typed(Q::ZUnion {
+            key: b("a"),
+            others: bs(&["b"]),
+            weights,
+            aggregate,
+            with_scores: false,
+        });
+        assert!(KvQuery::decode(q.encode()).is_err());
+    }
 }
 
 fn count_of(key: &str) -> Q {

@@ -1314,7 +1314,7 @@ fn malformed_typed_commands_are_errors() {
         bad_flag[flag_at] = 7;
         assert!(KvCommand::decode(Bytes::from(bad_flag)).is_err());
     }
-    for tag in [0x37u8, 0x3f, 0x44, 0x4e, 0x51, 0x65, 0x82, 0x8d, 0xff] {
+    for tag in [0x37u8, 0x3f, 0x47, 0x4e, 0x51, 0x65, 0x82, 0x91, 0xff] {
         let mut raw = vec![tag];
         raw.extend_from_slice(&1u32.to_le_bytes());
         raw.push(b'k');

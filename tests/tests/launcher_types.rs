@@ -151,6 +151,54 @@ fn collection_commands_end_to_end() {
         text(&["three", "3"])
     );
 
+    // Sorted set algebra (redis.io's ZUNIONSTORE example), hash-tagged.
+    q(&mut c, &["ZADD", "{z}1", "1", "one", "2", "two"]);
+    q(
+        &mut c,
+        &["ZADD", "{z}2", "1", "one", "2", "two", "3", "three"],
+    );
+    assert_eq!(
+        q(
+            &mut c,
+            &[
+                "ZUNIONSTORE",
+                "{z}out",
+                "2",
+                "{z}1",
+                "{z}2",
+                "WEIGHTS",
+                "2",
+                "3"
+            ]
+        ),
+        Int(3)
+    );
+    assert_eq!(
+        q(&mut c, &["ZRANGE", "{z}out", "0", "-1", "WITHSCORES"]),
+        text(&["one", "5", "three", "9", "two", "10"])
+    );
+    assert_eq!(
+        q(
+            &mut c,
+            &[
+                "ZINTER",
+                "2",
+                "{z}1",
+                "{z}2",
+                "AGGREGATE",
+                "MAX",
+                "WITHSCORES"
+            ]
+        ),
+        text(&["one", "1", "two", "2"])
+    );
+    assert_eq!(q(&mut c, &["ZDIFF", "2", "{z}2", "{z}1"]), text(&["three"]));
+    assert_eq!(q(&mut c, &["ZINTERCARD", "2", "{z}1", "{z}2"]), Int(2));
+    assert_eq!(
+        err(&mut c, &["ZUNIONSTORE", "{z}out", "0", "{z}1"]),
+        "ERR at least 1 input key is needed for 'zunionstore' command"
+    );
+
     // Sorted sets by member (all scores equal).
     q(
         &mut c,

@@ -148,6 +148,34 @@ pub const COMMANDS: &[super::command::CommandInfo] = &[
     ("zrevrangebylex", -4, &["readonly"], 1, 1, 1),
     ("zlexcount", 4, &["readonly", "fast"], 1, 1, 1),
     ("zremrangebylex", 4, &["write"], 1, 1, 1),
+    (
+        "zunionstore",
+        -4,
+        &["write", "denyoom", "movablekeys"],
+        1,
+        1,
+        1,
+    ),
+    (
+        "zinterstore",
+        -4,
+        &["write", "denyoom", "movablekeys"],
+        1,
+        1,
+        1,
+    ),
+    (
+        "zdiffstore",
+        -4,
+        &["write", "denyoom", "movablekeys"],
+        1,
+        1,
+        1,
+    ),
+    ("zunion", -3, &["readonly", "movablekeys"], 0, 0, 0),
+    ("zinter", -3, &["readonly", "movablekeys"], 0, 0, 0),
+    ("zdiff", -3, &["readonly", "movablekeys"], 0, 0, 0),
+    ("zintercard", -3, &["readonly", "movablekeys"], 0, 0, 0),
     ("hscan", -3, &["readonly"], 1, 1, 1),
     ("sscan", -3, &["readonly"], 1, 1, 1),
     ("zscan", -3, &["readonly"], 1, 1, 1),
@@ -597,6 +625,8 @@ fn prepare_checked(name: &str, args: &[Bytes], now_ms: u64, seed: u64) -> Result
         }
         "SINTERCARD" => prepare_sintercard(args),
         "HSCAN" | "SSCAN" | "ZSCAN" => prepare_scan(name, key, rest),
+        "ZUNIONSTORE" | "ZINTERSTORE" | "ZDIFFSTORE" | "ZUNION" | "ZINTER" | "ZDIFF"
+        | "ZINTERCARD" => prepare_zcombine(name, args),
         "SISMEMBER" => read(
             key,
             Q::SetIsMember {
@@ -1042,6 +1072,133 @@ fn prepare_zrange(name: &str, key: &Bytes, rest: &[Bytes]) -> Result<Planned, Re
         },
         Finish::Array,
     )
+}
+
+/// `ZUNION`, `ZINTER`, `ZDIFF`, their STORE forms and `ZINTERCARD`, as
+/// Redis' `zunionInterDiffGenericCommand` reads them: `[dst] numkeys key
+/// ... [WEIGHTS w ...] [AGGREGATE SUM|MIN|MAX] [WITHSCORES] [LIMIT n]`,
+/// each option only where Redis takes it (`args` after the name).
+fn prepare_zcombine(name: &str, args: &[Bytes]) -> Result<Planned, Reply> {
+    let store = name.ends_with("STORE");
+    let (dst, rest) = if store {
+        (Some(&args[0]), &args[1..])
+    } else {
+        (None, args)
+    };
+    let numkeys = int(&rest[0])?;
+    if numkeys < 1 {
+        return Err(Reply::err(format!(
+            "at least 1 input key is needed for '{}' command",
+            name.to_ascii_lowercase()
+        )));
+    }
+    if numkeys > rest.len() as i64 - 1 {
+        return Err(syntax());
+    }
+    let (keys, options) = rest[1..].split_at(numkeys as usize);
+    too_many(keys.len())?;
+    let diff = name.starts_with("ZDIFF");
+    let card = name == "ZINTERCARD";
+    let mut weights = Vec::new();
+    let mut aggregate = 0;
+    let mut with_scores = false;
+    let mut limit = 0;
+    let mut i = 0;
+    while i < options.len() {
+        let left = options.len() - i - 1;
+        match options[i].to_ascii_uppercase().as_slice() {
+            b"WEIGHTS" if !diff && !card && left >= keys.len() => {
+                weights = options[i + 1..=i + keys.len()]
+                    .iter()
+                    .map(|w| score(w).map_err(|_| Reply::err("weight value is not a float")))
+                    .collect::<Result<_, _>>()?;
+                i += keys.len();
+            }
+            b"AGGREGATE" if !diff && !card && left >= 1 => {
+                aggregate = match options[i + 1].to_ascii_uppercase().as_slice() {
+                    b"SUM" => 0,
+                    b"MIN" => 1,
+                    b"MAX" => 2,
+                    _ => return Err(syntax()),
+                };
+                i += 1;
+            }
+            b"WITHSCORES" if !store && !card => with_scores = true,
+            b"LIMIT" if card && left >= 1 => {
+                limit = non_negative(&options[i + 1], "LIMIT can't be negative")?;
+                i += 1;
+            }
+            _ => return Err(syntax()),
+        }
+        i += 1;
+    }
+    let key = keys[0].clone();
+    let others = keys[1..].to_vec();
+    let plan = match (name, dst) {
+        (_, Some(dst)) => {
+            let sources = keys.to_vec();
+            let c = match name {
+                "ZUNIONSTORE" => C::ZUnionStore {
+                    key: dst.clone(),
+                    sources,
+                    weights,
+                    aggregate,
+                },
+                "ZINTERSTORE" => C::ZInterStore {
+                    key: dst.clone(),
+                    sources,
+                    weights,
+                    aggregate,
+                },
+                _ => C::ZDiffStore {
+                    key: dst.clone(),
+                    sources,
+                },
+            };
+            return with_others(write(dst, c, Finish::Int), keys);
+        }
+        ("ZINTERCARD", None) => read(
+            &key,
+            Q::ZInterCard {
+                key: key.clone(),
+                others,
+                limit,
+            },
+            Finish::Int,
+        ),
+        ("ZUNION", None) => read(
+            &key,
+            Q::ZUnion {
+                key: key.clone(),
+                others,
+                weights,
+                aggregate,
+                with_scores,
+            },
+            Finish::Array,
+        ),
+        ("ZINTER", None) => read(
+            &key,
+            Q::ZInter {
+                key: key.clone(),
+                others,
+                weights,
+                aggregate,
+                with_scores,
+            },
+            Finish::Array,
+        ),
+        _ => read(
+            &key,
+            Q::ZDiff {
+                key: key.clone(),
+                others,
+                with_scores,
+            },
+            Finish::Array,
+        ),
+    };
+    with_others(plan, &keys[1..])
 }
 
 /// `HSCAN`/`SSCAN`/`ZSCAN key cursor [MATCH p] [COUNT n] [NOVALUES]`.
@@ -2027,6 +2184,91 @@ mod tests {
         assert!(group(&plan("sinterstore d a").unwrap(), group_of).is_err());
         assert!(group(&plan("sintercard 2 a b").unwrap(), group_of).is_err());
         assert!(group(&plan("llen anything").unwrap(), group_of).is_ok());
+    }
+
+    #[test]
+    fn sorted_set_algebra_parses_like_redis() {
+        assert_eq!(
+            cmd("zunionstore out 2 zset1 zset2 WEIGHTS 2 3"),
+            C::ZUnionStore {
+                key: b("out"),
+                sources: vec![b("zset1"), b("zset2")],
+                weights: vec![2.0, 3.0],
+                aggregate: 0
+            }
+        );
+        assert_eq!(
+            plan("zinterstore out 2 a b aggregate max").unwrap().others,
+            vec![b("a"), b("b")]
+        );
+        assert!(matches!(
+            cmd("zinterstore out 2 a b aggregate max weights 1 -inf"),
+            C::ZInterStore { aggregate: 2, ref weights, .. } if weights[1] == f64::NEG_INFINITY
+        ));
+        assert_eq!(
+            cmd("zdiffstore out 2 a b"),
+            C::ZDiffStore {
+                key: b("out"),
+                sources: vec![b("a"), b("b")]
+            }
+        );
+        assert_eq!(
+            query("zunion 2 a b withscores aggregate min"),
+            Q::ZUnion {
+                key: b("a"),
+                others: vec![b("b")],
+                weights: vec![],
+                aggregate: 1,
+                with_scores: true
+            }
+        );
+        assert_eq!(plan("zinter 2 a b").unwrap().others, vec![b("b")]);
+        assert_eq!(
+            query("zdiff 1 a withscores"),
+            Q::ZDiff {
+                key: b("a"),
+                others: vec![],
+                with_scores: true
+            }
+        );
+        assert_eq!(
+            query("zintercard 2 a b limit 5"),
+            Q::ZInterCard {
+                key: b("a"),
+                others: vec![b("b")],
+                limit: 5
+            }
+        );
+        for (bad, want) in [
+            (
+                "zunionstore out 0 a",
+                "ERR at least 1 input key is needed for 'zunionstore' command",
+            ),
+            (
+                "zinter 0 a",
+                "ERR at least 1 input key is needed for 'zinter' command",
+            ),
+            ("zunion x a", "ERR value is not an integer or out of range"),
+            ("zunion 3 a b", "ERR syntax error"),
+            ("zunion 2 a b weights 1", "ERR syntax error"),
+            (
+                "zunion 2 a b weights 1 x",
+                "ERR weight value is not a float",
+            ),
+            ("zunion 2 a b aggregate avg", "ERR syntax error"),
+            ("zunionstore o 2 a b withscores", "ERR syntax error"),
+            ("zdiff 2 a b weights 1 2", "ERR syntax error"),
+            ("zdiff 2 a b aggregate sum", "ERR syntax error"),
+            ("zintercard 2 a b withscores", "ERR syntax error"),
+            ("zintercard 1 a limit -1", "ERR LIMIT can't be negative"),
+            ("zunion 1 a limit 1", "ERR syntax error"),
+        ] {
+            assert_eq!(err(bad), want, "{bad}");
+        }
+        let group_of = |k: &[u8]| k.first().copied();
+        assert!(group(&plan("zunionstore {x}o 2 {x}a {x}b").unwrap(), group_of).is_ok());
+        assert!(group(&plan("zunionstore o 2 a x").unwrap(), group_of).is_err());
+        assert!(group(&plan("zdiffstore o 1 x").unwrap(), group_of).is_err());
     }
 
     #[test]

@@ -500,6 +500,41 @@ impl KvStore {
                 })?;
                 KvResult::Count(n.unwrap_or(0) as u64)
             }
+            TypedCommand::ZUnionStore { key, sources, .. }
+            | TypedCommand::ZInterStore { key, sources, .. }
+            | TypedCommand::ZDiffStore { key, sources } => {
+                let (op, weights, aggregate) = match cmd {
+                    TypedCommand::ZUnionStore {
+                        weights, aggregate, ..
+                    } => (SetOp::Union, &weights[..], *aggregate),
+                    TypedCommand::ZInterStore {
+                        weights, aggregate, ..
+                    } => (SetOp::Inter, &weights[..], *aggregate),
+                    _ => (SetOp::Diff, &[][..], 0),
+                };
+                let members: Vec<(Score, Elem)> = self
+                    .zcombine(op, sources.iter(), weights, aggregate, usize::MAX)?
+                    .into_iter()
+                    .map(|(s, m)| (s, Elem::new(m)))
+                    .collect();
+                if !members.is_empty() {
+                    check_key(key).map_or(Ok(()), Err)?;
+                }
+                // The destination is replaced whatever it held (its
+                // deadline goes with it), as Redis' STORE forms do.
+                self.remove_key(key);
+                let n = members.len();
+                if n > 0 {
+                    self.coll_mut(key, Kind::ZSet, true, |c| {
+                        let z = kind!(c, ZSet);
+                        for (s, m) in &members {
+                            let new = z.set(m.as_slice(), *s);
+                            debug_assert!(new, "combined members are distinct");
+                        }
+                    })?;
+                }
+                KvResult::Count(n as u64)
+            }
             TypedCommand::ZRemRangeByLex { key, min, max } => {
                 let (min, max) = lex_bounds(min, max)?;
                 let n = self.coll_mut(key, Kind::ZSet, false, |c| {
@@ -990,6 +1025,52 @@ impl KvStore {
                 }
                 out.done()
             }
+            TypedQuery::ZUnion {
+                key,
+                others,
+                with_scores,
+                ..
+            }
+            | TypedQuery::ZInter {
+                key,
+                others,
+                with_scores,
+                ..
+            }
+            | TypedQuery::ZDiff {
+                key,
+                others,
+                with_scores,
+            } => {
+                let (op, weights, aggregate) = match q {
+                    TypedQuery::ZUnion {
+                        weights, aggregate, ..
+                    } => (SetOp::Union, &weights[..], *aggregate),
+                    TypedQuery::ZInter {
+                        weights, aggregate, ..
+                    } => (SetOp::Inter, &weights[..], *aggregate),
+                    _ => (SetOp::Diff, &[][..], 0),
+                };
+                let keys = std::iter::once(key).chain(others);
+                let members = self.zcombine(op, keys, weights, aggregate, usize::MAX)?;
+                let mut out = Items::with_capacity(0);
+                for (s, m) in members {
+                    out.push(Bytes::copy_from_slice(m))?;
+                    if *with_scores {
+                        out.push(format_score(s.0))?;
+                    }
+                }
+                out.done()
+            }
+            TypedQuery::ZInterCard { key, others, limit } => {
+                let limit = match *limit {
+                    0 => usize::MAX,
+                    n => n.min(usize::MAX as u64) as usize,
+                };
+                let keys = std::iter::once(key).chain(others);
+                let n = self.zcombine(SetOp::Inter, keys, &[], 0, limit)?.len();
+                KvResult::Count(n as u64)
+            }
             TypedQuery::ZLexCount { key, min, max } => {
                 let (min, max) = lex_bounds(min, max)?;
                 KvResult::Count(
@@ -1322,6 +1403,144 @@ impl KvStore {
             }
         }
         Ok(out)
+    }
+}
+
+impl KvStore {
+    /// The members and scores of `op` over the sorted sets (or sets, whose
+    /// members score 1) of `keys`, in score order, at most `limit` (taken
+    /// in the first source's order before sorting): absent keys are empty;
+    /// any other type is `WrongType`, checked for every key first. Each
+    /// score is multiplied by its source's weight (`weights` empty: 1; a
+    /// NaN product is 0, as in Redis), then combined in source order by
+    /// `aggregate` (0 SUM, `inf + -inf` being 0; 1 MIN; 2 MAX). A
+    /// difference keeps the first source's scores.
+    fn zcombine<'a>(
+        &'a self,
+        op: SetOp,
+        keys: impl Iterator<Item = &'a Bytes>,
+        weights: &[f64],
+        aggregate: u8,
+        limit: usize,
+    ) -> Result<Vec<(Score, &'a [u8])>, KvError> {
+        /// One source: its members and their scores.
+        enum Source<'s> {
+            Absent,
+            Set(&'s Set),
+            ZSet(&'s super::collection::ZSet),
+        }
+        impl<'s> Source<'s> {
+            fn len(&self) -> usize {
+                match self {
+                    Source::Absent => 0,
+                    Source::Set(s) => s.members.len(),
+                    Source::ZSet(z) => z.scores.len(),
+                }
+            }
+            fn get(&self, m: &[u8]) -> Option<f64> {
+                match self {
+                    Source::Absent => None,
+                    Source::Set(s) => s.index.contains_key(m).then_some(1.0),
+                    Source::ZSet(z) => z.scores.get(m).map(|s| s.0),
+                }
+            }
+            fn iter(&self) -> Box<dyn Iterator<Item = (&'s [u8], f64)> + 's> {
+                match *self {
+                    Source::Absent => Box::new(std::iter::empty()),
+                    Source::Set(s) => Box::new(s.members.iter().map(|m| (m.as_slice(), 1.0))),
+                    Source::ZSet(z) => Box::new(z.scores.iter().map(|(m, s)| (m.as_slice(), s.0))),
+                }
+            }
+        }
+        let mut sources = Vec::new();
+        for k in keys {
+            sources.push(match self.map.get(k) {
+                None => Source::Absent,
+                Some(_) => match self.collection(k) {
+                    Some(Collection::Set(s)) => Source::Set(s),
+                    Some(Collection::ZSet(z)) => Source::ZSet(z),
+                    _ => return Err(KvError::WrongType),
+                },
+            });
+        }
+        debug_assert!(!sources.is_empty(), "the decoder refuses no keys");
+        let weight = |i: usize, s: f64| {
+            let w = weights.get(i).copied().unwrap_or(1.0) * s;
+            if w.is_nan() {
+                0.0
+            } else {
+                w
+            }
+        };
+        let combine = |a: f64, b: f64| match aggregate {
+            1 => a.min(b),
+            2 => a.max(b),
+            _ => {
+                let sum = a + b;
+                if sum.is_nan() {
+                    0.0
+                } else {
+                    sum
+                }
+            }
+        };
+        let mut out: std::collections::BTreeMap<&[u8], f64> = std::collections::BTreeMap::new();
+        match op {
+            SetOp::Union => {
+                for (i, src) in sources.iter().enumerate() {
+                    for (m, s) in src.iter() {
+                        let v = weight(i, s);
+                        let room = out.len() < limit;
+                        match out.get_mut(m) {
+                            Some(acc) => *acc = combine(*acc, v),
+                            None if room => {
+                                out.insert(m, v);
+                            }
+                            None => {}
+                        }
+                    }
+                }
+            }
+            SetOp::Inter => {
+                if sources.iter().all(|s| s.len() > 0) {
+                    for (m, s) in sources[0].iter() {
+                        if out.len() >= limit {
+                            break;
+                        }
+                        let mut acc = weight(0, s);
+                        let mut everywhere = true;
+                        for (i, src) in sources.iter().enumerate().skip(1) {
+                            match src.get(m) {
+                                Some(s) => acc = combine(acc, weight(i, s)),
+                                None => {
+                                    everywhere = false;
+                                    break;
+                                }
+                            }
+                        }
+                        if everywhere {
+                            out.insert(m, acc);
+                        }
+                    }
+                }
+            }
+            SetOp::Diff => {
+                for (m, s) in sources[0].iter() {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    if sources[1..].iter().all(|src| src.get(m).is_none()) {
+                        out.insert(m, s);
+                    }
+                }
+            }
+        }
+        let mut members: Vec<(Score, &[u8])> = out
+            .into_iter()
+            .map(|(m, s)| (Score::new(s).unwrap_or(Score(0.0)), m))
+            .collect();
+        members.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+        Ok(members)
     }
 }
 

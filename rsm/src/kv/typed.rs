@@ -27,6 +27,8 @@
 //!         0x41 HashDel    | key | fields list |
 //!         0x42 HashIncrBy | key | field bytes | delta i64 |
 //!         0x43 HashIncrByFloat | key | field bytes | delta f64 |
+//!         0x44 ZUnionStore | dst key | sources list | weights | aggregate u8 (0 sum, 1 min, 2 max) |
+//!         0x45 ZInterStore (same)          0x46 ZDiffStore | dst key | sources list |
 //!         0x48 ZAdd       | key | condition u8 (0 always, 1 NX, 2 XX) |
 //!                         | compare u8 (0 none, 1 GT, 2 LT) | changed u8 | incr u8 |
 //!                         | count u32 | (score f64 | member bytes) * |
@@ -62,12 +64,16 @@
 //!         0x8a SetMIsMember  | key | members list |
 //!         0x8b ZLexCount     | key | min bytes | max bytes |
 //!         0x8c ZRandMember   | key | count 0u8 or 1u8 i64 | with_scores u8 | seed u64 |
+//!         0x8d ZUnion        | key | others list | weights | aggregate u8 | with_scores u8 |
+//!         0x8e ZInter (same)   0x8f ZDiff | key | others list | with_scores u8 |
+//!         0x90 ZInterCard    | key | others list | limit u64 (0: none) |
 //! ```
 //! (`key` is `bytes`; `range` is `min f64 | min_exclusive u8 | max f64 |
 //! max_exclusive u8`, Redis' `(` bounds; a lex `min`/`max` is Redis'
-//! text, `-`, `+`, `[member` or `(member`, anything else refused.) Free
-//! tags: commands 0x37, 0x3f, 0x44..=0x47, 0x4e, 0x4f, 0x51..=0x5f;
-//! queries 0x65..=0x67, 0x82..=0x87, 0x8d..=0x9f. Unknown tags and flag bytes other than 0/1 are
+//! text, `-`, `+`, `[member` or `(member`, anything else refused;
+//! `weights` is `count u32 | f64 *`, none or one per source.) Free tags:
+//! commands 0x37, 0x3f, 0x47, 0x4e, 0x4f, 0x51..=0x5f; queries
+//! 0x65..=0x67, 0x82..=0x87, 0x91..=0x9f. Unknown tags and flag bytes other than 0/1 are
 //! rejected with a [`DecodeError`], never a panic.
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -361,6 +367,43 @@ pub enum TypedCommand {
         start: i64,
         /// Last rank (inclusive).
         stop: i64,
+    },
+    /// `ZUNIONSTORE`: `key` becomes the union of `sources` (sorted sets,
+    /// or sets whose members score 1; absent keys are empty), each score
+    /// times its source's weight (none: all 1; a NaN product is 0),
+    /// combined by `aggregate` (0 SUM, where `inf + -inf` is 0; 1 MIN; 2
+    /// MAX), in source order; whatever `key` held before is replaced (its
+    /// deadline dropped), an empty result deletes it. Result `Count`, the
+    /// new size.
+    ZUnionStore {
+        /// The destination.
+        key: Bytes,
+        /// The sources (at least one).
+        sources: Vec<Bytes>,
+        /// One per source, or none.
+        weights: Vec<f64>,
+        /// 0 SUM, 1 MIN, 2 MAX.
+        aggregate: u8,
+    },
+    /// `ZINTERSTORE`: as [`TypedCommand::ZUnionStore`], the members in
+    /// every source.
+    ZInterStore {
+        /// The destination.
+        key: Bytes,
+        /// The sources (at least one).
+        sources: Vec<Bytes>,
+        /// One per source, or none.
+        weights: Vec<f64>,
+        /// 0 SUM, 1 MIN, 2 MAX.
+        aggregate: u8,
+    },
+    /// `ZDIFFSTORE`: as [`TypedCommand::ZUnionStore`], the members of the
+    /// first source in none of the others, with their first score.
+    ZDiffStore {
+        /// The destination.
+        key: Bytes,
+        /// The sources (at least one).
+        sources: Vec<Bytes>,
     },
     /// `ZREMRANGEBYLEX`: result `Count` of removed members (see
     /// [`TypedQuery::ZRangeByLex`] for the range).
@@ -678,6 +721,52 @@ pub enum TypedQuery {
         /// The reader's random seed.
         seed: u64,
     },
+    /// `ZUNION`: `Items`, the union as [`TypedCommand::ZUnionStore`]
+    /// computes it, in score order, scores interleaved if `with_scores`.
+    ZUnion {
+        /// The first source.
+        key: Bytes,
+        /// The other sources.
+        others: Vec<Bytes>,
+        /// One per source, or none.
+        weights: Vec<f64>,
+        /// 0 SUM, 1 MIN, 2 MAX.
+        aggregate: u8,
+        /// Interleave the scores.
+        with_scores: bool,
+    },
+    /// `ZINTER`: as [`TypedQuery::ZUnion`], the intersection.
+    ZInter {
+        /// The first source.
+        key: Bytes,
+        /// The other sources.
+        others: Vec<Bytes>,
+        /// One per source, or none.
+        weights: Vec<f64>,
+        /// 0 SUM, 1 MIN, 2 MAX.
+        aggregate: u8,
+        /// Interleave the scores.
+        with_scores: bool,
+    },
+    /// `ZDIFF`: as [`TypedQuery::ZUnion`], the difference.
+    ZDiff {
+        /// The first source.
+        key: Bytes,
+        /// The other sources.
+        others: Vec<Bytes>,
+        /// Interleave the scores.
+        with_scores: bool,
+    },
+    /// `ZINTERCARD`: `Count`, the size of the intersection, counting no
+    /// further than `limit` (0: no limit).
+    ZInterCard {
+        /// The first source.
+        key: Bytes,
+        /// The other sources.
+        others: Vec<Bytes>,
+        /// Stop counting here (0: never).
+        limit: u64,
+    },
     /// `ZLEXCOUNT`: `Count` of members between `min` and `max`.
     ZLexCount {
         /// The key.
@@ -762,6 +851,36 @@ fn put_range(out: &mut BytesMut, min: f64, min_exclusive: bool, max: f64, max_ex
     put_flag(out, max_exclusive);
 }
 
+/// Weights: `count u32 | f64 *`.
+fn put_weights(out: &mut BytesMut, weights: &[f64]) {
+    put_count(out, weights.len());
+    for w in weights {
+        out.put_u64_le(w.to_bits());
+    }
+}
+
+/// Weights for `sources` sources: none, or one each.
+fn get_weights(r: &mut Reader, sources: usize) -> Result<Vec<f64>, DecodeError> {
+    let n = r.count("weights", KEYS_PER_COMMAND_MAX, 8)?;
+    if n != 0 && n != sources {
+        return Err(DecodeError::Invalid {
+            what: "weights, not one per source",
+        });
+    }
+    (0..n).map(|_| Ok(f64::from_bits(r.u64()?))).collect()
+}
+
+/// An aggregate: 0 SUM, 1 MIN, 2 MAX.
+fn get_aggregate(r: &mut Reader) -> Result<u8, DecodeError> {
+    match r.u8()? {
+        a @ 0..=2 => Ok(a),
+        tag => Err(DecodeError::UnknownTag {
+            what: "aggregate",
+            tag,
+        }),
+    }
+}
+
 /// A lex bound (`-`, `+`, `[m`, `(m`); anything else is refused.
 fn lex_bound(r: &mut Reader) -> Result<Bytes, DecodeError> {
     let b = r.bytes("lex bound", DECODE_BYTES_MAX)?;
@@ -799,6 +918,9 @@ impl TypedCommand {
             | TypedCommand::ZRemRangeByScore { key, .. }
             | TypedCommand::ZRemRangeByRank { key, .. }
             | TypedCommand::ZRemRangeByLex { key, .. }
+            | TypedCommand::ZUnionStore { key, .. }
+            | TypedCommand::ZInterStore { key, .. }
+            | TypedCommand::ZDiffStore { key, .. }
             | TypedCommand::SetAdd { key, .. }
             | TypedCommand::SetRem { key, .. }
             | TypedCommand::SetPop { key, .. }
@@ -995,6 +1117,33 @@ impl TypedCommand {
                 out.put_i64_le(*start);
                 out.put_i64_le(*stop);
             }
+            TypedCommand::ZUnionStore {
+                key,
+                sources,
+                weights,
+                aggregate,
+            }
+            | TypedCommand::ZInterStore {
+                key,
+                sources,
+                weights,
+                aggregate,
+            } => {
+                out.put_u8(if matches!(self, TypedCommand::ZUnionStore { .. }) {
+                    0x44
+                } else {
+                    0x45
+                });
+                put_bytes(out, key);
+                put_keys(out, sources);
+                put_weights(out, weights);
+                out.put_u8(*aggregate);
+            }
+            TypedCommand::ZDiffStore { key, sources } => {
+                out.put_u8(0x46);
+                put_bytes(out, key);
+                put_keys(out, sources);
+            }
             TypedCommand::ZRemRangeByLex { key, min, max } => {
                 out.put_u8(0x4d);
                 put_bytes(out, key);
@@ -1027,7 +1176,7 @@ impl TypedCommand {
 
     /// True if `tag` is a typed command's tag.
     pub(crate) fn is_tag(tag: u8) -> bool {
-        matches!(tag, 0x30..=0x36 | 0x38..=0x3e | 0x40..=0x43 | 0x48..=0x4d | 0x50)
+        matches!(tag, 0x30..=0x36 | 0x38..=0x3e | 0x40..=0x46 | 0x48..=0x4d | 0x50)
     }
 
     /// Decodes the body of a command whose tag was read; the caller checks
@@ -1112,6 +1261,36 @@ impl TypedCommand {
                 start: r.i64()?,
                 stop: r.i64()?,
             },
+            0x44..=0x46 => {
+                let key = key(r)?;
+                let sources = get_keys(r)?;
+                if sources.is_empty() {
+                    return Err(DecodeError::Invalid {
+                        what: "sorted set store without sources",
+                    });
+                }
+                if tag == 0x46 {
+                    TypedCommand::ZDiffStore { key, sources }
+                } else {
+                    let weights = get_weights(r, sources.len())?;
+                    let aggregate = get_aggregate(r)?;
+                    if tag == 0x44 {
+                        TypedCommand::ZUnionStore {
+                            key,
+                            sources,
+                            weights,
+                            aggregate,
+                        }
+                    } else {
+                        TypedCommand::ZInterStore {
+                            key,
+                            sources,
+                            weights,
+                            aggregate,
+                        }
+                    }
+                }
+            }
             0x4d => TypedCommand::ZRemRangeByLex {
                 key: key(r)?,
                 min: lex_bound(r)?,
@@ -1285,7 +1464,11 @@ impl TypedQuery {
             | TypedQuery::ZMScore { key, .. }
             | TypedQuery::ZRangeByLex { key, .. }
             | TypedQuery::ZLexCount { key, .. }
-            | TypedQuery::ZRandMember { key, .. } => key,
+            | TypedQuery::ZRandMember { key, .. }
+            | TypedQuery::ZUnion { key, .. }
+            | TypedQuery::ZInter { key, .. }
+            | TypedQuery::ZDiff { key, .. }
+            | TypedQuery::ZInterCard { key, .. } => key,
             TypedQuery::ScanType { start, .. } => start,
         }
     }
@@ -1491,6 +1674,45 @@ impl TypedQuery {
                 out.put_u64_le(*offset);
                 put_ou64(out, *count);
             }
+            TypedQuery::ZUnion {
+                key,
+                others,
+                weights,
+                aggregate,
+                with_scores,
+            }
+            | TypedQuery::ZInter {
+                key,
+                others,
+                weights,
+                aggregate,
+                with_scores,
+            } => {
+                let tag = if matches!(self, TypedQuery::ZUnion { .. }) {
+                    0x8d
+                } else {
+                    0x8e
+                };
+                key_only(out, tag, key);
+                put_keys(out, others);
+                put_weights(out, weights);
+                out.put_u8(*aggregate);
+                put_flag(out, *with_scores);
+            }
+            TypedQuery::ZDiff {
+                key,
+                others,
+                with_scores,
+            } => {
+                key_only(out, 0x8f, key);
+                put_keys(out, others);
+                put_flag(out, *with_scores);
+            }
+            TypedQuery::ZInterCard { key, others, limit } => {
+                key_only(out, 0x90, key);
+                put_keys(out, others);
+                out.put_u64_le(*limit);
+            }
             TypedQuery::ZLexCount { key, min, max } => {
                 key_only(out, 0x8b, key);
                 put_bytes(out, min);
@@ -1514,7 +1736,7 @@ impl TypedQuery {
     pub(crate) fn is_tag(tag: u8) -> bool {
         matches!(
             tag,
-            0x60..=0x64 | 0x68..=0x6f | 0x70..=0x77 | 0x78..=0x7f | 0x80 | 0x81 | 0x88..=0x8c
+            0x60..=0x64 | 0x68..=0x6f | 0x70..=0x77 | 0x78..=0x7f | 0x80 | 0x81 | 0x88..=0x90
         )
     }
 
@@ -1630,6 +1852,40 @@ impl TypedQuery {
                 rev: get_bool(r)?,
                 offset: r.u64()?,
                 count: get_ou64(r)?,
+            },
+            0x8d | 0x8e => {
+                let key = key(r)?;
+                let others = get_keys(r)?;
+                let weights = get_weights(r, others.len() + 1)?;
+                let aggregate = get_aggregate(r)?;
+                let with_scores = get_bool(r)?;
+                if tag == 0x8d {
+                    TypedQuery::ZUnion {
+                        key,
+                        others,
+                        weights,
+                        aggregate,
+                        with_scores,
+                    }
+                } else {
+                    TypedQuery::ZInter {
+                        key,
+                        others,
+                        weights,
+                        aggregate,
+                        with_scores,
+                    }
+                }
+            }
+            0x8f => TypedQuery::ZDiff {
+                key: key(r)?,
+                others: get_keys(r)?,
+                with_scores: get_bool(r)?,
+            },
+            0x90 => TypedQuery::ZInterCard {
+                key: key(r)?,
+                others: get_keys(r)?,
+                limit: r.u64()?,
             },
             0x8b => TypedQuery::ZLexCount {
                 key: key(r)?,
