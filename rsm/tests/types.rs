@@ -1314,7 +1314,7 @@ fn malformed_typed_commands_are_errors() {
         bad_flag[flag_at] = 7;
         assert!(KvCommand::decode(Bytes::from(bad_flag)).is_err());
     }
-    for tag in [0x35u8, 0x3b, 0x43, 0x4b, 0x51, 0x64, 0x7c, 0x82, 0xff] {
+    for tag in [0x37u8, 0x3f, 0x47, 0x4e, 0x51, 0x65, 0x82, 0x91, 0xff] {
         let mut raw = vec![tag];
         raw.extend_from_slice(&1u32.to_le_bytes());
         raw.push(b'k');
@@ -1410,6 +1410,24 @@ enum Op {
     ZRem(usize, Vec<u8>),
     ZPop(usize, bool, Option<u8>),
     ZRange(usize, i8, i8),
+    /// ZRANGEBYSCORE: bounds in quarter steps, exclusive flags, rev,
+    /// LIMIT offset count.
+    ZByScore(usize, (i8, bool), (i8, bool), bool, u8, Option<u8>),
+    ZCount(usize, (i8, bool), (i8, bool)),
+    ZRemByScore(usize, (i8, bool), (i8, bool)),
+    ZRemByRank(usize, i8, i8),
+    ZMScore(usize, Vec<u8>),
+    LInsert(usize, bool, u8, u8),
+    LMove(usize, usize, bool, bool),
+    /// LPOS: element, rank (not 0), COUNT, MAXLEN.
+    LPos(usize, u8, i8, Option<u8>, u8),
+    SMove(usize, usize, u8),
+    /// SINTER/SUNION/SDIFF (op % 3) over keys, or the STORE form into a key.
+    SCombine(u8, Vec<usize>, Option<usize>),
+    SInterCard(Vec<usize>, u8),
+    SMIsMember(usize, Vec<u8>),
+    HIncrFloat(usize, u8, i8),
+    HStrLen(usize, u8),
     Del(usize),
     Type(usize),
     Snapshot,
@@ -1447,10 +1465,57 @@ fn op() -> impl Strategy<Value = Op> {
             proptest::collection::vec((any::<i8>(), any::<u8>()), 1..4)
         )
             .prop_map(|(k, v)| Op::ZAdd(k, v)),
-        (k.clone(), small).prop_map(|(k, v)| Op::ZRem(k, v)),
+        (k.clone(), small.clone()).prop_map(|(k, v)| Op::ZRem(k, v)),
         (k.clone(), any::<bool>(), proptest::option::of(0u8..4))
             .prop_map(|(k, m, c)| Op::ZPop(k, m, c)),
         (k.clone(), -5i8..5, -5i8..5).prop_map(|(k, a, b)| Op::ZRange(k, a, b)),
+        (
+            k.clone(),
+            (-20i8..20, any::<bool>()),
+            (-20i8..20, any::<bool>()),
+            any::<bool>(),
+            0u8..3,
+            proptest::option::of(0u8..4)
+        )
+            .prop_map(|(k, lo, hi, rev, o, c)| Op::ZByScore(k, lo, hi, rev, o, c)),
+        (
+            k.clone(),
+            (-20i8..20, any::<bool>()),
+            (-20i8..20, any::<bool>())
+        )
+            .prop_map(|(k, lo, hi)| Op::ZCount(k, lo, hi)),
+        (
+            k.clone(),
+            (-20i8..20, any::<bool>()),
+            (-20i8..20, any::<bool>())
+        )
+            .prop_map(|(k, lo, hi)| Op::ZRemByScore(k, lo, hi)),
+        (k.clone(), -5i8..5, -5i8..5).prop_map(|(k, a, b)| Op::ZRemByRank(k, a, b)),
+        (k.clone(), small.clone()).prop_map(|(k, v)| Op::ZMScore(k, v)),
+        (k.clone(), any::<bool>(), any::<u8>(), any::<u8>())
+            .prop_map(|(k, a, p, v)| Op::LInsert(k, a, p, v)),
+        (k.clone(), k.clone(), any::<bool>(), any::<bool>())
+            .prop_map(|(k, d, f, t)| Op::LMove(k, d, f, t)),
+        (
+            k.clone(),
+            any::<u8>(),
+            prop_oneof![-3i8..0, 1i8..4],
+            proptest::option::of(0u8..3),
+            0u8..4
+        )
+            .prop_map(|(k, e, r, c, m)| Op::LPos(k, e, r, c, m)),
+        (k.clone(), k.clone(), any::<u8>()).prop_map(|(k, d, mm)| Op::SMove(k, d, mm)),
+        (
+            any::<u8>(),
+            proptest::collection::vec(k.clone(), 1..4),
+            proptest::option::of(k.clone())
+        )
+            .prop_map(|(o, ks, st)| Op::SCombine(o, ks, st)),
+        (proptest::collection::vec(k.clone(), 1..4), 0u8..3)
+            .prop_map(|(ks, l)| Op::SInterCard(ks, l)),
+        (k.clone(), small).prop_map(|(k, v)| Op::SMIsMember(k, v)),
+        (k.clone(), any::<u8>(), any::<i8>()).prop_map(|(k, f, d)| Op::HIncrFloat(k, f, d)),
+        (k.clone(), any::<u8>()).prop_map(|(k, f)| Op::HStrLen(k, f)),
         k.clone().prop_map(Op::Del),
         k.prop_map(Op::Type),
         Just(Op::Snapshot),
@@ -1845,6 +1910,444 @@ fn check(kv: &mut KvStore, m: &mut Model, op: &Op) -> Result<(), TestCaseError> 
                 prop_assert_eq!(got, KvResult::Items(want));
             }
         }
+        Op::ZByScore(k, lo, hi, rev, offset, count) => {
+            let (min, max) = (f64::from(lo.0) / 4.0, f64::from(hi.0) / 4.0);
+            let got = r(
+                kv,
+                Q::ZRangeByScore {
+                    key: b(&key(*k)),
+                    min,
+                    min_exclusive: lo.1,
+                    max,
+                    max_exclusive: hi.1,
+                    rev: *rev,
+                    with_scores: true,
+                    offset: u64::from(*offset),
+                    count: count.map(u64::from),
+                },
+            );
+            if wrong(m, *k, "zset") {
+                prop_assert_eq!(got, WRONGTYPE);
+            } else {
+                let mut order = m.zsets.get(&key(*k)).map(Model::zorder).unwrap_or_default();
+                if *rev {
+                    order.reverse();
+                }
+                let want: Vec<Bytes> = order
+                    .into_iter()
+                    .filter(|(s, _)| in_range(*s, min, lo.1, max, hi.1))
+                    .skip(usize::from(*offset))
+                    .take(count.map_or(usize::MAX, usize::from))
+                    .flat_map(|(s, mm)| [Bytes::from(mm), Bytes::from(format_f64(s))])
+                    .collect();
+                prop_assert_eq!(got, KvResult::Items(want));
+            }
+        }
+        Op::ZCount(k, lo, hi) => {
+            let (min, max) = (f64::from(lo.0) / 4.0, f64::from(hi.0) / 4.0);
+            let got = r(
+                kv,
+                Q::ZCount {
+                    key: b(&key(*k)),
+                    min,
+                    min_exclusive: lo.1,
+                    max,
+                    max_exclusive: hi.1,
+                },
+            );
+            if wrong(m, *k, "zset") {
+                prop_assert_eq!(got, WRONGTYPE);
+            } else {
+                let n = m.zsets.get(&key(*k)).map_or(0, |z| {
+                    z.values()
+                        .filter(|s| in_range(**s, min, lo.1, max, hi.1))
+                        .count()
+                });
+                prop_assert_eq!(got, KvResult::Count(n as u64));
+            }
+        }
+        Op::ZRemByScore(k, lo, hi) => {
+            let (min, max) = (f64::from(lo.0) / 4.0, f64::from(hi.0) / 4.0);
+            let got = w(
+                kv,
+                C::ZRemRangeByScore {
+                    key: b(&key(*k)),
+                    min,
+                    min_exclusive: lo.1,
+                    max,
+                    max_exclusive: hi.1,
+                },
+            );
+            if wrong(m, *k, "zset") {
+                prop_assert_eq!(got, WRONGTYPE);
+            } else {
+                let mut n = 0;
+                if let Some(z) = m.zsets.get_mut(&key(*k)) {
+                    let before = z.len();
+                    z.retain(|_, s| !in_range(*s, min, lo.1, max, hi.1));
+                    n = before - z.len();
+                    if z.is_empty() {
+                        m.zsets.remove(&key(*k));
+                    }
+                }
+                prop_assert_eq!(got, KvResult::Count(n as u64));
+            }
+        }
+        Op::ZRemByRank(k, a, bb) => {
+            let got = w(
+                kv,
+                C::ZRemRangeByRank {
+                    key: b(&key(*k)),
+                    start: i64::from(*a),
+                    stop: i64::from(*bb),
+                },
+            );
+            if wrong(m, *k, "zset") {
+                prop_assert_eq!(got, WRONGTYPE);
+            } else {
+                let mut n = 0;
+                if let Some(z) = m.zsets.get_mut(&key(*k)) {
+                    let order = Model::zorder(z);
+                    for (_, mm) in &order[model_range(order.len(), i64::from(*a), i64::from(*bb))] {
+                        z.remove(mm);
+                        n += 1;
+                    }
+                    if z.is_empty() {
+                        m.zsets.remove(&key(*k));
+                    }
+                }
+                prop_assert_eq!(got, KvResult::Count(n as u64));
+            }
+        }
+        Op::ZMScore(k, vals) => {
+            let vals = texts(vals);
+            let got = r(
+                kv,
+                Q::ZMScore {
+                    key: b(&key(*k)),
+                    members: bytes(&vals),
+                },
+            );
+            if wrong(m, *k, "zset") {
+                prop_assert_eq!(got, WRONGTYPE);
+            } else {
+                let z = m.zsets.get(&key(*k));
+                let want = vals
+                    .iter()
+                    .map(|v| {
+                        z.and_then(|z| z.get(v))
+                            .map(|s| Bytes::from(format_f64(*s)))
+                    })
+                    .collect();
+                prop_assert_eq!(got, KvResult::Values(want));
+            }
+        }
+        Op::LInsert(k, after, pivot, v) => {
+            let (pivot, v) = (member(*pivot), member(*v));
+            let got = w(
+                kv,
+                C::ListInsert {
+                    key: b(&key(*k)),
+                    after: *after,
+                    pivot: b(&pivot),
+                    value: b(&v),
+                },
+            );
+            if wrong(m, *k, "list") {
+                prop_assert_eq!(got, WRONGTYPE);
+            } else {
+                let want = match m.lists.get_mut(&key(*k)) {
+                    None => 0,
+                    Some(l) => match l.iter().position(|e| *e == pivot) {
+                        None => -1,
+                        Some(i) => {
+                            l.insert(if *after { i + 1 } else { i }, v);
+                            l.len() as i64
+                        }
+                    },
+                };
+                prop_assert_eq!(got, KvResult::Int(want));
+            }
+        }
+        Op::LMove(k, d, from_left, to_left) => {
+            let got = w(
+                kv,
+                C::ListMove {
+                    key: b(&key(*k)),
+                    dst: b(&key(*d)),
+                    from_left: *from_left,
+                    to_left: *to_left,
+                },
+            );
+            if wrong(m, *k, "list") || (m.lists.contains_key(&key(*k)) && wrong(m, *d, "list")) {
+                prop_assert_eq!(got, WRONGTYPE);
+            } else {
+                let want = match m.lists.get_mut(&key(*k)) {
+                    None => None,
+                    Some(l) => {
+                        let e = if *from_left {
+                            l.pop_front()
+                        } else {
+                            l.pop_back()
+                        }
+                        .unwrap();
+                        if l.is_empty() {
+                            m.lists.remove(&key(*k));
+                        }
+                        let dl = m.lists.entry(key(*d)).or_default();
+                        if *to_left {
+                            dl.push_front(e.clone());
+                        } else {
+                            dl.push_back(e.clone());
+                        }
+                        Some(Bytes::from(e))
+                    }
+                };
+                prop_assert_eq!(got, KvResult::Value(want));
+            }
+        }
+        Op::LPos(k, e, rank, count, maxlen) => {
+            let e = member(*e);
+            let got = r(
+                kv,
+                Q::ListPos {
+                    key: b(&key(*k)),
+                    element: b(&e),
+                    rank: i64::from(*rank),
+                    count: count.map(u64::from),
+                    maxlen: u64::from(*maxlen),
+                },
+            );
+            if wrong(m, *k, "list") {
+                prop_assert_eq!(got, WRONGTYPE);
+            } else {
+                let l: Vec<String> = m
+                    .lists
+                    .get(&key(*k))
+                    .map(|l| l.iter().cloned().collect())
+                    .unwrap_or_default();
+                let look = if *maxlen == 0 {
+                    l.len()
+                } else {
+                    usize::from(*maxlen).min(l.len())
+                };
+                let mut idx: Vec<usize> = (0..l.len()).collect();
+                if *rank < 0 {
+                    idx.reverse();
+                }
+                let found: Vec<usize> = idx
+                    .into_iter()
+                    .take(look)
+                    .filter(|i| l[*i] == e)
+                    .skip(usize::from(rank.unsigned_abs()) - 1)
+                    .collect();
+                let want = match count {
+                    None => found
+                        .first()
+                        .map_or(KvResult::Value(None), |i| KvResult::Int(*i as i64)),
+                    Some(c) => KvResult::Items(
+                        found
+                            .iter()
+                            .take(if *c == 0 { usize::MAX } else { usize::from(*c) })
+                            .map(|i| Bytes::from(i.to_string()))
+                            .collect(),
+                    ),
+                };
+                prop_assert_eq!(got, want);
+            }
+        }
+        Op::SMove(k, d, mm) => {
+            let mm = member(*mm);
+            let got = w(
+                kv,
+                C::SetMove {
+                    key: b(&key(*k)),
+                    dst: b(&key(*d)),
+                    member: b(&mm),
+                },
+            );
+            if wrong(m, *k, "set") || (m.sets.contains_key(&key(*k)) && wrong(m, *d, "set")) {
+                prop_assert_eq!(got, WRONGTYPE);
+            } else {
+                let present = m.sets.get(&key(*k)).is_some_and(|s| s.contains(&mm));
+                if present && k != d {
+                    let s = m.sets.get_mut(&key(*k)).unwrap();
+                    s.remove(&mm);
+                    if s.is_empty() {
+                        m.sets.remove(&key(*k));
+                    }
+                    m.sets.entry(key(*d)).or_default().insert(mm);
+                }
+                prop_assert_eq!(got, KvResult::Count(u64::from(present)));
+            }
+        }
+        Op::SCombine(op, ks, store) => {
+            let first = b(&key(ks[0]));
+            let others: Vec<Bytes> = ks[1..].iter().map(|k| b(&key(*k))).collect();
+            let sources: Vec<Bytes> = ks.iter().map(|k| b(&key(*k))).collect();
+            let got = match (op % 3, store) {
+                (0, None) => r(kv, Q::SetInter { key: first, others }),
+                (1, None) => r(kv, Q::SetUnion { key: first, others }),
+                (_, None) => r(kv, Q::SetDiff { key: first, others }),
+                (0, Some(d)) => w(
+                    kv,
+                    C::SetInterStore {
+                        key: b(&key(*d)),
+                        sources,
+                    },
+                ),
+                (1, Some(d)) => w(
+                    kv,
+                    C::SetUnionStore {
+                        key: b(&key(*d)),
+                        sources,
+                    },
+                ),
+                (_, Some(d)) => w(
+                    kv,
+                    C::SetDiffStore {
+                        key: b(&key(*d)),
+                        sources,
+                    },
+                ),
+            };
+            if ks.iter().any(|k| wrong(m, *k, "set")) {
+                prop_assert_eq!(got, WRONGTYPE);
+            } else {
+                let set = |k: usize| m.sets.get(&key(k)).cloned().unwrap_or_default();
+                let mut acc = set(ks[0]);
+                for k in &ks[1..] {
+                    let other = set(*k);
+                    acc = match op % 3 {
+                        0 => acc.intersection(&other).cloned().collect(),
+                        1 => acc.union(&other).cloned().collect(),
+                        _ => acc.difference(&other).cloned().collect(),
+                    };
+                }
+                match store {
+                    None => {
+                        // The store's order is its own (deterministic):
+                        // compare as sets, and no duplicates.
+                        let KvResult::Items(mut items) = got else {
+                            return Err(TestCaseError::fail(format!("{got:?}")));
+                        };
+                        items.sort();
+                        let n = items.len();
+                        items.dedup();
+                        prop_assert_eq!(n, items.len());
+                        prop_assert_eq!(items, acc.iter().map(|s| b(s)).collect::<Vec<_>>());
+                    }
+                    Some(d) => {
+                        prop_assert_eq!(got, KvResult::Count(acc.len() as u64));
+                        m.lists.remove(KEYS[*d]);
+                        m.sets.remove(KEYS[*d]);
+                        m.hashes.remove(KEYS[*d]);
+                        m.zsets.remove(KEYS[*d]);
+                        if !acc.is_empty() {
+                            m.sets.insert(key(*d), acc);
+                        }
+                    }
+                }
+            }
+        }
+        Op::SInterCard(ks, limit) => {
+            let got = r(
+                kv,
+                Q::SetInterCard {
+                    key: b(&key(ks[0])),
+                    others: ks[1..].iter().map(|k| b(&key(*k))).collect(),
+                    limit: u64::from(*limit),
+                },
+            );
+            if ks.iter().any(|k| wrong(m, *k, "set")) {
+                prop_assert_eq!(got, WRONGTYPE);
+            } else {
+                let set = |k: usize| m.sets.get(&key(k)).cloned().unwrap_or_default();
+                let mut acc = set(ks[0]);
+                for k in &ks[1..] {
+                    acc = acc.intersection(&set(*k)).cloned().collect();
+                }
+                let n = if *limit == 0 {
+                    acc.len()
+                } else {
+                    acc.len().min(usize::from(*limit))
+                };
+                prop_assert_eq!(got, KvResult::Count(n as u64));
+            }
+        }
+        Op::SMIsMember(k, vals) => {
+            let vals = texts(vals);
+            let got = r(
+                kv,
+                Q::SetMIsMember {
+                    key: b(&key(*k)),
+                    members: bytes(&vals),
+                },
+            );
+            if wrong(m, *k, "set") {
+                prop_assert_eq!(got, WRONGTYPE);
+            } else {
+                let s = m.sets.get(&key(*k));
+                let want = vals
+                    .iter()
+                    .map(|v| {
+                        b(if s.is_some_and(|s| s.contains(v)) {
+                            "1"
+                        } else {
+                            "0"
+                        })
+                    })
+                    .collect();
+                prop_assert_eq!(got, KvResult::Items(want));
+            }
+        }
+        Op::HIncrFloat(k, f, d) => {
+            // Fields of their own: HIncr's stay integers.
+            let f = format!("x{}", f % 3);
+            let delta = f64::from(*d) / 4.0;
+            let got = w(
+                kv,
+                C::HashIncrByFloat {
+                    key: b(&key(*k)),
+                    field: Bytes::from(f.clone()),
+                    delta,
+                },
+            );
+            if wrong(m, *k, "hash") {
+                prop_assert_eq!(got, WRONGTYPE);
+            } else {
+                let h = m.hashes.entry(key(*k)).or_default();
+                let n = h.get(&f).map_or(0.0, |v| v.parse::<f64>().unwrap()) + delta;
+                // Quarter steps: Rust's shortest text is Redis' text.
+                let text = if n == 0.0 {
+                    "0".to_string()
+                } else {
+                    format!("{n}")
+                };
+                h.insert(f, text.clone());
+                prop_assert_eq!(got, KvResult::Value(Some(Bytes::from(text))));
+            }
+        }
+        Op::HStrLen(k, f) => {
+            let f = format!("x{}", f % 3);
+            let got = r(
+                kv,
+                Q::HashStrLen {
+                    key: b(&key(*k)),
+                    field: Bytes::from(f.clone()),
+                },
+            );
+            if wrong(m, *k, "hash") {
+                prop_assert_eq!(got, WRONGTYPE);
+            } else {
+                let n = m
+                    .hashes
+                    .get(&key(*k))
+                    .and_then(|h| h.get(&f))
+                    .map_or(0, String::len);
+                prop_assert_eq!(got, KvResult::Count(n as u64));
+            }
+        }
         Op::Del(k) => {
             let existed = m.kind(KEYS[*k]).is_some();
             m.lists.remove(KEYS[*k]);
@@ -1878,6 +2381,12 @@ fn check(kv: &mut KvStore, m: &mut Model, op: &Op) -> Result<(), TestCaseError> 
         m.lists.len() + m.sets.len() + m.hashes.len() + m.zsets.len()
     );
     Ok(())
+}
+
+/// Redis' score range predicate, the plain way.
+fn in_range(s: f64, min: f64, min_exclusive: bool, max: f64, max_exclusive: bool) -> bool {
+    (if min_exclusive { s > min } else { s >= min })
+        && (if max_exclusive { s < max } else { s <= max })
 }
 
 fn zadd_key(kv: &mut KvStore, key: &str, pairs: &[(f64, String)]) -> KvResult {

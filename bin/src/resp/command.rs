@@ -861,13 +861,10 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
         {
             let seed = conn.next_seed();
             match types::prepare(&name, args, now_ms(), seed) {
-                Some(Ok(p)) => plan(
-                    vec![Sub {
-                        group: conn.kv.group_for(&p.key),
-                        op: p.op,
-                    }],
-                    Finish::Typed(p.finish),
-                ),
+                Some(Ok(p)) => match types::group(&p, |k| conn.kv.group_for(k)) {
+                    Ok(group) => plan(vec![Sub { group, op: p.op }], Finish::Typed(p.finish)),
+                    Err(reply) => Prepared::Reply(reply),
+                },
                 Some(Err(reply)) => Prepared::Reply(reply),
                 None => Prepared::Reply(Reply::err("internal error: typed command not found")),
             }

@@ -1,8 +1,14 @@
 //! The Redis data-type commands: lists, sets, hashes, sorted sets and
-//! streams. Each is a single-key command: [`prepare`] parses its arguments
-//! (arity, options, numbers, with Redis' error texts) into one KV request
-//! for the key's group, and [`finish`] turns the result into Redis' reply
-//! shape. Both are pure functions, tested below without a node.
+//! streams. [`prepare`] parses a command's arguments (arity, options,
+//! numbers, with Redis' error texts) into one KV request for its key's
+//! group, and [`finish`] turns the result into Redis' reply shape. Both
+//! are pure functions, tested below without a node.
+//!
+//! A command of several keys (`LMOVE`, `SMOVE`, `SINTER`, the STORE
+//! forms...) is one request too, applied atomically by one group: its
+//! keys must all live in that group, as they must share a hash slot in
+//! Redis Cluster (use a hash tag: `{user:7}:a`, `{user:7}:b`). [`group`]
+//! checks it and answers `-CROSSSLOT` otherwise.
 //!
 //! Randomness and time are chosen here, by the node that receives the
 //! command, and carried in it: SPOP / SRANDMEMBER take a `seed`, `XADD *`
@@ -17,10 +23,11 @@ use flotilla_rsm::{
 };
 
 use super::command::Op;
+use super::glob;
 use super::reply::Reply;
 
 /// How a typed command's result becomes its reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finish {
     /// `Len`, `Count` or `Int` as an integer.
     Int,
@@ -37,6 +44,23 @@ pub enum Finish {
     IntOrNil,
     /// Stream entries: `[[id, [field, value, ...]], ...]`.
     Records,
+    /// `Items` of decimal integers as an array of integers (LPOS with a
+    /// count, SMISMEMBER).
+    IntArray,
+    /// HINCRBYFLOAT: `Value` as a bulk string; `Count(1)` and `Count(2)`
+    /// are Redis' refusals (see `TypedCommand::HashIncrByFloat`).
+    IncrFloat,
+    /// HSCAN, SSCAN, ZSCAN: `Items` (pairs if `pairs`) as `["0", [...]]`,
+    /// keeping what `pattern` matches (the first of a pair), without the
+    /// second of each pair if `only_firsts`.
+    Scan {
+        /// MATCH.
+        pattern: Option<Bytes>,
+        /// The items are pairs (field, value / member, score).
+        pairs: bool,
+        /// NOVALUES: only the fields.
+        only_firsts: bool,
+    },
 }
 
 /// A parsed typed command: its key, its request and its reply shape.
@@ -44,6 +68,8 @@ pub enum Finish {
 pub struct Planned {
     /// The key (routes the request to its group).
     pub key: Bytes,
+    /// The command's other keys, which must live in `key`'s group.
+    pub others: Vec<Bytes>,
     /// The request.
     pub op: Op,
     /// The reply shape.
@@ -65,6 +91,10 @@ pub const COMMANDS: &[super::command::CommandInfo] = &[
     ("lset", 4, &["write", "denyoom"], 1, 1, 1),
     ("lrem", 4, &["write"], 1, 1, 1),
     ("ltrim", 4, &["write"], 1, 1, 1),
+    ("lpos", -3, &["readonly"], 1, 1, 1),
+    ("linsert", 5, &["write", "denyoom"], 1, 1, 1),
+    ("rpoplpush", 3, &["write", "denyoom"], 1, 2, 1),
+    ("lmove", 5, &["write", "denyoom"], 1, 2, 1),
     ("sadd", -3, &["write", "denyoom", "fast"], 1, 1, 1),
     ("srem", -3, &["write", "fast"], 1, 1, 1),
     ("spop", -2, &["write", "fast"], 1, 1, 1),
@@ -72,6 +102,15 @@ pub const COMMANDS: &[super::command::CommandInfo] = &[
     ("sismember", 3, &["readonly", "fast"], 1, 1, 1),
     ("scard", 2, &["readonly", "fast"], 1, 1, 1),
     ("srandmember", -2, &["readonly"], 1, 1, 1),
+    ("smismember", -3, &["readonly", "fast"], 1, 1, 1),
+    ("smove", 4, &["write", "fast"], 1, 2, 1),
+    ("sinter", -2, &["readonly"], 1, -1, 1),
+    ("sunion", -2, &["readonly"], 1, -1, 1),
+    ("sdiff", -2, &["readonly"], 1, -1, 1),
+    ("sintercard", -3, &["readonly", "movablekeys"], 0, 0, 0),
+    ("sinterstore", -3, &["write", "denyoom"], 1, -1, 1),
+    ("sunionstore", -3, &["write", "denyoom"], 1, -1, 1),
+    ("sdiffstore", -3, &["write", "denyoom"], 1, -1, 1),
     ("hset", -4, &["write", "denyoom", "fast"], 1, 1, 1),
     ("hmset", -4, &["write", "denyoom", "fast"], 1, 1, 1),
     ("hsetnx", 4, &["write", "denyoom", "fast"], 1, 1, 1),
@@ -84,6 +123,9 @@ pub const COMMANDS: &[super::command::CommandInfo] = &[
     ("hkeys", 2, &["readonly"], 1, 1, 1),
     ("hvals", 2, &["readonly"], 1, 1, 1),
     ("hincrby", 4, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("hincrbyfloat", 4, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("hstrlen", 3, &["readonly", "fast"], 1, 1, 1),
+    ("hrandfield", -2, &["readonly"], 1, 1, 1),
     ("zadd", -4, &["write", "denyoom", "fast"], 1, 1, 1),
     ("zincrby", 4, &["write", "denyoom", "fast"], 1, 1, 1),
     ("zrem", -3, &["write", "fast"], 1, 1, 1),
@@ -95,11 +137,68 @@ pub const COMMANDS: &[super::command::CommandInfo] = &[
     ("zrevrank", 3, &["readonly", "fast"], 1, 1, 1),
     ("zpopmin", -2, &["write", "fast"], 1, 1, 1),
     ("zpopmax", -2, &["write", "fast"], 1, 1, 1),
+    ("zrangebyscore", -4, &["readonly"], 1, 1, 1),
+    ("zrevrangebyscore", -4, &["readonly"], 1, 1, 1),
+    ("zcount", 4, &["readonly", "fast"], 1, 1, 1),
+    ("zmscore", -3, &["readonly", "fast"], 1, 1, 1),
+    ("zrandmember", -2, &["readonly"], 1, 1, 1),
+    ("zremrangebyscore", 4, &["write"], 1, 1, 1),
+    ("zremrangebyrank", 4, &["write"], 1, 1, 1),
+    ("zrangebylex", -4, &["readonly"], 1, 1, 1),
+    ("zrevrangebylex", -4, &["readonly"], 1, 1, 1),
+    ("zlexcount", 4, &["readonly", "fast"], 1, 1, 1),
+    ("zremrangebylex", 4, &["write"], 1, 1, 1),
+    (
+        "zunionstore",
+        -4,
+        &["write", "denyoom", "movablekeys"],
+        1,
+        1,
+        1,
+    ),
+    (
+        "zinterstore",
+        -4,
+        &["write", "denyoom", "movablekeys"],
+        1,
+        1,
+        1,
+    ),
+    (
+        "zdiffstore",
+        -4,
+        &["write", "denyoom", "movablekeys"],
+        1,
+        1,
+        1,
+    ),
+    ("zunion", -3, &["readonly", "movablekeys"], 0, 0, 0),
+    ("zinter", -3, &["readonly", "movablekeys"], 0, 0, 0),
+    ("zdiff", -3, &["readonly", "movablekeys"], 0, 0, 0),
+    ("zintercard", -3, &["readonly", "movablekeys"], 0, 0, 0),
+    ("hscan", -3, &["readonly"], 1, 1, 1),
+    ("sscan", -3, &["readonly"], 1, 1, 1),
+    ("zscan", -3, &["readonly"], 1, 1, 1),
     ("xadd", -5, &["write", "denyoom", "fast"], 1, 1, 1),
     ("xlen", 2, &["readonly", "fast"], 1, 1, 1),
     ("xrange", -4, &["readonly"], 1, 1, 1),
     ("xrevrange", -4, &["readonly"], 1, 1, 1),
 ];
+
+/// The group of a planned command: its key's, if every other key of the
+/// command lives there too (`group_for` maps a key to its group).
+///
+/// # Errors
+/// `-CROSSSLOT` if the keys fall in different groups.
+pub fn group<G: PartialEq>(p: &Planned, group_for: impl Fn(&[u8]) -> G) -> Result<G, Reply> {
+    let g = group_for(&p.key);
+    if p.others.iter().any(|k| group_for(k) != g) {
+        return Err(Reply::Error(
+            "CROSSSLOT Keys in request don't hash to the same slot".into(),
+        ));
+    }
+    Ok(g)
+}
 
 fn arity(name: &str) -> Reply {
     Reply::err(format!(
@@ -229,6 +328,7 @@ fn too_many(n: usize) -> Result<(), Reply> {
 fn write(key: &Bytes, c: C, finish: Finish) -> Result<Planned, Reply> {
     Ok(Planned {
         key: key.clone(),
+        others: Vec::new(),
         op: Op::Write(KvCommand::Typed(c)),
         finish,
     })
@@ -237,9 +337,63 @@ fn write(key: &Bytes, c: C, finish: Finish) -> Result<Planned, Reply> {
 fn read(key: &Bytes, q: Q, finish: Finish) -> Result<Planned, Reply> {
     Ok(Planned {
         key: key.clone(),
+        others: Vec::new(),
         op: Op::Read(KvQuery::Typed(q)),
         finish,
     })
+}
+
+/// `plan` with more keys, which must live in its key's group.
+fn with_others(plan: Result<Planned, Reply>, others: &[Bytes]) -> Result<Planned, Reply> {
+    let mut p = plan?;
+    p.others = others.to_vec();
+    Ok(p)
+}
+
+fn not_a_float_range() -> Reply {
+    Reply::err("min or max is not a float")
+}
+
+/// A bound of a score range (`ZRANGEBYSCORE`, `ZCOUNT`...): a float as
+/// [`score`] reads it, `(` in front for an exclusive bound.
+fn score_bound(b: &[u8]) -> Result<(f64, bool), Reply> {
+    let (body, exclusive) = match b.strip_prefix(b"(") {
+        Some(rest) => (rest, true),
+        None => (b, false),
+    };
+    let f = score(body).map_err(|_| not_a_float_range())?;
+    Ok((f, exclusive))
+}
+
+/// `LEFT` or `RIGHT` (LMOVE): true for left.
+fn side(b: &[u8]) -> Result<bool, Reply> {
+    match b.to_ascii_uppercase().as_slice() {
+        b"LEFT" => Ok(true),
+        b"RIGHT" => Ok(false),
+        _ => Err(syntax()),
+    }
+}
+
+/// A number that must not be negative, with the command's own message
+/// for anything else (`getPositiveLongFromObjectOrReply`).
+fn non_negative(b: &[u8], msg: &str) -> Result<u64, Reply> {
+    int(b)
+        .ok()
+        .and_then(|n| u64::try_from(n).ok())
+        .ok_or_else(|| Reply::err(msg))
+}
+
+/// An integer in `-i64::MAX..=i64::MAX` (Redis' `-LONG_MAX, LONG_MAX`
+/// ranges: RANK, HRANDFIELD's count).
+fn symmetric_int(b: &[u8]) -> Result<i64, Reply> {
+    match int(b)? {
+        i64::MIN => Err(Reply::err(format!(
+            "value is out of range, value must between {} and {}",
+            -i64::MAX,
+            i64::MAX
+        ))),
+        n => Ok(n),
+    }
 }
 
 /// Parses a data-type command (`name` upper case, `args` after the name).
@@ -351,6 +505,43 @@ fn prepare_checked(name: &str, args: &[Bytes], now_ms: u64, seed: u64) -> Result
             },
             Finish::Bulk,
         ),
+        "LPOS" => prepare_lpos(key, rest),
+        "LINSERT" => {
+            let after = match rest[0].to_ascii_uppercase().as_slice() {
+                b"BEFORE" => false,
+                b"AFTER" => true,
+                _ => return Err(syntax()),
+            };
+            write(
+                key,
+                C::ListInsert {
+                    key: k(),
+                    after,
+                    pivot: rest[1].clone(),
+                    value: rest[2].clone(),
+                },
+                Finish::Int,
+            )
+        }
+        "RPOPLPUSH" | "LMOVE" => {
+            let (from_left, to_left) = match name {
+                "LMOVE" => (side(&rest[1])?, side(&rest[2])?),
+                _ => (false, true),
+            };
+            with_others(
+                write(
+                    key,
+                    C::ListMove {
+                        key: k(),
+                        dst: rest[0].clone(),
+                        from_left,
+                        to_left,
+                    },
+                    Finish::Bulk,
+                ),
+                &rest[..1],
+            )
+        }
         "LSET" => write(
             key,
             C::ListSet {
@@ -389,6 +580,53 @@ fn prepare_checked(name: &str, args: &[Bytes], now_ms: u64, seed: u64) -> Result
             write(key, c, Finish::Int)
         }
         "SMEMBERS" => read(key, Q::SetMembers { key: k() }, Finish::Array),
+        "SMISMEMBER" => {
+            too_many(rest.len())?;
+            read(
+                key,
+                Q::SetMIsMember {
+                    key: k(),
+                    members: rest.to_vec(),
+                },
+                Finish::IntArray,
+            )
+        }
+        "SMOVE" => with_others(
+            write(
+                key,
+                C::SetMove {
+                    key: k(),
+                    dst: rest[0].clone(),
+                    member: rest[1].clone(),
+                },
+                Finish::Int,
+            ),
+            &rest[..1],
+        ),
+        "SINTER" | "SUNION" | "SDIFF" => {
+            too_many(args.len())?;
+            let others = rest.to_vec();
+            let q = match name {
+                "SINTER" => Q::SetInter { key: k(), others },
+                "SUNION" => Q::SetUnion { key: k(), others },
+                _ => Q::SetDiff { key: k(), others },
+            };
+            with_others(read(key, q, Finish::Array), rest)
+        }
+        "SINTERSTORE" | "SUNIONSTORE" | "SDIFFSTORE" => {
+            too_many(rest.len())?;
+            let sources = rest.to_vec();
+            let c = match name {
+                "SINTERSTORE" => C::SetInterStore { key: k(), sources },
+                "SUNIONSTORE" => C::SetUnionStore { key: k(), sources },
+                _ => C::SetDiffStore { key: k(), sources },
+            };
+            with_others(write(key, c, Finish::Int), rest)
+        }
+        "SINTERCARD" => prepare_sintercard(args),
+        "HSCAN" | "SSCAN" | "ZSCAN" => prepare_scan(name, key, rest),
+        "ZUNIONSTORE" | "ZINTERSTORE" | "ZDIFFSTORE" | "ZUNION" | "ZINTER" | "ZDIFF"
+        | "ZINTERCARD" => prepare_zcombine(name, args),
         "SISMEMBER" => read(
             key,
             Q::SetIsMember {
@@ -501,6 +739,75 @@ fn prepare_checked(name: &str, args: &[Bytes], now_ms: u64, seed: u64) -> Result
             },
             Finish::Int,
         ),
+        "HINCRBYFLOAT" => {
+            let delta = score(&rest[1])?;
+            if delta.is_infinite() {
+                return Err(Reply::err("value is NaN or Infinity"));
+            }
+            write(
+                key,
+                C::HashIncrByFloat {
+                    key: k(),
+                    field: rest[0].clone(),
+                    delta,
+                },
+                Finish::IncrFloat,
+            )
+        }
+        "HSTRLEN" => read(
+            key,
+            Q::HashStrLen {
+                key: k(),
+                field: rest[0].clone(),
+            },
+            Finish::Int,
+        ),
+        "HRANDFIELD" | "ZRANDMEMBER" => {
+            let with_word: &[u8] = if name == "HRANDFIELD" {
+                b"WITHVALUES"
+            } else {
+                b"WITHSCORES"
+            };
+            let (count, with) = match rest {
+                [] => (None, false),
+                [c] => (Some(symmetric_int(c)?), false),
+                [c, opt] => {
+                    let c = symmetric_int(c)?;
+                    if !opt.eq_ignore_ascii_case(with_word) {
+                        return Err(syntax());
+                    }
+                    if !(-i64::MAX / 2..=i64::MAX / 2).contains(&c) {
+                        return Err(Reply::err("value is out of range"));
+                    }
+                    (Some(c), true)
+                }
+                _ => return Err(syntax()),
+            };
+            let q = if name == "HRANDFIELD" {
+                Q::HashRandField {
+                    key: k(),
+                    count,
+                    with_values: with,
+                    seed,
+                }
+            } else {
+                Q::ZRandMember {
+                    key: k(),
+                    count,
+                    with_scores: with,
+                    seed,
+                }
+            };
+            read(
+                key,
+                q,
+                if count.is_some() {
+                    Finish::Array
+                } else {
+                    Finish::Bulk
+                },
+            )
+        }
         "ZADD" => prepare_zadd(key, rest),
         "ZINCRBY" => write(
             key,
@@ -534,29 +841,71 @@ fn prepare_checked(name: &str, args: &[Bytes], now_ms: u64, seed: u64) -> Result
             Finish::Bulk,
         ),
         "ZCARD" => read(key, Q::ZCard { key: k() }, Finish::Int),
-        "ZRANGE" | "ZREVRANGE" => {
-            let mut rev = name == "ZREVRANGE";
-            let mut with_scores = false;
-            for opt in &rest[2..] {
-                match opt.to_ascii_uppercase().as_slice() {
-                    b"WITHSCORES" => with_scores = true,
-                    b"REV" if name == "ZRANGE" => rev = true,
-                    b"BYSCORE" | b"BYLEX" | b"LIMIT" if name == "ZRANGE" => {
-                        return Err(Reply::err(
-                            "ZRANGE BYSCORE/BYLEX/LIMIT are not supported; use ranges by index",
-                        ))
-                    }
-                    _ => return Err(syntax()),
-                }
+        "ZRANGE" | "ZREVRANGE" | "ZRANGEBYSCORE" | "ZREVRANGEBYSCORE" | "ZRANGEBYLEX"
+        | "ZREVRANGEBYLEX" => prepare_zrange(name, key, rest),
+        "ZLEXCOUNT" => read(
+            key,
+            Q::ZLexCount {
+                key: k(),
+                min: lex_bound(&rest[0])?,
+                max: lex_bound(&rest[1])?,
+            },
+            Finish::Int,
+        ),
+        "ZREMRANGEBYLEX" => write(
+            key,
+            C::ZRemRangeByLex {
+                key: k(),
+                min: lex_bound(&rest[0])?,
+                max: lex_bound(&rest[1])?,
+            },
+            Finish::Int,
+        ),
+        "ZCOUNT" | "ZREMRANGEBYSCORE" => {
+            let (min, min_exclusive) = score_bound(&rest[0])?;
+            let (max, max_exclusive) = score_bound(&rest[1])?;
+            if name == "ZCOUNT" {
+                read(
+                    key,
+                    Q::ZCount {
+                        key: k(),
+                        min,
+                        min_exclusive,
+                        max,
+                        max_exclusive,
+                    },
+                    Finish::Int,
+                )
+            } else {
+                write(
+                    key,
+                    C::ZRemRangeByScore {
+                        key: k(),
+                        min,
+                        min_exclusive,
+                        max,
+                        max_exclusive,
+                    },
+                    Finish::Int,
+                )
             }
+        }
+        "ZREMRANGEBYRANK" => write(
+            key,
+            C::ZRemRangeByRank {
+                key: k(),
+                start: int(&rest[0])?,
+                stop: int(&rest[1])?,
+            },
+            Finish::Int,
+        ),
+        "ZMSCORE" => {
+            too_many(rest.len())?;
             read(
                 key,
-                Q::ZRange {
+                Q::ZMScore {
                     key: k(),
-                    start: int(&rest[0])?,
-                    stop: int(&rest[1])?,
-                    rev,
-                    with_scores,
+                    members: rest.to_vec(),
                 },
                 Finish::Array,
             )
@@ -607,6 +956,396 @@ fn prepare_checked(name: &str, args: &[Bytes], now_ms: u64, seed: u64) -> Result
         }
         _ => Err(Reply::err(format!("unknown command '{name}'"))),
     }
+}
+
+/// What a `ZRANGE`-like command ranges over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RangeBy {
+    Rank,
+    Score,
+    Lex,
+}
+
+/// A bound of a lex range: `-`, `+`, `[member`, `(member`.
+fn lex_bound(b: &Bytes) -> Result<Bytes, Reply> {
+    match b.split_first() {
+        Some((b'-' | b'+', [])) | Some((b'[' | b'(', _)) => Ok(b.clone()),
+        _ => Err(Reply::err("min or max not valid string range item")),
+    }
+}
+
+/// `ZRANGE`, `ZREVRANGE`, `ZRANGEBYSCORE`, `ZREVRANGEBYSCORE`,
+/// `ZRANGEBYLEX`, `ZREVRANGEBYLEX`, as Redis' `zrangeGenericCommand`:
+/// options first (syntax errors, LIMIT's numbers), then their conflicts,
+/// then the range itself.
+fn prepare_zrange(name: &str, key: &Bytes, rest: &[Bytes]) -> Result<Planned, Reply> {
+    let generic = name == "ZRANGE";
+    let mut rev = (!generic).then_some(name.starts_with("ZREV"));
+    let mut by = match name {
+        "ZRANGE" => None,
+        "ZREVRANGE" => Some(RangeBy::Rank),
+        _ if name.ends_with("BYSCORE") => Some(RangeBy::Score),
+        _ => Some(RangeBy::Lex),
+    };
+    let mut with_scores = false;
+    // LIMIT offset count; count -1 is Redis' "no LIMIT".
+    let mut limit: (i64, i64) = (0, -1);
+    let mut i = 2;
+    while i < rest.len() {
+        let left = rest.len() - i - 1;
+        match rest[i].to_ascii_uppercase().as_slice() {
+            b"WITHSCORES" => with_scores = true,
+            b"LIMIT" if left >= 2 => {
+                limit = (int(&rest[i + 1])?, int(&rest[i + 2])?);
+                i += 2;
+            }
+            b"REV" if rev.is_none() => rev = Some(true),
+            b"BYSCORE" if by.is_none() => by = Some(RangeBy::Score),
+            b"BYLEX" if by.is_none() => by = Some(RangeBy::Lex),
+            _ => return Err(syntax()),
+        }
+        i += 1;
+    }
+    let rev = rev.unwrap_or(false);
+    let by = by.unwrap_or(RangeBy::Rank);
+    if limit.1 != -1 && by == RangeBy::Rank {
+        return Err(Reply::err(
+            "syntax error, LIMIT is only supported in combination with either BYSCORE or BYLEX",
+        ));
+    }
+    if with_scores && by == RangeBy::Lex {
+        return Err(Reply::err(
+            "syntax error, WITHSCORES not supported in combination with BYLEX",
+        ));
+    }
+    if by == RangeBy::Rank {
+        return read(
+            key,
+            Q::ZRange {
+                key: key.clone(),
+                start: int(&rest[0])?,
+                stop: int(&rest[1])?,
+                rev,
+                with_scores,
+            },
+            Finish::Array,
+        );
+    }
+    // A reversed range is written end first.
+    let (lo, hi) = if rev {
+        (&rest[1], &rest[0])
+    } else {
+        (&rest[0], &rest[1])
+    };
+    // A negative offset answers nothing (after the type check), a
+    // negative count everything, as in Redis.
+    let offset = u64::try_from(limit.0).unwrap_or(u64::MAX);
+    let count = u64::try_from(limit.1).ok();
+    if by == RangeBy::Lex {
+        return read(
+            key,
+            Q::ZRangeByLex {
+                key: key.clone(),
+                min: lex_bound(lo)?,
+                max: lex_bound(hi)?,
+                rev,
+                offset,
+                count,
+            },
+            Finish::Array,
+        );
+    }
+    let (min, min_exclusive) = score_bound(lo)?;
+    let (max, max_exclusive) = score_bound(hi)?;
+    read(
+        key,
+        Q::ZRangeByScore {
+            key: key.clone(),
+            min,
+            min_exclusive,
+            max,
+            max_exclusive,
+            rev,
+            with_scores,
+            offset,
+            count,
+        },
+        Finish::Array,
+    )
+}
+
+/// `ZUNION`, `ZINTER`, `ZDIFF`, their STORE forms and `ZINTERCARD`, as
+/// Redis' `zunionInterDiffGenericCommand` reads them: `[dst] numkeys key
+/// ... [WEIGHTS w ...] [AGGREGATE SUM|MIN|MAX] [WITHSCORES] [LIMIT n]`,
+/// each option only where Redis takes it (`args` after the name).
+fn prepare_zcombine(name: &str, args: &[Bytes]) -> Result<Planned, Reply> {
+    let store = name.ends_with("STORE");
+    let (dst, rest) = if store {
+        (Some(&args[0]), &args[1..])
+    } else {
+        (None, args)
+    };
+    let numkeys = int(&rest[0])?;
+    if numkeys < 1 {
+        return Err(Reply::err(format!(
+            "at least 1 input key is needed for '{}' command",
+            name.to_ascii_lowercase()
+        )));
+    }
+    if numkeys > rest.len() as i64 - 1 {
+        return Err(syntax());
+    }
+    let (keys, options) = rest[1..].split_at(numkeys as usize);
+    too_many(keys.len())?;
+    let diff = name.starts_with("ZDIFF");
+    let card = name == "ZINTERCARD";
+    let mut weights = Vec::new();
+    let mut aggregate = 0;
+    let mut with_scores = false;
+    let mut limit = 0;
+    let mut i = 0;
+    while i < options.len() {
+        let left = options.len() - i - 1;
+        match options[i].to_ascii_uppercase().as_slice() {
+            b"WEIGHTS" if !diff && !card && left >= keys.len() => {
+                weights = options[i + 1..=i + keys.len()]
+                    .iter()
+                    .map(|w| score(w).map_err(|_| Reply::err("weight value is not a float")))
+                    .collect::<Result<_, _>>()?;
+                i += keys.len();
+            }
+            b"AGGREGATE" if !diff && !card && left >= 1 => {
+                aggregate = match options[i + 1].to_ascii_uppercase().as_slice() {
+                    b"SUM" => 0,
+                    b"MIN" => 1,
+                    b"MAX" => 2,
+                    _ => return Err(syntax()),
+                };
+                i += 1;
+            }
+            b"WITHSCORES" if !store && !card => with_scores = true,
+            b"LIMIT" if card && left >= 1 => {
+                limit = non_negative(&options[i + 1], "LIMIT can't be negative")?;
+                i += 1;
+            }
+            _ => return Err(syntax()),
+        }
+        i += 1;
+    }
+    let key = keys[0].clone();
+    let others = keys[1..].to_vec();
+    let plan = match (name, dst) {
+        (_, Some(dst)) => {
+            let sources = keys.to_vec();
+            let c = match name {
+                "ZUNIONSTORE" => C::ZUnionStore {
+                    key: dst.clone(),
+                    sources,
+                    weights,
+                    aggregate,
+                },
+                "ZINTERSTORE" => C::ZInterStore {
+                    key: dst.clone(),
+                    sources,
+                    weights,
+                    aggregate,
+                },
+                _ => C::ZDiffStore {
+                    key: dst.clone(),
+                    sources,
+                },
+            };
+            return with_others(write(dst, c, Finish::Int), keys);
+        }
+        ("ZINTERCARD", None) => read(
+            &key,
+            Q::ZInterCard {
+                key: key.clone(),
+                others,
+                limit,
+            },
+            Finish::Int,
+        ),
+        ("ZUNION", None) => read(
+            &key,
+            Q::ZUnion {
+                key: key.clone(),
+                others,
+                weights,
+                aggregate,
+                with_scores,
+            },
+            Finish::Array,
+        ),
+        ("ZINTER", None) => read(
+            &key,
+            Q::ZInter {
+                key: key.clone(),
+                others,
+                weights,
+                aggregate,
+                with_scores,
+            },
+            Finish::Array,
+        ),
+        _ => read(
+            &key,
+            Q::ZDiff {
+                key: key.clone(),
+                others,
+                with_scores,
+            },
+            Finish::Array,
+        ),
+    };
+    with_others(plan, &keys[1..])
+}
+
+/// `HSCAN`/`SSCAN`/`ZSCAN key cursor [MATCH p] [COUNT n] [NOVALUES]`.
+///
+/// One call answers the whole collection and the cursor 0, as Redis does
+/// for its small encodings: every guarantee of SCAN holds (each element
+/// present throughout is returned, once), COUNT is the hint Redis says it
+/// is, and a collection whose reply would pass the result bounds answers
+/// `-ERR result too large`. A non-zero cursor (never handed out here)
+/// starts over.
+fn prepare_scan(name: &str, key: &Bytes, rest: &[Bytes]) -> Result<Planned, Reply> {
+    let valid_cursor = std::str::from_utf8(&rest[0])
+        .ok()
+        .is_some_and(|c| c.parse::<u64>().is_ok());
+    if !valid_cursor {
+        return Err(Reply::err("invalid cursor"));
+    }
+    let mut pattern = None;
+    let mut only_firsts = false;
+    let mut i = 1;
+    while i < rest.len() {
+        let left = rest.len() - i - 1;
+        match rest[i].to_ascii_uppercase().as_slice() {
+            b"COUNT" if left >= 1 => {
+                if int(&rest[i + 1])? < 1 {
+                    return Err(syntax());
+                }
+                i += 1;
+            }
+            b"MATCH" if left >= 1 => {
+                // `*` matches everything: no filter.
+                pattern = (&rest[i + 1][..] != b"*").then(|| rest[i + 1].clone());
+                i += 1;
+            }
+            b"NOVALUES" if name == "HSCAN" => only_firsts = true,
+            _ => return Err(syntax()),
+        }
+        i += 1;
+    }
+    let k = key.clone();
+    let (q, pairs) = match name {
+        "HSCAN" => (Q::HashGetAll { key: k }, true),
+        "SSCAN" => (Q::SetMembers { key: k }, false),
+        _ => (
+            Q::ZRange {
+                key: k,
+                start: 0,
+                stop: -1,
+                rev: false,
+                with_scores: true,
+            },
+            true,
+        ),
+    };
+    read(
+        key,
+        q,
+        Finish::Scan {
+            pattern,
+            pairs,
+            only_firsts,
+        },
+    )
+}
+
+/// `LPOS key element [RANK r] [COUNT n] [MAXLEN m]`.
+fn prepare_lpos(key: &Bytes, rest: &[Bytes]) -> Result<Planned, Reply> {
+    let mut rank = 1;
+    let mut count = None;
+    let mut maxlen = 0;
+    let mut i = 1;
+    while i < rest.len() {
+        let Some(value) = rest.get(i + 1) else {
+            return Err(syntax());
+        };
+        match rest[i].to_ascii_uppercase().as_slice() {
+            b"RANK" => {
+                rank = symmetric_int(value)?;
+                if rank == 0 {
+                    return Err(Reply::err(
+                        "RANK can't be zero: use 1 to start from the first match, 2 from the \
+                         second ... or use negative to start from the end of the list",
+                    ));
+                }
+            }
+            b"COUNT" => count = Some(non_negative(value, "COUNT can't be negative")?),
+            b"MAXLEN" => maxlen = non_negative(value, "MAXLEN can't be negative")?,
+            _ => return Err(syntax()),
+        }
+        i += 2;
+    }
+    read(
+        key,
+        Q::ListPos {
+            key: key.clone(),
+            element: rest[0].clone(),
+            rank,
+            count,
+            maxlen,
+        },
+        if count.is_some() {
+            Finish::IntArray
+        } else {
+            Finish::IntOrNil
+        },
+    )
+}
+
+/// `SINTERCARD numkeys key [key ...] [LIMIT limit]` (`args` after the
+/// name).
+fn prepare_sintercard(args: &[Bytes]) -> Result<Planned, Reply> {
+    let numkeys = int(&args[0])
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| Reply::err("numkeys should be greater than 0"))?;
+    let keys_and_options = &args[1..];
+    if numkeys > keys_and_options.len() as i64 {
+        return Err(Reply::err(
+            "Number of keys can't be greater than number of args",
+        ));
+    }
+    let (keys, options) = keys_and_options.split_at(numkeys as usize);
+    too_many(keys.len())?;
+    let mut limit = 0;
+    let mut i = 0;
+    while i < options.len() {
+        match options.get(i + 1) {
+            Some(n) if options[i].eq_ignore_ascii_case(b"LIMIT") => {
+                limit = non_negative(n, "LIMIT can't be negative")?;
+            }
+            _ => return Err(syntax()),
+        }
+        i += 2;
+    }
+    let key = &keys[0];
+    with_others(
+        read(
+            key,
+            Q::SetInterCard {
+                key: key.clone(),
+                others: keys[1..].to_vec(),
+                limit,
+            },
+            Finish::Int,
+        ),
+        &keys[1..],
+    )
 }
 
 fn prepare_zadd(key: &Bytes, rest: &[Bytes]) -> Result<Planned, Reply> {
@@ -769,6 +1508,42 @@ pub fn finish(f: Finish, r: Option<KvResult>) -> Reply {
                 .map(|(id, fields)| Reply::Array(vec![Reply::Bulk(id), bulks(fields)]))
                 .collect(),
         ),
+        (Finish::IntArray, KvResult::Items(items)) => {
+            let mut out = Vec::with_capacity(items.len());
+            for i in items {
+                match std::str::from_utf8(&i).ok().and_then(|s| s.parse().ok()) {
+                    Some(n) => out.push(Reply::Int(n)),
+                    None => return Reply::err("internal error: not an integer"),
+                }
+            }
+            Reply::Array(out)
+        }
+        (
+            Finish::Scan {
+                pattern,
+                pairs,
+                only_firsts,
+            },
+            KvResult::Items(items),
+        ) => {
+            let stride = if pairs { 2 } else { 1 };
+            let keep = if only_firsts { 1 } else { stride };
+            let mut out = Vec::with_capacity(items.len());
+            for chunk in items.chunks(stride) {
+                if pattern.as_ref().is_none_or(|p| glob::matches(p, &chunk[0])) {
+                    out.extend(chunk.iter().take(keep).cloned().map(Reply::Bulk));
+                }
+            }
+            Reply::Array(vec![
+                Reply::Bulk(Bytes::from_static(b"0")),
+                Reply::Array(out),
+            ])
+        }
+        (Finish::IncrFloat, KvResult::Value(v)) => Reply::opt(v),
+        (Finish::IncrFloat, KvResult::Count(1)) => Reply::err("hash value is not a float"),
+        (Finish::IncrFloat, KvResult::Count(2)) => {
+            Reply::err("increment would produce NaN or Infinity")
+        }
         (f, r) => {
             tracing::error!(?f, result = ?r, "unexpected KV result kind for a typed command");
             Reply::err("internal error: unexpected result kind")
@@ -1022,6 +1797,578 @@ mod tests {
         assert!(matches!(
             cmd("hsetnx k f v"),
             C::HashSet { only_new: true, .. }
+        ));
+    }
+
+    #[test]
+    fn score_ranges_parse_like_redis() {
+        let by_score = |min: f64, min_exclusive, max: f64, max_exclusive| Q::ZRangeByScore {
+            key: b("z"),
+            min,
+            min_exclusive,
+            max,
+            max_exclusive,
+            rev: false,
+            with_scores: false,
+            offset: 0,
+            count: None,
+        };
+        assert_eq!(
+            query("zrangebyscore z -inf +inf"),
+            by_score(f64::NEG_INFINITY, false, f64::INFINITY, false)
+        );
+        assert_eq!(
+            query("zrangebyscore z (1.5 (2"),
+            by_score(1.5, true, 2.0, true)
+        );
+        assert_eq!(
+            query("ZRANGE z 1 (5 BYSCORE"),
+            by_score(1.0, false, 5.0, true)
+        );
+        // Reversed: max first; options in any order and case.
+        let rev = Q::ZRangeByScore {
+            key: b("z"),
+            min: 1.0,
+            min_exclusive: true,
+            max: 9.0,
+            max_exclusive: false,
+            rev: true,
+            with_scores: true,
+            offset: 2,
+            count: Some(3),
+        };
+        assert_eq!(query("zrevrangebyscore z 9 (1 WITHSCORES limit 2 3"), rev);
+        assert_eq!(query("zrange z 9 (1 limit 2 3 rev withscores byscore"), rev);
+        // LIMIT: a negative count is everything, a negative offset nothing.
+        assert!(matches!(
+            query("zrangebyscore z 0 1 limit 0 -1"),
+            Q::ZRangeByScore {
+                offset: 0,
+                count: None,
+                ..
+            }
+        ));
+        assert!(matches!(
+            query("zrangebyscore z 0 1 limit -1 5"),
+            Q::ZRangeByScore {
+                offset: u64::MAX,
+                count: Some(5),
+                ..
+            }
+        ));
+        for bad in [
+            "zrangebyscore z x 1",
+            "zrangebyscore z 1 (x",
+            "zrangebyscore z nan 1",
+            "zcount z 1 ((2",
+            "zremrangebyscore z 1 (1x",
+            "zrange z a b byscore",
+        ] {
+            assert_eq!(err(bad), "ERR min or max is not a float", "{bad}");
+        }
+        for bad in [
+            "zrangebyscore z 0 1 rev",
+            "zrangebyscore z 0 1 byscore",
+            "zrangebyscore z 0 1 limit 0",
+            "zrevrange z 0 1 rev",
+            "zrevrange z 0 1 byscore",
+            "zrange z 0 1 foo",
+        ] {
+            assert_eq!(err(bad), "ERR syntax error", "{bad}");
+        }
+        assert_eq!(
+            err("zrange z 0 1 limit 0 2"),
+            "ERR syntax error, LIMIT is only supported in combination with either BYSCORE or BYLEX"
+        );
+        assert_eq!(
+            err("zrangebyscore z 0 1 limit x 2"),
+            "ERR value is not an integer or out of range"
+        );
+        // The options are checked before the range.
+        assert_eq!(err("zrangebyscore z x y foo"), "ERR syntax error");
+        assert!(matches!(
+            query("zrange z 0 -1 rev"),
+            Q::ZRange {
+                rev: true,
+                start: 0,
+                stop: -1,
+                ..
+            }
+        ));
+        assert_eq!(
+            query("zcount z (1 +inf"),
+            Q::ZCount {
+                key: b("z"),
+                min: 1.0,
+                min_exclusive: true,
+                max: f64::INFINITY,
+                max_exclusive: false
+            }
+        );
+        assert_eq!(
+            cmd("zremrangebyrank z 0 -2"),
+            C::ZRemRangeByRank {
+                key: b("z"),
+                start: 0,
+                stop: -2
+            }
+        );
+        assert_eq!(
+            query("zmscore z a b"),
+            Q::ZMScore {
+                key: b("z"),
+                members: vec![b("a"), b("b")]
+            }
+        );
+        assert_eq!(
+            err("zmscore z"),
+            "ERR wrong number of arguments for 'zmscore' command"
+        );
+    }
+
+    #[test]
+    fn lex_ranges_parse_like_redis() {
+        let lex =
+            |min: &str, max: &str, rev: bool, offset: u64, count: Option<u64>| Q::ZRangeByLex {
+                key: b("z"),
+                min: b(min),
+                max: b(max),
+                rev,
+                offset,
+                count,
+            };
+        assert_eq!(query("zrangebylex z - [c"), lex("-", "[c", false, 0, None));
+        assert_eq!(
+            query("zrevrangebylex z [c - limit 1 2"),
+            lex("-", "[c", true, 1, Some(2))
+        );
+        assert_eq!(
+            query("zrange z (g [aaa bylex rev"),
+            lex("[aaa", "(g", true, 0, None)
+        );
+        assert_eq!(
+            query("zlexcount z - +"),
+            Q::ZLexCount {
+                key: b("z"),
+                min: b("-"),
+                max: b("+")
+            }
+        );
+        assert_eq!(
+            cmd("zremrangebylex z [a (b"),
+            C::ZRemRangeByLex {
+                key: b("z"),
+                min: b("[a"),
+                max: b("(b")
+            }
+        );
+        for bad in [
+            "zrangebylex z a [c",
+            "zrangebylex z - c",
+            "zlexcount z -- +",
+            "zremrangebylex z +x +",
+            "zrange z a b bylex",
+        ] {
+            assert_eq!(
+                err(bad),
+                "ERR min or max not valid string range item",
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            err("zrangebylex z - + withscores"),
+            "ERR syntax error, WITHSCORES not supported in combination with BYLEX"
+        );
+        assert_eq!(err("zrange z - + bylex byscore"), "ERR syntax error");
+        assert_eq!(err("zrangebylex z - + bylex"), "ERR syntax error");
+    }
+
+    #[test]
+    fn hashes_lists_and_sets_parse_like_redis() {
+        assert_eq!(
+            cmd("hincrbyfloat h f 5.0e3"),
+            C::HashIncrByFloat {
+                key: b("h"),
+                field: b("f"),
+                delta: 5000.0
+            }
+        );
+        assert_eq!(err("hincrbyfloat h f x"), "ERR value is not a valid float");
+        assert_eq!(
+            err("hincrbyfloat h f nan"),
+            "ERR value is not a valid float"
+        );
+        assert_eq!(err("hincrbyfloat h f inf"), "ERR value is NaN or Infinity");
+        assert_eq!(
+            query("hrandfield h -5 withvalues"),
+            Q::HashRandField {
+                key: b("h"),
+                count: Some(-5),
+                with_values: true,
+                seed: 99
+            }
+        );
+        assert_eq!(plan("hrandfield h").unwrap().finish, Finish::Bulk);
+        assert_eq!(
+            query("zrandmember z -2 WithScores"),
+            Q::ZRandMember {
+                key: b("z"),
+                count: Some(-2),
+                with_scores: true,
+                seed: 99
+            }
+        );
+        assert_eq!(err("zrandmember z 1 withvalues"), "ERR syntax error");
+        assert_eq!(err("hrandfield h 1 withscores"), "ERR syntax error");
+        assert_eq!(plan("hrandfield h 1").unwrap().finish, Finish::Array);
+        assert_eq!(err("hrandfield h 1 foo"), "ERR syntax error");
+        assert_eq!(err("hrandfield h 1 withvalues x"), "ERR syntax error");
+        assert_eq!(
+            err("hrandfield h -9223372036854775808"),
+            "ERR value is out of range, value must between -9223372036854775807 and 9223372036854775807"
+        );
+        assert_eq!(
+            err("hrandfield h 9223372036854775807 withvalues"),
+            "ERR value is out of range"
+        );
+        assert_eq!(
+            query("lpos l e rank -2 count 0 maxlen 7"),
+            Q::ListPos {
+                key: b("l"),
+                element: b("e"),
+                rank: -2,
+                count: Some(0),
+                maxlen: 7
+            }
+        );
+        assert_eq!(plan("lpos l e").unwrap().finish, Finish::IntOrNil);
+        assert_eq!(plan("lpos l e count 1").unwrap().finish, Finish::IntArray);
+        assert_eq!(
+            err("lpos l e rank 0"),
+            "ERR RANK can't be zero: use 1 to start from the first match, 2 from the second ... \
+             or use negative to start from the end of the list"
+        );
+        assert_eq!(err("lpos l e count -1"), "ERR COUNT can't be negative");
+        assert_eq!(err("lpos l e count x"), "ERR COUNT can't be negative");
+        assert_eq!(err("lpos l e maxlen -1"), "ERR MAXLEN can't be negative");
+        assert_eq!(err("lpos l e rank"), "ERR syntax error");
+        assert_eq!(err("lpos l e foo 1"), "ERR syntax error");
+        assert_eq!(
+            cmd("linsert l AFTER p v"),
+            C::ListInsert {
+                key: b("l"),
+                after: true,
+                pivot: b("p"),
+                value: b("v")
+            }
+        );
+        assert_eq!(err("linsert l middle p v"), "ERR syntax error");
+        assert_eq!(
+            cmd("rpoplpush a b"),
+            C::ListMove {
+                key: b("a"),
+                dst: b("b"),
+                from_left: false,
+                to_left: true
+            }
+        );
+        assert_eq!(
+            cmd("lmove a b left RIGHT"),
+            C::ListMove {
+                key: b("a"),
+                dst: b("b"),
+                from_left: true,
+                to_left: false
+            }
+        );
+        assert_eq!(err("lmove a b up left"), "ERR syntax error");
+        assert_eq!(plan("lmove a b left left").unwrap().others, vec![b("b")]);
+        assert_eq!(
+            cmd("smove a b m"),
+            C::SetMove {
+                key: b("a"),
+                dst: b("b"),
+                member: b("m")
+            }
+        );
+        assert_eq!(
+            query("sinter a b c"),
+            Q::SetInter {
+                key: b("a"),
+                others: vec![b("b"), b("c")]
+            }
+        );
+        assert_eq!(plan("sdiff a b c").unwrap().others, vec![b("b"), b("c")]);
+        assert_eq!(
+            cmd("sunionstore d a b"),
+            C::SetUnionStore {
+                key: b("d"),
+                sources: vec![b("a"), b("b")]
+            }
+        );
+        assert_eq!(plan("sdiffstore d a").unwrap().others, vec![b("a")]);
+        assert_eq!(
+            query("sintercard 2 a b limit 3"),
+            Q::SetInterCard {
+                key: b("a"),
+                others: vec![b("b")],
+                limit: 3
+            }
+        );
+        assert_eq!(plan("sintercard 2 a b").unwrap().key, b("a"));
+        for (bad, want) in [
+            ("sintercard 0 a", "ERR numkeys should be greater than 0"),
+            ("sintercard x a", "ERR numkeys should be greater than 0"),
+            (
+                "sintercard 3 a b",
+                "ERR Number of keys can't be greater than number of args",
+            ),
+            ("sintercard 1 a limit -1", "ERR LIMIT can't be negative"),
+            ("sintercard 1 a limit", "ERR syntax error"),
+            ("sintercard 1 a b", "ERR syntax error"),
+        ] {
+            assert_eq!(err(bad), want, "{bad}");
+        }
+        assert_eq!(
+            query("smismember s a b"),
+            Q::SetMIsMember {
+                key: b("s"),
+                members: vec![b("a"), b("b")]
+            }
+        );
+        assert_eq!(plan("smismember s a").unwrap().finish, Finish::IntArray);
+        assert_eq!(
+            query("hstrlen h f"),
+            Q::HashStrLen {
+                key: b("h"),
+                field: b("f")
+            }
+        );
+        for (line, name) in [
+            ("rpoplpush a", "rpoplpush"),
+            ("lmove a b left", "lmove"),
+            ("smove a b", "smove"),
+            ("sinter", "sinter"),
+            ("sinterstore d", "sinterstore"),
+            ("sintercard 1", "sintercard"),
+            ("linsert l before p", "linsert"),
+            ("lpos l", "lpos"),
+            ("hstrlen h", "hstrlen"),
+            ("zcount z 1", "zcount"),
+        ] {
+            assert_eq!(
+                err(line),
+                format!("ERR wrong number of arguments for '{name}' command"),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_of_several_groups_are_refused() {
+        let group_of = |k: &[u8]| k.first().copied();
+        let same = plan("smove {a}x {a}y m").unwrap();
+        let p = plan("smove ax by m").unwrap();
+        // A toy mapping: the group is the key's first byte.
+        assert_eq!(group(&same, group_of), Ok(Some(b'{')));
+        assert_eq!(
+            group(&p, group_of),
+            Err(Reply::Error(
+                "CROSSSLOT Keys in request don't hash to the same slot".into()
+            ))
+        );
+        assert_eq!(
+            group(&plan("sunion a1 a2 a3").unwrap(), group_of),
+            Ok(Some(b'a'))
+        );
+        assert!(group(&plan("sinterstore d a").unwrap(), group_of).is_err());
+        assert!(group(&plan("sintercard 2 a b").unwrap(), group_of).is_err());
+        assert!(group(&plan("llen anything").unwrap(), group_of).is_ok());
+    }
+
+    #[test]
+    fn sorted_set_algebra_parses_like_redis() {
+        assert_eq!(
+            cmd("zunionstore out 2 zset1 zset2 WEIGHTS 2 3"),
+            C::ZUnionStore {
+                key: b("out"),
+                sources: vec![b("zset1"), b("zset2")],
+                weights: vec![2.0, 3.0],
+                aggregate: 0
+            }
+        );
+        assert_eq!(
+            plan("zinterstore out 2 a b aggregate max").unwrap().others,
+            vec![b("a"), b("b")]
+        );
+        assert!(matches!(
+            cmd("zinterstore out 2 a b aggregate max weights 1 -inf"),
+            C::ZInterStore { aggregate: 2, ref weights, .. } if weights[1] == f64::NEG_INFINITY
+        ));
+        assert_eq!(
+            cmd("zdiffstore out 2 a b"),
+            C::ZDiffStore {
+                key: b("out"),
+                sources: vec![b("a"), b("b")]
+            }
+        );
+        assert_eq!(
+            query("zunion 2 a b withscores aggregate min"),
+            Q::ZUnion {
+                key: b("a"),
+                others: vec![b("b")],
+                weights: vec![],
+                aggregate: 1,
+                with_scores: true
+            }
+        );
+        assert_eq!(plan("zinter 2 a b").unwrap().others, vec![b("b")]);
+        assert_eq!(
+            query("zdiff 1 a withscores"),
+            Q::ZDiff {
+                key: b("a"),
+                others: vec![],
+                with_scores: true
+            }
+        );
+        assert_eq!(
+            query("zintercard 2 a b limit 5"),
+            Q::ZInterCard {
+                key: b("a"),
+                others: vec![b("b")],
+                limit: 5
+            }
+        );
+        for (bad, want) in [
+            (
+                "zunionstore out 0 a",
+                "ERR at least 1 input key is needed for 'zunionstore' command",
+            ),
+            (
+                "zinter 0 a",
+                "ERR at least 1 input key is needed for 'zinter' command",
+            ),
+            ("zunion x a", "ERR value is not an integer or out of range"),
+            ("zunion 3 a b", "ERR syntax error"),
+            ("zunion 2 a b weights 1", "ERR syntax error"),
+            (
+                "zunion 2 a b weights 1 x",
+                "ERR weight value is not a float",
+            ),
+            ("zunion 2 a b aggregate avg", "ERR syntax error"),
+            ("zunionstore o 2 a b withscores", "ERR syntax error"),
+            ("zdiff 2 a b weights 1 2", "ERR syntax error"),
+            ("zdiff 2 a b aggregate sum", "ERR syntax error"),
+            ("zintercard 2 a b withscores", "ERR syntax error"),
+            ("zintercard 1 a limit -1", "ERR LIMIT can't be negative"),
+            ("zunion 1 a limit 1", "ERR syntax error"),
+        ] {
+            assert_eq!(err(bad), want, "{bad}");
+        }
+        let group_of = |k: &[u8]| k.first().copied();
+        assert!(group(&plan("zunionstore {x}o 2 {x}a {x}b").unwrap(), group_of).is_ok());
+        assert!(group(&plan("zunionstore o 2 a x").unwrap(), group_of).is_err());
+        assert!(group(&plan("zdiffstore o 1 x").unwrap(), group_of).is_err());
+    }
+
+    #[test]
+    fn collection_scans_answer_everything_at_once() {
+        assert_eq!(
+            plan("hscan h 0 match f* count 5 novalues").unwrap().finish,
+            Finish::Scan {
+                pattern: Some(b("f*")),
+                pairs: true,
+                only_firsts: true
+            }
+        );
+        assert_eq!(query("hscan h 0"), Q::HashGetAll { key: b("h") });
+        assert_eq!(query("sscan s 17"), Q::SetMembers { key: b("s") });
+        assert!(matches!(
+            query("zscan z 0 MATCH *"),
+            Q::ZRange {
+                start: 0,
+                stop: -1,
+                with_scores: true,
+                ..
+            }
+        ));
+        assert_eq!(
+            plan("zscan z 0 MATCH *").unwrap().finish,
+            Finish::Scan {
+                pattern: None,
+                pairs: true,
+                only_firsts: false
+            }
+        );
+        assert_eq!(err("sscan s x"), "ERR invalid cursor");
+        assert_eq!(err("sscan s -1"), "ERR invalid cursor");
+        assert_eq!(err("sscan s 0 count 0"), "ERR syntax error");
+        assert_eq!(
+            err("sscan s 0 count x"),
+            "ERR value is not an integer or out of range"
+        );
+        assert_eq!(err("sscan s 0 novalues"), "ERR syntax error");
+        assert_eq!(err("sscan s 0 match"), "ERR syntax error");
+        assert_eq!(err("hscan h 0 type hash"), "ERR syntax error");
+        let scan = |pattern: Option<&str>, pairs, only_firsts, items: &[&str]| {
+            finish(
+                Finish::Scan {
+                    pattern: pattern.map(b),
+                    pairs,
+                    only_firsts,
+                },
+                Some(KvResult::Items(items.iter().map(|s| b(s)).collect())),
+            )
+        };
+        let reply = |items: &[&str]| {
+            Reply::Array(vec![
+                Reply::Bulk(b("0")),
+                Reply::Array(items.iter().map(|s| Reply::Bulk(b(s))).collect()),
+            ])
+        };
+        assert_eq!(
+            scan(Some("f*"), true, false, &["f1", "v1", "g", "f", "f2", "v2"]),
+            reply(&["f1", "v1", "f2", "v2"])
+        );
+        assert_eq!(
+            scan(None, true, true, &["f1", "v1", "g", "f"]),
+            reply(&["f1", "g"])
+        );
+        assert_eq!(
+            scan(Some("?"), false, false, &["a", "bb", "c"]),
+            reply(&["a", "c"])
+        );
+        assert_eq!(scan(None, false, false, &[]), reply(&[]));
+    }
+
+    #[test]
+    fn new_reply_shapes() {
+        assert_eq!(
+            finish(
+                Finish::IntArray,
+                Some(KvResult::Items(vec![b("1"), b("0"), b("12")]))
+            ),
+            Reply::Array(vec![Reply::Int(1), Reply::Int(0), Reply::Int(12)])
+        );
+        assert!(matches!(
+            finish(Finish::IntArray, Some(KvResult::Items(vec![b("x")]))),
+            Reply::Error(_)
+        ));
+        assert_eq!(
+            finish(Finish::IncrFloat, Some(KvResult::Value(Some(b("10.6"))))),
+            Reply::Bulk(b("10.6"))
+        );
+        assert_eq!(
+            finish(Finish::IncrFloat, Some(KvResult::Count(1))),
+            Reply::err("hash value is not a float")
+        );
+        assert_eq!(
+            finish(Finish::IncrFloat, Some(KvResult::Count(2))),
+            Reply::err("increment would produce NaN or Infinity")
+        );
+        assert!(matches!(
+            finish(Finish::IncrFloat, Some(KvResult::Count(3))),
+            Reply::Error(_)
         ));
     }
 

@@ -447,6 +447,242 @@ impl ZSet {
     }
 }
 
+/// A score range as `ZRANGEBYSCORE` takes it: `min <= score <= max`,
+/// either end exclusive with Redis' `(`. A NaN end makes it empty.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct ScoreRange {
+    pub(crate) min: f64,
+    pub(crate) min_exclusive: bool,
+    pub(crate) max: f64,
+    pub(crate) max_exclusive: bool,
+}
+
+/// The next `f64` up (`f64::next_up`, newer than our MSRV); `None` for
+/// `+inf` and NaN.
+fn next_up(f: f64) -> Option<f64> {
+    if f.is_nan() || f == f64::INFINITY {
+        None
+    } else if f == 0.0 {
+        Some(f64::from_bits(1))
+    } else if f > 0.0 {
+        Some(f64::from_bits(f.to_bits() + 1))
+    } else {
+        Some(f64::from_bits(f.to_bits() - 1))
+    }
+}
+
+impl ScoreRange {
+    /// True if `s` is in the range.
+    pub(crate) fn contains(&self, s: f64) -> bool {
+        let above = if self.min_exclusive {
+            s > self.min
+        } else {
+            s >= self.min
+        };
+        let below = if self.max_exclusive {
+            s < self.max
+        } else {
+            s <= self.max
+        };
+        above && below
+    }
+}
+
+impl ZSet {
+    /// The `(score, member)` pairs with a score in `range`, in order:
+    /// O(log n) to the first, then O(1) each.
+    pub(crate) fn by_score(
+        &self,
+        range: &ScoreRange,
+    ) -> impl DoubleEndedIterator<Item = &(Score, Elem)> + '_ {
+        use std::ops::Bound;
+        // Every member sorts after the empty one: `(s, "")` is the first
+        // position of score `s`. Scores are never NaN nor -0.0.
+        let at = |f: f64| (Score(if f == 0.0 { 0.0 } else { f }), Elem::new(b""));
+        let lo = if self.order.is_empty() || range.min.is_nan() || range.max.is_nan() {
+            None
+        } else if range.min_exclusive {
+            next_up(range.min)
+        } else {
+            Some(range.min)
+        };
+        // The end: the first position past the range (`None`: the end).
+        let hi = if range.max_exclusive {
+            Some(range.max)
+        } else {
+            next_up(range.max)
+        };
+        let r = lo.and_then(|lo| {
+            let start = at(lo);
+            match hi {
+                None => Some(self.order.range((Bound::Included(start), Bound::Unbounded))),
+                Some(hi) => {
+                    let end = at(hi);
+                    // `range` panics on a reversed range: empty instead.
+                    (start <= end).then(|| {
+                        self.order
+                            .range((Bound::Included(start), Bound::Excluded(end)))
+                    })
+                }
+            }
+        });
+        debug_assert!(r
+            .clone()
+            .into_iter()
+            .flatten()
+            .all(|(s, _)| range.contains(s.0)));
+        r.into_iter().flatten()
+    }
+}
+
+/// A bound of a lex range (`ZRANGEBYLEX`), as Redis writes it: `-` (before
+/// everything), `+` (after everything), `[m` (inclusive), `(m`
+/// (exclusive).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LexBound<'a> {
+    Min,
+    Max,
+    Inclusive(&'a [u8]),
+    Exclusive(&'a [u8]),
+}
+
+impl<'a> LexBound<'a> {
+    /// `None` unless `b` is a bound in Redis' syntax.
+    pub(crate) fn parse(b: &'a [u8]) -> Option<Self> {
+        match b.split_first()? {
+            (b'-', []) => Some(LexBound::Min),
+            (b'+', []) => Some(LexBound::Max),
+            (b'[', m) => Some(LexBound::Inclusive(m)),
+            (b'(', m) => Some(LexBound::Exclusive(m)),
+            _ => None,
+        }
+    }
+
+    /// True if `m` is above this bound taken as a range's start.
+    fn admits_above(self, m: &[u8]) -> bool {
+        match self {
+            LexBound::Min => true,
+            LexBound::Max => false,
+            LexBound::Inclusive(x) => m >= x,
+            LexBound::Exclusive(x) => m > x,
+        }
+    }
+
+    /// True if `m` is below this bound taken as a range's end.
+    fn admits_below(self, m: &[u8]) -> bool {
+        match self {
+            LexBound::Min => false,
+            LexBound::Max => true,
+            LexBound::Inclusive(x) => m <= x,
+            LexBound::Exclusive(x) => m < x,
+        }
+    }
+}
+
+impl ZSet {
+    /// The `(score, member)` pairs whose member lies between `min` and
+    /// `max`, in order. Redis defines lex ranges for sets whose scores are
+    /// all equal: then O(log n) to the first; otherwise every member in
+    /// the range, in the set's order (O(n)).
+    pub(crate) fn by_lex<'a>(
+        &'a self,
+        min: LexBound<'a>,
+        max: LexBound<'a>,
+    ) -> Box<dyn DoubleEndedIterator<Item = &'a (Score, Elem)> + 'a> {
+        use std::ops::Bound;
+        let (Some(first), Some(last)) = (self.order.first(), self.order.last()) else {
+            return Box::new(std::iter::empty());
+        };
+        if first.0 != last.0 {
+            return Box::new(self.order.iter().filter(move |(_, m)| {
+                min.admits_above(m.as_slice()) && max.admits_below(m.as_slice())
+            }));
+        }
+        let s = first.0;
+        let lo = match min {
+            LexBound::Min => Bound::Unbounded,
+            LexBound::Max => return Box::new(std::iter::empty()),
+            LexBound::Inclusive(x) => Bound::Included((s, Elem::new(x))),
+            LexBound::Exclusive(x) => Bound::Excluded((s, Elem::new(x))),
+        };
+        let hi = match max {
+            LexBound::Max => Bound::Unbounded,
+            LexBound::Min => return Box::new(std::iter::empty()),
+            LexBound::Inclusive(x) => Bound::Included((s, Elem::new(x))),
+            LexBound::Exclusive(x) => Bound::Excluded((s, Elem::new(x))),
+        };
+        // `range` panics on a reversed range (or an empty one with both
+        // ends excluded): empty instead.
+        let ordered = match (&lo, &hi) {
+            (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) => {
+                a < b || (a == b && !matches!((&lo, &hi), (Bound::Excluded(_), Bound::Excluded(_))))
+            }
+            _ => true,
+        };
+        if !ordered {
+            return Box::new(std::iter::empty());
+        }
+        Box::new(self.order.range((lo, hi)))
+    }
+}
+
+/// A float as Redis reads a hash value for `HINCRBYFLOAT` (`string2ld`):
+/// decimal or exponent notation, `inf`; no spaces, never NaN.
+pub(crate) fn parse_float(b: &[u8]) -> Option<f64> {
+    let s = std::str::from_utf8(b).ok()?;
+    if s.is_empty() || s.len() >= 5 * 1024 {
+        return None;
+    }
+    let f: f64 = s.parse().ok()?;
+    (!f.is_nan()).then_some(f)
+}
+
+/// The text `HINCRBYFLOAT` stores and replies: an integer below 2^53 in
+/// full; else fixed notation rounded to 15 significant digits and to at
+/// most 17 decimals, trailing zeros (and a trailing `.`) trimmed; `-0` as
+/// `0`.
+///
+/// Redis prints its `long double` sum with `%.17Lf` and trims the zeros;
+/// its 64-bit mantissa makes short decimal sums come out short (`0.1` +
+/// `0.2` is `0.3`). Rounding our `f64` sum to 15 significant digits gives
+/// the same text whenever the exact decimal result has at most 15
+/// significant digits (and at most 17 decimals), which covers the common
+/// cases, and integers below 2^53 are exact in both; longer results
+/// differ from Redis' in their last digits.
+pub(crate) fn format_incr_float(f: f64) -> Bytes {
+    debug_assert!(f.is_finite());
+    if f == 0.0 {
+        return Bytes::from_static(b"0");
+    }
+    const EXACT_MAX: f64 = (1u64 << 53) as f64;
+    if f.fract() == 0.0 && f.abs() < EXACT_MAX {
+        return Bytes::from((f as i64).to_string());
+    }
+    let sci = format!("{f:.14e}");
+    let (mantissa, exp) = sci.split_once('e').expect("{:e} has an exponent");
+    let exp: i32 = exp.parse().expect("{:e} exponent is an integer");
+    let mut s = if exp >= 14 {
+        // No decimals: the 15 digits, then zeros (not the binary value's
+        // noise digits).
+        let mut s: String = mantissa.chars().filter(|c| *c != '.').collect();
+        for _ in 14..exp {
+            s.push('0');
+        }
+        s
+    } else {
+        let decimals = (14 - exp).min(17) as usize;
+        format!("{f:.decimals$}")
+    };
+    if s.contains('.') {
+        let trimmed = s.trim_end_matches('0').trim_end_matches('.').len();
+        s.truncate(trimmed);
+    }
+    if s == "-0" {
+        s = "0".into();
+    }
+    Bytes::from(s)
+}
+
 /// A score as Redis replies it: `inf`, `-inf`, or the shortest decimal
 /// that reads back as the same `f64`, in `%.17g` style (`1`, `1.5`,
 /// `0.0001`, `1e+20`, `1.5e-07`).
@@ -584,6 +820,124 @@ mod tests {
             let s = format_score(f);
             let back: f64 = std::str::from_utf8(&s).unwrap().parse().unwrap();
             assert_eq!(back, f, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn incr_floats_format_like_redis() {
+        for (f, want) in [
+            (0.1 + 0.2, "0.3"),
+            (10.5 + 0.1, "10.6"),
+            (10.6 - 5.0, "5.6"),
+            (5000.0 + 200.0, "5200"),
+            (3.0, "3"),
+            (-2.5, "-2.5"),
+            (1e20, "100000000000000000000"),
+            (1.5e25, "15000000000000000000000000"),
+            (1.0 / 3.0, "0.333333333333333"),
+            (123456.789, "123456.789"),
+            (1e-17, "0.00000000000000001"),
+            (1e-20, "0"),
+            (-1e-20, "0"),
+            (999.9999999999999999, "1000"),
+            (1234567890123457.0, "1234567890123457"),
+            (-9007199254740991.0, "-9007199254740991"),
+            (9007199254740992.0, "9007199254740990"),
+        ] {
+            assert_eq!(&format_incr_float(f)[..], want.as_bytes(), "{f:e}");
+        }
+        assert_eq!(parse_float(b"1.5"), Some(1.5));
+        assert_eq!(parse_float(b"5.0e3"), Some(5000.0));
+        assert_eq!(parse_float(b"-inf"), Some(f64::NEG_INFINITY));
+        for bad in [&b""[..], b" 1", b"1 ", b"nan", b"abc", b"1.5x", b"\xff"] {
+            assert_eq!(parse_float(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn score_ranges_match_their_predicate() {
+        let mut z = ZSet::default();
+        let scores = [
+            f64::NEG_INFINITY,
+            -1.0,
+            0.0,
+            0.5,
+            1.0,
+            1.0,
+            2.0,
+            f64::INFINITY,
+        ];
+        for (i, s) in scores.iter().enumerate() {
+            z.set(format!("m{i}").as_bytes(), Score::new(*s).unwrap());
+        }
+        let ends = [
+            f64::NEG_INFINITY,
+            -1.0,
+            -0.0,
+            0.0,
+            0.7,
+            1.0,
+            2.0,
+            f64::INFINITY,
+            f64::NAN,
+        ];
+        for min in ends {
+            for max in ends {
+                for (min_exclusive, max_exclusive) in
+                    [(false, false), (true, false), (false, true), (true, true)]
+                {
+                    let r = ScoreRange {
+                        min,
+                        min_exclusive,
+                        max,
+                        max_exclusive,
+                    };
+                    let got: Vec<_> = z.by_score(&r).cloned().collect();
+                    let want: Vec<_> = z
+                        .order
+                        .iter()
+                        .filter(|(s, _)| r.contains(s.0))
+                        .cloned()
+                        .collect();
+                    assert_eq!(got, want, "{r:?}");
+                    let back: Vec<_> = z.by_score(&r).rev().cloned().collect();
+                    assert_eq!(back, want.into_iter().rev().collect::<Vec<_>>(), "{r:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lex_ranges_match_their_predicate() {
+        let bounds: Vec<&[u8]> = vec![
+            b"-", b"+", b"[", b"(", b"[a", b"(a", b"[b", b"(b", b"[bb", b"(c", b"[z",
+        ];
+        for same_scores in [true, false] {
+            let mut z = ZSet::default();
+            for (i, m) in ["a", "b", "ba", "bb", "c"].iter().enumerate() {
+                let s = if same_scores { 0.0 } else { (i % 2) as f64 };
+                z.set(m.as_bytes(), Score::new(s).unwrap());
+            }
+            for lo in &bounds {
+                for hi in &bounds {
+                    let (min, max) = (LexBound::parse(lo).unwrap(), LexBound::parse(hi).unwrap());
+                    let got: Vec<_> = z.by_lex(min, max).cloned().collect();
+                    let want: Vec<_> = z
+                        .order
+                        .iter()
+                        .filter(|(_, m)| {
+                            min.admits_above(m.as_slice()) && max.admits_below(m.as_slice())
+                        })
+                        .cloned()
+                        .collect();
+                    assert_eq!(got, want, "{lo:?} {hi:?}");
+                    let back: Vec<_> = z.by_lex(min, max).rev().cloned().collect();
+                    assert_eq!(back, want.into_iter().rev().collect::<Vec<_>>());
+                }
+            }
+        }
+        for bad in [&b""[..], b"a", b"--", b"+a", b"]a"] {
+            assert_eq!(LexBound::parse(bad), None, "{bad:?}");
         }
     }
 

@@ -11,8 +11,8 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use super::collection::{
-    format_score, normalize_index, normalize_range, stream_entry_bytes, Collection, Elem, Kind,
-    Picker, Score, StreamId,
+    format_incr_float, format_score, normalize_index, normalize_range, parse_float,
+    stream_entry_bytes, Collection, Elem, Kind, LexBound, Picker, Score, ScoreRange, Set, StreamId,
 };
 use super::command::{
     parse_i64, KvError, KvResult, TypedCommand, TypedQuery, XAddId, ZAddCompare, ZAddCondition,
@@ -261,6 +261,108 @@ impl KvStore {
                 })?;
                 KvResult::Ok
             }
+            TypedCommand::ListInsert {
+                key,
+                after,
+                pivot,
+                value,
+            } => {
+                check_elems(std::iter::once(value))?;
+                let n = self.coll_mut(key, Kind::List, false, |c| {
+                    let l = kind!(c, List);
+                    match l.items.iter().position(|e| e.as_slice() == &pivot[..]) {
+                        None => -1,
+                        Some(i) => {
+                            l.items
+                                .insert(if *after { i + 1 } else { i }, Elem::new(value));
+                            l.bytes += value.len();
+                            l.items.len() as i64
+                        }
+                    }
+                })?;
+                KvResult::Int(n.unwrap_or(0))
+            }
+            TypedCommand::ListMove {
+                key,
+                dst,
+                from_left,
+                to_left,
+            } => {
+                // Every check first: an error moves nothing.
+                if self.coll(key, Kind::List)?.is_none() {
+                    return Ok(KvResult::Value(None));
+                }
+                if self.coll(dst, Kind::List)?.is_none() {
+                    check_key(dst).map_or(Ok(()), Err)?;
+                }
+                // A stored list is never empty; were one, nothing moves.
+                if key == dst {
+                    let moved = self.coll_mut(key, Kind::List, false, |c| {
+                        let l = kind!(c, List);
+                        let e = l.pop(*from_left)?;
+                        l.push(e.as_slice(), *to_left);
+                        Some(e.to_bytes())
+                    })?;
+                    return Ok(KvResult::Value(moved.flatten()));
+                }
+                let popped =
+                    self.coll_mut(key, Kind::List, false, |c| kind!(c, List).pop(*from_left))?;
+                let Some(e) = popped.flatten() else {
+                    return Ok(KvResult::Value(None));
+                };
+                self.coll_mut(dst, Kind::List, true, |c| {
+                    kind!(c, List).push(e.as_slice(), *to_left)
+                })?;
+                KvResult::Value(Some(e.to_bytes()))
+            }
+            TypedCommand::SetMove { key, dst, member } => {
+                // As Redis: an absent source answers 0 before the
+                // destination's type is looked at.
+                let Some(c) = self.coll(key, Kind::Set)? else {
+                    return Ok(KvResult::Count(0));
+                };
+                let present = kind!(c, Set).index.contains_key(&member[..]);
+                if self.coll(dst, Kind::Set)?.is_none() {
+                    check_key(dst).map_or(Ok(()), Err)?;
+                }
+                if key == dst || !present {
+                    return Ok(KvResult::Count(u64::from(present)));
+                }
+                self.coll_mut(key, Kind::Set, false, |c| kind!(c, Set).remove(member))?;
+                self.coll_mut(dst, Kind::Set, true, |c| kind!(c, Set).add(member))?;
+                KvResult::Count(1)
+            }
+            TypedCommand::SetInterStore { key, sources }
+            | TypedCommand::SetUnionStore { key, sources }
+            | TypedCommand::SetDiffStore { key, sources } => {
+                let op = match cmd {
+                    TypedCommand::SetInterStore { .. } => SetOp::Inter,
+                    TypedCommand::SetUnionStore { .. } => SetOp::Union,
+                    _ => SetOp::Diff,
+                };
+                let members: Vec<Elem> = self
+                    .combine(op, sources.iter(), usize::MAX)?
+                    .into_iter()
+                    .cloned()
+                    .collect();
+                if !members.is_empty() {
+                    check_key(key).map_or(Ok(()), Err)?;
+                }
+                // The destination is replaced whatever it held (its
+                // deadline goes with it), as Redis' STORE forms do.
+                self.remove_key(key);
+                let n = members.len();
+                if n > 0 {
+                    self.coll_mut(key, Kind::Set, true, |c| {
+                        let s = kind!(c, Set);
+                        for m in &members {
+                            let new = s.add(m.as_slice());
+                            debug_assert!(new, "combined members are distinct");
+                        }
+                    })?;
+                }
+                KvResult::Count(n as u64)
+            }
             TypedCommand::SetAdd { key, members } => {
                 check_elems(members.iter())?;
                 let n = self.coll_mut(key, Kind::Set, true, |c| {
@@ -352,6 +454,118 @@ impl KvStore {
                     n
                 })?;
                 KvResult::Int(n.expect("created"))
+            }
+            TypedCommand::HashIncrByFloat { key, field, delta } => {
+                check_elems(std::iter::once(field))?;
+                // Refusals first: they leave no trace (Redis' texts travel
+                // as codes, see the variant's documentation).
+                let cur = match self.coll(key, Kind::Hash)? {
+                    Some(c) => match kind!(c, Hash).map.get(&field[..]) {
+                        Some(v) => match parse_float(v.as_slice()) {
+                            Some(f) => f,
+                            None => return Ok(KvResult::Count(1)),
+                        },
+                        None => 0.0,
+                    },
+                    None => 0.0,
+                };
+                let new = cur + delta;
+                if !new.is_finite() {
+                    return Ok(KvResult::Count(2));
+                }
+                let text = format_incr_float(new);
+                self.coll_mut(key, Kind::Hash, true, |c| kind!(c, Hash).set(field, &text))?;
+                KvResult::Value(Some(text))
+            }
+            TypedCommand::ZRemRangeByScore {
+                key,
+                min,
+                min_exclusive,
+                max,
+                max_exclusive,
+            } => {
+                let range = ScoreRange {
+                    min: *min,
+                    min_exclusive: *min_exclusive,
+                    max: *max,
+                    max_exclusive: *max_exclusive,
+                };
+                let n = self.coll_mut(key, Kind::ZSet, false, |c| {
+                    let z = kind!(c, ZSet);
+                    let doomed: Vec<Elem> = z.by_score(&range).map(|(_, m)| m.clone()).collect();
+                    for m in &doomed {
+                        z.remove(m.as_slice());
+                    }
+                    doomed.len()
+                })?;
+                KvResult::Count(n.unwrap_or(0) as u64)
+            }
+            TypedCommand::ZUnionStore { key, sources, .. }
+            | TypedCommand::ZInterStore { key, sources, .. }
+            | TypedCommand::ZDiffStore { key, sources } => {
+                let (op, weights, aggregate) = match cmd {
+                    TypedCommand::ZUnionStore {
+                        weights, aggregate, ..
+                    } => (SetOp::Union, &weights[..], *aggregate),
+                    TypedCommand::ZInterStore {
+                        weights, aggregate, ..
+                    } => (SetOp::Inter, &weights[..], *aggregate),
+                    _ => (SetOp::Diff, &[][..], 0),
+                };
+                let members: Vec<(Score, Elem)> = self
+                    .zcombine(op, sources.iter(), weights, aggregate, usize::MAX)?
+                    .into_iter()
+                    .map(|(s, m)| (s, Elem::new(m)))
+                    .collect();
+                if !members.is_empty() {
+                    check_key(key).map_or(Ok(()), Err)?;
+                }
+                // The destination is replaced whatever it held (its
+                // deadline goes with it), as Redis' STORE forms do.
+                self.remove_key(key);
+                let n = members.len();
+                if n > 0 {
+                    self.coll_mut(key, Kind::ZSet, true, |c| {
+                        let z = kind!(c, ZSet);
+                        for (s, m) in &members {
+                            let new = z.set(m.as_slice(), *s);
+                            debug_assert!(new, "combined members are distinct");
+                        }
+                    })?;
+                }
+                KvResult::Count(n as u64)
+            }
+            TypedCommand::ZRemRangeByLex { key, min, max } => {
+                let (min, max) = lex_bounds(min, max)?;
+                let n = self.coll_mut(key, Kind::ZSet, false, |c| {
+                    let z = kind!(c, ZSet);
+                    let doomed: Vec<Elem> = z.by_lex(min, max).map(|(_, m)| m.clone()).collect();
+                    for m in &doomed {
+                        z.remove(m.as_slice());
+                    }
+                    doomed.len()
+                })?;
+                KvResult::Count(n.unwrap_or(0) as u64)
+            }
+            TypedCommand::ZRemRangeByRank { key, start, stop } => {
+                let n = self.coll_mut(key, Kind::ZSet, false, |c| {
+                    let z = kind!(c, ZSet);
+                    let Some((a, b)) = normalize_range(*start, *stop, z.order.len()) else {
+                        return 0;
+                    };
+                    let doomed: Vec<Elem> = z
+                        .order
+                        .iter()
+                        .skip(a)
+                        .take(b - a + 1)
+                        .map(|(_, m)| m.clone())
+                        .collect();
+                    for m in &doomed {
+                        z.remove(m.as_slice());
+                    }
+                    doomed.len()
+                })?;
+                KvResult::Count(n.unwrap_or(0) as u64)
             }
             TypedCommand::ZAdd {
                 key,
@@ -574,6 +788,308 @@ impl KvStore {
                     let l = kind!(c, List);
                     normalize_index(*index, l.items.len()).map(|i| l.items[i].to_bytes())
                 }))
+            }
+            TypedQuery::ListPos {
+                key,
+                element,
+                rank,
+                count,
+                maxlen,
+            } => {
+                let Some(c) = self.coll(key, Kind::List)? else {
+                    return Ok(match count {
+                        None => KvResult::Value(None),
+                        Some(_) => KvResult::Items(Vec::new()),
+                    });
+                };
+                let l = kind!(c, List);
+                let len = l.items.len();
+                let skip = rank.unsigned_abs().max(1) - 1;
+                let limit = match count {
+                    None | Some(0) => u64::MAX,
+                    Some(n) => *n,
+                };
+                let look = if *maxlen == 0 {
+                    len
+                } else {
+                    (*maxlen).min(len as u64) as usize
+                };
+                let it: Box<dyn Iterator<Item = (usize, &Elem)>> = if *rank < 0 {
+                    Box::new(l.items.iter().enumerate().rev().take(look))
+                } else {
+                    Box::new(l.items.iter().enumerate().take(look))
+                };
+                let mut found = it
+                    .filter(|(_, e)| e.as_slice() == &element[..])
+                    .skip(skip.min(usize::MAX as u64) as usize)
+                    .take(limit.min(usize::MAX as u64) as usize)
+                    .map(|(i, _)| i);
+                match count {
+                    None => match found.next() {
+                        Some(i) => KvResult::Int(i as i64),
+                        None => KvResult::Value(None),
+                    },
+                    Some(_) => {
+                        let mut out = Items::with_capacity(0);
+                        for i in found {
+                            out.push(Bytes::from(i.to_string()))?;
+                        }
+                        out.done()
+                    }
+                }
+            }
+            TypedQuery::SetMIsMember { key, members } => {
+                let s = self.coll(key, Kind::Set)?.map(|c| kind!(c, Set));
+                let mut out = Items::with_capacity(members.len());
+                for m in members {
+                    let yes = s.is_some_and(|s| s.index.contains_key(&m[..]));
+                    out.push(Bytes::from_static(if yes { b"1" } else { b"0" }))?;
+                }
+                out.done()
+            }
+            TypedQuery::SetInter { key, others }
+            | TypedQuery::SetUnion { key, others }
+            | TypedQuery::SetDiff { key, others } => {
+                let op = match q {
+                    TypedQuery::SetInter { .. } => SetOp::Inter,
+                    TypedQuery::SetUnion { .. } => SetOp::Union,
+                    _ => SetOp::Diff,
+                };
+                let members = self.combine(op, std::iter::once(key).chain(others), usize::MAX)?;
+                items(members.into_iter(), 0)
+            }
+            TypedQuery::SetInterCard { key, others, limit } => {
+                let limit = match *limit {
+                    0 => usize::MAX,
+                    n => n.min(usize::MAX as u64) as usize,
+                };
+                let n = self
+                    .combine(SetOp::Inter, std::iter::once(key).chain(others), limit)?
+                    .len();
+                KvResult::Count(n as u64)
+            }
+            TypedQuery::HashStrLen { key, field } => KvResult::Count(
+                self.coll(key, Kind::Hash)?
+                    .and_then(|c| kind!(c, Hash).map.get(&field[..]))
+                    .map_or(0, Elem::len) as u64,
+            ),
+            TypedQuery::HashRandField {
+                key,
+                count,
+                with_values,
+                seed,
+            } => {
+                let Some(c) = self.coll(key, Kind::Hash)? else {
+                    return Ok(match count {
+                        None => KvResult::Value(None),
+                        Some(_) => KvResult::Items(Vec::new()),
+                    });
+                };
+                let h = kind!(c, Hash);
+                let mut picker = Picker::new(*seed);
+                let Some(count) = count else {
+                    let i = picker.below(h.map.len());
+                    return Ok(KvResult::Value(h.map.keys().nth(i).map(Elem::to_bytes)));
+                };
+                // O(fields): a hash has no positions of its own.
+                let entries: Vec<(&Elem, &Elem)> = h.map.iter().collect();
+                let mut out = Items::with_capacity(0);
+                let per_pick = 1 + u64::from(*with_values);
+                picks(entries.len(), *count, per_pick, &mut picker, |i| {
+                    let (f, v) = entries[i];
+                    out.push(f.to_bytes())?;
+                    if *with_values {
+                        out.push(v.to_bytes())?;
+                    }
+                    Ok(())
+                })?;
+                out.done()
+            }
+            TypedQuery::ZRandMember {
+                key,
+                count,
+                with_scores,
+                seed,
+            } => {
+                let Some(c) = self.coll(key, Kind::ZSet)? else {
+                    return Ok(match count {
+                        None => KvResult::Value(None),
+                        Some(_) => KvResult::Items(Vec::new()),
+                    });
+                };
+                let z = kind!(c, ZSet);
+                let mut picker = Picker::new(*seed);
+                let Some(count) = count else {
+                    let i = picker.below(z.order.len());
+                    return Ok(KvResult::Value(
+                        z.order.iter().nth(i).map(|(_, m)| m.to_bytes()),
+                    ));
+                };
+                // O(members): a sorted set has no positions of its own.
+                let members: Vec<&(Score, Elem)> = z.order.iter().collect();
+                let mut out = Items::with_capacity(0);
+                let per_pick = 1 + u64::from(*with_scores);
+                picks(members.len(), *count, per_pick, &mut picker, |i| {
+                    let (s, m) = members[i];
+                    out.push(m.to_bytes())?;
+                    if *with_scores {
+                        out.push(format_score(s.0))?;
+                    }
+                    Ok(())
+                })?;
+                out.done()
+            }
+            TypedQuery::ZRangeByScore {
+                key,
+                min,
+                min_exclusive,
+                max,
+                max_exclusive,
+                rev,
+                with_scores,
+                offset,
+                count,
+            } => {
+                let Some(c) = self.coll(key, Kind::ZSet)? else {
+                    return Ok(KvResult::Items(Vec::new()));
+                };
+                let z = kind!(c, ZSet);
+                let range = ScoreRange {
+                    min: *min,
+                    min_exclusive: *min_exclusive,
+                    max: *max,
+                    max_exclusive: *max_exclusive,
+                };
+                let it: Box<dyn Iterator<Item = &(Score, Elem)>> = if *rev {
+                    Box::new(z.by_score(&range).rev())
+                } else {
+                    Box::new(z.by_score(&range))
+                };
+                let take = count.unwrap_or(u64::MAX).min(usize::MAX as u64) as usize;
+                let mut out = Items::with_capacity(0);
+                for (s, m) in it
+                    .skip((*offset).min(usize::MAX as u64) as usize)
+                    .take(take)
+                {
+                    out.push(m.to_bytes())?;
+                    if *with_scores {
+                        out.push(format_score(s.0))?;
+                    }
+                }
+                out.done()
+            }
+            TypedQuery::ZCount {
+                key,
+                min,
+                min_exclusive,
+                max,
+                max_exclusive,
+            } => {
+                let range = ScoreRange {
+                    min: *min,
+                    min_exclusive: *min_exclusive,
+                    max: *max,
+                    max_exclusive: *max_exclusive,
+                };
+                KvResult::Count(
+                    self.coll(key, Kind::ZSet)?
+                        .map_or(0, |c| kind!(c, ZSet).by_score(&range).count())
+                        as u64,
+                )
+            }
+            TypedQuery::ZRangeByLex {
+                key,
+                min,
+                max,
+                rev,
+                offset,
+                count,
+            } => {
+                let (min, max) = lex_bounds(min, max)?;
+                let Some(c) = self.coll(key, Kind::ZSet)? else {
+                    return Ok(KvResult::Items(Vec::new()));
+                };
+                let z = kind!(c, ZSet);
+                let it = if *rev {
+                    Box::new(z.by_lex(min, max).rev())
+                } else {
+                    z.by_lex(min, max)
+                };
+                let take = count.unwrap_or(u64::MAX).min(usize::MAX as u64) as usize;
+                let mut out = Items::with_capacity(0);
+                for (_, m) in it
+                    .skip((*offset).min(usize::MAX as u64) as usize)
+                    .take(take)
+                {
+                    out.push(m.to_bytes())?;
+                }
+                out.done()
+            }
+            TypedQuery::ZUnion {
+                key,
+                others,
+                with_scores,
+                ..
+            }
+            | TypedQuery::ZInter {
+                key,
+                others,
+                with_scores,
+                ..
+            }
+            | TypedQuery::ZDiff {
+                key,
+                others,
+                with_scores,
+            } => {
+                let (op, weights, aggregate) = match q {
+                    TypedQuery::ZUnion {
+                        weights, aggregate, ..
+                    } => (SetOp::Union, &weights[..], *aggregate),
+                    TypedQuery::ZInter {
+                        weights, aggregate, ..
+                    } => (SetOp::Inter, &weights[..], *aggregate),
+                    _ => (SetOp::Diff, &[][..], 0),
+                };
+                let keys = std::iter::once(key).chain(others);
+                let members = self.zcombine(op, keys, weights, aggregate, usize::MAX)?;
+                let mut out = Items::with_capacity(0);
+                for (s, m) in members {
+                    out.push(Bytes::copy_from_slice(m))?;
+                    if *with_scores {
+                        out.push(format_score(s.0))?;
+                    }
+                }
+                out.done()
+            }
+            TypedQuery::ZInterCard { key, others, limit } => {
+                let limit = match *limit {
+                    0 => usize::MAX,
+                    n => n.min(usize::MAX as u64) as usize,
+                };
+                let keys = std::iter::once(key).chain(others);
+                let n = self.zcombine(SetOp::Inter, keys, &[], 0, limit)?.len();
+                KvResult::Count(n as u64)
+            }
+            TypedQuery::ZLexCount { key, min, max } => {
+                let (min, max) = lex_bounds(min, max)?;
+                KvResult::Count(
+                    self.coll(key, Kind::ZSet)?
+                        .map_or(0, |c| kind!(c, ZSet).by_lex(min, max).count())
+                        as u64,
+                )
+            }
+            TypedQuery::ZMScore { key, members } => {
+                let z = self.coll(key, Kind::ZSet)?.map(|c| kind!(c, ZSet));
+                KvResult::Values(
+                    members
+                        .iter()
+                        .map(|m| {
+                            z.and_then(|z| z.scores.get(&m[..]))
+                                .map(|s| format_score(s.0))
+                        })
+                        .collect(),
+                )
             }
             TypedQuery::SetMembers { key } => match self.coll(key, Kind::Set)? {
                 None => KvResult::Items(Vec::new()),
@@ -801,6 +1317,274 @@ impl KvStore {
             }
         })
     }
+}
+
+/// The bounds of a lex range; the decoder refused any other text, so
+/// `Malformed` only for a command built by hand.
+fn lex_bounds<'a>(min: &'a [u8], max: &'a [u8]) -> Result<(LexBound<'a>, LexBound<'a>), KvError> {
+    match (LexBound::parse(min), LexBound::parse(max)) {
+        (Some(a), Some(b)) => Ok((a, b)),
+        _ => Err(KvError::Malformed),
+    }
+}
+
+/// A set operation of `SINTER`, `SUNION`, `SDIFF` and their STORE forms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SetOp {
+    Inter,
+    Union,
+    Diff,
+}
+
+impl KvStore {
+    /// The members of `op` over the sets of `keys` (absent keys are empty
+    /// sets; any other type is `WrongType`, checked for every key first),
+    /// at most `limit` of them, in a deterministic order: the smallest
+    /// set's (the first of the smallest) for an intersection, the first
+    /// set's then each next new member's for a union, the first set's for
+    /// a difference.
+    fn combine<'a>(
+        &'a self,
+        op: SetOp,
+        keys: impl Iterator<Item = &'a Bytes>,
+        limit: usize,
+    ) -> Result<Vec<&'a Elem>, KvError> {
+        let mut sets: Vec<Option<&Set>> = Vec::new();
+        for k in keys {
+            sets.push(self.coll(k, Kind::Set)?.map(|c| kind!(c, Set)));
+        }
+        debug_assert!(!sets.is_empty(), "the decoder refuses no keys");
+        let mut out = Vec::new();
+        match op {
+            SetOp::Inter => {
+                if sets.iter().any(Option::is_none) {
+                    return Ok(out);
+                }
+                let sets: Vec<&Set> = sets.into_iter().flatten().collect();
+                let Some(small) = sets.iter().min_by_key(|s| s.members.len()) else {
+                    return Ok(out);
+                };
+                for m in &small.members {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    if sets.iter().all(|s| s.index.contains_key(m.as_slice())) {
+                        out.push(m);
+                    }
+                }
+            }
+            SetOp::Union => {
+                let mut seen = std::collections::BTreeSet::new();
+                for m in sets.iter().flatten().flat_map(|s| s.members.iter()) {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    if seen.insert(m.as_slice()) {
+                        out.push(m);
+                    }
+                }
+            }
+            SetOp::Diff => {
+                let Some(Some(first)) = sets.first() else {
+                    return Ok(out);
+                };
+                for m in &first.members {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    if !sets[1..]
+                        .iter()
+                        .flatten()
+                        .any(|s| s.index.contains_key(m.as_slice()))
+                    {
+                        out.push(m);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl KvStore {
+    /// The members and scores of `op` over the sorted sets (or sets, whose
+    /// members score 1) of `keys`, in score order, at most `limit` (taken
+    /// in the first source's order before sorting): absent keys are empty;
+    /// any other type is `WrongType`, checked for every key first. Each
+    /// score is multiplied by its source's weight (`weights` empty: 1; a
+    /// NaN product is 0, as in Redis), then combined in source order by
+    /// `aggregate` (0 SUM, `inf + -inf` being 0; 1 MIN; 2 MAX). A
+    /// difference keeps the first source's scores.
+    fn zcombine<'a>(
+        &'a self,
+        op: SetOp,
+        keys: impl Iterator<Item = &'a Bytes>,
+        weights: &[f64],
+        aggregate: u8,
+        limit: usize,
+    ) -> Result<Vec<(Score, &'a [u8])>, KvError> {
+        /// One source: its members and their scores.
+        enum Source<'s> {
+            Absent,
+            Set(&'s Set),
+            ZSet(&'s super::collection::ZSet),
+        }
+        impl<'s> Source<'s> {
+            fn len(&self) -> usize {
+                match self {
+                    Source::Absent => 0,
+                    Source::Set(s) => s.members.len(),
+                    Source::ZSet(z) => z.scores.len(),
+                }
+            }
+            fn get(&self, m: &[u8]) -> Option<f64> {
+                match self {
+                    Source::Absent => None,
+                    Source::Set(s) => s.index.contains_key(m).then_some(1.0),
+                    Source::ZSet(z) => z.scores.get(m).map(|s| s.0),
+                }
+            }
+            fn iter(&self) -> Box<dyn Iterator<Item = (&'s [u8], f64)> + 's> {
+                match *self {
+                    Source::Absent => Box::new(std::iter::empty()),
+                    Source::Set(s) => Box::new(s.members.iter().map(|m| (m.as_slice(), 1.0))),
+                    Source::ZSet(z) => Box::new(z.scores.iter().map(|(m, s)| (m.as_slice(), s.0))),
+                }
+            }
+        }
+        let mut sources = Vec::new();
+        for k in keys {
+            sources.push(match self.map.get(k) {
+                None => Source::Absent,
+                Some(_) => match self.collection(k) {
+                    Some(Collection::Set(s)) => Source::Set(s),
+                    Some(Collection::ZSet(z)) => Source::ZSet(z),
+                    _ => return Err(KvError::WrongType),
+                },
+            });
+        }
+        debug_assert!(!sources.is_empty(), "the decoder refuses no keys");
+        let weight = |i: usize, s: f64| {
+            let w = weights.get(i).copied().unwrap_or(1.0) * s;
+            if w.is_nan() {
+                0.0
+            } else {
+                w
+            }
+        };
+        let combine = |a: f64, b: f64| match aggregate {
+            1 => a.min(b),
+            2 => a.max(b),
+            _ => {
+                let sum = a + b;
+                if sum.is_nan() {
+                    0.0
+                } else {
+                    sum
+                }
+            }
+        };
+        let mut out: std::collections::BTreeMap<&[u8], f64> = std::collections::BTreeMap::new();
+        match op {
+            SetOp::Union => {
+                for (i, src) in sources.iter().enumerate() {
+                    for (m, s) in src.iter() {
+                        let v = weight(i, s);
+                        let room = out.len() < limit;
+                        match out.get_mut(m) {
+                            Some(acc) => *acc = combine(*acc, v),
+                            None if room => {
+                                out.insert(m, v);
+                            }
+                            None => {}
+                        }
+                    }
+                }
+            }
+            SetOp::Inter => {
+                if sources.iter().all(|s| s.len() > 0) {
+                    for (m, s) in sources[0].iter() {
+                        if out.len() >= limit {
+                            break;
+                        }
+                        let mut acc = weight(0, s);
+                        let mut everywhere = true;
+                        for (i, src) in sources.iter().enumerate().skip(1) {
+                            match src.get(m) {
+                                Some(s) => acc = combine(acc, weight(i, s)),
+                                None => {
+                                    everywhere = false;
+                                    break;
+                                }
+                            }
+                        }
+                        if everywhere {
+                            out.insert(m, acc);
+                        }
+                    }
+                }
+            }
+            SetOp::Diff => {
+                for (m, s) in sources[0].iter() {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    if sources[1..].iter().all(|src| src.get(m).is_none()) {
+                        out.insert(m, s);
+                    }
+                }
+            }
+        }
+        let mut members: Vec<(Score, &[u8])> = out
+            .into_iter()
+            .map(|(m, s)| (Score::new(s).unwrap_or(Score(0.0)), m))
+            .collect();
+        members.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+        Ok(members)
+    }
+}
+
+/// The positions `HRANDFIELD`/`ZRANDMEMBER key count` pick among `len`
+/// elements (as `SRANDMEMBER` does): `count > 0` distinct ones (all of
+/// them, in order, if `count` is at least `len`), `count < 0` `-count`
+/// picks with repeats, in the order the seeded `picker` draws them, each
+/// handed to `f` (whose error stops the picking). Each pick makes
+/// `items_per_pick` items of the result: more picks than a result may
+/// hold fail at once, before any work.
+fn picks(
+    len: usize,
+    count: i64,
+    items_per_pick: u64,
+    picker: &mut Picker,
+    mut f: impl FnMut(usize) -> Result<(), KvError>,
+) -> Result<(), KvError> {
+    if len == 0 || count == 0 {
+        return Ok(());
+    }
+    if count < 0 {
+        let n = count.unsigned_abs();
+        if n.saturating_mul(items_per_pick) > u64::from(ITEMS_PER_RESULT_MAX) {
+            return Err(KvError::ResultTooLarge);
+        }
+        for _ in 0..n {
+            f(picker.below(len))?;
+        }
+        return Ok(());
+    }
+    let n = (count as u64).min(len as u64) as usize;
+    if n == len {
+        return (0..len).try_for_each(f);
+    }
+    // A partial Fisher-Yates shuffle of the positions, touching only n.
+    let mut swapped: std::collections::BTreeMap<usize, usize> = std::collections::BTreeMap::new();
+    for i in 0..n {
+        let j = i + picker.below(len - i);
+        let at_j = *swapped.get(&j).unwrap_or(&j);
+        let at_i = *swapped.get(&i).unwrap_or(&i);
+        swapped.insert(j, at_i);
+        f(at_j)?;
+    }
+    Ok(())
 }
 
 /// Whether a result of `bytes` bytes and `n` items is within bounds.

@@ -15,39 +15,70 @@
 //!         0x32 ListSet    | key | index i64 | value bytes |
 //!         0x33 ListRem    | key | count i64 | value bytes |
 //!         0x34 ListTrim   | key | start i64 | stop i64 |
+//!         0x35 ListInsert | key | after u8 | pivot bytes | value bytes |
+//!         0x36 ListMove   | src key | dst bytes | from_left u8 | to_left u8 |
 //!         0x38 SetAdd     | key | members list |
 //!         0x39 SetRem     | key | members list |
 //!         0x3a SetPop     | key | count ou64 | seed u64 |
+//!         0x3b SetMove    | src key | dst bytes | member bytes |
+//!         0x3c SetInterStore | dst key | sources list |   0x3d SetUnionStore (same)
+//!         0x3e SetDiffStore  | dst key | sources list |
 //!         0x40 HashSet    | key | only_new u8 | pairs |
 //!         0x41 HashDel    | key | fields list |
 //!         0x42 HashIncrBy | key | field bytes | delta i64 |
+//!         0x43 HashIncrByFloat | key | field bytes | delta f64 |
+//!         0x44 ZUnionStore | dst key | sources list | weights | aggregate u8 (0 sum, 1 min, 2 max) |
+//!         0x45 ZInterStore (same)          0x46 ZDiffStore | dst key | sources list |
 //!         0x48 ZAdd       | key | condition u8 (0 always, 1 NX, 2 XX) |
 //!                         | compare u8 (0 none, 1 GT, 2 LT) | changed u8 | incr u8 |
 //!                         | count u32 | (score f64 | member bytes) * |
 //!         0x49 ZRem       | key | members list |
 //!         0x4a ZPop       | key | max u8 | count ou64 |
+//!         0x4b ZRemRangeByScore | key | range |
+//!         0x4c ZRemRangeByRank  | key | start i64 | stop i64 |
+//!         0x4d ZRemRangeByLex   | key | min bytes | max bytes |
 //!         0x50 XAdd       | key | id kind u8 (0 auto, 1 explicit, 2 auto seq) | ms u64 | seq u64 |
 //!                         | maxlen ou64 | no_mkstream u8 | fields list |
 //! query   0x60 Type       | key |
 //!         0x61 ListLen    | key |          0x62 ListRange | key | start i64 | stop i64 |
 //!         0x63 ListIndex  | key | index i64 |
+//!         0x64 ListPos    | key | element bytes | rank i64 | count ou64 | maxlen u64 |
 //!         0x68 SetMembers | key |          0x69 SetIsMember | key | member bytes |
 //!         0x6a SetCard    | key |          0x6b SetRandMember | key | count 0u8 or 1u8 i64 | seed u64 |
+//!         0x6c SetInter   | key | others list |   0x6d SetUnion (same)   0x6e SetDiff (same)
+//!         0x6f SetInterCard | key | others list | limit u64 (0: none) |
 //!         0x70 HashGet    | key | field |  0x71 HashMGet | key | fields list |
 //!         0x72 HashLen    | key |          0x73 HashExists | key | field |
 //!         0x74 HashGetAll | key |          0x75 HashKeys | key |   0x76 HashVals | key |
+//!         0x77 HashStrLen | key | field |
 //!         0x78 ZScore     | key | member | 0x79 ZCard | key |
 //!         0x7a ZRange     | key | start i64 | stop i64 | rev u8 | with_scores u8 |
 //!         0x7b ZRank      | key | member | rev u8 |
+//!         0x7c ZRangeByScore | key | range | rev u8 | with_scores u8 | offset u64 | count ou64 |
+//!         0x7d ZCount     | key | range |      0x7e ZMScore | key | members list |
+//!         0x7f ZRangeByLex | key | min bytes | max bytes | rev u8 | offset u64 | count ou64 |
 //!         0x80 StreamLen  | key |
 //!         0x81 StreamRange| key | start ms u64 seq u64 | end ms u64 seq u64 | count ou64 | rev u8 |
 //!         0x88 ScanType   | start bytes | end opt | limit u32 | type bytes |
+//!         0x89 HashRandField | key | count 0u8 or 1u8 i64 | with_values u8 | seed u64 |
+//!         0x8a SetMIsMember  | key | members list |
+//!         0x8b ZLexCount     | key | min bytes | max bytes |
+//!         0x8c ZRandMember   | key | count 0u8 or 1u8 i64 | with_scores u8 | seed u64 |
+//!         0x8d ZUnion        | key | others list | weights | aggregate u8 | with_scores u8 |
+//!         0x8e ZInter (same)   0x8f ZDiff | key | others list | with_scores u8 |
+//!         0x90 ZInterCard    | key | others list | limit u64 (0: none) |
 //! ```
-//! (`key` is `bytes`.) Unknown tags and flag bytes other than 0/1 are
+//! (`key` is `bytes`; `range` is `min f64 | min_exclusive u8 | max f64 |
+//! max_exclusive u8`, Redis' `(` bounds; a lex `min`/`max` is Redis'
+//! text, `-`, `+`, `[member` or `(member`, anything else refused;
+//! `weights` is `count u32 | f64 *`, none or one per source.) Free tags:
+//! commands 0x37, 0x3f, 0x47, 0x4e, 0x4f, 0x51..=0x5f; queries
+//! 0x65..=0x67, 0x82..=0x87, 0x91..=0x9f. Unknown tags and flag bytes other than 0/1 are
 //! rejected with a [`DecodeError`], never a panic.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::collection::LexBound;
 use super::command::{
     get_bool, get_keys, get_opt, put_keys, put_opt, DECODE_BYTES_MAX, KEYS_PER_COMMAND_MAX,
 };
@@ -156,6 +187,32 @@ pub enum TypedCommand {
         /// Last index kept.
         stop: i64,
     },
+    /// `LINSERT`: result `Int`, the new length, -1 if `pivot` is not in
+    /// the list, 0 if the key is absent.
+    ListInsert {
+        /// The key.
+        key: Bytes,
+        /// Insert after the pivot (else before).
+        after: bool,
+        /// The first element equal to this is the pivot.
+        pivot: Bytes,
+        /// The element inserted.
+        value: Bytes,
+    },
+    /// `LMOVE` (`RPOPLPUSH`: from the right, to the left): pops an element
+    /// of `key` and pushes it on `dst` (which may be `key`: a rotation).
+    /// Result `Value`, the element moved (`None` if `key` is absent).
+    /// Both keys must live in one group (the RESP layer checks).
+    ListMove {
+        /// The source list.
+        key: Bytes,
+        /// The destination list.
+        dst: Bytes,
+        /// Pop from the head of the source.
+        from_left: bool,
+        /// Push at the head of the destination.
+        to_left: bool,
+    },
     /// `SADD`: result `Count` of new members.
     SetAdd {
         /// The key.
@@ -181,6 +238,41 @@ pub enum TypedCommand {
         /// The proposer's random seed.
         seed: u64,
     },
+    /// `SMOVE`: result `Count` 1 if `member` moved from `key` to `dst`
+    /// (or is in `key` when `dst == key`), else 0.
+    SetMove {
+        /// The source set.
+        key: Bytes,
+        /// The destination set.
+        dst: Bytes,
+        /// The member.
+        member: Bytes,
+    },
+    /// `SINTERSTORE`: `key` becomes the intersection of `sources` (in the
+    /// order of [`TypedQuery::SetInter`]), whatever it held before (its
+    /// deadline dropped); an empty result deletes it. Result `Count`, the
+    /// new size.
+    SetInterStore {
+        /// The destination.
+        key: Bytes,
+        /// The sets (at least one).
+        sources: Vec<Bytes>,
+    },
+    /// `SUNIONSTORE`: as [`TypedCommand::SetInterStore`], the union.
+    SetUnionStore {
+        /// The destination.
+        key: Bytes,
+        /// The sets (at least one).
+        sources: Vec<Bytes>,
+    },
+    /// `SDIFFSTORE`: as [`TypedCommand::SetInterStore`], the members of
+    /// the first source in none of the others.
+    SetDiffStore {
+        /// The destination.
+        key: Bytes,
+        /// The sets (at least one).
+        sources: Vec<Bytes>,
+    },
     /// `HSET` (`HSETNX` with `only_new`): result `Count` of new fields.
     HashSet {
         /// The key.
@@ -205,6 +297,20 @@ pub enum TypedCommand {
         field: Bytes,
         /// The amount.
         delta: i64,
+    },
+    /// `HINCRBYFLOAT`: result `Value`, the new value as stored (see
+    /// `format_incr_float`: 15 significant digits, fixed notation), or
+    /// `Count(1)` if the field's value is not a float, `Count(2)` if the
+    /// result would be NaN or infinite (Redis' own error texts, which
+    /// [`KvError`](super::KvError) has no variants for); then nothing
+    /// changes.
+    HashIncrByFloat {
+        /// The key.
+        key: Bytes,
+        /// The field.
+        field: Bytes,
+        /// The amount (finite; the RESP layer checks).
+        delta: f64,
     },
     /// `ZADD` (and `ZINCRBY`: `incr` with one pair): result `Count` of added
     /// (with `changed`: added or updated) members; with `incr` the new score
@@ -239,6 +345,76 @@ pub enum TypedCommand {
         /// How many (`None`: one).
         count: Option<u64>,
     },
+    /// `ZREMRANGEBYSCORE`: result `Count` of removed members.
+    ZRemRangeByScore {
+        /// The key.
+        key: Bytes,
+        /// Lowest score.
+        min: f64,
+        /// `(min`: scores equal to `min` are out.
+        min_exclusive: bool,
+        /// Highest score.
+        max: f64,
+        /// `(max`: scores equal to `max` are out.
+        max_exclusive: bool,
+    },
+    /// `ZREMRANGEBYRANK`: result `Count` of removed members (ranks as
+    /// `ZRANGE`'s indexes).
+    ZRemRangeByRank {
+        /// The key.
+        key: Bytes,
+        /// First rank.
+        start: i64,
+        /// Last rank (inclusive).
+        stop: i64,
+    },
+    /// `ZUNIONSTORE`: `key` becomes the union of `sources` (sorted sets,
+    /// or sets whose members score 1; absent keys are empty), each score
+    /// times its source's weight (none: all 1; a NaN product is 0),
+    /// combined by `aggregate` (0 SUM, where `inf + -inf` is 0; 1 MIN; 2
+    /// MAX), in source order; whatever `key` held before is replaced (its
+    /// deadline dropped), an empty result deletes it. Result `Count`, the
+    /// new size.
+    ZUnionStore {
+        /// The destination.
+        key: Bytes,
+        /// The sources (at least one).
+        sources: Vec<Bytes>,
+        /// One per source, or none.
+        weights: Vec<f64>,
+        /// 0 SUM, 1 MIN, 2 MAX.
+        aggregate: u8,
+    },
+    /// `ZINTERSTORE`: as [`TypedCommand::ZUnionStore`], the members in
+    /// every source.
+    ZInterStore {
+        /// The destination.
+        key: Bytes,
+        /// The sources (at least one).
+        sources: Vec<Bytes>,
+        /// One per source, or none.
+        weights: Vec<f64>,
+        /// 0 SUM, 1 MIN, 2 MAX.
+        aggregate: u8,
+    },
+    /// `ZDIFFSTORE`: as [`TypedCommand::ZUnionStore`], the members of the
+    /// first source in none of the others, with their first score.
+    ZDiffStore {
+        /// The destination.
+        key: Bytes,
+        /// The sources (at least one).
+        sources: Vec<Bytes>,
+    },
+    /// `ZREMRANGEBYLEX`: result `Count` of removed members (see
+    /// [`TypedQuery::ZRangeByLex`] for the range).
+    ZRemRangeByLex {
+        /// The key.
+        key: Bytes,
+        /// `-`, `[member` or `(member`.
+        min: Bytes,
+        /// `+`, `[member` or `(member`.
+        max: Bytes,
+    },
     /// `XADD`: result `Value`, the new entry's id (`None` if `no_mkstream`
     /// and absent), or `StreamIdTooSmall` / `StreamIdZero`.
     XAdd {
@@ -258,7 +434,10 @@ pub enum TypedCommand {
 /// A read of a collection key. A key of another type answers
 /// [`KvError::WrongType`](super::KvError::WrongType); an absent key reads
 /// as an empty collection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Two queries are equal if their encodings are: score bounds compare by
+/// their bits, so equality is total (`Eq`) although some carry `f64`s.
+#[derive(Debug, Clone)]
 pub enum TypedQuery {
     /// `TYPE`: `Value(Some(name))` (`string`, `list`, `hash`, `set`,
     /// `zset`, `stream`) or `Value(None)`.
@@ -287,6 +466,23 @@ pub enum TypedQuery {
         /// The index.
         index: i64,
     },
+    /// `LPOS`: the indexes of the elements equal to `element`, skipping
+    /// the first `|rank| - 1` matches (from the tail if `rank < 0`) and
+    /// looking at no more than `maxlen` elements (0: all). Without
+    /// `count`: `Int` or `Value(None)`; with `count` (0: all matches):
+    /// `Items`, each index in decimal.
+    ListPos {
+        /// The key.
+        key: Bytes,
+        /// The element looked for.
+        element: Bytes,
+        /// Which match comes first (not 0).
+        rank: i64,
+        /// How many matches.
+        count: Option<u64>,
+        /// How many elements to compare at most (0: no limit).
+        maxlen: u64,
+    },
     /// `SMEMBERS`: `Items`.
     SetMembers {
         /// The key.
@@ -313,6 +509,48 @@ pub enum TypedQuery {
         count: Option<i64>,
         /// The reader's random seed.
         seed: u64,
+    },
+    /// `SMISMEMBER`: `Items`, `"1"` or `"0"` for each member.
+    SetMIsMember {
+        /// The key.
+        key: Bytes,
+        /// The members.
+        members: Vec<Bytes>,
+    },
+    /// `SINTER`: `Items`, the members of all the sets (absent keys are
+    /// empty sets), in the order of the smallest set (the first of the
+    /// smallest).
+    SetInter {
+        /// The first set.
+        key: Bytes,
+        /// The other sets.
+        others: Vec<Bytes>,
+    },
+    /// `SUNION`: `Items`, the members of the first set in its order, then
+    /// those of each following set not seen before.
+    SetUnion {
+        /// The first set.
+        key: Bytes,
+        /// The other sets.
+        others: Vec<Bytes>,
+    },
+    /// `SDIFF`: `Items`, the members of the first set (in its order) that
+    /// are in none of the others.
+    SetDiff {
+        /// The first set.
+        key: Bytes,
+        /// The other sets.
+        others: Vec<Bytes>,
+    },
+    /// `SINTERCARD`: `Count`, the size of the intersection, counting no
+    /// further than `limit` (0: no limit).
+    SetInterCard {
+        /// The first set.
+        key: Bytes,
+        /// The other sets.
+        others: Vec<Bytes>,
+        /// Stop counting here (0: never).
+        limit: u64,
     },
     /// `HGET`: `Value`.
     HashGet {
@@ -355,6 +593,25 @@ pub enum TypedQuery {
         /// The key.
         key: Bytes,
     },
+    /// `HSTRLEN`: `Count`, the length of the field's value (0 if absent).
+    HashStrLen {
+        /// The key.
+        key: Bytes,
+        /// The field.
+        field: Bytes,
+    },
+    /// `HRANDFIELD`: as [`TypedQuery::SetRandMember`] over the fields (in
+    /// field order); `with_values` interleaves each field's value.
+    HashRandField {
+        /// The key.
+        key: Bytes,
+        /// The count.
+        count: Option<i64>,
+        /// Interleave the values (only with a count).
+        with_values: bool,
+        /// The reader's random seed.
+        seed: u64,
+    },
     /// `ZSCORE`: `Value`, the score as Redis formats it.
     ZScore {
         /// The key.
@@ -389,6 +646,135 @@ pub enum TypedQuery {
         member: Bytes,
         /// Rank from the highest score.
         rev: bool,
+    },
+    /// `ZRANGEBYSCORE` (`ZREVRANGEBYSCORE` and `ZRANGE ... BYSCORE [REV]`
+    /// with `rev`): `Items`, the members with `min <= score <= max`
+    /// (`(` bounds exclusive), skipping `offset`, at most `count`.
+    ZRangeByScore {
+        /// The key.
+        key: Bytes,
+        /// Lowest score.
+        min: f64,
+        /// `(min`.
+        min_exclusive: bool,
+        /// Highest score.
+        max: f64,
+        /// `(max`.
+        max_exclusive: bool,
+        /// Highest score first.
+        rev: bool,
+        /// Interleave the scores.
+        with_scores: bool,
+        /// Members skipped first (`LIMIT offset`).
+        offset: u64,
+        /// Most members (`LIMIT ... count`; `None`: all).
+        count: Option<u64>,
+    },
+    /// `ZCOUNT`: `Count` of members with a score in the range.
+    ZCount {
+        /// The key.
+        key: Bytes,
+        /// Lowest score.
+        min: f64,
+        /// `(min`.
+        min_exclusive: bool,
+        /// Highest score.
+        max: f64,
+        /// `(max`.
+        max_exclusive: bool,
+    },
+    /// `ZMSCORE`: `Values`, each member's score (or `None`).
+    ZMScore {
+        /// The key.
+        key: Bytes,
+        /// The members.
+        members: Vec<Bytes>,
+    },
+    /// `ZRANGEBYLEX` (`ZREVRANGEBYLEX` and `ZRANGE ... BYLEX [REV]` with
+    /// `rev`): `Items`, the members between `min` and `max` (Redis'
+    /// syntax: `-`, `+`, `[m`, `(m`), skipping `offset`, at most `count`.
+    /// Meant, as in Redis, for sets whose scores are all equal; otherwise
+    /// every member in the range, in score order.
+    ZRangeByLex {
+        /// The key.
+        key: Bytes,
+        /// Start bound.
+        min: Bytes,
+        /// End bound.
+        max: Bytes,
+        /// From the end.
+        rev: bool,
+        /// Members skipped first.
+        offset: u64,
+        /// Most members (`None`: all).
+        count: Option<u64>,
+    },
+    /// `ZRANDMEMBER`: as [`TypedQuery::SetRandMember`] over the members
+    /// (in score order); `with_scores` interleaves each member's score.
+    ZRandMember {
+        /// The key.
+        key: Bytes,
+        /// The count.
+        count: Option<i64>,
+        /// Interleave the scores (only with a count).
+        with_scores: bool,
+        /// The reader's random seed.
+        seed: u64,
+    },
+    /// `ZUNION`: `Items`, the union as [`TypedCommand::ZUnionStore`]
+    /// computes it, in score order, scores interleaved if `with_scores`.
+    ZUnion {
+        /// The first source.
+        key: Bytes,
+        /// The other sources.
+        others: Vec<Bytes>,
+        /// One per source, or none.
+        weights: Vec<f64>,
+        /// 0 SUM, 1 MIN, 2 MAX.
+        aggregate: u8,
+        /// Interleave the scores.
+        with_scores: bool,
+    },
+    /// `ZINTER`: as [`TypedQuery::ZUnion`], the intersection.
+    ZInter {
+        /// The first source.
+        key: Bytes,
+        /// The other sources.
+        others: Vec<Bytes>,
+        /// One per source, or none.
+        weights: Vec<f64>,
+        /// 0 SUM, 1 MIN, 2 MAX.
+        aggregate: u8,
+        /// Interleave the scores.
+        with_scores: bool,
+    },
+    /// `ZDIFF`: as [`TypedQuery::ZUnion`], the difference.
+    ZDiff {
+        /// The first source.
+        key: Bytes,
+        /// The other sources.
+        others: Vec<Bytes>,
+        /// Interleave the scores.
+        with_scores: bool,
+    },
+    /// `ZINTERCARD`: `Count`, the size of the intersection, counting no
+    /// further than `limit` (0: no limit).
+    ZInterCard {
+        /// The first source.
+        key: Bytes,
+        /// The other sources.
+        others: Vec<Bytes>,
+        /// Stop counting here (0: never).
+        limit: u64,
+    },
+    /// `ZLEXCOUNT`: `Count` of members between `min` and `max`.
+    ZLexCount {
+        /// The key.
+        key: Bytes,
+        /// Start bound.
+        min: Bytes,
+        /// End bound.
+        max: Bytes,
     },
     /// `XLEN`: `Len`.
     StreamLen {
@@ -457,6 +843,62 @@ fn put_flag(out: &mut BytesMut, b: bool) {
     out.put_u8(u8::from(b));
 }
 
+/// A score range: `min f64 | min_exclusive u8 | max f64 | max_exclusive u8`.
+fn put_range(out: &mut BytesMut, min: f64, min_exclusive: bool, max: f64, max_exclusive: bool) {
+    out.put_u64_le(min.to_bits());
+    put_flag(out, min_exclusive);
+    out.put_u64_le(max.to_bits());
+    put_flag(out, max_exclusive);
+}
+
+/// Weights: `count u32 | f64 *`.
+fn put_weights(out: &mut BytesMut, weights: &[f64]) {
+    put_count(out, weights.len());
+    for w in weights {
+        out.put_u64_le(w.to_bits());
+    }
+}
+
+/// Weights for `sources` sources: none, or one each.
+fn get_weights(r: &mut Reader, sources: usize) -> Result<Vec<f64>, DecodeError> {
+    let n = r.count("weights", KEYS_PER_COMMAND_MAX, 8)?;
+    if n != 0 && n != sources {
+        return Err(DecodeError::Invalid {
+            what: "weights, not one per source",
+        });
+    }
+    (0..n).map(|_| Ok(f64::from_bits(r.u64()?))).collect()
+}
+
+/// An aggregate: 0 SUM, 1 MIN, 2 MAX.
+fn get_aggregate(r: &mut Reader) -> Result<u8, DecodeError> {
+    match r.u8()? {
+        a @ 0..=2 => Ok(a),
+        tag => Err(DecodeError::UnknownTag {
+            what: "aggregate",
+            tag,
+        }),
+    }
+}
+
+/// A lex bound (`-`, `+`, `[m`, `(m`); anything else is refused.
+fn lex_bound(r: &mut Reader) -> Result<Bytes, DecodeError> {
+    let b = r.bytes("lex bound", DECODE_BYTES_MAX)?;
+    match LexBound::parse(&b) {
+        Some(_) => Ok(b),
+        None => Err(DecodeError::Invalid { what: "lex bound" }),
+    }
+}
+
+fn get_range(r: &mut Reader) -> Result<(f64, bool, f64, bool), DecodeError> {
+    Ok((
+        f64::from_bits(r.u64()?),
+        get_bool(r)?,
+        f64::from_bits(r.u64()?),
+        get_bool(r)?,
+    ))
+}
+
 impl TypedCommand {
     /// The key the command writes.
     pub fn key(&self) -> &Bytes {
@@ -466,6 +908,19 @@ impl TypedCommand {
             | TypedCommand::ListSet { key, .. }
             | TypedCommand::ListRem { key, .. }
             | TypedCommand::ListTrim { key, .. }
+            | TypedCommand::ListInsert { key, .. }
+            | TypedCommand::ListMove { key, .. }
+            | TypedCommand::SetMove { key, .. }
+            | TypedCommand::SetInterStore { key, .. }
+            | TypedCommand::SetUnionStore { key, .. }
+            | TypedCommand::SetDiffStore { key, .. }
+            | TypedCommand::HashIncrByFloat { key, .. }
+            | TypedCommand::ZRemRangeByScore { key, .. }
+            | TypedCommand::ZRemRangeByRank { key, .. }
+            | TypedCommand::ZRemRangeByLex { key, .. }
+            | TypedCommand::ZUnionStore { key, .. }
+            | TypedCommand::ZInterStore { key, .. }
+            | TypedCommand::ZDiffStore { key, .. }
             | TypedCommand::SetAdd { key, .. }
             | TypedCommand::SetRem { key, .. }
             | TypedCommand::SetPop { key, .. }
@@ -598,6 +1053,103 @@ impl TypedCommand {
                 put_flag(out, *max);
                 put_ou64(out, *count);
             }
+            TypedCommand::ListInsert {
+                key,
+                after,
+                pivot,
+                value,
+            } => {
+                out.put_u8(0x35);
+                put_bytes(out, key);
+                put_flag(out, *after);
+                put_bytes(out, pivot);
+                put_bytes(out, value);
+            }
+            TypedCommand::ListMove {
+                key,
+                dst,
+                from_left,
+                to_left,
+            } => {
+                out.put_u8(0x36);
+                put_bytes(out, key);
+                put_bytes(out, dst);
+                put_flag(out, *from_left);
+                put_flag(out, *to_left);
+            }
+            TypedCommand::SetMove { key, dst, member } => {
+                out.put_u8(0x3b);
+                put_bytes(out, key);
+                put_bytes(out, dst);
+                put_bytes(out, member);
+            }
+            TypedCommand::SetInterStore { key, sources }
+            | TypedCommand::SetUnionStore { key, sources }
+            | TypedCommand::SetDiffStore { key, sources } => {
+                out.put_u8(match self {
+                    TypedCommand::SetInterStore { .. } => 0x3c,
+                    TypedCommand::SetUnionStore { .. } => 0x3d,
+                    _ => 0x3e,
+                });
+                put_bytes(out, key);
+                put_keys(out, sources);
+            }
+            TypedCommand::HashIncrByFloat { key, field, delta } => {
+                out.put_u8(0x43);
+                put_bytes(out, key);
+                put_bytes(out, field);
+                out.put_u64_le(delta.to_bits());
+            }
+            TypedCommand::ZRemRangeByScore {
+                key,
+                min,
+                min_exclusive,
+                max,
+                max_exclusive,
+            } => {
+                out.put_u8(0x4b);
+                put_bytes(out, key);
+                put_range(out, *min, *min_exclusive, *max, *max_exclusive);
+            }
+            TypedCommand::ZRemRangeByRank { key, start, stop } => {
+                out.put_u8(0x4c);
+                put_bytes(out, key);
+                out.put_i64_le(*start);
+                out.put_i64_le(*stop);
+            }
+            TypedCommand::ZUnionStore {
+                key,
+                sources,
+                weights,
+                aggregate,
+            }
+            | TypedCommand::ZInterStore {
+                key,
+                sources,
+                weights,
+                aggregate,
+            } => {
+                out.put_u8(if matches!(self, TypedCommand::ZUnionStore { .. }) {
+                    0x44
+                } else {
+                    0x45
+                });
+                put_bytes(out, key);
+                put_keys(out, sources);
+                put_weights(out, weights);
+                out.put_u8(*aggregate);
+            }
+            TypedCommand::ZDiffStore { key, sources } => {
+                out.put_u8(0x46);
+                put_bytes(out, key);
+                put_keys(out, sources);
+            }
+            TypedCommand::ZRemRangeByLex { key, min, max } => {
+                out.put_u8(0x4d);
+                put_bytes(out, key);
+                put_bytes(out, min);
+                put_bytes(out, max);
+            }
             TypedCommand::XAdd {
                 key,
                 id,
@@ -624,7 +1176,7 @@ impl TypedCommand {
 
     /// True if `tag` is a typed command's tag.
     pub(crate) fn is_tag(tag: u8) -> bool {
-        matches!(tag, 0x30..=0x34 | 0x38..=0x3a | 0x40..=0x42 | 0x48..=0x4a | 0x50)
+        matches!(tag, 0x30..=0x36 | 0x38..=0x3e | 0x40..=0x46 | 0x48..=0x4d | 0x50)
     }
 
     /// Decodes the body of a command whose tag was read; the caller checks
@@ -656,6 +1208,93 @@ impl TypedCommand {
                 key: key(r)?,
                 start: r.i64()?,
                 stop: r.i64()?,
+            },
+            0x35 => TypedCommand::ListInsert {
+                key: key(r)?,
+                after: get_bool(r)?,
+                pivot: elem(r)?,
+                value: elem(r)?,
+            },
+            0x36 => TypedCommand::ListMove {
+                key: key(r)?,
+                dst: key(r)?,
+                from_left: get_bool(r)?,
+                to_left: get_bool(r)?,
+            },
+            0x3b => TypedCommand::SetMove {
+                key: key(r)?,
+                dst: key(r)?,
+                member: elem(r)?,
+            },
+            0x3c..=0x3e => {
+                let key = key(r)?;
+                let sources = get_keys(r)?;
+                if sources.is_empty() {
+                    return Err(DecodeError::Invalid {
+                        what: "set store without sources",
+                    });
+                }
+                match tag {
+                    0x3c => TypedCommand::SetInterStore { key, sources },
+                    0x3d => TypedCommand::SetUnionStore { key, sources },
+                    _ => TypedCommand::SetDiffStore { key, sources },
+                }
+            }
+            0x43 => TypedCommand::HashIncrByFloat {
+                key: key(r)?,
+                field: elem(r)?,
+                delta: f64::from_bits(r.u64()?),
+            },
+            0x4b => {
+                let key = key(r)?;
+                let (min, min_exclusive, max, max_exclusive) = get_range(r)?;
+                TypedCommand::ZRemRangeByScore {
+                    key,
+                    min,
+                    min_exclusive,
+                    max,
+                    max_exclusive,
+                }
+            }
+            0x4c => TypedCommand::ZRemRangeByRank {
+                key: key(r)?,
+                start: r.i64()?,
+                stop: r.i64()?,
+            },
+            0x44..=0x46 => {
+                let key = key(r)?;
+                let sources = get_keys(r)?;
+                if sources.is_empty() {
+                    return Err(DecodeError::Invalid {
+                        what: "sorted set store without sources",
+                    });
+                }
+                if tag == 0x46 {
+                    TypedCommand::ZDiffStore { key, sources }
+                } else {
+                    let weights = get_weights(r, sources.len())?;
+                    let aggregate = get_aggregate(r)?;
+                    if tag == 0x44 {
+                        TypedCommand::ZUnionStore {
+                            key,
+                            sources,
+                            weights,
+                            aggregate,
+                        }
+                    } else {
+                        TypedCommand::ZInterStore {
+                            key,
+                            sources,
+                            weights,
+                            aggregate,
+                        }
+                    }
+                }
+            }
+            0x4d => TypedCommand::ZRemRangeByLex {
+                key: key(r)?,
+                min: lex_bound(r)?,
+                max: lex_bound(r)?,
             },
             0x38 => TypedCommand::SetAdd {
                 key: key(r)?,
@@ -776,6 +1415,17 @@ impl TypedCommand {
     }
 }
 
+impl PartialEq for TypedQuery {
+    fn eq(&self, other: &Self) -> bool {
+        let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+        self.encode_into(&mut a);
+        other.encode_into(&mut b);
+        a == b
+    }
+}
+
+impl Eq for TypedQuery {}
+
 impl TypedQuery {
     /// The key the query reads.
     pub fn key(&self) -> &Bytes {
@@ -800,7 +1450,25 @@ impl TypedQuery {
             | TypedQuery::ZRange { key, .. }
             | TypedQuery::ZRank { key, .. }
             | TypedQuery::StreamLen { key }
-            | TypedQuery::StreamRange { key, .. } => key,
+            | TypedQuery::StreamRange { key, .. }
+            | TypedQuery::ListPos { key, .. }
+            | TypedQuery::SetMIsMember { key, .. }
+            | TypedQuery::SetInter { key, .. }
+            | TypedQuery::SetUnion { key, .. }
+            | TypedQuery::SetDiff { key, .. }
+            | TypedQuery::SetInterCard { key, .. }
+            | TypedQuery::HashStrLen { key, .. }
+            | TypedQuery::HashRandField { key, .. }
+            | TypedQuery::ZRangeByScore { key, .. }
+            | TypedQuery::ZCount { key, .. }
+            | TypedQuery::ZMScore { key, .. }
+            | TypedQuery::ZRangeByLex { key, .. }
+            | TypedQuery::ZLexCount { key, .. }
+            | TypedQuery::ZRandMember { key, .. }
+            | TypedQuery::ZUnion { key, .. }
+            | TypedQuery::ZInter { key, .. }
+            | TypedQuery::ZDiff { key, .. }
+            | TypedQuery::ZInterCard { key, .. } => key,
             TypedQuery::ScanType { start, .. } => start,
         }
     }
@@ -895,6 +1563,161 @@ impl TypedQuery {
                 put_ou64(out, *count);
                 put_flag(out, *rev);
             }
+            TypedQuery::ListPos {
+                key,
+                element,
+                rank,
+                count,
+                maxlen,
+            } => {
+                key_only(out, 0x64, key);
+                put_bytes(out, element);
+                out.put_i64_le(*rank);
+                put_ou64(out, *count);
+                out.put_u64_le(*maxlen);
+            }
+            TypedQuery::SetMIsMember { key, members } => {
+                key_only(out, 0x8a, key);
+                put_keys(out, members);
+            }
+            TypedQuery::SetInter { key, others }
+            | TypedQuery::SetUnion { key, others }
+            | TypedQuery::SetDiff { key, others } => {
+                let tag = match self {
+                    TypedQuery::SetInter { .. } => 0x6c,
+                    TypedQuery::SetUnion { .. } => 0x6d,
+                    _ => 0x6e,
+                };
+                key_only(out, tag, key);
+                put_keys(out, others);
+            }
+            TypedQuery::SetInterCard { key, others, limit } => {
+                key_only(out, 0x6f, key);
+                put_keys(out, others);
+                out.put_u64_le(*limit);
+            }
+            TypedQuery::HashStrLen { key, field } => {
+                key_only(out, 0x77, key);
+                put_bytes(out, field);
+            }
+            TypedQuery::HashRandField {
+                key,
+                count,
+                with_values: with,
+                seed,
+            }
+            | TypedQuery::ZRandMember {
+                key,
+                count,
+                with_scores: with,
+                seed,
+            } => {
+                let tag = match self {
+                    TypedQuery::HashRandField { .. } => 0x89,
+                    _ => 0x8c,
+                };
+                key_only(out, tag, key);
+                match count {
+                    None => out.put_u8(0),
+                    Some(c) => {
+                        out.put_u8(1);
+                        out.put_i64_le(*c);
+                    }
+                }
+                put_flag(out, *with);
+                out.put_u64_le(*seed);
+            }
+            TypedQuery::ZRangeByScore {
+                key,
+                min,
+                min_exclusive,
+                max,
+                max_exclusive,
+                rev,
+                with_scores,
+                offset,
+                count,
+            } => {
+                key_only(out, 0x7c, key);
+                put_range(out, *min, *min_exclusive, *max, *max_exclusive);
+                put_flag(out, *rev);
+                put_flag(out, *with_scores);
+                out.put_u64_le(*offset);
+                put_ou64(out, *count);
+            }
+            TypedQuery::ZCount {
+                key,
+                min,
+                min_exclusive,
+                max,
+                max_exclusive,
+            } => {
+                key_only(out, 0x7d, key);
+                put_range(out, *min, *min_exclusive, *max, *max_exclusive);
+            }
+            TypedQuery::ZMScore { key, members } => {
+                key_only(out, 0x7e, key);
+                put_keys(out, members);
+            }
+            TypedQuery::ZRangeByLex {
+                key,
+                min,
+                max,
+                rev,
+                offset,
+                count,
+            } => {
+                key_only(out, 0x7f, key);
+                put_bytes(out, min);
+                put_bytes(out, max);
+                put_flag(out, *rev);
+                out.put_u64_le(*offset);
+                put_ou64(out, *count);
+            }
+            TypedQuery::ZUnion {
+                key,
+                others,
+                weights,
+                aggregate,
+                with_scores,
+            }
+            | TypedQuery::ZInter {
+                key,
+                others,
+                weights,
+                aggregate,
+                with_scores,
+            } => {
+                let tag = if matches!(self, TypedQuery::ZUnion { .. }) {
+                    0x8d
+                } else {
+                    0x8e
+                };
+                key_only(out, tag, key);
+                put_keys(out, others);
+                put_weights(out, weights);
+                out.put_u8(*aggregate);
+                put_flag(out, *with_scores);
+            }
+            TypedQuery::ZDiff {
+                key,
+                others,
+                with_scores,
+            } => {
+                key_only(out, 0x8f, key);
+                put_keys(out, others);
+                put_flag(out, *with_scores);
+            }
+            TypedQuery::ZInterCard { key, others, limit } => {
+                key_only(out, 0x90, key);
+                put_keys(out, others);
+                out.put_u64_le(*limit);
+            }
+            TypedQuery::ZLexCount { key, min, max } => {
+                key_only(out, 0x8b, key);
+                put_bytes(out, min);
+                put_bytes(out, max);
+            }
             TypedQuery::ScanType {
                 start,
                 end,
@@ -913,7 +1736,7 @@ impl TypedQuery {
     pub(crate) fn is_tag(tag: u8) -> bool {
         matches!(
             tag,
-            0x60..=0x63 | 0x68..=0x6b | 0x70..=0x76 | 0x78..=0x7b | 0x80 | 0x81 | 0x88
+            0x60..=0x64 | 0x68..=0x6f | 0x70..=0x77 | 0x78..=0x7f | 0x80 | 0x81 | 0x88..=0x90
         )
     }
 
@@ -931,6 +1754,143 @@ impl TypedQuery {
             0x63 => TypedQuery::ListIndex {
                 key: key(r)?,
                 index: r.i64()?,
+            },
+            0x64 => TypedQuery::ListPos {
+                key: key(r)?,
+                element: elem(r)?,
+                rank: r.i64()?,
+                count: get_ou64(r)?,
+                maxlen: r.u64()?,
+            },
+            0x8a => TypedQuery::SetMIsMember {
+                key: key(r)?,
+                members: get_keys(r)?,
+            },
+            0x6c => TypedQuery::SetInter {
+                key: key(r)?,
+                others: get_keys(r)?,
+            },
+            0x6d => TypedQuery::SetUnion {
+                key: key(r)?,
+                others: get_keys(r)?,
+            },
+            0x6e => TypedQuery::SetDiff {
+                key: key(r)?,
+                others: get_keys(r)?,
+            },
+            0x6f => TypedQuery::SetInterCard {
+                key: key(r)?,
+                others: get_keys(r)?,
+                limit: r.u64()?,
+            },
+            0x77 => TypedQuery::HashStrLen {
+                key: key(r)?,
+                field: elem(r)?,
+            },
+            0x89 | 0x8c => {
+                let key = key(r)?;
+                let count = match r.u8()? {
+                    0 => None,
+                    1 => Some(r.i64()?),
+                    _ => {
+                        return Err(DecodeError::Invalid {
+                            what: "option flag",
+                        })
+                    }
+                };
+                let (with, seed) = (get_bool(r)?, r.u64()?);
+                if tag == 0x89 {
+                    TypedQuery::HashRandField {
+                        key,
+                        count,
+                        with_values: with,
+                        seed,
+                    }
+                } else {
+                    TypedQuery::ZRandMember {
+                        key,
+                        count,
+                        with_scores: with,
+                        seed,
+                    }
+                }
+            }
+            0x7c => {
+                let key = key(r)?;
+                let (min, min_exclusive, max, max_exclusive) = get_range(r)?;
+                TypedQuery::ZRangeByScore {
+                    key,
+                    min,
+                    min_exclusive,
+                    max,
+                    max_exclusive,
+                    rev: get_bool(r)?,
+                    with_scores: get_bool(r)?,
+                    offset: r.u64()?,
+                    count: get_ou64(r)?,
+                }
+            }
+            0x7d => {
+                let key = key(r)?;
+                let (min, min_exclusive, max, max_exclusive) = get_range(r)?;
+                TypedQuery::ZCount {
+                    key,
+                    min,
+                    min_exclusive,
+                    max,
+                    max_exclusive,
+                }
+            }
+            0x7e => TypedQuery::ZMScore {
+                key: key(r)?,
+                members: get_keys(r)?,
+            },
+            0x7f => TypedQuery::ZRangeByLex {
+                key: key(r)?,
+                min: lex_bound(r)?,
+                max: lex_bound(r)?,
+                rev: get_bool(r)?,
+                offset: r.u64()?,
+                count: get_ou64(r)?,
+            },
+            0x8d | 0x8e => {
+                let key = key(r)?;
+                let others = get_keys(r)?;
+                let weights = get_weights(r, others.len() + 1)?;
+                let aggregate = get_aggregate(r)?;
+                let with_scores = get_bool(r)?;
+                if tag == 0x8d {
+                    TypedQuery::ZUnion {
+                        key,
+                        others,
+                        weights,
+                        aggregate,
+                        with_scores,
+                    }
+                } else {
+                    TypedQuery::ZInter {
+                        key,
+                        others,
+                        weights,
+                        aggregate,
+                        with_scores,
+                    }
+                }
+            }
+            0x8f => TypedQuery::ZDiff {
+                key: key(r)?,
+                others: get_keys(r)?,
+                with_scores: get_bool(r)?,
+            },
+            0x90 => TypedQuery::ZInterCard {
+                key: key(r)?,
+                others: get_keys(r)?,
+                limit: r.u64()?,
+            },
+            0x8b => TypedQuery::ZLexCount {
+                key: key(r)?,
+                min: lex_bound(r)?,
+                max: lex_bound(r)?,
             },
             0x68 => TypedQuery::SetMembers { key: key(r)? },
             0x69 => TypedQuery::SetIsMember {

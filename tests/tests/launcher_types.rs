@@ -1,0 +1,456 @@
+//! The collection commands of session 11 through the real binary: three
+//! `flotilla node` processes, the `redis` crate as the client. Each
+//! command once with Redis' reply shape (the redis.io examples), errors
+//! as Redis words them, multi-key commands on hash-tagged keys, and
+//! `-CROSSSLOT` for keys of two groups.
+
+mod launcher_support;
+
+use std::time::Duration;
+
+use launcher_support::*;
+use redis::Value::{self, Int, Nil};
+
+fn q(c: &mut redis::Connection, args: &[&str]) -> Value {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query(c).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+/// The error text of a command that must fail (code and message).
+fn err(c: &mut redis::Connection, args: &[&str]) -> String {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    match cmd.query::<Value>(c) {
+        Ok(v) => panic!("{args:?}: expected an error, got {v:?}"),
+        Err(e) => {
+            let code = e.code().unwrap_or("?").to_string();
+            let detail = e.detail().unwrap_or("").to_string();
+            format!("{code} {detail}")
+        }
+    }
+}
+
+fn text(v: &[&str]) -> Value {
+    Value::Array(
+        v.iter()
+            .map(|s| Value::BulkString(s.as_bytes().to_vec()))
+            .collect(),
+    )
+}
+
+fn bulk(s: &str) -> Value {
+    Value::BulkString(s.as_bytes().to_vec())
+}
+
+fn ints(v: &[i64]) -> Value {
+    Value::Array(v.iter().map(|n| Int(*n)).collect())
+}
+
+fn sorted(v: Value) -> Value {
+    match v {
+        Value::Array(mut items) => {
+            items.sort_by_key(|i| format!("{i:?}"));
+            Value::Array(items)
+        }
+        v => v,
+    }
+}
+
+#[test]
+fn collection_commands_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path(), 3, 4, &[]);
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    for n in &nodes {
+        n.wait_ready(Duration::from_secs(60));
+    }
+    let mut c = nodes[0].redis();
+
+    // Sorted sets by score.
+    assert_eq!(
+        q(
+            &mut c,
+            &["ZADD", "myzset", "1", "one", "2", "two", "3", "three"]
+        ),
+        Int(3)
+    );
+    assert_eq!(
+        q(&mut c, &["ZRANGEBYSCORE", "myzset", "-inf", "+inf"]),
+        text(&["one", "two", "three"])
+    );
+    assert_eq!(
+        q(&mut c, &["ZRANGEBYSCORE", "myzset", "(1", "2"]),
+        text(&["two"])
+    );
+    assert_eq!(
+        q(&mut c, &["ZRANGEBYSCORE", "myzset", "(1", "(2"]),
+        text(&[])
+    );
+    assert_eq!(
+        q(
+            &mut c,
+            &[
+                "ZRANGEBYSCORE",
+                "myzset",
+                "-inf",
+                "inf",
+                "WITHSCORES",
+                "LIMIT",
+                "1",
+                "1"
+            ]
+        ),
+        text(&["two", "2"])
+    );
+    assert_eq!(
+        q(&mut c, &["ZREVRANGEBYSCORE", "myzset", "+inf", "(1"]),
+        text(&["three", "two"])
+    );
+    assert_eq!(
+        q(
+            &mut c,
+            &[
+                "ZRANGE",
+                "myzset",
+                "(3",
+                "1",
+                "BYSCORE",
+                "REV",
+                "WITHSCORES"
+            ]
+        ),
+        text(&["two", "2", "one", "1"])
+    );
+    assert_eq!(q(&mut c, &["ZCOUNT", "myzset", "(1", "3"]), Int(2));
+    assert_eq!(
+        q(&mut c, &["ZRANDMEMBER", "myzset", "5", "WITHSCORES"]),
+        text(&["one", "1", "two", "2", "three", "3"])
+    );
+    assert_eq!(
+        q(&mut c, &["ZMSCORE", "myzset", "one", "nofield"]),
+        Value::Array(vec![bulk("1"), Nil])
+    );
+    assert_eq!(
+        err(&mut c, &["ZCOUNT", "myzset", "x", "1"]),
+        "ERR min or max is not a float"
+    );
+    assert_eq!(
+        q(&mut c, &["ZREMRANGEBYSCORE", "myzset", "-inf", "(2"]),
+        Int(1)
+    );
+    assert_eq!(q(&mut c, &["ZREMRANGEBYRANK", "myzset", "0", "0"]), Int(1));
+    assert_eq!(
+        q(&mut c, &["ZRANGE", "myzset", "0", "-1", "WITHSCORES"]),
+        text(&["three", "3"])
+    );
+
+    // Sorted set algebra (redis.io's ZUNIONSTORE example), hash-tagged.
+    q(&mut c, &["ZADD", "{z}1", "1", "one", "2", "two"]);
+    q(
+        &mut c,
+        &["ZADD", "{z}2", "1", "one", "2", "two", "3", "three"],
+    );
+    assert_eq!(
+        q(
+            &mut c,
+            &[
+                "ZUNIONSTORE",
+                "{z}out",
+                "2",
+                "{z}1",
+                "{z}2",
+                "WEIGHTS",
+                "2",
+                "3"
+            ]
+        ),
+        Int(3)
+    );
+    assert_eq!(
+        q(&mut c, &["ZRANGE", "{z}out", "0", "-1", "WITHSCORES"]),
+        text(&["one", "5", "three", "9", "two", "10"])
+    );
+    assert_eq!(
+        q(
+            &mut c,
+            &[
+                "ZINTER",
+                "2",
+                "{z}1",
+                "{z}2",
+                "AGGREGATE",
+                "MAX",
+                "WITHSCORES"
+            ]
+        ),
+        text(&["one", "1", "two", "2"])
+    );
+    assert_eq!(q(&mut c, &["ZDIFF", "2", "{z}2", "{z}1"]), text(&["three"]));
+    assert_eq!(q(&mut c, &["ZINTERCARD", "2", "{z}1", "{z}2"]), Int(2));
+    assert_eq!(
+        err(&mut c, &["ZUNIONSTORE", "{z}out", "0", "{z}1"]),
+        "ERR at least 1 input key is needed for 'zunionstore' command"
+    );
+
+    // Sorted sets by member (all scores equal).
+    q(
+        &mut c,
+        &[
+            "ZADD", "lex", "0", "a", "0", "b", "0", "c", "0", "d", "0", "e",
+        ],
+    );
+    assert_eq!(
+        q(&mut c, &["ZRANGEBYLEX", "lex", "-", "[c"]),
+        text(&["a", "b", "c"])
+    );
+    assert_eq!(
+        q(
+            &mut c,
+            &["ZREVRANGEBYLEX", "lex", "+", "(c", "LIMIT", "0", "1"]
+        ),
+        text(&["e"])
+    );
+    assert_eq!(
+        q(&mut c, &["ZRANGE", "lex", "[d", "(b", "BYLEX", "REV"]),
+        text(&["d", "c"])
+    );
+    assert_eq!(q(&mut c, &["ZLEXCOUNT", "lex", "[b", "[d"]), Int(3));
+    assert_eq!(q(&mut c, &["ZREMRANGEBYLEX", "lex", "-", "(c"]), Int(2));
+    assert_eq!(
+        err(&mut c, &["ZLEXCOUNT", "lex", "b", "+"]),
+        "ERR min or max not valid string range item"
+    );
+
+    // Hashes.
+    assert_eq!(q(&mut c, &["HSET", "mykey", "field", "10.50"]), Int(1));
+    assert_eq!(
+        q(&mut c, &["HINCRBYFLOAT", "mykey", "field", "0.1"]),
+        bulk("10.6")
+    );
+    assert_eq!(
+        q(&mut c, &["HINCRBYFLOAT", "mykey", "field", "-5"]),
+        bulk("5.6")
+    );
+    assert_eq!(
+        q(&mut c, &["HINCRBYFLOAT", "mykey", "sum", "0.1"]),
+        bulk("0.1")
+    );
+    assert_eq!(
+        q(&mut c, &["HINCRBYFLOAT", "mykey", "sum", "0.2"]),
+        bulk("0.3")
+    );
+    q(&mut c, &["HSET", "mykey", "word", "hello"]);
+    assert_eq!(
+        err(&mut c, &["HINCRBYFLOAT", "mykey", "word", "1"]),
+        "ERR hash value is not a float"
+    );
+    assert_eq!(
+        err(&mut c, &["HINCRBYFLOAT", "mykey", "field", "inf"]),
+        "ERR value is NaN or Infinity"
+    );
+    assert_eq!(q(&mut c, &["HSET", "mykey", "huge", "1e308"]), Int(1));
+    assert_eq!(
+        err(&mut c, &["HINCRBYFLOAT", "mykey", "huge", "1e308"]),
+        "ERR increment would produce NaN or Infinity"
+    );
+    assert_eq!(q(&mut c, &["HSTRLEN", "mykey", "word"]), Int(5));
+    assert_eq!(q(&mut c, &["HSTRLEN", "mykey", "nope"]), Int(0));
+    let Value::BulkString(field) = q(&mut c, &["HRANDFIELD", "mykey"]) else {
+        panic!("HRANDFIELD without a count answers one field");
+    };
+    assert!(
+        ["field", "sum", "word", "huge"].contains(&std::str::from_utf8(&field).unwrap()),
+        "{field:?}"
+    );
+    let Value::Array(pairs) = q(&mut c, &["HRANDFIELD", "mykey", "-6", "WITHVALUES"]) else {
+        panic!("an array");
+    };
+    assert_eq!(pairs.len(), 12);
+    assert_eq!(
+        sorted(q(&mut c, &["HRANDFIELD", "mykey", "10"])),
+        sorted(text(&["field", "sum", "word", "huge"]))
+    );
+    assert_eq!(q(&mut c, &["HRANDFIELD", "nosuch"]), Nil);
+    assert_eq!(
+        q(&mut c, &["HSCAN", "mykey", "0", "MATCH", "s*"]),
+        Value::Array(vec![bulk("0"), text(&["sum", "0.3"])])
+    );
+    assert_eq!(
+        q(&mut c, &["ZSCAN", "myzset", "0", "COUNT", "1"]),
+        Value::Array(vec![bulk("0"), text(&["three", "3"])])
+    );
+    assert_eq!(
+        q(&mut c, &["SSCAN", "nosuch", "0"]),
+        Value::Array(vec![bulk("0"), text(&[])])
+    );
+
+    // Sets.
+    q(&mut c, &["SADD", "{s}1", "a", "b", "c", "d"]);
+    q(&mut c, &["SADD", "{s}2", "c"]);
+    q(&mut c, &["SADD", "{s}3", "a", "c", "e"]);
+    assert_eq!(q(&mut c, &["SMISMEMBER", "{s}1", "a", "z"]), ints(&[1, 0]));
+    assert_eq!(q(&mut c, &["SINTER", "{s}1", "{s}2", "{s}3"]), text(&["c"]));
+    assert_eq!(
+        sorted(q(&mut c, &["SUNION", "{s}1", "{s}2", "{s}3"])),
+        text(&["a", "b", "c", "d", "e"])
+    );
+    assert_eq!(
+        sorted(q(&mut c, &["SDIFF", "{s}1", "{s}2", "{s}3"])),
+        text(&["b", "d"])
+    );
+    assert_eq!(q(&mut c, &["SINTERCARD", "2", "{s}1", "{s}3"]), Int(2));
+    assert_eq!(
+        q(&mut c, &["SINTERCARD", "2", "{s}1", "{s}3", "LIMIT", "1"]),
+        Int(1)
+    );
+    assert_eq!(
+        q(&mut c, &["SUNIONSTORE", "{s}dst", "{s}1", "{s}3"]),
+        Int(5)
+    );
+    assert_eq!(q(&mut c, &["SCARD", "{s}dst"]), Int(5));
+    assert_eq!(
+        q(&mut c, &["SINTERSTORE", "{s}dst", "{s}2", "{s}nosuch"]),
+        Int(0)
+    );
+    assert_eq!(q(&mut c, &["EXISTS", "{s}dst"]), Int(0));
+    assert_eq!(q(&mut c, &["SDIFFSTORE", "{s}dst", "{s}1", "{s}3"]), Int(2));
+    assert_eq!(q(&mut c, &["SMOVE", "{s}1", "{s}2", "a"]), Int(1));
+    assert_eq!(q(&mut c, &["SMOVE", "{s}1", "{s}2", "a"]), Int(0));
+    assert_eq!(
+        err(&mut c, &["SINTERCARD", "0", "{s}1"]),
+        "ERR numkeys should be greater than 0"
+    );
+
+    // Lists.
+    q(
+        &mut c,
+        &["RPUSH", "mylist", "a", "b", "c", "1", "2", "3", "c", "c"],
+    );
+    assert_eq!(q(&mut c, &["LPOS", "mylist", "c"]), Int(2));
+    assert_eq!(q(&mut c, &["LPOS", "mylist", "c", "RANK", "2"]), Int(6));
+    assert_eq!(
+        q(&mut c, &["LPOS", "mylist", "c", "COUNT", "0", "RANK", "-1"]),
+        ints(&[7, 6, 2])
+    );
+    assert_eq!(q(&mut c, &["LPOS", "mylist", "x"]), Nil);
+    assert_eq!(
+        err(&mut c, &["LPOS", "mylist", "c", "RANK", "0"]),
+        "ERR RANK can't be zero: use 1 to start from the first match, 2 from the second ... \
+         or use negative to start from the end of the list"
+    );
+    q(&mut c, &["RPUSH", "{l}src", "Hello", "World"]);
+    assert_eq!(
+        q(&mut c, &["LINSERT", "{l}src", "BEFORE", "World", "There"]),
+        Int(3)
+    );
+    assert_eq!(
+        q(&mut c, &["LINSERT", "{l}src", "AFTER", "nope", "x"]),
+        Int(-1)
+    );
+    assert_eq!(q(&mut c, &["RPOPLPUSH", "{l}src", "{l}dst"]), bulk("World"));
+    assert_eq!(
+        q(&mut c, &["LMOVE", "{l}src", "{l}dst", "LEFT", "RIGHT"]),
+        bulk("Hello")
+    );
+    assert_eq!(
+        q(&mut c, &["LMOVE", "{l}dst", "{l}dst", "LEFT", "RIGHT"]),
+        bulk("World")
+    );
+    assert_eq!(
+        q(&mut c, &["LRANGE", "{l}dst", "0", "-1"]),
+        text(&["Hello", "World"])
+    );
+    assert_eq!(q(&mut c, &["RPOPLPUSH", "{l}nosuch", "{l}dst"]), Nil);
+
+    // In a transaction: one log entry of the keys' group.
+    let replies: Vec<Value> = redis::pipe()
+        .atomic()
+        .cmd("LMOVE")
+        .arg("{l}dst")
+        .arg("{l}other")
+        .arg("RIGHT")
+        .arg("LEFT")
+        .cmd("SMOVE")
+        .arg("{l}set")
+        .arg("{l}set2")
+        .arg("m")
+        .cmd("LPOS")
+        .arg("{l}other")
+        .arg("World")
+        .query(&mut c)
+        .expect("MULTI/EXEC");
+    assert_eq!(replies, vec![bulk("World"), Int(0), Int(0)]);
+    assert_eq!(
+        q(&mut c, &["LMOVE", "{l}other", "{l}dst", "LEFT", "RIGHT"]),
+        bulk("World")
+    );
+
+    // Keys of two groups: refused, nothing moved. With 4 groups, some key
+    // of k0..k39 is in another group than `k`.
+    q(&mut c, &["SADD", "k", "m"]);
+    let mut crossed = 0;
+    for i in 0..40 {
+        let other = format!("k{i}");
+        match redis::cmd("SMOVE")
+            .arg("k")
+            .arg(&other)
+            .arg("nope")
+            .query::<Value>(&mut c)
+        {
+            Ok(v) => assert_eq!(v, Int(0), "{other}"),
+            Err(e) => {
+                assert_eq!(e.code(), Some("CROSSSLOT"), "{other}: {e}");
+                assert_eq!(
+                    e.detail(),
+                    Some("Keys in request don't hash to the same slot")
+                );
+                crossed += 1;
+            }
+        }
+    }
+    assert!(crossed > 0, "no key of another group among 40");
+
+    // Wrong types keep Redis' WRONGTYPE.
+    assert!(err(&mut c, &["LPOS", "{s}1", "a"]).starts_with("WRONGTYPE"));
+    assert!(err(&mut c, &["ZCOUNT", "mylist", "0", "1"]).starts_with("WRONGTYPE"));
+
+    // Another node reads what the first wrote (the writes went through
+    // the log of each key's group).
+    let mut c2 = nodes[1].redis();
+    wait_for(
+        "node 2 to read the moved list",
+        Duration::from_secs(20),
+        || {
+            (q(&mut c2, &["LRANGE", "{l}dst", "0", "-1"]) == text(&["Hello", "World"]))
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        q(&mut c2, &["HGET", "mykey", "sum"]),
+        bulk("0.3"),
+        "the float text is stored, identical on every replica"
+    );
+    assert_eq!(q(&mut c2, &["ZCOUNT", "myzset", "-inf", "+inf"]), Int(1));
+
+    // COMMAND knows the new commands and their keys.
+    let Value::Array(info) = q(&mut c, &["COMMAND", "INFO", "lmove", "sintercard"]) else {
+        panic!("COMMAND INFO answers an array");
+    };
+    assert_eq!(info.len(), 2);
+    let Value::Array(lmove) = &info[0] else {
+        panic!("{info:?}")
+    };
+    assert_eq!(lmove[1], Int(5));
+    assert_eq!(&lmove[3..6], &[Int(1), Int(2), Int(1)]);
+
+    for n in nodes.iter_mut() {
+        assert!(n.terminate().success());
+    }
+}
