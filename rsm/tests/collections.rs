@@ -1112,10 +1112,12 @@ fn hash_floats_lengths_and_random_fields() {
         &[("text", "abc"), ("big", "1e308"), ("inf", "inf")],
     );
     let before = snapshot_bytes(&kv);
-    assert_eq!(incr(&mut kv, "mykey", "text", 1.0), KvResult::Count(1));
-    assert_eq!(incr(&mut kv, "mykey", "big", 1e308), KvResult::Count(2));
-    assert_eq!(incr(&mut kv, "mykey", "inf", 1.0), KvResult::Count(2));
-    assert_eq!(incr(&mut kv, "absent", "f", f64::NAN), KvResult::Count(2));
+    let not_float = KvResult::Error(KvError::HashNotFloat);
+    let nan_inf = KvResult::Error(KvError::NanOrInfinity);
+    assert_eq!(incr(&mut kv, "mykey", "text", 1.0), not_float);
+    assert_eq!(incr(&mut kv, "mykey", "big", 1e308), nan_inf);
+    assert_eq!(incr(&mut kv, "mykey", "inf", 1.0), nan_inf);
+    assert_eq!(incr(&mut kv, "absent", "f", f64::NAN), nan_inf);
     assert_eq!(snapshot_bytes(&kv), before);
     rpush(&mut kv, "l", &["a"]);
     assert_eq!(incr(&mut kv, "l", "f", 1.0), WRONGTYPE);

@@ -47,8 +47,7 @@ pub enum Finish {
     /// `Items` of decimal integers as an array of integers (LPOS with a
     /// count, SMISMEMBER).
     IntArray,
-    /// HINCRBYFLOAT: `Value` as a bulk string; `Count(1)` and `Count(2)`
-    /// are Redis' refusals (see `TypedCommand::HashIncrByFloat`).
+    /// HINCRBYFLOAT: `Value` as a bulk string.
     IncrFloat,
     /// HSCAN, SSCAN, ZSCAN: `Items` (pairs if `pairs`) as `["0", [...]]`,
     /// keeping what `pattern` matches (the first of a pair), without the
@@ -1540,10 +1539,6 @@ pub fn finish(f: Finish, r: Option<KvResult>) -> Reply {
             ])
         }
         (Finish::IncrFloat, KvResult::Value(v)) => Reply::opt(v),
-        (Finish::IncrFloat, KvResult::Count(1)) => Reply::err("hash value is not a float"),
-        (Finish::IncrFloat, KvResult::Count(2)) => {
-            Reply::err("increment would produce NaN or Infinity")
-        }
         (f, r) => {
             tracing::error!(?f, result = ?r, "unexpected KV result kind for a typed command");
             Reply::err("internal error: unexpected result kind")
@@ -2357,14 +2352,6 @@ mod tests {
         assert_eq!(
             finish(Finish::IncrFloat, Some(KvResult::Value(Some(b("10.6"))))),
             Reply::Bulk(b("10.6"))
-        );
-        assert_eq!(
-            finish(Finish::IncrFloat, Some(KvResult::Count(1))),
-            Reply::err("hash value is not a float")
-        );
-        assert_eq!(
-            finish(Finish::IncrFloat, Some(KvResult::Count(2))),
-            Reply::err("increment would produce NaN or Infinity")
         );
         assert!(matches!(
             finish(Finish::IncrFloat, Some(KvResult::Count(3))),

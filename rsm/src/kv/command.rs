@@ -26,7 +26,7 @@
 //!          0x20..=0x27       a query (below), executed in log order
 //!          0x30..=0x50       a typed command (lists, sets, hashes, sorted
 //!                            sets, streams: drawn in `typed.rs`)
-//!          0x60..=0x81       a typed query, executed in log order
+//!          0x60..=0x90       a typed query, executed in log order
 //! query    0x20 Get          | key bytes |
 //!          0x21 MultiGet     | keys list<bytes> |
 //!          0x22 Exists       | keys list<bytes> |
@@ -36,7 +36,7 @@
 //!          0x26 NextDeadline |
 //!          0x27 Digest       | key bytes |
 //!          0x28 Stats        |
-//!          0x60..=0x81       a typed query (drawn in `typed.rs`)
+//!          0x60..=0x90       a typed query (drawn in `typed.rs`)
 //! result   0x00 Ok
 //!          0x01 Value        | value opt |
 //!          0x02 Values       | values list<opt> |
@@ -58,7 +58,7 @@
 //! large, 5 malformed, 6 result too large, 7 wrong type, 8 not a float,
 //! 9 NaN score, 10 index out of range, 11 no such key, 12 hash value not an
 //! integer, 13 stream id too small, 14 stream id 0-0, 15 stream ids
-//! exhausted, 16 NaN or infinity.
+//! exhausted, 16 NaN or infinity, 17 hash value not a float.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -433,6 +433,9 @@ pub enum KvError {
     /// A float increment whose result is not a finite number.
     #[error("increment would produce NaN or Infinity")]
     NanOrInfinity,
+    /// `HINCRBYFLOAT` of a field that is not a number.
+    #[error("hash value is not a float")]
+    HashNotFloat,
 }
 
 impl KvError {
@@ -454,6 +457,7 @@ impl KvError {
             KvError::StreamIdZero => 14,
             KvError::StreamIdExhausted => 15,
             KvError::NanOrInfinity => 16,
+            KvError::HashNotFloat => 17,
         }
     }
 
@@ -475,6 +479,7 @@ impl KvError {
             14 => KvError::StreamIdZero,
             15 => KvError::StreamIdExhausted,
             16 => KvError::NanOrInfinity,
+            17 => KvError::HashNotFloat,
             tag => {
                 return Err(DecodeError::UnknownTag {
                     what: "kv error",
@@ -1171,11 +1176,10 @@ fn get_put_condition(r: &mut Reader) -> Result<PutCondition, DecodeError> {
     })
 }
 
-/// A number as `INCRBYFLOAT` stores it: rounded to 15 significant
-/// digits, in fixed notation (no exponent), without trailing zeros or a
-/// trailing point. Redis computes in `long double` and prints 17
-/// decimals; rounding an `f64` to 15 digits gives the same text for the
-/// usual values (`0.1` + `0.2` is `0.3`, `10.5` + `0.1` is `10.6`).
+/// A number as `INCRBYFLOAT` and `HINCRBYFLOAT` store it: an integer
+/// below 2^53 in full, else fixed notation rounded to 15 significant
+/// digits (see `format_incr_float` in `collection.rs` for why this gives
+/// Redis' text in the usual cases).
 ///
 /// # Examples
 /// ```
@@ -1186,35 +1190,7 @@ fn get_put_condition(r: &mut Reader) -> Result<PutCondition, DecodeError> {
 /// assert_eq!(format_float(1e20), "100000000000000000000");
 /// ```
 pub fn format_float(v: f64) -> String {
-    debug_assert!(v.is_finite());
-    if v == 0.0 || !v.is_finite() {
-        return "0".into();
-    }
-    let sci = format!("{v:.14e}");
-    let exp: i32 = sci
-        .rsplit_once('e')
-        .and_then(|(_, e)| e.parse().ok())
-        .unwrap_or(0);
-    let rounded: f64 = sci.parse().unwrap_or(v);
-    let decimals = (14 - exp).max(0) as usize;
-    let mut s = format!("{rounded:.decimals$}");
-    if s.contains('.') {
-        let trimmed = s.trim_end_matches('0').trim_end_matches('.').len();
-        s.truncate(trimmed);
-    }
-    if s == "-0" {
-        s = "0".into();
-    }
-    s
-}
-
-/// A stored value read as a float for `INCRBYFLOAT` (finite, no spaces).
-pub(crate) fn parse_float(b: &[u8]) -> Option<f64> {
-    std::str::from_utf8(b)
-        .ok()?
-        .parse::<f64>()
-        .ok()
-        .filter(|f| f.is_finite())
+    String::from_utf8_lossy(&super::collection::format_incr_float(v)).into_owned()
 }
 
 /// The smallest key greater than every key starting with `prefix`, or

@@ -457,13 +457,12 @@ impl KvStore {
             }
             TypedCommand::HashIncrByFloat { key, field, delta } => {
                 check_elems(std::iter::once(field))?;
-                // Refusals first: they leave no trace (Redis' texts travel
-                // as codes, see the variant's documentation).
+                // Refusals first: they leave no trace.
                 let cur = match self.coll(key, Kind::Hash)? {
                     Some(c) => match kind!(c, Hash).map.get(&field[..]) {
                         Some(v) => match parse_float(v.as_slice()) {
                             Some(f) => f,
-                            None => return Ok(KvResult::Count(1)),
+                            None => return Err(KvError::HashNotFloat),
                         },
                         None => 0.0,
                     },
@@ -471,7 +470,7 @@ impl KvStore {
                 };
                 let new = cur + delta;
                 if !new.is_finite() {
-                    return Ok(KvResult::Count(2));
+                    return Err(KvError::NanOrInfinity);
                 }
                 let text = format_incr_float(new);
                 self.coll_mut(key, Kind::Hash, true, |c| kind!(c, Hash).set(field, &text))?;

@@ -343,7 +343,7 @@ impl KvStore {
                         Some(v) if v.is_typed() => {
                             return (None, KvResult::Error(KvError::WrongType))
                         }
-                        Some(v) => match command::parse_float(v.as_slice()) {
+                        Some(v) => match collection::parse_float(v.as_slice()) {
                             Some(f) => f,
                             None => return (None, KvResult::Error(KvError::NotFloat)),
                         },
@@ -352,7 +352,7 @@ impl KvStore {
                     if !n.is_finite() {
                         return (None, KvResult::Error(KvError::NanOrInfinity));
                     }
-                    let text = Bytes::from(format_float(n));
+                    let text = collection::format_incr_float(n);
                     (Some(Value::copy(&text)), KvResult::Value(Some(text)))
                 })
             }

@@ -300,10 +300,9 @@ pub enum TypedCommand {
     },
     /// `HINCRBYFLOAT`: result `Value`, the new value as stored (see
     /// `format_incr_float`: 15 significant digits, fixed notation), or
-    /// `Count(1)` if the field's value is not a float, `Count(2)` if the
-    /// result would be NaN or infinite (Redis' own error texts, which
-    /// [`KvError`](super::KvError) has no variants for); then nothing
-    /// changes.
+    /// [`KvError::HashNotFloat`](super::KvError::HashNotFloat) /
+    /// [`KvError::NanOrInfinity`](super::KvError::NanOrInfinity); then
+    /// nothing changes.
     HashIncrByFloat {
         /// The key.
         key: Bytes,
