@@ -454,6 +454,9 @@ async fn closed_loop(client: &Rc<Client>) {
 /// again for a retry) and when it first went out.
 struct BatchedWrite {
     key: [u8; 12],
+    /// When it was due (the open loop's schedule; `issued` in a closed
+    /// loop): latency counts from here.
+    intended: Instant,
     issued: Instant,
     deadline: Instant,
 }
@@ -495,67 +498,87 @@ async fn group_batches(client: &Client, gi: usize, rng: &mut Rng) {
             while batch.len() < s.concurrency {
                 batch.push(BatchedWrite {
                     key: random_key(group, s.keys_per_group, rng),
+                    intended: issued,
                     issued,
                     deadline: issued + s.timeout,
                 });
             }
         }
-        let Some(first_deadline) = batch.iter().map(|w| w.deadline).min() else {
+        if batch.is_empty() {
             return;
-        };
-        let node = client.leaders[gi].get();
-        let cmds = put_commands(batch.iter().map(|w| &w.key), &s.value);
-        let answers = {
-            let _in_flight = InFlight::enter_n(&client.in_flight, batch.len() as u64);
-            s.hosts[node]
-                .propose_batch(
-                    group,
-                    cmds,
-                    first_deadline.saturating_duration_since(issued),
-                )
-                .await
-        };
-        debug_assert_eq!(answers.len(), batch.len());
-        let now = Instant::now();
-        let mut moved_to = None;
-        {
-            let mut rec = client.recorder.borrow_mut();
-            for (w, answer) in batch.drain(..).zip(answers) {
-                let error = match answer {
-                    Ok(bytes) => {
-                        match KvResult::decode(bytes) {
-                            Ok(KvResult::Error(e)) => rec.error(now, &label(&format!("Kv({e:?}"))),
-                            Err(_) => rec.error(now, "malformed result"),
-                            Ok(_) => rec.success(OpKind::Write, w.issued, w.issued, now),
-                        }
-                        continue;
+        }
+        batch_round(client, gi, &mut batch, &mut retries).await;
+    }
+}
+
+/// Proposes `batch` to group `gi` as one `propose_batch`, records every
+/// answer, and moves the writes to retry (refused, deadline not passed)
+/// to `retries`, after pointing the group at its new leader or backing
+/// off.
+async fn batch_round(
+    client: &Client,
+    gi: usize,
+    batch: &mut Vec<BatchedWrite>,
+    retries: &mut Vec<BatchedWrite>,
+) {
+    let s = &client.setup;
+    let group = s.groups[gi].0;
+    let issued = Instant::now();
+    let Some(first_deadline) = batch.iter().map(|w| w.deadline).min() else {
+        return;
+    };
+    let node = client.leaders[gi].get();
+    let cmds = put_commands(batch.iter().map(|w| &w.key), &s.value);
+    let answers = {
+        let _in_flight = InFlight::enter_n(&client.in_flight, batch.len() as u64);
+        s.hosts[node]
+            .propose_batch(
+                group,
+                cmds,
+                first_deadline.saturating_duration_since(issued),
+            )
+            .await
+    };
+    debug_assert_eq!(answers.len(), batch.len());
+    let now = Instant::now();
+    let mut moved_to = None;
+    {
+        let mut rec = client.recorder.borrow_mut();
+        for (w, answer) in batch.drain(..).zip(answers) {
+            let error = match answer {
+                Ok(bytes) => {
+                    match KvResult::decode(bytes) {
+                        Ok(KvResult::Error(e)) => rec.error(now, &label(&format!("Kv({e:?}"))),
+                        Err(_) => rec.error(now, "malformed result"),
+                        Ok(_) => rec.success(OpKind::Write, w.intended, w.issued, now),
                     }
-                    Err(e) => e,
-                };
-                if now >= w.deadline || matches!(error, HostError::ShuttingDown) {
-                    rec.error(now, &label(&format!("{error:?}")));
                     continue;
                 }
-                rec.retry(now);
-                if let HostError::Request(RequestError::NotLeader {
-                    leader: Some(l), ..
-                }) = error
-                {
-                    moved_to = node_index(&s.hosts, l).filter(|i| *i != node).or(moved_to);
-                }
-                retries.push(w);
+                Err(e) => e,
+            };
+            if now >= w.deadline || matches!(error, HostError::ShuttingDown) {
+                rec.error(now, &label(&format!("{error:?}")));
+                continue;
             }
+            rec.retry(now);
+            if let HostError::Request(RequestError::NotLeader {
+                leader: Some(l), ..
+            }) = error
+            {
+                moved_to = node_index(&s.hosts, l).filter(|i| *i != node).or(moved_to);
+            }
+            retries.push(w);
         }
-        if retries.is_empty() {
-            continue;
-        }
-        match moved_to {
-            Some(l) => client.leaders[gi].set(l),
-            None => {
-                glommio::timer::sleep(RETRY_BACKOFF).await;
-                if let Some(l) = find_leader(&s.hosts, group).await {
-                    client.leaders[gi].set(l);
-                }
+    }
+    if retries.is_empty() {
+        return;
+    }
+    match moved_to {
+        Some(l) => client.leaders[gi].set(l),
+        None => {
+            glommio::timer::sleep(RETRY_BACKOFF).await;
+            if let Some(l) = find_leader(&s.hosts, group).await {
+                client.leaders[gi].set(l);
             }
         }
     }
@@ -627,7 +650,12 @@ async fn open_loop(client: &Rc<Client>, rate: f64) {
         if now >= timeline.measure_end {
             break;
         }
-        while scheduled(issued) <= now && client.in_flight.get() < cap {
+        // Writes only: the due writes of each group go as one batch.
+        let batched = client.setup.reads <= 0.0;
+        if batched {
+            issued = issue_due_batches(client, issued, now, cap, &mut rng, &scheduled);
+        }
+        while !batched && scheduled(issued) <= now && client.in_flight.get() < cap {
             let intended = scheduled(issued);
             let gi = rng.below(client.setup.groups.len() as u64) as usize;
             let mut task_rng = Rng::new(rng.next_u64());
@@ -652,6 +680,53 @@ async fn open_loop(client: &Rc<Client>, rate: f64) {
     while client.in_flight.get() > 0 && Instant::now() < drain_end {
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// The open loop's writes due by `now` (from number `issued` on, within
+/// the in-flight `cap`), as one batch per group (one task each: a
+/// `propose_batch`, retried per write until answered); returns the next
+/// number to issue. Each write's latency counts from its scheduled time.
+fn issue_due_batches(
+    client: &Rc<Client>,
+    mut issued: u64,
+    now: Instant,
+    cap: u64,
+    rng: &mut Rng,
+    scheduled: &dyn Fn(u64) -> Instant,
+) -> u64 {
+    let s = &client.setup;
+    let room = cap.saturating_sub(client.in_flight.get());
+    let mut due: Vec<Vec<BatchedWrite>> = (0..s.groups.len()).map(|_| Vec::new()).collect();
+    let mut taken = 0;
+    while taken < room && scheduled(issued) <= now {
+        let gi = rng.below(s.groups.len() as u64) as usize;
+        due[gi].push(BatchedWrite {
+            key: random_key(s.groups[gi].0, s.keys_per_group, rng),
+            intended: scheduled(issued),
+            issued: now,
+            deadline: now + s.timeout,
+        });
+        issued += 1;
+        taken += 1;
+    }
+    for (gi, mut batch) in due.into_iter().enumerate() {
+        if batch.is_empty() {
+            continue;
+        }
+        let c = client.clone();
+        glommio::spawn_local(async move {
+            let mut retries = Vec::new();
+            loop {
+                batch_round(&c, gi, &mut batch, &mut retries).await;
+                if retries.is_empty() {
+                    return;
+                }
+                batch.append(&mut retries);
+            }
+        })
+        .detach();
+    }
+    issued
 }
 
 /// One write or read against group `gi`, sent to its cached leader and

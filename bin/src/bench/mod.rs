@@ -61,7 +61,7 @@ pub struct BenchOptions {
     /// connection (--target). Closed loop: always this many; open loop: the
     /// cap on outstanding requests (beyond it, requests queue and their
     /// latency counts from their scheduled time).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 128)]
     pub concurrency: usize,
     /// Open loop at this total rate in ops/s (`150000`, `150k`). Without it:
     /// closed loop (maximum throughput).
