@@ -860,7 +860,7 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
             .any(|c| c.0.eq_ignore_ascii_case(&name)) =>
         {
             let seed = conn.next_seed();
-            match types::prepare(&name, args, now_ms(), seed) {
+            match types::prepare(&name, args, crate::expiry::unix_ms(), seed) {
                 Some(Ok(p)) => match types::group(&p, |k| conn.kv.group_for(k)) {
                     Ok(group) => plan(vec![Sub { group, op: p.op }], Finish::Typed(p.finish)),
                     Err(reply) => Prepared::Reply(reply),
@@ -1377,13 +1377,6 @@ fn prepare_config(args: &[Bytes], shared: &Shared) -> Prepared {
 /// types.
 fn all_commands() -> impl Iterator<Item = &'static CommandInfo> {
     COMMANDS.iter().chain(types::COMMANDS.iter())
-}
-
-/// This node's clock in milliseconds since the Unix epoch (XADD `*`).
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// FNV-1a of a peer address: mixes connections' seeds apart.

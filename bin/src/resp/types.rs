@@ -192,9 +192,7 @@ pub const COMMANDS: &[super::command::CommandInfo] = &[
 pub fn group<G: PartialEq>(p: &Planned, group_for: impl Fn(&[u8]) -> G) -> Result<G, Reply> {
     let g = group_for(&p.key);
     if p.others.iter().any(|k| group_for(k) != g) {
-        return Err(Reply::Error(
-            "CROSSSLOT Keys in request don't hash to the same slot".into(),
-        ));
+        return Err(super::command::crossslot());
     }
     Ok(g)
 }
