@@ -77,8 +77,17 @@ impl NodeHost {
     /// [`HostError::Config`] for a bad configuration, [`HostError::ShardStart`]
     /// when an executor cannot be created (already started shards are
     /// stopped again).
-    pub fn start(config: NodeHostConfig) -> Result<NodeHost, HostError> {
+    pub fn start(mut config: NodeHostConfig) -> Result<NodeHost, HostError> {
         config.validate()?;
+        // glommio 0.9 opens directories with `openat(-1, path)`: a relative
+        // path fails with EBADF (`flotilla local`'s default `./flotilla-data`
+        // did). Resolve it against the working directory once, here.
+        config.data_dir = std::path::absolute(&config.data_dir).map_err(|e| {
+            HostError::Config(ConfigError::Invalid {
+                field: "data_dir",
+                reason: format!("{}: {e}", config.data_dir.display()),
+            })
+        })?;
         // Groups map to shards by id and shard count: data written with
         // another count would be recovered on shards that no longer own
         // its groups (found by nobody, as if lost).

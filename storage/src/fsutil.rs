@@ -41,9 +41,18 @@ pub(crate) async fn file_len(path: &Path) -> io::Result<Option<u64>> {
         .await
 }
 
+/// `path` resolved against the working directory (no I/O beyond reading the
+/// cwd). glommio 0.9 opens a directory with `openat(-1, path)`, which fails
+/// with EBADF for a relative path, so every public entry point of this crate
+/// that takes a path resolves it first.
+pub(crate) fn absolute(path: &Path) -> io::Result<std::path::PathBuf> {
+    std::path::absolute(path)
+}
+
 /// fsyncs a directory so that creations, renames and removals in it are durable.
 pub(crate) async fn sync_dir(dir: &Path) -> io::Result<()> {
-    let d = glommio::io::Directory::open(dir).await?;
+    let dir = absolute(dir)?;
+    let d = glommio::io::Directory::open(&dir).await?;
     let r = d.sync().await;
     d.close().await?;
     r.map_err(Into::into)

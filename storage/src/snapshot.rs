@@ -160,7 +160,7 @@ impl SnapshotWriter {
         index: u64,
         term: u64,
     ) -> Result<Self, SnapshotError> {
-        let dir = dir.as_ref().to_path_buf();
+        let dir = fsutil::absolute(dir.as_ref()).map_err(|e| SnapshotError::io(dir.as_ref(), e))?;
         fsutil::create_dir_all(&dir)
             .await
             .map_err(|e| SnapshotError::io(&dir, e))?;
@@ -310,7 +310,8 @@ impl SnapshotReader {
     /// # Errors
     /// `BadHeader`, `WrongVersion`, `Io`.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, SnapshotError> {
-        let path = path.as_ref().to_path_buf();
+        let path =
+            fsutil::absolute(path.as_ref()).map_err(|e| SnapshotError::io(path.as_ref(), e))?;
         let len = fsutil::file_len(&path)
             .await
             .map_err(|e| SnapshotError::io(&path, e))?;
@@ -424,7 +425,8 @@ impl SnapshotReader {
 /// # Errors
 /// `Io`.
 pub async fn list_snapshots(dir: impl AsRef<Path>) -> Result<Vec<SnapshotFile>, SnapshotError> {
-    let dir = dir.as_ref();
+    let dir = fsutil::absolute(dir.as_ref()).map_err(|e| SnapshotError::io(dir.as_ref(), e))?;
+    let dir = dir.as_path();
     let names = match fsutil::list_dir(dir).await {
         Ok(n) => n,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -470,7 +472,8 @@ pub async fn remove_older_snapshots(
     index: u64,
     term: u64,
 ) -> Result<usize, SnapshotError> {
-    let dir = dir.as_ref();
+    let dir = fsutil::absolute(dir.as_ref()).map_err(|e| SnapshotError::io(dir.as_ref(), e))?;
+    let dir = dir.as_path();
     let mut n = 0;
     for s in list_snapshots(dir).await? {
         if s.group == group && (s.index, s.term) < (index, term) {
@@ -494,7 +497,8 @@ pub async fn remove_older_snapshots(
 /// # Errors
 /// `Io`.
 pub async fn remove_temporary(dir: impl AsRef<Path>) -> Result<usize, SnapshotError> {
-    let dir = dir.as_ref();
+    let dir = fsutil::absolute(dir.as_ref()).map_err(|e| SnapshotError::io(dir.as_ref(), e))?;
+    let dir = dir.as_path();
     let names = match fsutil::list_dir(dir).await {
         Ok(n) => n,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),

@@ -597,7 +597,7 @@ impl Wal {
     ) -> Result<(Wal, Recovery), WalError> {
         options.validate()?;
         let started = Instant::now();
-        let dir = dir.as_ref().to_path_buf();
+        let dir = fsutil::absolute(dir.as_ref()).map_err(|e| WalError::io(dir.as_ref(), e))?;
         let rec = recovery::recover(&dir, &options).await?;
         let recovery::Recovered {
             index,

@@ -55,6 +55,29 @@ fn streams_a_multi_chunk_snapshot_both_ways_on_a_fresh_executor() {
     });
 }
 
+/// Snapshots in a directory given relative to the working directory: write
+/// (which syncs the directory and removes the older one), list, read back.
+#[test]
+fn a_relative_directory_works_like_an_absolute_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let rel = relative_to_cwd(&dir.path().join("snaps"));
+    run(move || async move {
+        for index in [10, 20] {
+            let mut w = SnapshotWriter::create(&rel, 4, index, 1).await.unwrap();
+            w.write(&data(5000)).await.unwrap();
+            w.finish().await.unwrap();
+        }
+        // The second one's finish removed the first (and synced the directory).
+        let all = list_snapshots(&rel).await.unwrap();
+        assert_eq!(all.iter().map(|f| f.index).collect::<Vec<_>>(), [20]);
+        assert!(all[0].path.is_absolute(), "{:?}", all[0].path);
+        let latest = latest_snapshot(&rel, 4).await.unwrap().unwrap();
+        let mut r = SnapshotReader::open(&latest.path).await.unwrap();
+        assert_eq!(r.read_to_end().await.unwrap(), data(5000));
+        r.close().await.unwrap();
+    });
+}
+
 #[test]
 fn a_flipped_data_bit_fails_the_crc_at_the_end() {
     let dir = tempfile::tempdir().unwrap();

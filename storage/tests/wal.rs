@@ -907,6 +907,31 @@ fn open_result(path: std::path::PathBuf) -> Result<usize, WalError> {
     })
 }
 
+/// A relative directory (`flotilla local`'s default `./flotilla-data`) works
+/// like an absolute one: glommio 0.9 opens directories with `openat(-1,
+/// ..)`, which refused relative paths with EBADF until the crate resolved
+/// them.
+#[test]
+fn a_relative_directory_works_like_an_absolute_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let abs = dir.path().join("wal");
+    let rel = relative_to_cwd(&abs);
+    run(move || async move {
+        let (wal, _) = Wal::open(&rel, small_opts()).await.unwrap();
+        let mut b = Batch::new();
+        b.append(3, (1..=5).map(|i| entry(3, i, 1, 64)).collect());
+        wal.write(b).await.unwrap();
+        wal.close().await.unwrap();
+        let (wal, rec) = Wal::open(&abs, small_opts()).await.unwrap();
+        assert_eq!(rec.groups.len(), 1);
+        assert_eq!(
+            all_entries(&wal, 3).await,
+            (1..=5).map(|i| entry(3, i, 1, 64)).collect::<Vec<_>>()
+        );
+        wal.close().await.unwrap();
+    });
+}
+
 #[test]
 fn an_empty_directory_is_a_fresh_wal() {
     let dir = tempfile::tempdir().unwrap();

@@ -70,11 +70,27 @@ impl Drop for Local {
 }
 
 fn start_local(data: &str, bases: (u16, u16, u16), extra: &[&str]) -> Local {
-    let mut child = Command::new(flotilla_bin())
+    start_local_in(None, Some(data), bases, extra)
+}
+
+/// `flotilla local` with the working directory `cwd` and, without `data`,
+/// its default data directory (`./flotilla-data`, as the README runs it).
+fn start_local_in(
+    cwd: Option<&std::path::Path>,
+    data: Option<&str>,
+    bases: (u16, u16, u16),
+    extra: &[&str],
+) -> Local {
+    let mut cmd = Command::new(flotilla_bin());
+    cmd.arg("local");
+    if let Some(data) = data {
+        cmd.args(["--data-dir", data]);
+    }
+    if let Some(cwd) = cwd {
+        cmd.current_dir(cwd);
+    }
+    let mut child = cmd
         .args([
-            "local",
-            "--data-dir",
-            data,
             "--shards",
             "1",
             "--kv-groups",
@@ -139,7 +155,10 @@ fn local_starts_serves_stops_and_restarts_with_its_data() {
     let data = dir.path().join("flotilla-data").display().to_string();
     let bases = free_bases();
 
-    let mut child = start_local(&data, bases, &[]);
+    // First run as the README has it: no --data-dir, so the data goes to
+    // `./flotilla-data`, a relative path (glommio refused those with EBADF
+    // and the node did not start). The second run names it absolutely.
+    let mut child = start_local_in(Some(dir.path()), None, bases, &[]);
     let mut c1 = redis_at(bases.0 + 1);
     wait_for("a write through node 1", Duration::from_secs(30), || {
         c1.set::<_, _, String>("k0", "v0").ok()

@@ -300,6 +300,10 @@ pub(crate) async fn run(setup: ShardSetup) {
     let (wal, recovered) = match flotilla_storage::Wal::open(&wal_dir, wal_options).await {
         Ok((wal, recovery)) => (Rc::new(wal), recovery.groups),
         Err(e) => {
+            // Close the mailbox first: a host that hears of the failure
+            // and sends `Shutdown` finds it closed instead of waiting for
+            // an answer from a shard that has stopped reading.
+            drop(mailbox);
             let _ = started.send(Err(format!(
                 "shard {shard}: WAL {}: {e}",
                 wal_dir.display()
@@ -329,6 +333,7 @@ pub(crate) async fn run(setup: ShardSetup) {
     let transport = match flotilla_transport::Transport::new(tcfg, registry) {
         Ok(t) => Rc::new(t),
         Err(e) => {
+            drop(mailbox); // closed before reporting (see the WAL failure)
             let _ = started.send(Err(format!("shard {shard}: raft listener: {e}")));
             bounded(wal.close(), node_id, shard, "WAL close").await;
             stop.set(true);
@@ -362,6 +367,7 @@ pub(crate) async fn run(setup: ShardSetup) {
         Ok(n) => info!(node = node_id, shard, groups = n, "groups recovered"),
         Err(e) => {
             error!(node = node_id, shard, error = %e, "recovery failed");
+            drop(mailbox); // closed before reporting (see the WAL failure)
             let _ = started.send(Err(format!("shard {shard}: recovery: {e}")));
             let transport = driver.borrow().transport();
             bounded(transport.shutdown(), node_id, shard, "transport shutdown").await;

@@ -154,3 +154,17 @@ pub async fn write_file(p: &Path, data: Vec<u8>) {
 pub fn seg_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.wal"))
 }
+
+/// `path` (absolute) written relative to the working directory, through
+/// `..` up to the root: what a caller passing `./data` hands the crate.
+#[allow(dead_code)] // not every test binary uses it
+pub fn relative_to_cwd(path: &Path) -> PathBuf {
+    let cwd = std::env::current_dir().unwrap();
+    let mut rel = PathBuf::new();
+    for _ in cwd.components().skip(1) {
+        rel.push("..");
+    }
+    rel.push(path.strip_prefix("/").unwrap());
+    assert!(rel.is_relative());
+    rel
+}
