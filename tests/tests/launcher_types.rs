@@ -454,3 +454,140 @@ fn collection_commands_end_to_end() {
         assert!(n.terminate().success());
     }
 }
+
+/// `blocked_clients` of a node's `INFO clients`.
+fn blocked_clients(c: &mut redis::Connection) -> u64 {
+    let info = match q(c, &["INFO", "clients"]) {
+        Value::BulkString(b) => String::from_utf8(b).unwrap(),
+        other => panic!("INFO clients: {other:?}"),
+    };
+    info.lines()
+        .find_map(|l| l.strip_prefix("blocked_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no blocked_clients in {info}"))
+}
+
+/// BLPOP, BRPOP, BZPOPMIN/MAX, BLMOVE and BRPOPLPUSH through the binary: an
+/// element already there comes at once, a blocked client wakes on a push
+/// made through another node, one element goes to one of two blocked
+/// clients, a timeout answers the nil array, a client that leaves while
+/// blocked pops nothing, and commands pipelined after a blocking one run
+/// after it.
+#[test]
+fn blocking_pops_end_to_end() {
+    use std::io::Write;
+    use std::time::Instant;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path(), 3, 4, &[]);
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    for n in &nodes {
+        n.wait_ready(Duration::from_secs(60));
+    }
+    let mut c = nodes[0].redis();
+    let mut c3 = nodes[2].redis();
+
+    // Timeout: the nil array, not before the timeout.
+    let began = Instant::now();
+    assert_eq!(q(&mut c, &["BLPOP", "empty", "0.3"]), Nil);
+    assert!(began.elapsed() >= Duration::from_millis(300));
+    assert_eq!(q(&mut c, &["BZPOPMIN", "emptyz", "0.05"]), Nil);
+
+    // Elements already there: the first key in order that has one.
+    assert_eq!(q(&mut c, &["RPUSH", "b", "x", "y"]), Int(2));
+    assert_eq!(q(&mut c, &["BLPOP", "a", "b", "1"]), text(&["b", "x"]));
+    assert_eq!(q(&mut c, &["BRPOP", "a", "b", "1"]), text(&["b", "y"]));
+    assert_eq!(q(&mut c, &["EXISTS", "b"]), Int(0));
+    assert_eq!(q(&mut c, &["ZADD", "z", "1", "m1", "2.5", "m2"]), Int(2));
+    assert_eq!(q(&mut c, &["BZPOPMIN", "z", "1"]), text(&["z", "m1", "1"]));
+    assert_eq!(
+        q(&mut c, &["BZPOPMAX", "z", "1"]),
+        text(&["z", "m2", "2.5"])
+    );
+    assert_eq!(q(&mut c, &["RPUSH", "{q}src", "1", "2"]), Int(2));
+    assert_eq!(
+        q(
+            &mut c,
+            &["BLMOVE", "{q}src", "{q}dst", "LEFT", "RIGHT", "1"]
+        ),
+        bulk("1")
+    );
+    assert_eq!(
+        q(&mut c, &["BRPOPLPUSH", "{q}src", "{q}dst", "1"]),
+        bulk("2")
+    );
+    assert_eq!(
+        q(&mut c, &["LRANGE", "{q}dst", "0", "-1"]),
+        text(&["2", "1"])
+    );
+    assert_eq!(q(&mut c, &["BRPOPLPUSH", "{q}src", "{q}dst", "0.05"]), Nil);
+
+    // Errors as Redis words them.
+    assert_eq!(q(&mut c, &["SET", "str", "v"]), Value::Okay);
+    assert!(err(&mut c, &["BLPOP", "str", "1"]).starts_with("WRONGTYPE"));
+    assert!(err(&mut c, &["BLPOP", "k", "-1"]).contains("timeout is negative"));
+    assert!(err(&mut c, &["BLPOP", "k", "soon"]).contains("timeout is not a float"));
+
+    // A blocked client wakes on a push through another node.
+    let mut c1 = nodes[0].redis();
+    let waiter = std::thread::spawn(move || q(&mut c1, &["BLPOP", "jobs", "15"]));
+    wait_for("the client to block", Duration::from_secs(10), || {
+        (blocked_clients(&mut c) == 1).then_some(())
+    });
+    assert_eq!(q(&mut c3, &["RPUSH", "jobs", "job1"]), Int(1));
+    assert_eq!(waiter.join().unwrap(), text(&["jobs", "job1"]));
+    assert_eq!(blocked_clients(&mut c), 0);
+
+    // One element, two blocked clients: one gets it, the other times out.
+    let waiters: Vec<_> = (0..2)
+        .map(|_| {
+            let mut w = nodes[1].redis();
+            std::thread::spawn(move || q(&mut w, &["BRPOP", "one", "3"]))
+        })
+        .collect();
+    let mut c2 = nodes[1].redis();
+    wait_for("two clients to block", Duration::from_secs(10), || {
+        (blocked_clients(&mut c2) == 2).then_some(())
+    });
+    assert_eq!(q(&mut c, &["LPUSH", "one", "e"]), Int(1));
+    let got: Vec<Value> = waiters.into_iter().map(|w| w.join().unwrap()).collect();
+    assert!(
+        got.contains(&Nil) && got.contains(&text(&["one", "e"])),
+        "one element for one of two clients: {got:?}"
+    );
+
+    // A client that leaves while blocked pops nothing.
+    let mut raw = std::net::TcpStream::connect(nodes[0].resp).unwrap();
+    raw.write_all(b"*3\r\n$5\r\nBLPOP\r\n$4\r\ngone\r\n$1\r\n0\r\n")
+        .unwrap();
+    wait_for("the raw client to block", Duration::from_secs(10), || {
+        (blocked_clients(&mut c) == 1).then_some(())
+    });
+    drop(raw);
+    wait_for("the server to notice", Duration::from_secs(10), || {
+        (blocked_clients(&mut c) == 0).then_some(())
+    });
+    assert_eq!(q(&mut c, &["RPUSH", "gone", "kept"]), Int(1));
+    std::thread::park_timeout(Duration::from_millis(300));
+    assert_eq!(q(&mut c, &["LRANGE", "gone", "0", "-1"]), text(&["kept"]));
+
+    // Commands pipelined behind a blocking one wait for it, then run.
+    let mut raw = std::net::TcpStream::connect(nodes[0].resp).unwrap();
+    raw.write_all(b"*3\r\n$5\r\nBLPOP\r\n$4\r\npipe\r\n$1\r\n0\r\n*1\r\n$4\r\nPING\r\n")
+        .unwrap();
+    wait_for(
+        "the pipelining client to block",
+        Duration::from_secs(10),
+        || (blocked_clients(&mut c) == 1).then_some(()),
+    );
+    assert_eq!(q(&mut c3, &["RPUSH", "pipe", "v"]), Int(1));
+    let answer = raw_exchange(&mut raw, b"", 6);
+    assert_eq!(answer, "*2\r\n$4\r\npipe\r\n$1\r\nv\r\n+PONG\r\n");
+
+    // Not inside a transaction (it would block the group's batch).
+    assert_eq!(q(&mut c, &["MULTI"]), Value::Okay);
+    assert!(err(&mut c, &["BLPOP", "k", "1"]).contains("transaction"));
+    assert!(err(&mut c, &["EXEC"]).starts_with("EXECABORT"));
+}

@@ -59,6 +59,8 @@ pub struct Shared {
     pub clients_accepted: AtomicU64,
     /// Commands answered since start.
     pub commands_processed: AtomicU64,
+    /// Connections waiting in a blocking command (BLPOP...).
+    pub clients_blocked: AtomicUsize,
     next_client_id: AtomicU64,
     /// Per KV group (routing order): a command of this node gave a key a
     /// deadline since the expiry task last looked (see `expiry.rs`).
@@ -89,6 +91,7 @@ impl Shared {
             clients_connected: AtomicUsize::new(0),
             clients_accepted: AtomicU64::new(0),
             commands_processed: AtomicU64::new(0),
+            clients_blocked: AtomicUsize::new(0),
             next_client_id: AtomicU64::new(1),
             expiry_hints: kv_groups
                 .iter()
@@ -240,6 +243,8 @@ pub enum Prepared {
     Exec(multi::Transaction),
     /// Forget the watched keys (in pipeline order), then answer this.
     Unwatch(Reply),
+    /// A blocking pop (BLPOP...): waits for an element or its timeout.
+    Block(super::blocking::Blocking),
 }
 
 /// Opaque finisher of a plan.
@@ -855,6 +860,13 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
         "CLIENT" => prepare_client(args, conn),
         "CONFIG" => prepare_config(args, shared),
         "COMMAND" => prepare_command(args),
+        "BLPOP" | "BRPOP" | "BZPOPMIN" | "BZPOPMAX" | "BRPOPLPUSH" | "BLMOVE" => {
+            match super::blocking::parse(&name, args) {
+                Some(Ok(b)) => Prepared::Block(b),
+                Some(Err(reply)) => Prepared::Reply(reply),
+                None => Prepared::Reply(Reply::err("internal error: blocking command not found")),
+            }
+        }
         _ if types::COMMANDS
             .iter()
             .any(|c| c.0.eq_ignore_ascii_case(&name)) =>
@@ -1376,7 +1388,10 @@ fn prepare_config(args: &[Bytes], shared: &Shared) -> Prepared {
 /// Every command served: strings and connection commands, then the data
 /// types.
 fn all_commands() -> impl Iterator<Item = &'static CommandInfo> {
-    COMMANDS.iter().chain(types::COMMANDS.iter())
+    COMMANDS
+        .iter()
+        .chain(types::COMMANDS.iter())
+        .chain(super::blocking::COMMANDS.iter())
 }
 
 /// FNV-1a of a peer address: mixes connections' seeds apart.
@@ -1895,8 +1910,9 @@ pub async fn info(section: Option<String>, shared: &Shared) -> Reply {
     if want("clients") {
         let _ = write!(
             out,
-            "# Clients\r\nconnected_clients:{}\r\nblocked_clients:0\r\nmaxclients:{}\r\n\r\n",
+            "# Clients\r\nconnected_clients:{}\r\nblocked_clients:{}\r\nmaxclients:{}\r\n\r\n",
             shared.clients_connected.load(Ordering::Relaxed),
+            shared.clients_blocked.load(Ordering::Relaxed),
             shared.max_clients
         );
     }

@@ -16,6 +16,7 @@
 //! On shutdown a connection stops reading, finishes the pipeline in flight
 //! and closes.
 
+pub mod blocking;
 pub mod command;
 pub mod glob;
 pub mod multi;
@@ -137,7 +138,12 @@ async fn connection(mut stream: TcpStream, shared: &Shared, stop: flume::Receive
         });
         if !batch.is_empty() {
             let n = batch.len() as u64;
-            let quit = execute(batch, &mut conn, shared, &mut out).await || broken;
+            let mut client = blocking::Client {
+                stream: &mut stream,
+                input: &mut buf,
+                stop: &stop,
+            };
+            let quit = execute(batch, &mut conn, shared, &mut out, &mut client).await || broken;
             shared.commands_processed.fetch_add(n, Ordering::Relaxed);
             if stream.write_all(&out).await.is_err() {
                 break;
@@ -189,6 +195,7 @@ async fn execute(
     conn: &mut Conn,
     shared: &Shared,
     out: &mut BytesMut,
+    client: &mut blocking::Client<'_>,
 ) -> bool {
     // Replies in order: a slot per command, plans filled in after their
     // wave.
@@ -220,6 +227,14 @@ async fn execute(
                         conn.watched.clear();
                         replies.push(Some(reply));
                     }
+                    Prepared::Block(b) => match blocking::run(b, conn, shared, client).await {
+                        Some(reply) => replies.push(Some(reply)),
+                        // The client left (or the node stops): no answer.
+                        None => {
+                            quit = true;
+                            break;
+                        }
+                    },
                     _ => {
                         replies.push(Some(Reply::Ok));
                         quit = true;

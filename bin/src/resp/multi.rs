@@ -181,6 +181,10 @@ pub fn queue(prepared: Prepared, conn: &mut Conn) -> Prepared {
             m,
             Reply::err("INFO and KEYS cannot be part of a transaction"),
         ),
+        Prepared::Block(_) => refuse(
+            m,
+            Reply::err("blocking commands cannot be part of a transaction here"),
+        ),
         // Nothing to queue: these act at once (QUIT closes the connection,
         // and the transaction with it).
         p @ (Prepared::Quit | Prepared::Exec(_) | Prepared::Unwatch(_)) => p,

@@ -1,0 +1,509 @@
+//! Blocking list and sorted-set pops: `BLPOP`, `BRPOP`, `BLMOVE`,
+//! `BRPOPLPUSH`, `BZPOPMIN`, `BZPOPMAX`.
+//!
+//! A blocked connection waits on its own, by polling:
+//!
+//! ```text
+//!  pop through the log ─► got one? answer [key, value]
+//!        │ no
+//!        ▼
+//!  sleep (1 ms, doubling to 100 ms), watching the client and shutdown
+//!        ▼
+//!  stale local read of each key's length (no log entry) ─► all empty? sleep again
+//!        │ one is not (or a second has passed since the last pop)
+//!        ▼
+//!  pop through the log ...                 ... until the timeout: nil array
+//! ```
+//!
+//! Every pop is an ordinary replicated write, so what a blocked client gets
+//! is exactly what `LPOP` would have given it at that point of the log; the
+//! local length check only saves log entries while the lists stay empty
+//! (it can lag, so a real pop is tried at least once a second anyway).
+//! Unlike Redis, clients blocked on one key are not served in the order
+//! they blocked: whoever polls first after a push wins.
+//!
+//! A client that closes its connection while blocked stops polling at
+//! once, so it never pops an element it cannot receive; commands it sends
+//! while blocked wait in its buffer and run after the blocking one.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use flotilla::{GroupId, HostError, ReadConsistency};
+use flotilla_rsm::{KvCommand, KvQuery, KvResult, TypedCommand as C, TypedQuery as Q};
+use futures_lite::AsyncReadExt;
+use glommio::net::TcpStream;
+
+use super::command::{outcome_reply, Conn, Shared};
+use super::reply::Reply;
+
+/// First wait between two attempts; it doubles up to [`POLL_MAX`].
+const POLL_MIN: Duration = Duration::from_millis(1);
+/// Longest wait between two looks at the keys.
+const POLL_MAX: Duration = Duration::from_millis(100);
+/// A real pop is tried at least this often, whatever the local replica
+/// says (it may lag behind the leader).
+const FORCED_POP_EVERY: Duration = Duration::from_secs(1);
+/// Most bytes a blocked client may send before its command returns.
+const PENDING_INPUT_MAX: usize = 64 << 20;
+
+/// What a blocking command pops, and how its answer looks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pop {
+    /// BLPOP / BRPOP: `[key, value]`.
+    List {
+        /// From the head.
+        left: bool,
+    },
+    /// BZPOPMIN / BZPOPMAX: `[key, member, score]`.
+    ZSet {
+        /// The highest score.
+        max: bool,
+    },
+    /// BLMOVE / BRPOPLPUSH: the moved element.
+    Move {
+        /// Where it goes (in the source's group).
+        dst: Bytes,
+        /// Pop from the head.
+        from_left: bool,
+        /// Push at the head.
+        to_left: bool,
+    },
+}
+
+/// A parsed blocking command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Blocking {
+    /// The keys, tried in order.
+    pub keys: Vec<Bytes>,
+    /// What is popped from them.
+    pub pop: Pop,
+    /// How long to wait; `None` waits for ever (timeout 0).
+    pub timeout: Option<Duration>,
+}
+
+/// The commands of this module, for COMMAND (name, arity, flags, first key,
+/// last key, step).
+pub const COMMANDS: &[super::command::CommandInfo] = &[
+    ("blpop", -3, &["write", "noscript", "blocking"], 1, -2, 1),
+    ("brpop", -3, &["write", "noscript", "blocking"], 1, -2, 1),
+    (
+        "bzpopmin",
+        -3,
+        &["write", "noscript", "blocking", "fast"],
+        1,
+        -2,
+        1,
+    ),
+    (
+        "bzpopmax",
+        -3,
+        &["write", "noscript", "blocking", "fast"],
+        1,
+        -2,
+        1,
+    ),
+    (
+        "brpoplpush",
+        4,
+        &["write", "denyoom", "noscript", "blocking"],
+        1,
+        2,
+        1,
+    ),
+    (
+        "blmove",
+        6,
+        &["write", "denyoom", "noscript", "blocking"],
+        1,
+        2,
+        1,
+    ),
+];
+
+/// Parses a blocking command (`name` upper case, `args` after it). `None`
+/// if `name` is not one; `Err` is the reply for a bad command.
+pub fn parse(name: &str, args: &[Bytes]) -> Option<Result<Blocking, Reply>> {
+    let info = COMMANDS.iter().find(|c| c.0.eq_ignore_ascii_case(name))?;
+    let n = args.len() as i64 + 1;
+    let arity_ok = if info.1 >= 0 {
+        n == info.1
+    } else {
+        n >= -info.1
+    };
+    if !arity_ok {
+        return Some(Err(Reply::err(format!(
+            "wrong number of arguments for '{}' command",
+            info.0
+        ))));
+    }
+    Some(parse_checked(name, args))
+}
+
+fn parse_checked(name: &str, args: &[Bytes]) -> Result<Blocking, Reply> {
+    let (last, rest) = args.split_last().expect("arity checked");
+    let timeout = timeout(last)?;
+    let side = |b: &Bytes| match b.to_ascii_uppercase().as_slice() {
+        b"LEFT" => Ok(true),
+        b"RIGHT" => Ok(false),
+        _ => Err(Reply::err("syntax error")),
+    };
+    let (keys, pop) = match name {
+        "BLPOP" | "BRPOP" => (
+            rest.to_vec(),
+            Pop::List {
+                left: name == "BLPOP",
+            },
+        ),
+        "BZPOPMIN" | "BZPOPMAX" => (
+            rest.to_vec(),
+            Pop::ZSet {
+                max: name == "BZPOPMAX",
+            },
+        ),
+        "BRPOPLPUSH" => (
+            vec![rest[0].clone()],
+            Pop::Move {
+                dst: rest[1].clone(),
+                from_left: false,
+                to_left: true,
+            },
+        ),
+        "BLMOVE" => (
+            vec![rest[0].clone()],
+            Pop::Move {
+                dst: rest[1].clone(),
+                from_left: side(&rest[2])?,
+                to_left: side(&rest[3])?,
+            },
+        ),
+        _ => return Err(Reply::err("internal error: not a blocking command")),
+    };
+    Ok(Blocking { keys, pop, timeout })
+}
+
+/// Redis' timeout argument: seconds, a float, 0 for ever.
+fn timeout(b: &[u8]) -> Result<Option<Duration>, Reply> {
+    let secs: f64 = std::str::from_utf8(b)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|f: &f64| f.is_finite())
+        .ok_or_else(|| Reply::err("timeout is not a float or out of range"))?;
+    if secs < 0.0 {
+        return Err(Reply::err("timeout is negative"));
+    }
+    if secs == 0.0 {
+        return Ok(None);
+    }
+    Duration::try_from_secs_f64(secs)
+        .map(Some)
+        .map_err(|_| Reply::err("timeout is out of range"))
+}
+
+impl Blocking {
+    /// The write that pops from `key`.
+    fn pop_command(&self, key: &Bytes) -> KvCommand {
+        KvCommand::Typed(match &self.pop {
+            Pop::List { left } => C::ListPop {
+                key: key.clone(),
+                left: *left,
+                count: None,
+            },
+            Pop::ZSet { max } => C::ZPop {
+                key: key.clone(),
+                max: *max,
+                count: None,
+            },
+            Pop::Move {
+                dst,
+                from_left,
+                to_left,
+            } => C::ListMove {
+                key: key.clone(),
+                dst: dst.clone(),
+                from_left: *from_left,
+                to_left: *to_left,
+            },
+        })
+    }
+
+    /// The read of how many elements `key` holds.
+    fn len_query(&self, key: &Bytes) -> KvQuery {
+        KvQuery::Typed(match self.pop {
+            Pop::ZSet { .. } => Q::ZCard { key: key.clone() },
+            _ => Q::ListLen { key: key.clone() },
+        })
+    }
+
+    /// The answer for a pop's result: `Some` if it popped something.
+    fn answer(&self, key: &Bytes, result: KvResult) -> Option<Reply> {
+        match (&self.pop, result) {
+            (Pop::List { .. }, KvResult::Value(Some(v))) => {
+                Some(Reply::Array(vec![Reply::Bulk(key.clone()), Reply::Bulk(v)]))
+            }
+            (Pop::Move { .. }, KvResult::Value(Some(v))) => Some(Reply::Bulk(v)),
+            (Pop::ZSet { .. }, KvResult::Items(items)) if items.len() == 2 => {
+                let mut out = vec![Reply::Bulk(key.clone())];
+                out.extend(items.into_iter().map(Reply::Bulk));
+                Some(Reply::Array(out))
+            }
+            (_, KvResult::Value(None)) => None,
+            (_, KvResult::Items(items)) if items.is_empty() => None,
+            (_, other) => Some(outcome_reply(Ok(other))),
+        }
+    }
+}
+
+/// What the connection lends a blocked command: its socket (to notice the
+/// client leaving), its input buffer (for what the client sends meanwhile)
+/// and the node's stop signal.
+pub struct Client<'a> {
+    /// The client's socket.
+    pub stream: &'a mut TcpStream,
+    /// Input not parsed yet.
+    pub input: &'a mut BytesMut,
+    /// Fires when the node stops.
+    pub stop: &'a flume::Receiver<()>,
+}
+
+/// Counts a blocked connection for `INFO clients` while it lives.
+struct BlockedGuard<'a>(&'a Shared);
+
+impl<'a> BlockedGuard<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared.clients_blocked.fetch_add(1, Ordering::Relaxed);
+        BlockedGuard(shared)
+    }
+}
+
+impl Drop for BlockedGuard<'_> {
+    fn drop(&mut self) {
+        self.0.clients_blocked.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why a wait ended.
+enum Woke {
+    Timer,
+    Input(std::io::Result<usize>),
+    Stop,
+}
+
+/// Runs a blocking command to its answer. `None` if the client left or the
+/// node is stopping (the connection then closes without an answer).
+pub async fn run(
+    b: Blocking,
+    conn: &mut Conn,
+    shared: &Shared,
+    client: &mut Client<'_>,
+) -> Option<Reply> {
+    let _blocked = BlockedGuard::new(shared);
+    let started = Instant::now();
+    let deadline = b.timeout.map(|t| started + t);
+    let groups: Vec<GroupId> = b.keys.iter().map(|k| conn.kv.group_for(k)).collect();
+    if let Pop::Move { dst, .. } = &b.pop {
+        if conn.kv.group_for(dst) != groups[0] {
+            return Some(super::command::crossslot());
+        }
+    }
+    let mut wait = POLL_MIN;
+    let mut last_pop = started;
+    let mut scratch = vec![0u8; 16 << 10];
+    // The first round pops without looking: most blocking pops find an
+    // element at once.
+    let mut candidates: Vec<usize> = (0..b.keys.len()).collect();
+    loop {
+        for &i in &candidates {
+            let (key, group) = (&b.keys[i], groups[i]);
+            let outcome = super::command::call_write(conn, group, b.pop_command(key), shared).await;
+            match outcome {
+                Ok(r) => {
+                    if let Some(reply) = b.answer(key, r) {
+                        return Some(reply);
+                    }
+                }
+                Err(e) => return Some(outcome_reply(Err(e))),
+            }
+        }
+        if !candidates.is_empty() {
+            last_pop = Instant::now();
+        }
+        // Nothing to pop: wait, then look again.
+        loop {
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Some(Reply::NilArray);
+            }
+            let nap = deadline.map_or(wait, |d| wait.min(d - now));
+            let woke = futures_lite::future::or(
+                async {
+                    glommio::timer::sleep(nap).await;
+                    Woke::Timer
+                },
+                futures_lite::future::or(
+                    async { Woke::Input(client.stream.read(&mut scratch).await) },
+                    async {
+                        let _ = client.stop.recv_async().await;
+                        Woke::Stop
+                    },
+                ),
+            )
+            .await;
+            match woke {
+                Woke::Input(Ok(n)) if n > 0 => {
+                    if client.input.len() + n > PENDING_INPUT_MAX {
+                        return None;
+                    }
+                    client.input.extend_from_slice(&scratch[..n]);
+                    continue;
+                }
+                Woke::Input(_) | Woke::Stop => return None,
+                Woke::Timer => {}
+            }
+            wait = (wait * 2).min(POLL_MAX);
+            if last_pop.elapsed() >= FORCED_POP_EVERY {
+                candidates = (0..b.keys.len()).collect();
+                break;
+            }
+            candidates = match nonempty(&b, &groups, conn).await {
+                Ok(c) => c,
+                Err(reply) => return Some(reply),
+            };
+            if !candidates.is_empty() {
+                break;
+            }
+        }
+    }
+}
+
+/// The keys (by position) that hold an element on this node's replica:
+/// a stale local read, no log entry. A key of the wrong type is the
+/// command's error, as in Redis.
+async fn nonempty(b: &Blocking, groups: &[GroupId], conn: &mut Conn) -> Result<Vec<usize>, Reply> {
+    let mut local = conn.kv.clone();
+    local.consistency = ReadConsistency::Stale;
+    let mut out = Vec::new();
+    for (i, key) in b.keys.iter().enumerate() {
+        match local.query(groups[i], &b.len_query(key)).await {
+            Ok(KvResult::Len(0) | KvResult::Count(0)) => {}
+            Ok(KvResult::Len(_) | KvResult::Count(_)) => out.push(i),
+            Ok(KvResult::Error(e)) => return Err(outcome_reply(Ok(KvResult::Error(e)))),
+            Ok(other) => return Err(outcome_reply(Ok(other))),
+            // The local replica cannot answer now: try the real pop.
+            Err(HostError::Timeout(_) | HostError::Request(_)) => out.push(i),
+            Err(e) => return Err(outcome_reply(Err(e))),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<Bytes> {
+        a.iter()
+            .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+            .collect()
+    }
+
+    fn parsed(name: &str, a: &[&str]) -> Result<Blocking, Reply> {
+        parse(name, &args(a)).expect("a blocking command")
+    }
+
+    #[test]
+    fn parses_keys_pops_and_timeouts() {
+        let b = parsed("BLPOP", &["a", "b", "1.5"]).unwrap();
+        assert_eq!(b.keys, args(&["a", "b"]));
+        assert_eq!(b.pop, Pop::List { left: true });
+        assert_eq!(b.timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(parsed("BRPOP", &["a", "0"]).unwrap().timeout, None);
+        assert_eq!(
+            parsed("BZPOPMAX", &["z", "2"]).unwrap().pop,
+            Pop::ZSet { max: true }
+        );
+        let m = parsed("BLMOVE", &["s", "d", "left", "RIGHT", "0.01"]).unwrap();
+        assert_eq!(m.keys, args(&["s"]));
+        assert_eq!(
+            m.pop,
+            Pop::Move {
+                dst: Bytes::from_static(b"d"),
+                from_left: true,
+                to_left: false
+            }
+        );
+        let r = parsed("BRPOPLPUSH", &["s", "d", "3"]).unwrap();
+        assert_eq!(
+            r.pop,
+            Pop::Move {
+                dst: Bytes::from_static(b"d"),
+                from_left: false,
+                to_left: true
+            }
+        );
+        assert!(parse("LPOP", &args(&["a"])).is_none());
+    }
+
+    #[test]
+    fn refuses_bad_arguments_with_redis_errors() {
+        let err = |name: &str, a: &[&str]| match parsed(name, a) {
+            Err(Reply::Error(e)) => e,
+            other => panic!("{name} {a:?}: {other:?}"),
+        };
+        assert_eq!(
+            err("BLPOP", &["a"]),
+            "ERR wrong number of arguments for 'blpop' command"
+        );
+        assert_eq!(
+            err("BLPOP", &["a", "x"]),
+            "ERR timeout is not a float or out of range"
+        );
+        assert_eq!(err("BLPOP", &["a", "-1"]), "ERR timeout is negative");
+        assert_eq!(
+            err("BZPOPMIN", &["a", "inf"]),
+            "ERR timeout is not a float or out of range"
+        );
+        assert_eq!(
+            err("BLMOVE", &["s", "d", "UP", "LEFT", "1"]),
+            "ERR syntax error"
+        );
+        assert_eq!(
+            err("BRPOPLPUSH", &["s", "d"]),
+            "ERR wrong number of arguments for 'brpoplpush' command"
+        );
+    }
+
+    #[test]
+    fn answers_have_redis_shapes() {
+        let key = Bytes::from_static(b"k");
+        let list = parsed("BLPOP", &["k", "1"]).unwrap();
+        assert_eq!(
+            list.answer(&key, KvResult::Value(Some(Bytes::from_static(b"v")))),
+            Some(Reply::Array(vec![
+                Reply::Bulk(key.clone()),
+                Reply::Bulk(Bytes::from_static(b"v"))
+            ]))
+        );
+        assert_eq!(list.answer(&key, KvResult::Value(None)), None);
+        let z = parsed("BZPOPMIN", &["k", "1"]).unwrap();
+        assert_eq!(
+            z.answer(&key, KvResult::Items(args(&["m", "1.5"]))),
+            Some(Reply::Array(vec![
+                Reply::Bulk(key.clone()),
+                Reply::Bulk(Bytes::from_static(b"m")),
+                Reply::Bulk(Bytes::from_static(b"1.5"))
+            ]))
+        );
+        assert_eq!(z.answer(&key, KvResult::Items(Vec::new())), None);
+        let mv = parsed("BLMOVE", &["k", "d", "LEFT", "LEFT", "1"]).unwrap();
+        assert_eq!(
+            mv.answer(&key, KvResult::Value(Some(Bytes::from_static(b"e")))),
+            Some(Reply::Bulk(Bytes::from_static(b"e")))
+        );
+        assert!(matches!(
+            list.answer(&key, KvResult::Error(flotilla_rsm::KvError::WrongType)),
+            Some(Reply::Error(e)) if e.starts_with("WRONGTYPE")
+        ));
+    }
+}
