@@ -119,6 +119,48 @@ pub struct RunningNode {
     pub endpoints: Endpoints,
 }
 
+/// The file in a data directory that records its number of KV groups.
+const KV_GROUPS_FILE: &str = "kv-groups";
+
+/// Refuses to serve a data directory with another number of KV groups than
+/// it was created with: keys hash over the KV groups, so with another count
+/// most keys would be looked for in groups that do not hold them (they
+/// seemed lost, and writes went to the wrong groups). Data from before the
+/// file existed is accepted once and the file written.
+fn check_kv_groups(dir: &Path, kv_groups: u32) -> Result<(), StartError> {
+    let path = dir.join(KV_GROUPS_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(StartError::DataDir { path, error }),
+    };
+    let recorded: u32 = text.trim().parse().map_err(|_| {
+        StartError::Config(format!(
+            "{}: {:?} is not a number of KV groups",
+            path.display(),
+            text.trim()
+        ))
+    })?;
+    if recorded != kv_groups {
+        return Err(StartError::Config(format!(
+            "{} was created with {recorded} KV groups, not {kv_groups}: keys hash over the KV \
+             groups, so restart with --kv-groups {recorded}",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Records the number of KV groups once the node serves them.
+fn remember_kv_groups(dir: &Path, kv_groups: u32) -> Result<(), StartError> {
+    let path = dir.join(KV_GROUPS_FILE);
+    if path.exists() {
+        return Ok(());
+    }
+    std::fs::write(&path, format!("{kv_groups}\n"))
+        .map_err(|error| StartError::DataDir { path, error })
+}
+
 /// Checks that `dir` exists (creating it) and is writable.
 fn check_data_dir(dir: &Path) -> Result<(), StartError> {
     let fail = |error| StartError::DataDir {
@@ -208,6 +250,7 @@ pub fn start(cfg: &NodeConfig) -> Result<RunningNode, StartError> {
         .member_list()
         .map_err(|e| StartError::Config(e.to_string()))?;
     check_data_dir(&cfg.data_dir)?;
+    check_kv_groups(&cfg.data_dir, cfg.kv_groups)?;
     // Client listeners first (kept), raft ports probed: the shards bind
     // those themselves (exclusively, see the transport), and waiting here
     // for a port still held by an earlier run fails with one clear error
@@ -253,6 +296,8 @@ pub fn start(cfg: &NodeConfig) -> Result<RunningNode, StartError> {
             return Err(StartError::Bootstrap { group: g.0, error });
         }
     }
+
+    remember_kv_groups(&cfg.data_dir, cfg.kv_groups)?;
 
     let shared = Arc::new(Shared::new(
         host.clone(),

@@ -29,8 +29,11 @@ pub fn init_logging(format: LogFormat) {
             std::env::var("RUST_LOG").ok().map(|v| (v, e.to_string())),
         ),
     };
+    // Colours only on a terminal: a log file gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let installed = match format {
         LogFormat::Text => builder.try_init(),

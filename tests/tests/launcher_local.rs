@@ -190,6 +190,42 @@ fn local_starts_serves_stops_and_restarts_with_its_data() {
         "exit status after SIGTERM: {status:?}"
     );
 
+    // Another number of KV groups on this data is refused (keys hash over
+    // the groups: most would be looked for where they are not).
+    let mut wrong = Command::new(flotilla_bin())
+        .args([
+            "local",
+            "--data-dir",
+            &data,
+            "--shards",
+            "1",
+            "--kv-groups",
+            "8",
+            "--resp-port-base",
+            &bases.0.to_string(),
+            "--http-port-base",
+            &bases.1.to_string(),
+            "--raft-port-base",
+            &bases.2.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn flotilla local");
+    let status = wait_exit(
+        &mut wrong,
+        "flotilla local with another --kv-groups",
+        Duration::from_secs(30),
+    );
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut wrong.stderr.take().unwrap(), &mut said).unwrap();
+    assert!(!status.success(), "refused: {status:?}");
+    assert!(
+        said.contains("created with 4 KV groups, not 8"),
+        "names the problem: {said}"
+    );
+
     // Second run on the same data, this time serving clients on a client
     // executor of their own (the first served them on the shard executors,
     // `local`'s default): every acknowledged write is there, and new writes

@@ -480,6 +480,47 @@ fn a_fourth_node_joins_a_running_cluster() {
         data_dir,
         child: None,
     };
+    // First with another cluster id: refused before anything changes (it
+    // used to be added as a voter of every group, then could not connect).
+    let mut wrong = NodeProc {
+        id: 4,
+        resp,
+        http: http_addr,
+        raft,
+        log: dir.path().join("node-4-wrong.log"),
+        args: n4
+            .args
+            .iter()
+            .map(|a| {
+                if *a == n4.data_dir.display().to_string() {
+                    dir.path().join("node-4-wrong").display().to_string()
+                } else {
+                    a.clone()
+                }
+            })
+            .chain(["--cluster-id".to_string(), "999".to_string()])
+            .collect(),
+        data_dir: dir.path().join("node-4-wrong"),
+        child: None,
+    };
+    wrong.start();
+    let mut child = wrong.child.take().unwrap();
+    let status = wait_exit(&mut child, "a join with the wrong cluster id", READY);
+    assert!(!status.success(), "refused: {status:?}");
+    assert!(
+        wrong.log_tail().contains("--cluster-id 1"),
+        "says which id to use:\n{}",
+        wrong.log_tail()
+    );
+    assert!(
+        !wrong.log_tail().contains('\u{1b}'),
+        "a log file gets no colour codes:\n{}",
+        wrong.log_tail()
+    );
+    for g in 1..=2 {
+        let (_, body) = http(nodes[0].http, "GET", &format!("/groups/{g}/members"), "");
+        assert!(!body.contains("\"node\":4"), "group {g} unchanged: {body}");
+    }
     n4.start();
     n4.wait_ready(READY);
     let mut c4 = n4.redis();

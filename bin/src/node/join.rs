@@ -40,6 +40,12 @@ pub(super) fn join_cluster(
         .map_err(|e| fail(format!("bad address: {e}")))?
         .next()
         .ok_or_else(|| fail("the address resolves to nothing".into()))?;
+    let (status, body) =
+        http(addr, "GET", "/status", "").map_err(|e| fail(format!("GET /status: {e}")))?;
+    if status != 200 {
+        return Err(fail(format!("GET /status: {status} {}", body.trim())));
+    }
+    check_same_cluster(&body, cfg.cluster_id, cfg.shards, cfg.kv_groups).map_err(fail)?;
     let me = NodeId(cfg.node_id);
     for g in groups {
         let (status, body) = http(addr, "GET", &format!("/groups/{}/members", g.0), "")
@@ -92,6 +98,51 @@ fn already_hosted(
         Ok(Some(_)) => Ok(()),
         _ => Err(e),
     }
+}
+
+/// Refuses to join a cluster of another id (its nodes would refuse every
+/// connection of ours: each group would gain a voter that never answers) or
+/// of another shard count. `status` is the body of the node's `/status`.
+fn check_same_cluster(
+    status: &str,
+    cluster_id: u64,
+    shards: usize,
+    kv_groups: u32,
+) -> Result<(), String> {
+    let v: serde_json::Value =
+        serde_json::from_str(status).map_err(|e| format!("/status is not JSON: {e}"))?;
+    let theirs = v
+        .get("cluster_id")
+        .and_then(|c| c.as_u64())
+        .ok_or("/status has no `cluster_id`")?;
+    if theirs != cluster_id {
+        return Err(format!(
+            "that cluster's id is {theirs}, this node's {cluster_id}: start it with \
+             --cluster-id {theirs} (nothing was changed)"
+        ));
+    }
+    let their_shards = v
+        .get("shard_count")
+        .and_then(|c| c.as_u64())
+        .ok_or("/status has no `shard_count`")?;
+    if their_shards != shards as u64 {
+        return Err(format!(
+            "that cluster's nodes run {their_shards} shards, this node {shards}: start it \
+             with --shards {their_shards} (nothing was changed)"
+        ));
+    }
+    let their_groups = v
+        .pointer("/groups/kv_groups")
+        .and_then(|g| g.as_array())
+        .map(|g| g.len())
+        .ok_or("/status has no `groups.kv_groups`")?;
+    if their_groups != kv_groups as usize {
+        return Err(format!(
+            "that cluster serves {their_groups} KV groups, this node {kv_groups}: start it \
+             with --kv-groups {their_groups} (nothing was changed)"
+        ));
+    }
+    Ok(())
 }
 
 /// `{"members": [{"node": 1, "addr": "ip:port", ...}, ...]}`.
@@ -148,6 +199,20 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> Result<(u16, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_join_checks_the_cluster_id_and_shard_count_first() {
+        let status = r#"{"cluster_id":77,"shard_count":2,"node":1,"groups":{"kv_groups":[1,2,3]}}"#;
+        assert_eq!(check_same_cluster(status, 77, 2, 3), Ok(()));
+        let e = check_same_cluster(status, 1, 2, 3).unwrap_err();
+        assert!(e.contains("--cluster-id 77"), "{e}");
+        let e = check_same_cluster(status, 77, 1, 3).unwrap_err();
+        assert!(e.contains("--shards 2"), "{e}");
+        let e = check_same_cluster(status, 77, 2, 16).unwrap_err();
+        assert!(e.contains("--kv-groups 3"), "{e}");
+        assert!(check_same_cluster("{}", 77, 2, 3).is_err());
+        assert!(check_same_cluster("not json", 77, 2, 3).is_err());
+    }
 
     #[test]
     fn members_parse_from_the_http_membership() {
