@@ -608,6 +608,47 @@ fn leader_removal_steps_down() {
     );
 }
 
+/// A removed follower learns that its removal committed (the leader's
+/// farewell heartbeat): without it, it held the change uncommitted, kept
+/// itself in the membership and stayed leaderless for good once nobody
+/// sent to it any more.
+#[test]
+fn a_removed_follower_learns_its_removal() {
+    let mut c = Cluster::new(&[1, 2, 3], &default());
+    c.campaign(1);
+    c.stabilize();
+    let i = c
+        .node(1)
+        .propose_conf_change(ConfChange {
+            kind: ConfChangeKind::RemoveNode,
+            node: NodeId(3),
+            address: Bytes::new(),
+        })
+        .unwrap();
+    c.stabilize();
+    let commit3 = c.node(3).commit();
+    let members3: Vec<u64> = c
+        .node(3)
+        .membership()
+        .members
+        .iter()
+        .map(|m| m.id.0)
+        .collect();
+    c.say(format!(
+        "removal of 3 at {i}: node 3 commit {commit3}, members {members3:?}"
+    ));
+    assert!(c.node(3).commit() >= i, "node 3 heard the commit");
+    assert!(
+        c.node(3).membership().get(NodeId(3)).is_none(),
+        "node 3 knows it is out"
+    );
+    c.tick_all(100);
+    assert_eq!(c.node(3).role(), Role::Follower, "and never campaigns");
+    let j = c.propose(1, "after").unwrap();
+    c.stabilize();
+    assert!(c.node(2).commit() >= j);
+}
+
 /// The single-server change bug (Ongaro, raft-dev 2015): a new leader must
 /// commit an entry of its own term before starting a membership change.
 #[test]

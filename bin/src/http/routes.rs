@@ -712,7 +712,19 @@ async fn settle(
     want: impl Fn(&MembershipInfo) -> bool,
 ) -> ApiResult {
     let err = match outcome {
-        Ok(()) => return membership_answer(state, group, deadline).await,
+        Ok(()) => {
+            // Committed by the leader; this replica applies it a moment
+            // later (a removed replica hears of it from the leader's
+            // farewell heartbeat). Answer with the membership after it.
+            let until = std::time::Instant::now() + Duration::from_secs(1).min(deadline);
+            while std::time::Instant::now() < until {
+                match state.host().membership(group, deadline).await {
+                    Ok(Some(m)) if want(&m) => break,
+                    _ => glommio::timer::sleep(Duration::from_millis(10)).await,
+                }
+            }
+            return membership_answer(state, group, deadline).await;
+        }
         Err(e) => ApiError::from(e),
     };
     let check = Duration::from_secs(1).min(state.options.timeout);

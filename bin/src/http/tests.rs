@@ -1148,6 +1148,23 @@ fn rafter_demo_admin_status_and_metrics_on_two_nodes() {
         json!([{"node": 2, "kind": "voter", "addr": r2.to_string()}])
     );
     call(h2, "DELETE", "/groups/7/members/2", b"").expect_error(400, "invalid_membership_change");
+    // The removed node hears that its removal committed (the leader's
+    // farewell heartbeat): it used to keep the old membership, leaderless.
+    eventually(
+        Duration::from_secs(10),
+        "node 1 sees itself removed",
+        || {
+            let a = call(h1, "GET", "/groups/7/members", b"");
+            if a.status == 200
+                && a.json()["members"]
+                    == json!([{"node": 2, "kind": "voter", "addr": r2.to_string()}])
+            {
+                Ok(())
+            } else {
+                Err(seen(&a))
+            }
+        },
+    );
     let a = call(h2, "PUT", "/cluster/7?key=after&value=removal", b"");
     assert_eq!(a.status, 200, "{}", text(&a));
 

@@ -330,12 +330,15 @@ pub async fn run(
             last_pop = Instant::now();
         }
         // Nothing to pop: wait, then look again.
+        let mut next_look = Instant::now() + wait;
         loop {
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
                 return Some(Reply::NilArray);
             }
-            let nap = deadline.map_or(wait, |d| wait.min(d - now));
+            // Input from the client does not postpone the next look.
+            let until = deadline.map_or(next_look, |d| next_look.min(d));
+            let nap = until.saturating_duration_since(now);
             let woke = futures_lite::future::or(
                 async {
                     glommio::timer::sleep(nap).await;
@@ -362,6 +365,7 @@ pub async fn run(
                 Woke::Timer => {}
             }
             wait = (wait * 2).min(POLL_MAX);
+            next_look = Instant::now() + wait;
             if last_pop.elapsed() >= FORCED_POP_EVERY {
                 candidates = (0..b.keys.len()).collect();
                 break;

@@ -1241,6 +1241,11 @@ impl Raft {
         match m.kind {
             MessageType::AppendResponse => {
                 let Some(pr) = self.progress.get_mut(&from) else {
+                    // A replica removed before its acknowledgement of the
+                    // change arrived.
+                    if !m.reject {
+                        self.farewell(from, m.index);
+                    }
                     return;
                 };
                 pr.recent_active = true;
@@ -1660,6 +1665,18 @@ impl Raft {
         }
     }
 
+    /// Tells a replica that is no longer a member how far the log is
+    /// committed (up to `matched`, what it holds of this leader's log). It
+    /// holds the change that removed it but would never hear that it
+    /// committed -- nobody sends to it any more -- and so stayed in the old
+    /// membership, leaderless, for good. Committed there, the change tells
+    /// it that it is out: it no longer campaigns.
+    fn farewell(&mut self, to: NodeId, matched: Index) {
+        let mut m = Message::new(self.group, MessageType::Heartbeat, self.id, to, self.term);
+        m.commit = self.log.commit.min(matched);
+        self.msgs.push(m);
+    }
+
     fn apply_membership(&mut self, index: Index, m: Membership) {
         tracing::info!(
             group = self.group.0,
@@ -1678,7 +1695,10 @@ impl Raft {
         let ids: Vec<NodeId> = self.progress.keys().copied().collect();
         for id in ids {
             if self.membership.get(id).is_none() {
-                self.progress.remove(&id);
+                let p = self.progress.remove(&id).expect("listed");
+                if p.match_index >= index {
+                    self.farewell(id, p.match_index);
+                }
             }
         }
         for mem in &self.membership.members {
