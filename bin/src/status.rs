@@ -32,7 +32,12 @@ pub fn run(args: StatusArgs) -> Result<(), String> {
         .map_err(|e| format!("node address {:?}: {e}", args.node))?
         .next()
         .ok_or_else(|| format!("node address {:?} resolves to nothing", args.node))?;
-    let text = fetch_info(addr, timeout).map_err(|e| format!("node {addr}: {e}"))?;
+    let text = fetch_info(addr, timeout).map_err(|e| {
+        format!(
+            "node {addr}: {e} (`--node` is a node's Redis address; `flotilla local` serves \
+             127.0.0.1:6381..6383)"
+        )
+    })?;
     if args.raw {
         print!("{}", text.replace("\r\n", "\n"));
         return Ok(());

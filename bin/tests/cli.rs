@@ -53,4 +53,8 @@ fn unknown_flags_and_unreachable_status_fail_cleanly() {
     assert_eq!(code, 1, "status of nothing: {err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert!(err.contains("refused"), "{err}");
+    assert!(
+        err.contains("6381"),
+        "points at `flotilla local`'s ports: {err}"
+    );
 }
