@@ -73,14 +73,14 @@ fn start_local(data: &str, bases: (u16, u16, u16), extra: &[&str]) -> Local {
     start_local_in(None, Some(data), bases, extra)
 }
 
-/// `flotilla local` with the working directory `cwd` and, without `data`,
-/// its default data directory (`./flotilla-data`, as the README runs it).
-fn start_local_in(
+/// The `flotilla local` command line of these tests: one shard per node,
+/// `kv_groups` groups, ports from `bases`.
+fn local_command(
     cwd: Option<&std::path::Path>,
     data: Option<&str>,
     bases: (u16, u16, u16),
-    extra: &[&str],
-) -> Local {
+    kv_groups: u32,
+) -> Command {
     let mut cmd = Command::new(flotilla_bin());
     cmd.arg("local");
     if let Some(data) = data {
@@ -89,19 +89,30 @@ fn start_local_in(
     if let Some(cwd) = cwd {
         cmd.current_dir(cwd);
     }
-    let mut child = cmd
-        .args([
-            "--shards",
-            "1",
-            "--kv-groups",
-            "4",
-            "--resp-port-base",
-            &bases.0.to_string(),
-            "--http-port-base",
-            &bases.1.to_string(),
-            "--raft-port-base",
-            &bases.2.to_string(),
-        ])
+    cmd.args([
+        "--shards",
+        "1",
+        "--kv-groups",
+        &kv_groups.to_string(),
+        "--resp-port-base",
+        &bases.0.to_string(),
+        "--http-port-base",
+        &bases.1.to_string(),
+        "--raft-port-base",
+        &bases.2.to_string(),
+    ]);
+    cmd
+}
+
+/// `flotilla local` with the working directory `cwd` and, without `data`,
+/// its default data directory (`./flotilla-data`, as the README runs it).
+fn start_local_in(
+    cwd: Option<&std::path::Path>,
+    data: Option<&str>,
+    bases: (u16, u16, u16),
+    extra: &[&str],
+) -> Local {
+    let mut child = local_command(cwd, data, bases, 4)
         .args(extra)
         .env("RUST_LOG", "warn,glommio::reactor=off")
         .stdin(Stdio::null())
@@ -192,22 +203,7 @@ fn local_starts_serves_stops_and_restarts_with_its_data() {
 
     // Another number of KV groups on this data is refused (keys hash over
     // the groups: most would be looked for where they are not).
-    let mut wrong = Command::new(flotilla_bin())
-        .args([
-            "local",
-            "--data-dir",
-            &data,
-            "--shards",
-            "1",
-            "--kv-groups",
-            "8",
-            "--resp-port-base",
-            &bases.0.to_string(),
-            "--http-port-base",
-            &bases.1.to_string(),
-            "--raft-port-base",
-            &bases.2.to_string(),
-        ])
+    let mut wrong = local_command(None, Some(&data), bases, 8)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

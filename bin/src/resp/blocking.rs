@@ -126,13 +126,7 @@ pub const COMMANDS: &[super::command::CommandInfo] = &[
 /// if `name` is not one; `Err` is the reply for a bad command.
 pub fn parse(name: &str, args: &[Bytes]) -> Option<Result<Blocking, Reply>> {
     let info = COMMANDS.iter().find(|c| c.0.eq_ignore_ascii_case(name))?;
-    let n = args.len() as i64 + 1;
-    let arity_ok = if info.1 >= 0 {
-        n == info.1
-    } else {
-        n >= -info.1
-    };
-    if !arity_ok {
+    if !super::command::arity_ok(info, args.len()) {
         return Some(Err(Reply::err(format!(
             "wrong number of arguments for '{}' command",
             info.0

@@ -295,6 +295,17 @@ fn upper(b: &[u8]) -> String {
 /// fields of a COMMAND reply).
 pub type CommandInfo = (&'static str, i64, &'static [&'static str], i64, i64, i64);
 
+/// Whether `args` arguments after the name fit `info`'s arity (Redis'
+/// convention: exactly `n`, or at least `-n` when negative, name included).
+pub fn arity_ok(info: &CommandInfo, args: usize) -> bool {
+    let n = args as i64 + 1;
+    if info.1 >= 0 {
+        n == info.1
+    } else {
+        n >= -info.1
+    }
+}
+
 /// Commands with their arity, flags and key positions (COMMAND output).
 const COMMANDS: &[CommandInfo] = &[
     ("get", 2, &["readonly", "fast"], 1, 1, 1),

@@ -404,13 +404,7 @@ pub fn prepare(
     seed: u64,
 ) -> Option<Result<Planned, Reply>> {
     let info = COMMANDS.iter().find(|c| c.0.eq_ignore_ascii_case(name))?;
-    let n = args.len() as i64 + 1;
-    let ok = if info.1 >= 0 {
-        n == info.1
-    } else {
-        n >= -info.1
-    };
-    if !ok {
+    if !super::command::arity_ok(info, args.len()) {
         return Some(Err(arity(name)));
     }
     Some(prepare_checked(name, args, now_ms, seed))
