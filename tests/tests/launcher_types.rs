@@ -586,6 +586,36 @@ fn blocking_pops_end_to_end() {
     let answer = raw_exchange(&mut raw, b"", 6);
     assert_eq!(answer, "*2\r\n$4\r\npipe\r\n$1\r\nv\r\n+PONG\r\n");
 
+    // SAVE snapshots every KV group's replica on the node; BGSAVE does it
+    // in the background; LASTSAVE moves; ROLE answers as a master.
+    let taken = |n: &NodeProc| -> f64 {
+        let (status, body) = http(n.http, "GET", "/metrics", "");
+        assert_eq!(status, 200);
+        body.lines()
+            .filter(|l| l.starts_with("flotilla_snapshots_taken_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let before = taken(&nodes[0]);
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert_eq!(q(&mut c, &["SAVE"]), Value::Okay);
+    assert!(taken(&nodes[0]) > before, "SAVE took snapshots");
+    match q(&mut c, &["LASTSAVE"]) {
+        Int(t) => assert!(t >= since, "LASTSAVE {t} >= {since}"),
+        other => panic!("LASTSAVE: {other:?}"),
+    }
+    assert_eq!(
+        q(&mut c, &["BGSAVE"]),
+        Value::SimpleString("Background saving started".into())
+    );
+    assert_eq!(
+        q(&mut c, &["ROLE"]),
+        Value::Array(vec![bulk("master"), Int(0), Value::Array(vec![])])
+    );
+
     // Not inside a transaction (it would block the group's batch).
     assert_eq!(q(&mut c, &["MULTI"]), Value::Okay);
     assert!(err(&mut c, &["BLPOP", "k", "1"]).contains("transaction"));

@@ -61,6 +61,9 @@ pub struct Shared {
     pub commands_processed: AtomicU64,
     /// Connections waiting in a blocking command (BLPOP...).
     pub clients_blocked: AtomicUsize,
+    /// Unix seconds of the last SAVE / BGSAVE that finished (LASTSAVE);
+    /// the start of the node until then. Shared with BGSAVE's task.
+    pub last_save_secs: Arc<AtomicU64>,
     next_client_id: AtomicU64,
     /// Per KV group (routing order): a command of this node gave a key a
     /// deadline since the expiry task last looked (see `expiry.rs`).
@@ -92,6 +95,7 @@ impl Shared {
             clients_accepted: AtomicU64::new(0),
             commands_processed: AtomicU64::new(0),
             clients_blocked: AtomicUsize::new(0),
+            last_save_secs: Arc::new(AtomicU64::new(crate::expiry::unix_ms() / 1000)),
             next_client_id: AtomicU64::new(1),
             expiry_hints: kv_groups
                 .iter()
@@ -245,6 +249,11 @@ pub enum Prepared {
     Unwatch(Reply),
     /// A blocking pop (BLPOP...): waits for an element or its timeout.
     Block(super::blocking::Blocking),
+    /// SAVE / BGSAVE: snapshot every KV group's replica on this node.
+    Save {
+        /// BGSAVE: answer at once, snapshot in the background.
+        background: bool,
+    },
 }
 
 /// Opaque finisher of a plan.
@@ -354,6 +363,17 @@ const COMMANDS: &[CommandInfo] = &[
     ("ping", -1, &["fast"], 0, 0, 0),
     ("echo", 2, &["fast"], 0, 0, 0),
     ("time", 1, &["random", "fast"], 0, 0, 0),
+    ("save", 1, &["admin", "noscript"], 0, 0, 0),
+    ("bgsave", -1, &["admin", "noscript"], 0, 0, 0),
+    ("lastsave", 1, &["random", "fast"], 0, 0, 0),
+    (
+        "role",
+        1,
+        &["noscript", "loading", "stale", "fast"],
+        0,
+        0,
+        0,
+    ),
     ("info", -1, &["loading", "stale"], 0, 0, 0),
     ("command", -1, &["loading", "stale"], 0, 0, 0),
     ("client", -2, &["loading", "stale"], 0, 0, 0),
@@ -805,6 +825,32 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
         "PING" => match args.len() {
             0 => Prepared::Reply(Reply::Simple("PONG".into())),
             1 => Prepared::Reply(Reply::Bulk(args[0].clone())),
+            _ => arity(&name),
+        },
+        "SAVE" | "BGSAVE" => match (name.as_str(), args) {
+            ("SAVE", []) => Prepared::Save { background: false },
+            ("BGSAVE", []) => Prepared::Save { background: true },
+            ("BGSAVE", [s]) if s.eq_ignore_ascii_case(b"SCHEDULE") => {
+                Prepared::Save { background: true }
+            }
+            ("BGSAVE", [_]) => syntax(),
+            _ => arity(&name),
+        },
+        "LASTSAVE" => match args {
+            [] => Prepared::Reply(Reply::Int(
+                shared.last_save_secs.load(Ordering::Relaxed) as i64
+            )),
+            _ => arity(&name),
+        },
+        // One node of a raft cluster: every node takes writes (forwarding
+        // them to each group's leader), so each answers as a master
+        // without replicas of its own.
+        "ROLE" => match args {
+            [] => Prepared::Reply(Reply::Array(vec![
+                Reply::text("master"),
+                Reply::Int(0),
+                Reply::Array(Vec::new()),
+            ])),
             _ => arity(&name),
         },
         "TIME" => match args {
@@ -1493,6 +1539,36 @@ async fn call(
         }
         glommio::timer::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// SAVE: snapshots (and compacts the log of) this node's replica of every
+/// KV group; `OK` when all are durable. BGSAVE answers at once and does the
+/// same on this executor in the background.
+pub async fn save(background: bool, shared: &Shared) -> Reply {
+    let host = shared.host.clone();
+    let groups = shared.kv_groups.clone();
+    let timeout = shared.request_timeout.max(Duration::from_secs(60));
+    let last = shared.last_save_secs.clone();
+    let run = async move {
+        let done = futures::future::join_all(
+            groups
+                .iter()
+                .map(|g| async { (*g, host.request_snapshot(*g, timeout).await) }),
+        )
+        .await;
+        if let Some((g, Err(e))) = done.into_iter().find(|(_, r)| r.is_err()) {
+            tracing::warn!(group = g.0, error = %e, "SAVE: snapshot failed");
+            return Reply::err(format!("snapshot of group {} failed: {e}", g.0));
+        }
+        last.store(crate::expiry::unix_ms() / 1000, Ordering::Relaxed);
+        Reply::Ok
+    };
+    if background {
+        glommio::spawn_local(run).detach();
+        Reply::Simple("Background saving started".into())
+    } else {
+        run.await
     }
 }
 

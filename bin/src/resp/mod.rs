@@ -232,6 +232,9 @@ async fn execute(
                         conn.watched.clear();
                         replies.push(Some(reply));
                     }
+                    Prepared::Save { background } => {
+                        replies.push(Some(command::save(background, shared).await));
+                    }
                     Prepared::Block(b) => match blocking::run(b, conn, shared, client).await {
                         Some(reply) => replies.push(Some(reply)),
                         // The client left (or the node stops): no answer.

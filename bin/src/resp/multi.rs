@@ -181,6 +181,10 @@ pub fn queue(prepared: Prepared, conn: &mut Conn) -> Prepared {
             m,
             Reply::err("INFO and KEYS cannot be part of a transaction"),
         ),
+        Prepared::Save { .. } => refuse(
+            m,
+            Reply::err("SAVE and BGSAVE cannot be part of a transaction"),
+        ),
         Prepared::Block(_) => refuse(
             m,
             Reply::err("blocking commands cannot be part of a transaction here"),
