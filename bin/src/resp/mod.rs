@@ -121,8 +121,10 @@ async fn connection(mut stream: TcpStream, shared: &Shared, stop: flume::Receive
     // time (4 % of a shard's CPU under `redis-benchmark -t ping`).
     let stopping = stop.recv_async();
     futures_lite::pin!(stopping);
+    let mut pipeline = Pipeline::default();
     loop {
-        let mut batch: Vec<Prepared> = Vec::new();
+        pipeline.trim();
+        let batch = &mut pipeline.batch;
         let mut broken = None;
         while batch.len() < PIPELINE_MAX {
             match parser.next(&mut buf) {
@@ -152,7 +154,8 @@ async fn connection(mut stream: TcpStream, shared: &Shared, stop: flume::Receive
                 input: &mut buf,
                 stop: &stop,
             };
-            let quit = execute(batch, &mut conn, shared, &mut out, &mut client).await || broken;
+            let quit =
+                execute(&mut pipeline, &mut conn, shared, &mut out, &mut client).await || broken;
             shared.commands_processed.fetch_add(n, Ordering::Relaxed);
             if stream.write_all(&out).await.is_err() {
                 break;
@@ -197,23 +200,55 @@ async fn connection(mut stream: TcpStream, shared: &Shared, stop: flume::Receive
     debug!(peer = %conn.peer, "resp: connection closed");
 }
 
-/// Runs a pipeline: consecutive KV plans together, INFO/KEYS/QUIT in
-/// order. Encodes every reply into `out`; true if the connection must
-/// close (QUIT).
-async fn execute(
+/// What a connection keeps from one pipeline to the next, so that a
+/// pipeline allocates none of them (each is empty between pipelines).
+#[derive(Default)]
+struct Pipeline {
+    /// The commands of the pipeline, prepared.
     batch: Vec<Prepared>,
+    /// Replies in order: a slot per command, plans filled in after their
+    /// wave.
+    replies: Vec<Option<Reply>>,
+    /// The KV plans of the current wave...
+    wave: Vec<(Vec<command::Sub>, command::FinishBox)>,
+    /// ...their slots in `replies`...
+    wave_slots: Vec<usize>,
+    /// ...and their replies, in order.
+    done: Vec<Reply>,
+}
+
+/// Most entries a [`Pipeline`] vector keeps allocated after a pipeline.
+const PIPELINE_KEPT_MAX: usize = 64;
+
+impl Pipeline {
+    /// Gives back the memory of a long pipeline.
+    fn trim(&mut self) {
+        debug_assert!(self.batch.is_empty() && self.replies.is_empty() && self.done.is_empty());
+        if self.batch.capacity() > PIPELINE_KEPT_MAX {
+            *self = Pipeline::default();
+        }
+    }
+}
+
+/// Runs a pipeline (`p.batch`): consecutive KV plans together,
+/// INFO/KEYS/QUIT in order. Encodes every reply into `out`; true if the
+/// connection must close (QUIT).
+async fn execute(
+    p: &mut Pipeline,
     conn: &mut Conn,
     shared: &Shared,
     out: &mut BytesMut,
     client: &mut blocking::Client<'_>,
 ) -> bool {
-    // Replies in order: a slot per command, plans filled in after their
-    // wave.
-    let mut replies: Vec<Option<Reply>> = Vec::with_capacity(batch.len());
-    let mut wave = Vec::new();
-    let mut wave_slots = Vec::new();
+    let Pipeline {
+        batch,
+        replies,
+        wave,
+        wave_slots,
+        done,
+    } = p;
     let mut quit = false;
-    for item in batch {
+    for item in batch.drain(..) {
         match item {
             Prepared::Reply(r) => replies.push(Some(r)),
             Prepared::Plan(subs, f) => {
@@ -222,7 +257,7 @@ async fn execute(
                 wave.push((subs, f));
             }
             other => {
-                flush_wave(&mut wave, &mut wave_slots, &mut replies, conn, shared).await;
+                flush_wave(wave, wave_slots, done, replies, conn, shared).await;
                 match other {
                     Prepared::Info(section) => {
                         replies.push(Some(command::info(section, shared).await));
@@ -254,8 +289,8 @@ async fn execute(
             }
         }
     }
-    flush_wave(&mut wave, &mut wave_slots, &mut replies, conn, shared).await;
-    for r in replies {
+    flush_wave(wave, wave_slots, done, replies, conn, shared).await;
+    for r in replies.drain(..) {
         r.unwrap_or_else(|| Reply::err("internal error: missing reply"))
             .encode(out);
     }
@@ -265,6 +300,7 @@ async fn execute(
 async fn flush_wave(
     wave: &mut Vec<(Vec<command::Sub>, command::FinishBox)>,
     slots: &mut Vec<usize>,
+    done: &mut Vec<Reply>,
     replies: &mut [Option<Reply>],
     conn: &mut Conn,
     shared: &Shared,
@@ -272,9 +308,10 @@ async fn flush_wave(
     if wave.is_empty() {
         return;
     }
-    let done = command::run_wave(std::mem::take(wave), conn, shared).await;
+    command::run_wave(wave, conn, shared, done).await;
+    debug_assert!(wave.is_empty());
     debug_assert_eq!(done.len(), slots.len());
-    for (slot, r) in slots.drain(..).zip(done) {
+    for (slot, r) in slots.drain(..).zip(done.drain(..)) {
         replies[slot] = Some(r);
     }
 }
