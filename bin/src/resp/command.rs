@@ -300,6 +300,21 @@ fn upper(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_ascii_uppercase()
 }
 
+/// Longest command name [`upper_on_stack`] handles (every known command).
+const NAME_ON_STACK_BYTES_MAX: usize = 32;
+
+/// What [`upper`] gives, in `out` (no allocation per command); `None` for
+/// a name that is long or not ASCII.
+fn upper_on_stack<'a>(b: &[u8], out: &'a mut [u8; NAME_ON_STACK_BYTES_MAX]) -> Option<&'a str> {
+    if b.len() > out.len() || !b.is_ascii() {
+        return None;
+    }
+    let out = &mut out[..b.len()];
+    out.copy_from_slice(b);
+    out.make_ascii_uppercase();
+    std::str::from_utf8(out).ok()
+}
+
 /// A command's name, arity, flags, first key, last key, key step (the
 /// fields of a COMMAND reply).
 pub type CommandInfo = (&'static str, i64, &'static [&'static str], i64, i64, i64);
@@ -460,20 +475,28 @@ pub fn prepare(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
 
 fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
     debug_assert!(!argv.is_empty());
-    let name = upper(&argv[0]);
+    let mut name_bytes = [0u8; NAME_ON_STACK_BYTES_MAX];
+    let long_name;
+    let name: &str = match upper_on_stack(&argv[0], &mut name_bytes) {
+        Some(name) => name,
+        None => {
+            long_name = upper(&argv[0]);
+            &long_name
+        }
+    };
     let args = &argv[1..];
     let kv = &conn.kv;
     let one = |cmd: KvCommand, key: &Bytes| Sub {
         group: kv.group_for(key),
         op: Op::Write(cmd),
     };
-    match name.as_str() {
+    match name {
         "GET" | "STRLEN" | "TYPE" => {
             if args.len() != 1 {
-                return arity(&name);
+                return arity(name);
             }
             let key = args[0].clone();
-            let (op, f) = match name.as_str() {
+            let (op, f) = match name {
                 "GET" => (Op::Read(KvQuery::Get { key: key.clone() }), Finish::Get),
                 "STRLEN" => (Op::Read(KvQuery::Get { key: key.clone() }), Finish::Strlen),
                 _ => (
@@ -490,7 +513,7 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
         "SET" => prepare_set(args, conn),
         "SETNX" | "GETSET" => {
             if args.len() != 2 {
-                return arity(&name);
+                return arity(name);
             }
             if !key_ok(&args[0]) {
                 return Prepared::Reply(Reply::err("key too large"));
@@ -513,7 +536,7 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
         }
         "SETEX" | "PSETEX" => {
             if args.len() != 3 {
-                return arity(&name);
+                return arity(name);
             }
             if !key_ok(&args[0]) {
                 return Prepared::Reply(Reply::err("key too large"));
@@ -532,10 +555,10 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
             };
             plan(vec![one(cmd, &args[0])], Finish::Set { get: false })
         }
-        "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" => prepare_expire(&name, args, conn),
+        "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" => prepare_expire(name, args, conn),
         "PERSIST" => {
             if args.len() != 1 {
-                return arity(&name);
+                return arity(name);
             }
             let cmd = KvCommand::Persist {
                 key: args[0].clone(),
@@ -544,7 +567,7 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
         }
         "TTL" | "PTTL" | "EXPIRETIME" | "PEXPIRETIME" => {
             if args.len() != 1 {
-                return arity(&name);
+                return arity(name);
             }
             let key = args[0].clone();
             plan(
@@ -560,7 +583,7 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
         }
         "GETDEL" => {
             if args.len() != 1 {
-                return arity(&name);
+                return arity(name);
             }
             let cmd = KvCommand::Take {
                 key: args[0].clone(),
@@ -569,7 +592,7 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
         }
         "APPEND" => {
             if args.len() != 2 {
-                return arity(&name);
+                return arity(name);
             }
             if !key_ok(&args[0]) {
                 return Prepared::Reply(Reply::err("key too large"));
@@ -583,7 +606,7 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
         "INCR" | "DECR" | "INCRBY" | "DECRBY" => {
             let by = name.ends_with("BY");
             if args.len() != if by { 2 } else { 1 } {
-                return arity(&name);
+                return arity(name);
             }
             let delta = if by {
                 match parse_i64(&args[1]) {
@@ -614,7 +637,7 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
         }
         "INCRBYFLOAT" => {
             if args.len() != 2 {
-                return arity(&name);
+                return arity(name);
             }
             if !key_ok(&args[0]) {
                 return Prepared::Reply(Reply::err("key too large"));
@@ -638,7 +661,7 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
         "GETEX" => prepare_getex(args, conn),
         "GETRANGE" | "SUBSTR" => {
             if args.len() != 3 {
-                return arity(&name);
+                return arity(name);
             }
             let (Some(start), Some(end)) = (parse_i64(&args[1]), parse_i64(&args[2])) else {
                 return Prepared::Reply(not_integer());
@@ -653,7 +676,7 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
         }
         "SETRANGE" => {
             if args.len() != 3 {
-                return arity(&name);
+                return arity(name);
             }
             if !key_ok(&args[0]) {
                 return Prepared::Reply(Reply::err("key too large"));
@@ -671,10 +694,10 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
             };
             plan(vec![one(cmd, &args[0])], Finish::Len)
         }
-        "RENAME" | "RENAMENX" | "COPY" => prepare_move(&name, args, conn),
+        "RENAME" | "RENAMENX" | "COPY" => prepare_move(name, args, conn),
         "MSETNX" => {
             if args.is_empty() || args.len() % 2 != 0 {
-                return arity(&name);
+                return arity(name);
             }
             if args.len() / 2 > KEYS_PER_COMMAND_MAX as usize {
                 return Prepared::Reply(Reply::err(format!(
@@ -707,7 +730,7 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
         }
         "DEL" | "UNLINK" | "EXISTS" | "MGET" | "TOUCH" => {
             if args.is_empty() {
-                return arity(&name);
+                return arity(name);
             }
             if args.len() > KEYS_PER_COMMAND_MAX as usize {
                 return Prepared::Reply(Reply::err(format!(
@@ -732,7 +755,7 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
                 .iter()
                 .map(|g| {
                     let keys = by_group.remove(g).unwrap_or_default();
-                    let op = match name.as_str() {
+                    let op = match name {
                         "DEL" | "UNLINK" => Op::Write(KvCommand::Delete { keys }),
                         "EXISTS" | "TOUCH" => Op::Read(KvQuery::Exists { keys }),
                         _ => Op::Read(KvQuery::MultiGet { keys }),
@@ -749,7 +772,7 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
         }
         "MSET" => {
             if args.is_empty() || args.len() % 2 != 0 {
-                return arity(&name);
+                return arity(name);
             }
             if args.len() / 2 > KEYS_PER_COMMAND_MAX as usize {
                 return Prepared::Reply(Reply::err(format!(
@@ -784,7 +807,7 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
         }
         "DBSIZE" => {
             if !args.is_empty() {
-                return arity(&name);
+                return arity(name);
             }
             let subs = shared
                 .kv_groups
@@ -818,14 +841,14 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
         "SCAN" => prepare_scan(args, conn, shared),
         "KEYS" => {
             if args.len() != 1 {
-                return arity(&name);
+                return arity(name);
             }
             Prepared::Keys(args[0].clone())
         }
         "PING" => match args.len() {
             0 => Prepared::Reply(Reply::Simple("PONG".into())),
             1 => Prepared::Reply(Reply::Bulk(args[0].clone())),
-            _ => arity(&name),
+            _ => arity(name),
         },
         "SAVE" | "BGSAVE" => match (name.as_str(), args) {
             ("SAVE", []) => Prepared::Save { background: false },
@@ -864,11 +887,11 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
                     Reply::text(now.subsec_micros().to_string()),
                 ]))
             }
-            _ => arity(&name),
+            _ => arity(name),
         },
         "ECHO" => match args {
             [m] => Prepared::Reply(Reply::Bulk(m.clone())),
-            _ => arity(&name),
+            _ => arity(name),
         },
         "INFO" => Prepared::Info(
             args.first()
@@ -881,7 +904,7 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
                 Prepared::Reply(Reply::err("DB index is out of range"))
             }
             [_] => Prepared::Reply(not_integer()),
-            _ => arity(&name),
+            _ => arity(name),
         },
         "READONLY" => {
             conn.kv.consistency = ReadConsistency::Stale;
@@ -907,7 +930,7 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
                 conn.kv.consistency = c;
                 Prepared::Reply(Reply::Ok)
             }
-            _ => arity(&name),
+            _ => arity(name),
         },
         "HELLO" => prepare_hello(args, conn),
         "AUTH" => Prepared::Reply(Reply::err(
@@ -918,7 +941,7 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
         "CONFIG" => prepare_config(args, shared),
         "COMMAND" => prepare_command(args),
         "BLPOP" | "BRPOP" | "BZPOPMIN" | "BZPOPMAX" | "BRPOPLPUSH" | "BLMOVE" => {
-            match super::blocking::parse(&name, args) {
+            match super::blocking::parse(name, args) {
                 Some(Ok(b)) => Prepared::Block(b),
                 Some(Err(reply)) => Prepared::Reply(reply),
                 None => Prepared::Reply(Reply::err("internal error: blocking command not found")),
@@ -926,10 +949,10 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
         }
         _ if types::COMMANDS
             .iter()
-            .any(|c| c.0.eq_ignore_ascii_case(&name)) =>
+            .any(|c| c.0.eq_ignore_ascii_case(name)) =>
         {
             let seed = conn.next_seed();
-            match types::prepare(&name, args, crate::expiry::unix_ms(), seed) {
+            match types::prepare(name, args, crate::expiry::unix_ms(), seed) {
                 Some(Ok(p)) => match types::group(&p, |k| conn.kv.group_for(k)) {
                     Ok(group) => plan(vec![Sub { group, op: p.op }], Finish::Typed(p.finish)),
                     Err(reply) => Prepared::Reply(reply),
@@ -1617,12 +1640,26 @@ fn unexpected(r: &KvResult) -> Reply {
     Reply::err("internal error: unexpected result kind")
 }
 
-/// Runs every plan of a wave at once and finishes them in order.
+/// Runs every plan of a wave at once and finishes them in order: takes
+/// the plans out of `plans` and appends one reply per plan to `replies`.
 pub async fn run_wave(
-    plans: Vec<(Vec<Sub>, FinishBox)>,
+    plans: &mut Vec<(Vec<Sub>, FinishBox)>,
     conn: &mut Conn,
     shared: &Shared,
-) -> Vec<Reply> {
+    replies: &mut Vec<Reply>,
+) {
+    let timeout = shared.request_timeout;
+    // One request (a pipeline of one command, the usual case): nothing to
+    // order it with, so no set of written groups, no copy of the request
+    // and no join.
+    if let [(subs, _)] = plans.as_slice() {
+        if let [sub] = subs.as_slice() {
+            let outcome = call(&conn.kv, sub.group, &sub.op, timeout).await;
+            let (_, FinishBox(f)) = plans.pop().expect("a wave of one plan");
+            replies.push(finish(f, vec![outcome], conn));
+            return;
+        }
+    }
     // Reads of a group this wave writes go through the log (in order with
     // the writes).
     let written: HashSet<GroupId> = plans
@@ -1642,18 +1679,15 @@ pub async fn run_wave(
             (s.group, op)
         })
         .collect();
-    let timeout = shared.request_timeout;
     let results = {
         let kv = &conn.kv;
         futures::future::join_all(ops.iter().map(|(g, op)| call(kv, *g, op, timeout))).await
     };
     let mut results = results.into_iter();
-    let mut replies = Vec::with_capacity(plans.len());
-    for (subs, FinishBox(f)) in plans {
+    for (subs, FinishBox(f)) in plans.drain(..) {
         let mine: Vec<_> = results.by_ref().take(subs.len()).collect();
         replies.push(finish(f, mine, conn));
     }
-    replies
 }
 
 /// Proposes `cmd` to `group` (with the retries of any write).
@@ -2108,5 +2142,27 @@ pub fn role_name(r: Role) -> &'static str {
         Role::Follower => "follower",
         Role::Candidate => "candidate",
         Role::PreCandidate => "precandidate",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upper_on_stack_is_upper_or_nothing() {
+        let mut out = [0u8; NAME_ON_STACK_BYTES_MAX];
+        for name in [&b"get"[..], b"GeT", b"SET", b"", b"client|setname"] {
+            assert_eq!(upper_on_stack(name, &mut out), Some(upper(name).as_str()));
+        }
+        // Long or not ASCII: left to `upper` (lossy UTF-8).
+        assert_eq!(upper_on_stack(&[b'a'; 33], &mut out), None);
+        assert_eq!(upper_on_stack(b"g\xffet", &mut out), None);
+        assert_eq!(upper_on_stack("gét".as_bytes(), &mut out), None);
+        let exact = [b'a'; NAME_ON_STACK_BYTES_MAX];
+        assert_eq!(
+            upper_on_stack(&exact, &mut out),
+            Some("A".repeat(NAME_ON_STACK_BYTES_MAX).as_str())
+        );
     }
 }

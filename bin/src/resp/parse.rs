@@ -55,7 +55,13 @@ pub struct Parser {
     arg_bytes_max: usize,
     args_max: usize,
     skip: Option<Skip>,
+    /// Offsets of the arguments inside the command being parsed; kept
+    /// between commands so that parsing one allocates only its `argv`.
+    spans: Vec<(usize, usize)>,
 }
+
+/// Most argument offsets [`Parser`] keeps allocated between commands.
+const SPANS_KEPT_MAX: usize = 1024;
 
 enum Step<T> {
     Done(T),
@@ -71,6 +77,7 @@ impl Parser {
             arg_bytes_max,
             args_max,
             skip: None,
+            spans: Vec::new(),
         }
     }
 
@@ -154,7 +161,12 @@ impl Parser {
             ));
         }
         // Offsets of the arguments inside the command's bytes.
-        let mut spans = Vec::with_capacity(argc.min(1024));
+        let spans = &mut self.spans;
+        spans.clear();
+        if spans.capacity() > SPANS_KEPT_MAX {
+            *spans = Vec::new();
+        }
+        spans.reserve(argc.min(SPANS_KEPT_MAX));
         for i in 0..argc {
             let (len, header) = match bulk_header(buf, pos) {
                 Step::Done(x) => x,
@@ -190,9 +202,11 @@ impl Parser {
             pos = end + 2;
         }
         let frame = buf.split_to(pos).freeze();
-        Step::Done(Some(
-            spans.into_iter().map(|(s, e)| frame.slice(s..e)).collect(),
-        ))
+        let argv = spans.iter().map(|&(s, e)| frame.slice(s..e)).collect();
+        if spans.capacity() > SPANS_KEPT_MAX {
+            *spans = Vec::new();
+        }
+        Step::Done(Some(argv))
     }
 }
 
