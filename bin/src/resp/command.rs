@@ -850,20 +850,20 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
             1 => Prepared::Reply(Reply::Bulk(args[0].clone())),
             _ => arity(name),
         },
-        "SAVE" | "BGSAVE" => match (name.as_str(), args) {
+        "SAVE" | "BGSAVE" => match (name, args) {
             ("SAVE", []) => Prepared::Save { background: false },
             ("BGSAVE", []) => Prepared::Save { background: true },
             ("BGSAVE", [s]) if s.eq_ignore_ascii_case(b"SCHEDULE") => {
                 Prepared::Save { background: true }
             }
             ("BGSAVE", [_]) => syntax(),
-            _ => arity(&name),
+            _ => arity(name),
         },
         "LASTSAVE" => match args {
             [] => Prepared::Reply(Reply::Int(
                 shared.last_save_secs.load(Ordering::Relaxed) as i64
             )),
-            _ => arity(&name),
+            _ => arity(name),
         },
         // One node of a raft cluster: every node takes writes (forwarding
         // them to each group's leader), so each answers as a master
@@ -874,7 +874,7 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
                 Reply::Int(0),
                 Reply::Array(Vec::new()),
             ])),
-            _ => arity(&name),
+            _ => arity(name),
         },
         "TIME" => match args {
             [] => {
