@@ -573,10 +573,9 @@ fn disruptive_rejoin_with_and_without_prevote() {
     );
 }
 
-/// Thesis §4.2.2: a leader removed from the group steps down once the
-/// change commits; the rest elect a new leader.
-#[test]
-fn leader_removal_steps_down() {
+/// Nodes 1..=3 with node 1 leading, after it removed `node` and the
+/// cluster settled; the index of the removal.
+fn removed_by_leader_1(node: u64) -> (Cluster, Index) {
     let mut c = Cluster::new(&[1, 2, 3], &default());
     c.campaign(1);
     c.stabilize();
@@ -584,11 +583,19 @@ fn leader_removal_steps_down() {
         .node(1)
         .propose_conf_change(ConfChange {
             kind: ConfChangeKind::RemoveNode,
-            node: NodeId(1),
+            node: NodeId(node),
             address: Bytes::new(),
         })
         .unwrap();
     c.stabilize();
+    (c, i)
+}
+
+/// Thesis §4.2.2: a leader removed from the group steps down once the
+/// change commits; the rest elect a new leader.
+#[test]
+fn leader_removal_steps_down() {
+    let (mut c, i) = removed_by_leader_1(1);
     c.say(format!(
         "removal at {i} committed; node 1 role {:?}",
         c.nodes[&1].role()
@@ -614,18 +621,7 @@ fn leader_removal_steps_down() {
 /// sent to it any more.
 #[test]
 fn a_removed_follower_learns_its_removal() {
-    let mut c = Cluster::new(&[1, 2, 3], &default());
-    c.campaign(1);
-    c.stabilize();
-    let i = c
-        .node(1)
-        .propose_conf_change(ConfChange {
-            kind: ConfChangeKind::RemoveNode,
-            node: NodeId(3),
-            address: Bytes::new(),
-        })
-        .unwrap();
-    c.stabilize();
+    let (mut c, i) = removed_by_leader_1(3);
     let commit3 = c.node(3).commit();
     let members3: Vec<u64> = c
         .node(3)
