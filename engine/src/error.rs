@@ -102,6 +102,15 @@ pub enum RequestError {
         /// The group.
         group: GroupId,
     },
+    /// This node's storage failed while serving the request (e.g. deleting
+    /// a stopped group's snapshot files).
+    #[error("group {group}: storage failed: {message}")]
+    Storage {
+        /// The group.
+        group: GroupId,
+        /// What failed.
+        message: String,
+    },
 }
 
 impl From<ProposeError> for RequestError {

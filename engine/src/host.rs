@@ -286,6 +286,45 @@ impl NodeHost {
         .map_err(HostError::Request)
     }
 
+    /// Stops this node's replica of `group` and deletes its data here (its
+    /// log and state in the WAL, its snapshot files); answers once that is
+    /// durable. Requests waiting on the replica fail with
+    /// [`RequestError::ShuttingDown`]; messages for it are dropped from then
+    /// on, and a restart of the node does not bring it back. Stopping a
+    /// group that does not run here is a no-op; the group may be started
+    /// (or joined) again once this returns.
+    ///
+    /// Stopping a replica that is still a member takes a voter away from
+    /// its group: remove it first ([`NodeHost::remove_member`], called on
+    /// any member), or stop the group on every member to drop it.
+    ///
+    /// # Errors
+    /// [`HostError::ShuttingDown`], [`HostError::Timeout`] (the stop still
+    /// completes), or [`RequestError::Storage`] when the snapshot files
+    /// could not be deleted.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(host: &flotilla::NodeHost) -> Result<(), flotilla::HostError> {
+    /// use std::time::Duration;
+    /// let g = flotilla::GroupId(7);
+    /// let me = flotilla::NodeId(host.config().node_id);
+    /// host.remove_member(g, me, Duration::from_secs(5)).await?;
+    /// host.stop_group(g, Duration::from_secs(5)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn stop_group(&self, group: GroupId, deadline: Duration) -> Result<(), HostError> {
+        let (reply, rx) = oneshot::channel();
+        self.request(
+            self.shard_for(group),
+            ShardRequest::StopGroup { group, reply },
+            rx,
+            deadline,
+        )
+        .await?
+        .map_err(HostError::Request)
+    }
+
     /// Starts an empty replica of `group` on this node that waits for the
     /// group's leader to add it ([`NodeHost::add_member`], called on any
     /// member) and to send it the log or a snapshot. `peers` are the raft

@@ -69,6 +69,26 @@ fn file_name(group: GroupId, index: u64, term: u64) -> String {
     format!("snap-{group:020}-{index:020}-{term:020}.snap")
 }
 
+/// `<name>.<writer nonce>.tmp`, unique within the process (and unlikely to
+/// meet a leftover of an earlier run, which `remove_temporary` deletes).
+fn temp_name(name: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{name}.{:08x}{n:08x}.tmp", std::process::id())
+}
+
+/// The snapshot a temporary file was being written for: `<name>.tmp` (older
+/// releases) or `<name>.<nonce>.tmp`.
+fn parse_temp_name(name: &str) -> Option<(GroupId, u64, u64)> {
+    let stem = name.strip_suffix(".tmp")?;
+    parse_name(stem).or_else(|| {
+        let (base, nonce) = stem.rsplit_once('.')?;
+        (!nonce.is_empty() && nonce.bytes().all(|c| c.is_ascii_hexdigit()))
+            .then(|| parse_name(base))
+            .flatten()
+    })
+}
+
 fn parse_name(name: &str) -> Option<(GroupId, u64, u64)> {
     let stem = name.strip_prefix("snap-")?.strip_suffix(".snap")?;
     let mut it = stem.split('-');
@@ -166,7 +186,10 @@ impl SnapshotWriter {
             .map_err(|e| SnapshotError::io(&dir, e))?;
         let name = file_name(group, index, term);
         let path = dir.join(&name);
-        let tmp = dir.join(format!("{name}.tmp"));
+        // A name of its own: two writers of the same snapshot (a transfer
+        // retried while the first is still being written) must not write
+        // into one temporary file; the rename makes one of them win whole.
+        let tmp = dir.join(temp_name(&name));
         let file = DmaFile::create(&tmp)
             .await
             .map_err(|e| SnapshotError::io(&tmp, e))?;
@@ -506,7 +529,7 @@ pub async fn remove_temporary(dir: impl AsRef<Path>) -> Result<usize, SnapshotEr
     };
     let mut n = 0;
     for name in names {
-        if name.strip_suffix(".tmp").and_then(parse_name).is_some() {
+        if parse_temp_name(&name).is_some() {
             let p = dir.join(&name);
             fsutil::remove(&p)
                 .await
@@ -527,6 +550,13 @@ mod tests {
         assert_eq!(parse_name(&n), Some((3, 100, 7)));
         assert_eq!(parse_name("snap-1-2-3.snap"), None);
         assert_eq!(parse_name(&format!("{n}.tmp")), None);
+        let t = temp_name(&n);
+        assert_ne!(t, temp_name(&n), "every writer gets its own temporary file");
+        assert_eq!(parse_name(&t), None);
+        assert_eq!(parse_temp_name(&t), Some((3, 100, 7)));
+        assert_eq!(parse_temp_name(&format!("{n}.tmp")), Some((3, 100, 7)));
+        assert_eq!(parse_temp_name(&format!("{n}.xyz.tmp")), None);
+        assert_eq!(parse_temp_name(&n), None);
     }
 
     #[test]

@@ -183,3 +183,30 @@ fn a_newer_snapshot_replaces_older_ones_once_durable() {
         assert_eq!(list_snapshots(&path).await.unwrap().len(), 2);
     });
 }
+
+#[test]
+fn two_writers_of_one_snapshot_leave_one_whole_file() {
+    // A transfer retried while the first copy is still being written: both
+    // write the same (group, index, term). They used to share a temporary
+    // file, and the survivor could be a torn mix ("bad snapshot header" at
+    // the next start).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("snaps");
+    run(move || async move {
+        let want = data(2 * 1024 * 1024 + 5);
+        let mut a = SnapshotWriter::create(&path, 4, 300, 1).await.unwrap();
+        a.write(&want[..1_000_000]).await.unwrap();
+        let mut b = SnapshotWriter::create(&path, 4, 300, 1).await.unwrap();
+        b.write(&want[..1_500_000]).await.unwrap();
+        a.write(&want[1_000_000..]).await.unwrap();
+        let fa = a.finish().await.unwrap();
+        b.write(&want[1_500_000..]).await.unwrap();
+        let fb = b.finish().await.unwrap();
+        assert_eq!(fa.path, fb.path);
+        let files = list_snapshots(&path).await.unwrap();
+        assert_eq!(files.len(), 1, "{files:?}");
+        let mut r = SnapshotReader::open(&files[0].path).await.unwrap();
+        assert_eq!(r.read_to_end().await.unwrap(), want);
+        assert_eq!(remove_temporary(&path).await.unwrap(), 0);
+    });
+}

@@ -6,10 +6,10 @@
 //! | 400 | `bad_request`, `invalid_json`, `bad_encoding`, `bad_key`, `key_too_large`, `invalid_membership_change`, `invalid_target`, `not_integer`, `result_too_large` |
 //! | 404 | `not_found` (route), `key_not_found`, `group_not_found` |
 //! | 405 | `method_not_allowed` |
-//! | 409 | `cas_failed`, `condition_failed`, `conf_change_pending`, `not_caught_up`, `leader_refused` |
+//! | 409 | `cas_failed`, `condition_failed`, `conf_change_pending`, `not_caught_up`, `leader_refused`, `kv_group` |
 //! | 408 | `request_timeout` |
 //! | 413 | `body_too_large`, `value_too_large` |
-//! | 500 | `internal` |
+//! | 500 | `internal`, `storage` |
 //! | 503 | `not_leader`, `no_leader`, `busy`, `retry`, `witness`, `shutting_down` |
 //! | 504 | `timeout` |
 
@@ -122,6 +122,9 @@ fn from_request(r: RequestError, message: String) -> ApiError {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "entry_too_large", message)
         }
         RequestError::ShuttingDown { .. } => ApiError::new(unavailable, "shutting_down", message),
+        RequestError::Storage { .. } => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
+        }
         // A forwarded request the leader refused (its reason as text): a
         // conflict with the group's current state.
         RequestError::Remote { .. } => {

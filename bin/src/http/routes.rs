@@ -218,6 +218,7 @@ async fn route(state: &HttpState, req: Request<Incoming>) -> ApiResult {
             let group = GroupId(parse_id(id, "group id")?);
             match (&method, rest) {
                 (&Method::GET, []) => one_group(state, &params, group).await,
+                (&Method::DELETE, []) => stop_group(state, &params, group).await,
                 (&Method::GET, ["members"]) => members(state, &params, group).await,
                 (&Method::POST, ["members"]) => {
                     let body = read_body(state, req).await?;
@@ -785,6 +786,24 @@ async fn snapshot(state: &HttpState, params: &Params, group: GroupId) -> ApiResu
     Ok(json_response(
         StatusCode::OK,
         &json!({ "group": group.0, "node": state.node_id(), "index": index }),
+    ))
+}
+
+/// `DELETE /groups/{g}`: stops this node's replica of a group and deletes
+/// its data here (not the KV groups: they serve the node's keys).
+async fn stop_group(state: &HttpState, params: &Params, group: GroupId) -> ApiResult {
+    let deadline = params.timeout(state)?;
+    if state.kv().groups().contains(&group) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "kv_group",
+            format!("group {group} is one of this node's KV groups and cannot be stopped"),
+        ));
+    }
+    state.host().stop_group(group, deadline).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "group": group.0, "node": state.node_id(), "stopped": true }),
     ))
 }
 

@@ -1167,6 +1167,21 @@ fn rafter_demo_admin_status_and_metrics_on_two_nodes() {
     );
     let a = call(h2, "PUT", "/cluster/7?key=after&value=removal", b"");
     assert_eq!(a.status, 200, "{}", text(&a));
+    // Node 1, removed, drops its replica (a second DELETE is a no-op); the
+    // KV groups serve the node's keys and cannot be stopped.
+    call(h1, "DELETE", "/groups/1", b"").expect_error(409, "kv_group");
+    for _ in 0..2 {
+        let a = call(h1, "DELETE", "/groups/7", b"");
+        assert_eq!(
+            (a.status, a.json()["stopped"].as_bool()),
+            (200, Some(true)),
+            "{}",
+            text(&a)
+        );
+    }
+    call(h1, "GET", "/groups/7", b"").expect_error(404, "group_not_found");
+    let a = call(h2, "GET", "/cluster/7?key=after", b"");
+    assert_eq!(a.json()["value"].as_str(), Some("removal"), "{}", text(&a));
 
     // Status.
     let a = call(h1, "GET", "/status", b"");

@@ -16,8 +16,9 @@
 //!       advance; load fetched entries from the WAL
 //! ```
 //!
-//! This slice runs groups from a fresh start only: recovery of groups found
-//! in the WAL at start, snapshots and membership persistence come next.
+//! A group stopped on this node ([`Driver::stop_group`]) leaves the driver
+//! at once; its removal record goes into the next turn's batch, ahead of
+//! anything else, so it is ordered after every earlier write of the group.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -90,6 +91,9 @@ struct Collected {
     pending: Vec<Pending>,
     /// Readys that persist nothing (or only a commit index): finish now.
     immediate: Vec<Pending>,
+    /// Groups whose removal record is in `batches`: their stop finishes
+    /// once the batches are durable.
+    removed: Vec<GroupId>,
 }
 
 /// The shard's groups and the I/O handles they use.
@@ -166,6 +170,15 @@ pub(crate) struct Driver {
         wire::Forward,
         futures_channel::oneshot::Receiver<Result<Bytes, RequestError>>,
     )>,
+    /// Groups stopped here whose removal (WAL record, snapshot files) has
+    /// not finished, with the callers waiting for it. Such a group cannot
+    /// be started again until then.
+    stopping_groups: BTreeMap<GroupId, Vec<super::reply::ReplyTx<()>>>,
+    /// Stopped groups whose removal record goes into the next batch.
+    removals: Vec<GroupId>,
+    /// Received snapshots being installed (their files written) per
+    /// group: a stopped group's files are deleted only once none is.
+    snapshot_file_writes: BTreeMap<GroupId, u32>,
 }
 
 /// A client request on its way to a leader.
@@ -242,6 +255,11 @@ impl BatchBuilder {
     fn set_meta(&mut self, group: u64, meta: Bytes) {
         self.account(32 + meta.len());
         self.current.set_meta(group, meta);
+    }
+
+    fn remove_group(&mut self, group: u64) {
+        self.account(16);
+        self.current.remove_group(group);
     }
 
     fn is_empty(&self) -> bool {
@@ -380,6 +398,9 @@ impl Driver {
                 h.finish()
             },
             remote_requests: Vec::new(),
+            stopping_groups: BTreeMap::new(),
+            removals: Vec::new(),
+            snapshot_file_writes: BTreeMap::new(),
         }
     }
 
@@ -469,6 +490,7 @@ impl Driver {
     pub(crate) fn snapshot_taken(&mut self, group: GroupId, outcome: &Result<(u64, u64), String>) {
         self.snapshots_running.remove(&group);
         match outcome {
+            Ok(_) if !self.groups.contains_key(&group) => {}
             Ok((index, bytes)) => {
                 self.counters.snapshots_taken += 1;
                 self.last_snapshot
@@ -751,6 +773,9 @@ impl Driver {
         if self.groups.contains_key(&group) {
             return Ok(());
         }
+        if self.stopping_groups.contains_key(&group) {
+            return Err(RequestError::ShuttingDown { group });
+        }
         let membership = Membership::new(
             0,
             members
@@ -790,6 +815,9 @@ impl Driver {
         if self.groups.contains_key(&group) {
             return Ok(());
         }
+        if self.stopping_groups.contains_key(&group) {
+            return Err(RequestError::ShuttingDown { group });
+        }
         for (id, addr) in peers {
             self.set_address(*id, *addr);
         }
@@ -809,6 +837,96 @@ impl Driver {
             "group joining"
         );
         Ok(())
+    }
+
+    /// Stops this node's replica of `group` and removes its data: the
+    /// replica leaves the driver now (its waiting requests fail with
+    /// `ShuttingDown`, messages for it are dropped as for an unknown
+    /// group), its WAL removal record goes into the next turn's batch, and
+    /// [`Driver::finish_stop`] deletes its snapshot files once that is
+    /// durable and no snapshot file of the group is being written; then
+    /// `reply` is answered. A group not hosted here answers at once.
+    pub(crate) fn stop_group(&mut self, group: GroupId, reply: super::reply::ReplyTx<()>) {
+        if let Some(waiting) = self.stopping_groups.get_mut(&group) {
+            waiting.push(reply);
+            return;
+        }
+        let Some(mut g) = self.groups.remove(&group) else {
+            let _ = reply.send(Ok(()));
+            return;
+        };
+        g.fail_all();
+        let led = g.raft.is_leader();
+        drop(g);
+        self.dirty.remove(&group);
+        self.live.remove(&group);
+        self.metas.remove(&group);
+        self.meta_dirty.remove(&group);
+        self.lazy_hard_states.remove(&group);
+        self.last_snapshot.remove(&group);
+        self.snapshots_due.remove(&group);
+        for w in self.snapshot_waiters.remove(&group).unwrap_or_default() {
+            let _ = w.send(Err(RequestError::ShuttingDown { group }));
+        }
+        self.snapshot_sends.retain(|m| m.group != group);
+        self.watched.retain(|_, (g, _, _)| *g != group);
+        self.forward_tags.retain(|_, g| *g != group);
+        for list in [&mut self.parked, &mut self.parked_rounds] {
+            let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(list)
+                .into_iter()
+                .partition(|(g, _)| *g == group);
+            *list = kept;
+            for (_, w) in gone {
+                let _ = w.reply.send(Err(RequestError::ShuttingDown { group }));
+            }
+        }
+        self.removals.push(group);
+        self.stopping_groups.insert(group, vec![reply]);
+        info!(
+            group = group.0,
+            node = self.node.0,
+            led,
+            "group stopped; removing its data"
+        );
+    }
+
+    /// Whether `group`'s stop waits for snapshot files being written.
+    pub(crate) fn snapshot_files_busy(&self, group: GroupId) -> bool {
+        self.snapshot_file_writes.contains_key(&group) || self.snapshots_running.contains(&group)
+    }
+
+    /// Whether a received snapshot of `group` is being installed.
+    pub(crate) fn installing_snapshot(&self, group: GroupId) -> bool {
+        self.snapshot_file_writes.contains_key(&group)
+    }
+
+    /// A snapshot file of `group` starts (`true`) or stops (`false`) being
+    /// written.
+    pub(crate) fn snapshot_file_write(&mut self, group: GroupId, starts: bool) {
+        if starts {
+            *self.snapshot_file_writes.entry(group).or_default() += 1;
+        } else if let std::collections::btree_map::Entry::Occupied(mut e) =
+            self.snapshot_file_writes.entry(group)
+        {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+
+    /// The stop of `group` ended (its data is gone, or removing it failed):
+    /// answers its callers; the group may be started again.
+    pub(crate) fn finish_stop(&mut self, group: GroupId, result: Result<(), RequestError>) {
+        for reply in self.stopping_groups.remove(&group).unwrap_or_default() {
+            let _ = reply.send(result.clone());
+        }
+        match result {
+            Ok(()) => info!(group = group.0, node = self.node.0, "group removed"),
+            Err(e) => {
+                warn!(group = group.0, node = self.node.0, error = %e, "group removal failed")
+            }
+        }
     }
 
     fn raft_config(&self, group: GroupId) -> raft::Config {
@@ -1459,6 +1577,12 @@ impl Driver {
         let mut batch = BatchBuilder::new(BATCH_BYTES_MAX);
         let mut pending = Vec::new();
         let mut immediate = Vec::new();
+        // First: a group started again under a stopped group's id writes
+        // after the removal.
+        let removed = std::mem::take(&mut self.removals);
+        for id in &removed {
+            batch.remove_group(id.0);
+        }
         let dirty = std::mem::take(&mut self.dirty);
         for id in dirty {
             let Some(g) = self.groups.get_mut(&id) else {
@@ -1586,6 +1710,7 @@ impl Driver {
             batches: batch.finish(),
             pending,
             immediate,
+            removed,
         }
     }
 
@@ -1937,6 +2062,8 @@ struct Turn {
     state: Rc<std::cell::Cell<u8>>,
     write: Option<glommio::task::JoinHandle<()>>,
     pending: Vec<Pending>,
+    /// Stopped groups whose removal record this turn writes.
+    removed: Vec<GroupId>,
 }
 
 /// Runs driver turns until `stop`: on each kick, finishes (in order) the
@@ -1977,6 +2104,9 @@ pub(crate) async fn drive(
                         let _ = w.await;
                     }
                     finish_turn(&driver, &kick, turn.pending).await;
+                    for group in turn.removed {
+                        glommio::spawn_local(finish_removal(driver.clone(), group)).detach();
+                    }
                 }
             }
         }
@@ -1997,7 +2127,9 @@ pub(crate) async fn drive(
                 batches: batch,
                 pending,
                 immediate,
+                removed,
             } = driver.borrow_mut().collect();
+            debug_assert!(removed.is_empty() || !batch.is_empty());
             driver.borrow_mut().counters.turns += 1;
             if batch.is_empty() && turns.is_empty() {
                 finish_turn(&driver, &kick, pending).await;
@@ -2006,6 +2138,7 @@ pub(crate) async fn drive(
                     state: Rc::new(std::cell::Cell::new(DURABLE)),
                     write: None,
                     pending,
+                    removed,
                 });
             } else {
                 driver.borrow_mut().counters.wal_writes += 1;
@@ -2055,6 +2188,7 @@ pub(crate) async fn drive(
                     state,
                     write: Some(write),
                     pending,
+                    removed,
                 });
             }
             // After the write started: the apply overlaps the fdatasync.
@@ -2092,6 +2226,24 @@ pub(crate) async fn drive(
             let _ = w.await;
         }
     }
+}
+
+/// Ends the stop of `group` once its WAL removal is durable: waits for
+/// snapshot files of the group still being written, deletes every snapshot
+/// file of the group, then answers the callers.
+async fn finish_removal(driver: SharedDriver, group: GroupId) {
+    while driver.borrow().snapshot_files_busy(group) {
+        glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let dir = driver.borrow().snapshot_dir();
+    let result = storage::snapshot::remove_older_snapshots(&dir, group.0, u64::MAX, u64::MAX)
+        .await
+        .map(|_| ())
+        .map_err(|e| RequestError::Storage {
+            group,
+            message: format!("removing snapshot files: {e}"),
+        });
+    driver.borrow_mut().finish_stop(group, result);
 }
 
 /// Finishes a durable turn: acknowledgements out first, then each group's

@@ -34,7 +34,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use futures_channel::oneshot;
 use glommio::{Latency, Shares};
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use crate::api::{MembershipInfo, ReadConsistency};
 use crate::raft::{ConfChange, GroupId, NodeId};
@@ -128,6 +128,11 @@ pub(crate) enum ShardRequest {
         members: Vec<(NodeId, SocketAddr)>,
         reply: reply::ReplyTx<()>,
     },
+    /// Stop this node's replica of a group and remove its data.
+    StopGroup {
+        group: GroupId,
+        reply: reply::ReplyTx<()>,
+    },
     /// Start an empty replica that waits to be added.
     JoinGroup {
         group: GroupId,
@@ -195,6 +200,42 @@ pub(crate) enum ShardRequest {
     },
     /// Stop: finish the shard's tasks and answer.
     Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// Deletes snapshot files of groups the WAL does not hold: left by a stop
+/// whose WAL removal became durable before its files were deleted (a crash
+/// in between). A group started again under that id must not find them.
+async fn remove_orphan_snapshots(driver: &driver::SharedDriver, node_id: u64, shard: ShardId) {
+    let dir = driver.borrow().snapshot_dir();
+    let files = match flotilla_storage::snapshot::list_snapshots(&dir).await {
+        Ok(files) => files,
+        Err(e) => {
+            warn!(node = node_id, shard, error = %e, "cannot list snapshot files");
+            return;
+        }
+    };
+    let mut orphans: Vec<u64> = files
+        .iter()
+        .map(|f| f.group)
+        .filter(|g| driver.borrow().group(GroupId(*g)).is_none())
+        .collect();
+    orphans.dedup();
+    for group in orphans {
+        match flotilla_storage::snapshot::remove_older_snapshots(&dir, group, u64::MAX, u64::MAX)
+            .await
+        {
+            Ok(n) => info!(
+                node = node_id,
+                shard,
+                group,
+                files = n,
+                "removed snapshot files of a group the WAL no longer holds"
+            ),
+            Err(e) => {
+                warn!(node = node_id, shard, group, error = %e, "cannot remove orphan snapshot files")
+            }
+        }
+    }
 }
 
 /// Builds, on the shard's thread, a task to run there (see
@@ -363,8 +404,12 @@ pub(crate) async fn run(setup: ShardSetup) {
             .configure_balance(u64::try_from(ticks).unwrap_or(u64::MAX).max(1));
     }
     match driver::restore_groups(&driver, recovered).await {
-        Ok(0) => {}
-        Ok(n) => info!(node = node_id, shard, groups = n, "groups recovered"),
+        Ok(n) => {
+            if n > 0 {
+                info!(node = node_id, shard, groups = n, "groups recovered");
+            }
+            remove_orphan_snapshots(&driver, node_id, shard).await;
+        }
         Err(e) => {
             error!(node = node_id, shard, error = %e, "recovery failed");
             drop(mailbox); // closed before reporting (see the WAL failure)
@@ -562,6 +607,10 @@ pub(crate) async fn run(setup: ShardSetup) {
                 driver
                     .borrow_mut()
                     .read(group, query, consistency, reply.into());
+                kick.signal(1);
+            }
+            ShardRequest::StopGroup { group, reply } => {
+                driver.borrow_mut().stop_group(group, reply);
                 kick.signal(1);
             }
             ShardRequest::Status { group, reply } => {

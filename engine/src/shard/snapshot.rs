@@ -136,6 +136,8 @@ pub(crate) async fn load_for_restart(
 /// compacts Raft and the WAL behind it (keeping the configured overhead).
 /// Returns the snapshot index.
 pub(crate) async fn take(driver: SharedDriver, group: GroupId) -> Result<u64, String> {
+    // Counted by `snapshots_running` (a stopped group's files are deleted
+    // only once this ends).
     let outcome = take_inner(&driver, group).await;
     driver.borrow_mut().snapshot_taken(group, &outcome);
     outcome.map(|(index, _)| index)
@@ -308,7 +310,22 @@ impl transport::SnapshotHandler for Inbox {
         let kick = self.kick.clone();
         glommio::spawn_local(async move {
             let group = msg.group;
-            if let Err(e) = install(&driver, msg, data).await {
+            // One install per group at a time: a copy that arrives while
+            // another is being written (a transfer the leader retried) is
+            // dropped, as a lost message would be; Raft hears from the
+            // first.
+            if driver.borrow().installing_snapshot(group) {
+                debug!(
+                    group = group.0,
+                    "snapshot dropped: another one is being installed"
+                );
+                return;
+            }
+            // A stopped group's files are deleted only once this ends.
+            driver.borrow_mut().snapshot_file_write(group, true);
+            let outcome = install(&driver, msg, data).await;
+            driver.borrow_mut().snapshot_file_write(group, false);
+            if let Err(e) = outcome {
                 warn!(group = group.0, error = %e, "snapshot not installed");
             }
             kick.signal(1);
