@@ -540,6 +540,36 @@ fn blocking_pops_end_to_end() {
     assert_eq!(waiter.join().unwrap(), text(&["jobs", "job1"]));
     assert_eq!(blocked_clients(&mut c), 0);
 
+    // A client blocked on an empty list adds nothing to the log after its
+    // first pop: its length checks are reads. (A real pop once a second
+    // used to add an entry per second to the key's group.) Measured as the
+    // largest growth of any group's log on node 1: the first pop, and at
+    // most one more entry (a leader-balancing hand-over's no-op).
+    let last_indexes = || -> Vec<u64> {
+        let (status, body) = http(nodes[0].http, "GET", "/groups", "");
+        assert_eq!(status, 200, "{body}");
+        body.split("\"last_index\":")
+            .skip(1)
+            .map(|rest| {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse::<u64>().unwrap()
+            })
+            .collect()
+    };
+    let before = last_indexes();
+    assert_eq!(q(&mut c, &["BLPOP", "idle", "3.5"]), Nil);
+    std::thread::park_timeout(Duration::from_millis(300));
+    let grown = last_indexes()
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a - b)
+        .max()
+        .unwrap();
+    assert!(
+        grown <= 2,
+        "a group's log grew by {grown} entries while a client was blocked on an empty list"
+    );
+
     // One element, two blocked clients: one gets it, the other times out.
     let waiters: Vec<_> = (0..2)
         .map(|_| {

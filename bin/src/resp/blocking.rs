@@ -9,16 +9,19 @@
 //!        ▼
 //!  sleep (1 ms, doubling to 100 ms), watching the client and shutdown
 //!        ▼
-//!  stale local read of each key's length (no log entry) ─► all empty? sleep again
-//!        │ one is not (or a second has passed since the last pop)
+//!  read of each key's length (no log entry; local and stale, once a
+//!  second linearizable) ─► all empty? sleep again
+//!        │ one is not
 //!        ▼
 //!  pop through the log ...                 ... until the timeout: nil array
 //! ```
 //!
 //! Every pop is an ordinary replicated write, so what a blocked client gets
 //! is exactly what `LPOP` would have given it at that point of the log; the
-//! local length check only saves log entries while the lists stay empty
-//! (it can lag, so a real pop is tried at least once a second anyway).
+//! length checks only save log entries while the lists stay empty (the
+//! local replica can lag, so once a second the check is a linearizable
+//! read through the leader: a blocked client adds no log entry while its
+//! lists stay empty).
 //! Unlike Redis, clients blocked on one key are not served in the order
 //! they blocked: whoever polls first after a push wins.
 //!
@@ -42,9 +45,9 @@ use super::reply::Reply;
 const POLL_MIN: Duration = Duration::from_millis(1);
 /// Longest wait between two looks at the keys.
 const POLL_MAX: Duration = Duration::from_millis(100);
-/// A real pop is tried at least this often, whatever the local replica
-/// says (it may lag behind the leader).
-const FORCED_POP_EVERY: Duration = Duration::from_secs(1);
+/// The length check is a linearizable read at least this often (the local
+/// replica may lag behind the leader).
+const CONFIRMED_LOOK_EVERY: Duration = Duration::from_secs(1);
 /// Most bytes a blocked client may send before its command returns.
 const PENDING_INPUT_MAX: usize = 64 << 20;
 
@@ -302,7 +305,7 @@ pub async fn run(
         }
     }
     let mut wait = POLL_MIN;
-    let mut last_pop = started;
+    let mut last_look_confirmed = started;
     let mut scratch = vec![0u8; 16 << 10];
     // The first round pops without looking: most blocking pops find an
     // element at once.
@@ -319,9 +322,6 @@ pub async fn run(
                 }
                 Err(e) => return Some(outcome_reply(Err(e))),
             }
-        }
-        if !candidates.is_empty() {
-            last_pop = Instant::now();
         }
         // Nothing to pop: wait, then look again.
         let mut next_look = Instant::now() + wait;
@@ -360,11 +360,15 @@ pub async fn run(
             }
             wait = (wait * 2).min(POLL_MAX);
             next_look = Instant::now() + wait;
-            if last_pop.elapsed() >= FORCED_POP_EVERY {
-                candidates = (0..b.keys.len()).collect();
-                break;
-            }
-            candidates = match nonempty(&b, &groups, conn).await {
+            // The local replica can lag: once a second the lengths are
+            // read linearizably instead (through the leader, no log entry).
+            let consistency = if last_look_confirmed.elapsed() >= CONFIRMED_LOOK_EVERY {
+                last_look_confirmed = Instant::now();
+                ReadConsistency::Linearizable
+            } else {
+                ReadConsistency::Stale
+            };
+            candidates = match nonempty(&b, &groups, conn, consistency).await {
                 Ok(c) => c,
                 Err(reply) => return Some(reply),
             };
@@ -375,12 +379,18 @@ pub async fn run(
     }
 }
 
-/// The keys (by position) that hold an element on this node's replica:
-/// a stale local read, no log entry. A key of the wrong type is the
-/// command's error, as in Redis.
-async fn nonempty(b: &Blocking, groups: &[GroupId], conn: &mut Conn) -> Result<Vec<usize>, Reply> {
+/// The keys (by position) that hold an element, read with `consistency`
+/// (stale: this node's replica; linearizable: confirmed by the leader); no
+/// log entry either way. A key of the wrong type is the command's error,
+/// as in Redis.
+async fn nonempty(
+    b: &Blocking,
+    groups: &[GroupId],
+    conn: &mut Conn,
+    consistency: ReadConsistency,
+) -> Result<Vec<usize>, Reply> {
     let mut local = conn.kv.clone();
-    local.consistency = ReadConsistency::Stale;
+    local.consistency = consistency;
     let mut out = Vec::new();
     for (i, key) in b.keys.iter().enumerate() {
         match local.query(groups[i], &b.len_query(key)).await {
