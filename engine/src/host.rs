@@ -295,8 +295,11 @@ impl NodeHost {
     /// (or joined) again once this returns.
     ///
     /// Stopping a replica that is still a member takes a voter away from
-    /// its group: remove it first ([`NodeHost::remove_member`], called on
-    /// any member), or stop the group on every member to drop it.
+    /// its group (and a leader's group elects another after an election
+    /// timeout): remove it first ([`NodeHost::remove_member`], called on
+    /// any member), or stop the group on every member to drop it. Start a
+    /// group under the id of a dropped one only once every member stopped
+    /// it: a replica left with the old log would meet the new one.
     ///
     /// # Errors
     /// [`HostError::ShuttingDown`], [`HostError::Timeout`] (the stop still

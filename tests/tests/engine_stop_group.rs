@@ -170,3 +170,40 @@ fn stopping_a_group_fails_its_waiting_requests_at_once() {
     }
     c.shutdown();
 }
+
+#[test]
+fn a_group_stopped_everywhere_starts_again_empty_under_its_id() {
+    init_logs();
+    let mut c = Cluster::new(3, 2);
+    c.start_all();
+    let nodes = c.running();
+    let g = GroupId(5);
+    c.start_groups(&[g], &nodes);
+    c.wait_leader(g, WITHIN);
+    let kv = c.kv(NodeId(2), &[g]);
+    for k in 0..30 {
+        let key = format!("old{k}");
+        retry(WITHIN, &key, || block_on(kv.put(b(key.clone()), b("v"))));
+    }
+    for n in &nodes {
+        block_on(c.host(*n).stop_group(g, WITHIN)).expect("stop");
+    }
+    // A node restarted in between does not bring the old replica back.
+    c.stop(NodeId(1));
+    c.start(NodeId(1));
+    for n in &nodes {
+        assert!(!hosted(&c, *n).contains(&g), "{n} still hosts {g}");
+    }
+    c.start_groups(&[g], &nodes);
+    c.wait_leader(g, WITHIN);
+    let kv = c.kv(NodeId(3), &[g]);
+    retry(WITHIN, "new", || block_on(kv.put(b("new"), b("n"))));
+    for k in [0, 29] {
+        let key = format!("old{k}");
+        let got = retry(WITHIN, &key, || block_on(kv.get(b(key.clone()))));
+        assert_eq!(got, None, "{key} survived the stop of its group everywhere");
+    }
+    let got = retry(WITHIN, "get new", || block_on(kv.get(b("new"))));
+    assert_eq!(got.as_deref(), Some(&b"n"[..]));
+    c.shutdown();
+}
