@@ -207,3 +207,79 @@ fn a_group_stopped_everywhere_starts_again_empty_under_its_id() {
     assert_eq!(got.as_deref(), Some(&b"n"[..]));
     c.shutdown();
 }
+
+#[test]
+fn stop_and_rejoin_cycles_under_load_with_snapshots_lose_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    init_logs();
+    let mut c = Cluster::with(3, 1, |cfg| {
+        cfg.snapshot_entries = 20;
+        cfg.snapshot_log_ratio = 0.0;
+        cfg.compaction_overhead_entries = 5;
+    });
+    c.start_all();
+    let nodes = c.running();
+    let groups: Vec<GroupId> = (1..=4).map(GroupId).collect();
+    c.start_groups(&groups, &nodes);
+    for g in &groups {
+        c.wait_leader(*g, WITHIN);
+    }
+    let target = GroupId(2);
+    let n3 = NodeId(3);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let writer = {
+        let kv = c.kv(NodeId(1), &[target]);
+        let (stop, acked) = (stop.clone(), acked.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("w{i}");
+                if block_on(kv.put(b(key.clone()), b(i.to_string()))).is_ok() {
+                    acked.lock().unwrap().push(key);
+                }
+                i += 1;
+            }
+        })
+    };
+    let leader_host = |c: &Cluster| c.host(NodeId(1)).clone();
+    for cycle in 0..4 {
+        retry(WITHIN, "remove node 3", || {
+            block_on(leader_host(&c).remove_member(target, n3, WITHIN))
+        });
+        block_on(c.host(n3).stop_group(target, WITHIN))
+            .unwrap_or_else(|e| panic!("cycle {cycle}: stop: {e}"));
+        block_on(
+            c.host(n3)
+                .join_group(target, c.members(&[NodeId(1), NodeId(2)]), false, WITHIN),
+        )
+        .unwrap_or_else(|e| panic!("cycle {cycle}: join: {e}"));
+        retry(WITHIN, "add node 3", || {
+            block_on(leader_host(&c).add_member(target, n3, c.addr(n3), MemberKind::Voter, WITHIN))
+        });
+        retry(WITHIN, "node 3 applies", || {
+            match block_on(c.host(n3).group_status(target, WITHIN))? {
+                Some(s) if s.applied > 0 && s.leader.is_some() => Ok(()),
+                _ => Err(HostError::Timeout(WITHIN)),
+            }
+        });
+    }
+    c.stop(n3);
+    c.start(n3);
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("writer");
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > 20,
+        "the writer got only {} writes through",
+        acked.len()
+    );
+    let kv3 = c.kv(n3, &[target]);
+    for key in &acked {
+        let got = retry(WITHIN, key, || block_on(kv3.get(b(key.clone()))));
+        assert!(got.is_some(), "acknowledged {key} missing on node 3");
+    }
+    c.shutdown();
+}
