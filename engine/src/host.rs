@@ -70,6 +70,9 @@ pub struct NodeHost {
     threads: std::sync::Mutex<Vec<glommio::ExecutorJoinHandle<()>>>,
 }
 
+/// Longest a stopping leader tries to hand its leadership over.
+const STOP_HAND_OVER_MAX: Duration = Duration::from_secs(2);
+
 impl NodeHost {
     /// Validates `config` and starts its shards.
     ///
@@ -294,9 +297,10 @@ impl NodeHost {
     /// group that does not run here is a no-op; the group may be started
     /// (or joined) again once this returns.
     ///
-    /// Stopping a replica that is still a member takes a voter away from
-    /// its group (and a leader's group elects another after an election
-    /// timeout): remove it first ([`NodeHost::remove_member`], called on
+    /// A leader first hands its leadership to another voter (for at most
+    /// half the deadline, 2 s at most), so the group does not wait out an
+    /// election timeout. Stopping a replica that is still a member takes a
+    /// voter away from its group: remove it first ([`NodeHost::remove_member`], called on
     /// any member), or stop the group on every member to drop it. Start a
     /// group under the id of a dropped one only once every member stopped
     /// it: a replica left with the old log would meet the new one.
@@ -317,15 +321,59 @@ impl NodeHost {
     /// # Ok(()) }
     /// ```
     pub async fn stop_group(&self, group: GroupId, deadline: Duration) -> Result<(), HostError> {
+        let started = std::time::Instant::now();
+        self.hand_over_before_stop(group, (deadline / 2).min(STOP_HAND_OVER_MAX))
+            .await;
         let (reply, rx) = oneshot::channel();
         self.request(
             self.shard_for(group),
             ShardRequest::StopGroup { group, reply },
             rx,
-            deadline,
+            deadline.saturating_sub(started.elapsed()),
         )
         .await?
         .map_err(HostError::Request)
+    }
+
+    /// If this node leads `group`, hands the leadership to another voter
+    /// (the first that takes it within `budget`), so that the group does
+    /// not wait out an election timeout once the replica stops. Best
+    /// effort: the stop goes on either way.
+    async fn hand_over_before_stop(&self, group: GroupId, budget: Duration) {
+        let started = std::time::Instant::now();
+        let me = NodeId(self.config.node_id);
+        let leads = matches!(
+            self.group_status(group, budget).await,
+            Ok(Some(s)) if s.leader == Some(me)
+        );
+        if !leads {
+            return;
+        }
+        let Ok(Some(m)) = self.membership(group, budget).await else {
+            return;
+        };
+        for member in &m.members {
+            if member.node == me || member.kind != MemberKind::Voter {
+                continue;
+            }
+            let left = budget.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return;
+            }
+            match self.transfer_leader(group, member.node, left).await {
+                Ok(()) => {
+                    tracing::info!(
+                        group = group.0,
+                        to = member.node.0,
+                        "leadership handed over before the stop"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(group = group.0, to = member.node.0, error = %e, "hand-over before the stop failed")
+                }
+            }
+        }
     }
 
     /// Starts an empty replica of `group` on this node that waits for the

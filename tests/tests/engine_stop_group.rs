@@ -283,3 +283,41 @@ fn stop_and_rejoin_cycles_under_load_with_snapshots_lose_nothing() {
     }
     c.shutdown();
 }
+
+#[test]
+fn a_stopping_leader_hands_its_leadership_over_first() {
+    init_logs();
+    // Election timeouts of 5–10 s (500 ticks of 10 ms): without the
+    // hand-over the two remaining voters would have no leader for that
+    // long after the stop.
+    let mut c = Cluster::with(3, 1, |cfg| cfg.election_timeout_ticks = 500);
+    c.start_all();
+    let nodes = c.running();
+    let g = GroupId(3);
+    c.start_groups(&[g], &nodes);
+    let leader = c.wait_leader(g, WITHIN);
+    let kv = c.kv(leader, &[g]);
+    retry(WITHIN, "put", || block_on(kv.put(b("k"), b("v"))));
+    // Stop the leader's replica while it is still a member.
+    block_on(c.host(leader).stop_group(g, WITHIN)).expect("stop");
+    let others: Vec<NodeId> = nodes.iter().copied().filter(|n| *n != leader).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let next = loop {
+        let s = block_on(c.host(others[0]).group_status(g, WITHIN))
+            .unwrap()
+            .unwrap();
+        if let Some(l) = s.leader.filter(|l| *l != leader) {
+            break l;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new leader 3 s after the stop (elections take 5-10 s here): {s:?}"
+        );
+        std::thread::park_timeout(Duration::from_millis(20));
+    };
+    assert!(others.contains(&next));
+    let kv = c.kv(next, &[g]);
+    let got = retry(WITHIN, "get", || block_on(kv.get(b("k"))));
+    assert_eq!(got.as_deref(), Some(&b"v"[..]));
+    c.shutdown();
+}
