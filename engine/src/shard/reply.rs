@@ -235,8 +235,9 @@ mod tests {
     /// its reply is dropped unanswered.
     #[test]
     fn a_hook_is_called_once_with_the_answer_or_none() {
-        let seen: Rc<RefCell<Vec<Option<Result<u32, RequestError>>>>> = Rc::default();
-        let hooked = |seen: &Rc<RefCell<Vec<_>>>| {
+        type Seen = Rc<RefCell<Vec<Option<Result<u32, RequestError>>>>>;
+        let seen: Seen = Rc::default();
+        let hooked = |seen: &Seen| {
             let seen = seen.clone();
             Reply::hook(move |a| seen.borrow_mut().push(a))
         };
