@@ -103,6 +103,56 @@ fn three_transports_all_to_all_keep_per_sender_order() {
     });
 }
 
+/// A message queued by a task that became runnable after the sender woke
+/// (as a shard's driver turn follows the inbound message that woke the
+/// sender) travels in the same frame: the sender lets the runnable tasks
+/// queue theirs before it drains.
+#[test]
+fn messages_of_tasks_runnable_at_the_wake_share_one_frame() {
+    run("wake_batching", Duration::from_secs(30), || async {
+        let reg = Registry::new();
+        let a = std::rc::Rc::new(start(config(1, 0), &reg));
+        let b = start(config(2, 0), &reg);
+        let pb = b.local();
+        // Connect first, so that the sender is idle and connected.
+        a.send(pb, msg(0)).unwrap();
+        assert_eq!(recv_n(&b, 1, SECS_10).await.len(), 1);
+        wait_until(
+            "the first frame to be counted",
+            SECS_10,
+            || a.metrics().peer(pb).frames_sent,
+            |n| *n == 1,
+        )
+        .await;
+        let go = std::rc::Rc::new(glommio::sync::Semaphore::new(0));
+        let producer = {
+            let (a, go) = (a.clone(), go.clone());
+            glommio::spawn_local(async move {
+                go.acquire(1).await.unwrap();
+                a.send(pb, msg(2)).unwrap();
+            })
+        };
+        // The producer runs until it waits for `go`.
+        futures_lite::future::yield_now().await;
+        // Wakes the sender first, then the producer.
+        a.send(pb, msg(1)).unwrap();
+        go.signal(1);
+        producer.await;
+        let got = recv_n(&b, 2, SECS_10).await;
+        assert_eq!(got.len(), 2);
+        let m = a.metrics().peer(pb);
+        assert_eq!(m.messages_sent, 3);
+        assert_eq!(
+            m.frames_sent,
+            2,
+            "the two messages queued at one wake took {} frames",
+            m.frames_sent - 1
+        );
+        a.shutdown().await;
+        b.shutdown().await;
+    });
+}
+
 #[test]
 fn many_messages_travel_in_few_frames() {
     run("batching", Duration::from_secs(30), || async {

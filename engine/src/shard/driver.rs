@@ -164,12 +164,11 @@ pub(crate) struct Driver {
     /// Random per shard run, so that tags of different nodes (and runs)
     /// do not meet in one group's log.
     tag_base: u64,
-    /// Forwarded requests received, to run here (the shard's inbound task
-    /// spawns one answering task each).
-    remote_requests: Vec<(
-        wire::Forward,
-        futures_channel::oneshot::Receiver<Result<Bytes, RequestError>>,
-    )>,
+    /// Answers to requests other nodes forwarded here, queued by their
+    /// replies' hooks and sent by [`Driver::flush_remote_answers`] in the
+    /// turn that produced them (with the turn's other messages to that
+    /// node, in one frame).
+    remote_answers: RemoteAnswers,
     /// Groups stopped here whose removal (WAL record, snapshot files) has
     /// not finished, with the callers waiting for it. Such a group cannot
     /// be started again until then.
@@ -180,6 +179,10 @@ pub(crate) struct Driver {
     /// group: a stopped group's files are deleted only once none is.
     snapshot_file_writes: BTreeMap<GroupId, u32>,
 }
+
+/// Answers to forwarded requests, waiting to be sent: the request and its
+/// result.
+type RemoteAnswers = Rc<RefCell<Vec<(wire::Forward, Result<Bytes, RequestError>)>>>;
 
 /// A client request on its way to a leader.
 struct Waiting {
@@ -397,7 +400,7 @@ impl Driver {
                 h.write_u64(boot_nanos);
                 h.finish()
             },
-            remote_requests: Vec::new(),
+            remote_answers: Rc::default(),
             stopping_groups: BTreeMap::new(),
             removals: Vec::new(),
             snapshot_file_writes: BTreeMap::new(),
@@ -1205,7 +1208,7 @@ impl Driver {
             self.on_forward_answer(f);
             return;
         }
-        let (tx, rx) = futures_channel::oneshot::channel();
+        let tx = self.remote_reply(&f);
         let stale_term = f.op == forward::OP_PROPOSE
             && f.index != 0
             && self
@@ -1220,18 +1223,12 @@ impl Driver {
                 group: f.group,
                 leader,
             }));
-            self.remote_requests.push((f, rx));
             return;
         }
         match ClientOp::decode(&f) {
             Some(op) => {
-                let appended = self.submit_attempt(
-                    f.group,
-                    op,
-                    false,
-                    tx.into(),
-                    forward::FORWARD_ATTEMPTS_MAX,
-                );
+                let appended =
+                    self.submit_attempt(f.group, op, false, tx, forward::FORWARD_ATTEMPTS_MAX);
                 if let Some((index, term)) = appended {
                     // Tell the origin where the entry is: if this leader
                     // fails before answering, the origin learns the outcome
@@ -1255,7 +1252,33 @@ impl Driver {
                 }));
             }
         }
-        self.remote_requests.push((f, rx));
+    }
+
+    /// The reply of request `f`, forwarded here by another node: its answer
+    /// (or `ShuttingDown` if it is dropped unanswered) waits in
+    /// `remote_answers` for [`Driver::flush_remote_answers`].
+    fn remote_reply(&self, f: &wire::Forward) -> Reply<Bytes> {
+        let out = self.remote_answers.clone();
+        let req = wire::Forward {
+            payload: Bytes::new(),
+            ..f.clone()
+        };
+        Reply::hook(move |answer| {
+            let group = req.group;
+            let result = answer.unwrap_or(Err(RequestError::ShuttingDown { group }));
+            out.borrow_mut().push((req, result));
+        })
+    }
+
+    /// Sends the answers of forwarded requests decided since the last call.
+    pub(crate) fn flush_remote_answers(&mut self) {
+        if self.remote_answers.borrow().is_empty() {
+            return;
+        }
+        let answers = std::mem::take(&mut *self.remote_answers.borrow_mut());
+        for (req, result) in answers {
+            self.answer_remote(req, result);
+        }
     }
 
     /// An answer to a request this replica forwarded.
@@ -1331,23 +1354,8 @@ impl Driver {
         }
     }
 
-    /// Forwarded requests received since the last call, with the receiver
-    /// of each one's local result.
-    pub(crate) fn take_remote_requests(
-        &mut self,
-    ) -> Vec<(
-        wire::Forward,
-        futures_channel::oneshot::Receiver<Result<Bytes, RequestError>>,
-    )> {
-        std::mem::take(&mut self.remote_requests)
-    }
-
     /// Sends the answer to forwarded request `req`.
-    pub(crate) fn answer_remote(
-        &mut self,
-        req: wire::Forward,
-        result: Result<Bytes, RequestError>,
-    ) {
+    fn answer_remote(&mut self, req: wire::Forward, result: Result<Bytes, RequestError>) {
         let mut f = wire::Forward {
             from: self.node,
             to: req.from,
@@ -1706,6 +1714,9 @@ impl Driver {
             }
         }
         self.lazy_flush_due = false;
+        // Answers decided outside a turn (a tick's timeouts, a group that
+        // stopped) go with this turn's messages.
+        self.flush_remote_answers();
         Collected {
             batches: batch.finish(),
             pending,
@@ -1830,6 +1841,9 @@ impl Driver {
         for (group, w) in self.parked_rounds.drain(..) {
             let _ = w.reply.send(Err(RequestError::ShuttingDown { group }));
         }
+        // The nodes that forwarded requests here learn of the stop now
+        // rather than at their deadlines.
+        self.flush_remote_answers();
     }
 }
 
@@ -2259,8 +2273,13 @@ async fn finish_turn(
     for p in pending {
         let fetches = driver.borrow_mut().finish_one(p);
         spawn_fetches(driver, kick, fetches);
-        glommio::yield_if_needed().await;
+        if glommio::executor().need_preempt() {
+            // What this turn decided so far goes out before the yield.
+            driver.borrow_mut().flush_remote_answers();
+            glommio::yield_if_needed().await;
+        }
     }
+    driver.borrow_mut().flush_remote_answers();
 }
 
 /// Loads entries Raft asked for from the WAL, each fetch on its own task.

@@ -453,21 +453,9 @@ pub(crate) async fn run(setup: ShardSetup) {
                     while let Some(batch) = recv.try_recv() {
                         driver.borrow_mut().on_inbound(batch);
                     }
-                    let remote = driver.borrow_mut().take_remote_requests();
-                    for (req, rx) in remote {
-                        let driver = driver.clone();
-                        glommio::spawn_local_into(
-                            async move {
-                                let result = rx.await.unwrap_or(Err(
-                                    crate::error::RequestError::ShuttingDown { group: req.group },
-                                ));
-                                driver.borrow_mut().answer_remote(req, result);
-                            },
-                            raft_tq,
-                        )
-                        .expect("raft task queue exists")
-                        .detach();
-                    }
+                    // Answers decided at once (refusals) go now; the
+                    // others go in the turn that applies their entry.
+                    driver.borrow_mut().flush_remote_answers();
                     kick.signal(1);
                 }
             },

@@ -8,6 +8,11 @@
 //!                               BatchAnswer (Rc, one shard) ──────┴─► one Vec to the caller
 //! ```
 //!
+//! A request forwarded here by another node answers through a hook
+//! ([`Reply::hook`]) that queues the answer in the driver, which sends it
+//! in the same turn as the apply that produced it (no task, no channel per
+//! request; the answer travels in the frame of the turn's other messages).
+//!
 //! A batch of n proposals costs one mailbox message, one channel and one
 //! cross-thread wake-up of the caller, instead of n of each. Each proposal is
 //! still decided on its own (its slot holds its own result); the answer goes
@@ -41,6 +46,23 @@ enum Route<T> {
         batch: Rc<BatchAnswer<T>>,
         slot: u32,
     },
+    Hook(Hook<T>),
+}
+
+/// What a hook is called with: the answer, or `None` when its `Reply` is
+/// dropped unanswered (the group or the shard stopped).
+type HookFn<T> = Box<dyn FnOnce(Option<Result<T, RequestError>>)>;
+
+/// Calls its function exactly once: with the answer, or with `None` when
+/// dropped unanswered.
+struct Hook<T>(Option<HookFn<T>>);
+
+impl<T> Drop for Hook<T> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(None);
+        }
+    }
 }
 
 /// The shared state of a batch on its shard: the answers so far and the
@@ -87,6 +109,14 @@ impl<T> Reply<T> {
         })
     }
 
+    /// A reply that calls `f` exactly once, on this shard: with
+    /// `Some(answer)` when answered, with `None` when dropped unanswered.
+    /// `f` runs inside whatever answers the request (usually while the
+    /// shard's driver is borrowed): it must only record the answer.
+    pub(crate) fn hook(f: impl FnOnce(Option<Result<T, RequestError>>) + 'static) -> Self {
+        Reply(Route::Hook(Hook(Some(Box::new(f)))))
+    }
+
     /// Answers the request. `Err` gives the answer back when nobody waits
     /// for it any more; a batch's slot always takes it (and drops it with
     /// the batch if its caller gave up).
@@ -103,6 +133,11 @@ impl<T> Reply<T> {
                 *cell = Some(answer);
                 Ok(())
             }
+            Route::Hook(mut hook) => {
+                let f = hook.0.take().expect("a hook is called once");
+                f(Some(answer));
+                Ok(())
+            }
         }
     }
 
@@ -114,6 +149,8 @@ impl<T> Reply<T> {
             Route::InBatch { batch, .. } => {
                 batch.tx.borrow().as_ref().is_none_or(|tx| tx.is_canceled())
             }
+            // Another node waits for it: it has its own deadline.
+            Route::Hook(_) => false,
         }
     }
 }
@@ -123,6 +160,7 @@ impl<T> std::fmt::Debug for Reply<T> {
         match &self.0 {
             Route::Alone(_) => f.write_str("Reply::Alone"),
             Route::InBatch { slot, .. } => write!(f, "Reply::InBatch({slot})"),
+            Route::Hook(_) => f.write_str("Reply::Hook"),
         }
     }
 }
@@ -191,5 +229,25 @@ mod tests {
         assert!(!alone.is_canceled());
         drop(rx);
         assert!(alone.is_canceled());
+    }
+
+    /// A hook is called exactly once: with the answer, or with `None` when
+    /// its reply is dropped unanswered.
+    #[test]
+    fn a_hook_is_called_once_with_the_answer_or_none() {
+        type Seen = Rc<RefCell<Vec<Option<Result<u32, RequestError>>>>>;
+        let seen: Seen = Rc::default();
+        let hooked = |seen: &Seen| {
+            let seen = seen.clone();
+            Reply::hook(move |a| seen.borrow_mut().push(a))
+        };
+        let answered = hooked(&seen);
+        assert!(!answered.is_canceled());
+        answered.send(Ok(5)).unwrap();
+        drop(hooked(&seen));
+        let seen = seen.borrow();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(matches!(seen[0], Some(Ok(5))));
+        assert!(seen[1].is_none(), "a dropped hook answered something");
     }
 }
