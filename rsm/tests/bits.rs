@@ -454,3 +454,43 @@ fn a_nested_query_of_the_wrong_kind_does_not_decode() {
         assert!(KvCommand::decode(good.slice(..n)).is_err());
     }
 }
+
+#[test]
+fn randomkey_picks_every_key_and_nothing_from_an_empty_store() {
+    for n in [0usize, 1, 5, 3000] {
+        let mut kv = KvStore::new();
+        for i in 0..n {
+            kv.execute(&KvCommand::put(format!("key:{i:05}"), "v"));
+        }
+        // Delete some (pending deletions must never be picked).
+        for i in (0..n).step_by(3) {
+            kv.execute(&KvCommand::Delete {
+                keys: vec![Bytes::from(format!("key:{i:05}"))],
+            });
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..4000u64 {
+            match read(&kv, KvQuery::RandomKey { seed }) {
+                KvResult::Value(None) => assert_eq!(kv.len(), 0, "nil only when empty"),
+                KvResult::Value(Some(k)) => {
+                    assert!(
+                        get(&kv, std::str::from_utf8(&k).unwrap()).is_some(),
+                        "{k:?} exists"
+                    );
+                    seen.insert(k);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        if (1..=5).contains(&n) {
+            assert_eq!(seen.len(), kv.len(), "a small store: every key comes up");
+        }
+        if n == 3000 {
+            assert!(
+                seen.len() > 1000,
+                "spread over the keys: {} distinct",
+                seen.len()
+            );
+        }
+    }
+}

@@ -35,6 +35,7 @@ fn query() -> impl Strategy<Value = KvQuery> {
         bytes().prop_map(|key| KvQuery::Digest { key }),
         Just(KvQuery::Stats),
         bytes().prop_map(|key| KvQuery::Describe { key }),
+        any::<u64>().prop_map(|seed| KvQuery::RandomKey { seed }),
         (
             bytes(),
             any::<(bool, bool, bool)>(),

@@ -25,7 +25,7 @@
 //!          0x12 SetRange     | key bytes | offset u64 | value bytes |
 //!          0x13 SetBit       | key bytes | offset u64 (bit) | bit u8 (0/1) |
 //!          0x14 BitOp        | op u8 (0 and, 1 or, 2 xor, 3 not) | dst bytes | sources list<bytes> |
-//!          0x20..=0x29       a query (below), executed in log order
+//!          0x20..=0x2a       a query (below), executed in log order
 //!          0x30..=0x50       a typed command (lists, sets, hashes, sorted
 //!                            sets, streams: drawn in `typed.rs`)
 //!          0x60..=0x90       a typed query, executed in log order
@@ -39,6 +39,7 @@
 //!          0x27 Digest       | key bytes |
 //!          0x28 Stats        |
 //!          0x29 Describe     | key bytes |
+//!          0x2a RandomKey    | seed u64 |
 //!          0x60..=0x90       a typed query (drawn in `typed.rs`)
 //! result   0x00 Ok
 //!          0x01 Value        | value opt |
@@ -418,6 +419,15 @@ pub enum KvQuery {
     Describe {
         /// The key.
         key: Bytes,
+    },
+    /// A key picked with `seed` (Redis `RANDOMKEY`). Result
+    /// [`KvResult::Value`], `None` if the store is empty. A store of up to
+    /// 1,024 keys picks uniformly; a larger one samples its key order's
+    /// leaves (nearly uniform). A replica whose tree differs may pick
+    /// another key for the same seed: no state depends on it.
+    RandomKey {
+        /// Picks the key.
+        seed: u64,
     },
     /// A read of a list, set, hash, sorted set or stream (or `TYPE`).
     Typed(TypedQuery),
@@ -1129,7 +1139,7 @@ impl KvCommand {
                 }
                 KvCommand::BitOp { op, dst, sources }
             }
-            0x20..=0x29 => return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?)),
+            0x20..=0x2a => return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?)),
             tag if TypedQuery::is_tag(tag) => {
                 return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?))
             }
@@ -1218,6 +1228,10 @@ impl KvQuery {
                 out.put_u8(0x29);
                 put_bytes(out, key);
             }
+            KvQuery::RandomKey { seed } => {
+                out.put_u8(0x2a);
+                out.put_u64_le(*seed);
+            }
             KvQuery::Typed(q) => q.encode_into(out),
         }
     }
@@ -1261,6 +1275,7 @@ impl KvQuery {
             0x29 => KvQuery::Describe {
                 key: r.bytes("key", DECODE_BYTES_MAX)?,
             },
+            0x2a => KvQuery::RandomKey { seed: r.u64()? },
             tag if TypedQuery::is_tag(tag) => {
                 KvQuery::Typed(TypedQuery::decode_tagged(tag, &mut r)?)
             }

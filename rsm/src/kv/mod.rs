@@ -689,6 +689,9 @@ impl KvStore {
             }
             KvQuery::Count => KvResult::Count(self.map.len() as u64),
             KvQuery::Describe { key } => self.describe(key),
+            KvQuery::RandomKey { seed } => {
+                KvResult::Value(self.map.random_key(*seed).map(Bytes::copy_from_slice))
+            }
             KvQuery::Typed(q) => self.read_typed(q),
         }
     }
