@@ -2,8 +2,9 @@
 
 use bytes::Bytes;
 use flotilla_rsm::{
-    ApplyError, DeadlineChange, Envelope, ExpireCondition, KvCommand, KvError, KvQuery, KvResult,
-    KvStore, PutCondition, Rsm, SessionConfig, SessionTable,
+    ApplyError, BitOperation, DeadlineChange, Envelope, ExpireCondition, KvCommand, KvError,
+    KvQuery, KvResult, KvStore, PutCondition, Rsm, SessionConfig, SessionTable, TypedCommand,
+    TypedQuery,
 };
 use proptest::prelude::*;
 
@@ -33,6 +34,60 @@ fn query() -> impl Strategy<Value = KvQuery> {
         Just(KvQuery::NextDeadline),
         bytes().prop_map(|key| KvQuery::Digest { key }),
         Just(KvQuery::Stats),
+        bytes().prop_map(|key| KvQuery::Describe { key }),
+        any::<u64>().prop_map(|seed| KvQuery::RandomKey { seed }),
+        (
+            bytes(),
+            any::<(bool, bool, bool)>(),
+            any::<u64>(),
+            proptest::option::of(any::<u64>())
+        )
+            .prop_map(|(key, (alpha, desc, sorted), offset, count)| {
+                KvQuery::Typed(TypedQuery::Sort {
+                    key,
+                    alpha,
+                    desc,
+                    sorted,
+                    offset,
+                    count,
+                })
+            }),
+    ]
+}
+
+/// A range query that `ZRANGESTORE` embeds.
+fn zrange() -> impl Strategy<Value = TypedQuery> {
+    prop_oneof![
+        (bytes(), any::<i64>(), any::<i64>(), any::<bool>()).prop_map(|(key, start, stop, rev)| {
+            TypedQuery::ZRange {
+                key,
+                start,
+                stop,
+                rev,
+                with_scores: false,
+            }
+        }),
+        (bytes(), -5.0f64..5.0, any::<bool>(), any::<u64>()).prop_map(|(key, min, rev, offset)| {
+            TypedQuery::ZRangeByScore {
+                key,
+                min,
+                min_exclusive: rev,
+                max: min + 1.0,
+                max_exclusive: false,
+                rev,
+                with_scores: false,
+                offset,
+                count: None,
+            }
+        }),
+        (bytes(), any::<bool>()).prop_map(|(key, rev)| TypedQuery::ZRangeByLex {
+            key,
+            min: Bytes::from_static(b"[a"),
+            max: Bytes::from_static(b"+"),
+            rev,
+            offset: 0,
+            count: Some(3),
+        }),
     ]
 }
 
@@ -143,6 +198,40 @@ fn single_command() -> impl Strategy<Value = KvCommand> {
             key,
             offset,
             value
+        }),
+        (bytes(), any::<u64>(), any::<bool>()).prop_map(|(key, offset, value)| KvCommand::SetBit {
+            key,
+            offset,
+            value
+        }),
+        (0usize..4, bytes(), proptest::collection::vec(bytes(), 1..4)).prop_map(
+            |(op, dst, mut sources)| {
+                let op = [
+                    BitOperation::And,
+                    BitOperation::Or,
+                    BitOperation::Xor,
+                    BitOperation::Not,
+                ][op];
+                if op == BitOperation::Not {
+                    sources.truncate(1);
+                }
+                KvCommand::BitOp { op, dst, sources }
+            }
+        ),
+        (bytes(), zrange())
+            .prop_map(|(key, range)| KvCommand::Typed(TypedCommand::ZRangeStore { key, range })),
+        (bytes(), bytes(), any::<bool>()).prop_map(|(key, src, alpha)| {
+            KvCommand::Typed(TypedCommand::SortStore {
+                key,
+                sort: TypedQuery::Sort {
+                    key: src,
+                    alpha,
+                    desc: !alpha,
+                    sorted: true,
+                    offset: 1,
+                    count: Some(2),
+                },
+            })
         }),
     ]
 }

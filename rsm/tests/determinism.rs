@@ -4,8 +4,9 @@
 
 use bytes::Bytes;
 use flotilla_rsm::{
-    encode_noop, Applied, ApplyError, DeadlineChange, DecodeError, Envelope, ExpireCondition,
-    KvCommand, KvQuery, KvResult, KvStore, PutCondition, Rsm, SessionConfig,
+    encode_noop, Applied, ApplyError, BitOperation, DeadlineChange, DecodeError, Envelope,
+    ExpireCondition, KvCommand, KvQuery, KvResult, KvStore, PutCondition, Rsm, SessionConfig,
+    TypedCommand, TypedQuery, ZAddCompare, ZAddCondition,
 };
 use futures_lite::future::block_on;
 use proptest::prelude::*;
@@ -114,6 +115,75 @@ fn single_kv_cmd() -> impl Strategy<Value = KvCommand> {
             offset,
             value
         }),
+        (key.clone(), 0u64..40, any::<bool>())
+            .prop_map(|(key, offset, value)| { KvCommand::SetBit { key, offset, value } }),
+        (
+            0usize..4,
+            key.clone(),
+            proptest::collection::vec(key.clone(), 1..3)
+        )
+            .prop_map(|(op, dst, mut sources)| {
+                let op = [
+                    BitOperation::And,
+                    BitOperation::Or,
+                    BitOperation::Xor,
+                    BitOperation::Not,
+                ][op];
+                if op == BitOperation::Not {
+                    sources.truncate(1);
+                }
+                KvCommand::BitOp { op, dst, sources }
+            }),
+        key.clone()
+            .prop_map(|key| KvCommand::Read(KvQuery::Describe { key })),
+        (
+            key.clone(),
+            proptest::collection::vec((-3i8..3, val.clone()), 1..4)
+        )
+            .prop_map(|(key, members)| KvCommand::Typed(TypedCommand::ZAdd {
+                key,
+                condition: ZAddCondition::Always,
+                compare: ZAddCompare::None,
+                changed: false,
+                incr: false,
+                pairs: members
+                    .into_iter()
+                    .map(|(s, m)| (f64::from(s), m))
+                    .collect(),
+            })),
+        (key.clone(), proptest::collection::vec(val.clone(), 1..4)).prop_map(|(key, values)| {
+            KvCommand::Typed(TypedCommand::ListPush {
+                key,
+                left: false,
+                only_existing: false,
+                values,
+            })
+        }),
+        (key.clone(), key.clone(), -2i64..3, any::<bool>()).prop_map(|(key, src, start, rev)| {
+            KvCommand::Typed(TypedCommand::ZRangeStore {
+                key,
+                range: TypedQuery::ZRange {
+                    key: src,
+                    start,
+                    stop: -1,
+                    rev,
+                    with_scores: false,
+                },
+            })
+        }),
+        (key.clone(), key.clone(), any::<bool>(), any::<bool>()).prop_map(
+            |(key, src, alpha, desc)| KvCommand::Typed(TypedCommand::SortStore {
+                key,
+                sort: TypedQuery::Sort {
+                    key: src,
+                    alpha,
+                    desc,
+                    sorted: true,
+                    offset: 0,
+                    count: None,
+                },
+            })
+        ),
     ]
 }
 

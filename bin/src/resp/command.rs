@@ -228,6 +228,8 @@ enum Finish {
     Renamed,
     /// MSETNX: 1 if the batch ran, 0 if a key existed.
     SetAll,
+    /// A command of `extras.rs`.
+    Extra(super::extras::Finish),
 }
 
 /// What a command needs.
@@ -249,6 +251,8 @@ pub enum Prepared {
     Unwatch(Reply),
     /// A blocking pop (BLPOP...): waits for an element or its timeout.
     Block(super::blocking::Blocking),
+    /// WAIT: how many replicas hold the connection's writes.
+    Wait,
     /// SAVE / BGSAVE: snapshot every KV group's replica on this node.
     Save {
         /// BGSAVE: answer at once, snapshot in the background.
@@ -961,6 +965,20 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
                 None => Prepared::Reply(Reply::err("internal error: typed command not found")),
             }
         }
+        _ if super::extras::COMMANDS
+            .iter()
+            .any(|c| c.0.eq_ignore_ascii_case(name)) =>
+        {
+            let seed = conn.next_seed();
+            let kv = &conn.kv;
+            match super::extras::prepare(name, args, &|k| kv.group_for(k), &shared.kv_groups, seed)
+            {
+                Some(super::extras::Outcome::Reply(r)) => Prepared::Reply(r),
+                Some(super::extras::Outcome::Plan(subs, f)) => plan(subs, Finish::Extra(f)),
+                Some(super::extras::Outcome::Wait) => Prepared::Wait,
+                None => Prepared::Reply(Reply::err("internal error: command not found")),
+            }
+        }
         _ => {
             let shown: Vec<String> = args
                 .iter()
@@ -1472,6 +1490,7 @@ fn all_commands() -> impl Iterator<Item = &'static CommandInfo> {
         .iter()
         .chain(types::COMMANDS.iter())
         .chain(super::blocking::COMMANDS.iter())
+        .chain(super::extras::COMMANDS.iter())
 }
 
 /// FNV-1a of a peer address: mixes connections' seeds apart.
@@ -1876,6 +1895,7 @@ fn finish(f: Finish, results: Vec<Result<KvResult, HostError>>, conn: &mut Conn)
             )
         }
         Finish::Typed(f) => types::finish(f, ok.into_iter().next()),
+        Finish::Extra(f) => super::extras::finish(f, ok),
         Finish::ScanTyped { pattern } => {
             let mut keys: Vec<Bytes> = Vec::new();
             let mut resume: Option<Bytes> = None;
@@ -1958,6 +1978,21 @@ fn finish(f: Finish, results: Vec<Result<KvResult, HostError>>, conn: &mut Conn)
             ])
         }
     }
+}
+
+/// WAIT: answered at once (see [`super::extras::wait_replicas`]): every
+/// write this connection was answered for is already on a majority of its
+/// group's voters.
+pub async fn wait(shared: &Shared) -> Reply {
+    let mut memberships = Vec::with_capacity(shared.kv_groups.len());
+    for g in &shared.kv_groups {
+        match shared.host.membership(*g, shared.request_timeout).await {
+            Ok(Some(m)) => memberships.push(m),
+            Ok(None) => {}
+            Err(e) => return host_error_reply(&e),
+        }
+    }
+    Reply::Int(super::extras::wait_replicas(&memberships))
 }
 
 /// KEYS pattern: scans every group to the end.

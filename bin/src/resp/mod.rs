@@ -18,6 +18,7 @@
 
 pub mod blocking;
 pub mod command;
+pub mod extras;
 pub mod glob;
 pub mod multi;
 pub mod parse;
@@ -271,6 +272,9 @@ async fn execute(
                     Prepared::Unwatch(reply) => {
                         conn.watched.clear();
                         replies.push(Some(reply));
+                    }
+                    Prepared::Wait => {
+                        replies.push(Some(command::wait(shared).await));
                     }
                     Prepared::Save { background } => {
                         replies.push(Some(command::save(background, shared).await));

@@ -181,6 +181,7 @@ pub fn queue(prepared: Prepared, conn: &mut Conn) -> Prepared {
             m,
             Reply::err("INFO and KEYS cannot be part of a transaction"),
         ),
+        Prepared::Wait => refuse(m, Reply::err("WAIT cannot be part of a transaction here")),
         Prepared::Save { .. } => refuse(
             m,
             Reply::err("SAVE and BGSAVE cannot be part of a transaction"),

@@ -23,7 +23,9 @@
 //!          0x10 Rename       | from bytes | to bytes | only_if_absent u8 |
 //!          0x11 Copy         | from bytes | to bytes | replace u8 |
 //!          0x12 SetRange     | key bytes | offset u64 | value bytes |
-//!          0x20..=0x27       a query (below), executed in log order
+//!          0x13 SetBit       | key bytes | offset u64 (bit) | bit u8 (0/1) |
+//!          0x14 BitOp        | op u8 (0 and, 1 or, 2 xor, 3 not) | dst bytes | sources list<bytes> |
+//!          0x20..=0x2a       a query (below), executed in log order
 //!          0x30..=0x50       a typed command (lists, sets, hashes, sorted
 //!                            sets, streams: drawn in `typed.rs`)
 //!          0x60..=0x90       a typed query, executed in log order
@@ -36,6 +38,8 @@
 //!          0x26 NextDeadline |
 //!          0x27 Digest       | key bytes |
 //!          0x28 Stats        |
+//!          0x29 Describe     | key bytes |
+//!          0x2a RandomKey    | seed u64 |
 //!          0x60..=0x90       a typed query (drawn in `typed.rs`)
 //! result   0x00 Ok
 //!          0x01 Value        | value opt |
@@ -58,7 +62,8 @@
 //! large, 5 malformed, 6 result too large, 7 wrong type, 8 not a float,
 //! 9 NaN score, 10 index out of range, 11 no such key, 12 hash value not an
 //! integer, 13 stream id too small, 14 stream id 0-0, 15 stream ids
-//! exhausted, 16 NaN or infinity, 17 hash value not a float.
+//! exhausted, 16 NaN or infinity, 17 hash value not a float, 18 an element
+//! that SORT cannot read as a number.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -301,6 +306,35 @@ pub enum KvCommand {
         /// The bytes to write.
         value: Bytes,
     },
+    /// Set or clear bit `offset` of the string at `key` (Redis `SETBIT`:
+    /// bit 0 is the most significant bit of byte 0), zero-padding the
+    /// string as needed. Result [`KvResult::Int`], the bit's previous value.
+    /// The key keeps its deadline; a collection answers
+    /// [`KvError::WrongType`], an offset past [`VALUE_BYTES_MAX`] bytes
+    /// [`KvError::ValueTooLarge`].
+    SetBit {
+        /// The key.
+        key: Bytes,
+        /// The bit's position.
+        offset: u64,
+        /// The new bit.
+        value: bool,
+    },
+    /// `dst = op(sources...)` bytewise (Redis `BITOP`): an absent source
+    /// reads as the empty string, a shorter one is zero-padded to the
+    /// longest; `NOT` takes one source. Result [`KvResult::Len`], the
+    /// length of the result. `dst` is replaced whatever it held (its
+    /// deadline goes) or deleted if the result is empty; a collection
+    /// among the sources answers [`KvError::WrongType`] and changes
+    /// nothing.
+    BitOp {
+        /// The operation.
+        op: BitOperation,
+        /// Where the result goes.
+        dst: Bytes,
+        /// The operands, at most [`KEYS_PER_COMMAND_MAX`].
+        sources: Vec<Bytes>,
+    },
     /// A read, executed in log order (a read through the log).
     Read(KvQuery),
     /// A write to a list, set, hash, sorted set or stream.
@@ -376,8 +410,66 @@ pub enum KvQuery {
     /// How many keys there are, how many of them have a deadline, and
     /// their bytes. Result [`KvResult::Stats`].
     Stats,
+    /// What Redis' `OBJECT ENCODING` and `MEMORY USAGE` tell of `key`.
+    /// Result [`KvResult::Items`]: empty if the key is absent, else
+    /// `[type, encoding, bytes]` — the type as `TYPE` names it, the
+    /// encoding Redis would use for such a value (see
+    /// `KvStore::describe`), and an estimate in decimal of the bytes the
+    /// key takes in this store.
+    Describe {
+        /// The key.
+        key: Bytes,
+    },
+    /// A key picked with `seed` (Redis `RANDOMKEY`). Result
+    /// [`KvResult::Value`], `None` if the store is empty. A store of up to
+    /// 1,024 keys picks uniformly; a larger one samples its key order's
+    /// leaves (nearly uniform). A replica whose tree differs may pick
+    /// another key for the same seed: no state depends on it.
+    RandomKey {
+        /// Picks the key.
+        seed: u64,
+    },
     /// A read of a list, set, hash, sorted set or stream (or `TYPE`).
     Typed(TypedQuery),
+}
+
+/// The operation of a [`KvCommand::BitOp`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BitOperation {
+    /// `AND`.
+    And,
+    /// `OR`.
+    Or,
+    /// `XOR`.
+    Xor,
+    /// `NOT` (one source).
+    Not,
+}
+
+impl BitOperation {
+    fn code(self) -> u8 {
+        match self {
+            BitOperation::And => 0,
+            BitOperation::Or => 1,
+            BitOperation::Xor => 2,
+            BitOperation::Not => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Result<Self, DecodeError> {
+        Ok(match code {
+            0 => BitOperation::And,
+            1 => BitOperation::Or,
+            2 => BitOperation::Xor,
+            3 => BitOperation::Not,
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    what: "bit operation",
+                    tag,
+                })
+            }
+        })
+    }
 }
 
 /// A deterministic error result of a KV command.
@@ -436,6 +528,9 @@ pub enum KvError {
     /// `HINCRBYFLOAT` of a field that is not a number.
     #[error("hash value is not a float")]
     HashNotFloat,
+    /// `SORT` (without `ALPHA`) of an element that is not a number.
+    #[error("One or more scores can't be converted into double")]
+    NotSortable,
 }
 
 impl KvError {
@@ -458,6 +553,7 @@ impl KvError {
             KvError::StreamIdExhausted => 15,
             KvError::NanOrInfinity => 16,
             KvError::HashNotFloat => 17,
+            KvError::NotSortable => 18,
         }
     }
 
@@ -480,6 +576,7 @@ impl KvError {
             15 => KvError::StreamIdExhausted,
             16 => KvError::NanOrInfinity,
             17 => KvError::HashNotFloat,
+            18 => KvError::NotSortable,
             tag => {
                 return Err(DecodeError::UnknownTag {
                     what: "kv error",
@@ -840,6 +937,18 @@ impl KvCommand {
                 out.put_u64_le(*offset);
                 put_bytes(out, value);
             }
+            KvCommand::SetBit { key, offset, value } => {
+                out.put_u8(0x13);
+                put_bytes(out, key);
+                out.put_u64_le(*offset);
+                out.put_u8(u8::from(*value));
+            }
+            KvCommand::BitOp { op, dst, sources } => {
+                out.put_u8(0x14);
+                out.put_u8(op.code());
+                put_bytes(out, dst);
+                put_keys(out, sources);
+            }
             KvCommand::Read(q) => q.encode_into(out),
             KvCommand::Typed(c) => c.encode_into(out),
             KvCommand::Batch { guards, commands } => {
@@ -1014,7 +1123,23 @@ impl KvCommand {
                 offset: r.u64()?,
                 value: r.bytes("value", DECODE_BYTES_MAX)?,
             },
-            0x20..=0x28 => return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?)),
+            0x13 => KvCommand::SetBit {
+                key: r.bytes("key", DECODE_BYTES_MAX)?,
+                offset: r.u64()?,
+                value: get_bool(&mut r)?,
+            },
+            0x14 => {
+                let op = BitOperation::from_code(r.u8()?)?;
+                let dst = r.bytes("key", DECODE_BYTES_MAX)?;
+                let sources = get_keys(&mut r)?;
+                if op == BitOperation::Not && sources.len() != 1 {
+                    return Err(DecodeError::Invalid {
+                        what: "BITOP NOT of other than one source",
+                    });
+                }
+                KvCommand::BitOp { op, dst, sources }
+            }
+            0x20..=0x2a => return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?)),
             tag if TypedQuery::is_tag(tag) => {
                 return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?))
             }
@@ -1099,6 +1224,14 @@ impl KvQuery {
                 put_bytes(out, key);
             }
             KvQuery::Stats => out.put_u8(0x28),
+            KvQuery::Describe { key } => {
+                out.put_u8(0x29);
+                put_bytes(out, key);
+            }
+            KvQuery::RandomKey { seed } => {
+                out.put_u8(0x2a);
+                out.put_u64_le(*seed);
+            }
             KvQuery::Typed(q) => q.encode_into(out),
         }
     }
@@ -1139,6 +1272,10 @@ impl KvQuery {
                 key: r.bytes("key", DECODE_BYTES_MAX)?,
             },
             0x28 => KvQuery::Stats,
+            0x29 => KvQuery::Describe {
+                key: r.bytes("key", DECODE_BYTES_MAX)?,
+            },
+            0x2a => KvQuery::RandomKey { seed: r.u64()? },
             tag if TypedQuery::is_tag(tag) => {
                 KvQuery::Typed(TypedQuery::decode_tagged(tag, &mut r)?)
             }

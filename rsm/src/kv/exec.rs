@@ -77,6 +77,31 @@ macro_rules! kind {
 }
 
 impl KvStore {
+    /// Replaces `key` (whatever it held, its deadline dropped) by a sorted
+    /// set of `members` (distinct), or deletes it if there are none.
+    /// Result `Count` of members stored.
+    fn store_zset(
+        &mut self,
+        key: &[u8],
+        members: Vec<(Score, Bytes)>,
+    ) -> Result<KvResult, KvError> {
+        if !members.is_empty() {
+            check_key(key).map_or(Ok(()), Err)?;
+        }
+        self.remove_key(key);
+        let n = members.len();
+        if n > 0 {
+            self.coll_mut(key, Kind::ZSet, true, |c| {
+                let z = kind!(c, ZSet);
+                for (s, m) in &members {
+                    let new = z.set(m, *s);
+                    debug_assert!(new, "stored members are distinct");
+                }
+            })?;
+        }
+        Ok(KvResult::Count(n as u64))
+    }
+
     /// The collection of `key` if it is of `kind`; `Ok(None)` if absent.
     fn coll(&self, key: &[u8], kind: Kind) -> Result<Option<&Collection>, KvError> {
         match self.map.get(key) {
@@ -529,6 +554,44 @@ impl KvStore {
                         for (s, m) in &members {
                             let new = z.set(m.as_slice(), *s);
                             debug_assert!(new, "combined members are distinct");
+                        }
+                    })?;
+                }
+                KvResult::Count(n as u64)
+            }
+            TypedCommand::ZRangeStore { key, range } => {
+                let members = match self.try_read_typed(range)? {
+                    KvResult::Items(members) => members,
+                    other => unreachable!("a range query answers items: {other:?}"),
+                };
+                // The range query checked the source's type.
+                let stored: Vec<(Score, Bytes)> = match self.coll(range.key(), Kind::ZSet)? {
+                    None => Vec::new(),
+                    Some(c) => {
+                        let z = kind!(c, ZSet);
+                        members
+                            .into_iter()
+                            .map(|m| (*z.scores.get(&m[..]).expect("a member of the range"), m))
+                            .collect()
+                    }
+                };
+                self.store_zset(key, stored)?
+            }
+            TypedCommand::SortStore { key, sort } => {
+                let items = match self.try_read_typed(sort)? {
+                    KvResult::Items(items) => items,
+                    other => unreachable!("a sort answers items: {other:?}"),
+                };
+                if !items.is_empty() {
+                    check_key(key).map_or(Ok(()), Err)?;
+                }
+                self.remove_key(key);
+                let n = items.len();
+                if n > 0 {
+                    self.coll_mut(key, Kind::List, true, |c| {
+                        let l = kind!(c, List);
+                        for v in &items {
+                            l.push(v, false);
                         }
                     })?;
                 }
@@ -995,6 +1058,39 @@ impl KvStore {
                         .map_or(0, |c| kind!(c, ZSet).by_score(&range).count())
                         as u64,
                 )
+            }
+            TypedQuery::Sort {
+                key,
+                alpha,
+                desc,
+                sorted,
+                offset,
+                count,
+            } => {
+                let c = match self.map.get(key) {
+                    None => return Ok(KvResult::Items(Vec::new())),
+                    Some(v) if !v.is_typed() => return Err(KvError::WrongType),
+                    Some(_) => self.collection(key).expect("a marked key has a collection"),
+                };
+                let mut elems: Vec<&Elem> = match c {
+                    Collection::List(l) => l.items.iter().collect(),
+                    Collection::Set(s) => s.members.iter().collect(),
+                    Collection::ZSet(z) => z.order.iter().map(|(_, m)| m).collect(),
+                    _ => return Err(KvError::WrongType),
+                };
+                if *sorted {
+                    sort_elems(&mut elems, *alpha, *desc)?;
+                } else if *desc && c.kind() == Kind::ZSet {
+                    elems.reverse();
+                }
+                let start = usize::try_from(*offset).unwrap_or(usize::MAX);
+                let n = count.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+                let picked = elems.iter().skip(start).take(n);
+                fits(
+                    picked.clone().map(|e| e.len() + 4).sum(),
+                    picked.clone().count(),
+                )?;
+                KvResult::Items(picked.map(|e| e.to_bytes()).collect())
             }
             TypedQuery::ZRangeByLex {
                 key,
@@ -1582,6 +1678,36 @@ fn picks(
         let at_i = *swapped.get(&i).unwrap_or(&i);
         swapped.insert(j, at_i);
         f(at_j)?;
+    }
+    Ok(())
+}
+
+/// Sorts SORT's elements: by bytes with `alpha`, else as numbers (ties by
+/// bytes, as Redis breaks them), reversed with `desc`.
+///
+/// # Errors
+/// [`KvError::NotSortable`] if an element is not a number (without
+/// `alpha`).
+fn sort_elems(elems: &mut [&Elem], alpha: bool, desc: bool) -> Result<(), KvError> {
+    if alpha {
+        elems.sort_by(|a, b| a.as_slice().cmp(b.as_slice()));
+    } else {
+        let mut keyed = Vec::with_capacity(elems.len());
+        for e in elems.iter() {
+            let f = parse_float(e.as_slice()).ok_or(KvError::NotSortable)?;
+            keyed.push((f, *e));
+        }
+        keyed.sort_by(|(fa, a), (fb, b)| {
+            fa.partial_cmp(fb)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then_with(|| a.as_slice().cmp(b.as_slice()))
+        });
+        for (slot, (_, e)) in elems.iter_mut().zip(keyed) {
+            *slot = e;
+        }
+    }
+    if desc {
+        elems.reverse();
     }
     Ok(())
 }

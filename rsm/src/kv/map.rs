@@ -54,6 +54,19 @@ const PENDING_MIN: usize = 32;
 /// and the memory of the buffer (40 bytes an entry).
 const PENDING_MAX: usize = 32768;
 
+/// A map of at most this many keys picks a random key by walking them.
+const RANDOM_SCAN_KEYS_MAX: usize = 1024;
+/// Most samples of the order tree a random pick takes.
+const RANDOM_SAMPLES_MAX: usize = 8;
+
+/// SplitMix64: the next of a sequence of well-mixed numbers.
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// Most net insertions a merge hands to the tree at once (bounds the
 /// merge's key buffer: 32 bytes a key).
 const PENDING_RUN_MAX: usize = 1024;
@@ -186,6 +199,31 @@ impl CowMap {
 
     pub(crate) fn get(&self, key: &[u8]) -> Option<&Value> {
         self.values.get(key)
+    }
+
+    /// A key picked with `seed`, `None` if the map is empty. A small map
+    /// (at most [`RANDOM_SCAN_KEYS_MAX`] keys) picks uniformly; a larger
+    /// one samples the order tree (see [`CowTree::sample`]), skipping keys
+    /// deleted since its last merge, and falls back to one of its first
+    /// keys (keys created since the merge are found only that way).
+    pub(crate) fn random_key(&self, seed: u64) -> Option<&[u8]> {
+        let n = self.len();
+        if n == 0 {
+            return None;
+        }
+        let mut r = seed;
+        if n > RANDOM_SCAN_KEYS_MAX {
+            for _ in 0..RANDOM_SAMPLES_MAX {
+                r = splitmix(r);
+                if let Some(k) = self.order.sample(r) {
+                    if self.values.get(k.as_slice()).is_some() {
+                        return Some(k.as_slice());
+                    }
+                }
+            }
+        }
+        let at = (splitmix(r) % n.min(RANDOM_SCAN_KEYS_MAX) as u64) as usize;
+        self.iter().nth(at).map(|(k, _)| k)
     }
 
     /// Starts loading the index lines a write of `key` will touch (see

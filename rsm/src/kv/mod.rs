@@ -3,6 +3,7 @@
 //! or one of the Redis data types (list, hash, set, sorted set, stream:
 //! see [`TypedCommand`] and [`TypedQuery`]).
 
+mod bits;
 mod collection;
 mod command;
 mod exec;
@@ -19,8 +20,8 @@ use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use collection::{Collection, Elem, Score, StreamId};
 pub use command::{
-    format_float, prefix_end, DeadlineChange, ExpireCondition, KvCommand, KvError, KvQuery,
-    KvResult, PutCondition, ResultBytes, TypedCommand, TypedQuery, XAddId, ZAddCompare,
+    format_float, prefix_end, BitOperation, DeadlineChange, ExpireCondition, KvCommand, KvError,
+    KvQuery, KvResult, PutCondition, ResultBytes, TypedCommand, TypedQuery, XAddId, ZAddCompare,
     ZAddCondition, BATCH_COMMANDS_MAX, DEADLINE_MS_MAX, EXPIRE_DUE_KEYS_MAX, ITEMS_PER_RESULT_MAX,
     KEYS_PER_COMMAND_MAX, KEY_BYTES_MAX, RESULT_BYTES_MAX, SCAN_BYTES_MAX, SCAN_LIMIT_MAX,
     VALUE_BYTES_MAX,
@@ -410,6 +411,8 @@ impl KvStore {
                     (Some(Value::from(Bytes::from(buf))), KvResult::Len(len))
                 })
             }
+            KvCommand::SetBit { key, offset, value } => self.set_bit(key, *offset, *value),
+            KvCommand::BitOp { op, dst, sources } => self.bit_op(*op, dst, sources),
             KvCommand::Read(q) => self.read(q),
             KvCommand::Typed(c) => self.execute_typed(c),
             KvCommand::Batch { guards, commands } => {
@@ -685,6 +688,10 @@ impl KvStore {
                 KvResult::Entries { entries, next }
             }
             KvQuery::Count => KvResult::Count(self.map.len() as u64),
+            KvQuery::Describe { key } => self.describe(key),
+            KvQuery::RandomKey { seed } => {
+                KvResult::Value(self.map.random_key(*seed).map(Bytes::copy_from_slice))
+            }
             KvQuery::Typed(q) => self.read_typed(q),
         }
     }

@@ -131,6 +131,22 @@ impl<V: Clone> CowTree<V> {
             .next_back()
     }
 
+    /// A key picked by `r` (a random number): a branch, a leaf of it and
+    /// a pair of that leaf, each uniformly. Not exactly uniform over the
+    /// keys (a key of a sparse leaf is likelier), as Redis' own sampling
+    /// of its hash buckets is not. O(root entries): about n / 2,500.
+    pub(crate) fn sample(&self, r: u64) -> Option<&Key> {
+        let n = self.root.len() as u64;
+        if n == 0 {
+            return None;
+        }
+        let (_, branch) = self.root.iter().nth((r % n) as usize)?;
+        let r = r / n;
+        let leaf = &branch[(r % branch.len() as u64) as usize].1;
+        let r = r / branch.len() as u64;
+        Some(&leaf[(r % leaf.len() as u64) as usize].0)
+    }
+
     pub(crate) fn get(&self, key: &Key) -> Option<&V> {
         let (_, branch) = self.branch_of(key)?;
         let leaf = &branch[leaf_index(branch, key)].1;

@@ -37,11 +37,14 @@
 //!         0x4b ZRemRangeByScore | key | range |
 //!         0x4c ZRemRangeByRank  | key | start i64 | stop i64 |
 //!         0x4d ZRemRangeByLex   | key | min bytes | max bytes |
+//!         0x47 ZRangeStore | dst key | range bytes (an encoded ZRange, ZRangeByScore or ZRangeByLex query) |
+//!         0x4e SortStore  | dst key | sort bytes (an encoded Sort query) |
 //!         0x50 XAdd       | key | id kind u8 (0 auto, 1 explicit, 2 auto seq) | ms u64 | seq u64 |
 //!                         | maxlen ou64 | no_mkstream u8 | fields list |
 //! query   0x60 Type       | key |
 //!         0x61 ListLen    | key |          0x62 ListRange | key | start i64 | stop i64 |
 //!         0x63 ListIndex  | key | index i64 |
+//!         0x65 Sort       | key | alpha u8 | desc u8 | sorted u8 | offset u64 | count ou64 |
 //!         0x64 ListPos    | key | element bytes | rank i64 | count ou64 | maxlen u64 |
 //!         0x68 SetMembers | key |          0x69 SetIsMember | key | member bytes |
 //!         0x6a SetCard    | key |          0x6b SetRandMember | key | count 0u8 or 1u8 i64 | seed u64 |
@@ -72,8 +75,8 @@
 //! max_exclusive u8`, Redis' `(` bounds; a lex `min`/`max` is Redis'
 //! text, `-`, `+`, `[member` or `(member`, anything else refused;
 //! `weights` is `count u32 | f64 *`, none or one per source.) Free tags:
-//! commands 0x37, 0x3f, 0x47, 0x4e, 0x4f, 0x51..=0x5f; queries
-//! 0x65..=0x67, 0x82..=0x87, 0x91..=0x9f. Unknown tags and flag bytes other than 0/1 are
+//! commands 0x37, 0x3f, 0x4f, 0x51..=0x5f; queries
+//! 0x66, 0x67, 0x82..=0x87, 0x91..=0x9f. Unknown tags and flag bytes other than 0/1 are
 //! rejected with a [`DecodeError`], never a panic.
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -413,6 +416,26 @@ pub enum TypedCommand {
         min: Bytes,
         /// `+`, `[member` or `(member`.
         max: Bytes,
+    },
+    /// `ZRANGESTORE`: the members `range` (a [`TypedQuery::ZRange`],
+    /// [`TypedQuery::ZRangeByScore`] or [`TypedQuery::ZRangeByLex`] of the
+    /// source) selects, with their scores, replace `key` whatever it held
+    /// (its deadline dropped); an empty selection deletes `key`. Result
+    /// `Count`, the members stored.
+    ZRangeStore {
+        /// The destination.
+        key: Bytes,
+        /// What to copy.
+        range: TypedQuery,
+    },
+    /// `SORT ... STORE key`: what `sort` (a [`TypedQuery::Sort`]) answers
+    /// replaces `key` as a list (its deadline dropped); an empty answer
+    /// deletes `key`. Result `Count`, the elements stored.
+    SortStore {
+        /// The destination.
+        key: Bytes,
+        /// The sort.
+        sort: TypedQuery,
     },
     /// `XADD`: result `Value`, the new entry's id (`None` if `no_mkstream`
     /// and absent), or `StreamIdTooSmall` / `StreamIdZero`.
@@ -775,6 +798,27 @@ pub enum TypedQuery {
         /// End bound.
         max: Bytes,
     },
+    /// `SORT` / `SORT_RO` of a list, set or sorted set: `Items`, the
+    /// elements (a set in its order, a sorted set by score) sorted by
+    /// value — as numbers (`NotSortable` if one is not), ties by bytes,
+    /// or by bytes with `alpha` — descending with `desc`, not sorted at
+    /// all without `sorted` (`BY nosort`); then `offset` skipped and at
+    /// most `count` kept. An absent key is empty; a string or stream is
+    /// `WrongType`.
+    Sort {
+        /// The key.
+        key: Bytes,
+        /// `ALPHA`: compare bytes.
+        alpha: bool,
+        /// `DESC`.
+        desc: bool,
+        /// False for `BY nosort`.
+        sorted: bool,
+        /// `LIMIT offset`.
+        offset: u64,
+        /// `LIMIT count` (`None`: all).
+        count: Option<u64>,
+    },
     /// `XLEN`: `Len`.
     StreamLen {
         /// The key.
@@ -836,6 +880,38 @@ fn key(r: &mut Reader) -> Result<Bytes, DecodeError> {
 
 fn elem(r: &mut Reader) -> Result<Bytes, DecodeError> {
     r.bytes("element", DECODE_BYTES_MAX)
+}
+
+/// A query inside a command, as `bytes`.
+fn put_nested(out: &mut BytesMut, q: &TypedQuery) {
+    let at = out.len();
+    out.put_u32_le(0);
+    q.encode_into(out);
+    let len = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// A query inside a command, which `allowed` must accept.
+fn get_nested(
+    r: &mut Reader,
+    allowed: impl Fn(&TypedQuery) -> bool,
+) -> Result<TypedQuery, DecodeError> {
+    let mut inner = Reader::new(r.bytes("nested query", DECODE_BYTES_MAX)?);
+    let tag = inner.u8()?;
+    if !TypedQuery::is_tag(tag) {
+        return Err(DecodeError::UnknownTag {
+            what: "nested query",
+            tag,
+        });
+    }
+    let q = TypedQuery::decode_tagged(tag, &mut inner)?;
+    inner.finish()?;
+    if !allowed(&q) {
+        return Err(DecodeError::Invalid {
+            what: "nested query of another kind",
+        });
+    }
+    Ok(q)
 }
 
 fn put_flag(out: &mut BytesMut, b: bool) {
@@ -920,6 +996,8 @@ impl TypedCommand {
             | TypedCommand::ZUnionStore { key, .. }
             | TypedCommand::ZInterStore { key, .. }
             | TypedCommand::ZDiffStore { key, .. }
+            | TypedCommand::ZRangeStore { key, .. }
+            | TypedCommand::SortStore { key, .. }
             | TypedCommand::SetAdd { key, .. }
             | TypedCommand::SetRem { key, .. }
             | TypedCommand::SetPop { key, .. }
@@ -1149,6 +1227,16 @@ impl TypedCommand {
                 put_bytes(out, min);
                 put_bytes(out, max);
             }
+            TypedCommand::ZRangeStore { key, range } => {
+                out.put_u8(0x47);
+                put_bytes(out, key);
+                put_nested(out, range);
+            }
+            TypedCommand::SortStore { key, sort } => {
+                out.put_u8(0x4e);
+                put_bytes(out, key);
+                put_nested(out, sort);
+            }
             TypedCommand::XAdd {
                 key,
                 id,
@@ -1175,7 +1263,7 @@ impl TypedCommand {
 
     /// True if `tag` is a typed command's tag.
     pub(crate) fn is_tag(tag: u8) -> bool {
-        matches!(tag, 0x30..=0x36 | 0x38..=0x3e | 0x40..=0x46 | 0x48..=0x4d | 0x50)
+        matches!(tag, 0x30..=0x36 | 0x38..=0x3e | 0x40..=0x4e | 0x50)
     }
 
     /// Decodes the body of a command whose tag was read; the caller checks
@@ -1290,6 +1378,21 @@ impl TypedCommand {
                     }
                 }
             }
+            0x47 => TypedCommand::ZRangeStore {
+                key: key(r)?,
+                range: get_nested(r, |q| {
+                    matches!(
+                        q,
+                        TypedQuery::ZRange { .. }
+                            | TypedQuery::ZRangeByScore { .. }
+                            | TypedQuery::ZRangeByLex { .. }
+                    )
+                })?,
+            },
+            0x4e => TypedCommand::SortStore {
+                key: key(r)?,
+                sort: get_nested(r, |q| matches!(q, TypedQuery::Sort { .. }))?,
+            },
             0x4d => TypedCommand::ZRemRangeByLex {
                 key: key(r)?,
                 min: lex_bound(r)?,
@@ -1431,6 +1534,7 @@ impl TypedQuery {
         match self {
             TypedQuery::Type { key }
             | TypedQuery::ListLen { key }
+            | TypedQuery::Sort { key, .. }
             | TypedQuery::ListRange { key, .. }
             | TypedQuery::ListIndex { key, .. }
             | TypedQuery::SetMembers { key }
@@ -1481,6 +1585,21 @@ impl TypedQuery {
         match self {
             TypedQuery::Type { key } => key_only(out, 0x60, key),
             TypedQuery::ListLen { key } => key_only(out, 0x61, key),
+            TypedQuery::Sort {
+                key,
+                alpha,
+                desc,
+                sorted,
+                offset,
+                count,
+            } => {
+                key_only(out, 0x65, key);
+                put_flag(out, *alpha);
+                put_flag(out, *desc);
+                put_flag(out, *sorted);
+                out.put_u64_le(*offset);
+                put_ou64(out, *count);
+            }
             TypedQuery::ListRange { key, start, stop } => {
                 key_only(out, 0x62, key);
                 out.put_i64_le(*start);
@@ -1735,7 +1854,7 @@ impl TypedQuery {
     pub(crate) fn is_tag(tag: u8) -> bool {
         matches!(
             tag,
-            0x60..=0x64 | 0x68..=0x6f | 0x70..=0x77 | 0x78..=0x7f | 0x80 | 0x81 | 0x88..=0x90
+            0x60..=0x65 | 0x68..=0x6f | 0x70..=0x77 | 0x78..=0x7f | 0x80 | 0x81 | 0x88..=0x90
         )
     }
 
@@ -1745,6 +1864,14 @@ impl TypedQuery {
         Ok(match tag {
             0x60 => TypedQuery::Type { key: key(r)? },
             0x61 => TypedQuery::ListLen { key: key(r)? },
+            0x65 => TypedQuery::Sort {
+                key: key(r)?,
+                alpha: get_bool(r)?,
+                desc: get_bool(r)?,
+                sorted: get_bool(r)?,
+                offset: r.u64()?,
+                count: get_ou64(r)?,
+            },
             0x62 => TypedQuery::ListRange {
                 key: key(r)?,
                 start: r.i64()?,

@@ -1,0 +1,496 @@
+//! SETBIT, BITOP, DESCRIBE (OBJECT ENCODING / MEMORY USAGE), ZRANGESTORE
+//! and SORT on the store: Redis' answers, through the codecs, and what a
+//! snapshot keeps.
+
+use bytes::Bytes;
+use flotilla_rsm::{
+    BitOperation, KvCommand, KvError, KvQuery, KvResult, KvStore, TypedCommand as C,
+    TypedQuery as Q, ZAddCompare, ZAddCondition,
+};
+
+/// Executes `cmd` after a trip through its encoding.
+fn run(kv: &mut KvStore, cmd: KvCommand) -> KvResult {
+    let decoded = KvCommand::decode(cmd.encode()).expect("decodes");
+    assert_eq!(decoded, cmd);
+    let r = kv.execute(&decoded);
+    KvResult::decode(r.encode()).expect("result decodes")
+}
+
+fn read(kv: &KvStore, q: KvQuery) -> KvResult {
+    assert_eq!(KvQuery::decode(q.encode()).expect("decodes"), q);
+    kv.read(&q)
+}
+
+fn get(kv: &KvStore, key: &str) -> Option<Bytes> {
+    match kv.read(&KvQuery::Get { key: b(key) }) {
+        KvResult::Value(v) => v,
+        other => panic!("GET {key}: {other:?}"),
+    }
+}
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn setbit(key: &str, offset: u64, value: bool) -> KvCommand {
+    KvCommand::SetBit {
+        key: b(key),
+        offset,
+        value,
+    }
+}
+
+fn describe(kv: &KvStore, key: &str) -> Vec<String> {
+    match read(kv, KvQuery::Describe { key: b(key) }) {
+        KvResult::Items(items) => items
+            .iter()
+            .map(|i| String::from_utf8_lossy(i).into_owned())
+            .collect(),
+        other => panic!("DESCRIBE {key}: {other:?}"),
+    }
+}
+
+fn zadd(kv: &mut KvStore, key: &str, pairs: &[(f64, &str)]) {
+    let cmd = KvCommand::Typed(C::ZAdd {
+        key: b(key),
+        condition: ZAddCondition::Always,
+        compare: ZAddCompare::None,
+        changed: false,
+        incr: false,
+        pairs: pairs.iter().map(|(s, m)| (*s, b(m))).collect(),
+    });
+    assert!(matches!(run(kv, cmd), KvResult::Count(_)));
+}
+
+fn push(kv: &mut KvStore, key: &str, values: &[&str]) {
+    let cmd = KvCommand::Typed(C::ListPush {
+        key: b(key),
+        left: false,
+        only_existing: false,
+        values: values.iter().map(|v| b(v)).collect(),
+    });
+    assert!(matches!(run(kv, cmd), KvResult::Len(_)));
+}
+
+fn items(r: KvResult) -> Vec<String> {
+    match r {
+        KvResult::Items(items) => items
+            .iter()
+            .map(|i| String::from_utf8_lossy(i).into_owned())
+            .collect(),
+        other => panic!("not items: {other:?}"),
+    }
+}
+
+#[test]
+fn setbit_answers_the_old_bit_and_pads_with_zeros() {
+    let mut kv = KvStore::new();
+    // Redis: SETBIT k 7 1 on a missing key makes "\x01".
+    assert_eq!(run(&mut kv, setbit("k", 7, true)), KvResult::Int(0));
+    assert_eq!(get(&kv, "k").unwrap(), Bytes::from_static(b"\x01"));
+    assert_eq!(run(&mut kv, setbit("k", 7, true)), KvResult::Int(1));
+    assert_eq!(run(&mut kv, setbit("k", 0, true)), KvResult::Int(0));
+    assert_eq!(get(&kv, "k").unwrap(), Bytes::from_static(b"\x81"));
+    assert_eq!(run(&mut kv, setbit("k", 7, false)), KvResult::Int(1));
+    assert_eq!(get(&kv, "k").unwrap(), Bytes::from_static(b"\x80"));
+    // Past the end: zero bytes in between.
+    assert_eq!(run(&mut kv, setbit("k", 25, true)), KvResult::Int(0));
+    assert_eq!(get(&kv, "k").unwrap(), Bytes::from_static(b"\x80\0\0\x40"));
+    // Clearing a bit of a missing key still creates it (Redis: "\0").
+    assert_eq!(run(&mut kv, setbit("z", 3, false)), KvResult::Int(0));
+    assert_eq!(get(&kv, "z").unwrap(), Bytes::from_static(b"\0"));
+    // Too far, and the wrong type.
+    assert_eq!(
+        run(&mut kv, setbit("k", 64 << 23, true)),
+        KvResult::Error(KvError::ValueTooLarge)
+    );
+    push(&mut kv, "l", &["a"]);
+    assert_eq!(
+        run(&mut kv, setbit("l", 1, true)),
+        KvResult::Error(KvError::WrongType)
+    );
+}
+
+#[test]
+fn bitop_pads_replaces_and_deletes() {
+    let mut kv = KvStore::new();
+    kv.execute(&KvCommand::put("a", "foobar"));
+    kv.execute(&KvCommand::put("b", "abcdef"));
+    kv.execute(&KvCommand::put("s", "\u{1}"));
+    let op = |op, dst: &str, src: &[&str]| KvCommand::BitOp {
+        op,
+        dst: b(dst),
+        sources: src.iter().map(|s| b(s)).collect(),
+    };
+    // The example of Redis' BITOP page: AND of foobar and abcdef is `bc`ab`.
+    assert_eq!(
+        run(&mut kv, op(BitOperation::And, "d", &["a", "b"])),
+        KvResult::Len(6)
+    );
+    assert_eq!(get(&kv, "d").unwrap(), Bytes::from_static(b"`bc`ab"));
+    // A shorter source (and a missing one) is zero-padded.
+    assert_eq!(
+        run(&mut kv, op(BitOperation::Or, "d", &["s", "a", "nope"])),
+        KvResult::Len(6)
+    );
+    assert_eq!(get(&kv, "d").unwrap(), Bytes::from_static(b"goobar"));
+    assert_eq!(
+        run(&mut kv, op(BitOperation::And, "d", &["s", "a"])),
+        KvResult::Len(6)
+    );
+    assert_eq!(get(&kv, "d").unwrap(), Bytes::from_static(b"\0\0\0\0\0\0"));
+    assert_eq!(
+        run(&mut kv, op(BitOperation::Xor, "d", &["a", "a"])),
+        KvResult::Len(6)
+    );
+    assert_eq!(get(&kv, "d").unwrap(), Bytes::from_static(&[0; 6]));
+    assert_eq!(
+        run(&mut kv, op(BitOperation::Not, "d", &["s"])),
+        KvResult::Len(1)
+    );
+    assert_eq!(get(&kv, "d").unwrap(), Bytes::from_static(b"\xfe"));
+    // A collection destination is replaced, with its deadline.
+    push(&mut kv, "l", &["x"]);
+    kv.execute(&KvCommand::Expire {
+        key: b("l"),
+        at_ms: 100,
+        now_ms: 1,
+        condition: flotilla_rsm::ExpireCondition::Always,
+    });
+    assert_eq!(
+        run(&mut kv, op(BitOperation::Or, "l", &["s"])),
+        KvResult::Len(1)
+    );
+    assert_eq!(get(&kv, "l").unwrap(), Bytes::from_static(b"\x01"));
+    assert_eq!(
+        kv.read(&KvQuery::Deadline { key: b("l") }),
+        KvResult::Int(-1)
+    );
+    // An empty result deletes the destination.
+    assert_eq!(
+        run(&mut kv, op(BitOperation::Or, "l", &["nope"])),
+        KvResult::Len(0)
+    );
+    assert_eq!(get(&kv, "l"), None);
+    assert_eq!(
+        kv.read(&KvQuery::Exists { keys: vec![b("l")] }),
+        KvResult::Count(0)
+    );
+    // A collection source: nothing changes.
+    push(&mut kv, "l", &["x"]);
+    assert_eq!(
+        run(&mut kv, op(BitOperation::Or, "d", &["a", "l"])),
+        KvResult::Error(KvError::WrongType)
+    );
+    assert_eq!(get(&kv, "d").unwrap(), Bytes::from_static(b"\xfe"));
+}
+
+#[test]
+fn bitop_not_of_two_sources_does_not_decode() {
+    let cmd = KvCommand::BitOp {
+        op: BitOperation::Not,
+        dst: b("d"),
+        sources: vec![b("a"), b("b")],
+    };
+    assert!(KvCommand::decode(cmd.encode()).is_err());
+    let mut bad = cmd.encode().to_vec();
+    bad[1] = 9; // no such operation
+    assert!(KvCommand::decode(Bytes::from(bad)).is_err());
+}
+
+#[test]
+fn describe_reports_redis_encodings_and_a_size() {
+    let mut kv = KvStore::new();
+    assert!(describe(&kv, "none").is_empty());
+    kv.execute(&KvCommand::put("i", "12345"));
+    kv.execute(&KvCommand::put("e", "hello"));
+    kv.execute(&KvCommand::put("r", "x".repeat(45)));
+    kv.execute(&KvCommand::put("lead0", "012"));
+    assert_eq!(describe(&kv, "i")[..2], ["string", "int"]);
+    assert_eq!(describe(&kv, "e")[..2], ["string", "embstr"]);
+    assert_eq!(describe(&kv, "r")[..2], ["string", "raw"]);
+    assert_eq!(describe(&kv, "lead0")[..2], ["string", "embstr"]);
+    push(&mut kv, "l", &["a", "b"]);
+    assert_eq!(describe(&kv, "l")[..2], ["list", "listpack"]);
+    let big = "y".repeat(1000);
+    push(&mut kv, "ql", &[big.as_str(); 9]);
+    assert_eq!(describe(&kv, "ql")[..2], ["list", "quicklist"]);
+    kv.execute(&KvCommand::Typed(C::SetAdd {
+        key: b("si"),
+        members: vec![b("1"), b("2")],
+    }));
+    assert_eq!(describe(&kv, "si")[..2], ["set", "intset"]);
+    kv.execute(&KvCommand::Typed(C::SetAdd {
+        key: b("si"),
+        members: vec![b("x")],
+    }));
+    assert_eq!(describe(&kv, "si")[..2], ["set", "listpack"]);
+    kv.execute(&KvCommand::Typed(C::SetAdd {
+        key: b("si"),
+        members: vec![Bytes::from("z".repeat(65))],
+    }));
+    assert_eq!(describe(&kv, "si")[..2], ["set", "hashtable"]);
+    kv.execute(&KvCommand::Typed(C::HashSet {
+        key: b("h"),
+        only_new: false,
+        pairs: vec![(b("f"), b("v"))],
+    }));
+    assert_eq!(describe(&kv, "h")[..2], ["hash", "listpack"]);
+    zadd(&mut kv, "z", &[(1.0, "a")]);
+    assert_eq!(describe(&kv, "z")[..2], ["zset", "listpack"]);
+    let many: Vec<(f64, String)> = (0..129).map(|i| (i as f64, format!("m{i}"))).collect();
+    let many: Vec<(f64, &str)> = many.iter().map(|(s, m)| (*s, m.as_str())).collect();
+    zadd(&mut kv, "z", &many);
+    assert_eq!(describe(&kv, "z")[..2], ["zset", "skiplist"]);
+    // Sizes grow with the value.
+    let size = |kv: &KvStore, k: &str| describe(kv, k)[2].parse::<u64>().unwrap();
+    assert!(
+        size(&kv, "r") > size(&kv, "e"),
+        "a 45-byte value outweighs a 5-byte one"
+    );
+    assert!(size(&kv, "ql") > 9000, "the list's elements count");
+    assert!(size(&kv, "e") >= 64);
+}
+
+#[test]
+fn zrangestore_copies_a_range_with_its_scores() {
+    let mut kv = KvStore::new();
+    zadd(
+        &mut kv,
+        "src",
+        &[(1.0, "a"), (2.0, "b"), (3.0, "c"), (4.0, "d")],
+    );
+    kv.execute(&KvCommand::put("dst", "a string"));
+    let store = |range| {
+        KvCommand::Typed(C::ZRangeStore {
+            key: b("dst"),
+            range,
+        })
+    };
+    let r = run(
+        &mut kv,
+        store(Q::ZRange {
+            key: b("src"),
+            start: 1,
+            stop: 2,
+            rev: true,
+            with_scores: false,
+        }),
+    );
+    assert_eq!(r, KvResult::Count(2));
+    let all = Q::ZRange {
+        key: b("dst"),
+        start: 0,
+        stop: -1,
+        rev: false,
+        with_scores: true,
+    };
+    assert_eq!(
+        items(kv.read(&KvQuery::Typed(all.clone()))),
+        ["b", "2", "c", "3"]
+    );
+    let r = run(
+        &mut kv,
+        store(Q::ZRangeByLex {
+            key: b("src"),
+            min: b("(a"),
+            max: b("+"),
+            rev: false,
+            offset: 1,
+            count: Some(5),
+        }),
+    );
+    assert_eq!(r, KvResult::Count(2));
+    assert_eq!(
+        items(kv.read(&KvQuery::Typed(all.clone()))),
+        ["c", "3", "d", "4"]
+    );
+    // An empty range deletes the destination; a string source is refused.
+    let r = run(
+        &mut kv,
+        store(Q::ZRange {
+            key: b("src"),
+            start: 9,
+            stop: 10,
+            rev: false,
+            with_scores: false,
+        }),
+    );
+    assert_eq!(r, KvResult::Count(0));
+    assert_eq!(
+        kv.read(&KvQuery::Exists {
+            keys: vec![b("dst")]
+        }),
+        KvResult::Count(0)
+    );
+    kv.execute(&KvCommand::put("str", "x"));
+    let r = run(
+        &mut kv,
+        store(Q::ZRange {
+            key: b("str"),
+            start: 0,
+            stop: -1,
+            rev: false,
+            with_scores: false,
+        }),
+    );
+    assert_eq!(r, KvResult::Error(KvError::WrongType));
+}
+
+fn sort(key: &str, alpha: bool, desc: bool, offset: u64, count: Option<u64>) -> Q {
+    Q::Sort {
+        key: b(key),
+        alpha,
+        desc,
+        sorted: true,
+        offset,
+        count,
+    }
+}
+
+#[test]
+fn sort_orders_numbers_and_bytes_and_stores_a_list() {
+    let mut kv = KvStore::new();
+    push(&mut kv, "l", &["10", "9", "1.5", "-2", "9"]);
+    assert_eq!(
+        items(read(&kv, KvQuery::Typed(sort("l", false, false, 0, None)))),
+        ["-2", "1.5", "9", "9", "10"]
+    );
+    assert_eq!(
+        items(read(&kv, KvQuery::Typed(sort("l", true, false, 0, None)))),
+        ["-2", "1.5", "10", "9", "9"]
+    );
+    assert_eq!(
+        items(read(
+            &kv,
+            KvQuery::Typed(sort("l", false, true, 1, Some(2)))
+        )),
+        ["9", "9"]
+    );
+    assert_eq!(
+        items(read(&kv, KvQuery::Typed(sort("l", false, false, 9, None)))),
+        Vec::<String>::new()
+    );
+    push(&mut kv, "w", &["b", "a", "1"]);
+    assert_eq!(
+        read(&kv, KvQuery::Typed(sort("w", false, false, 0, None))),
+        KvResult::Error(KvError::NotSortable)
+    );
+    // BY nosort: a sorted set by score, reversed by DESC.
+    zadd(&mut kv, "z", &[(3.0, "x"), (1.0, "y"), (2.0, "w")]);
+    let nosort = Q::Sort {
+        key: b("z"),
+        alpha: false,
+        desc: true,
+        sorted: false,
+        offset: 0,
+        count: None,
+    };
+    assert_eq!(items(read(&kv, KvQuery::Typed(nosort))), ["x", "w", "y"]);
+    kv.execute(&KvCommand::put("s", "x"));
+    assert_eq!(
+        read(&kv, KvQuery::Typed(sort("s", false, false, 0, None))),
+        KvResult::Error(KvError::WrongType)
+    );
+    assert_eq!(
+        items(read(
+            &kv,
+            KvQuery::Typed(sort("missing", false, false, 0, None))
+        )),
+        Vec::<String>::new()
+    );
+    // STORE: a list, replacing the string; empty deletes.
+    let r = run(
+        &mut kv,
+        KvCommand::Typed(C::SortStore {
+            key: b("s"),
+            sort: sort("l", false, true, 0, None),
+        }),
+    );
+    assert_eq!(r, KvResult::Count(5));
+    let all = Q::ListRange {
+        key: b("s"),
+        start: 0,
+        stop: -1,
+    };
+    assert_eq!(
+        items(kv.read(&KvQuery::Typed(all))),
+        ["10", "9", "9", "1.5", "-2"]
+    );
+    let r = run(
+        &mut kv,
+        KvCommand::Typed(C::SortStore {
+            key: b("s"),
+            sort: sort("missing", false, false, 0, None),
+        }),
+    );
+    assert_eq!(r, KvResult::Count(0));
+    assert_eq!(
+        kv.read(&KvQuery::Exists { keys: vec![b("s")] }),
+        KvResult::Count(0)
+    );
+}
+
+#[test]
+fn a_nested_query_of_the_wrong_kind_does_not_decode() {
+    // A SortStore whose nested query is a ZRange, built by hand.
+    let good = KvCommand::Typed(C::ZRangeStore {
+        key: b("d"),
+        range: Q::ZRange {
+            key: b("s"),
+            start: 0,
+            stop: 1,
+            rev: false,
+            with_scores: false,
+        },
+    })
+    .encode();
+    let mut bad = good.to_vec();
+    assert_eq!(bad[0], 0x47);
+    bad[0] = 0x4e;
+    assert!(KvCommand::decode(Bytes::from(bad)).is_err());
+    // Truncations never decode (and never panic).
+    for n in 0..good.len() {
+        assert!(KvCommand::decode(good.slice(..n)).is_err());
+    }
+}
+
+#[test]
+fn randomkey_picks_every_key_and_nothing_from_an_empty_store() {
+    for n in [0usize, 1, 5, 3000] {
+        let mut kv = KvStore::new();
+        for i in 0..n {
+            kv.execute(&KvCommand::put(format!("key:{i:05}"), "v"));
+        }
+        // Delete some (pending deletions must never be picked).
+        for i in (0..n).step_by(3) {
+            kv.execute(&KvCommand::Delete {
+                keys: vec![Bytes::from(format!("key:{i:05}"))],
+            });
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..4000u64 {
+            match read(&kv, KvQuery::RandomKey { seed }) {
+                KvResult::Value(None) => assert_eq!(kv.len(), 0, "nil only when empty"),
+                KvResult::Value(Some(k)) => {
+                    assert!(
+                        get(&kv, std::str::from_utf8(&k).unwrap()).is_some(),
+                        "{k:?} exists"
+                    );
+                    seen.insert(k);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        if (1..=5).contains(&n) {
+            assert_eq!(seen.len(), kv.len(), "a small store: every key comes up");
+        }
+        if n == 3000 {
+            assert!(
+                seen.len() > 1000,
+                "spread over the keys: {} distinct",
+                seen.len()
+            );
+        }
+    }
+}
