@@ -536,28 +536,14 @@ impl KvStore {
                     } => (SetOp::Inter, &weights[..], *aggregate),
                     _ => (SetOp::Diff, &[][..], 0),
                 };
-                let members: Vec<(Score, Elem)> = self
+                let members: Vec<(Score, Bytes)> = self
                     .zcombine(op, sources.iter(), weights, aggregate, usize::MAX)?
                     .into_iter()
-                    .map(|(s, m)| (s, Elem::new(m)))
+                    .map(|(s, m)| (s, Bytes::copy_from_slice(m)))
                     .collect();
-                if !members.is_empty() {
-                    check_key(key).map_or(Ok(()), Err)?;
-                }
                 // The destination is replaced whatever it held (its
                 // deadline goes with it), as Redis' STORE forms do.
-                self.remove_key(key);
-                let n = members.len();
-                if n > 0 {
-                    self.coll_mut(key, Kind::ZSet, true, |c| {
-                        let z = kind!(c, ZSet);
-                        for (s, m) in &members {
-                            let new = z.set(m.as_slice(), *s);
-                            debug_assert!(new, "combined members are distinct");
-                        }
-                    })?;
-                }
-                KvResult::Count(n as u64)
+                self.store_zset(key, members)?
             }
             TypedCommand::ZRangeStore { key, range } => {
                 let members = match self.try_read_typed(range)? {
