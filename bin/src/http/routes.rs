@@ -177,8 +177,11 @@ async fn route(state: &HttpState, req: Request<Incoming>) -> ApiResult {
         ["status"] if get => status(state, &params).await,
         ["metrics"] if get => metrics(state, &params).await,
         ["kv"] | ["kv", ""] if get => scan(state, &params).await,
+        ["kv"] => Err(method_not_allowed(&method, &path)),
         ["kv", ..] => {
-            let raw = &path["/kv/".len()..];
+            // `segments` has a second element, so the path has a `/` after
+            // `kv` (an empty key is refused by `decode_key`).
+            let raw = path.strip_prefix("/kv/").unwrap_or("");
             if method == Method::POST {
                 match raw.strip_suffix("/cas") {
                     Some(key) => {
@@ -360,7 +363,15 @@ fn kv_for(state: &HttpState, params: &Params) -> Result<KvClient, ApiError> {
 
 async fn get_key(state: &HttpState, params: &Params, key: Bytes) -> ApiResult {
     let kv = kv_for(state, params)?;
-    match kv.get(key).await? {
+    // Through `query`, not `KvClient::get`: a key that holds a list, set,
+    // hash, ... (made through the Redis protocol) is a 409 `wrong_type`,
+    // not an internal error.
+    let group = kv.group_for(&key);
+    let value = match kv.query(group, &KvQuery::Get { key }).await? {
+        KvResult::Value(v) => v,
+        other => return Err(unexpected_result(other)),
+    };
+    match value {
         Some(value) => {
             let mut resp = Response::new(Full::new(value));
             resp.headers_mut().insert(
@@ -613,6 +624,20 @@ async fn cluster_put(state: &HttpState, params: &Params, group: GroupId) -> ApiR
     let value = params
         .bytes("value")
         .ok_or_else(|| ApiError::bad_request("missing query parameter `value`"))?;
+    // A KV group holds only the keys that hash to it: a key written into
+    // another one would be read from neither `/kv` nor the Redis protocol,
+    // and would show twice in scans.
+    let home = kv.group_for(&key);
+    if kv.groups().contains(&group) && home != group {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "wrong_group",
+            format!(
+                "group {} is a KV group and this key belongs to group {}",
+                group.0, home.0
+            ),
+        ));
+    }
     match kv.execute(group, &KvCommand::put(key, value)).await? {
         KvResult::Put { .. } | KvResult::Ok => Ok(json_response(
             StatusCode::OK,

@@ -863,6 +863,16 @@ fn bad_input_leaves_the_connection_and_node_healthy() {
         .expect_error(400, "invalid_json");
     conn.request("GET", "/kv/%", b"")
         .expect_error(400, "bad_encoding");
+    // `/kv` itself takes only GET (a scan); other methods used to slice
+    // past its end and kill the shard (found by `launcher_fuzz`).
+    for method in ["POST", "PUT", "DELETE", "PATCH"] {
+        conn.request(method, "/kv", b"{}")
+            .expect_error(405, "method_not_allowed");
+    }
+    conn.request("PUT", "//kv/", b"v")
+        .expect_error(400, "bad_key");
+    conn.request("PUT", "//kv//x", b"v")
+        .expect_error(400, "bad_key");
     // A body over the limit (but within the drain bound) is read and
     // refused; the connection stays usable.
     let big = vec![b'x'; (64 << 10) + 1];
