@@ -484,6 +484,88 @@ fn http_status(
         .ok_or_else(|| format!("not an HTTP response: {head:?}"))
 }
 
+/// A node's whole keyspace read from its own replica (stale reads): per key
+/// its type, absolute expiry and content (set members and hash fields
+/// sorted).
+fn dump(node: &NodeProc) -> Vec<(Vec<u8>, String)> {
+    let mut c = node.redis();
+    let _: () = redis::cmd("CONSISTENCY")
+        .arg("stale")
+        .query(&mut c)
+        .unwrap();
+    let mut keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
+    keys.sort();
+    let q = |c: &mut redis::Connection, args: &[&[u8]]| -> Value {
+        let mut cmd = redis::cmd(std::str::from_utf8(args[0]).unwrap());
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(c)
+            .unwrap_or_else(|e| Value::SimpleString(format!("error {e}")))
+    };
+    let sorted = |v: Value| match v {
+        Value::Array(mut items) => {
+            items.sort_by_key(|i| format!("{i:?}"));
+            Value::Array(items)
+        }
+        other => other,
+    };
+    keys.into_iter()
+        .map(|k| {
+            let ty = format!("{:?}", q(&mut c, &[b"TYPE", &k]));
+            let content = match ty.as_str() {
+                t if t.contains("string") => q(&mut c, &[b"GET", &k]),
+                t if t.contains("list") => q(&mut c, &[b"LRANGE", &k, b"0", b"-1"]),
+                t if t.contains("hash") => sorted(q(&mut c, &[b"HGETALL", &k])),
+                t if t.contains("zset") => q(&mut c, &[b"ZRANGE", &k, b"0", b"-1", b"WITHSCORES"]),
+                t if t.contains("set") => sorted(q(&mut c, &[b"SMEMBERS", &k])),
+                t if t.contains("stream") => q(&mut c, &[b"XRANGE", &k, b"-", b"+"]),
+                _ => Value::Nil,
+            };
+            let expiry = q(&mut c, &[b"PEXPIRETIME", &k]);
+            (k, format!("{ty} {expiry:?} {content:?}"))
+        })
+        .collect()
+}
+
+/// Waits (up to 30 s: followers apply a little behind, keys expire) until
+/// every node's replica holds the same keyspace; fails with the first
+/// difference.
+fn replicas_agree(nodes: &[NodeProc], seed: u64) {
+    let start = std::time::Instant::now();
+    loop {
+        let dumps: Vec<_> = nodes.iter().map(dump).collect();
+        let first_difference = dumps[1..].iter().zip(&nodes[1..]).find_map(|(d, n)| {
+            if *d == dumps[0] {
+                return None;
+            }
+            let at = d
+                .iter()
+                .zip(&dumps[0])
+                .position(|(a, b)| a != b)
+                .unwrap_or(d.len().min(dumps[0].len()));
+            Some(format!(
+                "node {} differs from node 1 ({} vs {} keys) at {:?} vs {:?}",
+                n.id,
+                d.len(),
+                dumps[0].len(),
+                d.get(at),
+                dumps[0].get(at)
+            ))
+        });
+        match first_difference {
+            None => {
+                eprintln!("replicas agree on {} keys", dumps[0].len());
+                return;
+            }
+            Some(diff) if start.elapsed() > Duration::from_secs(30) => {
+                panic!("replicas disagree (seed {seed}): {diff}")
+            }
+            Some(_) => std::thread::park_timeout(Duration::from_millis(500)),
+        }
+    }
+}
+
 /// The panic messages in the node's log (the log's tail is its backtrace).
 fn panics(node: &NodeProc) -> String {
     let text = std::fs::read_to_string(&node.log).unwrap_or_default();
@@ -509,12 +591,15 @@ fn random_commands_and_garbage_never_take_a_node_down() {
         .unwrap_or(6_000);
     eprintln!("fuzz seed {seed} ({total} commands)");
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = cluster(dir.path(), 1, 4, &[]);
-    nodes[0].start();
-    nodes[0].wait_ready(Duration::from_secs(60));
-    let node = &nodes[0];
-    let mut c = node.redis();
-    let table = commands(&mut c);
+    let mut nodes = cluster(dir.path(), 3, 4, &[]);
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    for n in &nodes {
+        n.wait_ready(Duration::from_secs(60));
+    }
+    let mut conns: Vec<redis::Connection> = nodes.iter().map(|n| n.redis()).collect();
+    let table = commands(&mut conns[0]);
     assert!(
         table.len() > 100,
         "COMMAND listed only {} commands",
@@ -524,7 +609,19 @@ fn random_commands_and_garbage_never_take_a_node_down() {
     let mut recent: VecDeque<String> = VecDeque::new();
     let mut errors = 0usize;
     for i in 0..total {
-        let spec = &table[rng.below(table.len())];
+        if i > 0 && i % 2000 == 0 {
+            replicas_agree(&nodes, seed);
+        }
+        // Any node: most commands are forwarded to their group's leader.
+        let at = rng.below(nodes.len());
+        let node = &nodes[at];
+        let c = &mut conns[at];
+        let mut spec = &table[rng.below(table.len())];
+        // Emptying everything makes the replica comparison see little:
+        // FLUSHALL / FLUSHDB are drawn a tenth as often.
+        while spec.name.starts_with("FLUSH") && rng.below(10) != 0 {
+            spec = &table[rng.below(table.len())];
+        }
         let line = command(&mut rng, spec);
         recent.push_back(show(&line));
         if recent.len() > 12 {
@@ -535,10 +632,10 @@ fn random_commands_and_garbage_never_take_a_node_down() {
             cmd.arg(&a[..]);
         }
         let t0 = std::time::Instant::now();
-        let answer = cmd.query::<Value>(&mut c);
+        let answer = cmd.query::<Value>(c);
         let took = t0.elapsed();
         if took > Duration::from_millis(200) {
-            eprintln!("slow ({took:?}): {}", show(&line));
+            eprintln!("slow ({took:?}) at node {}: {}", node.id, show(&line));
         }
         match answer {
             Ok(_) => {}
@@ -551,7 +648,8 @@ fn random_commands_and_garbage_never_take_a_node_down() {
                 }
             }
             Err(e) => panic!(
-                "command {i} (seed {seed}) failed with {e} ({:?}); the last commands:\n{}\nnode panics:\n{}",
+                "command {i} (seed {seed}) to node {} failed with {e} ({:?}); the last commands:\n{}\nnode panics:\n{}",
+                node.id,
                 e.kind(),
                 recent.iter().cloned().collect::<Vec<_>>().join("\n"),
                 panics(node)
@@ -596,6 +694,9 @@ fn random_commands_and_garbage_never_take_a_node_down() {
         "{total} commands over {} command names, {errors} answered with an error",
         table.len()
     );
+    // Every replica holds the same data (the state machine applied the
+    // same log the same way everywhere).
+    replicas_agree(&nodes, seed);
     // Still whole: a fresh connection works, a write reads back, clean exit.
     let mut fresh = nodes[0].redis();
     let pong: String = redis::cmd("PING")
@@ -650,9 +751,12 @@ fn random_commands_and_garbage_never_take_a_node_down() {
         3,
         "{statuses:?}"
     );
-    assert!(
-        nodes[0].terminate().success(),
-        "node did not exit cleanly:\n{}",
-        nodes[0].log_tail()
-    );
+    for n in nodes.iter_mut() {
+        assert!(
+            n.terminate().success(),
+            "node {} did not exit cleanly:\n{}",
+            n.id,
+            n.log_tail()
+        );
+    }
 }
