@@ -111,6 +111,21 @@ pub enum RequestError {
         /// What failed.
         message: String,
     },
+    /// The request gives a node another raft address than the groups
+    /// hosted here give it. A node has one address for all its groups: a
+    /// wrong one in any membership would send every group's messages for
+    /// that node there.
+    #[error("group {group}: node {node} is at {known}, not {given}")]
+    AddressConflict {
+        /// The group.
+        group: GroupId,
+        /// The node.
+        node: NodeId,
+        /// Its address here.
+        known: std::net::SocketAddr,
+        /// The address in the request.
+        given: std::net::SocketAddr,
+    },
 }
 
 impl From<ProposeError> for RequestError {

@@ -212,3 +212,87 @@ fn observer_promotion_witness_and_leader_transfer() {
     assert_eq!(got.as_deref(), Some(&b"1"[..]));
     c.shutdown();
 }
+
+/// A node has one raft address for all its groups: a start, join or
+/// membership change naming a known node at another address is refused
+/// (before, a join naming a live node at a bogus address made the joining
+/// node dial it there for every group it shares with it, so those groups
+/// lost that node: found by `launcher_fuzz`). Afterwards every group still
+/// replicates to every node.
+#[test]
+fn a_known_node_at_another_address_is_refused() {
+    init_logs();
+    let mut c = Cluster::new(3, 1);
+    c.start_all();
+    let nodes = c.running();
+    let groups: Vec<GroupId> = (1..=3).map(GroupId).collect();
+    c.start_groups(&groups, &nodes);
+    for g in &groups {
+        c.wait_leader(*g, WITHIN);
+    }
+    let bogus: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let (n1, n2, n3) = (NodeId(1), NodeId(2), NodeId(3));
+    let conflict = |r: Result<(), flotilla::HostError>, what: &str| match r {
+        Err(flotilla::HostError::Request(flotilla::RequestError::AddressConflict {
+            node,
+            known,
+            given,
+            ..
+        })) => {
+            assert_eq!((node, known, given), (n2, c.addr(n2), bogus), "{what}");
+        }
+        other => panic!("{what}: expected an address conflict, got {other:?}"),
+    };
+    let on = c.host(n3);
+    conflict(
+        block_on(on.join_group(GroupId(100), vec![(n2, bogus)], false, WITHIN)),
+        "join",
+    );
+    conflict(
+        block_on(on.start_group(GroupId(101), vec![(n3, c.addr(n3)), (n2, bogus)], WITHIN)),
+        "start",
+    );
+    // This node's own address too.
+    match block_on(on.start_group(GroupId(102), vec![(n3, bogus)], WITHIN)) {
+        Err(flotilla::HostError::Request(flotilla::RequestError::AddressConflict {
+            node, ..
+        })) => {
+            assert_eq!(node, n3)
+        }
+        other => panic!("own address: expected an address conflict, got {other:?}"),
+    }
+    // A membership change naming node 2 at another address (as a new
+    // observer of a group it is not in: remove it first).
+    retry(WITHIN, "remove node 2 from group 3", || {
+        block_on(c.host(n1).remove_member(GroupId(3), n2, WITHIN))
+    });
+    wait_member(&c, n1, GroupId(3), n2, None);
+    conflict(
+        block_on(
+            c.host(n1)
+                .add_member(GroupId(3), n2, bogus, MemberKind::Observer, WITHIN),
+        ),
+        "add_member",
+    );
+    // Nothing was cut off: groups 1 and 2 replicate to node 2.
+    for g in [GroupId(1), GroupId(2)] {
+        let kv = c.kv(n3, &[g]);
+        retry(WITHIN, "write", || {
+            block_on(kv.put(b("after"), b(format!("{g}"))))
+        });
+        let on2 = c.kv(n2, &[g]);
+        let start = std::time::Instant::now();
+        loop {
+            let mut stale = on2.clone();
+            stale.consistency = flotilla::ReadConsistency::Stale;
+            if block_on(stale.get(b("after"))).ok().flatten() == Some(b(format!("{g}"))) {
+                break;
+            }
+            assert!(
+                start.elapsed() < WITHIN,
+                "node 2 never applied the write to {g}"
+            );
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
+    }
+}

@@ -48,9 +48,10 @@ impl Rng {
     }
 }
 
-/// Commands left out: they block on purpose (a random timeout of 0 is
-/// "forever"), end the connection or the process, or switch the
-/// connection to a protocol the test client does not parse.
+/// Commands left out of the random draw: they block on purpose (a random
+/// timeout of 0 is "forever"; [`blocking`] sends them with short
+/// timeouts), end the connection or the process, or switch the connection
+/// to a protocol the test client does not parse.
 const SKIPPED: &[&str] = &[
     "BLPOP",
     "BRPOP",
@@ -243,6 +244,41 @@ fn arg(rng: &mut Rng) -> Vec<u8> {
             vec![b'a' + (rng.next() % 26) as u8; n]
         }
     }
+}
+
+/// A blocking pop with a short timeout (≤ 0.2 s) on random keys.
+fn blocking(rng: &mut Rng) -> Vec<Vec<u8>> {
+    let key = |rng: &mut Rng| rng.pick(KEYS).to_string();
+    let timeout = rng
+        .pick(&["0.01", "0.05", "0.2", "-1", "x", "1e-9"])
+        .to_string();
+    let end = rng.pick(&["LEFT", "RIGHT", "MIDDLE"]).to_string();
+    let words: Vec<String> = match rng.below(7) {
+        0 => vec!["BLPOP".into(), key(rng), key(rng), timeout],
+        1 => vec!["BRPOP".into(), key(rng), timeout],
+        2 => vec!["BRPOPLPUSH".into(), key(rng), key(rng), timeout],
+        3 => vec![
+            "BLMOVE".into(),
+            key(rng),
+            key(rng),
+            end.clone(),
+            end,
+            timeout,
+        ],
+        4 => vec!["BZPOPMIN".into(), key(rng), key(rng), timeout],
+        5 => vec!["BZPOPMAX".into(), key(rng), timeout],
+        _ => vec![
+            rng.pick(&["BLMPOP", "BZMPOP"]).into(),
+            timeout,
+            rng.pick(&["1", "2", "0", "-1"]).into(),
+            key(rng),
+            key(rng),
+            rng.pick(&["LEFT", "RIGHT", "MIN", "MAX"]).into(),
+            rng.pick(&["COUNT", "x"]).into(),
+            rng.pick(NUMBERS).into(),
+        ],
+    };
+    words.into_iter().map(String::into_bytes).collect()
 }
 
 /// What `COMMAND` says of a command: name, Redis arity, and where its
@@ -512,14 +548,17 @@ fn dump(node: &NodeProc) -> Vec<(Vec<u8>, String)> {
     };
     keys.into_iter()
         .map(|k| {
-            let ty = format!("{:?}", q(&mut c, &[b"TYPE", &k]));
+            let ty = match q(&mut c, &[b"TYPE", &k]) {
+                Value::SimpleString(t) => t,
+                other => format!("{other:?}"),
+            };
             let content = match ty.as_str() {
-                t if t.contains("string") => q(&mut c, &[b"GET", &k]),
-                t if t.contains("list") => q(&mut c, &[b"LRANGE", &k, b"0", b"-1"]),
-                t if t.contains("hash") => sorted(q(&mut c, &[b"HGETALL", &k])),
-                t if t.contains("zset") => q(&mut c, &[b"ZRANGE", &k, b"0", b"-1", b"WITHSCORES"]),
-                t if t.contains("set") => sorted(q(&mut c, &[b"SMEMBERS", &k])),
-                t if t.contains("stream") => q(&mut c, &[b"XRANGE", &k, b"-", b"+"]),
+                "string" => q(&mut c, &[b"GET", &k]),
+                "list" => q(&mut c, &[b"LRANGE", &k, b"0", b"-1"]),
+                "hash" => sorted(q(&mut c, &[b"HGETALL", &k])),
+                "zset" => q(&mut c, &[b"ZRANGE", &k, b"0", b"-1", b"WITHSCORES"]),
+                "set" => sorted(q(&mut c, &[b"SMEMBERS", &k])),
+                "stream" => q(&mut c, &[b"XRANGE", &k, b"-", b"+"]),
                 _ => Value::Nil,
             };
             let expiry = q(&mut c, &[b"PEXPIRETIME", &k]);
@@ -559,6 +598,23 @@ fn replicas_agree(nodes: &[NodeProc], seed: u64) {
                 return;
             }
             Some(diff) if start.elapsed() > Duration::from_secs(30) => {
+                for (d, n) in dumps.iter().zip(nodes) {
+                    eprintln!("node {} (RESP {}, HTTP {}):", n.id, n.resp, n.http);
+                    for (k, v) in d {
+                        eprintln!(
+                            "  {:?} {}",
+                            String::from_utf8_lossy(k),
+                            v.chars().take(300).collect::<String>()
+                        );
+                    }
+                }
+                if let Some(secs) = std::env::var("FLOTILLA_FUZZ_HOLD")
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                {
+                    eprintln!("holding the cluster for {secs} s");
+                    std::thread::park_timeout(Duration::from_secs(secs));
+                }
                 panic!("replicas disagree (seed {seed}): {diff}")
             }
             Some(_) => std::thread::park_timeout(Duration::from_millis(500)),
@@ -605,6 +661,10 @@ fn random_commands_and_garbage_never_take_a_node_down() {
         "COMMAND listed only {} commands",
         table.len()
     );
+    // `FLOTILLA_FUZZ_TRACE_FROM=N` prints every command from the N-th on.
+    let trace_from: Option<usize> = std::env::var("FLOTILLA_FUZZ_TRACE_FROM")
+        .ok()
+        .and_then(|s| s.parse().ok());
     let mut rng = Rng(seed);
     let mut recent: VecDeque<String> = VecDeque::new();
     let mut errors = 0usize;
@@ -622,14 +682,21 @@ fn random_commands_and_garbage_never_take_a_node_down() {
         while spec.name.starts_with("FLUSH") && rng.below(10) != 0 {
             spec = &table[rng.below(table.len())];
         }
-        let line = command(&mut rng, spec);
+        let line = if rng.below(50) == 0 {
+            blocking(&mut rng)
+        } else {
+            command(&mut rng, spec)
+        };
         recent.push_back(show(&line));
         if recent.len() > 12 {
             recent.pop_front();
         }
-        let mut cmd = redis::cmd(&spec.name);
+        let mut cmd = redis::cmd(std::str::from_utf8(&line[0]).expect("ASCII name"));
         for a in &line[1..] {
             cmd.arg(&a[..]);
+        }
+        if trace_from.is_some_and(|from| i >= from) {
+            eprintln!("command {i} to node {}: {}", node.id, show(&line));
         }
         let t0 = std::time::Instant::now();
         let answer = cmd.query::<Value>(c);

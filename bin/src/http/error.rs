@@ -125,6 +125,9 @@ fn from_request(r: RequestError, message: String) -> ApiError {
         RequestError::Storage { .. } => {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", message)
         }
+        RequestError::AddressConflict { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "address_conflict", message)
+        }
         // A forwarded request the leader refused (its reason as text): a
         // conflict with the group's current state.
         RequestError::Remote { .. } => {

@@ -158,6 +158,16 @@ fn engine_errors_map_to_stable_codes_and_statuses() {
             "group_not_found",
         ),
         (
+            HostError::Request(RequestError::AddressConflict {
+                group: g,
+                node: NodeId(2),
+                known: "127.0.0.1:7100".parse().unwrap(),
+                given: "127.0.0.1:1".parse().unwrap(),
+            }),
+            StatusCode::CONFLICT,
+            "address_conflict",
+        ),
+        (
             HostError::Request(RequestError::ReadAborted { group: g }),
             StatusCode::SERVICE_UNAVAILABLE,
             "retry",

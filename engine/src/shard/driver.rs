@@ -779,6 +779,9 @@ impl Driver {
         if self.stopping_groups.contains_key(&group) {
             return Err(RequestError::ShuttingDown { group });
         }
+        for (id, addr) in members {
+            self.check_address(group, *id, *addr)?;
+        }
         let membership = Membership::new(
             0,
             members
@@ -820,6 +823,9 @@ impl Driver {
         }
         if self.stopping_groups.contains_key(&group) {
             return Err(RequestError::ShuttingDown { group });
+        }
+        for (id, addr) in peers {
+            self.check_address(group, *id, *addr)?;
         }
         for (id, addr) in peers {
             self.set_address(*id, *addr);
@@ -961,6 +967,44 @@ impl Driver {
         self.meta_dirty.remove(&group);
     }
 
+    /// The raft address the groups hosted here give `node`: this node's
+    /// own, else the one in the latest membership of a group listing it.
+    fn known_address(&self, node: NodeId) -> Option<SocketAddr> {
+        if node == self.node {
+            return self
+                .transport
+                .registry()
+                .node(transport::NodeId(node.0))
+                .and_then(|a| a.base);
+        }
+        self.metas
+            .values()
+            .flat_map(|m| m.latest.members.iter())
+            .filter(|m| m.id == node)
+            .find_map(|m| std::str::from_utf8(&m.address).ok()?.parse().ok())
+    }
+
+    /// Refuses `addr` for `node` when the groups hosted here know it at
+    /// another address (see [`RequestError::AddressConflict`]; found by
+    /// `launcher_fuzz`: a join naming a live node at a bogus address made
+    /// this node dial it there for every group, cutting it off).
+    fn check_address(
+        &self,
+        group: GroupId,
+        node: NodeId,
+        addr: SocketAddr,
+    ) -> Result<(), RequestError> {
+        match self.known_address(node) {
+            Some(known) if known != addr => Err(RequestError::AddressConflict {
+                group,
+                node,
+                known,
+                given: addr,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     fn set_address(&self, node: NodeId, addr: SocketAddr) {
         if node != self.node {
             self.transport.registry().set_node(
@@ -1008,6 +1052,17 @@ impl Driver {
         reply: Reply<Bytes>,
         attempts: u8,
     ) -> Option<(u64, u64)> {
+        if let ClientOp::ConfChange(cc) = &op {
+            // Checked here and at the leader: an added member's address
+            // must not contradict what this node's groups know of it.
+            let given = std::str::from_utf8(&cc.address)
+                .ok()
+                .and_then(|a| a.parse::<SocketAddr>().ok());
+            if let Some(Err(e)) = given.map(|a| self.check_address(group, cc.node, a)) {
+                let _ = reply.send(Err(e));
+                return None;
+            }
+        }
         let Some(g) = self.groups.get_mut(&group) else {
             let _ = reply.send(Err(RequestError::GroupNotFound { group }));
             return None;
