@@ -827,3 +827,82 @@ fn random_commands_and_garbage_never_take_a_node_down() {
         );
     }
 }
+
+/// Without a quorum nothing can commit and no read can be confirmed, but
+/// every command still answers — an error or what it can answer locally —
+/// within the request deadline: no command waits for a leader forever.
+#[test]
+fn every_command_answers_within_its_deadline_without_a_quorum() {
+    let seed: u64 = std::env::var("FLOTILLA_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_f10c);
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path(), 3, 4, &["--request-timeout-ms", "400"]);
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    for n in &nodes {
+        n.wait_ready(Duration::from_secs(60));
+    }
+    let mut c = nodes[0].redis();
+    let table = commands(&mut c);
+    for (i, key) in ["{t}a", "{t}b", "k0"].iter().enumerate() {
+        let _: () = redis::cmd("SET").arg(*key).arg(i).query(&mut c).unwrap();
+    }
+    nodes[1].kill9();
+    nodes[2].kill9();
+    let mut rng = Rng(seed);
+    let mut slowest = (Duration::ZERO, String::new());
+    for round in 0..3 {
+        for spec in &table {
+            let line = command(&mut rng, spec);
+            let mut cmd = redis::cmd(&spec.name);
+            for a in &line[1..] {
+                cmd.arg(&a[..]);
+            }
+            let t0 = std::time::Instant::now();
+            let answer = cmd.query::<Value>(&mut c);
+            let took = t0.elapsed();
+            if took > slowest.0 {
+                slowest = (took, show(&line));
+            }
+            // The deadline is 400 ms; a command of several groups waits
+            // for them together. 5 s means something waited unbounded.
+            assert!(
+                took < Duration::from_secs(5),
+                "round {round}: {} took {took:?} without a quorum",
+                show(&line)
+            );
+            if let Err(e) = answer {
+                assert!(
+                    e.code().is_some(),
+                    "{}: {e} (not an error reply)\nnode panics:\n{}",
+                    show(&line),
+                    panics(&nodes[0])
+                );
+            }
+        }
+        for _ in 0..20 {
+            let line = blocking(&mut rng);
+            let mut cmd = redis::cmd(std::str::from_utf8(&line[0]).unwrap());
+            for a in &line[1..] {
+                cmd.arg(&a[..]);
+            }
+            let t0 = std::time::Instant::now();
+            let _ = cmd.query::<Value>(&mut c);
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "{} took {:?} without a quorum",
+                show(&line),
+                t0.elapsed()
+            );
+        }
+    }
+    eprintln!("slowest without a quorum: {:?} {}", slowest.0, slowest.1);
+    assert!(
+        nodes[0].terminate().success(),
+        "node 1 did not exit cleanly:\n{}",
+        nodes[0].log_tail()
+    );
+}
