@@ -229,7 +229,9 @@ struct Load {
 
 impl Load {
     fn batch(&mut self, entries: usize) -> Batch {
-        self.batch_into(Batch::new(), entries)
+        // One append per group: at most `entries` operations.
+        let ops = entries.min(self.next_index.len());
+        self.batch_into(Batch::with_capacity(ops), entries)
     }
 
     /// Adds `entries` appends to `b`.

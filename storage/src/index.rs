@@ -316,6 +316,10 @@ pub(crate) type GroupMap<V> = HashMap<GroupId, V, BuildHasherDefault<GroupHasher
 /// How one change moved a group's oldest live segment: `(before, after)`.
 pub(crate) type PinMove = (Option<u64>, Option<u64>);
 
+/// Slot buffers with at least this capacity are kept by a compaction
+/// (see [`Index::commit_undo`]).
+const SLOT_BUFFER_KEEP_MIN: usize = 64;
+
 /// Per-group state of every group of the WAL.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
@@ -642,6 +646,43 @@ impl Index {
                 !(marker == g.marker
                     || (g.term(marker.index) == Some(marker.term)
                         && marker.index <= g.last_index()))
+            }
+        }
+    }
+
+    /// Forgets the undo records of an accepted batch. A compaction that
+    /// kept a short suffix of a long log moved the suffix into a new buffer
+    /// (so that undo could keep the dropped front cheaply): the suffix goes
+    /// back into the old, larger buffer, so a busy group does not regrow
+    /// (reallocate and fault in) its slot buffer after every compaction.
+    /// A group's slot buffer thus keeps the capacity of its longest log
+    /// until the group is removed, as a `Vec` would.
+    pub(crate) fn commit_undo(&mut self, undo: &mut Vec<Undo>) {
+        for u in undo.drain(..) {
+            let Undo::Snapshot {
+                group,
+                dropped_front,
+                dropped_all,
+                ..
+            } = u
+            else {
+                continue;
+            };
+            // A snapshot install dropped the whole log: same thing.
+            let mut dropped_front = match dropped_all {
+                Some(all) if all.capacity() > dropped_front.capacity() => all,
+                _ => dropped_front,
+            };
+            if dropped_front.capacity() < SLOT_BUFFER_KEEP_MIN {
+                continue;
+            }
+            let Some(g) = self.groups.get_mut(&group) else {
+                continue;
+            };
+            if dropped_front.capacity() > g.slots.capacity() {
+                dropped_front.clear();
+                dropped_front.extend(g.slots.drain(..));
+                std::mem::swap(&mut g.slots, &mut dropped_front);
             }
         }
     }
@@ -1274,5 +1315,37 @@ mod tests {
         ix.place(4, 4, 5, 4096);
         ix.repin_unplaced(&mut moves);
         assert_eq!(moves, vec![(None, Some(5))]);
+    }
+
+    /// A compaction that keeps a short suffix (and a snapshot install that
+    /// drops everything) leaves the group's log in its old, larger buffer
+    /// once the batch is accepted, with exactly the same slots.
+    #[test]
+    fn accepted_compactions_keep_the_slot_buffer() {
+        for (marker_index, marker_term) in [(190u64, 1u64), (200, 1), (250, 9)] {
+            let mut ix = Index::default();
+            append(&mut ix, 1, 1, 1, &[1; 200], None).unwrap();
+            let cap = ix.groups[&1].slots.capacity();
+            assert!(cap >= 200);
+            let mut undo = Vec::new();
+            let marker = SnapshotMarker {
+                index: marker_index,
+                term: marker_term,
+            };
+            ix.apply(1, 2, Change::Snapshot { marker }, Some(&mut undo))
+                .unwrap();
+            append(&mut ix, 1, 3, marker_index + 1, &[2, 2], Some(&mut undo)).unwrap();
+            let before = format!("{:?}", ix.groups[&1].slots);
+            assert!(ix.groups[&1].slots.capacity() < cap, "the suffix moved out");
+            ix.commit_undo(&mut undo);
+            assert!(undo.is_empty());
+            let g = &ix.groups[&1];
+            assert_eq!(g.slots.capacity(), cap, "marker {marker_index}");
+            assert_eq!(format!("{:?}", g.slots), before);
+            assert_eq!(
+                (g.first_index(), g.last_index()),
+                (marker_index + 1, marker_index + 2)
+            );
+        }
     }
 }

@@ -1419,6 +1419,9 @@ fn accept(st: &mut State, opts: &WalOptions, batch: Batch, bytes: u64) -> Result
         if urgent {
             st.gc_urgent = true;
         }
+        // Compactions keep their groups' slot buffers (else each one
+        // regrows, and faults in, its log after every compaction).
+        st.index.commit_undo(&mut undo);
     }
     undo.clear();
     st.undo_scratch = undo;
