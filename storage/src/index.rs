@@ -316,9 +316,12 @@ pub(crate) type GroupMap<V> = HashMap<GroupId, V, BuildHasherDefault<GroupHasher
 /// How one change moved a group's oldest live segment: `(before, after)`.
 pub(crate) type PinMove = (Option<u64>, Option<u64>);
 
-/// Slot buffers with at least this capacity are kept by a compaction
-/// (see [`Index::commit_undo`]).
-const SLOT_BUFFER_KEEP_MIN: usize = 64;
+/// Slot buffers with at least this capacity (160 KiB of slots, beyond
+/// malloc's mmap threshold: regrowing one faults in fresh pages) are kept by
+/// a compaction (see [`Index::commit_undo`]). Smaller ones are not: fresh
+/// small buffers of many groups lie close together (fewer cache and TLB
+/// misses with 10,000 groups, measured).
+const SLOT_BUFFER_KEEP_MIN: usize = 2048;
 
 /// Per-group state of every group of the WAL.
 #[derive(Debug, Default)]
@@ -358,7 +361,43 @@ fn slot_bytes(s: &Slot) -> u64 {
     s.payload.as_ref().map_or(0, |p| p.len() as u64)
 }
 
+/// Hints the CPU to fetch the cache line holding `p` (a no-op on other
+/// targets than x86_64).
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it never faults, whatever the address,
+    // and changes nothing the program can observe.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 impl Index {
+    /// Asks the CPU to fetch what [`Index::append_entries`] to `group` will
+    /// touch: the group's state and the end of its slot buffer. With
+    /// thousands of groups both are cache misses; fetched a few operations
+    /// ahead they overlap instead of each stalling the accept loop in turn.
+    /// One hash lookup; changes nothing.
+    pub(crate) fn prefetch_append(&self, group: GroupId) {
+        let Some(g) = self.groups.get(&group) else {
+            return;
+        };
+        let state = (g as *const GroupState).cast::<u8>();
+        prefetch(state.wrapping_add(64));
+        let (front, back) = g.slots.as_slices();
+        if let Some(last) = back.last().or(front.last()) {
+            // The next slot goes right after the last one (unless the
+            // buffer wraps or grows: then this is only a wasted hint).
+            let at = (last as *const Slot).cast::<u8>();
+            let slot = std::mem::size_of::<Slot>();
+            prefetch(at.wrapping_add(slot));
+            prefetch(at.wrapping_add(2 * slot - 1));
+        }
+    }
+
     /// Applies one change; on `Err` nothing changed. Pushes how to revert it
     /// onto `undo` when given.
     pub(crate) fn apply(
@@ -1322,11 +1361,11 @@ mod tests {
     /// once the batch is accepted, with exactly the same slots.
     #[test]
     fn accepted_compactions_keep_the_slot_buffer() {
-        for (marker_index, marker_term) in [(190u64, 1u64), (200, 1), (250, 9)] {
+        for (marker_index, marker_term) in [(3990u64, 1u64), (4000, 1), (4050, 9)] {
             let mut ix = Index::default();
-            append(&mut ix, 1, 1, 1, &[1; 200], None).unwrap();
+            append(&mut ix, 1, 1, 1, &[1; 4000], None).unwrap();
             let cap = ix.groups[&1].slots.capacity();
-            assert!(cap >= 200);
+            assert!(cap >= SLOT_BUFFER_KEEP_MIN);
             let mut undo = Vec::new();
             let marker = SnapshotMarker {
                 index: marker_index,
@@ -1347,5 +1386,36 @@ mod tests {
                 (marker_index + 1, marker_index + 2)
             );
         }
+    }
+
+    /// `prefetch_append` is only a hint: for a missing group, an empty log
+    /// and a wrapped slot buffer it changes nothing.
+    #[test]
+    fn prefetch_append_changes_nothing() {
+        let mut ix = Index::default();
+        append(&mut ix, 1, 1, 1, &[1; 8], None).unwrap();
+        ix.apply(
+            2,
+            2,
+            Change::HardState {
+                state: HardState::default(),
+            },
+            None,
+        )
+        .unwrap();
+        // Wrap group 1's buffer: drop its front, append past the end.
+        let g = ix.groups.get_mut(&1).unwrap();
+        let cap = g.slots.capacity();
+        g.slots.drain(..6);
+        g.marker = SnapshotMarker { index: 6, term: 1 };
+        g.cache_lo = 7;
+        let terms = vec![2; cap - 3];
+        append(&mut ix, 1, 3, 9, &terms, None).unwrap();
+        assert!(!ix.groups[&1].slots.as_slices().1.is_empty(), "wrapped");
+        let before = format!("{:?}", ix.groups);
+        for g in [1, 2, 3] {
+            ix.prefetch_append(g);
+        }
+        assert_eq!(format!("{:?}", ix.groups), before);
     }
 }

@@ -1300,6 +1300,10 @@ fn admit(
     Ok(Some(st.next_op))
 }
 
+/// Operations of a batch whose groups `accept` asks the CPU to fetch at
+/// once, ahead of applying them.
+const PREFETCH_OPS: usize = 16;
+
 /// Validates and applies a batch to the index and queues it. Operation ids
 /// are consecutive: the `k`-th op of the batch is `first_op + k`.
 ///
@@ -1323,7 +1327,17 @@ fn accept(st: &mut State, opts: &WalOptions, batch: Batch, bytes: u64) -> Result
     let mut urgent = false;
     // Offset of the op's record from the batch's first record.
     let mut record_at = 0u64;
-    for (k, op) in batch.ops.iter_mut().enumerate() {
+    for k in 0..batch.ops.len() {
+        if k % PREFETCH_OPS == 0 {
+            // The next appends' groups, fetched together (see
+            // `Index::prefetch_append`).
+            for op in batch.ops.iter().skip(k).take(PREFETCH_OPS) {
+                if let Op::Append { group, .. } = op {
+                    st.index.prefetch_append(*group);
+                }
+            }
+        }
+        let op = &mut batch.ops[k];
         let op_id = first_op + k as u64;
         let group = op.group();
         let at = record_at;
