@@ -1318,7 +1318,15 @@ fn accept(st: &mut State, opts: &WalOptions, batch: Batch, bytes: u64) -> Result
     let mut rr = std::mem::take(&mut st.rr_scratch);
     let mut unplaced = std::mem::take(&mut st.unplaced_scratch);
     debug_assert!(undo.is_empty() && pin_moves.is_empty() && rr.is_empty() && unplaced.is_empty());
-    let mut crcs = Vec::new();
+    let entries: usize = batch
+        .ops
+        .iter()
+        .map(|op| match op {
+            Op::Append { entries, .. } => entries.len(),
+            _ => 0,
+        })
+        .sum();
+    let mut crcs = Vec::with_capacity(entries);
     let cache = CacheTrim {
         durable_op: st.durable_op,
         keep_bytes: opts.cache_group_bytes_max,
