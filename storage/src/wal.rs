@@ -48,6 +48,15 @@ const PIPELINE_FRAMES_MAX: usize = 2;
 /// Queued bytes that start the next frame while one is in flight; below
 /// this, batches wait for the flush and are grouped into the next frame.
 const PIPELINE_BYTES_MIN: u64 = 64 * 1024;
+/// Frames longer than this go to the I/O thread's reusable buffers even
+/// when nothing is in flight. Through io_uring a frame needs a glommio DMA
+/// buffer; one larger than what is free of the executor's pinned
+/// `io_memory` (2 MiB by default in the engine) is a fresh heap allocation:
+/// every page of it faulted in and zeroed, and unmapped again (TLB
+/// shootdown IPIs) once written. For a 4 MiB frame that cost more executor
+/// CPU than encoding it (measured: storage/README.md, session 14), while the
+/// hand-off to the thread costs ~50 µs of latency once.
+const DMA_FRAME_BYTES_MAX: u64 = 1 << 20;
 
 /// A 4 KiB-aligned, reusable byte buffer that can travel to the I/O thread.
 pub(crate) struct AlignedBuf {
@@ -301,6 +310,10 @@ pub struct WalStats {
     /// Frames built while the previous frame was still being written (the
     /// pipelined path through the I/O thread).
     pub pipelined_frames: u64,
+    /// Frames written by the I/O thread: the pipelined ones, and frames
+    /// larger than 1 MiB built with nothing in flight (the others of those
+    /// go through io_uring on the executor).
+    pub thread_frames: u64,
     /// fdatasync calls, including segment preparation.
     pub fdatasyncs: u64,
     /// Latency of each frame flush: its DMA write plus its fdatasync (for a
@@ -1738,7 +1751,8 @@ impl Inner {
 
     /// Takes queued batches into one frame: rolls the segment if needed,
     /// encodes every record, records where each entry lands. With `pipelined`
-    /// (another frame in flight) the frame goes to the I/O thread's reusable
+    /// (another frame in flight), or if it is longer than
+    /// [`DMA_FRAME_BYTES_MAX`], the frame goes to the I/O thread's reusable
     /// buffer, else into a DMA buffer for io_uring.
     async fn build_frame(&self, pipelined: bool) -> Result<Frame, WalError> {
         let first_bytes = {
@@ -1780,7 +1794,8 @@ impl Inner {
             "frame overruns segment {} at {offset}",
             seg.seq
         );
-        let mut buf = if pipelined {
+        let via_thread = pipelined || len > DMA_FRAME_BYTES_MAX;
+        let mut buf = if via_thread {
             FrameBuf::Thread(self.take_buffer(len as usize))
         } else {
             FrameBuf::Dma(seg.file.alloc_dma_buffer(len as usize))
@@ -1829,6 +1844,9 @@ impl Inner {
         st.stats.entries_written += entries;
         if pipelined {
             st.stats.pipelined_frames += 1;
+        }
+        if via_thread {
+            st.stats.thread_frames += 1;
         }
         let last_op = taken.last().expect("at least one batch").last_op;
         Ok(Frame {
