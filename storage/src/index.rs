@@ -261,17 +261,9 @@ pub(crate) enum Undo {
         hs_seg: Option<u64>,
         last_op: u64,
     },
-    Snapshot {
-        group: GroupId,
-        prev: SnapshotMarker,
-        marker_op: u64,
-        marker_seg: Option<u64>,
-        last_op: u64,
-        cached_bytes: u64,
-        cache_lo: u64,
-        dropped_front: VecDeque<Slot>,
-        dropped_all: Option<VecDeque<Slot>>,
-    },
+    /// Boxed: the largest variant by far, and rare (compactions, snapshot
+    /// installs), while an append pushes one `Undo` per operation.
+    Snapshot(Box<SnapshotUndo>),
     Meta {
         group: GroupId,
         prev: Option<Bytes>,
@@ -283,6 +275,19 @@ pub(crate) enum Undo {
         group: GroupId,
         state: Box<GroupState>,
     },
+}
+
+/// How to revert one applied snapshot marker (see [`Undo::Snapshot`]).
+pub(crate) struct SnapshotUndo {
+    group: GroupId,
+    prev: SnapshotMarker,
+    marker_op: u64,
+    marker_seg: Option<u64>,
+    last_op: u64,
+    cached_bytes: u64,
+    cache_lo: u64,
+    dropped_front: VecDeque<Slot>,
+    dropped_all: Option<VecDeque<Slot>>,
 }
 
 /// Hasher for `u64` group ids: a murmur3 finaliser (all bits mixed, a few
@@ -529,7 +534,7 @@ impl Index {
                 g.marker_op = op_id;
                 g.marker_seg = None;
                 g.last_op = op_id;
-                undo.push(Undo::Snapshot {
+                undo.push(Undo::Snapshot(Box::new(SnapshotUndo {
                     group,
                     prev,
                     marker_op,
@@ -539,7 +544,7 @@ impl Index {
                     cache_lo,
                     dropped_front,
                     dropped_all,
-                });
+                })));
             }
         }
         let pl = &self.placements;
@@ -698,15 +703,15 @@ impl Index {
     /// until the group is removed, as a `Vec` would.
     pub(crate) fn commit_undo(&mut self, undo: &mut Vec<Undo>) {
         for u in undo.drain(..) {
-            let Undo::Snapshot {
+            let Undo::Snapshot(u) = u else {
+                continue;
+            };
+            let SnapshotUndo {
                 group,
                 dropped_front,
                 dropped_all,
                 ..
-            } = u
-            else {
-                continue;
-            };
+            } = *u;
             // A snapshot install dropped the whole log: same thing.
             let mut dropped_front = match dropped_all {
                 Some(all) if all.capacity() > dropped_front.capacity() => all,
@@ -785,17 +790,18 @@ impl Index {
                     g.meta_seg = meta_seg;
                     g.last_op = last_op;
                 }
-                Undo::Snapshot {
-                    group,
-                    prev,
-                    marker_op,
-                    marker_seg,
-                    last_op,
-                    cached_bytes,
-                    cache_lo,
-                    dropped_front,
-                    dropped_all,
-                } => {
+                Undo::Snapshot(u) => {
+                    let SnapshotUndo {
+                        group,
+                        prev,
+                        marker_op,
+                        marker_seg,
+                        last_op,
+                        cached_bytes,
+                        cache_lo,
+                        dropped_front,
+                        dropped_all,
+                    } = *u;
                     let g = self.groups.get_mut(&group).expect("undo of a live group");
                     g.cache_lo = cache_lo;
                     if let Some(all) = dropped_all {
@@ -1386,6 +1392,15 @@ mod tests {
                 (marker_index + 1, marker_index + 2)
             );
         }
+    }
+
+    /// Every accepted operation pushes one `Undo` (4096 per batch of 4096
+    /// appends over as many groups): the rare snapshot variant is boxed so
+    /// that the common ones set the size (was 144 bytes).
+    #[test]
+    fn undo_records_stay_small() {
+        let size = std::mem::size_of::<Undo>();
+        assert!(size <= 80, "Undo is {size} bytes");
     }
 
     /// `prefetch_append` is only a hint: for a missing group, an empty log
