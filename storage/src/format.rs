@@ -220,8 +220,9 @@ fn record_crc(segment_seq: u64, batch_seq: u64, covered: &[u8]) -> u32 {
 }
 
 /// Encodes one operation as a record at the start of `b` (exactly
-/// [`record_bytes`] long) and returns, for an append, the offset of each
-/// entry's payload relative to `b`.
+/// [`record_bytes`] long; returns that length). For an append, `crcs` holds
+/// the CRC of each entry's payload, computed when the batch was accepted
+/// (the index keeps them too), or is empty: then they are computed here.
 ///
 /// ```text
 /// record header (24 B), every kind:
@@ -245,7 +246,7 @@ pub(crate) fn encode_record(
     segment_seq: u64,
     batch_seq: u64,
     op: &Op,
-    payload_offsets: &mut Vec<(u64, u32, u32)>,
+    crcs: &[u32],
 ) -> usize {
     let len = record_bytes(op) as usize;
     debug_assert!(b.len() >= len);
@@ -260,20 +261,31 @@ pub(crate) fn encode_record(
             let mut meta = ENTRIES_FIXED_BYTES;
             let mut payload = ENTRIES_FIXED_BYTES + ENTRY_META_BYTES * entries.len();
             let covered_end = payload;
+            assert!(
+                crcs.is_empty() || crcs.len() == entries.len(),
+                "{} payload CRCs for {} entries",
+                crcs.len(),
+                entries.len()
+            );
             // One CPU-feature probe per record, not per entry.
             let crc_proto = crc32fast::Hasher::new();
-            for e in entries {
+            for (k, e) in entries.iter().enumerate() {
                 let plen = e.payload.len();
                 b[payload..payload + plen].copy_from_slice(&e.payload);
+                let crc = match crcs.get(k) {
+                    Some(&crc) => crc,
+                    None => {
+                        let mut h = crc_proto.clone();
+                        h.update(&e.payload);
+                        h.finalize()
+                    }
+                };
+                debug_assert_eq!(crc, crc32fast::hash(&e.payload), "stale payload CRC");
                 put_u64(b, meta, e.term);
                 put_u32(b, meta + 8, plen as u32);
-                let mut h = crc_proto.clone();
-                h.update(&e.payload);
-                let crc = h.finalize();
                 put_u32(b, meta + 12, crc);
                 b[meta + 16] = e.kind;
                 b[meta + 17..meta + 20].fill(0);
-                payload_offsets.push((payload as u64, plen as u32, crc));
                 meta += ENTRY_META_BYTES;
                 payload += plen;
             }
@@ -472,9 +484,8 @@ mod tests {
         let mut b = vec![0u8; FRAME_HEADER_BYTES + body as usize];
         encode_frame_header(&mut b, body as u32, seg, batch);
         let mut at = FRAME_HEADER_BYTES;
-        let mut offs = Vec::new();
         for op in ops {
-            at += encode_record(&mut b[at..], seg, batch, op, &mut offs);
+            at += encode_record(&mut b[at..], seg, batch, op, &[]);
         }
         b
     }

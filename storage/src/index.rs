@@ -9,6 +9,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use bytes::Bytes;
 
 use crate::error::InvalidOp;
+use crate::format::{ENTRIES_FIXED_BYTES, ENTRY_META_BYTES};
 use crate::types::{Entry, GroupId, HardState, SnapshotMarker, META_BYTES_MAX};
 
 /// Where an entry's payload lives on disk.
@@ -21,16 +22,119 @@ pub(crate) struct Loc {
 }
 
 /// One live entry.
+///
+/// Its location is known when it is accepted up to the place of its batch
+/// in a frame: `offset` is then relative to the start of the batch's first
+/// record (`segment == 0`) and [`Placements`] resolves it once the batch is
+/// in a frame. So encoding a frame touches no slot (with thousands of
+/// groups every slot touch is a cache miss). Recovered slots (`op_id` 0)
+/// carry their segment.
 #[derive(Debug, Clone)]
 pub(crate) struct Slot {
     pub term: u64,
-    pub kind: u8,
     /// Operation that wrote it (0 = recovered from disk).
     pub op_id: u64,
-    /// `None` until its frame is encoded.
-    pub loc: Option<Loc>,
+    /// Segment of the payload; 0: not recorded here, see [`Slot::loc`].
+    /// (Segment sequence numbers start at 1.)
+    pub segment: u64,
+    /// Payload offset in `segment`, or (`segment == 0`) relative to the
+    /// first record of the batch holding operation `op_id`.
+    pub offset: u64,
+    pub bytes: u32,
+    pub crc: u32,
+    pub kind: u8,
     /// Cached payload; always `Some` until the entry is durable.
     pub payload: Option<Bytes>,
+}
+
+impl Slot {
+    /// Where the payload is on disk: `None` until its batch is in a frame.
+    pub(crate) fn loc(&self, placements: &Placements) -> Option<Loc> {
+        let (segment, offset) = if self.segment != 0 {
+            (self.segment, self.offset)
+        } else {
+            let (segment, base) = placements.resolve(self.op_id)?;
+            (segment, base + self.offset)
+        };
+        Some(Loc {
+            segment,
+            offset,
+            bytes: self.bytes,
+            crc: self.crc,
+        })
+    }
+}
+
+/// Where each batch's records went: one run per batch taken into a frame,
+/// `(first op id, segment, offset of its first record)`, in op order. A
+/// live record (entry, hard state, marker, meta) written since the WAL was
+/// opened finds its segment (and an entry its payload offset) here by its
+/// op id: one binary search when asked, instead of one index update per
+/// record when its frame is encoded.
+///
+/// Invariants: runs are in increasing op and (segment, offset) order; every
+/// op id `<= placed_op` belongs to a run (or to a batch whose records are
+/// all gone); runs of reclaimed segments are dropped (no live record is
+/// left in them: the segment was unpinned).
+#[derive(Debug, Default)]
+pub(crate) struct Placements {
+    runs: VecDeque<(u64, u64, u64)>,
+    placed_op: u64,
+}
+
+impl Placements {
+    /// Records that the batch of ops `first_op..=last_op` starts at
+    /// `offset` of `segment`.
+    pub(crate) fn push(&mut self, first_op: u64, last_op: u64, segment: u64, offset: u64) {
+        assert!(
+            first_op == self.placed_op + 1 && last_op >= first_op,
+            "batches placed out of order: {first_op}..={last_op} after {}",
+            self.placed_op
+        );
+        debug_assert!(segment != 0);
+        debug_assert!(self
+            .runs
+            .back()
+            .is_none_or(|&(_, s, o)| (s, o) < (segment, offset)));
+        self.runs.push_back((first_op, segment, offset));
+        self.placed_op = last_op;
+    }
+
+    /// Every op id up to this one is placed.
+    #[cfg(test)]
+    pub(crate) fn placed_op(&self) -> u64 {
+        self.placed_op
+    }
+
+    /// `(segment, offset of the batch's first record)` of op `op`, or
+    /// `None` if it is not placed yet (or is 0: recovered).
+    pub(crate) fn resolve(&self, op: u64) -> Option<(u64, u64)> {
+        if op == 0 || op > self.placed_op {
+            return None;
+        }
+        let i = self.runs.partition_point(|r| r.0 <= op);
+        let r = self.runs.get(i.checked_sub(1)?);
+        debug_assert!(r.is_some(), "op {op} placed but its run was dropped");
+        r.map(|&(_, s, o)| (s, o))
+    }
+
+    /// The segment of op `op`'s record.
+    pub(crate) fn segment(&self, op: u64) -> Option<u64> {
+        self.resolve(op).map(|(s, _)| s)
+    }
+
+    /// Drops the runs of segments below `oldest` (reclaimed).
+    pub(crate) fn trim(&mut self, oldest: u64) {
+        while self.runs.front().is_some_and(|r| r.1 < oldest) {
+            self.runs.pop_front();
+        }
+    }
+
+    /// Number of runs kept.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.runs.len()
+    }
 }
 
 /// Everything known about one group.
@@ -54,15 +158,16 @@ pub(crate) struct GroupState {
     /// Queued in the WAL's cache eviction round robin.
     pub in_rr: bool,
     pub hard_state: Option<HardState>,
-    /// Segment holding the latest hard-state record (once encoded).
+    /// Segment holding the latest hard-state record if it was recovered
+    /// (`hs_op` 0); else `None` and [`Placements`] knows it by `hs_op`.
     pub hs_seg: Option<u64>,
     pub hs_op: u64,
-    /// Segment holding the latest snapshot record (once encoded).
+    /// As `hs_seg`, for the latest snapshot record.
     pub marker_seg: Option<u64>,
     pub marker_op: u64,
     /// Opaque metadata (latest wins), kept in memory.
     pub meta: Option<Bytes>,
-    /// Segment holding the latest meta record (once encoded).
+    /// As `hs_seg`, for the latest meta record.
     pub meta_seg: Option<u64>,
     pub meta_op: u64,
 }
@@ -84,31 +189,55 @@ impl GroupState {
         }
         self.slot(index).map(|s| s.term)
     }
-    /// Oldest segment holding a live record of this group.
-    pub(crate) fn min_segment(&self) -> Option<u64> {
-        let entry = self.slots.front().and_then(|s| s.loc).map(|l| l.segment);
-        [entry, self.hs_seg, self.marker_seg, self.meta_seg]
-            .into_iter()
-            .flatten()
-            .min()
+    /// Segment of the latest hard-state record (`None`: none, or not in a
+    /// frame yet).
+    pub(crate) fn hs_segment(&self, pl: &Placements) -> Option<u64> {
+        self.hs_seg.or_else(|| pl.segment(self.hs_op))
+    }
+    /// Segment of the latest snapshot record.
+    pub(crate) fn marker_segment(&self, pl: &Placements) -> Option<u64> {
+        self.marker_seg.or_else(|| pl.segment(self.marker_op))
+    }
+    /// Segment of the latest meta record.
+    pub(crate) fn meta_segment(&self, pl: &Placements) -> Option<u64> {
+        self.meta_seg.or_else(|| pl.segment(self.meta_op))
+    }
+    /// Whether a snapshot record of this group is live (written or
+    /// recovered), whether or not it is in a frame yet.
+    pub(crate) fn has_marker_record(&self) -> bool {
+        self.marker_seg.is_some() || self.marker_op != 0
+    }
+    /// Segment of the oldest live entry (`None`: no entry, or not in a frame yet).
+    pub(crate) fn front_segment(&self, pl: &Placements) -> Option<u64> {
+        let s = self.slots.front()?;
+        if s.segment != 0 {
+            Some(s.segment)
+        } else {
+            pl.segment(s.op_id)
+        }
+    }
+    /// Oldest segment holding a live record of this group (records not in
+    /// a frame yet hold none).
+    pub(crate) fn min_segment(&self, pl: &Placements) -> Option<u64> {
+        [
+            self.front_segment(pl),
+            self.hs_segment(pl),
+            self.marker_segment(pl),
+            self.meta_segment(pl),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }
 
 /// A change to one group, as accepted from a batch or replayed from disk.
 /// (Appends go through [`Index::append_entries`].)
+/// Its record's segment is found through [`Placements`] by op id.
 pub(crate) enum Change {
-    HardState {
-        state: HardState,
-        seg: Option<u64>,
-    },
-    Snapshot {
-        marker: SnapshotMarker,
-        seg: Option<u64>,
-    },
-    Meta {
-        meta: Bytes,
-        seg: Option<u64>,
-    },
+    HardState { state: HardState },
+    Snapshot { marker: SnapshotMarker },
+    Meta { meta: Bytes },
     Remove,
 }
 
@@ -132,17 +261,9 @@ pub(crate) enum Undo {
         hs_seg: Option<u64>,
         last_op: u64,
     },
-    Snapshot {
-        group: GroupId,
-        prev: SnapshotMarker,
-        marker_op: u64,
-        marker_seg: Option<u64>,
-        last_op: u64,
-        cached_bytes: u64,
-        cache_lo: u64,
-        dropped_front: VecDeque<Slot>,
-        dropped_all: Option<VecDeque<Slot>>,
-    },
+    /// Boxed: the largest variant by far, and rare (compactions, snapshot
+    /// installs), while an append pushes one `Undo` per operation.
+    Snapshot(Box<SnapshotUndo>),
     Meta {
         group: GroupId,
         prev: Option<Bytes>,
@@ -154,6 +275,19 @@ pub(crate) enum Undo {
         group: GroupId,
         state: Box<GroupState>,
     },
+}
+
+/// How to revert one applied snapshot marker (see [`Undo::Snapshot`]).
+pub(crate) struct SnapshotUndo {
+    group: GroupId,
+    prev: SnapshotMarker,
+    marker_op: u64,
+    marker_seg: Option<u64>,
+    last_op: u64,
+    cached_bytes: u64,
+    cache_lo: u64,
+    dropped_front: VecDeque<Slot>,
+    dropped_all: Option<VecDeque<Slot>>,
 }
 
 /// Hasher for `u64` group ids: a murmur3 finaliser (all bits mixed, a few
@@ -187,18 +321,88 @@ pub(crate) type GroupMap<V> = HashMap<GroupId, V, BuildHasherDefault<GroupHasher
 /// How one change moved a group's oldest live segment: `(before, after)`.
 pub(crate) type PinMove = (Option<u64>, Option<u64>);
 
+/// Slot buffers with at least this capacity (160 KiB of slots, beyond
+/// malloc's mmap threshold: regrowing one faults in fresh pages) are kept by
+/// a compaction (see [`Index::commit_undo`]). Smaller ones are not: fresh
+/// small buffers of many groups lie close together (fewer cache and TLB
+/// misses with 10,000 groups, measured).
+const SLOT_BUFFER_KEEP_MIN: usize = 2048;
+
 /// Per-group state of every group of the WAL.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
     pub groups: GroupMap<GroupState>,
     pub cached_bytes_total: u64,
+    /// Where the batches accepted since the WAL was opened went.
+    pub placements: Placements,
+    /// Groups that may have no record in a frame yet (their pin is `None`):
+    /// looked at again each time batches are placed. May hold duplicates
+    /// and groups since removed.
+    ///
+    /// Invariant: every group whose `min_segment` is `None` while it has a
+    /// record waiting for a frame is listed.
+    pub unplaced: Vec<GroupId>,
+}
+
+/// What [`Index::append_entries`] trims a group's cache to first: its
+/// durable payloads (`op_id <= durable_op`) until it holds at most
+/// `keep_bytes` (`cache_group_bytes_max`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CacheTrim {
+    pub durable_op: u64,
+    pub keep_bytes: u64,
+}
+
+impl CacheTrim {
+    /// No trimming.
+    #[cfg(test)]
+    pub(crate) const NONE: CacheTrim = CacheTrim {
+        durable_op: 0,
+        keep_bytes: u64::MAX,
+    };
 }
 
 fn slot_bytes(s: &Slot) -> u64 {
     s.payload.as_ref().map_or(0, |p| p.len() as u64)
 }
 
+/// Hints the CPU to fetch the cache line holding `p` (a no-op on other
+/// targets than x86_64).
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it never faults, whatever the address,
+    // and changes nothing the program can observe.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 impl Index {
+    /// Asks the CPU to fetch what [`Index::append_entries`] to `group` will
+    /// touch: the group's state and the end of its slot buffer. With
+    /// thousands of groups both are cache misses; fetched a few operations
+    /// ahead they overlap instead of each stalling the accept loop in turn.
+    /// One hash lookup; changes nothing.
+    pub(crate) fn prefetch_append(&self, group: GroupId) {
+        let Some(g) = self.groups.get(&group) else {
+            return;
+        };
+        let state = (g as *const GroupState).cast::<u8>();
+        prefetch(state.wrapping_add(64));
+        let (front, back) = g.slots.as_slices();
+        if let Some(last) = back.last().or(front.last()) {
+            // The next slot goes right after the last one (unless the
+            // buffer wraps or grows: then this is only a wasted hint).
+            let at = (last as *const Slot).cast::<u8>();
+            let slot = std::mem::size_of::<Slot>();
+            prefetch(at.wrapping_add(slot));
+            prefetch(at.wrapping_add(2 * slot - 1));
+        }
+    }
+
     /// Applies one change; on `Err` nothing changed. Pushes how to revert it
     /// onto `undo` when given.
     pub(crate) fn apply(
@@ -217,7 +421,8 @@ impl Index {
                 });
             }
         }
-        let pin_before = self.groups.get(&group).and_then(|g| g.min_segment());
+        let pl = &self.placements;
+        let pin_before = self.groups.get(&group).and_then(|g| g.min_segment(pl));
         if let Some(g) = self.groups.get(&group) {
             match &change {
                 Change::Snapshot { marker, .. } if marker.index < g.marker.index => {
@@ -249,7 +454,7 @@ impl Index {
                     state: Box::new(state),
                 });
             }
-            Change::HardState { state, seg } => {
+            Change::HardState { state } => {
                 let g = self.groups.get_mut(&group).expect("inserted above");
                 undo.push(Undo::HardState {
                     group,
@@ -260,12 +465,10 @@ impl Index {
                 });
                 g.hard_state = Some(state);
                 g.hs_op = op_id;
-                if seg.is_some() {
-                    g.hs_seg = seg;
-                }
+                g.hs_seg = None;
                 g.last_op = op_id;
             }
-            Change::Meta { meta, seg } => {
+            Change::Meta { meta } => {
                 let g = self.groups.get_mut(&group).expect("inserted above");
                 undo.push(Undo::Meta {
                     group,
@@ -276,12 +479,10 @@ impl Index {
                 });
                 g.meta = Some(meta);
                 g.meta_op = op_id;
-                if seg.is_some() {
-                    g.meta_seg = seg;
-                }
+                g.meta_seg = None;
                 g.last_op = op_id;
             }
-            Change::Snapshot { marker, seg } => {
+            Change::Snapshot { marker } => {
                 let g = self.groups.get_mut(&group).expect("inserted above");
                 let prev = g.marker;
                 let (marker_op, marker_seg, last_op, cached_bytes, cache_lo) = (
@@ -331,11 +532,9 @@ impl Index {
                 g.marker = marker;
                 g.cache_lo = g.cache_lo.max(g.first_index());
                 g.marker_op = op_id;
-                if seg.is_some() {
-                    g.marker_seg = seg;
-                }
+                g.marker_seg = None;
                 g.last_op = op_id;
-                undo.push(Undo::Snapshot {
+                undo.push(Undo::Snapshot(Box::new(SnapshotUndo {
                     group,
                     prev,
                     marker_op,
@@ -345,12 +544,13 @@ impl Index {
                     cache_lo,
                     dropped_front,
                     dropped_all,
-                });
+                })));
             }
         }
+        let pl = &self.placements;
         Ok((
             pin_before,
-            self.groups.get(&group).and_then(|g| g.min_segment()),
+            self.groups.get(&group).and_then(|g| g.min_segment(pl)),
         ))
     }
 
@@ -358,17 +558,33 @@ impl Index {
     /// (consecutive, checked by the caller) against `group` (created if
     /// new), truncates the conflicting suffix and pushes one slot per entry
     /// with its payload cached, in one hash lookup and without an
-    /// intermediate vector. Marks the group as queued for cache eviction;
-    /// returns the pin move and whether it was not queued before (the
-    /// caller then queues it). On `Err` nothing changed.
+    /// intermediate vector.
+    ///
+    /// `record_at` is the offset of this append's record from the first
+    /// record of its batch: each slot gets its payload offset relative to
+    /// that batch (resolved through [`Placements`] once the batch is in a
+    /// frame) and its payload CRC, also pushed onto `crcs` for the encoder.
+    /// Before appending, the group's durable cached payloads are trimmed to
+    /// `keep_bytes` (same lookup; not undone by a refused batch, which is
+    /// harmless: they are on disk).
+    ///
+    /// Marks the group as queued for cache eviction. Returns the pin move,
+    /// whether the group was not queued before (the caller then queues it)
+    /// and whether the group now has no record in a frame (the caller lists
+    /// it in `unplaced`). On `Err` nothing changed.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn append_entries(
         &mut self,
         group: GroupId,
         op_id: u64,
         entries: &[Entry],
+        record_at: u64,
+        crcs: &mut Vec<u32>,
+        cache: CacheTrim,
         undo: &mut Vec<Undo>,
-    ) -> Result<(PinMove, bool), InvalidOp> {
+    ) -> Result<(PinMove, bool, bool), InvalidOp> {
         let first_index = entries.first().map_or(0, |e| e.index);
+        let pl = &self.placements;
         let (g, created) = match self.groups.entry(group) {
             std::collections::hash_map::Entry::Occupied(o) => (o.into_mut(), false),
             std::collections::hash_map::Entry::Vacant(v) => {
@@ -379,17 +595,20 @@ impl Index {
         };
         if !created {
             check_append(g, first_index, entries.len())?;
+            if g.cached_bytes > cache.keep_bytes {
+                self.cached_bytes_total -= evict_group(g, cache.durable_op, cache.keep_bytes);
+            }
         } else {
             undo.push(Undo::Created(group));
         }
         #[cfg(debug_assertions)]
-        let dbg_before = if created { None } else { g.min_segment() };
+        let dbg_before = if created { None } else { g.min_segment(pl) };
         let keep = (first_index - g.first_index()) as usize;
         // Only a replaced front slot can move the group's oldest segment;
         // otherwise its slots and records are not even read (cache misses
         // with many groups).
         let pin_before = if keep == 0 && !created {
-            Some(g.min_segment())
+            Some(g.min_segment(pl))
         } else {
             None
         };
@@ -407,15 +626,30 @@ impl Index {
         });
         // The new slots hold payloads: `cache_lo` stays a lower bound.
         g.cache_lo = g.cache_lo.min(first_index);
+        // Payloads follow the entry metas, in order (see `format::encode_record`).
+        let mut offset =
+            record_at + (ENTRIES_FIXED_BYTES + ENTRY_META_BYTES * entries.len()) as u64;
+        // One CPU-feature probe per record, not per entry.
+        let crc_proto = crc32fast::Hasher::new();
         g.slots.extend(entries.iter().map(|e| {
-            added += e.payload.len() as u64;
-            Slot {
+            let bytes = e.payload.len();
+            let mut h = crc_proto.clone();
+            h.update(&e.payload);
+            let crc = h.finalize();
+            crcs.push(crc);
+            let slot = Slot {
                 term: e.term,
-                kind: e.kind,
                 op_id,
-                loc: None,
+                segment: 0,
+                offset,
+                bytes: bytes as u32,
+                crc,
+                kind: e.kind,
                 payload: Some(e.payload.clone()),
-            }
+            };
+            offset += bytes as u64;
+            added += bytes as u64;
+            slot
         }));
         g.cached_bytes = g.cached_bytes - cut + added;
         self.cached_bytes_total = self.cached_bytes_total - cut + added;
@@ -423,18 +657,27 @@ impl Index {
         let queue = !g.in_rr;
         g.in_rr = true;
         let pin = match pin_before {
-            Some(before) => (before, g.min_segment()),
+            Some(before) => (before, g.min_segment(pl)),
             None => (None, None),
         };
+        // A new group's only records are these; after a replaced front,
+        // `pin.1` says.
+        let unplaced = created || (pin_before.is_some() && pin.1.is_none());
         #[cfg(debug_assertions)]
-        if pin_before.is_none() {
+        {
+            if pin_before.is_none() {
+                assert_eq!(
+                    dbg_before,
+                    g.min_segment(pl),
+                    "group {group}: oldest segment moved"
+                );
+            }
             assert_eq!(
-                dbg_before,
-                g.min_segment(),
-                "group {group}: oldest segment moved"
+                unplaced,
+                created || (g.min_segment(pl).is_none() && keep == 0)
             );
         }
-        Ok((pin, queue))
+        Ok((pin, queue, unplaced))
     }
 
     /// Whether a snapshot record with `marker` drops every entry of `group`
@@ -447,6 +690,43 @@ impl Index {
                 !(marker == g.marker
                     || (g.term(marker.index) == Some(marker.term)
                         && marker.index <= g.last_index()))
+            }
+        }
+    }
+
+    /// Forgets the undo records of an accepted batch. A compaction that
+    /// kept a short suffix of a long log moved the suffix into a new buffer
+    /// (so that undo could keep the dropped front cheaply): the suffix goes
+    /// back into the old, larger buffer, so a busy group does not regrow
+    /// (reallocate and fault in) its slot buffer after every compaction.
+    /// A group's slot buffer thus keeps the capacity of its longest log
+    /// until the group is removed, as a `Vec` would.
+    pub(crate) fn commit_undo(&mut self, undo: &mut Vec<Undo>) {
+        for u in undo.drain(..) {
+            let Undo::Snapshot(u) = u else {
+                continue;
+            };
+            let SnapshotUndo {
+                group,
+                dropped_front,
+                dropped_all,
+                ..
+            } = *u;
+            // A snapshot install dropped the whole log: same thing.
+            let mut dropped_front = match dropped_all {
+                Some(all) if all.capacity() > dropped_front.capacity() => all,
+                _ => dropped_front,
+            };
+            if dropped_front.capacity() < SLOT_BUFFER_KEEP_MIN {
+                continue;
+            }
+            let Some(g) = self.groups.get_mut(&group) else {
+                continue;
+            };
+            if dropped_front.capacity() > g.slots.capacity() {
+                dropped_front.clear();
+                dropped_front.extend(g.slots.drain(..));
+                std::mem::swap(&mut g.slots, &mut dropped_front);
             }
         }
     }
@@ -510,17 +790,18 @@ impl Index {
                     g.meta_seg = meta_seg;
                     g.last_op = last_op;
                 }
-                Undo::Snapshot {
-                    group,
-                    prev,
-                    marker_op,
-                    marker_seg,
-                    last_op,
-                    cached_bytes,
-                    cache_lo,
-                    dropped_front,
-                    dropped_all,
-                } => {
+                Undo::Snapshot(u) => {
+                    let SnapshotUndo {
+                        group,
+                        prev,
+                        marker_op,
+                        marker_seg,
+                        last_op,
+                        cached_bytes,
+                        cache_lo,
+                        dropped_front,
+                        dropped_all,
+                    } = *u;
                     let g = self.groups.get_mut(&group).expect("undo of a live group");
                     g.cache_lo = cache_lo;
                     if let Some(all) = dropped_all {
@@ -541,96 +822,36 @@ impl Index {
         }
     }
 
-    /// Records where the entries written by `op_id` landed (`locs[k]` is
-    /// entry `first_index + k`), unless a later operation already replaced
-    /// them. In the same lookup, drops the group's cached payloads that are
-    /// durable (`op_id <= durable_op`) until it holds at most `keep_bytes`.
-    pub(crate) fn set_locations(
-        &mut self,
-        group: GroupId,
-        op_id: u64,
-        first_index: u64,
-        locs: &[Loc],
-        durable_op: u64,
-        keep_bytes: u64,
-    ) -> PinMove {
-        let Some(g) = self.groups.get_mut(&group) else {
-            return (None, None);
-        };
-        #[cfg(debug_assertions)]
-        let dbg_before = g.min_segment();
-        // Entries compacted away since are skipped.
-        let first = g.first_index();
-        let skip = first.saturating_sub(first_index);
-        let at = first_index.max(first) - first;
-        let mut pin = (None, None);
-        if skip < locs.len() as u64 && at < g.slots.len() as u64 {
-            // Only the front slot getting its location can move the group's
-            // oldest segment: skip the min computation (and its reads) else.
-            let front = at == 0 && g.slots[0].op_id == op_id;
-            let before = if front { g.min_segment() } else { None };
-            for (s, loc) in g.slots.range_mut(at as usize..).zip(&locs[skip as usize..]) {
-                if s.op_id == op_id {
-                    debug_assert!(s.loc.is_none());
-                    s.loc = Some(*loc);
+    /// Records that the batch of ops `first_op..=last_op` went to `segment`
+    /// at `offset` (its first record). Touches no group: slots and records
+    /// find their place by op id.
+    pub(crate) fn place(&mut self, first_op: u64, last_op: u64, segment: u64, offset: u64) {
+        self.placements.push(first_op, last_op, segment, offset);
+    }
+
+    /// Looks again at the groups that had no record in a frame (see
+    /// `unplaced`) after batches were placed: pushes the pin move of each
+    /// that has one now, and keeps listed those that still have none.
+    pub(crate) fn repin_unplaced(&mut self, moves: &mut Vec<PinMove>) {
+        if self.unplaced.is_empty() {
+            return;
+        }
+        // A group may have been listed more than once: move its pin once.
+        self.unplaced.sort_unstable();
+        self.unplaced.dedup();
+        let (groups, pl) = (&self.groups, &self.placements);
+        self.unplaced.retain(|g| {
+            let Some(state) = groups.get(g) else {
+                return false; // removed
+            };
+            match state.min_segment(pl) {
+                Some(seg) => {
+                    moves.push((None, Some(seg)));
+                    false
                 }
+                None => true,
             }
-            if front {
-                pin = (before, g.min_segment());
-            }
-        }
-        #[cfg(debug_assertions)]
-        if pin == (None, None) {
-            assert_eq!(
-                dbg_before,
-                g.min_segment(),
-                "group {group}: oldest segment moved"
-            );
-        }
-        if g.cached_bytes > keep_bytes {
-            self.cached_bytes_total -= evict_group(g, durable_op, keep_bytes);
-        }
-        pin
-    }
-
-    /// Runs `f` on `group` (if it exists); returns how its oldest live
-    /// segment moved. One hash lookup.
-    fn update(&mut self, group: GroupId, f: impl FnOnce(&mut GroupState)) -> PinMove {
-        let Some(g) = self.groups.get_mut(&group) else {
-            return (None, None);
-        };
-        let before = g.min_segment();
-        f(g);
-        (before, g.min_segment())
-    }
-
-    pub(crate) fn set_hard_state_segment(
-        &mut self,
-        group: GroupId,
-        op_id: u64,
-        seg: u64,
-    ) -> PinMove {
-        self.update(group, |g| {
-            if g.hs_op == op_id {
-                g.hs_seg = Some(seg);
-            }
-        })
-    }
-
-    pub(crate) fn set_meta_segment(&mut self, group: GroupId, op_id: u64, seg: u64) -> PinMove {
-        self.update(group, |g| {
-            if g.meta_op == op_id {
-                g.meta_seg = Some(seg);
-            }
-        })
-    }
-
-    pub(crate) fn set_marker_segment(&mut self, group: GroupId, op_id: u64, seg: u64) -> PinMove {
-        self.update(group, |g| {
-            if g.marker_op == op_id {
-                g.marker_seg = Some(seg);
-            }
-        })
+        });
     }
 
     /// Drops cached payloads of `group`, oldest first, until the group holds at
@@ -657,9 +878,10 @@ fn evict_group(g: &mut GroupState, durable_op: u64, keep_bytes: u64) -> u64 {
             break;
         };
         if let Some(p) = &s.payload {
-            if s.op_id > durable_op || s.loc.is_none() {
+            if s.op_id > durable_op {
                 break;
             }
+            // Durable, so in a frame (or recovered): it has a location.
             let n = p.len() as u64;
             s.payload = None;
             g.cached_bytes -= n;
@@ -720,8 +942,17 @@ mod tests {
     ) -> Result<PinMove, InvalidOp> {
         let mut local = Vec::new();
         let undo = undo.unwrap_or(&mut local);
-        ix.append_entries(group, op_id, &entries(first, terms), undo)
-            .map(|(pin, _)| pin)
+        let mut crcs = Vec::new();
+        ix.append_entries(
+            group,
+            op_id,
+            &entries(first, terms),
+            0,
+            &mut crcs,
+            CacheTrim::NONE,
+            undo,
+        )
+        .map(|(pin, _, _)| pin)
     }
 
     #[test]
@@ -737,7 +968,6 @@ mod tests {
                     vote: 3,
                     commit: 1,
                 },
-                seg: None,
             },
             None,
         )
@@ -747,7 +977,6 @@ mod tests {
             1,
             Change::Meta {
                 meta: Bytes::from_static(b"m1"),
-                seg: None,
             },
             None,
         )
@@ -761,7 +990,6 @@ mod tests {
             2,
             Change::Snapshot {
                 marker: SnapshotMarker { index: 2, term: 3 },
-                seg: None,
             },
             Some(&mut undo),
         )
@@ -775,7 +1003,6 @@ mod tests {
                     vote: 0,
                     commit: 2,
                 },
-                seg: None,
             },
             Some(&mut undo),
         )
@@ -786,7 +1013,6 @@ mod tests {
             2,
             Change::Meta {
                 meta: Bytes::from_static(b"m2"),
-                seg: None,
             },
             Some(&mut undo),
         )
@@ -802,8 +1028,7 @@ mod tests {
                 3,
                 2,
                 Change::Meta {
-                    meta: Bytes::from(vec![0u8; META_BYTES_MAX + 1]),
-                    seg: None
+                    meta: Bytes::from(vec![0u8; META_BYTES_MAX + 1])
                 },
                 Some(&mut undo)
             ),
@@ -837,17 +1062,10 @@ mod tests {
         for (marker_index, conflict_at) in cases {
             let mut ix = Index::default();
             append(&mut ix, 1, 1, 1, &[1; 10], None).unwrap();
-            let locs: Vec<Loc> = (0..10)
-                .map(|k| Loc {
-                    segment: 1,
-                    offset: 100 * k,
-                    bytes: 4,
-                    crc: 0,
-                })
-                .collect();
-            // Durable and located: trimmed to 16 bytes, slots 1..=6 lose
+            // Durable and placed: trimmed to 16 bytes, slots 1..=6 lose
             // their payload (cache_lo 7).
-            ix.set_locations(1, 1, 1, &locs, 1, 16);
+            ix.place(1, 1, 1, 4096);
+            ix.evict(1, 1, 16);
             assert_eq!((ix.groups[&1].cache_lo, ix.cached_bytes_total), (7, 16));
             if conflict_at > 0 {
                 append(&mut ix, 1, 2, conflict_at, &[2; 6], None).unwrap();
@@ -864,7 +1082,6 @@ mod tests {
                         index: marker_index,
                         term,
                     },
-                    seg: None,
                 },
                 Some(&mut undo),
             )
@@ -888,7 +1105,6 @@ mod tests {
             2,
             Change::Snapshot {
                 marker: SnapshotMarker { index: 2, term: 1 },
-                seg: None,
             },
             None,
         )
@@ -903,7 +1119,6 @@ mod tests {
             3,
             Change::Snapshot {
                 marker: SnapshotMarker { index: 3, term: 7 },
-                seg: None,
             },
             None,
         )
@@ -919,12 +1134,303 @@ mod tests {
                 1,
                 4,
                 Change::Snapshot {
-                    marker: SnapshotMarker { index: 1, term: 1 },
-                    seg: None
+                    marker: SnapshotMarker { index: 1, term: 1 }
                 },
                 None
             ),
             Err(InvalidOp::BelowSnapshot { .. })
         ));
+    }
+
+    #[test]
+    fn placements_resolve_by_op_and_forget_reclaimed_segments() {
+        let mut pl = Placements::default();
+        assert_eq!(pl.resolve(1), None);
+        pl.push(1, 3, 1, 4096); // ops 1..=3 at segment 1, offset 4096
+        pl.push(4, 4, 1, 8192);
+        pl.push(5, 9, 2, 4096);
+        assert_eq!(pl.placed_op(), 9);
+        assert_eq!(pl.resolve(0), None, "op 0 is a recovered record");
+        assert_eq!(pl.resolve(1), Some((1, 4096)));
+        assert_eq!(pl.resolve(3), Some((1, 4096)));
+        assert_eq!(pl.resolve(4), Some((1, 8192)));
+        assert_eq!(pl.resolve(5), Some((2, 4096)));
+        assert_eq!(pl.resolve(9), Some((2, 4096)));
+        assert_eq!(pl.resolve(10), None, "not placed yet");
+        pl.trim(2);
+        assert_eq!(pl.len(), 1);
+        assert_eq!(pl.resolve(7), Some((2, 4096)));
+        pl.push(10, 10, 3, 4096);
+        assert_eq!(pl.segment(10), Some(3));
+    }
+
+    #[test]
+    #[should_panic(expected = "out of order")]
+    fn placements_refuse_a_gap() {
+        let mut pl = Placements::default();
+        pl.push(1, 3, 1, 4096);
+        pl.push(5, 6, 1, 8192);
+    }
+
+    /// The payload offsets a slot gets when its batch is accepted (relative
+    /// to the batch) are where the encoder puts the payloads once the batch
+    /// is placed in a frame, for every record kind mixed in.
+    #[test]
+    fn slot_locations_match_the_encoded_frame() {
+        use crate::format::{encode_frame_header, encode_record, record_bytes, FRAME_HEADER_BYTES};
+        use crate::types::Op;
+        let payload =
+            |n: usize, seed: u8| Bytes::from((0..n).map(|i| seed ^ i as u8).collect::<Vec<u8>>());
+        let ent = |index: u64, n: usize, seed: u8| Entry {
+            index,
+            term: 3,
+            kind: seed,
+            payload: payload(n, seed),
+        };
+        let ops = vec![
+            Op::HardState {
+                group: 1,
+                state: HardState {
+                    term: 3,
+                    vote: 1,
+                    commit: 0,
+                },
+            },
+            Op::Append {
+                group: 1,
+                entries: vec![ent(1, 5, 1), ent(2, 0, 2), ent(3, 17, 3)],
+            },
+            Op::Meta {
+                group: 2,
+                meta: Bytes::from_static(b"voters"),
+            },
+            Op::Append {
+                group: 2,
+                entries: vec![ent(1, 9, 4)],
+            },
+            Op::Append {
+                group: 1,
+                entries: vec![ent(4, 1, 5), ent(5, 300, 6)],
+            },
+            Op::Snapshot {
+                group: 3,
+                marker: SnapshotMarker { index: 7, term: 1 },
+                drop_all: true,
+            },
+            Op::Append {
+                group: 3,
+                entries: vec![ent(8, 33, 7)],
+            },
+        ];
+        // Two batches: ops 1..=3 and 4..=7, the second placed after the first.
+        let mut ix = Index::default();
+        let mut crcs = [Vec::new(), Vec::new()];
+        let mut undo = Vec::new();
+        let mut record_at = 0;
+        for (k, op) in ops.iter().enumerate() {
+            let (op_id, batch) = (k as u64 + 1, usize::from(k >= 3));
+            if k == 3 {
+                record_at = 0;
+            }
+            let change = match op {
+                Op::Append { group, entries } => {
+                    ix.append_entries(
+                        *group,
+                        op_id,
+                        entries,
+                        record_at,
+                        &mut crcs[batch],
+                        CacheTrim::NONE,
+                        &mut undo,
+                    )
+                    .unwrap();
+                    None
+                }
+                Op::HardState { state, .. } => Some(Change::HardState { state: *state }),
+                Op::Meta { meta, .. } => Some(Change::Meta { meta: meta.clone() }),
+                Op::Snapshot { marker, .. } => Some(Change::Snapshot { marker: *marker }),
+                Op::Remove { .. } => unreachable!(),
+            };
+            if let Some(c) = change {
+                ix.apply(op.group(), op_id, c, None).unwrap();
+            }
+            record_at += record_bytes(op);
+        }
+        // Nothing is placed: no location, no segment.
+        assert!(ix
+            .groups
+            .values()
+            .all(|g| g.min_segment(&ix.placements).is_none()));
+        assert!(ix.groups[&1].slots[0].loc(&ix.placements).is_none());
+        // One frame at offset 12288 of segment 5 holding both batches.
+        let (seg, frame_at) = (5u64, 12288u64);
+        let body: u64 = ops.iter().map(record_bytes).sum();
+        let mut frame = vec![0u8; FRAME_HEADER_BYTES + body as usize];
+        encode_frame_header(&mut frame, body as u32, seg, 1);
+        let mut at = FRAME_HEADER_BYTES;
+        let mut crc_at = [0usize, 0usize];
+        for (k, op) in ops.iter().enumerate() {
+            let batch = usize::from(k >= 3);
+            if k == 0 || k == 3 {
+                ix.place(
+                    k as u64 + 1,
+                    if k == 0 { 3 } else { 7 },
+                    seg,
+                    frame_at + at as u64,
+                );
+            }
+            let n = match op {
+                Op::Append { entries, .. } => entries.len(),
+                _ => 0,
+            };
+            let mine = &crcs[batch][crc_at[batch]..crc_at[batch] + n];
+            crc_at[batch] += n;
+            at += encode_record(&mut frame[at..], seg, 1, op, mine);
+        }
+        // Same bytes as an encoding that computes its own CRCs.
+        let mut again = vec![0u8; frame.len()];
+        encode_frame_header(&mut again, body as u32, seg, 1);
+        let mut at2 = FRAME_HEADER_BYTES;
+        for op in &ops {
+            at2 += encode_record(&mut again[at2..], seg, 1, op, &[]);
+        }
+        assert_eq!(frame, again);
+        let mut checked = 0;
+        for (group, g) in &ix.groups {
+            for (i, s) in g.slots.iter().enumerate() {
+                let loc = s.loc(&ix.placements).expect("placed");
+                assert_eq!(loc.segment, seg);
+                let off = (loc.offset - frame_at) as usize;
+                let bytes = &frame[off..off + loc.bytes as usize];
+                assert_eq!(
+                    bytes,
+                    &s.payload.as_ref().unwrap()[..],
+                    "group {group} slot {i}"
+                );
+                assert_eq!(loc.crc, crc32fast::hash(bytes));
+                checked += 1;
+            }
+            assert_eq!(g.min_segment(&ix.placements), Some(seg));
+        }
+        assert_eq!(checked, 7);
+        assert_eq!(ix.groups[&1].hs_segment(&ix.placements), Some(seg));
+        assert_eq!(ix.groups[&2].meta_segment(&ix.placements), Some(seg));
+        assert_eq!(ix.groups[&3].marker_segment(&ix.placements), Some(seg));
+    }
+
+    /// A group with no record in a frame is pinned once its batch is
+    /// placed, exactly once however often it was listed; removed groups and
+    /// groups still waiting stay out of the pins.
+    #[test]
+    fn unplaced_groups_are_pinned_once_placed() {
+        let mut ix = Index::default();
+        append(&mut ix, 1, 1, 1, &[1, 1], None).unwrap();
+        append(&mut ix, 2, 2, 1, &[1], None).unwrap();
+        ix.unplaced.extend([1, 2, 1, 9]);
+        ix.place(1, 1, 4, 4096);
+        let mut moves = Vec::new();
+        ix.repin_unplaced(&mut moves);
+        assert_eq!(moves, vec![(None, Some(4))]);
+        assert_eq!(
+            ix.unplaced,
+            vec![2],
+            "group 2 waits for op 2; group 9 does not exist"
+        );
+        moves.clear();
+        ix.repin_unplaced(&mut moves);
+        assert!(moves.is_empty());
+        ix.apply(2, 3, Change::Remove, None).unwrap();
+        ix.place(2, 3, 4, 8192);
+        ix.repin_unplaced(&mut moves);
+        assert!(moves.is_empty() && ix.unplaced.is_empty());
+        // A compaction of group 1 past its entries: its marker (op 4) is
+        // its only record, placed in segment 5.
+        let (before, after) = ix
+            .apply(
+                1,
+                4,
+                Change::Snapshot {
+                    marker: SnapshotMarker { index: 2, term: 1 },
+                },
+                None,
+            )
+            .unwrap();
+        assert_eq!((before, after), (Some(4), None));
+        ix.unplaced.push(1);
+        ix.place(4, 4, 5, 4096);
+        ix.repin_unplaced(&mut moves);
+        assert_eq!(moves, vec![(None, Some(5))]);
+    }
+
+    /// A compaction that keeps a short suffix (and a snapshot install that
+    /// drops everything) leaves the group's log in its old, larger buffer
+    /// once the batch is accepted, with exactly the same slots.
+    #[test]
+    fn accepted_compactions_keep_the_slot_buffer() {
+        for (marker_index, marker_term) in [(3990u64, 1u64), (4000, 1), (4050, 9)] {
+            let mut ix = Index::default();
+            append(&mut ix, 1, 1, 1, &[1; 4000], None).unwrap();
+            let cap = ix.groups[&1].slots.capacity();
+            assert!(cap >= SLOT_BUFFER_KEEP_MIN);
+            let mut undo = Vec::new();
+            let marker = SnapshotMarker {
+                index: marker_index,
+                term: marker_term,
+            };
+            ix.apply(1, 2, Change::Snapshot { marker }, Some(&mut undo))
+                .unwrap();
+            append(&mut ix, 1, 3, marker_index + 1, &[2, 2], Some(&mut undo)).unwrap();
+            let before = format!("{:?}", ix.groups[&1].slots);
+            assert!(ix.groups[&1].slots.capacity() < cap, "the suffix moved out");
+            ix.commit_undo(&mut undo);
+            assert!(undo.is_empty());
+            let g = &ix.groups[&1];
+            assert_eq!(g.slots.capacity(), cap, "marker {marker_index}");
+            assert_eq!(format!("{:?}", g.slots), before);
+            assert_eq!(
+                (g.first_index(), g.last_index()),
+                (marker_index + 1, marker_index + 2)
+            );
+        }
+    }
+
+    /// Every accepted operation pushes one `Undo` (4096 per batch of 4096
+    /// appends over as many groups): the rare snapshot variant is boxed so
+    /// that the common ones set the size (was 144 bytes).
+    #[test]
+    fn undo_records_stay_small() {
+        let size = std::mem::size_of::<Undo>();
+        assert!(size <= 80, "Undo is {size} bytes");
+    }
+
+    /// `prefetch_append` is only a hint: for a missing group, an empty log
+    /// and a wrapped slot buffer it changes nothing.
+    #[test]
+    fn prefetch_append_changes_nothing() {
+        let mut ix = Index::default();
+        append(&mut ix, 1, 1, 1, &[1; 8], None).unwrap();
+        ix.apply(
+            2,
+            2,
+            Change::HardState {
+                state: HardState::default(),
+            },
+            None,
+        )
+        .unwrap();
+        // Wrap group 1's buffer: drop its front, append past the end.
+        let g = ix.groups.get_mut(&1).unwrap();
+        let cap = g.slots.capacity();
+        g.slots.drain(..6);
+        g.marker = SnapshotMarker { index: 6, term: 1 };
+        g.cache_lo = 7;
+        let terms = vec![2; cap - 3];
+        append(&mut ix, 1, 3, 9, &terms, None).unwrap();
+        assert!(!ix.groups[&1].slots.as_slices().1.is_empty(), "wrapped");
+        let before = format!("{:?}", ix.groups);
+        for g in [1, 2, 3] {
+            ix.prefetch_append(g);
+        }
+        assert_eq!(format!("{:?}", ix.groups), before);
     }
 }

@@ -30,7 +30,7 @@ use crate::format::{
     BLOCK_BYTES, FRAME_HEADER_BYTES,
 };
 use crate::fsutil;
-use crate::index::{GroupMap, GroupState, Index, Loc, Slot};
+use crate::index::{GroupMap, GroupState, Index, Slot};
 use crate::types::{HardState, SnapshotMarker};
 use crate::wal::{parse_segment_name, AlignedBuf, SegFile, WalOptions, MANIFEST_NAME};
 
@@ -583,12 +583,10 @@ fn replay(groups: &mut GroupMap<ReplayGroup>, seq: u64, frame_pos: u64, recs: Ve
                         term: m.term,
                         kind: m.kind,
                         op_id: 0,
-                        loc: Some(Loc {
-                            segment: seq,
-                            offset: frame_pos + m.payload_offset,
-                            bytes: m.payload_bytes,
-                            crc: m.payload_crc,
-                        }),
+                        segment: seq,
+                        offset: frame_pos + m.payload_offset,
+                        bytes: m.payload_bytes,
+                        crc: m.payload_crc,
                         payload: None,
                     }),
                 );
@@ -919,7 +917,10 @@ mod tests {
             term,
             kind: 0,
             op_id: 0,
-            loc: None,
+            segment: 0,
+            offset: 0,
+            bytes: 0,
+            crc: 0,
             payload: None,
         }
     }

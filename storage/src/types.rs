@@ -117,6 +117,22 @@ impl Batch {
         Self::default()
     }
 
+    /// An empty batch with room for `ops` operations (an append of any
+    /// number of entries to one group is one operation), so that building a
+    /// large batch does not reallocate.
+    ///
+    /// # Examples
+    /// ```
+    /// use flotilla_storage::Batch;
+    /// let batch = Batch::with_capacity(4096);
+    /// assert!(batch.is_empty());
+    /// ```
+    pub fn with_capacity(ops: usize) -> Self {
+        Self {
+            ops: Vec::with_capacity(ops),
+        }
+    }
+
     /// Appends `entries` (consecutive indices) to `group`. An append starting
     /// at index `i` first removes the group's entries at `i` and above
     /// (conflict truncation).

@@ -36,7 +36,7 @@ use glommio::io::{DmaFile, OpenOptions};
 use crate::error::{Corruption, InvalidOp, WalError};
 use crate::format::{self, align_up, BLOCK_BYTES, FRAME_HEADER_BYTES};
 use crate::fsutil;
-use crate::index::{Change, Index, Loc};
+use crate::index::{CacheTrim, Change, Index, Loc};
 use crate::notify::Notify;
 use crate::recovery;
 use crate::types::{Batch, Entry, GroupId, HardState, Op, SnapshotMarker};
@@ -48,6 +48,15 @@ const PIPELINE_FRAMES_MAX: usize = 2;
 /// Queued bytes that start the next frame while one is in flight; below
 /// this, batches wait for the flush and are grouped into the next frame.
 const PIPELINE_BYTES_MIN: u64 = 64 * 1024;
+/// Frames longer than this go to the I/O thread's reusable buffers even
+/// when nothing is in flight. Through io_uring a frame needs a glommio DMA
+/// buffer; one larger than what is free of the executor's pinned
+/// `io_memory` (2 MiB by default in the engine) is a fresh heap allocation:
+/// every page of it faulted in and zeroed, and unmapped again (TLB
+/// shootdown IPIs) once written. For a 4 MiB frame that cost more executor
+/// CPU than encoding it (measured: storage/README.md, session 14), while the
+/// hand-off to the thread costs ~50 µs of latency once.
+const DMA_FRAME_BYTES_MAX: u64 = 1 << 20;
 
 /// A 4 KiB-aligned, reusable byte buffer that can travel to the I/O thread.
 pub(crate) struct AlignedBuf {
@@ -301,6 +310,10 @@ pub struct WalStats {
     /// Frames built while the previous frame was still being written (the
     /// pipelined path through the I/O thread).
     pub pipelined_frames: u64,
+    /// Frames written by the I/O thread: the pipelined ones, and frames
+    /// larger than 1 MiB built with nothing in flight (the others of those
+    /// go through io_uring on the executor).
+    pub thread_frames: u64,
     /// fdatasync calls, including segment preparation.
     pub fdatasyncs: u64,
     /// Latency of each frame flush: its DMA write plus its fdatasync (for a
@@ -427,6 +440,9 @@ enum Admission {
 struct Pending {
     /// The batch's operations; the `k`-th has op id `first_op + k`.
     ops: Vec<Op>,
+    /// The payload CRC of every entry of the batch, in order (computed
+    /// when it was accepted, for the index; the encoder reuses them).
+    crcs: Vec<u32>,
     first_op: u64,
     bytes: u64,
     last_op: u64,
@@ -470,6 +486,7 @@ pub(crate) struct State {
     undo_scratch: Vec<crate::index::Undo>,
     pin_scratch: Vec<crate::index::PinMove>,
     rr_scratch: Vec<GroupId>,
+    unplaced_scratch: Vec<GroupId>,
     /// How many groups have each segment as their oldest live record's
     /// segment (`GroupState::min_segment`). The oldest segment can be
     /// reclaimed when its count is zero.
@@ -633,7 +650,7 @@ impl Wal {
         };
         let mut pins = BTreeMap::new();
         for g in index.groups.values() {
-            pin_move(&mut pins, None, g.min_segment());
+            pin_move(&mut pins, None, g.min_segment(&index.placements));
         }
         let st = State {
             index,
@@ -661,6 +678,7 @@ impl Wal {
             undo_scratch: Vec::new(),
             pin_scratch: Vec::new(),
             rr_scratch: Vec::new(),
+            unplaced_scratch: Vec::new(),
             pins,
             stats,
         };
@@ -829,7 +847,7 @@ impl Wal {
             let mut total = 0u64;
             for index in range.clone() {
                 let s = g.slot(index).expect("range checked above");
-                let (src, n) = match (&s.payload, s.loc) {
+                let (src, n) = match (&s.payload, s.loc(&st.index.placements)) {
                     (Some(p), _) => (Src::Mem(p.clone()), p.len() as u64),
                     (None, Some(loc)) => (Src::Disk(loc), loc.bytes as u64),
                     (None, None) => unreachable!("an entry without a location is always cached"),
@@ -937,7 +955,7 @@ impl Wal {
         for w in &wants {
             if let Src::Disk(l) = w.src {
                 match g.slot(w.index) {
-                    Some(s) if s.op_id == w.op_id && s.loc == Some(l) => {}
+                    Some(s) if s.op_id == w.op_id && s.loc(&st.index.placements) == Some(l) => {}
                     _ => return Ok(None),
                 }
             }
@@ -1106,7 +1124,7 @@ impl Wal {
             .groups
             .iter()
             .filter_map(|(&group, g)| {
-                let segment = g.min_segment()?;
+                let segment = g.min_segment(&st.index.placements)?;
                 (segment < st.current).then_some(PinningGroup {
                     group,
                     segment,
@@ -1140,7 +1158,7 @@ impl Wal {
                 let Some(g) = st.index.groups.get(&group) else {
                     continue;
                 };
-                match g.min_segment() {
+                match g.min_segment(&st.index.placements) {
                     Some(s) if s < st.current => {}
                     _ => continue,
                 }
@@ -1150,7 +1168,7 @@ impl Wal {
                     .map(|s| {
                         s.payload
                             .as_ref()
-                            .map_or(s.loc.map_or(0, |l| l.bytes as u64), |p| p.len() as u64)
+                            .map_or(s.bytes as u64, |p| p.len() as u64)
                     })
                     .sum();
                 if bytes > group_bytes_max {
@@ -1159,7 +1177,7 @@ impl Wal {
                 (
                     g.last_op,
                     g.marker,
-                    g.marker_seg.is_some(),
+                    g.has_marker_record(),
                     g.hard_state,
                     g.first_index(),
                     g.last_index(),
@@ -1295,6 +1313,10 @@ fn admit(
     Ok(Some(st.next_op))
 }
 
+/// Operations of a batch whose groups `accept` asks the CPU to fetch at
+/// once, ahead of applying them.
+const PREFETCH_OPS: usize = 16;
+
 /// Validates and applies a batch to the index and queues it. Operation ids
 /// are consecutive: the `k`-th op of the batch is `first_op + k`.
 ///
@@ -1307,15 +1329,46 @@ fn accept(st: &mut State, opts: &WalOptions, batch: Batch, bytes: u64) -> Result
     let mut undo = std::mem::take(&mut st.undo_scratch);
     let mut pin_moves = std::mem::take(&mut st.pin_scratch);
     let mut rr = std::mem::take(&mut st.rr_scratch);
-    debug_assert!(undo.is_empty() && pin_moves.is_empty() && rr.is_empty());
+    let mut unplaced = std::mem::take(&mut st.unplaced_scratch);
+    debug_assert!(undo.is_empty() && pin_moves.is_empty() && rr.is_empty() && unplaced.is_empty());
+    let entries: usize = batch
+        .ops
+        .iter()
+        .map(|op| match op {
+            Op::Append { entries, .. } => entries.len(),
+            _ => 0,
+        })
+        .sum();
+    let mut crcs = Vec::with_capacity(entries);
+    let cache = CacheTrim {
+        durable_op: st.durable_op,
+        keep_bytes: opts.cache_group_bytes_max,
+    };
     let mut result = Ok(());
     let mut urgent = false;
-    for (k, op) in batch.ops.iter_mut().enumerate() {
+    // Offset of the op's record from the batch's first record.
+    let mut record_at = 0u64;
+    for k in 0..batch.ops.len() {
+        if k % PREFETCH_OPS == 0 {
+            // The next appends' groups, fetched together (see
+            // `Index::prefetch_append`).
+            for op in batch.ops.iter().skip(k).take(PREFETCH_OPS) {
+                if let Op::Append { group, .. } = op {
+                    st.index.prefetch_append(*group);
+                }
+            }
+        }
+        let op = &mut batch.ops[k];
         let op_id = first_op + k as u64;
         let group = op.group();
+        let at = record_at;
         let applied = match op {
             Op::Append { entries, .. } => {
                 let first_index = entries.first().map_or(0, |e| e.index);
+                let payload_bytes = entries.iter().map(|e| e.payload.len() as u64).sum::<u64>();
+                record_at += (format::ENTRIES_FIXED_BYTES
+                    + format::ENTRY_META_BYTES * entries.len()) as u64
+                    + payload_bytes;
                 if entries
                     .iter()
                     .enumerate()
@@ -1324,10 +1377,13 @@ fn accept(st: &mut State, opts: &WalOptions, batch: Batch, bytes: u64) -> Result
                     Err(InvalidOp::NonConsecutive)
                 } else {
                     st.index
-                        .append_entries(group, op_id, entries, &mut undo)
-                        .map(|(pin, queue)| {
+                        .append_entries(group, op_id, entries, at, &mut crcs, cache, &mut undo)
+                        .map(|(pin, queue, none_placed)| {
                             if queue {
                                 rr.push(group);
+                            }
+                            if none_placed {
+                                unplaced.push(group);
                             }
                             pin
                         })
@@ -1338,24 +1394,15 @@ fn accept(st: &mut State, opts: &WalOptions, batch: Batch, bytes: u64) -> Result
             } => {
                 urgent = true;
                 *drop_all = st.index.snapshot_drops_all(group, *marker);
-                let change = Change::Snapshot {
-                    marker: *marker,
-                    seg: None,
-                };
+                let change = Change::Snapshot { marker: *marker };
                 st.index.apply(group, op_id, change, Some(&mut undo))
             }
             Op::HardState { state, .. } => {
-                let change = Change::HardState {
-                    state: *state,
-                    seg: None,
-                };
+                let change = Change::HardState { state: *state };
                 st.index.apply(group, op_id, change, Some(&mut undo))
             }
             Op::Meta { meta, .. } => {
-                let change = Change::Meta {
-                    meta: meta.clone(),
-                    seg: None,
-                };
+                let change = Change::Meta { meta: meta.clone() };
                 st.index.apply(group, op_id, change, Some(&mut undo))
             }
             Op::Remove { .. } => {
@@ -1364,10 +1411,18 @@ fn accept(st: &mut State, opts: &WalOptions, batch: Batch, bytes: u64) -> Result
                     .apply(group, op_id, Change::Remove, Some(&mut undo))
             }
         };
+        if !matches!(op, Op::Append { .. }) {
+            record_at += format::record_bytes(op);
+        }
         match applied {
             Ok((before, after)) => {
                 if before != after {
                     pin_moves.push((before, after));
+                }
+                // Its record waits for a frame and nothing else of the
+                // group is in one: look again once the batch is placed.
+                if after.is_none() && !matches!(op, Op::Append { .. } | Op::Remove { .. }) {
+                    unplaced.push(group);
                 }
             }
             Err(reason) => {
@@ -1380,7 +1435,10 @@ fn accept(st: &mut State, opts: &WalOptions, batch: Batch, bytes: u64) -> Result
         st.index.revert(std::mem::take(&mut undo));
         pin_moves.clear();
         rr.clear();
+        unplaced.clear();
     } else {
+        debug_assert_eq!(record_at, bytes);
+        st.index.unplaced.append(&mut unplaced);
         st.next_op = first_op + batch.ops.len() as u64 - 1;
         for (old, new) in pin_moves.drain(..) {
             pin_move(&mut st.pins, old, new);
@@ -1396,17 +1454,22 @@ fn accept(st: &mut State, opts: &WalOptions, batch: Batch, bytes: u64) -> Result
         if urgent {
             st.gc_urgent = true;
         }
+        // Compactions keep their groups' slot buffers (else each one
+        // regrows, and faults in, its log after every compaction).
+        st.index.commit_undo(&mut undo);
     }
     undo.clear();
     st.undo_scratch = undo;
     st.pin_scratch = pin_moves;
     st.rr_scratch = rr;
+    st.unplaced_scratch = unplaced;
     result?;
     st.stats.batches += 1;
     st.gc_dirty = true;
     st.queue_bytes += bytes;
     st.queue.push_back(Pending {
         ops: batch.ops,
+        crcs,
         first_op,
         bytes,
         last_op: st.next_op,
@@ -1688,7 +1751,8 @@ impl Inner {
 
     /// Takes queued batches into one frame: rolls the segment if needed,
     /// encodes every record, records where each entry lands. With `pipelined`
-    /// (another frame in flight) the frame goes to the I/O thread's reusable
+    /// (another frame in flight), or if it is longer than
+    /// [`DMA_FRAME_BYTES_MAX`], the frame goes to the I/O thread's reusable
     /// buffer, else into a DMA buffer for io_uring.
     async fn build_frame(&self, pipelined: bool) -> Result<Frame, WalError> {
         let first_bytes = {
@@ -1730,7 +1794,8 @@ impl Inner {
             "frame overruns segment {} at {offset}",
             seg.seq
         );
-        let mut buf = if pipelined {
+        let via_thread = pipelined || len > DMA_FRAME_BYTES_MAX;
+        let mut buf = if via_thread {
             FrameBuf::Thread(self.take_buffer(len as usize))
         } else {
             FrameBuf::Dma(seg.file.alloc_dma_buffer(len as usize))
@@ -1742,57 +1807,46 @@ impl Inner {
         let batch_seq = st.next_batch_seq;
         format::encode_frame_header(b, body as u32, seg.seq, batch_seq);
         let mut at = FRAME_HEADER_BYTES;
-        let mut offs = Vec::new();
-        let mut locs = Vec::new();
-        let durable_op = st.durable_op;
-        let cache_group_bytes_max = self.opts.cache_group_bytes_max;
         let mut entries = 0u64;
         for p in &taken {
-            for (k, op) in p.ops.iter().enumerate() {
-                let op_id = &(p.first_op + k as u64);
-                offs.clear();
-                let n = format::encode_record(&mut b[at..], seg.seq, batch_seq, op, &mut offs);
-                let (pin_old, pin_new) = match op {
-                    Op::Append { group, entries: es } => {
-                        locs.clear();
-                        locs.extend(offs.iter().map(|&(rel, bytes, crc)| Loc {
-                            segment: seg.seq,
-                            offset: offset + at as u64 + rel,
-                            bytes,
-                            crc,
-                        }));
+            // Every slot and record of the batch finds its place through
+            // this run: no group is looked up here.
+            st.index
+                .place(p.first_op, p.last_op, seg.seq, offset + at as u64);
+            let batch_at = at;
+            let mut crcs = &p.crcs[..];
+            for op in &p.ops {
+                let op_crcs = match op {
+                    Op::Append { entries: es, .. } => {
                         entries += es.len() as u64;
-                        // Also evicts the group's payloads that are durable
-                        // by now (same hash lookup).
-                        st.index.set_locations(
-                            *group,
-                            *op_id,
-                            es[0].index,
-                            &locs,
-                            durable_op,
-                            cache_group_bytes_max,
-                        )
+                        let (mine, rest) = crcs.split_at(es.len());
+                        crcs = rest;
+                        mine
                     }
-                    Op::HardState { group, .. } => {
-                        st.index.set_hard_state_segment(*group, *op_id, seg.seq)
-                    }
-                    Op::Snapshot { group, .. } => {
-                        st.index.set_marker_segment(*group, *op_id, seg.seq)
-                    }
-                    Op::Meta { group, .. } => st.index.set_meta_segment(*group, *op_id, seg.seq),
-                    Op::Remove { .. } => (None, None),
+                    _ => &[],
                 };
-                pin_move(&mut st.pins, pin_old, pin_new);
-                at += n;
+                at += format::encode_record(&mut b[at..], seg.seq, batch_seq, op, op_crcs);
             }
+            debug_assert!(crcs.is_empty());
+            debug_assert_eq!((at - batch_at) as u64, p.bytes);
         }
         debug_assert_eq!(at as u64, frame_bytes);
+        // Groups that had no record in a frame may have one now.
+        let mut moves = std::mem::take(&mut st.pin_scratch);
+        st.index.repin_unplaced(&mut moves);
+        for (old, new) in moves.drain(..) {
+            pin_move(&mut st.pins, old, new);
+        }
+        st.pin_scratch = moves;
         b[at..].fill(0);
         st.next_batch_seq += 1;
         st.write_offset = offset + len;
         st.stats.entries_written += entries;
         if pipelined {
             st.stats.pipelined_frames += 1;
+        }
+        if via_thread {
+            st.stats.thread_frames += 1;
         }
         let last_op = taken.last().expect("at least one batch").last_op;
         Ok(Frame {
@@ -2016,25 +2070,26 @@ impl Inner {
         let mut batch = Batch::new();
         let mut bytes = 0u64;
         let mut ops = Batch::new();
+        let pl = &st.index.placements;
         for (&group, g) in &st.index.groups {
-            if g.min_segment() != Some(oldest) {
+            if g.min_segment(pl) != Some(oldest) {
                 continue;
             }
             // Entries there need a disk read: left to the engine
             // (`groups_pinning_oldest`, `rewrite_groups`).
-            if g.slots.front().and_then(|s| s.loc).map(|l| l.segment) == Some(oldest) {
+            if g.front_segment(pl) == Some(oldest) {
                 continue;
             }
             ops.ops.clear();
-            if g.marker_seg == Some(oldest) {
+            if g.marker_segment(pl) == Some(oldest) {
                 ops.set_snapshot(group, g.marker);
             }
-            if g.hs_seg == Some(oldest) {
+            if g.hs_segment(pl) == Some(oldest) {
                 if let Some(hs) = g.hard_state {
                     ops.set_hard_state(group, hs);
                 }
             }
-            if g.meta_seg == Some(oldest) {
+            if g.meta_segment(pl) == Some(oldest) {
                 if let Some(meta) = &g.meta {
                     ops.set_meta(group, meta.clone());
                 }
@@ -2083,6 +2138,10 @@ impl Inner {
             let Some(seg) = st.segments.remove(&seq) else {
                 return Ok(());
             };
+            // No live record is left there (it was unpinned): forget where
+            // the batches written to it went.
+            let oldest = st.segments.keys().next().copied().unwrap_or(st.current);
+            st.index.placements.trim(oldest);
             let recycle = self.opts.recycle_segments
                 && st.spares.len() < self.opts.spare_segments_max
                 && seg.bytes == self.opts.segment_bytes;
@@ -2271,7 +2330,7 @@ fn gc_candidate(st: &State) -> Option<(u64, u64)> {
         st.index
             .groups
             .values()
-            .filter_map(|g| g.min_segment())
+            .filter_map(|g| g.min_segment(&st.index.placements))
             .any(|s| s <= oldest),
         "pin counts out of date"
     );

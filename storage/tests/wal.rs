@@ -486,6 +486,50 @@ fn pipelined_large_frames(dsync_writes: bool) {
     });
 }
 
+/// A frame larger than 1 MiB built with nothing in flight goes to the I/O
+/// thread's reusable buffers (not a fresh DMA buffer for io_uring); smaller
+/// ones still go through io_uring. One writer awaiting each write, so no
+/// frame is pipelined; both kinds read back from disk and after a reopen.
+#[test]
+fn large_frames_with_nothing_in_flight_use_the_io_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let opts = WalOptions {
+            segment_bytes: 16 << 20,
+            frame_bytes_max: 4 << 20,
+            ..small_opts()
+        };
+        let (wal, _) = Wal::open(&path, opts.clone()).await.unwrap();
+        // 300 x 4000 B: a ~1.2 MiB frame; then 10 x 4000 B: ~40 KiB.
+        let sizes = [300u64, 10, 300, 10];
+        let mut next = 1;
+        for (k, &n) in sizes.iter().enumerate() {
+            let before = wal.stats();
+            let mut b = Batch::new();
+            b.append(1, (next..next + n).map(|i| entry(1, i, 1, 4000)).collect());
+            wal.write(b).await.unwrap();
+            next += n;
+            let after = wal.stats();
+            assert_eq!(after.flushes - before.flushes, 1, "write {k}: {after:?}");
+            let by_thread = after.thread_frames - before.thread_frames;
+            assert_eq!(
+                by_thread,
+                u64::from(n == 300),
+                "write {k} of {n} entries: {after:?}"
+            );
+            assert_eq!(after.pipelined_frames, 0, "{after:?}");
+        }
+        let want: Vec<Entry> = (1..next).map(|i| entry(1, i, 1, 4000)).collect();
+        assert_eq!(all_entries(&wal, 1).await, want);
+        wal.close().await.unwrap();
+        let (wal, rec) = Wal::open(&path, no_cache(opts)).await.unwrap();
+        assert_eq!(rec.truncated_bytes, 0);
+        assert_eq!(all_entries(&wal, 1).await, want);
+        wal.close().await.unwrap();
+    });
+}
+
 /// Under sustained load (the queue is never empty, so a fresh spare's
 /// zero-fill never finishes), reclaimed segments must still be recycled
 /// instead of deleted while new ones are created (fallocated blocks make
