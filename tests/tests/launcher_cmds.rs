@@ -6,8 +6,6 @@
 
 mod launcher_support;
 
-use std::time::Duration;
-
 use launcher_support::*;
 use redis::Value::{self, Int, Nil};
 
@@ -58,13 +56,7 @@ fn status_or_bulk(v: &Value) -> String {
 #[test]
 fn extra_commands_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = cluster(dir.path(), 3, 4, &[]);
-    for n in nodes.iter_mut() {
-        n.start();
-    }
-    for n in &nodes {
-        n.wait_ready(Duration::from_secs(60));
-    }
+    let mut nodes = started_cluster(dir.path(), 3, 4, &[]);
     let mut c = nodes[0].redis();
 
     // WAIT: three voters per group, so every acknowledged write is on at

@@ -532,11 +532,8 @@ fn dump(node: &NodeProc) -> Vec<(Vec<u8>, String)> {
     let mut keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
     keys.sort();
     let q = |c: &mut redis::Connection, args: &[&[u8]]| -> Value {
-        let mut cmd = redis::cmd(std::str::from_utf8(args[0]).unwrap());
-        for a in &args[1..] {
-            cmd.arg(*a);
-        }
-        cmd.query(c)
+        to_cmd(args)
+            .query(c)
             .unwrap_or_else(|e| Value::SimpleString(format!("error {e}")))
     };
     let sorted = |v: Value| match v {
@@ -622,6 +619,23 @@ fn replicas_agree(nodes: &[NodeProc], seed: u64) {
     }
 }
 
+/// `FLOTILLA_FUZZ_SEED`, else a fixed seed.
+fn seed() -> u64 {
+    std::env::var("FLOTILLA_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_f10c)
+}
+
+/// The command of a line (name first).
+fn to_cmd<A: AsRef<[u8]>>(line: &[A]) -> redis::Cmd {
+    let mut cmd = redis::cmd(std::str::from_utf8(line[0].as_ref()).expect("ASCII name"));
+    for a in &line[1..] {
+        cmd.arg(a.as_ref());
+    }
+    cmd
+}
+
 /// The panic messages in the node's log (the log's tail is its backtrace).
 fn panics(node: &NodeProc) -> String {
     let text = std::fs::read_to_string(&node.log).unwrap_or_default();
@@ -637,23 +651,14 @@ fn panics(node: &NodeProc) -> String {
 
 #[test]
 fn random_commands_and_garbage_never_take_a_node_down() {
-    let seed: u64 = std::env::var("FLOTILLA_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_f10c);
+    let seed = seed();
     let total: usize = std::env::var("FLOTILLA_FUZZ_COMMANDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(6_000);
     eprintln!("fuzz seed {seed} ({total} commands)");
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = cluster(dir.path(), 3, 4, &[]);
-    for n in nodes.iter_mut() {
-        n.start();
-    }
-    for n in &nodes {
-        n.wait_ready(Duration::from_secs(60));
-    }
+    let mut nodes = started_cluster(dir.path(), 3, 4, &[]);
     let mut conns: Vec<redis::Connection> = nodes.iter().map(|n| n.redis()).collect();
     let table = commands(&mut conns[0]);
     assert!(
@@ -691,10 +696,7 @@ fn random_commands_and_garbage_never_take_a_node_down() {
         if recent.len() > 12 {
             recent.pop_front();
         }
-        let mut cmd = redis::cmd(std::str::from_utf8(&line[0]).expect("ASCII name"));
-        for a in &line[1..] {
-            cmd.arg(&a[..]);
-        }
+        let cmd = to_cmd(&line);
         if trace_from.is_some_and(|from| i >= from) {
             eprintln!("command {i} to node {}: {}", node.id, show(&line));
         }
@@ -833,18 +835,9 @@ fn random_commands_and_garbage_never_take_a_node_down() {
 /// within the request deadline: no command waits for a leader forever.
 #[test]
 fn every_command_answers_within_its_deadline_without_a_quorum() {
-    let seed: u64 = std::env::var("FLOTILLA_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_f10c);
+    let seed = seed();
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = cluster(dir.path(), 3, 4, &["--request-timeout-ms", "400"]);
-    for n in nodes.iter_mut() {
-        n.start();
-    }
-    for n in &nodes {
-        n.wait_ready(Duration::from_secs(60));
-    }
+    let mut nodes = started_cluster(dir.path(), 3, 4, &["--request-timeout-ms", "400"]);
     let mut c = nodes[0].redis();
     let table = commands(&mut c);
     for (i, key) in ["{t}a", "{t}b", "k0"].iter().enumerate() {
@@ -857,10 +850,7 @@ fn every_command_answers_within_its_deadline_without_a_quorum() {
     for round in 0..3 {
         for spec in &table {
             let line = command(&mut rng, spec);
-            let mut cmd = redis::cmd(&spec.name);
-            for a in &line[1..] {
-                cmd.arg(&a[..]);
-            }
+            let cmd = to_cmd(&line);
             let t0 = std::time::Instant::now();
             let answer = cmd.query::<Value>(&mut c);
             let took = t0.elapsed();
@@ -885,10 +875,7 @@ fn every_command_answers_within_its_deadline_without_a_quorum() {
         }
         for _ in 0..20 {
             let line = blocking(&mut rng);
-            let mut cmd = redis::cmd(std::str::from_utf8(&line[0]).unwrap());
-            for a in &line[1..] {
-                cmd.arg(&a[..]);
-            }
+            let cmd = to_cmd(&line);
             let t0 = std::time::Instant::now();
             let _ = cmd.query::<Value>(&mut c);
             assert!(

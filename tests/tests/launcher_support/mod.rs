@@ -309,6 +309,18 @@ pub fn cluster(dir: &Path, n: u64, kv_groups: u32, extra: &[&str]) -> Vec<NodePr
         .collect()
 }
 
+/// [`cluster`], started, every node ready.
+pub fn started_cluster(dir: &Path, n: u64, kv_groups: u32, extra: &[&str]) -> Vec<NodeProc> {
+    let mut nodes = cluster(dir, n, kv_groups, extra);
+    for node in nodes.iter_mut() {
+        node.start();
+    }
+    for node in &nodes {
+        node.wait_ready(Duration::from_secs(60));
+    }
+    nodes
+}
+
 /// One HTTP/1.1 request over a plain socket; returns (status, body).
 pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("http connect");
