@@ -994,6 +994,17 @@ impl Driver {
         node: NodeId,
         addr: SocketAddr,
     ) -> Result<(), RequestError> {
+        // The common case in O(1): the transport already routes `node`
+        // there. Only a different (or no) address scans the memberships
+        // (starting 10,000 groups must not be quadratic).
+        let routed = self
+            .transport
+            .registry()
+            .node(transport::NodeId(node.0))
+            .and_then(|a| a.base);
+        if routed == Some(addr) {
+            return Ok(());
+        }
         match self.known_address(node) {
             Some(known) if known != addr => Err(RequestError::AddressConflict {
                 group,
