@@ -73,17 +73,6 @@ struct Outcome {
     cpu_rx: Duration,
 }
 
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec we pass.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
 fn executor(cpu: usize, name: &str) -> LocalExecutorBuilder {
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
     LocalExecutorBuilder::new(Placement::Fixed(cpu % ncpu))
@@ -140,7 +129,7 @@ fn run_case(case: Case) -> Outcome {
                 .send(ts.iter().map(|t| t.local_addr()).collect::<Vec<_>>())
                 .unwrap();
             reg.set_shard_addr(SENDER, wait_for(&sender_addr_rx).await);
-            let cpu_start = thread_cpu();
+            let cpu_start = flotilla_benches::thread_cpu_time();
             let mut got = 0u64;
             let mut bytes = 0u64;
             let mut first = None;
@@ -182,7 +171,7 @@ fn run_case(case: Case) -> Outcome {
                     target = written;
                 }
             }
-            let cpu = thread_cpu() - cpu_start;
+            let cpu = flotilla_benches::thread_cpu_time() - cpu_start;
             let elapsed = last - first.unwrap_or(last);
             let frames = ts
                 .iter()
@@ -221,7 +210,7 @@ fn run_case(case: Case) -> Outcome {
             for (p, addr) in peers.iter().zip(wait_for(&addr_rx).await) {
                 reg.set_shard_addr(*p, addr);
             }
-            let cpu_start = thread_cpu();
+            let cpu_start = flotilla_benches::thread_cpu_time();
             let payload = Bytes::from(vec![0xA5u8; case.size]);
             let mut sent = 0u64;
             'produce: while sent < case.messages {
@@ -268,7 +257,7 @@ fn run_case(case: Case) -> Outcome {
                 }
                 glommio::timer::sleep(Duration::from_millis(1)).await;
             };
-            let cpu = thread_cpu() - cpu_start;
+            let cpu = flotilla_benches::thread_cpu_time() - cpu_start;
             let _ = done_tx.send(written); // the receiver may be done already
             glommio::timer::sleep(Duration::from_millis(20)).await;
             t.shutdown().await;

@@ -85,20 +85,6 @@ fn thread_cpu() -> Duration {
         .unwrap_or_default()
 }
 
-/// CPU time this thread has run, from `clock_gettime(CLOCK_THREAD_CPUTIME_ID)`
-/// (one system call, cheaper than the procfs read: used around every batch
-/// the throughput runs build).
-fn thread_cpu_fast() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the call.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
 /// The 1-minute load average, to print next to the figures.
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -359,9 +345,9 @@ async fn wal_run(
             continue;
         }
         while running && inflight.len() < depth {
-            let t0 = thread_cpu_fast();
+            let t0 = flotilla_benches::thread_cpu_time();
             let b = next_batch(load);
-            build += thread_cpu_fast() - t0;
+            build += flotilla_benches::thread_cpu_time() - t0;
             let w = wal.clone();
             let t = Instant::now();
             inflight.push_back((
