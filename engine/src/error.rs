@@ -1,7 +1,7 @@
 //! The errors of requests to a group: proposals, reads and membership
 //! operations. One enum at the crate edge; variants carry data.
 
-use flotilla_rsm::{ApplyError, QueryError};
+use flotilla_rsm::{ApplyError, KvError, QueryError};
 
 use crate::raft::{GroupId, NodeId, ProposeError};
 
@@ -110,6 +110,16 @@ pub enum RequestError {
         group: GroupId,
         /// What failed.
         message: String,
+    },
+    /// The KV state machine answered with an error, the same on every
+    /// replica (a value over the size limit, a read of a key holding a
+    /// list as a string, ...): the store is unchanged.
+    #[error("group {group}: {error}")]
+    Kv {
+        /// The group.
+        group: GroupId,
+        /// The KV error.
+        error: KvError,
     },
     /// The request gives a node another raft address than the groups
     /// hosted here give it. A node has one address for all its groups: a

@@ -157,9 +157,10 @@ impl KvClient {
     ) -> Result<(), HostError> {
         let key = key.into();
         let group = self.group_for(&key);
-        self.execute(group, &KvCommand::put(key, value))
-            .await
-            .map(|_| ())
+        match self.execute(group, &KvCommand::put(key, value)).await? {
+            KvResult::Put { .. } | KvResult::Ok => Ok(()),
+            other => Err(unexpected(group, &other)),
+        }
     }
 
     /// The value of `key`.
@@ -198,7 +199,15 @@ fn decode(group: GroupId, answer: Bytes) -> Result<KvResult, HostError> {
     })
 }
 
+/// A result of the wrong kind: the state machine's own error as
+/// [`RequestError::Kv`]; any other kind is a bug (logged).
 fn unexpected(group: GroupId, got: &KvResult) -> HostError {
+    if let KvResult::Error(error) = got {
+        return HostError::Request(RequestError::Kv {
+            group,
+            error: *error,
+        });
+    }
     tracing::error!(group = group.0, ?got, "unexpected KV result kind");
     HostError::Request(RequestError::Query {
         group,

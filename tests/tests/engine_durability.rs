@@ -153,3 +153,50 @@ fn turns_larger_than_a_wal_batch_keep_each_log_contiguous() {
     }
     c.shutdown();
 }
+
+/// The KV client's helpers report the state machine's own errors as
+/// `RequestError::Kv` (a `put` of an oversized key used to return `Ok`
+/// although nothing was stored; a `get` of a list was `Query Unsupported`).
+#[test]
+fn kv_helpers_report_the_state_machines_errors() {
+    use flotilla::RequestError;
+    use flotilla_rsm::{KvCommand, KvError, KvResult, TypedCommand};
+
+    let (_c, _nodes, kv) = one_group();
+    let group = GroupId(1);
+    let huge_key = vec![b'k'; flotilla_rsm::kv::KEY_BYTES_MAX + 1];
+    match block_on(kv.put(huge_key.clone(), b("v"))) {
+        Err(HostError::Request(RequestError::Kv {
+            group: g,
+            error: KvError::KeyTooLarge,
+        })) => assert_eq!(g, group),
+        other => panic!("put of an oversized key: {other:?}"),
+    }
+    assert!(matches!(
+        block_on(kv.get(huge_key)),
+        Err(HostError::Request(RequestError::Kv {
+            error: KvError::KeyTooLarge,
+            ..
+        })) | Ok(None)
+    ));
+    let push = KvCommand::Typed(TypedCommand::ListPush {
+        key: b("list"),
+        left: false,
+        only_existing: false,
+        values: vec![b("a")],
+    });
+    assert_eq!(
+        retry(WITHIN, "push", || block_on(kv.execute(group, &push))),
+        KvResult::Len(1)
+    );
+    match block_on(kv.get(b("list"))) {
+        Err(HostError::Request(RequestError::Kv {
+            error: KvError::WrongType,
+            ..
+        })) => {}
+        other => panic!("get of a list: {other:?}"),
+    }
+    // The store is unchanged by the refused put; ordinary use works.
+    block_on(kv.put(b("s"), b("1"))).unwrap();
+    assert_eq!(block_on(kv.get(b("s"))).unwrap(), Some(b("1")));
+}

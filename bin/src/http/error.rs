@@ -133,6 +133,7 @@ fn from_request(r: RequestError, message: String) -> ApiError {
         RequestError::Remote { .. } => {
             ApiError::new(StatusCode::CONFLICT, "leader_refused", message)
         }
+        RequestError::Kv { error, .. } => ApiError::from(error),
         RequestError::Rejected(p) => match p {
             P::Busy { .. } | P::TooManyReads { .. } | P::TransferInProgress { .. } => {
                 ApiError::new(unavailable, "busy", message)

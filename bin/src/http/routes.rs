@@ -526,10 +526,45 @@ async fn scan(state: &HttpState, params: &Params) -> ApiResult {
         }
     }
     let (entries, next) = merge_scans(parts, limit as usize);
-    let entries: Vec<Value> = entries
+    // A list, set, hash, ... (made through the Redis protocol) scans as an
+    // empty value: name its type instead (one more read per such key).
+    let kinds: Vec<_> = entries
         .iter()
-        .map(|(k, v)| entry_json(k, if keys_only { None } else { Some(v) }))
+        .map(|(k, v)| {
+            (!keys_only && v.is_empty()).then(|| {
+                let (kv, key) = (kv.clone(), k.clone());
+                glommio::spawn_local(async move {
+                    let group = kv.group_for(&key);
+                    kv.query(group, &KvQuery::Describe { key }).await
+                })
+            })
+        })
         .collect();
+    let mut out = Vec::with_capacity(entries.len());
+    for ((k, v), kind) in entries.iter().zip(kinds) {
+        let kind = match kind {
+            None => None,
+            Some(task) => match task.await? {
+                KvResult::Items(items) => items.into_iter().next(),
+                KvResult::Error(e) => return Err(e.into()),
+                other => return Err(unexpected_result(other)),
+            },
+        };
+        let mut entry = match &kind {
+            Some(t) if t.as_ref() != b"string" => entry_json(k, None),
+            _ => entry_json(k, if keys_only { None } else { Some(v) }),
+        };
+        if let (Some(t), Value::Object(obj)) = (kind, &mut entry) {
+            if t.as_ref() != b"string" {
+                obj.insert(
+                    "type".into(),
+                    Value::String(String::from_utf8_lossy(&t).into_owned()),
+                );
+            }
+        }
+        out.push(entry);
+    }
+    let entries = out;
     Ok(json_response(
         StatusCode::OK,
         &json!({ "entries": entries, "next": opt_bytes_json(next.as_ref()) }),

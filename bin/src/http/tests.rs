@@ -217,6 +217,15 @@ fn engine_errors_map_to_stable_codes_and_statuses() {
         (StatusCode::CONFLICT, "wrong_type"),
         "a GET of a list key is the client's mistake, not a 500"
     );
+    // The same error through the engine (`KvClient` helpers) maps the same.
+    let api = ApiError::from(HostError::Request(RequestError::Kv {
+        group: g,
+        error: flotilla_rsm::KvError::KeyTooLarge,
+    }));
+    assert_eq!(
+        (api.status, api.code),
+        (StatusCode::BAD_REQUEST, "key_too_large")
+    );
 }
 
 // ------------------------------------------------------------ Prometheus
@@ -844,6 +853,24 @@ fn kv_routes_on_one_node() {
     assert_eq!(
         a.json()["entries"],
         json!([{"key": "Ymlu", "value": base64(&binary), "encoding": "base64"}])
+    );
+    // A list (made through the Redis protocol) scans with its type, no
+    // value; an empty string keeps its empty value.
+    let groups: Vec<GroupId> = KV_GROUPS.iter().map(|g| GroupId(*g)).collect();
+    let kv = KvClient::new(c.nodes[0].host.clone(), groups).unwrap();
+    let push = flotilla_rsm::KvCommand::Typed(flotilla_rsm::TypedCommand::ListPush {
+        key: Bytes::from_static(b"typed/list"),
+        left: false,
+        only_existing: false,
+        values: vec![Bytes::from_static(b"x")],
+    });
+    let group = kv.group_for(b"typed/list");
+    futures_lite::future::block_on(kv.execute(group, &push)).unwrap();
+    assert_eq!(call(h, "PUT", "/kv/typed%2Fempty", b"").status, 200);
+    let a = call(h, "GET", "/kv?prefix=typed/", b"");
+    assert_eq!(
+        a.json()["entries"],
+        json!([{"key": "typed/empty", "value": ""}, {"key": "typed/list", "type": "list"}])
     );
     call(h, "GET", "/kv?limit=0", b"").expect_error(400, "bad_request");
     call(h, "GET", "/kv?limit=many", b"").expect_error(400, "bad_request");
