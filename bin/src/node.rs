@@ -251,6 +251,12 @@ pub fn start(cfg: &NodeConfig) -> Result<RunningNode, StartError> {
         .map_err(|e| StartError::Config(e.to_string()))?;
     check_data_dir(&cfg.data_dir)?;
     check_kv_groups(&cfg.data_dir, cfg.kv_groups)?;
+    info!(
+        node = cfg.node_id,
+        shards = cfg.shards,
+        data_dir = %cfg.data_dir.display(),
+        "node starting"
+    );
     // Client listeners first (kept), raft ports probed: the shards bind
     // those themselves (exclusively, see the transport), and waiting here
     // for a port still held by an earlier run fails with one clear error

@@ -695,6 +695,15 @@ pub(crate) async fn recover(dir: &Path, opts: &WalOptions) -> Result<Recovered, 
     }
     if seqs.is_empty() {
         let index = Index::default();
+        // The first segment is zero-filled before anything is served (up
+        // to a second for 64 MiB; longer on a busy disk): say so, or a
+        // slow first start looks like a hang with an empty log.
+        tracing::info!(
+            dir = %dir.display(),
+            segment_bytes = opts.segment_bytes,
+            prefill = opts.prefill_segments,
+            "new wal: creating its first segment"
+        );
         let seg = create_segment(dir, 1, opts).await?;
         let mut segments = BTreeMap::new();
         segments.insert(1, seg);

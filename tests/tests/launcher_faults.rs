@@ -44,7 +44,6 @@ use flotilla_tests::checker::{
 };
 use launcher_support::*;
 
-const READY: Duration = Duration::from_secs(60);
 const CLIENTS: u64 = 6;
 const KEYS: u64 = 10;
 /// Every epoch the clients move to ten fresh keys, so that one key's

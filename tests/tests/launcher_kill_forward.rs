@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use launcher_support::*;
 
-const READY: Duration = Duration::from_secs(30);
 const CLIENTS: usize = 12;
 
 /// Three nodes (6 groups, leaders balanced every 500 ms), started and

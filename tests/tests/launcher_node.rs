@@ -14,8 +14,6 @@ use std::time::Duration;
 use launcher_support::*;
 use redis::Commands;
 
-const READY: Duration = Duration::from_secs(30);
-
 #[test]
 fn three_nodes_serve_the_redis_protocol() {
     let dir = tempfile::tempdir().unwrap();

@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 
 use launcher_support::*;
 
-const READY: Duration = Duration::from_secs(30);
-
 /// The node id leading KV group 1, as node `n` sees it.
 fn leader_of_group_1(n: &NodeProc) -> Option<u64> {
     let mut c = n.redis();

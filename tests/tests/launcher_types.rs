@@ -18,7 +18,7 @@ fn ready_cluster(dir: &std::path::Path) -> Vec<NodeProc> {
         n.start();
     }
     for n in &nodes {
-        n.wait_ready(Duration::from_secs(60));
+        n.wait_ready(READY);
     }
     nodes
 }

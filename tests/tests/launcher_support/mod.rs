@@ -63,6 +63,17 @@ pub fn flotilla_bin() -> PathBuf {
     .clone()
 }
 
+/// How long a started node may take to answer PING and accept a write of
+/// every group. A fresh node writes its first WAL segment full of zeros
+/// before it serves; twelve nodes starting at once on a slow CI disk took
+/// long enough that 30 s failed once (with nothing in the node's log yet).
+pub const READY: Duration = Duration::from_secs(60);
+
+/// WAL segment size of test nodes: 8 MiB instead of the default 64 MiB, so
+/// that a fresh node zero-fills (and prepares as its spare) 16 MiB, not
+/// 128 MiB, and a dozen nodes starting at once do not queue on the disk.
+pub const TEST_WAL_SEGMENT_BYTES: u64 = 8 << 20;
+
 /// A free loopback port (bound and released; another process could take it
 /// in between, which is unlikely in practice).
 ///
@@ -203,14 +214,20 @@ impl NodeProc {
                         .get_connection_with_timeout(Duration::from_millis(500))
                         .ok()
                 })
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c).ok());
+                .and_then(|mut c| {
+                    // A node that listens but does not serve yet must not
+                    // hold this loop past its deadline.
+                    c.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+                    redis::cmd("PING").query::<String>(&mut c).ok()
+                });
             if pong.is_some() {
                 break;
             }
             assert!(
                 start.elapsed() < deadline,
-                "node {} did not answer on {resp} within {deadline:?}; its log:\n{}",
+                "node {} did not answer on {resp} within {deadline:?}; {}\nits log:\n{}",
                 self.id,
+                self.diagnosis(),
                 self.log_tail()
             );
             std::thread::park_timeout(Duration::from_millis(50));
@@ -228,6 +245,57 @@ impl NodeProc {
                     .ok()
             },
         );
+    }
+
+    /// What the process is doing, for a node that does not get ready:
+    /// whether it runs, each thread's state and kernel wait channel, and
+    /// its data directory's files (a WAL segment still being zero-filled
+    /// shows as a `.tmp`).
+    pub fn diagnosis(&self) -> String {
+        let Some(child) = &self.child else {
+            return "not started".into();
+        };
+        let pid = child.id();
+        let proc = PathBuf::from(format!("/proc/{pid}"));
+        let mut out = String::new();
+        match std::fs::read_dir(proc.join("task")) {
+            Err(e) => out.push_str(&format!("process {pid} is gone ({e})")),
+            Ok(tasks) => {
+                out.push_str(&format!("process {pid} threads:"));
+                for task in tasks.flatten() {
+                    let read = |f: &str| {
+                        std::fs::read_to_string(task.path().join(f))
+                            .unwrap_or_default()
+                            .trim()
+                            .to_string()
+                    };
+                    // stat: "tid (comm) state ..."
+                    let stat = read("stat");
+                    let state = stat
+                        .rsplit_once(')')
+                        .map(|(_, rest)| rest.split_whitespace().next().unwrap_or("?"))
+                        .unwrap_or("?");
+                    out.push_str(&format!(
+                        "\n  {} {}: {state} in {}",
+                        task.file_name().to_string_lossy(),
+                        read("comm"),
+                        read("wchan")
+                    ));
+                }
+            }
+        }
+        out.push_str(&format!("\ndata dir {}:", self.data_dir.display()));
+        let mut dirs = vec![self.data_dir.clone()];
+        while let Some(dir) = dirs.pop() {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                match e.metadata() {
+                    Ok(m) if m.is_dir() => dirs.push(e.path()),
+                    Ok(m) => out.push_str(&format!("\n  {} {}", e.path().display(), m.len())),
+                    Err(_) => {}
+                }
+            }
+        }
+        out
     }
 
     /// kill -9.
@@ -293,6 +361,8 @@ pub fn cluster(dir: &Path, n: u64, kv_groups: u32, extra: &[&str]) -> Vec<NodePr
                 kv_groups.to_string(),
                 "--io-memory-bytes".into(),
                 (1 << 20).to_string(),
+                "--wal-segment-bytes".into(),
+                TEST_WAL_SEGMENT_BYTES.to_string(),
             ];
             args.extend(extra.iter().map(|s| s.to_string()));
             NodeProc {
@@ -316,7 +386,7 @@ pub fn started_cluster(dir: &Path, n: u64, kv_groups: u32, extra: &[&str]) -> Ve
         node.start();
     }
     for node in &nodes {
-        node.wait_ready(Duration::from_secs(60));
+        node.wait_ready(READY);
     }
     nodes
 }
