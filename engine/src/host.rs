@@ -845,6 +845,56 @@ impl NodeHost {
         .await
     }
 
+    /// Waits until this node's replica of `group` has applied past index
+    /// `after`; returns its applied index then (at once if it already has).
+    /// A caller that waits for the state machine to change (a blocked
+    /// `BLPOP`) reads what it needs with [`ReadConsistency::Stale`] after
+    /// each answer and waits again with the index it got: a change applied
+    /// in between answers the next wait at once, so none is missed, and
+    /// nothing polls. `after = 0` asks for the current index (of a replica
+    /// that applied anything).
+    ///
+    /// # Errors
+    /// [`HostError::Timeout`] when nothing is applied within `deadline`
+    /// (the usual outcome on an idle group); [`HostError::ShuttingDown`];
+    /// [`RequestError::GroupNotFound`]; `Rejected(TooManyReads)` when
+    /// `reads_pending_max` callers wait already.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(host: &flotilla::NodeHost) -> Result<(), flotilla::HostError> {
+    /// use std::time::Duration;
+    /// let g = flotilla::GroupId(1);
+    /// let now = host.wait_applied(g, 0, Duration::from_secs(1)).await?;
+    /// // ... read the state machine (stale reads see at least `now`) ...
+    /// match host.wait_applied(g, now, Duration::from_secs(1)).await {
+    ///     Ok(later) => assert!(later > now),
+    ///     Err(flotilla::HostError::Timeout(_)) => {} // nothing changed
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait_applied(
+        &self,
+        group: GroupId,
+        after: u64,
+        deadline: Duration,
+    ) -> Result<u64, HostError> {
+        let (reply, rx) = oneshot::channel();
+        self.request(
+            self.shard_for(group),
+            ShardRequest::WaitApplied {
+                group,
+                after,
+                reply,
+            },
+            rx,
+            deadline,
+        )
+        .await?
+        .map_err(HostError::Request)
+    }
+
     /// Runs a task on shard `shard`'s executor: `make` is called on the
     /// shard's thread and the future it returns is spawned there, in a task
     /// queue of its own (half the raft queue's share when both are busy).

@@ -133,3 +133,63 @@ fn sixty_four_groups_replicate_forward_read_and_quiesce() {
     );
     c.shutdown();
 }
+
+/// `NodeHost::wait_applied`: answers at once when the replica has applied
+/// past the index, else at the first apply past it (a write through another
+/// node, applied on this follower), else times out; an unknown group is an
+/// error.
+#[test]
+fn wait_applied_wakes_on_a_follower_when_a_write_through_another_node_applies() {
+    flotilla_tests::init_logs();
+    // No leader balancing: a hand-over's no-op would wake the waiter early.
+    let mut c = Cluster::with(3, 1, |cfg| cfg.leader_balance_interval = Duration::ZERO);
+    c.start_all();
+    let nodes = c.running();
+    let g = GroupId(9);
+    c.start_groups(&[g], &nodes);
+    let leader = c.wait_leader(g, WITHIN);
+    let follower = *nodes.iter().find(|n| **n != leader).unwrap();
+    let kv = c.kv(leader, &[g]);
+    retry(WITHIN, "first write", || {
+        block_on(kv.execute(g, &flotilla_rsm::KvCommand::put(b("a"), b("1"))))
+    });
+    // The follower has applied the write (it learns of the commit with the
+    // leader's next message): nothing is left to apply.
+    let mut local = c.kv(follower, &[g]);
+    local.consistency = ReadConsistency::Stale;
+    let get_a = || block_on(local.query(g, &flotilla_rsm::KvQuery::Get { key: b("a") })).unwrap();
+    let start = Instant::now();
+    while get_a() != flotilla_rsm::KvResult::Value(Some(b("1"))) {
+        assert!(
+            start.elapsed() < WITHIN,
+            "the follower never applied the write"
+        );
+        std::thread::park_timeout(Duration::from_millis(10));
+    }
+    let host = c.host(follower).clone();
+    let now = retry(WITHIN, "the follower's applied index", || {
+        block_on(host.wait_applied(g, 0, WITHIN))
+    });
+    assert!(now > 0, "the follower applied the leader's entries");
+    // Nothing new: the wait runs out.
+    match block_on(host.wait_applied(g, now + 100, Duration::from_millis(200))) {
+        Err(flotilla::HostError::Timeout(_)) => {}
+        other => panic!("an idle group answered {other:?}"),
+    }
+    let waiter = {
+        let host = host.clone();
+        std::thread::spawn(move || block_on(host.wait_applied(g, now, WITHIN)))
+    };
+    std::thread::park_timeout(Duration::from_millis(100));
+    assert!(!waiter.is_finished(), "woken before anything was applied");
+    block_on(kv.execute(g, &flotilla_rsm::KvCommand::put(b("a"), b("2")))).unwrap();
+    let woken = waiter.join().unwrap().expect("woken by the apply");
+    assert!(woken > now, "{woken} > {now}");
+    // The write is visible to a stale read on the follower from then on.
+    assert_eq!(get_a(), flotilla_rsm::KvResult::Value(Some(b("2"))));
+    match block_on(host.wait_applied(GroupId(4242), 0, WITHIN)) {
+        Err(flotilla::HostError::Request(flotilla::RequestError::GroupNotFound { .. })) => {}
+        other => panic!("an unknown group answered {other:?}"),
+    }
+    c.shutdown();
+}

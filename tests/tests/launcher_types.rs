@@ -473,6 +473,18 @@ fn blocked_clients(c: &mut redis::Connection) -> u64 {
         .unwrap_or_else(|| panic!("no blocked_clients in {info}"))
 }
 
+/// `blocking_looks` of a node's `INFO stats`.
+fn blocking_looks(c: &mut redis::Connection) -> u64 {
+    let info = match q(c, &["INFO", "stats"]) {
+        Value::BulkString(b) => String::from_utf8(b).unwrap(),
+        other => panic!("INFO stats: {other:?}"),
+    };
+    info.lines()
+        .find_map(|l| l.strip_prefix("blocking_looks:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no blocking_looks in {info}"))
+}
+
 /// BLPOP, BRPOP, BZPOPMIN/MAX, BLMOVE and BRPOPLPUSH through the binary: an
 /// element already there comes at once, a blocked client wakes on a push
 /// made through another node, one element goes to one of two blocked
@@ -557,7 +569,15 @@ fn blocking_pops_end_to_end() {
             .collect()
     };
     let before = last_indexes();
+    let looks_before = blocking_looks(&mut c);
     assert_eq!(q(&mut c, &["BLPOP", "idle", "3.5"]), Nil);
+    // Woken by its group's applies, not by a timer: about one look a
+    // second on an idle key (polling with a 100 ms backoff made ~40).
+    let looks = blocking_looks(&mut c) - looks_before;
+    assert!(
+        looks <= 10,
+        "{looks} looks at an idle key in 3.5 s: the blocked client polls"
+    );
     std::thread::park_timeout(Duration::from_millis(300));
     let grown = last_indexes()
         .iter()

@@ -1,16 +1,18 @@
 //! Blocking list and sorted-set pops: `BLPOP`, `BRPOP`, `BLMOVE`,
 //! `BRPOPLPUSH`, `BZPOPMIN`, `BZPOPMAX`.
 //!
-//! A blocked connection waits on its own, by polling:
+//! A blocked connection waits on its own, woken by its keys' groups:
 //!
 //! ```text
 //!  pop through the log ─► got one? answer [key, value]
 //!        │ no
 //!        ▼
-//!  sleep (1 ms, doubling to 100 ms), watching the client and shutdown
+//!  wait until a key's group applies something on this node
+//!  (NodeHost::wait_applied; at most one look per 2 ms), watching the
+//!  client, shutdown and the timeout
 //!        ▼
-//!  read of each key's length (no log entry; local and stale, once a
-//!  second linearizable) ─► all empty? sleep again
+//!  read of that group's keys' lengths on this node's replica (no log
+//!  entry) ─► all empty? wait again, from the index just seen
 //!        │ one is not
 //!        ▼
 //!  pop through the log ...                 ... until the timeout: nil array
@@ -18,10 +20,13 @@
 //!
 //! Every pop is an ordinary replicated write, so what a blocked client gets
 //! is exactly what `LPOP` would have given it at that point of the log; the
-//! length checks only save log entries while the lists stay empty (the
-//! local replica can lag, so once a second the check is a linearizable
-//! read through the leader: a blocked client adds no log entry while its
-//! lists stay empty).
+//! length checks only save log entries while the lists stay empty. Each
+//! wait starts from the applied index the last look saw, so a push applied
+//! between a look and the next wait answers that wait at once: no push is
+//! missed, and nothing polls (a push through any node wakes the client
+//! when this node's replica applies it, about a millisecond). The local
+//! replica can lag (cut off from its leader), so once a second the look is
+//! a linearizable read through the leader instead.
 //! Unlike Redis, clients blocked on one key are not served in the order
 //! they blocked: whoever polls first after a push wins.
 //!
@@ -41,10 +46,13 @@ use glommio::net::TcpStream;
 use super::command::{outcome_reply, Conn, Shared};
 use super::reply::Reply;
 
-/// First wait between two attempts; it doubles up to [`POLL_MAX`].
-const POLL_MIN: Duration = Duration::from_millis(1);
-/// Longest wait between two looks at the keys.
-const POLL_MAX: Duration = Duration::from_millis(100);
+/// Shortest time between two looks at the keys that applies woke: under a
+/// stream of writes to the keys' groups, a blocked client looks at most
+/// this often.
+const LOOK_GAP_MIN: Duration = Duration::from_millis(2);
+/// How often the keys of a group whose applies cannot be waited for (the
+/// wait failed) are looked at instead.
+const POLL_FALLBACK: Duration = Duration::from_millis(100);
 /// The length check is a linearizable read at least this often (the local
 /// replica may lag behind the leader).
 const CONFIRMED_LOOK_EVERY: Duration = Duration::from_secs(1);
@@ -285,6 +293,9 @@ enum Woke {
     Timer,
     Input(std::io::Result<usize>),
     Stop,
+    /// The `i`th watched group applied something (its applied index), or
+    /// its wait failed.
+    Applied(usize, Result<u64, HostError>),
 }
 
 /// Runs a blocking command to its answer. `None` if the client left or the
@@ -304,7 +315,16 @@ pub async fn run(
             return Some(super::command::crossslot());
         }
     }
-    let mut wait = POLL_MIN;
+    // Each group of the keys once, with the applied index its keys were
+    // last looked at (0: not yet); `None` while its wake-up cannot be
+    // waited for (its keys are polled instead).
+    let mut watched: Vec<(GroupId, Option<u64>)> = Vec::new();
+    for g in &groups {
+        if !watched.iter().any(|(w, _)| w == g) {
+            watched.push((*g, Some(0)));
+        }
+    }
+    let mut last_look = started;
     let mut last_look_confirmed = started;
     let mut scratch = vec![0u8; 16 << 10];
     // The first round pops without looking: most blocking pops find an
@@ -323,15 +343,24 @@ pub async fn run(
                 Err(e) => return Some(outcome_reply(Err(e))),
             }
         }
-        // Nothing to pop: wait, then look again.
-        let mut next_look = Instant::now() + wait;
+        // Nothing to pop: wait for a change, then look again.
         loop {
+            // Under a stream of writes to the keys' groups, look at most
+            // once per gap (a change meanwhile answers the next wait at
+            // once, so the gap delays, never loses, a wake-up).
+            let gap = (last_look + LOOK_GAP_MIN).saturating_duration_since(Instant::now());
+            if !gap.is_zero() {
+                glommio::timer::sleep(gap).await;
+            }
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
                 return Some(Reply::NilArray);
             }
-            // Input from the client does not postpone the next look.
-            let until = deadline.map_or(next_look, |d| next_look.min(d));
+            let mut next_timed = last_look_confirmed + CONFIRMED_LOOK_EVERY;
+            if watched.iter().any(|(_, after)| after.is_none()) {
+                next_timed = next_timed.min(last_look + POLL_FALLBACK);
+            }
+            let until = deadline.map_or(next_timed, |d| next_timed.min(d));
             let nap = until.saturating_duration_since(now);
             let woke = futures_lite::future::or(
                 async {
@@ -340,14 +369,19 @@ pub async fn run(
                 },
                 futures_lite::future::or(
                     async { Woke::Input(client.stream.read(&mut scratch).await) },
-                    async {
-                        let _ = client.stop.recv_async().await;
-                        Woke::Stop
-                    },
+                    futures_lite::future::or(
+                        async {
+                            let _ = client.stop.recv_async().await;
+                            Woke::Stop
+                        },
+                        // The timer above ends the wait first.
+                        applied(shared, &watched, nap + Duration::from_secs(1)),
+                    ),
                 ),
             )
             .await;
-            match woke {
+            // Which keys to look at, and how.
+            let (look, consistency): (Vec<usize>, ReadConsistency) = match woke {
                 Woke::Input(Ok(n)) if n > 0 => {
                     if client.input.len() + n > PENDING_INPUT_MAX {
                         return None;
@@ -356,19 +390,37 @@ pub async fn run(
                     continue;
                 }
                 Woke::Input(_) | Woke::Stop => return None,
-                Woke::Timer => {}
-            }
-            wait = (wait * 2).min(POLL_MAX);
-            next_look = Instant::now() + wait;
-            // The local replica can lag: once a second the lengths are
-            // read linearizably instead (through the leader, no log entry).
-            let consistency = if last_look_confirmed.elapsed() >= CONFIRMED_LOOK_EVERY {
-                last_look_confirmed = Instant::now();
-                ReadConsistency::Linearizable
-            } else {
-                ReadConsistency::Stale
+                Woke::Applied(w, Ok(index)) => {
+                    let group = watched[w].0;
+                    watched[w].1 = Some(index);
+                    let keys = (0..b.keys.len()).filter(|&i| groups[i] == group);
+                    (keys.collect(), ReadConsistency::Stale)
+                }
+                Woke::Applied(_, Err(HostError::Timeout(_))) => continue,
+                Woke::Applied(w, Err(e)) => {
+                    tracing::debug!(group = watched[w].0 .0, error = %e, "cannot wait for applies: polling the group's keys");
+                    watched[w].1 = None;
+                    continue;
+                }
+                Woke::Timer => {
+                    // The local replica can lag: once a second the lengths
+                    // are read linearizably (through the leader, no log
+                    // entry); waits that failed are tried again then.
+                    let consistency = if last_look_confirmed.elapsed() >= CONFIRMED_LOOK_EVERY {
+                        last_look_confirmed = Instant::now();
+                        for (_, after) in watched.iter_mut() {
+                            after.get_or_insert(0);
+                        }
+                        ReadConsistency::Linearizable
+                    } else {
+                        ReadConsistency::Stale
+                    };
+                    ((0..b.keys.len()).collect(), consistency)
+                }
             };
-            candidates = match nonempty(&b, &groups, conn, consistency).await {
+            last_look = Instant::now();
+            shared.blocking_looks.fetch_add(1, Ordering::Relaxed);
+            candidates = match nonempty(&b, &groups, &look, conn, consistency).await {
                 Ok(c) => c,
                 Err(reply) => return Some(reply),
             };
@@ -379,20 +431,42 @@ pub async fn run(
     }
 }
 
-/// The keys (by position) that hold an element, read with `consistency`
-/// (stale: this node's replica; linearizable: confirmed by the leader); no
-/// log entry either way. A key of the wrong type is the command's error,
-/// as in Redis.
+/// Waits until one of the `watched` groups (those with an index) applies
+/// past its index on this node; pending for ever if none has one.
+async fn applied(shared: &Shared, watched: &[(GroupId, Option<u64>)], deadline: Duration) -> Woke {
+    let waits: Vec<_> = watched
+        .iter()
+        .enumerate()
+        .filter_map(|(w, (group, after))| {
+            let after = (*after)?;
+            let host = &shared.host;
+            Some(Box::pin(async move {
+                Woke::Applied(w, host.wait_applied(*group, after, deadline).await)
+            }))
+        })
+        .collect();
+    if waits.is_empty() {
+        return futures_lite::future::pending().await;
+    }
+    futures::future::select_all(waits).await.0
+}
+
+/// The keys among `look` (by position) that hold an element, read with
+/// `consistency` (stale: this node's replica; linearizable: confirmed by
+/// the leader); no log entry either way. A key of the wrong type is the
+/// command's error, as in Redis.
 async fn nonempty(
     b: &Blocking,
     groups: &[GroupId],
+    look: &[usize],
     conn: &mut Conn,
     consistency: ReadConsistency,
 ) -> Result<Vec<usize>, Reply> {
     let mut local = conn.kv.clone();
     local.consistency = consistency;
     let mut out = Vec::new();
-    for (i, key) in b.keys.iter().enumerate() {
+    for &i in look {
+        let key = &b.keys[i];
         match local.query(groups[i], &b.len_query(key)).await {
             Ok(KvResult::Len(0) | KvResult::Count(0)) => {}
             Ok(KvResult::Len(_) | KvResult::Count(_)) => out.push(i),

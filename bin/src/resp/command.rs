@@ -61,6 +61,9 @@ pub struct Shared {
     pub commands_processed: AtomicU64,
     /// Connections waiting in a blocking command (BLPOP...).
     pub clients_blocked: AtomicUsize,
+    /// Looks of blocked connections at their keys' lengths since start
+    /// (one per change of a key's group, and one a second).
+    pub blocking_looks: AtomicU64,
     /// Unix seconds of the last SAVE / BGSAVE that finished (LASTSAVE);
     /// the start of the node until then. Shared with BGSAVE's task.
     pub last_save_secs: Arc<AtomicU64>,
@@ -95,6 +98,7 @@ impl Shared {
             clients_accepted: AtomicU64::new(0),
             commands_processed: AtomicU64::new(0),
             clients_blocked: AtomicUsize::new(0),
+            blocking_looks: AtomicU64::new(0),
             last_save_secs: Arc::new(AtomicU64::new(crate::expiry::unix_ms() / 1000)),
             next_client_id: AtomicU64::new(1),
             expiry_hints: kv_groups
@@ -2075,9 +2079,10 @@ pub async fn info(section: Option<String>, shared: &Shared) -> Reply {
     if want("stats") {
         let _ = write!(
             out,
-            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\r\n",
+            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nblocking_looks:{}\r\n\r\n",
             shared.clients_accepted.load(Ordering::Relaxed),
-            shared.commands_processed.load(Ordering::Relaxed)
+            shared.commands_processed.load(Ordering::Relaxed),
+            shared.blocking_looks.load(Ordering::Relaxed)
         );
     }
     if want("memory") || want("keyspace") {

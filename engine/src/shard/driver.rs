@@ -1465,6 +1465,22 @@ impl Driver {
         self.submit(group, ClientOp::Read(query, consistency), true, reply);
     }
 
+    /// Answers `reply` with `group`'s applied index here once it is above
+    /// `after` (see [`GroupReplica::wait_applied`]).
+    pub(crate) fn wait_applied(
+        &mut self,
+        group: GroupId,
+        after: u64,
+        reply: super::reply::ReplyTx<u64>,
+    ) {
+        match self.groups.get_mut(&group) {
+            Some(g) => g.wait_applied(after, reply),
+            None => {
+                let _ = reply.send(Err(RequestError::GroupNotFound { group }));
+            }
+        }
+    }
+
     /// The membership this replica knows of `group`.
     pub(crate) fn membership(&self, group: GroupId) -> Option<MembershipInfo> {
         self.groups

@@ -101,6 +101,9 @@ pub(crate) struct GroupReplica {
     tags_wanted: HashMap<u64, Term>,
     /// Outcomes of wanted tags found while applying, for the driver.
     tags_settled: Vec<(u64, Result<Bytes, RequestError>)>,
+    /// Callers waiting for the applied index to pass theirs (see
+    /// [`GroupReplica::wait_applied`]).
+    apply_waiters: Vec<(Index, super::reply::ReplyTx<Index>)>,
 }
 
 impl GroupReplica {
@@ -126,6 +129,7 @@ impl GroupReplica {
             last_emitted_index: 0,
             tags_wanted: HashMap::new(),
             tags_settled: Vec::new(),
+            apply_waiters: Vec::new(),
         }
     }
 
@@ -273,6 +277,44 @@ impl GroupReplica {
         }
     }
 
+    /// Answers `reply` with the applied index once it is above `after`: at
+    /// once if it is already, else at the first apply (or snapshot install)
+    /// past it. Lets a caller sleep until the state machine changes instead
+    /// of polling it (a blocked `BLPOP`): read what it needs *after* the
+    /// answer, then wait again with the index it got, and no change slips
+    /// in between. Waiters whose caller left are pruned here; at most
+    /// `reads_pending_max` wait.
+    pub(crate) fn wait_applied(&mut self, after: Index, reply: super::reply::ReplyTx<Index>) {
+        let applied = self.applied_index();
+        if applied > after {
+            let _ = reply.send(Ok(applied));
+            return;
+        }
+        self.apply_waiters.retain(|(_, tx)| !tx.is_canceled());
+        if self.apply_waiters.len() >= self.limits.reads_pending_max {
+            let _ = reply.send(Err(RequestError::Rejected(
+                crate::raft::ProposeError::TooManyReads { group: self.group },
+            )));
+            return;
+        }
+        self.apply_waiters.push((after, reply));
+    }
+
+    /// Answers the apply waiters the applied index has passed.
+    fn wake_apply_waiters(&mut self) {
+        if self.apply_waiters.is_empty() {
+            return;
+        }
+        let applied = self.applied_index();
+        let (passed, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.apply_waiters)
+            .into_iter()
+            .partition(|(after, _)| *after < applied);
+        self.apply_waiters = waiting;
+        for (_, tx) in passed {
+            let _ = tx.send(Ok(applied));
+        }
+    }
+
     /// A linearizable read of `query`: confirmed through ReadIndex (or the
     /// leader lease), answered once applied.
     ///
@@ -367,6 +409,7 @@ impl GroupReplica {
             ));
         }
         self.serve_reads();
+        self.wake_apply_waiters();
         Ok(())
     }
 
@@ -538,6 +581,7 @@ impl GroupReplica {
         }
         self.raft.applied_to(last.index);
         self.serve_reads();
+        self.wake_apply_waiters();
     }
 
     /// With (`index`, `term`) applied, no entry of a lower term can ever be
@@ -590,6 +634,9 @@ impl GroupReplica {
                 .send(Err(RequestError::ShuttingDown { group: self.group }));
         }
         self.reads_pending = 0;
+        for (_, tx) in self.apply_waiters.drain(..) {
+            let _ = tx.send(Err(RequestError::ShuttingDown { group: self.group }));
+        }
     }
 
     /// Number of proposals and reads waiting.
@@ -827,6 +874,42 @@ mod tests {
         assert_eq!(block_on(rx).unwrap(), Ok(Bytes::from("r")));
         assert!(!g.complete_watched(index, term, Ok(Bytes::new())));
         drive(&mut g);
+    }
+
+    #[test]
+    fn apply_waiters_wake_on_the_first_apply_past_their_index() {
+        let mut g = single_voter();
+        let now = g.applied_index();
+        assert!(now > 0, "the leader's no-op is applied");
+        // Passed already: answered at once with the current index.
+        let (tx, mut rx) = oneshot::channel();
+        g.wait_applied(now - 1, tx);
+        assert_eq!(rx.try_recv(), Ok(Some(Ok(now))));
+        // Not passed: waits for the next apply, which answers every waiter.
+        let (tx1, mut rx1) = oneshot::channel();
+        let (tx2, mut rx2) = oneshot::channel();
+        g.wait_applied(now, tx1);
+        g.wait_applied(now, tx2);
+        drive(&mut g);
+        assert_eq!(rx1.try_recv(), Ok(None), "nothing applied, nobody woken");
+        let (ptx, _prx) = oneshot::channel();
+        g.propose(put("k", "v"), ptx.into());
+        drive(&mut g);
+        assert_eq!(rx1.try_recv(), Ok(Some(Ok(now + 1))));
+        assert_eq!(rx2.try_recv(), Ok(Some(Ok(now + 1))));
+        // A waiter whose caller left is pruned by the next registration.
+        let (gone, gone_rx) = oneshot::channel();
+        g.wait_applied(now + 1, gone);
+        drop(gone_rx);
+        let (tx, mut rx) = oneshot::channel();
+        g.wait_applied(now + 1, tx);
+        assert_eq!(g.apply_waiters.len(), 1, "the abandoned waiter is gone");
+        // Stopping fails the waiters.
+        g.fail_all();
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(Some(Err(RequestError::ShuttingDown { .. })))
+        ));
     }
 
     #[test]

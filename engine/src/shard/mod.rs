@@ -188,6 +188,12 @@ pub(crate) enum ShardRequest {
     AllStatus {
         reply: oneshot::Sender<Vec<driver::GroupStatus>>,
     },
+    /// Answer with the group's applied index here once it is above `after`.
+    WaitApplied {
+        group: GroupId,
+        after: u64,
+        reply: reply::ReplyTx<u64>,
+    },
     /// Leader, term, commit and applied index of a group.
     Status {
         group: GroupId,
@@ -600,6 +606,13 @@ pub(crate) async fn run(setup: ShardSetup) {
             ShardRequest::StopGroup { group, reply } => {
                 driver.borrow_mut().stop_group(group, reply);
                 kick.signal(1);
+            }
+            ShardRequest::WaitApplied {
+                group,
+                after,
+                reply,
+            } => {
+                driver.borrow_mut().wait_applied(group, after, reply);
             }
             ShardRequest::Status { group, reply } => {
                 let _ = reply.send(driver.borrow().group_status(group));
