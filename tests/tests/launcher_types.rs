@@ -590,6 +590,33 @@ fn blocking_pops_end_to_end() {
         "a group's log grew by {grown} entries while a client was blocked on an empty list"
     );
 
+    // Next to a stream of writes to other keys of its group, a blocked
+    // client looks less and less often (the gap widens to 64 ms): a few
+    // dozen looks in 2 s, not one per apply.
+    let writes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (writes, stop) = (writes.clone(), stop.clone());
+        let mut w = nodes[0].redis();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                assert_eq!(q(&mut w, &["SET", "{calm}other", "v"]), Value::Okay);
+                writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    };
+    let looks_before = blocking_looks(&mut c);
+    assert_eq!(q(&mut c, &["BLPOP", "{calm}list", "2"]), Nil);
+    let looks = blocking_looks(&mut c) - looks_before;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    let writes = writes.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("{looks} looks while {writes} writes went to the blocked key's group");
+    assert!(
+        looks <= 60 && writes > 200,
+        "{looks} looks at a key while {writes} writes went to other keys of its group"
+    );
+
     // One element, two blocked clients: one gets it, the other times out.
     let waiters: Vec<_> = (0..2)
         .map(|_| {

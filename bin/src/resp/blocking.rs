@@ -8,8 +8,8 @@
 //!        │ no
 //!        ▼
 //!  wait until a key's group applies something on this node
-//!  (NodeHost::wait_applied; at most one look per 2 ms), watching the
-//!  client, shutdown and the timeout
+//!  (NodeHost::wait_applied; looks 1 ms apart, widening to 64 ms while
+//!  the group stays busy), watching the client, shutdown and the timeout
 //!        ▼
 //!  read of that group's keys' lengths on this node's replica (no log
 //!  entry) ─► all empty? wait again, from the index just seen
@@ -46,10 +46,13 @@ use glommio::net::TcpStream;
 use super::command::{outcome_reply, Conn, Shared};
 use super::reply::Reply;
 
-/// Shortest time between two looks at the keys that applies woke: under a
-/// stream of writes to the keys' groups, a blocked client looks at most
-/// this often.
-const LOOK_GAP_MIN: Duration = Duration::from_millis(2);
+/// Shortest time between two looks at the keys that applies woke.
+const LOOK_GAP_MIN: Duration = Duration::from_millis(1);
+/// Longest: under a stream of writes to other keys of the keys' groups,
+/// the gap doubles after each look that finds nothing, up to this, so a
+/// blocked client costs at most ~16 reads a second however busy its
+/// groups are (and a push to its key waits at most this long then).
+const LOOK_GAP_MAX: Duration = Duration::from_millis(64);
 /// How often the keys of a group whose applies cannot be waited for (the
 /// wait failed) are looked at instead.
 const POLL_FALLBACK: Duration = Duration::from_millis(100);
@@ -325,6 +328,7 @@ pub async fn run(
         }
     }
     let mut last_look = started;
+    let mut look_gap = LOOK_GAP_MIN;
     let mut last_look_confirmed = started;
     let mut scratch = vec![0u8; 16 << 10];
     // The first round pops without looking: most blocking pops find an
@@ -345,14 +349,11 @@ pub async fn run(
         }
         // Nothing to pop: wait for a change, then look again.
         loop {
-            // Under a stream of writes to the keys' groups, look at most
-            // once per gap (a change meanwhile answers the next wait at
-            // once, so the gap delays, never loses, a wake-up).
-            let gap = (last_look + LOOK_GAP_MIN).saturating_duration_since(Instant::now());
-            if !gap.is_zero() {
-                glommio::timer::sleep(gap).await;
-            }
             let now = Instant::now();
+            // Look at most once per gap (a change meanwhile answers the
+            // next wait at once, so the gap delays, never loses, a
+            // wake-up). The client and shutdown are watched throughout.
+            let gap = (last_look + look_gap).saturating_duration_since(now);
             if deadline.is_some_and(|d| now >= d) {
                 return Some(Reply::NilArray);
             }
@@ -375,7 +376,7 @@ pub async fn run(
                             Woke::Stop
                         },
                         // The timer above ends the wait first.
-                        applied(shared, &watched, nap + Duration::from_secs(1)),
+                        applied(shared, &watched, gap, nap + Duration::from_secs(1)),
                     ),
                 ),
             )
@@ -418,7 +419,15 @@ pub async fn run(
                     ((0..b.keys.len()).collect(), consistency)
                 }
             };
-            last_look = Instant::now();
+            // Looks in quick succession (a busy group) widen the gap; a
+            // look after a quiet spell narrows it again.
+            let now = Instant::now();
+            look_gap = if now.duration_since(last_look) < look_gap * 4 {
+                (look_gap * 2).min(LOOK_GAP_MAX)
+            } else {
+                LOOK_GAP_MIN
+            };
+            last_look = now;
             shared.blocking_looks.fetch_add(1, Ordering::Relaxed);
             candidates = match nonempty(&b, &groups, &look, conn, consistency).await {
                 Ok(c) => c,
@@ -431,9 +440,18 @@ pub async fn run(
     }
 }
 
-/// Waits until one of the `watched` groups (those with an index) applies
-/// past its index on this node; pending for ever if none has one.
-async fn applied(shared: &Shared, watched: &[(GroupId, Option<u64>)], deadline: Duration) -> Woke {
+/// After `gap`, waits until one of the `watched` groups (those with an
+/// index) applies past its index on this node; pending for ever if none
+/// has one.
+async fn applied(
+    shared: &Shared,
+    watched: &[(GroupId, Option<u64>)],
+    gap: Duration,
+    deadline: Duration,
+) -> Woke {
+    if !gap.is_zero() {
+        glommio::timer::sleep(gap).await;
+    }
     let waits: Vec<_> = watched
         .iter()
         .enumerate()
