@@ -363,15 +363,9 @@ fn kv_for(state: &HttpState, params: &Params) -> Result<KvClient, ApiError> {
 
 async fn get_key(state: &HttpState, params: &Params, key: Bytes) -> ApiResult {
     let kv = kv_for(state, params)?;
-    // Through `query`, not `KvClient::get`: a key that holds a list, set,
-    // hash, ... (made through the Redis protocol) is a 409 `wrong_type`,
-    // not an internal error.
-    let group = kv.group_for(&key);
-    let value = match kv.query(group, &KvQuery::Get { key }).await? {
-        KvResult::Value(v) => v,
-        other => return Err(unexpected_result(other)),
-    };
-    match value {
+    // A key that holds a list, set, hash, ... (made through the Redis
+    // protocol) is a 409 `wrong_type` (`RequestError::Kv`).
+    match kv.get(key).await? {
         Some(value) => {
             let mut resp = Response::new(Full::new(value));
             resp.headers_mut().insert(
@@ -542,25 +536,23 @@ async fn scan(state: &HttpState, params: &Params) -> ApiResult {
         .collect();
     let mut out = Vec::with_capacity(entries.len());
     for ((k, v), kind) in entries.iter().zip(kinds) {
-        let kind = match kind {
+        // The type of a key that is not a string, if it was asked.
+        let typed = match kind {
             None => None,
             Some(task) => match task.await? {
                 KvResult::Items(items) => items.into_iter().next(),
                 KvResult::Error(e) => return Err(e.into()),
                 other => return Err(unexpected_result(other)),
             },
-        };
-        let mut entry = match &kind {
-            Some(t) if t.as_ref() != b"string" => entry_json(k, None),
-            _ => entry_json(k, if keys_only { None } else { Some(v) }),
-        };
-        if let (Some(t), Value::Object(obj)) = (kind, &mut entry) {
-            if t.as_ref() != b"string" {
-                obj.insert(
-                    "type".into(),
-                    Value::String(String::from_utf8_lossy(&t).into_owned()),
-                );
-            }
+        }
+        .filter(|t| t.as_ref() != b"string");
+        let value = (!keys_only && typed.is_none()).then_some(v.as_ref());
+        let mut entry = entry_json(k, value);
+        if let (Some(t), Value::Object(obj)) = (typed, &mut entry) {
+            obj.insert(
+                "type".into(),
+                Value::String(String::from_utf8_lossy(&t).into_owned()),
+            );
         }
         out.push(entry);
     }
