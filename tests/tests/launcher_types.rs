@@ -617,6 +617,48 @@ fn blocking_pops_end_to_end() {
         "{looks} looks at a key while {writes} writes went to other keys of its group"
     );
 
+    // Clients blocked on one key of one node are served in the order they
+    // blocked, one element each, as in Redis: also when the first one has
+    // waited long next to a stream of writes to its group (so it looks
+    // least often) and the others just came.
+    let mut c2 = nodes[1].redis();
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let busy = busy.clone();
+        let mut w = nodes[1].redis();
+        std::thread::spawn(move || {
+            while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                assert_eq!(q(&mut w, &["SET", "{line}other", "v"]), Value::Okay);
+            }
+        })
+    };
+    let waiters: Vec<_> = (0..3)
+        .map(|i| {
+            let mut w = nodes[1].redis();
+            let waiter = std::thread::spawn(move || q(&mut w, &["BRPOP", "{line}", "20"]));
+            wait_for(
+                &format!("client {i} to block"),
+                Duration::from_secs(10),
+                || (blocked_clients(&mut c2) == i + 1).then_some(()),
+            );
+            if i == 0 {
+                std::thread::park_timeout(Duration::from_millis(1_000));
+            }
+            waiter
+        })
+        .collect();
+    for (i, waiter) in waiters.into_iter().enumerate() {
+        let element = format!("e{i}");
+        assert_eq!(q(&mut c, &["LPUSH", "{line}", &element]), Int(1));
+        assert_eq!(
+            waiter.join().unwrap(),
+            text(&["{line}", &element]),
+            "the client that blocked {i}th gets the {i}th element"
+        );
+    }
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+
     // One element, two blocked clients: one gets it, the other times out.
     let waiters: Vec<_> = (0..2)
         .map(|_| {
@@ -624,7 +666,6 @@ fn blocking_pops_end_to_end() {
             std::thread::spawn(move || q(&mut w, &["BRPOP", "one", "3"]))
         })
         .collect();
-    let mut c2 = nodes[1].redis();
     wait_for("two clients to block", Duration::from_secs(10), || {
         (blocked_clients(&mut c2) == 2).then_some(())
     });

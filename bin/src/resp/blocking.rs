@@ -27,8 +27,10 @@
 //! when this node's replica applies it, about a millisecond). The local
 //! replica can lag (cut off from its leader), so once a second the look is
 //! a linearizable read through the leader instead.
-//! Unlike Redis, clients blocked on one key are not served in the order
-//! they blocked: whoever polls first after a push wins.
+//! Clients of one executor blocked on one key are served in the order they
+//! blocked, as in Redis: only the first in line looks at the key and pops
+//! it (see [`Queued`]). Clients on different executors or nodes race:
+//! whoever pops first after a push wins.
 //!
 //! A client that closes its connection while blocked stops polling at
 //! once, so it never pops an element it cannot receive; commands it sends
@@ -299,6 +301,101 @@ enum Woke {
     /// The `i`th watched group applied something (its applied index), or
     /// its wait failed.
     Applied(usize, Result<u64, HostError>),
+    /// The client became first in line for a key (see [`Queued`]).
+    Turn,
+}
+
+thread_local! {
+    /// Per key, the blocked clients of this executor in the order they
+    /// blocked (see [`Queued`]).
+    static LINES: std::cell::RefCell<std::collections::HashMap<Bytes, std::collections::VecDeque<InLine>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+    static NEXT_TICKET: std::cell::Cell<u64> = const { std::cell::Cell::new(1) };
+}
+
+/// One blocked client in a key's line.
+struct InLine {
+    ticket: u64,
+    /// Told when the client becomes first in line.
+    turn: flume::Sender<()>,
+}
+
+/// A blocked client's place in the lines of its keys, on this executor:
+/// only the first client of a key's line looks at and pops the key, so
+/// the clients of one executor blocked on one key are served in the
+/// order they blocked (as in Redis), and a push wakes one of them, not
+/// all. Clients on other executors or nodes still race for it.
+struct Queued {
+    ticket: u64,
+    keys: Vec<Bytes>,
+    turn: flume::Receiver<()>,
+}
+
+impl Queued {
+    /// Joins the end of each key's line.
+    fn new(keys: &[Bytes]) -> Queued {
+        let ticket = NEXT_TICKET.with(|t| {
+            let id = t.get();
+            t.set(id + 1);
+            id
+        });
+        let (tx, turn) = flume::bounded(1);
+        let mut mine: Vec<Bytes> = Vec::new();
+        LINES.with(|lines| {
+            let mut lines = lines.borrow_mut();
+            for k in keys {
+                if mine.contains(k) {
+                    continue;
+                }
+                mine.push(k.clone());
+                lines.entry(k.clone()).or_default().push_back(InLine {
+                    ticket,
+                    turn: tx.clone(),
+                });
+            }
+        });
+        Queued {
+            ticket,
+            keys: mine,
+            turn,
+        }
+    }
+
+    /// Whether this client is first in `key`'s line.
+    fn first(&self, key: &Bytes) -> bool {
+        LINES.with(|lines| {
+            lines
+                .borrow()
+                .get(key)
+                .and_then(|line| line.front())
+                .is_some_and(|f| f.ticket == self.ticket)
+        })
+    }
+}
+
+impl Drop for Queued {
+    /// Leaves every line; the next client of a line it led looks at once.
+    fn drop(&mut self) {
+        LINES.with(|lines| {
+            let mut lines = lines.borrow_mut();
+            for k in &self.keys {
+                let Some(line) = lines.get_mut(k) else {
+                    continue;
+                };
+                let led = line.front().is_some_and(|f| f.ticket == self.ticket);
+                line.retain(|c| c.ticket != self.ticket);
+                match line.front() {
+                    None => {
+                        lines.remove(k);
+                    }
+                    Some(next) if led => {
+                        let _ = next.turn.try_send(());
+                    }
+                    Some(_) => {}
+                }
+            }
+        });
+    }
 }
 
 /// Runs a blocking command to its answer. `None` if the client left or the
@@ -331,9 +428,12 @@ pub async fn run(
     let mut look_gap = LOOK_GAP_MIN;
     let mut last_look_confirmed = started;
     let mut scratch = vec![0u8; 16 << 10];
-    // The first round pops without looking: most blocking pops find an
-    // element at once.
-    let mut candidates: Vec<usize> = (0..b.keys.len()).collect();
+    let queued = Queued::new(&b.keys);
+    // The first round pops without looking (most blocking pops find an
+    // element at once), from the keys no earlier client waits on here.
+    let mut candidates: Vec<usize> = (0..b.keys.len())
+        .filter(|&i| queued.first(&b.keys[i]))
+        .collect();
     loop {
         for &i in &candidates {
             let (key, group) = (&b.keys[i], groups[i]);
@@ -363,6 +463,13 @@ pub async fn run(
             }
             let until = deadline.map_or(next_timed, |d| next_timed.min(d));
             let nap = until.saturating_duration_since(now);
+            // Only the keys this client is first in line for here are
+            // looked at; the groups of those are waited on.
+            let first: Vec<bool> = b.keys.iter().map(|k| queued.first(k)).collect();
+            let active: Vec<bool> = watched
+                .iter()
+                .map(|(g, _)| (0..b.keys.len()).any(|i| first[i] && groups[i] == *g))
+                .collect();
             let woke = futures_lite::future::or(
                 async {
                     glommio::timer::sleep(nap).await;
@@ -375,8 +482,14 @@ pub async fn run(
                             let _ = client.stop.recv_async().await;
                             Woke::Stop
                         },
-                        // The timer above ends the wait first.
-                        applied(shared, &watched, gap, nap + Duration::from_secs(1)),
+                        futures_lite::future::or(
+                            async {
+                                let _ = queued.turn.recv_async().await;
+                                Woke::Turn
+                            },
+                            // The timer above ends the wait first.
+                            applied(shared, &watched, &active, gap, nap + Duration::from_secs(1)),
+                        ),
                     ),
                 ),
             )
@@ -394,9 +507,13 @@ pub async fn run(
                 Woke::Applied(w, Ok(index)) => {
                     let group = watched[w].0;
                     watched[w].1 = Some(index);
-                    let keys = (0..b.keys.len()).filter(|&i| groups[i] == group);
+                    let keys = (0..b.keys.len()).filter(|&i| first[i] && groups[i] == group);
                     (keys.collect(), ReadConsistency::Stale)
                 }
+                Woke::Turn => (
+                    (0..b.keys.len()).filter(|&i| first[i]).collect(),
+                    ReadConsistency::Stale,
+                ),
                 Woke::Applied(_, Err(HostError::Timeout(_))) => continue,
                 Woke::Applied(w, Err(e)) => {
                     tracing::debug!(group = watched[w].0 .0, error = %e, "cannot wait for applies: polling the group's keys");
@@ -416,9 +533,15 @@ pub async fn run(
                     } else {
                         ReadConsistency::Stale
                     };
-                    ((0..b.keys.len()).collect(), consistency)
+                    (
+                        (0..b.keys.len()).filter(|&i| first[i]).collect(),
+                        consistency,
+                    )
                 }
             };
+            if look.is_empty() {
+                continue;
+            }
             // Looks in quick succession (a busy group) widen the gap; a
             // look after a quiet spell narrows it again.
             let now = Instant::now();
@@ -440,12 +563,13 @@ pub async fn run(
     }
 }
 
-/// After `gap`, waits until one of the `watched` groups (those with an
-/// index) applies past its index on this node; pending for ever if none
-/// has one.
+/// After `gap`, waits until one of the `watched` groups that is `active`
+/// and has an index applies past it on this node; pending for ever if none
+/// qualifies.
 async fn applied(
     shared: &Shared,
     watched: &[(GroupId, Option<u64>)],
+    active: &[bool],
     gap: Duration,
     deadline: Duration,
 ) -> Woke {
@@ -454,9 +578,10 @@ async fn applied(
     }
     let waits: Vec<_> = watched
         .iter()
+        .zip(active)
         .enumerate()
-        .filter_map(|(w, (group, after))| {
-            let after = (*after)?;
+        .filter_map(|(w, ((group, after), active))| {
+            let after = (*after).filter(|_| *active)?;
             let host = &shared.host;
             Some(Box::pin(async move {
                 Woke::Applied(w, host.wait_applied(*group, after, deadline).await)
