@@ -494,3 +494,98 @@ fn randomkey_picks_every_key_and_nothing_from_an_empty_store() {
         }
     }
 }
+
+fn pfadd(key: &str, elements: &[&str]) -> KvCommand {
+    KvCommand::HllAdd {
+        key: b(key),
+        registers: elements
+            .iter()
+            .map(|e| flotilla_rsm::kv::hll::hll_register(e.as_bytes()))
+            .collect(),
+    }
+}
+
+fn pfcount(kv: &KvStore, keys: &[&str]) -> u64 {
+    let values: Vec<Bytes> = keys.iter().filter_map(|k| get(kv, k)).collect();
+    let sets: Vec<&[u8]> = values
+        .iter()
+        .map(|v| flotilla_rsm::kv::hll::hll_registers(v).expect("a HyperLogLog"))
+        .collect();
+    flotilla_rsm::kv::hll::hll_estimate(&sets)
+}
+
+/// PFADD / PFMERGE's writes as Redis documents them: adding answers 1
+/// only when a register changes (or the key is created), counts are
+/// Redis' for the same elements, a merge is the union, and a string that
+/// is not a HyperLogLog or a collection is refused without change.
+#[test]
+fn hyperloglogs_add_count_and_merge() {
+    let mut kv = KvStore::new();
+    assert_eq!(
+        run(&mut kv, pfadd("hll", &["a", "b", "c", "d", "e", "f", "g"])),
+        KvResult::Int(1)
+    );
+    assert_eq!(pfcount(&kv, &["hll"]), 7);
+    assert_eq!(
+        run(&mut kv, pfadd("h", &["foo", "bar", "zap"])),
+        KvResult::Int(1)
+    );
+    assert_eq!(
+        run(&mut kv, pfadd("h", &["zap", "zap", "zap"])),
+        KvResult::Int(0)
+    );
+    assert_eq!(run(&mut kv, pfadd("h", &["foo", "bar"])), KvResult::Int(0));
+    assert_eq!(pfcount(&kv, &["h"]), 3);
+    assert_eq!(
+        run(&mut kv, pfadd("other", &["1", "2", "3"])),
+        KvResult::Int(1)
+    );
+    assert_eq!(pfcount(&kv, &["h", "other"]), 6);
+    // PFADD with no element creates an empty one, once.
+    assert_eq!(run(&mut kv, pfadd("empty", &[])), KvResult::Int(1));
+    assert_eq!(run(&mut kv, pfadd("empty", &[])), KvResult::Int(0));
+    assert_eq!(pfcount(&kv, &["empty"]), 0);
+    // PFMERGE: the union into the destination (which counts too).
+    let merge = |dst: &str, sources: &[&str]| KvCommand::HllMerge {
+        dst: b(dst),
+        sources: sources.iter().map(|s| b(s)).collect(),
+    };
+    assert_eq!(
+        run(&mut kv, merge("u", &["h", "other", "absent"])),
+        KvResult::Ok
+    );
+    assert_eq!(pfcount(&kv, &["u"]), 6);
+    assert_eq!(run(&mut kv, merge("hll", &["u"])), KvResult::Ok);
+    assert_eq!(pfcount(&kv, &["hll"]), 13);
+    // Wrong kinds of keys change nothing.
+    run(&mut kv, KvCommand::put(b("s"), b("plain")));
+    assert_eq!(
+        run(&mut kv, pfadd("s", &["x"])),
+        KvResult::Error(KvError::NotHyperLogLog)
+    );
+    assert_eq!(
+        run(&mut kv, merge("u", &["s"])),
+        KvResult::Error(KvError::NotHyperLogLog)
+    );
+    assert_eq!(pfcount(&kv, &["u"]), 6);
+    assert_eq!(get(&kv, "s"), Some(b("plain")));
+    run(
+        &mut kv,
+        KvCommand::Typed(C::ListPush {
+            key: b("l"),
+            left: true,
+            values: vec![b("x")],
+            only_existing: false,
+        }),
+    );
+    assert_eq!(
+        run(&mut kv, pfadd("l", &["x"])),
+        KvResult::Error(KvError::WrongType)
+    );
+    // The registers travel in the log, not the elements: a register or
+    // rank out of range does not decode.
+    let mut bad = pfadd("k", &["x"]).encode().to_vec();
+    let last = bad.len() - 1;
+    bad[last] = 52;
+    assert!(KvCommand::decode(Bytes::from(bad)).is_err());
+}

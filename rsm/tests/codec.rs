@@ -218,6 +218,13 @@ fn single_command() -> impl Strategy<Value = KvCommand> {
                 KvCommand::BitOp { op, dst, sources }
             }
         ),
+        (
+            bytes(),
+            proptest::collection::vec((0u16..16384, 1u8..=51), 0..8)
+        )
+            .prop_map(|(key, registers)| KvCommand::HllAdd { key, registers }),
+        (bytes(), proptest::collection::vec(bytes(), 0..4))
+            .prop_map(|(dst, sources)| KvCommand::HllMerge { dst, sources }),
         (bytes(), zrange())
             .prop_map(|(key, range)| KvCommand::Typed(TypedCommand::ZRangeStore { key, range })),
         (bytes(), bytes(), any::<bool>()).prop_map(|(key, src, alpha)| {

@@ -136,6 +136,17 @@ fn single_kv_cmd() -> impl Strategy<Value = KvCommand> {
             }),
         key.clone()
             .prop_map(|key| KvCommand::Read(KvQuery::Describe { key })),
+        (key.clone(), proptest::collection::vec(val.clone(), 1..4)).prop_map(|(key, elements)| {
+            KvCommand::HllAdd {
+                key,
+                registers: elements
+                    .iter()
+                    .map(|e| flotilla_rsm::kv::hll::hll_register(e))
+                    .collect(),
+            }
+        }),
+        (key.clone(), proptest::collection::vec(key.clone(), 0..3))
+            .prop_map(|(dst, sources)| KvCommand::HllMerge { dst, sources }),
         (
             key.clone(),
             proptest::collection::vec((-3i8..3, val.clone()), 1..4)

@@ -445,6 +445,32 @@ fn collection_commands_end_to_end() {
     );
     assert_eq!(q(&mut c2, &["ZCOUNT", "myzset", "-inf", "+inf"]), Int(1));
 
+    // HyperLogLogs: Redis' counts for Redis' documented examples, through
+    // different nodes; a string that is not one is refused.
+    assert_eq!(
+        q(&mut c, &["PFADD", "hll", "a", "b", "c", "d", "e", "f", "g"]),
+        Int(1)
+    );
+    assert_eq!(q(&mut c2, &["PFCOUNT", "hll"]), Int(7));
+    assert_eq!(q(&mut c, &["PFADD", "{h}1", "foo", "bar", "zap"]), Int(1));
+    assert_eq!(q(&mut c, &["PFADD", "{h}1", "zap", "zap", "zap"]), Int(0));
+    assert_eq!(q(&mut c, &["PFADD", "{h}2", "1", "2", "3"]), Int(1));
+    assert_eq!(q(&mut c2, &["PFCOUNT", "{h}1", "{h}2"]), Int(6));
+    assert_eq!(q(&mut c, &["PFMERGE", "{h}u", "{h}1", "{h}2"]), Value::Okay);
+    assert_eq!(q(&mut c2, &["PFCOUNT", "{h}u"]), Int(6));
+    assert_eq!(q(&mut c, &["SET", "plain", "v"]), Value::Okay);
+    assert!(err(&mut c, &["PFADD", "plain", "x"])
+        .starts_with("WRONGTYPE Key is not a valid HyperLogLog"));
+    assert!(err(&mut c, &["PFCOUNT", "plain"]).starts_with("WRONGTYPE"));
+    let many: Vec<String> = (0..5000).map(|i| format!("user:{i}")).collect();
+    let mut pfadd = vec!["PFADD", "{h}many"];
+    pfadd.extend(many.iter().map(String::as_str));
+    assert_eq!(q(&mut c, &pfadd), Int(1));
+    match q(&mut c2, &["PFCOUNT", "{h}many"]) {
+        Int(n) => assert!((4900..=5100).contains(&n), "5000 distinct counted as {n}"),
+        other => panic!("PFCOUNT: {other:?}"),
+    }
+
     // COMMAND knows the new commands and their keys.
     let Value::Array(info) = q(&mut c, &["COMMAND", "INFO", "lmove", "sintercard"]) else {
         panic!("COMMAND INFO answers an array");

@@ -182,7 +182,9 @@ impl From<KvError> for ApiError {
             }
             // The key holds a list, set, hash, sorted set or stream (made
             // through the Redis protocol); the HTTP API reads strings.
-            KvError::WrongType => Self::new(StatusCode::CONFLICT, "wrong_type", message),
+            KvError::WrongType | KvError::NotHyperLogLog => {
+                Self::new(StatusCode::CONFLICT, "wrong_type", message)
+            }
             KvError::NotFloat
             | KvError::ScoreNaN
             | KvError::IndexOutOfRange

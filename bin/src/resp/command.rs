@@ -1654,6 +1654,9 @@ fn kv_error_reply(e: KvError) -> Reply {
         KvError::WrongType => {
             Reply::Error("WRONGTYPE Operation against a key holding the wrong kind of value".into())
         }
+        KvError::NotHyperLogLog => {
+            Reply::Error("WRONGTYPE Key is not a valid HyperLogLog string value.".into())
+        }
         other => Reply::err(other.to_string()),
     }
 }

@@ -1,7 +1,9 @@
 //! The commands `redis-cli` users reach for beyond the data types: `WAIT`,
 //! `RANDOMKEY`, `OBJECT`, `MEMORY USAGE`, the bit commands (`SETBIT`,
-//! `GETBIT`, `BITCOUNT`, `BITPOS`, `BITOP`), `LCS`, `ZRANGESTORE`, `SORT`
-//! and `SORT_RO`.
+//! `GETBIT`, `BITCOUNT`, `BITPOS`, `BITOP`), `LCS`, `ZRANGESTORE`, `SORT`,
+//! `SORT_RO` and the HyperLogLog commands (`PFADD`, `PFCOUNT`, `PFMERGE`:
+//! the node hashes the elements, the log carries register ranks, and
+//! `PFCOUNT` reads the values and estimates here).
 //!
 //! [`prepare`] parses a command (arity, options, numbers, with Redis'
 //! error texts) into KV requests, and [`finish`] turns their results into
@@ -13,6 +15,7 @@
 
 use bytes::Bytes;
 use flotilla::GroupId;
+use flotilla_rsm::kv::hll::{hll_estimate, hll_register, hll_registers};
 use flotilla_rsm::kv::{KEYS_PER_COMMAND_MAX, VALUE_BYTES_MAX};
 use flotilla_rsm::{BitOperation, KvCommand, KvQuery, KvResult, TypedCommand, TypedQuery};
 
@@ -36,6 +39,9 @@ pub const COMMANDS: &[CommandInfo] = &[
     ("zrangestore", -5, &["write", "denyoom"], 1, 2, 1),
     ("sort", -2, &["write", "denyoom", "movablekeys"], 1, 1, 1),
     ("sort_ro", -2, &["readonly", "movablekeys"], 1, 1, 1),
+    ("pfadd", -2, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("pfcount", -2, &["readonly"], 1, -1, 1),
+    ("pfmerge", -2, &["write", "denyoom"], 1, -1, 1),
 ];
 
 /// Most cells (`(len a + 1) × (len b + 1)`) of LCS's table: 64 MiB of
@@ -95,6 +101,10 @@ pub enum Finish {
         /// How many `GET #` (0: the elements once).
         gets: usize,
     },
+    /// PFCOUNT: one `Values` of the keys; the estimate of their union.
+    HllCount,
+    /// `Ok` as `+OK`.
+    Okay,
 }
 
 /// What OBJECT / MEMORY answers.
@@ -318,6 +328,42 @@ pub fn prepare(
             Outcome::Plan(vec![write(dst, cmd)], Finish::Int)
         }
         "LCS" => prepare_lcs(args, group_for),
+        "PFADD" => {
+            // Hashed here: the log carries (register, rank) pairs, the
+            // largest rank per register.
+            let mut ranks: std::collections::BTreeMap<u16, u8> = Default::default();
+            for e in &args[1..] {
+                let (register, rank) = hll_register(e);
+                let slot = ranks.entry(register).or_default();
+                *slot = (*slot).max(rank);
+            }
+            let cmd = KvCommand::HllAdd {
+                key: args[0].clone(),
+                registers: ranks.into_iter().collect(),
+            };
+            Outcome::Plan(vec![write(&args[0], cmd)], Finish::Int)
+        }
+        "PFCOUNT" | "PFMERGE" => {
+            if args.len() > KEYS_PER_COMMAND_MAX as usize {
+                return Some(err("too many keys"));
+            }
+            let group = group_for(&args[0]);
+            if args.iter().any(|k| group_for(k) != group) {
+                return Some(Outcome::Reply(crossslot()));
+            }
+            if name == "PFMERGE" {
+                let cmd = KvCommand::HllMerge {
+                    dst: args[0].clone(),
+                    sources: args[1..].to_vec(),
+                };
+                Outcome::Plan(vec![write(&args[0], cmd)], Finish::Okay)
+            } else {
+                let q = KvQuery::MultiGet {
+                    keys: args.to_vec(),
+                };
+                Outcome::Plan(vec![read(&args[0], q)], Finish::HllCount)
+            }
+        }
         "ZRANGESTORE" => {
             let (dst, src) = (&args[0], &args[1]);
             if args[4..]
@@ -805,6 +851,29 @@ pub fn finish(f: Finish, results: Vec<KvResult>) -> Reply {
             Ok(v) => Reply::Int(bit_pos(v.as_deref(), bit, start, end, bits)),
             Err(r) => r,
         },
+        Finish::HllCount => match first {
+            Some(KvResult::Values(values)) => {
+                let mut sets = Vec::with_capacity(values.len());
+                for v in values.iter().flatten() {
+                    match hll_registers(v) {
+                        Some(registers) => sets.push(registers),
+                        None => {
+                            return Reply::Error(
+                                "WRONGTYPE Key is not a valid HyperLogLog string value.".into(),
+                            )
+                        }
+                    }
+                }
+                Reply::Int(hll_estimate(&sets) as i64)
+            }
+            Some(r) => unexpected(r),
+            None => Reply::Int(0),
+        },
+        Finish::Okay => match first {
+            Some(KvResult::Ok) => Reply::Ok,
+            Some(r) => unexpected(r),
+            None => Reply::Ok,
+        },
         Finish::Int => match first {
             Some(KvResult::Int(n)) => Reply::Int(*n),
             Some(KvResult::Len(n) | KvResult::Count(n)) => Reply::Int(*n as i64),
@@ -909,6 +978,52 @@ mod tests {
 
     fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn hyperloglog_commands_plan_register_writes_and_count_reads() {
+        // PFADD hashes here: one (register, rank) per register, the
+        // largest rank of the elements that fall in it.
+        let (subs, f) = plan_of("pfadd bk x y x");
+        assert_eq!(f, Finish::Int);
+        match &subs[..] {
+            [Sub {
+                group: GroupId(2),
+                op: Op::Write(KvCommand::HllAdd { key, registers }),
+            }] => {
+                assert_eq!(key, "bk");
+                let mut want = vec![hll_register(b"x"), hll_register(b"y")];
+                want.sort();
+                want.dedup_by_key(|(r, _)| *r);
+                assert_eq!(registers, &want);
+            }
+            other => panic!("{other:?}"),
+        }
+        let (subs, f) = plan_of("pfcount b1 b2");
+        assert_eq!(f, Finish::HllCount);
+        assert!(
+            matches!(&subs[..], [Sub { op: Op::Read(KvQuery::MultiGet { keys }), .. }] if keys.len() == 2)
+        );
+        let (subs, f) = plan_of("pfmerge bd b1 b2");
+        assert_eq!(f, Finish::Okay);
+        assert!(
+            matches!(&subs[..], [Sub { op: Op::Write(KvCommand::HllMerge { dst, sources }), .. }] if dst == "bd" && sources.len() == 2)
+        );
+        // Keys of two groups cannot be counted or merged together.
+        assert!(err_of("pfcount a1 b1").starts_with("CROSSSLOT"));
+        assert!(err_of("pfmerge a1 b1").starts_with("CROSSSLOT"));
+        assert_eq!(
+            err_of("pfcount"),
+            "ERR wrong number of arguments for 'pfcount' command"
+        );
+        // PFCOUNT of absent keys is 0; of a plain string, Redis' error.
+        let empty = KvResult::Values(vec![None, None]);
+        assert_eq!(finish(Finish::HllCount, vec![empty]), Reply::Int(0));
+        let plain = KvResult::Values(vec![Some(b("plain"))]);
+        assert_eq!(
+            finish(Finish::HllCount, vec![plain]),
+            Reply::Error("WRONGTYPE Key is not a valid HyperLogLog string value.".into())
+        );
     }
 
     #[test]

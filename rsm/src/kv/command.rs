@@ -25,6 +25,8 @@
 //!          0x12 SetRange     | key bytes | offset u64 | value bytes |
 //!          0x13 SetBit       | key bytes | offset u64 (bit) | bit u8 (0/1) |
 //!          0x14 BitOp        | op u8 (0 and, 1 or, 2 xor, 3 not) | dst bytes | sources list<bytes> |
+//!          0x15 HllAdd       | key bytes | count u32 | (register u16 | rank u8) * |
+//!          0x16 HllMerge     | dst bytes | sources list<bytes> |
 //!          0x20..=0x2a       a query (below), executed in log order
 //!          0x30..=0x50       a typed command (lists, sets, hashes, sorted
 //!                            sets, streams: drawn in `typed.rs`)
@@ -63,7 +65,8 @@
 //! 9 NaN score, 10 index out of range, 11 no such key, 12 hash value not an
 //! integer, 13 stream id too small, 14 stream id 0-0, 15 stream ids
 //! exhausted, 16 NaN or infinity, 17 hash value not a float, 18 an element
-//! that SORT cannot read as a number.
+//! that SORT cannot read as a number, 19 a string that is not a
+//! HyperLogLog.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -335,6 +338,32 @@ pub enum KvCommand {
         /// The operands, at most [`KEYS_PER_COMMAND_MAX`].
         sources: Vec<Bytes>,
     },
+    /// Raise registers of the HyperLogLog at `key` to at least the given
+    /// ranks (Redis `PFADD`, the elements hashed by the caller with
+    /// [`hll_register`](super::hll::hll_register)), creating it empty if
+    /// absent. Result [`KvResult::Int`]: 1 if a register changed or the
+    /// key was created, else 0. The key keeps its deadline; a collection
+    /// answers [`KvError::WrongType`], another string
+    /// [`KvError::NotHyperLogLog`].
+    HllAdd {
+        /// The key.
+        key: Bytes,
+        /// `(register, rank)`: register below
+        /// [`HLL_REGISTERS`](super::hll::HLL_REGISTERS), rank in
+        /// `1..=`[`HLL_RANK_MAX`](super::hll::HLL_RANK_MAX).
+        registers: Vec<(u16, u8)>,
+    },
+    /// `dst` = the union of `dst` and `sources` (Redis `PFMERGE`): every
+    /// register the largest of theirs; absent keys count as empty, `dst`
+    /// is created if absent and keeps its deadline. Result
+    /// [`KvResult::Ok`]; errors as [`KvCommand::HllAdd`], and nothing
+    /// changes then.
+    HllMerge {
+        /// Where the union goes.
+        dst: Bytes,
+        /// The other HyperLogLogs, at most [`KEYS_PER_COMMAND_MAX`].
+        sources: Vec<Bytes>,
+    },
     /// A read, executed in log order (a read through the log).
     Read(KvQuery),
     /// A write to a list, set, hash, sorted set or stream.
@@ -531,6 +560,10 @@ pub enum KvError {
     /// `SORT` (without `ALPHA`) of an element that is not a number.
     #[error("One or more scores can't be converted into double")]
     NotSortable,
+    /// `PFADD` / `PFCOUNT` / `PFMERGE` of a string that is not a
+    /// HyperLogLog.
+    #[error("Key is not a valid HyperLogLog string value.")]
+    NotHyperLogLog,
 }
 
 impl KvError {
@@ -554,6 +587,7 @@ impl KvError {
             KvError::NanOrInfinity => 16,
             KvError::HashNotFloat => 17,
             KvError::NotSortable => 18,
+            KvError::NotHyperLogLog => 19,
         }
     }
 
@@ -577,6 +611,7 @@ impl KvError {
             16 => KvError::NanOrInfinity,
             17 => KvError::HashNotFloat,
             18 => KvError::NotSortable,
+            19 => KvError::NotHyperLogLog,
             tag => {
                 return Err(DecodeError::UnknownTag {
                     what: "kv error",
@@ -949,6 +984,20 @@ impl KvCommand {
                 put_bytes(out, dst);
                 put_keys(out, sources);
             }
+            KvCommand::HllAdd { key, registers } => {
+                out.put_u8(0x15);
+                put_bytes(out, key);
+                put_count(out, registers.len());
+                for (register, rank) in registers {
+                    out.put_u16_le(*register);
+                    out.put_u8(*rank);
+                }
+            }
+            KvCommand::HllMerge { dst, sources } => {
+                out.put_u8(0x16);
+                put_bytes(out, dst);
+                put_keys(out, sources);
+            }
             KvCommand::Read(q) => q.encode_into(out),
             KvCommand::Typed(c) => c.encode_into(out),
             KvCommand::Batch { guards, commands } => {
@@ -1139,6 +1188,29 @@ impl KvCommand {
                 }
                 KvCommand::BitOp { op, dst, sources }
             }
+            0x15 => {
+                let key = r.bytes("key", DECODE_BYTES_MAX)?;
+                let n = r.count("registers", super::hll::HLL_REGISTERS as u32, 3)?;
+                let mut registers = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let register = u16::from_le_bytes([r.u8()?, r.u8()?]);
+                    let rank = r.u8()?;
+                    if usize::from(register) >= super::hll::HLL_REGISTERS
+                        || rank == 0
+                        || rank > super::hll::HLL_RANK_MAX
+                    {
+                        return Err(DecodeError::Invalid {
+                            what: "HyperLogLog register or rank out of range",
+                        });
+                    }
+                    registers.push((register, rank));
+                }
+                KvCommand::HllAdd { key, registers }
+            }
+            0x16 => KvCommand::HllMerge {
+                dst: r.bytes("key", DECODE_BYTES_MAX)?,
+                sources: get_keys(&mut r)?,
+            },
             0x20..=0x2a => return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?)),
             tag if TypedQuery::is_tag(tag) => {
                 return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?))

@@ -9,6 +9,7 @@ mod command;
 mod exec;
 mod expiry;
 mod hash;
+pub mod hll;
 mod key;
 mod map;
 mod tree;
@@ -413,6 +414,8 @@ impl KvStore {
             }
             KvCommand::SetBit { key, offset, value } => self.set_bit(key, *offset, *value),
             KvCommand::BitOp { op, dst, sources } => self.bit_op(*op, dst, sources),
+            KvCommand::HllAdd { key, registers } => self.hll_add(key, registers),
+            KvCommand::HllMerge { dst, sources } => self.hll_merge(dst, sources),
             KvCommand::Read(q) => self.read(q),
             KvCommand::Typed(c) => self.execute_typed(c),
             KvCommand::Batch { guards, commands } => {
