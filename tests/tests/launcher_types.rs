@@ -487,28 +487,26 @@ fn collection_commands_end_to_end() {
     }
 }
 
-/// `blocked_clients` of a node's `INFO clients`.
-fn blocked_clients(c: &mut redis::Connection) -> u64 {
-    let info = match q(c, &["INFO", "clients"]) {
+/// The number `field` of section `section` of a node's `INFO`.
+fn info_number(c: &mut redis::Connection, section: &str, field: &str) -> u64 {
+    let info = match q(c, &["INFO", section]) {
         Value::BulkString(b) => String::from_utf8(b).unwrap(),
-        other => panic!("INFO clients: {other:?}"),
+        other => panic!("INFO {section}: {other:?}"),
     };
     info.lines()
-        .find_map(|l| l.strip_prefix("blocked_clients:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no blocked_clients in {info}"))
+        .unwrap_or_else(|| panic!("no {field} in {info}"))
+}
+
+/// `blocked_clients` of a node's `INFO clients`.
+fn blocked_clients(c: &mut redis::Connection) -> u64 {
+    info_number(c, "clients", "blocked_clients")
 }
 
 /// `blocking_looks` of a node's `INFO stats`.
 fn blocking_looks(c: &mut redis::Connection) -> u64 {
-    let info = match q(c, &["INFO", "stats"]) {
-        Value::BulkString(b) => String::from_utf8(b).unwrap(),
-        other => panic!("INFO stats: {other:?}"),
-    };
-    info.lines()
-        .find_map(|l| l.strip_prefix("blocking_looks:"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no blocking_looks in {info}"))
+    info_number(c, "stats", "blocking_looks")
 }
 
 /// BLPOP, BRPOP, BZPOPMIN/MAX, BLMOVE and BRPOPLPUSH through the binary: an
