@@ -462,6 +462,9 @@ fn collection_commands_end_to_end() {
     assert!(err(&mut c, &["PFADD", "plain", "x"])
         .starts_with("WRONGTYPE Key is not a valid HyperLogLog"));
     assert!(err(&mut c, &["PFCOUNT", "plain"]).starts_with("WRONGTYPE"));
+    assert_eq!(q(&mut c, &["RPUSH", "{h}list", "x"]), Int(1));
+    assert!(err(&mut c, &["PFCOUNT", "{h}1", "{h}list"]).starts_with("WRONGTYPE"));
+    assert!(err(&mut c, &["PFADD", "{h}list", "x"]).starts_with("WRONGTYPE"));
     let many: Vec<String> = (0..5000).map(|i| format!("user:{i}")).collect();
     let mut pfadd = vec!["PFADD", "{h}many"];
     pfadd.extend(many.iter().map(String::as_str));

@@ -101,7 +101,7 @@ pub enum Finish {
         /// How many `GET #` (0: the elements once).
         gets: usize,
     },
-    /// PFCOUNT: one `Values` of the keys; the estimate of their union.
+    /// PFCOUNT: one `Value` per key; the estimate of their union.
     HllCount,
     /// `Ok` as `+OK`.
     Okay,
@@ -358,10 +358,9 @@ pub fn prepare(
                 };
                 Outcome::Plan(vec![write(&args[0], cmd)], Finish::Okay)
             } else {
-                let q = KvQuery::MultiGet {
-                    keys: args.to_vec(),
-                };
-                Outcome::Plan(vec![read(&args[0], q)], Finish::HllCount)
+                // One GET a key (not MGET, which reads a list as nil): a
+                // collection is WRONGTYPE, as in Redis.
+                Outcome::Plan(args.iter().map(get).collect(), Finish::HllCount)
             }
         }
         "ZRANGESTORE" => {
@@ -851,24 +850,24 @@ pub fn finish(f: Finish, results: Vec<KvResult>) -> Reply {
             Ok(v) => Reply::Int(bit_pos(v.as_deref(), bit, start, end, bits)),
             Err(r) => r,
         },
-        Finish::HllCount => match first {
-            Some(KvResult::Values(values)) => {
-                let mut sets = Vec::with_capacity(values.len());
-                for v in values.iter().flatten() {
-                    match hll_registers(v) {
+        Finish::HllCount => {
+            let mut sets = Vec::with_capacity(results.len());
+            for r in &results {
+                match r {
+                    KvResult::Value(None) => {}
+                    KvResult::Value(Some(v)) => match hll_registers(v) {
                         Some(registers) => sets.push(registers),
                         None => {
                             return Reply::Error(
                                 "WRONGTYPE Key is not a valid HyperLogLog string value.".into(),
                             )
                         }
-                    }
+                    },
+                    r => return unexpected(r),
                 }
-                Reply::Int(hll_estimate(&sets) as i64)
             }
-            Some(r) => unexpected(r),
-            None => Reply::Int(0),
-        },
+            Reply::Int(hll_estimate(&sets) as i64)
+        }
         Finish::Okay => match first {
             Some(KvResult::Ok) => Reply::Ok,
             Some(r) => unexpected(r),
@@ -1001,9 +1000,19 @@ mod tests {
         }
         let (subs, f) = plan_of("pfcount b1 b2");
         assert_eq!(f, Finish::HllCount);
-        assert!(
-            matches!(&subs[..], [Sub { op: Op::Read(KvQuery::MultiGet { keys }), .. }] if keys.len() == 2)
-        );
+        assert!(matches!(
+            &subs[..],
+            [
+                Sub {
+                    op: Op::Read(KvQuery::Get { .. }),
+                    ..
+                },
+                Sub {
+                    op: Op::Read(KvQuery::Get { .. }),
+                    ..
+                }
+            ]
+        ));
         let (subs, f) = plan_of("pfmerge bd b1 b2");
         assert_eq!(f, Finish::Okay);
         assert!(
@@ -1017,11 +1026,14 @@ mod tests {
             "ERR wrong number of arguments for 'pfcount' command"
         );
         // PFCOUNT of absent keys is 0; of a plain string, Redis' error.
-        let empty = KvResult::Values(vec![None, None]);
-        assert_eq!(finish(Finish::HllCount, vec![empty]), Reply::Int(0));
-        let plain = KvResult::Values(vec![Some(b("plain"))]);
+        let absent = || KvResult::Value(None);
         assert_eq!(
-            finish(Finish::HllCount, vec![plain]),
+            finish(Finish::HllCount, vec![absent(), absent()]),
+            Reply::Int(0)
+        );
+        let plain = KvResult::Value(Some(b("plain")));
+        assert_eq!(
+            finish(Finish::HllCount, vec![absent(), plain]),
             Reply::Error("WRONGTYPE Key is not a valid HyperLogLog string value.".into())
         );
     }
