@@ -443,7 +443,7 @@ fn a_fourth_node_joins_a_running_cluster() {
     }
     let mut c1 = nodes[0].redis();
     let _: () = c1.set("before-join", "yes").unwrap();
-    let raft = free_addr();
+    let raft = free_addr_block(test_shards());
     let resp = free_addr();
     let http_addr = free_addr();
     let data_dir = dir.path().join("node-4");
@@ -465,13 +465,15 @@ fn a_fourth_node_joins_a_running_cluster() {
             "--http-addr".into(),
             http_addr.to_string(),
             "--shards".into(),
-            "1".into(),
+            test_shards().to_string(),
             "--placement".into(),
             "unbound".into(),
             "--kv-groups".into(),
             "2".into(),
             "--io-memory-bytes".into(),
             (1 << 20).to_string(),
+            "--wal-segment-bytes".into(),
+            TEST_WAL_SEGMENT_BYTES.to_string(),
             "--join".into(),
             nodes[0].http.to_string(),
         ],

@@ -82,8 +82,6 @@ pub const TEST_WAL_SEGMENT_BYTES: u64 = 8 << 20;
 /// (or two tests' nodes) then collide (CI saw a node refuse an HTTP address
 /// equal to its raft address).
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
     loop {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -93,6 +91,43 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// Ports handed out by this test process.
+static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// A loopback address whose port and the `n - 1` ports after it are free
+/// and were never handed out: a node's raft address (shard s listens on
+/// port + s).
+pub fn free_addr_block(n: usize) -> SocketAddr {
+    loop {
+        let port = free_port();
+        let rest: Vec<u16> = (1..n as u16).filter_map(|i| port.checked_add(i)).collect();
+        if rest.len() + 1 != n {
+            continue;
+        }
+        let mut given = GIVEN.lock().expect("port set");
+        let free = rest.iter().all(|p| {
+            !given.contains(p) && TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], *p))).is_ok()
+        });
+        if free {
+            given.extend(rest);
+            return SocketAddr::from(([127, 0, 0, 1], port));
+        }
+    }
+}
+
+/// Shards of each test node: `FLOTILLA_TEST_SHARDS` (1 to 8), default 1.
+/// With 2, the launcher tests run nodes as `flotilla node` starts them by
+/// default on a 2-CPU machine (clients served on both shards, requests
+/// crossing executors).
+pub fn test_shards() -> usize {
+    std::env::var("FLOTILLA_TEST_SHARDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| (1..=8).contains(n))
+        .unwrap_or(1)
 }
 
 /// A loopback address with a free port.
@@ -224,9 +259,10 @@ impl NodeProc {
                 break;
             }
             assert!(
-                start.elapsed() < deadline,
-                "node {} did not answer on {resp} within {deadline:?}; {}\nits log:\n{}",
+                start.elapsed() < deadline && !self.exited(),
+                "node {} did not answer on {resp} (waited {:?} of {deadline:?}); {}\nits log:\n{}",
                 self.id,
+                start.elapsed(),
                 self.diagnosis(),
                 self.log_tail()
             );
@@ -245,6 +281,21 @@ impl NodeProc {
                     .ok()
             },
         );
+    }
+
+    /// Whether the process has exited (a zombie not reaped yet, or gone).
+    fn exited(&self) -> bool {
+        let Some(child) = &self.child else {
+            return true;
+        };
+        match std::fs::read_to_string(format!("/proc/{}/stat", child.id())) {
+            // "pid (comm) state ...": `comm` may hold spaces and parens.
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state == "Z" || state == "X"),
+            Err(_) => true,
+        }
     }
 
     /// What the process is doing, for a node that does not get ready:
@@ -327,9 +378,11 @@ impl Drop for NodeProc {
     }
 }
 
-/// `n` nodes (one shard each, `kv_groups` groups) in `dir`, not started.
+/// `n` nodes ([`test_shards`] shards each, `kv_groups` groups) in `dir`,
+/// not started.
 pub fn cluster(dir: &Path, n: u64, kv_groups: u32, extra: &[&str]) -> Vec<NodeProc> {
-    let raft: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
+    let shards = test_shards();
+    let raft: Vec<SocketAddr> = (0..n).map(|_| free_addr_block(shards)).collect();
     let members: Vec<String> = raft
         .iter()
         .enumerate()
@@ -354,7 +407,7 @@ pub fn cluster(dir: &Path, n: u64, kv_groups: u32, extra: &[&str]) -> Vec<NodePr
                 "--members".into(),
                 members.join(","),
                 "--shards".into(),
-                "1".into(),
+                shards.to_string(),
                 "--placement".into(),
                 "unbound".into(),
                 "--kv-groups".into(),
