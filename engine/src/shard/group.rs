@@ -282,15 +282,19 @@ impl GroupReplica {
     /// past it. Lets a caller sleep until the state machine changes instead
     /// of polling it (a blocked `BLPOP`): read what it needs *after* the
     /// answer, then wait again with the index it got, and no change slips
-    /// in between. Waiters whose caller left are pruned here; at most
-    /// `reads_pending_max` wait.
+    /// in between. Waiters whose caller left are pruned here now and then
+    /// (and dropped when woken); at most `reads_pending_max` wait.
     pub(crate) fn wait_applied(&mut self, after: Index, reply: super::reply::ReplyTx<Index>) {
         let applied = self.applied_index();
         if applied > after {
             let _ = reply.send(Ok(applied));
             return;
         }
-        self.apply_waiters.retain(|(_, tx)| !tx.is_canceled());
+        // Every 64 registrations (amortized: a wake re-registers every
+        // waiter of the group).
+        if self.apply_waiters.len() % 64 == 63 {
+            self.apply_waiters.retain(|(_, tx)| !tx.is_canceled());
+        }
         if self.apply_waiters.len() >= self.limits.reads_pending_max {
             let _ = reply.send(Err(RequestError::Rejected(
                 crate::raft::ProposeError::TooManyReads { group: self.group },
@@ -897,13 +901,15 @@ mod tests {
         drive(&mut g);
         assert_eq!(rx1.try_recv(), Ok(Some(Ok(now + 1))));
         assert_eq!(rx2.try_recv(), Ok(Some(Ok(now + 1))));
-        // A waiter whose caller left is pruned by the next registration.
-        let (gone, gone_rx) = oneshot::channel();
-        g.wait_applied(now + 1, gone);
-        drop(gone_rx);
+        // Waiters whose callers left are pruned as registrations go on.
+        for _ in 0..63 {
+            let (gone, gone_rx) = oneshot::channel();
+            g.wait_applied(now + 1, gone);
+            drop(gone_rx);
+        }
         let (tx, mut rx) = oneshot::channel();
         g.wait_applied(now + 1, tx);
-        assert_eq!(g.apply_waiters.len(), 1, "the abandoned waiter is gone");
+        assert_eq!(g.apply_waiters.len(), 1, "the abandoned waiters are gone");
         // Stopping fails the waiters.
         g.fail_all();
         assert!(matches!(
