@@ -582,6 +582,12 @@ fn hyperloglogs_add_count_and_merge() {
         run(&mut kv, pfadd("l", &["x"])),
         KvResult::Error(KvError::WrongType)
     );
+    // Built in process past the decoder's checks: refused, not a panic.
+    let bad = KvCommand::HllAdd {
+        key: b("hll"),
+        registers: vec![(16_384, 1)],
+    };
+    assert_eq!(kv.execute(&bad), KvResult::Error(KvError::Malformed));
     // The registers travel in the log, not the elements: a register or
     // rank out of range does not decode.
     let mut bad = pfadd("k", &["x"]).encode().to_vec();

@@ -161,26 +161,40 @@ impl KvStore {
         if let Some(e) = check_key(key) {
             return KvResult::Error(e);
         }
+        // Decoding checks the pairs; a command built in process could skip
+        // that, and an out-of-range register would index past the value.
+        if registers
+            .iter()
+            .any(|(r, rank)| usize::from(*r) >= HLL_REGISTERS || *rank > HLL_RANK_MAX)
+        {
+            return KvResult::Error(KvError::Malformed);
+        }
         self.map.upsert(key, |cur| {
-            let mut value = match cur {
-                None => empty(),
+            let current = match cur {
+                None => None,
                 Some(v) if v.is_typed() => return (None, KvResult::Error(KvError::WrongType)),
                 Some(v) => match hll_registers(v.as_slice()) {
                     None => return (None, KvResult::Error(KvError::NotHyperLogLog)),
-                    Some(_) => v.as_slice().to_vec(),
+                    Some(r) => Some(r),
                 },
             };
-            let mut changed = cur.is_none();
-            for (register, rank) in registers {
-                debug_assert!(usize::from(*register) < HLL_REGISTERS && *rank <= HLL_RANK_MAX);
-                let slot = &mut value[HLL_HEADER_BYTES + usize::from(*register)];
-                if *rank > *slot {
-                    *slot = *rank;
-                    changed = true;
-                }
-            }
-            if !changed {
+            // Most adds to a populated HyperLogLog raise nothing: the
+            // 16 KiB value is copied only when a register goes up.
+            let raises = |regs: &[u8]| {
+                registers
+                    .iter()
+                    .any(|(r, rank)| *rank > regs[usize::from(*r)])
+            };
+            if current.is_some_and(|regs| !raises(regs)) {
                 return (None, KvResult::Int(0));
+            }
+            let mut value = match cur {
+                Some(v) => v.as_slice().to_vec(),
+                None => empty(),
+            };
+            for (register, rank) in registers {
+                let slot = &mut value[HLL_HEADER_BYTES + usize::from(*register)];
+                *slot = (*slot).max(*rank);
             }
             (Some(Value::from(value)), KvResult::Int(1))
         })
