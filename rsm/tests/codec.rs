@@ -36,6 +36,7 @@ fn query() -> impl Strategy<Value = KvQuery> {
         Just(KvQuery::Stats),
         bytes().prop_map(|key| KvQuery::Describe { key }),
         any::<u64>().prop_map(|seed| KvQuery::RandomKey { seed }),
+        (any::<u64>(), any::<u32>()).prop_map(|(after, limit)| KvQuery::Messages { after, limit }),
         (
             bytes(),
             any::<(bool, bool, bool)>(),
@@ -225,6 +226,7 @@ fn single_command() -> impl Strategy<Value = KvCommand> {
             .prop_map(|(key, registers)| KvCommand::HllAdd { key, registers }),
         (bytes(), proptest::collection::vec(bytes(), 0..4))
             .prop_map(|(dst, sources)| KvCommand::HllMerge { dst, sources }),
+        (bytes(), bytes()).prop_map(|(channel, message)| KvCommand::Publish { channel, message }),
         (bytes(), zrange())
             .prop_map(|(key, range)| KvCommand::Typed(TypedCommand::ZRangeStore { key, range })),
         (bytes(), bytes(), any::<bool>()).prop_map(|(key, src, alpha)| {
@@ -254,6 +256,16 @@ fn single_result() -> impl Strategy<Value = KvResult> {
     prop_oneof![
         Just(KvResult::Aborted),
         any::<u64>().prop_map(KvResult::Digest),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec((any::<u64>(), bytes(), bytes()), 0..4)
+        )
+            .prop_map(|(through, evicted, messages)| KvResult::Messages {
+                through,
+                evicted,
+                messages
+            }),
         (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(keys, expiring, data_bytes)| {
             KvResult::Stats {
                 keys,

@@ -27,7 +27,8 @@
 //!          0x14 BitOp        | op u8 (0 and, 1 or, 2 xor, 3 not) | dst bytes | sources list<bytes> |
 //!          0x15 HllAdd       | key bytes | count u32 | (register u16 | rank u8) * |
 //!          0x16 HllMerge     | dst bytes | sources list<bytes> |
-//!          0x20..=0x2a       a query (below), executed in log order
+//!          0x17 Publish      | channel bytes | message bytes |
+//!          0x20..=0x2b       a query (below), executed in log order
 //!          0x30..=0x50       a typed command (lists, sets, hashes, sorted
 //!                            sets, streams: drawn in `typed.rs`)
 //!          0x60..=0x90       a typed query, executed in log order
@@ -42,6 +43,7 @@
 //!          0x28 Stats        |
 //!          0x29 Describe     | key bytes |
 //!          0x2a RandomKey    | seed u64 |
+//!          0x2b Messages     | after u64 | limit u32 |
 //!          0x60..=0x90       a typed query (drawn in `typed.rs`)
 //! result   0x00 Ok
 //!          0x01 Value        | value opt |
@@ -58,6 +60,8 @@
 //!          0x0c Aborted
 //!          0x0d Digest       | digest u64 |
 //!          0x0e Stats        | keys u64 | expiring u64 | data_bytes u64 |
+//!          0x0f Messages     | through u64 | evicted u64 | count u32 |
+//!                            (index u64 | channel bytes | message bytes) * |
 //!          0x7f Error        | code u8 |
 //! ```
 //! Error codes: 1 not an integer, 2 overflow, 3 key too large, 4 value too
@@ -92,6 +96,14 @@ pub const RESULT_BYTES_MAX: usize = 128 << 20;
 /// Most items of one result ([`KvResult::Items`], [`KvResult::Records`]):
 /// a larger range read fails with [`KvError::ResultTooLarge`].
 pub const ITEMS_PER_RESULT_MAX: u32 = 1 << 24;
+
+/// Most messages a replica keeps for subscribers ([`KvCommand::Publish`]).
+pub const MESSAGES_KEPT_MAX: usize = 4096;
+/// Most message bytes (channels and messages) a replica keeps for
+/// subscribers; the newest entry's messages are kept whatever their size.
+pub const MESSAGE_BYTES_KEPT_MAX: usize = 16 << 20;
+/// A [`KvQuery::Messages`] result stops once it holds this many bytes.
+pub const MESSAGE_BYTES_READ_MAX: usize = 4 << 20;
 
 /// Most commands of one [`KvCommand::Batch`].
 pub const BATCH_COMMANDS_MAX: u32 = 100_000;
@@ -364,6 +376,19 @@ pub enum KvCommand {
         /// The other HyperLogLogs, at most [`KEYS_PER_COMMAND_MAX`].
         sources: Vec<Bytes>,
     },
+    /// Publishes `message` on `channel` (Redis `PUBLISH`): the store keeps
+    /// it, with its log index, in a bounded ring of recent messages that
+    /// subscribers read with [`KvQuery::Messages`]. The ring is not part of
+    /// the data: no key changes, snapshots leave it out, and the oldest
+    /// messages go once it holds [`MESSAGES_KEPT_MAX`] messages or
+    /// [`MESSAGE_BYTES_KEPT_MAX`] bytes. Result [`KvResult::Ok`];
+    /// [`KvError::ValueTooLarge`] for a message over [`VALUE_BYTES_MAX`].
+    Publish {
+        /// The channel (any bytes).
+        channel: Bytes,
+        /// The message.
+        message: Bytes,
+    },
     /// A read, executed in log order (a read through the log).
     Read(KvQuery),
     /// A write to a list, set, hash, sorted set or stream.
@@ -457,6 +482,18 @@ pub enum KvQuery {
     RandomKey {
         /// Picks the key.
         seed: u64,
+    },
+    /// The published messages ([`KvCommand::Publish`]) this replica keeps
+    /// whose log index is above `after`, oldest first: at most `limit`,
+    /// whole entries only (a `MULTI` that published twice is never split),
+    /// and at most [`MESSAGE_BYTES_READ_MAX`] bytes (at least one entry's
+    /// messages). Result [`KvResult::Messages`]. `after = u64::MAX` reads
+    /// none: only where new messages will start.
+    Messages {
+        /// Messages at or below this index are not wanted.
+        after: u64,
+        /// Most messages to return.
+        limit: u32,
     },
     /// A read of a list, set, hash, sorted set or stream (or `TYPE`).
     Typed(TypedQuery),
@@ -669,6 +706,17 @@ pub enum KvResult {
     Aborted,
     /// A key's digest ([`KvQuery::Digest`]).
     Digest(u64),
+    /// Published messages ([`KvQuery::Messages`]).
+    Messages {
+        /// The result holds every message the replica kept with an index
+        /// up to this one (the next read continues after it).
+        through: u64,
+        /// The highest index of a message the ring dropped (0: none); a
+        /// reader whose last `through` is below it missed messages.
+        evicted: u64,
+        /// `(log index, channel, message)`, in log order.
+        messages: Vec<(u64, Bytes, Bytes)>,
+    },
     /// The store's size ([`KvQuery::Stats`]).
     Stats {
         /// Keys.
@@ -998,6 +1046,11 @@ impl KvCommand {
                 put_bytes(out, dst);
                 put_keys(out, sources);
             }
+            KvCommand::Publish { channel, message } => {
+                out.put_u8(0x17);
+                put_bytes(out, channel);
+                put_bytes(out, message);
+            }
             KvCommand::Read(q) => q.encode_into(out),
             KvCommand::Typed(c) => c.encode_into(out),
             KvCommand::Batch { guards, commands } => {
@@ -1211,7 +1264,11 @@ impl KvCommand {
                 dst: r.bytes("key", DECODE_BYTES_MAX)?,
                 sources: get_keys(&mut r)?,
             },
-            0x20..=0x2a => return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?)),
+            0x17 => KvCommand::Publish {
+                channel: r.bytes("channel", DECODE_BYTES_MAX)?,
+                message: r.bytes("message", DECODE_BYTES_MAX)?,
+            },
+            0x20..=0x2b => return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?)),
             tag if TypedQuery::is_tag(tag) => {
                 return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?))
             }
@@ -1304,6 +1361,11 @@ impl KvQuery {
                 out.put_u8(0x2a);
                 out.put_u64_le(*seed);
             }
+            KvQuery::Messages { after, limit } => {
+                out.put_u8(0x2b);
+                out.put_u64_le(*after);
+                out.put_u32_le(*limit);
+            }
             KvQuery::Typed(q) => q.encode_into(out),
         }
     }
@@ -1348,6 +1410,10 @@ impl KvQuery {
                 key: r.bytes("key", DECODE_BYTES_MAX)?,
             },
             0x2a => KvQuery::RandomKey { seed: r.u64()? },
+            0x2b => KvQuery::Messages {
+                after: r.u64()?,
+                limit: r.u32()?,
+            },
             tag if TypedQuery::is_tag(tag) => {
                 KvQuery::Typed(TypedQuery::decode_tagged(tag, &mut r)?)
             }
@@ -1513,6 +1579,22 @@ impl KvResult {
                 out.put_u64_le(*expiring);
                 out.put_u64_le(*data_bytes);
             }
+            KvResult::Messages {
+                through,
+                evicted,
+                messages,
+            } => {
+                out.reserve(21 + messages.iter().map(|m| 16 + m.1.len() + m.2.len()).sum::<usize>());
+                out.put_u8(0x0f);
+                out.put_u64_le(*through);
+                out.put_u64_le(*evicted);
+                put_count(&mut out, messages.len());
+                for (index, channel, message) in messages {
+                    out.put_u64_le(*index);
+                    put_bytes(&mut out, channel);
+                    put_bytes(&mut out, message);
+                }
+            }
             KvResult::Error(e) => {
                 out.put_u8(0x7f);
                 out.put_u8(e.code());
@@ -1607,6 +1689,24 @@ impl KvResult {
                 expiring: r.u64()?,
                 data_bytes: r.u64()?,
             },
+            0x0f => {
+                let through = r.u64()?;
+                let evicted = r.u64()?;
+                let n = r.count("messages", ITEMS_PER_RESULT_MAX, 16)?;
+                let mut messages = Vec::with_capacity(n);
+                for _ in 0..n {
+                    messages.push((
+                        r.u64()?,
+                        r.bytes("channel", DECODE_BYTES_MAX)?,
+                        r.bytes("message", DECODE_BYTES_MAX)?,
+                    ));
+                }
+                KvResult::Messages {
+                    through,
+                    evicted,
+                    messages,
+                }
+            }
             0x7f => KvResult::Error(KvError::from_code(r.u8()?)?),
             tag => {
                 return Err(DecodeError::UnknownTag {

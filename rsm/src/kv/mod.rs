@@ -12,6 +12,7 @@ mod hash;
 pub mod hll;
 mod key;
 mod map;
+mod pubsub;
 mod tree;
 mod typed;
 mod value;
@@ -24,8 +25,8 @@ pub use command::{
     format_float, prefix_end, BitOperation, DeadlineChange, ExpireCondition, KvCommand, KvError,
     KvQuery, KvResult, PutCondition, ResultBytes, TypedCommand, TypedQuery, XAddId, ZAddCompare,
     ZAddCondition, BATCH_COMMANDS_MAX, DEADLINE_MS_MAX, EXPIRE_DUE_KEYS_MAX, ITEMS_PER_RESULT_MAX,
-    KEYS_PER_COMMAND_MAX, KEY_BYTES_MAX, RESULT_BYTES_MAX, SCAN_BYTES_MAX, SCAN_LIMIT_MAX,
-    VALUE_BYTES_MAX,
+    KEYS_PER_COMMAND_MAX, KEY_BYTES_MAX, MESSAGES_KEPT_MAX, MESSAGE_BYTES_KEPT_MAX,
+    MESSAGE_BYTES_READ_MAX, RESULT_BYTES_MAX, SCAN_BYTES_MAX, SCAN_LIMIT_MAX, VALUE_BYTES_MAX,
 };
 use expiry::Deadlines;
 use std::rc::Rc;
@@ -84,6 +85,8 @@ pub struct KvStore {
     /// Keys that expire, and when (see `expiry.rs`). Invariant: only keys
     /// present in `map`.
     deadlines: Deadlines,
+    /// Recently published messages (not data: see `pubsub.rs`).
+    messages: pubsub::Ring,
 }
 
 impl KvStore {
@@ -416,6 +419,13 @@ impl KvStore {
             KvCommand::BitOp { op, dst, sources } => self.bit_op(*op, dst, sources),
             KvCommand::HllAdd { key, registers } => self.hll_add(key, registers),
             KvCommand::HllMerge { dst, sources } => self.hll_merge(dst, sources),
+            KvCommand::Publish { channel, message } => {
+                if let Some(e) = check_value(message.len()).or_else(|| check_key(channel)) {
+                    return KvResult::Error(e);
+                }
+                self.messages.publish(channel, message);
+                KvResult::Ok
+            }
             KvCommand::Read(q) => self.read(q),
             KvCommand::Typed(c) => self.execute_typed(c),
             KvCommand::Batch { guards, commands } => {
@@ -695,6 +705,7 @@ impl KvStore {
             KvQuery::RandomKey { seed } => {
                 KvResult::Value(self.map.random_key(*seed).map(Bytes::copy_from_slice))
             }
+            KvQuery::Messages { after, limit } => self.messages.read(*after, *limit),
             KvQuery::Typed(q) => self.read_typed(q),
         }
     }
@@ -783,6 +794,7 @@ impl StateMachine for KvStore {
                 self.prefetch_put(&ahead.cmd, true);
             }
             let e = &mut entries[i];
+            self.messages.at = e.index;
             // Puts, the common command, are read in place (no slices of
             // the entry, no command value); everything else is decoded.
             if let Some((key, value, condition, return_previous)) = command::put_in_place(&e.cmd) {
@@ -814,7 +826,7 @@ impl StateMachine for KvStore {
             DecodeError::UnknownTag { .. }
                 if query
                     .first()
-                    .is_some_and(|t| (0x01..=0x12).contains(t) || TypedCommand::is_tag(*t)) =>
+                    .is_some_and(|t| (0x01..=0x1f).contains(t) || TypedCommand::is_tag(*t)) =>
             {
                 QueryError::Unsupported
             }
