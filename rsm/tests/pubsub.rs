@@ -4,11 +4,8 @@
 //! dropped, and it is not data (no key, not in snapshots).
 
 use bytes::Bytes;
-use flotilla_rsm::{
-    KvCommand, KvError, KvQuery, KvResult, KvStore, SmEntry, StateMachine,
-};
-use flotilla_rsm::kv::{MESSAGES_KEPT_MAX, VALUE_BYTES_MAX
-};
+use flotilla_rsm::kv::{MESSAGES_KEPT_MAX, VALUE_BYTES_MAX};
+use flotilla_rsm::{KvCommand, KvError, KvQuery, KvResult, KvStore, SmEntry, StateMachine};
 use futures_lite::future::block_on;
 
 fn b(s: &str) -> Bytes {
@@ -112,7 +109,11 @@ fn a_transaction_publishes_as_one_entry() {
     let mut kv = KvStore::new();
     let multi = KvCommand::Batch {
         guards: vec![],
-        commands: vec![publish("a", "1"), KvCommand::put("k", "v"), publish("b", "2")],
+        commands: vec![
+            publish("a", "1"),
+            KvCommand::put("k", "v"),
+            publish("b", "2"),
+        ],
     };
     let r = apply(&mut kv, 7, &[multi]);
     assert_eq!(
@@ -170,7 +171,10 @@ fn oversized_messages_and_channels_are_refused() {
         channel: b("c"),
         message: big.clone(),
     };
-    assert_eq!(kv.execute(&message), KvResult::Error(KvError::ValueTooLarge));
+    assert_eq!(
+        kv.execute(&message),
+        KvResult::Error(KvError::ValueTooLarge)
+    );
     let channel = KvCommand::Publish {
         channel: big,
         message: b("m"),

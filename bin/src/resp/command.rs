@@ -64,6 +64,12 @@ pub struct Shared {
     /// Looks of blocked connections at their keys' lengths since start
     /// (one per change of a key's group, and one a second).
     pub blocking_looks: AtomicU64,
+    /// Published messages sent to subscribers since start (one per
+    /// receiving subscription).
+    pub pubsub_messages_delivered: AtomicU64,
+    /// Times a subscriber fell behind its group's message ring and missed
+    /// messages.
+    pub pubsub_messages_lost: AtomicU64,
     /// Unix seconds of the last SAVE / BGSAVE that finished (LASTSAVE);
     /// the start of the node until then. Shared with BGSAVE's task.
     pub last_save_secs: Arc<AtomicU64>,
@@ -99,6 +105,8 @@ impl Shared {
             commands_processed: AtomicU64::new(0),
             clients_blocked: AtomicUsize::new(0),
             blocking_looks: AtomicU64::new(0),
+            pubsub_messages_delivered: AtomicU64::new(0),
+            pubsub_messages_lost: AtomicU64::new(0),
             last_save_secs: Arc::new(AtomicU64::new(crate::expiry::unix_ms() / 1000)),
             next_client_id: AtomicU64::new(1),
             expiry_hints: kv_groups
@@ -145,6 +153,9 @@ pub struct Conn {
     seed: u64,
     /// Peer address, for CLIENT INFO.
     pub peer: String,
+    /// Channels and patterns subscribed to (`None`: not in subscribed
+    /// mode).
+    pub(super) pubsub: Option<Box<super::pubsub::Subscriptions>>,
 }
 
 impl Conn {
@@ -167,7 +178,19 @@ impl Conn {
                 .map_or(0, |d| d.as_nanos() as u64)
                 ^ (peer_hash(&peer) << 1),
             peer,
+            pubsub: None,
         }
+    }
+
+    /// `RESET`: the state of a new connection (no transaction, nothing
+    /// watched, no subscription, no name, the node's read consistency).
+    pub(super) fn reset(&mut self, shared: &Shared) {
+        self.multi = None;
+        self.watched.clear();
+        self.pubsub = None;
+        self.name = None;
+        self.cursors.clear();
+        self.kv.consistency = shared.read_consistency;
     }
 }
 
@@ -191,6 +214,8 @@ pub struct Sub {
 #[derive(Debug)]
 enum Finish {
     Get,
+    /// PUBLISH: how many subscriptions here the channel reaches.
+    Published(Bytes),
     Set {
         get: bool,
     },
@@ -262,6 +287,8 @@ pub enum Prepared {
         /// BGSAVE: answer at once, snapshot in the background.
         background: bool,
     },
+    /// SUBSCRIBE, PSUBSCRIBE, UNSUBSCRIBE, PUNSUBSCRIBE.
+    PubSub(super::pubsub::Change),
 }
 
 /// Opaque finisher of a plan.
@@ -453,6 +480,14 @@ const COMMANDS: &[CommandInfo] = &[
 /// state commands (CLIENT SETNAME, READONLY, ...) take effect here, in
 /// pipeline order.
 pub fn prepare(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
+    if argv[0].eq_ignore_ascii_case(b"RESET") {
+        // Ends a transaction too, so it is never queued.
+        if argv.len() != 1 {
+            return arity("RESET");
+        }
+        conn.reset(shared);
+        return Prepared::Reply(Reply::Simple("RESET".into()));
+    }
     if multi::is_transaction_command(&argv[0]) {
         return multi::prepare(&upper(&argv[0]), &argv[1..], conn);
     }
@@ -906,6 +941,27 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
                 .map(|s| String::from_utf8_lossy(s).to_lowercase()),
         ),
         "QUIT" => Prepared::Quit,
+        "PUBLISH" => match args {
+            [channel, message] => plan(
+                vec![Sub {
+                    group: kv.group_for(channel),
+                    op: Op::Write(KvCommand::Publish {
+                        channel: channel.clone(),
+                        message: message.clone(),
+                    }),
+                }],
+                Finish::Published(channel.clone()),
+            ),
+            _ => arity(name),
+        },
+        "SUBSCRIBE" | "PSUBSCRIBE" | "UNSUBSCRIBE" | "PUNSUBSCRIBE" => {
+            match super::pubsub::parse(name, args) {
+                Some(Ok(change)) => Prepared::PubSub(change),
+                Some(Err(reply)) => Prepared::Reply(reply),
+                None => Prepared::Reply(Reply::err("internal error: pubsub command not found")),
+            }
+        }
+        "PUBSUB" => Prepared::Reply(super::pubsub::pubsub(args)),
         "SELECT" => match args {
             [db] if &db[..] == b"0" => Prepared::Reply(Reply::Ok),
             [db] if parse_i64(db).is_some() => {
@@ -1495,6 +1551,7 @@ fn all_commands() -> impl Iterator<Item = &'static CommandInfo> {
         .chain(types::COMMANDS.iter())
         .chain(super::blocking::COMMANDS.iter())
         .chain(super::extras::COMMANDS.iter())
+        .chain(super::pubsub::COMMANDS.iter())
 }
 
 /// FNV-1a of a peer address: mixes connections' seeds apart.
@@ -1875,6 +1932,11 @@ fn finish(f: Finish, results: Vec<Result<KvResult, HostError>>, conn: &mut Conn)
             conn.watched.extend(watched);
             Reply::Ok
         }
+        Finish::Published(channel) => match first {
+            Some(KvResult::Ok) => Reply::Int(super::pubsub::receivers(&channel)),
+            Some(r) => unexpected(r),
+            None => Reply::Int(0),
+        },
         Finish::AllOk => match ok.iter().find(|r| !matches!(r, KvResult::Ok)) {
             Some(r) => unexpected(r),
             None => Reply::Ok,
@@ -2082,10 +2144,12 @@ pub async fn info(section: Option<String>, shared: &Shared) -> Reply {
     if want("stats") {
         let _ = write!(
             out,
-            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nblocking_looks:{}\r\n\r\n",
+            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nblocking_looks:{}\r\npubsub_messages_delivered:{}\r\npubsub_messages_lost:{}\r\n\r\n",
             shared.clients_accepted.load(Ordering::Relaxed),
             shared.commands_processed.load(Ordering::Relaxed),
-            shared.blocking_looks.load(Ordering::Relaxed)
+            shared.blocking_looks.load(Ordering::Relaxed),
+            shared.pubsub_messages_delivered.load(Ordering::Relaxed),
+            shared.pubsub_messages_lost.load(Ordering::Relaxed)
         );
     }
     if want("memory") || want("keyspace") {

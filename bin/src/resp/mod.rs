@@ -22,6 +22,7 @@ pub mod extras;
 pub mod glob;
 pub mod multi;
 pub mod parse;
+pub mod pubsub;
 pub mod reply;
 pub mod types;
 
@@ -129,7 +130,15 @@ async fn connection(mut stream: TcpStream, shared: &Shared, stop: flume::Receive
         let mut broken = None;
         while batch.len() < PIPELINE_MAX {
             match parser.next(&mut buf) {
-                Parsed::Command(argv) => batch.push(command::prepare(argv, &mut conn, shared)),
+                Parsed::Command(argv) => {
+                    let p = command::prepare(argv, &mut conn, shared);
+                    let subscription = matches!(p, Prepared::PubSub(_));
+                    batch.push(p);
+                    if subscription {
+                        // What follows may run in subscribed mode.
+                        break;
+                    }
+                }
                 Parsed::Rejected(m) => {
                     multi::refused(&mut conn);
                     batch.push(Prepared::Reply(Reply::Error(m)));
@@ -167,6 +176,22 @@ async fn connection(mut stream: TcpStream, shared: &Shared, stop: flume::Receive
             }
             if quit {
                 break;
+            }
+            if conn.pubsub.is_some() {
+                let left = pubsub::serve(
+                    &mut stream,
+                    &mut buf,
+                    &mut parser,
+                    &mut conn,
+                    shared,
+                    &stop,
+                    &mut out,
+                )
+                .await;
+                match left {
+                    pubsub::Left::Normal => {}
+                    pubsub::Left::Close => break,
+                }
             }
             continue;
         }
@@ -278,6 +303,9 @@ async fn execute(
                     }
                     Prepared::Save { background } => {
                         replies.push(Some(command::save(background, shared).await));
+                    }
+                    Prepared::PubSub(change) => {
+                        replies.push(Some(pubsub::apply(change, conn, shared).await));
                     }
                     Prepared::Block(b) => match blocking::run(b, conn, shared, client).await {
                         Some(reply) => replies.push(Some(reply)),

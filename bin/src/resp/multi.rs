@@ -186,6 +186,10 @@ pub fn queue(prepared: Prepared, conn: &mut Conn) -> Prepared {
             m,
             Reply::err("SAVE and BGSAVE cannot be part of a transaction"),
         ),
+        Prepared::PubSub(_) => refuse(
+            m,
+            Reply::err("SUBSCRIBE and UNSUBSCRIBE cannot be part of a transaction here"),
+        ),
         Prepared::Block(_) => refuse(
             m,
             Reply::err("blocking commands cannot be part of a transaction here"),

@@ -27,6 +27,9 @@ pub enum Reply {
     Array(Vec<Reply>),
     /// The null array (`*-1`: LPOP with a count on a missing key).
     NilArray,
+    /// Several replies to one command, one after another (SUBSCRIBE
+    /// answers once per channel).
+    Many(Vec<Reply>),
 }
 
 impl Reply {
@@ -78,6 +81,11 @@ impl Reply {
                 out.put_slice(b"\r\n");
                 for item in items {
                     item.encode(out);
+                }
+            }
+            Reply::Many(replies) => {
+                for r in replies {
+                    r.encode(out);
                 }
             }
         }
@@ -136,6 +144,10 @@ mod tests {
         assert_eq!(
             enc(&Reply::Array(vec![Reply::Int(1), Reply::Nil])),
             "*2\r\n:1\r\n$-1\r\n"
+        );
+        assert_eq!(
+            enc(&Reply::Many(vec![Reply::Int(1), Reply::Ok])),
+            ":1\r\n+OK\r\n"
         );
     }
 }

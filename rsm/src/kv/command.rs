@@ -1584,7 +1584,12 @@ impl KvResult {
                 evicted,
                 messages,
             } => {
-                out.reserve(21 + messages.iter().map(|m| 16 + m.1.len() + m.2.len()).sum::<usize>());
+                out.reserve(
+                    21 + messages
+                        .iter()
+                        .map(|m| 16 + m.1.len() + m.2.len())
+                        .sum::<usize>(),
+                );
                 out.put_u8(0x0f);
                 out.put_u64_le(*through);
                 out.put_u64_le(*evicted);

@@ -77,7 +77,11 @@ impl Ring {
         while i < self.messages.len() {
             // One entry's messages go together.
             let index = self.messages[i].0;
-            let end = i + self.messages.range(i..).take_while(|m| m.0 == index).count();
+            let end = i + self
+                .messages
+                .range(i..)
+                .take_while(|m| m.0 == index)
+                .count();
             let entry_bytes: usize = self
                 .messages
                 .range(i..end)
