@@ -181,8 +181,8 @@ fn three_nodes_serve_the_redis_protocol() {
     assert_eq!(name, "tester");
     let n: i64 = redis::cmd("COMMAND").arg("COUNT").query(&mut c1).unwrap();
     assert!(n > 20, "COMMAND COUNT {n}");
-    let hello = redis::cmd("HELLO").arg("3").query::<redis::Value>(&mut c1);
-    assert!(hello.is_err(), "HELLO 3 is refused (RESP2 only): {hello:?}");
+    let hello = redis::cmd("HELLO").arg("4").query::<redis::Value>(&mut c1);
+    assert!(hello.is_err(), "HELLO 4 is refused: {hello:?}");
     let _: () = redis::cmd("CONSISTENCY")
         .arg("stale")
         .query(&mut c1)

@@ -253,10 +253,14 @@ impl Blocking {
                 Some(Reply::Array(vec![Reply::Bulk(key.clone()), Reply::Bulk(v)]))
             }
             (Pop::Move { .. }, KvResult::Value(Some(v))) => Some(Reply::Bulk(v)),
-            (Pop::ZSet { .. }, KvResult::Items(items)) if items.len() == 2 => {
-                let mut out = vec![Reply::Bulk(key.clone())];
-                out.extend(items.into_iter().map(Reply::Bulk));
-                Some(Reply::Array(out))
+            (Pop::ZSet { .. }, KvResult::Items(mut items)) if items.len() == 2 => {
+                let score = items.pop().expect("two items");
+                let member = items.pop().expect("two items");
+                Some(Reply::Array(vec![
+                    Reply::Bulk(key.clone()),
+                    Reply::Bulk(member),
+                    Reply::Double(score),
+                ]))
             }
             (_, KvResult::Value(None)) => None,
             (_, KvResult::Items(items)) if items.is_empty() => None,

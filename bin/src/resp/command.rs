@@ -156,6 +156,8 @@ pub struct Conn {
     /// Channels and patterns subscribed to (`None`: not in subscribed
     /// mode).
     pub(super) pubsub: Option<Box<super::pubsub::Subscriptions>>,
+    /// Replies in RESP3 (after `HELLO 3`).
+    pub resp3: bool,
 }
 
 impl Conn {
@@ -179,6 +181,7 @@ impl Conn {
                 ^ (peer_hash(&peer) << 1),
             peer,
             pubsub: None,
+            resp3: false,
         }
     }
 
@@ -191,6 +194,7 @@ impl Conn {
         self.name = None;
         self.cursors.clear();
         self.kv.consistency = shared.read_consistency;
+        self.resp3 = false;
     }
 }
 
@@ -1417,14 +1421,11 @@ fn prepare_scan(args: &[Bytes], conn: &mut Conn, shared: &Shared) -> Prepared {
 
 fn prepare_hello(args: &[Bytes], conn: &mut Conn) -> Prepared {
     let mut i = 0;
+    let mut resp3 = conn.resp3;
     if let Some(v) = args.first() {
         match parse_i64(v) {
-            Some(2) => i = 1,
-            Some(3) => {
-                return Prepared::Reply(Reply::Error(
-                    "NOPROTO this server speaks RESP2 only; use HELLO 2 (or no HELLO)".into(),
-                ))
-            }
+            Some(2) => (i, resp3) = (1, false),
+            Some(3) => (i, resp3) = (1, true),
             Some(_) => {
                 return Prepared::Reply(Reply::Error("NOPROTO unsupported protocol version".into()))
             }
@@ -1446,21 +1447,16 @@ fn prepare_hello(args: &[Bytes], conn: &mut Conn) -> Prepared {
             _ => return syntax(),
         }
     }
-    Prepared::Reply(Reply::Array(vec![
-        Reply::text("server"),
-        Reply::text("redis"),
-        Reply::text("version"),
-        Reply::text(REDIS_VERSION),
-        Reply::text("proto"),
-        Reply::Int(2),
-        Reply::text("id"),
-        Reply::Int(conn.id as i64),
-        Reply::text("mode"),
-        Reply::text("standalone"),
-        Reply::text("role"),
-        Reply::text("master"),
-        Reply::text("modules"),
-        Reply::Array(Vec::new()),
+    // The reply already speaks the protocol asked for.
+    conn.resp3 = resp3;
+    Prepared::Reply(Reply::Map(vec![
+        (Reply::text("server"), Reply::text("redis")),
+        (Reply::text("version"), Reply::text(REDIS_VERSION)),
+        (Reply::text("proto"), Reply::Int(if resp3 { 3 } else { 2 })),
+        (Reply::text("id"), Reply::Int(conn.id as i64)),
+        (Reply::text("mode"), Reply::text("standalone")),
+        (Reply::text("role"), Reply::text("master")),
+        (Reply::text("modules"), Reply::Array(Vec::new())),
     ]))
 }
 
@@ -1527,11 +1523,10 @@ fn prepare_config(args: &[Bytes], shared: &Shared) -> Prepared {
                     .iter()
                     .any(|p| glob::matches(&p.to_ascii_lowercase(), name.as_bytes()))
                 {
-                    out.push(Reply::text(*name));
-                    out.push(Reply::text(value.clone()));
+                    out.push((Reply::text(*name), Reply::text(value.clone())));
                 }
             }
-            Prepared::Reply(Reply::Array(out))
+            Prepared::Reply(Reply::Map(out))
         }
         "RESETSTAT" => Prepared::Reply(Reply::Ok),
         "SET" => Prepared::Reply(Reply::err(

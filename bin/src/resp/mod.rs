@@ -327,7 +327,7 @@ async fn execute(
     flush_wave(wave, wave_slots, done, replies, conn, shared).await;
     for r in replies.drain(..) {
         r.unwrap_or_else(|| Reply::err("internal error: missing reply"))
-            .encode(out);
+            .encode_as(out, conn.resp3);
     }
     quit
 }

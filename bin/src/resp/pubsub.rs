@@ -226,26 +226,26 @@ impl Subscriptions {
     }
 
     /// Appends the replies a message on `channel` makes for this client.
-    fn deliver(&self, channel: &Bytes, message: &Bytes, out: &mut BytesMut) -> bool {
+    fn deliver(&self, channel: &Bytes, message: &Bytes, out: &mut BytesMut, resp3: bool) -> bool {
         let mut any = false;
         if self.channels.contains(channel) {
-            Reply::Array(vec![
+            Reply::Push(vec![
                 Reply::text("message"),
                 Reply::Bulk(channel.clone()),
                 Reply::Bulk(message.clone()),
             ])
-            .encode(out);
+            .encode_as(out, resp3);
             any = true;
         }
         for p in &self.patterns {
             if super::glob::matches(p, channel) {
-                Reply::Array(vec![
+                Reply::Push(vec![
                     Reply::text("pmessage"),
                     Reply::Bulk(p.clone()),
                     Reply::Bulk(channel.clone()),
                     Reply::Bulk(message.clone()),
                 ])
-                .encode(out);
+                .encode_as(out, resp3);
                 any = true;
             }
         }
@@ -351,7 +351,7 @@ pub async fn apply(change: Change, conn: &mut Conn, shared: &Shared) -> Reply {
                 if subs.names(patterns).insert(name.clone()) {
                     register(patterns, &name);
                 }
-                replies.push(Reply::Array(vec![
+                replies.push(Reply::Push(vec![
                     Reply::text(kind),
                     Reply::Bulk(name),
                     Reply::Int(subs.count()),
@@ -372,7 +372,7 @@ pub async fn apply(change: Change, conn: &mut Conn, shared: &Shared) -> Reply {
                 names
             };
             if names.is_empty() {
-                replies.push(Reply::Array(vec![
+                replies.push(Reply::Push(vec![
                     Reply::text(kind),
                     Reply::Nil,
                     Reply::Int(subs.count()),
@@ -382,7 +382,7 @@ pub async fn apply(change: Change, conn: &mut Conn, shared: &Shared) -> Reply {
                 if subs.names(patterns).remove(&name) {
                     unregister(patterns, &name);
                 }
-                replies.push(Reply::Array(vec![
+                replies.push(Reply::Push(vec![
                     Reply::text(kind),
                     Reply::Bulk(name),
                     Reply::Int(subs.count()),
@@ -488,9 +488,9 @@ pub async fn serve(
                         return left;
                     }
                 }
-                Parsed::Rejected(m) => Reply::Error(m).encode(out),
+                Parsed::Rejected(m) => Reply::Error(m).encode_as(out, conn.resp3),
                 Parsed::Broken(m) => {
-                    Reply::err(m).encode(out);
+                    Reply::err(m).encode_as(out, conn.resp3);
                     let _ = stream.write_all(out).await;
                     out.clear();
                     return Left::Close;
@@ -654,6 +654,7 @@ async fn read(
                 return;
             }
         };
+        let resp3 = conn.resp3;
         let Some(subs) = conn.pubsub.as_mut() else {
             return;
         };
@@ -669,7 +670,7 @@ async fn read(
         let mut delivered = 0u64;
         for (index, channel, message) in &messages {
             debug_assert!(*index > after, "the ring reads after the cursor");
-            if subs.deliver(channel, message, out) {
+            if subs.deliver(channel, message, out, resp3) {
                 delivered += 1;
             }
         }
@@ -700,34 +701,36 @@ async fn command(
 ) -> Option<Left> {
     let name = String::from_utf8_lossy(&argv[0]).to_ascii_uppercase();
     let args = &argv[1..];
-    match name.as_str() {
-        "PING" => match args {
-            [] | [_] => Reply::Array(vec![
-                Reply::text("pong"),
-                Reply::Bulk(args.first().cloned().unwrap_or_default()),
-            ])
-            .encode(out),
-            _ => arity("PING").encode(out),
-        },
+    let resp3 = conn.resp3;
+    let reply = match name.as_str() {
+        // RESP3 answers PING as usual; RESP2 as a message-shaped array.
+        "PING" if args.len() > 1 => arity("PING"),
+        "PING" if resp3 => args
+            .first()
+            .map_or(Reply::Simple("PONG".into()), |a| Reply::Bulk(a.clone())),
+        "PING" => Reply::Array(vec![
+            Reply::text("pong"),
+            Reply::Bulk(args.first().cloned().unwrap_or_default()),
+        ]),
         "QUIT" => {
-            Reply::Ok.encode(out);
+            Reply::Ok.encode_as(out, resp3);
             return Some(Left::Close);
         }
         "RESET" => {
             conn.reset(shared);
-            Reply::Simple("RESET".into()).encode(out);
+            Reply::Simple("RESET".into()).encode_as(out, resp3);
             return Some(Left::Normal);
         }
         _ => match parse(&name, args) {
-            Some(Ok(change)) => apply(change, conn, shared).await.encode(out),
-            Some(Err(reply)) => reply.encode(out),
+            Some(Ok(change)) => apply(change, conn, shared).await,
+            Some(Err(reply)) => reply,
             None => Reply::err(format!(
                 "Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
                 name.to_ascii_lowercase()
-            ))
-            .encode(out),
+            )),
         },
-    }
+    };
+    reply.encode_as(out, resp3);
     None
 }
 
@@ -781,14 +784,17 @@ mod tests {
             register(p, &b(n));
         }
         let mut out = BytesMut::new();
-        assert!(s.deliver(&b("a"), &b("m"), &mut out));
+        assert!(s.deliver(&b("a"), &b("m"), &mut out, false));
         assert_eq!(
             &out[..],
             &b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$1\r\nm\r\n*4\r\n$8\r\npmessage\r\n$2\r\na*\r\n$1\r\na\r\n$1\r\nm\r\n"[..]
         );
         out.clear();
-        assert!(!s.deliver(&b("b"), &b("m"), &mut out));
+        assert!(!s.deliver(&b("b"), &b("m"), &mut out, false));
         assert!(out.is_empty());
+        assert!(s.deliver(&b("a"), &b("m"), &mut out, true));
+        assert!(out.starts_with(b">3\r\n$7\r\nmessage\r\n"));
+        out.clear();
         assert_eq!(receivers(b"az"), 2);
         drop(s);
         assert_eq!(receivers(b"az"), 0);

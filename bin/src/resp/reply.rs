@@ -1,9 +1,15 @@
-//! RESP2 replies and their encoding.
+//! Replies and their encoding in RESP2 and RESP3 (after `HELLO 3`).
 //!
 //! ```text
 //! simple  +<text>\r\n          error  -<PREFIX> <text>\r\n     integer  :<n>\r\n
-//! bulk    $<len>\r\n<bytes>\r\n  nil    $-1\r\n
-//! array   *<n>\r\n<reply>...    nil array  *-1\r\n
+//! bulk    $<len>\r\n<bytes>\r\n  nil    $-1\r\n  (RESP3: _\r\n)
+//! array   *<n>\r\n<reply>...    nil array  *-1\r\n  (RESP3: _\r\n)
+//! RESP3 only (RESP2 writes them as above):
+//! map     %<n>\r\n<key><value>...    (RESP2: an array of 2n)
+//! set     ~<n>\r\n<reply>...         (RESP2: an array)
+//! double  ,<text>\r\n                (RESP2: a bulk string)
+//! push    ><n>\r\n<reply>...         (RESP2: an array; pub/sub messages)
+//! pairs   *<n>\r\n(*2\r\n<a><b>)...    (RESP2: a flat array of 2n)
 //! ```
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -30,6 +36,16 @@ pub enum Reply {
     /// Several replies to one command, one after another (SUBSCRIBE
     /// answers once per channel).
     Many(Vec<Reply>),
+    /// A map (HGETALL, CONFIG GET, HELLO).
+    Map(Vec<(Reply, Reply)>),
+    /// A set (SMEMBERS).
+    Set(Vec<Reply>),
+    /// A double, as its decimal text (`inf`, `-inf` included).
+    Double(Bytes),
+    /// Pairs (ZRANGE ... WITHSCORES): nested in RESP3, flat in RESP2.
+    Pairs(Vec<(Reply, Reply)>),
+    /// Out-of-band data (pub/sub messages).
+    Push(Vec<Reply>),
 }
 
 impl Reply {
@@ -48,8 +64,8 @@ impl Reply {
         v.map_or(Reply::Nil, Reply::Bulk)
     }
 
-    /// Appends the encoding to `out`.
-    pub fn encode(&self, out: &mut BytesMut) {
+    /// Appends the encoding to `out`, in RESP3 if `resp3`.
+    pub fn encode_as(&self, out: &mut BytesMut, resp3: bool) {
         match self {
             Reply::Ok => out.put_slice(b"+OK\r\n"),
             Reply::Simple(s) => {
@@ -73,22 +89,59 @@ impl Reply {
                 out.put_slice(b);
                 out.put_slice(b"\r\n");
             }
+            Reply::Nil | Reply::NilArray if resp3 => out.put_slice(b"_\r\n"),
             Reply::Nil => out.put_slice(b"$-1\r\n"),
             Reply::NilArray => out.put_slice(b"*-1\r\n"),
-            Reply::Array(items) => {
-                out.put_u8(b'*');
-                put_decimal(out, items.len() as i64);
-                out.put_slice(b"\r\n");
-                for item in items {
-                    item.encode(out);
-                }
-            }
+            Reply::Array(items) => put_aggregate(out, b'*', items, resp3),
+            Reply::Set(items) => put_aggregate(out, if resp3 { b'~' } else { b'*' }, items, resp3),
+            Reply::Push(items) => put_aggregate(out, if resp3 { b'>' } else { b'*' }, items, resp3),
             Reply::Many(replies) => {
                 for r in replies {
-                    r.encode(out);
+                    r.encode_as(out, resp3);
                 }
             }
+            Reply::Map(pairs) | Reply::Pairs(pairs) if !resp3 => {
+                put_header(out, b'*', pairs.len() * 2);
+                for (a, b) in pairs {
+                    a.encode_as(out, resp3);
+                    b.encode_as(out, resp3);
+                }
+            }
+            Reply::Map(pairs) => {
+                put_header(out, b'%', pairs.len());
+                for (a, b) in pairs {
+                    a.encode_as(out, resp3);
+                    b.encode_as(out, resp3);
+                }
+            }
+            Reply::Pairs(pairs) => {
+                put_header(out, b'*', pairs.len());
+                for (a, b) in pairs {
+                    out.put_slice(b"*2\r\n");
+                    a.encode_as(out, resp3);
+                    b.encode_as(out, resp3);
+                }
+            }
+            Reply::Double(text) if resp3 => {
+                out.put_u8(b',');
+                out.put_slice(text);
+                out.put_slice(b"\r\n");
+            }
+            Reply::Double(text) => Reply::Bulk(text.clone()).encode_as(out, resp3),
         }
+    }
+}
+
+fn put_header(out: &mut BytesMut, kind: u8, n: usize) {
+    out.put_u8(kind);
+    put_decimal(out, n as i64);
+    out.put_slice(b"\r\n");
+}
+
+fn put_aggregate(out: &mut BytesMut, kind: u8, items: &[Reply], resp3: bool) {
+    put_header(out, kind, items.len());
+    for item in items {
+        item.encode_as(out, resp3);
     }
 }
 
@@ -128,7 +181,7 @@ mod tests {
 
     fn enc(r: &Reply) -> String {
         let mut out = BytesMut::new();
-        r.encode(&mut out);
+        r.encode_as(&mut out, false);
         String::from_utf8(out.to_vec()).unwrap()
     }
 
@@ -149,5 +202,50 @@ mod tests {
             enc(&Reply::Many(vec![Reply::Int(1), Reply::Ok])),
             ":1\r\n+OK\r\n"
         );
+    }
+
+    fn enc3(r: &Reply) -> String {
+        let mut out = BytesMut::new();
+        r.encode_as(&mut out, true);
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn resp3_types_and_their_resp2_forms() {
+        let pair = || (Reply::text("a"), Reply::Double(Bytes::from_static(b"1.5")));
+        let cases: Vec<(Reply, &str, &str)> = vec![
+            (Reply::Nil, "$-1\r\n", "_\r\n"),
+            (Reply::NilArray, "*-1\r\n", "_\r\n"),
+            (
+                Reply::Map(vec![pair()]),
+                "*2\r\n$1\r\na\r\n$3\r\n1.5\r\n",
+                "%1\r\n$1\r\na\r\n,1.5\r\n",
+            ),
+            (
+                Reply::Pairs(vec![pair(), pair()]),
+                "*4\r\n$1\r\na\r\n$3\r\n1.5\r\n$1\r\na\r\n$3\r\n1.5\r\n",
+                "*2\r\n*2\r\n$1\r\na\r\n,1.5\r\n*2\r\n$1\r\na\r\n,1.5\r\n",
+            ),
+            (Reply::Set(vec![Reply::Int(1)]), "*1\r\n:1\r\n", "~1\r\n:1\r\n"),
+            (
+                Reply::Push(vec![Reply::text("message"), Reply::Nil]),
+                "*2\r\n$7\r\nmessage\r\n$-1\r\n",
+                ">2\r\n$7\r\nmessage\r\n_\r\n",
+            ),
+            (
+                Reply::Double(Bytes::from_static(b"-inf")),
+                "$4\r\n-inf\r\n",
+                ",-inf\r\n",
+            ),
+            (
+                Reply::Array(vec![Reply::Map(vec![])]),
+                "*1\r\n*0\r\n",
+                "*1\r\n%0\r\n",
+            ),
+        ];
+        for (r, two, three) in cases {
+            assert_eq!(enc(&r), two, "{r:?} in RESP2");
+            assert_eq!(enc3(&r), three, "{r:?} in RESP3");
+        }
     }
 }

@@ -49,6 +49,28 @@ pub enum Finish {
     IntArray,
     /// HINCRBYFLOAT: `Value` as a bulk string.
     IncrFloat,
+    /// `Items` of pairs as a map (HGETALL: a map in RESP3).
+    Map,
+    /// `Items` as a set (SMEMBERS: a set in RESP3).
+    Set,
+    /// `Value` as a double or nil (ZSCORE, ZINCRBY, ZADD INCR: a double
+    /// in RESP3).
+    Double,
+    /// `Values` as doubles or nils (ZMSCORE).
+    Doubles,
+    /// `Items` of pairs as pairs (RESP3 nests them), the second of each a
+    /// double if `scored` (ZRANGE ... WITHSCORES, HRANDFIELD ...
+    /// WITHVALUES).
+    Pairs {
+        /// The second of each pair is a score.
+        scored: bool,
+    },
+    /// `Items` of member, score pairs: ZPOPMIN / ZPOPMAX with a count
+    /// (`counted`: pairs) or without (one flat member, score).
+    Popped {
+        /// A count was given.
+        counted: bool,
+    },
     /// HSCAN, SSCAN, ZSCAN: `Items` (pairs if `pairs`) as `["0", [...]]`,
     /// keeping what `pattern` matches (the first of a pair), without the
     /// second of each pair if `only_firsts`.
@@ -461,7 +483,9 @@ fn prepare_checked(name: &str, args: &[Bytes], now_ms: u64, seed: u64) -> Result
                         max: name == "ZPOPMAX",
                         count,
                     },
-                    Finish::Array,
+                    Finish::Popped {
+                        counted: count.is_some(),
+                    },
                 ),
                 _ => write(
                     key,
@@ -570,7 +594,7 @@ fn prepare_checked(name: &str, args: &[Bytes], now_ms: u64, seed: u64) -> Result
             };
             write(key, c, Finish::Int)
         }
-        "SMEMBERS" => read(key, Q::SetMembers { key: k() }, Finish::Array),
+        "SMEMBERS" => read(key, Q::SetMembers { key: k() }, Finish::Set),
         "SMISMEMBER" => {
             too_many(rest.len())?;
             read(
@@ -602,7 +626,7 @@ fn prepare_checked(name: &str, args: &[Bytes], now_ms: u64, seed: u64) -> Result
                 "SUNION" => Q::SetUnion { key: k(), others },
                 _ => Q::SetDiff { key: k(), others },
             };
-            with_others(read(key, q, Finish::Array), rest)
+            with_others(read(key, q, Finish::Set), rest)
         }
         "SINTERSTORE" | "SUNIONSTORE" | "SDIFFSTORE" => {
             too_many(rest.len())?;
@@ -718,7 +742,7 @@ fn prepare_checked(name: &str, args: &[Bytes], now_ms: u64, seed: u64) -> Result
             },
             Finish::Int,
         ),
-        "HGETALL" => read(key, Q::HashGetAll { key: k() }, Finish::Array),
+        "HGETALL" => read(key, Q::HashGetAll { key: k() }, Finish::Map),
         "HKEYS" => read(key, Q::HashKeys { key: k() }, Finish::Array),
         "HVALS" => read(key, Q::HashVals { key: k() }, Finish::Array),
         "HINCRBY" => write(
@@ -792,10 +816,12 @@ fn prepare_checked(name: &str, args: &[Bytes], now_ms: u64, seed: u64) -> Result
             read(
                 key,
                 q,
-                if count.is_some() {
-                    Finish::Array
-                } else {
-                    Finish::Bulk
+                match count {
+                    None => Finish::Bulk,
+                    Some(_) if with => Finish::Pairs {
+                        scored: name == "ZRANDMEMBER",
+                    },
+                    Some(_) => Finish::Array,
                 },
             )
         }
@@ -810,7 +836,7 @@ fn prepare_checked(name: &str, args: &[Bytes], now_ms: u64, seed: u64) -> Result
                 incr: true,
                 pairs: vec![(score(&rest[0])?, rest[1].clone())],
             },
-            Finish::Bulk,
+            Finish::Double,
         ),
         "ZREM" => {
             too_many(rest.len())?;
@@ -829,7 +855,7 @@ fn prepare_checked(name: &str, args: &[Bytes], now_ms: u64, seed: u64) -> Result
                 key: k(),
                 member: rest[0].clone(),
             },
-            Finish::Bulk,
+            Finish::Double,
         ),
         "ZCARD" => read(key, Q::ZCard { key: k() }, Finish::Int),
         "ZRANGE" | "ZREVRANGE" | "ZRANGEBYSCORE" | "ZREVRANGEBYSCORE" | "ZRANGEBYLEX"
@@ -898,7 +924,7 @@ fn prepare_checked(name: &str, args: &[Bytes], now_ms: u64, seed: u64) -> Result
                     key: k(),
                     members: rest.to_vec(),
                 },
-                Finish::Array,
+                Finish::Doubles,
             )
         }
         "ZRANK" | "ZREVRANK" => read(
@@ -1019,7 +1045,7 @@ fn prepare_zrange(name: &str, key: &Bytes, rest: &[Bytes]) -> Result<Planned, Re
                 rev,
                 with_scores,
             },
-            Finish::Array,
+            scored(with_scores),
         );
     }
     // A reversed range is written end first.
@@ -1061,7 +1087,7 @@ fn prepare_zrange(name: &str, key: &Bytes, rest: &[Bytes]) -> Result<Planned, Re
             offset,
             count,
         },
-        Finish::Array,
+        scored(with_scores),
     )
 }
 
@@ -1166,7 +1192,7 @@ fn prepare_zcombine(name: &str, args: &[Bytes]) -> Result<Planned, Reply> {
                 aggregate,
                 with_scores,
             },
-            Finish::Array,
+            scored(with_scores),
         ),
         ("ZINTER", None) => read(
             &key,
@@ -1177,7 +1203,7 @@ fn prepare_zcombine(name: &str, args: &[Bytes]) -> Result<Planned, Reply> {
                 aggregate,
                 with_scores,
             },
-            Finish::Array,
+            scored(with_scores),
         ),
         _ => read(
             &key,
@@ -1186,7 +1212,7 @@ fn prepare_zcombine(name: &str, args: &[Bytes]) -> Result<Planned, Reply> {
                 others,
                 with_scores,
             },
-            Finish::Array,
+            scored(with_scores),
         ),
     };
     with_others(plan, &keys[1..])
@@ -1402,7 +1428,7 @@ fn prepare_zadd(key: &Bytes, rest: &[Bytes]) -> Result<Planned, Reply> {
             incr,
             pairs,
         },
-        if incr { Finish::Bulk } else { Finish::Int },
+        if incr { Finish::Double } else { Finish::Int },
     )
 }
 
@@ -1478,6 +1504,30 @@ fn prepare_xadd(key: &Bytes, rest: &[Bytes], now_ms: u64) -> Result<Planned, Rep
 }
 
 /// The reply of a typed command from its (non-error) result.
+/// The reply shape of a range: pairs with scores, or members.
+fn scored(with_scores: bool) -> Finish {
+    if with_scores {
+        Finish::Pairs { scored: true }
+    } else {
+        Finish::Array
+    }
+}
+
+/// Flat `[a, b, a, b, ...]` as pairs, each `b` a double if `scored`.
+fn pairs(items: Vec<Bytes>, scored: bool) -> Vec<(Reply, Reply)> {
+    let mut out = Vec::with_capacity(items.len() / 2);
+    let mut it = items.into_iter();
+    while let (Some(a), Some(b)) = (it.next(), it.next()) {
+        let b = if scored {
+            Reply::Double(b)
+        } else {
+            Reply::Bulk(b)
+        };
+        out.push((Reply::Bulk(a), b));
+    }
+    out
+}
+
 pub fn finish(f: Finish, r: Option<KvResult>) -> Reply {
     let Some(r) = r else {
         return Reply::err("internal error: missing result");
@@ -1531,6 +1581,27 @@ pub fn finish(f: Finish, r: Option<KvResult>) -> Reply {
             ])
         }
         (Finish::IncrFloat, KvResult::Value(v)) => Reply::opt(v),
+        (Finish::Map, KvResult::Items(items)) => Reply::Map(pairs(items, false)),
+        (Finish::Set, KvResult::Items(items)) => {
+            Reply::Set(items.into_iter().map(Reply::Bulk).collect())
+        }
+        (Finish::Double, KvResult::Value(v)) => v.map_or(Reply::Nil, Reply::Double),
+        (Finish::Doubles, KvResult::Values(values)) => Reply::Array(
+            values
+                .into_iter()
+                .map(|v| v.map_or(Reply::Nil, Reply::Double))
+                .collect(),
+        ),
+        (Finish::Pairs { scored }, KvResult::Items(items)) => Reply::Pairs(pairs(items, scored)),
+        (Finish::Popped { counted: true }, KvResult::Items(items)) => {
+            Reply::Pairs(pairs(items, true))
+        }
+        (Finish::Popped { counted: false }, KvResult::Items(items)) => Reply::Array(
+            pairs(items, true)
+                .into_iter()
+                .flat_map(|(m, s)| [m, s])
+                .collect(),
+        ),
         (f, r) => {
             tracing::error!(?f, result = ?r, "unexpected KV result kind for a typed command");
             Reply::err("internal error: unexpected result kind")
@@ -2502,7 +2573,7 @@ mod tests {
             Reply::Error(_)
         ));
         let mut out = bytes::BytesMut::new();
-        Reply::NilArray.encode(&mut out);
+        Reply::NilArray.encode_as(&mut out, false);
         assert_eq!(&out[..], b"*-1\r\n");
     }
 }

@@ -1,0 +1,248 @@
+//! Pub/Sub and RESP3 through the real binary: three `flotilla node`
+//! processes, raw sockets, and every reply compared byte for byte with
+//! what Redis sends.
+
+mod launcher_support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use launcher_support::*;
+
+/// Three `flotilla node`s with 4 KV groups, started and ready.
+fn ready_cluster(dir: &std::path::Path) -> Vec<NodeProc> {
+    let mut nodes = cluster(dir, 3, 4, &[]);
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    for n in &nodes {
+        n.wait_ready(READY);
+    }
+    nodes
+}
+
+/// A client socket that checks replies byte for byte.
+struct Raw(TcpStream);
+
+impl Raw {
+    fn connect(node: &NodeProc) -> Raw {
+        let s = TcpStream::connect(node.resp).expect("connect");
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        Raw(s)
+    }
+
+    fn send(&mut self, args: &[&str]) {
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        self.0.write_all(out.as_bytes()).expect("write");
+    }
+
+    /// Reads exactly as many bytes as `want` has (10 s at most) and
+    /// compares.
+    fn expect(&mut self, want: &str) {
+        let got = self.read_n(want.len(), Duration::from_secs(10));
+        assert_eq!(got, want, "reply");
+    }
+
+    fn read_n(&mut self, n: usize, deadline: Duration) -> String {
+        let start = Instant::now();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; n];
+        while got.len() < n && start.elapsed() < deadline {
+            match self.0.read(&mut buf[..n - got.len()]) {
+                Ok(0) => break,
+                Ok(k) => got.extend_from_slice(&buf[..k]),
+                Err(_) => {}
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    /// Whatever arrives within `wait`.
+    fn drain(&mut self, wait: Duration) -> String {
+        let start = Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while start.elapsed() < wait {
+            if let Ok(k) = self.0.read(&mut buf) {
+                if k == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..k]);
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    fn call(&mut self, args: &[&str], want: &str) {
+        self.send(args);
+        self.expect(want);
+    }
+}
+
+fn message(channel: &str, payload: &str) -> String {
+    format!(
+        "*3\r\n$7\r\nmessage\r\n${}\r\n{channel}\r\n${}\r\n{payload}\r\n",
+        channel.len(),
+        payload.len()
+    )
+}
+
+fn publish(c: &mut redis::Connection, channel: &str, payload: &str) -> i64 {
+    redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(payload)
+        .query(c)
+        .unwrap_or_else(|e| panic!("PUBLISH {channel}: {e}"))
+}
+
+#[test]
+fn pubsub_and_resp3_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = ready_cluster(dir.path());
+    let mut publisher = nodes[2].redis();
+
+    // A RESP2 subscriber on node 1, a RESP3 pattern subscriber on node 2.
+    let mut s1 = Raw::connect(&nodes[0]);
+    s1.call(
+        &["SUBSCRIBE", "news", "sport"],
+        "*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n*3\r\n$9\r\nsubscribe\r\n$5\r\nsport\r\n:2\r\n",
+    );
+    let mut s2 = Raw::connect(&nodes[1]);
+    s2.send(&["HELLO", "3"]);
+    let hello = s2.drain(Duration::from_millis(500));
+    assert!(hello.starts_with("%7\r\n"), "HELLO 3 answers a map: {hello:?}");
+    assert!(hello.contains("$5\r\nproto\r\n:3\r\n"), "{hello:?}");
+    s2.call(
+        &["PSUBSCRIBE", "n*"],
+        ">3\r\n$10\r\npsubscribe\r\n$2\r\nn*\r\n:1\r\n",
+    );
+
+    // A message published through the third node reaches both, in the
+    // protocol each speaks; nobody on the publisher's node listens.
+    assert_eq!(publish(&mut publisher, "news", "hello"), 0);
+    s1.expect(&message("news", "hello"));
+    s2.expect(">4\r\n$8\r\npmessage\r\n$2\r\nn*\r\n$4\r\nnews\r\n$5\r\nhello\r\n");
+
+    // Many messages, published from two nodes: each channel's arrive in
+    // the order they were published.
+    let mut other = nodes[1].redis();
+    let mut want = String::new();
+    for i in 0..60 {
+        let (c, channel) = if i % 2 == 0 {
+            (&mut publisher, "news")
+        } else {
+            (&mut other, "sport")
+        };
+        publish(c, channel, &i.to_string());
+        want.push_str(&message(channel, &i.to_string()));
+    }
+    // "news" and "sport" may live in different groups: compare per channel.
+    let got = s1.read_n(want.len(), Duration::from_secs(10));
+    let per_channel = |text: &str, channel: &str| -> Vec<String> {
+        text.split("*3\r\n")
+            .filter(|m| m.contains(&format!("\r\n{channel}\r\n")))
+            .map(str::to_owned)
+            .collect()
+    };
+    for channel in ["news", "sport"] {
+        assert_eq!(
+            per_channel(&got, channel),
+            per_channel(&want, channel),
+            "{channel} in order"
+        );
+    }
+    // The pattern subscriber got the 30 "news" ones, not "sport".
+    let news = s2.read_n(30 * 48, Duration::from_secs(10));
+    assert_eq!(news.matches("pmessage").count(), 30, "{news}");
+    assert!(!news.contains("sport"));
+
+    // Subscribed mode: only the subscription commands, PING (RESP2: as an
+    // array), QUIT and RESET.
+    s1.call(
+        &["GET", "k"],
+        "-ERR Can't execute 'get': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n",
+    );
+    s1.call(&["PING"], "*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+    s2.call(&["PING"], "+PONG\r\n");
+    if test_shards() == 1 {
+        // One executor per node: PUBLISH counts this node's subscribers,
+        // PUBSUB reports them.
+        let mut local = nodes[0].redis();
+        assert_eq!(publish(&mut local, "sport", "here"), 1);
+        s1.expect(&message("sport", "here"));
+        let numsub: Vec<redis::Value> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("news")
+            .arg("none")
+            .query(&mut local)
+            .unwrap();
+        assert_eq!(
+            numsub,
+            vec![
+                redis::Value::BulkString(b"news".to_vec()),
+                redis::Value::Int(1),
+                redis::Value::BulkString(b"none".to_vec()),
+                redis::Value::Int(0)
+            ]
+        );
+    }
+
+    // Leaving every channel ends subscribed mode: commands work again and
+    // no message comes any more.
+    s1.call(
+        &["UNSUBSCRIBE"],
+        "*3\r\n$11\r\nunsubscribe\r\n$4\r\nnews\r\n:1\r\n*3\r\n$11\r\nunsubscribe\r\n$5\r\nsport\r\n:0\r\n",
+    );
+    s1.call(&["SET", "k", "v"], "+OK\r\n");
+    publish(&mut publisher, "news", "late");
+    s1.call(&["GET", "k"], "$1\r\nv\r\n");
+    assert_eq!(s1.drain(Duration::from_millis(300)), "");
+    s2.expect(">4\r\n$8\r\npmessage\r\n$2\r\nn*\r\n$4\r\nnews\r\n$4\r\nlate\r\n");
+
+    // RESET leaves subscribed mode and RESP3.
+    s2.call(&["RESET"], "+RESET\r\n");
+    s2.call(&["GET", "missing"], "$-1\r\n");
+    s2.call(&["UNSUBSCRIBE"], "*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n");
+
+    // RESP3 reply types (HELLO 3 again, on a fresh connection).
+    let mut r = Raw::connect(&nodes[0]);
+    r.send(&["HELLO", "3"]);
+    assert!(r.drain(Duration::from_millis(500)).starts_with("%7\r\n"));
+    r.call(&["GET", "missing"], "_\r\n");
+    r.call(&["HSET", "h", "f", "v"], ":1\r\n");
+    r.call(&["HGETALL", "h"], "%1\r\n$1\r\nf\r\n$1\r\nv\r\n");
+    r.call(&["ZADD", "z", "1.5", "a", "2", "b"], ":2\r\n");
+    r.call(&["ZSCORE", "z", "a"], ",1.5\r\n");
+    r.call(&["ZSCORE", "z", "nope"], "_\r\n");
+    r.call(
+        &["ZRANGE", "z", "0", "-1", "WITHSCORES"],
+        "*2\r\n*2\r\n$1\r\na\r\n,1.5\r\n*2\r\n$1\r\nb\r\n,2\r\n",
+    );
+    r.call(&["ZINCRBY", "z", "1", "a"], ",2.5\r\n");
+    r.call(&["ZMSCORE", "z", "a", "nope"], "*2\r\n,2.5\r\n_\r\n");
+    r.call(&["ZPOPMIN", "z"], "*2\r\n$1\r\nb\r\n,2\r\n");
+    r.call(&["ZPOPMIN", "z", "5"], "*1\r\n*2\r\n$1\r\na\r\n,2.5\r\n");
+    r.call(&["SADD", "s", "x"], ":1\r\n");
+    r.call(&["SMEMBERS", "s"], "~1\r\n$1\r\nx\r\n");
+    r.call(
+        &["CONFIG", "GET", "maxmemory"],
+        "%1\r\n$9\r\nmaxmemory\r\n$1\r\n0\r\n",
+    );
+    r.call(&["LPOP", "nolist", "2"], "_\r\n");
+    // And the same commands in RESP2 after HELLO 2.
+    r.send(&["HELLO", "2"]);
+    assert!(r.drain(Duration::from_millis(500)).starts_with("*14\r\n"));
+    r.call(&["HGETALL", "h"], "*2\r\n$1\r\nf\r\n$1\r\nv\r\n");
+    r.call(&["ZADD", "z", "1.5", "a"], ":1\r\n");
+    r.call(&["ZSCORE", "z", "a"], "$3\r\n1.5\r\n");
+    r.call(
+        &["ZRANGE", "z", "0", "-1", "WITHSCORES"],
+        "*2\r\n$1\r\na\r\n$3\r\n1.5\r\n",
+    );
+    r.call(&["GET", "missing"], "$-1\r\n");
+}
