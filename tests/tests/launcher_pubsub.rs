@@ -115,7 +115,10 @@ fn pubsub_and_resp3_end_to_end() {
     let mut s2 = Raw::connect(&nodes[1]);
     s2.send(&["HELLO", "3"]);
     let hello = s2.drain(Duration::from_millis(500));
-    assert!(hello.starts_with("%7\r\n"), "HELLO 3 answers a map: {hello:?}");
+    assert!(
+        hello.starts_with("%7\r\n"),
+        "HELLO 3 answers a map: {hello:?}"
+    );
     assert!(hello.contains("$5\r\nproto\r\n:3\r\n"), "{hello:?}");
     s2.call(
         &["PSUBSCRIBE", "n*"],
@@ -207,7 +210,10 @@ fn pubsub_and_resp3_end_to_end() {
     // RESET leaves subscribed mode and RESP3.
     s2.call(&["RESET"], "+RESET\r\n");
     s2.call(&["GET", "missing"], "$-1\r\n");
-    s2.call(&["UNSUBSCRIBE"], "*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n");
+    s2.call(
+        &["UNSUBSCRIBE"],
+        "*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n",
+    );
 
     // RESP3 reply types (HELLO 3 again, on a fresh connection).
     let mut r = Raw::connect(&nodes[0]);

@@ -226,7 +226,11 @@ mod tests {
                 "*4\r\n$1\r\na\r\n$3\r\n1.5\r\n$1\r\na\r\n$3\r\n1.5\r\n",
                 "*2\r\n*2\r\n$1\r\na\r\n,1.5\r\n*2\r\n$1\r\na\r\n,1.5\r\n",
             ),
-            (Reply::Set(vec![Reply::Int(1)]), "*1\r\n:1\r\n", "~1\r\n:1\r\n"),
+            (
+                Reply::Set(vec![Reply::Int(1)]),
+                "*1\r\n:1\r\n",
+                "~1\r\n:1\r\n",
+            ),
             (
                 Reply::Push(vec![Reply::text("message"), Reply::Nil]),
                 "*2\r\n$7\r\nmessage\r\n$-1\r\n",
