@@ -61,6 +61,7 @@ const SKIPPED: &[&str] = &[
     "BZPOPMAX",
     "BLMPOP",
     "BZMPOP",
+    "XREAD",
     "SHUTDOWN",
     "QUIT",
     "HELLO",

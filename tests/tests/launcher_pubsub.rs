@@ -1,6 +1,6 @@
-//! Pub/Sub and RESP3 through the real binary: three `flotilla node`
-//! processes, raw sockets, and every reply compared byte for byte with
-//! what Redis sends.
+//! Pub/Sub, RESP3 and XREAD through the real binary: three `flotilla
+//! node` processes, raw sockets, and every reply compared byte for byte
+//! with what Redis sends.
 
 mod launcher_support;
 
@@ -195,6 +195,16 @@ fn pubsub_and_resp3_end_to_end() {
         );
     }
 
+    // Every delivery is counted where the subscriber is.
+    let mut stats = nodes[0].redis();
+    let info: String = redis::cmd("INFO").arg("stats").query(&mut stats).unwrap();
+    assert!(
+        info.lines()
+            .filter_map(|l| l.strip_prefix("pubsub_messages_delivered:"))
+            .any(|n| n.trim().parse::<u64>().unwrap() >= 31),
+        "{info}"
+    );
+
     // Leaving every channel ends subscribed mode: commands work again and
     // no message comes any more.
     s1.call(
@@ -219,6 +229,9 @@ fn pubsub_and_resp3_end_to_end() {
     let mut r = Raw::connect(&nodes[0]);
     r.send(&["HELLO", "3"]);
     assert!(r.drain(Duration::from_millis(500)).starts_with("%7\r\n"));
+    r.send(&["CLIENT", "INFO"]);
+    let info = r.drain(Duration::from_millis(300));
+    assert!(info.contains(" sub=0 psub=0 multi=-1 resp=3 "), "{info:?}");
     r.call(&["GET", "missing"], "_\r\n");
     r.call(&["HSET", "h", "f", "v"], ":1\r\n");
     r.call(&["HGETALL", "h"], "%1\r\n$1\r\nf\r\n$1\r\nv\r\n");
@@ -251,4 +264,62 @@ fn pubsub_and_resp3_end_to_end() {
         "*2\r\n$1\r\na\r\n$3\r\n1.5\r\n",
     );
     r.call(&["GET", "missing"], "$-1\r\n");
+
+    // XREAD: entries after an id, streams in different groups, `$`, and
+    // BLOCK woken by an XADD through another node.
+    r.call(&["XADD", "sa", "1-1", "f", "v"], "$3\r\n1-1\r\n");
+    r.call(&["XADD", "sb", "2-0", "g", "w"], "$3\r\n2-0\r\n");
+    r.call(&["XADD", "sb", "3-0", "h", "x"], "$3\r\n3-0\r\n");
+    let entry = |id: &str, f: &str, v: &str| {
+        format!("*2\r\n$3\r\n{id}\r\n*2\r\n$1\r\n{f}\r\n$1\r\n{v}\r\n")
+    };
+    r.call(
+        &["XREAD", "STREAMS", "sa", "sb", "0", "2-0"],
+        &format!(
+            "*2\r\n*2\r\n$2\r\nsa\r\n*1\r\n{}*2\r\n$2\r\nsb\r\n*1\r\n{}",
+            entry("1-1", "f", "v"),
+            entry("3-0", "h", "x")
+        ),
+    );
+    r.call(
+        &["XREAD", "COUNT", "1", "STREAMS", "sb", "0"],
+        &format!("*1\r\n*2\r\n$2\r\nsb\r\n*1\r\n{}", entry("2-0", "g", "w")),
+    );
+    r.call(&["XREAD", "STREAMS", "sa", "$"], "*-1\r\n");
+    let began = Instant::now();
+    r.call(&["XREAD", "BLOCK", "200", "STREAMS", "sa", "$"], "*-1\r\n");
+    assert!(began.elapsed() >= Duration::from_millis(200));
+    let adder = std::thread::spawn({
+        let node = nodes[2].resp;
+        move || {
+            std::thread::sleep(Duration::from_millis(300));
+            let mut c = redis::Client::open(format!("redis://{node}/"))
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            let _: String = redis::cmd("XADD")
+                .arg("sa")
+                .arg("9-0")
+                .arg("n")
+                .arg("m")
+                .query(&mut c)
+                .unwrap();
+        }
+    });
+    let began = Instant::now();
+    r.call(
+        &["XREAD", "BLOCK", "10000", "STREAMS", "sb", "sa", "$", "$"],
+        &format!("*1\r\n*2\r\n$2\r\nsa\r\n*1\r\n{}", entry("9-0", "n", "m")),
+    );
+    assert!(began.elapsed() >= Duration::from_millis(250));
+    adder.join().unwrap();
+    // RESP3: a map of stream to entries, null when nothing came.
+    r.send(&["HELLO", "3"]);
+    assert!(r.drain(Duration::from_millis(500)).starts_with("%7\r\n"));
+    r.call(
+        &["XREAD", "STREAMS", "sa", "1-1"],
+        &format!("%1\r\n$2\r\nsa\r\n*1\r\n{}", entry("9-0", "n", "m")),
+    );
+    r.call(&["XREAD", "STREAMS", "sa", "9-0"], "_\r\n");
+    r.call(&["XREAD", "STREAMS", "sa"], "-ERR Unbalanced 'xread' list of streams: for each stream key an ID or '$' must be specified.\r\n");
 }

@@ -721,7 +721,7 @@ mod tests {
             Some(Reply::Array(vec![
                 Reply::Bulk(key.clone()),
                 Reply::Bulk(Bytes::from_static(b"m")),
-                Reply::Bulk(Bytes::from_static(b"1.5"))
+                Reply::Double(Bytes::from_static(b"1.5"))
             ]))
         );
         assert_eq!(z.answer(&key, KvResult::Items(Vec::new())), None);

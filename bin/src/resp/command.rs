@@ -293,6 +293,8 @@ pub enum Prepared {
     },
     /// SUBSCRIBE, PSUBSCRIBE, UNSUBSCRIBE, PUNSUBSCRIBE.
     PubSub(super::pubsub::Change),
+    /// XREAD (may block).
+    XRead(super::xread::XRead),
 }
 
 /// Opaque finisher of a plan.
@@ -966,6 +968,10 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
             }
         }
         "PUBSUB" => Prepared::Reply(super::pubsub::pubsub(args)),
+        "XREAD" => match super::xread::parse(args) {
+            Ok(x) => Prepared::XRead(x),
+            Err(reply) => Prepared::Reply(reply),
+        },
         "SELECT" => match args {
             [db] if &db[..] == b"0" => Prepared::Reply(Reply::Ok),
             [db] if parse_i64(db).is_some() => {
@@ -1486,13 +1492,17 @@ fn prepare_client(args: &[Bytes], conn: &mut Conn) -> Prepared {
         ("ID", []) => Prepared::Reply(Reply::Int(conn.id as i64)),
         ("SETINFO", [_, _]) | ("NO-EVICT", [_]) | ("NO-TOUCH", [_]) => Prepared::Reply(Reply::Ok),
         ("INFO", []) | ("LIST", _) => Prepared::Reply(Reply::text(format!(
-            "id={} addr={} name={} db=0 consistency={}\n",
+            "id={} addr={} name={} db=0 sub={} psub={} multi={} resp={} consistency={}\n",
             conn.id,
             conn.peer,
             conn.name
                 .as_ref()
                 .map(|n| String::from_utf8_lossy(n).into_owned())
                 .unwrap_or_default(),
+            conn.pubsub.as_ref().map_or(0, |s| s.channel_count()),
+            conn.pubsub.as_ref().map_or(0, |s| s.pattern_count()),
+            conn.multi.as_ref().map_or(-1, |m| m.queued() as i64),
+            if conn.resp3 { 3 } else { 2 },
             consistency_name(conn.kv.consistency)
         ))),
         (s, _) => Prepared::Reply(Reply::err(format!(
@@ -1547,6 +1557,7 @@ fn all_commands() -> impl Iterator<Item = &'static CommandInfo> {
         .chain(super::blocking::COMMANDS.iter())
         .chain(super::extras::COMMANDS.iter())
         .chain(super::pubsub::COMMANDS.iter())
+        .chain(super::xread::COMMANDS.iter())
 }
 
 /// FNV-1a of a peer address: mixes connections' seeds apart.
@@ -1584,8 +1595,9 @@ fn prepare_command(args: &[Bytes]) -> Prepared {
     Prepared::Reply(match sub.as_deref() {
         None => Reply::Array(all_commands().map(command_info).collect()),
         Some("COUNT") => Reply::Int(all_commands().count() as i64),
-        // No documentation is served; clients (redis-cli) fall back.
-        Some("DOCS") => Reply::Array(Vec::new()),
+        // No documentation is served; clients (redis-cli) fall back. (An
+        // empty map: RESP3 has `%0`, RESP2 an empty array.)
+        Some("DOCS") => Reply::Map(Vec::new()),
         Some("INFO") => Reply::Array(
             args[1..]
                 .iter()

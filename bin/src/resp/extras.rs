@@ -768,11 +768,10 @@ pub fn lcs(a: &[u8], b: &[u8], mode: LcsMode) -> Reply {
         }
     }
     if mode.idx {
-        Reply::Array(vec![
-            Reply::text("matches"),
-            Reply::Array(matches),
-            Reply::text("len"),
-            Reply::Int(total as i64),
+        // A map in RESP3, as Redis answers.
+        Reply::Map(vec![
+            (Reply::text("matches"), Reply::Array(matches)),
+            (Reply::text("len"), Reply::Int(total as i64)),
         ])
     } else {
         Reply::Bulk(Bytes::from(result))
@@ -1267,20 +1266,22 @@ mod tests {
         let m = |a0, a1, b0, b1| Reply::Array(vec![i2(a0, a1), i2(b0, b1)]);
         assert_eq!(
             lcs(a, b, mode(false, true, 0, false)),
-            Reply::Array(vec![
-                Reply::text("matches"),
-                Reply::Array(vec![m(4, 7, 5, 8), m(2, 3, 0, 1)]),
-                Reply::text("len"),
-                Reply::Int(6),
+            Reply::Map(vec![
+                (
+                    Reply::text("matches"),
+                    Reply::Array(vec![m(4, 7, 5, 8), m(2, 3, 0, 1)])
+                ),
+                (Reply::text("len"), Reply::Int(6)),
             ])
         );
         assert_eq!(
             lcs(a, b, mode(false, true, 4, true)),
-            Reply::Array(vec![
-                Reply::text("matches"),
-                Reply::Array(vec![Reply::Array(vec![i2(4, 7), i2(5, 8), Reply::Int(4)])]),
-                Reply::text("len"),
-                Reply::Int(6),
+            Reply::Map(vec![
+                (
+                    Reply::text("matches"),
+                    Reply::Array(vec![Reply::Array(vec![i2(4, 7), i2(5, 8), Reply::Int(4)])])
+                ),
+                (Reply::text("len"), Reply::Int(6)),
             ])
         );
         assert_eq!(

@@ -25,6 +25,7 @@ pub mod parse;
 pub mod pubsub;
 pub mod reply;
 pub mod types;
+pub mod xread;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -307,6 +308,13 @@ async fn execute(
                     Prepared::PubSub(change) => {
                         replies.push(Some(pubsub::apply(change, conn, shared).await));
                     }
+                    Prepared::XRead(x) => match xread::run(x, conn, shared, client).await {
+                        Some(reply) => replies.push(Some(reply)),
+                        None => {
+                            quit = true;
+                            break;
+                        }
+                    },
                     Prepared::Block(b) => match blocking::run(b, conn, shared, client).await {
                         Some(reply) => replies.push(Some(reply)),
                         // The client left (or the node stops): no answer.

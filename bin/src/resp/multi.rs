@@ -54,6 +54,13 @@ pub struct Multi {
     dirty: bool,
 }
 
+impl Multi {
+    /// Commands queued so far (`CLIENT INFO`'s `multi`).
+    pub fn queued(&self) -> usize {
+        self.items.len()
+    }
+}
+
 /// One queued command.
 #[derive(Debug)]
 enum Queued {
@@ -186,6 +193,7 @@ pub fn queue(prepared: Prepared, conn: &mut Conn) -> Prepared {
             m,
             Reply::err("SAVE and BGSAVE cannot be part of a transaction"),
         ),
+        Prepared::XRead(_) => refuse(m, Reply::err("XREAD cannot be part of a transaction here")),
         Prepared::PubSub(_) => refuse(
             m,
             Reply::err("SUBSCRIBE and UNSUBSCRIBE cannot be part of a transaction here"),

@@ -202,6 +202,16 @@ pub struct Subscriptions {
 }
 
 impl Subscriptions {
+    /// Channels subscribed to.
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Patterns subscribed to.
+    pub fn pattern_count(&self) -> usize {
+        self.patterns.len()
+    }
+
     fn count(&self) -> i64 {
         (self.channels.len() + self.patterns.len()) as i64
     }

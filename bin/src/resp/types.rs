@@ -289,7 +289,7 @@ fn positive_count(b: &[u8]) -> Result<u64, Reply> {
 }
 
 /// A stream id `<ms>[-<seq>]`; `seq` is `None` if absent.
-fn stream_id(b: &[u8]) -> Result<(u64, Option<u64>), Reply> {
+pub(super) fn stream_id(b: &[u8]) -> Result<(u64, Option<u64>), Reply> {
     let s = std::str::from_utf8(b).map_err(|_| invalid_id())?;
     let num = |t: &str| -> Result<u64, Reply> {
         if t.is_empty() || !t.bytes().all(|c| c.is_ascii_digit()) {
@@ -1819,7 +1819,7 @@ mod tests {
         }
         assert!(matches!(
             plan("zincrby k 2 m").unwrap().finish,
-            Finish::Bulk
+            Finish::Double
         ));
         assert_eq!(
             query("zrange k 0 -1 withscores"),
