@@ -31,6 +31,9 @@ pub const COMMANDS: &[CommandInfo] = &[(
     0,
 )];
 
+/// A stream's entries: id, then fields and values.
+type Records = Vec<(Bytes, Vec<Bytes>)>;
+
 /// The last possible stream id.
 const ID_MAX: (u64, u64) = (u64::MAX, u64::MAX);
 /// Reads through the leader at least this often while blocked.
@@ -188,7 +191,7 @@ pub async fn run(
     let mut last_confirmed = started;
     let mut scratch = vec![0u8; 16 << 10];
     loop {
-        let mut found: Vec<(Bytes, Vec<(Bytes, Vec<Bytes>)>)> = Vec::new();
+        let mut found: Vec<(Bytes, Records)> = Vec::new();
         for i in 0..x.keys.len() {
             if !look.contains(&i) {
                 continue;
@@ -316,7 +319,7 @@ async fn read(
     group: GroupId,
     q: Q,
     consistency: ReadConsistency,
-) -> Result<Vec<(Bytes, Vec<Bytes>)>, Reply> {
+) -> Result<Records, Reply> {
     let mut kv = conn.kv.clone();
     kv.consistency = consistency;
     match kv.query(group, &KvQuery::Typed(q)).await {
@@ -327,8 +330,8 @@ async fn read(
 
 /// `[[key, [[id, [field, value, ...]], ...]], ...]`; a map of key to
 /// entries in RESP3, as Redis answers.
-fn answer(found: Vec<(Bytes, Vec<(Bytes, Vec<Bytes>)>)>, resp3: bool) -> Reply {
-    let entries = |records: Vec<(Bytes, Vec<Bytes>)>| {
+fn answer(found: Vec<(Bytes, Records)>, resp3: bool) -> Reply {
+    let entries = |records: Records| {
         Reply::Array(
             records
                 .into_iter()
