@@ -291,6 +291,8 @@ fn pubsub_and_resp3_end_to_end() {
     assert!(began.elapsed() >= Duration::from_millis(200));
     let adder = std::thread::spawn({
         let node = nodes[2].resp;
+        // A plain thread of the test, not a shard: it may sleep.
+        #[allow(clippy::disallowed_methods)]
         move || {
             std::thread::sleep(Duration::from_millis(300));
             let mut c = redis::Client::open(format!("redis://{node}/"))
