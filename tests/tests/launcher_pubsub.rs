@@ -10,18 +10,6 @@ use std::time::{Duration, Instant};
 
 use launcher_support::*;
 
-/// Three `flotilla node`s with 4 KV groups, started and ready.
-fn ready_cluster(dir: &std::path::Path) -> Vec<NodeProc> {
-    let mut nodes = cluster(dir, 3, 4, &[]);
-    for n in nodes.iter_mut() {
-        n.start();
-    }
-    for n in &nodes {
-        n.wait_ready(READY);
-    }
-    nodes
-}
-
 /// A client socket that checks replies byte for byte.
 struct Raw(TcpStream);
 
@@ -103,7 +91,7 @@ fn publish(c: &mut redis::Connection, channel: &str, payload: &str) -> i64 {
 #[test]
 fn pubsub_and_resp3_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes = ready_cluster(dir.path());
+    let nodes = ready_cluster(dir.path(), 3, 4);
     let mut publisher = nodes[2].redis();
 
     // A RESP2 subscriber on node 1, a RESP3 pattern subscriber on node 2.

@@ -11,18 +11,6 @@ use std::time::Duration;
 use launcher_support::*;
 use redis::Value::{self, Int, Nil};
 
-/// Three `flotilla node`s with 4 KV groups, started and ready.
-fn ready_cluster(dir: &std::path::Path) -> Vec<NodeProc> {
-    let mut nodes = cluster(dir, 3, 4, &[]);
-    for n in nodes.iter_mut() {
-        n.start();
-    }
-    for n in &nodes {
-        n.wait_ready(READY);
-    }
-    nodes
-}
-
 fn q(c: &mut redis::Connection, args: &[&str]) -> Value {
     let mut cmd = redis::cmd(args[0]);
     for a in &args[1..] {
@@ -76,7 +64,7 @@ fn sorted(v: Value) -> Value {
 #[test]
 fn collection_commands_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = ready_cluster(dir.path());
+    let mut nodes = ready_cluster(dir.path(), 3, 4);
     let mut c = nodes[0].redis();
 
     // Sorted sets by score.
@@ -524,7 +512,7 @@ fn blocking_pops_end_to_end() {
     use std::time::Instant;
 
     let dir = tempfile::tempdir().unwrap();
-    let nodes = ready_cluster(dir.path());
+    let nodes = ready_cluster(dir.path(), 3, 4);
     let mut c = nodes[0].redis();
     let mut c3 = nodes[2].redis();
 

@@ -580,6 +580,20 @@ async fn applied(
     if !gap.is_zero() {
         glommio::timer::sleep(gap).await;
     }
+    let (w, applied) = any_applied(shared, watched, active, deadline).await;
+    Woke::Applied(w, applied)
+}
+
+/// Waits until one of the `watched` groups that is `active` and has an
+/// index applies past it on this node: its position in `watched` and the
+/// wait's outcome (the applied index). Pending for ever if none
+/// qualifies.
+pub(super) async fn any_applied(
+    shared: &Shared,
+    watched: &[(GroupId, Option<u64>)],
+    active: &[bool],
+    deadline: Duration,
+) -> (usize, Result<u64, HostError>) {
     let waits: Vec<_> = watched
         .iter()
         .zip(active)
@@ -588,7 +602,7 @@ async fn applied(
             let after = (*after).filter(|_| *active)?;
             let host = &shared.host;
             Some(Box::pin(async move {
-                Woke::Applied(w, host.wait_applied(*group, after, deadline).await)
+                (w, host.wait_applied(*group, after, deadline).await)
             }))
         })
         .collect();

@@ -17,7 +17,7 @@ use flotilla::{GroupId, HostError, ReadConsistency};
 use flotilla_rsm::{KvQuery, KvResult, TypedQuery as Q};
 use futures_lite::AsyncReadExt;
 
-use super::blocking::Client;
+use super::blocking::{any_applied, Client};
 use super::command::{outcome_reply, CommandInfo, Conn, Shared};
 use super::reply::Reply;
 
@@ -238,7 +238,12 @@ pub async fn run(
                         let _ = client.stop.recv_async().await;
                         Woke::Stop
                     },
-                    applied(shared, &watched, nap + Duration::from_secs(1)),
+                    async {
+                        let all = vec![true; watched.len()];
+                        let deadline = nap + Duration::from_secs(1);
+                        let (w, applied) = any_applied(shared, &watched, &all, deadline).await;
+                        Woke::Applied(w, applied)
+                    },
                 ),
             ),
         )
@@ -290,26 +295,6 @@ enum Woke {
     Input(std::io::Result<usize>),
     Stop,
     Applied(usize, Result<u64, HostError>),
-}
-
-/// Waits until one of the `watched` groups that has an index applies
-/// past it on this node; pending for ever if none has.
-async fn applied(shared: &Shared, watched: &[(GroupId, Option<u64>)], deadline: Duration) -> Woke {
-    let waits: Vec<_> = watched
-        .iter()
-        .enumerate()
-        .filter_map(|(w, (group, after))| {
-            let after = (*after)?;
-            let host = &shared.host;
-            Some(Box::pin(async move {
-                Woke::Applied(w, host.wait_applied(*group, after, deadline).await)
-            }))
-        })
-        .collect();
-    if waits.is_empty() {
-        return futures_lite::future::pending().await;
-    }
-    futures::future::select_all(waits).await.0
 }
 
 /// One stream range read with `consistency`; a wrong type or an engine

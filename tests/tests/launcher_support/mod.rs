@@ -433,6 +433,19 @@ pub fn cluster(dir: &Path, n: u64, kv_groups: u32, extra: &[&str]) -> Vec<NodePr
 }
 
 /// [`cluster`], started, every node ready.
+/// `n` started `flotilla node`s with `kv_groups` KV groups, each ready
+/// (answers PING, and a write of every group works).
+pub fn ready_cluster(dir: &Path, n: u64, kv_groups: u32) -> Vec<NodeProc> {
+    let mut nodes = cluster(dir, n, kv_groups, &[]);
+    for node in nodes.iter_mut() {
+        node.start();
+    }
+    for node in &nodes {
+        node.wait_ready(READY);
+    }
+    nodes
+}
+
 pub fn started_cluster(dir: &Path, n: u64, kv_groups: u32, extra: &[&str]) -> Vec<NodeProc> {
     let mut nodes = cluster(dir, n, kv_groups, extra);
     for node in nodes.iter_mut() {
