@@ -471,7 +471,7 @@ fn prepare_checked(name: &str, args: &[Bytes], now_ms: u64, seed: u64) -> Result
                         seed,
                     },
                     if count.is_some() {
-                        Finish::Array
+                        Finish::Set
                     } else {
                         Finish::Bulk
                     },
