@@ -951,11 +951,12 @@ fn prepare_checked(name: &str, args: &[Bytes], now_ms: u64, seed: u64) -> Result
                 [opt, n] if opt.eq_ignore_ascii_case(b"COUNT") => Some(int(n)?.max(0) as u64),
                 _ => return Err(syntax()),
             };
-            let start = range_bound(start, true)?;
-            let end = range_bound(end, false)?;
-            let (Some(start), Some(end)) = (start, end) else {
-                return Err(Reply::Array(Vec::new()));
-            };
+            // An exclusive bound that cannot step (past the last id, before
+            // the first) is an error, as in Redis.
+            let start = range_bound(start, true)?
+                .ok_or_else(|| Reply::err("invalid start ID for the interval"))?;
+            let end = range_bound(end, false)?
+                .ok_or_else(|| Reply::err("invalid end ID for the interval"))?;
             if count == Some(0) {
                 return Err(Reply::Array(Vec::new()));
             }
@@ -2507,8 +2508,16 @@ mod tests {
                 rev: true
             }
         );
-        // An exclusive bound past the ends, or COUNT 0: answered at once.
-        assert_eq!(plan("xrange s (0-0 (0-0").err(), Some(Reply::Array(vec![])));
+        // An exclusive bound past the ends is Redis' error; COUNT 0 is
+        // answered at once.
+        assert_eq!(
+            plan("xrange s (0-0 (0-0").err(),
+            Some(Reply::err("invalid end ID for the interval"))
+        );
+        assert_eq!(
+            plan("xrevrange s + (18446744073709551615-18446744073709551615").err(),
+            Some(Reply::err("invalid start ID for the interval"))
+        );
         assert_eq!(
             plan("xrange s - + count 0").err(),
             Some(Reply::Array(vec![]))
