@@ -305,7 +305,12 @@ pub fn start(cfg: &NodeConfig) -> Result<RunningNode, StartError> {
 
     remember_kv_groups(&cfg.data_dir, cfg.kv_groups)?;
 
-    let shared = Arc::new(Shared::new(
+    let servers = if cfg.client_threads == 0 {
+        host.shard_count()
+    } else {
+        cfg.client_threads
+    };
+    let mut shared = Shared::new(
         host.clone(),
         groups,
         cfg.max_value_bytes,
@@ -313,7 +318,9 @@ pub fn start(cfg: &NodeConfig) -> Result<RunningNode, StartError> {
         cfg.read_consistency.engine(),
         cfg.max_clients,
         resp_addr,
-    ));
+    );
+    shared.pubsub_links = crate::resp::pubsub::Links::new(servers);
+    let shared = Arc::new(shared);
     let (stop_tx, stop_rx) = flume::bounded::<()>(1);
     let mut node = RunningNode {
         host,
@@ -335,11 +342,6 @@ pub fn start(cfg: &NodeConfig) -> Result<RunningNode, StartError> {
         connections_max: cfg.max_clients,
         ..HttpOptions::default()
     };
-    let servers = if cfg.client_threads == 0 {
-        node.host.shard_count()
-    } else {
-        cfg.client_threads
-    };
     for i in 0..servers {
         let fds: (OwnedFd, OwnedFd) = match (resp_listener.try_clone(), http_listener.try_clone()) {
             (Ok(r), Ok(h)) => (r.into(), h.into()),
@@ -357,6 +359,7 @@ pub fn start(cfg: &NodeConfig) -> Result<RunningNode, StartError> {
             http_options: http_options.clone(),
             node_id: cfg.node_id,
             expiry: i == 0,
+            index: i,
         };
         if cfg.client_threads == 0 {
             // Seastar style: each shard accepts and serves connections
@@ -429,6 +432,8 @@ struct ClientServer {
     node_id: u64,
     /// Runs the node's key expiry task (one server of the node does).
     expiry: bool,
+    /// Its position among the node's client servers.
+    index: usize,
 }
 
 impl ClientServer {
@@ -443,6 +448,7 @@ impl ClientServer {
             http_options,
             node_id,
             expiry,
+            index,
         } = self;
         // SAFETY: both are owned, bound, listening, non-blocking TCP sockets;
         // ownership moves into the glommio listeners.
@@ -461,8 +467,13 @@ impl ClientServer {
         }));
         let expiry =
             expiry.then(|| glommio::spawn_local(crate::expiry::run(shared.clone(), stop.clone())));
+        let pubsub = glommio::spawn_local({
+            let (shared, stop) = (shared.clone(), stop.clone());
+            async move { crate::resp::pubsub::link(&shared.pubsub_links, index, stop).await }
+        });
         resp::serve(resp_listener, shared, stop).await;
         http.await;
+        pubsub.await;
         if let Some(task) = expiry {
             task.await;
         }

@@ -160,12 +160,31 @@ fn pubsub_and_resp3_end_to_end() {
     );
     s1.call(&["PING"], "*2\r\n$4\r\npong\r\n$0\r\n\r\n");
     s2.call(&["PING"], "+PONG\r\n");
-    if test_shards() == 1 {
-        // One executor per node: PUBLISH counts this node's subscribers,
-        // PUBSUB reports them.
+    {
+        // PUBLISH counts this node's subscribers (whichever executor holds
+        // their connections), PUBSUB reports them.
         let mut local = nodes[0].redis();
         assert_eq!(publish(&mut local, "sport", "here"), 1);
         s1.expect(&message("sport", "here"));
+        // Several connections (spread over the node's executors when it
+        // has several) are all counted.
+        let mut many: Vec<Raw> = (0..4).map(|_| Raw::connect(&nodes[0])).collect();
+        for m in many.iter_mut() {
+            m.call(
+                &["SUBSCRIBE", "many"],
+                "*3\r\n$9\r\nsubscribe\r\n$4\r\nmany\r\n:1\r\n",
+            );
+        }
+        assert_eq!(publish(&mut local, "many", "x"), 4);
+        for m in many.iter_mut() {
+            m.expect(&message("many", "x"));
+        }
+        drop(many);
+        wait_for(
+            "closed subscribers uncounted",
+            Duration::from_secs(10),
+            || (publish(&mut local, "many", "y") == 0).then_some(()),
+        );
         let numsub: Vec<redis::Value> = redis::cmd("PUBSUB")
             .arg("NUMSUB")
             .arg("news")

@@ -70,6 +70,9 @@ pub struct Shared {
     /// Times a subscriber fell behind its group's message ring and missed
     /// messages.
     pub pubsub_messages_lost: AtomicU64,
+    /// How the node's client executors tell each other their pub/sub
+    /// subscriptions (see `pubsub::link`).
+    pub pubsub_links: super::pubsub::Links,
     /// Unix seconds of the last SAVE / BGSAVE that finished (LASTSAVE);
     /// the start of the node until then. Shared with BGSAVE's task.
     pub last_save_secs: Arc<AtomicU64>,
@@ -107,6 +110,7 @@ impl Shared {
             blocking_looks: AtomicU64::new(0),
             pubsub_messages_delivered: AtomicU64::new(0),
             pubsub_messages_lost: AtomicU64::new(0),
+            pubsub_links: super::pubsub::Links::new(0),
             last_save_secs: Arc::new(AtomicU64::new(crate::expiry::unix_ms() / 1000)),
             next_client_id: AtomicU64::new(1),
             expiry_hints: kv_groups

@@ -24,9 +24,12 @@
 //! stretch is counted in `INFO stats` (`pubsub_messages_lost`). A group
 //! this node does not replicate is read through its leader every 100 ms.
 //!
-//! `PUBLISH` answers how many clients of the executor that took it are
-//! subscribed to the channel (Redis Cluster likewise counts only its own
-//! node's); `PUBSUB CHANNELS | NUMSUB | NUMPAT` report that executor too.
+//! `PUBLISH` answers how many subscriptions of this node the channel
+//! reaches (Redis Cluster likewise counts only its own node's), and
+//! `PUBSUB CHANNELS | NUMSUB | NUMPAT` report this node's. Each client
+//! executor keeps the node's subscription counts: a change is applied
+//! locally and sent to the node's other executors as a message ([`Delta`],
+//! see [`link`]), so answering never waits on another thread.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -111,10 +114,53 @@ const PENDING_INPUT_MAX: usize = 64 << 20;
 const WRITE_AT_BYTES: usize = 64 << 10;
 
 thread_local! {
-    /// Subscribed clients of this executor, per channel...
+    /// Subscriptions of the node's clients, per channel (this executor's
+    /// at once, the others' as their deltas arrive)...
     static CHANNELS: RefCell<HashMap<Bytes, usize>> = RefCell::new(HashMap::new());
     /// ...and per pattern.
     static PATTERNS: RefCell<HashMap<Bytes, usize>> = RefCell::new(HashMap::new());
+    /// Where this executor's changes go: the node's other executors.
+    static PEERS: RefCell<Vec<flume::Sender<Delta>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A change of one executor's subscriptions, for the node's others.
+#[derive(Debug, Clone)]
+pub struct Delta {
+    patterns: bool,
+    name: Bytes,
+    subscribed: bool,
+}
+
+/// Channels between a node's client executors: one inbox each.
+pub struct Links(Vec<(flume::Sender<Delta>, flume::Receiver<Delta>)>);
+
+impl Links {
+    /// Inboxes for `executors` client executors.
+    pub fn new(executors: usize) -> Links {
+        Links((0..executors).map(|_| flume::unbounded()).collect())
+    }
+}
+
+/// Joins this thread to the node's other client executors as executor
+/// `index` of `links`: from now on its subscription changes reach them,
+/// and theirs (received until `stop` fires) update this thread's counts.
+pub async fn link(links: &Links, index: usize, stop: flume::Receiver<()>) {
+    let Some((_, inbox)) = links.0.get(index) else {
+        return;
+    };
+    set_peers(links, index);
+    loop {
+        let next = futures_lite::future::or(async { inbox.recv_async().await.ok() }, async {
+            let _ = stop.recv_async().await;
+            None
+        })
+        .await;
+        match next {
+            Some(d) => count(d.patterns, &d.name, d.subscribed),
+            None => break,
+        }
+    }
+    PEERS.with(|p| p.borrow_mut().clear());
 }
 
 fn registry(patterns: bool) -> &'static std::thread::LocalKey<RefCell<HashMap<Bytes, usize>>> {
@@ -125,14 +171,27 @@ fn registry(patterns: bool) -> &'static std::thread::LocalKey<RefCell<HashMap<By
     }
 }
 
-fn register(patterns: bool, name: &Bytes) {
-    registry(patterns).with(|r| *r.borrow_mut().entry(name.clone()).or_insert(0) += 1);
+/// Sends this thread's subscription changes to the other executors of
+/// `links` from now on.
+fn set_peers(links: &Links, index: usize) {
+    PEERS.with(|p| {
+        *p.borrow_mut() = links
+            .0
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != index)
+            .map(|(_, (tx, _))| tx.clone())
+            .collect();
+    });
 }
 
-fn unregister(patterns: bool, name: &Bytes) {
+/// Counts one subscription more (or less) to `name`.
+fn count(patterns: bool, name: &Bytes, subscribed: bool) {
     registry(patterns).with(|r| {
         let mut r = r.borrow_mut();
-        if let Some(n) = r.get_mut(name) {
+        if subscribed {
+            *r.entry(name.clone()).or_insert(0) += 1;
+        } else if let Some(n) = r.get_mut(name) {
             *n -= 1;
             if *n == 0 {
                 r.remove(name);
@@ -141,8 +200,30 @@ fn unregister(patterns: bool, name: &Bytes) {
     });
 }
 
-/// Clients of this executor that a message on `channel` reaches (one per
-/// matching subscription, as Redis counts).
+/// A subscription of this executor: counted here and on the others.
+fn register(patterns: bool, name: &Bytes) {
+    change(patterns, name, true);
+}
+
+fn unregister(patterns: bool, name: &Bytes) {
+    change(patterns, name, false);
+}
+
+fn change(patterns: bool, name: &Bytes, subscribed: bool) {
+    count(patterns, name, subscribed);
+    PEERS.with(|p| {
+        for tx in p.borrow().iter() {
+            let _ = tx.send(Delta {
+                patterns,
+                name: name.clone(),
+                subscribed,
+            });
+        }
+    });
+}
+
+/// Subscriptions of this node that a message on `channel` reaches (one
+/// per matching channel or pattern subscription, as Redis counts).
 pub fn receivers(channel: &[u8]) -> i64 {
     let direct = CHANNELS.with(|r| r.borrow().get(channel).copied().unwrap_or(0));
     let patterns = PATTERNS.with(|r| {
@@ -299,7 +380,7 @@ fn arity(name: &str) -> Reply {
 }
 
 /// `PUBSUB CHANNELS [pattern] | NUMSUB [channel ...] | NUMPAT`, from this
-/// executor's subscriptions.
+/// node's subscriptions.
 pub fn pubsub(args: &[Bytes]) -> Reply {
     let sub = args
         .first()
@@ -808,6 +889,42 @@ mod tests {
         assert_eq!(receivers(b"az"), 2);
         drop(s);
         assert_eq!(receivers(b"az"), 0);
+    }
+
+    #[test]
+    fn changes_reach_the_other_executors() {
+        let links = Links::new(3);
+        set_peers(&links, 0);
+        register(false, &b("news"));
+        register(true, &b("n*"));
+        register(false, &b("news"));
+        unregister(false, &b("news"));
+        // Executors 1 and 2 (threads of their own) apply what arrived.
+        for peer in 1..3 {
+            let inbox = links.0[peer].1.clone();
+            let seen = std::thread::spawn(move || {
+                for d in inbox.try_iter() {
+                    count(d.patterns, &d.name, d.subscribed);
+                }
+                (
+                    receivers(b"news"),
+                    pubsub(&[b("NUMPAT")]),
+                    pubsub(&[b("CHANNELS")]),
+                )
+            })
+            .join()
+            .unwrap();
+            assert_eq!(
+                seen,
+                (2, Reply::Int(1), Reply::Array(vec![Reply::Bulk(b("news"))])),
+                "executor {peer}"
+            );
+        }
+        assert!(links.0[0].1.is_empty(), "nothing sent to itself");
+        assert_eq!(receivers(b"news"), 2);
+        unregister(false, &b("news"));
+        unregister(true, &b("n*"));
+        PEERS.with(|p| p.borrow_mut().clear());
     }
 
     #[test]
