@@ -227,6 +227,19 @@ fn single_command() -> impl Strategy<Value = KvCommand> {
         (bytes(), proptest::collection::vec(bytes(), 0..4))
             .prop_map(|(dst, sources)| KvCommand::HllMerge { dst, sources }),
         (bytes(), bytes()).prop_map(|(channel, message)| KvCommand::Publish { channel, message }),
+        (
+            proptest::collection::vec(bytes(), 1..4),
+            any::<(bool, bool)>(),
+            1u64..
+        )
+            .prop_map(|(keys, (zset, end), count)| KvCommand::Typed(
+                TypedCommand::MultiPop {
+                    keys,
+                    zset,
+                    end,
+                    count
+                }
+            )),
         (bytes(), zrange())
             .prop_map(|(key, range)| KvCommand::Typed(TypedCommand::ZRangeStore { key, range })),
         (bytes(), bytes(), any::<bool>()).prop_map(|(key, src, alpha)| {

@@ -166,6 +166,12 @@ fn by_score(key: &str, min: &str, max: &str) -> Q {
 
 fn new_commands() -> Vec<C> {
     vec![
+        C::MultiPop {
+            keys: bs(&["a", "b"]),
+            zset: true,
+            end: false,
+            count: 2,
+        },
         C::ListInsert {
             key: b("l"),
             after: true,
@@ -1634,4 +1640,69 @@ fn replicas_agree_through_snapshots() {
         results_a.iter().all(|r| !matches!(r, KvResult::Error(_))),
         "{results_a:?}"
     );
+}
+
+/// LMPOP / ZMPOP: the first key that holds anything, up to `count` of it,
+/// as Redis' examples answer; the wrong type on the way is an error.
+#[test]
+fn multi_key_pops() {
+    let mut kv = KvStore::new();
+    let lmpop = |kv: &mut KvStore, keys: &[&str], left: bool, count: u64| {
+        w(
+            kv,
+            C::MultiPop {
+                keys: bs(keys),
+                zset: false,
+                end: left,
+                count,
+            },
+        )
+    };
+    assert_eq!(lmpop(&mut kv, &["mylist", "mylist2"], true, 10), items(&[]));
+    rpush(&mut kv, "mylist", &["one", "two", "three", "four", "five"]);
+    assert_eq!(
+        lmpop(&mut kv, &["mylist"], true, 1),
+        items(&["mylist", "one"])
+    );
+    assert_eq!(
+        lmpop(&mut kv, &["mylist"], false, 10),
+        items(&["mylist", "five", "four", "three", "two"])
+    );
+    assert_eq!(
+        kv.read(&KvQuery::Exists {
+            keys: bs(&["mylist"])
+        }),
+        KvResult::Count(0),
+        "emptied lists go"
+    );
+    rpush(&mut kv, "mylist2", &["a", "b"]);
+    assert_eq!(
+        lmpop(&mut kv, &["mylist", "mylist2"], true, 1),
+        items(&["mylist2", "a"])
+    );
+    sadd(&mut kv, "set", &["x"]);
+    assert_eq!(
+        lmpop(&mut kv, &["set", "mylist2"], true, 1),
+        KvResult::Error(KvError::WrongType)
+    );
+    assert_eq!(
+        lmpop(&mut kv, &["mylist2", "set"], true, 1),
+        items(&["mylist2", "b"]),
+        "a key past the first non-empty one is not looked at"
+    );
+    zadd(&mut kv, "z", &[(1.0, "a"), (2.0, "b"), (3.0, "c")]);
+    let zmpop = |kv: &mut KvStore, max: bool, count: u64| {
+        w(
+            kv,
+            C::MultiPop {
+                keys: bs(&["nope", "z"]),
+                zset: true,
+                end: max,
+                count,
+            },
+        )
+    };
+    assert_eq!(zmpop(&mut kv, false, 1), items(&["z", "a", "1"]));
+    assert_eq!(zmpop(&mut kv, true, 10), items(&["z", "c", "3", "b", "2"]));
+    assert_eq!(zmpop(&mut kv, true, 10), items(&[]));
 }

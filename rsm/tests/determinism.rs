@@ -152,6 +152,19 @@ fn single_kv_cmd() -> impl Strategy<Value = KvCommand> {
         (key.clone(), val.clone())
             .prop_map(|(channel, message)| KvCommand::Publish { channel, message }),
         (
+            proptest::collection::vec(key.clone(), 1..3),
+            any::<(bool, bool)>(),
+            1u64..4
+        )
+            .prop_map(|(keys, (zset, end), count)| KvCommand::Typed(
+                TypedCommand::MultiPop {
+                    keys,
+                    zset,
+                    end,
+                    count
+                }
+            )),
+        (
             key.clone(),
             proptest::collection::vec((-3i8..3, val.clone()), 1..4)
         )

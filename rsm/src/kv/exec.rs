@@ -725,6 +725,39 @@ impl KvStore {
                 })?;
                 KvResult::Items(popped.unwrap_or_default())
             }
+            TypedCommand::MultiPop {
+                keys,
+                zset,
+                end,
+                count,
+            } => {
+                let count = Some((*count).max(1));
+                for key in keys {
+                    let one = if *zset {
+                        TypedCommand::ZPop {
+                            key: key.clone(),
+                            max: *end,
+                            count,
+                        }
+                    } else {
+                        TypedCommand::ListPop {
+                            key: key.clone(),
+                            left: *end,
+                            count,
+                        }
+                    };
+                    match self.try_execute_typed(&one)? {
+                        KvResult::Items(items) if !items.is_empty() => {
+                            let mut out = Vec::with_capacity(items.len() + 1);
+                            out.push(key.clone());
+                            out.extend(items);
+                            return Ok(KvResult::Items(out));
+                        }
+                        _ => {}
+                    }
+                }
+                KvResult::Items(Vec::new())
+            }
             TypedCommand::XAdd {
                 key,
                 id,

@@ -17,6 +17,7 @@
 //!         0x34 ListTrim   | key | start i64 | stop i64 |
 //!         0x35 ListInsert | key | after u8 | pivot bytes | value bytes |
 //!         0x36 ListMove   | src key | dst bytes | from_left u8 | to_left u8 |
+//!         0x37 MultiPop   | keys list (≥ 1) | zset u8 | end u8 | count u64 |
 //!         0x38 SetAdd     | key | members list |
 //!         0x39 SetRem     | key | members list |
 //!         0x3a SetPop     | key | count ou64 | seed u64 |
@@ -337,6 +338,22 @@ pub enum TypedCommand {
         key: Bytes,
         /// The members.
         members: Vec<Bytes>,
+    },
+    /// `LMPOP` / `ZMPOP`: pops up to `count` elements from the first of
+    /// `keys` that holds any, as [`TypedCommand::ListPop`] (from the head
+    /// if `end`) or [`TypedCommand::ZPop`] (the highest scores if `end`)
+    /// with that count would. Result `Items`: that key, then what was
+    /// popped (member, score, ... for a sorted set); empty if every key is
+    /// absent. A key of the wrong type on the way answers `WrongType`.
+    MultiPop {
+        /// The keys, in order (at least one; the first routes it).
+        keys: Vec<Bytes>,
+        /// Sorted sets, not lists.
+        zset: bool,
+        /// Lists: the head (`LEFT`); sorted sets: the highest (`MAX`).
+        end: bool,
+        /// Most elements (at least 1).
+        count: u64,
     },
     /// `ZPOPMIN` / `ZPOPMAX`: result `Items`, member, score, member, score...
     ZPop {
@@ -1008,6 +1025,7 @@ impl TypedCommand {
             | TypedCommand::ZRem { key, .. }
             | TypedCommand::ZPop { key, .. }
             | TypedCommand::XAdd { key, .. } => key,
+            TypedCommand::MultiPop { keys, .. } => &keys[0],
         }
     }
 
@@ -1258,12 +1276,24 @@ impl TypedCommand {
                 put_flag(out, *no_mkstream);
                 put_keys(out, fields);
             }
+            TypedCommand::MultiPop {
+                keys,
+                zset,
+                end,
+                count,
+            } => {
+                out.put_u8(0x37);
+                put_keys(out, keys);
+                put_flag(out, *zset);
+                put_flag(out, *end);
+                out.put_u64_le(*count);
+            }
         }
     }
 
     /// True if `tag` is a typed command's tag.
     pub(crate) fn is_tag(tag: u8) -> bool {
-        matches!(tag, 0x30..=0x36 | 0x38..=0x3e | 0x40..=0x4e | 0x50)
+        matches!(tag, 0x30..=0x3e | 0x40..=0x4e | 0x50)
     }
 
     /// Decodes the body of a command whose tag was read; the caller checks
@@ -1281,6 +1311,34 @@ impl TypedCommand {
                 left: get_bool(r)?,
                 count: get_ou64(r)?,
             },
+            0x37 => {
+                let keys = get_keys(r)?;
+                if keys.is_empty() {
+                    return Err(DecodeError::Invalid {
+                        what: "multi-key pop without a key",
+                    });
+                }
+                if let Some(k) = keys.iter().find(|k| k.len() > super::KEY_BYTES_MAX) {
+                    return Err(DecodeError::TooLarge {
+                        what: "key",
+                        len: k.len() as u64,
+                        max: super::KEY_BYTES_MAX as u64,
+                    });
+                }
+                let (zset, end) = (get_bool(r)?, get_bool(r)?);
+                let count = r.u64()?;
+                if count == 0 {
+                    return Err(DecodeError::Invalid {
+                        what: "multi-key pop of 0 elements",
+                    });
+                }
+                TypedCommand::MultiPop {
+                    keys,
+                    zset,
+                    end,
+                    count,
+                }
+            }
             0x32 => TypedCommand::ListSet {
                 key: key(r)?,
                 index: r.i64()?,
