@@ -117,6 +117,12 @@ def run(port, proto):
     c("zlexcount", lambda: r.zlexcount("z", "-", "+"))
     c("zrem", lambda: r.zrem("z", "e"))
     c("scan", lambda: sorted(r.scan_iter(match="h*")))
+    c("lmpop", lambda: (r.rpush("{q}l", "1", "2", "3"), r.lmpop(2, "{q}n", "{q}l", direction="LEFT", count=2))[-1])
+    c("lmpop none", lambda: r.lmpop(1, "{q}n", direction="RIGHT"))
+    c("zmpop", lambda: (r.zadd("{q}z", {"a": 1, "b": 2.5}), r.zmpop(1, ["{q}z"], max=True))[-1])
+    c("zmpop count", lambda: r.zmpop(1, ["{q}z"], min=True, count=5))
+    c("bzmpop timeout", lambda: r.bzmpop(0.1, 1, ["{q}nz"], min=True))
+    c("blmpop", lambda: r.blmpop(1, 1, "{q}l", direction="RIGHT", count=5))
     return out
 def run_pubsub(port, proto):
     out = []

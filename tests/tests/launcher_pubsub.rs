@@ -1,4 +1,4 @@
-//! Pub/Sub, RESP3 and XREAD through the real binary: three `flotilla
+//! Pub/Sub, RESP3, XREAD and LMPOP/ZMPOP through the real binary: three `flotilla
 //! node` processes, raw sockets, and every reply compared byte for byte
 //! with what Redis sends.
 
@@ -330,5 +330,52 @@ fn pubsub_and_resp3_end_to_end() {
         &format!("%1\r\n$2\r\nsa\r\n*1\r\n{}", entry("9-0", "n", "m")),
     );
     r.call(&["XREAD", "STREAMS", "sa", "9-0"], "_\r\n");
+    r.call(&["ZADD", "{q}rz", "1", "a"], ":1\r\n");
+    r.call(
+        &["ZMPOP", "1", "{q}rz", "MIN"],
+        "*2\r\n$5\r\n{q}rz\r\n*1\r\n*2\r\n$1\r\na\r\n,1\r\n",
+    );
+
+    // LMPOP / ZMPOP (one command of the keys' group), BLMPOP / BZMPOP.
+    let mut m = Raw::connect(&nodes[1]);
+    m.call(&["RPUSH", "{q}a", "1", "2", "3"], ":3\r\n");
+    m.call(
+        &["LMPOP", "2", "{q}none", "{q}a", "LEFT", "COUNT", "2"],
+        "*2\r\n$4\r\n{q}a\r\n*2\r\n$1\r\n1\r\n$1\r\n2\r\n",
+    );
+    m.call(&["LMPOP", "1", "{q}none", "LEFT"], "*-1\r\n");
+    m.call(&["ZADD", "{q}z", "1", "a", "2.5", "b"], ":2\r\n");
+    m.call(
+        &["ZMPOP", "1", "{q}z", "MAX"],
+        "*2\r\n$4\r\n{q}z\r\n*1\r\n*2\r\n$1\r\nb\r\n$3\r\n2.5\r\n",
+    );
+    m.call(&["LMPOP", "1", "{q}a", "UP"], "-ERR syntax error\r\n");
+    let began = Instant::now();
+    m.call(&["BZMPOP", "0.1", "1", "{q}nz", "MIN"], "*-1\r\n");
+    assert!(began.elapsed() >= Duration::from_millis(100));
+    let pusher = std::thread::spawn({
+        let node = nodes[2].resp;
+        // A plain thread of the test, not a shard: it may sleep.
+        #[allow(clippy::disallowed_methods)]
+        move || {
+            std::thread::sleep(Duration::from_millis(300));
+            let mut c = redis::Client::open(format!("redis://{node}/"))
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            let _: i64 = redis::cmd("RPUSH")
+                .arg("{q}b")
+                .arg("v")
+                .query(&mut c)
+                .unwrap();
+        }
+    });
+    let began = Instant::now();
+    m.call(
+        &["BLMPOP", "10", "2", "{q}none", "{q}b", "RIGHT"],
+        "*2\r\n$4\r\n{q}b\r\n*1\r\n$1\r\nv\r\n",
+    );
+    assert!(began.elapsed() >= Duration::from_millis(250));
+    pusher.join().unwrap();
     r.call(&["XREAD", "STREAMS", "sa"], "-ERR Unbalanced 'xread' list of streams: for each stream key an ID or '$' must be specified.\r\n");
 }

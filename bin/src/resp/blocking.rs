@@ -77,6 +77,16 @@ pub enum Pop {
         /// The highest score.
         max: bool,
     },
+    /// BLMPOP / BZMPOP: `[key, [elements]]` (sorted sets: `[key,
+    /// [[member, score], ...]]`).
+    Multi {
+        /// Sorted sets, not lists.
+        zset: bool,
+        /// Lists: the head; sorted sets: the highest scores.
+        end: bool,
+        /// Most elements.
+        count: u64,
+    },
     /// BLMOVE / BRPOPLPUSH: the moved element.
     Move {
         /// Where it goes (in the source's group).
@@ -136,6 +146,8 @@ pub const COMMANDS: &[super::command::CommandInfo] = &[
         2,
         1,
     ),
+    ("blmpop", -5, &["write", "blocking", "movablekeys"], 0, 0, 0),
+    ("bzmpop", -5, &["write", "blocking", "movablekeys"], 0, 0, 0),
 ];
 
 /// Parses a blocking command (`name` upper case, `args` after it). `None`
@@ -152,6 +164,17 @@ pub fn parse(name: &str, args: &[Bytes]) -> Option<Result<Blocking, Reply>> {
 }
 
 fn parse_checked(name: &str, args: &[Bytes]) -> Result<Blocking, Reply> {
+    if name == "BLMPOP" || name == "BZMPOP" {
+        // The timeout comes first here.
+        let timeout = timeout(&args[0])?;
+        let zset = name == "BZMPOP";
+        let (keys, end, count) = super::types::parse_mpop(zset, &args[1..])?;
+        return Ok(Blocking {
+            keys,
+            pop: Pop::Multi { zset, end, count },
+            timeout,
+        });
+    }
     let (last, rest) = args.split_last().expect("arity checked");
     let timeout = timeout(last)?;
     let side = |b: &Bytes| match b.to_ascii_uppercase().as_slice() {
@@ -225,6 +248,12 @@ impl Blocking {
                 max: *max,
                 count: None,
             },
+            Pop::Multi { zset, end, count } => C::MultiPop {
+                keys: vec![key.clone()],
+                zset: *zset,
+                end: *end,
+                count: *count,
+            },
             Pop::Move {
                 dst,
                 from_left,
@@ -241,7 +270,7 @@ impl Blocking {
     /// The read of how many elements `key` holds.
     fn len_query(&self, key: &Bytes) -> KvQuery {
         KvQuery::Typed(match self.pop {
-            Pop::ZSet { .. } => Q::ZCard { key: key.clone() },
+            Pop::ZSet { .. } | Pop::Multi { zset: true, .. } => Q::ZCard { key: key.clone() },
             _ => Q::ListLen { key: key.clone() },
         })
     }
@@ -261,6 +290,9 @@ impl Blocking {
                     Reply::Bulk(member),
                     Reply::Double(score),
                 ]))
+            }
+            (Pop::Multi { zset, .. }, KvResult::Items(items)) if !items.is_empty() => {
+                Some(super::types::mpop_reply(*zset, items))
             }
             (_, KvResult::Value(None)) => None,
             (_, KvResult::Items(items)) if items.is_empty() => None,
@@ -686,6 +718,64 @@ mod tests {
             }
         );
         assert!(parse("LPOP", &args(&["a"])).is_none());
+    }
+
+    #[test]
+    fn parses_multi_key_pops_with_the_timeout_first() {
+        let b = parsed("BLMPOP", &["0.5", "2", "a", "b", "RIGHT", "COUNT", "3"]).unwrap();
+        assert_eq!(b.keys, args(&["a", "b"]));
+        assert_eq!(
+            b.pop,
+            Pop::Multi {
+                zset: false,
+                end: false,
+                count: 3
+            }
+        );
+        assert_eq!(b.timeout, Some(Duration::from_millis(500)));
+        let z = parsed("BZMPOP", &["0", "1", "z", "max"]).unwrap();
+        assert_eq!(
+            z.pop,
+            Pop::Multi {
+                zset: true,
+                end: true,
+                count: 1
+            }
+        );
+        assert_eq!(z.timeout, None);
+        assert_eq!(
+            z.len_query(&args(&["z"])[0]),
+            KvQuery::Typed(Q::ZCard {
+                key: args(&["z"])[0].clone()
+            })
+        );
+        let err = |name: &str, a: &[&str]| match parsed(name, a) {
+            Err(Reply::Error(e)) => e,
+            other => panic!("{name} {a:?}: {other:?}"),
+        };
+        assert_eq!(
+            err("BLMPOP", &["-1", "1", "a", "LEFT"]),
+            "ERR timeout is negative"
+        );
+        assert_eq!(
+            err("BLMPOP", &["1", "0", "a", "LEFT"]),
+            "ERR numkeys should be greater than 0"
+        );
+        assert_eq!(err("BLMPOP", &["1", "2", "a", "LEFT"]), "ERR syntax error");
+        assert_eq!(err("BZMPOP", &["1", "1", "a", "LEFT"]), "ERR syntax error");
+        // What a pop returns, as Redis answers it.
+        let k = Bytes::from_static(b"k");
+        assert_eq!(
+            z.answer(&k, KvResult::Items(args(&["k", "m", "2.5"]))),
+            Some(Reply::Array(vec![
+                Reply::Bulk(k.clone()),
+                Reply::Array(vec![Reply::Array(vec![
+                    Reply::Bulk(Bytes::from_static(b"m")),
+                    Reply::Double(Bytes::from_static(b"2.5"))
+                ])])
+            ]))
+        );
+        assert_eq!(z.answer(&k, KvResult::Items(Vec::new())), None);
     }
 
     #[test]

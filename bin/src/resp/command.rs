@@ -1018,13 +1018,12 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
         "CLIENT" => prepare_client(args, conn),
         "CONFIG" => prepare_config(args, shared),
         "COMMAND" => prepare_command(args),
-        "BLPOP" | "BRPOP" | "BZPOPMIN" | "BZPOPMAX" | "BRPOPLPUSH" | "BLMOVE" => {
-            match super::blocking::parse(name, args) {
-                Some(Ok(b)) => Prepared::Block(b),
-                Some(Err(reply)) => Prepared::Reply(reply),
-                None => Prepared::Reply(Reply::err("internal error: blocking command not found")),
-            }
-        }
+        "BLPOP" | "BRPOP" | "BZPOPMIN" | "BZPOPMAX" | "BRPOPLPUSH" | "BLMOVE" | "BLMPOP"
+        | "BZMPOP" => match super::blocking::parse(name, args) {
+            Some(Ok(b)) => Prepared::Block(b),
+            Some(Err(reply)) => Prepared::Reply(reply),
+            None => Prepared::Reply(Reply::err("internal error: blocking command not found")),
+        },
         _ if types::COMMANDS
             .iter()
             .any(|c| c.0.eq_ignore_ascii_case(name)) =>

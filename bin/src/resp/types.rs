@@ -65,6 +65,13 @@ pub enum Finish {
         /// The second of each pair is a score.
         scored: bool,
     },
+    /// LMPOP / ZMPOP: `Items` `[key, popped...]` as `[key, [elements]]`
+    /// (sorted sets: `[key, [[member, score], ...]]`), empty as the nil
+    /// array.
+    MultiPop {
+        /// Sorted-set pairs.
+        zset: bool,
+    },
     /// `Items` of member, score pairs: ZPOPMIN / ZPOPMAX with a count
     /// (`counted`: pairs) or without (one flat member, score).
     Popped {
@@ -129,6 +136,8 @@ pub const COMMANDS: &[super::command::CommandInfo] = &[
     ("sunion", -2, &["readonly"], 1, -1, 1),
     ("sdiff", -2, &["readonly"], 1, -1, 1),
     ("sintercard", -3, &["readonly", "movablekeys"], 0, 0, 0),
+    ("lmpop", -4, &["write", "movablekeys"], 0, 0, 0),
+    ("zmpop", -4, &["write", "movablekeys"], 0, 0, 0),
     ("sinterstore", -3, &["write", "denyoom"], 1, -1, 1),
     ("sunionstore", -3, &["write", "denyoom"], 1, -1, 1),
     ("sdiffstore", -3, &["write", "denyoom"], 1, -1, 1),
@@ -639,6 +648,23 @@ fn prepare_checked(name: &str, args: &[Bytes], now_ms: u64, seed: u64) -> Result
             with_others(write(key, c, Finish::Int), rest)
         }
         "SINTERCARD" => prepare_sintercard(args),
+        "LMPOP" | "ZMPOP" => {
+            let zset = name == "ZMPOP";
+            let (keys, end, count) = parse_mpop(zset, args)?;
+            with_others(
+                write(
+                    &keys[0],
+                    C::MultiPop {
+                        keys: keys.clone(),
+                        zset,
+                        end,
+                        count,
+                    },
+                    Finish::MultiPop { zset },
+                ),
+                &keys[1..],
+            )
+        }
         "HSCAN" | "SSCAN" | "ZSCAN" => prepare_scan(name, key, rest),
         "ZUNIONSTORE" | "ZINTERSTORE" | "ZDIFFSTORE" | "ZUNION" | "ZINTER" | "ZDIFF"
         | "ZINTERCARD" => prepare_zcombine(name, args),
@@ -1327,6 +1353,59 @@ fn prepare_lpos(key: &Bytes, rest: &[Bytes]) -> Result<Planned, Reply> {
 
 /// `SINTERCARD numkeys key [key ...] [LIMIT limit]` (`args` after the
 /// name).
+/// `numkeys key... LEFT|RIGHT [COUNT n]` (`MIN|MAX` for sorted sets) of
+/// LMPOP / ZMPOP and their blocking forms: the keys, the end (head /
+/// highest), the count (1 if not given). Redis' errors.
+pub(super) fn parse_mpop(zset: bool, args: &[Bytes]) -> Result<(Vec<Bytes>, bool, u64), Reply> {
+    let numkeys = args
+        .first()
+        .and_then(|n| int(n).ok())
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| Reply::err("numkeys should be greater than 0"))?;
+    let rest = &args[1..];
+    if numkeys >= rest.len() as i64 {
+        return Err(syntax());
+    }
+    let (keys, options) = rest.split_at(numkeys as usize);
+    too_many(keys.len())?;
+    let end = match (zset, options[0].to_ascii_uppercase().as_slice()) {
+        (false, b"LEFT") | (true, b"MAX") => true,
+        (false, b"RIGHT") | (true, b"MIN") => false,
+        _ => return Err(syntax()),
+    };
+    let count = match &options[1..] {
+        [] => 1,
+        [word, n] if word.eq_ignore_ascii_case(b"COUNT") => int(n)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| Reply::err("count should be greater than 0"))?
+            as u64,
+        _ => return Err(syntax()),
+    };
+    Ok((keys.to_vec(), end, count))
+}
+
+/// The reply of LMPOP / ZMPOP (and BLMPOP / BZMPOP) for a `MultiPop`'s
+/// `[key, popped...]`: `[key, [elements]]`, for sorted sets `[key,
+/// [[member, score], ...]]` (scores are doubles in RESP3); nothing popped
+/// is the nil array.
+pub(super) fn mpop_reply(zset: bool, items: Vec<Bytes>) -> Reply {
+    let mut it = items.into_iter();
+    let Some(key) = it.next() else {
+        return Reply::NilArray;
+    };
+    let popped: Vec<Bytes> = it.collect();
+    let elements = if zset {
+        pairs(popped, true)
+            .into_iter()
+            .map(|(m, s)| Reply::Array(vec![m, s]))
+            .collect()
+    } else {
+        popped.into_iter().map(Reply::Bulk).collect()
+    };
+    Reply::Array(vec![Reply::Bulk(key), Reply::Array(elements)])
+}
+
 fn prepare_sintercard(args: &[Bytes]) -> Result<Planned, Reply> {
     let numkeys = int(&args[0])
         .ok()
@@ -1594,6 +1673,7 @@ pub fn finish(f: Finish, r: Option<KvResult>) -> Reply {
                 .collect(),
         ),
         (Finish::Pairs { scored }, KvResult::Items(items)) => Reply::Pairs(pairs(items, scored)),
+        (Finish::MultiPop { zset }, KvResult::Items(items)) => mpop_reply(zset, items),
         (Finish::Popped { counted: true }, KvResult::Items(items)) => {
             Reply::Pairs(pairs(items, true))
         }
@@ -1684,6 +1764,64 @@ mod tests {
                 "{line}"
             );
         }
+    }
+
+    #[test]
+    fn multi_key_pops_parse_like_redis() {
+        match plan("lmpop 2 a b right count 3") {
+            Ok(Planned {
+                op:
+                    Op::Write(KvCommand::Typed(C::MultiPop {
+                        keys,
+                        zset,
+                        end,
+                        count,
+                    })),
+                others,
+                ..
+            }) => {
+                assert_eq!(
+                    (keys, zset, end, count),
+                    (args(&["a", "b"]), false, false, 3)
+                );
+                assert_eq!(others, args(&["b"]));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            plan("zmpop 1 z MAX").map(|p| p.op),
+            Ok(Op::Write(KvCommand::Typed(C::MultiPop {
+                zset: true,
+                end: true,
+                count: 1,
+                ..
+            })))
+        ));
+        assert_eq!(
+            err("lmpop 0 a left"),
+            "ERR numkeys should be greater than 0"
+        );
+        assert_eq!(
+            err("lmpop x a left"),
+            "ERR numkeys should be greater than 0"
+        );
+        assert_eq!(err("lmpop 2 a left"), "ERR syntax error");
+        assert_eq!(err("lmpop 1 a up"), "ERR syntax error");
+        assert_eq!(
+            err("lmpop 1 a left count 0"),
+            "ERR count should be greater than 0"
+        );
+        assert_eq!(err("lmpop 1 a left count"), "ERR syntax error");
+        assert_eq!(err("lmpop 1 a left count 1 count 2"), "ERR syntax error");
+        assert_eq!(err("zmpop 1 z left"), "ERR syntax error");
+        assert_eq!(mpop_reply(false, Vec::new()), Reply::NilArray);
+        assert_eq!(
+            mpop_reply(false, args(&["k", "a", "b"])),
+            Reply::Array(vec![
+                Reply::text("k"),
+                Reply::Array(vec![Reply::text("a"), Reply::text("b")])
+            ])
+        );
     }
 
     #[test]
