@@ -1030,6 +1030,12 @@ pub(crate) async fn with_deadline<T>(
     fut: impl std::future::Future<Output = Result<T, HostError>>,
     deadline: Duration,
 ) -> Result<T, HostError> {
+    if deadline.is_zero() {
+        // No time at all: nothing is started. (Raced against a zero
+        // timer, a fast shard's answer could win: seen once in CI, where
+        // `propose_batch(.., Duration::ZERO)` was applied and answered.)
+        return Err(HostError::Timeout(deadline));
+    }
     futures_lite::future::or(fut, async {
         sleep_anywhere(deadline).await;
         Err(HostError::Timeout(deadline))

@@ -80,6 +80,26 @@ fn message(channel: &str, payload: &str) -> String {
     )
 }
 
+/// Sends `args` to the node at `addr` from a thread of its own, 300 ms
+/// from now (to wake a blocked client).
+fn later(addr: std::net::SocketAddr, args: &[&str]) -> std::thread::JoinHandle<()> {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    // A plain thread of the test, not a shard: it may sleep.
+    #[allow(clippy::disallowed_methods)]
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let mut c = redis::Client::open(format!("redis://{addr}/"))
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let mut cmd = redis::cmd(&args[0]);
+        for a in &args[1..] {
+            cmd.arg(a);
+        }
+        let _: redis::Value = cmd.query(&mut c).unwrap();
+    })
+}
+
 fn publish(c: &mut redis::Connection, channel: &str, payload: &str) -> i64 {
     redis::cmd("PUBLISH")
         .arg(channel)
@@ -296,25 +316,7 @@ fn pubsub_and_resp3_end_to_end() {
     let began = Instant::now();
     r.call(&["XREAD", "BLOCK", "200", "STREAMS", "sa", "$"], "*-1\r\n");
     assert!(began.elapsed() >= Duration::from_millis(200));
-    let adder = std::thread::spawn({
-        let node = nodes[2].resp;
-        // A plain thread of the test, not a shard: it may sleep.
-        #[allow(clippy::disallowed_methods)]
-        move || {
-            std::thread::sleep(Duration::from_millis(300));
-            let mut c = redis::Client::open(format!("redis://{node}/"))
-                .unwrap()
-                .get_connection()
-                .unwrap();
-            let _: String = redis::cmd("XADD")
-                .arg("sa")
-                .arg("9-0")
-                .arg("n")
-                .arg("m")
-                .query(&mut c)
-                .unwrap();
-        }
-    });
+    let adder = later(nodes[2].resp, &["XADD", "sa", "9-0", "n", "m"]);
     let began = Instant::now();
     r.call(
         &["XREAD", "BLOCK", "10000", "STREAMS", "sb", "sa", "$", "$"],
@@ -353,23 +355,7 @@ fn pubsub_and_resp3_end_to_end() {
     let began = Instant::now();
     m.call(&["BZMPOP", "0.1", "1", "{q}nz", "MIN"], "*-1\r\n");
     assert!(began.elapsed() >= Duration::from_millis(100));
-    let pusher = std::thread::spawn({
-        let node = nodes[2].resp;
-        // A plain thread of the test, not a shard: it may sleep.
-        #[allow(clippy::disallowed_methods)]
-        move || {
-            std::thread::sleep(Duration::from_millis(300));
-            let mut c = redis::Client::open(format!("redis://{node}/"))
-                .unwrap()
-                .get_connection()
-                .unwrap();
-            let _: i64 = redis::cmd("RPUSH")
-                .arg("{q}b")
-                .arg("v")
-                .query(&mut c)
-                .unwrap();
-        }
-    });
+    let pusher = later(nodes[2].resp, &["RPUSH", "{q}b", "v"]);
     let began = Instant::now();
     m.call(
         &["BLMPOP", "10", "2", "{q}none", "{q}b", "RIGHT"],
