@@ -320,23 +320,12 @@ impl Subscriptions {
     fn deliver(&self, channel: &Bytes, message: &Bytes, out: &mut BytesMut, resp3: bool) -> bool {
         let mut any = false;
         if self.channels.contains(channel) {
-            Reply::Push(vec![
-                Reply::text("message"),
-                Reply::Bulk(channel.clone()),
-                Reply::Bulk(message.clone()),
-            ])
-            .encode_as(out, resp3);
+            super::reply::encode_push(out, resp3, &[b"message", channel, message]);
             any = true;
         }
         for p in &self.patterns {
             if super::glob::matches(p, channel) {
-                Reply::Push(vec![
-                    Reply::text("pmessage"),
-                    Reply::Bulk(p.clone()),
-                    Reply::Bulk(channel.clone()),
-                    Reply::Bulk(message.clone()),
-                ])
-                .encode_as(out, resp3);
+                super::reply::encode_push(out, resp3, &[b"pmessage", p, channel, message]);
                 any = true;
             }
         }

@@ -132,6 +132,19 @@ impl Reply {
     }
 }
 
+/// Appends a push of bulk strings (a pub/sub message: `>` in RESP3, an
+/// array in RESP2) without building a [`Reply`]: one per message and
+/// subscriber, so nothing is allocated.
+pub fn encode_push(out: &mut BytesMut, resp3: bool, parts: &[&[u8]]) {
+    put_header(out, if resp3 { b'>' } else { b'*' }, parts.len());
+    for p in parts {
+        out.reserve(p.len() + 16);
+        put_header(out, b'$', p.len());
+        out.put_slice(p);
+        out.put_slice(b"\r\n");
+    }
+}
+
 fn put_header(out: &mut BytesMut, kind: u8, n: usize) {
     out.put_u8(kind);
     put_decimal(out, n as i64);
