@@ -1080,6 +1080,23 @@ mod tests {
     /// another count would not find the groups of its data, so it refuses
     /// to start and names the count its data has.
     #[test]
+    fn a_zero_deadline_times_out_without_starting_anything() {
+        let started = std::cell::Cell::new(false);
+        let answer = block_on(with_deadline(
+            async {
+                started.set(true);
+                Ok(7)
+            },
+            Duration::ZERO,
+        ));
+        assert!(matches!(answer, Err(HostError::Timeout(_))), "{answer:?}");
+        assert!(!started.get(), "nothing started");
+        // Any other deadline lets a ready answer through.
+        let answer = block_on(with_deadline(async { Ok(7) }, Duration::from_millis(1)));
+        assert_eq!(answer.ok(), Some(7));
+    }
+
+    #[test]
     fn a_node_restarted_with_another_shard_count_refuses_to_start() {
         let dir = tempfile::tempdir().unwrap();
         let host = NodeHost::start(test_config(1, 2, 0, &dir)).unwrap();

@@ -332,6 +332,7 @@ fn pubsub_and_resp3_end_to_end() {
         &format!("%1\r\n$2\r\nsa\r\n*1\r\n{}", entry("9-0", "n", "m")),
     );
     r.call(&["XREAD", "STREAMS", "sa", "9-0"], "_\r\n");
+    r.call(&["COMMAND", "DOCS", "get"], "%0\r\n");
     r.call(&["ZADD", "{q}rz", "1", "a"], ":1\r\n");
     r.call(
         &["ZMPOP", "1", "{q}rz", "MIN"],
@@ -363,5 +364,10 @@ fn pubsub_and_resp3_end_to_end() {
     );
     assert!(began.elapsed() >= Duration::from_millis(250));
     pusher.join().unwrap();
+    // RESET outside subscribed mode: back to RESP2, transaction dropped.
+    r.call(&["MULTI"], "+OK\r\n");
+    r.call(&["RESET"], "+RESET\r\n");
+    r.call(&["GET", "missing"], "$-1\r\n");
+    r.call(&["EXEC"], "-ERR EXEC without MULTI\r\n");
     r.call(&["XREAD", "STREAMS", "sa"], "-ERR Unbalanced 'xread' list of streams: for each stream key an ID or '$' must be specified.\r\n");
 }

@@ -260,6 +260,19 @@ mod tests {
                 "*1\r\n%0\r\n",
             ),
         ];
+        // The allocation-free push of pub/sub messages is a `Push`.
+        for resp3 in [false, true] {
+            let mut direct = BytesMut::new();
+            encode_push(&mut direct, resp3, &[b"message", b"ch", b""]);
+            let mut built = BytesMut::new();
+            Reply::Push(vec![
+                Reply::text("message"),
+                Reply::text("ch"),
+                Reply::text(""),
+            ])
+            .encode_as(&mut built, resp3);
+            assert_eq!(direct, built);
+        }
         for (r, two, three) in cases {
             assert_eq!(enc(&r), two, "{r:?} in RESP2");
             assert_eq!(enc3(&r), three, "{r:?} in RESP3");
