@@ -342,6 +342,17 @@ pub(crate) async fn run(setup: ShardSetup) {
         raft_tq,
     )
     .expect("raft task queue exists");
+    // The reserve is armed only once its task first runs: an executor that
+    // parks before that (bug 2) would never run it, and a fresh node then
+    // hung before its first log line (CI: "node starting", then 60 s of
+    // silence, the shard thread in io_cqring_wait). These timers are armed
+    // now, by this task, and kept until the shard's loop is running.
+    let mut bridge: Vec<glommio::timer::Timer> = (1..=TIMER_RESERVE as u32)
+        .map(|i| glommio::timer::Timer::new(tick_interval * i))
+        .collect();
+    for t in bridge.iter_mut() {
+        let _ = futures_lite::future::poll_once(t).await;
+    }
 
     // The WAL first: its open works around glommio 0.9.0 bug 1.
     let (wal, recovered) = match flotilla_storage::Wal::open(&wal_dir, wal_options).await {
@@ -442,6 +453,7 @@ pub(crate) async fn run(setup: ShardSetup) {
         raft_tq,
     )
     .expect("raft task queue exists");
+    drop(bridge);
 
     // Inbound raft traffic: decode and step, then kick the driver.
     let inbound = {
