@@ -112,7 +112,7 @@ pub struct RunningNode {
     host: Arc<NodeHost>,
     shared: Option<Arc<Shared>>,
     stop_tx: Option<flume::Sender<()>>,
-    clients: Vec<glommio::ExecutorJoinHandle<()>>,
+    clients: Vec<flotilla::exec::ExecutorHandle<()>>,
     /// Servers running on the shards: each closes its channel when done.
     on_shards: Vec<flume::Receiver<()>>,
     /// Where it serves.
@@ -382,24 +382,24 @@ pub fn start(cfg: &NodeConfig) -> Result<RunningNode, StartError> {
             node.on_shards.push(done_rx);
             continue;
         }
-        let spawned = LocalExecutorBuilder::new(Placement::Unbound)
-            .name(&format!("flotilla-n{}-client{i}", cfg.node_id))
+        let builder = LocalExecutorBuilder::new(Placement::Unbound)
             .preempt_timer(Duration::from_millis(2))
-            .io_memory(CLIENT_IO_MEMORY_BYTES)
-            .spawn(move || async move {
-                // glommio 0.9.0 bug 2 (an executor parked with runnable
-                // work): the engine's reserve of armed timers guards this
-                // executor too.
-                let armed_stop = Rc::new(std::cell::Cell::new(false));
-                let armed = glommio::spawn_local(flotilla::shard::keep_timers_armed(
-                    Duration::from_millis(10),
-                    CLIENT_TIMER_RESERVE,
-                    armed_stop.clone(),
-                ));
-                server.run().await;
-                armed_stop.set(true);
-                armed.await;
-            });
+            .io_memory(CLIENT_IO_MEMORY_BYTES);
+        let name = format!("flotilla-n{}-client{i}", cfg.node_id);
+        let spawned = flotilla::exec::spawn(builder, name, move || async move {
+            // glommio 0.9.0 bug 2 (an executor parked with runnable
+            // work): the engine's reserve of armed timers guards this
+            // executor too.
+            let armed_stop = Rc::new(std::cell::Cell::new(false));
+            let armed = glommio::spawn_local(flotilla::shard::keep_timers_armed(
+                Duration::from_millis(10),
+                CLIENT_TIMER_RESERVE,
+                armed_stop.clone(),
+            ));
+            server.run().await;
+            armed_stop.set(true);
+            armed.await;
+        });
         match spawned {
             Ok(h) => node.clients.push(h),
             Err(e) => {
@@ -491,8 +491,8 @@ impl RunningNode {
         info!(node, "node stopping");
         drop(self.stop_tx.take());
         for h in self.clients.drain(..) {
-            if h.join().is_err() {
-                error!(node, "a client executor panicked");
+            if let Err(reason) = h.join() {
+                error!(node, %reason, "a client executor failed");
             }
         }
         for done in self.on_shards.drain(..) {

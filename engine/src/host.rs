@@ -67,7 +67,7 @@ pub struct NodeHost {
     config: NodeHostConfig,
     mailboxes: Vec<flume::Sender<ShardRequest>>,
     /// Taken (and joined) by the first `shutdown`.
-    threads: std::sync::Mutex<Vec<glommio::ExecutorJoinHandle<()>>>,
+    threads: std::sync::Mutex<Vec<crate::exec::ExecutorHandle<()>>>,
 }
 
 /// Longest a stopping leader tries to hand its leadership over.
@@ -186,14 +186,14 @@ impl NodeHost {
             };
             let mut builder =
                 LocalExecutorBuilder::new(host.config.placement.for_shard(shard, cpus))
-                    .name(&format!("flotilla-n{}-s{}", host.config.node_id, shard))
                     .preempt_timer(host.config.preempt_timer)
                     .io_memory(host.config.io_memory_bytes);
             if host.config.detect_stalls {
                 builder =
                     builder.detect_stalls(Some(Box::new(glommio::DefaultStallDetectionHandler {})));
             }
-            match builder.spawn(move || shard::run(setup)) {
+            let name = format!("flotilla-n{}-s{}", host.config.node_id, shard);
+            match crate::exec::spawn(builder, name, move || shard::run(setup)) {
                 Ok(handle) => {
                     host.mailboxes.push(tx);
                     host.threads
@@ -1010,8 +1010,8 @@ impl NodeHost {
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
         for (shard, thread) in threads.into_iter().enumerate() {
-            if thread.join().is_err() {
-                error!(node = self.config.node_id, shard, "shard thread panicked");
+            if let Err(reason) = thread.join() {
+                error!(node = self.config.node_id, shard, %reason, "shard thread failed");
             }
         }
         info!(node = self.config.node_id, "node stopped");

@@ -13,6 +13,7 @@ pub mod sim;
 mod api;
 mod config;
 mod error;
+pub mod exec;
 mod host;
 pub mod kv;
 pub mod shard;

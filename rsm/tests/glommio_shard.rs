@@ -8,6 +8,12 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
+
+/// The engine's executor watchdog (`flotilla::exec`), compiled in from the
+/// same file: this crate cannot depend on the engine.
+#[path = "../../engine/src/exec.rs"]
+#[allow(dead_code)]
+mod exec;
 use flotilla_rsm::{encode_noop, KvCommand, KvQuery, KvResult, KvStore, Rsm, SessionConfig};
 use glommio::io::{DmaFile, ImmutableFileBuilder};
 use glommio::{executor, Latency, LocalExecutorBuilder, Placement, Shares};
@@ -25,11 +31,12 @@ fn snapshot_written_while_applying() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("snap");
     let probe = dir.path().join("probe");
-    let h = LocalExecutorBuilder::new(Placement::Unbound)
-        .name("rsm-shard-test")
-        .io_memory(1 << 20)
-        .preempt_timer(Duration::from_millis(2))
-        .spawn(move || async move {
+    let h = exec::spawn(
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .io_memory(1 << 20)
+            .preempt_timer(Duration::from_millis(2)),
+        "rsm-shard-test".into(),
+        move || async move {
             // GLOMMIO.md bug 2: keep a timer armed so that a missed wake-up
             // costs at most a millisecond instead of hanging the test.
             glommio::spawn_local(async {
@@ -103,8 +110,9 @@ fn snapshot_written_while_applying() {
             let mut replica = Rsm::new(Box::new(KvStore::new()), SessionConfig::default());
             let meta = replica.install(loaded).unwrap();
             (captured_at, meta.applied_index, count(&replica))
-        })
-        .unwrap();
+        },
+    )
+    .unwrap();
     let (captured_at, recovered_at, recovered_count) = h.join().expect("executor panicked");
     assert_eq!(captured_at, 20_000);
     assert_eq!(recovered_at, 20_000);
@@ -124,11 +132,12 @@ fn snapshot_written_while_applying() {
 fn in_memory_recovery_on_an_executor_does_not_park() {
     const KEYS: u64 = 300_000;
     let (tx, rx) = std::sync::mpsc::channel();
-    let _h = LocalExecutorBuilder::new(Placement::Unbound)
-        .name("rsm-park-test")
-        .io_memory(1 << 20)
-        .preempt_timer(Duration::from_millis(2))
-        .spawn(move || async move {
+    let _h = exec::spawn(
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .io_memory(1 << 20)
+            .preempt_timer(Duration::from_millis(2)),
+        "rsm-park-test".into(),
+        move || async move {
             glommio::spawn_local(async {
                 loop {
                     glommio::timer::sleep(Duration::from_millis(1)).await;
@@ -152,8 +161,9 @@ fn in_memory_recovery_on_an_executor_does_not_park() {
                 let n = count(&replica);
                 tx.send((round, n)).unwrap();
             }
-        })
-        .unwrap();
+        },
+    )
+    .unwrap();
     for round in 0..3 {
         let got = rx
             .recv_timeout(Duration::from_secs(60))

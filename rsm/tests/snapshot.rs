@@ -11,6 +11,12 @@ use futures_lite::future::block_on;
 use futures_lite::io::AsyncRead;
 use proptest::prelude::*;
 
+/// The engine's executor watchdog (`flotilla::exec`), compiled in from the
+/// same file: this crate cannot depend on the engine.
+#[path = "../../engine/src/exec.rs"]
+#[allow(dead_code)]
+mod exec;
+
 fn kv_rsm() -> Rsm {
     Rsm::new(Box::new(KvStore::new()), SessionConfig::default())
 }
@@ -337,48 +343,47 @@ fn round_trip_through_a_glommio_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("snap-1");
     let probe = dir.path().join("probe");
-    let handle = LocalExecutorBuilder::new(Placement::Unbound)
-        .name("rsm-snapshot-test")
+    let builder = LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(1 << 20)
-        .preempt_timer(std::time::Duration::from_millis(2))
-        .spawn(move || async move {
-            // GLOMMIO.md bug 2: keep a timer armed so that a missed wake-up
-            // costs at most a millisecond instead of hanging the test.
-            glommio::spawn_local(async {
-                loop {
-                    glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
-                }
-            })
-            .detach();
-            let rsm = populated(200);
-            let expected = write(&rsm, b"members");
-            let writer = rsm.capture(Bytes::from_static(b"members"));
-            // GLOMMIO.md bug 1: the first DMA file an executor opens must not
-            // be a readable empty file (the sink below is one), so open a
-            // write-only file first.
-            glommio::io::DmaFile::create(&probe)
-                .await
-                .expect("probe")
-                .close()
-                .await
-                .expect("close probe");
-            let mut sink = ImmutableFileBuilder::new(&path)
-                .build_sink()
-                .await
-                .expect("create");
-            let info = writer.write_to(&mut sink).await.expect("write snapshot");
-            let file = sink.seal().await.expect("seal");
-            let mut reader = file.stream_reader().build();
-            let mut replica = kv_rsm();
-            let meta = replica
-                .recover(&mut reader)
-                .await
-                .expect("recover from file");
-            reader.close().await.expect("close reader");
-            file.close().await.expect("close file");
-            (info, meta, write(&replica, b"members"), expected)
+        .preempt_timer(std::time::Duration::from_millis(2));
+    let handle = exec::spawn(builder, "rsm-snapshot-test".into(), move || async move {
+        // GLOMMIO.md bug 2: keep a timer armed so that a missed wake-up
+        // costs at most a millisecond instead of hanging the test.
+        glommio::spawn_local(async {
+            loop {
+                glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            }
         })
-        .expect("spawn executor");
+        .detach();
+        let rsm = populated(200);
+        let expected = write(&rsm, b"members");
+        let writer = rsm.capture(Bytes::from_static(b"members"));
+        // GLOMMIO.md bug 1: the first DMA file an executor opens must not
+        // be a readable empty file (the sink below is one), so open a
+        // write-only file first.
+        glommio::io::DmaFile::create(&probe)
+            .await
+            .expect("probe")
+            .close()
+            .await
+            .expect("close probe");
+        let mut sink = ImmutableFileBuilder::new(&path)
+            .build_sink()
+            .await
+            .expect("create");
+        let info = writer.write_to(&mut sink).await.expect("write snapshot");
+        let file = sink.seal().await.expect("seal");
+        let mut reader = file.stream_reader().build();
+        let mut replica = kv_rsm();
+        let meta = replica
+            .recover(&mut reader)
+            .await
+            .expect("recover from file");
+        reader.close().await.expect("close reader");
+        file.close().await.expect("close file");
+        (info, meta, write(&replica, b"members"), expected)
+    })
+    .expect("spawn executor");
     let (info, meta, rewritten, expected) = handle.join().expect("executor panicked");
     assert_eq!(info.total_bytes, expected.len() as u64);
     assert_eq!(&meta.membership[..], b"members");

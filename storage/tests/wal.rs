@@ -297,7 +297,15 @@ fn concurrent_writers_share_one_fdatasync_per_flush() {
         let wal = Rc::new(wal);
         // Let the spare segment be prepared so only flushes sync below.
         wal.write(Batch::new()).await.unwrap();
+        let t0 = std::time::Instant::now();
         while wal.stats().segments_created == 0 {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(60),
+                "no spare segment after 60 s: {:?}",
+                wal.stats()
+            );
+            // A barrier: fails if the spare's preparation poisoned the WAL.
+            wal.write(Batch::new()).await.unwrap();
             glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
         }
         let before = wal.stats();

@@ -13,9 +13,14 @@ use glommio::{LocalExecutorBuilder, Placement};
 const SENDER: PeerId = PeerId::new(1, 0);
 const RECEIVER: PeerId = PeerId::new(2, 0);
 
-fn builder(name: &str) -> LocalExecutorBuilder {
+/// The engine's executor watchdog (`flotilla::exec`), compiled in from the
+/// same file: this crate cannot depend on the engine.
+#[path = "../../engine/src/exec.rs"]
+#[allow(dead_code)]
+mod exec;
+
+fn builder() -> LocalExecutorBuilder {
     LocalExecutorBuilder::new(Placement::Unbound)
-        .name(name)
         .io_memory(1 << 20)
         .preempt_timer(Duration::from_millis(2))
 }
@@ -53,63 +58,61 @@ fn stream(n: u64, frame_messages_max: u32) -> (u64, u64) {
     let (tx_addr_tx, tx_addr_rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel();
     let done_tx2 = done_tx.clone();
-    let receiver = builder("two-cores-rx")
-        .spawn(move || async move {
-            let _t = tickers();
-            let reg = Registry::new();
-            let t = Transport::new(config(RECEIVER, frame_messages_max), reg.clone()).unwrap();
-            rx_addr_tx.send(t.local_addr()).unwrap();
-            reg.set_shard_addr(SENDER, wait_for(&tx_addr_rx).await);
-            let mut next = 0u64;
-            while next < n {
-                let b = t.recv().await.unwrap();
-                assert_eq!(b.from, SENDER);
-                for m in b.messages {
-                    assert_eq!(
-                        &m[..],
-                        &next.to_le_bytes()[..],
-                        "message {next} out of order"
-                    );
-                    next += 1;
-                }
+    let receiver = exec::spawn(builder(), "two-cores-rx".into(), move || async move {
+        let _t = tickers();
+        let reg = Registry::new();
+        let t = Transport::new(config(RECEIVER, frame_messages_max), reg.clone()).unwrap();
+        rx_addr_tx.send(t.local_addr()).unwrap();
+        reg.set_shard_addr(SENDER, wait_for(&tx_addr_rx).await);
+        let mut next = 0u64;
+        while next < n {
+            let b = t.recv().await.unwrap();
+            assert_eq!(b.from, SENDER);
+            for m in b.messages {
+                assert_eq!(
+                    &m[..],
+                    &next.to_le_bytes()[..],
+                    "message {next} out of order"
+                );
+                next += 1;
             }
-            let frames = t.metrics().peer(SENDER).frames_received;
-            t.shutdown().await;
-            done_tx.send(("rx", next, frames)).unwrap();
-        })
-        .unwrap();
-    let sender = builder("two-cores-tx")
-        .spawn(move || async move {
-            let _t = tickers();
-            let reg = Registry::new();
-            let t = Transport::new(config(SENDER, frame_messages_max), reg.clone()).unwrap();
-            tx_addr_tx.send(t.local_addr()).unwrap();
-            reg.set_shard_addr(RECEIVER, wait_for(&rx_addr_rx).await);
-            let mut i = 0u64;
-            while i < n {
-                match t.send(RECEIVER, Bytes::copy_from_slice(&i.to_le_bytes())) {
-                    Ok(()) => i += 1,
-                    Err(SendError::QueueFull { .. }) => {
-                        glommio::timer::sleep(Duration::from_micros(200)).await
-                    }
-                    Err(e) => panic!("{e}"),
+        }
+        let frames = t.metrics().peer(SENDER).frames_received;
+        t.shutdown().await;
+        done_tx.send(("rx", next, frames)).unwrap();
+    })
+    .unwrap();
+    let sender = exec::spawn(builder(), "two-cores-tx".into(), move || async move {
+        let _t = tickers();
+        let reg = Registry::new();
+        let t = Transport::new(config(SENDER, frame_messages_max), reg.clone()).unwrap();
+        tx_addr_tx.send(t.local_addr()).unwrap();
+        reg.set_shard_addr(RECEIVER, wait_for(&rx_addr_rx).await);
+        let mut i = 0u64;
+        while i < n {
+            match t.send(RECEIVER, Bytes::copy_from_slice(&i.to_le_bytes())) {
+                Ok(()) => i += 1,
+                Err(SendError::QueueFull { .. }) => {
+                    glommio::timer::sleep(Duration::from_micros(200)).await
                 }
-                if i % 1024 == 0 {
-                    futures_lite::future::yield_now().await;
-                }
+                Err(e) => panic!("{e}"),
             }
-            while t.metrics().peer(RECEIVER).messages_sent < n {
-                glommio::timer::sleep(Duration::from_millis(1)).await;
+            if i % 1024 == 0 {
+                futures_lite::future::yield_now().await;
             }
-            let m = t.metrics().peer(RECEIVER);
-            assert_eq!(m.messages_lost, 0);
-            glommio::timer::sleep(Duration::from_millis(50)).await;
-            t.shutdown().await;
-            done_tx2
-                .send(("tx", m.messages_sent, m.frames_sent))
-                .unwrap();
-        })
-        .unwrap();
+        }
+        while t.metrics().peer(RECEIVER).messages_sent < n {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        let m = t.metrics().peer(RECEIVER);
+        assert_eq!(m.messages_lost, 0);
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+        t.shutdown().await;
+        done_tx2
+            .send(("tx", m.messages_sent, m.frames_sent))
+            .unwrap();
+    })
+    .unwrap();
     let mut got = None;
     for _ in 0..2 {
         let (who, count, frames) = done_rx

@@ -280,11 +280,12 @@ fn drive(args: &BenchOptions, cluster: &Cluster, out: &mut dyn Write) -> Result<
             timeline,
             reports: report_tx.clone(),
         };
-        let spawned = LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .name(&format!("bench-client-{k}"))
+        let builder = LocalExecutorBuilder::new(glommio::Placement::Unbound)
             .io_memory(512 << 10)
-            .preempt_timer(Duration::from_millis(5))
-            .spawn(move || client_main(setup));
+            .preempt_timer(Duration::from_millis(5));
+        let spawned = flotilla::exec::spawn(builder, format!("bench-client-{k}"), move || {
+            client_main(setup)
+        });
         match spawned {
             Ok(h) => handles.push(h),
             Err(e) => return Err(format!("cannot start load generator {k}: {e}")),

@@ -601,7 +601,7 @@ struct TestNode {
 struct TestCluster {
     nodes: Vec<TestNode>,
     stop: Option<flume::Sender<()>>,
-    http_thread: Option<glommio::ExecutorJoinHandle<()>>,
+    http_thread: Option<flotilla::exec::ExecutorHandle<()>>,
     _dir: tempfile::TempDir,
 }
 
@@ -647,11 +647,12 @@ impl TestCluster {
             .collect();
         let (stop_tx, stop_rx) = flume::bounded::<()>(1);
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let http_thread = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .name("http-test")
-            .io_memory(512 << 10)
-            .preempt_timer(Duration::from_millis(2))
-            .spawn(move || async move {
+        let http_thread = flotilla::exec::spawn(
+            glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+                .io_memory(512 << 10)
+                .preempt_timer(Duration::from_millis(2)),
+            "http-test".into(),
+            move || async move {
                 let mut servers = Vec::new();
                 for (id, kv) in states {
                     let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -668,8 +669,9 @@ impl TestCluster {
                 for s in servers {
                     s.await;
                 }
-            })
-            .expect("start the http executor");
+            },
+        )
+        .expect("start the http executor");
         let nodes = started
             .into_iter()
             .map(|(_, host, raft)| TestNode {

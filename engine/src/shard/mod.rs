@@ -864,25 +864,22 @@ mod tests {
     fn executors_with_the_timer_reserve_use_glommio_timers() {
         assert!(!glommio_timers_here());
         futures_lite::future::block_on(crate::host::sleep_anywhere(Duration::from_millis(1)));
-        let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .io_memory(1 << 20)
-            .spawn(|| async {
-                let before = glommio_timers_here();
-                let stop = Rc::new(Cell::new(false));
-                let armed = glommio::spawn_local(keep_timers_armed(
-                    Duration::from_millis(1),
-                    4,
-                    stop.clone(),
-                ));
-                glommio::yield_if_needed().await;
-                glommio::timer::sleep(Duration::from_millis(2)).await;
-                let after = glommio_timers_here();
-                crate::host::sleep_anywhere(Duration::from_millis(1)).await;
-                stop.set(true);
-                armed.await;
-                (before, after)
-            })
-            .expect("executor starts");
+        let builder =
+            glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).io_memory(1 << 20);
+        let handle = crate::exec::spawn(builder, "timers-test".into(), || async {
+            let before = glommio_timers_here();
+            let stop = Rc::new(Cell::new(false));
+            let armed =
+                glommio::spawn_local(keep_timers_armed(Duration::from_millis(1), 4, stop.clone()));
+            glommio::yield_if_needed().await;
+            glommio::timer::sleep(Duration::from_millis(2)).await;
+            let after = glommio_timers_here();
+            crate::host::sleep_anywhere(Duration::from_millis(1)).await;
+            stop.set(true);
+            armed.await;
+            (before, after)
+        })
+        .expect("executor starts");
         assert_eq!(handle.join().expect("executor runs"), (false, true));
     }
 }

@@ -12,49 +12,49 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 pub const CLUSTER: ClusterId = ClusterId(0xF10);
 
+/// The engine's executor watchdog (`flotilla::exec`), compiled into these
+/// tests from the same file: this crate cannot depend on the engine.
+#[path = "../../../engine/src/exec.rs"]
+pub mod exec;
+
 /// Runs `f` on a fresh executor (small io_memory, 2 ms preempt timer, stall
-/// detection) with periodic timers always armed (glommio 0.9 lost-wake-up
-/// workaround, as the engine's tick does) and a hard deadline enforced from
-/// the test thread, outside the executor: glommio 0.9 can park an executor
-/// with runnable tasks and, rarely, no timer left to wake it, which must fail
-/// the test with a message rather than hang the suite.
+/// detection) with a hard deadline enforced from the test thread, outside
+/// the executor. glommio 0.9 can park an executor with runnable tasks (bug
+/// 2); two guards: the executor runs under the engine's watchdog
+/// (`exec::spawn`: a signal ends the sleep when its heartbeat stops), and
+/// periodic timers stay armed (as the engine's tick does).
 pub fn run<F, Fut>(name: &str, deadline: Duration, f: F)
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + 'static,
 {
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let handle = LocalExecutorBuilder::new(Placement::Unbound)
-        .name(name)
+    let builder = LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(1 << 20)
         .preempt_timer(Duration::from_millis(2))
-        .detect_stalls(Some(Box::new(glommio::DefaultStallDetectionHandler {})))
-        .spawn(move || async move {
-            // Two tickers: if glommio parks with runnable tasks right after
-            // one ticker's timer fired, the other's timer is still armed.
-            let tickers = [5, 7].map(|ms| {
-                glommio::spawn_local(async move {
-                    loop {
-                        glommio::timer::sleep(Duration::from_millis(ms)).await;
-                    }
-                })
-            });
-            f().await;
-            drop(tickers);
-            let _ = done_tx.send(());
-        })
-        .expect("spawn executor");
-    match done_rx.recv_timeout(deadline) {
-        Ok(()) => handle.join().expect("test executor panicked"),
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-            // The executor's future panicked: join reports it.
-            handle.join().expect("test executor panicked");
-            unreachable!("executor ended without finishing its test");
-        }
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-            panic!("test {name} did not finish within {deadline:?}")
-        }
+        .detect_stalls(Some(Box::new(glommio::DefaultStallDetectionHandler {})));
+    let handle = exec::spawn(builder, name.to_string(), move || async move {
+        // Two tickers: if glommio parks with runnable tasks right after
+        // one ticker's timer fired, the other's timer is still armed.
+        let tickers = [5, 7].map(|ms| {
+            glommio::spawn_local(async move {
+                loop {
+                    glommio::timer::sleep(Duration::from_millis(ms)).await;
+                }
+            })
+        });
+        f().await;
+        drop(tickers);
+    })
+    .expect("spawn executor");
+    let t0 = Instant::now();
+    while !handle.is_finished() {
+        assert!(
+            t0.elapsed() < deadline,
+            "test {name} did not finish within {deadline:?}"
+        );
+        std::thread::park_timeout(Duration::from_millis(2));
     }
+    handle.join().expect("test executor panicked");
 }
 
 /// A config for tests: port 0 and short timeouts.
