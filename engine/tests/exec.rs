@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use flotilla::exec::{spawn, HEARTBEAT_PERIOD, STALL_AFTER};
+use flotilla::exec::{spawn, spawn_watched};
 use glommio::LocalExecutorBuilder;
 
 fn builder() -> LocalExecutorBuilder {
@@ -35,12 +35,14 @@ fn runs_joins_and_reports_panics() {
 /// signals, which the thread survives.
 #[test]
 fn a_stalled_executor_is_signalled_and_survives() {
-    let h = spawn(builder(), "exec-stall".into(), || async {
+    const BEAT: Duration = Duration::from_millis(10);
+    const STALL: Duration = Duration::from_millis(50);
+    let h = spawn_watched(builder(), "exec-stall".into(), BEAT, STALL, || async {
         let t0 = std::time::Instant::now();
-        while t0.elapsed() < STALL_AFTER * 4 {
+        while t0.elapsed() < STALL * 6 {
             std::hint::spin_loop();
         }
-        glommio::timer::sleep(HEARTBEAT_PERIOD).await;
+        glommio::timer::sleep(BEAT).await;
         7
     })
     .unwrap();

@@ -1711,7 +1711,7 @@ pub fn host_error_reply(e: &HostError) -> Reply {
     }
 }
 
-fn kv_error_reply(e: KvError) -> Reply {
+pub(super) fn kv_error_reply(e: KvError) -> Reply {
     match e {
         KvError::NotInteger => not_integer(),
         KvError::Overflow => Reply::err("increment or decrement would overflow"),

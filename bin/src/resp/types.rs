@@ -44,6 +44,9 @@ pub enum Finish {
     IntOrNil,
     /// Stream entries: `[[id, [field, value, ...]], ...]`.
     Records,
+    /// XRANGE ... COUNT 0 from the key's `Type`: the nil array for a
+    /// stream, the empty array for no key, WRONGTYPE otherwise (Redis 7).
+    NoRecords,
     /// `Items` of decimal integers as an array of integers (LPOS with a
     /// count, SMISMEMBER).
     IntArray,
@@ -984,7 +987,7 @@ fn prepare_checked(name: &str, args: &[Bytes], now_ms: u64, seed: u64) -> Result
             let end = range_bound(end, false)?
                 .ok_or_else(|| Reply::err("invalid end ID for the interval"))?;
             if count == Some(0) {
-                return Err(Reply::Array(Vec::new()));
+                return read(key, Q::Type { key: k() }, Finish::NoRecords);
             }
             read(
                 key,
@@ -1629,6 +1632,11 @@ pub fn finish(f: Finish, r: Option<KvResult>) -> Reply {
                 .map(|(id, fields)| Reply::Array(vec![Reply::Bulk(id), bulks(fields)]))
                 .collect(),
         ),
+        (Finish::NoRecords, KvResult::Value(t)) => match t.as_deref() {
+            None => Reply::Array(Vec::new()),
+            Some(b"stream") => Reply::NilArray,
+            Some(_) => super::command::kv_error_reply(flotilla_rsm::KvError::WrongType),
+        },
         (Finish::IntArray, KvResult::Items(items)) => {
             let mut out = Vec::with_capacity(items.len());
             for i in items {
@@ -2647,7 +2655,7 @@ mod tests {
             }
         );
         // An exclusive bound past the ends is Redis' error; COUNT 0 is
-        // answered at once.
+        // answered at once, with Redis 7's null array.
         assert_eq!(
             plan("xrange s (0-0 (0-0").err(),
             Some(Reply::err("invalid end ID for the interval"))
@@ -2656,10 +2664,30 @@ mod tests {
             plan("xrevrange s + (18446744073709551615-18446744073709551615").err(),
             Some(Reply::err("invalid start ID for the interval"))
         );
+        // COUNT 0 (or less) asks for the key's type: the nil array for a
+        // stream, the empty array for no key, WRONGTYPE otherwise.
+        for cmd in ["xrange s - + count 0", "xrevrange s + - count -3"] {
+            let p = plan(cmd).unwrap();
+            assert!(
+                matches!(&p.op, Op::Read(KvQuery::Typed(Q::Type { key })) if key == &b("s")),
+                "{cmd}: {:?}",
+                p.op
+            );
+            assert_eq!(p.finish, Finish::NoRecords);
+        }
+        let type_is = |t: Option<&str>| Some(KvResult::Value(t.map(b)));
         assert_eq!(
-            plan("xrange s - + count 0").err(),
-            Some(Reply::Array(vec![]))
+            finish(Finish::NoRecords, type_is(Some("stream"))),
+            Reply::NilArray
         );
+        assert_eq!(
+            finish(Finish::NoRecords, type_is(None)),
+            Reply::Array(vec![])
+        );
+        assert!(matches!(
+            finish(Finish::NoRecords, type_is(Some("string"))),
+            Reply::Error(e) if e.starts_with("WRONGTYPE")
+        ));
     }
 
     #[test]

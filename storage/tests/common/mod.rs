@@ -33,15 +33,23 @@ where
     let builder = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(1 << 20)
         .preempt_timer(Duration::from_millis(2));
-    let handle = exec::spawn(builder, "storage-test".into(), move || async move {
-        let stop = std::rc::Rc::new(std::cell::Cell::new(false));
-        let ticker =
-            glommio::spawn_local(keep_timers_armed(Duration::from_millis(5), 8, stop.clone()));
-        let out = f().await;
-        stop.set(true);
-        drop(ticker);
-        out
-    })
+    // Tests care little for idle wake-ups: a quick heartbeat and limit.
+    let (beat, stall) = (Duration::from_millis(20), Duration::from_millis(100));
+    let handle = exec::spawn_watched(
+        builder,
+        "storage-test".into(),
+        beat,
+        stall,
+        move || async move {
+            let stop = std::rc::Rc::new(std::cell::Cell::new(false));
+            let ticker =
+                glommio::spawn_local(keep_timers_armed(Duration::from_millis(5), 8, stop.clone()));
+            let out = f().await;
+            stop.set(true);
+            drop(ticker);
+            out
+        },
+    )
     .expect("executor starts");
     let t0 = std::time::Instant::now();
     while !handle.is_finished() {

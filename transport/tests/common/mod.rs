@@ -32,7 +32,9 @@ where
         .io_memory(1 << 20)
         .preempt_timer(Duration::from_millis(2))
         .detect_stalls(Some(Box::new(glommio::DefaultStallDetectionHandler {})));
-    let handle = exec::spawn(builder, name.to_string(), move || async move {
+    // Tests care little for idle wake-ups: a quick heartbeat and limit.
+    let (beat, stall) = (Duration::from_millis(20), Duration::from_millis(100));
+    let handle = exec::spawn_watched(builder, name.to_string(), beat, stall, move || async move {
         // Two tickers: if glommio parks with runnable tasks right after
         // one ticker's timer fired, the other's timer is still armed.
         let tickers = [5, 7].map(|ms| {
