@@ -151,6 +151,8 @@ impl NodeHost {
             // opts into the lease per request.
             raft_defaults.lease_read = false;
             raft_defaults.quiesce_ticks = host.config.quiesce_ticks;
+            // Groups created together spread their first leaders evenly.
+            raft_defaults.stagger_first_election = true;
             let entry_bytes_max = host.config.entry_limit_bytes();
             let defaults = flotilla_storage::WalOptions::default();
             // One frame holds the largest entry with its headers.

@@ -1199,3 +1199,67 @@ fn restart_rebuilds_membership_and_pending_change() {
         [(1, EntryKind::Noop), (2, EntryKind::ConfChange)]
     );
 }
+
+/// `stagger_first_election`: in a brand-new group the voter at `group %
+/// voters` times out first (after exactly `election_timeout_ticks`), the
+/// others only after two to three times that, so groups created together
+/// spread their first leaders evenly; without it, whoever's random timer
+/// fires first wins. A group whose designated voter is down still elects
+/// another, later.
+#[test]
+fn a_new_group_elects_its_designated_first_leader() {
+    let ids = [1u64, 2, 3];
+    let mut led = BTreeMap::<u64, u64>::new();
+    for g in 1..=30u64 {
+        let stagger = move |c: &mut Config| {
+            c.group = GroupId(g);
+            c.seed = c.seed.wrapping_mul(1000) + g;
+            c.stagger_first_election = true;
+        };
+        // Alone (no message delivered), each replica's first campaign
+        // comes at its first timeout.
+        let et = Config::new(NodeId(1), GroupId(g)).election_timeout_ticks;
+        let designated = ids[(g % 3) as usize];
+        for &id in &ids {
+            let mut r = Raft::new(cfg(id, &stagger), Membership::voters(&ids));
+            let mut ticks = 0;
+            while r.role() == Role::Follower {
+                r.tick();
+                ticks += 1;
+                assert!(ticks <= 3 * et, "group {g} replica {id} never campaigned");
+            }
+            if id == designated {
+                assert_eq!(ticks, et, "group {g}: designated {id} campaigned late");
+            } else {
+                assert!(ticks >= 2 * et, "group {g}: {id} campaigned after {ticks}");
+            }
+        }
+        let mut c = Cluster::new(&ids, &stagger);
+        let mut ticks = 0;
+        while c.leader().is_none() {
+            c.tick_all(1);
+            ticks += 1;
+            assert!(ticks < 10 * et, "group {g}: no leader");
+        }
+        assert_eq!(c.leader(), Some(designated), "group {g}");
+        *led.entry(c.leader().unwrap()).or_default() += 1;
+    }
+    assert_eq!(led.values().copied().collect::<Vec<_>>(), vec![10, 10, 10]);
+
+    // The designated voter is down: another one is elected all the same.
+    let g = 4u64; // designated: ids[1] = 2
+    let stagger = move |c: &mut Config| {
+        c.group = GroupId(g);
+        c.stagger_first_election = true;
+    };
+    let mut c = Cluster::new(&ids, &stagger);
+    c.isolate(2);
+    let et = Config::new(NodeId(1), GroupId(g)).election_timeout_ticks;
+    let mut ticks = 0;
+    while c.leader().is_none_or(|l| l == 2) {
+        c.tick_all(1);
+        ticks += 1;
+        assert!(ticks < 20 * et, "no leader without the designated voter");
+    }
+    assert!(ticks >= 2 * et, "elected after {ticks} ticks");
+}

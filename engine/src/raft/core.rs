@@ -97,6 +97,16 @@ pub struct Config {
     pub promote_lag_max: u64,
     /// Idle ticks before quiescing (0 disables quiesce).
     pub quiesce_ticks: u64,
+    /// A brand-new group (term 0, empty log) elects a designated first
+    /// leader: the voter at `group % voters` in id order times out after
+    /// exactly `election_timeout_ticks`, the others only after 2 to 3 times
+    /// that. Many groups created at once then spread their leaders evenly
+    /// over the nodes instead of where the timers happened to fire first
+    /// (which left one node leading 97 % of 10,000 groups, to be moved two
+    /// at a time by the engine's balancer). Timeouts only: safety is
+    /// unchanged, and if the designated voter is down another is elected
+    /// one timeout later.
+    pub stagger_first_election: bool,
     /// Seed of the RNG (election timeouts, read-batch ids). Must differ
     /// between starts of the same replica (mix in a boot counter or the wall
     /// clock), so a read answer addressed to an earlier incarnation is never
@@ -128,6 +138,7 @@ impl Config {
             pending_reads_max: 1 << 16,
             promote_lag_max: 64,
             quiesce_ticks: 0,
+            stagger_first_election: false,
             seed: 0,
             planted_bug: None,
         }
@@ -543,6 +554,9 @@ impl Raft {
             cfg,
         };
         r.reset_randomized_timeout();
+        if r.cfg.stagger_first_election && hs.term == 0 && r.log.last_index == 0 {
+            r.stagger_first_timeout();
+        }
         r.next_batch = splitmix(&mut r.rng) >> 1;
         tracing::debug!(
             group = r.group.0,
@@ -1330,6 +1344,27 @@ impl Raft {
     }
 
     // ------------------------------------------------------------------ role changes
+
+    /// See [`Config::stagger_first_election`].
+    fn stagger_first_timeout(&mut self) {
+        let voters: Vec<NodeId> = self
+            .membership
+            .members
+            .iter()
+            .filter(|m| m.kind == MemberKind::Voter)
+            .map(|m| m.id)
+            .collect();
+        if voters.len() < 2 || !voters.contains(&self.id) {
+            return;
+        }
+        let et = self.cfg.election_timeout_ticks;
+        let first = voters[(self.group.0 % voters.len() as u64) as usize];
+        self.randomized_timeout = if first == self.id {
+            et
+        } else {
+            2 * et + splitmix(&mut self.rng) % et
+        };
+    }
 
     fn reset_randomized_timeout(&mut self) {
         let et = self.cfg.election_timeout_ticks;

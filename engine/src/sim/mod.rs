@@ -148,6 +148,7 @@ pub struct Sim {
     drop_pct: u64,
     dup_pct: u64,
     quiesce_ticks: u64,
+    stagger: bool,
     oracle: Oracle,
     trace: VecDeque<String>,
     trace_hash: u64,
@@ -205,6 +206,7 @@ impl Sim {
         let cache_replicated_bytes_max = [0, 120, cache_bytes_max][(cfg.seed % 3) as usize];
         let append_bytes_max = [40, 200, 1000][rng.below(3) as usize];
         let inflight_bytes_max = [1 << 20, 100, 500][((cfg.seed / 3) % 3) as usize];
+        let stagger = (cfg.seed / 9) % 2 == 1;
         let pre_vote = rng.pct(70);
         let crash_pct = [30, 60, 100][rng.below(3) as usize];
         let churn = rng.pct(30);
@@ -223,6 +225,7 @@ impl Sim {
             net: Vec::new(),
             blocked: BTreeSet::new(),
             quiesce_ticks,
+            stagger,
             oracle: Oracle::default(),
             trace: VecDeque::new(),
             trace_hash: 0xcbf2_9ce4_8422_2325,
@@ -269,8 +272,8 @@ impl Sim {
             });
         }
         sim.event(format!(
-            "start machines={machines} voters={voters} drop={}% dup={}% quiesce={} cache={}/{} append={} inflight_bytes={} prevote={} crash={} churn={}",
-            sim.drop_pct, sim.dup_pct, sim.quiesce_ticks, sim.cache_bytes_max, sim.cache_replicated_bytes_max, sim.append_bytes_max, sim.inflight_bytes_max, sim.pre_vote, sim.crash_pct, sim.churn
+            "start machines={machines} voters={voters} drop={}% dup={}% quiesce={} cache={}/{} append={} inflight_bytes={} prevote={} crash={} churn={} stagger={}",
+            sim.drop_pct, sim.dup_pct, sim.quiesce_ticks, sim.cache_bytes_max, sim.cache_replicated_bytes_max, sim.append_bytes_max, sim.inflight_bytes_max, sim.pre_vote, sim.crash_pct, sim.churn, sim.stagger
         ));
         sim
     }
@@ -288,6 +291,7 @@ impl Sim {
         c.cache_replicated_bytes_max = self.cache_replicated_bytes_max;
         c.apply_bytes_max = 400;
         c.quiesce_ticks = self.quiesce_ticks;
+        c.stagger_first_election = self.stagger;
         c.promote_lag_max = 5;
         c.uncommitted_entries_max = 200;
         c.seed =
