@@ -266,6 +266,7 @@ fn drive(args: &BenchOptions, cluster: &Cluster, out: &mut dyn Write) -> Result<
             rate_share: args
                 .rate
                 .map(|r| r as f64 * mine.len() as f64 / groups.len() as f64),
+            phase: k as f64 / clients as f64,
             groups: mine,
             value: value.clone(),
             concurrency: args.concurrency,
@@ -325,6 +326,10 @@ struct ClientSetup {
     value: Bytes,
     concurrency: usize,
     rate_share: Option<f64>,
+    /// Where in its period this generator's open-loop schedule starts
+    /// (0..1): generators take turns instead of issuing at the same
+    /// instants.
+    phase: f64,
     reads: f64,
     consistency: ReadConsistency,
     keys_per_group: u64,
@@ -645,7 +650,8 @@ async fn open_loop(client: &Rc<Client>, rate: f64) {
     let cap = (client.setup.concurrency * client.setup.groups.len()) as u64;
     let mut rng = Rng::new(client.setup.index as u64 + 1);
     let mut issued: u64 = 0;
-    let scheduled = |n: u64| timeline.start + Duration::from_secs_f64(n as f64 / rate);
+    let phase = client.setup.phase;
+    let scheduled = |n: u64| super::due_at(timeline.start, rate, phase, n);
     loop {
         let now = Instant::now();
         if now >= timeline.measure_end {

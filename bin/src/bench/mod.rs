@@ -272,6 +272,14 @@ pub(crate) enum Outcome {
     Idle(Box<idle::IdleSummary>),
 }
 
+/// When request `n` of an open-loop schedule of `rate` per second from
+/// `start` is due, the schedule starting at `phase` (0..1) of its period:
+/// several generators or connections, each at its own phase, take turns
+/// instead of all issuing at the same instants.
+pub(super) fn due_at(start: Instant, rate: f64, phase: f64, n: u64) -> Instant {
+    start + Duration::from_secs_f64((n as f64 + phase) / rate)
+}
+
 #[cfg(test)]
 impl Outcome {
     /// The load summary (panics on an idle outcome: tests only).

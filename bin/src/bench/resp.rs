@@ -151,12 +151,6 @@ fn encode_command(out: &mut Vec<u8>, args: &[&[u8]]) {
     }
 }
 
-/// When command `n` of an open-loop connection sending `rate` per second
-/// from `start`, at `phase` (0..1) of its period, is due.
-fn due_at(start: Instant, rate: f64, phase: f64, n: u64) -> Instant {
-    start + Duration::from_secs_f64((n as f64 + phase) / rate)
-}
-
 /// Shortest and longest wait of an open-loop connection for its next due
 /// command (the longest also bounds how late a progress report is).
 const WAIT_MIN: Duration = Duration::from_micros(20);
@@ -181,7 +175,7 @@ fn connection(s: &ConnSetup) -> Result<super::stats::Tally, String> {
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     let mut second = 1u64;
     let mut issued: u64 = 0;
-    let scheduled = |n: u64| due_at(t.start, s.rate.unwrap_or(1.0), s.phase, n);
+    let scheduled = |n: u64| super::due_at(t.start, s.rate.unwrap_or(1.0), s.phase, n);
     while Instant::now() < t.start {
         std::thread::park_timeout(t.start - Instant::now());
     }
@@ -548,7 +542,9 @@ mod tests {
         let conns = 4;
         let rate = 100.0; // per connection: one every 10 ms
         let mut firsts: Vec<Instant> = (0..conns)
-            .flat_map(|k| (0..3).map(move |n| due_at(start, rate, k as f64 / conns as f64, n)))
+            .flat_map(|k| {
+                (0..3).map(move |n| super::super::due_at(start, rate, k as f64 / conns as f64, n))
+            })
             .collect();
         firsts.sort();
         for w in firsts.windows(2) {
