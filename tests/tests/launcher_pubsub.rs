@@ -172,14 +172,17 @@ fn pubsub_and_resp3_end_to_end() {
     assert_eq!(news.matches("pmessage").count(), 30, "{news}");
     assert!(!news.contains("sport"));
 
-    // Subscribed mode: only the subscription commands, PING (RESP2: as an
-    // array), QUIT and RESET.
+    // Subscribed mode in RESP2: only the subscription commands, PING (as
+    // an array), QUIT and RESET. In RESP3 (as Redis 7) every command runs.
     s1.call(
         &["GET", "k"],
         "-ERR Can't execute 'get': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n",
     );
     s1.call(&["PING"], "*2\r\n$4\r\npong\r\n$0\r\n\r\n");
     s2.call(&["PING"], "+PONG\r\n");
+    s2.call(&["SET", "in-sub-mode", "v"], "+OK\r\n");
+    s2.call(&["GET", "in-sub-mode"], "$1\r\nv\r\n");
+    s2.call(&["HGETALL", "no-hash"], "%0\r\n");
     {
         // PUBLISH counts this node's subscribers (whichever executor holds
         // their connections), PUBSUB reports them.

@@ -561,6 +561,15 @@ pub async fn serve(
                 break;
             }
             match parser.next(buf) {
+                Parsed::Command(argv) if conn.resp3 && !subscribed_mode_command(&argv[0]) => {
+                    // RESP3 (as Redis 7): any command runs in subscribed
+                    // mode, its reply in line with the pushes.
+                    if run_normally(argv, stream, buf, conn, shared, stop, out).await {
+                        let _ = stream.write_all(out).await;
+                        out.clear();
+                        return Left::Close;
+                    }
+                }
                 Parsed::Command(argv) => {
                     if let Some(left) = command(argv, conn, shared, out).await {
                         let _ = stream.write_all(out).await;
@@ -770,6 +779,48 @@ async fn read(
             return;
         }
     }
+}
+
+/// The commands RESP2 allows in subscribed mode (RESP3 allows every
+/// command; these keep their subscribed-mode meaning there too).
+fn subscribed_mode_command(name: &[u8]) -> bool {
+    [
+        "SUBSCRIBE",
+        "PSUBSCRIBE",
+        "UNSUBSCRIBE",
+        "PUNSUBSCRIBE",
+        "PING",
+        "QUIT",
+        "RESET",
+    ]
+    .iter()
+    .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+}
+
+/// Runs one command as outside subscribed mode (RESP3); its reply goes to
+/// `out`. True if the connection must close (QUIT-like, or the client left
+/// while it blocked).
+async fn run_normally(
+    argv: Vec<Bytes>,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    conn: &mut Conn,
+    shared: &Shared,
+    stop: &flume::Receiver<()>,
+    out: &mut BytesMut,
+) -> bool {
+    let mut pipeline = super::Pipeline::default();
+    pipeline
+        .batch
+        .push(super::command::prepare(argv, conn, shared));
+    let mut client = super::blocking::Client {
+        stream,
+        input: buf,
+        stop,
+    };
+    let quit = super::execute(&mut pipeline, conn, shared, out, &mut client).await;
+    shared.commands_processed.fetch_add(1, Ordering::Relaxed);
+    quit
 }
 
 /// One command in subscribed mode; `Some` if the mode ends with it.
