@@ -7,9 +7,10 @@
 //! sleep in `io_uring_enter`. Only an armed timer, an I/O completion or a
 //! wake-up from another thread ends that sleep. If it happens before the
 //! executor ran its first task, nothing is armed and nothing is in flight:
-//! the executor sleeps for good (reproduced here: about 1 run in 50 of the
-//! storage test suite with 4 copies in parallel, the executor thread in
-//! `io_cqring_wait` and 0 CPU, never having run its task).
+//! the executor sleeps for good (reproduced here: 6 hung runs in 97 of the
+//! storage WAL tests, 4 copies in parallel beside 2 busy loops, the
+//! executor thread in `io_cqring_wait` with 0 CPU, never having run its
+//! task; with this module, 0 in 275).
 //!
 //! [`spawn`] closes that hole. The executor runs on a thread we start, so a
 //! watchdog thread knows it before glommio's loop begins; a heartbeat task
