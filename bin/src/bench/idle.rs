@@ -32,6 +32,8 @@ use super::{BenchOptions, ConfigEcho};
 const CONTROL_DEADLINE: Duration = Duration::from_secs(30);
 /// Attempts per start-up write before it counts as failed.
 const WRITE_ATTEMPTS: usize = 5;
+/// First pause between attempts of one write (then 2×, 3×...).
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
 /// How often the quiesce wait polls the shards.
 const QUIESCE_POLL: Duration = Duration::from_millis(200);
 
@@ -542,11 +544,15 @@ fn write_every_group(
             );
             let host = &hosts[l];
             async move {
-                for _ in 0..WRITE_ATTEMPTS {
+                for attempt in 0..WRITE_ATTEMPTS {
                     // Forwarding on: a leader that moved is found.
                     if host.propose(g, cmd.clone(), args.timeout).await.is_ok() {
                         return true;
                     }
+                    // A leadership transfer (the balancer) refuses
+                    // proposals for a moment: back off before retrying.
+                    let pause = RETRY_PAUSE * (attempt as u32 + 1);
+                    async_io::Timer::after(pause).await;
                 }
                 false
             }
