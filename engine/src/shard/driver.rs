@@ -124,6 +124,13 @@ pub(crate) struct Driver {
     compaction_overhead: u64,
     /// Ticks between two rounds of leader balancing (0: never).
     balance_every_ticks: u64,
+    /// Bumped whenever a group's leader or membership may have changed here
+    /// (a Ready with soft state or membership, a group added or removed).
+    leadership_epoch: u64,
+    /// `leadership_epoch` when the balancer last found the shard balanced:
+    /// while it has not moved, a round skips its walk over every group
+    /// (the largest cost of 10,000 idle groups: 17 % of their CPU).
+    balanced_at_epoch: Option<u64>,
     /// Each group's newest snapshot (file, or compaction point of a
     /// witness) and the log applied since.
     last_snapshot: BTreeMap<GroupId, SnapshotPace>,
@@ -381,6 +388,8 @@ impl Driver {
             snapshot_entries: 0,
             snapshot_log_ratio: 0.0,
             balance_every_ticks: 0,
+            leadership_epoch: 0,
+            balanced_at_epoch: None,
             compaction_overhead: 0,
             last_snapshot: BTreeMap::new(),
             snapshots_due: BTreeSet::new(),
@@ -626,6 +635,9 @@ impl Driver {
     /// retry them; see `RequestError::Rejected`), and every move strictly
     /// narrows the gap, so rounds converge and never oscillate.
     fn balance_leaders(&mut self) {
+        if self.balanced_at_epoch == Some(self.leadership_epoch) {
+            return; // balanced, and no leader or membership moved since
+        }
         let mut led: BTreeMap<NodeId, u64> = BTreeMap::new();
         for g in self.groups.values() {
             for m in &g.raft.membership().members {
@@ -639,7 +651,8 @@ impl Driver {
         }
         let mine = led.get(&self.node).copied().unwrap_or(0);
         if led.values().all(|&n| n + 2 > mine) {
-            return; // balanced: the usual case, decided without a walk
+            self.balanced_at_epoch = Some(self.leadership_epoch);
+            return; // balanced: the usual case
         }
         let mean = led.values().sum::<u64>() / led.len().max(1) as u64;
         let budget = usize::try_from(mine.saturating_sub(mean) / 4)
@@ -872,6 +885,7 @@ impl Driver {
             waiting.push(reply);
             return;
         }
+        self.leadership_epoch += 1;
         let Some(mut g) = self.groups.remove(&group) else {
             let _ = reply.send(Ok(()));
             return;
@@ -960,6 +974,7 @@ impl Driver {
     }
 
     fn insert_group(&mut self, group: GroupId, raft: Raft, meta: GroupMeta) {
+        self.leadership_epoch += 1;
         let rsm = (!meta.witness).then(|| Rsm::new(Box::new(KvStore::new()), Default::default()));
         self.groups.insert(
             group,
@@ -1698,6 +1713,9 @@ impl Driver {
                 continue;
             };
             let messages = rd.messages;
+            if rd.membership.is_some() || rd.soft_state.is_some() {
+                self.leadership_epoch += 1;
+            }
             if let Some(m) = rd.membership.as_ref() {
                 self.learn_addresses(m);
                 if let Some(meta) = self.metas.get_mut(&id) {
