@@ -94,6 +94,14 @@ fn a_restarted_node_gets_its_share_of_leaders_back_while_writes_go_on() {
         .sum();
     let led = leaders(&c);
     assert!(led.values().all(|&n| n == 4), "{led:?}");
+    let walks = |c: &Cluster| -> u64 {
+        [1, 2, 3]
+            .iter()
+            .flat_map(|n| block_on(c.host(NodeId(*n)).stats(WITHIN)).unwrap())
+            .map(|s| s.balance_walks)
+            .sum()
+    };
+    let walks_before = walks(&c);
     std::thread::park_timeout(Duration::from_millis(500));
     let later: u64 = [1, 2, 3]
         .iter()
@@ -101,5 +109,12 @@ fn a_restarted_node_gets_its_share_of_leaders_back_while_writes_go_on() {
         .map(|s| s.balance_transfers)
         .sum();
     assert_eq!(after, later, "balanced leaders kept moving: {led:?}");
+    // Nothing changed: the five rounds of those 500 ms (every 100 ms, on
+    // each node) skipped their walk over the groups.
+    assert_eq!(
+        walks(&c),
+        walks_before,
+        "balanced shards walked their groups again"
+    );
     c.shutdown();
 }

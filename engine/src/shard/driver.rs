@@ -638,6 +638,7 @@ impl Driver {
         if self.balanced_at_epoch == Some(self.leadership_epoch) {
             return; // balanced, and no leader or membership moved since
         }
+        self.counters.balance_walks += 1;
         let mut led: BTreeMap<NodeId, u64> = BTreeMap::new();
         for g in self.groups.values() {
             for m in &g.raft.membership().members {
@@ -1925,6 +1926,7 @@ impl Driver {
             decode_errors: self.decode_errors,
             snapshots_taken: self.counters.snapshots_taken,
             balance_transfers: self.counters.balance_transfers,
+            balance_walks: self.counters.balance_walks,
             forwards_settled_from_log: self.counters.forwards_settled_from_log,
             impossible_messages: self.counters.impossible_messages,
             peer_loss_wakes: self.counters.peer_loss_wakes,
@@ -1993,6 +1995,8 @@ pub(crate) struct DriverCounters {
     pub(crate) entries_committed: u64,
     /// Leadership transfers started to balance leaders.
     pub(crate) balance_transfers: u64,
+    /// Balancing rounds that walked every group.
+    pub(crate) balance_walks: u64,
     /// Forwarded requests answered from this replica's own log (their
     /// leader had not said where it appended them).
     pub(crate) forwards_settled_from_log: u64,

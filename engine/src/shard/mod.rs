@@ -89,6 +89,9 @@ pub struct ShardStats {
     pub snapshots_taken: u64,
     /// Leadership transfers started here to balance leaders over nodes.
     pub balance_transfers: u64,
+    /// Balancing rounds that counted the leaders of every group (the others
+    /// found nothing changed since the shard was last balanced).
+    pub balance_walks: u64,
     /// Forwarded requests answered from this node's own log because their
     /// leader failed before saying where it appended them.
     pub forwards_settled_from_log: u64,
