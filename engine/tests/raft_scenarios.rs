@@ -1263,3 +1263,59 @@ fn a_new_group_elects_its_designated_first_leader() {
     }
     assert!(ticks >= 2 * et, "elected after {ticks} ticks");
 }
+
+/// `lazy_commit_notify`: a write that commits costs two appends and two
+/// acknowledgements, without the two commit-only appends (and their two
+/// acknowledgements) that woke every replica once more; the followers learn the commit from the next
+/// heartbeat (or append), and a follower's linearizable read still waits
+/// for nothing more than its heartbeat round.
+#[test]
+fn lazy_commit_notify_leaves_the_commit_to_the_next_heartbeat() {
+    // Messages for one committed write, and the followers' commit after it.
+    let one_write = |lazy: bool| {
+        let t = move |c: &mut Config| {
+            c.lazy_commit_notify = lazy;
+            c.lease_read = false;
+        };
+        let mut c = Cluster::new(&[1, 2, 3], &t);
+        c.campaign(1);
+        c.propose(1, "warm").unwrap();
+        c.stabilize();
+        let sent = c.sent;
+        let index = c.propose(1, "v").unwrap();
+        c.stabilize();
+        assert_eq!(c.node(1).commit(), index, "lazy={lazy}: the leader commits");
+        let followers = [c.node(2).commit(), c.node(3).commit()];
+        (c, sent, index, followers)
+    };
+    let (eager, before, index, followers) = one_write(false);
+    assert_eq!(
+        eager.sent - before,
+        8,
+        "eager: appends, acks, then commit appends and their acks"
+    );
+    assert_eq!(followers, [index, index]);
+
+    let (mut lazy, before, index, followers) = one_write(true);
+    assert_eq!(lazy.sent - before, 4, "lazy: appends and acks only");
+    assert!(
+        followers.iter().all(|&f| f < index),
+        "followers learn the commit later, saw {followers:?}"
+    );
+    assert!(lazy.applied[&2].iter().all(|e| e.0 < index));
+    // The next heartbeat carries it.
+    lazy.tick_all(1);
+    assert_eq!([lazy.node(2).commit(), lazy.node(3).commit()], [index, index]);
+    assert!(lazy.applied[&2].iter().any(|e| e.0 == index));
+
+    // A follower read right after a write: its heartbeat round brings the
+    // commit before the read index, so the read is answered at once.
+    let index = lazy.propose(1, "w").unwrap();
+    lazy.stabilize();
+    assert!(lazy.node(3).commit() < index);
+    lazy.node(3).read_index(9).unwrap();
+    lazy.stabilize();
+    let r = lazy.reads[&3].last().expect("the follower read is answered");
+    assert_eq!((r.ctx, r.index), (9, index));
+    assert_eq!(lazy.node(3).commit(), index);
+}

@@ -107,6 +107,17 @@ pub struct Config {
     /// unchanged, and if the designated voter is down another is elected
     /// one timeout later.
     pub stagger_first_election: bool,
+    /// A leader whose commit index advanced on an acknowledgement does not
+    /// send every follower an append just to carry the new commit index:
+    /// followers learn it from the next append or heartbeat (at most
+    /// `heartbeat_interval_ticks` later; a quiescing group's last heartbeat
+    /// carries it too). At low load that message, and its acknowledgement,
+    /// woke every follower and the leader once more per write for nothing
+    /// the client waits on (the leader answers once it applied); followers
+    /// now apply up to a heartbeat later and in larger batches. Safety is unchanged (commit knowledge only ever lags), and a
+    /// follower's linearizable read is unaffected: the heartbeat round that
+    /// confirms its read index carries the commit index ahead of the answer.
+    pub lazy_commit_notify: bool,
     /// Seed of the RNG (election timeouts, read-batch ids). Must differ
     /// between starts of the same replica (mix in a boot counter or the wall
     /// clock), so a read answer addressed to an earlier incarnation is never
@@ -139,6 +150,7 @@ impl Config {
             promote_lag_max: 64,
             quiesce_ticks: 0,
             stagger_first_election: false,
+            lazy_commit_notify: false,
             seed: 0,
             planted_bug: None,
         }
@@ -1292,7 +1304,7 @@ impl Raft {
                     }
                     _ => {}
                 }
-                if self.maybe_commit() {
+                if self.maybe_commit() && !self.cfg.lazy_commit_notify {
                     self.need_broadcast = true;
                 }
                 // The slowest follower may acknowledge after the entries

@@ -149,6 +149,8 @@ pub struct Sim {
     dup_pct: u64,
     quiesce_ticks: u64,
     stagger: bool,
+    /// `raft::Config::lazy_commit_notify` for every replica.
+    lazy_commit: bool,
     oracle: Oracle,
     trace: VecDeque<String>,
     trace_hash: u64,
@@ -207,6 +209,7 @@ impl Sim {
         let append_bytes_max = [40, 200, 1000][rng.below(3) as usize];
         let inflight_bytes_max = [1 << 20, 100, 500][((cfg.seed / 3) % 3) as usize];
         let stagger = (cfg.seed / 9) % 2 == 1;
+        let lazy_commit = (cfg.seed / 18) % 2 == 1;
         let pre_vote = rng.pct(70);
         let crash_pct = [30, 60, 100][rng.below(3) as usize];
         let churn = rng.pct(30);
@@ -226,6 +229,7 @@ impl Sim {
             blocked: BTreeSet::new(),
             quiesce_ticks,
             stagger,
+            lazy_commit,
             oracle: Oracle::default(),
             trace: VecDeque::new(),
             trace_hash: 0xcbf2_9ce4_8422_2325,
@@ -272,8 +276,8 @@ impl Sim {
             });
         }
         sim.event(format!(
-            "start machines={machines} voters={voters} drop={}% dup={}% quiesce={} cache={}/{} append={} inflight_bytes={} prevote={} crash={} churn={} stagger={}",
-            sim.drop_pct, sim.dup_pct, sim.quiesce_ticks, sim.cache_bytes_max, sim.cache_replicated_bytes_max, sim.append_bytes_max, sim.inflight_bytes_max, sim.pre_vote, sim.crash_pct, sim.churn, sim.stagger
+            "start machines={machines} voters={voters} drop={}% dup={}% quiesce={} cache={}/{} append={} inflight_bytes={} prevote={} crash={} churn={} stagger={} lazy_commit={}",
+            sim.drop_pct, sim.dup_pct, sim.quiesce_ticks, sim.cache_bytes_max, sim.cache_replicated_bytes_max, sim.append_bytes_max, sim.inflight_bytes_max, sim.pre_vote, sim.crash_pct, sim.churn, sim.stagger, sim.lazy_commit
         ));
         sim
     }
@@ -292,6 +296,7 @@ impl Sim {
         c.apply_bytes_max = 400;
         c.quiesce_ticks = self.quiesce_ticks;
         c.stagger_first_election = self.stagger;
+        c.lazy_commit_notify = self.lazy_commit;
         c.promote_lag_max = 5;
         c.uncommitted_entries_max = 200;
         c.seed =
