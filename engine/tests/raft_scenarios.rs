@@ -1305,7 +1305,10 @@ fn lazy_commit_notify_leaves_the_commit_to_the_next_heartbeat() {
     assert!(lazy.applied[&2].iter().all(|e| e.0 < index));
     // The next heartbeat carries it.
     lazy.tick_all(1);
-    assert_eq!([lazy.node(2).commit(), lazy.node(3).commit()], [index, index]);
+    assert_eq!(
+        [lazy.node(2).commit(), lazy.node(3).commit()],
+        [index, index]
+    );
     assert!(lazy.applied[&2].iter().any(|e| e.0 == index));
 
     // A follower read right after a write: its heartbeat round brings the
@@ -1315,7 +1318,9 @@ fn lazy_commit_notify_leaves_the_commit_to_the_next_heartbeat() {
     assert!(lazy.node(3).commit() < index);
     lazy.node(3).read_index(9).unwrap();
     lazy.stabilize();
-    let r = lazy.reads[&3].last().expect("the follower read is answered");
+    let r = lazy.reads[&3]
+        .last()
+        .expect("the follower read is answered");
     assert_eq!((r.ctx, r.index), (9, index));
     assert_eq!(lazy.node(3).commit(), index);
 }
