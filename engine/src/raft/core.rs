@@ -114,9 +114,10 @@ pub struct Config {
     /// carries it too). At low load that message, and its acknowledgement,
     /// woke every follower and the leader once more per write for nothing
     /// the client waits on (the leader answers once it applied); followers
-    /// now apply up to a heartbeat later and in larger batches. Safety is unchanged (commit knowledge only ever lags), and a
-    /// follower's linearizable read is unaffected: the heartbeat round that
-    /// confirms its read index carries the commit index ahead of the answer.
+    /// now apply up to a heartbeat later and in larger batches. Safety is
+    /// unchanged (commit knowledge only ever lags), and a follower's
+    /// linearizable read is unaffected: the heartbeat round that confirms
+    /// its read index carries the commit index ahead of the answer.
     pub lazy_commit_notify: bool,
     /// Seed of the RNG (election timeouts, read-batch ids). Must differ
     /// between starts of the same replica (mix in a boot counter or the wall
