@@ -247,26 +247,51 @@ fn drive(args: &BenchOptions, cluster: &Cluster, out: &mut dyn Write) -> Result<
             .map(|i| b'a' + (i % 26) as u8)
             .collect::<Vec<u8>>(),
     );
-    let clients = args.clients.min(groups.len());
-    let (report_tx, report_rx) = flume::bounded(4096);
     // Start a little in the future so every generator begins together.
     let timeline = Timeline::new(args, Instant::now() + Duration::from_millis(50));
-    let mut handles = Vec::with_capacity(clients);
-    for k in 0..clients {
-        let mine: Vec<(GroupId, usize)> = groups
-            .iter()
-            .zip(&leaders)
-            .enumerate()
-            .filter(|(i, _)| i % clients == k)
-            .map(|(_, (g, l))| (*g, *l))
-            .collect();
+    let (report_tx, report_rx) = flume::bounded(4096);
+    // Each generator's groups (with their leaders) and, with
+    // `--clients-on-shards`, the (node, shard) it runs on.
+    let shards = args.shards_per_node();
+    let plan: Vec<(Option<(usize, flotilla::ShardId)>, Vec<(GroupId, usize)>)> =
+        if args.clients_on_shards {
+            let mut by_shard: std::collections::BTreeMap<(usize, flotilla::ShardId), Vec<_>> =
+                Default::default();
+            for (g, l) in groups.iter().zip(&leaders) {
+                by_shard
+                    .entry((*l, flotilla::shard_of(g.0, shards)))
+                    .or_default()
+                    .push((*g, *l));
+            }
+            by_shard
+                .into_iter()
+                .map(|(at, mine)| (Some(at), mine))
+                .collect()
+        } else {
+            let clients = args.clients.min(groups.len());
+            (0..clients)
+                .map(|k| {
+                    let mine = groups
+                        .iter()
+                        .zip(&leaders)
+                        .enumerate()
+                        .filter(|(i, _)| i % clients == k)
+                        .map(|(_, (g, l))| (*g, *l))
+                        .collect();
+                    (None, mine)
+                })
+                .collect()
+        };
+    let generators = plan.len();
+    let mut handles = Vec::with_capacity(generators);
+    for (k, (at, mine)) in plan.into_iter().enumerate() {
         let setup = ClientSetup {
             index: k,
             hosts: cluster.hosts.clone(),
             rate_share: args
                 .rate
                 .map(|r| r as f64 * mine.len() as f64 / groups.len() as f64),
-            phase: k as f64 / clients as f64,
+            phase: k as f64 / generators as f64,
             groups: mine,
             value: value.clone(),
             concurrency: args.concurrency,
@@ -280,7 +305,21 @@ fn drive(args: &BenchOptions, cluster: &Cluster, out: &mut dyn Write) -> Result<
             timeout: args.timeout,
             timeline,
             reports: report_tx.clone(),
+            on_shard: at.is_some(),
         };
+        if let Some((node, shard)) = at {
+            let spawned = block_on(
+                cluster.hosts[node]
+                    .spawn_on_shard(shard, Box::new(move || Box::pin(client_main(setup)))),
+            );
+            if let Err(e) = spawned {
+                return Err(format!(
+                    "cannot start load generator {k} on node {} shard {shard}: {e}",
+                    node + 1
+                ));
+            }
+            continue;
+        }
         let builder = LocalExecutorBuilder::new(glommio::Placement::Unbound)
             .io_memory(512 << 10)
             .preempt_timer(Duration::from_millis(5));
@@ -296,7 +335,7 @@ fn drive(args: &BenchOptions, cluster: &Cluster, out: &mut dyn Write) -> Result<
     let mut sample = || cluster.engine_counters();
     let collected = super::collect(
         timeline,
-        clients,
+        generators,
         &report_rx,
         out,
         &mut sample,
@@ -336,6 +375,8 @@ struct ClientSetup {
     timeout: Duration,
     timeline: Timeline,
     reports: flume::Sender<Report>,
+    /// Runs on a shard executor (which keeps its own timers armed).
+    on_shard: bool,
 }
 
 /// A load generator's state, shared by its tasks (one executor: `Rc`).
@@ -384,11 +425,13 @@ async fn client_main(setup: ClientSetup) {
     // deadlines become glommio timers instead of async-io ones (each of
     // which is a round trip through async-io's reactor thread).
     let keepalive_stop = Rc::new(Cell::new(false));
-    let keepalive = glommio::spawn_local(flotilla::shard::keep_timers_armed(
-        CLIENT_TIMER_PERIOD,
-        CLIENT_TIMER_RESERVE,
-        keepalive_stop.clone(),
-    ));
+    let keepalive = (!client.setup.on_shard).then(|| {
+        glommio::spawn_local(flotilla::shard::keep_timers_armed(
+            CLIENT_TIMER_PERIOD,
+            CLIENT_TIMER_RESERVE,
+            keepalive_stop.clone(),
+        ))
+    });
     let reporter = glommio::spawn_local(report_every_second(client.clone()));
     sleep_until(timeline.start).await;
     match client.setup.rate_share {
@@ -402,7 +445,9 @@ async fn client_main(setup: ClientSetup) {
     client.finished.set(true);
     reporter.await;
     keepalive_stop.set(true);
-    keepalive.await;
+    if let Some(k) = keepalive {
+        k.await;
+    }
     let measured = Box::new(client.recorder.borrow().measured.clone());
     let _ = client
         .setup
@@ -861,6 +906,7 @@ mod tests {
             keys: 1000,
             placement: PlacementArg::Unbound,
             clients: 1,
+            clients_on_shards: false,
             io_memory: 1 << 20,
             preempt_timer: Duration::from_millis(1),
             data_dir: Some(dir.path().to_path_buf()),
@@ -1022,5 +1068,55 @@ mod tests {
             assert!(v.get(field).is_some(), "missing {field} in {last}");
         }
         assert_eq!(v["config"]["rate"], 300);
+    }
+
+    /// `--clients-on-shards`: the generators run on the shard executors
+    /// (spawned through `NodeHost::spawn_on_shard`, one per leading
+    /// shard); open loop and closed loop both complete every write, and
+    /// the summary says where the load came from. (CPU per thread is not
+    /// checked: tests in parallel share the process.)
+    #[test]
+    fn generators_on_the_shards_write_without_threads_of_their_own() {
+        for rate in [Some("300"), None] {
+            let dir = tempfile::tempdir().unwrap();
+            let dir_arg = dir.path().to_string_lossy().to_string();
+            let mut flags = vec![
+                "--groups",
+                "6",
+                "--shards",
+                "1",
+                "--concurrency",
+                "4",
+                "--placement",
+                "unbound",
+                "--io-memory",
+                "1MiB",
+                "--preempt-timer",
+                "1ms",
+                "--duration",
+                "1s",
+                "--warmup",
+                "300ms",
+                "--json",
+                "--clients-on-shards",
+                "--data-dir",
+                &dir_arg,
+            ];
+            if let Some(r) = rate {
+                flags.extend(["--rate", r]);
+            }
+            let args = crate::bench::parse_for_tests(&flags);
+            let mut out = Vec::new();
+            let outcome = super::super::execute(&args, &mut out);
+            let text = String::from_utf8(out).unwrap();
+            let s = match outcome {
+                Ok(Outcome::Load(s)) => *s,
+                other => panic!("{other:?}\n{text}"),
+            };
+            assert!(s.writes > 0, "{text}");
+            assert_eq!(s.errors, 0, "{text}");
+            assert!(s.config.clients_on_shards, "{text}");
+            assert!(text.contains("clients on the shards"), "{text}");
+        }
     }
 }

@@ -91,6 +91,12 @@ pub struct BenchOptions {
     /// groups; unbound.
     #[arg(long, default_value_t = 1)]
     pub clients: usize,
+    /// Run the load generators on the shard executors instead (in-process;
+    /// one per shard that leads groups at the start, driving those
+    /// groups), as `flotilla node` serves its clients: no thread of their
+    /// own, no cross-thread wake-up per request. `--clients` is ignored.
+    #[arg(long, conflicts_with = "target")]
+    pub clients_on_shards: bool,
     /// Pinned DMA memory per shard (`2MiB`).
     #[arg(long, default_value = "2MiB", value_parser = parse::bytes)]
     pub io_memory: usize,
@@ -229,12 +235,15 @@ impl BenchOptions {
             warmup_s: self.warmup.as_secs_f64(),
             reads: self.reads,
             read_consistency: format!("{:?}", self.read_consistency).to_lowercase(),
+            clients_on_shards: in_process && self.clients_on_shards,
             placement: if in_process {
                 format!("{:?}", self.placement).to_lowercase()
             } else {
                 "-".into()
             },
-            clients: if in_process {
+            clients: if in_process && self.clients_on_shards {
+                0
+            } else if in_process {
                 self.clients.min(self.groups)
             } else {
                 target.len() * self.connections
@@ -602,6 +611,7 @@ mod tests {
         assert!(idle.idle && idle.validate().is_ok());
         assert_eq!(idle.idle_writes, 4);
         assert_eq!(idle.start_concurrency, 256);
+        assert!(parse(&["--clients-on-shards", "--target", "127.0.0.1:6381"]).is_err());
         assert!(parse(&["--idle", "--rate", "10"]).is_err());
         assert!(parse(&["--idle", "--target", "127.0.0.1:6381"]).is_err());
         assert!(parse(&["--start-concurrency", "0"])

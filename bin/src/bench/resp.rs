@@ -485,6 +485,7 @@ mod tests {
             keys: 1000,
             placement: super::super::PlacementArg::Unbound,
             clients: 1,
+            clients_on_shards: false,
             io_memory: 1 << 20,
             preempt_timer: Duration::from_millis(2),
             data_dir: None,

@@ -479,8 +479,11 @@ pub struct ConfigEcho {
     pub read_consistency: String,
     /// Shard placement (in-process).
     pub placement: String,
-    /// Load generator executors (in-process) or connections (target).
+    /// Load generator executors (in-process) or connections (target);
+    /// 0 with `clients_on_shards`.
     pub clients: usize,
+    /// The load generators run on the shard executors (in-process).
+    pub clients_on_shards: bool,
     /// Key space.
     pub keys: u64,
     /// Target endpoints (target mode).
@@ -699,7 +702,11 @@ pub fn render(s: &Summary, threads: &ThreadCpu) -> String {
         c.rate.map_or("closed loop".to_string(), |r| format!("open loop {r} ops/s")),
         c.reads,
         c.placement,
-        c.clients,
+        if c.clients_on_shards {
+            "on the shards".to_string()
+        } else {
+            c.clients.to_string()
+        },
     );
     let _ = writeln!(
         out,
@@ -802,6 +809,7 @@ mod tests {
             read_consistency: "linearizable".into(),
             placement: "pinned".into(),
             clients: 1,
+            clients_on_shards: false,
             keys: 1000,
             targets: vec![],
             cpus: 2,
