@@ -253,35 +253,33 @@ fn drive(args: &BenchOptions, cluster: &Cluster, out: &mut dyn Write) -> Result<
     // Each generator's groups (with their leaders) and, with
     // `--clients-on-shards`, the (node, shard) it runs on.
     let shards = args.shards_per_node();
-    let plan: Vec<(Option<(usize, flotilla::ShardId)>, Vec<(GroupId, usize)>)> =
-        if args.clients_on_shards {
-            let mut by_shard: std::collections::BTreeMap<(usize, flotilla::ShardId), Vec<_>> =
-                Default::default();
-            for (g, l) in groups.iter().zip(&leaders) {
-                by_shard
-                    .entry((*l, flotilla::shard_of(g.0, shards)))
-                    .or_default()
-                    .push((*g, *l));
-            }
+    let plan: Vec<(Option<ShardAt>, Vec<(GroupId, usize)>)> = if args.clients_on_shards {
+        let mut by_shard: std::collections::BTreeMap<ShardAt, Vec<_>> = Default::default();
+        for (g, l) in groups.iter().zip(&leaders) {
             by_shard
-                .into_iter()
-                .map(|(at, mine)| (Some(at), mine))
-                .collect()
-        } else {
-            let clients = args.clients.min(groups.len());
-            (0..clients)
-                .map(|k| {
-                    let mine = groups
-                        .iter()
-                        .zip(&leaders)
-                        .enumerate()
-                        .filter(|(i, _)| i % clients == k)
-                        .map(|(_, (g, l))| (*g, *l))
-                        .collect();
-                    (None, mine)
-                })
-                .collect()
-        };
+                .entry((*l, flotilla::shard_of(g.0, shards)))
+                .or_default()
+                .push((*g, *l));
+        }
+        by_shard
+            .into_iter()
+            .map(|(at, mine)| (Some(at), mine))
+            .collect()
+    } else {
+        let clients = args.clients.min(groups.len());
+        (0..clients)
+            .map(|k| {
+                let mine = groups
+                    .iter()
+                    .zip(&leaders)
+                    .enumerate()
+                    .filter(|(i, _)| i % clients == k)
+                    .map(|(_, (g, l))| (*g, *l))
+                    .collect();
+                (None, mine)
+            })
+            .collect()
+    };
     let generators = plan.len();
     let mut handles = Vec::with_capacity(generators);
     for (k, (at, mine)) in plan.into_iter().enumerate() {
@@ -355,6 +353,9 @@ fn drive(args: &BenchOptions, cluster: &Cluster, out: &mut dyn Write) -> Result<
         out,
     )
 }
+
+/// A shard a generator runs on: (node index, shard).
+type ShardAt = (usize, flotilla::ShardId);
 
 /// What a load generator executor gets.
 struct ClientSetup {
