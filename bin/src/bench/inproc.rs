@@ -253,7 +253,7 @@ fn drive(args: &BenchOptions, cluster: &Cluster, out: &mut dyn Write) -> Result<
     // Each generator's groups (with their leaders) and, with
     // `--clients-on-shards`, the (node, shard) it runs on.
     let shards = args.shards_per_node();
-    let plan: Vec<(Option<ShardAt>, Vec<(GroupId, usize)>)> = if args.clients_on_shards {
+    let plan: Vec<Generator> = if args.clients_on_shards {
         let mut by_shard: std::collections::BTreeMap<ShardAt, Vec<_>> = Default::default();
         for (g, l) in groups.iter().zip(&leaders) {
             by_shard
@@ -263,7 +263,10 @@ fn drive(args: &BenchOptions, cluster: &Cluster, out: &mut dyn Write) -> Result<
         }
         by_shard
             .into_iter()
-            .map(|(at, mine)| (Some(at), mine))
+            .map(|(at, groups)| Generator {
+                at: Some(at),
+                groups,
+            })
             .collect()
     } else {
         let clients = args.clients.min(groups.len());
@@ -276,13 +279,16 @@ fn drive(args: &BenchOptions, cluster: &Cluster, out: &mut dyn Write) -> Result<
                     .filter(|(i, _)| i % clients == k)
                     .map(|(_, (g, l))| (*g, *l))
                     .collect();
-                (None, mine)
+                Generator {
+                    at: None,
+                    groups: mine,
+                }
             })
             .collect()
     };
     let generators = plan.len();
     let mut handles = Vec::with_capacity(generators);
-    for (k, (at, mine)) in plan.into_iter().enumerate() {
+    for (k, Generator { at, groups: mine }) in plan.into_iter().enumerate() {
         let setup = ClientSetup {
             index: k,
             hosts: cluster.hosts.clone(),
@@ -356,6 +362,13 @@ fn drive(args: &BenchOptions, cluster: &Cluster, out: &mut dyn Write) -> Result<
 
 /// A shard a generator runs on: (node index, shard).
 type ShardAt = (usize, flotilla::ShardId);
+
+/// One load generator: where it runs (`None`: an executor of its own) and
+/// its groups with their leaders' node indexes.
+struct Generator {
+    at: Option<ShardAt>,
+    groups: Vec<(GroupId, usize)>,
+}
 
 /// What a load generator executor gets.
 struct ClientSetup {
