@@ -185,6 +185,9 @@ pub(crate) struct Driver {
     /// Received snapshots being installed (their files written) per
     /// group: a stopped group's files are deleted only once none is.
     snapshot_file_writes: BTreeMap<GroupId, u32>,
+    /// The shard's bulk task queue, once [`drive`] runs: snapshot work
+    /// belongs there (see [`Driver::on_bulk_queue`]).
+    bulk_queue: Option<glommio::TaskQueueHandle>,
 }
 
 /// Answers to forwarded requests, waiting to be sent: the request and its
@@ -420,6 +423,7 @@ impl Driver {
             stopping_groups: BTreeMap::new(),
             removals: Vec::new(),
             snapshot_file_writes: BTreeMap::new(),
+            bulk_queue: None,
         }
     }
 
@@ -446,6 +450,13 @@ impl Driver {
     /// Balances leadership every `every_ticks` ticks (0: never).
     pub(crate) fn configure_balance(&mut self, every_ticks: u64) {
         self.balance_every_ticks = every_ticks;
+    }
+
+    /// Whether the running task is on the shard's bulk task queue (true
+    /// before [`drive`] set it up, as in unit tests of a bare driver).
+    pub(crate) fn on_bulk_queue(&self) -> bool {
+        self.bulk_queue
+            .is_none_or(|q| glommio::executor().current_task_queue() == q)
     }
 
     pub(crate) fn snapshot_dir(&self) -> std::path::PathBuf {
@@ -2206,7 +2217,9 @@ pub(crate) async fn drive(
     driver: SharedDriver,
     kick: Rc<glommio::sync::Semaphore>,
     stop: Rc<std::cell::Cell<bool>>,
+    bulk: glommio::TaskQueueHandle,
 ) {
+    driver.borrow_mut().bulk_queue = Some(bulk);
     let mut turns: std::collections::VecDeque<Turn> = std::collections::VecDeque::new();
     let mut last_collect = std::time::Instant::now();
     while !stop.get() {
@@ -2328,18 +2341,22 @@ pub(crate) async fn drive(
         }
         if driver.borrow().has_snapshot_work() {
             let (take, sends) = driver.borrow_mut().take_snapshot_work();
+            // Bulk work (capturing and writing a state machine, streaming
+            // its file) runs on the bulk task queue: when both are busy the
+            // raft queue (ticks, messages, turns) gets four times its CPU.
             for group in take {
                 let driver = driver.clone();
                 let kick = kick.clone();
-                glommio::spawn_local(async move {
+                spawn_bulk(bulk, async move {
                     let _ = super::snapshot::take(driver, group).await;
                     kick.signal(1);
-                })
-                .detach();
+                });
             }
             for msg in sends {
-                glommio::spawn_local(super::snapshot::send(driver.clone(), kick.clone(), msg))
-                    .detach();
+                spawn_bulk(
+                    bulk,
+                    super::snapshot::send(driver.clone(), kick.clone(), msg),
+                );
             }
         }
         let durable_front = turns.front().is_some_and(|t| t.state.get() != WRITING);
@@ -2356,6 +2373,17 @@ pub(crate) async fn drive(
             let _ = w.await;
         }
     }
+}
+
+/// Spawns `work` on the shard's bulk task queue (created with the shard,
+/// never removed).
+fn spawn_bulk(
+    bulk: glommio::TaskQueueHandle,
+    work: impl std::future::Future<Output = ()> + 'static,
+) {
+    glommio::spawn_local_into(work, bulk)
+        .expect("bulk task queue exists")
+        .detach();
 }
 
 /// Ends the stop of `group` once its WAL removal is durable: waits for

@@ -5,17 +5,26 @@
 //!                         │                                   │
 //!                         ▼                                   ▼
 //!   ┌──────────────── raft task queue (1000 shares) ────────────────────┐
-//!   │ ticker (always armed: glommio 0.9 bug 2) · mailbox · step · Ready │
-//!   └───────────────────────────────┬───────────────────────────────────┘
-//!                                   │ committed entries
-//!   ┌──────────── apply task queue (250 shares, NotImportant) ──────────┐
-//!   │ apply batches through rsm · snapshots · compaction                │
+//!   │ ticker (always armed: glommio 0.9 bug 2) · mailbox · step ·       │
+//!   │ driver turns: Ready, WAL batch, send, apply committed entries     │
+//!   │ group by group (yielding whenever the preempt timer says so)      │
+//!   └───────────────────────────────────────────────────────────────────┘
+//!   ┌──────────── client task queue (500 shares) ───────────────────────┐
+//!   │ tasks callers spawn here (NodeHost::spawn_on_shard): a node's     │
+//!   │ Redis/HTTP connections, `flotilla bench` load generators          │
+//!   └───────────────────────────────────────────────────────────────────┘
+//!   ┌──────────── bulk task queue (250 shares) ─────────────────────────┐
+//!   │ snapshots: capture + file, install of a received one, streaming   │
 //!   └───────────────────────────────────────────────────────────────────┘
 //! ```
 //!
-//! The raft queue gets four times the CPU of the apply queue when both are
-//! busy, and the short preempt timer (see [`crate::NodeHostConfig`]) bounds
-//! how late a tick or a message is seen while bulk work runs.
+//! When all are busy the raft queue gets four times the CPU of the bulk
+//! queue and twice the client queue's, and the short preempt timer (see
+//! [`crate::NodeHostConfig`]) bounds how late a tick or a message is seen
+//! while other work runs. Applying committed entries stays on the raft
+//! queue: it is ordered with the turns (a Ready's entries apply before the
+//! next Ready of the group is taken) and bounded per group by the
+//! pipeline; between groups it yields.
 
 pub mod driver;
 pub(crate) mod forward;
@@ -324,7 +333,8 @@ pub(crate) async fn run(setup: ShardSetup) {
     } = setup;
     let ex = glommio::executor();
     let raft_tq = ex.create_task_queue(Shares::Static(1000), Latency::NotImportant, "raft");
-    let apply_tq = ex.create_task_queue(Shares::Static(250), Latency::NotImportant, "apply");
+    // Bulk work: snapshots (capture, file, streaming to a follower).
+    let bulk_tq = ex.create_task_queue(Shares::Static(250), Latency::NotImportant, "bulk");
     // Tasks callers run on the shard (a node's client connections): half
     // the raft queue's share when both are busy.
     let client_tq = ex.create_task_queue(Shares::Static(500), Latency::NotImportant, "client");
@@ -447,12 +457,16 @@ pub(crate) async fn run(setup: ShardSetup) {
     driver
         .borrow()
         .transport()
-        .set_snapshot_handler(Rc::new(snapshot::Inbox::new(driver.clone(), kick.clone())));
+        .set_snapshot_handler(Rc::new(snapshot::Inbox::new(
+            driver.clone(),
+            kick.clone(),
+            bulk_tq,
+        )));
     let _ = started.send(Ok(()));
     info!(node = node_id, shard, "shard started");
 
     let driver_task = glommio::spawn_local_into(
-        driver::drive(driver.clone(), kick.clone(), stop.clone()),
+        driver::drive(driver.clone(), kick.clone(), stop.clone(), bulk_tq),
         raft_tq,
     )
     .expect("raft task queue exists");
@@ -642,9 +656,9 @@ pub(crate) async fn run(setup: ShardSetup) {
                         }
                         let _ = reply.send(());
                     },
-                    apply_tq,
+                    bulk_tq,
                 )
-                .expect("apply task queue exists")
+                .expect("bulk task queue exists")
                 .detach();
             }
             ShardRequest::Spawn { make, reply } => {
@@ -715,7 +729,6 @@ pub(crate) async fn run(setup: ShardSetup) {
     }
     keepalive_stop.set(true);
     keepalive.await;
-    let _ = apply_tq;
     debug!(node = node_id, shard, "shard stopped");
     if let Some(reply) = shutdown_reply {
         let _ = reply.send(());

@@ -146,6 +146,10 @@ pub(crate) async fn take(driver: SharedDriver, group: GroupId) -> Result<u64, St
 /// The snapshot's index and size in bytes (0 for a witness, which keeps no
 /// state).
 async fn take_inner(driver: &SharedDriver, group: GroupId) -> Result<(u64, u64), String> {
+    debug_assert!(
+        driver.borrow().on_bulk_queue(),
+        "snapshot taken off the bulk queue"
+    );
     let (writer, index, term, membership, dir) = {
         let d = driver.borrow();
         let g = d.group(group).ok_or("group stopped")?;
@@ -205,6 +209,10 @@ pub(crate) async fn send(driver: SharedDriver, kick: Kick, msg: Message) {
 }
 
 async fn send_inner(driver: &SharedDriver, mut msg: Message) -> Result<usize, String> {
+    debug_assert!(
+        driver.borrow().on_bulk_queue(),
+        "snapshot sent off the bulk queue"
+    );
     let group = msg.group;
     let (dir, transport, witness, peer) = {
         let d = driver.borrow();
@@ -253,14 +261,17 @@ async fn send_inner(driver: &SharedDriver, mut msg: Message) -> Result<usize, St
 pub(crate) struct Inbox {
     driver: SharedDriver,
     kick: Kick,
+    /// The shard's bulk task queue: installs run there.
+    bulk: glommio::TaskQueueHandle,
     buffers: RefCell<HashMap<(transport::PeerId, Bytes), SharedBuf>>,
 }
 
 impl Inbox {
-    pub(crate) fn new(driver: SharedDriver, kick: Kick) -> Self {
+    pub(crate) fn new(driver: SharedDriver, kick: Kick, bulk: glommio::TaskQueueHandle) -> Self {
         Inbox {
             driver,
             kick,
+            bulk,
             buffers: RefCell::new(HashMap::new()),
         }
     }
@@ -308,35 +319,42 @@ impl transport::SnapshotHandler for Inbox {
         };
         let driver = self.driver.clone();
         let kick = self.kick.clone();
-        glommio::spawn_local(async move {
-            let group = msg.group;
-            // One install per group at a time: a copy that arrives while
-            // another is being written (a transfer the leader retried) is
-            // dropped, as a lost message would be; Raft hears from the
-            // first.
-            if driver.borrow().installing_snapshot(group) {
-                debug!(
-                    group = group.0,
-                    "snapshot dropped: another one is being installed"
-                );
-                return;
-            }
-            // A stopped group's files are deleted only once this ends.
-            driver.borrow_mut().snapshot_file_write(group, true);
-            let outcome = install(&driver, msg, data).await;
-            driver.borrow_mut().snapshot_file_write(group, false);
-            if let Err(e) = outcome {
-                warn!(group = group.0, error = %e, "snapshot not installed");
-            }
-            kick.signal(1);
-        })
-        .detach();
+        let install_task = glommio::spawn_local_into(
+            async move {
+                let group = msg.group;
+                // One install per group at a time: a copy that arrives while
+                // another is being written (a transfer the leader retried) is
+                // dropped, as a lost message would be; Raft hears from the
+                // first.
+                if driver.borrow().installing_snapshot(group) {
+                    debug!(
+                        group = group.0,
+                        "snapshot dropped: another one is being installed"
+                    );
+                    return;
+                }
+                // A stopped group's files are deleted only once this ends.
+                driver.borrow_mut().snapshot_file_write(group, true);
+                let outcome = install(&driver, msg, data).await;
+                driver.borrow_mut().snapshot_file_write(group, false);
+                if let Err(e) = outcome {
+                    warn!(group = group.0, error = %e, "snapshot not installed");
+                }
+                kick.signal(1);
+            },
+            self.bulk,
+        );
+        install_task.expect("bulk task queue exists").detach();
     }
 }
 
 /// Installs a received snapshot: file first (durable), then the state
 /// machine, then Raft steps the `InstallSnapshot` message.
 async fn install(driver: &SharedDriver, msg: Message, data: Bytes) -> Result<(), String> {
+    debug_assert!(
+        driver.borrow().on_bulk_queue(),
+        "snapshot installed off the bulk queue"
+    );
     let group = msg.group;
     let meta = msg.snapshot.clone().ok_or("no snapshot metadata")?;
     let needed = |d: &super::driver::Driver| {
