@@ -250,26 +250,11 @@ fn drive(args: &BenchOptions, cluster: &Cluster, out: &mut dyn Write) -> Result<
     // Start a little in the future so every generator begins together.
     let timeline = Timeline::new(args, Instant::now() + Duration::from_millis(50));
     let (report_tx, report_rx) = flume::bounded(4096);
-    // Each generator's groups (with their leaders) and, with
-    // `--clients-on-shards`, the (node, shard) it runs on.
+    // Each generator's groups (with their leaders) and the (node, shard)
+    // it runs on (`None` with `--clients`: an executor of its own).
     let shards = args.shards_per_node();
-    let plan: Vec<Generator> = if args.clients_on_shards {
-        let mut by_shard: std::collections::BTreeMap<ShardAt, Vec<_>> = Default::default();
-        for (g, l) in groups.iter().zip(&leaders) {
-            by_shard
-                .entry((*l, flotilla::shard_of(g.0, shards)))
-                .or_default()
-                .push((*g, *l));
-        }
-        by_shard
-            .into_iter()
-            .map(|(at, groups)| Generator {
-                at: Some(at),
-                groups,
-            })
-            .collect()
-    } else {
-        let clients = args.clients.min(groups.len());
+    let plan: Vec<Generator> = if let Some(clients) = args.clients {
+        let clients = clients.min(groups.len());
         (0..clients)
             .map(|k| {
                 let mine = groups
@@ -283,6 +268,21 @@ fn drive(args: &BenchOptions, cluster: &Cluster, out: &mut dyn Write) -> Result<
                     at: None,
                     groups: mine,
                 }
+            })
+            .collect()
+    } else {
+        let mut by_shard: std::collections::BTreeMap<ShardAt, Vec<_>> = Default::default();
+        for (g, l) in groups.iter().zip(&leaders) {
+            by_shard
+                .entry((*l, flotilla::shard_of(g.0, shards)))
+                .or_default()
+                .push((*g, *l));
+        }
+        by_shard
+            .into_iter()
+            .map(|(at, groups)| Generator {
+                at: Some(at),
+                groups,
             })
             .collect()
     };
@@ -919,8 +919,7 @@ mod tests {
             read_consistency: Consistency::Linearizable,
             keys: 1000,
             placement: PlacementArg::Unbound,
-            clients: 1,
-            clients_on_shards: false,
+            clients: Some(1),
             io_memory: 1 << 20,
             preempt_timer: Duration::from_millis(1),
             data_dir: Some(dir.path().to_path_buf()),
@@ -1084,7 +1083,7 @@ mod tests {
         assert_eq!(v["config"]["rate"], 300);
     }
 
-    /// `--clients-on-shards`: the generators run on the shard executors
+    /// By default the generators run on the shard executors
     /// (spawned through `NodeHost::spawn_on_shard`, one per leading
     /// shard); open loop and closed loop both complete every write, and
     /// the summary says where the load came from. (CPU per thread is not
@@ -1112,7 +1111,6 @@ mod tests {
                 "--warmup",
                 "300ms",
                 "--json",
-                "--clients-on-shards",
                 "--data-dir",
                 &dir_arg,
             ];

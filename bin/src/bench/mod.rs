@@ -87,16 +87,15 @@ pub struct BenchOptions {
     /// CPUs) or `unbound` (the kernel schedules).
     #[arg(long, value_enum, default_value_t = PlacementArg::Pinned)]
     pub placement: PlacementArg,
-    /// Load generator executors (in-process) — each drives a share of the
-    /// groups; unbound.
-    #[arg(long, default_value_t = 1)]
-    pub clients: usize,
-    /// Run the load generators on the shard executors instead (in-process;
-    /// one per shard that leads groups at the start, driving those
-    /// groups), as `flotilla node` serves its clients: no thread of their
-    /// own, no cross-thread wake-up per request. `--clients` is ignored.
+    /// Load generators on executors of their own (in-process), each
+    /// driving a share of the groups; unbound. Without it the generators
+    /// run on the shard executors (one per shard that leads groups when
+    /// the load starts, driving those groups), as `flotilla node` serves
+    /// its clients: no generator thread competes for the CPUs, and a
+    /// request to a group of the generator's own shard costs no
+    /// cross-thread wake-up.
     #[arg(long, conflicts_with = "target")]
-    pub clients_on_shards: bool,
+    pub clients: Option<usize>,
     /// Pinned DMA memory per shard (`2MiB`).
     #[arg(long, default_value = "2MiB", value_parser = parse::bytes)]
     pub io_memory: usize,
@@ -184,7 +183,7 @@ impl BenchOptions {
             ("--nodes", self.nodes),
             ("--groups", self.groups),
             ("--concurrency", self.concurrency),
-            ("--clients", self.clients),
+            ("--clients", self.clients.unwrap_or(1)),
             ("--connections", self.connections),
             ("--start-concurrency", self.start_concurrency),
         ];
@@ -235,16 +234,14 @@ impl BenchOptions {
             warmup_s: self.warmup.as_secs_f64(),
             reads: self.reads,
             read_consistency: format!("{:?}", self.read_consistency).to_lowercase(),
-            clients_on_shards: in_process && self.clients_on_shards,
+            clients_on_shards: in_process && self.clients.is_none(),
             placement: if in_process {
                 format!("{:?}", self.placement).to_lowercase()
             } else {
                 "-".into()
             },
-            clients: if in_process && self.clients_on_shards {
-                0
-            } else if in_process {
-                self.clients.min(self.groups)
+            clients: if in_process {
+                self.clients.map_or(0, |c| c.min(self.groups))
             } else {
                 target.len() * self.connections
             },
@@ -611,7 +608,8 @@ mod tests {
         assert!(idle.idle && idle.validate().is_ok());
         assert_eq!(idle.idle_writes, 4);
         assert_eq!(idle.start_concurrency, 256);
-        assert!(parse(&["--clients-on-shards", "--target", "127.0.0.1:6381"]).is_err());
+        assert!(parse(&["--clients", "2", "--target", "127.0.0.1:6381"]).is_err());
+        assert!(parse(&["--clients", "0"]).unwrap().validate().is_err());
         assert!(parse(&["--idle", "--rate", "10"]).is_err());
         assert!(parse(&["--idle", "--target", "127.0.0.1:6381"]).is_err());
         assert!(parse(&["--start-concurrency", "0"])

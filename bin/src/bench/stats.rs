@@ -479,8 +479,8 @@ pub struct ConfigEcho {
     pub read_consistency: String,
     /// Shard placement (in-process).
     pub placement: String,
-    /// Load generator executors (in-process) or connections (target);
-    /// 0 with `clients_on_shards`.
+    /// Load generator executors of their own (in-process; 0 when the
+    /// generators run on the shards) or connections (target).
     pub clients: usize,
     /// The load generators run on the shard executors (in-process).
     pub clients_on_shards: bool,
