@@ -260,6 +260,110 @@ fn local_starts_serves_stops_and_restarts_with_its_data() {
     );
 }
 
+/// `kill -9` of `flotilla local` (all three nodes at once: one process)
+/// under load from three clients, one per node, each writing its own keys,
+/// pushing onto its own list and incrementing one shared counter until its
+/// first error. A restart on the same data has every acknowledged write:
+/// each acknowledged SET with its value, each list exactly 0..m with m at
+/// least the acknowledged pushes and at most the attempted ones (no gap, no
+/// duplicate), the counter between the acknowledged and the attempted
+/// increments.
+#[test]
+fn local_killed_under_load_restarts_with_every_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let bases = free_bases();
+    let mut child = start_local(&data, bases, &[]);
+    for i in 1..=3 {
+        let mut c = redis_at(bases.0 + i);
+        wait_for(
+            "a write through every node",
+            Duration::from_secs(30),
+            || c.set::<_, _, String>(format!("ready{i}"), "1").ok(),
+        );
+    }
+    #[derive(Default, Debug)]
+    struct Tally {
+        sets_acked: u64,
+        pushes_acked: u64,
+        pushes_tried: u64,
+        incrs_acked: u64,
+        incrs_tried: u64,
+    }
+    let writers: Vec<_> = (1..=3u16)
+        .map(|t| {
+            let port = bases.0 + t;
+            std::thread::spawn(move || {
+                let mut c = redis_at(port);
+                let mut tally = Tally::default();
+                for i in 0u64.. {
+                    let set: redis::RedisResult<()> = c.set(format!("w{t}:{i}"), i);
+                    if set.is_err() {
+                        break;
+                    }
+                    tally.sets_acked += 1;
+                    tally.pushes_tried += 1;
+                    let push: redis::RedisResult<u64> = c.rpush(format!("list{t}"), i);
+                    if push.is_err() {
+                        break;
+                    }
+                    tally.pushes_acked += 1;
+                    tally.incrs_tried += 1;
+                    let incr: redis::RedisResult<u64> = c.incr("counter", 1);
+                    if incr.is_err() {
+                        break;
+                    }
+                    tally.incrs_acked += 1;
+                }
+                tally
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().expect("SIGKILL flotilla local");
+    let _ = child.wait();
+    let tallies: Vec<Tally> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    for (t, tally) in tallies.iter().enumerate() {
+        assert!(
+            tally.sets_acked > 10,
+            "writer {} barely wrote: {tally:?}",
+            t + 1
+        );
+    }
+
+    let _child = start_local(&data, bases, &[]);
+    let mut c = redis_at(bases.0 + 2);
+    wait_for("a read after the restart", Duration::from_secs(30), || {
+        c.get::<_, Option<String>>("ready1").ok()
+    });
+    for (k, tally) in tallies.iter().enumerate() {
+        let t = k + 1;
+        let ids: Vec<u64> = (0..tally.sets_acked).collect();
+        for chunk in ids.chunks(500) {
+            let keys: Vec<String> = chunk.iter().map(|i| format!("w{t}:{i}")).collect();
+            let got: Vec<Option<u64>> = c.mget(&keys).unwrap();
+            for (i, v) in chunk.iter().zip(got) {
+                assert_eq!(v, Some(*i), "acknowledged SET w{t}:{i} after kill -9");
+            }
+        }
+        let list: Vec<u64> = c.lrange(format!("list{t}"), 0, -1).unwrap();
+        let expect: Vec<u64> = (0..list.len() as u64).collect();
+        assert_eq!(list, expect, "list{t} is 0..m without gaps or duplicates");
+        let m = list.len() as u64;
+        assert!(
+            (tally.pushes_acked..=tally.pushes_tried).contains(&m),
+            "list{t} has {m} elements; {tally:?}"
+        );
+    }
+    let counter: u64 = c.get("counter").unwrap();
+    let acked: u64 = tallies.iter().map(|t| t.incrs_acked).sum();
+    let tried: u64 = tallies.iter().map(|t| t.incrs_tried).sum();
+    assert!(
+        (acked..=tried).contains(&counter),
+        "counter {counter}: {acked} increments acknowledged, {tried} tried"
+    );
+}
+
 /// The Redis data types through the real binary: lists, sets, hashes,
 /// sorted sets and streams with Redis' reply shapes, WRONGTYPE, a list
 /// that disappears with its last element, a write on node 1 read on
