@@ -290,9 +290,14 @@ fn local_killed_under_load_restarts_with_every_acknowledged_write() {
         incrs_acked: u64,
         incrs_tried: u64,
     }
+    // SETs acknowledged so far, per writer: the kill comes once each has
+    // a few hundred.
+    let progress: Vec<std::sync::Arc<std::sync::atomic::AtomicU64>> =
+        (0..3).map(|_| Default::default()).collect();
     let writers: Vec<_> = (1..=3u16)
         .map(|t| {
             let port = bases.0 + t;
+            let progress = progress[usize::from(t) - 1].clone();
             std::thread::spawn(move || {
                 let mut c = redis_at(port);
                 let mut tally = Tally::default();
@@ -302,6 +307,7 @@ fn local_killed_under_load_restarts_with_every_acknowledged_write() {
                         break;
                     }
                     tally.sets_acked += 1;
+                    progress.store(tally.sets_acked, std::sync::atomic::Ordering::Relaxed);
                     tally.pushes_tried += 1;
                     let push: redis::RedisResult<u64> = c.rpush(format!("list{t}"), i);
                     if push.is_err() {
@@ -319,7 +325,16 @@ fn local_killed_under_load_restarts_with_every_acknowledged_write() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_for(
+        "300 acknowledged SETs per writer",
+        Duration::from_secs(60),
+        || {
+            progress
+                .iter()
+                .all(|p| p.load(std::sync::atomic::Ordering::Relaxed) >= 300)
+                .then_some(())
+        },
+    );
     child.kill().expect("SIGKILL flotilla local");
     let _ = child.wait();
     let tallies: Vec<Tally> = writers.into_iter().map(|w| w.join().unwrap()).collect();
