@@ -473,6 +473,82 @@ fn collection_commands_end_to_end() {
     assert_eq!(lmove[1], Int(5));
     assert_eq!(&lmove[3..6], &[Int(1), Int(2), Int(1)]);
 
+    // GEO: sorted sets of geohash scores, written on node 1, read on node 3
+    // (a linearizable read there sees the write); redis.io's example, with
+    // the replies of Redis 7.0.
+    assert_eq!(
+        q(
+            &mut c,
+            &[
+                "GEOADD",
+                "Sicily",
+                "13.361389",
+                "38.115556",
+                "Palermo",
+                "15.087269",
+                "37.502669",
+                "Catania"
+            ]
+        ),
+        Int(2)
+    );
+    let mut c3 = nodes[2].redis();
+    assert_eq!(
+        q(&mut c3, &["GEODIST", "Sicily", "Palermo", "Catania", "km"]),
+        bulk("166.2742")
+    );
+    assert_eq!(
+        q(
+            &mut c3,
+            &["GEOHASH", "Sicily", "Palermo", "Catania", "Nope"]
+        ),
+        Value::Array(vec![bulk("sqc8b49rny0"), bulk("sqdtr74hyu0"), Nil])
+    );
+    assert_eq!(
+        q(&mut c3, &["GEOPOS", "Sicily", "Palermo"]),
+        Value::Array(vec![text(&[
+            "13.36138933897018433",
+            "38.11555639549629859"
+        ])])
+    );
+    assert_eq!(
+        q(
+            &mut c3,
+            &[
+                "GEOSEARCH",
+                "Sicily",
+                "FROMLONLAT",
+                "15",
+                "37",
+                "BYRADIUS",
+                "200",
+                "km",
+                "ASC",
+                "WITHDIST"
+            ]
+        ),
+        Value::Array(vec![
+            Value::Array(vec![bulk("Catania"), bulk("56.4413")]),
+            Value::Array(vec![bulk("Palermo"), bulk("190.4424")]),
+        ])
+    );
+    assert_eq!(
+        q(
+            &mut c3,
+            &["GEORADIUSBYMEMBER", "Sicily", "Palermo", "100", "km"]
+        ),
+        text(&["Palermo"])
+    );
+    assert_eq!(
+        q(&mut c3, &["ZSCORE", "Sicily", "Palermo"]),
+        bulk("3479099956230698")
+    );
+    q(&mut c, &["SET", "notgeo", "x"]);
+    assert!(
+        err(&mut c3, &["GEOPOS", "notgeo", "a"]).starts_with("WRONGTYPE"),
+        "GEOPOS on a string"
+    );
+
     for n in nodes.iter_mut() {
         assert!(n.terminate().success());
     }

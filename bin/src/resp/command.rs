@@ -267,6 +267,7 @@ enum Finish {
     SetAll,
     /// A command of `extras.rs`.
     Extra(super::extras::Finish),
+    Geo(super::geo::Finish),
 }
 
 /// What a command needs.
@@ -1052,6 +1053,17 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
                 None => Prepared::Reply(Reply::err("internal error: command not found")),
             }
         }
+        _ if super::geo::COMMANDS
+            .iter()
+            .any(|c| c.0.eq_ignore_ascii_case(name)) =>
+        {
+            let kv = &conn.kv;
+            match super::geo::prepare(name, args, &|k| kv.group_for(k)) {
+                Some(super::geo::Outcome::Reply(r)) => Prepared::Reply(r),
+                Some(super::geo::Outcome::Plan(sub, f)) => plan(vec![sub], Finish::Geo(f)),
+                None => Prepared::Reply(Reply::err("internal error: command not found")),
+            }
+        }
         _ => {
             let shown: Vec<String> = args
                 .iter()
@@ -1559,6 +1571,7 @@ fn all_commands() -> impl Iterator<Item = &'static CommandInfo> {
         .chain(types::COMMANDS.iter())
         .chain(super::blocking::COMMANDS.iter())
         .chain(super::extras::COMMANDS.iter())
+        .chain(super::geo::COMMANDS.iter())
         .chain(super::pubsub::COMMANDS.iter())
         .chain(super::xread::COMMANDS.iter())
 }
@@ -1975,6 +1988,7 @@ fn finish(f: Finish, results: Vec<Result<KvResult, HostError>>, conn: &mut Conn)
         }
         Finish::Typed(f) => types::finish(f, ok.into_iter().next()),
         Finish::Extra(f) => super::extras::finish(f, ok),
+        Finish::Geo(f) => super::geo::finish(f, ok.into_iter().next()),
         Finish::ScanTyped { pattern } => {
             let mut keys: Vec<Bytes> = Vec::new();
             let mut resume: Option<Bytes> = None;

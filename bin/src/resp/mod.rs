@@ -19,6 +19,7 @@
 pub mod blocking;
 pub mod command;
 pub mod extras;
+pub mod geo;
 pub mod glob;
 pub mod multi;
 pub mod parse;
