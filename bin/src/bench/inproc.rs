@@ -971,30 +971,10 @@ mod tests {
     #[test]
     fn tiny_write_only_run_goes_through_batches() {
         let dir = tempfile::tempdir().unwrap();
-        let dir_arg = dir.path().to_string_lossy().to_string();
-        let args = crate::bench::parse_for_tests(&[
-            "--groups",
-            "2",
-            "--shards",
-            "1",
-            "--concurrency",
-            "8",
-            "--keys",
-            "1000",
-            "--placement",
-            "unbound",
-            "--io-memory",
-            "1MiB",
-            "--preempt-timer",
-            "1ms",
-            "--duration",
-            "1s",
-            "--warmup",
-            "300ms",
-            "--json",
-            "--data-dir",
-            &dir_arg,
-        ]);
+        let args = crate::bench::tiny_run_for_tests(
+            dir.path(),
+            &["--groups", "2", "--concurrency", "8", "--keys", "1000"],
+        );
         assert_eq!(args.reads, 0.0);
         let mut out = Vec::new();
         let outcome = super::super::execute(&args, &mut out);
@@ -1024,28 +1004,8 @@ mod tests {
     #[test]
     fn tiny_open_loop_keeps_to_its_schedule_and_splits_latency() {
         let dir = tempfile::tempdir().unwrap();
-        let dir_arg = dir.path().to_string_lossy().to_string();
-        let args = crate::bench::parse_for_tests(&[
-            "--groups",
-            "2",
-            "--shards",
-            "1",
-            "--rate",
-            "300",
-            "--placement",
-            "unbound",
-            "--io-memory",
-            "1MiB",
-            "--preempt-timer",
-            "1ms",
-            "--duration",
-            "1s",
-            "--warmup",
-            "300ms",
-            "--json",
-            "--data-dir",
-            &dir_arg,
-        ]);
+        let args =
+            crate::bench::tiny_run_for_tests(dir.path(), &["--groups", "2", "--rate", "300"]);
         let mut out = Vec::new();
         let outcome = super::super::execute(&args, &mut out);
         let text = String::from_utf8(out).unwrap();
@@ -1092,32 +1052,11 @@ mod tests {
     fn generators_on_the_shards_write_without_threads_of_their_own() {
         for rate in [Some("300"), None] {
             let dir = tempfile::tempdir().unwrap();
-            let dir_arg = dir.path().to_string_lossy().to_string();
-            let mut flags = vec![
-                "--groups",
-                "6",
-                "--shards",
-                "1",
-                "--concurrency",
-                "4",
-                "--placement",
-                "unbound",
-                "--io-memory",
-                "1MiB",
-                "--preempt-timer",
-                "1ms",
-                "--duration",
-                "1s",
-                "--warmup",
-                "300ms",
-                "--json",
-                "--data-dir",
-                &dir_arg,
-            ];
+            let mut flags = vec!["--groups", "6", "--concurrency", "4"];
             if let Some(r) = rate {
                 flags.extend(["--rate", r]);
             }
-            let args = crate::bench::parse_for_tests(&flags);
+            let args = crate::bench::tiny_run_for_tests(dir.path(), &flags);
             let mut out = Vec::new();
             let outcome = super::super::execute(&args, &mut out);
             let text = String::from_utf8(out).unwrap();

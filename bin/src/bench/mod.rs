@@ -324,6 +324,33 @@ pub(crate) fn parse_for_tests(args: &[&str]) -> BenchOptions {
         .options
 }
 
+/// The options of a tiny in-process run for tests (1 s, 300 ms of warm-up,
+/// one unbound shard per node with 1 MiB of DMA memory and a 1 ms preempt
+/// timer, JSON, data in `dir`) plus `extra`.
+#[cfg(test)]
+pub(crate) fn tiny_run_for_tests(dir: &std::path::Path, extra: &[&str]) -> BenchOptions {
+    let dir = dir.to_string_lossy().to_string();
+    let mut args = vec![
+        "--shards",
+        "1",
+        "--placement",
+        "unbound",
+        "--io-memory",
+        "1MiB",
+        "--preempt-timer",
+        "1ms",
+        "--duration",
+        "1s",
+        "--warmup",
+        "300ms",
+        "--json",
+        "--data-dir",
+        &dir,
+    ];
+    args.extend_from_slice(extra);
+    parse_for_tests(&args)
+}
+
 /// Timeline of a run.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Timeline {
