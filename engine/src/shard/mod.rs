@@ -14,7 +14,7 @@
 //!   │ Redis/HTTP connections, `flotilla bench` load generators          │
 //!   └───────────────────────────────────────────────────────────────────┘
 //!   ┌──────────── bulk task queue (250 shares) ─────────────────────────┐
-//!   │ snapshots: capture + file, install of a received one, streaming   │
+//!   │ snapshots: capture + file, streaming one to a follower            │
 //!   └───────────────────────────────────────────────────────────────────┘
 //! ```
 //!
@@ -24,7 +24,10 @@
 //! while other work runs. Applying committed entries stays on the raft
 //! queue: it is ordered with the turns (a Ready's entries apply before the
 //! next Ready of the group is taken) and bounded per group by the
-//! pipeline; between groups it yields.
+//! pipeline; between groups it yields. Installing a received snapshot
+//! stays there too: it hands Raft the `InstallSnapshot` message right
+//! after the state machine, and on the bulk queue that gap widened (see
+//! the README, session 20).
 
 pub mod driver;
 pub(crate) mod forward;
@@ -333,7 +336,8 @@ pub(crate) async fn run(setup: ShardSetup) {
     } = setup;
     let ex = glommio::executor();
     let raft_tq = ex.create_task_queue(Shares::Static(1000), Latency::NotImportant, "raft");
-    // Bulk work: snapshots (capture, file, streaming to a follower).
+    // Bulk work: taking snapshots (capture + file) and streaming them to
+    // followers.
     let bulk_tq = ex.create_task_queue(Shares::Static(250), Latency::NotImportant, "bulk");
     // Tasks callers run on the shard (a node's client connections): half
     // the raft queue's share when both are busy.
@@ -457,11 +461,7 @@ pub(crate) async fn run(setup: ShardSetup) {
     driver
         .borrow()
         .transport()
-        .set_snapshot_handler(Rc::new(snapshot::Inbox::new(
-            driver.clone(),
-            kick.clone(),
-            bulk_tq,
-        )));
+        .set_snapshot_handler(Rc::new(snapshot::Inbox::new(driver.clone(), kick.clone())));
     let _ = started.send(Ok(()));
     info!(node = node_id, shard, "shard started");
 

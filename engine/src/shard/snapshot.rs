@@ -261,17 +261,14 @@ async fn send_inner(driver: &SharedDriver, mut msg: Message) -> Result<usize, St
 pub(crate) struct Inbox {
     driver: SharedDriver,
     kick: Kick,
-    /// The shard's bulk task queue: installs run there.
-    bulk: glommio::TaskQueueHandle,
     buffers: RefCell<HashMap<(transport::PeerId, Bytes), SharedBuf>>,
 }
 
 impl Inbox {
-    pub(crate) fn new(driver: SharedDriver, kick: Kick, bulk: glommio::TaskQueueHandle) -> Self {
+    pub(crate) fn new(driver: SharedDriver, kick: Kick) -> Self {
         Inbox {
             driver,
             kick,
-            bulk,
             buffers: RefCell::new(HashMap::new()),
         }
     }
@@ -319,42 +316,35 @@ impl transport::SnapshotHandler for Inbox {
         };
         let driver = self.driver.clone();
         let kick = self.kick.clone();
-        let install_task = glommio::spawn_local_into(
-            async move {
-                let group = msg.group;
-                // One install per group at a time: a copy that arrives while
-                // another is being written (a transfer the leader retried) is
-                // dropped, as a lost message would be; Raft hears from the
-                // first.
-                if driver.borrow().installing_snapshot(group) {
-                    debug!(
-                        group = group.0,
-                        "snapshot dropped: another one is being installed"
-                    );
-                    return;
-                }
-                // A stopped group's files are deleted only once this ends.
-                driver.borrow_mut().snapshot_file_write(group, true);
-                let outcome = install(&driver, msg, data).await;
-                driver.borrow_mut().snapshot_file_write(group, false);
-                if let Err(e) = outcome {
-                    warn!(group = group.0, error = %e, "snapshot not installed");
-                }
-                kick.signal(1);
-            },
-            self.bulk,
-        );
-        install_task.expect("bulk task queue exists").detach();
+        glommio::spawn_local(async move {
+            let group = msg.group;
+            // One install per group at a time: a copy that arrives while
+            // another is being written (a transfer the leader retried) is
+            // dropped, as a lost message would be; Raft hears from the
+            // first.
+            if driver.borrow().installing_snapshot(group) {
+                debug!(
+                    group = group.0,
+                    "snapshot dropped: another one is being installed"
+                );
+                return;
+            }
+            // A stopped group's files are deleted only once this ends.
+            driver.borrow_mut().snapshot_file_write(group, true);
+            let outcome = install(&driver, msg, data).await;
+            driver.borrow_mut().snapshot_file_write(group, false);
+            if let Err(e) = outcome {
+                warn!(group = group.0, error = %e, "snapshot not installed");
+            }
+            kick.signal(1);
+        })
+        .detach();
     }
 }
 
 /// Installs a received snapshot: file first (durable), then the state
 /// machine, then Raft steps the `InstallSnapshot` message.
 async fn install(driver: &SharedDriver, msg: Message, data: Bytes) -> Result<(), String> {
-    debug_assert!(
-        driver.borrow().on_bulk_queue(),
-        "snapshot installed off the bulk queue"
-    );
     let group = msg.group;
     let meta = msg.snapshot.clone().ok_or("no snapshot metadata")?;
     let needed = |d: &super::driver::Driver| {
