@@ -1091,6 +1091,82 @@ fn snapshot_and_fetch_for_lagging_followers() {
     assert_eq!(c.node(2).term_at(last), c.node(1).term_at(last));
 }
 
+/// `Raft::would_restore` says exactly when stepping an InstallSnapshot
+/// restores the replica (the engine installs the state machine only then):
+/// yes for the leader's current term past the follower's commit; no once
+/// the follower's term moved past the message's (Raft ignores a stale
+/// message: installing the state machine from it would put it ahead of
+/// the log), and no for a snapshot the follower's log already commits.
+#[test]
+fn would_restore_agrees_with_what_stepping_the_snapshot_does() {
+    let mut c = Cluster::new(&[1, 2, 3], &|_: &mut Config| {});
+    c.campaign(1);
+    c.isolate(3);
+    for k in 0..20 {
+        c.propose(1, &format!("v{k}")).unwrap();
+    }
+    c.stabilize();
+    let applied = c.node(1).applied();
+    let meta = c.node(1).compact(applied).unwrap();
+    let term = c.node(1).term();
+    let group = c.node(1).group();
+    let install = |term: Term, meta: &SnapshotMeta| {
+        let mut m = Message::new(
+            group,
+            MessageType::InstallSnapshot,
+            NodeId(1),
+            NodeId(3),
+            term,
+        );
+        m.snapshot = Some(meta.clone());
+        m
+    };
+    let stale_commit = c.node(3).commit();
+    assert!(stale_commit < meta.index, "node 3 is behind the snapshot");
+    // Already committed on node 3: only the commit index could move.
+    let old = SnapshotMeta {
+        index: stale_commit,
+        term,
+        membership: meta.membership.clone(),
+    };
+    assert!(!c.node(3).would_restore(&install(term, &old)));
+    // Node 3 hears of a newer term (another leader's heartbeat): the
+    // snapshot message of the old term is stale now.
+    let mut hb = Message::new(
+        group,
+        MessageType::Heartbeat,
+        NodeId(2),
+        NodeId(3),
+        term + 1,
+    );
+    hb.commit = 0;
+    c.node(3).step(hb).unwrap();
+    assert_eq!(c.node(3).term(), term + 1);
+    let stale = install(term, &meta);
+    assert!(!c.node(3).would_restore(&stale), "stale term");
+    let last = c.node(3).last_index();
+    c.node(3).step(stale).unwrap();
+    assert_eq!(
+        c.node(3).last_index(),
+        last,
+        "a stale snapshot restores nothing"
+    );
+    assert_eq!(c.node(3).snapshot_index(), 0);
+    // The same snapshot in the current term restores.
+    let fresh = install(term + 1, &meta);
+    assert!(c.node(3).would_restore(&fresh));
+    c.node(3).step(fresh).unwrap();
+    assert_eq!(c.node(3).last_index(), meta.index, "restored");
+    assert_eq!(c.node(3).snapshot_index(), meta.index);
+    // And once restored, the same message would not restore again.
+    assert!(!c.node(3).would_restore(&install(term + 1, &meta)));
+    // The leader of the message's term never restores from it.
+    assert!(!c.node(1).would_restore(&Message {
+        to: NodeId(1),
+        ..install(term, &meta)
+    }));
+}
+
 /// A fetch that fails (the engine answers it with no entries) is asked
 /// again: neither replication to a lagging follower nor apply waits for it
 /// forever.

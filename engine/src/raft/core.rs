@@ -2116,6 +2116,25 @@ impl Raft {
         }
     }
 
+    /// Whether stepping `m` now would restore this replica from the
+    /// snapshot it carries: an `InstallSnapshot` for this replica, of a term
+    /// at least its own (a stale one is ignored), past its commit index and
+    /// not already in its log (those only advance the commit index). The
+    /// engine installs the snapshot's state machine only when this holds,
+    /// right before stepping `m`, so that the state machine never runs
+    /// ahead of the log.
+    pub fn would_restore(&self, m: &Message) -> bool {
+        let Some(meta) = m.snapshot.as_ref() else {
+            return false;
+        };
+        m.kind == MessageType::InstallSnapshot
+            && m.group == self.group
+            && m.to == self.id
+            && (m.term > self.term || (m.term == self.term && self.role != Role::Leader))
+            && meta.index > self.log.commit
+            && !self.log.match_term(meta.index, meta.term)
+    }
+
     /// A snapshot sent to `peer` was delivered (`ok`) or failed.
     pub fn report_snapshot(&mut self, peer: NodeId, ok: bool) {
         let Some(pr) = self.progress.get_mut(&peer) else {

@@ -347,11 +347,11 @@ impl transport::SnapshotHandler for Inbox {
 async fn install(driver: &SharedDriver, msg: Message, data: Bytes) -> Result<(), String> {
     let group = msg.group;
     let meta = msg.snapshot.clone().ok_or("no snapshot metadata")?;
-    let needed = |d: &super::driver::Driver| {
-        d.group(group).is_some_and(|g| {
-            meta.index > g.raft.commit() && g.raft.term_at(meta.index) != Some(meta.term)
-        })
-    };
+    // Only a message Raft will restore from (not one whose term went stale
+    // while the file was written, nor one its log already covers) may give
+    // the state machine its state: never ahead of the log.
+    let needed =
+        |d: &super::driver::Driver| d.group(group).is_some_and(|g| g.raft.would_restore(&msg));
     let (is_needed, witness, dir) = {
         let d = driver.borrow();
         (needed(&d), d.is_witness(group), d.snapshot_dir())
