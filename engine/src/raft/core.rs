@@ -1236,7 +1236,8 @@ impl Raft {
         );
         if meta.index <= self.log.commit {
             r.index = self.log.commit;
-        } else if self.log.match_term(meta.index, meta.term) {
+        } else if !self.restores_from(&meta) {
+            // Already in the log: only the commit index moves.
             self.commit_to(meta.index);
             r.index = meta.index;
         } else {
@@ -2131,8 +2132,14 @@ impl Raft {
             && m.group == self.group
             && m.to == self.id
             && (m.term > self.term || (m.term == self.term && self.role != Role::Leader))
-            && meta.index > self.log.commit
-            && !self.log.match_term(meta.index, meta.term)
+            && self.restores_from(meta)
+    }
+
+    /// Whether a snapshot at `meta` replaces this replica's log (what
+    /// [`Raft::handle_snapshot`] restores from): past the commit index and
+    /// not an entry the log already holds.
+    fn restores_from(&self, meta: &SnapshotMeta) -> bool {
+        meta.index > self.log.commit && !self.log.match_term(meta.index, meta.term)
     }
 
     /// A snapshot sent to `peer` was delivered (`ok`) or failed.
