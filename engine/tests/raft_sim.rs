@@ -67,6 +67,21 @@ fn sim_same_seed_same_trace() {
     assert_ne!(a.trace_hash, run_seed(8, None).trace_hash);
 }
 
+/// Seed 20400471: a vote granted in term 2 reaches its candidate only after
+/// a term-3 leader committed entry 6@3, so replica 3 rightly leads term 2
+/// without that entry (leader completeness covers entries committed in
+/// lower terms). The oracle used to call this a violation at step 717.
+#[test]
+fn sim_late_vote_for_an_old_term_is_no_violation() {
+    let out = run_seed(20_400_471, None);
+    assert_eq!(out.violation, None);
+    assert!(
+        out.steps > 717,
+        "the run passed the late vote: {}",
+        out.steps
+    );
+}
+
 fn finds(bug: PlantedBug) {
     finds_with(bug, false)
 }

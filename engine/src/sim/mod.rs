@@ -127,6 +127,11 @@ struct Oracle {
     leader_checked: BTreeSet<(Term, u64)>,
     /// Applied somewhere: index -> (term, kind, data).
     committed: BTreeMap<Index, (Term, EntryKind, Bytes)>,
+    /// Per committed index, the highest term any replica had reached when
+    /// it was first applied: at least the term in which it was committed.
+    commit_term_max: BTreeMap<Index, Term>,
+    /// The highest term any replica has reached.
+    max_term: Term,
     /// Persisted somewhere: (index, term) -> (prev term, kind, data).
     logged: BTreeMap<(Index, Term), (Term, EntryKind, Bytes)>,
     max_applied: Index,
@@ -1019,6 +1024,9 @@ impl Sim {
                         self.oracle
                             .committed
                             .insert(e.index, (e.term, e.kind, e.data.clone()));
+                        self.oracle
+                            .commit_term_max
+                            .insert(e.index, self.oracle.max_term.max(raft.term()));
                         self.oracle.commits += 1;
                     }
                 }
@@ -1092,6 +1100,7 @@ impl Sim {
     fn check_all(&mut self) -> Check {
         for id in self.alive() {
             let raft = self.reps[Self::idx(id)].raft.as_ref().unwrap();
+            self.oracle.max_term = self.oracle.max_term.max(raft.term());
             raft.check_invariants()
                 .map_err(|e| format!("replica {id}: {e}"))?;
             // Election Safety.
@@ -1108,11 +1117,18 @@ impl Sim {
                         self.oracle.leaders.insert(t, NodeId(id));
                     }
                 }
-                // Leader Completeness, once per (term, leader).
+                // Leader Completeness, once per (term, leader): every entry
+                // committed in a term below `t` is in its log. An entry is
+                // checked only if every replica was below `t` when it was
+                // first applied (so it was committed below `t`): a leader
+                // of an old term may still win its election (a late vote)
+                // after a newer term committed entries it never saw.
                 if self.oracle.leader_checked.insert((t, id)) {
                     for (&i, (ct, _, _)) in self.oracle.committed.range(raft.snapshot_index() + 1..)
                     {
-                        if raft.term_at(i) != Some(*ct) {
+                        let committed_below_t =
+                            self.oracle.commit_term_max.get(&i).is_some_and(|&m| m < t);
+                        if committed_below_t && raft.term_at(i) != Some(*ct) {
                             return Err(format!(
                                 "leader completeness: leader {id} of term {t} lacks committed entry {i}@{ct} (has {:?})",
                                 raft.term_at(i)
