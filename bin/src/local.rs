@@ -14,7 +14,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::config::{LogFormat, NodeConfig, PlacementKind};
+use crate::config::{Consistency, LogFormat, NodeConfig, PlacementKind};
 use crate::node::{self, RunningNode};
 use crate::service::{self, Signals};
 
@@ -53,6 +53,18 @@ pub struct LocalArgs {
     /// serves them on the node's shard executors, seastar style.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=256))]
     pub client_threads: u64,
+    /// Default consistency of client reads (a connection may change its
+    /// own with `CONSISTENCY`, an HTTP request with `?consistency=`).
+    #[arg(
+        long,
+        env = "FLOTILLA_READ_CONSISTENCY",
+        default_value = "linearizable"
+    )]
+    pub read_consistency: Consistency,
+    /// Most concurrent client connections per node and protocol.
+    #[arg(long, env = "FLOTILLA_MAX_CLIENTS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_clients: u64,
     /// Log format (level from RUST_LOG).
     #[arg(long, env = "FLOTILLA_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -107,6 +119,8 @@ fn node_config(args: &LocalArgs, i: u64) -> Result<NodeConfig, String> {
         placement: PlacementKind::Unbound,
         io_memory_bytes: 1 << 20,
         log_format: args.log_format,
+        read_consistency: args.read_consistency,
+        max_clients: args.max_clients as usize,
         ..NodeConfig::default()
     })
 }
@@ -118,6 +132,7 @@ fn node_config(args: &LocalArgs, i: u64) -> Result<NodeConfig, String> {
 pub fn run(args: LocalArgs) -> Result<(), String> {
     let signals = Signals::install()?;
     service::init_logging(args.log_format);
+    service::raise_fd_limit_logged(args.max_clients as usize, args.nodes as usize);
     let cluster_id = cluster_id_of(&args.data_dir)?;
     let mut configs = Vec::new();
     for i in 1..=args.nodes {
@@ -290,6 +305,26 @@ mod tests {
         std::fs::write(b.path().join(CLUSTER_ID_FILE), "zero\n").unwrap();
         let err = cluster_id_of(b.path()).unwrap_err();
         assert!(err.contains("not a cluster id"), "{err}");
+    }
+
+    #[test]
+    fn read_consistency_and_max_clients_reach_every_node() {
+        let cfg = node_config(&args(&[]), 1).unwrap();
+        assert_eq!(cfg.read_consistency, Consistency::Linearizable);
+        assert_eq!(cfg.max_clients, 10_000);
+        let a = args(&["--read-consistency", "lease", "--max-clients", "64"]);
+        for i in 1..=3 {
+            let cfg = node_config(&a, i).unwrap();
+            assert_eq!(
+                (cfg.read_consistency, cfg.max_clients),
+                (Consistency::Lease, 64)
+            );
+        }
+        let parse = |argv: &[&str]| {
+            Cli::try_parse_from(std::iter::once("local").chain(argv.iter().copied())).map(|_| ())
+        };
+        assert!(parse(&["--read-consistency", "eventual"]).is_err());
+        assert!(parse(&["--max-clients", "0"]).is_err());
     }
 
     #[test]

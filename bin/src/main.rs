@@ -67,6 +67,7 @@ fn run_node(args: &config::NodeArgs) -> Result<(), String> {
     // Before any thread exists: every later thread inherits the mask.
     let signals = service::Signals::install()?;
     service::init_logging(cfg.log_format);
+    service::raise_fd_limit_logged(cfg.max_clients, 1);
     let node = node::start(&cfg).map_err(|e| e.to_string())?;
     let sig = signals.wait();
     tracing::info!(signal = sig, "stopping");

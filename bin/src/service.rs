@@ -98,3 +98,110 @@ impl Signals {
         self.rx.recv().unwrap_or(libc::SIGTERM)
     }
 }
+
+/// What [`raise_fd_limit`] found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdLimit {
+    /// The soft limit before.
+    pub before: u64,
+    /// The soft limit now.
+    pub now: u64,
+    /// The hard limit (the most an unprivileged process may raise to).
+    pub hard: u64,
+}
+
+/// Raises this process's soft limit on open files (`RLIMIT_NOFILE`) to at
+/// least `wanted`, as far as the hard limit allows (the soft limit is
+/// often 1024, far below the connections a node accepts: `max_clients`
+/// per protocol, peers, WAL segments). Never lowers it. Called at start,
+/// before any executor exists (it is one system call, not async).
+///
+/// # Errors
+/// The system error when the limit cannot be read or set.
+pub fn raise_fd_limit(wanted: u64) -> std::io::Result<FdLimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = lim.rlim_cur;
+    let target = wanted.min(lim.rlim_max);
+    if target > before {
+        lim.rlim_cur = target;
+        // SAFETY: `lim` is a valid rlimit with cur <= max.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(FdLimit {
+        before,
+        now: before.max(target),
+        hard: lim.rlim_max,
+    })
+}
+
+/// Files a node may need open: two listeners' worth of clients (Redis
+/// protocol and HTTP, `max_clients` each), its peers' connections, WAL
+/// segments, snapshots and the runtime's own, with headroom.
+pub fn fds_wanted(max_clients: usize, nodes: usize) -> u64 {
+    (2 * max_clients as u64 + 1024) * nodes.max(1) as u64
+}
+
+/// About how many clients per node and protocol `limit` open files leave
+/// room for (the inverse of [`fds_wanted`]).
+pub fn clients_within(limit: u64, nodes: usize) -> u64 {
+    (limit / nodes.max(1) as u64).saturating_sub(1024) / 2
+}
+
+/// [`raise_fd_limit`], logging the outcome: a warning when the limit stays
+/// below what `max_clients` needs (connections past it fail to be accepted
+/// and are retried, `Too many open files`).
+pub fn raise_fd_limit_logged(max_clients: usize, nodes: usize) {
+    let wanted = fds_wanted(max_clients, nodes);
+    match raise_fd_limit(wanted) {
+        Ok(l) if l.now < wanted => tracing::warn!(
+            soft = l.now,
+            hard = l.hard,
+            wanted,
+            max_clients,
+            clients_per_protocol = clients_within(l.now, nodes),
+            "the open-file limit is below what max_clients needs: connections past about clients_per_protocol per node and protocol will wait to be accepted; raise the hard limit (ulimit -Hn) or lower max_clients"
+        ),
+        Ok(l) if l.now > l.before => {
+            tracing::info!(before = l.before, now = l.now, "raised the open-file limit")
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "could not raise the open-file limit"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_file_limit_is_raised_never_lowered_and_capped_by_the_hard_limit() {
+        let first = raise_fd_limit(0).unwrap();
+        assert_eq!(first.now, first.before, "0 wanted lowers nothing");
+        let want = first.hard.min(first.before + 64);
+        let l = raise_fd_limit(want).unwrap();
+        assert!(l.now >= want.min(l.hard), "{l:?}");
+        assert!(l.now <= l.hard, "{l:?}");
+        let capped = raise_fd_limit(u64::MAX).unwrap();
+        assert_eq!(capped.now, capped.hard, "capped by the hard limit");
+        assert_eq!(raise_fd_limit(1).unwrap().now, capped.hard, "never lowered");
+    }
+
+    #[test]
+    fn a_node_wants_room_for_both_protocols_clients() {
+        assert_eq!(fds_wanted(10_000, 1), 21_024);
+        assert_eq!(fds_wanted(10_000, 3), 63_072);
+        assert!(fds_wanted(1, 0) >= 1026);
+        assert_eq!(clients_within(fds_wanted(10_000, 3), 3), 10_000);
+        assert_eq!(clients_within(20_000, 3), 2_821);
+        assert_eq!(clients_within(512, 1), 0);
+    }
+}
