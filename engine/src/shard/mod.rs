@@ -27,7 +27,7 @@
 //! pipeline; between groups it yields. Installing a received snapshot
 //! stays there too: it hands Raft the `InstallSnapshot` message right
 //! after the state machine, and on the bulk queue that gap widened (see
-//! the README, session 20).
+//! docs/benchmark-log.md, session 20).
 
 pub mod driver;
 pub(crate) mod forward;
