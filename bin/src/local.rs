@@ -132,12 +132,13 @@ fn node_config(args: &LocalArgs, i: u64) -> Result<NodeConfig, String> {
 pub fn run(args: LocalArgs) -> Result<(), String> {
     let signals = Signals::install()?;
     service::init_logging(args.log_format);
-    service::raise_fd_limit_logged(args.max_clients as usize, args.nodes as usize);
+    let max_clients = service::fit_max_clients(args.max_clients as usize, args.nodes as usize);
     let cluster_id = cluster_id_of(&args.data_dir)?;
     let mut configs = Vec::new();
     for i in 1..=args.nodes {
         let mut cfg = node_config(&args, i)?;
         cfg.cluster_id = cluster_id;
+        cfg.max_clients = max_clients;
         cfg.validate().map_err(|e| format!("node {i}: {e}"))?;
         configs.push(cfg);
     }

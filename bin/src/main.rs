@@ -59,7 +59,7 @@ fn main() {
 
 /// `flotilla node`: resolve the config, start, serve until a signal.
 fn run_node(args: &config::NodeArgs) -> Result<(), String> {
-    let cfg = args.resolve().map_err(|e| e.to_string())?;
+    let mut cfg = args.resolve().map_err(|e| e.to_string())?;
     if args.print_config {
         print!("{}", cfg.to_toml());
         return Ok(());
@@ -67,7 +67,7 @@ fn run_node(args: &config::NodeArgs) -> Result<(), String> {
     // Before any thread exists: every later thread inherits the mask.
     let signals = service::Signals::install()?;
     service::init_logging(cfg.log_format);
-    service::raise_fd_limit_logged(cfg.max_clients, 1);
+    cfg.max_clients = service::fit_max_clients(cfg.max_clients, 1);
     let node = node::start(&cfg).map_err(|e| e.to_string())?;
     let sig = signals.wait();
     tracing::info!(signal = sig, "stopping");

@@ -143,38 +143,54 @@ pub fn raise_fd_limit(wanted: u64) -> std::io::Result<FdLimit> {
     })
 }
 
-/// Files a node may need open: two listeners' worth of clients (Redis
-/// protocol and HTTP, `max_clients` each), its peers' connections, WAL
-/// segments, snapshots and the runtime's own, with headroom.
+/// Open files a node keeps besides its clients: listeners, raft
+/// connections to its peers (per shard), WAL segments, snapshot files,
+/// io_uring and eventfd descriptors of its executors.
+const FDS_RESERVED_PER_NODE: u64 = 256;
+
+/// Files `nodes` nodes may need open: two listeners' worth of clients
+/// (Redis protocol and HTTP, `max_clients` each) plus their own.
 pub fn fds_wanted(max_clients: usize, nodes: usize) -> u64 {
-    (2 * max_clients as u64 + 1024) * nodes.max(1) as u64
+    (2 * max_clients as u64 + FDS_RESERVED_PER_NODE) * nodes.max(1) as u64
 }
 
-/// About how many clients per node and protocol `limit` open files leave
-/// room for (the inverse of [`fds_wanted`]).
-pub fn clients_within(limit: u64, nodes: usize) -> u64 {
-    (limit / nodes.max(1) as u64).saturating_sub(1024) / 2
+/// How many clients per node and protocol `limit` open files leave room
+/// for (the inverse of [`fds_wanted`]), at least 1.
+pub fn clients_within(limit: u64, nodes: usize) -> usize {
+    let per_node = (limit / nodes.max(1) as u64).saturating_sub(FDS_RESERVED_PER_NODE) / 2;
+    usize::try_from(per_node).unwrap_or(usize::MAX).max(1)
 }
 
-/// [`raise_fd_limit`], logging the outcome: a warning when the limit stays
-/// below what `max_clients` needs (connections past it fail to be accepted
-/// and are retried, `Too many open files`).
-pub fn raise_fd_limit_logged(max_clients: usize, nodes: usize) {
+/// Raises the open-file limit for `nodes` nodes of `max_clients` clients
+/// each (see [`raise_fd_limit`]) and returns the `max_clients` that fits
+/// the limit reached: lowered, with a warning, when the hard limit is too
+/// low (as Redis does), so that a client past it is refused at once with
+/// `max number of clients reached` rather than left waiting to be
+/// accepted while the process has no descriptor to give it.
+pub fn fit_max_clients(max_clients: usize, nodes: usize) -> usize {
     let wanted = fds_wanted(max_clients, nodes);
     match raise_fd_limit(wanted) {
-        Ok(l) if l.now < wanted => tracing::warn!(
-            soft = l.now,
-            hard = l.hard,
-            wanted,
-            max_clients,
-            clients_per_protocol = clients_within(l.now, nodes),
-            "the open-file limit is below what max_clients needs: connections past about clients_per_protocol per node and protocol will wait to be accepted; raise the hard limit (ulimit -Hn) or lower max_clients"
-        ),
-        Ok(l) if l.now > l.before => {
-            tracing::info!(before = l.before, now = l.now, "raised the open-file limit")
+        Ok(l) if l.now < wanted => {
+            let fits = clients_within(l.now, nodes).min(max_clients);
+            tracing::warn!(
+                soft = l.now,
+                hard = l.hard,
+                requested = max_clients,
+                max_clients = fits,
+                "max_clients lowered to fit the open-file limit; raise the hard limit (ulimit -Hn) to allow more"
+            );
+            fits
         }
-        Ok(_) => {}
-        Err(error) => tracing::warn!(%error, "could not raise the open-file limit"),
+        Ok(l) => {
+            if l.now > l.before {
+                tracing::info!(before = l.before, now = l.now, "raised the open-file limit");
+            }
+            max_clients
+        }
+        Err(error) => {
+            tracing::warn!(%error, "could not raise the open-file limit");
+            max_clients
+        }
     }
 }
 
@@ -197,11 +213,22 @@ mod tests {
 
     #[test]
     fn a_node_wants_room_for_both_protocols_clients() {
-        assert_eq!(fds_wanted(10_000, 1), 21_024);
-        assert_eq!(fds_wanted(10_000, 3), 63_072);
-        assert!(fds_wanted(1, 0) >= 1026);
+        assert_eq!(fds_wanted(10_000, 1), 20_256);
+        assert_eq!(fds_wanted(10_000, 3), 60_768);
+        assert!(fds_wanted(1, 0) >= 258);
         assert_eq!(clients_within(fds_wanted(10_000, 3), 3), 10_000);
-        assert_eq!(clients_within(20_000, 3), 2_821);
-        assert_eq!(clients_within(512, 1), 0);
+        assert_eq!(clients_within(20_000, 3), 3_205);
+        assert_eq!(clients_within(1024, 1), 384);
+        assert_eq!(clients_within(100, 1), 1, "never 0");
+    }
+
+    #[test]
+    fn max_clients_is_kept_when_the_limit_allows_it_and_lowered_when_not() {
+        let hard = raise_fd_limit(u64::MAX).unwrap().hard;
+        assert_eq!(fit_max_clients(10, 1), 10, "a few clients always fit");
+        let too_many = usize::try_from(hard).unwrap();
+        let fits = fit_max_clients(too_many, 1);
+        assert!(fits < too_many, "{fits} of {too_many} with {hard} files");
+        assert_eq!(fits, clients_within(hard, 1));
     }
 }

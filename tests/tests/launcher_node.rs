@@ -548,3 +548,69 @@ fn a_fourth_node_joins_a_running_cluster() {
         assert!(status.success(), "node {} exit {status:?}", n.id);
     }
 }
+
+/// A node started under a low open-file limit lowers `max_clients` to fit
+/// it (and says so): a client past it is refused at once with Redis' `max
+/// number of clients reached` instead of waiting, unaccepted, for a file
+/// descriptor, and the clients it kept are served.
+#[test]
+fn a_low_open_file_limit_lowers_max_clients_and_refuses_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path(), 1, 4, &[]);
+    let node = &mut nodes[0];
+    let log = std::fs::File::create(&node.log).unwrap();
+    // 700 files: (700 - 256 reserved) / 2 = 222 clients per protocol.
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 700 && exec \"$0\" node \"$@\"")
+        .arg(flotilla_bin())
+        .args(&node.args)
+        .env("RUST_LOG", "info,glommio::reactor=off")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn flotilla node under ulimit");
+    node.child = Some(child);
+    node.wait_ready(READY);
+    let logged = std::fs::read_to_string(&node.log).unwrap();
+    assert!(
+        logged.contains("max_clients lowered") && logged.contains("max_clients=222"),
+        "no warning about the lowered max_clients:\n{}",
+        node.log_tail()
+    );
+    let mut kept = Vec::new();
+    let mut refused = 0;
+    for _ in 0..240 {
+        let mut s = TcpStream::connect(node.resp).expect("connect");
+        let reply = raw_exchange(&mut s, b"PING\r\n", 1);
+        if reply.starts_with("+PONG") {
+            kept.push(s);
+        } else {
+            assert_eq!(reply, "-ERR max number of clients reached\r\n");
+            refused += 1;
+        }
+    }
+    // wait_ready's connections may still be closing: at most a few more
+    // refused than 240 - 222.
+    assert!(
+        (18..=22).contains(&refused),
+        "{refused} of 240 refused, {} kept",
+        kept.len()
+    );
+    for s in kept.iter_mut().step_by(37) {
+        assert_eq!(raw_exchange(s, b"PING\r\n", 1), "+PONG\r\n");
+    }
+    kept.truncate(100);
+    let mut c = wait_for(
+        "a connection after others closed",
+        Duration::from_secs(10),
+        || {
+            let mut s = TcpStream::connect(node.resp).ok()?;
+            raw_exchange(&mut s, b"SET k v\r\n", 1)
+                .starts_with("+OK")
+                .then_some(s)
+        },
+    );
+    assert_eq!(raw_exchange(&mut c, b"GET k\r\n", 2), "$1\r\nv\r\n");
+}
