@@ -558,20 +558,8 @@ fn a_low_open_file_limit_lowers_max_clients_and_refuses_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = cluster(dir.path(), 1, 4, &[]);
     let node = &mut nodes[0];
-    let log = std::fs::File::create(&node.log).unwrap();
     // 700 files: (700 - 256 reserved) / 2 = 222 clients per protocol.
-    let child = Command::new("sh")
-        .arg("-c")
-        .arg("ulimit -n 700 && exec \"$0\" node \"$@\"")
-        .arg(flotilla_bin())
-        .args(&node.args)
-        .env("RUST_LOG", "info,glommio::reactor=off")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn flotilla node under ulimit");
-    node.child = Some(child);
+    node.start_with_open_files(700);
     node.wait_ready(READY);
     let logged = std::fs::read_to_string(&node.log).unwrap();
     assert!(

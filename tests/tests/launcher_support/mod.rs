@@ -201,14 +201,31 @@ pub struct NodeProc {
 impl NodeProc {
     /// Starts (or restarts) the process.
     pub fn start(&mut self) {
+        let mut cmd = Command::new(flotilla_bin());
+        cmd.arg("node");
+        self.spawn(cmd);
+    }
+
+    /// Starts the process with its open-file limit (`ulimit -n`, soft and
+    /// hard) set to `files`.
+    pub fn start_with_open_files(&mut self, files: u64) {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("ulimit -n {files} && exec \"$0\" node \"$@\""))
+            .arg(flotilla_bin());
+        self.spawn(cmd);
+    }
+
+    /// Runs `cmd` (which starts `flotilla node`) with this node's flags,
+    /// its stderr appended to the node's log.
+    fn spawn(&mut self, mut cmd: Command) {
         assert!(self.child.is_none(), "node {} already running", self.id);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let child = Command::new(flotilla_bin())
-            .arg("node")
+        let child = cmd
             .args(&self.args)
             .env("RUST_LOG", "info,glommio::reactor=off")
             .stdin(Stdio::null())
