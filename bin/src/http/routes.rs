@@ -173,6 +173,8 @@ async fn route(state: &HttpState, req: Request<Incoming>) -> ApiResult {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let get = method == Method::GET || method == Method::HEAD;
     match segments.as_slice() {
+        [""] if get => Ok(index(state)),
+        [""] => Err(method_not_allowed(&method, &path)),
         ["health"] if get => health(state).await,
         ["status"] if get => status(state, &params).await,
         ["metrics"] if get => metrics(state, &params).await,
@@ -262,6 +264,47 @@ async fn route(state: &HttpState, req: Request<Incoming>) -> ApiResult {
         }
         _ => Err(ApiError::no_route(&method, &path)),
     }
+}
+
+// ---------------------------------------------------------------- index
+
+/// Every route, as `GET /` lists it (the README's table has the details).
+pub(crate) const ROUTES: &[&str] = &[
+    "GET /kv/{key}",
+    "PUT /kv/{key}",
+    "DELETE /kv/{key}",
+    "POST /kv/{key}/cas",
+    "GET /kv?prefix=P&start=K&limit=N&keys_only=true",
+    "POST /clusters",
+    "PUT /cluster/{id}?key=K&value=V",
+    "GET /cluster/{id}?key=K",
+    "GET /groups",
+    "GET /groups/{id}",
+    "GET /groups/{id}/members",
+    "POST /groups/{id}/members",
+    "POST /groups/{id}/members/{node}/promote",
+    "DELETE /groups/{id}/members/{node}",
+    "DELETE /groups/{id}",
+    "POST /groups/{id}/transfer",
+    "POST /groups/{id}/join",
+    "POST /groups/{id}/snapshot",
+    "GET /status",
+    "GET /health",
+    "GET /metrics",
+];
+
+/// `GET /`: what this is and where to go (for someone trying `curl` on
+/// the port).
+fn index(state: &HttpState) -> Resp {
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "service": "flotilla",
+            "version": env!("CARGO_PKG_VERSION"),
+            "node": state.node_id(),
+            "routes": ROUTES,
+        }),
+    )
 }
 
 // ---------------------------------------------------------------- health

@@ -64,6 +64,20 @@ fn percent_decoding_accepts_escapes_and_rejects_bad_ones() {
 }
 
 #[test]
+fn every_route_of_the_index_is_documented() {
+    let readme = include_str!("README.md");
+    for route in super::routes::ROUTES {
+        let row = format!("| `{route}` |");
+        assert!(
+            readme.contains(&row),
+            "{route} is not in bin/src/http/README.md"
+        );
+    }
+    let rows = readme.lines().filter(|l| l.starts_with("| `")).count();
+    assert!(rows >= super::routes::ROUTES.len());
+}
+
+#[test]
 fn base64_matches_rfc4648_vectors() {
     for (plain, encoded) in [
         ("", ""),
@@ -719,6 +733,18 @@ fn kv_routes_on_one_node() {
 
     let a = call(h, "GET", "/health", b"");
     assert_eq!((a.status, a.json()["status"].as_str()), (200, Some("ok")));
+    let a = call(h, "GET", "/", b"");
+    assert_eq!(a.status, 200);
+    let index = a.json();
+    assert_eq!(
+        (index["service"].as_str(), index["node"].as_u64()),
+        (Some("flotilla"), Some(1))
+    );
+    assert_eq!(
+        index["routes"].as_array().map(Vec::len),
+        Some(super::routes::ROUTES.len())
+    );
+    call(h, "DELETE", "/", b"").expect_error(405, "method_not_allowed");
 
     // Put, get, overwrite; values are raw bytes.
     let a = call(h, "PUT", "/kv/alpha", b"one");
