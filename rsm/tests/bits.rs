@@ -4,8 +4,8 @@
 
 use bytes::Bytes;
 use flotilla_rsm::{
-    BitOperation, KvCommand, KvError, KvQuery, KvResult, KvStore, TypedCommand as C,
-    TypedQuery as Q, ZAddCompare, ZAddCondition,
+    BitFieldAction, BitFieldOp, BitFieldOverflow, BitFieldType, BitOperation, KvCommand, KvError,
+    KvQuery, KvResult, KvStore, TypedCommand as C, TypedQuery as Q, ZAddCompare, ZAddCondition,
 };
 
 /// Executes `cmd` after a trip through its encoding.
@@ -99,6 +99,11 @@ fn setbit_answers_the_old_bit_and_pads_with_zeros() {
     // Clearing a bit of a missing key still creates it (Redis: "\0").
     assert_eq!(run(&mut kv, setbit("z", 3, false)), KvResult::Int(0));
     assert_eq!(get(&kv, "z").unwrap(), Bytes::from_static(b"\0"));
+    // And clearing a clear bit past the end pads an existing string.
+    assert_eq!(run(&mut kv, setbit("z", 17, false)), KvResult::Int(0));
+    assert_eq!(get(&kv, "z").unwrap(), Bytes::from_static(b"\0\0\0"));
+    assert_eq!(run(&mut kv, setbit("z", 17, false)), KvResult::Int(0));
+    assert_eq!(get(&kv, "z").unwrap(), Bytes::from_static(b"\0\0\0"));
     // Too far, and the wrong type.
     assert_eq!(
         run(&mut kv, setbit("k", 64 << 23, true)),
@@ -109,6 +114,237 @@ fn setbit_answers_the_old_bit_and_pads_with_zeros() {
         run(&mut kv, setbit("l", 1, true)),
         KvResult::Error(KvError::WrongType)
     );
+}
+
+/// A BITFIELD operation from Redis' words: `("incrby", "u2", 100, 1)`
+/// under `overflow`.
+fn op(action: &str, ty: &str, offset: u64, value: i64, overflow: BitFieldOverflow) -> BitFieldOp {
+    let bits = ty[1..].parse().expect("a width");
+    BitFieldOp {
+        action: match action {
+            "get" => BitFieldAction::Get,
+            "set" => BitFieldAction::Set(value),
+            _ => BitFieldAction::IncrBy(value),
+        },
+        ty: BitFieldType::new(ty.starts_with('i'), bits).expect("a type"),
+        offset,
+        overflow,
+    }
+}
+
+fn bitfield(key: &str, ops: Vec<BitFieldOp>) -> KvCommand {
+    KvCommand::BitField { key: b(key), ops }
+}
+
+fn ints(v: &[Option<i64>]) -> KvResult {
+    KvResult::Ints(v.to_vec())
+}
+
+#[test]
+fn bitfield_answers_redis_io_examples() {
+    use BitFieldOverflow::{Sat, Wrap};
+    let mut kv = KvStore::new();
+    // BITFIELD mykey INCRBY i5 100 1 GET u4 0 → 1, 0.
+    let cmd = bitfield(
+        "mykey",
+        vec![
+            op("incrby", "i5", 100, 1, Wrap),
+            op("get", "u4", 0, 0, Wrap),
+        ],
+    );
+    assert_eq!(run(&mut kv, cmd), ints(&[Some(1), Some(0)]));
+    // Zero-padded to hold bit 104: 14 bytes, 00001 at bits 100..105.
+    let mut want = vec![0u8; 14];
+    want[13] = 0b1000_0000;
+    assert_eq!(get(&kv, "mykey").unwrap(), Bytes::from(want));
+    // BITFIELD mykey incrby u2 100 1 OVERFLOW SAT incrby u2 102 1, four times.
+    let cmd = || {
+        bitfield(
+            "ov",
+            vec![
+                op("incrby", "u2", 100, 1, Wrap),
+                op("incrby", "u2", 102, 1, Sat),
+            ],
+        )
+    };
+    for want in [[1, 1], [2, 2], [3, 3], [0, 3]] {
+        assert_eq!(run(&mut kv, cmd()), ints(&[Some(want[0]), Some(want[1])]));
+    }
+}
+
+#[test]
+fn bitfield_sets_across_bytes_and_answers_old_values() {
+    use BitFieldOverflow::{Fail, Sat, Wrap};
+    let mut kv = KvStore::new();
+    kv.execute(&KvCommand::put("k", Bytes::from_static(b"\xff")));
+    // SET returns the old value, INCRBY the new one, GET sees earlier
+    // writes of the same command.
+    let cmd = bitfield(
+        "k",
+        vec![
+            op("set", "u8", 4, 0xab, Wrap),
+            op("get", "u8", 4, 0, Wrap),
+            op("get", "i4", 0, 0, Wrap),
+            op("incrby", "i8", 4, -1, Wrap),
+            op("set", "i16", 12, -2, Wrap),
+        ],
+    );
+    assert_eq!(
+        run(&mut kv, cmd),
+        ints(&[Some(0xf0), Some(0xab), Some(-1), Some(0xaa - 256), Some(0)])
+    );
+    assert_eq!(
+        get(&kv, "k").unwrap(),
+        Bytes::from_static(b"\xfa\xaf\xff\xe0")
+    );
+    // Overflow rules, each for the SET / INCRBY it precedes.
+    let cmd = bitfield(
+        "k",
+        vec![
+            op("set", "u8", 0, 256, Fail),
+            op("set", "u8", 0, 256, Sat),
+            op("incrby", "u8", 0, 1, Fail),
+            op("incrby", "u8", 0, 1, Wrap),
+            op("set", "i8", 8, -129, Sat),
+            op("get", "i8", 8, 0, Fail),
+        ],
+    );
+    assert_eq!(
+        run(&mut kv, cmd),
+        ints(&[
+            None,
+            Some(0xfa),
+            None,
+            Some(0),
+            Some(0xaf - 256),
+            Some(-128)
+        ])
+    );
+    assert_eq!(
+        get(&kv, "k").unwrap(),
+        Bytes::from_static(b"\x00\x80\xff\xe0")
+    );
+    // i64 at an odd offset, grows the string by 9 bytes.
+    let cmd = bitfield(
+        "k",
+        vec![
+            op("set", "i64", 35, i64::MIN, Wrap),
+            op("get", "i64", 35, 0, Wrap),
+            op("incrby", "i64", 35, -1, Sat),
+            op("incrby", "i64", 35, i64::MAX, Wrap),
+        ],
+    );
+    assert_eq!(
+        run(&mut kv, cmd),
+        ints(&[Some(0), Some(i64::MIN), Some(i64::MIN), Some(-1)])
+    );
+    assert_eq!(
+        get(&kv, "k").unwrap().len(),
+        13,
+        "bits 35..99 end in byte 12"
+    );
+}
+
+#[test]
+fn bitfield_creates_keeps_deadlines_and_refuses_cleanly() {
+    use BitFieldOverflow::{Fail, Wrap};
+    let mut kv = KvStore::new();
+    // Only GETs: a missing key reads as zeros and stays missing.
+    let cmd = bitfield(
+        "g",
+        vec![
+            op("get", "u63", 1000, 0, Wrap),
+            op("get", "i64", 0, 0, Wrap),
+        ],
+    );
+    assert_eq!(run(&mut kv, cmd), ints(&[Some(0), Some(0)]));
+    assert_eq!(get(&kv, "g"), None);
+    assert_eq!(run(&mut kv, bitfield("g", vec![])), ints(&[]));
+    assert_eq!(get(&kv, "g"), None);
+    // A write that FAIL refuses still creates the key, zero-padded to the
+    // write's last bit (Redis does).
+    let cmd = bitfield("f", vec![op("set", "u8", 20, -1, Fail)]);
+    assert_eq!(run(&mut kv, cmd), ints(&[None]));
+    assert_eq!(get(&kv, "f").unwrap(), Bytes::from_static(b"\0\0\0\0"));
+    // An existing key keeps its deadline and grows with zeros.
+    kv.execute(&KvCommand::Expire {
+        key: b("f"),
+        at_ms: 100,
+        now_ms: 1,
+        condition: flotilla_rsm::ExpireCondition::Always,
+    });
+    let cmd = bitfield("f", vec![op("incrby", "u1", 47, 1, Fail)]);
+    assert_eq!(run(&mut kv, cmd), ints(&[Some(1)]));
+    assert_eq!(
+        get(&kv, "f").unwrap(),
+        Bytes::from_static(b"\0\0\0\0\0\x01")
+    );
+    assert_eq!(
+        kv.read(&KvQuery::Deadline { key: b("f") }),
+        KvResult::Int(100)
+    );
+    // Past the largest value, a collection: errors, nothing changes.
+    let last = (64u64 << 23) - 8;
+    let cmd = bitfield("f", vec![op("set", "u8", last, 7, Wrap)]);
+    assert_eq!(run(&mut kv, cmd), ints(&[Some(0)]));
+    assert_eq!(get(&kv, "f").unwrap().len(), 64 << 20);
+    for offset in [last + 1, u64::MAX - 3, u64::MAX] {
+        let cmd = bitfield(
+            "f",
+            vec![
+                op("set", "u8", 0, 1, Wrap),
+                op("set", "u8", offset, 7, Wrap),
+            ],
+        );
+        assert_eq!(run(&mut kv, cmd), KvResult::Error(KvError::ValueTooLarge));
+    }
+    assert_eq!(&get(&kv, "f").unwrap()[..1], b"\0");
+    // A GET far away reads zeros.
+    let cmd = bitfield("f", vec![op("get", "i64", u64::MAX - 1, 0, Wrap)]);
+    assert_eq!(run(&mut kv, cmd), ints(&[Some(0)]));
+    push(&mut kv, "l", &["a"]);
+    for action in ["get", "set"] {
+        let cmd = bitfield("l", vec![op(action, "u8", 0, 1, Wrap)]);
+        assert_eq!(run(&mut kv, cmd), KvResult::Error(KvError::WrongType));
+    }
+}
+
+#[test]
+fn bitfield_of_a_bad_type_or_tag_does_not_decode() {
+    let cmd = bitfield("k", vec![op("incrby", "u8", 1, 1, BitFieldOverflow::Sat)]);
+    let enc = cmd.encode().to_vec();
+    assert_eq!(KvCommand::decode(Bytes::from(enc.clone())).unwrap(), cmd);
+    // key "k": tag, len u32, 'k', count u32, then the operation.
+    let at = 1 + 4 + 1 + 4;
+    let bad = |i: usize, byte: u8| {
+        let mut bad = enc.clone();
+        bad[at + i] = byte;
+        KvCommand::decode(Bytes::from(bad))
+    };
+    assert!(bad(0, 3).is_err(), "no such action");
+    assert!(bad(1, 2).is_err(), "signed is a bool");
+    assert!(bad(2, 64).is_err(), "u64 is not a type");
+    assert!(bad(2, 0).is_err(), "u0 is not a type");
+    assert!(bad(1, 1).is_ok() && bad(2, 63).is_ok());
+    assert!(bad(11, 3).is_err(), "no such overflow");
+    assert!(bad(0, 0).is_err(), "a GET carries no value");
+    let mut get = enc.clone();
+    get[at] = 0;
+    get[at + 12..].fill(0);
+    assert!(KvCommand::decode(Bytes::from(get)).is_ok());
+    let mut signed65 = enc.clone();
+    signed65[at + 1] = 1;
+    signed65[at + 2] = 65;
+    assert!(KvCommand::decode(Bytes::from(signed65)).is_err());
+    // More operations than the bytes hold.
+    let mut many = enc.clone();
+    many[6..10].copy_from_slice(&1000u32.to_le_bytes());
+    assert!(KvCommand::decode(Bytes::from(many)).is_err());
+    let r = KvResult::Ints(vec![Some(-1), None, Some(i64::MAX)]);
+    assert_eq!(KvResult::decode(r.encode()).unwrap(), r);
+    let mut bad = r.encode().to_vec();
+    bad[5] = 2; // an option flag
+    assert!(KvResult::decode(Bytes::from(bad)).is_err());
 }
 
 #[test]

@@ -2,9 +2,9 @@
 
 use bytes::Bytes;
 use flotilla_rsm::{
-    ApplyError, BitOperation, DeadlineChange, Envelope, ExpireCondition, KvCommand, KvError,
-    KvQuery, KvResult, KvStore, PutCondition, Rsm, SessionConfig, SessionTable, TypedCommand,
-    TypedQuery,
+    ApplyError, BitFieldAction, BitFieldOp, BitFieldOverflow, BitFieldType, BitOperation,
+    DeadlineChange, Envelope, ExpireCondition, KvCommand, KvError, KvQuery, KvResult, KvStore,
+    PutCondition, Rsm, SessionConfig, SessionTable, TypedCommand, TypedQuery,
 };
 use proptest::prelude::*;
 
@@ -227,6 +227,8 @@ fn single_command() -> impl Strategy<Value = KvCommand> {
         (bytes(), proptest::collection::vec(bytes(), 0..4))
             .prop_map(|(dst, sources)| KvCommand::HllMerge { dst, sources }),
         (bytes(), bytes()).prop_map(|(channel, message)| KvCommand::Publish { channel, message }),
+        (bytes(), proptest::collection::vec(bitfield_op(), 0..5))
+            .prop_map(|(key, ops)| KvCommand::BitField { key, ops }),
         (
             proptest::collection::vec(bytes(), 1..4),
             any::<(bool, bool)>(),
@@ -256,6 +258,34 @@ fn single_command() -> impl Strategy<Value = KvCommand> {
             })
         }),
     ]
+}
+
+fn bitfield_op() -> impl Strategy<Value = BitFieldOp> {
+    (
+        0u8..3,
+        any::<i64>(),
+        any::<bool>(),
+        1u8..=64,
+        any::<u64>(),
+        0usize..3,
+    )
+        .prop_map(
+            |(action, value, signed, bits, offset, overflow)| BitFieldOp {
+                action: match action {
+                    0 => BitFieldAction::Get,
+                    1 => BitFieldAction::Set(value),
+                    _ => BitFieldAction::IncrBy(value),
+                },
+                ty: BitFieldType::new(signed, bits)
+                    .unwrap_or(BitFieldType::new(true, bits).expect("1..=64")),
+                offset,
+                overflow: [
+                    BitFieldOverflow::Wrap,
+                    BitFieldOverflow::Sat,
+                    BitFieldOverflow::Fail,
+                ][overflow],
+            },
+        )
 }
 
 fn result() -> impl Strategy<Value = KvResult> {
@@ -291,6 +321,8 @@ fn single_result() -> impl Strategy<Value = KvResult> {
         proptest::collection::vec(proptest::option::of(bytes()), 0..4).prop_map(KvResult::Values),
         any::<u64>().prop_map(KvResult::Count),
         any::<i64>().prop_map(KvResult::Int),
+        proptest::collection::vec(proptest::option::of(any::<i64>()), 0..5)
+            .prop_map(KvResult::Ints),
         any::<u64>().prop_map(KvResult::Len),
         (any::<bool>(), proptest::option::of(bytes()))
             .prop_map(|(written, previous)| KvResult::Put { written, previous }),

@@ -4,9 +4,10 @@
 
 use bytes::Bytes;
 use flotilla_rsm::{
-    encode_noop, Applied, ApplyError, BitOperation, DeadlineChange, DecodeError, Envelope,
-    ExpireCondition, KvCommand, KvQuery, KvResult, KvStore, PutCondition, Rsm, SessionConfig,
-    TypedCommand, TypedQuery, ZAddCompare, ZAddCondition,
+    encode_noop, Applied, ApplyError, BitFieldAction, BitFieldOp, BitFieldOverflow, BitFieldType,
+    BitOperation, DeadlineChange, DecodeError, Envelope, ExpireCondition, KvCommand, KvQuery,
+    KvResult, KvStore, PutCondition, Rsm, SessionConfig, TypedCommand, TypedQuery, ZAddCompare,
+    ZAddCondition,
 };
 use futures_lite::future::block_on;
 use proptest::prelude::*;
@@ -151,6 +152,42 @@ fn single_kv_cmd() -> impl Strategy<Value = KvCommand> {
         // deterministic across a snapshot: the ring is not in it).
         (key.clone(), val.clone())
             .prop_map(|(channel, message)| KvCommand::Publish { channel, message }),
+        (
+            key.clone(),
+            proptest::collection::vec(
+                (
+                    0u8..3,
+                    -300i64..300,
+                    any::<bool>(),
+                    1u8..=64,
+                    0u64..40,
+                    0u8..3
+                ),
+                0..4
+            )
+        )
+            .prop_map(|(key, ops)| KvCommand::BitField {
+                key,
+                ops: ops
+                    .into_iter()
+                    .map(
+                        |(action, value, signed, bits, offset, overflow)| BitFieldOp {
+                            action: match action {
+                                0 => BitFieldAction::Get,
+                                1 => BitFieldAction::Set(value),
+                                _ => BitFieldAction::IncrBy(value),
+                            },
+                            ty: BitFieldType::new(signed || bits == 64, bits).expect("a width"),
+                            offset,
+                            overflow: match overflow {
+                                0 => BitFieldOverflow::Wrap,
+                                1 => BitFieldOverflow::Sat,
+                                _ => BitFieldOverflow::Fail,
+                            },
+                        }
+                    )
+                    .collect(),
+            }),
         (
             proptest::collection::vec(key.clone(), 1..3),
             any::<(bool, bool)>(),

@@ -2,7 +2,8 @@
 //! `flotilla node` processes, the `redis` crate as the client. WAIT,
 //! RANDOMKEY, OBJECT, MEMORY USAGE, the bit commands, LCS, ZRANGESTORE
 //! and SORT with the redis.io examples' replies and Redis' error words;
-//! another node reads what the first wrote.
+//! another node reads what the first wrote. BITFIELD has a test of its own:
+//! written through node 1, read through node 3.
 
 mod launcher_support;
 
@@ -50,6 +51,125 @@ fn status_or_bulk(v: &Value) -> String {
         Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
         Value::SimpleString(s) => s.clone(),
         other => panic!("not a string: {other:?}"),
+    }
+}
+
+fn ints(v: &[i64]) -> Value {
+    Value::Array(v.iter().map(|n| Int(*n)).collect())
+}
+
+#[test]
+fn bitfield_writes_through_one_node_and_reads_through_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = started_cluster(dir.path(), 3, 4, &[]);
+    let mut first = nodes[0].redis();
+    let mut third = nodes[2].redis();
+
+    // The redis.io examples, written through node 1.
+    assert_eq!(
+        q(
+            &mut first,
+            &["BITFIELD", "bf", "INCRBY", "i5", "100", "1", "GET", "u4", "0"]
+        ),
+        ints(&[1, 0])
+    );
+    for want in [[1, 1], [2, 2], [3, 3], [0, 3]] {
+        let line = [
+            "BITFIELD", "bo", "incrby", "u2", "100", "1", "OVERFLOW", "SAT", "incrby", "u2", "102",
+            "1",
+        ];
+        assert_eq!(q(&mut first, &line), ints(&want));
+    }
+    // FAIL answers nil and writes nothing; SET answers the old value.
+    assert_eq!(
+        q(
+            &mut first,
+            &[
+                "BITFIELD", "bf", "OVERFLOW", "FAIL", "SET", "u8", "#1", "256", "SET", "i8", "#1",
+                "-128", "SET", "i8", "#1", "5"
+            ]
+        ),
+        Value::Array(vec![Nil, Int(0), Int(-128)])
+    );
+
+    // Node 3 reads it: BITFIELD_RO, BITFIELD of only GETs, GET.
+    assert_eq!(
+        q(
+            &mut third,
+            &[
+                "BITFIELD_RO",
+                "bf",
+                "GET",
+                "i5",
+                "100",
+                "GET",
+                "i8",
+                "#1",
+                "GET",
+                "u16",
+                "4"
+            ]
+        ),
+        ints(&[1, 5, 0x0050])
+    );
+    assert_eq!(
+        q(
+            &mut third,
+            &["BITFIELD", "bo", "GET", "u2", "100", "GET", "u2", "102", "GET", "i64", "99"]
+        ),
+        ints(&[0, 3, 3 << 59])
+    );
+    let mut want = vec![0u8; 14];
+    want[1] = 5;
+    want[13] = 0x80;
+    assert_eq!(q(&mut third, &["GET", "bf"]), Value::BulkString(want));
+    assert_eq!(
+        q(&mut third, &["BITFIELD_RO", "missing", "GET", "i64", "#3"]),
+        ints(&[0])
+    );
+    assert_eq!(q(&mut third, &["EXISTS", "missing"]), Int(0));
+
+    // Errors in Redis' words.
+    assert_eq!(
+        err(&mut third, &["BITFIELD_RO", "bf", "SET", "i8", "0", "1"]),
+        "ERR BITFIELD_RO only supports the GET subcommand"
+    );
+    assert_eq!(
+        err(&mut first, &["BITFIELD", "bf", "GET", "u64", "0"]),
+        "ERR Invalid bitfield type. Use something like i16 u8. Note that u64 is not supported but i64 is."
+    );
+    assert_eq!(
+        err(
+            &mut first,
+            &["BITFIELD", "bf", "GET", "i64", "#9223372036854775807"]
+        ),
+        "ERR bit offset is not an integer or out of range"
+    );
+    assert_eq!(
+        err(&mut first, &["BITFIELD", "bf", "OVERFLOW", "NONE"]),
+        "ERR Invalid OVERFLOW type specified"
+    );
+    q(&mut first, &["RPUSH", "bl", "a"]);
+    assert!(err(&mut third, &["BITFIELD", "bl", "SET", "i8", "0", "1"]).starts_with("WRONGTYPE"));
+    assert!(err(&mut third, &["BITFIELD_RO", "bl", "GET", "i8", "0"]).starts_with("WRONGTYPE"));
+
+    // Inside MULTI: one entry with the rest of the transaction.
+    let (a, b): (Vec<i64>, Vec<i64>) = redis::pipe()
+        .atomic()
+        .cmd("BITFIELD")
+        .arg(&["bm", "SET", "u8", "0", "200"])
+        .cmd("BITFIELD")
+        .arg(&["bm", "INCRBY", "i8", "0", "1"])
+        .query(&mut first)
+        .expect("EXEC");
+    assert_eq!((a, b), (vec![0], vec![-55]));
+    assert_eq!(
+        q(&mut third, &["BITFIELD_RO", "bm", "GET", "u8", "0"]),
+        ints(&[201])
+    );
+
+    for n in nodes.iter_mut() {
+        n.terminate();
     }
 }
 

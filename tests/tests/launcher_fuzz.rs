@@ -1,7 +1,8 @@
 //! Wrong requests never take a node down: a `flotilla node` answers
 //! thousands of random commands — every command it lists in `COMMAND`,
 //! mostly with a valid number of arguments and keys where keys go, drawn
-//! from keys, numbers, keywords and random bytes — random HTTP requests
+//! from keys, numbers, keywords and random bytes, plus blocking pops and
+//! mostly well-formed `BITFIELD` / `BITFIELD_RO` lines — random HTTP requests
 //! (every route, bad ids, bad JSON) and random malformed protocol streams;
 //! no answer is a broken connection or an HTTP 500, and afterwards the node
 //! still answers PING, reads back what a plain SET wrote, and shuts down
@@ -282,6 +283,50 @@ fn blocking(rng: &mut Rng) -> Vec<Vec<u8>> {
             rng.pick(NUMBERS).into(),
         ],
     };
+    words.into_iter().map(String::into_bytes).collect()
+}
+
+/// A BITFIELD or BITFIELD_RO of mostly well-formed subcommands (random
+/// arguments seldom make one): types at and past the limits, offsets as
+/// bits or `#n` (some past the largest value, some whose `n × width`
+/// overflows), values near the limits, every OVERFLOW mode.
+fn bitfield(rng: &mut Rng) -> Vec<Vec<u8>> {
+    let mut words: Vec<String> = vec![
+        rng.pick(&["BITFIELD", "BITFIELD", "BITFIELD_RO"]).into(),
+        rng.pick(KEYS).into(),
+    ];
+    for _ in 0..rng.below(6) {
+        let ty = rng
+            .pick(&[
+                "i1", "u1", "i8", "u8", "i17", "u31", "i63", "u63", "i64", "u64", "i0", "I8", "x",
+            ])
+            .to_string();
+        let offset = match rng.below(6) {
+            0 => format!("#{}", rng.below(40)),
+            1 => rng
+                .pick(&[
+                    "-1",
+                    "x",
+                    "#",
+                    "#9223372036854775807",
+                    "536870911",
+                    "536870912",
+                    "4294967295",
+                ])
+                .into(),
+            _ => rng.below(200).to_string(),
+        };
+        match rng.below(8) {
+            0 => {
+                words.push("OVERFLOW".into());
+                words.push(rng.pick(&["WRAP", "SAT", "FAIL", "fail", "NONE"]).into());
+            }
+            1..=3 => words.extend(["GET".into(), ty, offset]),
+            4..=5 => words.extend(["SET".into(), ty, offset, rng.pick(NUMBERS).into()]),
+            6 => words.extend(["INCRBY".into(), ty, offset, rng.pick(NUMBERS).into()]),
+            _ => words.push(String::from_utf8_lossy(&arg(rng)).into_owned()),
+        }
+    }
     words.into_iter().map(String::into_bytes).collect()
 }
 
@@ -693,6 +738,8 @@ fn random_commands_and_garbage_never_take_a_node_down() {
         }
         let line = if rng.below(50) == 0 {
             blocking(&mut rng)
+        } else if rng.below(25) == 0 {
+            bitfield(&mut rng)
         } else {
             command(&mut rng, spec)
         };

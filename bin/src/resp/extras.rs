@@ -1,6 +1,6 @@
 //! The commands `redis-cli` users reach for beyond the data types: `WAIT`,
 //! `RANDOMKEY`, `OBJECT`, `MEMORY USAGE`, the bit commands (`SETBIT`,
-//! `GETBIT`, `BITCOUNT`, `BITPOS`, `BITOP`), `LCS`, `ZRANGESTORE`, `SORT`,
+//! `GETBIT`, `BITCOUNT`, `BITPOS`, `BITOP`, `BITFIELD`, `BITFIELD_RO`), `LCS`, `ZRANGESTORE`, `SORT`,
 //! `SORT_RO` and the HyperLogLog commands (`PFADD`, `PFCOUNT`, `PFMERGE`:
 //! the node hashes the elements, the log carries register ranks, and
 //! `PFCOUNT` reads the values and estimates here).
@@ -8,16 +8,20 @@
 //! [`prepare`] parses a command (arity, options, numbers, with Redis'
 //! error texts) into KV requests, and [`finish`] turns their results into
 //! Redis' reply; both are pure and tested below without a node. Writes
-//! (`SETBIT`, `BITOP`, `ZRANGESTORE`, `SORT ... STORE`) are one command of
-//! their group's log; the reads are queries: `GETBIT`, `BITCOUNT`,
-//! `BITPOS` and `LCS` read the strings and compute here. Commands of
+//! (`SETBIT`, `BITOP`, `BITFIELD` with a `SET` or `INCRBY`, `ZRANGESTORE`,
+//! `SORT ... STORE`) are one command of their group's log; the reads are
+//! queries: `GETBIT`, `BITCOUNT`, `BITPOS`, `LCS` and `BITFIELD(_RO)` of
+//! only `GET`s read the strings and compute here. Commands of
 //! several keys need them in one group (a hash tag), else `-CROSSSLOT`.
 
 use bytes::Bytes;
 use flotilla::GroupId;
 use flotilla_rsm::kv::hll::{hll_estimate, hll_register, hll_registers};
-use flotilla_rsm::kv::{KEYS_PER_COMMAND_MAX, VALUE_BYTES_MAX};
-use flotilla_rsm::{BitOperation, KvCommand, KvQuery, KvResult, TypedCommand, TypedQuery};
+use flotilla_rsm::kv::{bitfield_get, BITFIELD_OPS_MAX, KEYS_PER_COMMAND_MAX, VALUE_BYTES_MAX};
+use flotilla_rsm::{
+    BitFieldAction, BitFieldOp, BitFieldOverflow, BitFieldType, BitOperation, KvCommand, KvQuery,
+    KvResult, TypedCommand, TypedQuery,
+};
 
 use super::command::{crossslot, CommandInfo, Op, Sub};
 use super::reply::Reply;
@@ -35,6 +39,8 @@ pub const COMMANDS: &[CommandInfo] = &[
     ("bitcount", -2, &["readonly"], 1, 1, 1),
     ("bitpos", -3, &["readonly"], 1, 1, 1),
     ("bitop", -4, &["write", "denyoom"], 2, -1, 1),
+    ("bitfield", -2, &["write", "denyoom"], 1, 1, 1),
+    ("bitfield_ro", -2, &["readonly", "fast"], 1, 1, 1),
     ("lcs", -3, &["readonly"], 1, 2, 1),
     ("zrangestore", -5, &["write", "denyoom"], 1, 2, 1),
     ("sort", -2, &["write", "denyoom", "movablekeys"], 1, 1, 1),
@@ -92,6 +98,13 @@ pub enum Finish {
         /// BIT unit.
         bits: bool,
     },
+    /// BITFIELD / BITFIELD_RO of only GETs: the fields of the value.
+    BitFieldRead {
+        /// The GETs.
+        ops: Vec<BitFieldOp>,
+    },
+    /// BITFIELD with a write: `Ints` as integers and nils.
+    BitField,
     /// BITOP and the STORE forms: `Len` / `Count` as an integer.
     Int,
     /// LCS: the types of both keys, then both values.
@@ -172,6 +185,89 @@ fn bit_offset(b: &[u8]) -> Option<u64> {
     int(b)
         .and_then(|n| u64::try_from(n).ok())
         .filter(|n| *n < VALUE_BYTES_MAX as u64 * 8)
+}
+
+const BAD_BITFIELD_TYPE: &str =
+    "Invalid bitfield type. Use something like i16 u8. Note that u64 is not supported but i64 is.";
+
+/// A BITFIELD type (`getBitfieldTypeFromArgument`): `i1`..`i64` or
+/// `u1`..`u63`, lower case only (Redis 7.0 refuses `I8`); Redis reads the
+/// width up to a NUL byte.
+fn bitfield_type(b: &[u8]) -> Option<BitFieldType> {
+    let (first, rest) = b.split_first()?;
+    let signed = match first {
+        b'i' => true,
+        b'u' => false,
+        _ => return None,
+    };
+    let digits = rest.split(|c| *c == 0).next().unwrap_or_default();
+    let bits = u8::try_from(int(digits)?).ok()?;
+    BitFieldType::new(signed, bits)
+}
+
+/// A BITFIELD offset (`getBitOffsetFromArgument`): bits, or `#n` for `n`
+/// fields of the type; within the largest value, as SETBIT's.
+fn bitfield_offset(b: &[u8], ty: BitFieldType) -> Option<u64> {
+    let offset = match b.strip_prefix(b"#") {
+        Some(n) => int(n)?.checked_mul(i64::from(ty.bits()))?,
+        None => int(b)?,
+    };
+    u64::try_from(offset)
+        .ok()
+        .filter(|n| *n < VALUE_BYTES_MAX as u64 * 8)
+}
+
+/// The operations of `BITFIELD key ops...` (`args` after the key), read as
+/// Redis reads them: in order, the first error wins.
+fn bitfield_ops(args: &[Bytes]) -> Result<Vec<BitFieldOp>, Outcome> {
+    let mut ops = Vec::new();
+    let mut overflow = BitFieldOverflow::Wrap;
+    let mut j = 0;
+    while j < args.len() {
+        let remaining = args.len() - j - 1;
+        let get = match args[j].to_ascii_uppercase().as_slice() {
+            b"GET" if remaining >= 2 => true,
+            b"SET" | b"INCRBY" if remaining >= 3 => false,
+            b"OVERFLOW" if remaining >= 1 => {
+                overflow = match args[j + 1].to_ascii_uppercase().as_slice() {
+                    b"WRAP" => BitFieldOverflow::Wrap,
+                    b"SAT" => BitFieldOverflow::Sat,
+                    b"FAIL" => BitFieldOverflow::Fail,
+                    _ => return Err(err("Invalid OVERFLOW type specified")),
+                };
+                j += 2;
+                continue;
+            }
+            _ => return Err(syntax()),
+        };
+        let ty = bitfield_type(&args[j + 1]).ok_or_else(|| err(BAD_BITFIELD_TYPE))?;
+        let offset = bitfield_offset(&args[j + 2], ty).ok_or_else(|| err(BAD_OFFSET))?;
+        let action = if get {
+            BitFieldAction::Get
+        } else {
+            // A write must end within the largest value too.
+            if offset + u64::from(ty.bits()) > VALUE_BYTES_MAX as u64 * 8 {
+                return Err(err(BAD_OFFSET));
+            }
+            let value = int(&args[j + 3]).ok_or_else(|| err(NOT_INTEGER))?;
+            if args[j].eq_ignore_ascii_case(b"SET") {
+                BitFieldAction::Set(value)
+            } else {
+                BitFieldAction::IncrBy(value)
+            }
+        };
+        ops.push(BitFieldOp {
+            action,
+            ty,
+            offset,
+            overflow,
+        });
+        j += if get { 3 } else { 4 };
+    }
+    if ops.len() > BITFIELD_OPS_MAX as usize {
+        return Err(err("too many BITFIELD operations"));
+    }
+    Ok(ops)
 }
 
 /// Parses a command of this module (`name` upper case, `args` after the
@@ -326,6 +422,24 @@ pub fn prepare(
                 sources: sources.to_vec(),
             };
             Outcome::Plan(vec![write(dst, cmd)], Finish::Int)
+        }
+        "BITFIELD" | "BITFIELD_RO" => {
+            let ops = match bitfield_ops(&args[1..]) {
+                Ok(ops) => ops,
+                Err(e) => return Some(e),
+            };
+            if !ops.iter().any(BitFieldOp::writes) {
+                // Only GETs: a read of the value, computed here.
+                Outcome::Plan(vec![get(&args[0])], Finish::BitFieldRead { ops })
+            } else if name == "BITFIELD_RO" {
+                return Some(err("BITFIELD_RO only supports the GET subcommand"));
+            } else {
+                let cmd = KvCommand::BitField {
+                    key: args[0].clone(),
+                    ops,
+                };
+                Outcome::Plan(vec![write(&args[0], cmd)], Finish::BitField)
+            }
         }
         "LCS" => prepare_lcs(args, group_for),
         "PFADD" => {
@@ -849,6 +963,24 @@ pub fn finish(f: Finish, results: Vec<KvResult>) -> Reply {
             Ok(v) => Reply::Int(bit_pos(v.as_deref(), bit, start, end, bits)),
             Err(r) => r,
         },
+        Finish::BitFieldRead { ops } => match value() {
+            Ok(v) => {
+                let v = v.unwrap_or_default();
+                let fields = ops.iter().map(|op| bitfield_get(&v, op.ty, op.offset));
+                Reply::Array(fields.map(Reply::Int).collect())
+            }
+            Err(r) => r,
+        },
+        Finish::BitField => match first {
+            Some(KvResult::Ints(fields)) => Reply::Array(
+                fields
+                    .iter()
+                    .map(|f| f.map_or(Reply::Nil, Reply::Int))
+                    .collect(),
+            ),
+            Some(r) => unexpected(r),
+            None => Reply::Array(Vec::new()),
+        },
         Finish::HllCount => {
             let mut sets = Vec::with_capacity(results.len());
             for r in &results {
@@ -1197,6 +1329,198 @@ mod tests {
                 min_match_len: 4,
                 with_match_len: true
             })
+        );
+    }
+
+    #[test]
+    fn bitfield_errors_are_redis_words_in_argument_order() {
+        const TYPE: &str = "ERR Invalid bitfield type. Use something like i16 u8. \
+                            Note that u64 is not supported but i64 is.";
+        const OFFSET: &str = "ERR bit offset is not an integer or out of range";
+        for (line, want) in [
+            (
+                "bitfield",
+                "ERR wrong number of arguments for 'bitfield' command",
+            ),
+            (
+                "bitfield_ro",
+                "ERR wrong number of arguments for 'bitfield_ro' command",
+            ),
+            ("bitfield k get i8", "ERR syntax error"),
+            ("bitfield k set i8 0", "ERR syntax error"),
+            ("bitfield k incrby i8 0", "ERR syntax error"),
+            ("bitfield k overflow", "ERR syntax error"),
+            ("bitfield k foo i8 0", "ERR syntax error"),
+            ("bitfield k get i8 0 get", "ERR syntax error"),
+            (
+                "bitfield k overflow bar",
+                "ERR Invalid OVERFLOW type specified",
+            ),
+            (
+                "bitfield k overflow bar get i99 0",
+                "ERR Invalid OVERFLOW type specified",
+            ),
+            ("bitfield k get i99 0 overflow bar", TYPE),
+            ("bitfield k get u64 0", TYPE),
+            ("bitfield k get i65 0", TYPE),
+            ("bitfield k get i0 0", TYPE),
+            ("bitfield k get u-1 0", TYPE),
+            ("bitfield k get i08 0", TYPE),
+            ("bitfield k get x8 0", TYPE),
+            ("bitfield k get I8 0", TYPE),
+            ("bitfield k get U8 0", TYPE),
+            ("bitfield k get i 0", TYPE),
+            ("bitfield k set 8 0 1", TYPE),
+            ("bitfield k get i8 -1", OFFSET),
+            ("bitfield k get i8 x", OFFSET),
+            ("bitfield k get i8 #", OFFSET),
+            ("bitfield k get i8 #-1", OFFSET),
+            ("bitfield k get i8 ##1", OFFSET),
+            ("bitfield k get i8 +1", OFFSET),
+            ("bitfield k get i8 536870912", OFFSET),
+            ("bitfield k get i8 #67108864", OFFSET),
+            // n × width past i64: an error, not a wrapped offset.
+            ("bitfield k get i64 #9223372036854775807", OFFSET),
+            ("bitfield k get u2 #4611686018427387904", OFFSET),
+            // A write must end within the largest value.
+            ("bitfield k set u8 536870905 1", OFFSET),
+            ("bitfield k incrby i64 #8388608 1", OFFSET),
+            (
+                "bitfield k set i8 0 x",
+                "ERR value is not an integer or out of range",
+            ),
+            (
+                "bitfield k incrby i8 0 1.5",
+                "ERR value is not an integer or out of range",
+            ),
+            (
+                "bitfield k set i8 0 9223372036854775808",
+                "ERR value is not an integer or out of range",
+            ),
+            ("bitfield k set i8 x y", OFFSET),
+            (
+                "bitfield_ro k set i8 0 1",
+                "ERR BITFIELD_RO only supports the GET subcommand",
+            ),
+            (
+                "bitfield_ro k get i8 0 incrby u2 0 1",
+                "ERR BITFIELD_RO only supports the GET subcommand",
+            ),
+            // Parse errors come before the BITFIELD_RO check.
+            (
+                "bitfield_ro k set i8 0 x",
+                "ERR value is not an integer or out of range",
+            ),
+            ("bitfield_ro k set i8 0 1 get", "ERR syntax error"),
+        ] {
+            assert_eq!(err_of(line), want, "{line}");
+        }
+    }
+
+    #[test]
+    fn bitfield_becomes_one_write_or_one_read() {
+        use BitFieldOverflow::{Fail, Sat, Wrap};
+        let ty = |signed, bits| BitFieldType::new(signed, bits).expect("a type");
+        let (subs, f) = plan_of("BITFIELD k set u8 #2 -1 overflow SAT incrby i64 100 -5 oVeRfLoW fail get i3 7 set u63 0 9223372036854775807");
+        assert_eq!(subs.len(), 1);
+        assert_eq!(subs[0].group, GroupId(2));
+        assert_eq!(f, Finish::BitField);
+        let Op::Write(KvCommand::BitField { key, ops }) = &subs[0].op else {
+            panic!("{:?}", subs[0].op);
+        };
+        assert_eq!(key, "k");
+        assert_eq!(
+            ops,
+            &vec![
+                BitFieldOp {
+                    action: BitFieldAction::Set(-1),
+                    ty: ty(false, 8),
+                    offset: 16,
+                    overflow: Wrap
+                },
+                BitFieldOp {
+                    action: BitFieldAction::IncrBy(-5),
+                    ty: ty(true, 64),
+                    offset: 100,
+                    overflow: Sat
+                },
+                BitFieldOp {
+                    action: BitFieldAction::Get,
+                    ty: ty(true, 3),
+                    offset: 7,
+                    overflow: Fail
+                },
+                BitFieldOp {
+                    action: BitFieldAction::Set(i64::MAX),
+                    ty: ty(false, 63),
+                    offset: 0,
+                    overflow: Fail
+                },
+            ]
+        );
+        // Only GETs (and OVERFLOW): a read, for BITFIELD and BITFIELD_RO.
+        for line in [
+            "bitfield a get u4 #3 overflow sat get i64 536870848",
+            "bitfield_ro a get u4 12 overflow sat get i64 536870848",
+        ] {
+            let (subs, f) = plan_of(line);
+            assert!(
+                matches!(&subs[..], [Sub { group: GroupId(1), op: Op::Read(KvQuery::Get { key }) }] if key == "a"),
+                "{line}"
+            );
+            assert_eq!(
+                f,
+                Finish::BitFieldRead {
+                    ops: vec![
+                        BitFieldOp {
+                            action: BitFieldAction::Get,
+                            ty: ty(false, 4),
+                            offset: 12,
+                            overflow: Wrap
+                        },
+                        BitFieldOp {
+                            action: BitFieldAction::Get,
+                            ty: ty(true, 64),
+                            offset: 536870848,
+                            overflow: Sat
+                        },
+                    ]
+                },
+                "{line}"
+            );
+        }
+        let (_, f) = plan_of("bitfield k");
+        assert_eq!(f, Finish::BitFieldRead { ops: vec![] });
+        // The last bit of the largest value can be written.
+        let (subs, _) = plan_of("bitfield k set u8 536870904 1");
+        assert!(matches!(&subs[0].op, Op::Write(KvCommand::BitField { .. })));
+    }
+
+    #[test]
+    fn bitfield_replies_are_integers_and_nils() {
+        let ops = match plan_of("bitfield k get i8 0 get u4 4 get i16 4 get u8 100") {
+            (_, Finish::BitFieldRead { ops }) => ops,
+            other => panic!("{other:?}"),
+        };
+        let read = |v: Option<&'static [u8]>| {
+            finish(
+                Finish::BitFieldRead { ops: ops.clone() },
+                vec![KvResult::Value(v.map(Bytes::from_static))],
+            )
+        };
+        let ints = |v: &[i64]| Reply::Array(v.iter().map(|n| Reply::Int(*n)).collect());
+        assert_eq!(read(Some(b"\xf5\x30")), ints(&[-11, 5, 0x5300, 0]));
+        assert_eq!(read(None), ints(&[0, 0, 0, 0]));
+        assert_eq!(
+            finish(
+                Finish::BitField,
+                vec![KvResult::Ints(vec![Some(-1), None, Some(7)])]
+            ),
+            Reply::Array(vec![Reply::Int(-1), Reply::Nil, Reply::Int(7)])
+        );
+        assert_eq!(
+            finish(Finish::BitField, vec![KvResult::Int(1)]),
+            Reply::err("internal error: unexpected result kind")
         );
     }
 

@@ -28,6 +28,9 @@
 //!          0x15 HllAdd       | key bytes | count u32 | (register u16 | rank u8) * |
 //!          0x16 HllMerge     | dst bytes | sources list<bytes> |
 //!          0x17 Publish      | channel bytes | message bytes |
+//!          0x18 BitField     | key bytes | count u32 | (action u8 (0 get, 1 set, 2 incrby) |
+//!                            signed u8 | bits u8 | offset u64 (bit) | overflow u8 (0 wrap,
+//!                            1 sat, 2 fail) | value i64 (0 for get)) * |
 //!          0x20..=0x2b       a query (below), executed in log order
 //!          0x30..=0x50       a typed command (lists, sets, hashes, sorted
 //!                            sets, streams: drawn in `typed.rs`)
@@ -62,6 +65,7 @@
 //!          0x0e Stats        | keys u64 | expiring u64 | data_bytes u64 |
 //!          0x0f Messages     | through u64 | evicted u64 | count u32 |
 //!                            (index u64 | channel bytes | message bytes) * |
+//!          0x10 Ints         | count u32 | (0u8 | 1u8 n i64) * |
 //!          0x7f Error        | code u8 |
 //! ```
 //! Error codes: 1 not an integer, 2 overflow, 3 key too large, 4 value too
@@ -107,6 +111,10 @@ pub const MESSAGE_BYTES_READ_MAX: usize = 4 << 20;
 
 /// Most commands of one [`KvCommand::Batch`].
 pub const BATCH_COMMANDS_MAX: u32 = 100_000;
+
+/// Most operations of one [`KvCommand::BitField`] (a Redis command of the
+/// most arguments a connection accepts has fewer).
+pub const BITFIELD_OPS_MAX: u32 = 1 << 20;
 
 pub(super) const DECODE_BYTES_MAX: u32 = VALUE_BYTES_MAX as u32;
 
@@ -376,6 +384,23 @@ pub enum KvCommand {
         /// The other HyperLogLogs, at most [`KEYS_PER_COMMAND_MAX`].
         sources: Vec<Bytes>,
     },
+    /// Reads and writes integers of 1 to 64 bits at any bit offset of the
+    /// string at `key`, in order (Redis `BITFIELD` with a `SET` or
+    /// `INCRBY`). A missing key reads as zeros. If any operation writes,
+    /// the string is first zero-padded to hold the last bit any write
+    /// touches (a missing key is created so, even if every write is
+    /// refused by [`BitFieldOverflow::Fail`], as Redis does). Result
+    /// [`KvResult::Ints`], one per operation: `GET` the field, `SET` its
+    /// previous value, `INCRBY` its new value, `None` for a write that
+    /// `Fail` refused. The key keeps its deadline; a collection answers
+    /// [`KvError::WrongType`], a write past [`VALUE_BYTES_MAX`] bytes
+    /// [`KvError::ValueTooLarge`], and nothing changes then.
+    BitField {
+        /// The key.
+        key: Bytes,
+        /// The operations, at most [`BITFIELD_OPS_MAX`].
+        ops: Vec<BitFieldOp>,
+    },
     /// Publishes `message` on `channel` (Redis `PUBLISH`): the store keeps
     /// it, with its log index, in a bounded ring of recent messages that
     /// subscribers read with [`KvQuery::Messages`]. The ring is not part of
@@ -535,6 +560,79 @@ impl BitOperation {
                 })
             }
         })
+    }
+}
+
+/// The integer type of a [`BitFieldOp`]: Redis' `i1`..`i64` (signed,
+/// two's complement) or `u1`..`u63` (unsigned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BitFieldType {
+    signed: bool,
+    bits: u8,
+}
+
+impl BitFieldType {
+    /// `i<bits>` (`signed`) or `u<bits>`; `None` unless `1 <= bits <= 64`
+    /// (signed) or `<= 63` (unsigned, so that every value is an `i64`).
+    pub fn new(signed: bool, bits: u8) -> Option<BitFieldType> {
+        let max = if signed { 64 } else { 63 };
+        (1..=max)
+            .contains(&bits)
+            .then_some(BitFieldType { signed, bits })
+    }
+
+    /// Signed.
+    pub fn signed(self) -> bool {
+        self.signed
+    }
+
+    /// The width in bits (1..=64).
+    pub fn bits(self) -> u8 {
+        self.bits
+    }
+}
+
+/// What `BITFIELD ... OVERFLOW` does with a `SET` or `INCRBY` result the
+/// type cannot hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BitFieldOverflow {
+    /// Keep the low bits (modulo 2^bits; the default).
+    Wrap,
+    /// Saturate at the type's minimum or maximum.
+    Sat,
+    /// Write nothing and answer nil.
+    Fail,
+}
+
+/// What one [`BitFieldOp`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BitFieldAction {
+    /// Read the field.
+    Get,
+    /// Write this value (an unsigned type reads it as a `u64`, as Redis
+    /// does: `SET u8 0 -1` overflows).
+    Set(i64),
+    /// Add this to the field.
+    IncrBy(i64),
+}
+
+/// One operation of a [`KvCommand::BitField`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BitFieldOp {
+    /// What it does.
+    pub action: BitFieldAction,
+    /// The field's type.
+    pub ty: BitFieldType,
+    /// The field's first bit (bit 0 is the most significant bit of byte 0).
+    pub offset: u64,
+    /// The overflow rule for a `Set` or `IncrBy`.
+    pub overflow: BitFieldOverflow,
+}
+
+impl BitFieldOp {
+    /// A `Set` or `IncrBy`.
+    pub fn writes(&self) -> bool {
+        !matches!(self.action, BitFieldAction::Get)
     }
 }
 
@@ -706,6 +804,8 @@ pub enum KvResult {
     Aborted,
     /// A key's digest ([`KvQuery::Digest`]).
     Digest(u64),
+    /// Integers or nils in request order ([`KvCommand::BitField`]).
+    Ints(Vec<Option<i64>>),
     /// Published messages ([`KvQuery::Messages`]).
     Messages {
         /// The result holds every message the replica kept with an index
@@ -1051,6 +1151,28 @@ impl KvCommand {
                 put_bytes(out, channel);
                 put_bytes(out, message);
             }
+            KvCommand::BitField { key, ops } => {
+                out.put_u8(0x18);
+                put_bytes(out, key);
+                put_count(out, ops.len());
+                for op in ops {
+                    let (action, value) = match op.action {
+                        BitFieldAction::Get => (0, 0),
+                        BitFieldAction::Set(v) => (1, v),
+                        BitFieldAction::IncrBy(v) => (2, v),
+                    };
+                    out.put_u8(action);
+                    out.put_u8(u8::from(op.ty.signed));
+                    out.put_u8(op.ty.bits);
+                    out.put_u64_le(op.offset);
+                    out.put_u8(match op.overflow {
+                        BitFieldOverflow::Wrap => 0,
+                        BitFieldOverflow::Sat => 1,
+                        BitFieldOverflow::Fail => 2,
+                    });
+                    out.put_i64_le(value);
+                }
+            }
             KvCommand::Read(q) => q.encode_into(out),
             KvCommand::Typed(c) => c.encode_into(out),
             KvCommand::Batch { guards, commands } => {
@@ -1268,6 +1390,54 @@ impl KvCommand {
                 channel: r.bytes("channel", DECODE_BYTES_MAX)?,
                 message: r.bytes("message", DECODE_BYTES_MAX)?,
             },
+            0x18 => {
+                let key = r.bytes("key", DECODE_BYTES_MAX)?;
+                let n = r.count("bitfield operations", BITFIELD_OPS_MAX, 20)?;
+                let mut ops = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let action = r.u8()?;
+                    let signed = get_bool(&mut r)?;
+                    let ty = BitFieldType::new(signed, r.u8()?).ok_or(DecodeError::Invalid {
+                        what: "bitfield type",
+                    })?;
+                    let offset = r.u64()?;
+                    let overflow = match r.u8()? {
+                        0 => BitFieldOverflow::Wrap,
+                        1 => BitFieldOverflow::Sat,
+                        2 => BitFieldOverflow::Fail,
+                        tag => {
+                            return Err(DecodeError::UnknownTag {
+                                what: "bitfield overflow",
+                                tag,
+                            })
+                        }
+                    };
+                    let value = r.i64()?;
+                    let action = match action {
+                        0 if value == 0 => BitFieldAction::Get,
+                        0 => {
+                            return Err(DecodeError::Invalid {
+                                what: "bitfield GET with a value",
+                            })
+                        }
+                        1 => BitFieldAction::Set(value),
+                        2 => BitFieldAction::IncrBy(value),
+                        tag => {
+                            return Err(DecodeError::UnknownTag {
+                                what: "bitfield action",
+                                tag,
+                            })
+                        }
+                    };
+                    ops.push(BitFieldOp {
+                        action,
+                        ty,
+                        offset,
+                        overflow,
+                    });
+                }
+                KvCommand::BitField { key, ops }
+            }
             0x20..=0x2b => return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?)),
             tag if TypedQuery::is_tag(tag) => {
                 return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?))
@@ -1565,6 +1735,20 @@ impl KvResult {
                 }
             }
             KvResult::Aborted => out.put_u8(0x0c),
+            KvResult::Ints(ns) => {
+                out.reserve(5 + 9 * ns.len());
+                out.put_u8(0x10);
+                put_count(&mut out, ns.len());
+                for n in ns {
+                    match n {
+                        None => out.put_u8(0),
+                        Some(n) => {
+                            out.put_u8(1);
+                            out.put_i64_le(*n);
+                        }
+                    }
+                }
+            }
             KvResult::Digest(d) => {
                 out.put_u8(0x0d);
                 out.put_u64_le(*d);
@@ -1688,6 +1872,22 @@ impl KvResult {
                 KvResult::Batch(results)
             }
             0x0c => KvResult::Aborted,
+            0x10 => {
+                let n = r.count("integers", BITFIELD_OPS_MAX, 1)?;
+                let mut ns = Vec::with_capacity(n);
+                for _ in 0..n {
+                    ns.push(match r.u8()? {
+                        0 => None,
+                        1 => Some(r.i64()?),
+                        _ => {
+                            return Err(DecodeError::Invalid {
+                                what: "option flag",
+                            })
+                        }
+                    });
+                }
+                KvResult::Ints(ns)
+            }
             0x0d => KvResult::Digest(r.u64()?),
             0x0e => KvResult::Stats {
                 keys: r.u64()?,

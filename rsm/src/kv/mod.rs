@@ -20,13 +20,16 @@ mod value;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+pub use bits::{bitfield_get, bitfield_written};
 use collection::{Collection, Elem, Score, StreamId};
 pub use command::{
-    format_float, prefix_end, BitOperation, DeadlineChange, ExpireCondition, KvCommand, KvError,
-    KvQuery, KvResult, PutCondition, ResultBytes, TypedCommand, TypedQuery, XAddId, ZAddCompare,
-    ZAddCondition, BATCH_COMMANDS_MAX, DEADLINE_MS_MAX, EXPIRE_DUE_KEYS_MAX, ITEMS_PER_RESULT_MAX,
-    KEYS_PER_COMMAND_MAX, KEY_BYTES_MAX, MESSAGES_KEPT_MAX, MESSAGE_BYTES_KEPT_MAX,
-    MESSAGE_BYTES_READ_MAX, RESULT_BYTES_MAX, SCAN_BYTES_MAX, SCAN_LIMIT_MAX, VALUE_BYTES_MAX,
+    format_float, prefix_end, BitFieldAction, BitFieldOp, BitFieldOverflow, BitFieldType,
+    BitOperation, DeadlineChange, ExpireCondition, KvCommand, KvError, KvQuery, KvResult,
+    PutCondition, ResultBytes, TypedCommand, TypedQuery, XAddId, ZAddCompare, ZAddCondition,
+    BATCH_COMMANDS_MAX, BITFIELD_OPS_MAX, DEADLINE_MS_MAX, EXPIRE_DUE_KEYS_MAX,
+    ITEMS_PER_RESULT_MAX, KEYS_PER_COMMAND_MAX, KEY_BYTES_MAX, MESSAGES_KEPT_MAX,
+    MESSAGE_BYTES_KEPT_MAX, MESSAGE_BYTES_READ_MAX, RESULT_BYTES_MAX, SCAN_BYTES_MAX,
+    SCAN_LIMIT_MAX, VALUE_BYTES_MAX,
 };
 use expiry::Deadlines;
 use std::rc::Rc;
@@ -419,6 +422,7 @@ impl KvStore {
             KvCommand::BitOp { op, dst, sources } => self.bit_op(*op, dst, sources),
             KvCommand::HllAdd { key, registers } => self.hll_add(key, registers),
             KvCommand::HllMerge { dst, sources } => self.hll_merge(dst, sources),
+            KvCommand::BitField { key, ops } => self.bit_field(key, ops),
             KvCommand::Publish { channel, message } => {
                 if let Some(e) = check_value(message.len()).or_else(|| check_key(channel)) {
                     return KvResult::Error(e);
