@@ -429,6 +429,16 @@ mod tests {
         BitFieldType::new(false, bits).expect("an unsigned width")
     }
 
+    /// The least and greatest value of a signed field of `bits` bits.
+    fn signed_range(bits: u8) -> (i64, i64) {
+        let max = if bits == 64 {
+            i64::MAX
+        } else {
+            (1i64 << (bits - 1)) - 1
+        };
+        (-max - 1, max)
+    }
+
     #[test]
     fn types_are_i1_to_i64_and_u1_to_u63() {
         assert!(BitFieldType::new(true, 0).is_none());
@@ -530,12 +540,7 @@ mod tests {
     #[test]
     fn signed_set_at_every_width_boundary() {
         for bits in 1..=64u8 {
-            let max = if bits == 64 {
-                i64::MAX
-            } else {
-                (1i64 << (bits - 1)) - 1
-            };
-            let min = -max - 1;
+            let (min, max) = signed_range(bits);
             let t = i(bits);
             for v in [min, max, 0, -1i64.max(min)] {
                 for o in [Wrap, Sat, Fail] {
@@ -643,12 +648,7 @@ mod tests {
         );
         assert_eq!(bitfield_written(u(8), Wrap, 10, IncrBy(-300)), Some(222));
         for bits in 1..=64u8 {
-            let max = if bits == 64 {
-                i64::MAX
-            } else {
-                (1i64 << (bits - 1)) - 1
-            };
-            let min = -max - 1;
+            let (min, max) = signed_range(bits);
             let t = i(bits);
             assert_eq!(bitfield_written(t, Fail, max - 1, IncrBy(1)), Some(max));
             assert_eq!(bitfield_written(t, Fail, min + 1, IncrBy(-1)), Some(min));
