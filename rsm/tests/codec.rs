@@ -4,7 +4,8 @@ use bytes::Bytes;
 use flotilla_rsm::{
     ApplyError, BitFieldAction, BitFieldOp, BitFieldOverflow, BitFieldType, BitOperation,
     DeadlineChange, Envelope, ExpireCondition, KvCommand, KvError, KvQuery, KvResult, KvStore,
-    PutCondition, Rsm, SessionConfig, SessionTable, TypedCommand, TypedQuery,
+    PutCondition, Rsm, SessionConfig, SessionTable, StreamTrim, TrimThreshold, TypedCommand,
+    TypedQuery, XAddId,
 };
 use proptest::prelude::*;
 
@@ -242,6 +243,47 @@ fn single_command() -> impl Strategy<Value = KvCommand> {
                     count
                 }
             )),
+        (
+            bytes(),
+            0u8..3,
+            any::<(u64, u64)>(),
+            proptest::option::of(stream_trim()),
+            any::<bool>(),
+            proptest::collection::vec(bytes(), 0..4)
+        )
+            .prop_map(|(key, kind, (ms, seq), trim, no_mkstream, fields)| {
+                let id = match kind {
+                    0 => XAddId::Auto { now_ms: ms },
+                    1 => XAddId::Explicit { ms, seq },
+                    _ => XAddId::AutoSeq { ms },
+                };
+                KvCommand::Typed(TypedCommand::XAdd {
+                    key,
+                    id,
+                    trim,
+                    no_mkstream,
+                    fields,
+                })
+            }),
+        (bytes(), stream_trim())
+            .prop_map(|(key, trim)| KvCommand::Typed(TypedCommand::XTrim { key, trim })),
+        (
+            bytes(),
+            proptest::collection::vec(any::<(u64, u64)>(), 0..4)
+        )
+            .prop_map(|(key, ids)| KvCommand::Typed(TypedCommand::XDel { key, ids })),
+        (
+            bytes(),
+            any::<(u64, u64)>(),
+            proptest::option::of(any::<u64>())
+        )
+            .prop_map(|(key, last, entries_added)| KvCommand::Typed(
+                TypedCommand::XSetId {
+                    key,
+                    last,
+                    entries_added
+                }
+            )),
         (bytes(), zrange())
             .prop_map(|(key, range)| KvCommand::Typed(TypedCommand::ZRangeStore { key, range })),
         (bytes(), bytes(), any::<bool>()).prop_map(|(key, src, alpha)| {
@@ -258,6 +300,23 @@ fn single_command() -> impl Strategy<Value = KvCommand> {
             })
         }),
     ]
+}
+
+fn stream_trim() -> impl Strategy<Value = StreamTrim> {
+    (
+        any::<bool>(),
+        any::<u64>(),
+        any::<u64>(),
+        prop_oneof![Just(0u64), any::<u64>()],
+    )
+        .prop_map(|(by_id, a, seq, limit)| StreamTrim {
+            threshold: if by_id {
+                TrimThreshold::MinId { ms: a, seq }
+            } else {
+                TrimThreshold::MaxLen(a)
+            },
+            limit,
+        })
 }
 
 fn bitfield_op() -> impl Strategy<Value = BitFieldOp> {
@@ -339,7 +398,9 @@ fn single_result() -> impl Strategy<Value = KvResult> {
             Just(KvError::KeyTooLarge),
             Just(KvError::ValueTooLarge),
             Just(KvError::Malformed),
-            Just(KvError::ResultTooLarge)
+            Just(KvError::ResultTooLarge),
+            Just(KvError::XSetIdTooSmall),
+            Just(KvError::XSetIdEntriesAdded)
         ]
         .prop_map(KvResult::Error),
     ]
@@ -459,4 +520,64 @@ fn garbage_command_in_noop_envelope_is_a_kv_error_result() {
         KvResult::Error(KvError::Malformed)
     );
     assert!(matches!(out[1].result, Err(ApplyError::BadEnvelope(_))));
+}
+
+/// An XADD written before MINID and LIMIT (tag 0x50, `maxlen ou64`) still
+/// decodes, and an XADD that the first encoding can say is still written
+/// with it, byte for byte; the others take tag 0x52.
+#[test]
+fn xadd_first_encoding_is_kept() {
+    let old = KvCommand::Typed(TypedCommand::XAdd {
+        key: Bytes::from_static(b"s"),
+        id: XAddId::Explicit { ms: 5, seq: 1 },
+        trim: Some(StreamTrim::max_len(3)),
+        no_mkstream: true,
+        fields: vec![Bytes::from_static(b"f"), Bytes::from_static(b"v")],
+    });
+    let mut want = vec![0x50u8, 1, 0, 0, 0, b's', 1];
+    want.extend(5u64.to_le_bytes());
+    want.extend(1u64.to_le_bytes());
+    want.push(1);
+    want.extend(3u64.to_le_bytes());
+    want.push(1);
+    want.extend([2, 0, 0, 0, 1, 0, 0, 0, b'f', 1, 0, 0, 0, b'v']);
+    assert_eq!(old.encode()[..], want[..]);
+    assert_eq!(KvCommand::decode(Bytes::from(want.clone())).unwrap(), old);
+    // No trim: `maxlen` 0u8.
+    let mut none = want.clone();
+    none.splice(23..32, [0u8]);
+    match KvCommand::decode(Bytes::from(none)).unwrap() {
+        KvCommand::Typed(TypedCommand::XAdd { trim, .. }) => assert_eq!(trim, None),
+        other => panic!("{other:?}"),
+    }
+    // MINID (or a LIMIT) needs the second encoding.
+    let KvCommand::Typed(TypedCommand::XAdd {
+        key,
+        id,
+        no_mkstream,
+        fields,
+        ..
+    }) = old
+    else {
+        unreachable!()
+    };
+    let new = KvCommand::Typed(TypedCommand::XAdd {
+        key,
+        id,
+        trim: Some(StreamTrim {
+            threshold: TrimThreshold::MaxLen(3),
+            limit: 2,
+        }),
+        no_mkstream,
+        fields,
+    });
+    let enc = new.encode();
+    assert_eq!(enc[0], 0x52);
+    assert_eq!(KvCommand::decode(enc).unwrap(), new);
+    // A MAXLEN without LIMIT in the second encoding has one encoding
+    // only: refused.
+    let mut dup = new.encode().to_vec();
+    let limit_at = 1 + 4 + 1 + 1 + 8 + 8 + 1 + 8 + 8;
+    dup[limit_at..limit_at + 8].copy_from_slice(&0u64.to_le_bytes());
+    assert!(KvCommand::decode(Bytes::from(dup)).is_err());
 }

@@ -6,8 +6,8 @@ use bytes::Bytes;
 use flotilla_rsm::{
     encode_noop, Applied, ApplyError, BitFieldAction, BitFieldOp, BitFieldOverflow, BitFieldType,
     BitOperation, DeadlineChange, DecodeError, Envelope, ExpireCondition, KvCommand, KvQuery,
-    KvResult, KvStore, PutCondition, Rsm, SessionConfig, TypedCommand, TypedQuery, ZAddCompare,
-    ZAddCondition,
+    KvResult, KvStore, PutCondition, Rsm, SessionConfig, StreamTrim, TrimThreshold, TypedCommand,
+    TypedQuery, XAddId, ZAddCompare, ZAddCondition,
 };
 use futures_lite::future::block_on;
 use proptest::prelude::*;
@@ -25,6 +25,18 @@ fn kv_cmd() -> impl Strategy<Value = KvCommand> {
         )
             .prop_map(|(guards, commands)| KvCommand::Batch { guards, commands }),
     ]
+}
+
+/// A MAXLEN `n` or MINID `n-0` trim.
+fn stream_trim(by_id: bool, n: u64, limit: u64) -> StreamTrim {
+    StreamTrim {
+        threshold: if by_id {
+            TrimThreshold::MinId { ms: n, seq: 0 }
+        } else {
+            TrimThreshold::MaxLen(n)
+        },
+        limit,
+    }
 }
 
 fn digest_of_one() -> u64 {
@@ -224,6 +236,44 @@ fn single_kv_cmd() -> impl Strategy<Value = KvCommand> {
                 values,
             })
         }),
+        (
+            key.clone(),
+            0u64..6,
+            proptest::option::of((any::<bool>(), 0u64..6, 0u64..3)),
+            any::<bool>()
+        )
+            .prop_map(|(key, ms, trim, auto)| {
+                KvCommand::Typed(TypedCommand::XAdd {
+                    key,
+                    id: if auto {
+                        XAddId::Auto { now_ms: ms }
+                    } else {
+                        XAddId::Explicit { ms, seq: 1 }
+                    },
+                    trim: trim.map(|(by_id, n, limit)| stream_trim(by_id, n, limit)),
+                    no_mkstream: false,
+                    fields: vec![Bytes::from_static(b"f"), Bytes::from_static(b"v")],
+                })
+            }),
+        (key.clone(), any::<bool>(), 0u64..6, 0u64..3).prop_map(|(key, by_id, n, limit)| {
+            KvCommand::Typed(TypedCommand::XTrim {
+                key,
+                trim: stream_trim(by_id, n, limit),
+            })
+        }),
+        (key.clone(), proptest::collection::vec(0u64..6, 1..3)).prop_map(|(key, ms)| {
+            KvCommand::Typed(TypedCommand::XDel {
+                key,
+                ids: ms.into_iter().map(|ms| (ms, 1)).collect(),
+            })
+        }),
+        (key.clone(), 0u64..8, proptest::option::of(0u64..4)).prop_map(
+            |(key, ms, entries_added)| KvCommand::Typed(TypedCommand::XSetId {
+                key,
+                last: (ms, 0),
+                entries_added,
+            })
+        ),
         (key.clone(), key.clone(), -2i64..3, any::<bool>()).prop_map(|(key, src, start, rev)| {
             KvCommand::Typed(TypedCommand::ZRangeStore {
                 key,

@@ -12,7 +12,8 @@ use bytes::Bytes;
 use flotilla_rsm::kv::{ITEMS_PER_RESULT_MAX, VALUE_BYTES_MAX};
 use flotilla_rsm::{
     KvCommand, KvError, KvQuery, KvResult, KvStore, PutCondition, SmEntry, StateMachine,
-    TypedCommand as C, TypedQuery as Q, XAddId, ZAddCompare, ZAddCondition,
+    StreamTrim, TrimThreshold, TypedCommand as C, TypedQuery as Q, XAddId, ZAddCompare,
+    ZAddCondition,
 };
 use futures_lite::future::block_on;
 use proptest::prelude::*;
@@ -822,7 +823,7 @@ fn streams() {
     let xadd = |id: XAddId, maxlen: Option<u64>, fields: &[&str]| C::XAdd {
         key: b("x"),
         id,
-        maxlen,
+        trim: maxlen.map(StreamTrim::max_len),
         no_mkstream: false,
         fields: bs(fields),
     };
@@ -927,7 +928,7 @@ fn streams() {
     let nomk = C::XAdd {
         key: b("y"),
         id: auto(5),
-        maxlen: None,
+        trim: None,
         no_mkstream: true,
         fields: bs(&["k", "v"]),
     };
@@ -946,6 +947,186 @@ fn streams() {
         ),
         KvResult::Records(vec![])
     );
+}
+
+/// A stream `x` with entries 1-0, 2-0, ... n-0 (field `f`, value the ms).
+fn stream_of(kv: &mut KvStore, key: &str, n: u64) {
+    for ms in 1..=n {
+        let id = XAddId::Explicit { ms, seq: 0 };
+        let r = w(
+            kv,
+            C::XAdd {
+                key: b(key),
+                id,
+                trim: None,
+                no_mkstream: false,
+                fields: vec![b("f"), Bytes::from(ms.to_string())],
+            },
+        );
+        assert_eq!(r, KvResult::Value(Some(Bytes::from(format!("{ms}-0")))));
+    }
+}
+
+fn stream_ids(kv: &KvStore, key: &str) -> Vec<Bytes> {
+    match r(
+        kv,
+        Q::StreamRange {
+            key: b(key),
+            start: (0, 0),
+            end: (u64::MAX, u64::MAX),
+            count: None,
+            rev: false,
+        },
+    ) {
+        KvResult::Records(rs) => rs.into_iter().map(|(id, _)| id).collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn stream_trim_del_setid() {
+    let mut kv = KvStore::new();
+    let trim = |key: &str, threshold, limit| C::XTrim {
+        key: b(key),
+        trim: StreamTrim { threshold, limit },
+    };
+    let maxlen = TrimThreshold::MaxLen;
+    let minid = |ms, seq| TrimThreshold::MinId { ms, seq };
+    // XTRIM on no key evicts nothing and creates nothing.
+    assert_eq!(w(&mut kv, trim("x", maxlen(0), 0)), KvResult::Count(0));
+    assert!(!exists(&kv, "x"));
+    stream_of(&mut kv, "x", 10);
+    // MAXLEN: the oldest go; LIMIT caps the evictions.
+    assert_eq!(w(&mut kv, trim("x", maxlen(8), 0)), KvResult::Count(2));
+    assert_eq!(w(&mut kv, trim("x", maxlen(2), 3)), KvResult::Count(3));
+    assert_eq!(stream_ids(&kv, "x")[0], b("6-0"));
+    assert_eq!(w(&mut kv, trim("x", maxlen(5), 0)), KvResult::Count(0));
+    // MINID: ids below the threshold go (the threshold itself stays).
+    assert_eq!(w(&mut kv, trim("x", minid(7, 0), 0)), KvResult::Count(1));
+    assert_eq!(w(&mut kv, trim("x", minid(8, 1), 1)), KvResult::Count(1));
+    assert_eq!(w(&mut kv, trim("x", minid(8, 1), 0)), KvResult::Count(1));
+    assert_eq!(stream_ids(&kv, "x"), bs(&["9-0", "10-0"]));
+    // XDEL: present ids count once; absent ones and no key count 0.
+    assert_eq!(
+        w(
+            &mut kv,
+            C::XDel {
+                key: b("x"),
+                ids: vec![(9, 0), (9, 0), (4, 0), (11, 0)]
+            }
+        ),
+        KvResult::Count(1)
+    );
+    assert_eq!(
+        w(
+            &mut kv,
+            C::XDel {
+                key: b("nope"),
+                ids: vec![(1, 0)]
+            }
+        ),
+        KvResult::Count(0)
+    );
+    assert!(!exists(&kv, "nope"));
+    // Deleting the last entry keeps the stream, and its last id.
+    assert_eq!(
+        w(
+            &mut kv,
+            C::XDel {
+                key: b("x"),
+                ids: vec![(10, 0)]
+            }
+        ),
+        KvResult::Count(1)
+    );
+    assert!(exists(&kv, "x"));
+    assert_eq!(r(&kv, Q::StreamLen { key: b("x") }), KvResult::Len(0));
+    let add = |ms, seq| C::XAdd {
+        key: b("x"),
+        id: XAddId::Explicit { ms, seq },
+        trim: None,
+        no_mkstream: false,
+        fields: bs(&["f", "v"]),
+    };
+    assert_eq!(
+        w(&mut kv, add(10, 0)),
+        KvResult::Error(KvError::StreamIdTooSmall)
+    );
+    // XSETID: an empty stream takes any id (as Redis 7.0 without a max
+    // deleted id); then XADD must go past it.
+    let setid = |key: &str, ms, seq, entries_added| C::XSetId {
+        key: b(key),
+        last: (ms, seq),
+        entries_added,
+    };
+    assert_eq!(w(&mut kv, setid("x", 3, 0, None)), KvResult::Ok);
+    assert_eq!(w(&mut kv, add(3, 1)), KvResult::Value(Some(b("3-1"))));
+    assert_eq!(
+        w(&mut kv, setid("x", 3, 0, None)),
+        KvResult::Error(KvError::XSetIdTooSmall)
+    );
+    assert_eq!(w(&mut kv, setid("x", 3, 1, Some(1))), KvResult::Ok);
+    assert_eq!(
+        w(&mut kv, setid("x", 50, 0, Some(0))),
+        KvResult::Error(KvError::XSetIdEntriesAdded)
+    );
+    assert_eq!(w(&mut kv, setid("x", 50, 0, Some(7))), KvResult::Ok);
+    assert_eq!(
+        w(&mut kv, add(50, 0)),
+        KvResult::Error(KvError::StreamIdTooSmall)
+    );
+    assert_eq!(w(&mut kv, add(50, 1)), KvResult::Value(Some(b("50-1"))));
+    assert_eq!(
+        w(&mut kv, setid("nope", 1, 0, None)),
+        KvResult::Error(KvError::NoSuchKey)
+    );
+    assert!(!exists(&kv, "nope"));
+    // Another type answers WRONGTYPE, and is left alone.
+    w(
+        &mut kv,
+        C::ListPush {
+            key: b("l"),
+            left: true,
+            only_existing: false,
+            values: bs(&["a"]),
+        },
+    );
+    for c in [
+        trim("l", maxlen(0), 0),
+        C::XDel {
+            key: b("l"),
+            ids: vec![(1, 0)],
+        },
+        setid("l", 1, 0, None),
+    ] {
+        assert_eq!(w(&mut kv, c), KvResult::Error(KvError::WrongType));
+    }
+    // XADD with MINID trims after adding (the new entry may go too, as in
+    // Redis), LIMIT caps it.
+    let mut kv = KvStore::new();
+    stream_of(&mut kv, "y", 5);
+    let xadd = |ms, threshold, limit| C::XAdd {
+        key: b("y"),
+        id: XAddId::Explicit { ms, seq: 0 },
+        trim: Some(StreamTrim { threshold, limit }),
+        no_mkstream: false,
+        fields: bs(&["f", "v"]),
+    };
+    assert_eq!(
+        w(&mut kv, xadd(6, minid(4, 0), 2)),
+        KvResult::Value(Some(b("6-0")))
+    );
+    assert_eq!(stream_ids(&kv, "y"), bs(&["3-0", "4-0", "5-0", "6-0"]));
+    assert_eq!(
+        w(&mut kv, xadd(7, minid(100, 0), 0)),
+        KvResult::Value(Some(b("7-0")))
+    );
+    assert_eq!(stream_ids(&kv, "y"), Vec::<Bytes>::new());
+    assert_eq!(
+        w(&mut kv, xadd(8, maxlen(0), 0)),
+        KvResult::Value(Some(b("8-0")))
+    );
+    assert_eq!(r(&kv, Q::StreamLen { key: b("y") }), KvResult::Len(0));
 }
 
 #[test]
@@ -1042,7 +1223,7 @@ fn every_type() -> KvStore {
                 id: XAddId::Auto {
                     now_ms: 10 + i as u64,
                 },
-                maxlen: None,
+                trim: None,
                 no_mkstream: false,
                 fields: bs(fields),
             },
@@ -1053,7 +1234,7 @@ fn every_type() -> KvStore {
         C::XAdd {
             key: b("empty-stream"),
             id: XAddId::Explicit { ms: 7, seq: 7 },
-            maxlen: Some(0),
+            trim: Some(StreamTrim::max_len(0)),
             no_mkstream: false,
             fields: bs(&["a", "b"]),
         },
@@ -1116,7 +1297,7 @@ fn snapshot_round_trip_with_every_type() {
     let c = C::XAdd {
         key: b("empty-stream"),
         id: XAddId::Auto { now_ms: 1 },
-        maxlen: None,
+        trim: None,
         no_mkstream: false,
         fields: bs(&["a", "b"]),
     };
@@ -1170,7 +1351,7 @@ fn a_captured_view_does_not_move() {
         C::XAdd {
             key: b("stream"),
             id: XAddId::Auto { now_ms: 99 },
-            maxlen: Some(1),
+            trim: Some(StreamTrim::max_len(1)),
             no_mkstream: false,
             fields: bs(&["a", "b"]),
         },
@@ -1291,7 +1472,7 @@ fn malformed_typed_commands_are_errors() {
         C::XAdd {
             key: b("k"),
             id: XAddId::AutoSeq { ms: 4 },
-            maxlen: Some(1),
+            trim: Some(StreamTrim::max_len(1)),
             no_mkstream: true,
             fields: bs(&["f", "v"]),
         },

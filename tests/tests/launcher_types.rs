@@ -844,3 +844,88 @@ fn blocking_pops_end_to_end() {
     assert!(err(&mut c, &["BLPOP", "k", "1"]).contains("transaction"));
     assert!(err(&mut c, &["EXEC"]).starts_with("EXECABORT"));
 }
+
+/// XTRIM, XDEL, XSETID and XADD MINID: written through node 1, read
+/// through node 3 (linearizable reads see every acknowledged write).
+#[test]
+fn stream_trim_del_setid_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = ready_cluster(dir.path(), 3, 4);
+    let mut w = nodes[0].redis();
+    let mut r = nodes[2].redis();
+    for ms in 1..=6 {
+        let id = format!("{ms}-0");
+        assert_eq!(q(&mut w, &["XADD", "s", &id, "f", "v"]), bulk(&id));
+    }
+    let ids = |r: &mut redis::Connection| match q(r, &["XRANGE", "s", "-", "+"]) {
+        Value::Array(entries) => entries
+            .into_iter()
+            .map(|e| match e {
+                Value::Array(mut pair) => match pair.remove(0) {
+                    Value::BulkString(id) => String::from_utf8(id).unwrap(),
+                    other => panic!("{other:?}"),
+                },
+                other => panic!("{other:?}"),
+            })
+            .collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    // XTRIM MAXLEN and MINID; `~` with LIMIT evicts at most LIMIT.
+    assert_eq!(q(&mut w, &["XTRIM", "s", "MAXLEN", "=", "5"]), Int(1));
+    assert_eq!(
+        q(&mut w, &["XTRIM", "s", "MINID", "~", "5", "LIMIT", "1"]),
+        Int(1)
+    );
+    assert_eq!(q(&mut w, &["XTRIM", "s", "MINID", "5"]), Int(2));
+    assert_eq!(q(&mut w, &["XTRIM", "nostream", "MAXLEN", "0"]), Int(0));
+    assert_eq!(ids(&mut r), ["5-0", "6-0"]);
+    assert_eq!(
+        err(&mut w, &["XTRIM", "s", "MAXLEN", "1", "LIMIT", "1"]),
+        "ERR syntax error, LIMIT cannot be used without the special ~ option"
+    );
+    assert_eq!(
+        err(&mut w, &["XTRIM", "s", "MAXLEN", "-1"]),
+        "ERR The MAXLEN argument must be >= 0."
+    );
+    assert_eq!(
+        err(&mut w, &["XTRIM", "s", "MINID", "x"]),
+        "ERR Invalid stream ID specified as stream command argument"
+    );
+    // XADD MINID trims after adding.
+    assert_eq!(
+        q(&mut w, &["XADD", "s", "MINID", "6", "7-0", "f", "v"]),
+        bulk("7-0")
+    );
+    assert_eq!(ids(&mut r), ["6-0", "7-0"]);
+    // XDEL counts what it deleted; the emptied stream stays.
+    assert_eq!(q(&mut w, &["XDEL", "s", "6", "6-0", "9-9"]), Int(1));
+    assert_eq!(q(&mut w, &["XDEL", "nostream", "+"]), Int(0));
+    assert_eq!(
+        err(&mut w, &["XDEL", "s", "+"]),
+        "ERR Invalid stream ID specified as stream command argument"
+    );
+    assert_eq!(q(&mut w, &["XDEL", "s", "7"]), Int(1));
+    assert_eq!(q(&mut r, &["XLEN", "s"]), Int(0));
+    assert_eq!(
+        q(&mut r, &["TYPE", "s"]),
+        Value::SimpleString("stream".into())
+    );
+    // XSETID moves the last id; XADD must then go past it.
+    assert_eq!(
+        q(&mut w, &["XSETID", "s", "100-0", "ENTRIESADDED", "9"]),
+        Value::Okay
+    );
+    assert_eq!(
+        err(&mut w, &["XADD", "s", "100-0", "f", "v"]),
+        "ERR The ID specified in XADD is equal or smaller than the target stream top item"
+    );
+    assert_eq!(q(&mut w, &["XADD", "s", "100-*", "f", "v"]), bulk("100-1"));
+    assert_eq!(
+        err(&mut w, &["XSETID", "s", "99"]),
+        "ERR The ID specified in XSETID is smaller than the target stream top item"
+    );
+    assert_eq!(err(&mut w, &["XSETID", "nostream", "1"]), "ERR no such key");
+    assert_eq!(q(&mut r, &["XRANGE", "s", "-", "+", "COUNT", "1"]), {
+        Value::Array(vec![Value::Array(vec![bulk("100-1"), text(&["f", "v"])])])
+    });
+}

@@ -18,8 +18,8 @@
 use bytes::Bytes;
 use flotilla_rsm::kv::KEYS_PER_COMMAND_MAX;
 use flotilla_rsm::{
-    KvCommand, KvQuery, KvResult, TypedCommand as C, TypedQuery as Q, XAddId, ZAddCompare,
-    ZAddCondition,
+    KvCommand, KvQuery, KvResult, StreamTrim, TrimThreshold, TypedCommand as C, TypedQuery as Q,
+    XAddId, ZAddCompare, ZAddCondition,
 };
 
 use super::command::Op;
@@ -47,6 +47,10 @@ pub enum Finish {
     /// XRANGE ... COUNT 0 from the key's `Type`: the nil array for a
     /// stream, the empty array for no key, WRONGTYPE otherwise (Redis 7).
     NoRecords,
+    /// XDEL with an id that does not parse, from the key's `Type`: 0 for
+    /// no key, the invalid-id error for a stream, WRONGTYPE otherwise
+    /// (Redis looks the key up before it reads the ids).
+    XDelBadId,
     /// `Items` of decimal integers as an array of integers (LPOS with a
     /// count, SMISMEMBER).
     IntArray,
@@ -213,6 +217,9 @@ pub const COMMANDS: &[super::command::CommandInfo] = &[
     ("sscan", -3, &["readonly"], 1, 1, 1),
     ("zscan", -3, &["readonly"], 1, 1, 1),
     ("xadd", -5, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("xtrim", -4, &["write"], 1, 1, 1),
+    ("xdel", -3, &["write", "fast"], 1, 1, 1),
+    ("xsetid", -3, &["write", "denyoom", "fast"], 1, 1, 1),
     ("xlen", 2, &["readonly", "fast"], 1, 1, 1),
     ("xrange", -4, &["readonly"], 1, 1, 1),
     ("xrevrange", -4, &["readonly"], 1, 1, 1),
@@ -966,6 +973,57 @@ fn prepare_checked(name: &str, args: &[Bytes], now_ms: u64, seed: u64) -> Result
             Finish::IntOrNil,
         ),
         "XADD" => prepare_xadd(key, rest, now_ms),
+        "XTRIM" => {
+            let args = trim_args(rest, None)?;
+            let trim = args.trim.ok_or_else(syntax)?;
+            write(key, C::XTrim { key: k(), trim }, Finish::Int)
+        }
+        "XDEL" => {
+            too_many(rest.len())?;
+            let mut ids = Vec::with_capacity(rest.len());
+            for a in rest {
+                match strict_id(a) {
+                    Ok(id) => ids.push(id),
+                    Err(_) => return read(key, Q::Type { key: k() }, Finish::XDelBadId),
+                }
+            }
+            write(key, C::XDel { key: k(), ids }, Finish::Int)
+        }
+        "XSETID" => {
+            let last = strict_id(&rest[0])?;
+            let mut entries_added = None;
+            let mut i = 1;
+            while i < rest.len() {
+                let more = rest.len() - 1 - i;
+                let opt = rest[i].to_ascii_uppercase();
+                if opt == b"ENTRIESADDED" && more > 0 {
+                    let n = int(&rest[i + 1])?;
+                    if n < 0 {
+                        return Err(Reply::err("entries_added must be positive"));
+                    }
+                    entries_added = Some(n as u64);
+                } else if opt == b"MAXDELETEDID" && more > 0 {
+                    // Checked, not kept: a stream here has no max deleted id.
+                    if last < strict_id(&rest[i + 1])? {
+                        return Err(Reply::err(
+                            "The ID specified in XSETID is smaller than the provided max_deleted_entry_id",
+                        ));
+                    }
+                } else {
+                    return Err(syntax());
+                }
+                i += 2;
+            }
+            write(
+                key,
+                C::XSetId {
+                    key: k(),
+                    last,
+                    entries_added,
+                },
+                Finish::Ok,
+            )
+        }
         "XLEN" => read(key, Q::StreamLen { key: k() }, Finish::Int),
         "XRANGE" | "XREVRANGE" => {
             let rev = name == "XREVRANGE";
@@ -1515,51 +1573,115 @@ fn prepare_zadd(key: &Bytes, rest: &[Bytes]) -> Result<Planned, Reply> {
     )
 }
 
-fn prepare_xadd(key: &Bytes, rest: &[Bytes], now_ms: u64) -> Result<Planned, Reply> {
+/// A strict stream id (no `-` / `+`): `<ms>[-<seq>]`, the sequence 0
+/// if absent (`streamParseStrictIDOrReply`).
+fn strict_id(b: &[u8]) -> Result<(u64, u64), Reply> {
+    let (ms, seq) = stream_id(b)?;
+    Ok((ms, seq.unwrap_or(0)))
+}
+
+/// The options of XADD and XTRIM, as Redis' `streamParseAddOrTrimArgsOrReply`
+/// reads them.
+struct TrimArgs {
+    trim: Option<StreamTrim>,
+    no_mkstream: bool,
+    /// XADD: the id, if there is one (read before the options are
+    /// checked, as Redis does), and its index in `rest`.
+    id: Option<XAddId>,
+    id_at: usize,
+}
+
+/// Reads `MAXLEN|MINID [=|~] threshold`, `LIMIT n` (and for XADD
+/// `NOMKSTREAM`) from `rest` (XADD, `xadd_now_ms` its clock: up to its
+/// id), with Redis' errors in Redis' order.
+fn trim_args(rest: &[Bytes], xadd_now_ms: Option<u64>) -> Result<TrimArgs, Reply> {
+    let xadd = xadd_now_ms.is_some();
+    let mut id = None;
+    let incompatible =
+        || Reply::err("syntax error, MAXLEN and MINID options at the same time are not compatible");
+    let mut threshold = None;
+    let mut approx = false;
+    let mut limit: Option<u64> = None;
     let mut no_mkstream = false;
-    let mut maxlen = None;
     let mut i = 0;
-    loop {
-        let Some(a) = rest.get(i) else {
-            return Err(arity("XADD"));
-        };
-        match a.to_ascii_uppercase().as_slice() {
-            b"NOMKSTREAM" => {
-                no_mkstream = true;
+    while i < rest.len() {
+        let more = rest.len() - 1 - i;
+        let opt = rest[i].to_ascii_uppercase();
+        if let (Some(now_ms), b"*") = (xadd_now_ms, &opt[..]) {
+            id = Some(XAddId::Auto { now_ms });
+            break;
+        } else if (opt == b"MAXLEN" || opt == b"MINID") && more > 0 {
+            if threshold.is_some() {
+                return Err(incompatible());
+            }
+            approx = false;
+            let next = &rest[i + 1][..];
+            if more >= 2 && next == b"~" {
+                approx = true;
+                i += 1;
+            } else if more >= 2 && next == b"=" {
                 i += 1;
             }
-            b"MAXLEN" => {
-                i += 1;
-                if matches!(rest.get(i).map(|b| &b[..]), Some(b"~") | Some(b"=")) {
-                    i += 1;
-                }
-                let n = rest.get(i).ok_or_else(syntax)?;
-                let n = int(n)?;
+            let arg = &rest[i + 1];
+            threshold = Some(if opt == b"MAXLEN" {
+                let n = int(arg)?;
                 if n < 0 {
                     return Err(Reply::err("The MAXLEN argument must be >= 0."));
                 }
-                maxlen = Some(n as u64);
-                i += 1;
-                // LIMIT only tunes approximate trimming (which is exact here).
-                if rest
-                    .get(i)
-                    .is_some_and(|b| b.eq_ignore_ascii_case(b"LIMIT"))
-                {
-                    int(rest.get(i + 1).ok_or_else(syntax)?)?;
-                    i += 2;
-                }
+                TrimThreshold::MaxLen(n as u64)
+            } else {
+                let (ms, seq) = strict_id(arg)?;
+                TrimThreshold::MinId { ms, seq }
+            });
+            i += 1;
+        } else if opt == b"LIMIT" && more > 0 {
+            let n = int(&rest[i + 1])?;
+            if n < 0 {
+                return Err(Reply::err("The LIMIT argument must be >= 0."));
             }
-            b"MINID" => return Err(Reply::err("XADD MINID is not supported; use MAXLEN")),
-            _ => break,
+            limit = Some(n as u64);
+            i += 1;
+        } else if xadd && opt == b"NOMKSTREAM" {
+            no_mkstream = true;
+        } else if let Some(now_ms) = xadd_now_ms {
+            id = Some(xadd_id(&rest[i], now_ms)?);
+            break;
+        } else {
+            return Err(syntax());
         }
+        i += 1;
     }
-    let id_arg = &rest[i];
-    let fields = &rest[i + 1..];
-    if fields.is_empty() || fields.len() % 2 != 0 {
-        return Err(arity("XADD"));
+    if limit.is_some_and(|n| n != 0) && threshold.is_none() {
+        return Err(Reply::err(
+            "syntax error, LIMIT cannot be used without specifying a trimming strategy",
+        ));
     }
-    too_many(fields.len())?;
-    let id = if &id_arg[..] == b"*" {
+    if !xadd && threshold.is_none() {
+        return Err(Reply::err(
+            "syntax error, XTRIM must be called with a trimming strategy",
+        ));
+    }
+    if limit.is_some() && !approx {
+        return Err(Reply::err(
+            "syntax error, LIMIT cannot be used without the special ~ option",
+        ));
+    }
+    // `~` trims entry by entry here (see `StreamTrim`); without LIMIT it
+    // has no cap (Redis': 100 × stream-node-max-entries).
+    Ok(TrimArgs {
+        trim: threshold.map(|threshold| StreamTrim {
+            threshold,
+            limit: limit.unwrap_or(0),
+        }),
+        no_mkstream,
+        id,
+        id_at: i,
+    })
+}
+
+/// The id of an XADD: `*`, `<ms>-*` or a strict id.
+fn xadd_id(id_arg: &[u8], now_ms: u64) -> Result<XAddId, Reply> {
+    Ok(if id_arg == b"*" {
         XAddId::Auto { now_ms }
     } else if let Some(ms) = id_arg.strip_suffix(b"-*") {
         match stream_id(ms)? {
@@ -1572,14 +1694,33 @@ fn prepare_xadd(key: &Bytes, rest: &[Bytes], now_ms: u64) -> Result<Planned, Rep
             ms,
             seq: seq.unwrap_or(0),
         }
+    })
+}
+
+fn prepare_xadd(key: &Bytes, rest: &[Bytes], now_ms: u64) -> Result<Planned, Reply> {
+    let args = trim_args(rest, Some(now_ms))?;
+    let i = args.id_at;
+    let Some(id) = args.id else {
+        return Err(arity("XADD"));
     };
+    let fields = &rest[i + 1..];
+    if fields.is_empty() || fields.len() % 2 != 0 {
+        return Err(arity("XADD"));
+    }
+    if id == (XAddId::Explicit { ms: 0, seq: 0 }) {
+        // Before the key is looked up (NOMKSTREAM on no key too).
+        return Err(Reply::err(
+            "The ID specified in XADD must be greater than 0-0",
+        ));
+    }
+    too_many(fields.len())?;
     write(
         key,
         C::XAdd {
             key: key.clone(),
             id,
-            maxlen,
-            no_mkstream,
+            trim: args.trim,
+            no_mkstream: args.no_mkstream,
             fields: fields.to_vec(),
         },
         Finish::Bulk,
@@ -1635,6 +1776,11 @@ pub fn finish(f: Finish, r: Option<KvResult>) -> Reply {
         (Finish::NoRecords, KvResult::Value(t)) => match t.as_deref() {
             None => Reply::Array(Vec::new()),
             Some(b"stream") => Reply::NilArray,
+            Some(_) => super::command::kv_error_reply(flotilla_rsm::KvError::WrongType),
+        },
+        (Finish::XDelBadId, KvResult::Value(t)) => match t.as_deref() {
+            None => Reply::Int(0),
+            Some(b"stream") => invalid_id(),
             Some(_) => super::command::kv_error_reply(flotilla_rsm::KvError::WrongType),
         },
         (Finish::IntArray, KvResult::Items(items)) => {
@@ -1907,7 +2053,7 @@ mod tests {
             C::XAdd {
                 key: b("mystream"),
                 id: XAddId::Auto { now_ms: 1234 },
-                maxlen: None,
+                trim: None,
                 no_mkstream: false,
                 fields: vec![b("myfield"), b("xxx")]
             }
@@ -2570,6 +2716,194 @@ mod tests {
     }
 
     #[test]
+    fn stream_trims() {
+        let trim = |threshold, limit| Some(StreamTrim { threshold, limit });
+        let minid = |ms, seq| TrimThreshold::MinId { ms, seq };
+        assert_eq!(
+            cmd("xtrim s MAXLEN 5"),
+            C::XTrim {
+                key: b("s"),
+                trim: StreamTrim::max_len(5)
+            }
+        );
+        assert_eq!(
+            cmd("xtrim s minid ~ 7 limit 3"),
+            C::XTrim {
+                key: b("s"),
+                trim: trim(minid(7, 0), 3).unwrap()
+            }
+        );
+        assert_eq!(
+            cmd("xtrim s minid = 7-2"),
+            C::XTrim {
+                key: b("s"),
+                trim: trim(minid(7, 2), 0).unwrap()
+            }
+        );
+        // XADD MINID, LIMIT before the threshold, options in any order.
+        assert!(matches!(
+            cmd("xadd s limit 2 minid ~ 9-1 nomkstream 10-* f v"),
+            C::XAdd { trim: t, no_mkstream: true, id: XAddId::AutoSeq { ms: 10 }, .. }
+                if t == trim(minid(9, 1), 2)
+        ));
+        for (bad, msg) in [
+            (
+                "xtrim s maxlen 5 limit 2",
+                "ERR syntax error, LIMIT cannot be used without the special ~ option",
+            ),
+            (
+                "xtrim s maxlen = 5 limit 2",
+                "ERR syntax error, LIMIT cannot be used without the special ~ option",
+            ),
+            (
+                "xadd s minid 5 limit 2 * f v",
+                "ERR syntax error, LIMIT cannot be used without the special ~ option",
+            ),
+            ("xtrim s limit 2 x", "ERR syntax error"),
+            (
+                "xtrim s limit 2 limit 3",
+                "ERR syntax error, LIMIT cannot be used without specifying a trimming strategy",
+            ),
+            (
+                "xtrim s limit 0 limit 0",
+                "ERR syntax error, XTRIM must be called with a trimming strategy",
+            ),
+            (
+                "xadd s maxlen 1 limit 1 x f v",
+                "ERR Invalid stream ID specified as stream command argument",
+            ),
+            (
+                "xadd s limit 0 * f v",
+                "ERR syntax error, LIMIT cannot be used without the special ~ option",
+            ),
+            (
+                "xadd s limit 1 * f v",
+                "ERR syntax error, LIMIT cannot be used without specifying a trimming strategy",
+            ),
+            ("xtrim s maxlen -1", "ERR The MAXLEN argument must be >= 0."),
+            (
+                "xtrim s maxlen ~ x",
+                "ERR value is not an integer or out of range",
+            ),
+            (
+                "xtrim s maxlen ~ 1 limit -1",
+                "ERR The LIMIT argument must be >= 0.",
+            ),
+            (
+                "xtrim s minid -",
+                "ERR Invalid stream ID specified as stream command argument",
+            ),
+            (
+                "xtrim s minid 1-x",
+                "ERR Invalid stream ID specified as stream command argument",
+            ),
+            (
+                "xtrim s maxlen 1 minid 1",
+                "ERR syntax error, MAXLEN and MINID options at the same time are not compatible",
+            ),
+            (
+                "xadd s maxlen 1 minid 1 * f v",
+                "ERR syntax error, MAXLEN and MINID options at the same time are not compatible",
+            ),
+            (
+                "xtrim s maxlen",
+                "ERR wrong number of arguments for 'xtrim' command",
+            ),
+            (
+                "xtrim s maxlen ~",
+                "ERR value is not an integer or out of range",
+            ),
+            ("xtrim s maxlen 1 x", "ERR syntax error"),
+            (
+                "xadd s maxlen 1",
+                "ERR wrong number of arguments for 'xadd' command",
+            ),
+            (
+                "xadd s nomkstream 0 f v",
+                "ERR The ID specified in XADD must be greater than 0-0",
+            ),
+        ] {
+            assert_eq!(err(bad), msg, "{bad}");
+        }
+    }
+
+    #[test]
+    fn stream_del_and_setid() {
+        assert_eq!(
+            cmd("xdel s 1 2-3 1"),
+            C::XDel {
+                key: b("s"),
+                ids: vec![(1, 0), (2, 3), (1, 0)]
+            }
+        );
+        // A bad id asks for the key's type first, as Redis looks the key
+        // up before it reads the ids.
+        let p = plan("xdel s 1 +").unwrap();
+        assert!(matches!(
+            p.op,
+            Op::Read(KvQuery::Typed(Q::Type { ref key })) if key == "s"
+        ));
+        assert_eq!(p.finish, Finish::XDelBadId);
+        let type_is = |t: Option<&str>| Some(KvResult::Value(t.map(b)));
+        assert_eq!(finish(Finish::XDelBadId, type_is(None)), Reply::Int(0));
+        assert_eq!(
+            finish(Finish::XDelBadId, type_is(Some("stream"))),
+            Reply::err("Invalid stream ID specified as stream command argument")
+        );
+        assert!(matches!(
+            finish(Finish::XDelBadId, type_is(Some("list"))),
+            Reply::Error(e) if e.starts_with("WRONGTYPE")
+        ));
+        assert_eq!(
+            cmd("xsetid s 5-1"),
+            C::XSetId {
+                key: b("s"),
+                last: (5, 1),
+                entries_added: None
+            }
+        );
+        assert_eq!(
+            cmd("xsetid s 5 entriesadded 3 maxdeletedid 4-9"),
+            C::XSetId {
+                key: b("s"),
+                last: (5, 0),
+                entries_added: Some(3)
+            }
+        );
+        for (bad, msg) in [
+            (
+                "xsetid s +",
+                "ERR Invalid stream ID specified as stream command argument",
+            ),
+            (
+                "xsetid s 5 entriesadded -1",
+                "ERR entries_added must be positive",
+            ),
+            (
+                "xsetid s 5 entriesadded x",
+                "ERR value is not an integer or out of range",
+            ),
+            (
+                "xsetid s 5 maxdeletedid 5-1",
+                "ERR The ID specified in XSETID is smaller than the provided max_deleted_entry_id",
+            ),
+            (
+                "xsetid s 5 maxdeletedid x",
+                "ERR Invalid stream ID specified as stream command argument",
+            ),
+            ("xsetid s 5 entriesadded", "ERR syntax error"),
+            ("xsetid s 5 foo 1", "ERR syntax error"),
+            (
+                "xsetid s",
+                "ERR wrong number of arguments for 'xsetid' command",
+            ),
+            ("xdel s", "ERR wrong number of arguments for 'xdel' command"),
+        ] {
+            assert_eq!(err(bad), msg, "{bad}");
+        }
+    }
+
+    #[test]
     fn stream_ids_and_ranges() {
         assert!(matches!(
             cmd("xadd s 5-3 f v"),
@@ -2595,7 +2929,10 @@ mod tests {
         assert!(matches!(
             cmd("xadd s nomkstream maxlen ~ 10 limit 5 * f v"),
             C::XAdd {
-                maxlen: Some(10),
+                trim: Some(StreamTrim {
+                    threshold: TrimThreshold::MaxLen(10),
+                    limit: 5
+                }),
                 no_mkstream: true,
                 id: XAddId::Auto { now_ms: 1234 },
                 ..
@@ -2604,7 +2941,10 @@ mod tests {
         assert!(matches!(
             cmd("xadd s MAXLEN 3 * f v"),
             C::XAdd {
-                maxlen: Some(3),
+                trim: Some(StreamTrim {
+                    threshold: TrimThreshold::MaxLen(3),
+                    limit: 0
+                }),
                 ..
             }
         ));

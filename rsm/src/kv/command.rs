@@ -32,7 +32,7 @@
 //!                            signed u8 | bits u8 | offset u64 (bit) | overflow u8 (0 wrap,
 //!                            1 sat, 2 fail) | value i64 (0 for get)) * |
 //!          0x20..=0x2b       a query (below), executed in log order
-//!          0x30..=0x50       a typed command (lists, sets, hashes, sorted
+//!          0x30..=0x54       a typed command (lists, sets, hashes, sorted
 //!                            sets, streams: drawn in `typed.rs`)
 //!          0x60..=0x90       a typed query, executed in log order
 //! query    0x20 Get          | key bytes |
@@ -74,11 +74,14 @@
 //! integer, 13 stream id too small, 14 stream id 0-0, 15 stream ids
 //! exhausted, 16 NaN or infinity, 17 hash value not a float, 18 an element
 //! that SORT cannot read as a number, 19 a string that is not a
-//! HyperLogLog.
+//! HyperLogLog, 20 XSETID id below the stream's top entry, 21 XSETID
+//! entries_added below the stream's length.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-pub use super::typed::{TypedCommand, TypedQuery, XAddId, ZAddCompare, ZAddCondition};
+pub use super::typed::{
+    StreamTrim, TrimThreshold, TypedCommand, TypedQuery, XAddId, ZAddCompare, ZAddCondition,
+};
 use crate::codec::{put_bytes, put_count, Reader};
 use crate::error::DecodeError;
 
@@ -699,6 +702,12 @@ pub enum KvError {
     /// HyperLogLog.
     #[error("Key is not a valid HyperLogLog string value.")]
     NotHyperLogLog,
+    /// `XSETID` with an id below the stream's greatest entry.
+    #[error("The ID specified in XSETID is smaller than the target stream top item")]
+    XSetIdTooSmall,
+    /// `XSETID ... ENTRIESADDED n` with `n` below the stream's length.
+    #[error("The entries_added specified in XSETID is smaller than the target stream length")]
+    XSetIdEntriesAdded,
 }
 
 impl KvError {
@@ -723,6 +732,8 @@ impl KvError {
             KvError::HashNotFloat => 17,
             KvError::NotSortable => 18,
             KvError::NotHyperLogLog => 19,
+            KvError::XSetIdTooSmall => 20,
+            KvError::XSetIdEntriesAdded => 21,
         }
     }
 
@@ -747,6 +758,8 @@ impl KvError {
             17 => KvError::HashNotFloat,
             18 => KvError::NotSortable,
             19 => KvError::NotHyperLogLog,
+            20 => KvError::XSetIdTooSmall,
+            21 => KvError::XSetIdEntriesAdded,
             tag => {
                 return Err(DecodeError::UnknownTag {
                     what: "kv error",

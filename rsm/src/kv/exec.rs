@@ -15,8 +15,8 @@ use super::collection::{
     stream_entry_bytes, Collection, Elem, Kind, LexBound, Picker, Score, ScoreRange, Set, StreamId,
 };
 use super::command::{
-    parse_i64, KvError, KvResult, TypedCommand, TypedQuery, XAddId, ZAddCompare, ZAddCondition,
-    ITEMS_PER_RESULT_MAX, RESULT_BYTES_MAX,
+    parse_i64, KvError, KvResult, StreamTrim, TrimThreshold, TypedCommand, TypedQuery, XAddId,
+    ZAddCompare, ZAddCondition, ITEMS_PER_RESULT_MAX, RESULT_BYTES_MAX,
 };
 use super::key::Key;
 use super::value::Value;
@@ -761,7 +761,7 @@ impl KvStore {
             TypedCommand::XAdd {
                 key,
                 id,
-                maxlen,
+                trim,
                 no_mkstream,
                 fields,
             } => {
@@ -817,14 +817,55 @@ impl KvStore {
                     s.bytes += stream_entry_bytes(&fields);
                     s.entries.insert(new, fields);
                     s.last = new;
-                    if let Some(max) = maxlen {
-                        while s.entries.len() as u64 > *max {
-                            let (_, f) = s.entries.pop_first().expect("non-empty");
-                            s.bytes -= stream_entry_bytes(&f);
-                        }
+                    if let Some(t) = trim {
+                        trim_stream(s, t);
                     }
                 })?;
                 KvResult::Value(Some(new.to_bytes()))
+            }
+            TypedCommand::XTrim { key, trim } => {
+                let evicted = self.coll_mut(key, Kind::Stream, false, |c| {
+                    trim_stream(kind!(c, Stream), trim)
+                })?;
+                KvResult::Count(evicted.unwrap_or(0))
+            }
+            TypedCommand::XDel { key, ids } => {
+                let deleted = self.coll_mut(key, Kind::Stream, false, |c| {
+                    let s = kind!(c, Stream);
+                    let mut deleted = 0;
+                    for &(ms, seq) in ids {
+                        if let Some(f) = s.entries.remove(&StreamId { ms, seq }) {
+                            s.bytes -= stream_entry_bytes(&f);
+                            deleted += 1;
+                        }
+                    }
+                    deleted
+                })?;
+                KvResult::Count(deleted.unwrap_or(0))
+            }
+            TypedCommand::XSetId {
+                key,
+                last,
+                entries_added,
+            } => {
+                let Some(c) = self.coll(key, Kind::Stream)? else {
+                    return Err(KvError::NoSuchKey);
+                };
+                let s = kind!(c, Stream);
+                let new = StreamId {
+                    ms: last.0,
+                    seq: last.1,
+                };
+                if let Some((top, _)) = s.entries.last_key_value() {
+                    if new < *top {
+                        return Err(KvError::XSetIdTooSmall);
+                    }
+                    if entries_added.is_some_and(|n| n < s.entries.len() as u64) {
+                        return Err(KvError::XSetIdEntriesAdded);
+                    }
+                }
+                self.coll_mut(key, Kind::Stream, false, |c| kind!(c, Stream).last = new)?;
+                KvResult::Ok
             }
         })
     }
@@ -1738,4 +1779,27 @@ fn fits(bytes: usize, n: usize) -> Result<(), KvError> {
     } else {
         Ok(())
     }
+}
+
+/// Evicts the oldest entries of `s` as `t` says; the number evicted.
+/// Entry by entry for `~` too (see [`StreamTrim`]), at most `t.limit`
+/// entries if it is not 0.
+fn trim_stream(s: &mut super::collection::Stream, t: &StreamTrim) -> u64 {
+    let mut evicted = 0;
+    while t.limit == 0 || evicted < t.limit {
+        let Some((first, _)) = s.entries.first_key_value() else {
+            break;
+        };
+        let evict = match t.threshold {
+            TrimThreshold::MaxLen(n) => s.entries.len() as u64 > n,
+            TrimThreshold::MinId { ms, seq } => *first < StreamId { ms, seq },
+        };
+        if !evict {
+            break;
+        }
+        let (_, f) = s.entries.pop_first().expect("non-empty");
+        s.bytes -= stream_entry_bytes(&f);
+        evicted += 1;
+    }
+    evicted
 }

@@ -25,11 +25,11 @@ use collection::{Collection, Elem, Score, StreamId};
 pub use command::{
     format_float, prefix_end, BitFieldAction, BitFieldOp, BitFieldOverflow, BitFieldType,
     BitOperation, DeadlineChange, ExpireCondition, KvCommand, KvError, KvQuery, KvResult,
-    PutCondition, ResultBytes, TypedCommand, TypedQuery, XAddId, ZAddCompare, ZAddCondition,
-    BATCH_COMMANDS_MAX, BITFIELD_OPS_MAX, DEADLINE_MS_MAX, EXPIRE_DUE_KEYS_MAX,
-    ITEMS_PER_RESULT_MAX, KEYS_PER_COMMAND_MAX, KEY_BYTES_MAX, MESSAGES_KEPT_MAX,
-    MESSAGE_BYTES_KEPT_MAX, MESSAGE_BYTES_READ_MAX, RESULT_BYTES_MAX, SCAN_BYTES_MAX,
-    SCAN_LIMIT_MAX, VALUE_BYTES_MAX,
+    PutCondition, ResultBytes, StreamTrim, TrimThreshold, TypedCommand, TypedQuery, XAddId,
+    ZAddCompare, ZAddCondition, BATCH_COMMANDS_MAX, BITFIELD_OPS_MAX, DEADLINE_MS_MAX,
+    EXPIRE_DUE_KEYS_MAX, ITEMS_PER_RESULT_MAX, KEYS_PER_COMMAND_MAX, KEY_BYTES_MAX,
+    MESSAGES_KEPT_MAX, MESSAGE_BYTES_KEPT_MAX, MESSAGE_BYTES_READ_MAX, RESULT_BYTES_MAX,
+    SCAN_BYTES_MAX, SCAN_LIMIT_MAX, VALUE_BYTES_MAX,
 };
 use expiry::Deadlines;
 use std::rc::Rc;
@@ -1640,7 +1640,7 @@ mod tests {
             KvCommand::Typed(TypedCommand::XAdd {
                 key: k("x"),
                 id: XAddId::Explicit { ms: 1, seq: 1 },
-                maxlen: None,
+                trim: None,
                 no_mkstream: false,
                 fields: vec![k("f"), k("v")],
             }),

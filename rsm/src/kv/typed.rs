@@ -42,6 +42,12 @@
 //!         0x4e SortStore  | dst key | sort bytes (an encoded Sort query) |
 //!         0x50 XAdd       | key | id kind u8 (0 auto, 1 explicit, 2 auto seq) | ms u64 | seq u64 |
 //!                         | maxlen ou64 | no_mkstream u8 | fields list |
+//!                         (an XAdd without a trim or with a MAXLEN trim without LIMIT)
+//!         0x52 XAdd       | key | id kind u8 | ms u64 | seq u64 | trim | no_mkstream u8 | fields list |
+//!                         (any other XAdd)
+//!         0x51 XTrim      | key | trim |
+//!         0x53 XDel       | key | count u32 | (ms u64 | seq u64) * |
+//!         0x54 XSetId     | key | ms u64 | seq u64 | entries_added ou64 |
 //! query   0x60 Type       | key |
 //!         0x61 ListLen    | key |          0x62 ListRange | key | start i64 | stop i64 |
 //!         0x63 ListIndex  | key | index i64 |
@@ -75,8 +81,10 @@
 //! (`key` is `bytes`; `range` is `min f64 | min_exclusive u8 | max f64 |
 //! max_exclusive u8`, Redis' `(` bounds; a lex `min`/`max` is Redis'
 //! text, `-`, `+`, `[member` or `(member`, anything else refused;
-//! `weights` is `count u32 | f64 *`, none or one per source.) Free tags:
-//! commands 0x37, 0x3f, 0x4f, 0x51..=0x5f; queries
+//! `weights` is `count u32 | f64 *`, none or one per source; `trim` is
+//! `kind u8 (0 MAXLEN, 1 MINID) | len or ms u64 | seq u64 (0 for MAXLEN) |
+//! limit u64`.) Free tags:
+//! commands 0x37, 0x3f, 0x4f, 0x55..=0x5f; queries
 //! 0x66, 0x67, 0x82..=0x87, 0x91..=0x9f. Unknown tags and flag bytes other than 0/1 are
 //! rejected with a [`DecodeError`], never a panic.
 
@@ -88,6 +96,77 @@ use super::command::{
 };
 use crate::codec::{put_bytes, put_count, Reader};
 use crate::error::DecodeError;
+
+/// How far a stream trim goes (`MAXLEN` / `MINID` of XADD and XTRIM).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrimThreshold {
+    /// Keep at most this many entries (`MAXLEN`).
+    MaxLen(u64),
+    /// Evict the entries with ids below `ms-seq` (`MINID`).
+    MinId {
+        /// Milliseconds part.
+        ms: u64,
+        /// Sequence part.
+        seq: u64,
+    },
+}
+
+/// A stream trim of [`TypedCommand::XAdd`] or [`TypedCommand::XTrim`].
+///
+/// Redis' approximate trim (`~`) evicts only whole radix-tree nodes; the
+/// streams here have no nodes, so `~` trims entry by entry, exactly like
+/// `=`, except that `limit` caps the entries it evicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamTrim {
+    /// Where to trim to.
+    pub threshold: TrimThreshold,
+    /// Evict at most this many entries (`~ ... LIMIT n`); 0: no limit.
+    pub limit: u64,
+}
+
+impl StreamTrim {
+    /// `MAXLEN len`, without a limit.
+    pub fn max_len(len: u64) -> Self {
+        StreamTrim {
+            threshold: TrimThreshold::MaxLen(len),
+            limit: 0,
+        }
+    }
+}
+
+fn put_trim(out: &mut BytesMut, t: &StreamTrim) {
+    let (kind, a, b) = match t.threshold {
+        TrimThreshold::MaxLen(n) => (0, n, 0),
+        TrimThreshold::MinId { ms, seq } => (1, ms, seq),
+    };
+    out.put_u8(kind);
+    out.put_u64_le(a);
+    out.put_u64_le(b);
+    out.put_u64_le(t.limit);
+}
+
+fn get_trim(r: &mut Reader) -> Result<StreamTrim, DecodeError> {
+    let kind = r.u8()?;
+    let a = r.u64()?;
+    let b = r.u64()?;
+    let limit = r.u64()?;
+    let threshold = match kind {
+        0 if b == 0 => TrimThreshold::MaxLen(a),
+        0 => {
+            return Err(DecodeError::Invalid {
+                what: "maxlen trim with a sequence",
+            })
+        }
+        1 => TrimThreshold::MinId { ms: a, seq: b },
+        tag => {
+            return Err(DecodeError::UnknownTag {
+                what: "stream trim kind",
+                tag,
+            })
+        }
+    };
+    Ok(StreamTrim { threshold, limit })
+}
 
 /// The condition of a [`TypedCommand::ZAdd`] (`NX` / `XX`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -461,12 +540,41 @@ pub enum TypedCommand {
         key: Bytes,
         /// The id.
         id: XAddId,
-        /// Trim to at most this many entries after adding.
-        maxlen: Option<u64>,
+        /// Trim after adding.
+        trim: Option<StreamTrim>,
         /// Do not create the stream.
         no_mkstream: bool,
         /// Field, value, field, value...
         fields: Vec<Bytes>,
+    },
+    /// `XTRIM`: result `Count`, the entries evicted (0 for an absent key,
+    /// which stays absent).
+    XTrim {
+        /// The key.
+        key: Bytes,
+        /// The trim.
+        trim: StreamTrim,
+    },
+    /// `XDEL`: result `Count`, the entries deleted. The stream stays,
+    /// even empty (as in Redis).
+    XDel {
+        /// The key.
+        key: Bytes,
+        /// The ids (ms, seq) to delete.
+        ids: Vec<(u64, u64)>,
+    },
+    /// `XSETID`: sets the stream's last id. Result `Ok`, or `NoSuchKey`
+    /// (absent key), `XSetIdTooSmall` (below the stream's greatest
+    /// entry), `XSetIdEntriesAdded` (`entries_added` below its length).
+    /// `entries_added` is only checked: a stream keeps no count of the
+    /// entries ever added (nor a max deleted id).
+    XSetId {
+        /// The key.
+        key: Bytes,
+        /// The new last id (ms, seq).
+        last: (u64, u64),
+        /// `ENTRIESADDED`.
+        entries_added: Option<u64>,
     },
 }
 
@@ -1024,7 +1132,10 @@ impl TypedCommand {
             | TypedCommand::ZAdd { key, .. }
             | TypedCommand::ZRem { key, .. }
             | TypedCommand::ZPop { key, .. }
-            | TypedCommand::XAdd { key, .. } => key,
+            | TypedCommand::XAdd { key, .. }
+            | TypedCommand::XTrim { key, .. }
+            | TypedCommand::XDel { key, .. }
+            | TypedCommand::XSetId { key, .. } => key,
             TypedCommand::MultiPop { keys, .. } => &keys[0],
         }
     }
@@ -1258,11 +1369,21 @@ impl TypedCommand {
             TypedCommand::XAdd {
                 key,
                 id,
-                maxlen,
+                trim,
                 no_mkstream,
                 fields,
             } => {
-                out.put_u8(0x50);
+                // The first encoding when it can say it (the log written
+                // before MINID and LIMIT), else the second.
+                let maxlen = match trim {
+                    None => Some(None),
+                    Some(StreamTrim {
+                        threshold: TrimThreshold::MaxLen(n),
+                        limit: 0,
+                    }) => Some(Some(*n)),
+                    Some(_) => None,
+                };
+                out.put_u8(if maxlen.is_some() { 0x50 } else { 0x52 });
                 put_bytes(out, key);
                 let (kind, ms, seq) = match *id {
                     XAddId::Auto { now_ms } => (0, now_ms, 0),
@@ -1272,9 +1393,38 @@ impl TypedCommand {
                 out.put_u8(kind);
                 out.put_u64_le(ms);
                 out.put_u64_le(seq);
-                put_ou64(out, *maxlen);
+                match (maxlen, trim) {
+                    (Some(maxlen), _) => put_ou64(out, maxlen),
+                    (None, Some(t)) => put_trim(out, t),
+                    (None, None) => unreachable!("no trim has the first encoding"),
+                }
                 put_flag(out, *no_mkstream);
                 put_keys(out, fields);
+            }
+            TypedCommand::XTrim { key, trim } => {
+                out.put_u8(0x51);
+                put_bytes(out, key);
+                put_trim(out, trim);
+            }
+            TypedCommand::XDel { key, ids } => {
+                out.put_u8(0x53);
+                put_bytes(out, key);
+                put_count(out, ids.len());
+                for (ms, seq) in ids {
+                    out.put_u64_le(*ms);
+                    out.put_u64_le(*seq);
+                }
+            }
+            TypedCommand::XSetId {
+                key,
+                last,
+                entries_added,
+            } => {
+                out.put_u8(0x54);
+                put_bytes(out, key);
+                out.put_u64_le(last.0);
+                out.put_u64_le(last.1);
+                put_ou64(out, *entries_added);
             }
             TypedCommand::MultiPop {
                 keys,
@@ -1293,7 +1443,7 @@ impl TypedCommand {
 
     /// True if `tag` is a typed command's tag.
     pub(crate) fn is_tag(tag: u8) -> bool {
-        matches!(tag, 0x30..=0x3e | 0x40..=0x4e | 0x50)
+        matches!(tag, 0x30..=0x3e | 0x40..=0x4e | 0x50..=0x54)
     }
 
     /// Decodes the body of a command whose tag was read; the caller checks
@@ -1541,7 +1691,7 @@ impl TypedCommand {
                 max: get_bool(r)?,
                 count: get_ou64(r)?,
             },
-            0x50 => {
+            0x50 | 0x52 => {
                 let key = key(r)?;
                 let kind = r.u8()?;
                 let ms = r.u64()?;
@@ -1557,14 +1707,45 @@ impl TypedCommand {
                         })
                     }
                 };
+                let trim = if tag == 0x50 {
+                    get_ou64(r)?.map(StreamTrim::max_len)
+                } else {
+                    let t = get_trim(r)?;
+                    if let TrimThreshold::MaxLen(_) = t.threshold {
+                        if t.limit == 0 {
+                            return Err(DecodeError::Invalid {
+                                what: "xadd trim in the second encoding",
+                            });
+                        }
+                    }
+                    Some(t)
+                };
                 TypedCommand::XAdd {
                     key,
                     id,
-                    maxlen: get_ou64(r)?,
+                    trim,
                     no_mkstream: get_bool(r)?,
                     fields: get_keys(r)?,
                 }
             }
+            0x51 => TypedCommand::XTrim {
+                key: key(r)?,
+                trim: get_trim(r)?,
+            },
+            0x53 => {
+                let key = key(r)?;
+                let n = r.count("stream ids", KEYS_PER_COMMAND_MAX, 16)?;
+                let mut ids = Vec::with_capacity(n);
+                for _ in 0..n {
+                    ids.push((r.u64()?, r.u64()?));
+                }
+                TypedCommand::XDel { key, ids }
+            }
+            0x54 => TypedCommand::XSetId {
+                key: key(r)?,
+                last: (r.u64()?, r.u64()?),
+                entries_added: get_ou64(r)?,
+            },
             tag => {
                 return Err(DecodeError::UnknownTag {
                     what: "kv command",
