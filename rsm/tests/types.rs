@@ -967,17 +967,19 @@ fn stream_of(kv: &mut KvStore, key: &str, n: u64) {
     }
 }
 
+/// `XRANGE key - +`.
+fn whole_stream(key: &str) -> Q {
+    Q::StreamRange {
+        key: b(key),
+        start: (0, 0),
+        end: (u64::MAX, u64::MAX),
+        count: None,
+        rev: false,
+    }
+}
+
 fn stream_ids(kv: &KvStore, key: &str) -> Vec<Bytes> {
-    match r(
-        kv,
-        Q::StreamRange {
-            key: b(key),
-            start: (0, 0),
-            end: (u64::MAX, u64::MAX),
-            count: None,
-            rev: false,
-        },
-    ) {
+    match r(kv, whole_stream(key)) {
         KvResult::Records(rs) => rs.into_iter().map(|(id, _)| id).collect(),
         other => panic!("{other:?}"),
     }
@@ -1260,16 +1262,7 @@ fn observe(kv: &KvStore) -> Vec<KvResult> {
                 with_scores: true,
             },
         ));
-        out.push(r(
-            kv,
-            Q::StreamRange {
-                key: b(key),
-                start: (0, 0),
-                end: (u64::MAX, u64::MAX),
-                count: None,
-                rev: false,
-            },
-        ));
+        out.push(r(kv, whole_stream(key)));
     }
     out.push(KvResult::Count(kv.data_bytes()));
     out
