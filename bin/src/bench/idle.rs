@@ -813,31 +813,20 @@ mod tests {
     #[test]
     fn tiny_idle_run_quiesces_and_reports_json() {
         let dir = tempfile::tempdir().unwrap();
-        let dir_arg = dir.path().to_string_lossy().to_string();
-        let args = crate::bench::parse_for_tests(&[
-            "--idle",
-            "--groups",
-            "50",
-            "--shards",
-            "1",
-            "--placement",
-            "unbound",
-            "--io-memory",
-            "1MiB",
-            "--preempt-timer",
-            "1ms",
-            "--duration",
-            "1s",
-            "--warmup",
-            "0s",
-            "--idle-writes",
-            "2",
-            "--quiesce-timeout",
-            "20s",
-            "--json",
-            "--data-dir",
-            &dir_arg,
-        ]);
+        // The shared tiny setup; its 300 ms warm-up is the idle mode's
+        // settle time before the window.
+        let args = crate::bench::tiny_run_for_tests(
+            dir.path(),
+            &[
+                "--idle",
+                "--groups",
+                "50",
+                "--idle-writes",
+                "2",
+                "--quiesce-timeout",
+                "20s",
+            ],
+        );
         let mut out = Vec::new();
         let outcome = crate::bench::execute(&args, &mut out);
         let text = String::from_utf8(out).unwrap();
