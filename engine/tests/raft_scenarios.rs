@@ -1051,12 +1051,10 @@ fn a_resumed_follower_answering_old_heartbeats_gets_few_appends() {
     assert_eq!(c.node(3).commit(), c.node(1).commit());
 }
 
-/// Compaction + snapshot: a follower that fell behind the snapshot gets
-/// InstallSnapshot; one behind the cache gets entries fetched from disk.
-#[test]
-fn snapshot_and_fetch_for_lagging_followers() {
-    let t = |c: &mut Config| c.cache_bytes_max = 0;
-    let mut c = Cluster::new(&[1, 2, 3], &t);
+/// Node 1 leads, node 3 is cut off while 20 entries commit, and node 1
+/// compacts its log up to what it applied: node 3 can only catch up by
+/// snapshot. Returns the compacted index and the snapshot's metadata.
+fn leader_compacts_past_isolated_3(c: &mut Cluster) -> (Index, SnapshotMeta) {
     c.campaign(1);
     c.isolate(3);
     for k in 0..20 {
@@ -1065,6 +1063,16 @@ fn snapshot_and_fetch_for_lagging_followers() {
     c.stabilize();
     let applied = c.node(1).applied();
     let meta = c.node(1).compact(applied).unwrap();
+    (applied, meta)
+}
+
+/// Compaction + snapshot: a follower that fell behind the snapshot gets
+/// InstallSnapshot; one behind the cache gets entries fetched from disk.
+#[test]
+fn snapshot_and_fetch_for_lagging_followers() {
+    let t = |c: &mut Config| c.cache_bytes_max = 0;
+    let mut c = Cluster::new(&[1, 2, 3], &t);
+    let (applied, meta) = leader_compacts_past_isolated_3(&mut c);
     assert_eq!(meta.index, applied);
     assert_eq!(meta.membership, Membership::voters(&[1, 2, 3]));
     c.heal();
@@ -1100,14 +1108,7 @@ fn snapshot_and_fetch_for_lagging_followers() {
 #[test]
 fn would_restore_agrees_with_what_stepping_the_snapshot_does() {
     let mut c = Cluster::new(&[1, 2, 3], &|_: &mut Config| {});
-    c.campaign(1);
-    c.isolate(3);
-    for k in 0..20 {
-        c.propose(1, &format!("v{k}")).unwrap();
-    }
-    c.stabilize();
-    let applied = c.node(1).applied();
-    let meta = c.node(1).compact(applied).unwrap();
+    let (_, meta) = leader_compacts_past_isolated_3(&mut c);
     let term = c.node(1).term();
     let group = c.node(1).group();
     let install = |term: Term, meta: &SnapshotMeta| {
