@@ -157,6 +157,8 @@ impl NodeHost {
             // rather than from a message of its own (one wake-up less per
             // follower and write at low load).
             raft_defaults.lazy_commit_notify = true;
+            // A busy group's appends do its heartbeats' work.
+            raft_defaults.skip_busy_heartbeats = true;
             let entry_bytes_max = host.config.entry_limit_bytes();
             let defaults = flotilla_storage::WalOptions::default();
             // One frame holds the largest entry with its headers.

@@ -24,6 +24,8 @@ struct Cluster {
     held: Vec<Message>,
     /// Appends carrying entries delivered, per (from, to).
     appends: BTreeMap<(u64, u64), usize>,
+    /// Heartbeats sent.
+    heartbeats: usize,
     /// The next this many fetches fail (answered with no entries).
     failing_fetches: usize,
     transcript: Vec<String>,
@@ -67,6 +69,7 @@ impl Cluster {
             paused: BTreeSet::new(),
             held: Vec::new(),
             appends: BTreeMap::new(),
+            heartbeats: 0,
             failing_fetches: 0,
             transcript: Vec::new(),
         }
@@ -128,6 +131,9 @@ impl Cluster {
         };
         while let Some(rd) = r.ready() {
             for m in rd.messages.into_iter().chain(rd.persisted_messages) {
+                if m.kind == MessageType::Heartbeat {
+                    self.heartbeats += 1;
+                }
                 self.queue.push_back(m);
             }
             let disk = self.disk.entry(id).or_default();
@@ -180,6 +186,7 @@ impl Cluster {
         if m.kind == MessageType::Append && !m.entries.is_empty() {
             *self.appends.entry((f, t)).or_default() += 1;
         }
+
         self.sent += 1;
         self.node(t).step(m).unwrap();
         self.drain(t);
@@ -1400,4 +1407,78 @@ fn lazy_commit_notify_leaves_the_commit_to_the_next_heartbeat() {
         .expect("the follower read is answered");
     assert_eq!((r.ctx, r.index), (9, index));
     assert_eq!(lazy.node(3).commit(), index);
+}
+
+/// `skip_busy_heartbeats`: while every follower accepts appends that carry
+/// the commit index, the heartbeat timer sends nothing, and the append
+/// answers keep the lease; once the group is idle, heartbeats resume; a
+/// commit that no append carried still goes out with the next round.
+#[test]
+fn busy_followers_get_no_heartbeats_and_their_answers_keep_the_lease() {
+    // One write per tick for 30 ticks (three election timeouts).
+    let busy = |skip: bool, lazy: bool| {
+        let t = move |c: &mut Config| {
+            c.skip_busy_heartbeats = skip;
+            c.lazy_commit_notify = lazy;
+        };
+        let mut c = Cluster::new(&[1, 2, 3], &t);
+        c.campaign(1);
+        c.propose(1, "warm").unwrap();
+        c.stabilize();
+        c.tick_all(1);
+        let before = c.heartbeats;
+        for k in 0..30 {
+            c.propose(1, &format!("w{k}")).unwrap();
+            c.stabilize();
+            c.tick_all(1);
+        }
+        let during = c.heartbeats - before;
+        c.say(format!(
+            "skip={skip} lazy={lazy}: {during} heartbeats in 30 busy ticks"
+        ));
+        (c, during)
+    };
+    let (_, without) = busy(false, false);
+    assert_eq!(without, 60, "one round per tick to two followers");
+
+    let (mut c, with) = busy(true, false);
+    assert_eq!(with, 0, "the appends did the heartbeats' work");
+    assert!(
+        c.node(1).lease_valid(),
+        "append answers renewed the lease for three election timeouts"
+    );
+    let sent = c.sent;
+    c.node(1).read_index(1).unwrap();
+    c.stabilize();
+    assert_eq!(c.sent, sent, "a lease read needs no message");
+    assert_eq!(c.reads[&1].len(), 1);
+    // Idle (nothing appended since the last round): the timer heartbeats
+    // again at once.
+    let before = c.heartbeats;
+    c.tick_all(3);
+    assert_eq!(c.heartbeats - before, 6);
+    assert!(c.node(1).lease_valid());
+
+    // Lazy commit: the last write's commit went out in no append, so the
+    // next round is not skipped and brings it to the followers.
+    let (mut c, _) = busy(true, true);
+    let index = c.propose(1, "last").unwrap();
+    c.stabilize();
+    assert!(c.node(2).commit() < index && c.node(3).commit() < index);
+    let before = c.heartbeats;
+    c.tick_all(1);
+    assert_eq!(c.heartbeats - before, 2);
+    assert_eq!([c.node(2).commit(), c.node(3).commit()], [index, index]);
+
+    // A follower that stops answering gets heartbeats again.
+    let (mut c, _) = busy(true, false);
+    c.pause(3);
+    let before = c.heartbeats;
+    c.propose(1, "x").unwrap();
+    c.stabilize();
+    c.tick_all(2);
+    assert!(
+        c.heartbeats - before >= 1,
+        "the silent follower is sent a heartbeat"
+    );
 }

@@ -119,6 +119,16 @@ pub struct Config {
     /// linearizable read is unaffected: the heartbeat round that confirms
     /// its read index carries the commit index ahead of the answer.
     pub lazy_commit_notify: bool,
+    /// The heartbeat timer's rounds skip the followers that accepted an
+    /// append since the previous round and were sent the commit index: the
+    /// appends reset their election timers and carried the commit, and
+    /// every append carries the current round number, which the follower
+    /// echoes, so its answer counts for that round (ReadIndex, lease)
+    /// exactly like a heartbeat's. A busy group then sends no heartbeats.
+    /// Measured with 2,000 busy groups (`flotilla bench --groups 2000
+    /// --concurrency 3`): 60–64 k writes/s at 24–26 CPU-µs/write without,
+    /// 78–80 k at 19 with.
+    pub skip_busy_heartbeats: bool,
     /// Seed of the RNG (election timeouts, read-batch ids). Must differ
     /// between starts of the same replica (mix in a boot counter or the wall
     /// clock), so a read answer addressed to an earlier incarnation is never
@@ -152,6 +162,7 @@ impl Config {
             quiesce_ticks: 0,
             stagger_first_election: false,
             lazy_commit_notify: false,
+            skip_busy_heartbeats: false,
             seed: 0,
             planted_bug: None,
         }
@@ -779,13 +790,13 @@ impl Raft {
         }
         if self.heartbeat_elapsed >= self.cfg.heartbeat_interval_ticks {
             self.heartbeat_elapsed = 0;
-            self.broadcast_heartbeat(0);
+            self.broadcast_heartbeat(0, true);
         }
         if self.cfg.quiesce_ticks > 0 {
             if self.is_idle() {
                 self.idle_ticks += 1;
                 if self.idle_ticks >= self.cfg.quiesce_ticks {
-                    self.broadcast_heartbeat(FLAG_QUIESCE);
+                    self.broadcast_heartbeat(FLAG_QUIESCE, false);
                     self.quiesced = true;
                     tracing::debug!(group = self.group.0, replica = self.id.0, "group quiesced");
                 }
@@ -827,7 +838,7 @@ impl Raft {
         if self.role == Role::Leader {
             // Time passed unseen: only acks of rounds sent from now on count.
             self.lease_floor_seq = self.hb_seq;
-            self.broadcast_heartbeat(0);
+            self.broadcast_heartbeat(0, false);
         }
     }
 
@@ -1143,6 +1154,8 @@ impl Raft {
             m.from,
             self.term,
         );
+        // The leader's heartbeat round (see `send_append`).
+        r.context = m.context;
         if m.index < self.log.commit {
             r.index = self.log.commit;
         } else if self.log.match_term(m.index, m.log_term) {
@@ -1277,6 +1290,19 @@ impl Raft {
                     return;
                 };
                 pr.recent_active = true;
+                // Any answer shows the follower heard this leader after the
+                // round the append carried (`send_append`) began.
+                let round_acked = m.context > pr.hb_seq_acked;
+                pr.hb_seq_acked = pr.hb_seq_acked.max(m.context);
+                if !m.reject {
+                    pr.accepted_since_round = true;
+                }
+                if round_acked {
+                    self.confirm_reads();
+                }
+                let Some(pr) = self.progress.get_mut(&from) else {
+                    return;
+                };
                 if m.reject {
                     let mut probe_from = m.reject_hint;
                     if m.log_term > 0 {
@@ -1581,11 +1607,17 @@ impl Raft {
         }
         let bytes = entries.iter().map(|e| e.size_bytes() as u64).sum();
         pr.sent(last, has, bytes, self.hb_seq);
+        pr.appended_since_round = true;
+        pr.sent_commit = pr.sent_commit.max(self.log.commit);
         let mut m = Message::new(self.group, MessageType::Append, self.id, to, self.term);
         m.index = prev;
         m.log_term = prev_term;
         m.entries = entries;
         m.commit = self.log.commit;
+        // The current heartbeat round: the follower echoes it, so an
+        // accepted append counts like an answered heartbeat of that round
+        // (reads, lease), and a busy group needs no heartbeats at all.
+        m.context = self.hb_seq;
         self.msgs.push(m);
         has
     }
@@ -1631,7 +1663,9 @@ impl Raft {
             .unwrap_or_default()
     }
 
-    fn broadcast_heartbeat(&mut self, flags: u32) {
+    /// Starts heartbeat round `hb_seq + 1`. A `periodic` round (the
+    /// heartbeat timer's) skips the followers whose appends did its work.
+    fn broadcast_heartbeat(&mut self, flags: u32, periodic: bool) {
         self.hb_seq += 1;
         let seq = self.hb_seq;
         if self.hb_sent.len() >= HB_SENT_MAX {
@@ -1645,7 +1679,22 @@ impl Raft {
         }
         self.reads_need_round = false;
         let commit = self.log.commit;
-        for (&id, pr) in &self.progress {
+        // A periodic round skips the followers that accepted an append since
+        // the last round and were sent the commit index: the appends did a
+        // heartbeat's work (election timers, commit; their answers count for
+        // this round, see `send_append`). Not when reads wait for this
+        // round: nothing says another append will go out to confirm them.
+        let skip_busy =
+            periodic && self.cfg.skip_busy_heartbeats && !self.reads.iter().any(|r| r.seq == seq);
+        for (&id, pr) in self.progress.iter_mut() {
+            let busy = pr.appended_since_round
+                && pr.accepted_since_round
+                && pr.sent_commit >= commit.min(pr.match_index);
+            pr.appended_since_round = false;
+            pr.accepted_since_round = false;
+            if skip_busy && busy {
+                continue;
+            }
             let mut m = Message::new(self.group, MessageType::Heartbeat, self.id, id, self.term);
             m.commit = commit.min(pr.match_index);
             m.context = seq;
@@ -2247,7 +2296,7 @@ impl Raft {
                 self.broadcast_append();
             }
             if self.reads_need_round {
-                self.broadcast_heartbeat(0);
+                self.broadcast_heartbeat(0, false);
             }
         }
         if !self.follower_reads.is_empty() {

@@ -63,6 +63,14 @@ pub(crate) struct Progress {
     /// The leader's heartbeat sequence when the last append was sent: only
     /// the answer to a later heartbeat releases a probe or a window slot.
     sent_hb_seq: u64,
+    /// An append went to this follower since the last heartbeat round...
+    pub appended_since_round: bool,
+    /// ...and it accepted an append since then: it is alive and following,
+    /// so the next periodic heartbeat may skip it (see
+    /// `Raft::broadcast_heartbeat`).
+    pub accepted_since_round: bool,
+    /// Highest commit index sent to this follower in an append.
+    pub sent_commit: Index,
     pub kind: MemberKind,
     /// A fetch of on-disk entries is outstanding for this follower.
     pub fetching: bool,
@@ -80,6 +88,9 @@ impl Progress {
             recent_active: false,
             hb_seq_acked: 0,
             sent_hb_seq: 0,
+            appended_since_round: false,
+            accepted_since_round: false,
+            sent_commit: 0,
             kind,
             fetching: false,
         }

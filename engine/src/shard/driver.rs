@@ -1611,7 +1611,12 @@ impl Driver {
                 return false;
             }
             g.raft.tick();
-            dirty.insert(*id);
+            // Most ticks change nothing visible (a follower's election
+            // clock, a leader between heartbeats): `collect` need not
+            // visit those groups.
+            if g.raft.has_ready() {
+                dirty.insert(*id);
+            }
             true
         });
     }

@@ -156,6 +156,8 @@ pub struct Sim {
     stagger: bool,
     /// `raft::Config::lazy_commit_notify` for every replica.
     lazy_commit: bool,
+    /// `raft::Config::skip_busy_heartbeats` for every replica.
+    skip_busy_heartbeats: bool,
     oracle: Oracle,
     trace: VecDeque<String>,
     trace_hash: u64,
@@ -215,6 +217,7 @@ impl Sim {
         let inflight_bytes_max = [1 << 20, 100, 500][((cfg.seed / 3) % 3) as usize];
         let stagger = (cfg.seed / 9) % 2 == 1;
         let lazy_commit = (cfg.seed / 18) % 2 == 1;
+        let skip_busy_heartbeats = (cfg.seed / 36) % 2 == 1;
         let pre_vote = rng.pct(70);
         let crash_pct = [30, 60, 100][rng.below(3) as usize];
         let churn = rng.pct(30);
@@ -235,6 +238,7 @@ impl Sim {
             quiesce_ticks,
             stagger,
             lazy_commit,
+            skip_busy_heartbeats,
             oracle: Oracle::default(),
             trace: VecDeque::new(),
             trace_hash: 0xcbf2_9ce4_8422_2325,
@@ -281,8 +285,8 @@ impl Sim {
             });
         }
         sim.event(format!(
-            "start machines={machines} voters={voters} drop={}% dup={}% quiesce={} cache={}/{} append={} inflight_bytes={} prevote={} crash={} churn={} stagger={} lazy_commit={}",
-            sim.drop_pct, sim.dup_pct, sim.quiesce_ticks, sim.cache_bytes_max, sim.cache_replicated_bytes_max, sim.append_bytes_max, sim.inflight_bytes_max, sim.pre_vote, sim.crash_pct, sim.churn, sim.stagger, sim.lazy_commit
+            "start machines={machines} voters={voters} drop={}% dup={}% quiesce={} cache={}/{} append={} inflight_bytes={} prevote={} crash={} churn={} stagger={} lazy_commit={} skip_busy_heartbeats={}",
+            sim.drop_pct, sim.dup_pct, sim.quiesce_ticks, sim.cache_bytes_max, sim.cache_replicated_bytes_max, sim.append_bytes_max, sim.inflight_bytes_max, sim.pre_vote, sim.crash_pct, sim.churn, sim.stagger, sim.lazy_commit, sim.skip_busy_heartbeats
         ));
         sim
     }
@@ -302,6 +306,7 @@ impl Sim {
         c.quiesce_ticks = self.quiesce_ticks;
         c.stagger_first_election = self.stagger;
         c.lazy_commit_notify = self.lazy_commit;
+        c.skip_busy_heartbeats = self.skip_busy_heartbeats;
         c.promote_lag_max = 5;
         c.uncommitted_entries_max = 200;
         c.seed =
