@@ -1681,8 +1681,7 @@ impl Driver {
                 continue;
             }
             let peer = transport::PeerId::new(m.to.0, super::shard_of(m.group.0, self.shard_count));
-            let bytes = self.encoder.encode_to_bytes(&m);
-            if let Err(e) = self.transport.send(peer, bytes) {
+            if let Err(e) = self.transport.send_slice(peer, self.encoder.encode(&m)) {
                 debug!(group = m.group.0, to = m.to.0, error = %e, "raft message not queued");
                 // Stop pipelining to a peer that is not taking what it is
                 // sent (its queue is full: paused, slow or gone): the leader
