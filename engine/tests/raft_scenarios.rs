@@ -308,6 +308,15 @@ fn disk_range(d: &BTreeMap<Index, Entry>, lo: Index, hi: Index) -> Vec<Entry> {
     d.range(lo..=hi).map(|(_, e)| e.clone()).collect()
 }
 
+/// Replicas 1–3, 1 leading, one write committed everywhere.
+fn warm_cluster(tweak: &dyn Fn(&mut Config)) -> Cluster {
+    let mut c = Cluster::new(&[1, 2, 3], tweak);
+    c.campaign(1);
+    c.propose(1, "warm").unwrap();
+    c.stabilize();
+    c
+}
+
 fn default() -> impl Fn(&mut Config) {
     |_c: &mut Config| {}
 }
@@ -1361,10 +1370,7 @@ fn lazy_commit_notify_leaves_the_commit_to_the_next_heartbeat() {
             c.lazy_commit_notify = lazy;
             c.lease_read = false;
         };
-        let mut c = Cluster::new(&[1, 2, 3], &t);
-        c.campaign(1);
-        c.propose(1, "warm").unwrap();
-        c.stabilize();
+        let mut c = warm_cluster(&t);
         let sent = c.sent;
         let index = c.propose(1, "v").unwrap();
         c.stabilize();
@@ -1421,10 +1427,7 @@ fn busy_followers_get_no_heartbeats_and_their_answers_keep_the_lease() {
             c.skip_busy_heartbeats = skip;
             c.lazy_commit_notify = lazy;
         };
-        let mut c = Cluster::new(&[1, 2, 3], &t);
-        c.campaign(1);
-        c.propose(1, "warm").unwrap();
-        c.stabilize();
+        let mut c = warm_cluster(&t);
         c.tick_all(1);
         let before = c.heartbeats;
         for k in 0..30 {
