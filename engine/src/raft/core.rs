@@ -1297,11 +1297,16 @@ impl Raft {
                 if !m.reject {
                     pr.accepted_since_round = true;
                 }
-                if round_acked {
+                // Once per round, not per answer: the reads it may confirm,
+                // then the progress again (the borrow ended for them).
+                let pr = if round_acked {
                     self.confirm_reads();
-                }
-                let Some(pr) = self.progress.get_mut(&from) else {
-                    return;
+                    let Some(pr) = self.progress.get_mut(&from) else {
+                        return;
+                    };
+                    pr
+                } else {
+                    pr
                 };
                 if m.reject {
                     let mut probe_from = m.reject_hint;
