@@ -74,10 +74,10 @@ mod state_machine;
 pub use envelope::{encode_noop, tag_noop, tag_of, ClientSession, Envelope, SESSION_HEADER_BYTES};
 pub use error::{ApplyError, DecodeError, QueryError, SnapshotError};
 pub use kv::{
-    BitFieldAction, BitFieldOp, BitFieldOverflow, BitFieldType, BitOperation, DeadlineChange,
-    ExpireCondition, KvCommand, KvError, KvQuery, KvResult, KvStore, PutCondition, StreamTrim,
-    TrimThreshold, TypedCommand, TypedQuery, XAddId, ZAddCompare, ZAddCondition,
-    BATCH_COMMANDS_MAX, DEADLINE_MS_MAX, EXPIRE_DUE_KEYS_MAX,
+    install_script_runner, BitFieldAction, BitFieldOp, BitFieldOverflow, BitFieldType,
+    BitOperation, DeadlineChange, ExpireCondition, KvCommand, KvError, KvQuery, KvResult, KvStore,
+    PutCondition, ScriptRunner, StreamTrim, TrimThreshold, TypedCommand, TypedQuery, XAddId,
+    ZAddCompare, ZAddCondition, BATCH_COMMANDS_MAX, DEADLINE_MS_MAX, EXPIRE_DUE_KEYS_MAX,
 };
 pub use manager::{Applied, LoadedSnapshot, Rsm, RsmStats, SnapshotLoader};
 pub use session::{SessionConfig, SessionTable};

@@ -38,6 +38,7 @@ fn query() -> impl Strategy<Value = KvQuery> {
         bytes().prop_map(|key| KvQuery::Describe { key }),
         any::<u64>().prop_map(|seed| KvQuery::RandomKey { seed }),
         (any::<u64>(), any::<u32>()).prop_map(|(after, limit)| KvQuery::Messages { after, limit }),
+        bytes().prop_map(|payload| KvQuery::Script { payload }),
         (
             bytes(),
             any::<(bool, bool, bool)>(),
@@ -400,7 +401,8 @@ fn single_result() -> impl Strategy<Value = KvResult> {
             Just(KvError::Malformed),
             Just(KvError::ResultTooLarge),
             Just(KvError::XSetIdTooSmall),
-            Just(KvError::XSetIdEntriesAdded)
+            Just(KvError::XSetIdEntriesAdded),
+            Just(KvError::NoScriptRunner)
         ]
         .prop_map(KvResult::Error),
     ]

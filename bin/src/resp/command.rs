@@ -77,6 +77,9 @@ pub struct Shared {
     /// the start of the node until then. Shared with BGSAVE's task.
     pub last_save_secs: Arc<AtomicU64>,
     next_client_id: AtomicU64,
+    /// This node's id among the process's nodes for script queries (see
+    /// `script.rs`).
+    pub script_env: u64,
     /// Per KV group (routing order): a command of this node gave a key a
     /// deadline since the expiry task last looked (see `expiry.rs`).
     expiry_hints: Vec<std::sync::atomic::AtomicBool>,
@@ -113,6 +116,7 @@ impl Shared {
             pubsub_links: super::pubsub::Links::new(0),
             last_save_secs: Arc::new(AtomicU64::new(crate::expiry::unix_ms() / 1000)),
             next_client_id: AtomicU64::new(1),
+            script_env: super::script::next_env(),
             expiry_hints: kv_groups
                 .iter()
                 .map(|_| std::sync::atomic::AtomicBool::new(false))
@@ -300,6 +304,8 @@ pub enum Prepared {
     PubSub(super::pubsub::Change),
     /// XREAD (may block).
     XRead(super::xread::XRead),
+    /// EVAL and its kin: a Lua script.
+    Script(super::script::Eval),
 }
 
 /// Opaque finisher of a plan.
@@ -379,6 +385,25 @@ pub fn arity_ok(info: &CommandInfo, args: usize) -> bool {
 /// Commands with their arity, flags and key positions (COMMAND output).
 const COMMANDS: &[CommandInfo] = &[
     ("get", 2, &["readonly", "fast"], 1, 1, 1),
+    ("eval", -3, &["noscript", "movablekeys"], 0, 0, 0),
+    ("evalsha", -3, &["noscript", "movablekeys"], 0, 0, 0),
+    (
+        "eval_ro",
+        -3,
+        &["noscript", "readonly", "movablekeys"],
+        0,
+        0,
+        0,
+    ),
+    (
+        "evalsha_ro",
+        -3,
+        &["noscript", "readonly", "movablekeys"],
+        0,
+        0,
+        0,
+    ),
+    ("script", -2, &["noscript"], 0, 0, 0),
     ("set", -3, &["write", "denyoom"], 1, 1, 1),
     ("setnx", 3, &["write", "denyoom", "fast"], 1, 1, 1),
     ("getset", 3, &["write", "denyoom", "fast"], 1, 1, 1),
@@ -565,6 +590,10 @@ fn prepare_one(argv: Vec<Bytes>, conn: &mut Conn, shared: &Shared) -> Prepared {
             plan(vec![sub], f)
         }
         "SET" => prepare_set(args, conn),
+        "EVAL" | "EVALSHA" | "EVAL_RO" | "EVALSHA_RO" => {
+            super::script::prepare_eval(name, args, conn)
+        }
+        "SCRIPT" => Prepared::Reply(super::script::prepare_script(args)),
         "SETNX" | "GETSET" => {
             if args.len() != 2 {
                 return arity(name);
@@ -1563,6 +1592,19 @@ fn prepare_config(args: &[Bytes], shared: &Shared) -> Prepared {
     }
 }
 
+/// The table entry of the command `name` (upper or lower case).
+pub(super) fn find_command(name: &str) -> Option<&'static CommandInfo> {
+    all_commands().find(|c| c.0.eq_ignore_ascii_case(name))
+}
+
+impl Conn {
+    /// Sets the seed of the connection's random picks (a script's
+    /// connection: its picks then differ from run to run).
+    pub(super) fn set_seed(&mut self, seed: u64) {
+        self.seed = seed;
+    }
+}
+
 /// Every command served: strings and connection commands, then the data
 /// types.
 fn all_commands() -> impl Iterator<Item = &'static CommandInfo> {
@@ -1586,7 +1628,7 @@ fn peer_hash(peer: &str) -> u64 {
 impl Conn {
     /// A fresh random number for SPOP / SRANDMEMBER (SplitMix64 over the
     /// connection's seed, itself from the clock and the peer).
-    fn next_seed(&mut self) -> u64 {
+    pub(super) fn next_seed(&mut self) -> u64 {
         self.seed = self.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.seed;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -1794,6 +1836,17 @@ pub async fn run_wave(
         let mine: Vec<_> = results.by_ref().take(subs.len()).collect();
         replies.push(finish(f, mine, conn));
     }
+}
+
+/// Runs `q` on `group` with the connection's read consistency (with the
+/// retries of any read).
+pub(super) async fn call_read(
+    conn: &Conn,
+    group: GroupId,
+    q: KvQuery,
+    shared: &Shared,
+) -> Result<KvResult, HostError> {
+    call(&conn.kv, group, &Op::Read(q), shared.request_timeout).await
 }
 
 /// Proposes `cmd` to `group` (with the retries of any write).

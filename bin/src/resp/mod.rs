@@ -25,6 +25,7 @@ pub mod multi;
 pub mod parse;
 pub mod pubsub;
 pub mod reply;
+pub mod script;
 pub mod types;
 pub mod xread;
 
@@ -58,6 +59,7 @@ const READ_CHUNK_MIN_BYTES: usize = 4 << 10;
 /// sender is dropped); then waits for open connections to finish their
 /// pipeline in flight.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: flume::Receiver<()>) {
+    script::register(&shared);
     let gate = glommio::sync::Gate::new();
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
@@ -295,6 +297,9 @@ async fn execute(
                     }
                     Prepared::Exec(t) => {
                         replies.push(Some(multi::exec(t, conn, shared).await));
+                    }
+                    Prepared::Script(e) => {
+                        replies.push(Some(script::run(e, conn, shared).await));
                     }
                     Prepared::Unwatch(reply) => {
                         conn.watched.clear();

@@ -194,6 +194,10 @@ pub fn queue(prepared: Prepared, conn: &mut Conn) -> Prepared {
             Reply::err("SAVE and BGSAVE cannot be part of a transaction"),
         ),
         Prepared::XRead(_) => refuse(m, Reply::err("XREAD cannot be part of a transaction here")),
+        Prepared::Script(_) => refuse(
+            m,
+            Reply::err("EVAL cannot be part of a transaction here (a script is atomic itself)"),
+        ),
         Prepared::PubSub(_) => refuse(
             m,
             Reply::err("SUBSCRIBE and UNSUBSCRIBE cannot be part of a transaction here"),

@@ -46,6 +46,9 @@ pub enum Reply {
     Pairs(Vec<(Reply, Reply)>),
     /// Out-of-band data (pub/sub messages).
     Push(Vec<Reply>),
+    /// A reply encoded already, sent as it is (a script's reply, encoded
+    /// where the script ran, for the connection's protocol).
+    Raw(Bytes),
 }
 
 impl Reply {
@@ -68,6 +71,7 @@ impl Reply {
     pub fn encode_as(&self, out: &mut BytesMut, resp3: bool) {
         match self {
             Reply::Ok => out.put_slice(b"+OK\r\n"),
+            Reply::Raw(bytes) => out.put_slice(bytes),
             Reply::Simple(s) => {
                 out.put_u8(b'+');
                 put_line(out, s);

@@ -31,7 +31,7 @@
 //!          0x18 BitField     | key bytes | count u32 | (action u8 (0 get, 1 set, 2 incrby) |
 //!                            signed u8 | bits u8 | offset u64 (bit) | overflow u8 (0 wrap,
 //!                            1 sat, 2 fail) | value i64 (0 for get)) * |
-//!          0x20..=0x2b       a query (below), executed in log order
+//!          0x20..=0x2c       a query (below), executed in log order
 //!          0x30..=0x54       a typed command (lists, sets, hashes, sorted
 //!                            sets, streams: drawn in `typed.rs`)
 //!          0x60..=0x90       a typed query, executed in log order
@@ -47,6 +47,8 @@
 //!          0x29 Describe     | key bytes |
 //!          0x2a RandomKey    | seed u64 |
 //!          0x2b Messages     | after u64 | limit u32 |
+//!          0x2c Script       | payload bytes |  (run by the installed
+//!                            [`ScriptRunner`](super::ScriptRunner))
 //!          0x60..=0x90       a typed query (drawn in `typed.rs`)
 //! result   0x00 Ok
 //!          0x01 Value        | value opt |
@@ -75,7 +77,7 @@
 //! exhausted, 16 NaN or infinity, 17 hash value not a float, 18 an element
 //! that SORT cannot read as a number, 19 a string that is not a
 //! HyperLogLog, 20 XSETID id below the stream's top entry, 21 XSETID
-//! entries_added below the stream's length.
+//! entries_added below the stream's length, 22 no script runner installed.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -523,6 +525,17 @@ pub enum KvQuery {
         /// Most messages to return.
         limit: u32,
     },
+    /// Runs `payload` through the process's
+    /// [`ScriptRunner`](super::ScriptRunner) on this replica's state (the
+    /// Redis layer's Lua scripts: the runner tries a script on a
+    /// copy-on-write scratch copy and reports its reply and the commands
+    /// it would write, which the caller then proposes as a guarded
+    /// [`KvCommand::Batch`]). Result [`KvResult::Value`] holding the
+    /// runner's answer, or [`KvError::NoScriptRunner`].
+    Script {
+        /// The runner's request (its own encoding).
+        payload: Bytes,
+    },
     /// A read of a list, set, hash, sorted set or stream (or `TYPE`).
     Typed(TypedQuery),
 }
@@ -708,6 +721,10 @@ pub enum KvError {
     /// `XSETID ... ENTRIESADDED n` with `n` below the stream's length.
     #[error("The entries_added specified in XSETID is smaller than the target stream length")]
     XSetIdEntriesAdded,
+    /// A [`KvQuery::Script`] on a node with no script runner installed
+    /// (see [`install_script_runner`](super::install_script_runner)).
+    #[error("scripts are not available on this node")]
+    NoScriptRunner,
 }
 
 impl KvError {
@@ -734,6 +751,7 @@ impl KvError {
             KvError::NotHyperLogLog => 19,
             KvError::XSetIdTooSmall => 20,
             KvError::XSetIdEntriesAdded => 21,
+            KvError::NoScriptRunner => 22,
         }
     }
 
@@ -760,6 +778,7 @@ impl KvError {
             19 => KvError::NotHyperLogLog,
             20 => KvError::XSetIdTooSmall,
             21 => KvError::XSetIdEntriesAdded,
+            22 => KvError::NoScriptRunner,
             tag => {
                 return Err(DecodeError::UnknownTag {
                     what: "kv error",
@@ -1451,7 +1470,7 @@ impl KvCommand {
                 }
                 KvCommand::BitField { key, ops }
             }
-            0x20..=0x2b => return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?)),
+            0x20..=0x2c => return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?)),
             tag if TypedQuery::is_tag(tag) => {
                 return Ok(KvCommand::Read(KvQuery::decode_tagged(tag, r)?))
             }
@@ -1549,6 +1568,10 @@ impl KvQuery {
                 out.put_u64_le(*after);
                 out.put_u32_le(*limit);
             }
+            KvQuery::Script { payload } => {
+                out.put_u8(0x2c);
+                put_bytes(out, payload);
+            }
             KvQuery::Typed(q) => q.encode_into(out),
         }
     }
@@ -1596,6 +1619,9 @@ impl KvQuery {
             0x2b => KvQuery::Messages {
                 after: r.u64()?,
                 limit: r.u32()?,
+            },
+            0x2c => KvQuery::Script {
+                payload: r.bytes("script payload", DECODE_BYTES_MAX)?,
             },
             tag if TypedQuery::is_tag(tag) => {
                 KvQuery::Typed(TypedQuery::decode_tagged(tag, &mut r)?)

@@ -710,9 +710,42 @@ impl KvStore {
                 KvResult::Value(self.map.random_key(*seed).map(Bytes::copy_from_slice))
             }
             KvQuery::Messages { after, limit } => self.messages.read(*after, *limit),
+            KvQuery::Script { payload } => match SCRIPT_RUNNER.get() {
+                Some(run) => KvResult::Value(Some(run(self, payload))),
+                None => KvResult::Error(KvError::NoScriptRunner),
+            },
             KvQuery::Typed(q) => self.read_typed(q),
         }
     }
+
+    /// A copy to try commands on: every key shared copy-on-write (a write
+    /// to the copy copies only the chunk or leaf it changes), no published
+    /// messages. What a [`ScriptRunner`] runs a script's commands against
+    /// before they are proposed.
+    pub fn scratch(&self) -> KvStore {
+        KvStore {
+            map: self.map.clone(),
+            typed: self.typed.clone(),
+            typed_bytes: self.typed_bytes,
+            deadlines: self.deadlines.clone(),
+            messages: pubsub::Ring::default(),
+        }
+    }
+}
+
+/// Runs a [`KvQuery::Script`]: the store of the replica that serves the
+/// query and the query's payload in, the answer out. It is called on the
+/// shard's thread, inside the query, so it must be quick (the Redis
+/// layer's runner stops a script after a time limit).
+pub type ScriptRunner = fn(&KvStore, &[u8]) -> Bytes;
+
+static SCRIPT_RUNNER: std::sync::OnceLock<ScriptRunner> = std::sync::OnceLock::new();
+
+/// Installs the process's [`ScriptRunner`] (the first one installed
+/// stays; false if one was installed already). Without one,
+/// [`KvQuery::Script`] answers [`KvError::NoScriptRunner`].
+pub fn install_script_runner(runner: ScriptRunner) -> bool {
+    SCRIPT_RUNNER.set(runner).is_ok()
 }
 
 /// The encoded `WrongType` result (out of line: the GET lane stays small).
@@ -1360,6 +1393,75 @@ mod tests {
 
     fn k(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn count_keys_runner(store: &KvStore, payload: &[u8]) -> Bytes {
+        Bytes::from(format!("{} keys, {} bytes", store.len(), payload.len()))
+    }
+
+    #[test]
+    fn script_queries_go_to_the_installed_runner() {
+        let mut kv = KvStore::new();
+        kv.execute(&KvCommand::put("a", "1"));
+        let q = KvQuery::Script { payload: k("xyz") };
+        assert_eq!(kv.read(&q), KvResult::Error(KvError::NoScriptRunner));
+        assert!(install_script_runner(count_keys_runner));
+        assert!(!install_script_runner(count_keys_runner), "installed once");
+        assert_eq!(kv.read(&q), KvResult::Value(Some(k("1 keys, 3 bytes"))));
+        // Through the log too (a read in log order), changing nothing.
+        assert_eq!(
+            kv.execute(&KvCommand::Read(q)),
+            KvResult::Value(Some(k("1 keys, 3 bytes")))
+        );
+        assert_eq!(kv.len(), 1);
+    }
+
+    #[test]
+    fn a_scratch_copy_takes_writes_without_touching_the_store() {
+        use crate::kv::TypedCommand;
+        let mut kv = KvStore::new();
+        for i in 0..2000 {
+            kv.execute(&KvCommand::put(format!("k{i}"), "v"));
+        }
+        let push = |key: &str, v: &str| {
+            KvCommand::Typed(TypedCommand::ListPush {
+                key: k(key),
+                left: false,
+                only_existing: false,
+                values: vec![k(v)],
+            })
+        };
+        kv.execute(&push("l", "a"));
+        kv.messages.at = 5;
+        kv.execute(&KvCommand::Publish {
+            channel: k("c"),
+            message: k("m"),
+        });
+        let before = kv.read(&KvQuery::Digest { key: k("l") });
+        let mut scratch = kv.scratch();
+        scratch.execute(&KvCommand::put("k7", "changed"));
+        scratch.execute(&KvCommand::put("new", "x"));
+        scratch.execute(&push("l", "b"));
+        scratch.execute(&KvCommand::Delete {
+            keys: vec![k("k8")],
+        });
+        assert_eq!(scratch.get(b"k7"), Some(&b"changed"[..]));
+        assert_eq!(scratch.len(), 2001 + 1 - 1);
+        assert_eq!(kv.get(b"k7"), Some(&b"v"[..]));
+        assert_eq!(kv.get(b"k8"), Some(&b"v"[..]));
+        assert_eq!(kv.get(b"new"), None);
+        assert_eq!(kv.len(), 2001);
+        assert_eq!(kv.read(&KvQuery::Digest { key: k("l") }), before);
+        assert_ne!(scratch.read(&KvQuery::Digest { key: k("l") }), before);
+        // No published messages in the copy.
+        let messages = |s: &KvStore| match s.read(&KvQuery::Messages {
+            after: 0,
+            limit: 10,
+        }) {
+            KvResult::Messages { messages, .. } => messages.len(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!((messages(&kv), messages(&scratch)), (1, 0));
     }
 
     #[test]
