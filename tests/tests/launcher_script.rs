@@ -84,6 +84,27 @@ fn scripts_write_read_their_writes_and_fail_like_redis() {
         .unwrap();
     assert_eq!(list, ["x", "y"]);
 
+    // A script that only reads is linearizable: it sees a write acknowledged
+    // through another node a moment before (a follower learns of commits
+    // late, so a stale read would miss them).
+    for i in 0..30 {
+        let v = format!("v{i}");
+        let _: () = redis::cmd("SET")
+            .arg("{s}fresh")
+            .arg(&v)
+            .query(&mut first)
+            .unwrap();
+        assert_eq!(
+            eval(
+                &mut third,
+                "return redis.call('GET', KEYS[1])",
+                &["{s}fresh"],
+                &[]
+            ),
+            bulk(&v)
+        );
+    }
+
     // The lock-release idiom (redis-py's Lock, Redlock): delete only if
     // the token matches.
     let release = "if redis.call('get', KEYS[1]) == ARGV[1] then \

@@ -80,6 +80,7 @@ const HOOK_INSTRUCTIONS: u32 = 10_000;
 #[derive(Debug)]
 pub struct Eval {
     script: Bytes,
+    sha: [u8; 20],
     keys: Vec<Bytes>,
     args: Vec<Bytes>,
     read_only: bool,
@@ -94,6 +95,10 @@ pub fn sha1_hex(script: &[u8]) -> String {
 thread_local! {
     /// Scripts loaded or run on this executor, by SHA-1 (lower-case hex).
     static SCRIPTS: RefCell<HashMap<String, Bytes>> = RefCell::new(HashMap::new());
+    /// Scripts (by SHA-1) whose last run here wrote nothing: they start
+    /// with the connection's read consistency (see [`run`]).
+    static READERS: RefCell<std::collections::HashSet<[u8; 20]>> =
+        RefCell::new(std::collections::HashSet::new());
     /// This thread's Lua (client executors compile `SCRIPT LOAD`s, shards
     /// run scripts).
     static RUNNER: RefCell<Option<Runner>> = const { RefCell::new(None) };
@@ -208,11 +213,13 @@ pub fn prepare_eval(name: &str, args: &[Bytes], conn: &Conn) -> Prepared {
             Some(_) => {}
         }
     }
+    let sha = sha1_smol::Sha1::from(&script[..]).digest();
     if !name.starts_with("EVALSHA") {
-        cache_script(sha1_hex(&script), script.clone());
+        cache_script(sha.to_string(), script.clone());
     }
     Prepared::Script(Eval {
         script,
+        sha: sha.bytes(),
         args: args[2 + numkeys..].to_vec(),
         group: group.unwrap_or_else(|| conn.kv.group_for(b"")),
         keys,
@@ -258,8 +265,23 @@ pub fn prepare_script(args: &[Bytes]) -> Reply {
 }
 
 /// Runs a script (see the module documentation) and gives its reply.
+///
+/// A script that writes needs no fresh read: its guards check, when its
+/// batch applies, that its keys still hold what it saw. So it first runs
+/// on this node's replica as it is (a stale read: no round to the leader)
+/// and costs one log round like a plain write; if the replica lagged, the
+/// batch aborts and the next run reads linearizably. A script that wrote
+/// nothing is answered from a read with the connection's consistency:
+/// after a stale first run it runs again with it, and the executor
+/// remembers to start it that way next time.
 pub async fn run(e: Eval, conn: &mut Conn, shared: &Shared) -> Reply {
     let saved = conn.kv.consistency;
+    let known_reader = READERS.with(|r| r.borrow().contains(&e.sha));
+    let mut consistency = if e.read_only || known_reader {
+        saved
+    } else {
+        ReadConsistency::Stale
+    };
     let started = Instant::now();
     let mut attempt = 0;
     loop {
@@ -275,6 +297,7 @@ pub async fn run(e: Eval, conn: &mut Conn, shared: &Shared) -> Reply {
         }
         .encode();
         let query = KvQuery::Script { payload };
+        conn.kv.consistency = consistency;
         let outcome = command::call_read(conn, e.group, query, shared).await;
         conn.kv.consistency = saved;
         let answer = match outcome {
@@ -285,7 +308,16 @@ pub async fn run(e: Eval, conn: &mut Conn, shared: &Shared) -> Reply {
             return Reply::err("internal error: malformed script answer");
         };
         if answer.commands.is_empty() {
+            if consistency != saved {
+                // Read stale, wrote nothing: read as the client asked.
+                remember_reader(e.sha, true);
+                consistency = saved;
+                continue;
+            }
             return Reply::Raw(answer.reply);
+        }
+        if known_reader {
+            remember_reader(e.sha, false);
         }
         let batch = KvCommand::Batch {
             guards: answer.guards,
@@ -308,8 +340,22 @@ pub async fn run(e: Eval, conn: &mut Conn, shared: &Shared) -> Reply {
         }
         glommio::timer::sleep(wait).await;
         // The replica may lag: the next run reads what the leader knows.
-        conn.kv.consistency = ReadConsistency::Linearizable;
+        consistency = ReadConsistency::Linearizable;
     }
+}
+
+fn remember_reader(sha: [u8; 20], reader: bool) {
+    READERS.with(|r| {
+        let mut r = r.borrow_mut();
+        if !reader {
+            r.remove(&sha);
+            return;
+        }
+        if r.len() >= SCRIPT_CACHE_MAX {
+            r.clear();
+        }
+        r.insert(sha);
+    });
 }
 
 /// What the connection asks the runner.
