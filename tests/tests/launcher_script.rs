@@ -164,6 +164,14 @@ fn scripts_write_read_their_writes_and_fail_like_redis() {
         bulk("da39a3ee5e6b4b0d3255bfef95601890afd80709")
     );
 
+    // cjson, as scripts use it to keep records in one key.
+    let script = "local r = cjson.decode(ARGV[1]); r.n = r.n + 1; \
+                  redis.call('SET', KEYS[1], cjson.encode(r)); return redis.call('GET', KEYS[1])";
+    assert_eq!(
+        eval(&mut first, script, &["{s}json"], &[r#"{"n":41}"#]),
+        bulk(r#"{"n":42}"#)
+    );
+
     // A command's error raises (call) or is returned (pcall).
     let _: () = redis::cmd("SET")
         .arg("{s}word")

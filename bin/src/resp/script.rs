@@ -38,7 +38,8 @@
 //! gets an error. Lua 5.1 as in Redis, with the `string`, `table` and
 //! `math` libraries and `redis.call`, `pcall`, `error_reply`,
 //! `status_reply`, `sha1hex`, `log`, `setresp(2)`, `set_repl` and
-//! `replicate_commands`; no `cjson`, `cmsgpack`, `bit` or `struct`.
+//! `replicate_commands`, and `cjson` (`lua_json.rs`); no `cmsgpack`,
+//! `bit` or `struct`.
 //! Scripts may not create globals. The script cache is per client
 //! executor: `EVALSHA` on a connection of another executor answers
 //! `NOSCRIPT` until the script is loaded there (clients load and retry).
@@ -558,6 +559,8 @@ impl Runner {
         lua.set_memory_limit(LUA_MEMORY_MAX)?;
         let redis = redis_table(&lua)?;
         lua.globals().raw_set("redis", redis.clone())?;
+        lua.globals()
+            .raw_set("cjson", super::lua_json::table(&lua)?)?;
         // Scripts share this state: they see the globals and the libraries
         // through read-only views, and lose what could write around them
         // (`rawset`, function environments, compiling code in the real
@@ -732,7 +735,7 @@ local function readonly(t, name)
     __metatable = false,
   })
 end
-for _, lib in ipairs({"string", "table", "math", "redis"}) do
+for _, lib in ipairs({"string", "table", "math", "redis", "cjson"}) do
   _G[lib] = readonly(_G[lib], lib)
 end
 for _, name in ipairs({"dofile", "loadfile", "loadstring", "load", "print", "module",
