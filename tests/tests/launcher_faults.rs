@@ -2,7 +2,10 @@
 //!
 //! Six client threads issue random GET / SET / INCRBY / GETSET / SETNX /
 //! DEL over ten keys through the Redis protocol and compare-and-set through
-//! HTTP (`POST /kv/{key}/cas`) (short timeouts, any node),
+//! HTTP (`POST /kv/{key}/cas`) (short timeouts, any node); a third of the
+//! reads, increments, swaps, set-if-absents and compare-and-sets are Lua
+//! scripts instead (`EVAL`: read-modify-writes of one key, see [`LUA`]),
+//! which must be as atomic as the commands they stand for,
 //! while a nemesis thread, one fault at a time, kills -9 and restarts a
 //! node, the leader of a group, two nodes or all three, or pauses a node,
 //! a leader or two nodes with SIGSTOP for a few seconds and resumes them
@@ -107,17 +110,85 @@ fn connect(addr: SocketAddr) -> Option<redis::Connection> {
     Some(conn)
 }
 
-/// Runs `call` on `key` over `conn`; returns the outcome (the caller
-/// drops the connection unless it is `Ok` or `Fail`).
-fn run(conn: &mut redis::Connection, key: &str, call: Call) -> Outcome {
-    match command(key, call).query::<redis::Value>(conn) {
+/// Runs `call` on `key` over `conn` (as a Lua script if `lua`); returns
+/// the outcome (the caller drops the connection unless it is `Ok` or
+/// `Fail`).
+fn run(conn: &mut redis::Connection, key: &str, call: Call, lua: bool) -> Outcome {
+    match command(key, call, lua).query::<redis::Value>(conn) {
         Ok(v) => value_outcome(call, v),
         Err(e) => outcome_of_error(&e),
     }
 }
 
-/// The Redis command of `call` (not compare-and-set, which goes over HTTP).
-fn command(key: &str, call: Call) -> redis::Cmd {
+/// Lua scripts standing for the workload's operations: each reads the key
+/// and writes it from what it read, so only an atomic script gives a
+/// register's answers. `ARGV[1]` of compare-and-set is the expected value
+/// (empty: the key must be absent), `ARGV[2]` the new one.
+const LUA: [(&str, &str); 5] = [
+    ("read", "return redis.call('GET', KEYS[1])"),
+    (
+        "incr",
+        "local v = tonumber(redis.call('GET', KEYS[1]) or '0') + tonumber(ARGV[1]) \
+         redis.call('SET', KEYS[1], v) return v",
+    ),
+    (
+        "swap",
+        "local old = redis.call('GET', KEYS[1]) redis.call('SET', KEYS[1], ARGV[1]) return old",
+    ),
+    (
+        "setnx",
+        "if redis.call('GET', KEYS[1]) then return 0 end \
+         redis.call('SET', KEYS[1], ARGV[1]) return 1",
+    ),
+    (
+        "cas",
+        "local cur = redis.call('GET', KEYS[1]) \
+         if (ARGV[1] == '' and not cur) or cur == ARGV[1] then \
+           redis.call('SET', KEYS[1], ARGV[2]) return 1 end return 0",
+    ),
+];
+
+fn lua_script(name: &str) -> &'static str {
+    LUA.iter()
+        .find(|(n, _)| *n == name)
+        .expect("a workload script")
+        .1
+}
+
+/// Whether `call` may run as a Lua script.
+fn has_lua(call: Call) -> bool {
+    matches!(
+        call,
+        Call::Read | Call::Incr(_) | Call::Swap(_) | Call::SetNx(_) | Call::Cas { .. }
+    )
+}
+
+/// The Redis command of `call`: a Lua script if `lua` (and [`has_lua`]),
+/// else the command itself (not compare-and-set, which then goes over
+/// HTTP).
+fn command(key: &str, call: Call, lua: bool) -> redis::Cmd {
+    if lua && has_lua(call) {
+        let (name, args) = match call {
+            Call::Read => ("read", vec![]),
+            Call::Incr(d) => ("incr", vec![d.to_string()]),
+            Call::Swap(v) => ("swap", vec![v.to_string()]),
+            Call::SetNx(v) => ("setnx", vec![v.to_string()]),
+            Call::Cas { expect, new } => (
+                "cas",
+                vec![
+                    expect.map_or(String::new(), |e| e.to_string()),
+                    new.to_string(),
+                ],
+            ),
+            _ => unreachable!("has_lua"),
+        };
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(lua_script(name)).arg(1).arg(key);
+        for a in args {
+            cmd.arg(a);
+        }
+        return cmd;
+    }
     let (name, arg) = match call {
         Call::Read => ("GET", None),
         Call::Write(v) => ("SET", Some(v)),
@@ -125,7 +196,7 @@ fn command(key: &str, call: Call) -> redis::Cmd {
         Call::Incr(d) => ("INCRBY", Some(d)),
         Call::Swap(v) => ("GETSET", Some(v)),
         Call::SetNx(v) => ("SETNX", Some(v)),
-        Call::Cas { .. } => unreachable!("compare-and-set goes over HTTP"),
+        Call::Cas { .. } => unreachable!("compare-and-set goes over HTTP or Lua"),
     };
     let mut cmd = redis::cmd(name);
     cmd.arg(key);
@@ -166,27 +237,26 @@ fn value_outcome(call: Call, v: redis::Value) -> Outcome {
             V::Int(n) => Outcome::Ok(Ret::Int(n)),
             _ => bogus,
         },
-        Call::SetNx(_) => match v {
+        Call::SetNx(_) | Call::Cas { .. } => match v {
             V::Int(n) => Outcome::Ok(Ret::Bool(n == 1)),
             _ => bogus,
         },
-        Call::Cas { .. } => unreachable!("compare-and-set goes over HTTP"),
     }
 }
 
 /// Runs `calls` as one pipeline; every op is concurrent with the others
 /// (invoked when the pipeline is sent, completed when its last reply
 /// arrives). A transport error makes every outcome unknown.
-fn run_pipeline(conn: &mut redis::Connection, calls: &[(String, Call)]) -> Vec<Outcome> {
+fn run_pipeline(conn: &mut redis::Connection, calls: &[(String, Call, bool)]) -> Vec<Outcome> {
     let mut pipe = redis::pipe();
-    for (key, call) in calls {
-        pipe.add_command(command(key, *call));
+    for (key, call, lua) in calls {
+        pipe.add_command(command(key, *call, *lua));
     }
     match pipe.ignore_errors().query::<Vec<redis::Value>>(conn) {
         Ok(values) if values.len() == calls.len() => calls
             .iter()
             .zip(values)
-            .map(|((_, c), v)| value_outcome(*c, v))
+            .map(|((_, c, _), v)| value_outcome(*c, v))
             .collect(),
         Ok(_) => vec![Outcome::Ok(Ret::Int(i64::MIN)); calls.len()],
         Err(_) => vec![Outcome::Info; calls.len()],
@@ -318,7 +388,7 @@ fn client(index: u64, seed: u64, world: Arc<World>) {
         } else {
             1
         };
-        let calls: Vec<(String, Call)> = (0..batch)
+        let calls: Vec<(String, Call, bool)> = (0..batch)
             .map(|_| {
                 let epoch = t0.elapsed().as_secs() / EPOCH.as_secs();
                 let key = key_name(epoch, rng.below(KEYS));
@@ -327,24 +397,25 @@ fn client(index: u64, seed: u64, world: Arc<World>) {
                 let value = ((index + 1) * 1_000_000_000 + seq * 1_000) as i64;
                 let expect = seen.get(&key).copied().flatten();
                 let call = random_call(&mut rng, value, expect, batch == 1);
-                (key, call)
+                let lua = has_lua(call) && rng.below(3) == 0;
+                (key, call, lua)
             })
             .collect();
         let pending: Vec<_> = calls
             .iter()
-            .map(|(key, call)| rec.invoke(process, key, *call))
+            .map(|(key, call, _)| rec.invoke(process, key, *call))
             .collect();
         let c = conn.as_mut().expect("connected");
-        let outcomes = match calls[0].1 {
-            Call::Cas { expect, new } => {
+        let outcomes = match (calls[0].1, calls[0].2) {
+            (Call::Cas { expect, new }, false) => {
                 let node = rng.below(http_addrs.len() as u64) as usize;
                 vec![http_cas(http_addrs[node], &calls[0].0, expect, new)]
             }
-            call if batch == 1 => vec![run(c, &calls[0].0, call)],
+            (call, lua) if batch == 1 => vec![run(c, &calls[0].0, call, lua)],
             _ => run_pipeline(c, &calls),
         };
         let mut unknown = false;
-        for ((p, (key, call)), outcome) in pending.into_iter().zip(&calls).zip(outcomes) {
+        for ((p, (key, call, _)), outcome) in pending.into_iter().zip(&calls).zip(outcomes) {
             rec.complete(p, outcome);
             if let Some(v) = observed(*call, outcome) {
                 seen.insert(key.clone(), v);
@@ -676,7 +747,7 @@ fn histories_under_kill_pause_and_restart_are_linearizable() {
                 }
                 let pending = rec.invoke(1_000_000 + n.id, &key, Call::Read);
                 let outcome = match conn.as_mut() {
-                    Some(c) => run(c, &key, Call::Read),
+                    Some(c) => run(c, &key, Call::Read, false),
                     None => Outcome::Info,
                 };
                 let done = rec.complete(pending, outcome);

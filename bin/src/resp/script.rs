@@ -148,6 +148,10 @@ pub fn register(shared: &Arc<Shared>) {
     }
 }
 
+/// The shared state of the node whose connection asked (`id`), or of any
+/// node of this process: a query for a group this node does not replicate
+/// runs on its leader's node, and every node of a cluster routes keys to
+/// the same groups.
 fn find_env(id: u64) -> Option<Arc<Shared>> {
     if let Some(s) = ENV_CACHE.with(|c| c.borrow().get(&id).and_then(Weak::upgrade)) {
         return Some(s);
@@ -156,8 +160,11 @@ fn find_env(id: u64) -> Option<Arc<Shared>> {
         let envs = ENVS
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let live = |(_, w): &&(u64, Weak<Shared>)| w.strong_count() > 0;
         envs.iter()
+            .filter(live)
             .find(|(e, _)| *e == id)
+            .or_else(|| envs.iter().find(live))
             .map(|(_, w)| w.clone())?
     };
     let shared = weak.upgrade()?;
@@ -512,8 +519,11 @@ fn run_query(store: &KvStore, payload: &[u8]) -> Bytes {
         return Answer::reply_only(&Reply::err("malformed script request"), false).encode();
     };
     let Some(shared) = find_env(req.env) else {
-        return Answer::reply_only(&Reply::err("this node's command layer is gone"), req.resp3)
-            .encode();
+        return Answer::reply_only(
+            &Reply::err("scripts run only on nodes that serve the Redis protocol"),
+            req.resp3,
+        )
+        .encode();
     };
     let mut conn = Conn::new(&shared, "lua".into());
     conn.set_seed(req.seed);
