@@ -996,13 +996,9 @@ fn command_keys<'a>(name: &str, argv: &'a [Bytes]) -> Option<Vec<&'a Bytes>> {
 /// A command's reply as Lua sees it (Redis' RESP2 conversion).
 fn to_lua(lua: &Lua, r: &Reply) -> mlua::Result<Value> {
     Ok(match r {
-        Reply::Ok => status_table(lua, "OK")?,
-        Reply::Simple(s) => status_table(lua, s)?,
-        Reply::Error(e) => {
-            let t = lua.create_table()?;
-            t.raw_set("err", e.as_str())?;
-            Value::Table(t)
-        }
+        Reply::Ok => Value::Table(field_table(lua, "ok", "OK")?),
+        Reply::Simple(s) => Value::Table(field_table(lua, "ok", s.as_str())?),
+        Reply::Error(e) => Value::Table(field_table(lua, "err", e.as_str())?),
         Reply::Int(n) => Value::Integer(*n),
         Reply::Bulk(b) | Reply::Double(b) => Value::String(lua.create_string(b)?),
         Reply::Nil | Reply::NilArray => Value::Boolean(false),
@@ -1025,10 +1021,11 @@ fn to_lua(lua: &Lua, r: &Reply) -> mlua::Result<Value> {
     })
 }
 
-fn status_table(lua: &Lua, s: &str) -> mlua::Result<Value> {
+/// `{field = value}`: how Lua holds a status (`ok`) or error (`err`) reply.
+fn field_table(lua: &Lua, field: &str, value: impl mlua::IntoLua) -> mlua::Result<Table> {
     let t = lua.create_table()?;
-    t.raw_set("ok", s)?;
-    Ok(Value::Table(t))
+    t.raw_set(field, value)?;
+    Ok(t)
 }
 
 /// A script's return value as a reply (Redis' conversion).
@@ -1068,22 +1065,12 @@ fn from_lua(v: &Value) -> Reply {
 /// The `redis` table, without `call` and `pcall` (set for each run).
 fn redis_table(lua: &Lua) -> mlua::Result<Table> {
     let t = lua.create_table()?;
-    t.raw_set(
-        "error_reply",
-        lua.create_function(|lua, msg: mlua::LuaString| {
-            let r = lua.create_table()?;
-            r.raw_set("err", msg)?;
-            Ok(r)
-        })?,
-    )?;
-    t.raw_set(
-        "status_reply",
-        lua.create_function(|lua, msg: mlua::LuaString| {
-            let r = lua.create_table()?;
-            r.raw_set("ok", msg)?;
-            Ok(r)
-        })?,
-    )?;
+    for (name, field) in [("error_reply", "err"), ("status_reply", "ok")] {
+        t.raw_set(
+            name,
+            lua.create_function(move |lua, msg: mlua::LuaString| field_table(lua, field, msg))?,
+        )?;
+    }
     t.raw_set(
         "sha1hex",
         lua.create_function(|_, s: mlua::LuaString| Ok(sha1_hex(&s.as_bytes())))?,
