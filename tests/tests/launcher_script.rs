@@ -172,6 +172,11 @@ fn scripts_write_read_their_writes_and_fail_like_redis() {
         bulk(r#"{"n":42}"#)
     );
 
+    assert_eq!(
+        eval(&mut first, "return bit.band(ARGV[1], 0xff)", &[], &["4660"]),
+        Int(0x34)
+    );
+
     // A command's error raises (call) or is returned (pcall).
     let _: () = redis::cmd("SET")
         .arg("{s}word")

@@ -21,6 +21,7 @@ pub mod command;
 pub mod extras;
 pub mod geo;
 pub mod glob;
+pub mod lua_bit;
 pub mod lua_json;
 pub mod multi;
 pub mod parse;

@@ -38,8 +38,8 @@
 //! gets an error. Lua 5.1 as in Redis, with the `string`, `table` and
 //! `math` libraries and `redis.call`, `pcall`, `error_reply`,
 //! `status_reply`, `sha1hex`, `log`, `setresp(2)`, `set_repl` and
-//! `replicate_commands`, and `cjson` (`lua_json.rs`); no `cmsgpack`,
-//! `bit` or `struct`.
+//! `replicate_commands`, `cjson` (`lua_json.rs`) and `bit`
+//! (`lua_bit.rs`); no `cmsgpack` or `struct`.
 //! Scripts may not create globals. The script cache is per client
 //! executor: `EVALSHA` on a connection of another executor answers
 //! `NOSCRIPT` until the script is loaded there (clients load and retry).
@@ -571,6 +571,7 @@ impl Runner {
         lua.globals().raw_set("redis", redis.clone())?;
         lua.globals()
             .raw_set("cjson", super::lua_json::table(&lua)?)?;
+        lua.globals().raw_set("bit", super::lua_bit::table(&lua)?)?;
         // Scripts share this state: they see the globals and the libraries
         // through read-only views, and lose what could write around them
         // (`rawset`, function environments, compiling code in the real
@@ -745,8 +746,8 @@ local function readonly(t, name)
     __metatable = false,
   })
 end
-for _, lib in ipairs({"string", "table", "math", "redis", "cjson"}) do
-  _G[lib] = readonly(_G[lib], lib)
+for _, lib in ipairs({"string", "table", "math", "redis", "cjson", "bit"}) do
+  _G[lib] = readonly(assert(_G[lib], lib), lib)
 end
 for _, name in ipairs({"dofile", "loadfile", "loadstring", "load", "print", "module",
                        "require", "rawset", "getfenv", "setfenv", "newproxy", "collectgarbage",
