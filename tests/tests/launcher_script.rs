@@ -260,6 +260,21 @@ fn scripts_write_read_their_writes_and_fail_like_redis() {
     assert_eq!(get(&mut first, "{s}runaway"), None);
     assert_eq!(get(&mut first, "{s}a").as_deref(), Some("hello"));
 
+    // Scripts that run out of memory or stack fail alone: the next ones
+    // (on the same shard's Lua) run.
+    for bomb in [
+        "return string.rep('x', 200 * 1024 * 1024)",
+        "local t = {} for i = 1, 1e8 do t[i] = i end return 1",
+        "local function f(n) return f(n + 1) + 1 end return f(1)",
+    ] {
+        let e = eval_err(&mut first, bomb, &[], &[]);
+        assert!(e.starts_with("ERR Error running script"), "{bomb}: {e}");
+        assert_eq!(
+            eval(&mut first, "return 'still here'", &[], &[]),
+            bulk("still here")
+        );
+    }
+
     // A script that fails after writing keeps its writes (as Redis).
     let e = eval_err(
         &mut first,

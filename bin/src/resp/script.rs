@@ -61,9 +61,11 @@ use super::reply::Reply;
 
 /// Longest a script runs before it is stopped (it runs on a shard, which
 /// serves nothing else meanwhile).
-pub const SCRIPT_RUN_TIME_MAX: Duration = Duration::from_millis(50);
+pub const SCRIPT_RUN_TIME_MAX: Duration = Duration::from_millis(100);
 /// Most Lua memory per executor.
 pub const LUA_MEMORY_MAX: usize = 64 << 20;
+/// Lua memory in use past which a run ends with a full collection.
+const GC_AFTER_BYTES: usize = 4 << 20;
 /// How many times a script runs at most when concurrent writes keep
 /// changing its keys between its run and its batch (each retry waits a
 /// random time, up to [`RETRY_WAIT_MAX`], and all of them together at most
@@ -598,36 +600,31 @@ impl Runner {
         })
     }
 
+    /// Collects Lua's garbage if `failed` or if much is in use. Lua 5.1
+    /// collects nothing when an allocation fails: without this, a script
+    /// that ran out of memory would leave none to the scripts after it.
+    fn tidy(&self, failed: bool) {
+        if failed || self.lua.used_memory() > GC_AFTER_BYTES {
+            if let Err(e) = self.lua.gc_collect() {
+                tracing::warn!(error = %e, "lua: garbage collection failed");
+            }
+        }
+    }
+
     /// The compiled function of `script` (compiled now if new).
     fn compile(&mut self, script: &[u8]) -> Result<(mlua::Function, Table), String> {
         let sha = sha1_smol::Sha1::from(script).digest().bytes();
         if let Some(f) = self.compiled.get(&sha) {
             return Ok(f.clone());
         }
-        let compiled = (|| {
-            let env = self.lua.create_table()?;
-            let meta = self.lua.create_table()?;
-            meta.raw_set("__index", self.globals.clone())?;
-            meta.raw_set(
-                "__newindex",
-                self.lua
-                    .create_function(|_, (_t, k, _v): (Value, Value, Value)| {
-                        Err::<(), _>(mlua::Error::RuntimeError(format!(
-                            "Script attempted to create global variable '{}'",
-                            k.to_string().unwrap_or_default()
-                        )))
-                    })?,
-            )?;
-            env.set_metatable(Some(meta))?;
-            let f = self
-                .lua
-                .load(script)
-                .set_name("=user_script")
-                .set_environment(env.clone())
-                .into_function()?;
-            Ok::<_, mlua::Error>((f, env))
-        })()
-        .map_err(|e| {
+        let compiled = self.compile_new(script).or_else(|e| match e {
+            mlua::Error::MemoryError(_) => {
+                self.tidy(true);
+                self.compile_new(script)
+            }
+            e => Err(e),
+        });
+        let compiled = compiled.map_err(|e| {
             format!(
                 "ERR Error compiling script (new function): {}",
                 lua_message(&e)
@@ -638,6 +635,31 @@ impl Runner {
         }
         self.compiled.insert(sha, compiled.clone());
         Ok(compiled)
+    }
+
+    /// Compiles `script` with its own globals table.
+    fn compile_new(&self, script: &[u8]) -> mlua::Result<(mlua::Function, Table)> {
+        let env = self.lua.create_table()?;
+        let meta = self.lua.create_table()?;
+        meta.raw_set("__index", self.globals.clone())?;
+        meta.raw_set(
+            "__newindex",
+            self.lua
+                .create_function(|_, (_t, k, _v): (Value, Value, Value)| {
+                    Err::<(), _>(mlua::Error::RuntimeError(format!(
+                        "Script attempted to create global variable '{}'",
+                        k.to_string().unwrap_or_default()
+                    )))
+                })?,
+        )?;
+        env.set_metatable(Some(meta))?;
+        let f = self
+            .lua
+            .load(script)
+            .set_name("=user_script")
+            .set_environment(env.clone())
+            .into_function()?;
+        Ok((f, env))
     }
 
     fn run(&mut self, store: &KvStore, req: &Request, conn: &mut Conn, shared: &Shared) -> Answer {
@@ -700,6 +722,7 @@ impl Runner {
         let _ = env.raw_set("KEYS", Value::Nil);
         let _ = env.raw_set("ARGV", Value::Nil);
         let stopped = matches!(&result, Err(e) if lua_message(e).contains(TIME_LIMIT_MARK));
+        self.tidy(result.is_err());
         let reply = match result {
             Ok(reply) => reply,
             Err(e) => error_reply(&e),
