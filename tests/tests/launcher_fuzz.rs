@@ -2,7 +2,8 @@
 //! thousands of random commands — every command it lists in `COMMAND`,
 //! mostly with a valid number of arguments and keys where keys go, drawn
 //! from keys, numbers, keywords and random bytes, plus blocking pops and
-//! mostly well-formed `BITFIELD` / `BITFIELD_RO` lines — random HTTP requests
+//! mostly well-formed `BITFIELD` / `BITFIELD_RO` lines and Lua scripts
+//! that write (some at random, some through random commands) — random HTTP requests
 //! (every route, bad ids, bad JSON) and random malformed protocol streams;
 //! no answer is a broken connection or an HTTP 500, and afterwards the node
 //! still answers PING, reads back what a plain SET wrote, and shuts down
@@ -328,6 +329,40 @@ fn bitfield(rng: &mut Rng) -> Vec<Vec<u8>> {
         }
     }
     words.into_iter().map(String::into_bytes).collect()
+}
+
+/// An `EVAL` of a script that does something (random arguments seldom
+/// make one): random writes decided by `math.random` (replicas must still
+/// agree: a script's effects are replicated, not the script), a write then
+/// a failing command, a random command of the table through `pcall`.
+fn script(rng: &mut Rng, table: &[Spec]) -> Vec<Vec<u8>> {
+    const SCRIPTS: &[&str] = &[
+        "local n = math.random(1, 3) for i = 1, n do \
+         redis.call('RPUSH', KEYS[1], math.random(100)) end return redis.call('LLEN', KEYS[1])",
+        "redis.call('SET', KEYS[1], ARGV[1]) redis.call('INCR', KEYS[2]) \
+         return redis.call('GET', KEYS[2])",
+        "local v = redis.call('GET', KEYS[1]) if v then redis.call('SET', KEYS[2], v) end return v",
+        "redis.call('HSET', KEYS[1], 'f', ARGV[1]) redis.call('PEXPIRE', KEYS[1], 100000) \
+         return redis.call('HGETALL', KEYS[1])",
+        "return cjson.encode({redis.call('EXISTS', KEYS[1]), ARGV[1]})",
+        "return redis.pcall(ARGV[1], KEYS[1], ARGV[2])",
+        "return redis.pcall(ARGV[1], KEYS[1], KEYS[2], ARGV[2], ARGV[2])",
+    ];
+    let name = table[rng.below(table.len())].name.clone();
+    let mut line: Vec<Vec<u8>> = vec![
+        rng.pick(&["EVAL", "EVAL", "EVAL_RO"]).into(),
+        rng.pick(SCRIPTS).into(),
+        b"2".to_vec(),
+        rng.pick(KEYS).into(),
+        rng.pick(KEYS).into(),
+    ];
+    if rng.below(2) == 0 {
+        line.push(name.into_bytes());
+    } else {
+        line.push(rng.pick(NUMBERS).into());
+    }
+    line.push(arg(rng));
+    line
 }
 
 /// What `COMMAND` says of a command: name, Redis arity, and where its
@@ -740,6 +775,8 @@ fn random_commands_and_garbage_never_take_a_node_down() {
             blocking(&mut rng)
         } else if rng.below(25) == 0 {
             bitfield(&mut rng)
+        } else if rng.below(20) == 0 {
+            script(&mut rng, &table)
         } else {
             command(&mut rng, spec)
         };

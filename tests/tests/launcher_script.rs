@@ -213,6 +213,11 @@ fn scripts_write_read_their_writes_and_fail_like_redis() {
     let many: Vec<String> = (0..12).map(|i| format!("k{i}")).collect();
     let many: Vec<&str> = many.iter().map(String::as_str).collect();
     assert!(eval_err(&mut first, "return 1", &many, &[]).starts_with("CROSSSLOT"));
+    let e = eval_err(&mut first, "return redis.call('NOSUCH', 'x')", &[], &[]);
+    assert!(
+        e.contains("Unknown Redis command called from script"),
+        "{e}"
+    );
     let e = eval_err(&mut first, "return redis.call('KEYS', '*')", &[], &[]);
     assert!(e.contains("not allowed from script"), "{e}");
 

@@ -899,12 +899,8 @@ impl CallState<'_> {
             return Reply::err("This Redis command is not allowed from script");
         }
         match command_keys(&name, &argv) {
-            None => {
-                return Reply::err(format!(
-                    "{name} is not allowed from scripts here: its keys cannot be checked"
-                ))
-            }
-            Some(keys) => {
+            Err(reply) => return reply,
+            Ok(keys) => {
                 if let Some(k) = keys.iter().find(|k| !self.keys.contains(k)) {
                     return Reply::err(format!(
                         "Script attempted to access key '{}' that is not in KEYS (every key a script touches must be declared)",
@@ -959,12 +955,24 @@ fn lua_number_text(n: f64) -> String {
 }
 
 /// The keys `argv` (a command, name first) touches, from the command
-/// table's key positions; `None` if they cannot be told (a command whose
-/// keys move, other than those read here).
-fn command_keys<'a>(name: &str, argv: &'a [Bytes]) -> Option<Vec<&'a Bytes>> {
-    let numkeys_at = |at: usize| -> Option<Vec<&'a Bytes>> {
-        let n: usize = std::str::from_utf8(argv.get(at)?).ok()?.parse().ok()?;
-        Some(argv.get(at + 1..at + 1 + n)?.iter().collect())
+/// table's key positions and, for commands whose keys move, from their
+/// `numkeys`; an error (the reply) if they cannot be told.
+fn command_keys<'a>(name: &str, argv: &'a [Bytes]) -> Result<Vec<&'a Bytes>, Reply> {
+    let numkeys_at = |at: usize| -> Result<Vec<&'a Bytes>, Reply> {
+        let n: usize = argv
+            .get(at)
+            .and_then(|n| std::str::from_utf8(n).ok())
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| Reply::err("value is not an integer or out of range"))?;
+        argv.get(at + 1..at + 1 + n)
+            .map(|keys| keys.iter().collect())
+            .ok_or_else(|| Reply::err("Number of keys can't be greater than number of args"))
+    };
+    let too_few = || {
+        Reply::err(format!(
+            "wrong number of arguments for '{}' command",
+            name.to_ascii_lowercase()
+        ))
     };
     match name {
         "SINTERCARD" | "LMPOP" | "ZMPOP" | "ZINTER" | "ZUNION" | "ZDIFF" | "ZINTERCARD" => {
@@ -972,35 +980,43 @@ fn command_keys<'a>(name: &str, argv: &'a [Bytes]) -> Option<Vec<&'a Bytes>> {
         }
         "ZINTERSTORE" | "ZUNIONSTORE" | "ZDIFFSTORE" => {
             let mut keys = numkeys_at(2)?;
-            keys.push(argv.get(1)?);
-            return Some(keys);
+            keys.push(argv.get(1).ok_or_else(too_few)?);
+            return Ok(keys);
         }
         "SORT" | "SORT_RO" => {
-            let mut keys = vec![argv.get(1)?];
+            let pattern = || {
+                Reply::err(
+                    "SORT with BY or GET patterns is not allowed from scripts here (the keys they name cannot be checked)",
+                )
+            };
+            let mut keys = vec![argv.get(1).ok_or_else(too_few)?];
             let mut i = 2;
             while i < argv.len() {
-                let opt = argv[i].to_ascii_uppercase();
-                match opt.as_slice() {
+                let next = argv.get(i + 1);
+                match argv[i].to_ascii_uppercase().as_slice() {
                     // Patterns name other keys: only the "no sort" and
-                    // "the element itself" forms are checked here.
-                    b"BY" if argv.get(i + 1).is_some_and(|p| p.contains(&b'*')) => return None,
-                    b"GET" if argv.get(i + 1).is_some_and(|p| &p[..] != b"#") => return None,
-                    b"STORE" => keys.push(argv.get(i + 1)?),
+                    // "the element itself" forms can be checked.
+                    b"BY" if next.is_some_and(|p| p.contains(&b'*')) => return Err(pattern()),
+                    b"GET" if next.is_some_and(|p| &p[..] != b"#") => return Err(pattern()),
+                    b"STORE" => keys.push(next.ok_or_else(|| Reply::err("syntax error"))?),
                     _ => {}
                 }
                 i += 1;
             }
-            return Some(keys);
+            return Ok(keys);
         }
         _ => {}
     }
-    let info = command::find_command(name)?;
+    let info = command::find_command(name)
+        .ok_or_else(|| Reply::err("Unknown Redis command called from script"))?;
     if info.2.contains(&"movablekeys") {
-        return None;
+        return Err(Reply::err(format!(
+            "{name} is not allowed from scripts here: the keys it touches cannot be checked"
+        )));
     }
     let (first, last, step) = (info.3, info.4, info.5);
     if first <= 0 {
-        return Some(Vec::new());
+        return Ok(Vec::new());
     }
     let len = argv.len() as i64;
     let last = if last < 0 {
@@ -1014,7 +1030,7 @@ fn command_keys<'a>(name: &str, argv: &'a [Bytes]) -> Option<Vec<&'a Bytes>> {
         keys.push(&argv[i as usize]);
         i += step.max(1);
     }
-    Some(keys)
+    Ok(keys)
 }
 
 /// A command's reply as Lua sees it (Redis' RESP2 conversion).
@@ -1212,7 +1228,7 @@ mod tests {
         let keys = |s: &str| {
             let a = argv(s);
             let name = String::from_utf8_lossy(&a[0]).to_ascii_uppercase();
-            command_keys(&name, &a).map(|k| {
+            command_keys(&name, &a).ok().map(|k| {
                 k.iter()
                     .map(|b| String::from_utf8_lossy(b).to_string())
                     .collect::<Vec<_>>()
@@ -1233,6 +1249,22 @@ mod tests {
         );
         assert_eq!(keys("ping"), Some(vec![]));
         assert_eq!(keys("sort l by w_*"), None);
+        assert_eq!(keys("zintercard x a"), None, "numkeys not a number");
+        assert_eq!(keys("zintercard 3 a b"), None, "fewer keys than numkeys");
+        assert_eq!(keys("nosuchcommand a"), None);
+        let err = |s: &str| {
+            let a = argv(s);
+            let name = String::from_utf8_lossy(&a[0]).to_ascii_uppercase();
+            command_keys(&name, &a).unwrap_err()
+        };
+        assert_eq!(
+            err("nosuch a"),
+            Reply::err("Unknown Redis command called from script")
+        );
+        assert_eq!(
+            err("zintercard x a"),
+            Reply::err("value is not an integer or out of range")
+        );
         assert_eq!(keys("sort l store d"), Some(vec!["l".into(), "d".into()]));
     }
 }
