@@ -263,6 +263,8 @@ fn scripts_write_read_their_writes_and_fail_like_redis() {
     );
     assert!(e.starts_with("BUSY"), "{e}");
     assert_eq!(get(&mut first, "{s}runaway"), None);
+    let info: String = redis::cmd("INFO").arg("stats").query(&mut first).unwrap();
+    assert!(info.contains("script_runs_stopped:1\r\n"), "{info}");
     assert_eq!(get(&mut first, "{s}a").as_deref(), Some("hello"));
 
     // Scripts that run out of memory or stack fail alone: the next ones
@@ -385,6 +387,27 @@ fn concurrent_scripts_on_three_nodes_are_atomic() {
     assert_eq!(all, want, "every script saw a distinct count");
     let mut c = nodes[1].redis();
     assert_eq!(get(&mut c, "{c}n"), Some((3 * PER_CLIENT).to_string()));
+    let conflicts: u64 = nodes
+        .iter()
+        .map(|n| {
+            let info: String = redis::cmd("INFO")
+                .arg("stats")
+                .query(&mut n.redis())
+                .unwrap();
+            let field = |name: &str| -> u64 {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or_else(|| panic!("{name} in {info}"))
+            };
+            assert_eq!(field("scripts_answered:"), PER_CLIENT as u64);
+            field("script_runs_conflicted:")
+        })
+        .sum();
+    eprintln!(
+        "{conflicts} runs of the {} scripts conflicted",
+        3 * PER_CLIENT
+    );
     let log: Vec<i64> = redis::cmd("LRANGE")
         .arg("{c}log")
         .arg(0)

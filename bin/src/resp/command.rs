@@ -70,6 +70,10 @@ pub struct Shared {
     /// Times a subscriber fell behind its group's message ring and missed
     /// messages.
     pub pubsub_messages_lost: AtomicU64,
+    /// Scripts (`EVAL`...) answered, and how many of their runs were
+    /// thrown away because a key changed before their batch applied, or
+    /// stopped by the time limit (see `script.rs`).
+    pub scripts: super::script::ScriptCounters,
     /// How the node's client executors tell each other their pub/sub
     /// subscriptions (see `pubsub::link`).
     pub pubsub_links: super::pubsub::Links,
@@ -113,6 +117,7 @@ impl Shared {
             blocking_looks: AtomicU64::new(0),
             pubsub_messages_delivered: AtomicU64::new(0),
             pubsub_messages_lost: AtomicU64::new(0),
+            scripts: Default::default(),
             pubsub_links: super::pubsub::Links::new(0),
             last_save_secs: Arc::new(AtomicU64::new(crate::expiry::unix_ms() / 1000)),
             next_client_id: AtomicU64::new(1),
@@ -2221,12 +2226,15 @@ pub async fn info(section: Option<String>, shared: &Shared) -> Reply {
     if want("stats") {
         let _ = write!(
             out,
-            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nblocking_looks:{}\r\npubsub_messages_delivered:{}\r\npubsub_messages_lost:{}\r\n\r\n",
+            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nblocking_looks:{}\r\npubsub_messages_delivered:{}\r\npubsub_messages_lost:{}\r\nscripts_answered:{}\r\nscript_runs_conflicted:{}\r\nscript_runs_stopped:{}\r\n\r\n",
             shared.clients_accepted.load(Ordering::Relaxed),
             shared.commands_processed.load(Ordering::Relaxed),
             shared.blocking_looks.load(Ordering::Relaxed),
             shared.pubsub_messages_delivered.load(Ordering::Relaxed),
-            shared.pubsub_messages_lost.load(Ordering::Relaxed)
+            shared.pubsub_messages_lost.load(Ordering::Relaxed),
+            shared.scripts.answered.load(Ordering::Relaxed),
+            shared.scripts.conflicted.load(Ordering::Relaxed),
+            shared.scripts.stopped.load(Ordering::Relaxed)
         );
     }
     if want("memory") || want("keyspace") {

@@ -79,6 +79,17 @@ pub const SCRIPT_CACHE_MAX: usize = 4096;
 /// Lua instructions between two looks at the clock.
 const HOOK_INSTRUCTIONS: u32 = 10_000;
 
+/// What `INFO stats` tells of scripts.
+#[derive(Debug, Default)]
+pub struct ScriptCounters {
+    /// Scripts answered (whatever the answer).
+    pub answered: AtomicU64,
+    /// Runs whose batch a changed key aborted (each ran again).
+    pub conflicted: AtomicU64,
+    /// Runs the time limit stopped.
+    pub stopped: AtomicU64,
+}
+
 /// A script to run (the connection's half).
 #[derive(Debug)]
 pub struct Eval {
@@ -285,6 +296,12 @@ pub fn prepare_script(args: &[Bytes]) -> Reply {
 /// after a stale first run it runs again with it, and the executor
 /// remembers to start it that way next time.
 pub async fn run(e: Eval, conn: &mut Conn, shared: &Shared) -> Reply {
+    let reply = run_attempts(e, conn, shared).await;
+    shared.scripts.answered.fetch_add(1, Ordering::Relaxed);
+    reply
+}
+
+async fn run_attempts(e: Eval, conn: &mut Conn, shared: &Shared) -> Reply {
     let saved = conn.kv.consistency;
     let known_reader = READERS.with(|r| r.borrow().contains(&e.sha));
     let mut consistency = if e.read_only || known_reader {
@@ -318,7 +335,7 @@ pub async fn run(e: Eval, conn: &mut Conn, shared: &Shared) -> Reply {
             return Reply::err("internal error: malformed script answer");
         };
         if answer.commands.is_empty() {
-            if consistency != saved {
+            if consistency != saved && !answer.settled {
                 // Read stale, wrote nothing: read as the client asked.
                 remember_reader(e.sha, true);
                 consistency = saved;
@@ -335,7 +352,9 @@ pub async fn run(e: Eval, conn: &mut Conn, shared: &Shared) -> Reply {
         };
         match command::call_write(conn, e.group, batch, shared).await {
             Ok(KvResult::Batch(_)) => return Reply::Raw(answer.reply),
-            Ok(KvResult::Aborted) => {}
+            Ok(KvResult::Aborted) => {
+                shared.scripts.conflicted.fetch_add(1, Ordering::Relaxed);
+            }
             other => return command::outcome_reply(other),
         }
         attempt += 1;
@@ -465,11 +484,16 @@ struct Answer {
     reply: Bytes,
     guards: Vec<(Bytes, u64)>,
     commands: Vec<KvCommand>,
+    /// The reply holds whatever the replica's state: the script did not
+    /// compile, or the time limit stopped it (a run on a fresher state
+    /// would answer the same, so none is made).
+    settled: bool,
 }
 
 impl Answer {
     fn encode(&self) -> Bytes {
         let mut out = BytesMut::new();
+        out.put_u8(u8::from(self.settled));
         put_bytes(&mut out, &self.reply);
         out.put_u32_le(self.guards.len() as u32);
         for (k, d) in &self.guards {
@@ -485,6 +509,11 @@ impl Answer {
 
     fn decode(b: Bytes) -> Option<Answer> {
         let mut r = Reader(b);
+        let settled = match r.u8()? {
+            0 => false,
+            1 => true,
+            _ => return None,
+        };
         let reply = r.bytes()?;
         let n = r.u32()? as usize;
         let mut guards = Vec::with_capacity(n.min(1024));
@@ -501,6 +530,7 @@ impl Answer {
             reply,
             guards,
             commands,
+            settled,
         })
     }
 
@@ -511,7 +541,13 @@ impl Answer {
             reply: out.freeze(),
             guards: Vec::new(),
             commands: Vec::new(),
+            settled: false,
         }
+    }
+
+    fn settled(mut self) -> Answer {
+        self.settled = true;
+        self
     }
 }
 
@@ -665,7 +701,7 @@ impl Runner {
     fn run(&mut self, store: &KvStore, req: &Request, conn: &mut Conn, shared: &Shared) -> Answer {
         let (f, env) = match self.compile(&req.script) {
             Ok(c) => c,
-            Err(e) => return Answer::reply_only(&Reply::Error(e), req.resp3),
+            Err(e) => return Answer::reply_only(&Reply::Error(e), req.resp3).settled(),
         };
         let state = RefCell::new(CallState {
             store,
@@ -722,6 +758,14 @@ impl Runner {
         let _ = env.raw_set("KEYS", Value::Nil);
         let _ = env.raw_set("ARGV", Value::Nil);
         let stopped = matches!(&result, Err(e) if lua_message(e).contains(TIME_LIMIT_MARK));
+        if stopped {
+            state
+                .borrow()
+                .shared
+                .scripts
+                .stopped
+                .fetch_add(1, Ordering::Relaxed);
+        }
         self.tidy(result.is_err());
         let reply = match result {
             Ok(reply) => reply,
@@ -732,6 +776,7 @@ impl Runner {
         // (its writes are proposed, its reply is the error); a script the
         // time limit stopped changed nothing.
         let mut answer = Answer::reply_only(&reply, req.resp3);
+        answer.settled = stopped;
         if !stopped && !state.writes.is_empty() {
             if state.writes.len() > BATCH_COMMANDS_MAX as usize {
                 return Answer::reply_only(
@@ -1177,6 +1222,7 @@ mod tests {
                 key: "k".into(),
                 delta: 1,
             }],
+            settled: true,
         };
         let enc = answer.encode();
         assert_eq!(Answer::decode(enc.clone()), Some(answer));
