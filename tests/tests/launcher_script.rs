@@ -202,6 +202,20 @@ fn scripts_write_read_their_writes_and_fail_like_redis() {
         bulk("ERR value is not an integer or out of range")
     );
 
+    // pcall around redis.call catches Redis' error table.
+    assert_eq!(
+        eval(
+            &mut first,
+            "local ok, e = pcall(redis.call, 'INCR', KEYS[1]) return {tostring(ok), e.err}",
+            &["{s}word"],
+            &[]
+        ),
+        Value::Array(vec![
+            bulk("false"),
+            bulk("ERR value is not an integer or out of range")
+        ])
+    );
+
     // Keys: declared only, one group only.
     let e = eval_err(
         &mut first,

@@ -735,20 +735,12 @@ impl Runner {
                 )?,
             )?;
             let redis = &self.redis;
-            let call = scope.create_function(|lua, args: MultiValue| {
-                let reply = state.borrow_mut().call(args);
-                match reply {
-                    Reply::Error(e) => {
-                        Err(mlua::Error::RuntimeError(format!("{CALL_ERROR_MARK}{e}")))
-                    }
-                    r => to_lua(lua, &r),
-                }
-            })?;
+            // `redis.call` (set once, in Lua) raises what this returns
+            // when it is an error table.
             let pcall = scope.create_function(|lua, args: MultiValue| {
                 let reply = state.borrow_mut().call(args);
                 to_lua(lua, &reply)
             })?;
-            redis.raw_set("call", call)?;
             redis.raw_set("pcall", pcall)?;
             let value = f.call::<Value>(())?;
             Ok(from_lua(&value))
@@ -848,11 +840,13 @@ fn error_reply(e: &mlua::Error) -> Reply {
     let m = lua_message(e);
     // A redis.call error raised through Lua arrives as a message holding
     // the marker (possibly after Lua's position prefix).
+    // (An error text is one line; Lua's traceback follows it.)
+    let line = |at: usize| m[at..].lines().next().unwrap_or("").to_string();
     if let Some(at) = m.find(CALL_ERROR_MARK) {
-        return Reply::Error(m[at + CALL_ERROR_MARK.len()..].to_string());
+        return Reply::Error(line(at + CALL_ERROR_MARK.len()));
     }
     if let Some(at) = m.find(TIME_LIMIT_MARK) {
-        return Reply::Error(format!("BUSY {}", &m[at + TIME_LIMIT_MARK.len()..]));
+        return Reply::Error(format!("BUSY {}", line(at + TIME_LIMIT_MARK.len())));
     }
     Reply::Error(format!(
         "ERR Error running script: {}",
@@ -1147,9 +1141,30 @@ fn from_lua(v: &Value) -> Reply {
     }
 }
 
-/// The `redis` table, without `call` and `pcall` (set for each run).
+/// `redis.call`: `redis.pcall`, raising an error reply as Redis does (a
+/// table `{err = text}`, which a script's `pcall` catches as such; its
+/// string form, which ends the script otherwise, carries
+/// [`CALL_ERROR_MARK`] so that the client gets the error as it was).
+const REDIS_CALL: &str = r#"
+local redis, mark = ...
+local raised = {__tostring = function(e) return mark .. e.err end}
+return function(...)
+  local r = redis.pcall(...)
+  if type(r) == "table" and rawget(r, "err") ~= nil then
+    error(setmetatable(r, raised), 0)
+  end
+  return r
+end
+"#;
+
+/// The `redis` table, without `pcall` (set for each run).
 fn redis_table(lua: &Lua) -> mlua::Result<Table> {
     let t = lua.create_table()?;
+    let call: mlua::Function = lua
+        .load(REDIS_CALL)
+        .set_name("=redis.call")
+        .call((t.clone(), CALL_ERROR_MARK))?;
+    t.raw_set("call", call)?;
     for (name, field) in [("error_reply", "err"), ("status_reply", "ok")] {
         t.raw_set(
             name,
