@@ -289,7 +289,11 @@ fn scripts_write_read_their_writes_and_fail_like_redis() {
         "local function f(n) return f(n + 1) + 1 end return f(1)",
     ] {
         let e = eval_err(&mut first, bomb, &[], &[]);
-        assert!(e.starts_with("ERR Error running script"), "{bomb}: {e}");
+        // Out of memory, or (on a loaded machine) out of time first.
+        assert!(
+            e.starts_with("ERR Error running script") || e.starts_with("BUSY"),
+            "{bomb}: {e}"
+        );
         assert_eq!(
             eval(&mut first, "return 'still here'", &[], &[]),
             bulk("still here")

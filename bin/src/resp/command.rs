@@ -176,12 +176,25 @@ pub struct Conn {
 impl Conn {
     /// A new connection of `shared`'s node.
     pub fn new(shared: &Shared, peer: String) -> Conn {
+        let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
+        Conn::with_id(shared, peer, id)
+    }
+
+    /// The connection a Lua script's commands are prepared on: client id
+    /// 0 (it takes none from the node's clients).
+    pub(super) fn for_script(shared: &Shared, seed: u64) -> Conn {
+        let mut conn = Conn::with_id(shared, "lua".into(), 0);
+        conn.seed = seed;
+        conn
+    }
+
+    fn with_id(shared: &Shared, peer: String, id: u64) -> Conn {
         let mut kv = KvClient::new(shared.host.clone(), shared.kv_groups.clone())
             .expect("at least one KV group");
         kv.timeout = shared.request_timeout;
         kv.consistency = shared.read_consistency;
         Conn {
-            id: shared.next_client_id.fetch_add(1, Ordering::Relaxed),
+            id,
             name: None,
             kv,
             multi: None,
@@ -1600,14 +1613,6 @@ fn prepare_config(args: &[Bytes], shared: &Shared) -> Prepared {
 /// The table entry of the command `name` (upper or lower case).
 pub(super) fn find_command(name: &str) -> Option<&'static CommandInfo> {
     all_commands().find(|c| c.0.eq_ignore_ascii_case(name))
-}
-
-impl Conn {
-    /// Sets the seed of the connection's random picks (a script's
-    /// connection: its picks then differ from run to run).
-    pub(super) fn set_seed(&mut self, seed: u64) {
-        self.seed = seed;
-    }
 }
 
 /// Every command served: strings and connection commands, then the data

@@ -563,8 +563,7 @@ fn run_query(store: &KvStore, payload: &[u8]) -> Bytes {
         )
         .encode();
     };
-    let mut conn = Conn::new(&shared, "lua".into());
-    conn.set_seed(req.seed);
+    let mut conn = Conn::for_script(&shared, req.seed);
     match with_runner(|r| Ok(r.run(store, &req, &mut conn, &shared))) {
         Ok(answer) => answer.encode(),
         Err(e) => Answer::reply_only(&Reply::Error(e), req.resp3).encode(),
