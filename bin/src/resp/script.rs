@@ -715,24 +715,13 @@ impl Runner {
         self.deadline
             .set(Some(Instant::now() + SCRIPT_RUN_TIME_MAX));
         let result = self.lua.scope(|scope| {
-            env.raw_set(
-                "KEYS",
-                self.lua.create_sequence_from(
-                    req.keys
-                        .iter()
-                        .map(|k| self.lua.create_string(k))
-                        .collect::<mlua::Result<Vec<_>>>()?,
-                )?,
-            )?;
-            env.raw_set(
-                "ARGV",
-                self.lua.create_sequence_from(
-                    req.args
-                        .iter()
-                        .map(|a| self.lua.create_string(a))
-                        .collect::<mlua::Result<Vec<_>>>()?,
-                )?,
-            )?;
+            for (name, items) in [("KEYS", &req.keys), ("ARGV", &req.args)] {
+                let strings = items
+                    .iter()
+                    .map(|b| self.lua.create_string(b))
+                    .collect::<mlua::Result<Vec<_>>>()?;
+                env.raw_set(name, self.lua.create_sequence_from(strings)?)?;
+            }
             let redis = &self.redis;
             // `redis.call` (set once, in Lua) raises what this returns
             // when it is an error table.
