@@ -1687,7 +1687,7 @@ fn prepare_command(args: &[Bytes]) -> Prepared {
 /// Runs one request, retrying what is safe to retry (no leader yet, an
 /// entry overwritten by a new leader, an aborted read, a busy group) until
 /// the deadline.
-async fn call(
+pub(super) async fn call(
     kv: &KvClient,
     group: GroupId,
     op: &Op,
@@ -1846,17 +1846,6 @@ pub async fn run_wave(
         let mine: Vec<_> = results.by_ref().take(subs.len()).collect();
         replies.push(finish(f, mine, conn));
     }
-}
-
-/// Runs `q` on `group` with the connection's read consistency (with the
-/// retries of any read).
-pub(super) async fn call_read(
-    conn: &Conn,
-    group: GroupId,
-    q: KvQuery,
-    shared: &Shared,
-) -> Result<KvResult, HostError> {
-    call(&conn.kv, group, &Op::Read(q), shared.request_timeout).await
 }
 
 /// Proposes `cmd` to `group` (with the retries of any write).

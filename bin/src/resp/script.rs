@@ -325,7 +325,8 @@ async fn run_attempts(e: Eval, conn: &mut Conn, shared: &Shared) -> Reply {
         .encode();
         let query = KvQuery::Script { payload };
         conn.kv.consistency = consistency;
-        let outcome = command::call_read(conn, e.group, query, shared).await;
+        let outcome =
+            command::call(&conn.kv, e.group, &Op::Read(query), shared.request_timeout).await;
         conn.kv.consistency = saved;
         let answer = match outcome {
             Ok(KvResult::Value(Some(answer))) => answer,
