@@ -368,6 +368,21 @@ fn scripts_write_read_their_writes_and_fail_like_redis() {
     let n: i64 = script.key("{s}count").arg(5).invoke(&mut third).unwrap();
     assert_eq!(n, 10);
 
+    // Scripts take no client ids: the next connection gets the next one.
+    let id =
+        |c: &mut redis::Connection| -> i64 { redis::cmd("CLIENT").arg("ID").query(c).unwrap() };
+    let before = id(&mut nodes[1].redis());
+    let mut second = nodes[1].redis();
+    for _ in 0..5 {
+        eval(
+            &mut second,
+            "return redis.call('GET', KEYS[1])",
+            &["{s}a"],
+            &[],
+        );
+    }
+    assert_eq!(id(&mut nodes[1].redis()), before + 2);
+
     for n in &mut nodes {
         n.terminate();
     }
